@@ -1,0 +1,217 @@
+"""The fake driver: deterministic results, persistent state, and faults on demand.
+
+Faults come from the profile's ``driver_flags`` (for ``status`` and ``teardown``, from the
+profile stored at provision time), so a test drives them through the real protocol:
+
+    fail_at: VERB        the verb fails after partial work: rolled back, -32031 with logs
+    delay: SECONDS       provision, upgrade and teardown take this long (with progress)
+    crash_at: VERB       the process exits (code 17) in the middle of the verb
+    hang_at: VERB        the verb never answers, not even to cancel
+    ignore_sigterm: true the process ignores SIGTERM from then on
+    reject: true         the profile is refused (-32023)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import signal
+import sys
+from typing import Any, ClassVar
+
+from hearth_adaptersdk import (
+    BackendFailure,
+    Conflict,
+    DeploymentRef,
+    Driver,
+    InvalidProfile,
+    InvalidTransition,
+    ProvisioningProfile,
+    RequestContext,
+    StatusReport,
+    utc_now,
+)
+from pydantic import BaseModel, ConfigDict
+
+from .store import FakeStore
+
+VERBS = ("provision", "status", "upgrade", "teardown")
+FLAGS = ("fail_at", "delay", "crash_at", "hang_at", "ignore_sigterm", "reject")
+CAPS = ("cpu", "memory_mb", "storage_mb")
+CRASH_EXIT_CODE = 17
+_STEPS = 4
+
+
+class FakeConfig(BaseModel):
+    """The fake takes no settings; unknown keys are refused so config errors are testable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FakeDriver(Driver):
+    name: ClassVar[str] = "fake"
+    version: ClassVar[str] = "0.1.0"
+    config_model: ClassVar[type[BaseModel] | None] = FakeConfig
+
+    def __init__(self) -> None:
+        self.store = FakeStore(None)
+
+    async def setup(self, config: Any, data_dir: Any) -> None:
+        await super().setup(config, data_dir)
+        self.store = FakeStore(data_dir)
+
+    # --- verbs ---------------------------------------------------------------------------
+    async def provision(
+        self, slug: str, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
+        self._journal("provision", slug, profile.tier)
+        self._refuse_invalid(profile)
+        flags = profile.driver_flags
+        record = self.store.get(slug)
+        if record is not None and record["ref"]["last_status"] != "tier_torn_down":
+            existing = DeploymentRef.model_validate(record["ref"])
+            if (existing.tier, existing.driver) == (profile.tier, profile.driver):
+                ctx.progress("already provisioned", 1.0)
+                return existing
+            raise Conflict(
+                f"workspace {slug!r} exists with tier {existing.tier!r}; use upgrade",
+                existing=existing,
+            )
+        await self._faults("provision", flags)
+        ctx.progress(f"creating workspace {slug}", 0.0)
+        ref = DeploymentRef(
+            workspace_slug=slug, tier=profile.tier, driver=self.name,
+            endpoint=f"fake://{slug}", created=utc_now(), last_status="ready",
+        )
+        self.store.put(slug, {"ref": ref.model_dump(mode="json"),
+                              "profile": profile.model_dump(mode="json")})
+        try:
+            await self._work(ctx, flags, "provision")
+        except BaseException:
+            self.store.delete(slug)  # roll back the partial work
+            raise
+        ctx.progress("workspace ready", 1.0)
+        return ref
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        self._journal("status", ref.workspace_slug, ref.tier)
+        record = self.store.get(ref.workspace_slug)
+        if record is None:
+            return StatusReport(state="absent", observed_at=utc_now(),
+                                message="no such workspace in the fake backend")
+        await self._faults("status", record["profile"]["driver_flags"])
+        current = DeploymentRef.model_validate(record["ref"])
+        return StatusReport(
+            state=current.last_status, endpoint=current.endpoint, observed_at=utc_now(),
+            details={"tier": current.tier},
+        )
+
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
+        slug = ref.workspace_slug
+        self._journal("upgrade", slug, profile.tier)
+        self._refuse_invalid(profile)
+        record = self.store.get(slug)
+        state = record["ref"]["last_status"] if record else "absent"
+        if record is None or state != "ready":
+            raise InvalidTransition(f"cannot upgrade workspace {slug!r} in state {state}",
+                                    state=state)
+        await self._faults("upgrade", profile.driver_flags)
+        current = DeploymentRef.model_validate(record["ref"])
+        ctx.progress(f"upgrading {slug} to tier {profile.tier}", 0.0)
+        await self._work(ctx, profile.driver_flags, "upgrade")
+        upgraded = current.model_copy(update={"tier": profile.tier, "last_status": "ready"})
+        self.store.put(slug, {"ref": upgraded.model_dump(mode="json"),
+                              "profile": profile.model_dump(mode="json")})
+        ctx.progress("upgrade done", 1.0)
+        return upgraded
+
+    async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
+        slug = ref.workspace_slug
+        self._journal("teardown", slug, ref.tier)
+        record = self.store.get(slug)
+        if record is None or record["ref"]["last_status"] == "tier_torn_down":
+            return
+        flags = record["profile"]["driver_flags"]
+        await self._faults("teardown", flags)
+        ctx.progress(f"tearing down {slug}", 0.0)
+        await self._work(ctx, flags, "teardown")
+        record["ref"]["last_status"] = "tier_torn_down"
+        record["ref"]["endpoint"] = None
+        self.store.put(slug, record)
+
+    async def list(self, ctx: RequestContext) -> list[DeploymentRef]:
+        self._journal("list", None, None)
+        return [
+            DeploymentRef.model_validate(record["ref"])
+            for record in self.store.all()
+            if record["ref"]["last_status"] != "tier_torn_down"
+        ]
+
+    async def validate_profile(self, profile: ProvisioningProfile, ctx: RequestContext) -> builtins.list[str]:
+        return self._problems(profile)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _journal(self, method: str, slug: str | None, tier: str | None) -> None:
+        self.store.record_call({"at": utc_now().isoformat(), "pid": os.getpid(),
+                                "method": method, "slug": slug, "tier": tier})
+
+    def _problems(self, profile: ProvisioningProfile) -> builtins.list[str]:
+        problems = []
+        if profile.driver != self.name:
+            problems.append(f"driver: this adapter serves 'fake', not {profile.driver!r}")
+        extra = sorted(set(profile.resource_caps.model_dump(exclude_none=True)) - set(CAPS))
+        problems += [f"resource_caps.{key}: the fake driver cannot honour it" for key in extra]
+        flags = profile.driver_flags
+        problems += [f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
+                     for key in sorted(set(flags) - set(FLAGS))]
+        for key in ("fail_at", "crash_at", "hang_at"):
+            if key in flags and flags[key] not in VERBS:
+                problems.append(f"driver_flags.{key}: must be one of {', '.join(VERBS)}")
+        delay = flags.get("delay", 0)
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= 3600:
+            problems.append("driver_flags.delay: must be a number of seconds from 0 to 3600")
+        if flags.get("reject"):
+            problems.append("driver_flags.reject: refused as asked")
+        return problems
+
+    def _refuse_invalid(self, profile: ProvisioningProfile) -> None:
+        problems = self._problems(profile)
+        if problems:
+            raise InvalidProfile("the fake driver cannot honour this profile", errors=problems)
+
+    async def _faults(self, verb: str, flags: dict[str, Any]) -> None:
+        if flags.get("ignore_sigterm"):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if flags.get("crash_at") == verb:
+            sys.stderr.write(f"fake: crashing in {verb} as asked (driver_flags.crash_at)\n")
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_CODE)
+        if flags.get("hang_at") == verb:
+            await _hang_forever()
+
+    async def _work(self, ctx: RequestContext, flags: dict[str, Any], verb: str) -> None:
+        """The backend's time: the delay in steps with progress; then the failure, if asked."""
+        delay = float(flags.get("delay", 0))
+        for step in range(1, _STEPS + 1):
+            if delay:
+                await asyncio.sleep(delay / _STEPS)
+            ctx.progress(f"{verb}: step {step} of {_STEPS}", step / (_STEPS + 1))
+        if flags.get("fail_at") == verb:
+            raise BackendFailure(
+                f"{verb} failed as asked (driver_flags.fail_at)",
+                rolled_back=verb != "teardown",
+                logs=[f"fake: {verb} reached step {_STEPS} of {_STEPS}", "fake: injected failure"],
+            )
+
+
+async def _hang_forever() -> None:
+    """Never return, not even when cancelled: a backend call that is stuck for good."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    while True:
+        try:
+            await asyncio.shield(never)
+        except asyncio.CancelledError:
+            continue

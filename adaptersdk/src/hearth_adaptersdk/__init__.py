@@ -1,0 +1,79 @@
+"""hearth-adaptersdk: everything needed to write, run and test a hearth adapter.
+
+Subclass ``Driver``, implement the four verbs, and call ``serve(MyDriver)`` from your
+executable's entry point. Test in memory with ``hearth_adaptersdk.testing`` and against
+the protocol's guarantees with ``hearth_adaptersdk.conformance``.
+"""
+
+from . import codes
+from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, encode
+from .connection import Closed, Connection
+from .driver import Driver, RequestContext
+from .errors import (
+    BackendFailure,
+    BackendUnavailable,
+    Conflict,
+    DriverError,
+    InvalidProfile,
+    InvalidTransition,
+    Unsupported,
+)
+from .memory import MemoryConnection
+from .stdio import serve
+from .subprocess_transport import SubprocessConnection, child_environment
+from .wire import (
+    CancelParams,
+    Capabilities,
+    DeploymentRef,
+    ErrorData,
+    InitializeParams,
+    InitializeResult,
+    PeerInfo,
+    Progress,
+    ProvisioningProfile,
+    ResourceCaps,
+    State,
+    StatusReport,
+    ValidationResult,
+    utc_now,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendFailure",
+    "BackendUnavailable",
+    "CancelParams",
+    "Capabilities",
+    "Closed",
+    "Conflict",
+    "Connection",
+    "DeploymentRef",
+    "Driver",
+    "DriverError",
+    "ErrorData",
+    "FrameTooLarge",
+    "InitializeParams",
+    "InitializeResult",
+    "InvalidProfile",
+    "InvalidTransition",
+    "LineDecoder",
+    "Malformed",
+    "MemoryConnection",
+    "MessageTooLarge",
+    "PeerInfo",
+    "Progress",
+    "ProvisioningProfile",
+    "RequestContext",
+    "ResourceCaps",
+    "State",
+    "StatusReport",
+    "SubprocessConnection",
+    "Unsupported",
+    "ValidationResult",
+    "child_environment",
+    "codes",
+    "encode",
+    "serve",
+    "utc_now",
+]

@@ -1,0 +1,79 @@
+"""``hearth-adaptersdk``: tools for adapter authors.
+
+    hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
+                                       [--refused-profile JSON] [--failing-profile JSON]
+                                       [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .conformance import KitOptions, check_adapter
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _load_options(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("the options file must hold an object")
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hearth-adaptersdk", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hearth-adaptersdk {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    kit = commands.add_parser("conformance", help="check an adapter executable against the protocol")
+    kit.add_argument("path", type=Path, help="the adapter executable (hearth-adapter-<driver>)")
+    kit.add_argument("--options", type=Path, help="a JSON or TOML file with any of the options below")
+    for name in ("config", "profile", "upgrade-profile", "refused-profile", "failing-profile",
+                 "slow-profile"):
+        kit.add_argument(f"--{name}", type=_json_object, metavar="JSON")
+    kit.add_argument("--timeout", type=float, help="bound on each request in seconds (default 60)")
+    kit.add_argument("--env", action="append", default=None, metavar="NAME",
+                     help="an environment variable the adapter may see (repeatable)")
+    kit.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = _load_options(args.options) if args.options else {}
+        for key in ("config", "profile", "upgrade_profile", "refused_profile", "failing_profile",
+                    "slow_profile", "timeout", "env"):
+            value = getattr(args, key)
+            if value is not None:
+                options[key] = value
+        kit_options = KitOptions.from_mapping(options)
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"hearth-adaptersdk: bad options: {exc}", file=sys.stderr)
+        return 2
+    if not args.path.is_file():
+        print(f"hearth-adaptersdk: no adapter executable at {args.path}", file=sys.stderr)
+        return 2
+    report = check_adapter(args.path.resolve(), kit_options)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

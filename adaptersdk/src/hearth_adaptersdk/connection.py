@@ -1,0 +1,50 @@
+"""The interface every transport offers to a protocol peer (the host's client, the kit).
+
+A connection pushes decoded messages to a handler as they arrive and reports its end
+once, with what is known about why it ended; ``send`` writes one encoded line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .codec import Decoded
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The peer's end of the connection: exit code and stderr tail where there is a process."""
+
+    returncode: int | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+    #: Set when the stream broke (e.g. a line over the size limit) rather than ended.
+    error: Exception | None = None
+
+
+OnMessage = Callable[[Decoded], None]
+OnClosed = Callable[[Closed], None]
+
+
+class Connection(ABC):
+    """One byte stream to one adapter, framed by the line codec."""
+
+    #: A short name for messages and logs (the adapter's executable name).
+    name: str = "adapter"
+
+    @abstractmethod
+    def start(self, on_message: OnMessage, on_closed: OnClosed) -> None:
+        """Begin delivering incoming messages; ``on_closed`` is called exactly once."""
+
+    @abstractmethod
+    async def send(self, data: bytes) -> None:
+        """Write one encoded line; raises ConnectionError once the connection is closed."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """End the connection and release everything behind it; bounded in time."""
+
+    def stderr_tail(self) -> list[str]:
+        """The last lines the peer wrote to stderr (empty where there is no process)."""
+        return []

@@ -1,0 +1,396 @@
+"""The adapter side of one connection: envelope checks, dispatch, cancellation, progress.
+
+It owns no I/O: ``handle`` takes decoded messages and answers through ``send``, so the
+stdio server and the in-memory test connection run exactly the same code. Dispatch is
+jsonrpcserver's; its JSON Schema check is replaced by ``_envelope_problem`` because the
+wire models already validate params (see ``scripts/bench`` for the cost saved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_response
+from jsonrpcserver.response import to_serializable_one
+from pydantic import ValidationError
+
+from . import codes
+from .codec import Decoded, Malformed, MessageTooLarge, encode
+from .driver import Driver, RequestContext
+from .errors import DriverError
+from .wire import (
+    Capabilities,
+    DeploymentRef,
+    InitializeParams,
+    InitializeResult,
+    Level,
+    PeerInfo,
+    ProfileParams,
+    ProvisionParams,
+    RefParams,
+    UpgradeParams,
+)
+
+log = logging.getLogger("hearth_adaptersdk")
+
+Send = Callable[[bytes], None]
+Method = Callable[..., Awaitable[Any]]
+
+
+def wire_error(exc: BaseException) -> JsonRpcError:
+    """The one place where an exception raised while handling a request becomes a wire error."""
+    if isinstance(exc, JsonRpcError):
+        return exc
+    if isinstance(exc, DriverError):
+        return JsonRpcError(exc.code, exc.message, exc.data())
+    if isinstance(exc, ValidationError):
+        return JsonRpcError(
+            codes.INVALID_PARAMS,
+            "Invalid params",
+            {"kind": "invalid_params", "errors": validation_problems(exc)},
+        )
+    if isinstance(exc, NotImplementedError):
+        return JsonRpcError(
+            codes.METHOD_NOT_FOUND,
+            "Method not implemented by this adapter",
+            {"kind": "method_not_found"},
+        )
+    log.error("unexpected error in the driver", exc_info=exc)
+    return JsonRpcError(
+        codes.INTERNAL_ERROR,
+        f"internal error in the adapter: {type(exc).__name__}: {exc}",
+        {"kind": "internal", "type": type(exc).__name__},
+    )
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Pydantic's errors as short ``location: problem`` lines."""
+    return [
+        f"{'.'.join(str(part) for part in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def error_response(
+    request_id: object, code: int, message: str, **data: Any
+) -> dict[str, Any]:
+    """A complete error response; ``data`` always carries the code's kind."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": code, "message": message, "data": {"kind": codes.kind_of(code), **data}},
+    }
+
+
+def _envelope_problem(message: dict[str, Any]) -> str | None:
+    if message.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be "2.0"'
+    if not isinstance(message.get("method"), str):
+        return "method must be a string"
+    if "params" in message and not isinstance(message["params"], dict | list):
+        return "params must be an object"
+    if "id" in message:
+        ident = message["id"]
+        if not isinstance(ident, int) or isinstance(ident, bool):
+            return "id must be an integer"
+    return None
+
+
+def _with_kind(payload: dict[str, Any]) -> dict[str, Any]:
+    """Give jsonrpcserver's own errors (bad arguments, unknown method) the protocol's data."""
+    error = payload.get("error")
+    if error is None or (isinstance(error.get("data"), dict) and "kind" in error["data"]):
+        return payload
+    detail = error.get("data")
+    code = error["code"]
+    data: dict[str, Any] = {"kind": codes.kind_of(code)}
+    if code == codes.INVALID_PARAMS:
+        data["errors"] = [str(detail)] if detail is not None else []
+    elif code == codes.METHOD_NOT_FOUND:
+        data["method"] = detail
+    elif detail is not None:
+        data["detail"] = str(detail)
+    error["data"] = data
+    return payload
+
+
+class ServerSession:
+    """Serves one driver over one connection."""
+
+    def __init__(self, driver: Driver, send: Send) -> None:
+        self._driver = driver
+        self._send = send
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._initialized = False
+        self._shutting_down = False
+        self._closed = False
+        self._methods: dict[str, Method] = {"initialize": self._initialize}
+        self._batch_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._batches: set[asyncio.Task[None]] = set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    # --- incoming ---------------------------------------------------------------------
+    def handle(self, item: Decoded) -> None:
+        """Take one decoded line; answers are sent as they become ready."""
+        if isinstance(item, Malformed):
+            self._write(error_response(None, codes.PARSE_ERROR, "Parse error", reason=item.reason))
+        elif isinstance(item, list):
+            self._handle_batch(item)
+        else:
+            response = self._accept(item)
+            if response is not None:
+                self._write(response)
+
+    def _accept(self, message: Any) -> dict[str, Any] | None:
+        """Start a request or act on a notification; return an immediate answer if any."""
+        if not isinstance(message, dict):
+            return error_response(None, codes.INVALID_REQUEST, "Invalid request",
+                                  reason="not an object")
+        problem = _envelope_problem(message)
+        ident = message.get("id")
+        if problem is not None:
+            if "method" not in message and ("result" in message or "error" in message):
+                return None  # a response: the host sends none, so there is nothing to match
+            echo = ident if isinstance(ident, int | str) and not isinstance(ident, bool) else None
+            return error_response(echo, codes.INVALID_REQUEST, "Invalid request", reason=problem)
+        if "id" not in message:
+            self._notification(message)
+            return None
+        method = message["method"]
+        assert isinstance(ident, int)  # checked by _envelope_problem
+        if not self._initialized and method != "initialize":
+            return error_response(ident, codes.NOT_INITIALIZED, "Not initialized: send initialize first")
+        if self._shutting_down:
+            return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
+                                  reason="the adapter is shutting down")
+        if ident in self._tasks:
+            return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
+                                  reason=f"id {ident} is already in flight")
+        task = asyncio.create_task(self._run(message, ident, method))
+        task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
+        self._tasks[ident] = task
+        return None
+
+    def _notification(self, message: dict[str, Any]) -> None:
+        if message["method"] != "cancel":
+            return
+        params = message.get("params")
+        target = params.get("id") if isinstance(params, dict) else None
+        task = self._tasks.get(target) if isinstance(target, int) else None
+        if task is not None:
+            task.cancel()
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        if not batch:
+            self._write(error_response(None, codes.INVALID_REQUEST, "Invalid request",
+                                       reason="empty batch"))
+            return
+        task = asyncio.create_task(self._run_batch(batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: list[Any]) -> None:
+        waiting: list[asyncio.Future[dict[str, Any]]] = []
+        immediate: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        for message in batch:
+            answer = self._accept(message)
+            if answer is not None:
+                immediate.append(answer)
+            elif isinstance(message, dict) and "id" in message and message["id"] in self._tasks:
+                future: asyncio.Future[dict[str, Any]] = loop.create_future()
+                self._batch_waiters[message["id"]] = future
+                waiting.append(future)
+        answers = immediate + list(await asyncio.gather(*waiting))
+        if answers:
+            self._write_raw(answers)
+
+    # --- one request ------------------------------------------------------------------
+    async def _run(self, message: dict[str, Any], ident: int, method: str) -> None:
+        ctx = RequestContext(ident, method, self._progress)
+        try:
+            response: Any = await async_dispatch_to_response(
+                cast(str, message),  # already parsed: the deserializer below passes it through
+                self._methods,
+                context=ctx,
+                deserializer=_identity,
+                validator=_identity,
+                post_process=to_serializable_one,
+            )
+            payload = _with_kind(response)
+        except asyncio.CancelledError:
+            payload = error_response(ident, codes.CANCELLED, "Request cancelled")
+        finally:
+            del self._tasks[ident]
+        self._deliver(ident, payload)
+
+    def _cancelled_before_start(self, task: asyncio.Task[None], ident: int) -> None:
+        """A task cancelled before it ran never reaches ``_run``'s handler: answer it here."""
+        if task.cancelled() and self._tasks.get(ident) is task:
+            del self._tasks[ident]
+            self._deliver(ident, error_response(ident, codes.CANCELLED, "Request cancelled"))
+
+    def _deliver(self, ident: int, payload: dict[str, Any]) -> None:
+        waiter = self._batch_waiters.pop(ident, None)
+        if waiter is not None:
+            waiter.set_result(payload)
+        else:
+            self._write(payload)
+
+    def _progress(self, request_id: int, message: str, fraction: float | None, level: Level) -> None:
+        if request_id in self._tasks and not self._closed:
+            self._write({
+                "jsonrpc": "2.0",
+                "method": "progress",
+                "params": {"request_id": request_id, "message": message,
+                           "fraction": fraction, "level": level},
+            })
+
+    def _write(self, payload: dict[str, Any]) -> None:
+        self._write_raw(payload)
+
+    def _write_raw(self, payload: dict[str, Any] | list[Any]) -> None:
+        if self._closed:
+            return
+        try:
+            data = encode(payload)
+        except MessageTooLarge as exc:
+            ident = payload.get("id") if isinstance(payload, dict) else None
+            data = encode(error_response(ident, codes.INTERNAL_ERROR, str(exc)))
+        self._send(data)
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def close(self, grace: float = 3.0) -> None:
+        """Cancel what is in flight (each answers -32800), then let the driver clean up."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        self._closed = True
+        if self._initialized:
+            await self._driver.close()
+
+    # --- methods ----------------------------------------------------------------------
+    async def _initialize(
+        self,
+        ctx: RequestContext,
+        protocol_versions: Any = None,
+        host: Any = None,
+        config: Any = None,
+        data_dir: Any = None,
+    ) -> Any:
+        try:
+            if self._initialized:
+                _raise(codes.INVALID_REQUEST, "Already initialized")
+            params = InitializeParams.model_validate({
+                "protocol_versions": protocol_versions, "host": host,
+                "config": config if config is not None else {}, "data_dir": data_dir,
+            })
+            if codes.PROTOCOL_VERSION not in params.protocol_versions:
+                _raise(codes.UNSUPPORTED_VERSION,
+                       f"No common protocol version: host offers {params.protocol_versions}, "
+                       f"this adapter speaks {list(codes.SUPPORTED_VERSIONS)}",
+                       supported=list(codes.SUPPORTED_VERSIONS))
+            driver = self._driver
+            settings: Any = params.config
+            if driver.config_model is not None:
+                settings = driver.config_model.model_validate(params.config)
+            folder = Path(params.data_dir) if params.data_dir else None
+            if folder is not None:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await driver.setup(settings, folder)
+            self._register(driver)
+            self._initialized = True
+            result = InitializeResult(
+                protocol_version=codes.PROTOCOL_VERSION,
+                adapter=PeerInfo(name=driver.adapter_name, version=driver.version),
+                driver=driver.name,
+                capabilities=Capabilities(methods=driver.announced_methods()),
+                config_schema=(driver.config_model.model_json_schema()
+                               if driver.config_model is not None else None),
+            )
+            return Success(result.model_dump(mode="json"))
+        except Exception as exc:
+            raise wire_error(exc) from None
+
+    def _register(self, driver: Driver) -> None:
+        announced: set[str] = set(driver.announced_methods())
+
+        async def provision(ctx: RequestContext, slug: Any = None, profile: Any = None) -> Any:
+            async def run() -> Any:
+                params = ProvisionParams.model_validate({"slug": slug, "profile": profile})
+                ref = await driver.provision(params.slug, params.profile, ctx)
+                return ref.model_dump(mode="json")
+            return await _call(run)
+
+        async def status(ctx: RequestContext, ref: Any = None) -> Any:
+            async def run() -> Any:
+                params = RefParams.model_validate({"ref": ref})
+                return (await driver.status(params.ref, ctx)).model_dump(mode="json")
+            return await _call(run)
+
+        async def upgrade(ctx: RequestContext, ref: Any = None, profile: Any = None) -> Any:
+            async def run() -> Any:
+                params = UpgradeParams.model_validate({"ref": ref, "profile": profile})
+                return (await driver.upgrade(params.ref, params.profile, ctx)).model_dump(mode="json")
+            return await _call(run)
+
+        async def teardown(ctx: RequestContext, ref: Any = None) -> Any:
+            async def run() -> Any:
+                params = RefParams.model_validate({"ref": ref})
+                await driver.teardown(params.ref, ctx)
+                return None
+            return await _call(run)
+
+        async def list_(ctx: RequestContext) -> Any:
+            async def run() -> Any:
+                refs: list[DeploymentRef] = await driver.list(ctx)
+                return [ref.model_dump(mode="json") for ref in refs]
+            return await _call(run)
+
+        async def validate_profile(ctx: RequestContext, profile: Any = None) -> Any:
+            async def run() -> Any:
+                params = ProfileParams.model_validate({"profile": profile})
+                errors = await driver.validate_profile(params.profile, ctx)
+                return {"valid": not errors, "errors": list(errors)}
+            return await _call(run)
+
+        async def shutdown(ctx: RequestContext) -> Any:
+            self._shutting_down = True
+            for ident, task in list(self._tasks.items()):
+                if ident != ctx.request_id:
+                    task.cancel()
+            return Success(None)
+
+        self._methods.update(
+            provision=provision, status=status, upgrade=upgrade, teardown=teardown,
+            shutdown=shutdown,
+        )
+        if "list" in announced:
+            self._methods["list"] = list_
+        if "validate_profile" in announced:
+            self._methods["validate_profile"] = validate_profile
+
+
+async def _call(run: Callable[[], Awaitable[Any]]) -> Any:
+    try:
+        return Success(await run())
+    except Exception as exc:
+        raise wire_error(exc) from None
+
+
+def _raise(code: int, message: str, **data: Any) -> NoReturn:
+    raise JsonRpcError(code, message, {"kind": codes.kind_of(code), **data})
+
+
+def _identity(value: Any) -> Any:
+    return value
+

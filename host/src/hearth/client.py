@@ -1,0 +1,395 @@
+"""``AdapterClient``: one live connection to one adapter, used like an in-process driver.
+
+It does the handshake (with its own timeout), multiplexes requests by id, bounds each
+call, tells the adapter to cancel on a timeout or when the calling task is cancelled,
+passes progress events to a callback, and turns every failure into the host's typed
+errors. Once the session fails (crash, garbage on stdout, unknown id), every pending
+and later call fails at once with that error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import jsonrpcclient
+from hearth_adaptersdk import (
+    Closed,
+    Connection,
+    DeploymentRef,
+    FrameTooLarge,
+    InitializeResult,
+    Malformed,
+    MessageTooLarge,
+    Progress,
+    ProvisioningProfile,
+    StatusReport,
+    SubprocessConnection,
+    ValidationResult,
+    child_environment,
+    codes,
+    encode,
+)
+from hearth_adaptersdk.codec import preview
+from pydantic import BaseModel, ValidationError
+
+from . import __version__
+from .errors import (
+    AdapterCrashed,
+    AdapterNotFound,
+    AdapterRefused,
+    CallTimeout,
+    HearthError,
+    ProtocolViolation,
+    Unsupported,
+    from_wire_error,
+)
+
+log = logging.getLogger("hearth")
+
+ProgressCallback = Callable[[Progress], object]
+M = TypeVar("M", bound=BaseModel)
+HANDSHAKE_TIMEOUT = 10.0
+#: How long a cancelled call waits for the adapter's -32800 before giving up on it.
+CANCEL_GRACE = 1.0
+#: How long ``close`` waits for the answer to ``shutdown``.
+SHUTDOWN_GRACE = 1.0
+
+
+class AdapterClient:
+    """The host's end of a session with one adapter. Create it with ``launch`` or ``connect``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.name = connection.name
+        self.info: InitializeResult | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._progress: dict[int, ProgressCallback] = {}
+        self._abandoned: set[int] = set()
+        self._failure: HearthError | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._reaper: asyncio.Task[None] | None = None
+        connection.start(self._on_message, self._on_closed)
+
+    # --- creation -------------------------------------------------------------------------
+    @classmethod
+    async def launch(
+        cls,
+        path: str | Path,
+        *,
+        config: Mapping[str, Any] | None = None,
+        timeout: float = HANDSHAKE_TIMEOUT,
+        data_dir: str | Path | None = None,
+        driver: str | None = None,
+        env: Sequence[str] = (),
+    ) -> Self:
+        """Start the adapter at ``path`` and complete the handshake within ``timeout`` seconds.
+
+        ``driver`` (default: from the file name) must match the driver the adapter names;
+        ``env`` lists extra environment variables the adapter may see.
+        """
+        path = Path(path)
+        expected = driver or path.name.removeprefix(codes.ADAPTER_PREFIX)
+        try:
+            connection = await SubprocessConnection.spawn(
+                [str(path)], name=path.name, env=child_environment(env))
+        except FileNotFoundError:
+            raise AdapterNotFound(f"no adapter executable at {path}") from None
+        except OSError as exc:
+            raise AdapterRefused(f"cannot start {path}: {exc.strerror or exc}") from None
+        return await cls.connect(connection, config=config, timeout=timeout,
+                                 data_dir=data_dir, driver=expected)
+
+    @classmethod
+    async def connect(
+        cls,
+        connection: Connection,
+        *,
+        config: Mapping[str, Any] | None = None,
+        timeout: float = HANDSHAKE_TIMEOUT,
+        data_dir: str | Path | None = None,
+        driver: str | None = None,
+    ) -> Self:
+        """Handshake over an existing connection (e.g. ``MemoryConnection`` in tests)."""
+        client = cls(connection)
+        try:
+            await client._handshake(config or {}, data_dir, driver, timeout)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _handshake(self, config: Mapping[str, Any], data_dir: str | Path | None,
+                         driver: str | None, timeout: float) -> None:
+        params = {
+            "protocol_versions": [codes.PROTOCOL_VERSION],
+            "host": {"name": "hearth", "version": __version__},
+            "config": dict(config),
+            "data_dir": str(data_dir) if data_dir is not None else None,
+        }
+        try:
+            result = await self._call("initialize", params, timeout=timeout)
+        except CallTimeout:
+            raise CallTimeout(f"adapter {self.name} did not complete the handshake within "
+                              f"{timeout:g} s") from None
+        except AdapterCrashed as exc:
+            raise AdapterCrashed(self.name, exc.exit_code, exc.stderr_tail,
+                                 "exited before the handshake") from None
+        except HearthError as exc:
+            if getattr(exc, "code", None) == codes.UNSUPPORTED_VERSION:
+                raise AdapterRefused(f"adapter {self.name} speaks none of the host's protocol "
+                                     f"versions: {exc.message}") from None
+            raise
+        info = self._validated(InitializeResult, result, "initialize")
+        if driver is not None and info.driver != driver:
+            raise AdapterRefused(f"adapter {self.name} says it serves driver {info.driver!r}, "
+                                 f"but was found as {driver!r}")
+        self.info = info
+
+    # --- the verbs ------------------------------------------------------------------------
+    async def provision(self, slug: str, profile: ProvisioningProfile, *,
+                        on_progress: ProgressCallback | None = None,
+                        timeout: float | None = None) -> DeploymentRef:
+        result = await self._call("provision", {"slug": slug, "profile": _dump(profile)},
+                                  timeout=timeout, on_progress=on_progress)
+        return self._validated(DeploymentRef, result, "provision")
+
+    async def status(self, ref: DeploymentRef, *, timeout: float | None = None) -> StatusReport:
+        result = await self._call("status", {"ref": _dump(ref)}, timeout=timeout)
+        return self._validated(StatusReport, result, "status")
+
+    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile, *,
+                      on_progress: ProgressCallback | None = None,
+                      timeout: float | None = None) -> DeploymentRef:
+        result = await self._call("upgrade", {"ref": _dump(ref), "profile": _dump(profile)},
+                                  timeout=timeout, on_progress=on_progress)
+        return self._validated(DeploymentRef, result, "upgrade")
+
+    async def teardown(self, ref: DeploymentRef, *,
+                       on_progress: ProgressCallback | None = None,
+                       timeout: float | None = None) -> None:
+        await self._call("teardown", {"ref": _dump(ref)}, timeout=timeout, on_progress=on_progress)
+
+    async def list(self, *, timeout: float | None = None) -> list[DeploymentRef]:
+        self._require("list")
+        result = await self._call("list", {}, timeout=timeout)
+        if not isinstance(result, list):
+            raise ProtocolViolation(f"adapter {self.name} answered list with {type(result).__name__}")
+        return [self._validated(DeploymentRef, item, "list") for item in result]
+
+    async def validate_profile(self, profile: ProvisioningProfile, *,
+                               timeout: float | None = None) -> ValidationResult:
+        self._require("validate_profile")
+        result = await self._call("validate_profile", {"profile": _dump(profile)}, timeout=timeout)
+        return self._validated(ValidationResult, result, "validate_profile")
+
+    def supports(self, method: str) -> bool:
+        return self.info is not None and method in self.info.capabilities.methods
+
+    def _require(self, method: str) -> None:
+        if not self.supports(method):
+            raise Unsupported(f"adapter {self.name} does not offer {method}", codes.UNSUPPORTED,
+                              {"kind": "unsupported", "reason": f"{method} is not announced"})
+
+    # --- requests -------------------------------------------------------------------------
+    async def _call(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
+                    on_progress: ProgressCallback | None = None) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        ident = next(self._ids)
+        try:
+            data = encode(jsonrpcclient.request(method, params, id=ident))
+        except MessageTooLarge as exc:
+            raise ProtocolViolation(f"{method} request not sent: {exc}") from None
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        if on_progress is not None:
+            self._progress[ident] = on_progress
+        try:
+            try:
+                await self.connection.send(data)
+            except (ConnectionError, OSError):
+                raise self._failure or AdapterCrashed(
+                    self.name, None, self.stderr_tail(), "stopped reading its input") from None
+            if timeout is None:
+                response = await future
+            else:
+                async with asyncio.timeout(timeout):
+                    response = await future
+        except TimeoutError:
+            if self._failure is not None:
+                raise self._failure from None
+            confirmed = await self._cancel(ident, future)
+            raise CallTimeout(
+                f"{method} on {self.name} got no answer within {timeout:g} s and was cancelled"
+                + ("" if confirmed else "; the adapter did not confirm the cancel")) from None
+        except asyncio.CancelledError:
+            self._abandon(ident)
+            raise
+        finally:
+            self._pending.pop(ident, None)
+            self._progress.pop(ident, None)
+        parsed: Any = jsonrpcclient.parse(response)
+        if isinstance(parsed, jsonrpcclient.Error):
+            raise from_wire_error(self.name, parsed.code, parsed.message, parsed.data)
+        return parsed.result
+
+    async def _cancel(self, ident: int, future: asyncio.Future[dict[str, Any]]) -> bool:
+        """Tell the adapter to stop ``ident``; True when it answered within the grace."""
+        self._abandon(ident)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), CANCEL_GRACE)
+            return True
+        return False
+
+    def _abandon(self, ident: int) -> None:
+        """Send ``cancel`` (best effort) and accept a late answer to ``ident`` silently."""
+        self._abandoned.add(ident)
+        if self._failure is None and not self._closing:
+            message = encode({"jsonrpc": "2.0", "method": "cancel", "params": {"id": ident}})
+            task = asyncio.ensure_future(self._send_quietly(message))
+            task.add_done_callback(lambda _: None)
+
+    async def _send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.connection.send(data)
+
+    def _validated(self, model: type[M], value: Any, method: str) -> M:
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors(include_url=False)[:3])
+            raise ProtocolViolation(f"adapter {self.name} answered {method} with an invalid "
+                                    f"{model.__name__}: {problems}") from None
+
+    # --- incoming -------------------------------------------------------------------------
+    def _on_message(self, item: object) -> None:
+        if isinstance(item, Malformed):
+            self._fail(ProtocolViolation(
+                f"adapter {self.name} wrote something that is not JSON-RPC on stdout: "
+                f"{preview(item.raw)}"))
+            return
+        if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+            self._fail(ProtocolViolation(
+                f"adapter {self.name} wrote something that is not a JSON-RPC 2.0 message: "
+                f"{preview(encode_preview(item))}"))
+            return
+        if "method" in item:
+            if "id" not in item:
+                self._on_notification(item)
+            else:
+                self._fail(ProtocolViolation(
+                    f"adapter {self.name} sent a request ({item.get('method')!r}); "
+                    "adapters only answer"))
+            return
+        ident = item.get("id")
+        future = self._pending.get(ident) if isinstance(ident, int) else None
+        if future is not None:
+            if not future.done():
+                future.set_result(item)
+        elif isinstance(ident, int) and ident in self._abandoned:
+            self._abandoned.discard(ident)
+        elif ident is None and "error" in item:
+            error = item.get("error") or {}
+            self._fail(ProtocolViolation(
+                f"adapter {self.name} could not read a message from the host: "
+                f"{error.get('message')} {error.get('data')}"))
+        else:
+            self._fail(ProtocolViolation(
+                f"adapter {self.name} answered id {ident!r}, which matches no request in flight"))
+
+    def _on_notification(self, item: dict[str, Any]) -> None:
+        if item["method"] != "progress":
+            return  # unknown notifications are allowed for forward compatibility
+        try:
+            event = Progress.model_validate(item.get("params"))
+        except ValidationError:
+            log.warning("adapter %s sent a malformed progress event: %s", self.name,
+                        preview(encode_preview(item)))
+            return
+        callback = self._progress.get(event.request_id)
+        if callback is None:
+            return
+        try:
+            callback(event)
+        except Exception:
+            log.exception("progress callback failed")
+
+    def _on_closed(self, closed: Closed) -> None:
+        self._closed.set()
+        if self._closing:
+            return
+        if isinstance(closed.error, FrameTooLarge):
+            self._fail(ProtocolViolation(f"adapter {self.name} sent a line over the 16 MiB "
+                                         f"message limit ({closed.error})"))
+        else:
+            self._fail(AdapterCrashed(self.name, closed.returncode, closed.stderr_tail))
+
+    def _fail(self, error: HearthError) -> None:
+        """End the session: every pending and later call fails with ``error``."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        log.error("%s", error.message)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if not self._closing:
+            self._reaper = asyncio.ensure_future(self.connection.close())
+
+    # --- state and shutdown ----------------------------------------------------------------
+    @property
+    def failure(self) -> HearthError | None:
+        """The error that ended the session, if one did."""
+        return self._failure
+
+    @property
+    def alive(self) -> bool:
+        return self._failure is None and not self._closing
+
+    def stderr_tail(self) -> builtins.list[str]:
+        return self.connection.stderr_tail()
+
+    async def close(self) -> None:
+        """Bounded shutdown: ``shutdown`` request, then the transport's EOF/TERM/KILL ladder."""
+        if self._closing:
+            if self._reaper is not None:
+                await asyncio.shield(self._reaper)
+            return
+        if self._failure is None and self.info is not None:
+            with contextlib.suppress(HearthError, TimeoutError):
+                await self._call("shutdown", {}, timeout=SHUTDOWN_GRACE)
+        self._closing = True
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self.connection.close())
+        await asyncio.shield(self._reaper)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    self._failure or AdapterCrashed(self.name, None, [], "was closed"))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def encode_preview(item: object) -> bytes:
+    try:
+        return encode(item)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return repr(item).encode()
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,188 @@
+"""One error tree for everything the host can fail with.
+
+    HearthError                      kind (the CLI's JSON error kind)
+    ├── InvalidInput                 invalid_input        bad slug, tier, driver or settings
+    ├── AdapterNotFound              adapter_not_found    no hearth-adapter-<driver> anywhere
+    ├── AdapterRefused               adapter_refused      found, but unsafe or not our driver
+    ├── AdapterCrashed               adapter_crashed      the process died (exit code, stderr tail)
+    ├── ProtocolViolation            protocol_violation   the adapter broke the wire contract
+    ├── CallTimeout                  timeout              no answer within the caller's bound
+    ├── SlugLocked                   slug_locked          another process holds the slug too long
+    └── AdapterError                 (the protocol's kind) the adapter answered with an error
+        ├── Conflict                 conflict             .existing: DeploymentRef | None
+        ├── InvalidTransition        invalid_transition   .state
+        ├── Unsupported              unsupported          .reason
+        ├── InvalidProfile           invalid_profile      .errors
+        ├── BackendUnavailable       backend_unavailable
+        ├── BackendFailure           backend_failure      .rolled_back, .logs
+        └── Cancelled                cancelled
+
+Wire errors become these in exactly one place, ``from_wire_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from hearth_adaptersdk import DeploymentRef, codes
+
+
+class HearthError(Exception):
+    """Base of every error hearth raises; ``kind`` is stable and machine-readable."""
+
+    kind: ClassVar[str] = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's ``{"error": ...}`` payload body."""
+        return {"kind": self.kind, "message": self.message}
+
+
+class InvalidInput(HearthError):
+    kind = "invalid_input"
+
+
+class AdapterNotFound(HearthError):
+    kind = "adapter_not_found"
+
+
+class AdapterRefused(HearthError):
+    kind = "adapter_refused"
+
+
+class AdapterCrashed(HearthError):
+    kind = "adapter_crashed"
+
+    def __init__(self, adapter: str, exit_code: int | None, stderr_tail: Sequence[str],
+                 what: str = "exited") -> None:
+        self.adapter = adapter
+        self.exit_code = exit_code
+        self.stderr_tail = list(stderr_tail)
+        code = f"exit code {exit_code}" if exit_code is not None else "exit code unknown"
+        last = "; stderr: " + " | ".join(self.stderr_tail[-5:]) if self.stderr_tail else \
+            "; it wrote nothing to stderr"
+        super().__init__(f"adapter {adapter} {what} ({code}){last}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "exit_code": self.exit_code,
+                "stderr_tail": self.stderr_tail[-20:]}
+
+
+class ProtocolViolation(HearthError):
+    kind = "protocol_violation"
+
+
+class CallTimeout(HearthError):
+    kind = "timeout"
+
+
+class SlugLocked(HearthError):
+    kind = "slug_locked"
+
+
+class AdapterError(HearthError):
+    """The adapter answered a request with a protocol error."""
+
+    code: int
+    data: dict[str, Any]
+
+    def __init__(self, message: str, code: int, data: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = dict(data)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return str(self.data.get("kind") or codes.kind_of(self.code))
+
+    def to_json(self) -> dict[str, Any]:
+        extra = {key: value for key, value in self.data.items() if key != "kind"}
+        return {**super().to_json(), "code": self.code, **extra}
+
+
+class Conflict(AdapterError):
+    @property
+    def existing(self) -> DeploymentRef | None:
+        value = self.data.get("existing")
+        return DeploymentRef.model_validate(value) if isinstance(value, dict) else None
+
+
+class InvalidTransition(AdapterError):
+    @property
+    def state(self) -> str | None:
+        value = self.data.get("state")
+        return str(value) if value is not None else None
+
+
+class Unsupported(AdapterError):
+    @property
+    def reason(self) -> str:
+        return str(self.data.get("reason") or self.message)
+
+
+class InvalidProfile(AdapterError):
+    @property
+    def errors(self) -> list[str]:
+        return [str(item) for item in self.data.get("errors") or []]
+
+
+class BackendUnavailable(AdapterError):
+    pass
+
+
+class BackendFailure(AdapterError):
+    @property
+    def rolled_back(self) -> bool:
+        return bool(self.data.get("rolled_back"))
+
+    @property
+    def logs(self) -> list[str]:
+        return [str(item) for item in self.data.get("logs") or []]
+
+
+class Cancelled(AdapterError):
+    pass
+
+
+_BY_CODE: dict[int, type[AdapterError]] = {
+    codes.CONFLICT: Conflict,
+    codes.INVALID_TRANSITION: InvalidTransition,
+    codes.UNSUPPORTED: Unsupported,
+    codes.INVALID_PROFILE: InvalidProfile,
+    codes.BACKEND_UNAVAILABLE: BackendUnavailable,
+    codes.BACKEND_FAILURE: BackendFailure,
+    codes.CANCELLED: Cancelled,
+}
+
+
+def from_wire_error(adapter: str, code: int, message: str, data: Any) -> AdapterError:
+    """The one translation of a wire error into the host's tree."""
+    payload = data if isinstance(data, dict) else {"kind": codes.kind_of(code), "detail": data}
+    payload.setdefault("kind", codes.kind_of(code))
+    cls = _BY_CODE.get(code, AdapterError)
+    return cls(f"{adapter}: {message}", code, payload)
+
+
+__all__ = [
+    "AdapterCrashed",
+    "AdapterError",
+    "AdapterNotFound",
+    "AdapterRefused",
+    "BackendFailure",
+    "BackendUnavailable",
+    "CallTimeout",
+    "Cancelled",
+    "Conflict",
+    "HearthError",
+    "InvalidInput",
+    "InvalidProfile",
+    "InvalidTransition",
+    "ProtocolViolation",
+    "SlugLocked",
+    "Unsupported",
+    "from_wire_error",
+]

@@ -1,0 +1,94 @@
+"""The fake adapter: deterministic, persistent in its data_dir, faults on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hearth_adapter_fake import FakeDriver
+from hearth_adapter_fake.store import read_journal
+from hearth_adaptersdk.testing import RemoteError, open_peer
+from tests.helpers import profile
+
+
+async def test_the_endpoint_is_derived_from_the_slug() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        ref = await peer.provision("alpha", profile())
+        assert ref.endpoint == "fake://alpha"
+        assert ref.last_status == "ready"
+
+
+async def test_state_survives_a_restart_when_there_is_a_data_dir(tmp_path: Path) -> None:
+    async with open_peer(FakeDriver(), data_dir=tmp_path) as peer:
+        ref = await peer.provision("alpha", profile())
+    async with open_peer(FakeDriver(), data_dir=tmp_path) as peer:
+        assert (await peer.status(ref)).state == "ready"
+        assert await peer.provision("alpha", profile()) == ref
+        assert await peer.list() == [ref]
+
+
+async def test_without_a_data_dir_state_lives_in_memory_only() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        ref = await peer.provision("alpha", profile())
+    async with open_peer(FakeDriver()) as peer:
+        assert (await peer.status(ref)).state == "absent"
+
+
+async def test_every_call_is_journaled(tmp_path: Path) -> None:
+    async with open_peer(FakeDriver(), data_dir=tmp_path) as peer:
+        ref = await peer.provision("alpha", profile())
+        await peer.provision("alpha", profile())
+        await peer.status(ref)
+        await peer.teardown(ref)
+    methods = [(entry["method"], entry["slug"]) for entry in read_journal(tmp_path)]
+    assert methods == [("provision", "alpha"), ("provision", "alpha"), ("status", "alpha"),
+                       ("teardown", "alpha")]
+
+
+async def test_teardown_leaves_a_torn_down_record_and_list_hides_it() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        ref = await peer.provision("alpha", profile())
+        await peer.teardown(ref)
+        assert (await peer.status(ref)).state == "tier_torn_down"
+        assert await peer.list() == []
+
+
+async def test_fail_at_provision_rolls_back_and_reports_logs() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("alpha", profile(fail_at="provision"))
+        assert caught.value.kind == "backend_failure"
+        assert caught.value.data["rolled_back"] is True
+        assert caught.value.data["logs"]
+        assert await peer.list() == []
+
+
+async def test_fail_at_upgrade_keeps_the_previous_deployment() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        ref = await peer.provision("alpha", profile())
+        with pytest.raises(RemoteError) as caught:
+            await peer.upgrade(ref, profile(tier="team", fail_at="upgrade"))
+        assert caught.value.data["rolled_back"] is True
+        assert (await peer.list())[0].tier == "solo"
+
+
+async def test_upgrade_of_a_torn_down_workspace_is_an_invalid_transition() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        ref = await peer.provision("alpha", profile())
+        await peer.teardown(ref)
+        with pytest.raises(RemoteError) as caught:
+            await peer.upgrade(ref, profile(tier="team"))
+        assert caught.value.kind == "invalid_transition"
+        assert caught.value.data["state"] == "tier_torn_down"
+
+
+async def test_profiles_it_cannot_honour_are_refused_with_every_reason() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("alpha", profile(reject=True, colour="red", fail_at="never"))
+        assert caught.value.kind == "invalid_profile"
+        errors = caught.value.data["errors"]
+        assert len(errors) == 3
+        reply = await peer.request("validate_profile", {"profile": profile(delay=-1).model_dump()})
+        assert reply.result["valid"] is False

@@ -1,0 +1,211 @@
+"""The SDK's server session, driven in memory through the same codec as stdio."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hearth_adapter_fake import FakeDriver
+from hearth_adaptersdk import (
+    DeploymentRef,
+    Driver,
+    MemoryConnection,
+    ProvisioningProfile,
+    RequestContext,
+    StatusReport,
+    codes,
+    encode,
+    utc_now,
+)
+from hearth_adaptersdk.testing import Peer, open_peer
+from tests.helpers import profile
+
+
+def _ref(slug: str) -> dict[str, Any]:
+    return {"workspace_slug": slug, "tier": "solo", "driver": "fake", "endpoint": None,
+            "secrets_vault_path": None, "created": "2026-01-01T00:00:00Z", "last_status": "ready"}
+
+
+class Rendezvous(Driver):
+    """Provision of "a" waits until provision of "b" has started: proves concurrency."""
+
+    name: ClassVar[str] = "rendezvous"
+
+    def __init__(self) -> None:
+        self.b_started = asyncio.Event()
+
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
+        if slug == "a":
+            await self.b_started.wait()
+        else:
+            self.b_started.set()
+        return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver=self.name,
+                             created=utc_now(), last_status="ready")
+
+
+class Broken(Driver):
+    name: ClassVar[str] = "broken"
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        raise KeyError("the driver has a bug")
+
+
+async def test_requests_before_initialize_are_refused_with_not_initialized() -> None:
+    peer = Peer(MemoryConnection(FakeDriver()))
+    reply = await peer.request("status", {"ref": _ref("a")})
+    assert reply.error is not None
+    assert reply.error["code"] == codes.NOT_INITIALIZED
+    assert reply.error["data"]["kind"] == "not_initialized"
+    await peer.close()
+
+
+async def test_no_common_version_names_the_supported_ones() -> None:
+    peer = Peer(MemoryConnection(FakeDriver()))
+    reply = await peer.request("initialize", {"protocol_versions": [7], "host": {"name": "h", "version": "1"}})
+    assert reply.error is not None
+    assert reply.error["code"] == codes.UNSUPPORTED_VERSION
+    assert reply.error["data"] == {"kind": "unsupported_version", "supported": [1]}
+    await peer.close()
+
+
+async def test_an_invalid_config_is_invalid_params_listing_the_problems() -> None:
+    peer = Peer(MemoryConnection(FakeDriver()))
+    reply = await peer.request("initialize", {"protocol_versions": [1], "host": {"name": "h", "version": "1"},
+                                              "config": {"colour": "blue"}})
+    assert reply.error is not None
+    assert reply.error["code"] == codes.INVALID_PARAMS
+    assert any("colour" in problem for problem in reply.error["data"]["errors"])
+    await peer.close()
+
+
+async def test_the_handshake_announces_methods_and_the_config_schema() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        reply = await peer.request("initialize", {"protocol_versions": [1],
+                                                  "host": {"name": "h", "version": "1"}})
+        assert reply.error is not None, "a second initialize is refused"
+    peer = Peer(MemoryConnection(FakeDriver()))
+    info = await peer.initialize()
+    assert info.driver == "fake"
+    assert info.capabilities.methods == ["provision", "status", "upgrade", "teardown", "list",
+                                         "validate_profile"]
+    assert info.config_schema is not None and info.config_schema["type"] == "object"
+    await peer.close()
+
+
+async def test_requests_run_concurrently() -> None:
+    async with open_peer(Rendezvous()) as peer:
+        first = asyncio.create_task(peer.request("provision", {"slug": "a", "profile": {
+            "tier": "t", "driver": "rendezvous"}}))
+        second = await peer.request("provision", {"slug": "b", "profile": {"tier": "t", "driver": "rendezvous"}})
+        assert second.ok
+        assert (await first).ok
+
+
+async def test_cancel_answers_minus_32800_and_the_driver_rolls_back() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        slow = profile(delay=30).model_dump(mode="json")
+        sent, future = await peer.start_request("provision", {"slug": "slow", "profile": slow})
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, future, 5)
+        assert reply.error is not None
+        assert reply.error["code"] == codes.CANCELLED
+        assert reply.error["data"]["kind"] == "cancelled"
+        status = await peer.request("status", {"ref": _ref("slow")})
+        assert status.result["state"] == "absent"
+
+
+async def test_cancel_of_an_unknown_id_is_ignored() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        await peer.notify("cancel", {"id": 999})
+        assert (await peer.request("status", {"ref": _ref("x")})).ok
+
+
+async def test_a_handler_exception_is_internal_error_and_the_adapter_lives_on() -> None:
+    async with open_peer(Broken()) as peer:
+        reply = await peer.request("status", {"ref": _ref("x")})
+        assert reply.error is not None
+        assert reply.error["code"] == codes.INTERNAL_ERROR
+        assert reply.error["data"]["kind"] == "internal"
+        assert "KeyError" in reply.error["message"]
+        again = await peer.request("status", {"ref": _ref("x")})
+        assert again.error is not None and again.error["code"] == codes.INTERNAL_ERROR
+
+
+async def test_a_verb_the_driver_does_not_implement_is_method_not_found() -> None:
+    async with open_peer(Broken()) as peer:
+        reply = await peer.request("teardown", {"ref": _ref("x")})
+        assert reply.error is not None and reply.error["code"] == codes.METHOD_NOT_FOUND
+
+
+async def test_optional_methods_not_announced_are_method_not_found() -> None:
+    async with open_peer(Broken()) as peer:
+        reply = await peer.request("list", {})
+        assert reply.error is not None
+        assert reply.error["data"] == {"kind": "method_not_found", "method": "list"}
+
+
+async def test_invalid_params_list_every_problem() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        reply = await peer.request("provision", {"slug": "UPPER", "profile": {"tier": "t"}})
+        assert reply.error is not None and reply.error["code"] == codes.INVALID_PARAMS
+        errors = reply.error["data"]["errors"]
+        assert any(e.startswith("slug") for e in errors)
+        assert any(e.startswith("profile.driver") for e in errors)
+        extra = await peer.request("status", {"ref": _ref("a"), "colour": 1})
+        assert extra.error is not None and extra.error["code"] == codes.INVALID_PARAMS
+        assert extra.error["data"]["kind"] == "invalid_params"
+
+
+async def test_envelope_errors_are_invalid_request() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        await peer.send_raw(encode({"jsonrpc": "1.0", "id": 5, "method": "status"}))
+        answer = await peer.next_unmatched(5)
+        assert isinstance(answer, dict)
+        assert answer["error"]["code"] == codes.INVALID_REQUEST
+        await peer.send_raw(encode({"jsonrpc": "2.0", "id": "text", "method": "status"}))
+        answer = await peer.next_unmatched(5)
+        assert isinstance(answer, dict)
+        assert answer["id"] == "text" and answer["error"]["data"]["kind"] == "invalid_request"
+
+
+async def test_a_batch_is_answered_with_an_array() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        batch = [
+            {"jsonrpc": "2.0", "id": 100, "method": "status", "params": {"ref": _ref("a")}},
+            {"jsonrpc": "2.0", "method": "cancel", "params": {"id": 1}},
+            {"jsonrpc": "2.0", "id": 101, "method": "nope"},
+        ]
+        await peer.send_raw(encode(batch))
+        answer = await peer.next_unmatched(5)
+        assert isinstance(answer, list)
+        assert sorted(item["id"] for item in answer) == [100, 101]
+
+
+async def test_progress_reaches_the_host_during_provision() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        reply = await peer.request("provision", {"slug": "p", "profile": profile().model_dump(mode="json")})
+        fractions = [event["params"]["fraction"] for event in reply.progress]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0
+        assert fractions == sorted(fractions)
+        assert all(event["params"]["request_id"] == reply.sent["id"] for event in reply.progress)
+
+
+async def test_shutdown_cancels_work_in_flight_and_refuses_new_requests() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        slow = profile(delay=30).model_dump(mode="json")
+        sent, future = await peer.start_request("provision", {"slug": "s", "profile": slow})
+        shutdown = await peer.request("shutdown", {})
+        assert shutdown.ok and shutdown.result is None
+        cancelled = await peer.finish(sent, future, 5)
+        assert cancelled.error is not None and cancelled.error["code"] == codes.CANCELLED
+        late = await peer.request("status", {"ref": _ref("s")})
+        assert late.error is not None and late.error["code"] == codes.INVALID_REQUEST
+
+
+async def test_the_data_dir_is_created_private(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "fake"
+    async with open_peer(FakeDriver(), data_dir=folder):
+        assert folder.is_dir()
+        assert folder.stat().st_mode & 0o777 == 0o700
