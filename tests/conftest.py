@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import shutil
@@ -56,10 +57,8 @@ def no_leftover_processes() -> Iterator[None]:
             break
         time.sleep(0.05)
     for pid in leftover:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(pid, 9)
-        except OSError:
-            pass
     assert not leftover, f"the test left processes running: {leftover}"
 
 

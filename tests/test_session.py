@@ -63,7 +63,8 @@ async def test_requests_before_initialize_are_refused_with_not_initialized() -> 
 
 async def test_no_common_version_names_the_supported_ones() -> None:
     peer = Peer(MemoryConnection(FakeDriver()))
-    reply = await peer.request("initialize", {"protocol_versions": [7], "host": {"name": "h", "version": "1"}})
+    reply = await peer.request("initialize", {"protocol_versions": [7],
+                                              "host": {"name": "h", "version": "1"}})
     assert reply.error is not None
     assert reply.error["code"] == codes.UNSUPPORTED_VERSION
     assert reply.error["data"] == {"kind": "unsupported_version", "supported": [1]}
@@ -98,7 +99,8 @@ async def test_requests_run_concurrently() -> None:
     async with open_peer(Rendezvous()) as peer:
         first = asyncio.create_task(peer.request("provision", {"slug": "a", "profile": {
             "tier": "t", "driver": "rendezvous"}}))
-        second = await peer.request("provision", {"slug": "b", "profile": {"tier": "t", "driver": "rendezvous"}})
+        second = await peer.request("provision", {"slug": "b", "profile": {
+            "tier": "t", "driver": "rendezvous"}})
         assert second.ok
         assert (await first).ok
 

@@ -25,6 +25,7 @@ _EXIT_GRACE = 3.0
 
 def serve(driver: Driver | type[Driver], argv: Sequence[str] | None = None) -> None:
     """Serve ``driver`` (an instance, or a class to instantiate) until stdin closes; exits."""
+    parent = os.getppid()  # as early as possible: the host must not be gone already
     argv = sys.argv[1:] if argv is None else argv
     cls = driver if isinstance(driver, type) else type(driver)
     if "--version" in argv:
@@ -45,13 +46,13 @@ def serve(driver: Driver | type[Driver], argv: Sequence[str] | None = None) -> N
             level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
         )
     instance = driver() if isinstance(driver, type) else driver
-    sys.exit(_run(instance, protocol_fd))
+    sys.exit(_run(instance, protocol_fd, parent))
 
 
-def _run(driver: Driver, protocol_fd: int) -> int:
+def _run(driver: Driver, protocol_fd: int, parent: int) -> int:
     """Run the server; a driver task that ignores cancellation cannot keep the process alive."""
     loop = asyncio.new_event_loop()
-    code = loop.run_until_complete(_serve_stdio(driver, protocol_fd))
+    code = loop.run_until_complete(_serve_stdio(driver, protocol_fd, parent))
     stuck = [task for task in asyncio.all_tasks(loop) if not task.done()]
     if stuck:
         log.error("%d driver task(s) ignored cancellation; exiting anyway", len(stuck))
@@ -101,8 +102,7 @@ def _finish(done: asyncio.Future[int], code: int) -> None:
         done.set_result(code)
 
 
-async def _watch_parent(done: asyncio.Future[int]) -> None:
-    parent = os.getppid()
+async def _watch_parent(done: asyncio.Future[int], parent: int) -> None:
     while not done.done():
         await asyncio.sleep(_PARENT_POLL)
         if os.getppid() != parent:
@@ -110,7 +110,7 @@ async def _watch_parent(done: asyncio.Future[int]) -> None:
             _finish(done, 1)
 
 
-async def _serve_stdio(driver: Driver, protocol_fd: int) -> int:
+async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     out_transport, output = await loop.connect_write_pipe(
@@ -120,7 +120,7 @@ async def _serve_stdio(driver: Driver, protocol_fd: int) -> int:
     in_transport, _ = await loop.connect_read_pipe(
         lambda: _Input(session, done), os.fdopen(0, "rb", buffering=0, closefd=False)
     )
-    watcher = asyncio.create_task(_watch_parent(done))
+    watcher = asyncio.create_task(_watch_parent(done, parent))
     code = await done
     watcher.cancel()
     in_transport.close()

@@ -27,6 +27,7 @@ ALLOWED_ENV_PREFIXES = ("LC_", "XDG_")
 STDERR_LINES = 200
 _READ_CHUNK = 256 * 1024
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+_GROUP_GONE_BOUND = 2.0
 
 
 def child_environment(
@@ -161,11 +162,14 @@ class SubprocessConnection(Connection):
                 await self._process.wait()
         # Grandchildren left in the adapter's group go with it.
         self._signal_group(signal.SIGKILL)
+        await _wait_group_gone(self._process.pid, _GROUP_GONE_BOUND)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=1.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # asyncio.subprocess.Process has no close(); without this its transport warns when collected.
+        self._process._transport.close()  # type: ignore[attr-defined]
 
     async def _wait(self, timeout: float) -> bool:
         try:
@@ -177,3 +181,31 @@ class SubprocessConnection(Connection):
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, signum)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of group ``pgid``, read from /proc (empty elsewhere)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat_file:
+                fields = stat_file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+async def _wait_group_gone(pgid: int, bound: float) -> None:
+    """SIGKILL is delivered asynchronously: wait (bounded) until no member of the group runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while _group_members(pgid) and loop.time() < deadline:  # noqa: ASYNC110 - no event for this
+        await asyncio.sleep(0.01)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import jsonrpcclient
+from pydantic import BaseModel, ValidationError
+
 from hearth_adaptersdk import (
     Closed,
     Connection,
@@ -37,7 +39,6 @@ from hearth_adaptersdk import (
     encode,
 )
 from hearth_adaptersdk.codec import preview
-from pydantic import BaseModel, ValidationError
 
 from . import __version__
 from .errors import (
@@ -227,7 +228,7 @@ class AdapterClient:
         except TimeoutError:
             if self._failure is not None:
                 raise self._failure from None
-            confirmed = await self._cancel(ident, future)
+            confirmed = await self._cancel(ident)
             raise CallTimeout(
                 f"{method} on {self.name} got no answer within {timeout:g} s and was cancelled"
                 + ("" if confirmed else "; the adapter did not confirm the cancel")) from None
@@ -242,11 +243,13 @@ class AdapterClient:
             raise from_wire_error(self.name, parsed.code, parsed.message, parsed.data)
         return parsed.result
 
-    async def _cancel(self, ident: int, future: asyncio.Future[dict[str, Any]]) -> bool:
+    async def _cancel(self, ident: int) -> bool:
         """Tell the adapter to stop ``ident``; True when it answered within the grace."""
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = answer  # the timed-out wait cancelled the first future
         self._abandon(ident)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), CANCEL_GRACE)
+        with contextlib.suppress(TimeoutError, HearthError):
+            await asyncio.wait_for(answer, CANCEL_GRACE)
             return True
         return False
 

@@ -6,7 +6,8 @@ profile stored at provision time), so a test drives them through the real protoc
     fail_at: VERB        the verb fails after partial work: rolled back, -32031 with logs
     delay: SECONDS       provision, upgrade and teardown take this long (with progress)
     crash_at: VERB       the process exits (code 17) in the middle of the verb
-    hang_at: VERB        the verb never answers, not even to cancel
+    hang_at: VERB        the verb never answers, not even to cancel (the process lives on)
+    freeze_at: VERB      the whole process stops responding (a blocking call that never returns)
     ignore_sigterm: true the process ignores SIGTERM from then on
     reject: true         the profile is refused (-32023)
 """
@@ -18,7 +19,10 @@ import builtins
 import os
 import signal
 import sys
+import time
 from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 from hearth_adaptersdk import (
     BackendFailure,
@@ -32,12 +36,11 @@ from hearth_adaptersdk import (
     StatusReport,
     utc_now,
 )
-from pydantic import BaseModel, ConfigDict
 
 from .store import FakeStore
 
 VERBS = ("provision", "status", "upgrade", "teardown")
-FLAGS = ("fail_at", "delay", "crash_at", "hang_at", "ignore_sigterm", "reject")
+FLAGS = ("fail_at", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm", "reject")
 CAPS = ("cpu", "memory_mb", "storage_mb")
 CRASH_EXIT_CODE = 17
 _STEPS = 4
@@ -167,7 +170,7 @@ class FakeDriver(Driver):
         flags = profile.driver_flags
         problems += [f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
                      for key in sorted(set(flags) - set(FLAGS))]
-        for key in ("fail_at", "crash_at", "hang_at"):
+        for key in ("fail_at", "crash_at", "hang_at", "freeze_at"):
             if key in flags and flags[key] not in VERBS:
                 problems.append(f"driver_flags.{key}: must be one of {', '.join(VERBS)}")
         delay = flags.get("delay", 0)
@@ -191,6 +194,9 @@ class FakeDriver(Driver):
             os._exit(CRASH_EXIT_CODE)
         if flags.get("hang_at") == verb:
             await _hang_forever()
+        if flags.get("freeze_at") == verb:
+            while True:  # blocks the event loop: no answer, no cancel, no exit on EOF
+                time.sleep(3600)  # noqa: ASYNC251 - blocking is the point of this fault
 
     async def _work(self, ctx: RequestContext, flags: dict[str, Any], verb: str) -> None:
         """The backend's time: the delay in steps with progress; then the failure, if asked."""
