@@ -19,8 +19,8 @@ class Echo(Driver):
         if flags.get("report_env"):
             endpoint = json.dumps(sorted(os.environ))
         if flags.get("spawn_grandchild"):
-            child = subprocess.Popen(  # noqa: ASYNC220 - a test adapter, brevity wins[sys.executable, "-c", "import time; time.sleep(600)",
-                                      "hearth-grandchild"])
+            child = subprocess.Popen(  # noqa: ASYNC220 - a test adapter, brevity wins
+                [sys.executable, "-c", "import time; time.sleep(600)", "hearth-grandchild"])
             endpoint = str(child.pid)
         return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver="echo",
                              endpoint=endpoint, created=utc_now(), last_status="ready")
