@@ -6,6 +6,7 @@ once, with what is known about why it ended; ``send`` writes one encoded line.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,3 +49,31 @@ class Connection(ABC):
     def stderr_tail(self) -> list[str]:
         """The last lines the peer wrote to stderr (empty where there is no process)."""
         return []
+
+
+class WriteCoalescer:
+    """Joins the lines written in one event-loop turn into a single write.
+
+    Under load many answers (or requests) become ready in the same turn; one system call
+    for all of them instead of one each is most of the difference in pipelined throughput.
+    """
+
+    __slots__ = ("_chunks", "_loop", "_write")
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self._write = write
+        self._chunks: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, data: bytes) -> None:
+        if not self._chunks:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self.flush)
+        self._chunks.append(data)
+
+    def flush(self) -> None:
+        if self._chunks:
+            data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks.clear()
+            self._write(data)

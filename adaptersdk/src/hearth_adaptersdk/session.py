@@ -1,9 +1,13 @@
 """The adapter side of one connection: envelope checks, dispatch, cancellation, progress.
 
 It owns no I/O: ``handle`` takes decoded messages and answers through ``send``, so the
-stdio server and the in-memory test connection run exactly the same code. Dispatch is
-jsonrpcserver's; its JSON Schema check is replaced by ``_envelope_problem`` because the
-wire models already validate params (see ``scripts/bench`` for the cost saved).
+stdio server and the in-memory test connection run exactly the same code.
+
+Methods are called through jsonrpcserver's ``call`` (its Result types, error capture and
+response building), but not through its whole ``dispatch`` pipeline: that one re-checks
+every request against a JSON Schema and binds each call's signature with ``inspect``,
+which together cost more than everything else a request does (``scripts/bench`` shows
+the figures). ``_envelope_problem`` checks the envelope, and the wire models check params.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
-from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_response
+from jsonrpcserver import JsonRpcError, Success
+from jsonrpcserver.async_dispatcher import call as jsonrpc_call
+from jsonrpcserver.dispatcher import to_response
+from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable_one
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import codes
 from .codec import Decoded, Malformed, MessageTooLarge, encode
@@ -24,7 +31,7 @@ from .driver import Driver, RequestContext
 from .errors import DriverError
 from .wire import (
     Capabilities,
-    DeploymentRef,
+    EmptyParams,
     InitializeParams,
     InitializeResult,
     Level,
@@ -39,6 +46,7 @@ log = logging.getLogger("hearth_adaptersdk")
 
 Send = Callable[[bytes], None]
 Method = Callable[..., Awaitable[Any]]
+Handler = Callable[[Any, RequestContext], Awaitable[Any]]
 
 
 def wire_error(exc: BaseException) -> JsonRpcError:
@@ -100,24 +108,6 @@ def _envelope_problem(message: dict[str, Any]) -> str | None:
     return None
 
 
-def _with_kind(payload: dict[str, Any]) -> dict[str, Any]:
-    """Give jsonrpcserver's own errors (bad arguments, unknown method) the protocol's data."""
-    error = payload.get("error")
-    if error is None or (isinstance(error.get("data"), dict) and "kind" in error["data"]):
-        return payload
-    detail = error.get("data")
-    code = error["code"]
-    data: dict[str, Any] = {"kind": codes.kind_of(code)}
-    if code == codes.INVALID_PARAMS:
-        data["errors"] = [str(detail)] if detail is not None else []
-    elif code == codes.METHOD_NOT_FOUND:
-        data["method"] = detail
-    elif detail is not None:
-        data["detail"] = str(detail)
-    error["data"] = data
-    return payload
-
-
 class ServerSession:
     """Serves one driver over one connection."""
 
@@ -128,7 +118,9 @@ class ServerSession:
         self._initialized = False
         self._shutting_down = False
         self._closed = False
-        self._methods: dict[str, Method] = {"initialize": self._initialize}
+        self._methods: dict[str, Method] = {
+            "initialize": _method(InitializeParams, self._initialize),
+        }
         self._batch_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._batches: set[asyncio.Task[None]] = set()
 
@@ -163,17 +155,24 @@ class ServerSession:
         if "id" not in message:
             self._notification(message)
             return None
-        method = message["method"]
+        name = message["method"]
         assert isinstance(ident, int)  # checked by _envelope_problem
-        if not self._initialized and method != "initialize":
+        if not self._initialized and name != "initialize":
             return error_response(ident, codes.NOT_INITIALIZED, "Not initialized: send initialize first")
         if self._shutting_down:
             return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
                                   reason="the adapter is shutting down")
+        method = self._methods.get(name)
+        if method is None:
+            return error_response(ident, codes.METHOD_NOT_FOUND, "Method not found", method=name)
+        params = message.get("params", {})
+        if not isinstance(params, dict):
+            return error_response(ident, codes.INVALID_PARAMS, "Invalid params",
+                                  errors=["params must be an object"])
         if ident in self._tasks:
             return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
                                   reason=f"id {ident} is already in flight")
-        task = asyncio.create_task(self._run(message, ident, method))
+        task = asyncio.create_task(self._run(Request(name, params, ident), method))
         task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
         self._tasks[ident] = task
         return None
@@ -213,18 +212,12 @@ class ServerSession:
             self._write_raw(answers)
 
     # --- one request ------------------------------------------------------------------
-    async def _run(self, message: dict[str, Any], ident: int, method: str) -> None:
-        ctx = RequestContext(ident, method, self._progress)
+    async def _run(self, request: Request, method: Method) -> None:
+        ident: int = request.id
+        ctx = RequestContext(ident, request.method, self._progress)
         try:
-            response: Any = await async_dispatch_to_response(
-                cast(str, message),  # already parsed: the deserializer below passes it through
-                self._methods,
-                context=ctx,
-                deserializer=_identity,
-                validator=_identity,
-                post_process=to_serializable_one,
-            )
-            payload = _with_kind(response)
+            result = await jsonrpc_call(request, ctx, method)
+            payload: dict[str, Any] = to_serializable_one(to_response(request, result))  # type: ignore[assignment]
         except asyncio.CancelledError:
             payload = error_response(ident, codes.CANCELLED, "Request cancelled")
         finally:
@@ -279,118 +272,94 @@ class ServerSession:
             await self._driver.close()
 
     # --- methods ----------------------------------------------------------------------
-    async def _initialize(
-        self,
-        ctx: RequestContext,
-        protocol_versions: Any = None,
-        host: Any = None,
-        config: Any = None,
-        data_dir: Any = None,
-    ) -> Any:
-        try:
-            if self._initialized:
-                _raise(codes.INVALID_REQUEST, "Already initialized")
-            params = InitializeParams.model_validate({
-                "protocol_versions": protocol_versions, "host": host,
-                "config": config if config is not None else {}, "data_dir": data_dir,
-            })
-            if codes.PROTOCOL_VERSION not in params.protocol_versions:
-                _raise(codes.UNSUPPORTED_VERSION,
-                       f"No common protocol version: host offers {params.protocol_versions}, "
-                       f"this adapter speaks {list(codes.SUPPORTED_VERSIONS)}",
-                       supported=list(codes.SUPPORTED_VERSIONS))
-            driver = self._driver
-            settings: Any = params.config
-            if driver.config_model is not None:
-                settings = driver.config_model.model_validate(params.config)
-            folder = Path(params.data_dir) if params.data_dir else None
-            if folder is not None:
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            await driver.setup(settings, folder)
-            self._register(driver)
-            self._initialized = True
-            result = InitializeResult(
-                protocol_version=codes.PROTOCOL_VERSION,
-                adapter=PeerInfo(name=driver.adapter_name, version=driver.version),
-                driver=driver.name,
-                capabilities=Capabilities(methods=driver.announced_methods()),
-                config_schema=(driver.config_model.model_json_schema()
-                               if driver.config_model is not None else None),
-            )
-            return Success(result.model_dump(mode="json"))
-        except Exception as exc:
-            raise wire_error(exc) from None
+    async def _initialize(self, params: InitializeParams, ctx: RequestContext) -> Any:
+        if self._initialized:
+            _raise(codes.INVALID_REQUEST, "Already initialized")
+        if codes.PROTOCOL_VERSION not in params.protocol_versions:
+            _raise(codes.UNSUPPORTED_VERSION,
+                   f"No common protocol version: host offers {params.protocol_versions}, "
+                   f"this adapter speaks {list(codes.SUPPORTED_VERSIONS)}",
+                   supported=list(codes.SUPPORTED_VERSIONS))
+        driver = self._driver
+        settings: Any = params.config
+        if driver.config_model is not None:
+            settings = driver.config_model.model_validate(params.config)
+        folder = Path(params.data_dir) if params.data_dir else None
+        if folder is not None:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        await driver.setup(settings, folder)
+        self._register(driver)
+        self._initialized = True
+        return InitializeResult(
+            protocol_version=codes.PROTOCOL_VERSION,
+            adapter=PeerInfo(name=driver.adapter_name, version=driver.version),
+            driver=driver.name,
+            capabilities=Capabilities(methods=driver.announced_methods()),
+            config_schema=(driver.config_model.model_json_schema()
+                           if driver.config_model is not None else None),
+        )
 
     def _register(self, driver: Driver) -> None:
-        announced: set[str] = set(driver.announced_methods())
+        async def provision(p: ProvisionParams, ctx: RequestContext) -> Any:
+            return await driver.provision(p.slug, p.profile, ctx)
 
-        async def provision(ctx: RequestContext, slug: Any = None, profile: Any = None) -> Any:
-            async def run() -> Any:
-                params = ProvisionParams.model_validate({"slug": slug, "profile": profile})
-                ref = await driver.provision(params.slug, params.profile, ctx)
-                return ref.model_dump(mode="json")
-            return await _call(run)
+        async def status(p: RefParams, ctx: RequestContext) -> Any:
+            return await driver.status(p.ref, ctx)
 
-        async def status(ctx: RequestContext, ref: Any = None) -> Any:
-            async def run() -> Any:
-                params = RefParams.model_validate({"ref": ref})
-                return (await driver.status(params.ref, ctx)).model_dump(mode="json")
-            return await _call(run)
+        async def upgrade(p: UpgradeParams, ctx: RequestContext) -> Any:
+            return await driver.upgrade(p.ref, p.profile, ctx)
 
-        async def upgrade(ctx: RequestContext, ref: Any = None, profile: Any = None) -> Any:
-            async def run() -> Any:
-                params = UpgradeParams.model_validate({"ref": ref, "profile": profile})
-                return (await driver.upgrade(params.ref, params.profile, ctx)).model_dump(mode="json")
-            return await _call(run)
+        async def teardown(p: RefParams, ctx: RequestContext) -> Any:
+            await driver.teardown(p.ref, ctx)
 
-        async def teardown(ctx: RequestContext, ref: Any = None) -> Any:
-            async def run() -> Any:
-                params = RefParams.model_validate({"ref": ref})
-                await driver.teardown(params.ref, ctx)
-                return None
-            return await _call(run)
+        async def list_(p: EmptyParams, ctx: RequestContext) -> Any:
+            return await driver.list(ctx)
 
-        async def list_(ctx: RequestContext) -> Any:
-            async def run() -> Any:
-                refs: list[DeploymentRef] = await driver.list(ctx)
-                return [ref.model_dump(mode="json") for ref in refs]
-            return await _call(run)
+        async def validate_profile(p: ProfileParams, ctx: RequestContext) -> Any:
+            errors = list(await driver.validate_profile(p.profile, ctx))
+            return {"valid": not errors, "errors": errors}
 
-        async def validate_profile(ctx: RequestContext, profile: Any = None) -> Any:
-            async def run() -> Any:
-                params = ProfileParams.model_validate({"profile": profile})
-                errors = await driver.validate_profile(params.profile, ctx)
-                return {"valid": not errors, "errors": list(errors)}
-            return await _call(run)
-
-        async def shutdown(ctx: RequestContext) -> Any:
+        async def shutdown(p: EmptyParams, ctx: RequestContext) -> Any:
             self._shutting_down = True
             for ident, task in list(self._tasks.items()):
                 if ident != ctx.request_id:
                     task.cancel()
-            return Success(None)
 
-        self._methods.update(
-            provision=provision, status=status, upgrade=upgrade, teardown=teardown,
-            shutdown=shutdown,
-        )
-        if "list" in announced:
-            self._methods["list"] = list_
-        if "validate_profile" in announced:
-            self._methods["validate_profile"] = validate_profile
+        table: dict[str, tuple[type[BaseModel], Handler]] = {
+            "provision": (ProvisionParams, provision),
+            "status": (RefParams, status),
+            "upgrade": (UpgradeParams, upgrade),
+            "teardown": (RefParams, teardown),
+            "shutdown": (EmptyParams, shutdown),
+            "list": (EmptyParams, list_),
+            "validate_profile": (ProfileParams, validate_profile),
+        }
+        announced = {*driver.announced_methods(), "shutdown"}
+        for name, (model, handler) in table.items():
+            if name in announced:
+                self._methods[name] = _method(model, handler)
 
 
-async def _call(run: Callable[[], Awaitable[Any]]) -> Any:
-    try:
-        return Success(await run())
-    except Exception as exc:
-        raise wire_error(exc) from None
+def _method(model: type[BaseModel], handler: Handler) -> Method:
+    """A jsonrpcserver method: params validated by ``model``, every exception via ``wire_error``."""
+
+    async def method(ctx: RequestContext, **params: Any) -> Any:
+        try:
+            result = await handler(model.model_validate(params), ctx)
+            return Success(_to_json(result))
+        except Exception as exc:
+            raise wire_error(exc) from None
+
+    return method
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_to_json(item) for item in value]
+    return value
 
 
 def _raise(code: int, message: str, **data: Any) -> NoReturn:
     raise JsonRpcError(code, message, {"kind": codes.kind_of(code), **data})
-
-
-def _identity(value: Any) -> Any:
-    return value
-

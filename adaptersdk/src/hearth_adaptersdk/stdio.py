@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .codec import FrameTooLarge, LineDecoder
 from .codes import PROTOCOL_ENV
+from .connection import WriteCoalescer
 from .driver import Driver
 from .session import ServerSession
 
@@ -116,7 +117,8 @@ async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int) -> int:
     out_transport, output = await loop.connect_write_pipe(
         lambda: _Output(done), os.fdopen(protocol_fd, "wb", buffering=0)
     )
-    session = ServerSession(driver, out_transport.write)
+    writer = WriteCoalescer(out_transport.write)
+    session = ServerSession(driver, writer)
     in_transport, _ = await loop.connect_read_pipe(
         lambda: _Input(session, done), os.fdopen(0, "rb", buffering=0, closefd=False)
     )
@@ -125,6 +127,7 @@ async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int) -> int:
     watcher.cancel()
     in_transport.close()
     await session.close(_EXIT_GRACE)
+    writer.flush()
     out_transport.close()  # flushes what is buffered, then closes
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(output.lost.wait(), _EXIT_GRACE)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .codec import FrameTooLarge, LineDecoder
 from .codes import PROTOCOL_ENV
-from .connection import Closed, Connection, OnClosed, OnMessage
+from .connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
 
 #: Variables a child may inherit; the adapter's config may name more.
 ALLOWED_ENV = ("PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR")
@@ -55,6 +55,7 @@ class SubprocessConnection(Connection):
         self._log = logging.getLogger(f"hearth.adapter.{name}")
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._writer = WriteCoalescer(self._write_stdin)
 
     @classmethod
     async def spawn(
@@ -141,12 +142,18 @@ class SubprocessConnection(Connection):
         stdin = self._process.stdin
         if stdin is None or stdin.is_closing():
             raise ConnectionError(f"{self.name}: the connection is closed")
-        stdin.write(data)
+        self._writer(data)
         if stdin.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
             await stdin.drain()
 
+    def _write_stdin(self, data: bytes) -> None:
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write(data)
+
     def close_stdin(self) -> None:
         """Signal end of input; a well-behaved adapter exits on it."""
+        self._writer.flush()
         stdin = self._process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()

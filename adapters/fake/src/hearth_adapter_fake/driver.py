@@ -64,6 +64,9 @@ class FakeDriver(Driver):
         await super().setup(config, data_dir)
         self.store = FakeStore(data_dir)
 
+    async def close(self) -> None:
+        self.store.close()
+
     # --- verbs ---------------------------------------------------------------------------
     async def provision(
         self, slug: str, profile: ProvisioningProfile, ctx: RequestContext
@@ -141,9 +144,8 @@ class FakeDriver(Driver):
         await self._faults("teardown", flags)
         ctx.progress(f"tearing down {slug}", 0.0)
         await self._work(ctx, flags, "teardown")
-        record["ref"]["last_status"] = "tier_torn_down"
-        record["ref"]["endpoint"] = None
-        self.store.put(slug, record)
+        torn_down = {**record["ref"], "last_status": "tier_torn_down", "endpoint": None}
+        self.store.put(slug, {**record, "ref": torn_down})
 
     async def list(self, ctx: RequestContext) -> list[DeploymentRef]:
         self._journal("list", None, None)

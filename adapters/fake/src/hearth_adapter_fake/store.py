@@ -17,16 +17,31 @@ class FakeStore:
         self._dir = data_dir
         self._memory: dict[str, dict[str, Any]] = {}
         self.journal: list[dict[str, Any]] = []
+        # Parsed files by slug, valid while the file's identity is unchanged (writes replace it).
+        self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._journal_fd: int | None = None
         if data_dir is not None:
             (data_dir / "deployments").mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._journal_fd = os.open(data_dir / "journal.jsonl",
+                                       os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def get(self, slug: str) -> dict[str, Any] | None:
+        """The record of ``slug``; re-read only when another write replaced its file."""
         if self._dir is None:
             return self._memory.get(slug)
+        path = self._folder(slug)
         try:
-            return dict(json.loads(self._path(slug).read_text()))
+            info = os.stat(path)
+            identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+            cached = self._cache.get(slug)
+            if cached is None or cached[0] != identity:
+                with open(path, encoding="utf-8") as file:
+                    cached = (identity, json.load(file))
+                self._cache[slug] = cached
         except FileNotFoundError:
+            self._cache.pop(slug, None)
             return None
+        return cached[1]  # shared with the cache: callers must not change it
 
     def put(self, slug: str, record: dict[str, Any]) -> None:
         if self._dir is None:
@@ -55,18 +70,22 @@ class FakeStore:
         return records
 
     def record_call(self, entry: dict[str, Any]) -> None:
-        self.journal.append(entry)
-        if self._dir is not None:
-            line = (json.dumps(entry) + "\n").encode()
-            fd = os.open(self._dir / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
+        if self._journal_fd is None:
+            self.journal.append(entry)
+        else:  # one O_APPEND write per line: processes sharing the folder never interleave
+            os.write(self._journal_fd, (json.dumps(entry) + "\n").encode())
+
+    def close(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
 
     def _path(self, slug: str) -> Path:
-        assert self._dir is not None
-        return self._dir / "deployments" / f"{slug}.json"
+        return Path(self._folder(slug))
+
+    def _folder(self, slug: str) -> str:
+        # A plain string join: this runs on every call, and pathlib costs more than the read.
+        return f"{self._dir}/deployments/{slug}.json"
 
 
 def read_journal(data_dir: Path) -> list[dict[str, Any]]:

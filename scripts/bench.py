@@ -1,0 +1,184 @@
+"""Benchmarks, each beside a baseline measured in the same run.
+
+- warm ``status`` round trip (p50, p99) against the fake adapter, beside a raw pipe to a
+  child that answers each line with plain ``json`` (target: at most 3x the baseline);
+- pipelined throughput with 64 requests in flight (target: at least 20,000 calls/s);
+- cold start, spawn to handshake done, beside a bare ``python -c pass`` (target: at most 5x);
+- jsonrpcserver's JSON Schema request check beside the envelope check the SDK uses instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hearth import AdapterClient, ProvisioningProfile, discover
+
+RAW_CHILD = r"""
+import json, sys
+read, write, flush = sys.stdin.buffer.readline, sys.stdout.buffer.write, sys.stdout.buffer.flush
+while line := read():
+    request = json.loads(line)
+    write(json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": {
+        "state": "ready", "endpoint": "fake://bench", "message": None,
+        "observed_at": "2026-01-01T00:00:00Z", "details": {"tier": "solo"}}}).encode() + b"\n")
+    flush()
+"""
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def raw_baseline(calls: int, pipelined: int) -> tuple[list[float], float]:
+    child = subprocess.Popen([sys.executable, "-c", RAW_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    request = {"jsonrpc": "2.0", "method": "status", "params": {"ref": {"workspace_slug": "bench"}}}
+    samples = []
+    for ident in range(calls):
+        started = time.perf_counter()
+        child.stdin.write(json.dumps({**request, "id": ident}).encode() + b"\n")
+        child.stdin.flush()
+        json.loads(child.stdout.readline())
+        samples.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    sent = received = 0
+    while received < pipelined:
+        while sent < pipelined and sent - received < 64:
+            child.stdin.write(json.dumps({**request, "id": sent}).encode() + b"\n")
+            sent += 1
+        child.stdin.flush()
+        json.loads(child.stdout.readline())
+        received += 1
+    rate = pipelined / (time.perf_counter() - started)
+    child.stdin.close()
+    child.wait()
+    return samples, rate
+
+
+async def hearth_status(path: Path, calls: int, pipelined: int) -> tuple[list[float], float]:
+    with tempfile.TemporaryDirectory() as data_dir:
+        async with await AdapterClient.launch(path, data_dir=data_dir) as client:
+            ref = await client.provision("bench", ProvisioningProfile(tier="solo", driver="fake"))
+            for _ in range(200):  # warm up
+                await client.status(ref)
+            samples = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                await client.status(ref)
+                samples.append(time.perf_counter() - started)
+            window = asyncio.Semaphore(64)
+
+            async def one() -> None:
+                async with window:
+                    await client.status(ref)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(pipelined)))
+            rate = pipelined / (time.perf_counter() - started)
+    return samples, rate
+
+
+async def cold_start(path: Path, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        client = await AdapterClient.launch(path)
+        samples.append(time.perf_counter() - started)
+        await client.close()
+    return samples
+
+
+def bare_python(runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def validation_cost(runs: int) -> tuple[float, float]:
+    from jsonrpcserver.main import default_validator
+
+    from hearth_adaptersdk.session import _envelope_problem
+
+    message = {"jsonrpc": "2.0", "id": 1, "method": "status",
+               "params": {"ref": {"workspace_slug": "bench", "tier": "solo"}}}
+    started = time.perf_counter()
+    for _ in range(runs):
+        default_validator(message)
+    schema = (time.perf_counter() - started) / runs
+    started = time.perf_counter()
+    for _ in range(runs):
+        _envelope_problem(message)
+    envelope = (time.perf_counter() - started) / runs
+    return schema, envelope
+
+
+def import_breakdown(top: int) -> tuple[int, list[tuple[int, str]]]:
+    """Import time of the fake adapter: the total, and self time summed by top-level package."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import hearth_adapter_fake.__main__"],
+                          capture_output=True, text=True, check=True)
+    by_package: dict[str, int] = {}
+    total = 0
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        own, cumulative, name = line.removeprefix("import time:").split("|", 2)
+        package = name.strip().split(".")[0]
+        by_package[package] = by_package.get(package, 0) + int(own)
+        total = max(total, int(cumulative))
+    rows = sorted(((micros, package) for package, micros in by_package.items()), reverse=True)
+    return total, rows[:top]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:8.3f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000, help="sequential round trips")
+    parser.add_argument("--pipelined", type=int, default=30000, help="calls in the throughput run")
+    parser.add_argument("--starts", type=int, default=10, help="cold starts")
+    args = parser.parse_args()
+    path = discover("fake").path
+
+    raw_samples, raw_rate = raw_baseline(args.calls, args.pipelined)
+    samples, rate = asyncio.run(hearth_status(path, args.calls, args.pipelined))
+    starts = asyncio.run(cold_start(path, args.starts))
+    bare = bare_python(args.starts)
+    schema, envelope = validation_cost(20000)
+
+    raw50, raw99 = percentile(raw_samples, 0.5), percentile(raw_samples, 0.99)
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    cold, bare50 = statistics.median(starts), statistics.median(bare)
+    print("hearth benchmarks (fake adapter, one run; the baseline of each row is measured here too)")
+    print(f"{'':34}{'hearth':>12}{'baseline':>14}{'ratio':>9}  target")
+    print(f"{'status round trip p50':34}{ms(p50)}{ms(raw50):>14}{p50 / raw50:8.2f}x  <= 3x")
+    print(f"{'status round trip p99':34}{ms(p99)}{ms(raw99):>14}{p99 / raw99:8.2f}x")
+    print(f"{'pipelined status, 64 in flight':34}{rate:9.0f}/s {raw_rate:11.0f}/s {rate / raw_rate:7.2f}x"
+          "  >= 20000/s")
+    print(f"{'cold start (spawn to handshake)':34}{ms(cold)}{ms(bare50):>14}{cold / bare50:8.2f}x  <= 5x")
+    print(f"{'request check: jsonschema vs SDK':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
+          f"{schema / envelope:8.0f}x  (per request; the SDK skips jsonschema)")
+    print()
+    total, rows = import_breakdown(10)
+    print(f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "
+          "(which inflates it); own time by package:")
+    for micros, name in rows:
+        print(f"  {micros / 1000:8.1f} ms  {name}")
+
+
+if __name__ == "__main__":
+    main()
