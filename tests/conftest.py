@@ -29,8 +29,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return None
 
 
+#: What the command line of a process this suite starts contains (adapters and their children).
+SPAWNED_MARKERS = ("hearth-adapter-", "hearth-grandchild")
+
+
 def _hearth_processes() -> dict[int, str]:
-    """Live (non-zombie) processes whose command line mentions hearth, by pid."""
+    """Live (non-zombie) processes this suite could have started, by pid."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -40,7 +44,7 @@ def _hearth_processes() -> dict[int, str]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "hearth" in cmdline and state != "Z":
+        if any(marker in cmdline for marker in SPAWNED_MARKERS) and state != "Z":
             found[int(entry.name)] = cmdline.strip()
     return found
 

@@ -76,7 +76,6 @@ class AdapterClient:
         self._abandoned: set[int] = set()
         self._failure: HearthError | None = None
         self._closing = False
-        self._closed = asyncio.Event()
         self._reaper: asyncio.Task[None] | None = None
         connection.start(self._on_message, self._on_closed)
 
@@ -328,7 +327,6 @@ class AdapterClient:
             log.exception("progress callback failed")
 
     def _on_closed(self, closed: Closed) -> None:
-        self._closed.set()
         if self._closing:
             return
         if isinstance(closed.error, FrameTooLarge):
