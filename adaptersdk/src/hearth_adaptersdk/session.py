@@ -40,6 +40,7 @@ from .wire import (
     ProvisionParams,
     RefParams,
     UpgradeParams,
+    validation_problems,
 )
 
 log = logging.getLogger("hearth_adaptersdk")
@@ -73,14 +74,6 @@ def wire_error(exc: BaseException) -> JsonRpcError:
         f"internal error in the adapter: {type(exc).__name__}: {exc}",
         {"kind": "internal", "type": type(exc).__name__},
     )
-
-
-def validation_problems(exc: ValidationError) -> list[str]:
-    """Pydantic's errors as short ``location: problem`` lines."""
-    return [
-        f"{'.'.join(str(part) for part in err['loc']) or '(root)'}: {err['msg']}"
-        for err in exc.errors(include_url=False)
-    ]
 
 
 def error_response(

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+)
 
 from .codes import DRIVER_PATTERN, SLUG_PATTERN
 
@@ -199,3 +207,11 @@ PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {
     "list": EmptyParams,
     "validate_profile": ProfileParams,
 }
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Pydantic's errors as short ``location: problem`` lines, for error data and messages."""
+    return [
+        f"{'.'.join(str(part) for part in err['loc']) or '(root)'}: {err['msg']}"
+        for err in exc.errors(include_url=False)
+    ]

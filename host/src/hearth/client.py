@@ -39,6 +39,7 @@ from hearth_adaptersdk import (
     encode,
 )
 from hearth_adaptersdk.codec import preview
+from hearth_adaptersdk.wire import validation_problems
 
 from . import __version__
 from .errors import (
@@ -268,8 +269,7 @@ class AdapterClient:
         try:
             return model.model_validate(value)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                 for e in exc.errors(include_url=False)[:3])
+            problems = "; ".join(validation_problems(exc)[:3])
             raise ProtocolViolation(f"adapter {self.name} answered {method} with an invalid "
                                     f"{model.__name__}: {problems}") from None
 
