@@ -1,0 +1,139 @@
+"""Tiers and adapter configuration: built-in tiers, overridden and extended by the project.
+
+A project's ``.hearth/hearth.toml``::
+
+    [tiers.solo]
+    resource_caps = { cpu = 1, memory_mb = 512 }
+    [tiers.solo.driver_flags.docker]      # the profile's driver_flags when the driver is docker
+    image = "example/workspace:1"
+    [adapters.tfgrid]                     # sent as ``config`` in the tfgrid adapter's initialize
+    socket = "/run/hero_compute/rpc.sock"
+
+Every problem is an ``InvalidInput`` naming the file, the key and, where it helps, the choices.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hearth_adaptersdk import ProvisioningProfile, ResourceCaps, codes
+from hearth_adaptersdk.wire import validation_problems
+
+from .errors import InvalidInput
+
+SETTINGS_FILE = Path(".hearth") / "hearth.toml"
+TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A named size: resource caps for every driver, and flags per driver."""
+
+    name: str
+    resource_caps: ResourceCaps = field(default_factory=ResourceCaps)
+    driver_flags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def profile(self, driver: str) -> ProvisioningProfile:
+        return ProvisioningProfile(tier=self.name, driver=driver, resource_caps=self.resource_caps,
+                                   driver_flags=dict(self.driver_flags.get(driver, {})))
+
+
+BUILTIN_TIERS: dict[str, Tier] = {
+    "solo": Tier("solo", ResourceCaps(cpu=1, memory_mb=1024, storage_mb=5120)),
+    "team": Tier("team", ResourceCaps(cpu=2, memory_mb=4096, storage_mb=20480)),
+    "studio": Tier("studio", ResourceCaps(cpu=4, memory_mb=8192, storage_mb=51200)),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    tiers: Mapping[str, Tier]
+    adapters: Mapping[str, Mapping[str, Any]]
+    source: Path | None = None
+
+    def tier(self, name: str) -> Tier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            where = f" (built in, or from {self.source})" if self.source else ""
+            raise InvalidInput(f"unknown tier {name!r}; choose one of "
+                               f"{', '.join(sorted(self.tiers))}{where}") from None
+
+    def profile(self, tier: str, driver: str) -> ProvisioningProfile:
+        """The ProvisioningProfile a tier resolves to for ``driver``."""
+        return self.tier(tier).profile(driver)
+
+    def adapter_config(self, driver: str) -> dict[str, Any]:
+        return dict(self.adapters.get(driver, {}))
+
+
+def load_settings(project_dir: str | Path | None) -> Settings:
+    """The built-in tiers, with the project's ``.hearth/hearth.toml`` applied when it exists."""
+    if project_dir is None:
+        return Settings(dict(BUILTIN_TIERS), {})
+    path = Path(project_dir) / SETTINGS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings(dict(BUILTIN_TIERS), {})
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    return _parse(data, path)
+
+
+def _parse(data: dict[str, Any], path: Path) -> Settings:
+    unknown = sorted(set(data) - {"tiers", "adapters"})
+    if unknown:
+        raise InvalidInput(f"{path}: unknown key {unknown[0]!r}; the file holds [tiers.*] and "
+                           "[adapters.*]")
+    tiers = dict(BUILTIN_TIERS)
+    for name, body in _table(data, "tiers", path).items():
+        tiers[name] = _tier(name, body, path)
+    adapters: dict[str, dict[str, Any]] = {}
+    for driver, config in _table(data, "adapters", path).items():
+        if not re.fullmatch(codes.DRIVER_PATTERN, driver):
+            raise InvalidInput(f"{path}: adapters.{driver}: not a driver name")
+        if not isinstance(config, dict):
+            raise InvalidInput(f"{path}: adapters.{driver} must be a table")
+        adapters[driver] = config
+    return Settings(tiers, adapters, path)
+
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{path}: {key} must be a table")
+    return value
+
+
+def _tier(name: str, body: Any, path: Path) -> Tier:
+    key = f"tiers.{name}"
+    if not re.fullmatch(TIER_PATTERN, name):
+        raise InvalidInput(f"{path}: {key}: a tier name is lowercase letters, digits, '-' and '_'")
+    if not isinstance(body, dict):
+        raise InvalidInput(f"{path}: {key} must be a table")
+    unknown = sorted(set(body) - {"resource_caps", "driver_flags"})
+    if unknown:
+        raise InvalidInput(f"{path}: {key}.{unknown[0]}: unknown key; a tier has resource_caps "
+                           "and driver_flags")
+    try:
+        caps = ResourceCaps.model_validate(body.get("resource_caps", {}))
+    except ValidationError as exc:
+        raise InvalidInput(f"{path}: {key}.resource_caps: "
+                           f"{'; '.join(validation_problems(exc))}") from None
+    flags = body.get("driver_flags", {})
+    if not isinstance(flags, dict) or not all(isinstance(v, dict) for v in flags.values()):
+        raise InvalidInput(f"{path}: {key}.driver_flags must hold one table per driver, "
+                           f"e.g. [{key}.driver_flags.docker]")
+    return Tier(name, caps, flags)

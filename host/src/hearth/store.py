@@ -1,0 +1,250 @@
+"""The host's registry: deployments, the operations run on them, and each operation's log.
+
+``Store`` is the small interface the lifecycle layer uses; ``SQLiteStore`` is the default
+(one WAL-mode file under ``$HEARTH_HOME``, safe for several processes). A PostgreSQL store
+for several console replicas implements the same interface. The schema carries a version
+(``PRAGMA user_version``) and is migrated forward on open; a newer schema is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from hearth_adaptersdk import DeploymentRef, State, utc_now
+
+from .errors import HearthError
+
+Outcome = str  # "running" | "succeeded" | "failed" | "cancelled" | "interrupted"
+
+
+class StoreError(HearthError):
+    """The store cannot be opened or used (corrupt file, newer schema, disk full)."""
+
+    kind = "store_error"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The host's record of one workspace (one generation of a slug)."""
+
+    slug: str
+    generation: int
+    tier: str
+    driver: str
+    state: State
+    ref: DeploymentRef | None
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at: datetime
+    level: str
+    message: str
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    id: int
+    slug: str
+    generation: int
+    verb: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: Outcome
+    error: dict[str, Any] | None
+    log: tuple[LogLine, ...] = ()
+
+
+class Store(Protocol):
+    """What the lifecycle layer needs from a registry."""
+
+    def get(self, slug: str) -> Deployment | None: ...
+    def save(self, deployment: Deployment) -> None: ...
+    def archive(self, slug: str) -> None: ...
+    def next_generation(self, slug: str) -> int: ...
+    def deployments(self) -> list[Deployment]: ...
+    def begin(self, slug: str, generation: int, verb: str) -> int: ...
+    def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
+    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None: ...
+    def operations(self, slug: str) -> list[Operation]: ...
+    def close(self) -> None: ...
+
+
+MIGRATIONS: Sequence[str] = (
+    # version 1
+    """
+    CREATE TABLE deployments (
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0,
+        tier TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ref TEXT,
+        reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (slug, generation)
+    );
+    CREATE UNIQUE INDEX deployments_current ON deployments (slug) WHERE archived = 0;
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        verb TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX operations_by_slug ON operations (slug, id);
+    CREATE TABLE operation_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        operation INTEGER NOT NULL REFERENCES operations (id),
+        at TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fraction REAL
+    );
+    CREATE INDEX operation_log_by_operation ON operation_log (operation, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SQLiteStore:
+    """The default store: one SQLite file in WAL mode, shared safely by several processes."""
+
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}") from None
+        self.path.chmod(0o600)
+
+    def _migrate(self) -> None:
+        with self._write():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"the store {self.path} has schema version {version}, newer than "
+                                 f"this hearth ({SCHEMA_VERSION}); upgrade hearth")
+            for number in range(version, SCHEMA_VERSION):
+                # executescript would commit our transaction: run the statements one by one
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- deployments -------------------------------------------------------------------------
+    def get(self, slug: str) -> Deployment | None:
+        row = self._db.execute(
+            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at "
+            "FROM deployments WHERE slug = ? AND archived = 0", (slug,)).fetchone()
+        return _deployment(row) if row else None
+
+    def save(self, deployment: Deployment) -> None:
+        ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO deployments (slug, generation, tier, driver, state, ref, reason, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
+                "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
+                "reason = excluded.reason, updated_at = excluded.updated_at",
+                (deployment.slug, deployment.generation, deployment.tier, deployment.driver,
+                 deployment.state, ref, deployment.reason, deployment.created_at.isoformat(),
+                 deployment.updated_at.isoformat()))
+
+    def archive(self, slug: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
+
+    def next_generation(self, slug: str) -> int:
+        row = self._db.execute("SELECT MAX(generation) FROM deployments WHERE slug = ?",
+                               (slug,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def deployments(self) -> list[Deployment]:
+        rows = self._db.execute(
+            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at "
+            "FROM deployments WHERE archived = 0 ORDER BY slug").fetchall()
+        return [_deployment(row) for row in rows]
+
+    # --- operations --------------------------------------------------------------------------
+    def begin(self, slug: str, generation: int, verb: str) -> int:
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO operations (slug, generation, verb, started_at, outcome) "
+                "VALUES (?, ?, ?, ?, 'running')", (slug, generation, verb, utc_now().isoformat()))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO operation_log (operation, at, level, message, fraction) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (operation, utc_now().isoformat(), level, message, fraction))
+
+    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
+                       (utc_now().isoformat(), outcome,
+                        json.dumps(error) if error is not None else None, operation))
+
+    def operations(self, slug: str) -> list[Operation]:
+        rows = self._db.execute(
+            "SELECT id, slug, generation, verb, started_at, ended_at, outcome, error "
+            "FROM operations WHERE slug = ? ORDER BY id", (slug,)).fetchall()
+        found = []
+        for row in rows:
+            lines = self._db.execute(
+                "SELECT at, level, message, fraction FROM operation_log WHERE operation = ? "
+                "ORDER BY id", (row[0],)).fetchall()
+            found.append(Operation(
+                id=row[0], slug=row[1], generation=row[2], verb=row[3],
+                started_at=datetime.fromisoformat(row[4]),
+                ended_at=datetime.fromisoformat(row[5]) if row[5] else None,
+                outcome=row[6], error=json.loads(row[7]) if row[7] else None,
+                log=tuple(LogLine(datetime.fromisoformat(a), lv, m, f) for a, lv, m, f in lines)))
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _deployment(row: tuple[Any, ...]) -> Deployment:
+    slug, generation, tier, driver, state, ref, reason, created, updated = row
+    return Deployment(
+        slug=slug, generation=generation, tier=tier, driver=driver, state=state,
+        ref=DeploymentRef.model_validate_json(ref) if ref else None,
+        created_at=datetime.fromisoformat(created), updated_at=datetime.fromisoformat(updated),
+        reason=reason)

@@ -1,0 +1,144 @@
+"""Lifecycle building blocks: settings, the transition table, the SQLite store."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hearth import InvalidInput, InvalidTransition
+from hearth.settings import BUILTIN_TIERS, load_settings
+from hearth.states import TRANSITIONS, transition
+from hearth.store import Deployment, SQLiteStore, StoreError
+from hearth_adaptersdk import DeploymentRef, utc_now
+
+
+def _write_settings(project: Path, text: str) -> None:
+    (project / ".hearth").mkdir(parents=True, exist_ok=True)
+    (project / ".hearth" / "hearth.toml").write_text(text)
+
+
+def test_builtin_tiers_grow_and_resolve_to_profiles(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path)
+    assert list(settings.tiers) == ["solo", "team", "studio"]
+    cpus = [tier.resource_caps.cpu or 0 for tier in BUILTIN_TIERS.values()]
+    assert cpus == sorted(cpus)
+    profile = settings.profile("team", "fake")
+    assert (profile.tier, profile.driver, profile.driver_flags) == ("team", "fake", {})
+
+
+def test_the_project_file_overrides_tiers_adds_flags_and_configures_adapters(tmp_path: Path) -> None:
+    _write_settings(tmp_path, """
+[tiers.solo]
+resource_caps = { cpu = 1, memory_mb = 512 }
+[tiers.solo.driver_flags.docker]
+image = "example/workspace:1"
+port = 8080
+[tiers.gpu]
+resource_caps = { cpu = 8, gpus = 1 }
+[adapters.tfgrid]
+socket = "/run/hero_compute/rpc.sock"
+""")
+    settings = load_settings(tmp_path)
+    docker = settings.profile("solo", "docker")
+    assert docker.resource_caps.memory_mb == 512
+    assert docker.driver_flags == {"image": "example/workspace:1", "port": 8080}
+    assert settings.profile("solo", "fake").driver_flags == {}
+    gpu = settings.profile("gpu", "fake").resource_caps
+    assert gpu.model_dump(exclude_none=True) == {"cpu": 8.0, "gpus": 1}
+    assert settings.adapter_config("tfgrid") == {"socket": "/run/hero_compute/rpc.sock"}
+
+
+def test_an_unknown_tier_names_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="choose one of solo, studio, team"):
+        load_settings(tmp_path).profile("huge", "fake")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[tiers.solo\n", "not valid TOML"),
+    ("[tiers.solo]\nresource_caps = { cpu = -1 }\n", "tiers.solo.resource_caps: cpu"),
+    ("[tiers.solo]\ncolour = 1\n", "tiers.solo.colour: unknown key"),
+    ("[tiers.solo]\ndriver_flags = { docker = 1 }\n", "tiers.solo.driver_flags must hold"),
+    ("[extra]\n", "unknown key 'extra'"),
+    ("[adapters]\ntfgrid = 1\n", "adapters.tfgrid must be a table"),
+])
+def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
+        tmp_path: Path, text: str, message: str) -> None:
+    _write_settings(tmp_path, text)
+    with pytest.raises(InvalidInput) as caught:
+        load_settings(tmp_path)
+    assert str(tmp_path / ".hearth" / "hearth.toml") in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_the_table_follows_the_seed_state_machine() -> None:
+    assert transition(None, "provision", "a").during == "provisioning"
+    assert transition("failed", "provision", "a").on_success == "ready"
+    assert transition("ready", "upgrade", "a").on_failure == "failed"
+    assert transition("ready", "teardown", "a").on_success == "tier_torn_down"
+    assert all(state != "tier_torn_down" for state, _ in TRANSITIONS)
+
+
+@pytest.mark.parametrize(("state", "verb"), [
+    ("tier_torn_down", "provision"), ("tier_torn_down", "teardown"), ("failed", "upgrade"),
+    (None, "upgrade"), ("provisioning", "teardown"), ("ready", "provision")])
+def test_illegal_verbs_are_invalid_transitions_naming_the_state(state: str | None, verb: str) -> None:
+    with pytest.raises(InvalidTransition) as caught:
+        transition(state, verb, "alpha")  # type: ignore[arg-type]
+    assert caught.value.state == (state or "absent")
+    assert f"it is {state or 'absent'}" in str(caught.value)
+
+
+def _deployment(slug: str = "alpha", state: str = "ready", generation: int = 1) -> Deployment:
+    now = utc_now()
+    ref = DeploymentRef(workspace_slug=slug, tier="solo", driver="fake", endpoint=f"fake://{slug}",
+                        created=now, last_status="ready")
+    return Deployment(slug, generation, "solo", "fake", state, ref, now, now)  # type: ignore[arg-type]
+
+
+def test_the_store_keeps_deployments_operations_and_logs_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    store = SQLiteStore(path)
+    store.save(_deployment())
+    operation = store.begin("alpha", 1, "provision")
+    store.log(operation, "info", "creating", 0.5)
+    store.end(operation, "failed", {"kind": "backend_failure", "logs": ["boom"]})
+    store.close()
+    again = SQLiteStore(path)
+    found = again.get("alpha")
+    assert found is not None and found.ref is not None
+    assert (found.slug, found.state, found.ref.endpoint) == ("alpha", "ready", "fake://alpha")
+    [op] = again.operations("alpha")
+    assert (op.verb, op.outcome) == ("provision", "failed")
+    assert op.error == {"kind": "backend_failure", "logs": ["boom"]}
+    assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5)]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+
+
+def test_archiving_frees_the_slug_and_keeps_the_old_record(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "hearth.db")
+    store.save(_deployment(state="tier_torn_down"))
+    store.archive("alpha")
+    assert store.get("alpha") is None
+    assert store.next_generation("alpha") == 2
+    store.save(_deployment(generation=2))
+    assert [d.generation for d in store.deployments()] == [2]
+    store.close()
+
+
+def test_a_store_from_a_newer_hearth_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    SQLiteStore(path).close()
+    sqlite3.connect(path).execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer than this hearth"):
+        SQLiteStore(path)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open the store"):
+        SQLiteStore(path)
