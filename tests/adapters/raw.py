@@ -31,7 +31,7 @@ for line in sys.stdin.buffer:
     elif request["method"] == "shutdown":
         send({"jsonrpc": "2.0", "id": request["id"], "result": None})
     elif MODE == "garbage":
-        out.write(b"Traceback (most recent call last): this is not JSON\n")
+        out.write(b"DEBUG: connecting to backend (this is not JSON)\n")
         out.flush()
     elif MODE == "unknown_id":
         send({"jsonrpc": "2.0", "id": request["id"] + 1000, "result": None})

@@ -1,6 +1,7 @@
 """hearth: deploy and manage workspaces through pluggable adapter executables.
 
-``AdapterClient`` talks to one adapter; ``discover`` finds one. Errors form one tree
+``Host`` runs the workspace lifecycle on top of any adapter; ``AdapterClient`` talks to one
+adapter; ``discover`` finds one. Errors form one tree
 rooted at ``HearthError`` (see ``hearth.errors``).
 """
 
@@ -28,6 +29,9 @@ from .errors import (
     SlugLocked,
     Unsupported,
 )
+from .host import Host, ReconcileReport, find_project_dir
+from .settings import Tier
+from .store import Deployment, LogLine, Operation, SQLiteStore, Store
 
 __all__ = [
     "AdapterClient",
@@ -41,19 +45,28 @@ __all__ = [
     "Cancelled",
     "Candidate",
     "Conflict",
+    "Deployment",
     "DeploymentRef",
     "Discovered",
     "HearthError",
+    "Host",
     "InvalidInput",
     "InvalidProfile",
     "InvalidTransition",
+    "LogLine",
+    "Operation",
     "Progress",
     "ProtocolViolation",
     "ProvisioningProfile",
+    "ReconcileReport",
+    "SQLiteStore",
     "SlugLocked",
     "StatusReport",
+    "Store",
+    "Tier",
     "Unsupported",
     "__version__",
     "discover",
     "discover_all",
+    "find_project_dir",
 ]

@@ -1,0 +1,128 @@
+"""One live adapter process per driver, shared by every caller in this host.
+
+Started on first use, with the driver's config from the settings and its private data
+folder (``<state>/data/<driver>``, mode 0700); started again on the next call after it
+crashed or broke the protocol; closed after ``idle_timeout`` seconds without calls, and
+when the host closes. Nothing outlives the host: every close is the bounded shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from hearth_adaptersdk import Connection
+
+from .client import AdapterClient
+from .discovery import discover
+from .settings import Settings
+
+ConnectionFactory = Callable[[], Connection]
+
+
+@dataclass
+class _Slot:
+    lock: asyncio.Lock
+    client: AdapterClient | None = None
+    in_flight: int = 0
+    idle_timer: asyncio.TimerHandle | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        state_dir: Path,
+        *,
+        project_dir: Path | None,
+        home: Path | None,
+        handshake_timeout: float,
+        idle_timeout: float,
+        in_process: Mapping[str, ConnectionFactory] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._state_dir = state_dir
+        self._project_dir = project_dir
+        self._home = home
+        self._handshake_timeout = handshake_timeout
+        self._idle_timeout = idle_timeout
+        self._in_process = dict(in_process or {})
+        self._slots: dict[str, _Slot] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def data_dir(self, driver: str) -> Path:
+        folder = self._state_dir / "data" / driver
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        return folder
+
+    def knows(self, driver: str) -> bool:
+        return driver in self._in_process
+
+    def in_process_drivers(self) -> set[str]:
+        return set(self._in_process)
+
+    @contextlib.asynccontextmanager
+    async def use(self, driver: str) -> AsyncIterator[AdapterClient]:
+        """A live client for ``driver``, kept open while the block runs."""
+        slot = self._slots.setdefault(driver, _Slot(asyncio.Lock()))
+        slot.in_flight += 1
+        if slot.idle_timer is not None:
+            slot.idle_timer.cancel()
+            slot.idle_timer = None
+        try:
+            async with slot.lock:
+                if slot.client is None or not slot.client.alive:
+                    if slot.client is not None:
+                        await slot.client.close()  # reap the crashed one before starting anew
+                        slot.client = None
+                    slot.client = await self._start(driver)
+                client = slot.client
+            yield client
+        finally:
+            slot.in_flight -= 1
+            if slot.in_flight == 0 and not self._closed:
+                slot.idle_timer = asyncio.get_running_loop().call_later(
+                    self._idle_timeout, self._close_idle, driver)
+
+    async def _start(self, driver: str) -> AdapterClient:
+        config = self._settings.adapter_config(driver)
+        if driver in self._in_process:
+            return await AdapterClient.connect(
+                self._in_process[driver](), config=config, timeout=self._handshake_timeout,
+                data_dir=self.data_dir(driver), driver=driver)
+        found = discover(driver, project_dir=self._project_dir, home=self._home)
+        return await AdapterClient.launch(
+            found.path, config=config, timeout=self._handshake_timeout,
+            data_dir=self.data_dir(driver), driver=driver)
+
+    def _close_idle(self, driver: str) -> None:
+        slot = self._slots.get(driver)
+        if slot is None or slot.in_flight or slot.client is None:
+            return
+        client, slot.client, slot.idle_timer = slot.client, None, None
+        task = asyncio.ensure_future(client.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def running(self) -> dict[str, AdapterClient]:
+        """The live clients by driver (for tests and diagnostics)."""
+        return {driver: slot.client for driver, slot in self._slots.items()
+                if slot.client is not None and slot.client.alive}
+
+    async def close(self) -> None:
+        """Close every adapter (each bounded); wait for idle closes already under way."""
+        self._closed = True
+        clients = []
+        for slot in self._slots.values():
+            if slot.idle_timer is not None:
+                slot.idle_timer.cancel()
+            if slot.client is not None:
+                clients.append(slot.client)
+                slot.client = None
+        await asyncio.gather(*(client.close() for client in clients), *self._closing,
+                             return_exceptions=True)

@@ -1,0 +1,190 @@
+"""The ``hearth`` CLI end to end: real processes, a real store, the fake adapter found on PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth_adapter_fake.store import read_journal
+
+pytestmark = pytest.mark.subprocess
+
+SETTINGS = """
+[tiers.slow.driver_flags.fake]
+delay = 0.5
+[tiers.glacial.driver_flags.fake]
+delay = 60
+[tiers.crashy.driver_flags.fake]
+crash_at = "provision"
+[tiers.frozen.driver_flags.fake]
+freeze_at = "provision"
+ignore_sigterm = true
+"""
+SHUTDOWN_BOUND = 15.0  # shutdown grace + stdin grace + SIGTERM grace, with room for a slow machine
+
+
+class Cli:
+    def __init__(self, root: Path, venv_bin: Path) -> None:
+        self.project = root / "project"
+        self.home = root / "home"
+        (self.project / ".hearth").mkdir(parents=True)
+        (self.project / ".hearth" / "hearth.toml").write_text(SETTINGS)
+        self.env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.env.pop("HEARTH_HOME", None)
+        self.exe = str(venv_bin / "hearth")
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.exe, *args, "--project", str(self.project), "--home", str(self.home)]
+
+    def run(self, *args: str, bound: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env,
+                              timeout=bound, stdin=subprocess.DEVNULL, check=False)
+
+    def json(self, *args: str) -> Any:
+        done = self.run(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def error(self, *args: str, bound: float = 60.0) -> tuple[int, str, dict[str, Any]]:
+        done = self.run(*args, "--json", bound=bound)
+        assert done.returncode != 0
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, f"a failure says why in one line on stderr, got: {done.stderr}"
+        assert "Traceback" not in done.stderr
+        return done.returncode, lines[-1], json.loads(done.stdout)["error"]
+
+    def journal(self) -> list[dict[str, Any]]:
+        return read_journal(self.home / "data" / "fake")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, venv_bin: Path) -> Cli:
+    return Cli(tmp_path, venv_bin)
+
+
+def test_every_verb_through_the_cli_with_json(cli: Cli) -> None:
+    ref = cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")
+    assert ref["workspace_slug"] == "alpha" and ref["endpoint"] == "fake://alpha"
+    assert cli.json("status", "alpha")["state"] == "ready"
+    assert cli.json("upgrade", "alpha", "--tier", "team")["tier"] == "team"
+    [listed] = cli.json("ls")
+    assert (listed["workspace_slug"], listed["tier"], listed["last_status"]) == ("alpha", "team", "ready")
+    assert cli.json("teardown", "alpha")["state"] == "tier_torn_down"
+    assert cli.json("status", "alpha")["state"] == "tier_torn_down"
+    verbs = [op["verb"] for op in cli.json("logs", "alpha")]
+    assert verbs == ["provision", "upgrade", "teardown"]
+    assert cli.json("reconcile") == {"resolved": [], "ghosts": [], "busy": [], "unreachable": {},
+                                     "orphans": []}
+    adapters = cli.json("adapters")
+    assert any(row["driver"] == "fake" and row["status"] == "ok" for row in adapters)
+
+
+def test_plain_output_is_readable(cli: Cli) -> None:
+    done = cli.run("provision", "alpha", "--tier", "solo", "--driver", "fake")
+    assert done.returncode == 0 and "alpha: ready" in done.stdout
+    listing = cli.run("ls")
+    assert listing.stdout.splitlines()[0].split() == ["SLUG", "STATE", "TIER", "DRIVER", "ENDPOINT"]
+    assert "provision" in cli.run("logs", "alpha").stdout
+
+
+@pytest.mark.parametrize(("args", "kind", "code"), [
+    (("provision", "Not_A_Slug", "--tier", "solo", "--driver", "fake"), "invalid_input", 2),
+    (("provision", "alpha", "--tier", "huge", "--driver", "fake"), "invalid_input", 2),
+    (("provision", "alpha", "--tier", "solo", "--driver", "warp"), "invalid_input", 2),
+    (("status", "nothing"), "invalid_input", 2),
+    (("provision", "alpha", "--tier", "solo"), "invalid_input", 2),
+])
+def test_bad_input_is_a_one_line_reason_and_a_json_error(
+        cli: Cli, args: tuple[str, ...], kind: str, code: int) -> None:
+    returncode, line, error = cli.error(*args)
+    assert returncode == code
+    assert line.startswith(f"hearth: {kind}: ")
+    assert error["kind"] == kind and error["message"]
+    assert cli.journal() == []
+
+
+def test_a_conflict_exits_one_with_the_existing_ref(cli: Cli) -> None:
+    cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")
+    returncode, line, error = cli.error("provision", "alpha", "--tier", "team", "--driver", "fake")
+    assert returncode == 1 and line.startswith("hearth: conflict: ")
+    assert error["existing"]["tier"] == "solo"
+
+
+def test_a_malformed_settings_file_names_the_file_and_key(cli: Cli) -> None:
+    (cli.project / ".hearth" / "hearth.toml").write_text("[tiers.solo]\nresource_caps = 3\n")
+    _, line, error = cli.error("ls")
+    assert "hearth.toml" in line and "tiers.solo.resource_caps" in line
+    assert error["kind"] == "invalid_input"
+
+
+def test_six_processes_provisioning_one_slug_make_one_adapter_call(cli: Cli) -> None:
+    argv = cli.argv("provision", "alpha", "--tier", "slow", "--driver", "fake", "--json")
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli.env, stdin=subprocess.DEVNULL) for _ in range(6)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
+    refs = [json.loads(out) for out, _ in outputs]
+    assert all(ref == refs[0] for ref in refs)
+    assert [e["method"] for e in cli.journal()].count("provision") == 1
+    assert len(cli.json("ls")) == 1
+
+
+def _wait_for(condition: Callable[[], bool], bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_a_host_killed_mid_provision_leaves_a_record_that_reconcile_resolves(cli: Cli) -> None:
+    host = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
+                            env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    _wait_for(lambda: any(e["method"] == "provision" for e in cli.journal()))
+    host.send_signal(signal.SIGKILL)
+    host.wait()
+    [record] = cli.json("ls")
+    assert record["last_status"] == "provisioning"
+    returncode, line, error = cli.error("teardown", "alpha")
+    assert error["kind"] == "invalid_transition" and "reconcile" in line
+    report = cli.json("reconcile")
+    assert report["resolved"] == [{"slug": "alpha", "from": "provisioning", "to": "failed"}]
+    assert cli.json("ls")[0]["last_status"] == "failed"
+    assert [op["outcome"] for op in cli.json("logs", "alpha")] == ["interrupted"]
+    assert cli.json("teardown", "alpha")["state"] == "tier_torn_down"
+
+
+@pytest.fixture
+def misbehaving(cli: Cli, make_adapter: Callable[..., Path]) -> Callable[[str], None]:
+    def install(mode: str) -> None:
+        path = make_adapter("raw", name="hearth-adapter-raw", MODE=mode, DRIVER="raw")
+        folder = cli.project / ".hearth" / "adapters"
+        folder.mkdir(exist_ok=True)
+        path.rename(folder / "hearth-adapter-raw")
+    return install
+
+
+@pytest.mark.parametrize(("case", "args", "kind"), [
+    ("crash", ("--tier", "crashy", "--driver", "fake"), "adapter_crashed"),
+    ("garbage", ("--tier", "solo", "--driver", "raw"), "protocol_violation"),
+    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), "adapter_crashed"),
+    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"), "timeout"),
+])
+def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
+        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...], kind: str) -> None:
+    if "raw" in args:
+        misbehaving("die_before_handshake" if case.startswith("dies") else "garbage")
+    timeout = float(args[-1]) if "--timeout" in args else 10.0
+    returncode, line, error = cli.error("provision", "alpha", *args, bound=timeout + SHUTDOWN_BOUND)
+    assert returncode == 1
+    assert line.startswith(f"hearth: {kind}: ")
+    assert error["kind"] == kind
+    assert [d["last_status"] for d in cli.json("ls")] == ["failed"]

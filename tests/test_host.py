@@ -1,0 +1,188 @@
+"""The lifecycle host, with the fake driver in process (real SQLite, real locks)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth import (
+    BackendFailure,
+    CallTimeout,
+    Conflict,
+    Host,
+    InvalidInput,
+    InvalidTransition,
+    Progress,
+    Tier,
+)
+from hearth_adapter_fake import FakeDriver
+from hearth_adapter_fake.store import read_journal
+from hearth_adaptersdk import MemoryConnection, ResourceCaps
+
+
+def make_host(tmp_path: Path, **tiers: dict[str, Any]) -> Host:
+    """A host on a fresh home whose ``fake`` driver runs in process."""
+    extra = {name: Tier(name, ResourceCaps(cpu=1), {"fake": flags}) for name, flags in tiers.items()}
+    return Host(project_dir=tmp_path / "project", home=tmp_path / "home", tiers=extra,
+                in_process={"fake": lambda: MemoryConnection(FakeDriver())})
+
+
+def provisions(tmp_path: Path) -> int:
+    return sum(e["method"] == "provision" for e in read_journal(tmp_path / "home" / "data" / "fake"))
+
+
+async def test_a_workspace_goes_through_its_whole_lifecycle(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        events: list[Progress] = []
+        ref = await host.provision("alpha", tier="solo", driver="fake", on_progress=events.append)
+        assert ref.endpoint == "fake://alpha" and events
+        assert (await host.status("alpha")).state == "ready"
+        upgraded = await host.upgrade("alpha", tier="team")
+        assert (upgraded.workspace_slug, upgraded.tier) == ("alpha", "team")
+        assert [r.tier for r in await host.list()] == ["team"]
+        await host.teardown("alpha")
+        assert (await host.status("alpha")).state == "tier_torn_down"
+        await host.teardown("alpha")  # idempotent
+        assert [op.verb for op in await host.logs("alpha")] == ["provision", "upgrade", "teardown"]
+
+
+async def test_the_same_triple_returns_the_stored_ref_without_an_adapter_call(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        first = await host.provision("alpha", tier="solo", driver="fake")
+        assert await host.provision("alpha", tier="solo", driver="fake") == first
+    assert provisions(tmp_path) == 1
+
+
+async def test_another_tier_on_a_ready_slug_is_a_conflict_naming_the_existing_ref(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        ref = await host.provision("alpha", tier="solo", driver="fake")
+        with pytest.raises(Conflict, match="use upgrade") as caught:
+            await host.provision("alpha", tier="team", driver="fake")
+        assert caught.value.existing == ref
+    assert provisions(tmp_path) == 1
+
+
+async def test_a_torn_down_slug_stays_torn_down_unless_reused(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        await host.teardown("alpha")
+        with pytest.raises(InvalidTransition, match="reuse") as caught:
+            await host.provision("alpha", tier="solo", driver="fake")
+        assert caught.value.state == "tier_torn_down"
+        ref = await host.provision("alpha", tier="solo", driver="fake", reuse=True)
+        assert ref.last_status == "ready"
+        generations = [op.generation for op in await host.logs("alpha")]
+        assert generations == [1, 1, 2]
+
+
+async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tmp_path: Path) -> None:
+    async with make_host(tmp_path, flaky={"fail_at": "provision"}) as host:
+        with pytest.raises(BackendFailure) as caught:
+            await host.provision("alpha", tier="flaky", driver="fake")
+        assert caught.value.rolled_back
+        [record] = host.deployments()
+        assert record.state == "failed" and "failed as asked" in (record.reason or "")
+        [operation] = await host.logs("alpha")
+        assert operation.outcome == "failed" and operation.error is not None
+        assert operation.error["kind"] == "backend_failure"
+        assert any(line.level == "error" and "injected failure" in line.message for line in operation.log)
+        with pytest.raises(InvalidTransition, match="it is failed"):
+            await host.upgrade("alpha", tier="team")
+    assert provisions(tmp_path) == 1  # D8: the host did not retry
+    async with make_host(tmp_path, flaky={}) as host:  # the cause is fixed: a person re-runs it
+        ref = await host.provision("alpha", tier="flaky", driver="fake")
+        assert ref.last_status == "ready"
+        assert (await host.status("alpha")).state == "ready"
+
+
+async def test_bad_input_fails_before_anything_happens(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        with pytest.raises(InvalidInput, match="not a workspace slug"):
+            await host.provision("Alpha", tier="solo", driver="fake")
+        with pytest.raises(InvalidInput, match="choose one of solo, studio, team"):
+            await host.provision("alpha", tier="mega", driver="fake")
+        with pytest.raises(InvalidInput, match="available: fake"):
+            await host.provision("alpha", tier="solo", driver="nosuchdriver")
+        with pytest.raises(InvalidInput, match="no workspace 'ghost'"):
+            await host.status("ghost")
+        assert host.deployments() == []
+    assert provisions(tmp_path) == 0
+
+
+async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Path) -> None:
+    async with make_host(tmp_path, slow={"delay": 60}) as host:
+        with pytest.raises(CallTimeout):
+            await host.provision("alpha", tier="slow", driver="fake", timeout=0.2)
+        [record] = host.deployments()
+        assert record.state == "failed" and (record.reason or "").startswith("timed out")
+        assert (await host.logs("alpha"))[0].outcome == "cancelled"
+        assert (await host.status("alpha")).state == "absent"  # the adapter rolled back
+
+
+async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: Path) -> None:
+    async with make_host(tmp_path, slow={"delay": 60}) as host:
+        started = asyncio.Event()
+        task = asyncio.create_task(host.provision("alpha", tier="slow", driver="fake",
+                                                  on_progress=lambda _: started.set()))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [record] = host.deployments()
+        assert record.state == "failed" and "cancelled by the caller" in (record.reason or "")
+
+
+async def test_concurrent_provisions_of_one_slug_call_the_adapter_once(tmp_path: Path) -> None:
+    async with make_host(tmp_path, slow={"delay": 0.2}) as host:
+        refs = await asyncio.gather(*(host.provision("alpha", tier="slow", driver="fake")
+                                      for _ in range(6)))
+        assert all(ref == refs[0] for ref in refs)
+        assert len(host.deployments()) == 1
+    assert provisions(tmp_path) == 1
+
+
+async def test_reconcile_reports_ghosts_and_orphans_and_deletes_nothing(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("ghost", tier="solo", driver="fake")
+        await host.provision("kept", tier="solo", driver="fake")
+        (tmp_path / "home" / "data" / "fake" / "deployments" / "ghost.json").unlink()
+        async with host.supervisor.use("fake") as client:  # a deployment made behind the host's back
+            from hearth import ProvisioningProfile
+            await client.provision("stray", ProvisioningProfile(tier="solo", driver="fake"))
+        report = await host.reconcile()
+        assert report.ghosts == ["ghost"]
+        assert [ref.workspace_slug for ref in report.orphans] == ["stray"]
+        states = {d.slug: d.state for d in host.deployments()}
+        assert states == {"ghost": "failed", "kept": "ready"}
+
+
+async def test_reconcile_resolves_a_record_left_transient_by_a_dead_host(tmp_path: Path) -> None:
+    from dataclasses import replace
+    async with make_host(tmp_path) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        [record] = host.deployments()
+        host.store.save(replace(record, state="provisioning", ref=None))
+        host.store.begin("alpha", 1, "provision")
+        with pytest.raises(InvalidTransition, match="reconcile"):
+            await host.teardown("alpha")
+        report = await host.reconcile()
+        assert report.resolved == [("alpha", "provisioning", "ready")]
+        [record] = host.deployments()
+        assert record.state == "ready" and record.ref is not None
+        assert [op.outcome for op in await host.logs("alpha")] == ["succeeded", "interrupted"]
+
+
+async def test_an_idle_adapter_is_closed_and_started_again_on_demand(tmp_path: Path) -> None:
+    host = Host(project_dir=tmp_path, home=tmp_path / "home", idle_timeout=0.01,
+                in_process={"fake": lambda: MemoryConnection(FakeDriver())})
+    async with host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        for _ in range(500):  # the idle timer fires on the loop; wait for it, bounded
+            if not host.supervisor.running():
+                break
+            await asyncio.sleep(0.01)
+        assert host.supervisor.running() == {}
+        assert (await host.status("alpha")).state == "ready"
