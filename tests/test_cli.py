@@ -153,7 +153,7 @@ def test_a_host_killed_mid_provision_leaves_a_record_that_reconcile_resolves(cli
     host.wait()
     [record] = cli.json("ls")
     assert record["last_status"] == "provisioning"
-    returncode, line, error = cli.error("teardown", "alpha")
+    _, line, error = cli.error("teardown", "alpha")
     assert error["kind"] == "invalid_transition" and "reconcile" in line
     report = cli.json("reconcile")
     assert report["resolved"] == [{"slug": "alpha", "from": "provisioning", "to": "failed"}]

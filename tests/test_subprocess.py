@@ -58,7 +58,8 @@ async def test_a_crash_mid_call_fails_every_pending_call_with_exit_code_and_stde
 async def test_a_line_that_is_not_json_fails_the_session_quoting_it(make_adapter: MakeAdapter) -> None:
     path = make_adapter("raw", MODE="garbage", DRIVER="raw")
     async with await AdapterClient.launch(path) as client:
-        with pytest.raises(ProtocolViolation, match=r"DEBUG: connecting to backend \(this is not JSON\)") as caught:
+        quoted = r"DEBUG: connecting to backend \(this is not JSON\)"
+        with pytest.raises(ProtocolViolation, match=quoted) as caught:
             await client.provision("a", profile(driver="raw"))
         assert "hearth-adapter-raw" in str(caught.value)
 
