@@ -4,7 +4,10 @@
   child that answers each line with plain ``json`` (target: at most 3x the baseline);
 - pipelined throughput with 64 requests in flight (target: at least 20,000 calls/s);
 - cold start, spawn to handshake done, beside a bare ``python -c pass`` (target: at most 5x);
-- jsonrpcserver's JSON Schema request check beside the envelope check the SDK uses instead.
+- jsonrpcserver's JSON Schema request check beside the envelope check the SDK uses instead;
+- provision + status + teardown of N workspaces through ``Host`` (32 in flight), beside the same
+  calls made directly on an in-process ``FakeDriver`` (target: host overhead <= 1 ms per verb at
+  the median, and total time growing linearly from 100 to 1,000 workspaces).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hearth import AdapterClient, ProvisioningProfile, discover
+from hearth import AdapterClient, Host, ProvisioningProfile, discover
+from hearth_adapter_fake import FakeDriver
+from hearth_adaptersdk import RequestContext
 
 RAW_CHILD = r"""
 import json, sys
@@ -142,6 +147,63 @@ def import_breakdown(top: int) -> tuple[int, list[tuple[int, str]]]:
     return total, rows[:top]
 
 
+VERBS = ("provision", "status", "teardown")
+
+
+async def _lifecycles(count: int, run_one: object) -> tuple[dict[str, list[float]], float]:
+    """Run ``run_one(slug, timings)`` for ``count`` slugs, 32 at a time."""
+    timings: dict[str, list[float]] = {verb: [] for verb in VERBS}
+    window = asyncio.Semaphore(32)
+
+    async def one(index: int) -> None:
+        async with window:
+            await run_one(f"w{index}", timings)  # type: ignore[operator]
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return timings, time.perf_counter() - started
+
+
+async def _timed(timings: dict[str, list[float]], verb: str, call: object) -> None:
+    started = time.perf_counter()
+    await call  # type: ignore[misc]
+    timings[verb].append(time.perf_counter() - started)
+
+
+async def through_host(count: int) -> tuple[dict[str, list[float]], float]:
+    with tempfile.TemporaryDirectory() as folder:
+        async with Host(project_dir=folder, home=Path(folder) / "home") as host:
+            await host.provision("warmup", tier="solo", driver="fake")
+
+            async def run_one(slug: str, timings: dict[str, list[float]]) -> None:
+                await _timed(timings, "provision", host.provision(slug, tier="solo", driver="fake"))
+                await _timed(timings, "status", host.status(slug))
+                await _timed(timings, "teardown", host.teardown(slug))
+
+            return await _lifecycles(count, run_one)
+
+
+async def direct_driver(count: int) -> tuple[dict[str, list[float]], float]:
+    with tempfile.TemporaryDirectory() as folder:
+        driver = FakeDriver()
+        await driver.setup({}, Path(folder))
+        profile = ProvisioningProfile(tier="solo", driver="fake")
+
+        def ctx(method: str) -> RequestContext:
+            return RequestContext(0, method, lambda *_: None)
+
+        async def run_timed(slug: str, timings: dict[str, list[float]]) -> None:
+            started = time.perf_counter()
+            ref = await driver.provision(slug, profile, ctx("provision"))
+            timings["provision"].append(time.perf_counter() - started)
+            await _timed(timings, "status", driver.status(ref, ctx("status")))
+            await _timed(timings, "teardown", driver.teardown(ref, ctx("teardown")))
+
+        result = await _lifecycles(count, run_timed)
+        await driver.close()
+        return result
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -151,6 +213,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="sequential round trips")
     parser.add_argument("--pipelined", type=int, default=30000, help="calls in the throughput run")
     parser.add_argument("--starts", type=int, default=10, help="cold starts")
+    parser.add_argument("--workspaces", type=int, default=1000, help="workspaces through Host")
     args = parser.parse_args()
     path = discover("fake").path
 
@@ -159,6 +222,9 @@ def main() -> None:
     starts = asyncio.run(cold_start(path, args.starts))
     bare = bare_python(args.starts)
     schema, envelope = validation_cost(20000)
+    _, host_small_total = asyncio.run(through_host(args.workspaces // 10))
+    host_big, host_big_total = asyncio.run(through_host(args.workspaces))
+    direct_big, direct_big_total = asyncio.run(direct_driver(args.workspaces))
 
     raw50, raw99 = percentile(raw_samples, 0.5), percentile(raw_samples, 0.99)
     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
@@ -172,6 +238,23 @@ def main() -> None:
     print(f"{'cold start (spawn to handshake)':34}{ms(cold)}{ms(bare50):>14}{cold / bare50:8.2f}x  <= 5x")
     print(f"{'request check: jsonschema vs SDK':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
           f"{schema / envelope:8.0f}x  (per request; the SDK skips jsonschema)")
+    print()
+    small, big = args.workspaces // 10, args.workspaces
+    print(f"{big} workspaces through Host (provision + status + teardown, 32 in flight), beside the")
+    print("same calls on an in-process FakeDriver (no host, no process, no store):")
+    print(f"{'':34}{'Host p50':>12}{'direct p50':>14}{'overhead':>12}  target")
+    for verb in VERBS:
+        host50 = statistics.median(host_big[verb])
+        direct50 = statistics.median(direct_big[verb])
+        print(f"{verb + ' (latency under load)':34}{ms(host50)}{ms(direct50):>14}"
+              f"{ms(host50 - direct50):>12}  overhead <= 1 ms")
+    per_small, per_big = host_small_total / small, host_big_total / big
+    per_verb, direct_per_verb = per_big / len(VERBS), direct_big_total / big / len(VERBS)
+    print(f"{'wall time per verb (total / 3N)':34}{ms(per_verb)}{ms(direct_per_verb):>14}"
+          f"{ms(per_verb - direct_per_verb):>12}  overhead <= 1 ms")
+    print(f"{'growth ' + str(small) + ' -> ' + str(big) + ' workspaces':34}"
+          f"{host_small_total:9.2f} s -> {host_big_total:.2f} s: {per_big / per_small:.2f}x the "
+          "time per workspace (1.00 = linear)")
     print()
     total, rows = import_breakdown(10)
     print(f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "

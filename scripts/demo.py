@@ -1,48 +1,24 @@
-"""The demo: discover an adapter, launch it, and walk one workspace through its lifecycle."""
+"""The demo: a whole workspace lifecycle through the ``hearth`` CLI, in a fresh temporary home."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import shlex
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from hearth import AdapterClient, HearthError, Progress, ProvisioningProfile, discover
-
 DRIVERS = ("fake",)
 
 
-def show_progress(event: Progress) -> None:
-    fraction = f"{event.fraction:4.0%}" if event.fraction is not None else "    "
-    print(f"    {fraction}  {event.message}")
-
-
-async def lifecycle(driver: str, slug: str) -> None:
-    found = discover(driver)
-    print(f"adapter: {found.path} (found on {found.source})")
-    with tempfile.TemporaryDirectory(prefix="hearth-demo-") as data_dir:
-        async with await AdapterClient.launch(found.path, data_dir=Path(data_dir) / driver) as client:
-            assert client.info is not None
-            print(f"handshake: {client.info.adapter.name} {client.info.adapter.version}, "
-                  f"methods {', '.join(client.info.capabilities.methods)}")
-            solo = ProvisioningProfile(tier="solo", driver=driver,
-                                       resource_caps={"cpu": 1, "memory_mb": 512})
-            print(f"provision {slug} (tier solo):")
-            ref = await client.provision(slug, solo, on_progress=show_progress)
-            print(f"  -> {ref.model_dump_json()}")
-            again = await client.provision(slug, solo)
-            print(f"provision again (idempotent): same ref = {again == ref}")
-            report = await client.status(ref)
-            print(f"status: {report.state} at {report.endpoint}")
-            team = solo.model_copy(update={"tier": "team"})
-            print("upgrade to tier team:")
-            ref = await client.upgrade(ref, team, on_progress=show_progress)
-            print(f"  -> tier {ref.tier}, {ref.last_status}")
-            print("teardown:")
-            await client.teardown(ref, on_progress=show_progress)
-            report = await client.status(ref)
-            print(f"status after teardown: {report.state}")
+def run(home: Path, project: Path, *args: str, expect_failure: bool = False) -> None:
+    shown = ["hearth", *args]
+    print(f"\n$ {shlex.join(shown)}", flush=True)
+    done = subprocess.run([*shown, "--home", str(home), "--project", str(project)], check=False)
+    if (done.returncode != 0) != expect_failure:
+        print(f"demo: '{shlex.join(shown)}' exited with {done.returncode}", file=sys.stderr)
+        sys.exit(1)
 
 
 def main() -> int:
@@ -50,11 +26,24 @@ def main() -> int:
     parser.add_argument("--driver", default="fake", choices=DRIVERS)
     parser.add_argument("--slug", default="demo")
     args = parser.parse_args()
-    try:
-        asyncio.run(lifecycle(args.driver, args.slug))
-    except HearthError as exc:
-        print(f"demo failed: {exc.kind}: {exc}", file=sys.stderr)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="hearth-demo-") as folder:
+        home, project = Path(folder) / "home", Path(folder) / "project"
+        project.mkdir()
+        print(f"hearth demo: driver {args.driver}, home {home}")
+        slug, driver = args.slug, args.driver
+        run(home, project, "adapters")
+        run(home, project, "provision", slug, "--tier", "solo", "--driver", driver)
+        run(home, project, "provision", slug, "--tier", "solo", "--driver", driver, "--json")
+        run(home, project, "status", slug)
+        run(home, project, "provision", slug, "--tier", "team", "--driver", driver,
+            expect_failure=True)
+        run(home, project, "upgrade", slug, "--tier", "team")
+        run(home, project, "ls")
+        run(home, project, "teardown", slug)
+        run(home, project, "status", slug)
+        run(home, project, "logs", slug)
+        run(home, project, "reconcile")
+    print("\ndemo: done; the temporary home is removed")
     return 0
 
 

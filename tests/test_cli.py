@@ -188,3 +188,42 @@ def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
     assert line.startswith(f"hearth: {kind}: ")
     assert error["kind"] == kind
     assert [d["last_status"] for d in cli.json("ls")] == ["failed"]
+
+
+def test_progress_is_shown_live_on_a_terminal(cli: Cli) -> None:
+    import pty
+    leader, follower = pty.openpty()
+    done = subprocess.run(cli.argv("provision", "alpha", "--tier", "solo", "--driver", "fake"),
+                          stdout=subprocess.PIPE, stderr=follower, env=cli.env, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert done.returncode == 0
+    assert b"creating workspace alpha" in shown and b"100%" in shown
+
+
+def test_ctrl_c_cancels_the_adapter_and_the_record_says_why(cli: Cli) -> None:
+    host = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake",
+                                     "--json"),
+                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    _wait_for(lambda: any(e["method"] == "provision" for e in cli.journal()))
+    host.send_signal(signal.SIGINT)
+    out, err = host.communicate(timeout=30)
+    assert host.returncode == 130
+    assert json.loads(out)["error"]["kind"] == "cancelled"
+    assert err.strip().splitlines() == ["hearth: cancelled: interrupted; the adapter was told to cancel"]
+    [record] = cli.json("ls")
+    assert record["last_status"] == "failed"
+    assert cli.json("status", "alpha")["state"] == "absent"  # the adapter rolled back
+    [operation] = cli.json("logs", "alpha")
+    assert operation["outcome"] == "cancelled" and operation["error"]["kind"] == "cancelled"

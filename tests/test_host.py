@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hearth import (
+    AdapterCrashed,
     BackendFailure,
     CallTimeout,
     Conflict,
@@ -186,3 +189,25 @@ async def test_an_idle_adapter_is_closed_and_started_again_on_demand(tmp_path: P
             await asyncio.sleep(0.01)
         assert host.supervisor.running() == {}
         assert (await host.status("alpha")).state == "ready"
+
+
+@pytest.mark.subprocess
+async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_a_crash(
+        tmp_path: Path, venv_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
+    tiers = {"slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}})}
+    async with Host(project_dir=tmp_path, home=tmp_path / "home", tiers=tiers) as host:
+        await asyncio.gather(*(host.provision(f"w{i}", tier="solo", driver="fake") for i in range(4)))
+        pids = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
+        assert len(pids) == 1
+        started = asyncio.Event()
+        slow = asyncio.create_task(host.provision("doomed", tier="slow", driver="fake",
+                                                  on_progress=lambda _: started.set()))
+        await started.wait()
+        os.kill(pids.pop(), signal.SIGKILL)
+        with pytest.raises(AdapterCrashed):
+            await slow
+        assert (await host.status("w0")).state == "ready"  # a new adapter process
+        restarted = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
+        assert len(restarted) == 2
+        assert [d.state for d in host.deployments() if d.slug == "doomed"] == ["failed"]

@@ -29,7 +29,7 @@ from hearth_adaptersdk import (
 
 from .client import AdapterClient, ProgressCallback
 from .dirs import resolve_home, state_dir
-from .discovery import discover_all
+from .discovery import candidates, discover_all
 from .errors import (
     BackendFailure,
     CallTimeout,
@@ -42,7 +42,7 @@ from .errors import (
 from .locks import SlugLocks
 from .settings import Settings, Tier, load_settings
 from .states import TRANSIENT, Transition, Verb, transition
-from .store import Deployment, Operation, SQLiteStore, Store
+from .store import Deployment, LogBuffer, LogLine, Operation, SQLiteStore, Store
 from .supervisor import ConnectionFactory, Supervisor
 
 STORE_FILE = "hearth.db"
@@ -102,6 +102,7 @@ class Host:
         self._store_arg = store
         self._store: Store | None = None
         self._locks = SlugLocks(self.state_dir / "locks")
+        self._log_buffer = LogBuffer(lambda: self.store)
         self._lock_wait = lock_wait
         self._supervisor = Supervisor(
             settings, self.state_dir, project_dir=self.project_dir, home=self.home,
@@ -144,10 +145,12 @@ class Host:
                                "digits and '-', starting and ending with a letter or digit")
 
     def _check_driver(self, driver: str) -> None:
-        if self._supervisor.knows(driver):
+        if self._supervisor.knows(driver) or driver in self._supervisor.running():
             return
         if not isinstance(driver, str) or not re.fullmatch(codes.DRIVER_PATTERN, driver):
             raise InvalidInput(f"{driver!r} is not a driver name")
+        if candidates(driver, self.project_dir, self.home):
+            return  # whether it may run is for discover() to say, with its reasons
         available = {c.driver for c in discover_all(project_dir=self.project_dir, home=self.home)}
         available |= self._supervisor.in_process_drivers()
         if driver not in available:
@@ -226,7 +229,7 @@ class Host:
         record = self._existing(slug)
         if record.state == "tier_torn_down":
             return StatusReport(state="tier_torn_down", observed_at=utc_now(),
-                                message=f"torn down at {record.updated_at.isoformat()}",
+                                message=f"torn down at {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
                                 details={"recorded_state": record.state})
         ref = record.ref or _synthesized_ref(record)
         async with self._supervisor.use(record.driver) as client:
@@ -302,7 +305,8 @@ class Host:
         operation = store.begin(record.slug, record.generation, verb)
 
         def progress(event: Progress) -> None:
-            store.log(operation, event.level, event.message, event.fraction)
+            self._log_buffer.add(operation, LogLine(utc_now(), event.level, event.message,
+                                                    event.fraction))
             if on_progress is not None:
                 on_progress(event)
 
@@ -319,7 +323,7 @@ class Host:
         except HearthError as exc:
             if isinstance(exc, BackendFailure):
                 for line in exc.logs:
-                    store.log(operation, "error", line)
+                    self._log_buffer.add(operation, LogLine(utc_now(), "error", line))
             self._fail(record, operation, "failed", exc.message, exc.to_json())
             raise
         if verb == "teardown":
@@ -332,6 +336,7 @@ class Host:
                                           f"ref for {ref.workspace_slug!r}")
                 self._fail(record, operation, "failed", error.message, error.to_json())
                 raise error
+        self._log_buffer.flush()
         store.save(replace(record, state=plan.on_success, ref=ref, tier=new_tier or record.tier,
                            updated_at=utc_now(), reason=None))
         store.end(operation, "succeeded")
@@ -340,6 +345,7 @@ class Host:
     def _fail(self, record: Deployment, operation: int, outcome: str, reason: str,
               error: dict[str, Any]) -> None:
         """D8: mark the deployment failed, keep the logs, never retry."""
+        self._log_buffer.flush()
         self.store.save(replace(record, state="failed", updated_at=utc_now(), reason=reason))
         self.store.end(operation, outcome, error)
 

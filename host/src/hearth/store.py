@@ -8,9 +8,10 @@ for several console replicas implements the same interface. The schema carries a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,6 +77,7 @@ class Store(Protocol):
     def deployments(self) -> list[Deployment]: ...
     def begin(self, slug: str, generation: int, verb: str) -> int: ...
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
+    def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None: ...
     def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None: ...
     def operations(self, slug: str) -> list[Operation]: ...
     def close(self) -> None: ...
@@ -209,10 +211,16 @@ class SQLiteStore:
         return cursor.lastrowid
 
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None:
+        self.log_many([(operation, LogLine(utc_now(), level, message, fraction))])
+
+    def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None:
+        """Several log lines (of any operations) in one transaction."""
         with self._write() as db:
-            db.execute("INSERT INTO operation_log (operation, at, level, message, fraction) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (operation, utc_now().isoformat(), level, message, fraction))
+            db.executemany(
+                "INSERT INTO operation_log (operation, at, level, message, fraction) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(op, line.at.isoformat(), line.level, line.message, line.fraction)
+                 for op, line in lines])
 
     def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None:
         with self._write() as db:
@@ -239,6 +247,30 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class LogBuffer:
+    """Progress lines wait one event-loop turn so that many operations share one transaction.
+
+    A host with dozens of operations in flight receives their progress events in bursts;
+    one write per burst instead of one per line keeps the store off the critical path. The
+    lines are written before their operation's outcome (``flush``), and at most one loop
+    turn of lines can be lost if the process dies.
+    """
+
+    def __init__(self, store: Callable[[], Store]) -> None:
+        self._store = store
+        self._lines: list[tuple[int, LogLine]] = []
+
+    def add(self, operation: int, line: LogLine) -> None:
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._lines.append((operation, line))
+
+    def flush(self) -> None:
+        if self._lines:
+            lines, self._lines = self._lines, []
+            self._store().log_many(lines)
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
