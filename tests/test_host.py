@@ -211,3 +211,21 @@ async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_
         restarted = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
         assert len(restarted) == 2
         assert [d.state for d in host.deployments() if d.slug == "doomed"] == ["failed"]
+
+
+async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_path: Path) -> None:
+    from hearth import SlugLocked
+    async with make_host(tmp_path, slow={"delay": 60}) as first, \
+            make_host(tmp_path, slow={"delay": 60}) as second:
+        started = asyncio.Event()
+        task = asyncio.create_task(first.provision("alpha", tier="slow", driver="fake",
+                                                   on_progress=lambda _: started.set()))
+        await started.wait()
+        with pytest.raises(SlugLocked, match="another hearth process"):
+            await second.provision("alpha", tier="slow", driver="fake", timeout=0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # the lock is free again: the second host can act on the slug
+        await second.teardown("alpha")
+        assert (await second.status("alpha")).state == "tier_torn_down"

@@ -89,8 +89,11 @@ async def test_a_hung_call_times_out_and_an_adapter_ignoring_sigterm_is_killed(
         fake_exe: Path, tmp_path: Path) -> None:
     client = await AdapterClient.launch(fake_exe, data_dir=tmp_path)
     ref = await client.provision("stuck", profile(freeze_at="status", ignore_sigterm=True))
-    with pytest.raises(CallTimeout, match="did not confirm the cancel"):
+    with pytest.raises(CallTimeout, match=r"did not confirm the cancel.*it was stopped"):
         await client.status(ref, timeout=0.2)
+    assert not client.alive  # the stuck adapter is being stopped; later calls fail at once
+    with pytest.raises(CallTimeout):
+        await client.list()
     pid = client.connection.pid  # type: ignore[attr-defined]
     await client.close()
     assert client.connection.returncode == -signal.SIGKILL  # type: ignore[attr-defined]

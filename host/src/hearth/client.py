@@ -228,10 +228,15 @@ class AdapterClient:
         except TimeoutError:
             if self._failure is not None:
                 raise self._failure from None
-            confirmed = await self._cancel(ident)
-            raise CallTimeout(
-                f"{method} on {self.name} got no answer within {timeout:g} s and was cancelled"
-                + ("" if confirmed else "; the adapter did not confirm the cancel")) from None
+            if await self._cancel(ident):
+                raise CallTimeout(f"{method} on {self.name} got no answer within {timeout:g} s "
+                                  "and was cancelled") from None
+            # An adapter that ignores cancel is stuck: stop it; the next call starts afresh.
+            error = CallTimeout(f"{method} on {self.name} got no answer within {timeout:g} s and "
+                                f"the adapter did not confirm the cancel within {CANCEL_GRACE:g} s; "
+                                "it was stopped")
+            self._fail(error)
+            raise error from None
         except asyncio.CancelledError:
             self._abandon(ident)
             raise
