@@ -31,7 +31,7 @@ from .errors import (
 )
 from .host import Host, ReconcileReport, find_project_dir
 from .settings import Tier
-from .store import Deployment, LogLine, Operation, SQLiteStore, Store
+from .store import Deployment, LogLine, Operation, SQLiteStore, Store, StoreError
 
 __all__ = [
     "AdapterClient",
@@ -63,6 +63,7 @@ __all__ = [
     "SlugLocked",
     "StatusReport",
     "Store",
+    "StoreError",
     "Tier",
     "Unsupported",
     "__version__",
