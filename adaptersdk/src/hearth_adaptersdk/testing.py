@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +83,8 @@ class Peer:
         self._progress: dict[int, list[dict[str, Any]]] = {}
         #: Messages that answered no request in flight (parse errors, stray output).
         self.unmatched: asyncio.Queue[Decoded] = asyncio.Queue()
+        #: Called with each progress notification of a request in flight.
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None
         self.closed: asyncio.Future[Closed] = asyncio.get_running_loop().create_future()
         connection.start(self._on_message, self._on_closed)
 
@@ -104,6 +106,8 @@ class Peer:
                 target = params.get("request_id") if isinstance(params, dict) else None
                 if isinstance(target, int) and target in self._progress:
                     self._progress[target].append(item)
+                    if self.on_progress is not None:
+                        self.on_progress(item)
                     return
             elif isinstance(ident, int) and ident in self._waiting:
                 future = self._waiting.pop(ident)

@@ -45,10 +45,11 @@ class Tier:
                                    driver_flags=dict(self.driver_flags.get(driver, {})))
 
 
+#: CPU and memory only: every driver can honour these (docker cannot cap a local volume's size).
 BUILTIN_TIERS: dict[str, Tier] = {
-    "solo": Tier("solo", ResourceCaps(cpu=1, memory_mb=1024, storage_mb=5120)),
-    "team": Tier("team", ResourceCaps(cpu=2, memory_mb=4096, storage_mb=20480)),
-    "studio": Tier("studio", ResourceCaps(cpu=4, memory_mb=8192, storage_mb=51200)),
+    "solo": Tier("solo", ResourceCaps(cpu=1, memory_mb=1024)),
+    "team": Tier("team", ResourceCaps(cpu=2, memory_mb=4096)),
+    "studio": Tier("studio", ResourceCaps(cpu=4, memory_mb=8192)),
 }
 
 

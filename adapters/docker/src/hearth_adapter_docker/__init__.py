@@ -1,0 +1,5 @@
+"""hearth-adapter-docker: workspaces as containers on a local Docker engine."""
+
+from .driver import DockerConfig, DockerDriver
+
+__all__ = ["DockerConfig", "DockerDriver"]

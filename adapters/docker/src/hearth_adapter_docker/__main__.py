@@ -1,0 +1,13 @@
+"""Entry point of the ``hearth-adapter-docker`` executable."""
+
+from hearth_adaptersdk import serve
+
+from .driver import DockerDriver
+
+
+def main() -> None:
+    serve(DockerDriver)
+
+
+if __name__ == "__main__":
+    main()

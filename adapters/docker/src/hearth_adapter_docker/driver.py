@@ -1,0 +1,405 @@
+"""The docker driver: each workspace is a container with its own network and volume.
+
+provision: network ``hearth-<slug>``, volume ``hearth-<slug>-data``, container ``hearth-<slug>``
+from ``driver_flags.image``, limits from the caps, ``driver_flags.port`` published on
+127.0.0.1. Ready means running and healthy when the image has a health check, else the
+published port answers. A failure or a cancel removes what this call created.
+upgrade: a new container on the same network and volume replaces the old one only once
+ready; if it fails, the old one keeps serving (``rolled_back: true``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from pydantic import BaseModel, ConfigDict, Field
+
+from hearth_adaptersdk import (
+    BackendFailure,
+    Conflict,
+    DeploymentRef,
+    Driver,
+    DriverError,
+    InvalidProfile,
+    InvalidTransition,
+    ObservedState,
+    ProvisioningProfile,
+    RequestContext,
+    StatusReport,
+    utc_now,
+)
+
+from . import engine as eng
+from .spec import DockerFlags, Limits, resolve
+
+T = TypeVar("T")
+POLL = 0.2
+
+
+class DockerConfig(BaseModel):
+    """``[adapters.docker]`` in .hearth/hearth.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: The engine, e.g. ``unix:///var/run/docker.sock``; default: as the docker SDK finds it.
+    url: str | None = None
+    #: Seconds for one engine API call.
+    timeout: float = Field(default=60.0, gt=0)
+
+
+class DockerDriver(Driver):
+    name: ClassVar[str] = "docker"
+    version: ClassVar[str] = "0.1.0"
+    config_model: ClassVar[type[BaseModel] | None] = DockerConfig
+
+    def __init__(self) -> None:
+        self.engine = eng.Engine(None, 60.0)
+        self._capacity: tuple[int, int] | None = None
+
+    async def setup(self, config: Any, data_dir: Path | None) -> None:
+        await super().setup(config, data_dir)
+        settings: DockerConfig = config
+        self.engine = eng.Engine(settings.url, settings.timeout)
+
+    async def close(self) -> None:
+        self.engine.close()
+
+    async def _do(self, work: Callable[[docker.DockerClient], T]) -> T:
+        return await asyncio.to_thread(self.engine.call, work)
+
+    async def _resolve(self, profile: ProvisioningProfile) -> tuple[DockerFlags, Limits]:
+        if self._capacity is None:
+            self._capacity = await self._do(eng.capacity)
+        try:
+            return resolve(profile, *self._capacity)
+        except ValueError as exc:
+            raise InvalidProfile("the docker driver cannot honour this profile",
+                                 errors=list(exc.args[0])) from None
+
+    async def validate_profile(self, profile: ProvisioningProfile,
+                               ctx: RequestContext) -> builtins.list[str]:
+        try:
+            await self._resolve(profile)
+        except InvalidProfile as exc:
+            return list(exc.extra["errors"])
+        return []
+
+    # --- provision ----------------------------------------------------------------------------
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
+        flags, limits = await self._resolve(profile)
+        existing = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
+        if existing is not None:
+            ref = _ref(existing)
+            if (ref.tier, ref.driver) == (profile.tier, profile.driver):
+                ctx.progress("already provisioned", 1.0)
+                return ref
+            raise Conflict(f"workspace {slug!r} exists with tier {ref.tier!r}; use upgrade",
+                           existing=ref)
+        created: list[Callable[[docker.DockerClient], None]] = []
+        container_name, network, volume = eng.names(slug)
+        labels = _labels(slug, profile.tier, utc_now(), flags.port)
+        try:
+            ctx.progress(f"checking image {flags.image}", 0.05)
+            await self._do(lambda c: _ensure_image(c, flags.image))
+            ctx.progress(f"creating network {network} and volume {volume}", 0.1)
+            await self._step(created, lambda c: _create_network(c, network, labels),
+                             lambda made: (lambda c: eng.remove_quietly(
+                                 c.networks.get(network).remove)) if made else None)
+            await self._step(created, lambda c: _create_volume(c, volume, labels),
+                             lambda made: (lambda c: eng.remove_quietly(
+                                 lambda: c.volumes.get(volume).remove(force=True))) if made else None)
+            ctx.progress(f"starting container {container_name}", 0.2)
+            container: Container = await self._step(
+                created, lambda c: _create(c, container_name, flags, limits, labels=labels,
+                                           network=network, volume=volume),
+                lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
+            await self._do(lambda c: container.start())
+            await self._wait_ready(container, flags, ctx)
+        except BaseException as exc:
+            await self._rollback(created)
+            raise _as_failure(exc, f"provision of {slug!r} failed", []) from None
+        ctx.progress("workspace ready", 1.0)
+        return _ref(await self._do(lambda c: c.containers.get(container.id)))
+
+    async def _step(self, created: list[Callable[[docker.DockerClient], None]],
+                    work: Callable[[docker.DockerClient], T],
+                    undo: Callable[[T], Callable[[docker.DockerClient], None] | None]) -> T:
+        """Run a step that creates something; its undo is recorded even if a cancel arrives
+        while the engine is still working on it (the worker thread cannot be interrupted)."""
+        task = asyncio.ensure_future(self._do(work))
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                step = undo(await task)
+                if step is not None:
+                    created.append(step)
+            raise
+        step = undo(result)
+        if step is not None:
+            created.append(step)
+        return result
+
+    async def _rollback(self, created: list[Callable[[docker.DockerClient], None]]) -> None:
+        """Undo in reverse order, even when the request is being cancelled."""
+        async def undo() -> None:
+            for step in reversed(created):
+                with contextlib.suppress(DriverError):
+                    await self._do(step)
+        await asyncio.shield(undo())
+
+    async def _wait_ready(self, container: Container, flags: DockerFlags, ctx: RequestContext) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + flags.ready_timeout
+        while True:
+            await self._do(lambda c: container.reload())
+            state = container.attrs["State"]
+            status = state.get("Status")
+            health = (state.get("Health") or {}).get("Status")
+            if status in ("exited", "dead"):
+                raise _NotReady(f"the container exited with code {state.get('ExitCode')} before it "
+                                "was ready", await self._do(lambda c: eng.last_logs(container)))
+            if status == "running":
+                if health == "healthy" or (health is None and (
+                        flags.port is None or await _answers(_host_port(container, flags.port)))):
+                    return
+                if health == "unhealthy":
+                    raise _NotReady("the container's health check failed",
+                                    await self._do(lambda c: eng.last_logs(container)))
+            elapsed = loop.time() - started
+            if loop.time() >= deadline:
+                raise _NotReady(f"the container was not ready within {flags.ready_timeout:g} s",
+                                await self._do(lambda c: eng.last_logs(container)))
+            waiting = f"health {health}" if health else (
+                f"port {flags.port}" if flags.port else status)
+            ctx.progress(f"waiting for {container.name} ({waiting})",
+                         0.2 + 0.75 * min(1.0, elapsed / flags.ready_timeout))
+            await asyncio.sleep(POLL)
+
+    # --- status, list -----------------------------------------------------------------------
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        slug = ref.workspace_slug
+        container = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
+        if container is None:
+            return StatusReport(state="absent", observed_at=utc_now(),
+                                message="no container labelled for this workspace")
+        state, message = _observed(container)
+        return StatusReport(state=state, endpoint=_endpoint(container), message=message,
+                            observed_at=utc_now(),
+                            details={"container": container.name,
+                                     "image": container.attrs["Config"]["Image"]})
+
+    async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
+        containers = await self._do(eng.containers_of)
+        return [_ref(c) for c in containers if "-next-" not in (c.name or "")]
+
+    # --- upgrade ------------------------------------------------------------------------------
+    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
+                      ctx: RequestContext) -> DeploymentRef:
+        slug = ref.workspace_slug
+        flags, limits = await self._resolve(profile)
+        old = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
+        if old is None:
+            raise InvalidTransition(f"workspace {slug!r} has no container to upgrade", state="absent")
+        observed, _ = _observed(old)
+        if observed != "ready":
+            raise InvalidTransition(f"workspace {slug!r} is {observed}; only a ready workspace "
+                                    "can be upgraded", state=observed)
+        name, network, volume = eng.names(slug)
+        labels = _labels(slug, profile.tier, _created(old), flags.port)
+        next_name = f"{name}-next-{secrets.token_hex(3)}"
+        created: list[Callable[[docker.DockerClient], None]] = []
+        try:
+            ctx.progress(f"checking image {flags.image}", 0.05)
+            await self._do(lambda c: _ensure_image(c, flags.image))
+            ctx.progress(f"starting the new container {next_name}", 0.2)
+            new: Container = await self._step(
+                created, lambda c: _create(c, next_name, flags, limits, labels=labels,
+                                           network=network, volume=volume),
+                lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
+            await self._do(lambda c: new.start())
+            await self._wait_ready(new, flags, ctx)
+        except BaseException as exc:
+            await self._rollback(created)
+            raise _as_failure(exc, f"upgrade of {slug!r} failed; the previous container keeps "
+                              "serving", []) from None
+        ctx.progress(f"replacing {name}", 0.97)
+        ready = new
+
+        def swap(c: docker.DockerClient) -> Container:
+            eng.remove_quietly(lambda: old.remove(force=True))
+            ready.rename(name)
+            return c.containers.get(ready.id)
+
+        replaced = await asyncio.shield(self._do(swap))
+        ctx.progress("upgrade done", 1.0)
+        return _ref(replaced)
+
+    # --- teardown -----------------------------------------------------------------------------
+    async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
+        slug = ref.workspace_slug
+        _, network, volume = eng.names(slug)
+
+        def remove_all(c: docker.DockerClient) -> None:
+            for container in eng.containers_of(c, slug):
+                eng.remove_quietly(partial(container.remove, force=True))
+            eng.remove_quietly(lambda: c.networks.get(network).remove())
+            eng.remove_quietly(lambda: c.volumes.get(volume).remove(force=True))
+
+        ctx.progress(f"removing the container, network {network} and volume {volume}", 0.1)
+        await asyncio.shield(self._do(remove_all))
+        ctx.progress("removed", 1.0)
+
+
+class _NotReady(Exception):
+    def __init__(self, message: str, logs: list[str]) -> None:
+        super().__init__(message)
+        self.logs = logs
+
+
+def _as_failure(exc: BaseException, what: str, logs: list[str]) -> BaseException:
+    """After a rollback: the error to answer with (cancellation stays a cancellation)."""
+    if isinstance(exc, asyncio.CancelledError | InvalidProfile | Conflict):
+        return exc
+    if isinstance(exc, _NotReady):
+        return BackendFailure(f"{what}: {exc}", rolled_back=True, logs=exc.logs or logs)
+    if isinstance(exc, BackendFailure):
+        return BackendFailure(f"{what}: {exc.message}", rolled_back=True,
+                              logs=list(exc.extra.get("logs") or logs))
+    if isinstance(exc, DriverError):
+        return exc
+    return BackendFailure(f"{what}: {type(exc).__name__}: {exc}", rolled_back=True, logs=logs)
+
+
+def _labels(slug: str, tier: str, created: datetime, port: int | None) -> dict[str, str]:
+    labels = {eng.SLUG_LABEL: slug, f"{eng.LABEL}.tier": tier, f"{eng.LABEL}.driver": "docker",
+              f"{eng.LABEL}.managed": "true", f"{eng.LABEL}.created": created.isoformat()}
+    if port is not None:
+        labels[f"{eng.LABEL}.port"] = str(port)
+    return labels
+
+
+def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(image)
+    except docker.errors.APIError as exc:
+        raise BackendFailure(f"image {image!r} is not present on the Docker engine and could not "
+                             f"be pulled: {exc.explanation or exc}", rolled_back=True) from None
+
+
+def _create_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> bool:
+    if client.networks.list(names=[name]):
+        return False
+    client.networks.create(name, driver="bridge", labels=labels)
+    return True
+
+
+def _create_volume(client: docker.DockerClient, name: str, labels: dict[str, str]) -> bool:
+    try:
+        client.volumes.get(name)
+        return False
+    except docker.errors.NotFound:
+        client.volumes.create(name, labels=labels)
+        return True
+
+
+def _create(client: docker.DockerClient, name: str, flags: DockerFlags, limits: Limits, *,
+            labels: dict[str, str], network: str, volume: str) -> Container:
+    """Create (not start) the container, so a failed start still leaves it to roll back."""
+    options: dict[str, Any] = {
+        "name": name, "labels": labels, "network": network,
+        "environment": flags.env, "volumes": {volume: {"bind": flags.data_path, "mode": "rw"}},
+    }
+    if flags.command is not None:
+        options["command"] = flags.command
+    if flags.port is not None:
+        options["ports"] = {f"{flags.port}/tcp": ("127.0.0.1",)}
+    if limits.nano_cpus is not None:
+        options["nano_cpus"] = limits.nano_cpus
+    if limits.mem_bytes is not None:
+        options["mem_limit"] = limits.mem_bytes
+    container: Container = client.containers.create(flags.image, **options)
+    return container
+
+
+def _host_port(container: Container, port: int) -> int | None:
+    bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp")
+    return int(bindings[0]["HostPort"]) if bindings else None
+
+
+async def _answers(port: int | None) -> bool:
+    """Does something serve on 127.0.0.1:port? Docker's proxy accepts every connection, so
+    a connection it closes at once (nothing behind it yet) does not count."""
+    if port is None:
+        return False
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        data = await asyncio.wait_for(reader.read(1), 0.3)
+        return bool(data)  # a banner: it serves; b"": closed by the proxy
+    except TimeoutError:
+        return True  # open and waiting for us to speak: it serves
+    except OSError:
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _endpoint(container: Container) -> str | None:
+    port = container.labels.get(f"{eng.LABEL}.port")
+    ports = container.attrs.get("NetworkSettings", {}).get("Ports") or {}
+    for key, bindings in ports.items():
+        if bindings and (port is None or key == f"{port}/tcp"):
+            return f"http://127.0.0.1:{bindings[0]['HostPort']}"
+    return None
+
+
+def _created(container: Container) -> datetime:
+    return datetime.fromisoformat(container.labels[f"{eng.LABEL}.created"])
+
+
+def _observed(container: Container) -> tuple[ObservedState, str | None]:
+    state = container.attrs["State"]
+    status = state.get("Status")
+    health = (state.get("Health") or {}).get("Status")
+    if status == "running":
+        if health in (None, "healthy"):
+            return "ready", None
+        if health == "starting":
+            return "provisioning", "the health check has not passed yet"
+        return "failed", f"the container is {health}"
+    if status in ("created", "restarting"):
+        return "provisioning", f"the container is {status}"
+    if status in ("exited", "dead"):
+        return "failed", f"the container exited with code {state.get('ExitCode')}"
+    return "failed", f"the container is {status}"
+
+
+def _ref(container: Container) -> DeploymentRef:
+    state, _ = _observed(container)
+    labels = container.labels
+    return DeploymentRef(
+        workspace_slug=labels[eng.SLUG_LABEL], tier=labels[f"{eng.LABEL}.tier"], driver="docker",
+        endpoint=_endpoint(container), created=_created(container),
+        last_status="failed" if state == "absent" else state)

@@ -1,0 +1,177 @@
+"""The docker driver on a real Docker engine (scripts/test starts one; CI must have it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from hearth_adapter_docker import DockerDriver
+from hearth_adaptersdk import ProvisioningProfile
+from hearth_adaptersdk.conformance import KitOptions, run_conformance
+from hearth_adaptersdk.testing import RemoteError, open_peer
+
+IMAGE = os.environ.get("HEARTH_TEST_IMAGE", "hearth-test/httpd:1")
+
+
+@pytest.fixture(scope="session")
+def docker_url() -> str:
+    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
+    if url:
+        return url
+    reason = os.environ.get("HEARTH_TEST_DOCKER_SKIP", "no Docker engine: run scripts/test, which "
+                            "installs and starts one when it can")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the docker tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def engine(docker_url: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=docker_url)
+    yield client
+    client.close()
+
+
+def _profile(tier: str = "solo", **flags: Any) -> ProvisioningProfile:
+    return ProvisioningProfile(
+        tier=tier, driver="docker", resource_caps={"cpu": 1, "memory_mb": 64},
+        driver_flags={"image": IMAGE, "port": 8080, "data_path": "/www", **flags})
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def _labelled(engine: docker.DockerClient, slug: str) -> list[str]:
+    label = {"label": [f"hearth.workspace_slug={slug}"]}
+    return ([c.name for c in engine.containers.list(all=True, filters=label)]
+            + [n.name for n in engine.networks.list(filters=label)]
+            + [v.name for v in engine.volumes.list(filters=label)])
+
+
+@pytest.mark.subprocess
+async def test_the_conformance_kit_passes_on_the_real_engine(docker_url: str, venv_bin: Path) -> None:
+    options = KitOptions(
+        config={"url": docker_url},
+        profile=_profile("conformance").model_dump(mode="json"),
+        refused_profile=_profile(tier="huge").model_dump(mode="json")
+        | {"resource_caps": {"cpu": 512}},
+        failing_profile=_profile("broken", command=["sh", "-c", "echo boom; exit 3"]).model_dump(
+            mode="json"),
+        slow_profile=_profile("slow", command=["sh", "-c", "sleep 60"]).model_dump(mode="json"),
+        timeout=120)
+    report = await run_conformance(venv_bin / "hearth-adapter-docker", options)
+    assert report.passed, report.render()
+    assert all(check.outcome == "pass" for check in report.checks), report.render()
+
+
+async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(
+        docker_url: str, engine: docker.DockerClient) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("web", _profile())
+        assert ref.endpoint is not None and ref.endpoint.startswith("http://127.0.0.1:")
+        assert _get(ref.endpoint) == "hello from hearth\n"
+        assert sorted(_labelled(engine, "web")) == ["hearth-web", "hearth-web", "hearth-web-data"]
+        container = engine.containers.get("hearth-web")
+        assert container.attrs["HostConfig"]["NanoCpus"] == 1_000_000_000
+        assert container.attrs["HostConfig"]["Memory"] == 64 * 1024 * 1024
+        await peer.teardown(ref)
+        assert _labelled(engine, "web") == []
+        await peer.teardown(ref)  # idempotent
+        assert (await peer.status(ref)).state == "absent"
+
+
+async def test_upgrade_keeps_the_volume_data_and_a_failed_upgrade_keeps_the_old_one_serving(
+        docker_url: str, engine: docker.DockerClient) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("keep", _profile())
+        engine.containers.get("hearth-keep").exec_run(["sh", "-c", "echo v1 > /www/data.txt"])
+        upgraded = await peer.upgrade(ref, _profile("team"))
+        assert upgraded.workspace_slug == "keep" and upgraded.tier == "team"
+        assert upgraded.endpoint is not None
+        assert _get(upgraded.endpoint + "/data.txt") == "v1\n"
+        with pytest.raises(RemoteError) as caught:
+            await peer.upgrade(upgraded, _profile("studio", command=["sh", "-c", "exit 7"]))
+        assert caught.value.kind == "backend_failure"
+        assert caught.value.data["rolled_back"] is True
+        assert _get(upgraded.endpoint + "/data.txt") == "v1\n"  # the old container still serves
+        assert [c.name for c in engine.containers.list(all=True, filters={
+            "label": ["hearth.workspace_slug=keep"]})] == ["hearth-keep"]
+        assert (await peer.status(upgraded)).details["container"] == "hearth-keep"
+        await peer.teardown(upgraded)
+        assert _labelled(engine, "keep") == []
+
+
+async def test_a_failed_provision_leaves_nothing_labelled_and_reports_the_logs(
+        docker_url: str, engine: docker.DockerClient) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("bad", _profile(command=["sh", "-c", "echo no config found; exit 3"]))
+        assert caught.value.code == -32031
+        assert caught.value.data["rolled_back"] is True
+        assert "no config found" in caught.value.data["logs"]
+        assert "exited with code 3" in caught.value.message
+        assert _labelled(engine, "bad") == []
+
+
+async def test_cancel_while_waiting_rolls_back(docker_url: str, engine: docker.DockerClient) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        slow = _profile(command=["sh", "-c", "sleep 60"]).model_dump(mode="json")
+        waiting = asyncio.Event()
+        peer.on_progress = lambda event: waiting.set() if "waiting for" in event["params"][
+            "message"] else None
+        sent, future = await peer.start_request("provision", {"slug": "slow", "profile": slow})
+        await waiting.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, future, 30)
+        assert reply.error is not None and reply.error["code"] == -32800
+        assert _labelled(engine, "slow") == []
+
+
+async def test_what_docker_cannot_honour_is_refused_with_every_reason(docker_url: str) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        profile = ProvisioningProfile(tier="x", driver="docker",
+                                      resource_caps={"cpu": 4096, "storage_mb": 10, "gpu": 1},
+                                      driver_flags={"port": 99999, "colour": "red"})
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("nope", profile)
+        errors = caught.value.data["errors"]
+        assert caught.value.kind == "invalid_profile"
+        for expected in ("driver_flags.image", "driver_flags.port", "driver_flags.colour",
+                         "resource_caps.cpu", "resource_caps.storage_mb", "resource_caps.gpu"):
+            assert any(e.startswith(expected) for e in errors), (expected, errors)
+
+
+async def test_an_image_that_is_missing_and_cannot_be_pulled_is_named(docker_url: str) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        with pytest.raises(RemoteError, match="hearth-test/does-not-exist:9") as caught:
+            await peer.provision("ghost", _profile(image="hearth-test/does-not-exist:9"))
+        assert caught.value.kind == "backend_failure"
+
+
+async def test_another_tier_on_the_same_slug_is_a_conflict(docker_url: str) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("twice", _profile())
+        assert await peer.provision("twice", _profile()) == ref
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("twice", _profile("team"))
+        assert caught.value.kind == "conflict" and caught.value.data["existing"]["tier"] == "solo"
+        await peer.teardown(ref)
+
+
+async def test_an_unreachable_engine_is_backend_unavailable_with_a_hint(tmp_path: Path) -> None:
+    async with open_peer(DockerDriver(), config={"url": f"unix://{tmp_path}/no.sock"}) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("x", _profile())
+        assert caught.value.code == -32030
+        assert "cannot reach the Docker engine" in caught.value.message
+        assert "[adapters.docker]" in caught.value.message
