@@ -7,7 +7,10 @@
 - jsonrpcserver's JSON Schema request check beside the envelope check the SDK uses instead;
 - provision + status + teardown of N workspaces through ``Host`` (32 in flight), beside the same
   calls made directly on an in-process ``FakeDriver`` (target: host overhead <= 1 ms per verb at
-  the median, and total time growing linearly from 100 to 1,000 workspaces).
+  the median, and total time growing linearly from 100 to 1,000 workspaces);
+- with a Docker engine: provision to ready and teardown through the docker adapter, beside the
+  docker CLI doing the same (network create, volume create, run, wait for the port), and an
+  idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -204,6 +208,88 @@ async def direct_driver(count: int) -> tuple[dict[str, list[float]], float]:
         return result
 
 
+DOCKER_CLI = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+
+
+async def _port_answers(port: int) -> bool:
+    """The readiness test the adapter uses: docker-proxy accepts at once, so wait for a server."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        return bool(await asyncio.wait_for(reader.read(1), 0.3))
+    except TimeoutError:
+        return True
+    except OSError:
+        return False
+    finally:
+        writer.close()
+
+
+async def docker_cli_lifecycle(url: str, image: str, slug: str) -> tuple[float, float]:
+    """The docker CLI doing what the adapter does; returns (to ready, teardown) seconds."""
+    def cli(*args: str) -> str:
+        return subprocess.run([DOCKER_CLI, "-H", url, *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    started = time.perf_counter()
+    cli("network", "create", f"bench-{slug}")
+    cli("volume", "create", f"bench-{slug}-data")
+    cli("run", "-d", "--name", f"bench-{slug}", "--network", f"bench-{slug}", "-v",
+        f"bench-{slug}-data:/www", "-p", "127.0.0.1::8080", "--cpus", "1", "--memory", "64m", image)
+    port = int(cli("port", f"bench-{slug}", "8080/tcp").rsplit(":", 1)[1])
+    while not await _port_answers(port):  # noqa: ASYNC110 - polling is what the CLI user does
+        await asyncio.sleep(0.2)
+    ready = time.perf_counter() - started
+    started = time.perf_counter()
+    cli("rm", "-f", f"bench-{slug}")
+    cli("network", "rm", f"bench-{slug}")
+    cli("volume", "rm", f"bench-{slug}-data")
+    return ready, time.perf_counter() - started
+
+
+async def docker_adapter_lifecycles(url: str, image: str, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"provision": [], "again": [], "teardown": []}
+    profile = ProvisioningProfile(tier="solo", driver="docker", resource_caps={"cpu": 1, "memory_mb": 64},
+                                  driver_flags={"image": image, "port": 8080, "data_path": "/www"})
+    async with await AdapterClient.launch(discover("docker").path, config={"url": url}) as client:
+        for index in range(rounds):
+            slug = f"bench-a{index}"
+            started = time.perf_counter()
+            ref = await client.provision(slug, profile)
+            times["provision"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.provision(slug, profile)
+            times["again"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.teardown(ref)
+            times["teardown"].append(time.perf_counter() - started)
+    return times
+
+
+def docker_section(rounds: int) -> None:
+    url, image = os.environ.get("HEARTH_TEST_DOCKER_URL"), os.environ.get("HEARTH_TEST_IMAGE")
+    if not url or not image:
+        print(f"docker: skipped ({os.environ.get('HEARTH_TEST_DOCKER_SKIP', 'no engine')})")
+        return
+    adapter = asyncio.run(docker_adapter_lifecycles(url, image, rounds))
+    cli = [asyncio.run(docker_cli_lifecycle(url, image, f"c{i}")) for i in range(rounds)]
+    cli_ready = statistics.median(r for r, _ in cli)
+    cli_down = statistics.median(d for _, d in cli)
+    provision = statistics.median(adapter["provision"])
+    print(f"docker driver on the real engine ({rounds} rounds, medians), beside the docker CLI:")
+    print(f"{'':34}{'adapter':>12}{'docker CLI':>14}{'ratio':>9}  target")
+    print(f"{'provision to ready':34}{ms(provision)}{ms(cli_ready):>14}"
+          f"{provision / cli_ready:8.2f}x  <= 1x")
+    print(f"{'teardown':34}{ms(statistics.median(adapter['teardown']))}{ms(cli_down):>14}"
+          f"{statistics.median(adapter['teardown']) / cli_down:8.2f}x  <= 1x")
+    again = statistics.median(adapter["again"])
+    print(f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}   <= 5 % of "
+          "a provision")
+    print()
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -214,6 +300,7 @@ def main() -> None:
     parser.add_argument("--pipelined", type=int, default=30000, help="calls in the throughput run")
     parser.add_argument("--starts", type=int, default=10, help="cold starts")
     parser.add_argument("--workspaces", type=int, default=1000, help="workspaces through Host")
+    parser.add_argument("--docker-rounds", type=int, default=5, help="docker lifecycles per side")
     args = parser.parse_args()
     path = discover("fake").path
 
@@ -256,6 +343,7 @@ def main() -> None:
           f"{host_small_total:9.2f} s -> {host_big_total:.2f} s: {per_big / per_small:.2f}x the "
           "time per workspace (1.00 = linear)")
     print()
+    docker_section(args.docker_rounds)
     total, rows = import_breakdown(10)
     print(f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "
           "(which inflates it); own time by package:")

@@ -175,3 +175,34 @@ async def test_an_unreachable_engine_is_backend_unavailable_with_a_hint(tmp_path
         assert caught.value.code == -32030
         assert "cannot reach the Docker engine" in caught.value.message
         assert "[adapters.docker]" in caught.value.message
+
+
+@pytest.mark.subprocess
+def test_the_cli_runs_the_lifecycle_on_docker(docker_url: str, venv_bin: Path, tmp_path: Path,
+                                               engine: docker.DockerClient) -> None:
+    import json
+    import subprocess
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    flags = f'image = "{IMAGE}"\nport = 8080\ndata_path = "/www"\n'
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+        f"[tiers.solo.driver_flags.docker]\n{flags}"
+        "[tiers.team]\nresource_caps = { cpu = 1, memory_mb = 96 }\n"
+        f"[tiers.team.driver_flags.docker]\n{flags}"
+        f'[adapters.docker]\nurl = "{docker_url}"\n')
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+
+    def hearth(*args: str) -> Any:
+        done = subprocess.run([str(venv_bin / "hearth"), *args, "--json", "--project", str(project),
+                               "--home", str(tmp_path / "home")], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    ref = hearth("provision", "cli", "--tier", "solo", "--driver", "docker")
+    assert _get(ref["endpoint"]) == "hello from hearth\n"
+    assert hearth("upgrade", "cli", "--tier", "team")["tier"] == "team"
+    assert hearth("status", "cli")["state"] == "ready"
+    assert hearth("teardown", "cli")["state"] == "tier_torn_down"
+    assert _labelled(engine, "cli") == []

@@ -229,3 +229,10 @@ async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_pat
         # the lock is free again: the second host can act on the slug
         await second.teardown("alpha")
         assert (await second.status("alpha")).state == "tier_torn_down"
+
+
+def test_config_keys_ending_in_env_name_the_variables_an_adapter_may_see() -> None:
+    from hearth.supervisor import named_variables
+    assert named_variables({"token_env": "GRID_TOKEN", "pass_env": ["DOCKER_HOST", 3],
+                            "url": "unix:///x", "environment": "NOT_THIS"}) == ["GRID_TOKEN",
+                                                                                "DOCKER_HOST"]

@@ -98,7 +98,7 @@ class Supervisor:
         found = discover(driver, project_dir=self._project_dir, home=self._home)
         return await AdapterClient.launch(
             found.path, config=config, timeout=self._handshake_timeout,
-            data_dir=self.data_dir(driver), driver=driver)
+            data_dir=self.data_dir(driver), driver=driver, env=named_variables(config))
 
     def _close_idle(self, driver: str) -> None:
         slot = self._slots.get(driver)
@@ -126,3 +126,20 @@ class Supervisor:
                 slot.client = None
         await asyncio.gather(*(client.close() for client in clients), *self._closing,
                              return_exceptions=True)
+
+
+def named_variables(config: Mapping[str, object]) -> list[str]:
+    """The environment variables an adapter's config names, which its process may then see.
+
+    By convention a config key ending in ``_env`` names variables: ``token_env = "GRID_TOKEN"``
+    or ``pass_env = ["DOCKER_HOST", "DOCKER_CERT_PATH"]``. Nothing else leaves the host's
+    environment beyond the protocol's allow-list.
+    """
+    names: list[str] = []
+    for key, value in config.items():
+        if key.endswith("_env"):
+            if isinstance(value, str):
+                names.append(value)
+            elif isinstance(value, list):
+                names += [item for item in value if isinstance(item, str)]
+    return names

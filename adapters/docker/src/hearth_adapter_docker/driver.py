@@ -55,6 +55,9 @@ class DockerConfig(BaseModel):
     url: str | None = None
     #: Seconds for one engine API call.
     timeout: float = Field(default=60.0, gt=0)
+    #: Environment variables the host passes to this adapter (e.g. ["DOCKER_HOST"]), which the
+    #: docker SDK reads when ``url`` is not set.
+    pass_env: list[str] = Field(default_factory=list)
 
 
 class DockerDriver(Driver):
