@@ -1,0 +1,409 @@
+"""A local ComputeService for tests, the demo and adapter authors.
+
+It speaks the same wire as ``compute.py`` assumes (JSON-RPC 2.0 as ``POST /rpc`` over
+HTTP/1.1 on a Unix socket, ``GET /openrpc.json``) and behaves as seed 002 documents the
+TFGrid backend: slices of 4 GB and 1 vCPU with capacity per node, asynchronous deploy and
+delete, ownership by a per-VM secret (other owners' VMs are invisible, a wrong secret is an
+error), an idempotent delete, name gateways whose FQDN appears once ready, and the stubbed
+methods failing with "… is not supported on TFGrid". Fault switches: a deploy that fails
+midway, a VM that never gets an IP, a service that hangs up.
+
+    hearth-tfgrid-sim --socket PATH [--deploy-delay SECONDS] [--nodes tfnode-1:8,tfnode-2:4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import compute
+
+STUBBED = ("start_vm", "stop_vm", "restart_vm", "inject_ssh_keys", "vm_exec", "vm_stats",
+           "attach_hypervisor", "migrate_secret")
+DEFAULT_NODES = (("tfnode-1", 8, 138), ("tfnode-2", 4, 100))
+GATEWAY_NODES = (("gw-1", "gw1.sim.grid.tf"),)
+
+
+class _Fault(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _owner(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass
+class _Node:
+    sid: str
+    total: int
+    disk: int
+    free: int
+
+
+@dataclass
+class _Vm:
+    id: str
+    name: str
+    owner: str
+    node: str
+    slices: int
+    image: str
+    state: str = "provisioning"
+    mycelium_ip: str | None = None
+    logs: list[str] = field(default_factory=list)
+    holds_slices: bool = True
+
+    def wire(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": self.state, "node_sid": self.node,
+                "slice_count": self.slices, "image": self.image, "mycelium_ip": self.mycelium_ip}
+
+
+@dataclass
+class _Gateway:
+    id: str
+    name: str
+    owner: str
+    vm_id: str
+    port: int
+    domain: str
+    state: str = "provisioning"
+    fqdn: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": self.state, "vm_id": self.vm_id,
+                "port": self.port, "fqdn": self.fqdn}
+
+
+@dataclass
+class Faults:
+    """Switches for tests; ``sim_faults`` (a simulator-only method) sets them over the wire."""
+
+    fail_deploy: bool = False
+    no_ip: bool = False
+    unreachable: bool = False
+
+
+class Simulator:
+    """The service's state and methods; ``serve`` puts it on a Unix socket."""
+
+    def __init__(self, nodes: Sequence[tuple[str, int, int]] = DEFAULT_NODES,
+                 deploy_delay: float = 0.3) -> None:
+        self.nodes = {sid: _Node(sid, total, disk, total) for sid, total, disk in nodes}
+        self.deploy_delay = deploy_delay
+        self.faults = Faults()
+        self.vms: dict[str, _Vm] = {}
+        self.gateways: dict[str, _Gateway] = {}
+        self._ids = itertools.count(1)
+        self._work: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self.socket: Path | None = None
+        self.calls: list[str] = []
+
+    # --- serving --------------------------------------------------------------------------------
+    async def start(self, socket: str | Path) -> None:
+        self.socket = Path(socket)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket))
+        self.socket.chmod(0o600)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._work):
+            task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        if self.socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+
+    async def __aenter__(self) -> Simulator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await reader.readline()
+            if self.faults.unreachable or not request_line:
+                return
+            method, path, _ = request_line.decode("latin-1").split(" ", 2)
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value.strip())
+            body = await reader.readexactly(length) if length else b""
+            if method == "POST" and path == "/rpc":
+                status, payload = 200, await self.handle(body)
+            elif method == "GET" and path == "/openrpc.json":
+                status, payload = 200, self.openrpc()
+            else:
+                status, payload = 404, {"error": f"no {method} {path}"}
+            data = json.dumps(payload).encode()
+            writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + data)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def openrpc(self) -> dict[str, Any]:
+        methods = sorted({*self._methods(), *STUBBED})
+        return {"openrpc": "1.2.6", "info": {"title": "ComputeService (hearth simulator)",
+                                             "version": "0.1.0"},
+                "methods": [{"name": name} for name in methods]}
+
+    async def handle(self, body: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+            ident, name, params = request.get("id"), request["method"], request.get("params") or {}
+        except (ValueError, KeyError, AttributeError):
+            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
+        self.calls.append(name)
+        try:
+            if name in STUBBED:
+                raise _Fault(compute.NOT_SUPPORTED, f"{name} is not supported on TFGrid")
+            handler = self._methods().get(name)
+            if handler is None:
+                raise _Fault(-32601, f"Method not found: {name}")
+            result = handler(**params)
+        except _Fault as fault:
+            return {"jsonrpc": "2.0", "id": ident,
+                    "error": {"code": fault.code, "message": fault.message}}
+        except TypeError as exc:
+            return {"jsonrpc": "2.0", "id": ident,
+                    "error": {"code": -32602, "message": f"Invalid params: {exc}"}}
+        return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    def _methods(self) -> dict[str, Any]:
+        return {
+            "deploy_vm": self.deploy_vm, "get_vm": self.get_vm, "list_vms": self.list_vms,
+            "delete_vm": self.delete_vm, "vm_logs": self.vm_logs, "list_slices": self.list_slices,
+            "list_images": self.list_images, "node_stats": self.node_stats,
+            "list_gateway_nodes": self.list_gateway_nodes, "deploy_webgateway": self.deploy_webgateway,
+            "get_webgateway": self.get_webgateway, "list_webgateways": self.list_webgateways,
+            "delete_webgateway": self.delete_webgateway, "sim_faults": self.sim_faults,
+        }
+
+    def _later(self, delay: float, action: Any) -> None:
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            action()
+        task = asyncio.get_running_loop().create_task(run())
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    # --- VMs ------------------------------------------------------------------------------------
+    def deploy_vm(self, *, name: str, slice_count: int, secret: str, image: str,
+                  ssh_keys: list[str], node_sid: str) -> dict[str, Any]:
+        if not secret:
+            raise _Fault(compute.FORBIDDEN, "a secret is required")
+        node = self.nodes.get(node_sid)
+        if node is None:
+            raise _Fault(compute.NOT_FOUND, f"no node with hostname {node_sid}")
+        if not image.startswith(("https://", "http://")) or not image.endswith(".flist"):
+            raise _Fault(-32602, f"image must be a full flist URL, got {image!r}")
+        owner = _owner(secret)
+        if any(vm.name == name and vm.owner == owner for vm in self.vms.values()):
+            raise _Fault(-32602, f"a VM named {name} already exists")
+        if slice_count < 1 or slice_count > node.free:
+            raise _Fault(compute.NO_CAPACITY, f"not enough free slices on {node_sid}: asked "
+                                              f"{slice_count}, free {node.free}")
+        node.free -= slice_count
+        vm = _Vm(self._id("vm"), name, owner, node_sid, slice_count, image)
+        vm.logs.append(f"deploy requested on {node_sid}: {slice_count} slice(s), {len(ssh_keys)} ssh key(s)")
+        self.vms[vm.id] = vm
+        self._later(self.deploy_delay, lambda: self._finish_deploy(vm))
+        return vm.wire()
+
+    def _finish_deploy(self, vm: _Vm) -> None:
+        if vm.state != "provisioning":
+            return
+        if self.faults.fail_deploy:
+            vm.state = "failed"
+            vm.logs.append("contract creation failed on the grid: node did not respond")
+            self._release(vm)
+            return
+        vm.state = "running"
+        vm.logs.append("contract created; vm booted")
+        if not self.faults.no_ip:
+            vm.mycelium_ip = f"4a1:{vm.id.split('-')[1]}::1"
+            vm.logs.append(f"mycelium address {vm.mycelium_ip}")
+
+    def _release(self, vm: _Vm) -> None:
+        if vm.holds_slices:
+            self.nodes[vm.node].free += vm.slices
+            vm.holds_slices = False
+
+    def _owned(self, vm_id: str, secret: str) -> _Vm:
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise _Fault(compute.NOT_FOUND, f"no VM {vm_id}")
+        if vm.owner != _owner(secret):
+            raise _Fault(compute.FORBIDDEN, f"the secret does not own VM {vm_id}")
+        return vm
+
+    def get_vm(self, vm_id: str, secret: str) -> dict[str, Any]:
+        return self._owned(vm_id, secret).wire()
+
+    def list_vms(self, secret: str) -> list[dict[str, Any]]:
+        owner = _owner(secret)
+        return [vm.wire() for vm in self.vms.values() if vm.owner == owner]
+
+    def vm_logs(self, vm_id: str, secret: str) -> list[str]:
+        return list(self._owned(vm_id, secret).logs)
+
+    def delete_vm(self, vm_id: str, secret: str) -> None:
+        if vm_id not in self.vms:
+            return None  # idempotent: already gone
+        vm = self._owned(vm_id, secret)
+        if vm.state == "deleting":
+            return None
+        vm.state = "deleting"
+        vm.logs.append("contract cancel requested")
+
+        def gone() -> None:
+            self.vms.pop(vm.id, None)
+            self._release(vm)
+            for gateway in [g for g in self.gateways.values() if g.vm_id == vm.id]:
+                self.gateways.pop(gateway.id, None)
+        self._later(self.deploy_delay / 2, gone)
+        return None
+
+    # --- capacity -------------------------------------------------------------------------------
+    def list_slices(self) -> list[dict[str, Any]]:
+        return [{"node_sid": n.sid, "slices_total": n.total, "slices_free": n.free,
+                 "disk_gb_per_slice": n.disk} for n in self.nodes.values()]
+
+    def node_stats(self, node_sid: str) -> dict[str, Any]:
+        node = self.nodes.get(node_sid)
+        if node is None:
+            raise _Fault(compute.NOT_FOUND, f"no node with hostname {node_sid}")
+        return {"node_sid": node.sid, "slices_total": node.total, "slices_free": node.free}
+
+    def list_images(self) -> list[str]:
+        return ["https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"]
+
+    def list_gateway_nodes(self) -> list[dict[str, Any]]:
+        return [{"node_sid": sid, "domain": domain} for sid, domain in GATEWAY_NODES]
+
+    # --- gateways -------------------------------------------------------------------------------
+    def deploy_webgateway(self, *, name: str, kind: str, vm_id: str, port: int, node_sid: str,
+                          secret: str) -> dict[str, Any]:
+        if kind != "name":
+            raise _Fault(-32602, "the simulator supports kind='name' gateways only")
+        vm = self._owned(vm_id, secret)
+        domain = dict(GATEWAY_NODES).get(node_sid)
+        if domain is None:
+            raise _Fault(compute.NOT_FOUND, f"no gateway node {node_sid}")
+        if vm.mycelium_ip is None:
+            raise _Fault(-32602, f"VM {vm_id} has no mycelium address to route to")
+        gateway = _Gateway(self._id("gw"), name, vm.owner, vm_id, port, domain)
+        self.gateways[gateway.id] = gateway
+
+        def ready() -> None:
+            if gateway.id in self.gateways and gateway.state == "provisioning":
+                gateway.state, gateway.fqdn = "ready", f"{name}.{domain}"
+        self._later(self.deploy_delay / 2, ready)
+        return gateway.wire()
+
+    def _owned_gateway(self, gateway_id: str, secret: str) -> _Gateway:
+        gateway = self.gateways.get(gateway_id)
+        if gateway is None:
+            raise _Fault(compute.NOT_FOUND, f"no gateway {gateway_id}")
+        if gateway.owner != _owner(secret):
+            raise _Fault(compute.FORBIDDEN, f"the secret does not own gateway {gateway_id}")
+        return gateway
+
+    def get_webgateway(self, gateway_id: str, secret: str) -> dict[str, Any]:
+        return self._owned_gateway(gateway_id, secret).wire()
+
+    def list_webgateways(self, secret: str) -> list[dict[str, Any]]:
+        owner = _owner(secret)
+        return [g.wire() for g in self.gateways.values() if g.owner == owner]
+
+    def delete_webgateway(self, gateway_id: str, secret: str) -> None:
+        if gateway_id not in self.gateways:
+            return None
+        self._owned_gateway(gateway_id, secret)
+        self.gateways.pop(gateway_id)
+        return None
+
+    def sim_faults(self, **switches: bool) -> dict[str, bool]:
+        for key, value in switches.items():
+            if not hasattr(self.faults, key):
+                raise _Fault(-32602, f"unknown fault {key!r}")
+            setattr(self.faults, key, bool(value))
+        return dict(self.faults.__dict__)
+
+
+def _parse_nodes(text: str) -> list[tuple[str, int, int]]:
+    nodes = []
+    for item in text.split(","):
+        sid, _, slices = item.strip().partition(":")
+        if not sid or not slices.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r}: use HOSTNAME:SLICES, e.g. tfnode-1:8")
+        nodes.append((sid, int(slices), 100))
+    return nodes
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    simulator = Simulator(args.nodes or DEFAULT_NODES, args.deploy_delay)
+    simulator.faults = Faults(fail_deploy=args.fail_deploy, no_ip=args.no_ip)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await simulator.start(args.socket)
+    print(f"hearth-tfgrid-sim: ComputeService on {args.socket} "
+          f"({', '.join(f'{n.sid}: {n.total} slices' for n in simulator.nodes.values())})",
+          file=sys.stderr, flush=True)
+    await stop.wait()
+    await simulator.stop()
+    print("hearth-tfgrid-sim: stopped", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hearth-tfgrid-sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    parser.add_argument("--deploy-delay", type=float, default=0.3,
+                        help="seconds a deploy takes (delete and gateways: half of it)")
+    parser.add_argument("--nodes", type=_parse_nodes, help="HOSTNAME:SLICES,... (default: "
+                        "tfnode-1:8,tfnode-2:4)")
+    parser.add_argument("--fail-deploy", action="store_true", help="every deploy fails midway")
+    parser.add_argument("--no-ip", action="store_true", help="VMs never get a mycelium address")
+    args = parser.parse_args(argv)
+    if not Path(args.socket).parent.is_dir():
+        print(f"hearth-tfgrid-sim: no folder {Path(args.socket).parent}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o077)
+    sys.exit(main())
