@@ -11,11 +11,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-DRIVERS = ("fake", "docker")
+DRIVERS = ("fake", "docker", "tfgrid")
+DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBnYNXg+KtbLdjvZbHcsS47WEm6JfEDyh1QKwP3ZUW7O demo@hearth"
 
 
 def project_settings(driver: str) -> str:
     """The demo project's .hearth/hearth.toml: what each driver needs from a tier."""
+    if driver == "tfgrid":
+        socket = os.environ["HEARTH_DEMO_TFGRID_SOCKET"]
+        return (f'[tiers.solo.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
+                # solo is 1 slice, team 2: resizing a TFGrid VM means redeploying it
+                f'[tiers.team.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
+                "allow_destructive_upgrade = true\n"
+                f'[adapters.tfgrid]\nsocket = "{socket}"\npoll_interval = 0.2\n')
     if driver != "docker":
         return ""
     image = os.environ.get("HEARTH_DEMO_DOCKER_IMAGE", "hearth-test/httpd:1")
@@ -34,7 +42,7 @@ def fetch(home: Path, project: Path, slug: str) -> None:
     done = subprocess.run(["hearth", "status", slug, "--json", "--home", str(home),
                            "--project", str(project)], capture_output=True, text=True, check=True)
     endpoint = json.loads(done.stdout)["endpoint"]
-    if endpoint and endpoint.startswith("http"):
+    if endpoint and endpoint.startswith("http://127.0.0.1"):
         with urllib.request.urlopen(endpoint, timeout=10) as response:
             print(f"\n$ GET {endpoint}\n{response.read().decode().strip()}")
 

@@ -127,7 +127,7 @@ async def test_a_deploy_that_fails_or_never_gets_an_ip_is_rolled_back(tmp_path: 
             await asyncio.sleep(0.01)
         assert simulator.vms == {} and simulator.gateways == {}
         assert all(node.free == node.total for node in simulator.nodes.values())
-        assert not list((tmp_path / "data" / "tfgrid" / "secrets").iterdir())
+        assert not list((tmp_path / "data" / "secrets").iterdir())
 
 
 async def test_cancel_while_polling_deletes_the_vm(tmp_path: Path) -> None:

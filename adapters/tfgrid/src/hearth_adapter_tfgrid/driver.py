@@ -112,7 +112,7 @@ class TfgridDriver(Driver):
         endpoint = (Endpoint(url=config.url, token=token) if config.url
                     else Endpoint(socket=config.socket))
         self.service = ComputeClient(endpoint, timeout=config.request_timeout)
-        self.vault = Vault(data_dir / "tfgrid" if data_dir else None)
+        self.vault = Vault(data_dir)
 
     @property
     def _vault(self) -> Vault:
