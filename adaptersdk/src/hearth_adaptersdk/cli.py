@@ -3,6 +3,8 @@
     hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
                                        [--refused-profile JSON] [--failing-profile JSON]
                                        [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
+    hearth-adaptersdk schema [--output FILE]
+    hearth-adaptersdk new NAME [DIR]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from . import __version__
 from .conformance import KitOptions, check_adapter
+from .scaffold import scaffold
+from .schema import protocol_schema
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -51,11 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     kit.add_argument("--env", action="append", default=None, metavar="NAME",
                      help="an environment variable the adapter may see (repeatable)")
     kit.add_argument("--json", action="store_true", help="print the report as JSON")
+    schema = commands.add_parser("schema", help="the JSON Schema of every wire type and message")
+    schema.add_argument("--output", type=Path, help="write it to this file (default: stdout)")
+    new = commands.add_parser("new", help="scaffold an installable adapter package")
+    new.add_argument("name", help="the driver name: the executable is hearth-adapter-NAME")
+    new.add_argument("dir", nargs="?", type=Path, help="where (default: ./hearth-adapter-NAME)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "schema":
+        text = json.dumps(protocol_schema(), indent=2) + "\n"
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text)
+            print(f"wrote {args.output}", file=sys.stderr)
+        return 0
+    if args.command == "new":
+        folder = args.dir or Path(f"hearth-adapter-{args.name}")
+        try:
+            written = scaffold(args.name, folder)
+        except (ValueError, OSError) as exc:
+            print(f"hearth-adaptersdk: {exc}", file=sys.stderr)
+            return 2
+        print(f"created {len(written)} files in {folder}; next: pip install {folder} && "
+              f"hearth-adaptersdk conformance \"$(command -v hearth-adapter-{args.name})\"")
+        return 0
     try:
         options = _load_options(args.options) if args.options else {}
         for key in ("config", "profile", "upgrade_profile", "refused_profile", "failing_profile",
