@@ -66,6 +66,11 @@ class InvalidProfile(DriverError):
     def __init__(self, message: str, *, errors: list[str]) -> None:
         super().__init__(message, errors=list(errors))
 
+    @property
+    def errors(self) -> list[str]:
+        """Every problem with the profile, one line each."""
+        return list(self.extra["errors"])
+
 
 class BackendUnavailable(DriverError):
     code = codes.BACKEND_UNAVAILABLE

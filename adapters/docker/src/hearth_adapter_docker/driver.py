@@ -94,7 +94,7 @@ class DockerDriver(Driver):
         try:
             await self._resolve(profile)
         except InvalidProfile as exc:
-            return list(exc.extra["errors"])
+            return exc.errors
         return []
 
     # --- provision ----------------------------------------------------------------------------
@@ -123,12 +123,8 @@ class DockerDriver(Driver):
                              lambda made: (lambda c: eng.remove_quietly(
                                  lambda: c.volumes.get(volume).remove(force=True))) if made else None)
             ctx.progress(f"starting container {container_name}", 0.2)
-            container: Container = await self._step(
-                created, lambda c: _create(c, container_name, flags, limits, labels=labels,
-                                           network=network, volume=volume),
-                lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
-            await self._do(lambda c: container.start())
-            await self._wait_ready(container, flags, ctx)
+            container = await self._start_ready(created, container_name, flags, limits,
+                                                labels=labels, ctx=ctx)
         except BaseException as exc:
             await self._rollback(created)
             raise _as_failure(exc, f"provision of {slug!r} failed", []) from None
@@ -153,6 +149,21 @@ class DockerDriver(Driver):
         if step is not None:
             created.append(step)
         return result
+
+    async def _start_ready(self, created: list[Callable[[docker.DockerClient], None]], name: str,
+                           flags: DockerFlags, limits: Limits, *, labels: dict[str, str],
+                           ctx: RequestContext) -> Container:
+        """Create a container on the workspace's network and volume, start it, wait until ready;
+        its removal is recorded in ``created`` as soon as it exists."""
+        slug = labels[eng.SLUG_LABEL]
+        _, network, volume = eng.names(slug)
+        container: Container = await self._step(
+            created, lambda c: _create(c, name, flags, limits, labels=labels, network=network,
+                                       volume=volume),
+            lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
+        await self._do(lambda c: container.start())
+        await self._wait_ready(container, flags, ctx)
+        return container
 
     async def _rollback(self, created: list[Callable[[docker.DockerClient], None]]) -> None:
         """Undo in reverse order, even when the request is being cancelled."""
@@ -220,7 +231,7 @@ class DockerDriver(Driver):
         if observed != "ready":
             raise InvalidTransition(f"workspace {slug!r} is {observed}; only a ready workspace "
                                     "can be upgraded", state=observed)
-        name, network, volume = eng.names(slug)
+        name, _, _ = eng.names(slug)
         labels = _labels(slug, profile.tier, _created(old), flags.port)
         next_name = f"{name}-next-{secrets.token_hex(3)}"
         created: list[Callable[[docker.DockerClient], None]] = []
@@ -228,12 +239,7 @@ class DockerDriver(Driver):
             ctx.progress(f"checking image {flags.image}", 0.05)
             await self._do(lambda c: _ensure_image(c, flags.image))
             ctx.progress(f"starting the new container {next_name}", 0.2)
-            new: Container = await self._step(
-                created, lambda c: _create(c, next_name, flags, limits, labels=labels,
-                                           network=network, volume=volume),
-                lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
-            await self._do(lambda c: new.start())
-            await self._wait_ready(new, flags, ctx)
+            new = await self._start_ready(created, next_name, flags, limits, labels=labels, ctx=ctx)
         except BaseException as exc:
             await self._rollback(created)
             raise _as_failure(exc, f"upgrade of {slug!r} failed; the previous container keeps "

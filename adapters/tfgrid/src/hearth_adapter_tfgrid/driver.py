@@ -174,7 +174,7 @@ class TfgridDriver(Driver):
         try:
             await self._plan(profile)
         except InvalidProfile as exc:
-            return list(exc.extra["errors"])
+            return exc.errors
         return []
 
     # --- finding things -----------------------------------------------------------------------
