@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("hearth").setLevel(logging.DEBUG)
     else:  # the one-line reason is the whole story; logs are for --verbose
         logging.getLogger().addHandler(logging.NullHandler())
     try:
@@ -232,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _failed({"kind": "cancelled", "message": "interrupted"}, "cancelled",
                        "interrupted; the adapter was told to cancel", as_json, EXIT_INTERRUPTED)
+    except Exception as exc:  # a bug in hearth: say so in one line, the traceback only on request
+        logging.getLogger("hearth").debug("unexpected error", exc_info=exc)
+        return _failed({}, "internal", f"unexpected {type(exc).__name__}: {exc} (a bug in hearth; "
+                       "run again with --verbose for the traceback and report it)", as_json)
     print(json.dumps(document, indent=2) if as_json else text)
     return 0
 
