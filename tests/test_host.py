@@ -167,8 +167,7 @@ async def test_reconcile_resolves_a_record_left_transient_by_a_dead_host(tmp_pat
     async with make_host(tmp_path) as host:
         await host.provision("alpha", tier="solo", driver="fake")
         [record] = host.deployments()
-        host.store.save(replace(record, state="provisioning", ref=None))
-        host.store.begin("alpha", 1, "provision")
+        host.store.begin(replace(record, state="provisioning", ref=None), "provision")
         with pytest.raises(InvalidTransition, match="reconcile"):
             await host.teardown("alpha")
         report = await host.reconcile()

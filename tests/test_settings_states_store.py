@@ -100,8 +100,7 @@ def _deployment(slug: str = "alpha", state: str = "ready", generation: int = 1) 
 def test_the_store_keeps_deployments_operations_and_logs_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "hearth.db"
     store = SQLiteStore(path)
-    store.save(_deployment())
-    operation = store.begin("alpha", 1, "provision")
+    operation = store.begin(_deployment(), "provision")
     store.log(operation, "info", "creating", 0.5)
     store.end(operation, "failed", {"kind": "backend_failure", "logs": ["boom"]})
     store.close()

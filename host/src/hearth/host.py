@@ -301,8 +301,7 @@ class Host:
                    new_tier: str | None = None) -> DeploymentRef | None:
         """Record ``plan.during``, call the adapter, record the outcome (D8 on failure)."""
         store = self.store
-        store.save(record)
-        operation = store.begin(record.slug, record.generation, verb)
+        operation = store.begin(record, verb)
 
         def progress(event: Progress) -> None:
             self._log_buffer.add(operation, LogLine(utc_now(), event.level, event.message,
@@ -337,17 +336,17 @@ class Host:
                 self._fail(record, operation, "failed", error.message, error.to_json())
                 raise error
         self._log_buffer.flush()
-        store.save(replace(record, state=plan.on_success, ref=ref, tier=new_tier or record.tier,
-                           updated_at=utc_now(), reason=None))
-        store.end(operation, "succeeded")
+        store.end(operation, "succeeded", deployment=replace(
+            record, state=plan.on_success, ref=ref, tier=new_tier or record.tier,
+            updated_at=utc_now(), reason=None))
         return ref if verb != "teardown" else None
 
     def _fail(self, record: Deployment, operation: int, outcome: str, reason: str,
               error: dict[str, Any]) -> None:
         """D8: mark the deployment failed, keep the logs, never retry."""
         self._log_buffer.flush()
-        self.store.save(replace(record, state="failed", updated_at=utc_now(), reason=reason))
-        self.store.end(operation, outcome, error)
+        self.store.end(operation, outcome, error, deployment=replace(
+            record, state="failed", updated_at=utc_now(), reason=reason))
 
     def _wait(self, deadline: float | None) -> float:
         remaining = _remaining(deadline)

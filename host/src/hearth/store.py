@@ -75,10 +75,11 @@ class Store(Protocol):
     def archive(self, slug: str) -> None: ...
     def next_generation(self, slug: str) -> int: ...
     def deployments(self) -> list[Deployment]: ...
-    def begin(self, slug: str, generation: int, verb: str) -> int: ...
+    def begin(self, deployment: Deployment, verb: str) -> int: ...
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
     def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None: ...
-    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None: ...
+    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
+            deployment: Deployment | None = None) -> None: ...
     def operations(self, slug: str) -> list[Operation]: ...
     def close(self) -> None: ...
 
@@ -174,17 +175,8 @@ class SQLiteStore:
         return _deployment(row) if row else None
 
     def save(self, deployment: Deployment) -> None:
-        ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
         with self._write() as db:
-            db.execute(
-                "INSERT INTO deployments (slug, generation, tier, driver, state, ref, reason, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
-                "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
-                "reason = excluded.reason, updated_at = excluded.updated_at",
-                (deployment.slug, deployment.generation, deployment.tier, deployment.driver,
-                 deployment.state, ref, deployment.reason, deployment.created_at.isoformat(),
-                 deployment.updated_at.isoformat()))
+            _save(db, deployment)
 
     def archive(self, slug: str) -> None:
         with self._write() as db:
@@ -202,11 +194,14 @@ class SQLiteStore:
         return [_deployment(row) for row in rows]
 
     # --- operations --------------------------------------------------------------------------
-    def begin(self, slug: str, generation: int, verb: str) -> int:
+    def begin(self, deployment: Deployment, verb: str) -> int:
+        """Record the deployment (in its transient state) and start an operation: one write."""
         with self._write() as db:
+            _save(db, deployment)
             cursor = db.execute(
                 "INSERT INTO operations (slug, generation, verb, started_at, outcome) "
-                "VALUES (?, ?, ?, ?, 'running')", (slug, generation, verb, utc_now().isoformat()))
+                "VALUES (?, ?, ?, ?, 'running')",
+                (deployment.slug, deployment.generation, verb, utc_now().isoformat()))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -222,8 +217,12 @@ class SQLiteStore:
                 [(op, line.at.isoformat(), line.level, line.message, line.fraction)
                  for op, line in lines])
 
-    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None) -> None:
+    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
+            deployment: Deployment | None = None) -> None:
+        """Record an operation's outcome, and the deployment it left, in one write."""
         with self._write() as db:
+            if deployment is not None:
+                _save(db, deployment)
             db.execute("UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
                        (utc_now().isoformat(), outcome,
                         json.dumps(error) if error is not None else None, operation))
@@ -271,6 +270,19 @@ class LogBuffer:
         if self._lines:
             lines, self._lines = self._lines, []
             self._store().log_many(lines)
+
+
+def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
+    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
+    db.execute(
+        "INSERT INTO deployments (slug, generation, tier, driver, state, ref, reason, "
+        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
+        "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
+        "reason = excluded.reason, updated_at = excluded.updated_at",
+        (deployment.slug, deployment.generation, deployment.tier, deployment.driver,
+         deployment.state, ref, deployment.reason, deployment.created_at.isoformat(),
+         deployment.updated_at.isoformat()))
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
