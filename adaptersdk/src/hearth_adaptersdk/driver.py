@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from .codes import OPTIONAL_METHODS, VERBS
 from .wire import DeploymentRef, Level, ProvisioningProfile, StatusReport
 
 
@@ -89,8 +90,8 @@ class Driver:
 
     def announced_methods(self) -> builtins.list[str]:
         """The methods to announce in ``capabilities.methods``."""
-        methods = ["provision", "status", "upgrade", "teardown"]
-        for optional in ("list", "validate_profile"):
+        methods = list(VERBS)
+        for optional in OPTIONAL_METHODS:
             if getattr(type(self), optional) is not getattr(Driver, optional):
                 methods.append(optional)
         return methods

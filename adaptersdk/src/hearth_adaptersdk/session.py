@@ -117,10 +117,6 @@ class ServerSession:
         self._batch_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._batches: set[asyncio.Task[None]] = set()
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     # --- incoming ---------------------------------------------------------------------
     def handle(self, item: Decoded) -> None:
         """Take one decoded line; answers are sent as they become ready."""

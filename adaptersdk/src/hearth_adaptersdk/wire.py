@@ -196,19 +196,6 @@ class ErrorResponse(_Model):
     error: ErrorObject
 
 
-#: The params model of each request method.
-PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {
-    "initialize": InitializeParams,
-    "provision": ProvisionParams,
-    "status": RefParams,
-    "upgrade": UpgradeParams,
-    "teardown": RefParams,
-    "shutdown": EmptyParams,
-    "list": EmptyParams,
-    "validate_profile": ProfileParams,
-}
-
-
 def validation_problems(exc: ValidationError) -> list[str]:
     """Pydantic's errors as short ``location: problem`` lines, for error data and messages."""
     return [
