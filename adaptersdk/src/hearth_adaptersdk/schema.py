@@ -13,36 +13,18 @@ from pydantic.json_schema import models_json_schema
 
 from . import codes
 from .wire import (
+    METHODS,
     CancelParams,
     DeploymentRef,
-    EmptyParams,
     ErrorResponse,
-    InitializeParams,
-    InitializeResult,
     Notification,
-    ProfileParams,
     Progress,
     ProvisioningProfile,
-    ProvisionParams,
-    RefParams,
     Request,
     StatusReport,
     SuccessResponse,
-    UpgradeParams,
-    ValidationResult,
 )
 
-#: Each request method: its params model and its result (a model, a list of one, or null).
-METHODS: dict[str, tuple[type[BaseModel], Any]] = {
-    "initialize": (InitializeParams, InitializeResult),
-    "provision": (ProvisionParams, DeploymentRef),
-    "status": (RefParams, StatusReport),
-    "upgrade": (UpgradeParams, DeploymentRef),
-    "teardown": (RefParams, None),
-    "shutdown": (EmptyParams, None),
-    "list": (EmptyParams, [DeploymentRef]),
-    "validate_profile": (ProfileParams, ValidationResult),
-}
 NOTIFICATIONS: dict[str, type[BaseModel]] = {"progress": Progress, "cancel": CancelParams}
 ENVELOPES = (Request, Notification, SuccessResponse, ErrorResponse)
 

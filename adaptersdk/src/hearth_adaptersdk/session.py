@@ -30,6 +30,7 @@ from .codec import Decoded, Malformed, MessageTooLarge, encode
 from .driver import Driver, RequestContext
 from .errors import DriverError
 from .wire import (
+    METHODS,
     Capabilities,
     EmptyParams,
     InitializeParams,
@@ -112,7 +113,7 @@ class ServerSession:
         self._shutting_down = False
         self._closed = False
         self._methods: dict[str, Method] = {
-            "initialize": _method(InitializeParams, self._initialize),
+            "initialize": _method(METHODS["initialize"][0], self._initialize),
         }
         self._batch_waiters: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._batches: set[asyncio.Task[None]] = set()
@@ -314,19 +315,14 @@ class ServerSession:
                 if ident != ctx.request_id:
                     task.cancel()
 
-        table: dict[str, tuple[type[BaseModel], Handler]] = {
-            "provision": (ProvisionParams, provision),
-            "status": (RefParams, status),
-            "upgrade": (UpgradeParams, upgrade),
-            "teardown": (RefParams, teardown),
-            "shutdown": (EmptyParams, shutdown),
-            "list": (EmptyParams, list_),
-            "validate_profile": (ProfileParams, validate_profile),
+        handlers: dict[str, Handler] = {
+            "provision": provision, "status": status, "upgrade": upgrade, "teardown": teardown,
+            "shutdown": shutdown, "list": list_, "validate_profile": validate_profile,
         }
         announced = {*driver.announced_methods(), "shutdown"}
-        for name, (model, handler) in table.items():
+        for name, handler in handlers.items():
             if name in announced:
-                self._methods[name] = _method(model, handler)
+                self._methods[name] = _method(METHODS[name][0], handler)
 
 
 def _method(model: type[BaseModel], handler: Handler) -> Method:

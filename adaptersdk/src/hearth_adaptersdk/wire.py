@@ -196,6 +196,20 @@ class ErrorResponse(_Model):
     error: ErrorObject
 
 
+#: Each request method: its params model and its result (a model, a one-item list for an array
+#: of it, or None for null). The server validates params with these; the schema is built from them.
+METHODS: dict[str, tuple[type[BaseModel], Any]] = {
+    "initialize": (InitializeParams, InitializeResult),
+    "provision": (ProvisionParams, DeploymentRef),
+    "status": (RefParams, StatusReport),
+    "upgrade": (UpgradeParams, DeploymentRef),
+    "teardown": (RefParams, None),
+    "shutdown": (EmptyParams, None),
+    "list": (EmptyParams, [DeploymentRef]),
+    "validate_profile": (ProfileParams, ValidationResult),
+}
+
+
 def validation_problems(exc: ValidationError) -> list[str]:
     """Pydantic's errors as short ``location: problem`` lines, for error data and messages."""
     return [
