@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import compute
 
@@ -259,12 +259,7 @@ class Simulator:
             vm.holds_slices = False
 
     def _owned(self, vm_id: str, secret: str) -> _Vm:
-        vm = self.vms.get(vm_id)
-        if vm is None:
-            raise _Fault(compute.NOT_FOUND, f"no VM {vm_id}")
-        if vm.owner != _owner(secret):
-            raise _Fault(compute.FORBIDDEN, f"the secret does not own VM {vm_id}")
-        return vm
+        return _check_owner(self.vms, vm_id, secret, "VM")
 
     def get_vm(self, vm_id: str, secret: str) -> dict[str, Any]:
         return self._owned(vm_id, secret).wire()
@@ -331,12 +326,7 @@ class Simulator:
         return gateway.wire()
 
     def _owned_gateway(self, gateway_id: str, secret: str) -> _Gateway:
-        gateway = self.gateways.get(gateway_id)
-        if gateway is None:
-            raise _Fault(compute.NOT_FOUND, f"no gateway {gateway_id}")
-        if gateway.owner != _owner(secret):
-            raise _Fault(compute.FORBIDDEN, f"the secret does not own gateway {gateway_id}")
-        return gateway
+        return _check_owner(self.gateways, gateway_id, secret, "gateway")
 
     def get_webgateway(self, gateway_id: str, secret: str) -> dict[str, Any]:
         return self._owned_gateway(gateway_id, secret).wire()
@@ -358,6 +348,19 @@ class Simulator:
                 raise _Fault(-32602, f"unknown fault {key!r}")
             setattr(self.faults, key, bool(value))
         return dict(self.faults.__dict__)
+
+
+Owned = TypeVar("Owned", _Vm, _Gateway)
+
+
+def _check_owner(table: dict[str, Owned], key: str, secret: str, what: str) -> Owned:
+    """The object, if ``secret`` owns it: unknown is NOT_FOUND, another owner's is FORBIDDEN."""
+    found = table.get(key)
+    if found is None:
+        raise _Fault(compute.NOT_FOUND, f"no {what} {key}")
+    if found.owner != _owner(secret):
+        raise _Fault(compute.FORBIDDEN, f"the secret does not own {what} {key}")
+    return found
 
 
 def _parse_nodes(text: str) -> list[tuple[str, int, int]]:
