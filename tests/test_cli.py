@@ -227,3 +227,19 @@ def test_ctrl_c_cancels_the_adapter_and_the_record_says_why(cli: Cli) -> None:
     assert cli.json("status", "alpha")["state"] == "absent"  # the adapter rolled back
     [operation] = cli.json("logs", "alpha")
     assert operation["outcome"] == "cancelled" and operation["error"]["kind"] == "cancelled"
+
+
+def test_adapters_shows_each_candidate_with_its_source_version_and_refusal(cli: Cli) -> None:
+    folder = cli.project / ".hearth" / "adapters"
+    folder.mkdir()
+    unsafe = folder / "hearth-adapter-fake"
+    unsafe.write_text("#!/bin/sh\necho never run\n")
+    unsafe.chmod(0o777)
+    rows = cli.json("adapters")
+    fake = [row for row in rows if row["driver"] == "fake"]
+    assert fake[0]["source"] == "project" and fake[0]["status"].startswith("refused: ")
+    assert "writable by group or others" in fake[0]["status"] and fake[0]["version"] is None
+    assert fake[1]["source"] == "path" and fake[1]["status"] == "ok"
+    assert fake[1]["version"] == "hearth-adapter-fake 0.1.0"
+    # the refused project copy is skipped: the workspace is served by the one on PATH
+    assert cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")["last_status"] == "ready"
