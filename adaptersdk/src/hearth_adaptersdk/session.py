@@ -199,7 +199,7 @@ class ServerSession:
                 waiting.append(future)
         answers = immediate + list(await asyncio.gather(*waiting))
         if answers:
-            self._write_raw(answers)
+            self._write(answers)
 
     # --- one request ------------------------------------------------------------------
     async def _run(self, request: Request, method: Method) -> None:
@@ -236,10 +236,7 @@ class ServerSession:
                            "fraction": fraction, "level": level},
             })
 
-    def _write(self, payload: dict[str, Any]) -> None:
-        self._write_raw(payload)
-
-    def _write_raw(self, payload: dict[str, Any] | list[Any]) -> None:
+    def _write(self, payload: dict[str, Any] | list[Any]) -> None:
         if self._closed:
             return
         try:

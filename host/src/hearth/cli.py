@@ -30,7 +30,7 @@ from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
 from . import __version__
 from .discovery import discover_all
 from .errors import HearthError
-from .host import Host, ReconcileReport
+from .host import Host, ReconcileReport, find_project_dir
 from .store import Deployment, Operation
 
 EXIT_FAILURE = 1
@@ -179,7 +179,6 @@ def _version(path: Any) -> str | None:
 
 
 def _project(args: argparse.Namespace) -> Any:
-    from .host import find_project_dir
     return find_project_dir(getattr(args, "project", None))
 
 

@@ -78,6 +78,7 @@ class AdapterClient:
         self._failure: HearthError | None = None
         self._closing = False
         self._reaper: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Future[None]] = set()
         connection.start(self._on_message, self._on_closed)
 
     # --- creation -------------------------------------------------------------------------
@@ -264,7 +265,8 @@ class AdapterClient:
         if self._failure is None and not self._closing:
             message = encode({"jsonrpc": "2.0", "method": "cancel", "params": {"id": ident}})
             task = asyncio.ensure_future(self._send_quietly(message))
-            task.add_done_callback(lambda _: None)
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send_quietly(self, data: bytes) -> None:
         with contextlib.suppress(ConnectionError, OSError):

@@ -391,7 +391,7 @@ class Host:
             else:
                 resolved = observed.state
             found = next((r for r in listed if r.workspace_slug == current.slug), None)
-            new_ref = found or (current.ref if current.ref is not None else None)
+            new_ref = found or current.ref
             reason = None if resolved in ("ready", "tier_torn_down") else \
                 f"interrupted while {current.state}: a hearth process died; the backend shows " \
                 f"{observed.state}"

@@ -183,18 +183,9 @@ class TfgridDriver(Driver):
         secret is an error rather than an empty list (other owners' VMs are invisible)."""
         name = _vm_name(slug)
         record = self._vault.record(slug) or {}
-        vm: Vm | None = None
+        vm: Vm | None
         if record.get("vm_id"):
-            try:
-                vm = await self.service.get_vm(record["vm_id"], secret)
-            except ComputeError as exc:
-                if exc.code != compute.NOT_FOUND:
-                    raise BackendFailure(
-                        f"the ComputeService refused VM {record['vm_id']} ({name}): {exc.message}; "
-                        f"the secret in {self._vault.secret_path(slug)} does not own it, so nothing "
-                        "was changed", rolled_back=False) from None
-            except ComputeUnavailable:
-                await self._ask(self.service.list_slices())  # raises the unavailable error
+            vm = await self._ask(self._owned_vm(slug, record["vm_id"], secret))
         else:
             vms = await self._ask(self.service.list_vms(secret))
             vm = next((v for v in vms if v.name == name), None)
@@ -203,6 +194,20 @@ class TfgridDriver(Driver):
             gateways = await self._ask(self.service.list_webgateways(secret))
             gateway = next((g for g in gateways if g.vm_id == vm.id), None)
         return vm, gateway
+
+    async def _owned_vm(self, slug: str, vm_id: str, secret: str) -> Vm | None:
+        """``get_vm``, where "not found" means gone and "forbidden" means the wrong secret."""
+        try:
+            return await self.service.get_vm(vm_id, secret)
+        except ComputeError as exc:
+            if exc.code == compute.NOT_FOUND:
+                return None
+            if exc.code == compute.FORBIDDEN:
+                raise BackendFailure(
+                    f"the ComputeService refused VM {vm_id} ({_vm_name(slug)}): {exc.message}; "
+                    f"the secret in {self._vault.secret_path(slug)} does not own it, so nothing "
+                    "was changed", rolled_back=False) from None
+            raise
 
     def _ref(self, slug: str, record: dict[str, Any], vm: Vm | None,
              gateway: WebGateway | None) -> DeploymentRef:
@@ -239,11 +244,9 @@ class TfgridDriver(Driver):
         except BaseException as exc:
             logs = await self._undo(slug, secret, ctx)
             vault.forget(slug)
-            if isinstance(exc, asyncio.CancelledError | InvalidProfile):
+            if isinstance(exc, asyncio.CancelledError | InvalidProfile | BackendUnavailable):
                 raise
-            message = exc.message if isinstance(exc, BackendFailure | BackendUnavailable) else str(exc)
-            if isinstance(exc, BackendUnavailable):
-                raise
+            message = exc.message if isinstance(exc, BackendFailure) else str(exc)
             raise BackendFailure(f"provision of {slug!r} failed and was rolled back: {message}",
                                  rolled_back=True, logs=logs) from None
         ctx.progress("workspace ready", 1.0)
