@@ -7,10 +7,12 @@ import contextlib
 import inspect
 import os
 import shutil
+import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,38 +34,124 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 #: What the command line of a process this suite starts contains (adapters and their children).
 SPAWNED_MARKERS = ("hearth-adapter-", "hearth-grandchild")
 
+#: Every process this run starts carries ``LC_HEARTH_TEST_RUN=<RUN_ID>`` in its environment:
+#: children inherit it through fork and exec, and it survives setsid and the death of the parent.
+#: The host's allow-list (``hearth_adaptersdk.subprocess_transport.child_environment``) passes
+#: ``LC_*`` variables to adapters, which is why the marker has that prefix.
+#: The leak check only looks at processes carrying this run's marker. Another user's processes are
+#: never candidates: their /proc/<pid>/environ is unreadable, or else has no marker or another run's.
+RUN_ENV = "LC_HEARTH_TEST_RUN"
 
-def _hearth_processes() -> dict[int, str]:
-    """Live (non-zombie) processes this suite could have started, by pid."""
+
+def _this_runs_id() -> str:
+    """A new id for each pytest process. If this module is imported twice, both imports get the same id."""
+    mine = f"{os.getpid()}-"
+    current = os.environ.get(RUN_ENV, "")
+    return current if current.startswith(mine) else mine + uuid.uuid4().hex
+
+
+RUN_ID = _this_runs_id()
+os.environ[RUN_ENV] = RUN_ID
+
+#: A process by pid and start time (clock ticks after boot): a reused pid has a different key.
+ProcessKey = tuple[int, int]
+
+
+def _read_process(pid: int) -> tuple[int, str, str, bytes] | None:
+    """``(start time, state, command line, environment)`` of a process, or None if unreadable."""
+    proc = Path("/proc") / str(pid)
+    try:
+        fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        environ = (proc / "environ").read_bytes()  # another user's: PermissionError
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]), fields[0], cmdline.strip(), environ
+
+
+def _carries_marker(environ: bytes, run_id: str) -> bool:
+    return f"{RUN_ENV}={run_id}".encode() in environ.split(b"\0")
+
+
+def _run_processes(run_id: str = RUN_ID) -> dict[ProcessKey, str]:
+    """This run's live (non-zombie) adapters and their children, with their command lines.
+
+    A process qualifies if its command line looks like one and it carries the marker.
+    """
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+        info = _read_process(int(entry.name))
+        if info is None:
             continue
-        if any(marker in cmdline for marker in SPAWNED_MARKERS) and state != "Z":
-            found[int(entry.name)] = cmdline.strip()
+        start, state, cmdline, environ = info
+        if (state != "Z" and any(marker in cmdline for marker in SPAWNED_MARKERS)
+                and _carries_marker(environ, run_id)):
+            found[int(entry.name), start] = cmdline
     return found
+
+
+def _is_ours(key: ProcessKey, run_id: str) -> bool:
+    """Whether ``key`` is still the same process (pid and start time) and carries ``run_id``."""
+    info = _read_process(key[0])
+    return info is not None and info[0] == key[1] and _carries_marker(info[3], run_id)
+
+
+def _kill_run_processes(keys: Iterable[ProcessKey], run_id: str = RUN_ID) -> list[int]:
+    """SIGKILL each given process, but only after checking again that it belongs to this run.
+
+    Processes are signalled one by one, never by process group. A pidfd is opened first and the
+    process checked after that. The signal then goes through the pidfd, so a pid that was reused in
+    the meantime is never hit. Returns the pids that were signalled.
+    """
+    killed = []
+    for key in keys:
+        pid = key[0]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone
+        except OSError:  # no pidfd support: check, then signal (a tiny pid reuse window)
+            if _is_ours(key, run_id):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            continue
+        try:
+            if _is_ours(key, run_id):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    killed.append(pid)
+        finally:
+            os.close(pidfd)
+    return killed
+
+
+def _leftovers(before: set[ProcessKey], run_id: str = RUN_ID,
+               bound: float = 5.0) -> dict[ProcessKey, str]:
+    """This run's processes that are not in ``before``. Waits up to ``bound`` for them to go."""
+    deadline = time.monotonic() + bound
+    while True:  # killed processes may take a moment to be reaped by init
+        leftover = {key: cmd for key, cmd in _run_processes(run_id).items() if key not in before}
+        if not leftover or time.monotonic() > deadline:
+            return leftover
+        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
-    """Fail any test that leaves an adapter (or a grandchild of one) running."""
-    before = set(_hearth_processes())
+    """Fail any test that leaves one of its adapters (or a grandchild of one) running.
+
+    Only processes marked as this run's are looked at or signalled.
+    """
+    before = set(_run_processes())
     yield
-    deadline = time.monotonic() + 5.0
-    while True:  # killed processes may take a moment to be reaped by init
-        leftover = {pid: cmd for pid, cmd in _hearth_processes().items() if pid not in before}
-        if not leftover or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for pid in leftover:
-        with contextlib.suppress(OSError):
-            os.killpg(pid, 9)
-    assert not leftover, f"the test left processes running: {leftover}"
+    leftover = _leftovers(before)
+    if leftover:
+        _kill_run_processes(leftover)  # one at a time, each checked again; then reap stragglers
+        _kill_run_processes(_leftovers(before, bound=1.0))
+    assert not leftover, f"the test left processes running: {sorted(leftover.values())}"
 
 
 @pytest.fixture

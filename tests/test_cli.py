@@ -27,6 +27,8 @@ crash_at = "provision"
 [tiers.frozen.driver_flags.fake]
 freeze_at = "provision"
 ignore_sigterm = true
+[timeouts]
+cancel_grace = 2
 """
 SHUTDOWN_BOUND = 15.0  # shutdown grace + stdin grace + SIGTERM grace, with room for a slow machine
 
@@ -172,14 +174,17 @@ def misbehaving(cli: Cli, make_adapter: Callable[..., Path]) -> Callable[[str], 
     return install
 
 
-@pytest.mark.parametrize(("case", "args", "kind"), [
-    ("crash", ("--tier", "crashy", "--driver", "fake"), "adapter_crashed"),
-    ("garbage", ("--tier", "solo", "--driver", "raw"), "protocol_violation"),
-    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), "adapter_crashed"),
-    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"), "timeout"),
+@pytest.mark.parametrize(("case", "args", "kind", "records"), [
+    ("crash", ("--tier", "crashy", "--driver", "fake"), "adapter_crashed", ["failed"]),
+    ("garbage", ("--tier", "solo", "--driver", "raw"), "protocol_violation", ["failed"]),
+    # an adapter that cannot start changed nothing: no record is written
+    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), "adapter_crashed", []),
+    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"), "timeout",
+     ["failed"]),
 ])
 def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
-        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...], kind: str) -> None:
+        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...], kind: str,
+        records: list[str]) -> None:
     if "raw" in args:
         misbehaving("die_before_handshake" if case.startswith("dies") else "garbage")
     timeout = float(args[-1]) if "--timeout" in args else 10.0
@@ -187,7 +192,11 @@ def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
     assert returncode == 1
     assert line.startswith(f"hearth: {kind}: ")
     assert error["kind"] == kind
-    assert [d["last_status"] for d in cli.json("ls")] == ["failed"]
+    assert [d["last_status"] for d in cli.json("ls")] == records
+    if records:  # the adapter died or was stopped mid-verb: no operation is left running
+        [operation] = cli.json("logs", "alpha")
+        assert operation["outcome"] in ("failed", "cancelled")
+        assert operation["error"]["kind"] == kind
 
 
 def test_progress_is_shown_live_on_a_terminal(cli: Cli) -> None:
@@ -221,12 +230,14 @@ def test_ctrl_c_cancels_the_adapter_and_the_record_says_why(cli: Cli) -> None:
     out, err = host.communicate(timeout=30)
     assert host.returncode == 130
     assert json.loads(out)["error"]["kind"] == "cancelled"
-    assert err.strip().splitlines() == ["hearth: cancelled: interrupted; the adapter was told to cancel"]
-    [record] = cli.json("ls")
-    assert record["last_status"] == "failed"
-    assert cli.json("status", "alpha")["state"] == "absent"  # the adapter rolled back
+    assert err.strip().splitlines() == [
+        "hearth: cancelled: interrupted by SIGINT; provision of 'alpha' was cancelled and rolled back"]
+    assert cli.json("ls") == []  # rolled back: nothing is left, nothing is in the way
     [operation] = cli.json("logs", "alpha")
     assert operation["outcome"] == "cancelled" and operation["error"]["kind"] == "cancelled"
+    assert "Ctrl-C" in operation["error"]["message"] and operation["error"]["rolled_back"] is True
+    assert not any(e["method"] == "provision" and e["slug"] == "alpha"
+                   for e in cli.journal()[1:])  # nothing was retried
 
 
 def test_adapters_shows_each_candidate_with_its_source_version_and_refusal(cli: Cli) -> None:

@@ -82,10 +82,10 @@ async def test_a_torn_down_slug_stays_torn_down_unless_reused(tmp_path: Path) ->
 
 
 async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tmp_path: Path) -> None:
-    async with make_host(tmp_path, flaky={"fail_at": "provision"}) as host:
+    async with make_host(tmp_path, flaky={"fail_at": "provision", "keep_partial": True}) as host:
         with pytest.raises(BackendFailure) as caught:
             await host.provision("alpha", tier="flaky", driver="fake")
-        assert caught.value.rolled_back
+        assert not caught.value.rolled_back  # a real failure after partial work: D8
         [record] = host.deployments()
         assert record.state == "failed" and "failed as asked" in (record.reason or "")
         [operation] = await host.logs("alpha")
@@ -94,11 +94,27 @@ async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tm
         assert any(line.level == "error" and "injected failure" in line.message for line in operation.log)
         with pytest.raises(InvalidTransition, match="it is failed"):
             await host.upgrade("alpha", tier="team")
+        assert (await host.status("alpha")).state == "failed"  # the backend agrees
     assert provisions(tmp_path) == 1  # D8: the host did not retry
     async with make_host(tmp_path, flaky={}) as host:  # the cause is fixed: a person re-runs it
         ref = await host.provision("alpha", tier="flaky", driver="fake")
         assert ref.last_status == "ready"
         assert (await host.status("alpha")).state == "ready"
+
+
+async def test_a_rolled_back_first_provision_leaves_no_record_in_the_way(tmp_path: Path) -> None:
+    async with make_host(tmp_path, flaky={"fail_at": "provision"}) as host:
+        with pytest.raises(BackendFailure) as caught:
+            await host.provision("alpha", tier="flaky", driver="fake")
+        assert caught.value.rolled_back
+        assert host.deployments() == []
+        [operation] = await host.logs("alpha")  # the failure stays in the logs
+        assert operation.outcome == "failed" and operation.error is not None
+        assert any("injected failure" in line.message for line in operation.log)
+        with pytest.raises(InvalidInput, match="ended failed"):
+            await host.status("alpha")
+        ref = await host.provision("alpha", tier="team", driver="fake")  # another tier: no pin
+        assert ref.tier == "team"
 
 
 async def test_bad_input_fails_before_anything_happens(tmp_path: Path) -> None:
@@ -117,12 +133,15 @@ async def test_bad_input_fails_before_anything_happens(tmp_path: Path) -> None:
 
 async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Path) -> None:
     async with make_host(tmp_path, slow={"delay": 60}) as host:
-        with pytest.raises(CallTimeout):
-            await host.provision("alpha", tier="slow", driver="fake", timeout=0.2)
+        await host.provision("alpha", tier="solo", driver="fake")
+        with pytest.raises(CallTimeout, match="rolled back") as caught:
+            await host.upgrade("alpha", tier="slow", timeout=0.2)
+        assert caught.value.rolled_back is True
         [record] = host.deployments()
-        assert record.state == "failed" and (record.reason or "").startswith("timed out")
-        assert (await host.logs("alpha"))[0].outcome == "cancelled"
-        assert (await host.status("alpha")).state == "absent"  # the adapter rolled back
+        assert (record.state, record.tier) == ("ready", "solo")  # the old one still serves
+        assert [op.outcome for op in await host.logs("alpha")] == ["succeeded", "cancelled"]
+        status = await host.status("alpha")
+        assert status.state == "ready" and "changed nothing" in (status.message or "")
 
 
 async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: Path) -> None:
@@ -134,8 +153,12 @@ async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: P
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        [record] = host.deployments()
-        assert record.state == "failed" and "cancelled by the caller" in (record.reason or "")
+        assert host.deployments() == []  # rolled back: nothing in the way of the next provision
+        [operation] = await host.logs("alpha")
+        assert operation.outcome == "cancelled" and operation.error is not None
+        assert "cancelled by the caller" in operation.error["message"]
+        assert operation.error["rolled_back"] is True
+        assert host.interruptions == ["provision of 'alpha' was cancelled and rolled back"]
 
 
 async def test_concurrent_provisions_of_one_slug_call_the_adapter_once(tmp_path: Path) -> None:
@@ -225,9 +248,9 @@ async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_pat
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # the lock is free again: the second host can act on the slug
-        await second.teardown("alpha")
-        assert (await second.status("alpha")).state == "tier_torn_down"
+        # the lock is free again, and the rolled-back slug is free: the second host provisions it
+        ref = await second.provision("alpha", tier="solo", driver="fake")
+        assert ref.last_status == "ready"
 
 
 def test_config_keys_ending_in_env_name_the_variables_an_adapter_may_see() -> None:

@@ -27,11 +27,12 @@ from .errors import (
     InvalidTransition,
     ProtocolViolation,
     SlugLocked,
+    StoreError,
     Unsupported,
 )
 from .host import Host, ReconcileReport, find_project_dir
 from .settings import Tier
-from .store import Deployment, LogLine, Operation, SQLiteStore, Store, StoreError
+from .store import Deployment, LogLine, Operation, SQLiteStore, Store
 
 __all__ = [
     "AdapterClient",

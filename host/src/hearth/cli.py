@@ -10,28 +10,61 @@
     hearth reconcile [--json]
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
---json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted.
-On failure a one-line reason goes to stderr, and with --json ``{"error": {...}}`` to stdout.
+--json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
+(SIGINT, SIGTERM or SIGHUP: the work is cancelled, its rollback awaited within the cancel
+grace, and the record says why; a second signal stops waiting). On failure a one-line reason
+goes to stderr, and with --json ``{"error": {...}}`` to stdout. Everything printed that came
+from an adapter has its control characters escaped, so it cannot drive the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
 
 from . import __version__
-from .discovery import discover_all
+from .discovery import Candidate, discover_all
 from .errors import HearthError
 from .host import Host, ReconcileReport, find_project_dir
+from .settings import load_settings
 from .store import Deployment, Operation
+
+#: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
+#: terminal, or start a fake line when printed raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def safe(text: object) -> str:
+    """``text`` with every control character escaped (``\\x1b``, ``\\n``, ...)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+
+
+def _seconds(value: str) -> float:
+    """A --timeout: a finite number of seconds above zero."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r}: the timeout must be a positive, "
+                                         "finite number of seconds")
+    return number
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -53,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="project folder (default: nearest folder upward holding .hearth/)")
     common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
                         help="hearth home: store, data and user adapters (default: $HEARTH_HOME)")
-    common.add_argument("--timeout", metavar="SECONDS", type=float, default=argparse.SUPPRESS,
-                        help="deadline for the whole operation; the adapter is told to cancel")
+    common.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=argparse.SUPPRESS,
+                        help="deadline for the whole operation; the adapter is told to cancel "
+                             "(default: per verb, see [timeouts] in the README)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print one JSON document on stdout")
     common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
@@ -86,21 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _progress_printer(enabled: bool) -> Any:
     def show(event: Progress) -> None:
         fraction = f"{event.fraction:4.0%}" if event.fraction is not None else "    "
-        print(f"  {fraction}  {event.message}", file=sys.stderr, flush=True)
+        print(f"  {fraction}  {safe(event.message)}", file=sys.stderr, flush=True)
     return show if enabled else None
 
 
 def _ref_lines(ref: DeploymentRef) -> str:
-    return (f"{ref.workspace_slug}: {ref.last_status} (tier {ref.tier}, driver {ref.driver})"
-            + (f"\n  endpoint: {ref.endpoint}" if ref.endpoint else ""))
+    return (f"{ref.workspace_slug}: {ref.last_status} (tier {safe(ref.tier)}, driver {ref.driver})"
+            + (f"\n  endpoint: {safe(ref.endpoint)}" if ref.endpoint else ""))
 
 
 def _status_lines(slug: str, report: StatusReport) -> str:
     lines = [f"{slug}: {report.state}"]
     if report.endpoint:
-        lines.append(f"  endpoint: {report.endpoint}")
+        lines.append(f"  endpoint: {safe(report.endpoint)}")
     if report.message:
-        lines.append(f"  {report.message}")
+        lines.append(f"  {safe(report.message)}")
     return "\n".join(lines)
 
 
@@ -108,8 +142,8 @@ def _ls_lines(deployments: list[Deployment]) -> str:
     if not deployments:
         return "no workspaces"
     rows = [("SLUG", "STATE", "TIER", "DRIVER", "ENDPOINT")]
-    rows += [(d.slug, d.state, d.tier, d.driver, (d.ref.endpoint if d.ref else None) or "-")
-             for d in deployments]
+    rows += [(d.slug, d.state, safe(d.tier), d.driver,
+              safe((d.ref.endpoint if d.ref else None) or "-")) for d in deployments]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(widths[i]) if i < 4 else cell
                                for i, cell in enumerate(row)) for row in rows)
@@ -130,9 +164,10 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
     for op in operations:
         lines.append(f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} "
                      f"{op.started_at:%Y-%m-%d %H:%M:%S}")
-        lines += [f"    {line.at:%H:%M:%S} {line.level:7} {line.message}" for line in op.log]
+        lines += [f"    {line.at:%H:%M:%S} {line.level:7} {safe(line.message)}" for line in op.log]
         if op.error:
-            lines.append(f"    error: {op.error.get('kind')}: {op.error.get('message')}")
+            message = op.error.get("message") or "(no message recorded)"
+            lines.append(f"    error: {safe(op.error.get('kind'))}: {safe(message)}")
     return "\n".join(lines)
 
 
@@ -148,12 +183,15 @@ def _reconcile_lines(report: ReconcileReport) -> str:
     lines += [f"orphan {ref.workspace_slug} on {ref.driver}: no record (left in place)"
               for ref in report.orphans]
     lines += [f"busy {slug}: another hearth process is working on it" for slug in report.busy]
-    lines += [f"unreachable {driver}: {why}" for driver, why in report.unreachable.items()]
+    lines += [f"unreachable {driver}: {safe(why)}" for driver, why in report.unreachable.items()]
     return "\n".join(lines) or "nothing to reconcile"
 
 
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
-    found = discover_all(project_dir=_project(args), home=getattr(args, "home", None))
+    project = _project(args)
+    found = discover_all(project_dir=project, home=getattr(args, "home", None))
+    versions = _versions([c for c in found if c.acceptable],
+                         load_settings(project).timeouts.version_probe)
     seen: set[str] = set()
     rows = []
     for candidate in found:
@@ -162,58 +200,135 @@ def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
         if candidate.acceptable:
             seen.add(candidate.driver)
         rows.append({"driver": candidate.driver, "source": candidate.source,
-                     "path": str(candidate.path), "version": _version(candidate.path)
-                     if candidate.acceptable else None, "status": status})
-    text = "\n".join(f"{r['driver']:12} {r['source']:8} {r['status']:10} {r['version'] or '-':28} "
-                     f"{r['path']}" for r in rows) or "no adapters found"
+                     "path": str(candidate.path), "version": versions.get(candidate.path),
+                     "status": status})
+    text = "\n".join(f"{r['driver']:12} {r['source']:8} {safe(r['status']):10} "
+                     f"{safe(r['version'] or '-'):28} {safe(r['path'])}" for r in rows) \
+        or "no adapters found"
     return rows, text
 
 
-def _version(path: Any) -> str | None:
-    try:
-        done = subprocess.run([str(path), "--version"], capture_output=True, text=True,
-                              timeout=10, stdin=subprocess.DEVNULL, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
+def _versions(found: list[Candidate], bound: float) -> dict[Path, str | None]:
+    """Each adapter's ``--version``, asked of all at once and waited for within ``bound``; an
+    adapter that does not answer in time is stopped with its whole process group."""
+    running: dict[Path, subprocess.Popen[str]] = {}
+    for candidate in found:
+        with contextlib.suppress(OSError):
+            running[candidate.path] = subprocess.Popen(
+                [str(candidate.path), "--version"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                start_new_session=True)
+    deadline = time.monotonic() + bound
+    versions: dict[Path, str | None] = {}
+    for path, process in running.items():
+        try:
+            out, _ = process.communicate(timeout=max(deadline - time.monotonic(), 0.01))
+            versions[path] = (out.strip() or None) if process.returncode == 0 else None
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group this call started
+            process.communicate()
+            versions[path] = None
+    return versions
 
 
 def _project(args: argparse.Namespace) -> Any:
     return find_project_dir(getattr(args, "project", None))
 
 
-async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
     timeout = getattr(args, "timeout", None)
     progress = _progress_printer(sys.stderr.isatty() and not getattr(args, "json", False))
-    async with Host(project_dir=getattr(args, "project", None),
-                    home=getattr(args, "home", None)) as host:
-        command = args.command
-        if command == "provision":
-            ref = await host.provision(args.slug, tier=args.tier, driver=args.driver,
-                                       on_progress=progress, timeout=timeout, reuse=args.reuse)
-            return ref.model_dump(mode="json"), _ref_lines(ref)
-        if command == "status":
-            report = await host.status(args.slug, timeout=timeout)
-            return report.model_dump(mode="json"), _status_lines(args.slug, report)
-        if command == "upgrade":
-            ref = await host.upgrade(args.slug, tier=args.tier, on_progress=progress,
-                                     timeout=timeout)
-            return ref.model_dump(mode="json"), _ref_lines(ref)
-        if command == "teardown":
-            await host.teardown(args.slug, on_progress=progress, timeout=timeout)
-            report = await host.status(args.slug)
-            return report.model_dump(mode="json"), f"{args.slug}: {report.state}"
-        if command == "ls":
-            refs = await host.list()
-            return [ref.model_dump(mode="json") for ref in refs], _ls_lines(host.deployments())
-        if command == "logs":
-            operations = await host.logs(args.slug)
-            return [_operation_json(op) for op in operations], _logs_lines(args.slug, operations)
-        report_ = await host.reconcile(timeout=timeout)
-        return _reconcile_json(report_), _reconcile_lines(report_)
+    command = args.command
+    if command == "provision":
+        ref = await host.provision(args.slug, tier=args.tier, driver=args.driver,
+                                   on_progress=progress, timeout=timeout, reuse=args.reuse)
+        return ref.model_dump(mode="json"), _ref_lines(ref)
+    if command == "status":
+        report = await host.status(args.slug, timeout=timeout)
+        return report.model_dump(mode="json"), _status_lines(args.slug, report)
+    if command == "upgrade":
+        ref = await host.upgrade(args.slug, tier=args.tier, on_progress=progress, timeout=timeout)
+        return ref.model_dump(mode="json"), _ref_lines(ref)
+    if command == "teardown":
+        await host.teardown(args.slug, on_progress=progress, timeout=timeout)
+        report = await host.status(args.slug)
+        return report.model_dump(mode="json"), f"{args.slug}: {report.state}"
+    if command == "ls":
+        refs = await host.list()
+        return [ref.model_dump(mode="json") for ref in refs], _ls_lines(host.deployments())
+    if command == "logs":
+        operations = await host.logs(args.slug)
+        return [_operation_json(op) for op in operations], _logs_lines(args.slug, operations)
+    report_ = await host.reconcile(timeout=timeout)
+    return _reconcile_json(report_), _reconcile_lines(report_)
+
+
+class Interrupted(Exception):
+    """The command was stopped by a signal; ``message`` says what became of its work."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+    """Run one command; SIGINT, SIGTERM and SIGHUP cancel it (the host records why and waits
+    for the rollback within its cancel grace); a second signal stops that wait."""
+    loop = asyncio.get_running_loop()
+    host = Host(project_dir=getattr(args, "project", None), home=getattr(args, "home", None))
+    host.open()
+    work = asyncio.create_task(_command(host, args))
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            name = signal.Signals(signum).name
+            outcome, reason = ("cancelled", "cancelled with Ctrl-C (SIGINT)") \
+                if signum == signal.SIGINT else ("interrupted", f"interrupted by {name}")
+            if not host.cancel_running(reason, outcome=outcome):
+                work.cancel()
+            if sys.stderr.isatty():
+                print(f"hearth: cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
+                      "adapter to roll back (signal again to stop waiting)", file=sys.stderr,
+                      flush=True)
+        elif len(received) == 2:
+            work.cancel()  # stop waiting for the rollback: the record says it is not confirmed
+
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        try:
+            return await asyncio.shield(work)
+        finally:
+            if not work.done():  # only a cancellation of this task itself gets here
+                work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+            await host.close()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        notes = "; ".join(host.interruptions) or "nothing had been sent to an adapter, so " \
+            "nothing changed"
+        raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}; {notes}") from None
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)  # until exit: the one line is still to come
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    try:
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     as_json = getattr(args, "json", False)
     if getattr(args, "verbose", False):
@@ -229,23 +344,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             document, text = asyncio.run(_run(args))
     except HearthError as exc:
         return _failed(exc.to_json(), exc.kind, exc.message, as_json)
+    except Interrupted as exc:
+        return _failed({"kind": "cancelled"}, "cancelled", exc.message, as_json, EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        return _failed({"kind": "cancelled", "message": "interrupted"}, "cancelled",
-                       "interrupted; the adapter was told to cancel", as_json, EXIT_INTERRUPTED)
+        return _failed({"kind": "cancelled"}, "cancelled",
+                       "interrupted before any work started; nothing changed", as_json,
+                       EXIT_INTERRUPTED)
     except Exception as exc:  # a bug in hearth: say so in one line, the traceback only on request
         logging.getLogger("hearth").debug("unexpected error", exc_info=exc)
         return _failed({}, "internal", f"unexpected {type(exc).__name__}: {exc} (a bug in hearth; "
                        "run again with --verbose for the traceback and report it)", as_json)
-    print(json.dumps(document, indent=2) if as_json else text)
+    _print(json.dumps(document, indent=2) if as_json else text)
     return 0
+
+
+def _print(text: str, *, stream: Any = None) -> None:
+    """Print, and exit quietly when the reader has gone (``hearth ls | head -1``)."""
+    stream = stream or sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at /dev/null
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool,
             code: int | None = None) -> int:
-    one_line = " ".join(message.split())
-    print(f"hearth: {kind}: {one_line}", file=sys.stderr)
+    one_line = safe(" ".join(message.split()))
+    _print(f"hearth: {kind}: {one_line}", stream=sys.stderr)
     if as_json:
-        print(json.dumps({"error": {**error, "kind": kind, "message": one_line}}))
+        _print(json.dumps({"error": {**error, "kind": kind, "message": one_line}}))
     return code if code is not None else (EXIT_USAGE if kind == "invalid_input" else EXIT_FAILURE)
 
 

@@ -14,7 +14,9 @@ import builtins
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -47,7 +49,9 @@ from .errors import (
     AdapterNotFound,
     AdapterRefused,
     CallTimeout,
+    Cancelled,
     HearthError,
+    InvalidInput,
     ProtocolViolation,
     Unsupported,
     from_wire_error,
@@ -58,17 +62,38 @@ log = logging.getLogger("hearth")
 ProgressCallback = Callable[[Progress], object]
 M = TypeVar("M", bound=BaseModel)
 HANDSHAKE_TIMEOUT = 10.0
-#: How long a cancelled call waits for the adapter's -32800 before giving up on it.
-CANCEL_GRACE = 1.0
+#: How long a cancelled call waits for the adapter's answer (its rollback) before giving up.
+CANCEL_GRACE = 30.0
 #: How long ``close`` waits for the answer to ``shutdown``.
 SHUTDOWN_GRACE = 1.0
+#: Methods that change the backend: their cancel waits for the rollback (``cancel_grace``).
+#: Any other call changes nothing, so a short wait for its -32800 is enough.
+CHANGING = frozenset({"provision", "upgrade", "teardown"})
+READ_ONLY_GRACE = 1.0
+
+
+@dataclass
+class Interruption:
+    """What became of a call whose caller was cancelled, filled in before the cancellation
+    propagates: the host records it (a late result is a success; an unanswered cancel leaves
+    the rollback unconfirmed)."""
+
+    #: The adapter answered the call (with its result, its error, or -32800) within the grace.
+    answered: bool = False
+    #: The answer's result when the work finished before the cancel took effect.
+    result: Any = None
+    succeeded: bool = False
+    #: The answer's error (a -32800 ``Cancelled`` when the adapter stopped as asked).
+    error: HearthError | None = None
 
 
 class AdapterClient:
     """The host's end of a session with one adapter. Create it with ``launch`` or ``connect``."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, *, cancel_grace: float = CANCEL_GRACE) -> None:
         self.connection = connection
+        #: How long a cancelled call waits for the adapter to answer (its rollback to finish).
+        self.cancel_grace = cancel_grace
         self.name = connection.name
         self.info: InitializeResult | None = None
         self._ids = itertools.count(1)
@@ -92,6 +117,7 @@ class AdapterClient:
         data_dir: str | Path | None = None,
         driver: str | None = None,
         env: Sequence[str] = (),
+        cancel_grace: float = CANCEL_GRACE,
     ) -> Self:
         """Start the adapter at ``path`` and complete the handshake within ``timeout`` seconds.
 
@@ -108,7 +134,7 @@ class AdapterClient:
         except OSError as exc:
             raise AdapterRefused(f"cannot start {path}: {exc.strerror or exc}") from None
         return await cls.connect(connection, config=config, timeout=timeout,
-                                 data_dir=data_dir, driver=expected)
+                                 data_dir=data_dir, driver=expected, cancel_grace=cancel_grace)
 
     @classmethod
     async def connect(
@@ -119,9 +145,10 @@ class AdapterClient:
         timeout: float = HANDSHAKE_TIMEOUT,
         data_dir: str | Path | None = None,
         driver: str | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> Self:
         """Handshake over an existing connection (e.g. ``MemoryConnection`` in tests)."""
-        client = cls(connection)
+        client = cls(connection, cancel_grace=cancel_grace)
         try:
             await client._handshake(config or {}, data_dir, driver, timeout)
         except BaseException:
@@ -159,9 +186,11 @@ class AdapterClient:
     # --- the verbs ------------------------------------------------------------------------
     async def provision(self, slug: str, profile: ProvisioningProfile, *,
                         on_progress: ProgressCallback | None = None,
-                        timeout: float | None = None) -> DeploymentRef:
+                        timeout: float | None = None,
+                        interruption: Interruption | None = None) -> DeploymentRef:
         result = await self._call("provision", {"slug": slug, "profile": _dump(profile)},
-                                  timeout=timeout, on_progress=on_progress)
+                                  timeout=timeout, on_progress=on_progress,
+                                  interruption=interruption)
         return self._validated(DeploymentRef, result, "provision")
 
     async def status(self, ref: DeploymentRef, *, timeout: float | None = None) -> StatusReport:
@@ -170,15 +199,19 @@ class AdapterClient:
 
     async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile, *,
                       on_progress: ProgressCallback | None = None,
-                      timeout: float | None = None) -> DeploymentRef:
+                      timeout: float | None = None,
+                      interruption: Interruption | None = None) -> DeploymentRef:
         result = await self._call("upgrade", {"ref": _dump(ref), "profile": _dump(profile)},
-                                  timeout=timeout, on_progress=on_progress)
+                                  timeout=timeout, on_progress=on_progress,
+                                  interruption=interruption)
         return self._validated(DeploymentRef, result, "upgrade")
 
     async def teardown(self, ref: DeploymentRef, *,
                        on_progress: ProgressCallback | None = None,
-                       timeout: float | None = None) -> None:
-        await self._call("teardown", {"ref": _dump(ref)}, timeout=timeout, on_progress=on_progress)
+                       timeout: float | None = None,
+                       interruption: Interruption | None = None) -> None:
+        await self._call("teardown", {"ref": _dump(ref)}, timeout=timeout, on_progress=on_progress,
+                         interruption=interruption)
 
     async def list(self, *, timeout: float | None = None) -> list[DeploymentRef]:
         self._require("list")
@@ -203,13 +236,19 @@ class AdapterClient:
 
     # --- requests -------------------------------------------------------------------------
     async def _call(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                    on_progress: ProgressCallback | None = None) -> Any:
+                    on_progress: ProgressCallback | None = None,
+                    interruption: Interruption | None = None) -> Any:
+        """One request. On its timeout, or when the caller is cancelled, the adapter is told to
+        cancel and the call waits up to ``cancel_grace`` for the answer: a result that arrives
+        then is a success; an adapter that never answers is stopped."""
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise InvalidInput(f"timeout must be a positive number of seconds, not {timeout!r}")
         if self._failure is not None:
             raise self._failure
         ident = next(self._ids)
         try:
             data = encode(jsonrpcclient.request(method, params, id=ident))
-        except MessageTooLarge as exc:
+        except (MessageTooLarge, ValueError) as exc:
             raise ProtocolViolation(f"{method} request not sent: {exc}") from None
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
@@ -218,50 +257,97 @@ class AdapterClient:
         try:
             try:
                 await self.connection.send(data)
+                done, _ = await asyncio.wait({future}, timeout=timeout)
             except (ConnectionError, OSError):
                 raise self._failure or AdapterCrashed(
                     self.name, None, self.stderr_tail(), "stopped reading its input") from None
-            if timeout is None:
-                response = await future
+            except asyncio.CancelledError:
+                await self._cancelled(ident, future, interruption or Interruption(),
+                                      self._grace(method))
+                raise
+            if not done:
+                response = await self._timed_out(method, ident, future, timeout,
+                                                  interruption or Interruption())
             else:
-                async with asyncio.timeout(timeout):
-                    response = await future
-        except TimeoutError:
-            if self._failure is not None:
-                raise self._failure from None
-            if await self._cancel(ident):
-                raise CallTimeout(f"{method} on {self.name} got no answer within {timeout:g} s "
-                                  "and was cancelled") from None
-            # An adapter that ignores cancel is stuck: stop it; the next call starts afresh.
-            error = CallTimeout(f"{method} on {self.name} got no answer within {timeout:g} s and "
-                                f"the adapter did not confirm the cancel within {CANCEL_GRACE:g} s; "
-                                "it was stopped")
-            self._fail(error)
-            raise error from None
-        except asyncio.CancelledError:
-            self._abandon(ident)
-            raise
+                response = future.result()
         finally:
             self._pending.pop(ident, None)
             self._progress.pop(ident, None)
+        return self._parse(response)
+
+    def _parse(self, response: dict[str, Any]) -> Any:
         parsed: Any = jsonrpcclient.parse(response)
         if isinstance(parsed, jsonrpcclient.Error):
             raise from_wire_error(self.name, parsed.code, parsed.message, parsed.data)
         return parsed.result
 
-    async def _cancel(self, ident: int) -> bool:
-        """Tell the adapter to stop ``ident``; True when it answered within the grace."""
-        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = answer  # the timed-out wait cancelled the first future
-        self._abandon(ident)
-        with contextlib.suppress(TimeoutError, HearthError):
-            await asyncio.wait_for(answer, CANCEL_GRACE)
-            return True
-        return False
+    def _grace(self, method: str) -> float:
+        if method in {"initialize", "shutdown"}:
+            return 0.0
+        return self.cancel_grace if method in CHANGING else min(READ_ONLY_GRACE, self.cancel_grace)
 
-    def _abandon(self, ident: int) -> None:
-        """Send ``cancel`` (best effort) and accept a late answer to ``ident`` silently."""
+    async def _timed_out(self, method: str, ident: int, future: asyncio.Future[dict[str, Any]],
+                         timeout: float | None, interruption: Interruption) -> dict[str, Any]:
+        """The deadline passed: cancel, then wait (bounded) for the answer. A result is returned
+        (the work finished); -32800 becomes a CallTimeout saying whether it rolled back."""
+        if self._failure is not None:
+            raise self._failure
+        grace = self._grace(method)
+        await self._cancelled(ident, future, interruption, grace)
+        bound = f"{timeout:g} s" if timeout is not None else "its bound"
+        if not interruption.answered:
+            unconfirmed = "; the rollback is not confirmed" if method in CHANGING else ""
+            raise CallTimeout(f"{method} on {self.name} got no answer within {bound}, and the "
+                              f"adapter did not answer the cancel within {grace:g} s: it was "
+                              f"stopped{unconfirmed}", rolled_back=None)
+        if interruption.succeeded:
+            return future.result()
+        error = interruption.error
+        if isinstance(error, Cancelled):
+            rolled_back = error.data.get("rolled_back", True) is not False
+            what = "it was cancelled and rolled back" if rolled_back else \
+                "it was cancelled, but the adapter could not confirm its rollback"
+            raise CallTimeout(f"{method} on {self.name} got no answer within {bound}; {what}",
+                              rolled_back=rolled_back, data=error.data)
+        assert error is not None
+        raise error
+
+    async def _cancelled(self, ident: int, future: asyncio.Future[dict[str, Any]],
+                         interruption: Interruption, grace: float) -> None:
+        """Send ``cancel`` and wait up to ``cancel_grace`` for the call's answer; fill in
+        ``interruption``. A second cancellation of the caller stops the wait (unconfirmed).
+        An adapter that does not answer is stopped: the next call starts a fresh one."""
         self._abandoned.add(ident)
+        if not future.done():
+            self._send_cancel(ident)
+            if grace > 0:
+                try:
+                    await asyncio.wait({future}, timeout=grace)
+                except asyncio.CancelledError:
+                    self._stop_unanswered(ident, "the caller stopped waiting for the rollback")
+                    if future.done():
+                        future.exception()
+                    raise
+        if not future.done():
+            self._stop_unanswered(ident, f"it did not answer the cancel within {grace:g} s")
+            if future.done():
+                future.exception()  # retrieved: the failure is reported by the caller
+            return
+        self._abandoned.discard(ident)
+        if future.exception() is not None:
+            return  # the session failed meanwhile (the adapter died): nothing is confirmed
+        interruption.answered = True
+        try:
+            interruption.result = self._parse(future.result())
+            interruption.succeeded = True
+        except HearthError as exc:
+            interruption.error = exc
+
+    def _stop_unanswered(self, ident: int, why: str) -> None:
+        self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"))
+
+    def _send_cancel(self, ident: int) -> None:
+        """Send ``cancel`` for ``ident`` (best effort, without waiting)."""
         if self._failure is None and not self._closing:
             message = encode({"jsonrpc": "2.0", "method": "cancel", "params": {"id": ident}})
             task = asyncio.ensure_future(self._send_quietly(message))

@@ -8,6 +8,7 @@
     ├── ProtocolViolation            protocol_violation   the adapter broke the wire contract
     ├── CallTimeout                  timeout              no answer within the caller's bound
     ├── SlugLocked                   slug_locked          another process holds the slug too long
+    ├── StoreError                   store_error          the store or the home cannot be used
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
         ├── Conflict                 conflict             .existing: DeploymentRef | None
         ├── InvalidTransition        invalid_transition   .state
@@ -77,11 +78,30 @@ class ProtocolViolation(HearthError):
 
 
 class CallTimeout(HearthError):
+    """No answer within the bound. ``rolled_back`` says what the adapter confirmed after the
+    cancel: True (it undid its work), False (it said it could not), None (it never answered)."""
+
     kind = "timeout"
+
+    def __init__(self, message: str, *, rolled_back: bool | None = None,
+                 data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.rolled_back = rolled_back
+        self.data = dict(data or {})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "rolled_back": self.rolled_back}
 
 
 class SlugLocked(HearthError):
     kind = "slug_locked"
+
+
+class StoreError(HearthError):
+    """The store or the home cannot be used (corrupt file, newer schema, disk full, a path that
+    is not a folder, no permission); the message names the path."""
+
+    kind = "store_error"
 
 
 class AdapterError(HearthError):
@@ -183,6 +203,7 @@ __all__ = [
     "InvalidTransition",
     "ProtocolViolation",
     "SlugLocked",
+    "StoreError",
     "Unsupported",
     "from_wire_error",
 ]

@@ -8,16 +8,21 @@ A project's ``.hearth/hearth.toml``::
     image = "example/workspace:1"
     [adapters.tfgrid]                     # sent as ``config`` in the tfgrid adapter's initialize
     socket = "/run/hero_compute/rpc.sock"
+    [timeouts]                            # seconds; every wait has a bound (see ``Timeouts``)
+    status = 30
 
-Every problem is an ``InvalidInput`` naming the file, the key and, where it helps, the choices.
+A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
+alone keeps team's caps. Every problem is an ``InvalidInput`` naming the file, the key and,
+where it helps, the choices.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +59,37 @@ BUILTIN_TIERS: dict[str, Tier] = {
 
 
 @dataclass(frozen=True)
+class Timeouts:
+    """The default bound of every wait, in seconds; ``[timeouts]`` in hearth.toml changes them.
+
+    A verb's ``timeout=`` (the CLI's ``--timeout``) replaces the verb's default for one call.
+    """
+
+    #: Whole verbs (the adapter's work, from the request to its answer).
+    provision: float = 1800.0
+    upgrade: float = 1800.0
+    teardown: float = 900.0
+    #: One ``status`` or ``list`` call (reconcile makes one of each per driver or workspace).
+    status: float = 30.0
+    list: float = 60.0
+    #: Starting an adapter: from spawn to the end of the handshake.
+    handshake: float = 10.0
+    #: How long a cancelled verb waits for the adapter to confirm its rollback.
+    cancel_grace: float = 30.0
+    #: How long a verb waits for another process working on the same slug.
+    lock_wait: float = 600.0
+    #: How long ``Host.close`` lets verbs in flight finish before it cancels them.
+    drain_grace: float = 10.0
+    #: How long ``hearth adapters`` waits for each adapter's ``--version``.
+    version_probe: float = 5.0
+
+
+@dataclass(frozen=True)
 class Settings:
     tiers: Mapping[str, Tier]
     adapters: Mapping[str, Mapping[str, Any]]
     source: Path | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
 
     def tier(self, name: str) -> Tier:
         try:
@@ -84,23 +116,38 @@ def load_settings(project_dir: str | Path | None) -> Settings:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Settings(dict(BUILTIN_TIERS), {})
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
-        raise InvalidInput(f"{path}: cannot be read: {exc.strerror}") from None
+        raise InvalidInput(f"{path}: cannot be read: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+    _refuse_non_finite(data, path, "")
     return _parse(data, path)
 
 
+def _refuse_non_finite(value: Any, path: Path, key: str) -> None:
+    """TOML allows ``inf`` and ``nan``; JSON (the wire) does not, and no bound is infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{path}: {key}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_non_finite(item, path, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, path, f"{key}[{index}]")
+
+
 def _parse(data: dict[str, Any], path: Path) -> Settings:
-    unknown = sorted(set(data) - {"tiers", "adapters"})
+    unknown = sorted(set(data) - {"tiers", "adapters", "timeouts"})
     if unknown:
-        raise InvalidInput(f"{path}: unknown key {unknown[0]!r}; the file holds [tiers.*] and "
-                           "[adapters.*]")
+        raise InvalidInput(f"{path}: unknown key {unknown[0]!r}; the file holds [tiers.*], "
+                           "[adapters.*] and [timeouts]")
     tiers = dict(BUILTIN_TIERS)
     for name, body in _table(data, "tiers", path).items():
-        tiers[name] = _tier(name, body, path)
+        tiers[name] = _tier(name, body, path, BUILTIN_TIERS.get(name))
     adapters: dict[str, dict[str, Any]] = {}
     for driver, config in _table(data, "adapters", path).items():
         if not re.fullmatch(codes.DRIVER_PATTERN, driver):
@@ -108,7 +155,20 @@ def _parse(data: dict[str, Any], path: Path) -> Settings:
         if not isinstance(config, dict):
             raise InvalidInput(f"{path}: adapters.{driver} must be a table")
         adapters[driver] = config
-    return Settings(tiers, adapters, path)
+    return Settings(tiers, adapters, path, _timeouts(_table(data, "timeouts", path), path))
+
+
+def _timeouts(table: dict[str, Any], path: Path) -> Timeouts:
+    known = [f.name for f in fields(Timeouts)]
+    values: dict[str, float] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise InvalidInput(f"{path}: timeouts.{key}: unknown key; choose one of "
+                               f"{', '.join(known)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise InvalidInput(f"{path}: timeouts.{key}: must be a positive number of seconds")
+        values[key] = float(value)
+    return replace(Timeouts(), **values)
 
 
 def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -118,7 +178,8 @@ def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _tier(name: str, body: Any, path: Path) -> Tier:
+def _tier(name: str, body: Any, path: Path, base: Tier | None) -> Tier:
+    """A project tier; one with a built-in tier's name overrides ``base`` key by key."""
     key = f"tiers.{name}"
     if not re.fullmatch(TIER_PATTERN, name):
         raise InvalidInput(f"{path}: {key}: a tier name is lowercase letters, digits, '-' and '_'")
@@ -128,8 +189,14 @@ def _tier(name: str, body: Any, path: Path) -> Tier:
     if unknown:
         raise InvalidInput(f"{path}: {key}.{unknown[0]}: unknown key; a tier has resource_caps "
                            "and driver_flags")
+    caps_body = body.get("resource_caps", {})
+    if not isinstance(caps_body, dict):
+        raise InvalidInput(f"{path}: {key}.resource_caps must be a table, e.g. "
+                           "{ cpu = 1, memory_mb = 512 }")
+    if base is not None:
+        caps_body = {**base.resource_caps.model_dump(exclude_none=True), **caps_body}
     try:
-        caps = ResourceCaps.model_validate(body.get("resource_caps", {}))
+        caps = ResourceCaps.model_validate(caps_body)
     except ValidationError as exc:
         raise InvalidInput(f"{path}: {key}.resource_caps: "
                            f"{'; '.join(validation_problems(exc))}") from None
@@ -137,4 +204,6 @@ def _tier(name: str, body: Any, path: Path) -> Tier:
     if not isinstance(flags, dict) or not all(isinstance(v, dict) for v in flags.values()):
         raise InvalidInput(f"{path}: {key}.driver_flags must hold one table per driver, "
                            f"e.g. [{key}.driver_flags.docker]")
+    if base is not None:
+        flags = {**base.driver_flags, **flags}
     return Tier(name, caps, flags)

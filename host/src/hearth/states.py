@@ -1,4 +1,4 @@
-"""The deployment state machine of seed 000, as one explicit table (as h11 keeps its states).
+"""Every lifecycle rule of the host, as plain tables and pure functions (as h11 keeps its states).
 
     (none) ── provision ──▶ provisioning ──▶ ready | failed
     failed ── provision ──▶ provisioning ──▶ ready | failed      (an explicit re-run, D8)
@@ -7,13 +7,16 @@
     failed ── teardown ───▶ tearing_down ──▶ tier_torn_down | failed
     tier_torn_down is terminal.
 
-The host never retries a failed verb (decision D8); a person re-runs it.
+The host never retries a failed verb (decision D8); a person re-runs it. A verb whose
+answer says that nothing changed (a refusal, a confirmed rollback) leaves the record as it
+was: the rule "a record never lies" applies to refusals as much as to failures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from hearth_adaptersdk import State, codes
 
@@ -21,6 +24,13 @@ from .errors import InvalidTransition
 
 Verb = Literal["provision", "upgrade", "teardown"]
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})
+#: States in which a record claims that the backend holds a workspace.
+CLAIMS_BACKEND: frozenset[str] = frozenset({"ready", "upgrading", "provisioning", "tearing_down"})
+#: Error codes whose answer says the adapter changed nothing (a refusal before any work).
+REFUSAL_CODES: frozenset[int] = frozenset({
+    codes.INVALID_PARAMS, codes.CONFLICT, codes.INVALID_TRANSITION, codes.UNSUPPORTED,
+    codes.INVALID_PROFILE,
+})
 
 
 @dataclass(frozen=True)
@@ -49,3 +59,66 @@ def transition(state: State | None, verb: Verb, slug: str) -> Transition:
     hint = f"; from {current} you may {' or '.join(allowed)}" if allowed else ""
     raise InvalidTransition(f"cannot {verb} workspace {slug!r}: it is {current}{hint}",
                             codes.INVALID_TRANSITION, {"kind": "invalid_transition", "state": current})
+
+
+def changed_nothing(verb: Verb, code: int | None, data: Mapping[str, Any]) -> bool:
+    """Whether an adapter's error answer says that the backend is as it was before the verb.
+
+    Refusals (-32602, -32020..-32023) change nothing by definition; a provision or upgrade
+    that failed and says ``rolled_back: true`` undid its partial work. A teardown cannot be
+    undone, so its failures always count as changes.
+    """
+    if code in REFUSAL_CODES:
+        return True
+    return verb != "teardown" and code == codes.BACKEND_FAILURE and data.get("rolled_back") is True
+
+
+def cancel_rolled_back(verb: Verb, answered: bool, data: Mapping[str, Any]) -> bool:
+    """Whether a cancelled verb's answer confirms that its partial work was undone.
+
+    The protocol has the adapter roll back before it answers -32800, so an answer counts as
+    a confirmation unless it says ``rolled_back: false``; no answer confirms nothing. A
+    teardown is never undone.
+    """
+    return verb != "teardown" and answered and data.get("rolled_back", True) is not False
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What reconcile records for a workspace, from what the adapter observes."""
+
+    state: State
+    reason: str | None
+
+
+def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resolution | None:
+    """Reconcile's mapping from (recorded, observed) to the record to keep; None: no change.
+
+    ``verb`` names the operation that left the record uncertain (an interrupted or
+    unconfirmed one); without it the record is settled and only a ghost changes it. An
+    ``unknown`` observation never changes a record.
+    """
+    if observed == "unknown":
+        return None
+    if verb is None:
+        if recorded in CLAIMS_BACKEND and observed == "absent":
+            return Resolution("failed", "ghost: the backend has no trace of this workspace")
+        return None
+    if observed == "absent":
+        if verb == "teardown":
+            return Resolution("tier_torn_down", None)
+        return Resolution("failed", f"{verb} interrupted; the backend has no trace of it "
+                          "(nothing is left running)")
+    if observed in TRANSIENT:
+        return Resolution("failed", f"{verb} interrupted; the backend is still {observed}: "
+                          "run reconcile again once it settles")
+    if observed == "ready":
+        if verb == "teardown":
+            return Resolution("ready", "teardown interrupted; the backend still serves")
+        if verb == "upgrade":
+            return Resolution("ready", "upgrade interrupted; the backend serves, but the tier it "
+                              "runs may be the old one: run the upgrade again")
+        return Resolution("ready", None)
+    if observed == "tier_torn_down":
+        return Resolution("tier_torn_down", None)
+    return Resolution("failed", f"{verb} interrupted; the backend shows {observed}")

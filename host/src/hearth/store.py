@@ -9,26 +9,30 @@ for several console replicas implements the same interface. The schema carries a
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from hearth_adaptersdk import DeploymentRef, State, utc_now
 
-from .errors import HearthError
+from .errors import StoreError
 
+__all__ = ["Deployment", "LogBuffer", "LogLine", "Operation", "SQLiteStore", "Store", "StoreError"]
+
+log = logging.getLogger("hearth")
 Outcome = str  # "running" | "succeeded" | "failed" | "cancelled" | "interrupted"
-
-
-class StoreError(HearthError):
-    """The store cannot be opened or used (corrupt file, newer schema, disk full)."""
-
-    kind = "store_error"
+P = ParamSpec("P")
+R = TypeVar("R")
+#: The files SQLite keeps beside the database in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Deployment:
     created_at: datetime
     updated_at: datetime
     reason: str | None = None
+    #: The host could not confirm what the backend holds (a rollback that did not answer, an
+    #: interrupted verb): ``reconcile`` asks the adapter and settles the record.
+    unconfirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class Store(Protocol):
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
     def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None: ...
     def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
-            deployment: Deployment | None = None) -> None: ...
+            deployment: Deployment | None = None, archive: bool = False) -> None: ...
     def operations(self, slug: str) -> list[Operation]: ...
     def close(self) -> None: ...
 
@@ -122,8 +129,43 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX operation_log_by_operation ON operation_log (operation, id);
     """,
+    # version 2: a record whose backend state the host could not confirm
+    """
+    ALTER TABLE deployments ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _typed(method: Callable[P, R]) -> Callable[P, R]:
+    """SQLite's and the OS's errors become one-line ``StoreError``s naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            store = args[0]
+            assert isinstance(store, SQLiteStore)
+            raise StoreError(f"the store {store.path} cannot be used: {_why(exc)}") from None
+
+    return wrapper
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` (mode 0600) if missing and make it 0600 if it exists; SQLite gives its
+    WAL and SHM files the database file's mode, so the store's files all stay private."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 class SQLiteStore:
@@ -133,15 +175,21 @@ class SQLiteStore:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_file(self.path)
+            for suffix in SIDE_FILES:  # files an older hearth may have left readable
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.chmod(0o600)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store {self.path}: {exc}") from None
-        self.path.chmod(0o600)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store {self.path}: {_why(exc)}") from None
 
     def _migrate(self) -> None:
         with self._write():
@@ -163,37 +211,46 @@ class SQLiteStore:
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
+                self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
     # --- deployments -------------------------------------------------------------------------
+    @_typed
     def get(self, slug: str) -> Deployment | None:
         row = self._db.execute(
-            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at "
+            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
+            "unconfirmed "
             "FROM deployments WHERE slug = ? AND archived = 0", (slug,)).fetchone()
         return _deployment(row) if row else None
 
+    @_typed
     def save(self, deployment: Deployment) -> None:
         with self._write() as db:
             _save(db, deployment)
 
+    @_typed
     def archive(self, slug: str) -> None:
         with self._write() as db:
             db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
 
+    @_typed
     def next_generation(self, slug: str) -> int:
         row = self._db.execute("SELECT MAX(generation) FROM deployments WHERE slug = ?",
                                (slug,)).fetchone()
         return (row[0] or 0) + 1
 
+    @_typed
     def deployments(self) -> list[Deployment]:
         rows = self._db.execute(
-            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at "
+            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
+            "unconfirmed "
             "FROM deployments WHERE archived = 0 ORDER BY slug").fetchall()
         return [_deployment(row) for row in rows]
 
     # --- operations --------------------------------------------------------------------------
+    @_typed
     def begin(self, deployment: Deployment, verb: str) -> int:
         """Record the deployment (in its transient state) and start an operation: one write."""
         with self._write() as db:
@@ -208,6 +265,7 @@ class SQLiteStore:
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None:
         self.log_many([(operation, LogLine(utc_now(), level, message, fraction))])
 
+    @_typed
     def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None:
         """Several log lines (of any operations) in one transaction."""
         with self._write() as db:
@@ -217,16 +275,23 @@ class SQLiteStore:
                 [(op, line.at.isoformat(), line.level, line.message, line.fraction)
                  for op, line in lines])
 
+    @_typed
     def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
-            deployment: Deployment | None = None) -> None:
-        """Record an operation's outcome, and the deployment it left, in one write."""
+            deployment: Deployment | None = None, archive: bool = False) -> None:
+        """Record an operation's outcome, and the deployment it left, in one write. With
+        ``archive``, the deployment's generation is archived (a first provision that changed
+        nothing leaves no live record; its operation stays in the logs)."""
         with self._write() as db:
             if deployment is not None:
                 _save(db, deployment)
+                if archive:
+                    db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
+                               (deployment.slug, deployment.generation))
             db.execute("UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
                        (utc_now().isoformat(), outcome,
                         json.dumps(error) if error is not None else None, operation))
 
+    @_typed
     def operations(self, slug: str) -> list[Operation]:
         rows = self._db.execute(
             "SELECT id, slug, generation, verb, started_at, ended_at, outcome, error "
@@ -267,28 +332,33 @@ class LogBuffer:
         self._lines.append((operation, line))
 
     def flush(self) -> None:
+        """Write the waiting lines; a store that fails loses them (logged), never the verb."""
         if self._lines:
             lines, self._lines = self._lines, []
-            self._store().log_many(lines)
+            try:
+                self._store().log_many(lines)
+            except StoreError as exc:
+                log.error("%d progress line(s) not recorded: %s", len(lines), exc.message)
 
 
 def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
     ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
     db.execute(
         "INSERT INTO deployments (slug, generation, tier, driver, state, ref, reason, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "created_at, updated_at, unconfirmed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
         "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
-        "reason = excluded.reason, updated_at = excluded.updated_at",
+        "reason = excluded.reason, updated_at = excluded.updated_at, "
+        "unconfirmed = excluded.unconfirmed",
         (deployment.slug, deployment.generation, deployment.tier, deployment.driver,
          deployment.state, ref, deployment.reason, deployment.created_at.isoformat(),
-         deployment.updated_at.isoformat()))
+         deployment.updated_at.isoformat(), int(deployment.unconfirmed)))
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
-    slug, generation, tier, driver, state, ref, reason, created, updated = row
+    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed = row
     return Deployment(
         slug=slug, generation=generation, tier=tier, driver=driver, state=state,
         ref=DeploymentRef.model_validate_json(ref) if ref else None,
         created_at=datetime.fromisoformat(created), updated_at=datetime.fromisoformat(updated),
-        reason=reason)
+        reason=reason, unconfirmed=bool(unconfirmed))

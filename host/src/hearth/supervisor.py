@@ -16,8 +16,9 @@ from pathlib import Path
 
 from hearth_adaptersdk import Connection
 
-from .client import AdapterClient
+from .client import CANCEL_GRACE, AdapterClient
 from .discovery import discover
+from .errors import CallTimeout, StoreError
 from .settings import Settings
 
 ConnectionFactory = Callable[[], Connection]
@@ -42,6 +43,7 @@ class Supervisor:
         handshake_timeout: float,
         idle_timeout: float,
         in_process: Mapping[str, ConnectionFactory] | None = None,
+        cancel_grace: float = CANCEL_GRACE,
     ) -> None:
         self._settings = settings
         self._state_dir = state_dir
@@ -49,6 +51,7 @@ class Supervisor:
         self._home = home
         self._handshake_timeout = handshake_timeout
         self._idle_timeout = idle_timeout
+        self._cancel_grace = cancel_grace
         self._in_process = dict(in_process or {})
         self._slots: dict[str, _Slot] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -56,8 +59,12 @@ class Supervisor:
 
     def data_dir(self, driver: str) -> Path:
         folder = self._state_dir / "data" / driver
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder.chmod(0o700)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.chmod(0o700)
+        except OSError as exc:
+            raise StoreError(f"the {driver} driver's data folder {folder} cannot be used: "
+                             f"{exc.strerror or exc}") from None
         return folder
 
     def knows(self, driver: str) -> bool:
@@ -67,8 +74,9 @@ class Supervisor:
         return set(self._in_process)
 
     @contextlib.asynccontextmanager
-    async def use(self, driver: str) -> AsyncIterator[AdapterClient]:
-        """A live client for ``driver``, kept open while the block runs."""
+    async def use(self, driver: str, timeout: float | None = None) -> AsyncIterator[AdapterClient]:
+        """A live client for ``driver``, kept open while the block runs; starting one (spawn and
+        handshake) takes at most ``timeout`` seconds when given, else the handshake timeout."""
         slot = self._slots.setdefault(driver, _Slot(asyncio.Lock()))
         slot.in_flight += 1
         if slot.idle_timer is not None:
@@ -80,7 +88,7 @@ class Supervisor:
                     if slot.client is not None:
                         await slot.client.close()  # reap the crashed one before starting anew
                         slot.client = None
-                    slot.client = await self._start(driver)
+                    slot.client = await self._start(driver, timeout)
                 client = slot.client
             yield client
         finally:
@@ -89,16 +97,23 @@ class Supervisor:
                 slot.idle_timer = asyncio.get_running_loop().call_later(
                     self._idle_timeout, self._close_idle, driver)
 
-    async def _start(self, driver: str) -> AdapterClient:
+    async def _start(self, driver: str, timeout: float | None) -> AdapterClient:
         config = self._settings.adapter_config(driver)
-        if driver in self._in_process:
-            return await AdapterClient.connect(
-                self._in_process[driver](), config=config, timeout=self._handshake_timeout,
-                data_dir=self.data_dir(driver), driver=driver)
-        found = discover(driver, project_dir=self._project_dir, home=self._home)
-        return await AdapterClient.launch(
-            found.path, config=config, timeout=self._handshake_timeout,
-            data_dir=self.data_dir(driver), driver=driver, env=named_variables(config))
+        bound = self._handshake_timeout if timeout is None else min(timeout, self._handshake_timeout)
+        data_dir = self.data_dir(driver)
+        try:
+            async with asyncio.timeout(bound):  # spawn and handshake together
+                if driver in self._in_process:
+                    return await AdapterClient.connect(
+                        self._in_process[driver](), config=config, timeout=bound,
+                        data_dir=data_dir, driver=driver, cancel_grace=self._cancel_grace)
+                found = discover(driver, project_dir=self._project_dir, home=self._home)
+                return await AdapterClient.launch(
+                    found.path, config=config, timeout=bound, data_dir=data_dir, driver=driver,
+                    env=named_variables(config), cancel_grace=self._cancel_grace)
+        except TimeoutError:
+            raise CallTimeout(f"adapter hearth-adapter-{driver} did not start and complete the "
+                              f"handshake within {bound:g} s") from None
 
     def _close_idle(self, driver: str) -> None:
         slot = self._slots.get(driver)
