@@ -184,6 +184,11 @@ def from_wire_error(adapter: str, code: int, message: str, data: Any) -> Adapter
     payload = data if isinstance(data, dict) else {"kind": codes.kind_of(code), "detail": data}
     payload.setdefault("kind", codes.kind_of(code))
     cls = _BY_CODE.get(code, AdapterError)
+    problems = payload.get("errors")
+    if isinstance(problems, list) and problems:  # say which key is wrong, not only that one is
+        shown = "; ".join(str(item) for item in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        message = f"{message}: {shown}{more}"
     return cls(f"{adapter}: {message}", code, payload)
 
 

@@ -639,7 +639,9 @@ class _Outcome:
                  "message": reason}
         note = f"{self.verb} of {self.working.slug!r}"
         if interruption.succeeded:
-            self.succeeded(interruption.result, new_tier)
+            result = None if self.verb == "teardown" else \
+                self.client._validated(DeploymentRef, interruption.result, self.verb)
+            self.succeeded(result, new_tier)
             self.host.interruptions.append(f"{note} had finished before the cancel took effect; "
                                            "it is recorded as done")
         elif not interruption.answered:

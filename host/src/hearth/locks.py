@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .errors import SlugLocked
+from .errors import SlugLocked, StoreError
 
 _POLL = 0.02
 
@@ -47,9 +47,13 @@ class SlugLocks:
             local.release()
 
     async def _acquire_file(self, slug: str, deadline: float | None, timeout: float | None) -> int:
-        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self._folder / f"{slug}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"the lock file {path} cannot be used: {exc.strerror or exc}; "
+                             f"{self._folder} must be a folder you can write") from None
         loop = asyncio.get_running_loop()
         try:
             while True:

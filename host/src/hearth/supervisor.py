@@ -113,7 +113,7 @@ class Supervisor:
                     env=named_variables(config), cancel_grace=self._cancel_grace)
         except TimeoutError:
             raise CallTimeout(f"adapter hearth-adapter-{driver} did not start and complete the "
-                              f"handshake within {bound:g} s") from None
+                              f"handshake within {bound:.2g} s") from None
 
     def _close_idle(self, driver: str) -> None:
         slot = self._slots.get(driver)
