@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,13 @@ async def test_a_request_over_the_size_limit_is_not_sent_and_the_session_lives(t
             await client.provision("big", profile(blob="x" * (codes.MAX_MESSAGE_BYTES + 1)))
         assert (await client.provision("small", profile())).workspace_slug == "small"
     assert issubclass(MessageTooLarge, ValueError)
+
+
+@pytest.mark.subprocess
+async def test_a_deeply_nested_line_from_an_adapter_is_a_protocol_violation(
+        make_adapter: Callable[..., Path]) -> None:
+    path = make_adapter("raw", MODE="deep_nesting", DRIVER="raw")
+    async with await AdapterClient.launch(path) as client:
+        with pytest.raises(ProtocolViolation, match="not JSON-RPC") as caught:
+            await client.provision("deep", profile(driver="raw"))
+        assert caught.value.kind == "protocol_violation"

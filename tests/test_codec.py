@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hearth_adaptersdk import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, encode
+from hearth_adaptersdk import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
 
 
 def test_messages_split_across_chunks_are_reassembled() -> None:
@@ -61,3 +61,39 @@ def test_encoding_never_puts_a_raw_newline_inside_a_message() -> None:
 def test_encoding_refuses_a_message_over_the_limit() -> None:
     with pytest.raises(MessageTooLarge):
         encode({"x": "y" * 2000}, limit=1000)
+
+
+@pytest.mark.parametrize("deep", [b"[" * 100_000 + b"]" * 100_000,
+                                  b'{"a":' * 100_000 + b"1" + b"}" * 100_000])
+def test_a_deeply_nested_line_is_malformed_and_consumed(deep: bytes) -> None:
+    decoder = LineDecoder()
+    after = {"jsonrpc": "2.0", "id": 2, "method": "status"}
+    malformed, message = decoder.feed(deep + b"\n" + encode(after))
+    assert isinstance(malformed, Malformed) and "nested too deeply" in malformed.reason
+    assert message == after
+    assert decoder.pending == 0
+    assert decoder.feed(encode(after)) == [after]
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e999"])
+def test_non_finite_numbers_are_malformed(number: bytes) -> None:
+    [item] = LineDecoder().feed(b'{"x": [1.5, ' + number + b"]}\n")
+    assert isinstance(item, Malformed)
+    assert "non-finite numbers are refused" in item.reason
+    assert LineDecoder().feed(b'{"x": 1e300}\n') == [{"x": 1e300}]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_encoding_refuses_non_finite_numbers(value: float) -> None:
+    with pytest.raises(Unencodable, match="NaN or an infinity") as caught:
+        encode({"result": {"details": {"load": value}}})
+    assert isinstance(caught.value, ValueError) and not isinstance(caught.value, MessageTooLarge)
+
+
+def test_every_refusal_to_encode_is_unencodable() -> None:
+    assert issubclass(MessageTooLarge, Unencodable) and issubclass(Unencodable, ValueError)
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(Unencodable, match="nested too deeply"):
+        encode(deep)  # type: ignore[arg-type]

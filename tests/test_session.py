@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
+
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import (
+    DEFAULT_ROLLBACK_GRACE,
+    ROLLBACK_GRACE_ENV,
     DeploymentRef,
     Driver,
     MemoryConnection,
@@ -18,6 +23,7 @@ from hearth_adaptersdk import (
     encode,
     utc_now,
 )
+from hearth_adaptersdk.stdio import rollback_grace_from_env
 from hearth_adaptersdk.testing import Peer, open_peer
 from tests.helpers import profile
 
@@ -113,7 +119,7 @@ async def test_cancel_answers_minus_32800_and_the_driver_rolls_back() -> None:
         reply = await peer.finish(sent, future, 5)
         assert reply.error is not None
         assert reply.error["code"] == codes.CANCELLED
-        assert reply.error["data"]["kind"] == "cancelled"
+        assert reply.error["data"] == {"kind": "cancelled", "rolled_back": True}
         status = await peer.request("status", {"ref": _ref("slow")})
         assert status.result["state"] == "absent"
 
@@ -211,3 +217,213 @@ async def test_the_data_dir_is_created_private(tmp_path: Path) -> None:
     async with open_peer(FakeDriver(), data_dir=folder):
         assert folder.is_dir()
         assert folder.stat().st_mode & 0o777 == 0o700
+
+
+class SlowUndo(Driver):
+    """Provision works until cancelled, then rolls back through ``ctx.cleanup``; the test
+    decides when the undo may finish (``release``). Teardown removes under ``ctx.cleanup``."""
+
+    name: ClassVar[str] = "slowundo"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.undo_started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.undone = asyncio.Event()
+        self.events: list[str] = []
+
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
+        try:
+            self.started.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await ctx.cleanup(self._undo())
+            raise
+        raise AssertionError("unreachable")
+
+    async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
+        self.started.set()
+        await ctx.cleanup(self._undo())
+
+    async def _undo(self) -> None:
+        self.undo_started.set()
+        await self.release.wait()
+        self.events.append("undone")
+        self.undone.set()
+
+    async def close(self) -> None:
+        self.events.append("driver closed")
+
+
+class PlainRollback(Driver):
+    """Rolls back with a plain ``await`` (no ``ctx.cleanup``): a second cancel would break it."""
+
+    name: ClassVar[str] = "plain"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.rolling_back = asyncio.Event()
+        self.release = asyncio.Event()
+        self.finished_rollback = False
+
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
+        try:
+            self.started.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.rolling_back.set()
+            await self.release.wait()
+            self.finished_rollback = True
+            raise
+        raise AssertionError("unreachable")
+
+
+def _provision(driver: str) -> dict[str, Any]:
+    return {"slug": "undo", "profile": {"tier": "t", "driver": driver}}
+
+
+async def _round_trip(peer: Peer) -> None:
+    """A request answered after everything sent before it was handled."""
+    await peer.request("status", {"ref": _ref("x")})
+
+
+async def test_a_cancelled_request_is_answered_only_after_its_cleanup_finished() -> None:
+    driver = SlowUndo()
+    async with open_peer(driver) as peer:
+        sent, future = await peer.start_request("provision", _provision("slowundo"))
+        await driver.started.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        await driver.undo_started.wait()
+        await _round_trip(peer)
+        assert not future.done(), "answered while the rollback was still running"
+        driver.release.set()
+        reply = await peer.finish(sent, future, 5)
+        assert driver.undone.is_set()
+        assert reply.error is not None and reply.error["code"] == codes.CANCELLED
+        assert reply.error["data"] == {"kind": "cancelled", "rolled_back": True}
+
+
+async def test_a_cancel_during_cleanup_work_lets_it_finish_first() -> None:
+    driver = SlowUndo()
+    async with open_peer(driver) as peer:
+        sent, future = await peer.start_request("teardown", {"ref": _ref("a")})
+        await driver.undo_started.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        await _round_trip(peer)
+        assert not future.done() and not driver.undone.is_set()
+        driver.release.set()
+        reply = await peer.finish(sent, future, 5)
+        assert driver.undone.is_set()
+        assert reply.error is not None
+        assert reply.error["data"] == {"kind": "cancelled", "rolled_back": True}
+
+
+async def test_a_rollback_past_the_grace_is_answered_rolled_back_false() -> None:
+    driver = SlowUndo()
+    peer = Peer(MemoryConnection(driver, rollback_grace=0.05))
+    await peer.initialize()
+    sent, future = await peer.start_request("provision", _provision("slowundo"))
+    await driver.started.wait()
+    await peer.notify("cancel", {"id": sent["id"]})
+    reply = await peer.finish(sent, future, 5)
+    assert reply.error is not None and reply.error["code"] == codes.CANCELLED
+    assert reply.error["data"] == {"kind": "cancelled", "rolled_back": False}
+    assert not driver.undone.is_set()
+    driver.release.set()  # the cleanup was not abandoned: it runs on in the background
+    await driver.undone.wait()
+    await peer.close()
+
+
+async def test_a_request_is_cancelled_at_most_once() -> None:
+    driver = PlainRollback()
+    peer = Peer(MemoryConnection(driver))
+    await peer.initialize()
+    sent, future = await peer.start_request("provision", _provision("plain"))
+    await driver.started.wait()
+    await peer.notify("cancel", {"id": sent["id"]})
+    await driver.rolling_back.wait()
+    await peer.notify("cancel", {"id": sent["id"]})  # again: must not interrupt the rollback
+    assert (await peer.request("shutdown", {})).ok  # nor must shutdown
+    closing = asyncio.create_task(peer.close())  # nor stdin EOF
+    # Callbacks run in order: close() reaches its cancels before the rollback may finish.
+    asyncio.get_running_loop().call_soon(driver.release.set)
+    reply = await peer.finish(sent, future, 5)
+    await closing
+    assert driver.finished_rollback
+    assert reply.error is not None and reply.error["code"] == codes.CANCELLED
+
+
+async def test_closing_waits_for_the_rollback_before_closing_the_driver() -> None:
+    driver = SlowUndo()
+    peer = Peer(MemoryConnection(driver))
+    await peer.initialize()
+    sent, future = await peer.start_request("provision", _provision("slowundo"))
+    await driver.started.wait()
+    closing = asyncio.create_task(peer.close())  # like stdin EOF: cancels, then waits
+    await driver.undo_started.wait()
+    assert not closing.done()
+    driver.release.set()
+    await closing
+    assert driver.events == ["undone", "driver closed"]
+    reply = await peer.finish(sent, future, 5)
+    assert reply.error is not None
+    assert reply.error["data"] == {"kind": "cancelled", "rolled_back": True}
+
+
+async def test_a_deeply_nested_line_is_a_parse_error_and_the_server_carries_on() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        for line in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+            await peer.send_raw(line + b"\n")
+            answer = await peer.next_unmatched(5)
+            assert isinstance(answer, dict)
+            assert answer["id"] is None and answer["error"]["code"] == codes.PARSE_ERROR
+            assert "nested too deeply" in answer["error"]["data"]["reason"]
+        assert (await peer.request("status", {"ref": _ref("x")})).ok
+
+
+async def test_non_finite_numbers_in_a_request_are_a_parse_error() -> None:
+    async with open_peer(FakeDriver()) as peer:
+        for constant in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+            await peer.send_raw(b'{"jsonrpc":"2.0","id":50,"method":"status","params":{"ref":'
+                                b'{"x":' + constant + b"}}}\n")
+            answer = await peer.next_unmatched(5)
+            assert isinstance(answer, dict) and answer["error"]["code"] == codes.PARSE_ERROR
+            assert "non-finite" in answer["error"]["data"]["reason"]
+        assert (await peer.request("status", {"ref": _ref("x")})).ok
+
+
+class NonFinite(Driver):
+    name: ClassVar[str] = "nonfinite"
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        # A careless driver answering with a dict of its own, not the validated model.
+        answer: Any = {"state": "ready", "observed_at": "2026-01-01T00:00:00Z",
+                       "details": {"load": float("nan")}}
+        return answer
+
+
+async def test_an_answer_with_a_non_finite_number_becomes_an_internal_error() -> None:
+    async with open_peer(NonFinite()) as peer:
+        reply = await peer.request("status", {"ref": _ref("x")})
+        assert reply.error is not None and reply.error["code"] == codes.INTERNAL_ERROR
+        assert "NaN" in reply.error["message"]
+        assert (await peer.request("status", {"ref": _ref("x")})).error is not None  # still alive
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("2.5", 2.5), ("0", 0.0), (" 7 ", 7.0), ("", 30.0),
+                                               (None, 30.0)])
+def test_the_rollback_grace_comes_from_the_environment(raw: str | None, expected: float) -> None:
+    assert DEFAULT_ROLLBACK_GRACE == 30.0
+    environ = {} if raw is None else {ROLLBACK_GRACE_ENV: raw}
+    assert rollback_grace_from_env(environ) == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan", "inf"])
+def test_an_invalid_rollback_grace_is_ignored_with_a_warning(
+        raw: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hearth_adaptersdk"):
+        assert rollback_grace_from_env({ROLLBACK_GRACE_ENV: raw}) == DEFAULT_ROLLBACK_GRACE
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert f"ignoring HEARTH_ROLLBACK_GRACE={raw!r}" in caplog.records[0].getMessage()

@@ -89,7 +89,7 @@ async def test_a_hung_call_times_out_and_an_adapter_ignoring_sigterm_is_killed(
         fake_exe: Path, tmp_path: Path) -> None:
     client = await AdapterClient.launch(fake_exe, data_dir=tmp_path)
     ref = await client.provision("stuck", profile(freeze_at="status", ignore_sigterm=True))
-    with pytest.raises(CallTimeout, match=r"did not confirm the cancel.*it was stopped"):
+    with pytest.raises(CallTimeout, match=r"did not answer the cancel.*it was stopped"):
         await client.status(ref, timeout=0.2)
     assert not client.alive  # the stuck adapter is being stopped; later calls fail at once
     with pytest.raises(CallTimeout):
@@ -248,3 +248,77 @@ def test_run_by_hand_it_explains_itself_and_exits_2(fake_exe: Path) -> None:
     version = subprocess.run([fake_exe, "--version"], capture_output=True, text=True, timeout=30,
                              check=False)
     assert version.returncode == 0 and version.stdout.strip() == "hearth-adapter-fake 0.1.0"
+
+
+def _rollback_profile(marker: Path, **flags: object) -> dict[str, object]:
+    return {"slug": "r", "profile": {"tier": "t", "driver": "rollback",
+                                     "driver_flags": {"marker": str(marker), **flags}}}
+
+
+async def _start_working(peer: Peer, params: dict[str, object]
+                         ) -> tuple[dict[str, object], asyncio.Future[dict[str, object]]]:
+    """Start a provision of the rollback adapter and wait until its verb runs."""
+    working = asyncio.Event()
+    peer.on_progress = lambda _: working.set()
+    sent, future = await peer.start_request("provision", params)
+    await asyncio.wait_for(working.wait(), 20)
+    return sent, future  # type: ignore[return-value]
+
+
+async def test_on_stdin_eof_the_adapter_finishes_its_rollback_before_exiting(
+        make_adapter: MakeAdapter, tmp_path: Path) -> None:
+    path = make_adapter("rollback")
+    marker = tmp_path / "rolled-back"
+    peer = await Peer.spawn([str(path)])
+    await peer.initialize()
+    sent, future = await _start_working(peer, _rollback_profile(marker, undo_seconds=1.0))
+    peer.connection.close_stdin()  # type: ignore[attr-defined]
+    reply = await peer.finish(sent, future, 20)  # type: ignore[arg-type]
+    closed = await peer.wait_closed(20)  # well within the default 30 s grace
+    assert marker.read_text() == "rolled back"
+    assert reply.error is not None
+    assert reply.error["data"] == {"kind": "cancelled", "rolled_back": True}
+    assert closed.returncode == 0
+    assert not any("exiting anyway" in line for line in closed.stderr_tail)
+    await peer.close()
+
+
+async def test_a_rollback_past_the_grace_from_the_environment_is_abandoned_at_exit(
+        make_adapter: MakeAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_ROLLBACK_GRACE", "0.2")
+    path = make_adapter("rollback")
+    marker = tmp_path / "rolled-back"
+    peer = await Peer.spawn([str(path)], env_passthrough=["HEARTH_ROLLBACK_GRACE"])
+    await peer.initialize()
+    sent, future = await _start_working(peer, _rollback_profile(marker, undo_forever=True))
+    peer.connection.close_stdin()  # type: ignore[attr-defined]
+    reply = await peer.finish(sent, future, 20)  # type: ignore[arg-type]
+    closed = await peer.wait_closed(20)
+    assert reply.error is not None
+    assert reply.error["data"] == {"kind": "cancelled", "rolled_back": False}
+    assert closed.returncode == 0
+    assert any("still running after the 0.2 s rollback grace" in line for line in closed.stderr_tail)
+    assert not marker.exists()
+    await peer.close()
+
+
+async def test_a_deeply_nested_line_does_not_silence_the_adapter(fake_exe: Path) -> None:
+    peer = await Peer.spawn([str(fake_exe)])
+    await peer.initialize()
+    await peer.send_raw(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    answer = await peer.next_unmatched(20)
+    assert isinstance(answer, dict) and answer["error"]["code"] == codes.PARSE_ERROR
+    assert (await peer.request("list", {})).result == []
+    await peer.close()
+
+
+async def test_an_invalid_rollback_grace_in_the_environment_is_a_warning_on_stderr(
+        make_adapter: MakeAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_ROLLBACK_GRACE", "soon")
+    peer = await Peer.spawn([str(make_adapter("rollback"))], env_passthrough=["HEARTH_ROLLBACK_GRACE"])
+    await peer.initialize()
+    peer.connection.close_stdin()  # type: ignore[attr-defined]
+    closed = await peer.wait_closed(20)
+    assert closed.returncode == 0
+    assert any("ignoring HEARTH_ROLLBACK_GRACE='soon'" in line for line in closed.stderr_tail)
+    await peer.close()

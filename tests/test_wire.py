@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from hearth_adaptersdk import DeploymentRef, ProvisioningProfile, StatusReport
+from hearth_adaptersdk import (
+    DeploymentRef,
+    ErrorData,
+    InitializeParams,
+    Progress,
+    ProvisioningProfile,
+    ResourceCaps,
+    StatusReport,
+)
 from hearth_adaptersdk.wire import ProvisionParams
 
 
@@ -44,3 +53,31 @@ def test_naive_timestamps_and_unknown_states_are_refused() -> None:
         StatusReport.model_validate({"state": "ready", "observed_at": "2026-01-02T03:04:05"})
     with pytest.raises(ValidationError):
         StatusReport.model_validate({"state": "on fire", "observed_at": "2026-01-02T03:04:05Z"})
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(("model", "data"), [
+    (ResourceCaps, {"cpu": INF}),
+    (ResourceCaps, {"cpu": NAN}),
+    (ResourceCaps, {"gpu": INF}),  # an unknown cap, kept by extra="allow"
+    (ResourceCaps, {"gpu": {"count": [1, -INF]}}),
+    (ProvisioningProfile, {"tier": "t", "driver": "d", "driver_flags": {"delay": NAN}}),
+    (StatusReport, {"state": "ready", "observed_at": "2026-01-02T03:04:05Z",
+                    "details": {"load": [0.5, INF]}}),
+    (InitializeParams, {"protocol_versions": [1], "host": {"name": "h", "version": "1"},
+                        "config": {"timeout": INF}}),
+    (Progress, {"request_id": 1, "message": "m", "fraction": NAN}),
+    (ErrorData, {"kind": "backend_failure", "load": NAN}),
+])
+def test_non_finite_numbers_are_refused_everywhere(model: type[BaseModel], data: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=r"finite|NaN and infinities"):
+        model.model_validate(data)
+
+
+def test_unknown_caps_are_free_form_but_finite() -> None:
+    caps = ResourceCaps.model_validate({"cpu": 0.5, "gpu": {"count": [1, 2.5]}, "note": "x"})
+    assert caps.model_extra == {"gpu": {"count": [1, 2.5]}, "note": "x"}
+    with pytest.raises(ValidationError, match=r"found one at gpu\.count\.1"):
+        ResourceCaps.model_validate({"cpu": 0.5, "gpu": {"count": [1, NAN]}, "note": "x"})

@@ -40,3 +40,6 @@ for line in sys.stdin.buffer:
         out.flush()
     elif MODE == "bad_result":
         send({"jsonrpc": "2.0", "id": request["id"], "result": {"state": "on fire"}})
+    elif MODE == "deep_nesting":
+        out.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        out.flush()

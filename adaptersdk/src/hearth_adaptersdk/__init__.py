@@ -6,7 +6,7 @@ the protocol's guarantees with ``hearth_adaptersdk.conformance``.
 """
 
 from . import codes
-from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, encode
+from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
 from .connection import Closed, Connection
 from .driver import Driver, RequestContext
 from .errors import (
@@ -19,7 +19,8 @@ from .errors import (
     Unsupported,
 )
 from .memory import MemoryConnection
-from .stdio import serve
+from .session import DEFAULT_ROLLBACK_GRACE
+from .stdio import ROLLBACK_GRACE_ENV, serve
 from .subprocess_transport import SubprocessConnection, child_environment
 from .wire import (
     CancelParams,
@@ -42,6 +43,8 @@ from .wire import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_ROLLBACK_GRACE",
+    "ROLLBACK_GRACE_ENV",
     "BackendFailure",
     "BackendUnavailable",
     "CancelParams",
@@ -71,6 +74,7 @@ __all__ = [
     "State",
     "StatusReport",
     "SubprocessConnection",
+    "Unencodable",
     "Unsupported",
     "ValidationResult",
     "child_environment",

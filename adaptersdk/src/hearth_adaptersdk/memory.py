@@ -11,17 +11,17 @@ import asyncio
 from .codec import FrameTooLarge, LineDecoder
 from .connection import Closed, Connection, OnClosed, OnMessage
 from .driver import Driver
-from .session import ServerSession
+from .session import DEFAULT_ROLLBACK_GRACE, ServerSession
 
 
 class MemoryConnection(Connection):
-    """The host's end of an in-process adapter."""
+    """The host's end of an in-process adapter; ``rollback_grace`` as for ``serve``."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, *, rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> None:
         self.name = driver.adapter_name
         self._to_server = LineDecoder()
         self._to_client = LineDecoder()
-        self._session = ServerSession(driver, self._deliver)
+        self._session = ServerSession(driver, self._deliver, rollback_grace=rollback_grace)
         self._on_message: OnMessage | None = None
         self._on_closed: OnClosed | None = None
         self._closed = False
@@ -50,7 +50,8 @@ class MemoryConnection(Connection):
             self._session.handle(item)
 
     async def close(self) -> None:
-        """Like closing stdin: in-flight requests are cancelled, then the driver closes."""
+        """Like closing stdin: in-flight requests are cancelled and waited for (with their
+        cleanups, up to the rollback grace), then the driver closes."""
         await self._finish(Closed(returncode=0))
 
     async def _finish(self, closed: Closed) -> None:

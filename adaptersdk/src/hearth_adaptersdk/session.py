@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from jsonrpcserver import JsonRpcError, Success
 from jsonrpcserver.async_dispatcher import call as jsonrpc_call
@@ -26,7 +26,7 @@ from jsonrpcserver.response import to_serializable_one
 from pydantic import BaseModel, ValidationError
 
 from . import codes
-from .codec import Decoded, Malformed, MessageTooLarge, encode
+from .codec import Decoded, Malformed, Unencodable, encode
 from .driver import Driver, RequestContext
 from .errors import DriverError
 from .wire import (
@@ -45,6 +45,12 @@ from .wire import (
 )
 
 log = logging.getLogger("hearth_adaptersdk")
+
+#: Seconds a cancelled request's rollback (its ``ctx.cleanup`` work) is waited for before it is
+#: answered -32800 with ``rolled_back: false``, and in-flight work is waited for before an exit.
+DEFAULT_ROLLBACK_GRACE: Final = 30.0
+#: After the grace: how long requests that stopped waiting for their cleanups get to answer.
+_ANSWER_BOUND: Final = 1.0
 
 Send = Callable[[bytes], None]
 Method = Callable[..., Awaitable[Any]]
@@ -103,12 +109,23 @@ def _envelope_problem(message: dict[str, Any]) -> str | None:
 
 
 class ServerSession:
-    """Serves one driver over one connection."""
+    """Serves one driver over one connection.
 
-    def __init__(self, driver: Driver, send: Send) -> None:
+    A request's task is cancelled at most once (by ``cancel``, ``shutdown`` or ``close``); a
+    cancelled request is answered once its ``ctx.cleanup`` work finished or ``rollback_grace``
+    seconds after the cancel, whichever comes first.
+    """
+
+    def __init__(
+        self, driver: Driver, send: Send, *, rollback_grace: float = DEFAULT_ROLLBACK_GRACE
+    ) -> None:
         self._driver = driver
         self._send = send
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._rollback_grace = rollback_grace
+        #: The requests in flight: their task and context, by id.
+        self._requests: dict[int, tuple[asyncio.Task[None], RequestContext]] = {}
+        #: Every ``ctx.cleanup`` still running, of any request (the exit waits for them).
+        self._cleanups: set[asyncio.Future[Any]] = set()
         self._initialized = False
         self._shutting_down = False
         self._closed = False
@@ -159,12 +176,13 @@ class ServerSession:
         if not isinstance(params, dict):
             return error_response(ident, codes.INVALID_PARAMS, "Invalid params",
                                   errors=["params must be an object"])
-        if ident in self._tasks:
+        if ident in self._requests:
             return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
                                   reason=f"id {ident} is already in flight")
-        task = asyncio.create_task(self._run(Request(name, params, ident), method))
+        ctx = RequestContext(ident, name, self._progress, self._track_cleanup)
+        task = asyncio.create_task(self._run(Request(name, params, ident), method, ctx))
         task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
-        self._tasks[ident] = task
+        self._requests[ident] = (task, ctx)
         return None
 
     def _notification(self, message: dict[str, Any]) -> None:
@@ -172,9 +190,25 @@ class ServerSession:
             return
         params = message.get("params")
         target = params.get("id") if isinstance(params, dict) else None
-        task = self._tasks.get(target) if isinstance(target, int) else None
-        if task is not None:
-            task.cancel()
+        if isinstance(target, int):
+            self._cancel(target)
+
+    def _cancel(self, ident: int, deadline: float | None = None) -> None:
+        """Cancel request ``ident`` unless it is already cancelled (it may be rolling back)."""
+        entry = self._requests.get(ident)
+        if entry is None:
+            return
+        task, ctx = entry
+        if ctx._deadline is not None:
+            return
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._rollback_grace
+        ctx._start_rollback(deadline)
+        task.cancel()
+
+    def _track_cleanup(self, cleanup: asyncio.Future[Any]) -> None:
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
 
     def _handle_batch(self, batch: list[Any]) -> None:
         if not batch:
@@ -193,7 +227,7 @@ class ServerSession:
             answer = self._accept(message)
             if answer is not None:
                 immediate.append(answer)
-            elif isinstance(message, dict) and "id" in message and message["id"] in self._tasks:
+            elif isinstance(message, dict) and "id" in message and message["id"] in self._requests:
                 future: asyncio.Future[dict[str, Any]] = loop.create_future()
                 self._batch_waiters[message["id"]] = future
                 waiting.append(future)
@@ -202,23 +236,28 @@ class ServerSession:
             self._write(answers)
 
     # --- one request ------------------------------------------------------------------
-    async def _run(self, request: Request, method: Method) -> None:
+    async def _run(self, request: Request, method: Method, ctx: RequestContext) -> None:
         ident: int = request.id
-        ctx = RequestContext(ident, request.method, self._progress)
         try:
             result = await jsonrpc_call(request, ctx, method)
             payload: dict[str, Any] = to_serializable_one(to_response(request, result))  # type: ignore[assignment]
         except asyncio.CancelledError:
-            payload = error_response(ident, codes.CANCELLED, "Request cancelled")
+            rolled_back = await ctx._settle(self._rollback_grace)
+            payload = error_response(ident, codes.CANCELLED, "Request cancelled",
+                                     rolled_back=rolled_back)
         finally:
-            del self._tasks[ident]
+            ctx._finished()
+            del self._requests[ident]
         self._deliver(ident, payload)
 
     def _cancelled_before_start(self, task: asyncio.Task[None], ident: int) -> None:
         """A task cancelled before it ran never reaches ``_run``'s handler: answer it here."""
-        if task.cancelled() and self._tasks.get(ident) is task:
-            del self._tasks[ident]
-            self._deliver(ident, error_response(ident, codes.CANCELLED, "Request cancelled"))
+        entry = self._requests.get(ident)
+        if task.cancelled() and entry is not None and entry[0] is task:
+            del self._requests[ident]
+            entry[1]._finished()
+            self._deliver(ident, error_response(ident, codes.CANCELLED, "Request cancelled",
+                                                rolled_back=True))
 
     def _deliver(self, ident: int, payload: dict[str, Any]) -> None:
         waiter = self._batch_waiters.pop(ident, None)
@@ -228,7 +267,7 @@ class ServerSession:
             self._write(payload)
 
     def _progress(self, request_id: int, message: str, fraction: float | None, level: Level) -> None:
-        if request_id in self._tasks and not self._closed:
+        if request_id in self._requests and not self._closed:
             self._write({
                 "jsonrpc": "2.0",
                 "method": "progress",
@@ -241,19 +280,36 @@ class ServerSession:
             return
         try:
             data = encode(payload)
-        except MessageTooLarge as exc:
+        except Unencodable as exc:  # too large, or NaN/infinity in a driver's result
             ident = payload.get("id") if isinstance(payload, dict) else None
-            data = encode(error_response(ident, codes.INTERNAL_ERROR, str(exc)))
+            data = encode(error_response(ident, codes.INTERNAL_ERROR,
+                                         f"the adapter's answer could not be sent: {exc}"))
         self._send(data)
 
     # --- lifecycle --------------------------------------------------------------------
-    async def close(self, grace: float = 3.0) -> None:
-        """Cancel what is in flight (each answers -32800), then let the driver clean up."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+    async def close(self, grace: float | None = None) -> None:
+        """Cancel what is in flight (each answers -32800 once rolled back), wait for the requests
+        and every ``ctx.cleanup`` up to ``grace`` (default: the rollback grace), close the driver.
+
+        What still runs after the grace is left running: the stdio server then exits anyway.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._rollback_grace if grace is None else grace)
+        while True:
+            for ident in list(self._requests):
+                self._cancel(ident, deadline)  # once each; a request may arrive while we wait
+            pending = {task for task, _ in self._requests.values()} | self._cleanups
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
+        # The grace is over: requests still waiting for their cleanups stop waiting now and
+        # answer (rolled_back: false) before the connection is considered closed.
+        rolling_back = [task for task, ctx in self._requests.values() if ctx._waiting]
+        for _, ctx in self._requests.values():
+            ctx._expire()
+        if rolling_back:
+            await asyncio.wait(rolling_back, timeout=_ANSWER_BOUND)
         self._closed = True
         if self._initialized:
             await self._driver.close()
@@ -308,9 +364,9 @@ class ServerSession:
 
         async def shutdown(p: EmptyParams, ctx: RequestContext) -> Any:
             self._shutting_down = True
-            for ident, task in list(self._tasks.items()):
+            for ident in list(self._requests):
                 if ident != ctx.request_id:
-                    task.cancel()
+                    self._cancel(ident)
 
         handlers: dict[str, Handler] = {
             "provision": provision, "status": status, "upgrade": upgrade, "teardown": teardown,

@@ -2,6 +2,10 @@
 
 Before any driver code runs, the real stdout is moved to a private descriptor and fd 1
 is pointed at stderr, so a stray ``print`` (or a library's) cannot corrupt the protocol.
+
+On exit (stdin EOF, after ``shutdown``, or when the host dies) the requests in flight are
+cancelled once, and the server waits for them and for their ``ctx.cleanup`` work up to the
+rollback grace; only what is still running after it is abandoned (``os._exit``).
 """
 
 from __future__ import annotations
@@ -9,24 +13,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .codec import FrameTooLarge, LineDecoder
 from .codes import PROTOCOL_ENV
 from .connection import WriteCoalescer
 from .driver import Driver
-from .session import ServerSession
+from .session import DEFAULT_ROLLBACK_GRACE, ServerSession
 
 log = logging.getLogger("hearth_adaptersdk")
 _PARENT_POLL = 0.5
 _EXIT_GRACE = 3.0
+#: The environment variable that sets the rollback grace (seconds) when ``serve`` is not given one.
+ROLLBACK_GRACE_ENV = "HEARTH_ROLLBACK_GRACE"
 
 
-def serve(driver: Driver | type[Driver], argv: Sequence[str] | None = None) -> None:
-    """Serve ``driver`` (an instance, or a class to instantiate) until stdin closes; exits."""
+def serve(
+    driver: Driver | type[Driver],
+    argv: Sequence[str] | None = None,
+    *,
+    rollback_grace: float | None = None,
+) -> None:
+    """Serve ``driver`` (an instance, or a class to instantiate) until stdin closes; exits.
+
+    ``rollback_grace`` bounds, in seconds, how long a cancelled request's ``ctx.cleanup`` work
+    is waited for before it is answered (``rolled_back: false``), and how long the exit waits
+    for the requests in flight and their cleanups. When it is None, ``$HEARTH_ROLLBACK_GRACE``
+    sets it (an invalid value is ignored with a warning), else ``DEFAULT_ROLLBACK_GRACE`` (30 s).
+    """
     parent = os.getppid()  # as early as possible: the host must not be gone already
+    if rollback_grace is not None and not (math.isfinite(rollback_grace) and rollback_grace >= 0):
+        raise ValueError(f"rollback_grace must be a number of seconds >= 0, not {rollback_grace!r}")
     argv = sys.argv[1:] if argv is None else argv
     cls = driver if isinstance(driver, type) else type(driver)
     if "--version" in argv:
@@ -46,17 +66,36 @@ def serve(driver: Driver | type[Driver], argv: Sequence[str] | None = None) -> N
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
         )
+    grace = rollback_grace if rollback_grace is not None else rollback_grace_from_env(os.environ)
     instance = driver() if isinstance(driver, type) else driver
-    sys.exit(_run(instance, protocol_fd, parent))
+    sys.exit(_run(instance, protocol_fd, parent, grace))
 
 
-def _run(driver: Driver, protocol_fd: int, parent: int) -> int:
-    """Run the server; a driver task that ignores cancellation cannot keep the process alive."""
+def rollback_grace_from_env(environ: Mapping[str, str]) -> float:
+    """``$HEARTH_ROLLBACK_GRACE`` in seconds; the default when unset or invalid (with a warning)."""
+    raw = environ.get(ROLLBACK_GRACE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_ROLLBACK_GRACE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        log.warning("ignoring %s=%r: not a number of seconds >= 0; the rollback grace stays %g s",
+                    ROLLBACK_GRACE_ENV, raw, DEFAULT_ROLLBACK_GRACE)
+        return DEFAULT_ROLLBACK_GRACE
+    return value
+
+
+def _run(driver: Driver, protocol_fd: int, parent: int,
+         rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> int:
+    """Run the server; driver work still running after the grace cannot keep the process alive."""
     loop = asyncio.new_event_loop()
-    code = loop.run_until_complete(_serve_stdio(driver, protocol_fd, parent))
+    code = loop.run_until_complete(_serve_stdio(driver, protocol_fd, parent, rollback_grace))
     stuck = [task for task in asyncio.all_tasks(loop) if not task.done()]
     if stuck:
-        log.error("%d driver task(s) ignored cancellation; exiting anyway", len(stuck))
+        log.error("%d driver task(s) (requests or their cleanups) still running after the %g s "
+                  "rollback grace; exiting anyway", len(stuck), rollback_grace)
         sys.stderr.flush()
         os._exit(code)
     loop.run_until_complete(loop.shutdown_asyncgens())
@@ -111,14 +150,15 @@ async def _watch_parent(done: asyncio.Future[int], parent: int) -> None:
             _finish(done, 1)
 
 
-async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int) -> int:
+async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int,
+                       rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     out_transport, output = await loop.connect_write_pipe(
         lambda: _Output(done), os.fdopen(protocol_fd, "wb", buffering=0)
     )
     writer = WriteCoalescer(out_transport.write)
-    session = ServerSession(driver, writer)
+    session = ServerSession(driver, writer, rollback_grace=rollback_grace)
     in_transport, _ = await loop.connect_read_pipe(
         lambda: _Input(session, done), os.fdopen(0, "rb", buffering=0, closefd=False)
     )
@@ -126,7 +166,7 @@ async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int) -> int:
     code = await done
     watcher.cancel()
     in_transport.close()
-    await session.close(_EXIT_GRACE)
+    await session.close()
     writer.flush()
     out_transport.close()  # flushes what is buffered, then closes
     with contextlib.suppress(TimeoutError):

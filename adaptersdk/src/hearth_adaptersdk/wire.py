@@ -6,10 +6,12 @@ cannot drift apart; the JSON Schema of the protocol is generated from them.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -17,6 +19,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from .codes import DRIVER_PATTERN, SLUG_PATTERN
@@ -42,17 +45,59 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def non_finite_path(value: Any) -> str | None:
+    """Where the first NaN or infinity in a JSON-like value is (``"a.0.b"``, ``""`` for the value
+    itself), or None when there is none. JSON has no such numbers, so the wire refuses them."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # a loop, not recursion: a deeply nested value cannot exhaust the stack
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), child) for key, child in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}.{index}" if path else str(index), child)
+                         for index, child in enumerate(item))
+    return None
+
+
+def _finite(value: Any) -> Any:
+    path = non_finite_path(value)
+    if path is not None:
+        where = f" at {path}" if path else ""
+        raise ValueError(f"NaN and infinities are not allowed (found one{where})")
+    return value
+
+
+def _finite_extras(model: BaseModel) -> None:
+    """Unknown keys kept by an ``extra="allow"`` model are free-form: check them here."""
+    if model.model_extra:
+        _finite(model.model_extra)
+
+
+#: Free-form JSON objects on the wire (flags, config, details): any content but NaN or infinities.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite)]
+#: Any JSON value but NaN or infinities.
+JsonValue = Annotated[Any, AfterValidator(_finite)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class ResourceCaps(BaseModel):
     """Resource limits of a tier; unknown keys are kept so a driver can honour or refuse them."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True, allow_inf_nan=False)
     cpu: float | None = Field(default=None, gt=0)
     memory_mb: int | None = Field(default=None, gt=0)
     storage_mb: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _extras_are_finite(self) -> Self:
+        _finite_extras(self)
+        return self
 
 
 class ProvisioningProfile(_Model):
@@ -61,7 +106,7 @@ class ProvisioningProfile(_Model):
     tier: str = Field(min_length=1)
     driver: DriverName
     resource_caps: ResourceCaps = Field(default_factory=ResourceCaps)
-    driver_flags: dict[str, Any] = Field(default_factory=dict)
+    driver_flags: JsonObject = Field(default_factory=dict)
 
 
 class DeploymentRef(_Model):
@@ -83,7 +128,7 @@ class StatusReport(_Model):
     endpoint: str | None = None
     message: str | None = None
     observed_at: Timestamp
-    details: dict[str, Any] = Field(default_factory=dict)
+    details: JsonObject = Field(default_factory=dict)
 
 
 class PeerInfo(_Model):
@@ -100,7 +145,7 @@ class Capabilities(_Model):
 class InitializeParams(_Model):
     protocol_versions: list[int] = Field(min_length=1)
     host: PeerInfo
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
     data_dir: str | None = None
 
 
@@ -109,7 +154,7 @@ class InitializeResult(_Model):
     adapter: PeerInfo
     driver: DriverName
     capabilities: Capabilities
-    config_schema: dict[str, Any] | None = None
+    config_schema: JsonObject | None = None
 
 
 class ProvisionParams(_Model):
@@ -161,8 +206,13 @@ class CancelParams(_Model):
 class ErrorData(BaseModel):
     """An error's ``data``: always an object with at least ``kind``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True, allow_inf_nan=False)
     kind: str
+
+    @model_validator(mode="after")
+    def _extras_are_finite(self) -> Self:
+        _finite_extras(self)
+        return self
 
 
 class ErrorObject(_Model):
@@ -175,19 +225,19 @@ class Request(_Model):
     jsonrpc: Literal["2.0"]
     id: int
     method: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
 
 
 class Notification(_Model):
     jsonrpc: Literal["2.0"]
     method: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: JsonObject = Field(default_factory=dict)
 
 
 class SuccessResponse(_Model):
     jsonrpc: Literal["2.0"]
     id: int
-    result: Any
+    result: JsonValue
 
 
 class ErrorResponse(_Model):

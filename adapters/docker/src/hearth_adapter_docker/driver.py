@@ -116,39 +116,35 @@ class DockerDriver(Driver):
             ctx.progress(f"checking image {flags.image}", 0.05)
             await self._do(lambda c: _ensure_image(c, flags.image))
             ctx.progress(f"creating network {network} and volume {volume}", 0.1)
-            await self._step(created, lambda c: _create_network(c, network, labels),
+            await self._step(ctx, created, lambda c: _create_network(c, network, labels),
                              lambda made: (lambda c: eng.remove_quietly(
                                  c.networks.get(network).remove)) if made else None)
-            await self._step(created, lambda c: _create_volume(c, volume, labels),
+            await self._step(ctx, created, lambda c: _create_volume(c, volume, labels),
                              lambda made: (lambda c: eng.remove_quietly(
                                  lambda: c.volumes.get(volume).remove(force=True))) if made else None)
             ctx.progress(f"starting container {container_name}", 0.2)
             container = await self._start_ready(created, container_name, flags, limits,
                                                 labels=labels, ctx=ctx)
         except BaseException as exc:
-            await self._rollback(created)
+            await self._rollback(ctx, created)
             raise _as_failure(exc, f"provision of {slug!r} failed", []) from None
         ctx.progress("workspace ready", 1.0)
         return _ref(await self._do(lambda c: c.containers.get(container.id)))
 
-    async def _step(self, created: list[Callable[[docker.DockerClient], None]],
+    async def _step(self, ctx: RequestContext, created: list[Callable[[docker.DockerClient], None]],
                     work: Callable[[docker.DockerClient], T],
                     undo: Callable[[T], Callable[[docker.DockerClient], None] | None]) -> T:
         """Run a step that creates something; its undo is recorded even if a cancel arrives
-        while the engine is still working on it (the worker thread cannot be interrupted)."""
+        while the engine is still working on it (the worker thread cannot be interrupted, so
+        ``ctx.cleanup`` lets it finish before the cancel goes on)."""
         task = asyncio.ensure_future(self._do(work))
         try:
-            result = await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                step = undo(await task)
+            return await ctx.cleanup(task)
+        finally:
+            if task.done() and not task.cancelled() and task.exception() is None:
+                step = undo(task.result())
                 if step is not None:
                     created.append(step)
-            raise
-        step = undo(result)
-        if step is not None:
-            created.append(step)
-        return result
 
     async def _start_ready(self, created: list[Callable[[docker.DockerClient], None]], name: str,
                            flags: DockerFlags, limits: Limits, *, labels: dict[str, str],
@@ -158,20 +154,21 @@ class DockerDriver(Driver):
         slug = labels[eng.SLUG_LABEL]
         _, network, volume = eng.names(slug)
         container: Container = await self._step(
-            created, lambda c: _create(c, name, flags, limits, labels=labels, network=network,
-                                       volume=volume),
+            ctx, created, lambda c: _create(c, name, flags, limits, labels=labels,
+                                            network=network, volume=volume),
             lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
         await self._do(lambda c: container.start())
         await self._wait_ready(container, flags, ctx)
         return container
 
-    async def _rollback(self, created: list[Callable[[docker.DockerClient], None]]) -> None:
+    async def _rollback(self, ctx: RequestContext,
+                        created: list[Callable[[docker.DockerClient], None]]) -> None:
         """Undo in reverse order, even when the request is being cancelled."""
         async def undo() -> None:
             for step in reversed(created):
                 with contextlib.suppress(DriverError):
                     await self._do(step)
-        await asyncio.shield(undo())
+        await ctx.cleanup(undo())
 
     async def _wait_ready(self, container: Container, flags: DockerFlags, ctx: RequestContext) -> None:
         loop = asyncio.get_running_loop()
@@ -241,7 +238,7 @@ class DockerDriver(Driver):
             ctx.progress(f"starting the new container {next_name}", 0.2)
             new = await self._start_ready(created, next_name, flags, limits, labels=labels, ctx=ctx)
         except BaseException as exc:
-            await self._rollback(created)
+            await self._rollback(ctx, created)
             raise _as_failure(exc, f"upgrade of {slug!r} failed; the previous container keeps "
                               "serving", []) from None
         ctx.progress(f"replacing {name}", 0.97)
@@ -252,7 +249,13 @@ class DockerDriver(Driver):
             ready.rename(name)
             return c.containers.get(ready.id)
 
-        replaced = await asyncio.shield(self._do(swap))
+        swapping = asyncio.ensure_future(self._do(swap))
+        try:  # the swap is the commit point: never left half done by a cancel
+            replaced = await ctx.cleanup(swapping)
+        except asyncio.CancelledError:
+            if not swapping.done() or swapping.cancelled() or swapping.exception() is not None:
+                raise
+            replaced = swapping.result()  # it took effect: the result wins over the cancel
         ctx.progress("upgrade done", 1.0)
         return _ref(replaced)
 
@@ -268,7 +271,7 @@ class DockerDriver(Driver):
             eng.remove_quietly(lambda: c.volumes.get(volume).remove(force=True))
 
         ctx.progress(f"removing the container, network {network} and volume {volume}", 0.1)
-        await asyncio.shield(self._do(remove_all))
+        await ctx.cleanup(self._do(remove_all))
         ctx.progress("removed", 1.0)
 
 

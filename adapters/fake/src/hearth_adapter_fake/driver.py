@@ -4,6 +4,7 @@ Faults come from the profile's ``driver_flags`` (for ``status`` and ``teardown``
 profile stored at provision time), so a test drives them through the real protocol:
 
     fail_at: VERB        the verb fails after partial work: rolled back, -32031 with logs
+    keep_partial: true   with fail_at, the failure leaves its partial work (rolled_back: false)
     delay: SECONDS       provision, upgrade and teardown take this long (with progress)
     crash_at: VERB       the process exits (code 17) in the middle of the verb
     hang_at: VERB        the verb never answers, not even to cancel (the process lives on)
@@ -40,7 +41,8 @@ from hearth_adaptersdk import (
 from .store import FakeStore
 
 VERBS = ("provision", "status", "upgrade", "teardown")
-FLAGS = ("fail_at", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm", "reject")
+FLAGS = ("fail_at", "keep_partial", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm",
+         "reject")
 CAPS = ("cpu", "memory_mb", "storage_mb")
 CRASH_EXIT_CODE = 17
 _STEPS = 4
@@ -75,7 +77,7 @@ class FakeDriver(Driver):
         self._refuse_invalid(profile)
         flags = profile.driver_flags
         record = self.store.get(slug)
-        if record is not None and record["ref"]["last_status"] != "tier_torn_down":
+        if record is not None and record["ref"]["last_status"] not in ("tier_torn_down", "failed"):
             existing = DeploymentRef.model_validate(record["ref"])
             if (existing.tier, existing.driver) == (profile.tier, profile.driver):
                 ctx.progress("already provisioned", 1.0)
@@ -94,6 +96,14 @@ class FakeDriver(Driver):
                               "profile": profile.model_dump(mode="json")})
         try:
             await self._work(ctx, flags, "provision")
+        except BackendFailure as exc:
+            if exc.data().get("rolled_back") is False:  # keep_partial: the backend keeps a failed workspace
+                self.store.put(slug, {"ref": ref.model_copy(update={"last_status": "failed"})
+                                      .model_dump(mode="json"),
+                                      "profile": profile.model_dump(mode="json")})
+            else:
+                self.store.delete(slug)
+            raise
         except BaseException:
             self.store.delete(slug)  # roll back the partial work
             raise
@@ -210,7 +220,7 @@ class FakeDriver(Driver):
         if flags.get("fail_at") == verb:
             raise BackendFailure(
                 f"{verb} failed as asked (driver_flags.fail_at)",
-                rolled_back=verb != "teardown",
+                rolled_back=verb != "teardown" and not flags.get("keep_partial"),
                 logs=[f"fake: {verb} reached step {_STEPS} of {_STEPS}", "fake: injected failure"],
             )
 
