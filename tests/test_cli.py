@@ -174,17 +174,18 @@ def misbehaving(cli: Cli, make_adapter: Callable[..., Path]) -> Callable[[str], 
     return install
 
 
-@pytest.mark.parametrize(("case", "args", "kind", "records"), [
-    ("crash", ("--tier", "crashy", "--driver", "fake"), "adapter_crashed", ["failed"]),
-    ("garbage", ("--tier", "solo", "--driver", "raw"), "protocol_violation", ["failed"]),
+@pytest.mark.parametrize(("case", "args", "expected"), [
+    ("crash", ("--tier", "crashy", "--driver", "fake"), ("adapter_crashed", ["failed"])),
+    ("garbage", ("--tier", "solo", "--driver", "raw"), ("protocol_violation", ["failed"])),
     # an adapter that cannot start changed nothing: no record is written
-    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), "adapter_crashed", []),
-    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"), "timeout",
-     ["failed"]),
+    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), ("adapter_crashed", [])),
+    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"),
+     ("timeout", ["failed"])),
 ])
 def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
-        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...], kind: str,
-        records: list[str]) -> None:
+        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...],
+        expected: tuple[str, list[str]]) -> None:
+    kind, records = expected
     if "raw" in args:
         misbehaving("die_before_handshake" if case.startswith("dies") else "garbage")
     timeout = float(args[-1]) if "--timeout" in args else 10.0
