@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,15 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from hearth_adapter_tfgrid import Simulator, TfgridDriver
-from hearth_adapter_tfgrid.compute import ComputeClient, ComputeError, Endpoint
-from hearth_adaptersdk import ProvisioningProfile
+from hearth_adapter_tfgrid import Simulator, TfgridDriver, compute
+from hearth_adapter_tfgrid.compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint
+from hearth_adapter_tfgrid.placement import Ledger
+from hearth_adaptersdk import DeploymentRef, ProvisioningProfile, SubprocessConnection, utc_now
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import Peer, RemoteError, open_peer
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBnYNXg+KtbLdjvZbHcsS47WEm6JfEDyh1QKwP3ZUW7O me@laptop"
+IMAGE = "https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"
 
 
 def _profile(tier: str = "solo", memory_mb: int = 4096, **flags: Any) -> ProvisioningProfile:
@@ -176,10 +180,10 @@ async def test_the_stubbed_methods_fail_as_documented(tmp_path: Path) -> None:
     simulator = Simulator()
     await simulator.start(tmp_path / "rpc.sock")
     try:
-        client = ComputeClient(Endpoint(socket=str(tmp_path / "rpc.sock")))
-        for method in ("start_vm", "stop_vm", "inject_ssh_keys", "vm_exec"):
-            with pytest.raises(ComputeError, match=f"{method} is not supported on TFGrid"):
-                await client._call(TypeAdapter(type(None)), method, vm_id="vm-1", secret="s")
+        async with ComputeClient(Endpoint(socket=str(tmp_path / "rpc.sock"))) as client:
+            for method in ("start_vm", "stop_vm", "inject_ssh_keys", "vm_exec"):
+                with pytest.raises(ComputeError, match=f"{method} is not supported on TFGrid"):
+                    await client._call(TypeAdapter(type(None)), method, vm_id="vm-1", secret="s")
     finally:
         await simulator.stop()
 
@@ -232,10 +236,315 @@ async def test_the_simulator_runs_in_the_foreground_and_stops_on_sigterm(
         str(venv_bin / "hearth-tfgrid-sim"), "--socket", str(socket), "--nodes", "tfnode-9:3",
         stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
     assert process.stderr is not None
-    banner = await asyncio.wait_for(process.stderr.readline(), 30)
-    assert b"tfnode-9: 3 slices" in banner
-    slices = await ComputeClient(Endpoint(socket=str(socket))).list_slices()
-    assert [(s.node_sid, s.slices_free) for s in slices] == [("tfnode-9", 3)]
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(process.wait(), 30) == 0
-    assert not socket.exists()
+    try:
+        banner = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert b"tfnode-9: 3 slices" in banner
+        async with ComputeClient(Endpoint(socket=str(socket))) as client:
+            slices = await client.list_slices()
+        assert [(s.node_sid, s.slices_free) for s in slices] == [("tfnode-9", 3)]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert not socket.exists()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+# --- placement --------------------------------------------------------------------------------
+@pytest.mark.parametrize("count", [12, 14])
+async def test_concurrent_provisions_fill_both_nodes(tmp_path: Path, count: int) -> None:
+    async with grid(tmp_path) as (simulator, peer):  # tfnode-1: 8 slices, tfnode-2: 4
+        answers = await asyncio.gather(*(peer.provision(f"w{i}", _profile()) for i in range(count)),
+                                       return_exceptions=True)
+        refused = [answer for answer in answers if isinstance(answer, BaseException)]
+        assert len(refused) == count - 12, refused  # only what does not fit, and nothing else
+        assert all(isinstance(error, RemoteError) and error.data["rolled_back"] is True
+                   and "not enough free slices" in error.message for error in refused)
+        assert Counter(vm.node for vm in simulator.vms.values()) == {"tfnode-1": 8, "tfnode-2": 4}
+        assert all(vm.state == "running" for vm in simulator.vms.values())
+        assert [node.free for node in simulator.nodes.values()] == [0, 0]
+
+
+def test_a_snapshot_asked_for_before_a_deploy_landed_still_counts_its_slices() -> None:
+    ledger = Ledger()
+    with ledger.snapshot() as early:
+        hold = ledger.hold("tfnode-1", 2)
+        with ledger.snapshot() as before:
+            ledger.landed(hold)  # deploy_vm answered while both snapshots were being read
+            with ledger.snapshot() as after:
+                assert ledger.pending("tfnode-1", after) == 0  # the service's figures have it
+            assert ledger.pending("tfnode-1", before) == 2  # these figures may not have it
+        assert ledger.pending("tfnode-1", early) == 2
+    assert len(ledger) == 0  # no snapshot needs it any more
+    failed = ledger.hold("tfnode-2", 1)
+    with ledger.snapshot() as now:
+        assert ledger.pending("tfnode-2", now) == 1
+    ledger.release(failed)
+    assert len(ledger) == 0
+
+
+async def test_a_node_full_after_all_moves_the_vm_to_the_next_node_unless_it_was_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with grid(tmp_path) as (simulator, peer):
+        deploy_vm = simulator.deploy_vm
+
+        def outsider_first(**params: Any) -> Any:
+            """Someone outside this adapter takes tfnode-1's free slices just before our deploy."""
+            node = simulator.nodes["tfnode-1"]
+            if node.free:
+                deploy_vm(name="not-hearth", slice_count=node.free, secret="someone else",
+                          image=IMAGE, ssh_keys=[], node_sid="tfnode-1")
+            return deploy_vm(**params)
+        monkeypatch.setattr(simulator, "deploy_vm", outsider_first)
+        warnings: list[str] = []
+        peer.on_progress = lambda event: warnings.append(event["params"]["message"]) if event[
+            "params"]["level"] == "warning" else None
+        ref = await peer.provision("alpha", _profile())  # tfnode-1 looked free when it was chosen
+        assert ref.endpoint == "https://alpha.gw1.sim.grid.tf"
+        assert [vm.node for vm in simulator.vms.values() if vm.name == "hearth-alpha"] == ["tfnode-2"]
+        assert simulator.calls.count("deploy_vm") == 2
+        assert any("tfnode-1 has no room after all" in warning for warning in warnings)
+
+        # A node the profile names is kept to: full is an error, not a move to tfnode-2.
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("beta", _profile(node="tfnode-1"))
+        assert caught.value.kind == "backend_failure"
+        assert "not enough free slices on tfnode-1" in caught.value.message
+    # So is the config's default_node (see the README: placement never overrides a named node).
+    (tmp_path / "second").mkdir()
+    async with grid(tmp_path / "second", default_node="tfnode-1") as (simulator, peer):
+        simulator.nodes["tfnode-1"].free = 0  # taken outside the adapter
+        with pytest.raises(RemoteError) as caught:
+            await peer.provision("gamma", _profile())
+        assert "not enough free slices on tfnode-1" in caught.value.message
+        assert simulator.vms == {} and simulator.nodes["tfnode-2"].free == 4
+
+
+# --- the vault --------------------------------------------------------------------------------
+@pytest.mark.parametrize("verb", ["status", "upgrade", "teardown"])
+async def test_a_secret_path_outside_the_vault_is_refused_and_nothing_is_read_or_sent(
+        tmp_path: Path, verb: str) -> None:
+    async with grid(tmp_path) as (simulator, peer):
+        ref = await peer.provision("alpha", _profile())
+        assert ref.secrets_vault_path is not None
+        secrets = Path(ref.secrets_vault_path).parent
+        outside = tmp_path / "hostname"
+        outside.write_text("a-file-that-is-no-secret\n")
+        (secrets / "sneaky.secret").symlink_to(outside)
+        (secrets / "other.secret").write_text("another workspace's secret")
+        tampered = [str(outside), str(secrets / "sneaky.secret"), str(secrets / "other.secret"),
+                    str(tmp_path / "data" / "workspaces" / "alpha.json"),
+                    str(secrets / ".." / ".." / "hostname")]
+        if Path("/etc/hostname").is_file():
+            tampered.append("/etc/hostname")
+        calls: dict[str, Callable[[DeploymentRef], Awaitable[Any]]] = {
+            "status": peer.status, "teardown": peer.teardown,
+            "upgrade": lambda ref: peer.upgrade(ref, _profile("team", memory_mb=8192,
+                                                              allow_destructive_upgrade=True))}
+        for path in tampered:
+            before = list(simulator.calls)
+            with pytest.raises(RemoteError) as caught:
+                await calls[verb](ref.model_copy(update={"secrets_vault_path": path}))
+            assert (caught.value.code, caught.value.kind) == (-32602, "invalid_params"), path
+            [error] = caught.value.data["errors"]
+            assert error.startswith("ref.secrets_vault_path: ") and "nothing" in caught.value.message
+            assert simulator.calls == before, f"{path}: the service was asked {simulator.calls}"
+        [vm] = simulator.vms.values()
+        assert (vm.state, vm.slices) == ("running", 1) and len(simulator.gateways) == 1
+        assert (await peer.status(ref)).state == "ready"  # its own path still works
+
+
+# --- the transport ----------------------------------------------------------------------------
+async def test_the_client_reads_chunked_answers_on_one_kept_connection_and_times_out(
+        tmp_path: Path) -> None:
+    """Against a server written here byte by byte: chunked bodies, keep-alive, a silent answer."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                assert length is not None and b"connection: close" not in head.lower()
+                request = json.loads(await reader.readexactly(int(length.group(1))))
+                if request["method"] == "hang":
+                    continue  # never answered
+                body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": [
+                    {"node_sid": "tfnode-7", "slices_total": 2, "slices_free": 1,
+                     "disk_gb_per_slice": 50}]}).encode()
+                half = len(body) // 2
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (half, body[:half])
+                             + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(tmp_path / "rpc.sock"))
+    try:
+        async with ComputeClient(Endpoint(socket=str(tmp_path / "rpc.sock")), timeout=0.2) as client:
+            for _ in range(3):
+                assert [n.node_sid for n in await client.list_slices()] == ["tfnode-7"]
+            assert connections == 1
+            with pytest.raises(ComputeUnavailable, match=r"no answer .* within 0\.2 s"):
+                await client._call(TypeAdapter(type(None)), "hang")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_service_behind_a_url_takes_its_bearer_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    simulator = Simulator(deploy_delay=0.05)
+    await simulator.start(host="127.0.0.1", token="the-router-token")
+    try:
+        assert simulator.url is not None and simulator.url.startswith("http://127.0.0.1:")
+        async with ComputeClient(Endpoint(url=simulator.url, token="a-wrong-token")) as client:
+            with pytest.raises(ComputeError) as caught:
+                await client.list_slices()
+            assert caught.value.code == compute.FORBIDDEN and "HTTP 401" in caught.value.message
+        assert simulator.calls == []
+        monkeypatch.setenv("TFGRID_TOKEN", "the-router-token")
+        config = {"url": simulator.url, "token_env": "TFGRID_TOKEN", "poll_interval": 0.02}
+        async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config) as peer:
+            ref = await peer.provision("alpha", _profile())
+            assert (await peer.status(ref)).state == "ready"
+            await peer.teardown(ref)
+        assert simulator.vms == {} and simulator.gateways == {}
+    finally:
+        await simulator.stop()
+
+
+@pytest.mark.subprocess
+async def test_the_simulator_listens_on_tcp_with_a_token_and_stops_on_sigint(
+        tmp_path: Path, venv_bin: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        str(venv_bin / "hearth-tfgrid-sim"), "--listen", "127.0.0.1:0", "--token-env", "SIM_TOKEN",
+        "--deploy-delay", "0.05", env={**os.environ, "SIM_TOKEN": "t0ken"},
+        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    assert process.stderr is not None
+    try:
+        banner = await asyncio.wait_for(process.stderr.readline(), 30)
+        found = re.search(rb"on (http://127\.0\.0\.1:\d+/rpc) ", banner)
+        assert found is not None, banner
+        async with ComputeClient(Endpoint(url=found.group(1).decode(), token="t0ken")) as client:
+            slices = await client.list_slices()
+            assert [s.node_sid for s in slices] == ["tfnode-1", "tfnode-2"]
+            process.send_signal(signal.SIGINT)  # with the client's connection still kept open
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+        rest = await process.stderr.read()
+        assert b"hearth-tfgrid-sim: stopped" in rest and b"Traceback" not in rest
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+# --- rollback ---------------------------------------------------------------------------------
+def _hold_at(simulator: Simulator, method: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """(reached, proceed): the simulator's first ``method`` call sets ``reached``, then waits
+    for ``proceed`` before it is answered."""
+    reached, proceed = asyncio.Event(), asyncio.Event()
+    handle = simulator.handle
+
+    async def held(body: bytes) -> dict[str, Any]:
+        if json.loads(body).get("method") == method and not reached.is_set():
+            reached.set()
+            await proceed.wait()
+        return await handle(body)
+    simulator.handle = held  # type: ignore[method-assign]
+    return reached, proceed
+
+
+async def test_a_cancel_during_a_rollback_is_answered_once_the_vm_is_gone(tmp_path: Path) -> None:
+    async with grid(tmp_path) as (simulator, peer):
+        simulator.sim_faults(fail_deploy=True)
+        reached, proceed = _hold_at(simulator, "vm_logs")  # the first step of the rollback
+        sent, future = await peer.start_request("provision", {
+            "slug": "doomed", "profile": _profile().model_dump(mode="json")})
+        await reached.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        proceed.set()
+        reply = await peer.finish(sent, future, 10)
+        assert reply.error is not None and reply.error["code"] == -32800
+        assert reply.error["data"].get("rolled_back", True) is True
+        assert simulator.vms == {}, "answered before the rollback had deleted the VM"
+        assert not list((tmp_path / "data" / "secrets").iterdir())
+
+
+async def test_a_rollback_that_cannot_delete_the_vm_says_so_and_keeps_the_secret(
+        tmp_path: Path) -> None:
+    async with grid(tmp_path) as (simulator, peer):
+        simulator.sim_faults(fail_deploy=True)
+        reached, proceed = _hold_at(simulator, "vm_logs")
+        provision = asyncio.ensure_future(peer.provision("doomed", _profile()))
+        await reached.wait()
+        simulator.sim_faults(unreachable=True)  # the service goes away in the middle of it
+        proceed.set()
+        with pytest.raises(RemoteError) as caught:
+            await provision
+        assert caught.value.kind == "backend_failure" and caught.value.data["rolled_back"] is False
+        assert "not confirmed" in caught.value.message
+        assert [vm.state for vm in simulator.vms.values()] == ["failed"]  # still there
+        secret = tmp_path / "data" / "secrets" / "doomed.secret"
+        assert secret.is_file(), "the secret is kept: without it the VM could never be deleted"
+        simulator.faults.unreachable = False
+        ref = DeploymentRef(workspace_slug="doomed", tier="solo", driver="tfgrid",
+                            created=utc_now(), last_status="failed")
+        assert (await peer.status(ref)).state == "failed"
+        await peer.teardown(ref)
+        assert simulator.vms == {} and not secret.exists()
+
+
+@pytest.mark.subprocess
+async def test_the_adapter_does_not_exit_in_the_middle_of_a_rollback(
+        tmp_path: Path, venv_bin: Path) -> None:
+    simulator = Simulator(deploy_delay=0.1)
+    await simulator.start(tmp_path / "rpc.sock")
+    peer = await Peer.spawn([str(venv_bin / "hearth-adapter-tfgrid")])
+    try:
+        await peer.initialize(config={"socket": str(tmp_path / "rpc.sock"), "poll_interval": 0.02},
+                              data_dir=tmp_path / "data")
+        simulator.sim_faults(fail_deploy=True)
+        reached, proceed = _hold_at(simulator, "vm_logs")
+        sent, future = await peer.start_request("provision", {
+            "slug": "doomed", "profile": _profile().model_dump(mode="json")})
+        await reached.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        assert isinstance(peer.connection, SubprocessConnection)
+        peer.connection.close_stdin()  # and the host goes away
+        proceed.set()
+        reply = await peer.finish(sent, future, 30)
+        assert reply.error is not None and reply.error["code"] == -32800
+        assert (await peer.wait_closed(30)).returncode == 0
+        assert simulator.vms == {}, "the adapter exited before its rollback deleted the VM"
+    finally:
+        await peer.close()
+        await simulator.stop()
+
+
+async def test_a_cancelled_destructive_upgrade_says_that_the_workspace_has_no_vm(
+        tmp_path: Path) -> None:
+    async with grid(tmp_path, deploy_timeout=60) as (simulator, peer):
+        ref = await peer.provision("alpha", _profile())
+        simulator.sim_faults(no_ip=True)  # the new VM never becomes usable
+        polling = asyncio.Event()
+        peer.on_progress = lambda event: polling.set() if "waiting for VM" in event["params"][
+            "message"] else None
+        bigger = _profile("team", memory_mb=8192, allow_destructive_upgrade=True)
+        sent, future = await peer.start_request("upgrade", {
+            "ref": ref.model_dump(mode="json"), "profile": bigger.model_dump(mode="json")})
+        await polling.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, future, 10)
+        # Not -32800 "rolled back": the old VM and its disk are gone and cannot come back.
+        assert reply.error is not None and reply.error["code"] == -32031
+        assert reply.error["data"]["rolled_back"] is False and "no VM now" in reply.error["message"]
+        assert simulator.vms == {}
+        assert (await peer.status(ref)).state == "absent"

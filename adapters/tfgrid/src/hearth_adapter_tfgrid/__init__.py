@@ -1,6 +1,21 @@
 """hearth-adapter-tfgrid: workspaces as VMs on ThreeFold's grid through its ComputeService."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .driver import TfgridConfig, TfgridDriver, TfgridFlags
-from .simulator import Simulator
+
+if TYPE_CHECKING:
+    from .simulator import Simulator
+
+
+def __getattr__(name: str) -> Any:
+    # The simulator (uvicorn, starlette) is imported on first use only: the adapter never needs it.
+    if name == "Simulator":
+        from .simulator import Simulator
+        return Simulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Simulator", "TfgridConfig", "TfgridDriver", "TfgridFlags"]

@@ -3,19 +3,18 @@
 The real service's OpenRPC document is not public here, so every wire shape this project
 assumes lives in this file: the method names and params, the ``Vm`` / ``WebGateway`` /
 ``NodeSlices`` models, the error codes, and the transport (JSON-RPC 2.0 as ``POST /rpc``
-over HTTP/1.1, on a Unix socket, or on a TCP URL with a bearer token). Aligning with the
-real ``openrpc.json`` is a change to this one file.
+over HTTP/1.1 with httpx, on a Unix socket, or on a TCP URL with a bearer token; HTTP 401/403
+is a refused token, 502/503/504 an unavailable service). Aligning with the real
+``openrpc.json`` is a change to this one file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
+import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 M = TypeVar("M")
@@ -101,12 +100,16 @@ class Endpoint:
 
 
 class ComputeClient:
-    """One method per service method used by the driver; each call is one HTTP request."""
+    """One method per service method used by the driver; each call is one HTTP request on a kept
+    connection (httpx). ``timeout`` bounds each phase of a request: connecting, sending, waiting
+    for the answer. Close it with ``aclose`` (or ``async with``)."""
 
     def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self._timeout = timeout
         self._ids = itertools.count(1)
+        self._client: httpx.AsyncClient | None = None
+        self._url = ""
 
     # --- VMs ------------------------------------------------------------------------------------
     async def deploy_vm(self, *, name: str, slice_count: int, secret: str, image: str,
@@ -149,17 +152,43 @@ class ComputeClient:
         await self._call(_NONE, "delete_webgateway", gateway_id=gateway_id, secret=secret)
 
     # --- transport ------------------------------------------------------------------------------
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client, made on first use (inside the running loop) and kept: its pool keeps
+        the connection to the service alive between calls."""
+        if self._client is None:
+            endpoint = self.endpoint
+            headers = {"Accept": "application/json"}
+            if endpoint.socket:
+                # plain HTTP on a local socket: no TLS, so no CA bundle to load (verify=False)
+                transport = httpx.AsyncHTTPTransport(uds=endpoint.socket, verify=False)
+                self._url = "http://localhost/rpc"
+            else:
+                assert endpoint.url is not None
+                transport = httpx.AsyncHTTPTransport()
+                url = httpx.URL(endpoint.url)
+                self._url = str(url if url.path not in ("", "/") else url.copy_with(path="/rpc"))
+                if endpoint.token:
+                    headers["Authorization"] = f"Bearer {endpoint.token}"
+            # trust_env=False: no proxy or .netrc from the environment slips in between.
+            self._client = httpx.AsyncClient(transport=transport, headers=headers, trust_env=False,
+                                             timeout=httpx.Timeout(self._timeout))
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the kept connections (the client can be used again afterwards)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> ComputeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def _call(self, shape: TypeAdapter[M], method: str, **params: Any) -> M:
         request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        try:
-            answer = await asyncio.wait_for(self._post(json.dumps(request).encode()), self._timeout)
-        except TimeoutError:
-            raise ComputeUnavailable(f"no answer from the ComputeService at "
-                                     f"{self.endpoint.describe()} within {self._timeout:g} s") from None
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
-            why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else "it hung up"
-            raise ComputeUnavailable(f"cannot reach the ComputeService at "
-                                     f"{self.endpoint.describe()}: {why}") from None
+        answer = await self._post(request)
         if "error" in answer:
             error = answer["error"] or {}
             raise ComputeError(int(error.get("code", 0)), str(error.get("message", "error")))
@@ -169,47 +198,36 @@ class ComputeClient:
             raise ComputeError(0, f"{method} answered an unexpected shape: "
                                   f"{exc.error_count()} problem(s)") from None
 
-    async def _post(self, body: bytes) -> dict[str, Any]:
-        endpoint = self.endpoint
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(body)),
-                   "Connection": "close"}
-        if endpoint.socket:
-            reader, writer = await asyncio.open_unix_connection(endpoint.socket)
-            host, path = "localhost", "/rpc"
-        else:
-            assert endpoint.url is not None
-            parts = urlsplit(endpoint.url)
-            if parts.scheme not in ("http", "https"):
-                raise OSError(f"unsupported URL scheme {parts.scheme!r}")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            reader, writer = await asyncio.open_connection(
-                parts.hostname, port, ssl=parts.scheme == "https" or None)
-            host, path = parts.netloc, parts.path or "/rpc"
-            if endpoint.token:
-                headers["Authorization"] = f"Bearer {endpoint.token}"
+    async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
+        where = self.endpoint.describe()
         try:
-            head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n" + "".join(
-                f"{key}: {value}\r\n" for key, value in headers.items()) + "\r\n"
-            writer.write(head.encode() + body)
-            await writer.drain()
-            status_line = await reader.readline()
-            if not status_line:
-                raise EOFError
-            status = int(status_line.split()[1])
-            length = None
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            payload = await (reader.readexactly(length) if length is not None else reader.read())
-        finally:
-            writer.close()
-        if status == 401:
-            raise ComputeError(FORBIDDEN, "the service refused the bearer token (HTTP 401)")
+            response = await self._http().post(self._url, json=request)
+        except httpx.TimeoutException:
+            raise ComputeUnavailable(f"no answer from the ComputeService at {where} within "
+                                     f"{self._timeout:g} s") from None
+        except (httpx.TransportError, httpx.InvalidURL) as exc:  # refused, no such socket, hung
+            # up, not an http(s) URL
+            raise ComputeUnavailable(f"cannot reach the ComputeService at {where}: "
+                                     f"{_reason(exc)}") from None
+        status = response.status_code
+        if status in (401, 403):
+            raise ComputeError(FORBIDDEN, f"the service refused the bearer token (HTTP {status})")
+        if status in (502, 503, 504):  # a router in front of it, or the service itself, says it is down
+            raise ComputeUnavailable(f"the ComputeService at {where} is unavailable (HTTP {status})")
         try:
-            answer = json.loads(payload)
+            answer = response.json()
         except ValueError:
             raise ComputeError(0, f"HTTP {status} with a body that is not JSON") from None
         if not isinstance(answer, dict):
             raise ComputeError(0, f"HTTP {status} with a body that is not a JSON-RPC response")
         return answer
+
+
+def _reason(exc: httpx.TransportError | httpx.InvalidURL) -> str:
+    """Why a connection failed, as the OS said it when it did (``[Errno 2] No such file…``)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__

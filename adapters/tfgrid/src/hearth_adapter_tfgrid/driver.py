@@ -1,11 +1,16 @@
 """The tfgrid driver: a workspace is a VM on a TFGrid node plus a name gateway to its port.
 
-provision: caps → slices; a per-VM secret minted into a 0600 file (the ref's
-``secrets_vault_path``); ``deploy_vm`` with the deploy-time SSH keys; poll ``get_vm`` until
-running with a mycelium IP; a name gateway to the workspace port, polled until it has its
-FQDN (the endpoint). Any failure or cancel deletes what was made (gateway, VM) and answers
--32031 with the VM's logs. A VM cannot be resized or re-imaged in place, so such an upgrade
-deletes and redeploys it, destroying its disk: refused (-32022) unless allowed by the flags.
+provision: caps → slices; a node (``driver_flags.node``, else the config's ``default_node``,
+else placement: the first node with room, counting this adapter's deploys in flight, moving on
+to the next node with room when the service answers that the chosen one is full); a per-VM
+secret minted into a 0600 file (the ref's ``secrets_vault_path``, and the only file a secret is
+ever read from); ``deploy_vm`` with the deploy-time SSH keys; poll ``get_vm`` until running
+with a mycelium IP; a name gateway to the workspace port, polled until it has its FQDN (the
+endpoint). Any failure or cancel deletes what was made (gateway, VM) through ``ctx.cleanup``,
+so the answer and the process's exit wait for the deletion, and answers -32031 with the VM's
+logs (``rolled_back`` false, the secret kept for a later teardown, when the deletion could not
+be confirmed). A VM cannot be resized or re-imaged in place, so such an upgrade deletes and
+redeploys it, destroying its disk: refused (-32022) unless allowed by the flags.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import contextlib
 import os
 import re
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -28,21 +34,33 @@ from hearth_adaptersdk import (
     Conflict,
     DeploymentRef,
     Driver,
+    DriverError,
     InvalidProfile,
     InvalidTransition,
     ObservedState,
     ProvisioningProfile,
     RequestContext,
+    ResourceCaps,
     StatusReport,
     Unsupported,
+    codes,
     utc_now,
 )
 from hearth_adaptersdk.wire import validation_problems
 
 from . import compute
-from .compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint, Vm, WebGateway
+from .compute import (
+    ComputeClient,
+    ComputeError,
+    ComputeUnavailable,
+    Endpoint,
+    NodeSlices,
+    Vm,
+    WebGateway,
+)
+from .placement import Choice, Ledger, choose
 from .sizing import slices_for
-from .vault import Vault
+from .vault import UnsafeSecretPath, Vault
 
 T = TypeVar("T")
 DEFAULT_IMAGE = "https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"
@@ -60,12 +78,15 @@ class TfgridConfig(BaseModel):
     url: str | None = None
     #: The environment variable holding the bearer token for ``url`` (the host passes it on).
     token_env: str | None = None
+    #: The node for every workspace whose profile names none; like ``driver_flags.node`` it is
+    #: kept to (a full node is an error, never a move to another). Unset: placement chooses.
     default_node: str | None = None
     image: str = DEFAULT_IMAGE
     gateway_node: str | None = None
     poll_interval: float = Field(default=1.0, gt=0)
     deploy_timeout: float = Field(default=600.0, gt=0)
     delete_timeout: float = Field(default=300.0, gt=0)
+    #: Seconds for each phase of one call to the service: connecting, sending, awaiting the answer.
     request_timeout: float = Field(default=30.0, gt=0)
 
 
@@ -89,6 +110,47 @@ class TfgridFlags(BaseModel):
         return [key.strip() for key in keys]
 
 
+class RefusedSecretPath(DriverError):
+    """-32602: the request names a secret file this adapter does not read from; nothing was read,
+    sent or changed. Invalid params rather than a backend failure: the backend was never asked,
+    and the host counts -32602 as a refusal that changed nothing, even for a teardown."""
+
+    code = codes.INVALID_PARAMS
+
+    def __init__(self, message: str, *, errors: list[str]) -> None:
+        super().__init__(message, errors=list(errors))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a profile asks for, checked; the node is chosen when deploying (placement)."""
+
+    flags: TfgridFlags
+    image: str
+    caps: ResourceCaps
+    #: The node named by ``driver_flags.node`` or the config's ``default_node``: kept to, even
+    #: when full. None: placement chooses.
+    node: str | None
+    #: Which of the two named it ("driver_flags.node" or "default_node"), for messages.
+    named_by: str | None = None
+
+    def slices_on(self, node: NodeSlices) -> int:
+        return slices_for(self.caps, node.disk_gb_per_slice)[0]
+
+
+@dataclass
+class _Undone:
+    """How a deletion of a workspace's gateway and VM ended."""
+
+    logs: list[str] = field(default_factory=list)
+    #: Why the deletion is not confirmed (the VM may still be there); None when it is.
+    problem: str | None = None
+
+
+class _NoRoom(Exception):
+    """``deploy_vm`` answered NO_CAPACITY for a node."""
+
+
 class TfgridDriver(Driver):
     name: ClassVar[str] = "tfgrid"
     version: ClassVar[str] = "0.1.0"
@@ -98,6 +160,8 @@ class TfgridDriver(Driver):
         self.settings = TfgridConfig()
         self.service = ComputeClient(Endpoint(socket=self.settings.socket))
         self.vault: Vault | None = None
+        #: Slices held by this adapter's deploys in flight (see placement.py).
+        self.ledger = Ledger()
 
     async def setup(self, config: Any, data_dir: Path | None) -> None:
         await super().setup(config, data_dir)
@@ -111,14 +175,29 @@ class TfgridDriver(Driver):
                     "where the host runs (the host passes variables named by *_env config keys)")
         endpoint = (Endpoint(url=config.url, token=token) if config.url
                     else Endpoint(socket=config.socket))
+        await self.service.aclose()
         self.service = ComputeClient(endpoint, timeout=config.request_timeout)
         self.vault = Vault(data_dir)
+
+    async def close(self) -> None:
+        await self.service.aclose()
 
     @property
     def _vault(self) -> Vault:
         if self.vault is None:
             self.vault = Vault(None)
         return self.vault
+
+    def _secret(self, slug: str, ref: DeploymentRef | None = None) -> str | None:
+        """The workspace's secret, read only from its own file in the vault (see vault.py)."""
+        try:
+            return self._vault.secret(slug, ref.secrets_vault_path if ref is not None else None)
+        except UnsafeSecretPath as exc:
+            where = "ref.secrets_vault_path" if ref is not None and ref.secrets_vault_path else \
+                "the vault"
+            raise RefusedSecretPath(
+                f"refused to read the secret of {slug!r}: {exc}; nothing was read, sent or changed",
+                errors=[f"{where}: {exc}"]) from None
 
     async def _ask(self, call: Awaitable[T]) -> T:
         """A service call; its failures become protocol errors here and only here."""
@@ -133,8 +212,8 @@ class TfgridDriver(Driver):
                                  rolled_back=False) from None
 
     # --- sizing -------------------------------------------------------------------------------
-    async def _plan(self, profile: ProvisioningProfile) -> tuple[TfgridFlags, str, int, str]:
-        """(flags, node, slices, image), or InvalidProfile listing every problem."""
+    async def _plan(self, profile: ProvisioningProfile) -> _Plan:
+        """The checked plan, or InvalidProfile listing every problem."""
         problems: list[str] = []
         flags = TfgridFlags()
         try:
@@ -145,29 +224,28 @@ class TfgridDriver(Driver):
             problems.append(f"driver: this adapter serves 'tfgrid', not {profile.driver!r}")
         nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
         wanted = flags.node or self.settings.default_node
+        source = "driver_flags.node" if flags.node else "default_node"
+        basis = nodes.get(wanted) if wanted is not None else max(
+            nodes.values(), key=lambda n: n.slices_total, default=None)
         needed, reasons, cap_problems = slices_for(
-            profile.resource_caps, nodes[wanted].disk_gb_per_slice if wanted in nodes else None)
+            profile.resource_caps, basis.disk_gb_per_slice if basis is not None else None)
         problems += cap_problems
         arithmetic = "; ".join(reasons) or "no caps: 1 slice"
         if wanted is not None and wanted not in nodes:
-            problems.append(f"driver_flags.node: no node {wanted!r}; nodes: {', '.join(sorted(nodes))}")
+            problems.append(f"{source}: no node {wanted!r}; nodes: {', '.join(sorted(nodes))}")
         elif wanted is not None and nodes[wanted].slices_total < needed:
             problems.append(f"resource_caps: needs {needed} slices ({arithmetic}), node {wanted} "
                             f"has {nodes[wanted].slices_total} in all")
-        elif wanted is None:
-            fitting = [sid for sid, n in sorted(nodes.items()) if n.slices_free >= needed]
-            if fitting:
-                wanted = fitting[0]
-            elif not any(n.slices_total >= needed for n in nodes.values()):
-                largest = max((n.slices_total for n in nodes.values()), default=0)
-                problems.append(f"resource_caps: needs {needed} slices ({arithmetic}), no node has "
-                                f"that many (largest: {largest})")
-            else:
-                wanted = max(nodes.values(), key=lambda n: n.slices_free).node_sid
+        elif wanted is None and not any(n.slices_total >= slices_for(
+                profile.resource_caps, n.disk_gb_per_slice)[0] for n in nodes.values()):
+            largest = basis.slices_total if basis is not None else 0
+            problems.append(f"resource_caps: needs {needed} slices ({arithmetic}), no node has "
+                            f"that many (largest: {largest})")
         if problems:
             raise InvalidProfile("the tfgrid driver cannot honour this profile", errors=problems)
-        assert wanted is not None
-        return flags, wanted, needed, flags.image or self.settings.image
+        return _Plan(flags=flags, image=flags.image or self.settings.image,
+                     caps=profile.resource_caps, node=wanted,
+                     named_by=source if wanted is not None else None)
 
     async def validate_profile(self, profile: ProvisioningProfile,
                                ctx: RequestContext) -> builtins.list[str]:
@@ -222,51 +300,143 @@ class TfgridDriver(Driver):
     # --- provision ----------------------------------------------------------------------------
     async def provision(self, slug: str, profile: ProvisioningProfile,
                         ctx: RequestContext) -> DeploymentRef:
-        flags, node, slices, image = await self._plan(profile)
+        plan = await self._plan(profile)
         vault = self._vault
-        record, secret = vault.record(slug), vault.secret(slug)
+        record, secret = vault.record(slug), self._secret(slug)
         if record is not None and secret is not None:
             vm, gateway = await self._find(slug, secret)
-            if vm is not None:
+            if vm is not None and _observed(vm, gateway)[0] == "ready":
                 ref = self._ref(slug, record, vm, gateway)
                 if record["tier"] == profile.tier:
                     ctx.progress("already provisioned", 1.0)
                     return ref
                 raise Conflict(f"workspace {slug!r} exists with tier {record['tier']!r}; use upgrade",
                                existing=ref)
-        record = {"tier": profile.tier, "created": utc_now().isoformat(), "node": node,
-                  "slices": slices, "image": image, "port": flags.port}
+            if vm is not None:  # what an earlier attempt could not delete: delete it now
+                ctx.progress(f"deleting VM {vm.name} ({vm.state}), left by an earlier attempt", 0.02)
+                undone = await self._undo(slug, secret, forget=True)
+                if undone.problem is not None:
+                    raise BackendFailure(f"the VM {vm.name} left by an earlier attempt could not be "
+                                         f"deleted: {undone.problem}", rolled_back=False,
+                                         logs=undone.logs)
+        record = {"tier": profile.tier, "created": utc_now().isoformat(), "node": plan.node,
+                  "image": plan.image, "port": plan.flags.port}
         secret = vault.mint(slug)
         vault.save(slug, record)
         try:
-            vm, gateway = await self._deploy(slug, secret, flags, node=node, slices=slices, image=image,
-                                                ctx=ctx)
+            vm, gateway = await self._deploy(slug, secret, plan, ctx)
         except BaseException as exc:
-            logs = await self._undo(slug, secret, ctx)
-            vault.forget(slug)
-            if isinstance(exc, asyncio.CancelledError | InvalidProfile | BackendUnavailable):
-                raise
-            message = exc.message if isinstance(exc, BackendFailure) else str(exc)
-            raise BackendFailure(f"provision of {slug!r} failed and was rolled back: {message}",
-                                 rolled_back=True, logs=logs) from None
+            await self._roll_back(f"provision of {slug!r}", slug, secret, exc, ctx)
         ctx.progress("workspace ready", 1.0)
-        return self._ref(slug, record, vm, gateway)
+        return self._ref(slug, vault.record(slug) or record, vm, gateway)
 
-    async def _deploy(self, slug: str, secret: str, flags: TfgridFlags, *, node: str, slices: int,
-                      image: str, ctx: RequestContext) -> tuple[Vm, WebGateway]:
-        ctx.progress(f"deploying a {slices}-slice VM on {node}", 0.05)
-        vm = await self._ask(self.service.deploy_vm(
-            name=_vm_name(slug), slice_count=slices, secret=secret, image=image,
-            ssh_keys=flags.ssh_keys, node_sid=node))
-        record = self._vault.record(slug) or {}
-        self._vault.save(slug, {**record, "vm_id": vm.id})
+    async def _roll_back(self, what: str, slug: str, secret: str, exc: BaseException,
+                         ctx: RequestContext, *, restores: bool = True) -> NoReturn:
+        """After ``exc`` ended a provision or redeploy: delete what it made, through
+        ``ctx.cleanup`` (a cancel neither interrupts the deletion nor is answered before it
+        ends), forget the secret once the deletion is confirmed, and raise the answer.
+        ``restores``: whether deleting what it made puts things back as they were (not so for
+        the redeploy of a destructive upgrade, whose old VM is gone)."""
+        undo = asyncio.ensure_future(self._undo(slug, secret, forget=True))
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        try:
+            undone = await ctx.cleanup(undo)
+        except asyncio.CancelledError:
+            if not undo.done():  # the SDK's rollback grace ran out: it answers rolled_back false
+                raise
+            cancelled, undone = True, undo.result()
+        ended = "was cancelled" if cancelled else f"failed ({_message(exc)})"
+        if undone.problem is not None:
+            secret_file = self._vault.secret_path(slug)
+            raise BackendFailure(
+                f"{what} {ended}, and deleting what it made is not confirmed: {undone.problem}; "
+                f"the secret stays in {secret_file} so that a teardown (or provision) can delete "
+                "the VM later", rolled_back=False, logs=undone.logs) from None
+        if not restores:
+            raise BackendFailure(f"{what} {ended}; its new VM was deleted too, so the workspace has "
+                                 "no VM now: provision it again", rolled_back=False,
+                                 logs=undone.logs) from None
+        if cancelled:
+            raise asyncio.CancelledError
+        if isinstance(exc, InvalidProfile | BackendUnavailable | RefusedSecretPath):
+            raise exc
+        if not isinstance(exc, Exception):
+            raise exc
+        raise BackendFailure(f"{what} failed and was rolled back: {_message(exc)}",
+                             rolled_back=True, logs=undone.logs) from None
+
+    async def _deploy(self, slug: str, secret: str, plan: _Plan,
+                      ctx: RequestContext) -> tuple[Vm, WebGateway]:
+        vm = await self._place(slug, secret, plan, ctx)
         vm = await self._poll_vm(vm, secret, ctx)
         gateway_node = self.settings.gateway_node or (
             await self._ask(self.service.list_gateway_nodes()))[0].node_sid
-        ctx.progress(f"deploying the name gateway {slug} on {gateway_node} to port {flags.port}", 0.7)
+        port = plan.flags.port
+        ctx.progress(f"deploying the name gateway {slug} on {gateway_node} to port {port}", 0.7)
         gateway = await self._ask(self.service.deploy_webgateway(
-            name=slug, vm_id=vm.id, port=flags.port, node_sid=gateway_node, secret=secret))
+            name=slug, vm_id=vm.id, port=port, node_sid=gateway_node, secret=secret))
         return vm, await self._poll_gateway(gateway, secret, ctx)
+
+    async def _place(self, slug: str, secret: str, plan: _Plan, ctx: RequestContext) -> Vm:
+        """``deploy_vm`` on the plan's node, or on the node placement chooses; when the service
+        answers that a chosen node is full, on the next node with room (never for a node the
+        profile or config named). Each attempt holds its slices in the ledger until
+        ``deploy_vm`` answers, so concurrent provisions choose on figures that count each other
+        (placement.py). This is placement, not a retry: each node is asked once."""
+        refused: list[str] = []
+        skip: set[str] = set()
+        while True:
+            with self.ledger.snapshot() as tick:
+                nodes = await self._ask(self.service.list_slices())
+                if plan.node is not None:
+                    pinned = next((n for n in nodes if n.node_sid == plan.node), None)
+                    if pinned is None:
+                        raise BackendFailure(f"the node {plan.node} is no longer offered by the "
+                                             "ComputeService", rolled_back=False)
+                    choice: Choice | None = Choice(plan.node, plan.slices_on(pinned), "room")
+                else:
+                    choice = choose(nodes, plan.slices_on,
+                                    lambda sid: self.ledger.pending(sid, tick), skip=skip)
+                if choice is None or (refused and choice.verdict == "full"):
+                    raise BackendFailure("the ComputeService refused: " + "; ".join(refused),
+                                         rolled_back=False)
+                node, slices, _ = choice
+                hold = self.ledger.hold(node, slices)  # no await since list_slices answered
+            ctx.progress(f"deploying a {slices}-slice VM on {node}", 0.05)
+            try:
+                vm = await self._ask(self._deploy_vm(slug, secret, plan, node, slices))
+            except _NoRoom as full:
+                self.ledger.release(hold)
+                refused.append(str(full))
+                if plan.node is not None:
+                    raise BackendFailure(
+                        f"the ComputeService refused: {full} (the node is named by "
+                        f"{plan.named_by}, so it is not swapped for another one)",
+                        rolled_back=False) from None
+                skip.add(node)
+                ctx.progress(f"{node} has no room after all ({full}); choosing another node", 0.05,
+                             "warning")
+                continue
+            except BackendFailure:
+                self.ledger.release(hold)  # refused: nothing was taken
+                raise
+            except BaseException:  # unknown whether it landed: count it from now on
+                self.ledger.landed(hold)
+                raise
+            self.ledger.landed(hold)
+            record = self._vault.record(slug) or {}
+            self._vault.save(slug, {**record, "vm_id": vm.id, "node": node, "slices": slices})
+            return vm
+
+    async def _deploy_vm(self, slug: str, secret: str, plan: _Plan, node: str, slices: int) -> Vm:
+        try:
+            return await self.service.deploy_vm(
+                name=_vm_name(slug), slice_count=slices, secret=secret, image=plan.image,
+                ssh_keys=plan.flags.ssh_keys, node_sid=node)
+        except ComputeError as exc:
+            if exc.code == compute.NO_CAPACITY:
+                raise _NoRoom(exc.message) from None
+            raise
 
     async def _poll_vm(self, vm: Vm, secret: str, ctx: RequestContext) -> Vm:
         loop = asyncio.get_running_loop()
@@ -297,21 +467,25 @@ class TfgridDriver(Driver):
             gateway = await self._ask(self.service.get_webgateway(gateway.id, secret))
         return gateway
 
-    async def _undo(self, slug: str, secret: str, ctx: RequestContext | None) -> list[str]:
-        """Delete the gateway and the VM (waiting until gone); return the VM's logs. Runs to the
-        end even when the request is being cancelled."""
-        async def undo() -> list[str]:
-            logs: list[str] = []
-            with contextlib.suppress(BackendFailure, BackendUnavailable):
-                vm, gateway = await self._find(slug, secret)
-                if gateway is not None:
-                    await self._ask(self.service.delete_webgateway(gateway.id, secret))
-                if vm is not None:
-                    logs = await self._ask(self.service.vm_logs(vm.id, secret))
-                    await self._ask(self.service.delete_vm(vm.id, secret))
-                    await self._wait_gone(slug, secret)
-            return logs
-        return await asyncio.shield(undo())
+    async def _undo(self, slug: str, secret: str, *, forget: bool) -> _Undone:
+        """Delete the gateway and the VM and wait until the VM is gone; with ``forget``, then
+        forget the secret and record. Never raises for the service's failures: they are the
+        ``problem`` of the result (and the secret is kept). Run it through ``ctx.cleanup``."""
+        undone = _Undone()
+        try:
+            vm, gateway = await self._find(slug, secret)
+            if gateway is not None:
+                await self._ask(self.service.delete_webgateway(gateway.id, secret))
+            if vm is not None:
+                with contextlib.suppress(BackendFailure, BackendUnavailable):
+                    undone.logs = await self._ask(self.service.vm_logs(vm.id, secret))
+                await self._ask(self.service.delete_vm(vm.id, secret))
+                await self._wait_gone(slug, secret)
+        except (BackendFailure, BackendUnavailable) as exc:
+            undone.problem = exc.message
+        if forget and undone.problem is None:
+            self._vault.forget(slug)
+        return undone
 
     async def _wait_gone(self, slug: str, secret: str) -> None:
         loop = asyncio.get_running_loop()
@@ -326,7 +500,7 @@ class TfgridDriver(Driver):
     # --- status, list -------------------------------------------------------------------------
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
         slug = ref.workspace_slug
-        secret = self._vault.secret(slug, ref.secrets_vault_path)
+        secret = self._secret(slug, ref)
         if secret is None:
             return StatusReport(state="absent", observed_at=utc_now(),
                                 message="no secret for this workspace: nothing deployed")
@@ -340,7 +514,12 @@ class TfgridDriver(Driver):
     async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         refs = []
         for slug in self._vault.slugs():
-            record, secret = self._vault.record(slug), self._vault.secret(slug)
+            record = self._vault.record(slug)
+            try:
+                secret = self._secret(slug)
+            except RefusedSecretPath as exc:
+                ctx.progress(f"skipping {slug}: {exc.message}", None, "warning")
+                continue
             if record is None or secret is None:
                 continue
             vm, gateway = await self._find(slug, secret)
@@ -352,8 +531,9 @@ class TfgridDriver(Driver):
     async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
                       ctx: RequestContext) -> DeploymentRef:
         slug = ref.workspace_slug
-        flags, node, slices, image = await self._plan(profile)
-        record, secret = self._vault.record(slug), self._vault.secret(slug, ref.secrets_vault_path)
+        secret = self._secret(slug, ref)
+        plan = await self._plan(profile)
+        record = self._vault.record(slug)
         if record is None or secret is None:
             raise InvalidTransition(f"workspace {slug!r} is not deployed", state="absent")
         vm, gateway = await self._find(slug, secret)
@@ -362,36 +542,54 @@ class TfgridDriver(Driver):
             raise InvalidTransition(f"workspace {slug!r} is {state}; only a ready workspace can be "
                                     "upgraded", state=state)
         assert vm is not None
+        nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
+        here = nodes.get(vm.node_sid)
+        slices = plan.slices_on(here) if here is not None else vm.slice_count
         changes = [what for what, old, new in (("slices", vm.slice_count, slices),
-                                               ("image", vm.image, image)) if old != new]
+                                               ("image", vm.image, plan.image)) if old != new]
         if not changes:
             record["tier"] = profile.tier
             self._vault.save(slug, record)
             ctx.progress("nothing to change on the grid; the tier is updated", 1.0)
             return self._ref(slug, record, vm, gateway)
-        if not flags.allow_destructive_upgrade:
+        if not plan.flags.allow_destructive_upgrade:
             raise Unsupported(
                 f"changing the {' and '.join(changes)} of a TFGrid VM means deleting and "
                 "redeploying it, which destroys its disk; the VM keeps running unchanged. Set "
                 "driver_flags.allow_destructive_upgrade = true to accept that",
                 reason=f"in-place {' and '.join(changes)} change is not possible on TFGrid")
         ctx.progress(f"destructive upgrade: deleting VM {vm.name}", 0.05)
-        await self._undo(slug, secret, ctx)
-        record.update(tier=profile.tier, node=node, slices=slices, image=image, port=flags.port)
+        deleting = asyncio.ensure_future(self._undo(slug, secret, forget=False))
+        try:
+            undone = await ctx.cleanup(deleting)  # once begun, the deletion is seen to its end
+        except asyncio.CancelledError:
+            if not deleting.done():
+                raise
+            undone = deleting.result()
+            if undone.problem is None:
+                self._vault.forget(slug)
+            raise BackendFailure(
+                f"upgrade of {slug!r} was cancelled while its VM was being deleted"
+                + (f", and the deletion is not confirmed: {undone.problem}" if undone.problem
+                   else "; the workspace has no VM now: provision it again"),
+                rolled_back=False, logs=undone.logs) from None
+        if undone.problem is not None:
+            raise BackendFailure(f"upgrade of {slug!r}: deleting VM {vm.name} is not confirmed: "
+                                 f"{undone.problem}", rolled_back=False, logs=undone.logs)
+        record.update(tier=profile.tier, node=plan.node, image=plan.image, port=plan.flags.port)
+        record.pop("vm_id", None)
         self._vault.save(slug, record)
         try:
-            vm, gateway = await self._deploy(slug, secret, flags, node=node, slices=slices, image=image,
-                                                ctx=ctx)
-        except BaseException:
-            await self._undo(slug, secret, None)
-            self._vault.forget(slug)
-            raise
-        return self._ref(slug, record, vm, gateway)
+            vm, gateway = await self._deploy(slug, secret, plan, ctx)
+        except BaseException as exc:
+            await self._roll_back(f"upgrade of {slug!r} (its old VM deleted)", slug, secret, exc,
+                                  ctx, restores=False)
+        return self._ref(slug, self._vault.record(slug) or record, vm, gateway)
 
     # --- teardown -----------------------------------------------------------------------------
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
         slug = ref.workspace_slug
-        secret = self._vault.secret(slug, ref.secrets_vault_path)
+        secret = self._secret(slug, ref)
         if secret is None:
             return
         ctx.progress(f"deleting the gateway and VM {_vm_name(slug)}", 0.1)
@@ -403,6 +601,10 @@ class TfgridDriver(Driver):
             await self._wait_gone(slug, secret)
         self._vault.forget(slug)
         ctx.progress("deleted", 1.0)
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, DriverError) else str(exc) or type(exc).__name__
 
 
 def _vm_name(slug: str) -> str:

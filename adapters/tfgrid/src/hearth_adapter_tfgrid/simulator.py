@@ -1,14 +1,17 @@
 """A local ComputeService for tests, the demo and adapter authors.
 
 It speaks the same wire as ``compute.py`` assumes (JSON-RPC 2.0 as ``POST /rpc`` over
-HTTP/1.1 on a Unix socket, ``GET /openrpc.json``) and behaves as seed 002 documents the
+HTTP/1.1, ``GET /openrpc.json``; served by uvicorn and starlette on a Unix socket, or on TCP
+with an optional bearer token as a router exposes it) and behaves as seed 002 documents the
 TFGrid backend: slices of 4 GB and 1 vCPU with capacity per node, asynchronous deploy and
 delete, ownership by a per-VM secret (other owners' VMs are invisible, a wrong secret is an
 error), an idempotent delete, name gateways whose FQDN appears once ready, and the stubbed
 methods failing with "… is not supported on TFGrid". Fault switches: a deploy that fails
-midway, a VM that never gets an IP, a service that hangs up.
+midway, a VM that never gets an IP, a service that is unavailable (HTTP 503). SIGTERM and
+SIGINT stop it cleanly (exit status 0, socket removed).
 
     hearth-tfgrid-sim --socket PATH [--deploy-delay SECONDS] [--nodes tfnode-1:8,tfnode-2:4]
+    hearth-tfgrid-sim --listen 127.0.0.1:8765 [--token-env NAME] ...
 """
 
 from __future__ import annotations
@@ -17,15 +20,23 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import itertools
 import json
 import os
 import signal
+import socket as socket_
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 from . import compute
 
@@ -94,11 +105,35 @@ class Faults:
 
     fail_deploy: bool = False
     no_ip: bool = False
-    unreachable: bool = False
+    unreachable: bool = False  # every request is answered HTTP 503, as by a router whose service is down
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, started and stopped by its owner: it sets ``up`` once it accepts
+    connections, stops when ``exit`` is set, and leaves signal handling to the owner (the
+    console script's loop, or the test that runs it)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.up = asyncio.Event()
+        self.exit = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket_.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.up.set()
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # sets the default headers once
+        await self.exit.wait()
 
 
 class Simulator:
-    """The service's state and methods; ``serve`` puts it on a Unix socket."""
+    """The service's state and methods; ``start`` serves them over HTTP (uvicorn) on a Unix
+    socket or TCP, ``stop`` ends that."""
 
     def __init__(self, nodes: Sequence[tuple[str, int, int]] = DEFAULT_NODES,
                  deploy_delay: float = 0.3) -> None:
@@ -109,23 +144,67 @@ class Simulator:
         self.gateways: dict[str, _Gateway] = {}
         self._ids = itertools.count(1)
         self._work: set[asyncio.Task[None]] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._server: _Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._token: str | None = None
+        #: Where it serves, once started: the socket path, or the URL of its TCP listener.
         self.socket: Path | None = None
+        self.url: str | None = None
         self.calls: list[str] = []
 
     # --- serving --------------------------------------------------------------------------------
-    async def start(self, socket: str | Path) -> None:
-        self.socket = Path(socket)
+    async def start(self, socket: str | Path | None = None, *, host: str | None = None, port: int = 0,
+                    token: str | None = None) -> None:
+        """Serve on the Unix socket ``socket`` (mode 0600), or on TCP at ``host``:``port`` (0: any
+        free port; ``url`` says which) where every request must carry ``Bearer <token>`` when a
+        token is given, as behind a router. Returns once the server accepts connections."""
+        if (socket is None) == (host is None):
+            raise ValueError("give either a socket path or a host")
+        listener = self._bind_unix(Path(socket)) if socket is not None else self._bind_tcp(host, port)
+        self._token = token
+        config = uvicorn.Config(self.app(), lifespan="off", http="h11", log_config=None,
+                                access_log=False, timeout_graceful_shutdown=2,
+                                timeout_keep_alive=30)  # well past httpx's 5 s keep-alive expiry
+        server = _Server(config)
+        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
+        up = asyncio.ensure_future(server.up.wait())
+        await asyncio.wait({serving, up}, return_when=asyncio.FIRST_COMPLETED)
+        if not server.up.is_set():  # the server ended before it accepted anything
+            up.cancel()
+            listener.close()
+            await serving  # raises what stopped it, if anything did
+            raise OSError("the simulator's server did not start")
+        self._server, self._serving = server, serving
+
+    def _bind_unix(self, path: Path) -> socket_.socket:
+        self.socket = path
         with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
-        self._server = await asyncio.start_unix_server(self._connection, path=str(self.socket))
-        self.socket.chmod(0o600)
+            path.unlink()
+        listener = socket_.socket(socket_.AF_UNIX, socket_.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            path.chmod(0o600)  # before listen(): nobody else can ever connect
+            listener.listen(128)  # connections made as soon as the file exists wait for uvicorn
+        except OSError:
+            listener.close()
+            raise
+        return listener
+
+    def _bind_tcp(self, host: str | None, port: int) -> socket_.socket:
+        assert host is not None
+        listener = socket_.create_server((host, port))
+        bound_host, bound_port = listener.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"http://{shown}:{bound_port}/rpc"
+        return listener
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Stop serving (idle kept connections are closed), end pending work, remove the socket."""
+        server, serving = self._server, self._serving
+        self._server = self._serving = None
+        if server is not None and serving is not None:
+            server.exit.set()
+            await serving
         for task in list(self._work):
             task.cancel()
         await asyncio.gather(*self._work, return_exceptions=True)
@@ -139,33 +218,28 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request_line = await reader.readline()
-            if self.faults.unreachable or not request_line:
-                return
-            method, path, _ = request_line.decode("latin-1").split(" ", 2)
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                name, _, value = line.decode("latin-1").partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            body = await reader.readexactly(length) if length else b""
-            if method == "POST" and path == "/rpc":
-                status, payload = 200, await self.handle(body)
-            elif method == "GET" and path == "/openrpc.json":
-                status, payload = 200, self.openrpc()
-            else:
-                status, payload = 404, {"error": f"no {method} {path}"}
-            data = json.dumps(payload).encode()
-            writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Not Found'}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + data)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
+    def app(self) -> Starlette:
+        """The ASGI application: ``POST /rpc`` and ``GET /openrpc.json``."""
+        async def rpc(request: Request) -> Response:
+            refused = self._refusal(request)
+            if refused is not None:
+                return refused
+            return JSONResponse(await self.handle(await request.body()))
+
+        async def openrpc(request: Request) -> Response:
+            return self._refusal(request) or JSONResponse(self.openrpc())
+
+        return Starlette(routes=[Route("/rpc", rpc, methods=["POST"]),
+                                 Route("/openrpc.json", openrpc, methods=["GET"])])
+
+    def _refusal(self, request: Request) -> Response | None:
+        if self.faults.unreachable:  # what a router answers when the service behind it is down
+            return PlainTextResponse("the ComputeService is unavailable", status_code=503)
+        if self._token is not None and not hmac.compare_digest(
+                request.headers.get("authorization", ""), f"Bearer {self._token}"):
+            return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return None
 
     def openrpc(self) -> dict[str, Any]:
         methods = sorted({*self._methods(), *STUBBED})
@@ -373,15 +447,26 @@ def _parse_nodes(text: str) -> list[tuple[str, int, int]]:
     return nodes
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: use HOST:PORT, e.g. 127.0.0.1:8765")
+    return host.strip("[]"), int(port)
+
+
+async def _serve(args: argparse.Namespace, token: str | None) -> None:
     simulator = Simulator(args.nodes or DEFAULT_NODES, args.deploy_delay)
     simulator.faults = Faults(fail_deploy=args.fail_deploy, no_ip=args.no_ip)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await simulator.start(args.socket)
-    print(f"hearth-tfgrid-sim: ComputeService on {args.socket} "
+    if args.listen:
+        await simulator.start(host=args.listen[0], port=args.listen[1], token=token)
+    else:
+        await simulator.start(args.socket)
+    where = simulator.url or args.socket
+    print(f"hearth-tfgrid-sim: ComputeService on {where} "
           f"({', '.join(f'{n.sid}: {n.total} slices' for n in simulator.nodes.values())})",
           file=sys.stderr, flush=True)
     await stop.wait()
@@ -391,7 +476,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hearth-tfgrid-sim", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="the Unix socket to listen on (mode 0600)")
+    where.add_argument("--listen", type=_parse_listen, metavar="HOST:PORT",
+                       help="listen on TCP instead, as a router would expose the service (POST /rpc)")
+    parser.add_argument("--token-env", metavar="NAME",
+                        help="with --listen: require 'Authorization: Bearer <the value of $NAME>'")
     parser.add_argument("--deploy-delay", type=float, default=0.3,
                         help="seconds a deploy takes (delete and gateways: half of it)")
     parser.add_argument("--nodes", type=_parse_nodes, help="HOSTNAME:SLICES,... (default: "
@@ -399,11 +489,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fail-deploy", action="store_true", help="every deploy fails midway")
     parser.add_argument("--no-ip", action="store_true", help="VMs never get a mycelium address")
     args = parser.parse_args(argv)
-    if not Path(args.socket).parent.is_dir():
+    token = None
+    if args.token_env:
+        if not args.listen:
+            parser.error("--token-env goes with --listen")
+        token = os.environ.get(args.token_env)
+        if not token:
+            parser.error(f"--token-env: the variable {args.token_env} is not set or empty")
+    if args.socket and not Path(args.socket).parent.is_dir():
         print(f"hearth-tfgrid-sim: no folder {Path(args.socket).parent}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(args, token))
+    except OSError as exc:
+        print(f"hearth-tfgrid-sim: cannot listen on {args.socket or args.listen}: {exc}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

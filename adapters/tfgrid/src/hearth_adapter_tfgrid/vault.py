@@ -4,6 +4,11 @@
 ``secrets_vault_path``, the secret itself never leaves this file and the service);
 ``workspaces/<slug>.json`` holds what the VM cannot: the tier and creation time (TFGrid VMs
 have no metadata field, the name is the only handle).
+
+A secret is read from ``secrets/<slug>.secret`` and nowhere else: a path handed in (a ref's
+``secrets_vault_path``, which the host stores and anyone who can edit its record can change) is
+only accepted when it resolves, symlinks followed, to that very file. Otherwise any file the
+adapter can read (``/etc/hostname``, another workspace's secret) would be sent to the service.
 """
 
 from __future__ import annotations
@@ -11,9 +16,23 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+#: A secret file is a few dozen bytes; anything much larger is not one.
+MAX_SECRET_BYTES = 4096
+
+
+class UnsafeSecretPath(ValueError):
+    """A secret path that is not the workspace's own file in this vault (nothing was read)."""
+
+    def __init__(self, path: str, expected: Path, why: str) -> None:
+        super().__init__(f"{path!r} {why}; a workspace's secret is only read from its own file "
+                         f"{expected}")
+        self.path = path
+        self.expected = expected
 
 
 class Vault:
@@ -31,7 +50,8 @@ class Vault:
         """A new secret from the OS's CSPRNG, written to a file only its owner can read."""
         secret = secrets.token_urlsafe(32)
         path = self.secret_path(slug)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        fd = os.open(path, flags, 0o600)
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, secret.encode())
@@ -40,11 +60,42 @@ class Vault:
         return secret
 
     def secret(self, slug: str, path: str | None = None) -> str | None:
-        """The secret of ``slug`` (from the ref's vault path when it has one), or None."""
-        for candidate in (Path(path) if path else None, self.secret_path(slug)):
-            if candidate is not None and candidate.is_file():
-                return candidate.read_text().strip()
-        return None
+        """The secret of ``slug``, or None when it has none. ``path`` (a ref's vault path) must
+        resolve to ``secrets/<slug>.secret`` of this vault, and so must that file itself (it may not
+        be a symlink out of the folder): otherwise ``UnsafeSecretPath``, before anything is read."""
+        own = self.secret_path(slug)
+        expected = own.parent.resolve() / own.name
+        for candidate in (Path(path) if path else None, own):
+            if candidate is None:
+                continue
+            resolved = candidate.resolve()
+            if resolved == expected:
+                continue
+            if resolved.parent == expected.parent:
+                why = f"is not the secret file of {slug!r}"
+            elif candidate.absolute().parent.resolve() == expected.parent:
+                why = f"is a symlink out of this adapter's secrets folder (to {resolved})"
+            else:
+                why = f"is outside this adapter's secrets folder {expected.parent}"
+            raise UnsafeSecretPath(str(candidate), own, why)
+        try:  # O_NOFOLLOW: a symlink swapped in since the check above is refused, not followed
+            fd = os.open(expected, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UnsafeSecretPath(str(own), own, f"cannot be opened safely ({exc.strerror})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeSecretPath(str(own), own, "is not a regular file")
+            data = os.read(fd, MAX_SECRET_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_SECRET_BYTES:
+            raise UnsafeSecretPath(str(own), own, "is too large to be a secret")
+        try:
+            return data.decode("ascii").strip()
+        except UnicodeDecodeError:  # minted secrets are URL-safe base64
+            raise UnsafeSecretPath(str(own), own, "does not hold a secret (not ASCII)") from None
 
     def record(self, slug: str) -> dict[str, Any] | None:
         try:
