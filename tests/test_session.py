@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -427,3 +428,39 @@ def test_an_invalid_rollback_grace_is_ignored_with_a_warning(
         assert rollback_grace_from_env({ROLLBACK_GRACE_ENV: raw}) == DEFAULT_ROLLBACK_GRACE
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert f"ignoring HEARTH_ROLLBACK_GRACE={raw!r}" in caplog.records[0].getMessage()
+
+
+
+class FailingRollback(Driver):
+    name: ClassVar[str] = "failingundo"
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await ctx.cleanup(_refused_delete())
+            raise
+        raise AssertionError("not reached")
+
+
+async def _refused_delete() -> None:
+    raise OSError("the backend refused the delete")
+
+
+async def test_a_cleanup_that_raises_is_answered_rolled_back_false() -> None:
+    driver = FailingRollback()
+    peer = Peer(MemoryConnection(driver))
+    await peer.initialize()
+    sent, future = await peer.start_request("provision", _provision("failingundo"))
+    await driver.started.wait()
+    await peer.notify("cancel", {"id": sent["id"]})
+    reply = await peer.finish(sent, future, 5)
+    assert reply.error is not None and reply.error["code"] == codes.CANCELLED
+    assert reply.error["data"] == {"kind": "cancelled", "rolled_back": False}
+    await peer.close()

@@ -21,8 +21,8 @@ log = logging.getLogger("hearth_adaptersdk")
 class RequestContext:
     """Handed to every verb: who is asking, a way to report progress, and a way to roll back."""
 
-    __slots__ = ("_cleanups", "_deadline", "_emit", "_expired", "_timer", "_track", "_waiting",
-                 "method", "request_id")
+    __slots__ = ("_cleanup_failed", "_cleanups", "_deadline", "_emit", "_expired", "_timer",
+                 "_track", "_waiting", "method", "request_id")
 
     def __init__(
         self,
@@ -36,6 +36,8 @@ class RequestContext:
         self._emit = emit
         self._track = track
         self._cleanups: set[asyncio.Future[Any]] = set()
+        #: A cleanup raised (or was cancelled): the rollback is not confirmed.
+        self._cleanup_failed = False
         #: Loop time at which the server stops waiting for this request's rollback (once cancelled).
         self._deadline: float | None = None
         self._expired: asyncio.Future[None] | None = None
@@ -70,6 +72,7 @@ class RequestContext:
         within the same grace).
         """
         task: asyncio.Future[T] = asyncio.ensure_future(work)
+        task.add_done_callback(self._cleanup_done)
         if not task.done():
             self._cleanups.add(task)
             task.add_done_callback(self._cleanups.discard)
@@ -110,10 +113,11 @@ class RequestContext:
 
     async def _settle(self, grace: float) -> bool:
         """The verb ended cancelled: wait for its cleanups until the rollback deadline (``grace``
-        from now if the server did not cancel it). True when no cleanup is left running."""
+        from now if the server did not cancel it). True when every cleanup finished, and none
+        of them failed: a rollback that raised did not roll back."""
         pending = {task for task in self._cleanups if not task.done()}
         if not pending:
-            return True
+            return self._all_succeeded()
         if self._deadline is None:
             self._start_rollback(asyncio.get_running_loop().time() + grace)
         expired = self._expiry()
@@ -124,7 +128,14 @@ class RequestContext:
                 pending = {task for task in self._cleanups if not task.done()}
         finally:
             self._waiting -= 1
-        return not pending
+        return not pending and self._all_succeeded()
+
+    def _all_succeeded(self) -> bool:
+        return not self._cleanup_failed
+
+    def _cleanup_done(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._cleanup_failed = True
 
     def _finished(self) -> None:
         if self._timer is not None:
