@@ -548,3 +548,53 @@ async def test_a_cancelled_destructive_upgrade_says_that_the_workspace_has_no_vm
         assert reply.error["data"]["rolled_back"] is False and "no VM now" in reply.error["message"]
         assert simulator.vms == {}
         assert (await peer.status(ref)).state == "absent"
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("run", range(4))
+async def test_ctrl_c_mid_provision_through_the_cli_leaves_no_vm_and_a_truthful_record(
+        tmp_path: Path, venv_bin: Path, run: int) -> None:
+    """Issue 9, defect 1: the VM used to leak while the record said it was rolled back."""
+    simulator = Simulator(deploy_delay=1.0)
+    await simulator.start(tmp_path / "rpc.sock")
+    project, home = tmp_path / "project", tmp_path / "home"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.2\n')
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+
+    async def hearth(*args: str) -> tuple[int, bytes, bytes]:
+        process = await asyncio.create_subprocess_exec(
+            str(venv_bin / "hearth"), *args, "--json", "--project", str(project), "--home",
+            str(home), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return process.returncode, out, err
+
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(venv_bin / "hearth"), "provision", "tc", "--tier", "solo", "--driver", "tfgrid",
+            "--project", str(project), "--home", str(home), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL)
+        for _ in range(3000):  # the VM is being deployed: strike now (a bounded wait, not a sleep)
+            if simulator.vms:
+                break
+            await asyncio.sleep(0.01)
+        assert simulator.vms, "the deploy never started"
+        await asyncio.sleep(0.1 * run)  # a different point of the deploy in each run
+        process.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 130
+        [line] = err.decode().strip().splitlines()
+        assert line.startswith("hearth: cancelled: interrupted by SIGINT; ")
+        assert simulator.vms == {} and simulator.gateways == {}  # nothing leaked
+        assert all(node.free == node.total for node in simulator.nodes.values())
+        code, out, _ = await hearth("ls")
+        assert code == 0 and json.loads(out) == []  # rolled back: the slug is free
+        code, out, _ = await hearth("logs", "tc")
+        [operation] = json.loads(out)
+        assert operation["outcome"] == "cancelled" and operation["error"]["rolled_back"] is True
+    finally:
+        await simulator.stop()
