@@ -108,8 +108,7 @@ def test_19_ctrl_c_while_waiting_for_the_lock_says_nothing_changed(cli: Cli) -> 
     _, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 130
     assert err.strip().splitlines() == [
-        "hearth: cancelled: interrupted by SIGINT; nothing had been sent to an adapter, so nothing "
-        "changed"]
+        "hearth: cancelled: interrupted by SIGINT; nothing was changed"]
     holder.send_signal(signal.SIGINT)
     holder.communicate(timeout=30)
 
@@ -181,3 +180,23 @@ def test_4_bad_timeouts_are_invalid_input_on_every_command(cli: Cli, value: str)
     for command in (("status", "alpha"), ("reconcile",), ("ls",)):
         code, line, error = cli.error(*command, "--timeout", value)
         assert code == 2 and error["kind"] == "invalid_input" and "timeout" in line
+
+
+def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(cli: Cli) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(cli.argv("ls"), stdout=full, stderr=subprocess.PIPE, text=True,
+                              env=cli.env, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "hearth: output_error: cannot write the output: No space left on device"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--home", ""), ("--project", "/no/such/folder")])
+def test_an_empty_home_or_a_missing_project_is_invalid_input(
+        cli: Cli, option: str, value: str) -> None:
+    done = subprocess.run([cli.exe, "ls", option, value, "--json"], capture_output=True, text=True,
+                          env=cli.env, timeout=60, check=False, stdin=subprocess.DEVNULL,
+                          cwd=cli.project)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("hearth: invalid_input: ")
+    assert not (cli.project / "hearth.db").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,64 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open the store"):
         SQLiteStore(path)
+
+
+@pytest.mark.parametrize(("verb", "code", "data", "expected"), [
+    ("upgrade", -32602, {}, True), ("upgrade", -32020, {}, True), ("upgrade", -32021, {}, True),
+    ("upgrade", -32022, {}, True), ("upgrade", -32023, {}, True), ("provision", -32023, {}, True),
+    ("teardown", -32602, {}, True),
+    ("upgrade", -32031, {"rolled_back": True}, True),
+    ("provision", -32031, {"rolled_back": True}, True),
+    ("teardown", -32031, {"rolled_back": True}, False),  # a teardown is never undone
+    ("provision", -32031, {"rolled_back": False}, False),
+    ("provision", -32031, {}, False),
+    ("provision", -32030, {}, False), ("upgrade", -32603, {}, False), ("provision", -32800, {}, False),
+])
+def test_which_answers_changed_nothing(verb: Any, code: int, data: dict[str, Any],
+                                       expected: bool) -> None:
+    from hearth.states import changed_nothing
+    assert changed_nothing(verb, code, data) is expected
+
+
+@pytest.mark.parametrize(("verb", "answered", "data", "expected"), [
+    ("provision", True, {}, True), ("provision", True, {"rolled_back": True}, True),
+    ("provision", True, {"rolled_back": False}, False), ("provision", False, {}, False),
+    ("upgrade", True, {}, True), ("teardown", True, {"rolled_back": True}, False),
+])
+def test_which_cancel_answers_confirm_a_rollback(verb: Any, answered: bool, data: dict[str, Any],
+                                                  expected: bool) -> None:
+    from hearth.states import cancel_rolled_back
+    assert cancel_rolled_back(verb, answered, data) is expected
+
+
+@pytest.mark.parametrize(("recorded", "observed", "verb", "expected"), [
+    # settled records: only a ghost changes
+    ("ready", "absent", None, ("failed", "ghost")),
+    ("ready", "ready", None, None),
+    ("failed", "absent", None, None),  # what a rollback leaves: not a ghost
+    ("ready", "unknown", None, None),  # an unreachable backend changes nothing
+    # records a verb left uncertain
+    ("provisioning", "ready", "provision", ("ready", None)),
+    ("provisioning", "absent", "provision", ("failed", "no trace")),
+    ("upgrading", "ready", "upgrade", ("ready", "upgrade interrupted")),
+    ("tearing_down", "ready", "teardown", ("ready", "still serves")),
+    ("tearing_down", "absent", "teardown", ("tier_torn_down", None)),
+    ("tearing_down", "tier_torn_down", "teardown", ("tier_torn_down", None)),
+    ("tearing_down", "tearing_down", "teardown", ("failed", "still tearing_down")),
+    ("failed", "failed", "provision", ("failed", "shows failed")),
+    ("failed", "unknown", "provision", None),
+])
+def test_reconcile_maps_what_it_observes_to_the_record(
+        recorded: Any, observed: str, verb: str | None,
+        expected: tuple[str, str | None] | None) -> None:
+    from hearth.states import resolve
+    found = resolve(recorded, observed, verb=verb)
+    if expected is None:
+        assert found is None
+        return
+    assert found is not None and found.state == expected[0]
+    if expected[1] is None:
+        assert found.reason is None
+    else:
+        assert expected[1] in (found.reason or "")
+    assert found.unconfirmed == (observed in ("provisioning", "upgrading", "tearing_down"))

@@ -322,3 +322,46 @@ async def test_an_invalid_rollback_grace_in_the_environment_is_a_warning_on_stde
     assert closed.returncode == 0
     assert any("ignoring HEARTH_ROLLBACK_GRACE='soon'" in line for line in closed.stderr_tail)
     await peer.close()
+
+
+def test_a_frozen_adapter_does_not_outlive_its_host(fake_exe: Path, tmp_path: Path) -> None:
+    """A driver that blocks the event loop cannot watch its parent from the loop: the SDK's
+    watchdog thread ends the process once the host is gone and the grace has passed."""
+    middle = tmp_path / "host.py"
+    request = {"jsonrpc": "2.0", "id": 2, "method": "provision", "params": {
+        "slug": "frozen", "profile": profile(freeze_at="provision").model_dump(mode="json")}}
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocol_versions": [1], "host": {"name": "test", "version": "0"},
+        "data_dir": str(tmp_path / "data")}}
+    middle.write_text(
+        "import json, subprocess, sys, time\n"
+        f"adapter = subprocess.Popen([{str(fake_exe)!r}], stdin=subprocess.PIPE, "
+        "stdout=subprocess.PIPE, env={**__import__('os').environ, 'HEARTH_PROTOCOL': '1', "
+        "'HEARTH_ROLLBACK_GRACE': '0.2'})\n"
+        f"adapter.stdin.write(json.dumps({initialize!r}).encode() + b'\\n')\n"
+        "adapter.stdin.flush()\n"
+        "adapter.stdout.readline()\n"  # the handshake's answer: the adapter is serving
+        f"adapter.stdin.write(json.dumps({request!r}).encode() + b'\\n')\n"
+        "adapter.stdin.flush()\n"
+        "print(adapter.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    host = subprocess.Popen([sys.executable, str(middle)], stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        assert host.stdout is not None
+        adapter = int(host.stdout.readline())
+        journal = tmp_path / "data" / "journal.jsonl"
+        deadline = time.monotonic() + 30
+        while not (journal.exists() and "provision" in journal.read_text()):
+            assert time.monotonic() < deadline, "the adapter never reached the frozen verb"
+            time.sleep(0.02)
+        host.kill()  # kill -9 of the host: the adapter's event loop is frozen
+        host.wait()
+        deadline = time.monotonic() + 30
+        while not _gone(adapter):
+            assert time.monotonic() < deadline, "the frozen adapter outlived its host"
+            time.sleep(0.05)
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()

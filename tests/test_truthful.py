@@ -423,3 +423,43 @@ async def test_the_time_of_a_refusal_does_not_move_updated_at(tmp_path: Path) ->
         assert after == before
         assert utc_now() >= after.updated_at
 
+
+
+class Settling(FakeDriver):
+    """The backend is still deleting the first time it is asked, then gone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = ["tearing_down", "absent"]
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        return StatusReport(state=self.answers.pop(0) if self.answers else "absent",  # type: ignore[arg-type]
+                            observed_at=utc_now())
+
+
+async def test_8_reconcile_looks_again_at_a_backend_that_had_not_settled(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("s1", tier="solo", driver="fake")
+        [record] = host.deployments()
+        host.store.begin(replace(record, state="tearing_down"), "teardown")  # then kill -9
+    async with make_host(tmp_path, driver=Settling()) as host:
+        first = await host.reconcile()
+        assert first.resolved == [("s1", "tearing_down", "failed")]
+        [record] = host.deployments()
+        assert record.unconfirmed and "still tearing_down" in (record.reason or "")
+        second = await host.reconcile()  # the deletion finished meanwhile
+        assert second.resolved == [("s1", "failed", "tier_torn_down")]
+        [record] = host.deployments()
+        assert (record.state, record.unconfirmed) == ("tier_torn_down", False)
+        third = await host.reconcile()
+        assert (third.resolved, third.ghosts) == ([], [])
+
+
+async def test_13_status_of_a_record_left_transient_says_to_reconcile(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("s2", tier="solo", driver="fake")
+        [record] = host.deployments()
+        host.store.begin(replace(record, state="upgrading"), "upgrade")  # a host died mid-upgrade
+        status = await host.status("s2")
+        assert "no hearth process is working on it" in (status.message or "")
+        assert "hearth reconcile" in (status.message or "")

@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import sys
+import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from .codec import FrameTooLarge, LineDecoder
@@ -90,6 +92,8 @@ def rollback_grace_from_env(environ: Mapping[str, str]) -> float:
 def _run(driver: Driver, protocol_fd: int, parent: int,
          rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> int:
     """Run the server; driver work still running after the grace cannot keep the process alive."""
+    threading.Thread(target=_watchdog, args=(parent, rollback_grace + _EXIT_GRACE + 2.0),
+                     name="hearth-parent-watchdog", daemon=True).start()
     loop = asyncio.new_event_loop()
     code = loop.run_until_complete(_serve_stdio(driver, protocol_fd, parent, rollback_grace))
     stuck = [task for task in asyncio.all_tasks(loop) if not task.done()]
@@ -140,6 +144,18 @@ class _Output(asyncio.Protocol):
 def _finish(done: asyncio.Future[int], code: int) -> None:
     if not done.done():
         done.set_result(code)
+
+
+def _watchdog(parent: int, bound: float) -> None:
+    """A thread that ends the process once the host is gone and the event loop has not done
+    so within ``bound`` seconds: a driver that blocks the loop cannot outlive its host."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL)
+    time.sleep(bound)
+    with contextlib.suppress(Exception):
+        log.error("the host is gone and the adapter did not stop within %g s; exiting", bound)
+        sys.stderr.flush()
+    os._exit(1)
 
 
 async def _watch_parent(done: asyncio.Future[int], parent: int) -> None:

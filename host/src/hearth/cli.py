@@ -290,8 +290,8 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
             if not host.cancel_running(reason, outcome=outcome):
                 work.cancel()
             if sys.stderr.isatty():
-                print(f"hearth: cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
-                      "adapter to roll back (signal again to stop waiting)", file=sys.stderr,
+                print(f"  cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
+                      "adapter to roll back (Ctrl-C again to stop waiting)", file=sys.stderr,
                       flush=True)
         elif len(received) == 2:
             work.cancel()  # stop waiting for the rollback: the record says it is not confirmed
@@ -310,8 +310,7 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     except asyncio.CancelledError:
         if not received:
             raise
-        notes = "; ".join(host.interruptions) or "nothing had been sent to an adapter, so " \
-            "nothing changed"
+        notes = "; ".join(host.interruptions) or "nothing was changed"
         raise Interrupted(f"interrupted by {signal.Signals(received[0]).name}; {notes}") from None
     finally:
         for signum in _SIGNALS:
@@ -329,7 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "home", None) == "":
+        parser.error("--home must name a folder (leave it out for $HEARTH_HOME or the default)")
+    project = getattr(args, "project", None)
+    if project is not None and not os.path.isdir(project):
+        parser.error(f"--project {project[:200]!r} is not a folder")
     as_json = getattr(args, "json", False)
     if getattr(args, "verbose", False):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -354,19 +359,31 @@ def _main(argv: Sequence[str] | None) -> int:
         logging.getLogger("hearth").debug("unexpected error", exc_info=exc)
         return _failed({}, "internal", f"unexpected {type(exc).__name__}: {exc} (a bug in hearth; "
                        "run again with --verbose for the traceback and report it)", as_json)
-    _print(json.dumps(document, indent=2) if as_json else text)
-    return 0
+    return _print(json.dumps(document, indent=2) if as_json else text)
 
 
-def _print(text: str, *, stream: Any = None) -> None:
-    """Print, and exit quietly when the reader has gone (``hearth ls | head -1``)."""
+def _print(text: str, *, stream: Any = None) -> int:
+    """Print; 0, or 1 when the output cannot be written (a full disk: one line on stderr). A
+    reader that has gone (``hearth ls | head -1``) ends the command quietly."""
     stream = stream or sys.stdout
     try:
         print(text, file=stream, flush=True)
     except BrokenPipeError:
-        # Python would complain again when it flushes stdout at exit: point it at /dev/null
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        _silence(stream)
+    except OSError as exc:
+        _silence(stream)
+        if stream is not sys.stderr:
+            with contextlib.suppress(OSError):
+                print(f"hearth: output_error: cannot write the output: {exc.strerror or exc}",
+                      file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    return 0
+
+
+def _silence(stream: Any) -> None:
+    """Python would fail again when it flushes the stream at exit: point it at /dev/null."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool,

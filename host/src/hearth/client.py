@@ -70,6 +70,10 @@ SHUTDOWN_GRACE = 1.0
 #: Any other call changes nothing, so a short wait for its -32800 is enough.
 CHANGING = frozenset({"provision", "upgrade", "teardown"})
 READ_ONLY_GRACE = 1.0
+#: Stopping an adapter that did not answer a cancel: it gets this long after EOF, then SIGTERM
+#: and this long again before SIGKILL (a healthy adapter's stop allows 2 s each).
+STUCK_STDIN_GRACE = 0.2
+STUCK_TERM_GRACE = 1.0
 
 
 @dataclass
@@ -168,7 +172,7 @@ class AdapterClient:
             result = await self._call("initialize", params, timeout=timeout)
         except CallTimeout:
             raise CallTimeout(f"adapter {self.name} did not complete the handshake within "
-                              f"{timeout:g} s") from None
+                              f"{timeout:.3g} s") from None
         except AdapterCrashed as exc:
             raise AdapterCrashed(self.name, exc.exit_code, exc.stderr_tail,
                                  "exited before the handshake") from None
@@ -294,7 +298,7 @@ class AdapterClient:
             raise self._failure
         grace = self._grace(method)
         await self._cancelled(ident, future, interruption, grace)
-        bound = f"{timeout:g} s" if timeout is not None else "its bound"
+        bound = f"{timeout:.2g} s" if timeout is not None else "its bound"
         if not interruption.answered:
             unconfirmed = "; the rollback is not confirmed" if method in CHANGING else ""
             raise CallTimeout(f"{method} on {self.name} got no answer within {bound}, and the "
@@ -344,7 +348,10 @@ class AdapterClient:
             interruption.error = exc
 
     def _stop_unanswered(self, ident: int, why: str) -> None:
-        self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"))
+        """An adapter that does not answer a cancel is stuck: stop it at once (it would not
+        read an EOF either), SIGTERM then SIGKILL, so the caller's bound is kept."""
+        self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"),
+                   urgent=True)
 
     def _send_cancel(self, ident: int) -> None:
         """Send ``cancel`` for ``ident`` (best effort, without waiting)."""
@@ -428,7 +435,7 @@ class AdapterClient:
         else:
             self._fail(AdapterCrashed(self.name, closed.returncode, closed.stderr_tail))
 
-    def _fail(self, error: HearthError) -> None:
+    def _fail(self, error: HearthError, *, urgent: bool = False) -> None:
         """End the session: every pending and later call fails with ``error``."""
         if self._failure is not None:
             return
@@ -438,7 +445,10 @@ class AdapterClient:
             if not future.done():
                 future.set_exception(error)
         if not self._closing:
-            self._reaper = asyncio.ensure_future(self.connection.close())
+            connection = self.connection
+            self._reaper = asyncio.ensure_future(
+                connection.close(stdin_grace=STUCK_STDIN_GRACE, term_grace=STUCK_TERM_GRACE)
+                if urgent and isinstance(connection, SubprocessConnection) else connection.close())
 
     # --- state and shutdown ----------------------------------------------------------------
     @property

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import platformdirs
 
+from .errors import InvalidInput
+
 HOME_ENV = "HEARTH_HOME"
 
 
 def resolve_home(home: str | Path | None = None) -> Path | None:
     """The explicit home (argument, then ``$HEARTH_HOME``), or None for the platform folders."""
     if home is not None:
+        if not str(home).strip():
+            raise InvalidInput("the hearth home must name a folder, not an empty string")
         return Path(home).expanduser()
     value = os.environ.get(HOME_ENV)
     return Path(value).expanduser() if value else None

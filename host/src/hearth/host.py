@@ -39,6 +39,7 @@ from .discovery import candidates, discover_all
 from .errors import (
     AdapterError,
     BackendFailure,
+    BackendUnavailable,
     CallTimeout,
     Cancelled,
     Conflict,
@@ -46,6 +47,7 @@ from .errors import (
     InvalidInput,
     InvalidTransition,
     ProtocolViolation,
+    SlugLocked,
     StoreError,
 )
 from .locks import SlugLocks
@@ -100,7 +102,9 @@ def find_project_dir(start: str | Path | None = None) -> Path:
 def echo(value: object, size: int = ECHO) -> str:
     """``repr`` of a caller's input, cut: an error never repeats a 100,000-character slug."""
     text = repr(value)
-    return text if len(text) <= size else text[:size] + "…"
+    if len(text) <= size:
+        return text
+    return repr(value[:size]) + "…" if isinstance(value, str) else text[:size] + "…"
 
 
 class Host:
@@ -338,11 +342,22 @@ class Host:
         if record.reason:
             notes.append(f"the last operation failed: {record.reason}" if record.state == "failed"
                          else f"the record notes: {record.reason}")
+        if record.state in TRANSIENT:
+            notes.append(await self._transient_note(record))
         last = self._last_operation(record)
         if last is not None and last.error is not None and last.error.get("changed_nothing"):
             notes.append(f"the last {last.verb} (#{last.id}) ended {last.outcome} and changed "
                          f"nothing: {last.error.get('message') or last.error.get('kind')}")
         return report.model_copy(update={"details": details, "message": "; ".join(notes) or None})
+
+    async def _transient_note(self, record: Deployment) -> str:
+        """Whether a transient record is being worked on, or was left by a host that died."""
+        try:
+            async with self._locks.hold(record.slug, 0.0):
+                return (f"the record says {record.state}, but no hearth process is working on it "
+                        "(one stopped in the middle): 'hearth reconcile' settles it")
+        except SlugLocked:
+            return f"another hearth process is {record.state.replace('_', ' ')} it right now"
 
     def _last_operation(self, record: Deployment) -> Operation | None:
         found = [op for op in self.store.operations(record.slug)
@@ -511,10 +526,11 @@ class Host:
             last = self._last_operation(current)
             verb = last.verb if last is not None else "provision"
         resolution = resolve(current.state, observed.state, verb=verb)
-        if resolution is None:
-            return
+        if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
+                current.state, current.reason, current.unconfirmed):
+            return  # nothing new: a second reconcile changes nothing
         settled = replace(current, state=resolution.state, reason=resolution.reason,
-                          unconfirmed=False, updated_at=utc_now())
+                          unconfirmed=resolution.unconfirmed, updated_at=utc_now())
         if verb == "upgrade" and observed.state == "ready":
             tier = observed.details.get("tier")
             if isinstance(tier, str) and tier:  # the adapter says which tier it serves
@@ -602,21 +618,22 @@ class _Outcome:
         else:
             self._end(outcome, error, self.previous)
 
-    def failed(self, exc: HearthError, *, unconfirmed: bool | None = None) -> None:
+    def failed(self, exc: HearthError, *, unconfirmed: bool | None = None,
+               outcome: str = "failed") -> None:
         """D8, unless the answer says that nothing changed."""
         if isinstance(exc, BackendFailure):
             for line in exc.logs:
                 self.host._log_buffer.add(self.operation, LogLine(utc_now(), "error", line))
         error = exc.to_json()
         if isinstance(exc, AdapterError) and changed_nothing(self.verb, exc.code, exc.data):
-            self.unchanged("failed", error)
+            self.unchanged(outcome, error)
             return
-        if unconfirmed is None:  # the adapter died or broke the protocol mid-verb
-            unconfirmed = not isinstance(exc, AdapterError)
+        if unconfirmed is None:  # the adapter died, broke the protocol or lost its backend
+            unconfirmed = not isinstance(exc, AdapterError) or isinstance(exc, BackendUnavailable)
         reason = exc.message + ("; what the backend holds is not confirmed: 'hearth reconcile' "
                                 "checks it" if unconfirmed else "")
         try:
-            self._end("failed", error, replace(self.working, state="failed", updated_at=utc_now(),
+            self._end(outcome, error, replace(self.working, state="failed", updated_at=utc_now(),
                                                reason=reason, unconfirmed=unconfirmed))
         except StoreError:
             if isinstance(exc, StoreError):
@@ -650,12 +667,16 @@ class _Outcome:
                                            "confirmed ('hearth reconcile' checks it)")
         elif not isinstance(interruption.error, Cancelled):
             assert interruption.error is not None
-            self.failed(interruption.error)
-            self.host.interruptions.append(f"{note} ended before the cancel: "
-                                           f"{interruption.error.message}")
+            self.failed(interruption.error, outcome=outcome)
+            after = self._store.get(self.working.slug)
+            self.host.interruptions.append(
+                f"{note} was cancelled and the adapter answered with an error "
+                f"({interruption.error.kind}); the workspace is recorded "
+                f"{after.state if after is not None else 'nowhere (nothing changed)'}")
         elif self.verb == "teardown":
-            state = await self._settle_teardown(outcome, reason, error)
-            self.host.interruptions.append(f"{note} was cancelled; the backend shows {state}")
+            observed, state = await self._settle_teardown(outcome, reason, error)
+            self.host.interruptions.append(f"{note} was cancelled; the backend shows {observed}, "
+                                           f"the workspace is recorded {state}")
         elif cancel_rolled_back(self.verb, True, interruption.error.data):
             self.unchanged(outcome, {**error, "rolled_back": True,
                                      "message": f"{reason}; the adapter rolled back"})
@@ -669,13 +690,16 @@ class _Outcome:
 
     def _unconfirmed(self, outcome: str, reason: str, error: dict[str, Any]) -> None:
         what = "rollback not confirmed" if self.verb != "teardown" else "teardown not confirmed"
+        reason = reason.replace("; the rollback is not confirmed", "")
         self._end(outcome, error, replace(
             self.working, state="failed", updated_at=utc_now(), unconfirmed=True,
             reason=f"{reason}; {what}: the backend may still hold resources; 'hearth reconcile' "
                    "checks it"))
 
-    async def _settle_teardown(self, outcome: str, reason: str, error: dict[str, Any]) -> str:
-        """A cancelled teardown cannot be undone: record what the adapter's status shows."""
+    async def _settle_teardown(self, outcome: str, reason: str,
+                               error: dict[str, Any]) -> tuple[str, str]:
+        """A cancelled teardown cannot be undone: record what the adapter's status shows;
+        (what it observed, the state recorded)."""
         observed = "unknown"
         ref = self.working.ref or _synthesized_ref(self.working)
         try:
@@ -687,11 +711,12 @@ class _Outcome:
         resolution = resolve(self.working.state, observed, verb="teardown")
         if resolution is None:
             self._unconfirmed(outcome, reason, error)
-            return "an unknown state"
+            return "an unknown state", "failed (not confirmed)"
         self._end(outcome, error, replace(
-            self.working, state=resolution.state, updated_at=utc_now(), unconfirmed=False,
+            self.working, state=resolution.state, updated_at=utc_now(),
+            unconfirmed=resolution.unconfirmed,
             reason=f"{reason}; {resolution.reason}" if resolution.reason else None))
-        return resolution.state
+        return observed, resolution.state
 
 
 def _same_ready(record: Deployment | None, tier: str, driver: str) -> bool:

@@ -89,6 +89,8 @@ class Resolution:
 
     state: State
     reason: str | None
+    #: The backend has not settled yet: reconcile looks again next time.
+    unconfirmed: bool = False
 
 
 def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resolution | None:
@@ -111,7 +113,8 @@ def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resol
                           "(nothing is left running)")
     if observed in TRANSIENT:
         return Resolution("failed", f"{verb} interrupted; the backend is still {observed}: "
-                          "run reconcile again once it settles")
+                          "reconcile looks again (if it stays so, tear the workspace down)",
+                          unconfirmed=True)
     if observed == "ready":
         if verb == "teardown":
             return Resolution("ready", "teardown interrupted; the backend still serves")

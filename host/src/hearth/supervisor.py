@@ -100,6 +100,9 @@ class Supervisor:
     async def _start(self, driver: str, timeout: float | None) -> AdapterClient:
         config = self._settings.adapter_config(driver)
         bound = self._handshake_timeout if timeout is None else min(timeout, self._handshake_timeout)
+        if bound <= 0:
+            raise CallTimeout(f"the deadline passed before adapter hearth-adapter-{driver} could be "
+                              "started; nothing was sent")
         data_dir = self.data_dir(driver)
         try:
             async with asyncio.timeout(bound):  # spawn and handshake together

@@ -4,6 +4,7 @@ Faults come from the profile's ``driver_flags`` (for ``status`` and ``teardown``
 profile stored at provision time), so a test drives them through the real protocol:
 
     fail_at: VERB        the verb fails after partial work: rolled back, -32031 with logs
+                         (status: -32030, the backend cannot be reached)
     keep_partial: true   with fail_at, the failure leaves its partial work (rolled_back: false)
     delay: SECONDS       provision, upgrade and teardown take this long (with progress)
     crash_at: VERB       the process exits (code 17) in the middle of the verb
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hearth_adaptersdk import (
     BackendFailure,
+    BackendUnavailable,
     Conflict,
     DeploymentRef,
     Driver,
@@ -77,7 +79,7 @@ class FakeDriver(Driver):
         self._refuse_invalid(profile)
         flags = profile.driver_flags
         record = self.store.get(slug)
-        if record is not None and record["ref"]["last_status"] not in ("tier_torn_down", "failed"):
+        if record is not None and record["ref"]["last_status"] in ("ready", "upgrading"):
             existing = DeploymentRef.model_validate(record["ref"])
             if (existing.tier, existing.driver) == (profile.tier, profile.driver):
                 ctx.progress("already provisioned", 1.0)
@@ -92,8 +94,9 @@ class FakeDriver(Driver):
             workspace_slug=slug, tier=profile.tier, driver=self.name,
             endpoint=f"fake://{slug}", created=utc_now(), last_status="ready",
         )
-        self.store.put(slug, {"ref": ref.model_dump(mode="json"),
-                              "profile": profile.model_dump(mode="json")})
+        # the backend says provisioning until the work is done (status tells the truth meanwhile)
+        self.store.put(slug, {"ref": ref.model_copy(update={"last_status": "provisioning"})
+                              .model_dump(mode="json"), "profile": profile.model_dump(mode="json")})
         try:
             await self._work(ctx, flags, "provision")
         except BackendFailure as exc:
@@ -107,6 +110,8 @@ class FakeDriver(Driver):
         except BaseException:
             self.store.delete(slug)  # roll back the partial work
             raise
+        self.store.put(slug, {"ref": ref.model_dump(mode="json"),
+                              "profile": profile.model_dump(mode="json")})
         ctx.progress("workspace ready", 1.0)
         return ref
 
@@ -116,7 +121,10 @@ class FakeDriver(Driver):
         if record is None:
             return StatusReport(state="absent", observed_at=utc_now(),
                                 message="no such workspace in the fake backend")
-        await self._faults("status", record["profile"]["driver_flags"])
+        flags = record["profile"]["driver_flags"]
+        await self._faults("status", flags)
+        if flags.get("fail_at") == "status":
+            raise BackendUnavailable("status failed as asked (driver_flags.fail_at)")
         current = DeploymentRef.model_validate(record["ref"])
         return StatusReport(
             state=current.last_status, endpoint=current.endpoint, observed_at=utc_now(),
