@@ -114,3 +114,16 @@ async def test_a_deeply_nested_line_from_an_adapter_is_a_protocol_violation(
         with pytest.raises(ProtocolViolation, match="not JSON-RPC") as caught:
             await client.provision("deep", profile(driver="raw"))
         assert caught.value.kind == "protocol_violation"
+
+
+async def test_a_call_on_a_client_you_closed_says_closed_not_crashed() -> None:
+    from hearth import ClientClosed
+    from hearth_adaptersdk.transport import SessionState
+    client = await AdapterClient.connect(MemoryConnection(FakeDriver()))
+    assert client.state is SessionState.OPEN
+    await client.close()
+    assert client.state is SessionState.CLOSED and not client.alive
+    with pytest.raises(ClientClosed, match="was closed") as caught:
+        await client.provision("alpha", profile())
+    assert caught.value.kind == "closed"
+    await client.close()  # closing again is harmless

@@ -11,7 +11,7 @@ came back, which is what the conformance kit reports on failure. Its typed helpe
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import codes
-from .codec import Decoded, Malformed, encode
+from ._engine import RequestEngine
+from .codec import Decoded, Malformed
 from .connection import Closed, Connection
 from .driver import Driver
 from .memory import MemoryConnection
@@ -78,15 +79,15 @@ class Peer:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._progress: dict[int, list[dict[str, Any]]] = {}
         #: Messages that answered no request in flight (parse errors, stray output).
         self.unmatched: asyncio.Queue[Decoded] = asyncio.Queue()
         #: Called with each progress notification of a request in flight.
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
         self.closed: asyncio.Future[Closed] = asyncio.get_running_loop().create_future()
-        connection.start(self._on_message, self._on_closed)
+        self._progress: dict[int, list[dict[str, Any]]] = {}
+        self._engine = RequestEngine(connection, on_unmatched=self.unmatched.put_nowait,
+                                     on_closed=self._on_closed,
+                                     closed_error=lambda: PeerClosed(Closed()))
 
     @classmethod
     async def spawn(
@@ -98,51 +99,39 @@ class Peer:
         )
         return cls(connection)
 
-    def _on_message(self, item: Decoded) -> None:
-        if isinstance(item, dict):
-            ident = item.get("id")
-            if item.get("method") == "progress" and "id" not in item:
-                params = item.get("params") or {}
-                target = params.get("request_id") if isinstance(params, dict) else None
-                if isinstance(target, int) and target in self._progress:
-                    self._progress[target].append(item)
-                    if self.on_progress is not None:
-                        self.on_progress(item)
-                    return
-            elif isinstance(ident, int) and ident in self._waiting:
-                future = self._waiting.pop(ident)
-                if not future.done():
-                    future.set_result(item)
-                return
-        self.unmatched.put_nowait(item)
-
-    def _on_closed(self, closed: Closed) -> None:
+    def _on_closed(self, closed: Closed) -> BaseException:
         if not self.closed.done():
             self.closed.set_result(closed)
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(PeerClosed(closed))
-        self._waiting.clear()
+        return PeerClosed(closed)
+
+    def _collector(self, ident: int) -> Callable[[dict[str, Any]], None]:
+        events = self._progress[ident] = []
+
+        def collect(params: dict[str, Any]) -> None:
+            event = {"jsonrpc": "2.0", "method": "progress", "params": params}
+            events.append(event)
+            if self.on_progress is not None:
+                self.on_progress(event)
+
+        return collect
 
     def next_id(self) -> int:
-        return next(self._ids)
+        return self._engine.next_id()
 
     async def send_raw(self, data: bytes) -> None:
         await self.connection.send(data)
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:
-        await self.send_raw(encode({"jsonrpc": "2.0", "method": method, "params": params}))
+        await self._engine.notify(method, params)
 
     async def start_request(
         self, method: str, params: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]:
         """Send a request and return it with the future of its response."""
         ident = self.next_id()
-        message = {"jsonrpc": "2.0", "id": ident, "method": method, "params": params or {}}
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[ident] = future
-        self._progress[ident] = []
-        await self.send_raw(encode(message))
+        message = json.loads(self._engine.request(method, params, ident))
+        _, future = await self._engine.start(method, params, ident=ident,
+                                             on_progress=self._collector(ident))
         return message, future
 
     async def finish(
@@ -152,7 +141,7 @@ class Peer:
         try:
             response = await asyncio.wait_for(future, timeout)
         finally:
-            self._waiting.pop(message["id"], None)
+            self._engine.finish(message["id"])
             progress = self._progress.pop(message["id"], [])
         return Reply(message, response, progress)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import itertools
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +40,7 @@ from hearth_adaptersdk import (
     encode,
 )
 from hearth_adaptersdk.codec import preview
+from hearth_adaptersdk.transport import RequestEngine, SessionState
 from hearth_adaptersdk.wire import validation_problems
 
 from . import __version__
@@ -50,6 +50,7 @@ from .errors import (
     AdapterRefused,
     CallTimeout,
     Cancelled,
+    ClientClosed,
     HearthError,
     InvalidInput,
     ProtocolViolation,
@@ -100,15 +101,12 @@ class AdapterClient:
         self.cancel_grace = cancel_grace
         self.name = connection.name
         self.info: InitializeResult | None = None
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._progress: dict[int, ProgressCallback] = {}
-        self._abandoned: set[int] = set()
-        self._failure: HearthError | None = None
-        self._closing = False
         self._reaper: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Future[None]] = set()
-        connection.start(self._on_message, self._on_closed)
+        self._close_task: asyncio.Future[None] | None = None
+        self._engine = RequestEngine(
+            connection, on_unmatched=self._on_unmatched, on_closed=self._on_closed,
+            closed_error=lambda: ClientClosed(f"the client of adapter {self.name} was closed; "
+                                              "start a new one (or let Host do it)"))
 
     # --- creation -------------------------------------------------------------------------
     @classmethod
@@ -247,37 +245,56 @@ class AdapterClient:
         then is a success; an adapter that never answers is stopped."""
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise InvalidInput(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if self._failure is not None:
-            raise self._failure
-        ident = next(self._ids)
+        engine = self._engine
+        engine.check_open()
+        ident = engine.next_id()
         try:
-            data = encode(jsonrpcclient.request(method, params, id=ident))
+            engine.request(method, params, ident)  # refuse what cannot be sent, before sending
         except (MessageTooLarge, ValueError) as exc:
             raise ProtocolViolation(f"{method} request not sent: {exc}") from None
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[ident] = future
-        if on_progress is not None:
-            self._progress[ident] = on_progress
+        answered = False
         try:
             try:
-                await self.connection.send(data)
+                _, future = await engine.start(method, params, ident=ident,
+                                               on_progress=self._progress_router(on_progress))
                 done, _ = await asyncio.wait({future}, timeout=timeout)
             except (ConnectionError, OSError):
-                raise self._failure or AdapterCrashed(
+                failure = engine.failure if isinstance(engine.failure, HearthError) else None
+                raise failure or AdapterCrashed(
                     self.name, None, self.stderr_tail(), "stopped reading its input") from None
             except asyncio.CancelledError:
-                await self._cancelled(ident, future, interruption or Interruption(),
-                                      self._grace(method))
+                if ident in engine._pending:
+                    await self._cancelled(ident, engine._pending[ident],
+                                          interruption or Interruption(), self._grace(method))
                 raise
             if not done:
                 response = await self._timed_out(method, ident, future, timeout,
-                                                  interruption or Interruption())
+                                                 interruption or Interruption())
             else:
                 response = future.result()
+            answered = True
         finally:
-            self._pending.pop(ident, None)
-            self._progress.pop(ident, None)
+            engine.finish(ident, abandon=not answered)
         return self._parse(response)
+
+    def _progress_router(self, callback: ProgressCallback | None) -> Callable[[dict[str, Any]], None] | None:
+        """The engine routes raw progress params; validate them, then call the caller."""
+        if callback is None:
+            return None
+
+        def route(params: dict[str, Any]) -> None:
+            try:
+                event = Progress.model_validate(params)
+            except ValidationError:
+                log.warning("adapter %s sent a malformed progress event: %s", self.name,
+                            preview(encode_preview(params)))
+                return
+            try:
+                callback(event)
+            except Exception:
+                log.exception("progress callback failed")
+
+        return route
 
     def _parse(self, response: dict[str, Any]) -> Any:
         parsed: Any = jsonrpcclient.parse(response)
@@ -294,8 +311,8 @@ class AdapterClient:
                          timeout: float | None, interruption: Interruption) -> dict[str, Any]:
         """The deadline passed: cancel, then wait (bounded) for the answer. A result is returned
         (the work finished); -32800 becomes a CallTimeout saying whether it rolled back."""
-        if self._failure is not None:
-            raise self._failure
+        if self._engine.state is SessionState.FAILED and self._engine.failure is not None:
+            raise self._engine.failure
         grace = self._grace(method)
         await self._cancelled(ident, future, interruption, grace)
         bound = f"{timeout:.2g} s" if timeout is not None else "its bound"
@@ -321,9 +338,8 @@ class AdapterClient:
         """Send ``cancel`` and wait up to ``cancel_grace`` for the call's answer; fill in
         ``interruption``. A second cancellation of the caller stops the wait (unconfirmed).
         An adapter that does not answer is stopped: the next call starts a fresh one."""
-        self._abandoned.add(ident)
         if not future.done():
-            self._send_cancel(ident)
+            self._engine.cancel(ident)
             if grace > 0:
                 try:
                     await asyncio.wait({future}, timeout=grace)
@@ -337,7 +353,6 @@ class AdapterClient:
             if future.done():
                 future.exception()  # retrieved: the failure is reported by the caller
             return
-        self._abandoned.discard(ident)
         if future.exception() is not None:
             return  # the session failed meanwhile (the adapter died): nothing is confirmed
         interruption.answered = True
@@ -353,18 +368,6 @@ class AdapterClient:
         self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"),
                    urgent=True)
 
-    def _send_cancel(self, ident: int) -> None:
-        """Send ``cancel`` for ``ident`` (best effort, without waiting)."""
-        if self._failure is None and not self._closing:
-            message = encode({"jsonrpc": "2.0", "method": "cancel", "params": {"id": ident}})
-            task = asyncio.ensure_future(self._send_quietly(message))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send_quietly(self, data: bytes) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.connection.send(data)
-
     def _validated(self, model: type[M], value: Any, method: str) -> M:
         try:
             return model.model_validate(value)
@@ -374,77 +377,50 @@ class AdapterClient:
                                     f"{model.__name__}: {problems}") from None
 
     # --- incoming -------------------------------------------------------------------------
-    def _on_message(self, item: object) -> None:
+    def _on_unmatched(self, item: object) -> None:
+        """A message the engine could not route: the client's policy is that only unknown
+        notifications are allowed; anything else breaks the session."""
         if isinstance(item, Malformed):
             self._fail(ProtocolViolation(
                 f"adapter {self.name} wrote something that is not JSON-RPC on stdout: "
                 f"{preview(item.raw)}"))
-            return
-        if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        elif not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
             self._fail(ProtocolViolation(
                 f"adapter {self.name} wrote something that is not a JSON-RPC 2.0 message: "
                 f"{preview(encode_preview(item))}"))
-            return
-        if "method" in item:
-            if "id" not in item:
-                self._on_notification(item)
-            else:
+        elif "method" in item:
+            if "id" in item:
                 self._fail(ProtocolViolation(
                     f"adapter {self.name} sent a request ({item.get('method')!r}); "
                     "adapters only answer"))
-            return
-        ident = item.get("id")
-        future = self._pending.get(ident) if isinstance(ident, int) else None
-        if future is not None:
-            if not future.done():
-                future.set_result(item)
-        elif isinstance(ident, int) and ident in self._abandoned:
-            self._abandoned.discard(ident)
-        elif ident is None and "error" in item:
+            # unknown notifications are allowed for forward compatibility
+        elif item.get("id") is None and "error" in item:
             error = item.get("error") or {}
             self._fail(ProtocolViolation(
                 f"adapter {self.name} could not read a message from the host: "
                 f"{error.get('message')} {error.get('data')}"))
         else:
             self._fail(ProtocolViolation(
-                f"adapter {self.name} answered id {ident!r}, which matches no request in flight"))
-
-    def _on_notification(self, item: dict[str, Any]) -> None:
-        if item["method"] != "progress":
-            return  # unknown notifications are allowed for forward compatibility
-        try:
-            event = Progress.model_validate(item.get("params"))
-        except ValidationError:
-            log.warning("adapter %s sent a malformed progress event: %s", self.name,
-                        preview(encode_preview(item)))
-            return
-        callback = self._progress.get(event.request_id)
-        if callback is None:
-            return
-        try:
-            callback(event)
-        except Exception:
-            log.exception("progress callback failed")
+                f"adapter {self.name} answered id {item.get('id')!r}, which matches no request "
+                "in flight"))
 
     def _on_closed(self, closed: Closed) -> None:
-        if self._closing:
-            return
+        if self._engine.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return None
         if isinstance(closed.error, FrameTooLarge):
             self._fail(ProtocolViolation(f"adapter {self.name} sent a line over the 16 MiB "
                                          f"message limit ({closed.error})"))
         else:
             self._fail(AdapterCrashed(self.name, closed.returncode, closed.stderr_tail))
+        return None
 
     def _fail(self, error: HearthError, *, urgent: bool = False) -> None:
         """End the session: every pending and later call fails with ``error``."""
-        if self._failure is not None:
+        closing = self._engine.state is SessionState.CLOSING
+        if not self._engine.fail(error):
             return
-        self._failure = error
         log.error("%s", error.message)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        if not self._closing:
+        if not closing:
             connection = self.connection
             self._reaper = asyncio.ensure_future(
                 connection.close(stdin_grace=STUCK_STDIN_GRACE, term_grace=STUCK_TERM_GRACE)
@@ -454,32 +430,38 @@ class AdapterClient:
     @property
     def failure(self) -> HearthError | None:
         """The error that ended the session, if one did."""
-        return self._failure
+        failure = self._engine.failure
+        return failure if isinstance(failure, HearthError) else None
+
+    @property
+    def state(self) -> SessionState:
+        """``OPEN``, ``CLOSING``, ``CLOSED`` (you closed it) or ``FAILED`` (it broke)."""
+        return self._engine.state
 
     @property
     def alive(self) -> bool:
-        return self._failure is None and not self._closing
+        return self._engine.state is SessionState.OPEN
 
     def stderr_tail(self) -> builtins.list[str]:
         return self.connection.stderr_tail()
 
     async def close(self) -> None:
-        """Bounded shutdown: ``shutdown`` request, then the transport's EOF/TERM/KILL ladder."""
-        if self._closing:
-            if self._reaper is not None:
-                await asyncio.shield(self._reaper)
-            return
-        if self._failure is None and self.info is not None:
+        """Bounded shutdown: ``shutdown`` request, then the transport's EOF/TERM/KILL ladder. A
+        call after it raises ``ClientClosed``; closing again waits for the first close."""
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        engine = self._engine
+        if engine.state is SessionState.OPEN and self.info is not None:
             with contextlib.suppress(HearthError, TimeoutError):
                 await self._call("shutdown", {}, timeout=SHUTDOWN_GRACE)
-        self._closing = True
+        engine.closing()
         if self._reaper is None:
             self._reaper = asyncio.ensure_future(self.connection.close())
         await asyncio.shield(self._reaper)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(
-                    self._failure or AdapterCrashed(self.name, None, [], "was closed"))
+        engine.closed()
 
     async def __aenter__(self) -> Self:
         return self

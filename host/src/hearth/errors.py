@@ -8,6 +8,7 @@
     ├── ProtocolViolation            protocol_violation   the adapter broke the wire contract
     ├── CallTimeout                  timeout              no answer within the caller's bound
     ├── SlugLocked                   slug_locked          another process holds the slug too long
+    ├── ClientClosed                 closed               a call on an AdapterClient you closed
     ├── StoreError                   store_error          the store or the home cannot be used
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
         ├── Conflict                 conflict             .existing: DeploymentRef | None
@@ -95,6 +96,12 @@ class CallTimeout(HearthError):
 
 class SlugLocked(HearthError):
     kind = "slug_locked"
+
+
+class ClientClosed(HearthError):
+    """A call on a client that its owner closed (not the adapter's doing: see AdapterCrashed)."""
+
+    kind = "closed"
 
 
 class StoreError(HearthError):
@@ -201,6 +208,7 @@ __all__ = [
     "BackendUnavailable",
     "CallTimeout",
     "Cancelled",
+    "ClientClosed",
     "Conflict",
     "HearthError",
     "InvalidInput",

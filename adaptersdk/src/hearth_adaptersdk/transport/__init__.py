@@ -1,0 +1,58 @@
+"""Transports and the request engine: what a protocol peer (a host, a test kit) needs to talk
+to an adapter. Adapter authors need none of it; ``serve`` and ``testing`` use it for them.
+
+``MemoryConnection`` runs a driver in this process and so loads the server side (jsonrpcserver);
+it is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._engine import RequestEngine, SessionState
+from ..codec import (
+    Decoded,
+    FrameTooLarge,
+    LineDecoder,
+    Malformed,
+    MessageTooLarge,
+    Unencodable,
+    decode_line,
+    encode,
+    preview,
+)
+from ..connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
+from ..subprocess_transport import SubprocessConnection, child_environment
+
+if TYPE_CHECKING:
+    from ..memory import MemoryConnection
+
+__all__ = [
+    "Closed",
+    "Connection",
+    "Decoded",
+    "FrameTooLarge",
+    "LineDecoder",
+    "Malformed",
+    "MemoryConnection",
+    "MessageTooLarge",
+    "OnClosed",
+    "OnMessage",
+    "RequestEngine",
+    "SessionState",
+    "SubprocessConnection",
+    "Unencodable",
+    "WriteCoalescer",
+    "child_environment",
+    "decode_line",
+    "encode",
+    "preview",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemoryConnection":
+        from ..memory import MemoryConnection
+
+        return MemoryConnection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
