@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import TypeAdapter
+
 from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
 
 from . import __version__
@@ -48,6 +50,9 @@ from .store import Deployment, Operation
 #: terminal, or start a fake line when printed raw.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: ``--json`` documents come from the models themselves.
+_OPERATIONS = TypeAdapter(list[Operation])
+_REPORT = TypeAdapter(ReconcileReport)
 
 
 def safe(text: object) -> str:
@@ -149,14 +154,6 @@ def _ls_lines(deployments: list[Deployment]) -> str:
                                for i, cell in enumerate(row)) for row in rows)
 
 
-def _operation_json(op: Operation) -> dict[str, Any]:
-    return {"id": op.id, "verb": op.verb, "generation": op.generation, "outcome": op.outcome,
-            "started_at": op.started_at.isoformat(),
-            "ended_at": op.ended_at.isoformat() if op.ended_at else None, "error": op.error,
-            "log": [{"at": line.at.isoformat(), "level": line.level, "message": line.message,
-                     "fraction": line.fraction} for line in op.log]}
-
-
 def _logs_lines(slug: str, operations: list[Operation]) -> str:
     if not operations:
         return f"no operations recorded for {slug}"
@@ -169,12 +166,6 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
             message = op.error.get("message") or "(no message recorded)"
             lines.append(f"    error: {safe(op.error.get('kind'))}: {safe(message)}")
     return "\n".join(lines)
-
-
-def _reconcile_json(report: ReconcileReport) -> dict[str, Any]:
-    return {"resolved": [{"slug": s, "from": a, "to": b} for s, a, b in report.resolved],
-            "ghosts": report.ghosts, "busy": report.busy, "unreachable": report.unreachable,
-            "orphans": [ref.model_dump(mode="json") for ref in report.orphans]}
 
 
 def _reconcile_lines(report: ReconcileReport) -> str:
@@ -259,9 +250,9 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
         return [ref.model_dump(mode="json") for ref in refs], _ls_lines(host.deployments())
     if command == "logs":
         operations = await host.logs(args.slug)
-        return [_operation_json(op) for op in operations], _logs_lines(args.slug, operations)
+        return _OPERATIONS.dump_python(operations, mode="json"), _logs_lines(args.slug, operations)
     report_ = await host.reconcile(timeout=timeout)
-    return _reconcile_json(report_), _reconcile_lines(report_)
+    return _REPORT.dump_python(report_, mode="json"), _reconcile_lines(report_)
 
 
 class Interrupted(Exception):

@@ -19,9 +19,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
-from pydantic import ValidationError
+from pydantic import PlainSerializer, ValidationError
 
 from hearth_adaptersdk import (
     DeploymentRef,
@@ -74,12 +74,19 @@ VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade",
 Call = Callable[[AdapterClient, float | None, ProgressCallback, Interruption], Any]
 
 
+def _resolved_json(resolved: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    return [{"slug": slug, "from": old, "to": new} for slug, old, new in resolved]
+
+
 @dataclass(frozen=True)
 class ReconcileReport:
-    """What ``reconcile`` found and did; nothing is ever deleted."""
+    """What ``reconcile`` found and did; nothing is ever deleted. Its JSON form (pydantic's
+    ``TypeAdapter(ReconcileReport)``) writes each resolution as ``{"slug", "from", "to"}``."""
 
     #: (slug, recorded state, resolved state) for records left transient or unconfirmed.
-    resolved: list[tuple[str, str, str]] = field(default_factory=list)
+    resolved: Annotated[list[tuple[str, str, str]],
+                        PlainSerializer(_resolved_json, return_type=list[dict[str, str]])] = \
+        field(default_factory=list)
     #: Records that claim a backend the adapter confirms absent: marked failed.
     ghosts: list[str] = field(default_factory=list)
     #: Deployments an adapter lists that have no record: reported, never removed.
