@@ -5,6 +5,8 @@ executable's entry point. Test in memory with ``hearth_adaptersdk.testing`` and 
 the protocol's guarantees with ``hearth_adaptersdk.conformance``.
 """
 
+import typing
+
 from . import codes
 from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
 from .connection import Closed, Connection
@@ -18,9 +20,6 @@ from .errors import (
     InvalidTransition,
     Unsupported,
 )
-from .memory import MemoryConnection
-from .session import DEFAULT_ROLLBACK_GRACE
-from .stdio import ROLLBACK_GRACE_ENV, serve
 from .subprocess_transport import SubprocessConnection, child_environment
 from .wire import (
     CancelParams,
@@ -39,6 +38,31 @@ from .wire import (
     ValidationResult,
     utc_now,
 )
+
+if typing.TYPE_CHECKING:  # loaded on first use (PEP 562): a host never pays for the server side
+    from .memory import MemoryConnection
+    from .session import DEFAULT_ROLLBACK_GRACE
+    from .stdio import ROLLBACK_GRACE_ENV, serve
+
+#: The server side (jsonrpcserver and what it imports) loads only when one of these is used.
+_LAZY = {
+    "serve": ".stdio",
+    "ROLLBACK_GRACE_ENV": ".stdio",
+    "DEFAULT_ROLLBACK_GRACE": ".session",
+    "MemoryConnection": ".memory",
+}
+
+
+def __getattr__(name: str) -> typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -1,16 +1,14 @@
 """hearth-adapter-tfgrid: workspaces as VMs on ThreeFold's grid through its ComputeService."""
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import typing
 
 from .driver import TfgridConfig, TfgridDriver, TfgridFlags
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from .simulator import Simulator
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     # The simulator (uvicorn, starlette) is imported on first use only: the adapter never needs it.
     if name == "Simulator":
         from .simulator import Simulator

@@ -5,9 +5,7 @@ to an adapter. Adapter authors need none of it; ``serve`` and ``testing`` use it
 it is imported only when asked for.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import typing
 
 from .._engine import RequestEngine, SessionState
 from ..codec import (
@@ -24,7 +22,7 @@ from ..codec import (
 from ..connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
 from ..subprocess_transport import SubprocessConnection, child_environment
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ..memory import MemoryConnection
 
 __all__ = [
@@ -50,7 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name == "MemoryConnection":
         from ..memory import MemoryConnection
 
