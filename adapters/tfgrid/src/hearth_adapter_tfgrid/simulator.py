@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
@@ -27,12 +28,16 @@ import os
 import signal
 import socket as socket_
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import uvicorn
+from jsonrpcserver import Error, InvalidParams, JsonRpcError, Result, Success, async_dispatch_to_response
+from jsonrpcserver.methods import Methods
+from jsonrpcserver.response import Response as RpcResponse
+from jsonrpcserver.response import to_serializable_one
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -40,17 +45,15 @@ from starlette.routing import Route
 
 from . import compute
 
+#: The methods served, each ``Simulator``'s method of the same name.
+SERVED = ("deploy_vm", "get_vm", "list_vms", "delete_vm", "vm_logs", "list_slices", "list_images",
+          "node_stats", "list_gateway_nodes", "deploy_webgateway", "get_webgateway",
+          "list_webgateways", "delete_webgateway", "sim_faults")
+#: The methods that exist on the service but fail with NOT_SUPPORTED.
 STUBBED = ("start_vm", "stop_vm", "restart_vm", "inject_ssh_keys", "vm_exec", "vm_stats",
            "attach_hypervisor", "migrate_secret")
 DEFAULT_NODES = (("tfnode-1", 8, 138), ("tfnode-2", 4, 100))
 GATEWAY_NODES = (("gw-1", "gw1.sim.grid.tf"),)
-
-
-class _Fault(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _owner(secret: str) -> str:
@@ -224,7 +227,8 @@ class Simulator:
             refused = self._refusal(request)
             if refused is not None:
                 return refused
-            return JSONResponse(await self.handle(await request.body()))
+            answer = await self.handle(await request.body())
+            return Response(status_code=204) if answer is None else JSONResponse(answer)
 
         async def openrpc(request: Request) -> Response:
             return self._refusal(request) or JSONResponse(self.openrpc())
@@ -242,42 +246,32 @@ class Simulator:
         return None
 
     def openrpc(self) -> dict[str, Any]:
-        methods = sorted({*self._methods(), *STUBBED})
         return {"openrpc": "1.2.6", "info": {"title": "ComputeService (hearth simulator)",
                                              "version": "0.1.0"},
-                "methods": [{"name": name} for name in methods]}
+                "methods": [{"name": name} for name in sorted(self.methods())]}
 
-    async def handle(self, body: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(body)
-            ident, name, params = request.get("id"), request["method"], request.get("params") or {}
-        except (ValueError, KeyError, AttributeError):
-            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}}
-        self.calls.append(name)
-        try:
-            if name in STUBBED:
-                raise _Fault(compute.NOT_SUPPORTED, f"{name} is not supported on TFGrid")
-            handler = self._methods().get(name)
-            if handler is None:
-                raise _Fault(-32601, f"Method not found: {name}")
-            result = handler(**params)
-        except _Fault as fault:
-            return {"jsonrpc": "2.0", "id": ident,
-                    "error": {"code": fault.code, "message": fault.message}}
-        except TypeError as exc:
-            return {"jsonrpc": "2.0", "id": ident,
-                    "error": {"code": -32602, "message": f"Invalid params: {exc}"}}
-        return {"jsonrpc": "2.0", "id": ident, "result": result}
+    async def handle(self, body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """The answer to one ``POST /rpc`` body (a request or a batch), dispatched by
+        jsonrpcserver (its schema check, ``Invalid params`` for params the method's signature does
+        not take, ``Method not found``); None when it held only notifications."""
+        answer = await async_dispatch_to_response(body.decode("utf-8", "replace"), self.methods(),
+                                                  deserializer=self._parse, post_process=_to_json)
+        return cast("dict[str, Any] | list[dict[str, Any]] | None", answer)
 
-    def _methods(self) -> dict[str, Any]:
-        return {
-            "deploy_vm": self.deploy_vm, "get_vm": self.get_vm, "list_vms": self.list_vms,
-            "delete_vm": self.delete_vm, "vm_logs": self.vm_logs, "list_slices": self.list_slices,
-            "list_images": self.list_images, "node_stats": self.node_stats,
-            "list_gateway_nodes": self.list_gateway_nodes, "deploy_webgateway": self.deploy_webgateway,
-            "get_webgateway": self.get_webgateway, "list_webgateways": self.list_webgateways,
-            "delete_webgateway": self.delete_webgateway, "sim_faults": self.sim_faults,
-        }
+    def _parse(self, text: str) -> Any:
+        """jsonrpcserver's deserializer: the JSON, each request's method noted in ``calls`` (what
+        the service was asked, valid or not)."""
+        requests = json.loads(text)
+        for request in requests if isinstance(requests, list) else [requests]:
+            if isinstance(request, dict) and isinstance(request.get("method"), str):
+                self.calls.append(request["method"])
+        return requests
+
+    def methods(self) -> Methods:
+        """This instance's jsonrpcserver methods, made on each request from its attributes (a
+        method replaced on the instance, as tests do, is the one served)."""
+        return {**{name: _served(getattr(self, name)) for name in SERVED},
+                **{name: _unsupported(name) for name in STUBBED}}
 
     def _later(self, delay: float, action: Any) -> None:
         async def run() -> None:
@@ -294,17 +288,17 @@ class Simulator:
     def deploy_vm(self, *, name: str, slice_count: int, secret: str, image: str,
                   ssh_keys: list[str], node_sid: str) -> dict[str, Any]:
         if not secret:
-            raise _Fault(compute.FORBIDDEN, "a secret is required")
+            raise JsonRpcError(compute.FORBIDDEN, "a secret is required")
         node = self.nodes.get(node_sid)
         if node is None:
-            raise _Fault(compute.NOT_FOUND, f"no node with hostname {node_sid}")
+            raise JsonRpcError(compute.NOT_FOUND, f"no node with hostname {node_sid}")
         if not image.startswith(("https://", "http://")) or not image.endswith(".flist"):
-            raise _Fault(-32602, f"image must be a full flist URL, got {image!r}")
+            raise JsonRpcError(-32602, f"image must be a full flist URL, got {image!r}")
         owner = _owner(secret)
         if any(vm.name == name and vm.owner == owner for vm in self.vms.values()):
-            raise _Fault(-32602, f"a VM named {name} already exists")
+            raise JsonRpcError(-32602, f"a VM named {name} already exists")
         if slice_count < 1 or slice_count > node.free:
-            raise _Fault(compute.NO_CAPACITY, f"not enough free slices on {node_sid}: asked "
+            raise JsonRpcError(compute.NO_CAPACITY, f"not enough free slices on {node_sid}: asked "
                                               f"{slice_count}, free {node.free}")
         node.free -= slice_count
         vm = _Vm(self._id("vm"), name, owner, node_sid, slice_count, image)
@@ -370,7 +364,7 @@ class Simulator:
     def node_stats(self, node_sid: str) -> dict[str, Any]:
         node = self.nodes.get(node_sid)
         if node is None:
-            raise _Fault(compute.NOT_FOUND, f"no node with hostname {node_sid}")
+            raise JsonRpcError(compute.NOT_FOUND, f"no node with hostname {node_sid}")
         return {"node_sid": node.sid, "slices_total": node.total, "slices_free": node.free}
 
     def list_images(self) -> list[str]:
@@ -383,13 +377,13 @@ class Simulator:
     def deploy_webgateway(self, *, name: str, kind: str, vm_id: str, port: int, node_sid: str,
                           secret: str) -> dict[str, Any]:
         if kind != "name":
-            raise _Fault(-32602, "the simulator supports kind='name' gateways only")
+            raise JsonRpcError(-32602, "the simulator supports kind='name' gateways only")
         vm = self._owned(vm_id, secret)
         domain = dict(GATEWAY_NODES).get(node_sid)
         if domain is None:
-            raise _Fault(compute.NOT_FOUND, f"no gateway node {node_sid}")
+            raise JsonRpcError(compute.NOT_FOUND, f"no gateway node {node_sid}")
         if vm.mycelium_ip is None:
-            raise _Fault(-32602, f"VM {vm_id} has no mycelium address to route to")
+            raise JsonRpcError(-32602, f"VM {vm_id} has no mycelium address to route to")
         gateway = _Gateway(self._id("gw"), name, vm.owner, vm_id, port, domain)
         self.gateways[gateway.id] = gateway
 
@@ -419,9 +413,41 @@ class Simulator:
     def sim_faults(self, **switches: bool) -> dict[str, bool]:
         for key, value in switches.items():
             if not hasattr(self.faults, key):
-                raise _Fault(-32602, f"unknown fault {key!r}")
+                raise JsonRpcError(-32602, f"unknown fault {key!r}")
             setattr(self.faults, key, bool(value))
         return dict(self.faults.__dict__)
+
+
+def _served(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` as a jsonrpcserver method. It keeps ``function``'s signature (``__wrapped__``),
+    which jsonrpcserver binds the params to first; its value is the ``Success``, its
+    ``JsonRpcError`` the error, and a ``TypeError`` it raises (a param of the wrong type) is
+    ``Invalid params``."""
+    @functools.wraps(function)
+    async def method(*args: Any, **kwargs: Any) -> Result:
+        try:
+            return Success(function(*args, **kwargs))
+        except TypeError as exc:
+            return InvalidParams(str(exc))
+    return method
+
+
+def _unsupported(name: str) -> Callable[..., Any]:
+    """A jsonrpcserver method that takes any params and fails as the service's stubs do."""
+    async def method(*args: Any, **kwargs: Any) -> Result:
+        return Error(compute.NOT_SUPPORTED, f"{name} is not supported on TFGrid")
+    return method
+
+
+def _to_json(response: RpcResponse) -> dict[str, Any]:
+    """A response as JSON. jsonrpcserver's own errors (parse error, invalid request, method not
+    found, invalid params, internal error) carry their detail in ``data``; it is repeated in the
+    message (``Invalid params: missing a required argument: 'secret'``), the part clients show."""
+    answer = cast("dict[str, Any]", to_serializable_one(response))  # one response: one object
+    error = answer.get("error")
+    if error is not None and -32768 <= error["code"] <= -32000 and isinstance(error.get("data"), str):
+        error["message"] = f"{error['message']}: {error['data']}"
+    return answer
 
 
 Owned = TypeVar("Owned", _Vm, _Gateway)
@@ -431,9 +457,9 @@ def _check_owner(table: dict[str, Owned], key: str, secret: str, what: str) -> O
     """The object, if ``secret`` owns it: unknown is NOT_FOUND, another owner's is FORBIDDEN."""
     found = table.get(key)
     if found is None:
-        raise _Fault(compute.NOT_FOUND, f"no {what} {key}")
+        raise JsonRpcError(compute.NOT_FOUND, f"no {what} {key}")
     if found.owner != _owner(secret):
-        raise _Fault(compute.FORBIDDEN, f"the secret does not own {what} {key}")
+        raise JsonRpcError(compute.FORBIDDEN, f"the secret does not own {what} {key}")
     return found
 
 
