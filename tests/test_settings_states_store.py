@@ -73,6 +73,47 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("colour = 1\n", "unknown key 'colour'; the file holds [tiers.*], [adapters.*] and [timeouts]"),
+    ("[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
+     "tiers.team.color: unknown key; a tier has resource_caps and driver_flags"),
+    ("[timeouts]\nstatus = 5\nstatuz = 5\n",
+     "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, status, list"),
+])
+def test_the_model_refuses_an_unknown_key_at_each_level_naming_file_and_dotted_key(
+        tmp_path: Path, text: str, message: str) -> None:
+    _write_settings(tmp_path, text)
+    with pytest.raises(InvalidInput) as caught:
+        load_settings(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / '.hearth' / 'hearth.toml'}: ")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_free_form_tables_keep_unknown_keys_and_timeouts_are_positive_numbers(tmp_path: Path) -> None:
+    _write_settings(tmp_path, """
+[tiers.solo.resource_caps]
+gpus = 1
+[tiers.solo.driver_flags.docker]
+anything = { nested = [1, 2] }
+[adapters.tfgrid]
+whatever = "the adapter judges it"
+[timeouts]
+status = 5
+lock_wait = 0.5
+""")
+    settings = load_settings(tmp_path)
+    caps = settings.profile("solo", "docker").resource_caps.model_dump(exclude_none=True)
+    assert caps == {"cpu": 1.0, "memory_mb": 1024, "gpus": 1}
+    assert settings.profile("solo", "docker").driver_flags == {"anything": {"nested": [1, 2]}}
+    assert settings.adapter_config("tfgrid") == {"whatever": "the adapter judges it"}
+    assert (settings.timeouts.status, settings.timeouts.lock_wait, settings.timeouts.list) == (5.0, 0.5, 60.0)
+    for value in ("0", "-1", "true", '"5"', "[5]"):
+        _write_settings(tmp_path, f"[timeouts]\nstatus = {value}\n")
+        with pytest.raises(InvalidInput, match=r"hearth\.toml: timeouts\.status: must be a positive number"):
+            load_settings(tmp_path)
+
+
 def test_the_table_follows_the_seed_state_machine() -> None:
     assert transition(None, "provision", "a").during == "provisioning"
     assert transition("failed", "provision", "a").on_success == "ready"

@@ -12,29 +12,36 @@ A project's ``.hearth/hearth.toml``::
     status = 30
 
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
-alone keeps team's caps. Every problem is an ``InvalidInput`` naming the file, the key and,
-where it helps, the choices.
+alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
+every problem is an ``InvalidInput`` naming the file, the dotted key and, where it helps, the
+choices.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
-from hearth_adaptersdk import ProvisioningProfile, ResourceCaps, codes
-from hearth_adaptersdk.wire import validation_problems
+from hearth_adaptersdk import ProvisioningProfile, ResourceCaps
+from hearth_adaptersdk.wire import DriverName
 
 from .errors import InvalidInput
 
 SETTINGS_FILE = Path(".hearth") / "hearth.toml"
 TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+#: How many of pydantic's problems one message lists.
+MAX_PROBLEMS = 3
+
+TierName = Annotated[str, StringConstraints(pattern=TIER_PATTERN)]
+#: A bound in seconds: a number (not a bool, not a string), above zero.
+Seconds = Annotated[float, Field(gt=0, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -63,25 +70,49 @@ class Timeouts:
     """The default bound of every wait, in seconds; ``[timeouts]`` in hearth.toml changes them.
 
     A verb's ``timeout=`` (the CLI's ``--timeout``) replaces the verb's default for one call.
+    Pydantic validates ``[timeouts]`` against this class (``SettingsFile.timeouts``): unknown
+    keys are refused, every value is a positive number.
     """
 
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     #: Whole verbs (the adapter's work, from the request to its answer).
-    provision: float = 1800.0
-    upgrade: float = 1800.0
-    teardown: float = 900.0
+    provision: Seconds = 1800.0
+    upgrade: Seconds = 1800.0
+    teardown: Seconds = 900.0
     #: One ``status`` or ``list`` call (reconcile makes one of each per driver or workspace).
-    status: float = 30.0
-    list: float = 60.0
+    status: Seconds = 30.0
+    list: Seconds = 60.0
     #: Starting an adapter: from spawn to the end of the handshake.
-    handshake: float = 10.0
+    handshake: Seconds = 10.0
     #: How long a cancelled verb waits for the adapter to confirm its rollback.
-    cancel_grace: float = 30.0
+    cancel_grace: Seconds = 30.0
     #: How long a verb waits for another process working on the same slug.
-    lock_wait: float = 600.0
+    lock_wait: Seconds = 600.0
     #: How long ``Host.close`` lets verbs in flight finish before it cancels them.
-    drain_grace: float = 10.0
+    drain_grace: Seconds = 10.0
     #: How long ``hearth adapters`` waits for each adapter's ``--version``.
-    version_probe: float = 5.0
+    version_probe: Seconds = 5.0
+
+
+class TierTable(BaseModel):
+    """One ``[tiers.NAME]`` table as written; ``load_settings`` lays it over a built-in tier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    #: None when the table does not set it (a built-in tier then keeps its caps).
+    resource_caps: ResourceCaps | None = None
+    #: One free-form table per driver; the driver judges its flags.
+    driver_flags: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class SettingsFile(BaseModel):
+    """The schema of ``.hearth/hearth.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    tiers: dict[TierName, TierTable] = Field(default_factory=dict)
+    #: One free-form table per driver, sent as ``config`` in its adapter's initialize.
+    adapters: dict[DriverName, dict[str, Any]] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
 @dataclass(frozen=True)
@@ -125,11 +156,20 @@ def load_settings(project_dir: str | Path | None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
     _refuse_non_finite(data, path, "")
-    return _parse(data, path)
+    try:
+        parsed = SettingsFile.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"{path}: {_problems(exc)}") from None
+    tiers = dict(BUILTIN_TIERS)
+    for name, table in parsed.tiers.items():
+        tiers[name] = _tier(name, table, BUILTIN_TIERS.get(name))
+    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts)
 
 
 def _refuse_non_finite(value: Any, path: Path, key: str) -> None:
-    """TOML allows ``inf`` and ``nan``; JSON (the wire) does not, and no bound is infinite."""
+    """TOML allows ``inf`` and ``nan``; JSON (the wire) does not, and no bound is infinite.
+
+    Checked over the whole file before the model, so free-form tables are covered too."""
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"{path}: {key}: {value} is not a finite number")
     if isinstance(value, dict):
@@ -140,70 +180,55 @@ def _refuse_non_finite(value: Any, path: Path, key: str) -> None:
             _refuse_non_finite(item, path, f"{key}[{index}]")
 
 
-def _parse(data: dict[str, Any], path: Path) -> Settings:
-    unknown = sorted(set(data) - {"tiers", "adapters", "timeouts"})
-    if unknown:
-        raise InvalidInput(f"{path}: unknown key {unknown[0]!r}; the file holds [tiers.*], "
-                           "[adapters.*] and [timeouts]")
-    tiers = dict(BUILTIN_TIERS)
-    for name, body in _table(data, "tiers", path).items():
-        tiers[name] = _tier(name, body, path, BUILTIN_TIERS.get(name))
-    adapters: dict[str, dict[str, Any]] = {}
-    for driver, config in _table(data, "adapters", path).items():
-        if not re.fullmatch(codes.DRIVER_PATTERN, driver):
-            raise InvalidInput(f"{path}: adapters.{driver}: not a driver name")
-        if not isinstance(config, dict):
-            raise InvalidInput(f"{path}: adapters.{driver} must be a table")
-        adapters[driver] = config
-    return Settings(tiers, adapters, path, _timeouts(_table(data, "timeouts", path), path))
-
-
-def _timeouts(table: dict[str, Any], path: Path) -> Timeouts:
-    known = [f.name for f in fields(Timeouts)]
-    values: dict[str, float] = {}
-    for key, value in table.items():
-        if key not in known:
-            raise InvalidInput(f"{path}: timeouts.{key}: unknown key; choose one of "
-                               f"{', '.join(known)}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidInput(f"{path}: timeouts.{key}: must be a positive number of seconds")
-        values[key] = float(value)
-    return replace(Timeouts(), **values)
-
-
-def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{path}: {key} must be a table")
-    return value
-
-
-def _tier(name: str, body: Any, path: Path, base: Tier | None) -> Tier:
+def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
     """A project tier; one with a built-in tier's name overrides ``base`` key by key."""
-    key = f"tiers.{name}"
-    if not re.fullmatch(TIER_PATTERN, name):
-        raise InvalidInput(f"{path}: {key}: a tier name is lowercase letters, digits, '-' and '_'")
-    if not isinstance(body, dict):
-        raise InvalidInput(f"{path}: {key} must be a table")
-    unknown = sorted(set(body) - {"resource_caps", "driver_flags"})
-    if unknown:
-        raise InvalidInput(f"{path}: {key}.{unknown[0]}: unknown key; a tier has resource_caps "
-                           "and driver_flags")
-    caps_body = body.get("resource_caps", {})
-    if not isinstance(caps_body, dict):
-        raise InvalidInput(f"{path}: {key}.resource_caps must be a table, e.g. "
-                           "{ cpu = 1, memory_mb = 512 }")
-    if base is not None:
-        caps_body = {**base.resource_caps.model_dump(exclude_none=True), **caps_body}
-    try:
-        caps = ResourceCaps.model_validate(caps_body)
-    except ValidationError as exc:
-        raise InvalidInput(f"{path}: {key}.resource_caps: "
-                           f"{'; '.join(validation_problems(exc))}") from None
-    flags = body.get("driver_flags", {})
-    if not isinstance(flags, dict) or not all(isinstance(v, dict) for v in flags.values()):
-        raise InvalidInput(f"{path}: {key}.driver_flags must hold one table per driver, "
-                           f"e.g. [{key}.driver_flags.docker]")
-    if base is not None:
-        flags = {**base.driver_flags, **flags}
-    return Tier(name, caps, flags)
+    if base is None:
+        return Tier(name, table.resource_caps or ResourceCaps(), table.driver_flags)
+    caps = base.resource_caps
+    if table.resource_caps is not None:
+        caps = ResourceCaps.model_validate({**caps.model_dump(exclude_none=True),
+                                            **table.resource_caps.model_dump(exclude_unset=True)})
+    return Tier(name, caps, {**base.driver_flags, **table.driver_flags})
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic's first few problems as ``key: problem``, joined on one line."""
+    problems = list(dict.fromkeys(_problem(error) for error in exc.errors(include_url=False)))
+    shown = "; ".join(problems[:MAX_PROBLEMS])
+    more = len(problems) - MAX_PROBLEMS
+    return f"{shown}; and {more} more" if more > 0 else shown
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One pydantic error in the words of the file: the dotted key, the problem, the choices."""
+    loc = [str(part) for part in error["loc"]]
+    kind, msg = error["type"], error["msg"]
+    unknown = kind in ("extra_forbidden", "unexpected_keyword_argument")
+    match loc:
+        case [key] if unknown:
+            return f"unknown key {key!r}; the file holds [tiers.*], [adapters.*] and [timeouts]"
+        case [key]:
+            return f"{key} must be a table"
+        case ["tiers", name, "[key]"]:
+            return f"tiers.{name}: a tier name is lowercase letters, digits, '-' and '_'"
+        case ["tiers", name]:
+            return f"tiers.{name} must be a table"
+        case ["tiers", name, key] if unknown:
+            return f"tiers.{name}.{key}: unknown key; a tier has resource_caps and driver_flags"
+        case ["tiers", name, "resource_caps"] if kind == "model_type":
+            return f"tiers.{name}.resource_caps must be a table, e.g. {{ cpu = 1, memory_mb = 512 }}"
+        case ["tiers", name, "resource_caps", *cap]:
+            return f"tiers.{name}.resource_caps: {'.'.join(cap) or '(root)'}: {msg}"
+        case ["tiers", name, "driver_flags", *_]:
+            return (f"tiers.{name}.driver_flags must hold one table per driver, "
+                    f"e.g. [tiers.{name}.driver_flags.docker]")
+        case ["adapters", driver, "[key]"]:
+            return f"adapters.{driver}: not a driver name"
+        case ["adapters", driver]:
+            return f"adapters.{driver} must be a table"
+        case ["timeouts", key] if unknown:
+            return (f"timeouts.{key}: unknown key; choose one of "
+                    f"{', '.join(f.name for f in fields(Timeouts))}")
+        case ["timeouts", key]:
+            return f"timeouts.{key}: must be a positive number of seconds"
+    return f"{'.'.join(loc)}: {msg}"
