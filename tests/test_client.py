@@ -122,7 +122,8 @@ async def test_a_call_on_a_client_you_closed_says_closed_not_crashed() -> None:
     client = await AdapterClient.connect(MemoryConnection(FakeDriver()))
     assert client.state is SessionState.OPEN
     await client.close()
-    assert client.state is SessionState.CLOSED and not client.alive
+    state: SessionState = client.state
+    assert state is SessionState.CLOSED and not client.alive
     with pytest.raises(ClientClosed, match="was closed") as caught:
         await client.provision("alpha", profile())
     assert caught.value.kind == "closed"

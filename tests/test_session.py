@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
@@ -402,7 +402,7 @@ class NonFinite(Driver):
         # A careless driver answering with a dict of its own, not the validated model.
         answer: Any = {"state": "ready", "observed_at": "2026-01-01T00:00:00Z",
                        "details": {"load": float("nan")}}
-        return answer
+        return cast(StatusReport, answer)
 
 
 async def test_an_answer_with_a_non_finite_number_becomes_an_internal_error() -> None:

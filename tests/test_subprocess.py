@@ -24,7 +24,7 @@ from hearth import (
     CallTimeout,
     ProtocolViolation,
 )
-from hearth_adaptersdk import codes
+from hearth_adaptersdk import DeploymentRef, codes
 from hearth_adaptersdk.testing import Peer
 from tests.helpers import profile
 
@@ -78,8 +78,7 @@ async def test_a_result_that_breaks_the_models_is_a_protocol_violation(make_adap
             await client.status(await _any_ref())
 
 
-async def _any_ref():  # type: ignore[no-untyped-def]
-    from hearth import DeploymentRef
+async def _any_ref() -> DeploymentRef:
     return DeploymentRef.model_validate({
         "workspace_slug": "a", "tier": "t", "driver": "raw", "created": "2026-01-01T00:00:00Z",
         "last_status": "ready"})
@@ -229,6 +228,8 @@ def test_the_adapter_exits_when_its_parent_dies(fake_exe: Path) -> None:
         os.close(from_test)
         launcher.kill()
         launcher.wait()
+        if launcher.stdout is not None:
+            launcher.stdout.close()
 
 
 def _wait_until_gone(pid: int) -> bool:
@@ -262,7 +263,7 @@ async def _start_working(peer: Peer, params: dict[str, object]
     peer.on_progress = lambda _: working.set()
     sent, future = await peer.start_request("provision", params)
     await asyncio.wait_for(working.wait(), 20)
-    return sent, future  # type: ignore[return-value]
+    return sent, future
 
 
 async def test_on_stdin_eof_the_adapter_finishes_its_rollback_before_exiting(
@@ -273,7 +274,7 @@ async def test_on_stdin_eof_the_adapter_finishes_its_rollback_before_exiting(
     await peer.initialize()
     sent, future = await _start_working(peer, _rollback_profile(marker, undo_seconds=1.0))
     peer.connection.close_stdin()  # type: ignore[attr-defined]
-    reply = await peer.finish(sent, future, 20)  # type: ignore[arg-type]
+    reply = await peer.finish(sent, future, 20)
     closed = await peer.wait_closed(20)  # well within the default 30 s grace
     assert marker.read_text() == "rolled back"
     assert reply.error is not None
@@ -292,7 +293,7 @@ async def test_a_rollback_past_the_grace_from_the_environment_is_abandoned_at_ex
     await peer.initialize()
     sent, future = await _start_working(peer, _rollback_profile(marker, undo_forever=True))
     peer.connection.close_stdin()  # type: ignore[attr-defined]
-    reply = await peer.finish(sent, future, 20)  # type: ignore[arg-type]
+    reply = await peer.finish(sent, future, 20)
     closed = await peer.wait_closed(20)
     assert reply.error is not None
     assert reply.error["data"] == {"kind": "cancelled", "rolled_back": False}
@@ -365,3 +366,5 @@ def test_a_frozen_adapter_does_not_outlive_its_host(fake_exe: Path, tmp_path: Pa
         if host.poll() is None:
             host.kill()
             host.wait()
+        if host.stdout is not None:
+            host.stdout.close()

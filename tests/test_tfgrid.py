@@ -453,7 +453,7 @@ def _hold_at(simulator: Simulator, method: str) -> tuple[asyncio.Event, asyncio.
     reached, proceed = asyncio.Event(), asyncio.Event()
     handle = simulator.handle
 
-    async def held(body: bytes) -> dict[str, Any]:
+    async def held(body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
         if json.loads(body).get("method") == method and not reached.is_set():
             reached.set()
             await proceed.wait()

@@ -433,7 +433,7 @@ class Settling(FakeDriver):
         self.answers = ["tearing_down", "absent"]
 
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
-        return StatusReport(state=self.answers.pop(0) if self.answers else "absent",  # type: ignore[arg-type]
+        return StatusReport(state=self.answers.pop(0) if self.answers else "absent",
                             observed_at=utc_now())
 
 

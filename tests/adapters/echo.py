@@ -5,14 +5,23 @@ import subprocess
 import sys
 from typing import ClassVar
 
-from hearth_adaptersdk import DeploymentRef, Driver, StatusReport, serve, utc_now
+from hearth_adaptersdk import (
+    DeploymentRef,
+    Driver,
+    ProvisioningProfile,
+    RequestContext,
+    StatusReport,
+    serve,
+    utc_now,
+)
 
 
 class Echo(Driver):
     name: ClassVar[str] = "echo"
     version: ClassVar[str] = "1.0"
 
-    async def provision(self, slug, profile, ctx):
+    async def provision(self, slug: str, profile: ProvisioningProfile,
+                        ctx: RequestContext) -> DeploymentRef:
         flags = profile.driver_flags
         print("a stray print from the driver must not reach the protocol")
         endpoint = flags.get("payload", "")
@@ -25,13 +34,14 @@ class Echo(Driver):
         return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver="echo",
                              endpoint=endpoint, created=utc_now(), last_status="ready")
 
-    async def status(self, ref, ctx):
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
         return StatusReport(state="absent", observed_at=utc_now())
 
-    async def upgrade(self, ref, profile, ctx):
+    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
+                      ctx: RequestContext) -> DeploymentRef:
         return ref
 
-    async def teardown(self, ref, ctx):
+    async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
         return None
 
 

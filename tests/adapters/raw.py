@@ -2,12 +2,13 @@
 import json
 import sys
 import time
+from typing import Any
 
 MODE = "@MODE@"
 out = sys.stdout.buffer
 
 
-def send(message):
+def send(message: Any) -> None:
     out.write(json.dumps(message).encode() + b"\n")
     out.flush()
 

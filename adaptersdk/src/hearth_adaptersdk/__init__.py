@@ -6,6 +6,7 @@ the protocol's guarantees with ``hearth_adaptersdk.conformance``.
 """
 
 import typing
+from importlib.metadata import version as _version
 
 from . import codes
 from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
@@ -64,7 +65,7 @@ def __getattr__(name: str) -> typing.Any:
     return value
 
 
-__version__ = "0.1.0"
+__version__ = _version("hearth-adaptersdk")  # from adaptersdk/pyproject.toml
 
 __all__ = [
     "DEFAULT_ROLLBACK_GRACE",

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from . import codes
+from . import __version__, codes
 from .codec import Malformed
 from .driver import Driver
 from .memory import MemoryConnection
@@ -192,7 +192,7 @@ class _Kit:
     async def initialize(self, versions: list[int]) -> Reply:
         return await self.call("initialize", {
             "protocol_versions": versions,
-            "host": {"name": "hearth-adaptersdk-conformance", "version": "0.1.0"},
+            "host": {"name": "hearth-adaptersdk-conformance", "version": __version__},
             "config": self.options.config, "data_dir": self.data_dir,
         })
 

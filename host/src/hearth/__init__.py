@@ -5,7 +5,9 @@ adapter; ``discover`` finds one. Errors form one tree
 rooted at ``HearthError`` (see ``hearth.errors``).
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("hearth")  # the one place it is written is host/pyproject.toml
 
 from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
 

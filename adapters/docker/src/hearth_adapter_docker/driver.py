@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import importlib.metadata
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -62,7 +63,7 @@ class DockerConfig(BaseModel):
 
 class DockerDriver(Driver):
     name: ClassVar[str] = "docker"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = importlib.metadata.version("hearth-adapter-docker")
     config_model: ClassVar[type[BaseModel] | None] = DockerConfig
 
     def __init__(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import importlib.metadata
 import os
 import signal
 import sys
@@ -58,7 +59,7 @@ class FakeConfig(BaseModel):
 
 class FakeDriver(Driver):
     name: ClassVar[str] = "fake"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = importlib.metadata.version("hearth-adapter-fake")
     config_model: ClassVar[type[BaseModel] | None] = FakeConfig
 
     def __init__(self) -> None:

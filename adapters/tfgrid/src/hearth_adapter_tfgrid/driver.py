@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import importlib.metadata
 import os
 import re
 from collections.abc import Awaitable
@@ -153,7 +154,7 @@ class _NoRoom(Exception):
 
 class TfgridDriver(Driver):
     name: ClassVar[str] = "tfgrid"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = importlib.metadata.version("hearth-adapter-tfgrid")
     config_model: ClassVar[type[BaseModel] | None] = TfgridConfig
 
     def __init__(self) -> None:

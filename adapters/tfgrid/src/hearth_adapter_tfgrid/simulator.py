@@ -22,6 +22,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import importlib.metadata
 import itertools
 import json
 import os
@@ -247,7 +248,7 @@ class Simulator:
 
     def openrpc(self) -> dict[str, Any]:
         return {"openrpc": "1.2.6", "info": {"title": "ComputeService (hearth simulator)",
-                                             "version": "0.1.0"},
+                                             "version": importlib.metadata.version("hearth-adapter-tfgrid")},
                 "methods": [{"name": name} for name in sorted(self.methods())]}
 
     async def handle(self, body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
