@@ -244,3 +244,33 @@ def test_reconcile_maps_what_it_observes_to_the_record(
     else:
         assert expected[1] in (found.reason or "")
     assert found.unconfirmed == (observed in ("provisioning", "upgrading", "tearing_down"))
+
+
+
+def _open_store(path: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        SQLiteStore(path).close()
+        results.put("ok")
+    except StoreError as exc:
+        results.put(exc.message)
+
+
+def test_several_processes_can_open_a_new_store_at_once(tmp_path: Path) -> None:
+    """SQLite refuses a journal-mode switch at once when openers contend: the store retries."""
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_ in range(40):
+        barrier, results = context.Barrier(3), context.Queue()
+        processes = [context.Process(target=_open_store,
+                                     args=(str(tmp_path / f"{round_}.db"), barrier, results))
+                     for _ in range(3)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        outcomes += [results.get(timeout=10) for _ in processes]
+        results.close()
+        results.join_thread()
+    assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]

@@ -387,7 +387,9 @@ def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool,
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The ``hearth`` executable: the signal handlers set while the command ran stay as they
+    are until the process exits, so a late signal cannot kill it before its one line."""
+    sys.exit(_main(None))
 
 
 __all__ = ["main"]
