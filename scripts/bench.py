@@ -4,13 +4,17 @@
   child that answers each line with plain ``json`` (target: at most 3x the baseline);
 - pipelined throughput with 64 requests in flight (target: at least 20,000 calls/s);
 - cold start, spawn to handshake done, beside a bare ``python -c pass`` (target: at most 5x);
-- jsonrpcserver's JSON Schema request check beside the envelope check the SDK uses instead;
+- jsonrpcserver's JSON Schema request check beside the envelope checked with the public wire model;
 - provision + status + teardown of N workspaces through ``Host`` (32 in flight), beside the same
   calls made directly on an in-process ``FakeDriver`` (target: host overhead <= 1 ms per verb at
   the median, and total time growing linearly from 100 to 1,000 workspaces);
 - with a Docker engine: provision to ready and teardown through the docker adapter, beside the
   docker CLI doing the same (network create, volume create, run, wait for the port), and an
-  idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision).
+  idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision);
+- the line codec (pydantic-core JSON) beside the stdlib ``json`` codec it replaced, kept below as
+  the baseline: encode + decode of a status request and its response, of a progress notification
+  and of a list result of 200 workspaces, and ``LineDecoder.feed`` of 64 lines in one chunk
+  (``--only codec`` runs just this section: no adapter, no docker).
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hearth import AdapterClient, Host, ProvisioningProfile, discover
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import RequestContext
+from hearth_adaptersdk.codec import LineDecoder, Malformed, decode_line, encode
+from hearth_adaptersdk.codes import MAX_MESSAGE_BYTES
 
 RAW_CHILD = r"""
 import json, sys
@@ -119,7 +128,7 @@ def bare_python(runs: int) -> list[float]:
 def validation_cost(runs: int) -> tuple[float, float]:
     from jsonrpcserver.main import default_validator
 
-    from hearth_adaptersdk.session import _envelope_problem
+    from hearth_adaptersdk.wire import Request
 
     message = {"jsonrpc": "2.0", "id": 1, "method": "status",
                "params": {"ref": {"workspace_slug": "bench", "tier": "solo"}}}
@@ -129,7 +138,7 @@ def validation_cost(runs: int) -> tuple[float, float]:
     schema = (time.perf_counter() - started) / runs
     started = time.perf_counter()
     for _ in range(runs):
-        _envelope_problem(message)
+        Request.model_validate(message)
     envelope = (time.perf_counter() - started) / runs
     return schema, envelope
 
@@ -290,6 +299,146 @@ def docker_section(rounds: int) -> None:
     print()
 
 
+# --- the line codec -------------------------------------------------------------------------
+# The stdlib ``json`` codec that hearth_adaptersdk.codec used before pydantic-core: the baseline.
+
+def _stdlib_refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (non-finite numbers are refused)")
+
+
+def _stdlib_finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows to infinity (non-finite numbers are refused)")
+    return value
+
+
+def stdlib_decode_line(line: bytes) -> Any:
+    try:
+        value = json.loads(line, parse_constant=_stdlib_refuse_constant, parse_float=_stdlib_finite_float)
+    except RecursionError:
+        return Malformed(line[:200], "not JSON: nested too deeply")
+    except Exception as exc:
+        return Malformed(line[:200], f"not JSON: {exc}")
+    if not isinstance(value, dict | list):
+        return Malformed(line[:200], "not a JSON object")
+    return value
+
+
+def stdlib_encode(message: Any, limit: int = MAX_MESSAGE_BYTES) -> bytes:
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError("the message is nested too deeply to encode") from None
+    data = text.encode()
+    if len(data) > limit:
+        raise ValueError(f"a message of {len(data)} bytes exceeds the limit")
+    return data + b"\n"
+
+
+class StdlibLineDecoder:
+    """LineDecoder.feed as it was, calling the stdlib decoder."""
+
+    def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
+        self._buffer = bytearray()
+        self._limit = limit
+        self._scanned = 0
+
+    def feed(self, data: bytes) -> list[Any]:
+        buffer = self._buffer
+        buffer += data
+        out: list[Any] = []
+        start = 0
+        search_from = self._scanned
+        while True:
+            end = buffer.find(b"\n", search_from)
+            if end < 0:
+                break
+            if end - start > self._limit:
+                raise ValueError("frame too large")
+            line = bytes(buffer[start:end])
+            start = search_from = end + 1
+            if line.strip():
+                out.append(stdlib_decode_line(line))
+        del buffer[:start]
+        self._scanned = len(buffer)
+        if len(buffer) > self._limit:
+            raise ValueError("frame too large")
+        return out
+
+
+STATUS_REQUEST = {"jsonrpc": "2.0", "id": 4711, "method": "status",
+                  "params": {"ref": {"workspace_slug": "bench", "tier": "solo", "driver": "fake"}}}
+STATUS_RESPONSE = {"jsonrpc": "2.0", "id": 4711, "result": {
+    "state": "ready", "endpoint": "fake://bench", "message": None,
+    "observed_at": "2026-01-01T00:00:00Z", "details": {"tier": "solo", "note": "prêt"}}}
+PROGRESS = {"jsonrpc": "2.0", "method": "progress",
+            "params": {"request_id": 4711, "message": "pulling image", "fraction": 0.25, "level": "info"}}
+# Over 200 brackets: the new encode reads such a line back to check its depth.
+LIST_RESPONSE = {"jsonrpc": "2.0", "id": 4712, "result": [
+    {"workspace_slug": f"w{i}", "tier": "solo", "driver": "docker",
+     "details": {"container": f"{i:064x}", "ports": [8080, 8443], "load": 0.5}} for i in range(200)]}
+
+
+def best_times(works: tuple[Callable[[], object], ...], number: int, repeat: int = 7) -> list[float]:
+    """Seconds per call of each work: the best of ``repeat`` runs of ``number`` calls, the works
+    taking turns run by run so that a busy machine weighs on each alike."""
+    best = [math.inf] * len(works)
+    for _ in range(repeat):
+        for index, work in enumerate(works):
+            started = time.perf_counter()
+            for _ in range(number):
+                work()
+            best[index] = min(best[index], time.perf_counter() - started)
+    return [seconds / number for seconds in best]
+
+
+def codec_cost(number: int) -> list[tuple[str, float, float]]:
+    """(label, pydantic-core codec, stdlib codec) seconds per operation."""
+    batch = b"".join(encode(PROGRESS if i % 4 else STATUS_RESPONSE) for i in range(64))
+    lines = {"request": encode(STATUS_REQUEST)[:-1], "response": encode(STATUS_RESPONSE)[:-1],
+             "progress": encode(PROGRESS)[:-1], "list": encode(LIST_RESPONSE)[:-1]}
+    for line in lines.values():  # the same bytes and the same messages either way
+        assert stdlib_encode(decode_line(line))[:-1] == line and stdlib_decode_line(line) == decode_line(line)
+    assert LineDecoder().feed(batch) == StdlibLineDecoder().feed(batch)
+
+    def round_trip(enc: Callable[[Any], bytes], dec: Callable[[bytes], Any]) -> Callable[[], object]:
+        def work() -> object:
+            dec(enc(STATUS_REQUEST)[:-1])
+            return dec(enc(STATUS_RESPONSE)[:-1])
+        return work
+
+    def one(message: Any, enc: Callable[[Any], bytes], dec: Callable[[bytes], Any]) -> Callable[[], object]:
+        return lambda: dec(enc(message)[:-1])
+
+    def feed(decoder: type[LineDecoder] | type[StdlibLineDecoder]) -> Callable[[], object]:
+        return lambda: decoder().feed(batch)
+
+    rows = [
+        ("status request + response", round_trip(encode, decode_line),
+         round_trip(stdlib_encode, stdlib_decode_line), number),
+        ("progress notification", one(PROGRESS, encode, decode_line),
+         one(PROGRESS, stdlib_encode, stdlib_decode_line), number),
+        ("LineDecoder.feed, 64 lines", feed(LineDecoder), feed(StdlibLineDecoder), max(1, number // 40)),
+        ("list result, 200 workspaces", one(LIST_RESPONSE, encode, decode_line),
+         one(LIST_RESPONSE, stdlib_encode, stdlib_decode_line), max(1, number // 200)),
+    ]
+    out = []
+    for label, new, old, count in rows:
+        new_time, old_time = best_times((new, old), count)
+        out.append((label, new_time, old_time))
+    return out
+
+
+def codec_section(number: int) -> None:
+    rows = codec_cost(number)
+    print("line codec on pydantic-core JSON, best of 7 runs, beside the stdlib json codec it replaced:")
+    print(f"{'':34}{'codec':>12}{'stdlib json':>14}{'ratio':>9}")
+    for label, new, old in rows:
+        print(f"{label:34}{new * 1e6:9.2f} us{old * 1e6:11.2f} us{new / old:8.2f}x")
+    print()
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -301,7 +450,12 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=10, help="cold starts")
     parser.add_argument("--workspaces", type=int, default=1000, help="workspaces through Host")
     parser.add_argument("--docker-rounds", type=int, default=5, help="docker lifecycles per side")
+    parser.add_argument("--codec-calls", type=int, default=20000, help="calls per codec timing run")
+    parser.add_argument("--only", choices=["codec"], help="run one section only (no adapter, no docker)")
     args = parser.parse_args()
+    if args.only == "codec":
+        codec_section(args.codec_calls)
+        return
     path = discover("fake").path
 
     raw_samples, raw_rate = raw_baseline(args.calls, args.pipelined)
@@ -323,7 +477,7 @@ def main() -> None:
     print(f"{'pipelined status, 64 in flight':34}{rate:9.0f}/s {raw_rate:11.0f}/s {rate / raw_rate:7.2f}x"
           "  >= 20000/s")
     print(f"{'cold start (spawn to handshake)':34}{ms(cold)}{ms(bare50):>14}{cold / bare50:8.2f}x  <= 5x")
-    print(f"{'request check: jsonschema vs SDK':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
+    print(f"{'request check: jsonschema vs wire model':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
           f"{schema / envelope:8.0f}x  (per request; the SDK skips jsonschema)")
     print()
     small, big = args.workspaces // 10, args.workspaces
@@ -343,6 +497,7 @@ def main() -> None:
           f"{host_small_total:9.2f} s -> {host_big_total:.2f} s: {per_big / per_small:.2f}x the "
           "time per workspace (1.00 = linear)")
     print()
+    codec_section(args.codec_calls)
     docker_section(args.docker_rounds)
     total, rows = import_breakdown(10)
     print(f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "
