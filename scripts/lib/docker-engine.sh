@@ -94,8 +94,12 @@ docker_engine_down() {
             waited=$((waited + 1))
         done
         kill -9 "$_hearth_dockerd_pid" 2>/dev/null || true
-        # containerd-shim processes of containers the daemon ran, if any are left
-        pkill -f "containerd-shim.*$_hearth_dockerd_dir" 2>/dev/null || true
+        # containerd-shim processes of containers the daemon ran, if any are left: by the pid
+        # each one recorded under this daemon's own folder (never by name or pattern)
+        local shim
+        for shim in "$_hearth_dockerd_dir"/exec/containerd/daemon/io.containerd.runtime.v2.task/*/*/shim.pid; do
+            [ -f "$shim" ] && kill -9 "$(cat "$shim")" 2>/dev/null || true
+        done
         _hearth_dockerd_pid=""
     fi
     if [ -n "$_hearth_dockerd_dir" ]; then

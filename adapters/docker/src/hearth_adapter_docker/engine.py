@@ -7,6 +7,8 @@ object this adapter makes carries the ``hearth.*`` labels; it never touches othe
 from __future__ import annotations
 
 import contextlib
+import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,15 +49,19 @@ class Engine:
                                 if self.url else docker.from_env(timeout=int(self._timeout)))
             return work(self._client)
         except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
-            self._client = None
-            raise self._unreachable(exc) from None
+            self.close()
+            error = self._unreachable(exc)
+            _release(exc)
+            raise error from None
         except docker.errors.APIError as exc:
             raise BackendFailure(f"the Docker engine refused: {_short(exc.explanation or exc)}",
                                  rolled_back=False) from None
         except docker.errors.DockerException as exc:
             if "Connection" in str(exc) or "No such file" in str(exc):
-                self._client = None
-                raise self._unreachable(exc) from None
+                self.close()
+                error = self._unreachable(exc)
+                _release(exc)
+                raise error from None
             raise BackendFailure(f"the Docker engine refused: {_short(exc)}",
                                  rolled_back=False) from None
 
@@ -69,6 +75,19 @@ class Engine:
             with contextlib.suppress(Exception):
                 self._client.close()
             self._client = None
+
+
+def _release(exc: BaseException) -> None:
+    """docker-py leaves the socket of a failed connect open in its frames (unixconn creates it,
+    the connect raises, nothing closes it); clear those frames now, so it is closed here and
+    not at some later garbage collection, with a ResourceWarning in whatever runs then."""
+    seen: BaseException | None = exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        while seen is not None:
+            if seen.__traceback__ is not None:
+                traceback.clear_frames(seen.__traceback__)
+            seen = seen.__context__ or seen.__cause__
 
 
 def capacity(client: docker.DockerClient) -> tuple[int, int]:
