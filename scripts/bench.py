@@ -36,8 +36,8 @@ from typing import Any
 from hearth import AdapterClient, Host, ProvisioningProfile, discover
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import RequestContext
-from hearth_adaptersdk.codec import LineDecoder, Malformed, decode_line, encode
 from hearth_adaptersdk.codes import MAX_MESSAGE_BYTES
+from hearth_adaptersdk.transport import LineDecoder, Malformed, decode_line, encode
 
 RAW_CHILD = r"""
 import json, sys
@@ -300,7 +300,7 @@ def docker_section(rounds: int) -> None:
 
 
 # --- the line codec -------------------------------------------------------------------------
-# The stdlib ``json`` codec that hearth_adaptersdk.codec used before pydantic-core: the baseline.
+# The stdlib ``json`` codec that hearth_adaptersdk._codec used before pydantic-core: the baseline.
 
 def _stdlib_refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (non-finite numbers are refused)")

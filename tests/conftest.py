@@ -36,7 +36,7 @@ SPAWNED_MARKERS = ("hearth-adapter-", "hearth-grandchild")
 
 #: Every process this run starts carries ``LC_HEARTH_TEST_RUN=<RUN_ID>`` in its environment:
 #: children inherit it through fork and exec, and it survives setsid and the death of the parent.
-#: The host's allow-list (``hearth_adaptersdk.subprocess_transport.child_environment``) passes
+#: The host's allow-list (``hearth_adaptersdk._subprocess.child_environment``) passes
 #: ``LC_*`` variables to adapters, which is why the marker has that prefix.
 #: The leak check only looks at processes carrying this run's marker. Another user's processes are
 #: never candidates: their /proc/<pid>/environ is unreadable, or else has no marker or another run's.

@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from hearth_adaptersdk._scaffold import scaffold
+from hearth_adaptersdk._schema import protocol_schema
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
-from hearth_adaptersdk.scaffold import scaffold
-from hearth_adaptersdk.schema import protocol_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "docs" / "protocol.schema.json"

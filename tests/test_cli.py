@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hearth_adapter_fake.store import read_journal
+from hearth_adapter_fake._store import read_journal
 
 pytestmark = pytest.mark.subprocess
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from hearth_adaptersdk import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
-from hearth_adaptersdk.codec import decode_line
+from hearth_adaptersdk._codec import decode_line
 
 
 def test_messages_split_across_chunks_are_reassembled() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hearth_adapter_fake import FakeDriver
-from hearth_adapter_fake.store import read_journal
+from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk.testing import RemoteError, open_peer
 from tests.helpers import profile
 

@@ -22,7 +22,7 @@ from hearth import (
     Tier,
 )
 from hearth_adapter_fake import FakeDriver
-from hearth_adapter_fake.store import read_journal
+from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import MemoryConnection, ResourceCaps
 
 
@@ -254,7 +254,7 @@ async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_pat
 
 
 def test_config_keys_ending_in_env_name_the_variables_an_adapter_may_see() -> None:
-    from hearth.supervisor import named_variables
+    from hearth._supervisor import named_variables
     assert named_variables({"token_env": "GRID_TOKEN", "pass_env": ["DOCKER_HOST", 3],
                             "url": "unix:///x", "environment": "NOT_THIS"}) == ["GRID_TOKEN",
                                                                                 "DOCKER_HOST"]

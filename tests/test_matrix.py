@@ -45,7 +45,7 @@ import pytest
 
 from hearth import Host
 from hearth_adapter_fake import FakeDriver
-from hearth_adapter_fake.store import read_journal
+from hearth_adapter_fake._store import read_journal
 from hearth_adapter_tfgrid import Simulator
 from hearth_adaptersdk import MemoryConnection
 

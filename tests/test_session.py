@@ -24,7 +24,7 @@ from hearth_adaptersdk import (
     encode,
     utc_now,
 )
-from hearth_adaptersdk.stdio import rollback_grace_from_env
+from hearth_adaptersdk._stdio import rollback_grace_from_env
 from hearth_adaptersdk.testing import Peer, open_peer
 from tests.helpers import profile
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from hearth import InvalidInput, InvalidTransition
-from hearth.settings import BUILTIN_TIERS, load_settings
-from hearth.states import TRANSITIONS, transition
-from hearth.store import Deployment, SQLiteStore, StoreError
+from hearth._settings import BUILTIN_TIERS, load_settings
+from hearth._states import TRANSITIONS, transition
+from hearth._store import Deployment, SQLiteStore, StoreError
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 
@@ -198,7 +198,7 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 ])
 def test_which_answers_changed_nothing(verb: Any, code: int, data: dict[str, Any],
                                        expected: bool) -> None:
-    from hearth.states import changed_nothing
+    from hearth._states import changed_nothing
     assert changed_nothing(verb, code, data) is expected
 
 
@@ -209,7 +209,7 @@ def test_which_answers_changed_nothing(verb: Any, code: int, data: dict[str, Any
 ])
 def test_which_cancel_answers_confirm_a_rollback(verb: Any, answered: bool, data: dict[str, Any],
                                                   expected: bool) -> None:
-    from hearth.states import cancel_rolled_back
+    from hearth._states import cancel_rolled_back
     assert cancel_rolled_back(verb, answered, data) is expected
 
 
@@ -233,7 +233,7 @@ def test_which_cancel_answers_confirm_a_rollback(verb: Any, answered: bool, data
 def test_reconcile_maps_what_it_observes_to_the_record(
         recorded: Any, observed: str, verb: str | None,
         expected: tuple[str, str | None] | None) -> None:
-    from hearth.states import resolve
+    from hearth._states import resolve
     found = resolve(recorded, observed, verb=verb)
     if expected is None:
         assert found is None

@@ -67,7 +67,7 @@ def test_no_package_imports_another_packages_private_modules() -> None:
 
 
 def test_importing_the_host_does_not_load_the_adapter_server_side() -> None:
-    code = ("import sys, hearth, hearth.cli; "
+    code = ("import sys, hearth, hearth._cli; "
             "print(sorted(m for m in ('jsonrpcserver', 'jsonschema') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)

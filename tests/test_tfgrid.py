@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from hearth_adapter_tfgrid import Simulator, TfgridDriver, compute
-from hearth_adapter_tfgrid.compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint
-from hearth_adapter_tfgrid.placement import Ledger
+from hearth_adapter_tfgrid import Simulator, TfgridDriver
+from hearth_adapter_tfgrid import _compute as compute
+from hearth_adapter_tfgrid._compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint
+from hearth_adapter_tfgrid._placement import Ledger
 from hearth_adaptersdk import DeploymentRef, ProvisioningProfile, SubprocessConnection, utc_now
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import Peer, RemoteError, open_peer

@@ -29,9 +29,9 @@ from hearth import (
     StoreError,
     Tier,
 )
-from hearth.client import AdapterClient
+from hearth._client import AdapterClient
 from hearth_adapter_fake import FakeDriver
-from hearth_adapter_fake.store import read_journal
+from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import (
     BackendUnavailable,
     DeploymentRef,
@@ -325,7 +325,7 @@ async def test_10_close_drains_then_records_what_remains_interrupted(tmp_path: P
 
 # --- 12, 13, 14, 16, 17, 19: settings, input and messages ---------------------------------------
 def test_12_a_tier_that_only_sets_driver_flags_keeps_the_builtin_caps(tmp_path: Path) -> None:
-    from hearth.settings import load_settings
+    from hearth._settings import load_settings
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text(
         "[tiers.team.driver_flags.fake]\ndelay = 0\n[tiers.studio.resource_caps]\ncpu = 3\n")
@@ -364,7 +364,7 @@ async def test_19_a_conflict_on_another_driver_does_not_say_use_upgrade(tmp_path
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_14_non_finite_numbers_in_settings_are_refused(tmp_path: Path, value: str) -> None:
-    from hearth.settings import load_settings
+    from hearth._settings import load_settings
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text(f"[tiers.big]\nresource_caps = {{ cpu = {value} }}\n")
     with pytest.raises(InvalidInput, match=r"tiers\.big\.resource_caps\.cpu: .* not a finite number"):
@@ -383,7 +383,7 @@ async def test_16_store_files_are_private_even_in_an_open_home(tmp_path: Path) -
 
 
 def test_17_a_settings_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
-    from hearth.settings import load_settings
+    from hearth._settings import load_settings
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_bytes(b"[tiers.solo]\n# caf\xe9\n")
     with pytest.raises(InvalidInput, match=r"hearth\.toml: not UTF-8"):

@@ -9,10 +9,10 @@ import typing
 from importlib.metadata import version as _version
 
 from . import codes
-from .codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
-from .connection import Closed, Connection
-from .driver import Driver, RequestContext
-from .errors import (
+from ._codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
+from ._connection import Closed, Connection
+from ._driver import Driver, RequestContext
+from ._errors import (
     BackendFailure,
     BackendUnavailable,
     Conflict,
@@ -21,7 +21,7 @@ from .errors import (
     InvalidTransition,
     Unsupported,
 )
-from .subprocess_transport import SubprocessConnection, child_environment
+from ._subprocess import SubprocessConnection, child_environment
 from .wire import (
     CancelParams,
     Capabilities,
@@ -41,16 +41,16 @@ from .wire import (
 )
 
 if typing.TYPE_CHECKING:  # loaded on first use (PEP 562): a host never pays for the server side
-    from .memory import MemoryConnection
-    from .session import DEFAULT_ROLLBACK_GRACE
-    from .stdio import ROLLBACK_GRACE_ENV, serve
+    from ._memory import MemoryConnection
+    from ._session import DEFAULT_ROLLBACK_GRACE
+    from ._stdio import ROLLBACK_GRACE_ENV, serve
 
 #: The server side (jsonrpcserver and what it imports) loads only when one of these is used.
 _LAZY = {
-    "serve": ".stdio",
-    "ROLLBACK_GRACE_ENV": ".stdio",
-    "DEFAULT_ROLLBACK_GRACE": ".session",
-    "MemoryConnection": ".memory",
+    "serve": "._stdio",
+    "ROLLBACK_GRACE_ENV": "._stdio",
+    "DEFAULT_ROLLBACK_GRACE": "._session",
+    "MemoryConnection": "._memory",
 }
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import jsonrpcclient
 
-from .codec import Decoded, encode
-from .connection import Closed, Connection
+from ._codec import Decoded, encode
+from ._connection import Closed, Connection
 
 Response = dict[str, Any]
 OnProgress = Callable[[dict[str, Any]], object]

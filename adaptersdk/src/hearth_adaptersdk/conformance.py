@@ -25,10 +25,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from . import __version__, codes
-from .codec import Malformed
-from .driver import Driver
-from .memory import MemoryConnection
-from .subprocess_transport import SubprocessConnection, child_environment
+from ._codec import Malformed
+from ._driver import Driver
+from ._memory import MemoryConnection
+from ._subprocess import SubprocessConnection, child_environment
 from .testing import Peer, Reply
 from .wire import DeploymentRef, InitializeResult, StatusReport
 

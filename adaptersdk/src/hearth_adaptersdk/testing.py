@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from . import codes
+from ._codec import Decoded, Malformed
+from ._connection import Closed, Connection
+from ._driver import Driver
 from ._engine import RequestEngine
-from .codec import Decoded, Malformed
-from .connection import Closed, Connection
-from .driver import Driver
-from .memory import MemoryConnection
-from .subprocess_transport import SubprocessConnection, child_environment
+from ._memory import MemoryConnection
+from ._subprocess import SubprocessConnection, child_environment
 from .wire import DeploymentRef, InitializeResult, ProvisioningProfile, StatusReport
 
 

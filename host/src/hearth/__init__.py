@@ -2,7 +2,7 @@
 
 ``Host`` runs the workspace lifecycle on top of any adapter; ``AdapterClient`` talks to one
 adapter; ``discover`` finds one. Errors form one tree
-rooted at ``HearthError`` (see ``hearth.errors``).
+rooted at ``HearthError``; every public name is exported here.
 """
 
 from importlib.metadata import version as _version
@@ -11,9 +11,9 @@ __version__ = _version("hearth")  # the one place it is written is host/pyprojec
 
 from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
 
-from .client import AdapterClient
-from .discovery import Candidate, Discovered, discover, discover_all
-from .errors import (
+from ._client import AdapterClient, Interruption
+from ._discovery import Candidate, Discovered, discover, discover_all
+from ._errors import (
     AdapterCrashed,
     AdapterError,
     AdapterNotFound,
@@ -33,9 +33,9 @@ from .errors import (
     StoreError,
     Unsupported,
 )
-from .host import Host, ReconcileReport, find_project_dir
-from .settings import Tier
-from .store import Deployment, LogLine, Operation, SQLiteStore, Store
+from ._host import Host, ReconcileReport, find_project_dir
+from ._settings import Tier
+from ._store import Deployment, LogLine, Operation, SQLiteStore, Store
 
 __all__ = [
     "AdapterClient",
@@ -55,6 +55,7 @@ __all__ = [
     "Discovered",
     "HearthError",
     "Host",
+    "Interruption",
     "InvalidInput",
     "InvalidProfile",
     "InvalidTransition",

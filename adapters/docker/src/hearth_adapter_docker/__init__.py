@@ -1,5 +1,5 @@
 """hearth-adapter-docker: workspaces as containers on a local Docker engine."""
 
-from .driver import DockerConfig, DockerDriver
+from ._driver import DockerConfig, DockerDriver
 
 __all__ = ["DockerConfig", "DockerDriver"]

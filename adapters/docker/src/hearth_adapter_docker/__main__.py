@@ -2,7 +2,7 @@
 
 from hearth_adaptersdk import serve
 
-from .driver import DockerDriver
+from ._driver import DockerDriver
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from hearth_adaptersdk import serve
 
-from .driver import FakeDriver
+from ._driver import FakeDriver
 
 
 def main() -> None:

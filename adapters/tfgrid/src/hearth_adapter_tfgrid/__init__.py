@@ -2,16 +2,16 @@
 
 import typing
 
-from .driver import TfgridConfig, TfgridDriver, TfgridFlags
+from ._driver import TfgridConfig, TfgridDriver, TfgridFlags
 
 if typing.TYPE_CHECKING:
-    from .simulator import Simulator
+    from ._simulator import Simulator
 
 
 def __getattr__(name: str) -> typing.Any:
     # The simulator (uvicorn, starlette) is imported on first use only: the adapter never needs it.
     if name == "Simulator":
-        from .simulator import Simulator
+        from ._simulator import Simulator
         return Simulator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

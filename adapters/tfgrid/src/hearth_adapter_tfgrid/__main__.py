@@ -2,7 +2,7 @@
 
 from hearth_adaptersdk import serve
 
-from .driver import TfgridDriver
+from ._driver import TfgridDriver
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ it is imported only when asked for.
 
 import typing
 
-from .._engine import RequestEngine, SessionState
-from ..codec import (
+from .._codec import (
     Decoded,
     FrameTooLarge,
     LineDecoder,
@@ -19,11 +18,12 @@ from ..codec import (
     encode,
     preview,
 )
-from ..connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
-from ..subprocess_transport import SubprocessConnection, child_environment
+from .._connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
+from .._engine import RequestEngine, SessionState
+from .._subprocess import SubprocessConnection, child_environment
 
 if typing.TYPE_CHECKING:
-    from ..memory import MemoryConnection
+    from .._memory import MemoryConnection
 
 __all__ = [
     "Closed",
@@ -50,7 +50,7 @@ __all__ = [
 
 def __getattr__(name: str) -> typing.Any:
     if name == "MemoryConnection":
-        from ..memory import MemoryConnection
+        from .._memory import MemoryConnection
 
         return MemoryConnection
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from . import compute
+from . import _compute as compute
 
 #: The methods served, each ``Simulator``'s method of the same name.
 SERVED = ("deploy_vm", "get_vm", "list_vms", "delete_vm", "vm_logs", "list_slices", "list_images",

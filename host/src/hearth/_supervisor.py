@@ -16,10 +16,10 @@ from pathlib import Path
 
 from hearth_adaptersdk import Connection
 
-from .client import CANCEL_GRACE, AdapterClient
-from .discovery import discover
-from .errors import CallTimeout, StoreError
-from .settings import Settings
+from ._client import CANCEL_GRACE, AdapterClient
+from ._discovery import discover
+from ._errors import CallTimeout, StoreError
+from ._settings import Settings
 
 ConnectionFactory = Callable[[], Connection]
 

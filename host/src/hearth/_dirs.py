@@ -7,7 +7,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import InvalidInput
+from ._errors import InvalidInput
 
 HOME_ENV = "HEARTH_HOME"
 

@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from .codec import FrameTooLarge, LineDecoder
+from ._codec import FrameTooLarge, LineDecoder
+from ._connection import WriteCoalescer
+from ._driver import Driver
+from ._session import DEFAULT_ROLLBACK_GRACE, ServerSession
 from .codes import PROTOCOL_ENV
-from .connection import WriteCoalescer
-from .driver import Driver
-from .session import DEFAULT_ROLLBACK_GRACE, ServerSession
 
 log = logging.getLogger("hearth_adaptersdk")
 _PARENT_POLL = 0.5

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from .compute import NodeSlices
+from ._compute import NodeSlices
 
 
 @dataclass(eq=False)

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .errors import SlugLocked, StoreError
+from ._errors import SlugLocked, StoreError
 
 _POLL = 0.02
 

@@ -39,12 +39,11 @@ from hearth_adaptersdk import (
     codes,
     encode,
 )
-from hearth_adaptersdk.codec import preview
-from hearth_adaptersdk.transport import RequestEngine, SessionState
+from hearth_adaptersdk.transport import RequestEngine, SessionState, preview
 from hearth_adaptersdk.wire import validation_problems
 
 from . import __version__
-from .errors import (
+from ._errors import (
     AdapterCrashed,
     AdapterNotFound,
     AdapterRefused,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from .codec import FrameTooLarge, LineDecoder
-from .connection import Closed, Connection, OnClosed, OnMessage
-from .driver import Driver
-from .session import DEFAULT_ROLLBACK_GRACE, ServerSession
+from ._codec import FrameTooLarge, LineDecoder
+from ._connection import Closed, Connection, OnClosed, OnMessage
+from ._driver import Driver
+from ._session import DEFAULT_ROLLBACK_GRACE, ServerSession
 
 
 class MemoryConnection(Connection):

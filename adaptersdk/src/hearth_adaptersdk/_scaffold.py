@@ -51,12 +51,12 @@ hearth-adaptersdk conformance "$(command -v hearth-adapter-{name})"
 hearth provision alpha --tier solo --driver {name}
 ```
 
-Start in `src/{module}/driver.py`: each verb says where the real backend calls go.
+Start in `src/{module}/_driver.py`: each verb says where the real backend calls go.
 '''
 
 INIT = '''"""hearth-adapter-{name}."""
 
-from .driver import {cls}
+from ._driver import {cls}
 
 __all__ = ["{cls}"]
 '''
@@ -65,7 +65,7 @@ MAIN = '''"""Entry point of the hearth-adapter-{name} executable."""
 
 from hearth_adaptersdk import serve
 
-from .driver import {cls}
+from ._driver import {cls}
 
 
 def main() -> None:
@@ -259,7 +259,7 @@ def scaffold(name: str, folder: Path) -> list[Path]:
     files = {
         "pyproject.toml": PYPROJECT, "README.md": README,
         f"src/{module}/__init__.py": INIT, f"src/{module}/__main__.py": MAIN,
-        f"src/{module}/driver.py": DRIVER, f"src/{module}/py.typed": "",
+        f"src/{module}/_driver.py": DRIVER, f"src/{module}/py.typed": "",
         "tests/test_driver.py": TESTS,
     }
     written = []

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .codec import Decoded
+from ._codec import Decoded
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class Driver:
     """Subclass this and implement the four verbs; ``serve(MyDriver)`` does the rest.
 
     The SDK validates params with the wire models before a verb runs, so each verb gets
-    typed arguments. Raise the errors of ``hearth_adaptersdk.errors`` to answer with a
+    typed arguments. Raise the errors of ``hearth_adaptersdk._errors`` to answer with a
     protocol error. ``list`` and ``validate_profile`` are announced only when a subclass
     overrides them.
 

@@ -49,8 +49,8 @@ from hearth_adaptersdk import (
 )
 from hearth_adaptersdk.wire import validation_problems
 
-from . import compute
-from .compute import (
+from . import _compute as compute
+from ._compute import (
     ComputeClient,
     ComputeError,
     ComputeUnavailable,
@@ -59,9 +59,9 @@ from .compute import (
     Vm,
     WebGateway,
 )
-from .placement import Choice, Ledger, choose
-from .sizing import slices_for
-from .vault import UnsafeSecretPath, Vault
+from ._placement import Choice, Ledger, choose
+from ._sizing import slices_for
+from ._vault import UnsafeSecretPath, Vault
 
 T = TypeVar("T")
 DEFAULT_IMAGE = "https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"

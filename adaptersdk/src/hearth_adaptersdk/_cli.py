@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._scaffold import scaffold
+from ._schema import protocol_schema
 from .conformance import KitOptions, check_adapter
-from .scaffold import scaffold
-from .schema import protocol_schema
 
 
 def _json_object(text: str) -> dict[str, Any]:

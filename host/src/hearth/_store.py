@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 
 from hearth_adaptersdk import DeploymentRef, State, utc_now
 
-from .errors import StoreError
+from ._errors import StoreError
 
 __all__ = ["Deployment", "LogBuffer", "LogLine", "Operation", "SQLiteStore", "Store", "StoreError"]
 

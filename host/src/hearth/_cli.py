@@ -40,11 +40,11 @@ from pydantic import TypeAdapter
 from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
 
 from . import __version__
-from .discovery import Candidate, discover_all
-from .errors import HearthError
-from .host import Host, ReconcileReport, find_project_dir
-from .settings import load_settings
-from .store import Deployment, Operation
+from ._discovery import Candidate, discover_all
+from ._errors import HearthError
+from ._host import Host, ReconcileReport, find_project_dir
+from ._settings import load_settings
+from ._store import Deployment, Operation
 
 #: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
 #: terminal, or start a fake line when printed raw.

@@ -41,8 +41,8 @@ from hearth_adaptersdk import (
     utc_now,
 )
 
-from . import engine as eng
-from .spec import DockerFlags, Limits, resolve
+from . import _engine as eng
+from ._spec import DockerFlags, Limits, resolve
 
 T = TypeVar("T")
 POLL = 0.2

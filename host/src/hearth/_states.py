@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from hearth_adaptersdk import State, codes
 
-from .errors import InvalidTransition
+from ._errors import InvalidTransition
 
 Verb = Literal["provision", "upgrade", "teardown"]
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})

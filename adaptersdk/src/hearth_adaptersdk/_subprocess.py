@@ -17,9 +17,9 @@ import signal
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
-from .codec import FrameTooLarge, LineDecoder
+from ._codec import FrameTooLarge, LineDecoder
+from ._connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
 from .codes import PROTOCOL_ENV
-from .connection import Closed, Connection, OnClosed, OnMessage, WriteCoalescer
 
 #: Variables a child may inherit; the adapter's config may name more.
 ALLOWED_ENV = ("PATH", "HOME", "USER", "LANG", "TZ", "TMPDIR")

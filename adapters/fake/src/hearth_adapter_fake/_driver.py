@@ -41,7 +41,7 @@ from hearth_adaptersdk import (
     utc_now,
 )
 
-from .store import FakeStore
+from ._store import FakeStore
 
 VERBS = ("provision", "status", "upgrade", "teardown")
 FLAGS = ("fail_at", "keep_partial", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm",

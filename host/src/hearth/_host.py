@@ -33,10 +33,10 @@ from hearth_adaptersdk import (
     utc_now,
 )
 
-from .client import AdapterClient, Interruption, ProgressCallback
-from .dirs import resolve_home, state_dir
-from .discovery import candidates, discover_all
-from .errors import (
+from ._client import AdapterClient, Interruption, ProgressCallback
+from ._dirs import resolve_home, state_dir
+from ._discovery import candidates, discover_all
+from ._errors import (
     AdapterError,
     BackendFailure,
     BackendUnavailable,
@@ -50,9 +50,9 @@ from .errors import (
     SlugLocked,
     StoreError,
 )
-from .locks import SlugLocks
-from .settings import Tier, Timeouts, load_settings
-from .states import (
+from ._locks import SlugLocks
+from ._settings import Tier, Timeouts, load_settings
+from ._states import (
     TRANSIENT,
     Transition,
     Verb,
@@ -61,8 +61,8 @@ from .states import (
     resolve,
     transition,
 )
-from .store import Deployment, LogBuffer, LogLine, Operation, SQLiteStore, Store
-from .supervisor import ConnectionFactory, Supervisor
+from ._store import Deployment, LogBuffer, LogLine, Operation, SQLiteStore, Store
+from ._supervisor import ConnectionFactory, Supervisor
 
 STORE_FILE = "hearth.db"
 #: How long a verb waits for another process's work on the same slug when it has no timeout.

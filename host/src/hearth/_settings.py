@@ -32,7 +32,7 @@ from pydantic_core import ErrorDetails
 from hearth_adaptersdk import ProvisioningProfile, ResourceCaps
 from hearth_adaptersdk.wire import DriverName
 
-from .errors import InvalidInput
+from ._errors import InvalidInput
 
 SETTINGS_FILE = Path(".hearth") / "hearth.toml"
 TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"

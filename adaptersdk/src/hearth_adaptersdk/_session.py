@@ -26,9 +26,9 @@ from jsonrpcserver.response import to_serializable_one
 from pydantic import BaseModel, ValidationError
 
 from . import codes
-from .codec import Decoded, Malformed, Unencodable, encode
-from .driver import Driver, RequestContext
-from .errors import DriverError
+from ._codec import Decoded, Malformed, Unencodable, encode
+from ._driver import Driver, RequestContext
+from ._errors import DriverError
 from .wire import (
     METHODS,
     Capabilities,

@@ -16,8 +16,8 @@ from typing import Literal
 
 from hearth_adaptersdk import codes
 
-from .dirs import project_adapters_dir, user_adapters_dir
-from .errors import AdapterNotFound, AdapterRefused, InvalidInput
+from ._dirs import project_adapters_dir, user_adapters_dir
+from ._errors import AdapterNotFound, AdapterRefused, InvalidInput
 
 Source = Literal["project", "user", "path"]
 
