@@ -57,8 +57,7 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def raw_baseline(calls: int, pipelined: int) -> tuple[list[float], float]:
-    child = subprocess.Popen([sys.executable, "-c", RAW_CHILD], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, "-c", RAW_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert child.stdin is not None and child.stdout is not None
     request = {"jsonrpc": "2.0", "method": "status", "params": {"ref": {"workspace_slug": "bench"}}}
     samples = []
@@ -130,8 +129,12 @@ def validation_cost(runs: int) -> tuple[float, float]:
 
     from hearth_adaptersdk.wire import Request
 
-    message = {"jsonrpc": "2.0", "id": 1, "method": "status",
-               "params": {"ref": {"workspace_slug": "bench", "tier": "solo"}}}
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "status",
+        "params": {"ref": {"workspace_slug": "bench", "tier": "solo"}},
+    }
     started = time.perf_counter()
     for _ in range(runs):
         default_validator(message)
@@ -145,8 +148,12 @@ def validation_cost(runs: int) -> tuple[float, float]:
 
 def import_breakdown(top: int) -> tuple[int, list[tuple[int, str]]]:
     """Import time of the fake adapter: the total, and self time summed by top-level package."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import hearth_adapter_fake.__main__"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import hearth_adapter_fake.__main__"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     by_package: dict[str, int] = {}
     total = 0
     for line in done.stderr.splitlines():
@@ -238,15 +245,32 @@ async def _port_answers(port: int) -> bool:
 
 async def docker_cli_lifecycle(url: str, image: str, slug: str) -> tuple[float, float]:
     """The docker CLI doing what the adapter does; returns (to ready, teardown) seconds."""
+
     def cli(*args: str) -> str:
-        return subprocess.run([DOCKER_CLI, "-H", url, *args], check=True, capture_output=True,
-                              text=True).stdout.strip()
+        return subprocess.run(
+            [DOCKER_CLI, "-H", url, *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     started = time.perf_counter()
     cli("network", "create", f"bench-{slug}")
     cli("volume", "create", f"bench-{slug}-data")
-    cli("run", "-d", "--name", f"bench-{slug}", "--network", f"bench-{slug}", "-v",
-        f"bench-{slug}-data:/www", "-p", "127.0.0.1::8080", "--cpus", "1", "--memory", "64m", image)
+    cli(
+        "run",
+        "-d",
+        "--name",
+        f"bench-{slug}",
+        "--network",
+        f"bench-{slug}",
+        "-v",
+        f"bench-{slug}-data:/www",
+        "-p",
+        "127.0.0.1::8080",
+        "--cpus",
+        "1",
+        "--memory",
+        "64m",
+        image,
+    )
     port = int(cli("port", f"bench-{slug}", "8080/tcp").rsplit(":", 1)[1])
     while not await _port_answers(port):  # noqa: ASYNC110 - polling is what the CLI user does
         await asyncio.sleep(0.2)
@@ -260,8 +284,12 @@ async def docker_cli_lifecycle(url: str, image: str, slug: str) -> tuple[float, 
 
 async def docker_adapter_lifecycles(url: str, image: str, rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"provision": [], "again": [], "teardown": []}
-    profile = ProvisioningProfile(tier="solo", driver="docker", resource_caps={"cpu": 1, "memory_mb": 64},
-                                  driver_flags={"image": image, "port": 8080, "data_path": "/www"})
+    profile = ProvisioningProfile(
+        tier="solo",
+        driver="docker",
+        resource_caps={"cpu": 1, "memory_mb": 64},
+        driver_flags={"image": image, "port": 8080, "data_path": "/www"},
+    )
     async with await AdapterClient.launch(discover("docker").path, config={"url": url}) as client:
         for index in range(rounds):
             slug = f"bench-a{index}"
@@ -289,18 +317,21 @@ def docker_section(rounds: int) -> None:
     provision = statistics.median(adapter["provision"])
     print(f"docker driver on the real engine ({rounds} rounds, medians), beside the docker CLI:")
     print(f"{'':34}{'adapter':>12}{'docker CLI':>14}{'ratio':>9}  target")
-    print(f"{'provision to ready':34}{ms(provision)}{ms(cli_ready):>14}"
-          f"{provision / cli_ready:8.2f}x  <= 1x")
-    print(f"{'teardown':34}{ms(statistics.median(adapter['teardown']))}{ms(cli_down):>14}"
-          f"{statistics.median(adapter['teardown']) / cli_down:8.2f}x  <= 1x")
+    print(f"{'provision to ready':34}{ms(provision)}{ms(cli_ready):>14}{provision / cli_ready:8.2f}x  <= 1x")
+    print(
+        f"{'teardown':34}{ms(statistics.median(adapter['teardown']))}{ms(cli_down):>14}"
+        f"{statistics.median(adapter['teardown']) / cli_down:8.2f}x  <= 1x"
+    )
     again = statistics.median(adapter["again"])
-    print(f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}   <= 5 % of "
-          "a provision")
+    print(
+        f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}   <= 5 % of a provision"
+    )
     print()
 
 
 # --- the line codec -------------------------------------------------------------------------
 # The stdlib ``json`` codec that hearth_adaptersdk._codec used before pydantic-core: the baseline.
+
 
 def _stdlib_refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number (non-finite numbers are refused)")
@@ -367,17 +398,42 @@ class StdlibLineDecoder:
         return out
 
 
-STATUS_REQUEST = {"jsonrpc": "2.0", "id": 4711, "method": "status",
-                  "params": {"ref": {"workspace_slug": "bench", "tier": "solo", "driver": "fake"}}}
-STATUS_RESPONSE = {"jsonrpc": "2.0", "id": 4711, "result": {
-    "state": "ready", "endpoint": "fake://bench", "message": None,
-    "observed_at": "2026-01-01T00:00:00Z", "details": {"tier": "solo", "note": "prêt"}}}
-PROGRESS = {"jsonrpc": "2.0", "method": "progress",
-            "params": {"request_id": 4711, "message": "pulling image", "fraction": 0.25, "level": "info"}}
+STATUS_REQUEST = {
+    "jsonrpc": "2.0",
+    "id": 4711,
+    "method": "status",
+    "params": {"ref": {"workspace_slug": "bench", "tier": "solo", "driver": "fake"}},
+}
+STATUS_RESPONSE = {
+    "jsonrpc": "2.0",
+    "id": 4711,
+    "result": {
+        "state": "ready",
+        "endpoint": "fake://bench",
+        "message": None,
+        "observed_at": "2026-01-01T00:00:00Z",
+        "details": {"tier": "solo", "note": "prêt"},
+    },
+}
+PROGRESS = {
+    "jsonrpc": "2.0",
+    "method": "progress",
+    "params": {"request_id": 4711, "message": "pulling image", "fraction": 0.25, "level": "info"},
+}
 # Over 200 brackets: the new encode reads such a line back to check its depth.
-LIST_RESPONSE = {"jsonrpc": "2.0", "id": 4712, "result": [
-    {"workspace_slug": f"w{i}", "tier": "solo", "driver": "docker",
-     "details": {"container": f"{i:064x}", "ports": [8080, 8443], "load": 0.5}} for i in range(200)]}
+LIST_RESPONSE = {
+    "jsonrpc": "2.0",
+    "id": 4712,
+    "result": [
+        {
+            "workspace_slug": f"w{i}",
+            "tier": "solo",
+            "driver": "docker",
+            "details": {"container": f"{i:064x}", "ports": [8080, 8443], "load": 0.5},
+        }
+        for i in range(200)
+    ],
+}
 
 
 def best_times(works: tuple[Callable[[], object], ...], number: int, repeat: int = 7) -> list[float]:
@@ -396,8 +452,12 @@ def best_times(works: tuple[Callable[[], object], ...], number: int, repeat: int
 def codec_cost(number: int) -> list[tuple[str, float, float]]:
     """(label, pydantic-core codec, stdlib codec) seconds per operation."""
     batch = b"".join(encode(PROGRESS if i % 4 else STATUS_RESPONSE) for i in range(64))
-    lines = {"request": encode(STATUS_REQUEST)[:-1], "response": encode(STATUS_RESPONSE)[:-1],
-             "progress": encode(PROGRESS)[:-1], "list": encode(LIST_RESPONSE)[:-1]}
+    lines = {
+        "request": encode(STATUS_REQUEST)[:-1],
+        "response": encode(STATUS_RESPONSE)[:-1],
+        "progress": encode(PROGRESS)[:-1],
+        "list": encode(LIST_RESPONSE)[:-1],
+    }
     for line in lines.values():  # the same bytes and the same messages either way
         assert stdlib_encode(decode_line(line))[:-1] == line and stdlib_decode_line(line) == decode_line(line)
     assert LineDecoder().feed(batch) == StdlibLineDecoder().feed(batch)
@@ -406,6 +466,7 @@ def codec_cost(number: int) -> list[tuple[str, float, float]]:
         def work() -> object:
             dec(enc(STATUS_REQUEST)[:-1])
             return dec(enc(STATUS_RESPONSE)[:-1])
+
         return work
 
     def one(message: Any, enc: Callable[[Any], bytes], dec: Callable[[bytes], Any]) -> Callable[[], object]:
@@ -415,13 +476,25 @@ def codec_cost(number: int) -> list[tuple[str, float, float]]:
         return lambda: decoder().feed(batch)
 
     rows = [
-        ("status request + response", round_trip(encode, decode_line),
-         round_trip(stdlib_encode, stdlib_decode_line), number),
-        ("progress notification", one(PROGRESS, encode, decode_line),
-         one(PROGRESS, stdlib_encode, stdlib_decode_line), number),
+        (
+            "status request + response",
+            round_trip(encode, decode_line),
+            round_trip(stdlib_encode, stdlib_decode_line),
+            number,
+        ),
+        (
+            "progress notification",
+            one(PROGRESS, encode, decode_line),
+            one(PROGRESS, stdlib_encode, stdlib_decode_line),
+            number,
+        ),
         ("LineDecoder.feed, 64 lines", feed(LineDecoder), feed(StdlibLineDecoder), max(1, number // 40)),
-        ("list result, 200 workspaces", one(LIST_RESPONSE, encode, decode_line),
-         one(LIST_RESPONSE, stdlib_encode, stdlib_decode_line), max(1, number // 200)),
+        (
+            "list result, 200 workspaces",
+            one(LIST_RESPONSE, encode, decode_line),
+            one(LIST_RESPONSE, stdlib_encode, stdlib_decode_line),
+            max(1, number // 200),
+        ),
     ]
     out = []
     for label, new, old, count in rows:
@@ -474,11 +547,15 @@ def main() -> None:
     print(f"{'':34}{'hearth':>12}{'baseline':>14}{'ratio':>9}  target")
     print(f"{'status round trip p50':34}{ms(p50)}{ms(raw50):>14}{p50 / raw50:8.2f}x  <= 3x")
     print(f"{'status round trip p99':34}{ms(p99)}{ms(raw99):>14}{p99 / raw99:8.2f}x")
-    print(f"{'pipelined status, 64 in flight':34}{rate:9.0f}/s {raw_rate:11.0f}/s {rate / raw_rate:7.2f}x"
-          "  >= 20000/s")
+    print(
+        f"{'pipelined status, 64 in flight':34}{rate:9.0f}/s {raw_rate:11.0f}/s {rate / raw_rate:7.2f}x"
+        "  >= 20000/s"
+    )
     print(f"{'cold start (spawn to handshake)':34}{ms(cold)}{ms(bare50):>14}{cold / bare50:8.2f}x  <= 5x")
-    print(f"{'request check: jsonschema vs wire model':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
-          f"{schema / envelope:8.0f}x  (per request; the SDK skips jsonschema)")
+    print(
+        f"{'request check: jsonschema vs wire model':34}{schema * 1e6:9.1f} us{envelope * 1e6:11.2f} us"
+        f"{schema / envelope:8.0f}x  (per request; the SDK skips jsonschema)"
+    )
     print()
     small, big = args.workspaces // 10, args.workspaces
     print(f"{big} workspaces through Host (provision + status + teardown, 32 in flight), beside the")
@@ -487,21 +564,29 @@ def main() -> None:
     for verb in VERBS:
         host50 = statistics.median(host_big[verb])
         direct50 = statistics.median(direct_big[verb])
-        print(f"{verb + ' (latency under load)':34}{ms(host50)}{ms(direct50):>14}"
-              f"{ms(host50 - direct50):>12}  overhead <= 1 ms")
+        print(
+            f"{verb + ' (latency under load)':34}{ms(host50)}{ms(direct50):>14}"
+            f"{ms(host50 - direct50):>12}  overhead <= 1 ms"
+        )
     per_small, per_big = host_small_total / small, host_big_total / big
     per_verb, direct_per_verb = per_big / len(VERBS), direct_big_total / big / len(VERBS)
-    print(f"{'wall time per verb (total / 3N)':34}{ms(per_verb)}{ms(direct_per_verb):>14}"
-          f"{ms(per_verb - direct_per_verb):>12}  overhead <= 1 ms")
-    print(f"{'growth ' + str(small) + ' -> ' + str(big) + ' workspaces':34}"
-          f"{host_small_total:9.2f} s -> {host_big_total:.2f} s: {per_big / per_small:.2f}x the "
-          "time per workspace (1.00 = linear)")
+    print(
+        f"{'wall time per verb (total / 3N)':34}{ms(per_verb)}{ms(direct_per_verb):>14}"
+        f"{ms(per_verb - direct_per_verb):>12}  overhead <= 1 ms"
+    )
+    print(
+        f"{'growth ' + str(small) + ' -> ' + str(big) + ' workspaces':34}"
+        f"{host_small_total:9.2f} s -> {host_big_total:.2f} s: {per_big / per_small:.2f}x the "
+        "time per workspace (1.00 = linear)"
+    )
     print()
     codec_section(args.codec_calls)
     docker_section(args.docker_rounds)
     total, rows = import_breakdown(10)
-    print(f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "
-          "(which inflates it); own time by package:")
+    print(
+        f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "
+        "(which inflates it); own time by package:"
+    )
     for micros, name in rows:
         print(f"  {micros / 1000:8.1f} ms  {name}")
 

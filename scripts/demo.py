@@ -19,28 +19,37 @@ def project_settings(driver: str) -> str:
     """The demo project's .hearth/hearth.toml: what each driver needs from a tier."""
     if driver == "tfgrid":
         socket = os.environ["HEARTH_DEMO_TFGRID_SOCKET"]
-        return (f'[tiers.solo.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
-                # solo is 1 slice, team 2: resizing a TFGrid VM means redeploying it
-                f'[tiers.team.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
-                "allow_destructive_upgrade = true\n"
-                f'[adapters.tfgrid]\nsocket = "{socket}"\npoll_interval = 0.2\n')
+        return (
+            f'[tiers.solo.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
+            # solo is 1 slice, team 2: resizing a TFGrid VM means redeploying it
+            f'[tiers.team.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
+            "allow_destructive_upgrade = true\n"
+            f'[adapters.tfgrid]\nsocket = "{socket}"\npoll_interval = 0.2\n'
+        )
     if driver != "docker":
         return ""
     image = os.environ.get("HEARTH_DEMO_DOCKER_IMAGE", "hearth-test/httpd:1")
     url = os.environ.get("HEARTH_DEMO_DOCKER_URL", "unix:///var/run/docker.sock")
     flags = f'image = "{image}"\nport = 8080\ndata_path = "/www"\n'
-    return (f"[tiers.solo]\nresource_caps = {{ cpu = 0.5, memory_mb = 64 }}\n"
-            f"[tiers.solo.driver_flags.docker]\n{flags}"
-            f"[tiers.team]\nresource_caps = {{ cpu = 1, memory_mb = 128 }}\n"
-            f"[tiers.team.driver_flags.docker]\n{flags}"
-            f'[adapters.docker]\nurl = "{url}"\n')
+    return (
+        f"[tiers.solo]\nresource_caps = {{ cpu = 0.5, memory_mb = 64 }}\n"
+        f"[tiers.solo.driver_flags.docker]\n{flags}"
+        f"[tiers.team]\nresource_caps = {{ cpu = 1, memory_mb = 128 }}\n"
+        f"[tiers.team.driver_flags.docker]\n{flags}"
+        f'[adapters.docker]\nurl = "{url}"\n'
+    )
 
 
 def fetch(home: Path, project: Path, slug: str) -> None:
     """Show that the workspace answers at its endpoint."""
     import urllib.request
-    done = subprocess.run(["hearth", "status", slug, "--json", "--home", str(home),
-                           "--project", str(project)], capture_output=True, text=True, check=True)
+
+    done = subprocess.run(
+        ["hearth", "status", slug, "--json", "--home", str(home), "--project", str(project)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     endpoint = json.loads(done.stdout)["endpoint"]
     if endpoint and endpoint.startswith("http://127.0.0.1"):
         with urllib.request.urlopen(endpoint, timeout=10) as response:
@@ -72,8 +81,7 @@ def main() -> int:
         run(home, project, "provision", slug, "--tier", "solo", "--driver", driver, "--json")
         run(home, project, "status", slug)
         fetch(home, project, slug)
-        run(home, project, "provision", slug, "--tier", "team", "--driver", driver,
-            expect_failure=True)
+        run(home, project, "provision", slug, "--tier", "team", "--driver", driver, expect_failure=True)
         run(home, project, "upgrade", slug, "--tier", "team")
         run(home, project, "ls")
         fetch(home, project, slug)

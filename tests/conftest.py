@@ -86,8 +86,11 @@ def _run_processes(run_id: str = RUN_ID) -> dict[ProcessKey, str]:
         if info is None:
             continue
         start, state, cmdline, environ = info
-        if (state != "Z" and any(marker in cmdline for marker in SPAWNED_MARKERS)
-                and _carries_marker(environ, run_id)):
+        if (
+            state != "Z"
+            and any(marker in cmdline for marker in SPAWNED_MARKERS)
+            and _carries_marker(environ, run_id)
+        ):
             found[int(entry.name), start] = cmdline
     return found
 
@@ -128,8 +131,7 @@ def _kill_run_processes(keys: Iterable[ProcessKey], run_id: str = RUN_ID) -> lis
     return killed
 
 
-def _leftovers(before: set[ProcessKey], run_id: str = RUN_ID,
-               bound: float = 5.0) -> dict[ProcessKey, str]:
+def _leftovers(before: set[ProcessKey], run_id: str = RUN_ID, bound: float = 5.0) -> dict[ProcessKey, str]:
     """This run's processes that are not in ``before``. Waits up to ``bound`` for them to go."""
     deadline = time.monotonic() + bound
     while True:  # killed processes may take a moment to be reaped by init

@@ -24,7 +24,8 @@ def test_the_committed_schema_matches_the_models() -> None:
     committed = json.loads(SCHEMA_FILE.read_text())
     assert committed == protocol_schema(), (
         "docs/protocol.schema.json is stale: run "
-        "'hearth-adaptersdk schema --output docs/protocol.schema.json' and commit it")
+        "'hearth-adaptersdk schema --output docs/protocol.schema.json' and commit it"
+    )
 
 
 def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
@@ -33,8 +34,15 @@ def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
     def check(definition: str, value: object) -> None:
         jsonschema.validate(value, {"$ref": f"#/$defs/{definition}", "$defs": schema["$defs"]})
 
-    ref = {"workspace_slug": "alpha", "tier": "solo", "driver": "fake", "endpoint": "fake://alpha",
-           "secrets_vault_path": None, "created": "2026-01-01T00:00:00Z", "last_status": "ready"}
+    ref = {
+        "workspace_slug": "alpha",
+        "tier": "solo",
+        "driver": "fake",
+        "endpoint": "fake://alpha",
+        "secrets_vault_path": None,
+        "created": "2026-01-01T00:00:00Z",
+        "last_status": "ready",
+    }
     check("DeploymentRef", ref)
     check("ProvisionParams", {"slug": "alpha", "profile": {"tier": "solo", "driver": "fake"}})
     check("Progress", {"request_id": 3, "message": "working", "fraction": 0.5, "level": "info"})
@@ -43,8 +51,16 @@ def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
     with pytest.raises(jsonschema.ValidationError):
         check("DeploymentRef", {**ref, "last_status": "on fire"})
     assert schema["errors"]["-32031"] == "backend_failure"
-    assert set(schema["methods"]) == {"initialize", "provision", "status", "upgrade", "teardown",
-                                      "shutdown", "list", "validate_profile"}
+    assert set(schema["methods"]) == {
+        "initialize",
+        "provision",
+        "status",
+        "upgrade",
+        "teardown",
+        "shutdown",
+        "list",
+        "validate_profile",
+    }
 
 
 def test_the_scaffold_refuses_bad_names_and_busy_folders(tmp_path: Path) -> None:
@@ -59,6 +75,7 @@ def test_the_scaffold_refuses_bad_names_and_busy_folders(tmp_path: Path) -> None
 async def test_a_scaffolded_driver_passes_the_kit_in_memory(tmp_path: Path) -> None:
     import importlib
     import sys
+
     scaffold("made-here", tmp_path / "pkg")
     sys.path.insert(0, str(tmp_path / "pkg" / "src"))
     try:
@@ -73,9 +90,14 @@ async def test_a_scaffolded_driver_passes_the_kit_in_memory(tmp_path: Path) -> N
 
 @pytest.mark.subprocess
 def test_a_freshly_scaffolded_adapter_installs_is_found_on_path_and_passes() -> None:
-    done = subprocess.run([str(ROOT / "scripts" / "scaffold-check"), "scaffoldtest"],
-                          capture_output=True, text=True, timeout=600, check=False,
-                          stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "scaffold-check"), "scaffoldtest"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "15 passed, 0 failed" in done.stdout or "passed, 0 failed" in done.stdout
     assert "kit passed in" in done.stdout
@@ -91,7 +113,8 @@ async def test_the_node_adapter_passes_the_kit() -> None:
     options = KitOptions(
         failing_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"fail": True}},
         refused_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"colour": 1}},
-        slow_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"delay": 30}})
+        slow_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"delay": 30}},
+    )
     report = await run_conformance(NODE_ADAPTER, options)
     assert report.passed, report.render()
     assert all(check.outcome == "pass" for check in report.checks), report.render()

@@ -47,8 +47,15 @@ class Cli:
         return [self.exe, *args, "--project", str(self.project), "--home", str(self.home)]
 
     def run(self, *args: str, bound: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, env=self.env,
-                              timeout=bound, stdin=subprocess.DEVNULL, check=False)
+        return subprocess.run(
+            self.argv(*args),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=bound,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
 
     def json(self, *args: str) -> Any:
         done = self.run(*args, "--json")
@@ -83,8 +90,13 @@ def test_every_verb_through_the_cli_with_json(cli: Cli) -> None:
     assert cli.json("status", "alpha")["state"] == "tier_torn_down"
     verbs = [op["verb"] for op in cli.json("logs", "alpha")]
     assert verbs == ["provision", "upgrade", "teardown"]
-    assert cli.json("reconcile") == {"resolved": [], "ghosts": [], "busy": [], "unreachable": {},
-                                     "orphans": []}
+    assert cli.json("reconcile") == {
+        "resolved": [],
+        "ghosts": [],
+        "busy": [],
+        "unreachable": {},
+        "orphans": [],
+    }
     adapters = cli.json("adapters")
     assert any(row["driver"] == "fake" and row["status"] == "ok" for row in adapters)
 
@@ -97,15 +109,19 @@ def test_plain_output_is_readable(cli: Cli) -> None:
     assert "provision" in cli.run("logs", "alpha").stdout
 
 
-@pytest.mark.parametrize(("args", "kind", "code"), [
-    (("provision", "Not_A_Slug", "--tier", "solo", "--driver", "fake"), "invalid_input", 2),
-    (("provision", "alpha", "--tier", "huge", "--driver", "fake"), "invalid_input", 2),
-    (("provision", "alpha", "--tier", "solo", "--driver", "warp"), "invalid_input", 2),
-    (("status", "nothing"), "invalid_input", 2),
-    (("provision", "alpha", "--tier", "solo"), "invalid_input", 2),
-])
+@pytest.mark.parametrize(
+    ("args", "kind", "code"),
+    [
+        (("provision", "Not_A_Slug", "--tier", "solo", "--driver", "fake"), "invalid_input", 2),
+        (("provision", "alpha", "--tier", "huge", "--driver", "fake"), "invalid_input", 2),
+        (("provision", "alpha", "--tier", "solo", "--driver", "warp"), "invalid_input", 2),
+        (("status", "nothing"), "invalid_input", 2),
+        (("provision", "alpha", "--tier", "solo"), "invalid_input", 2),
+    ],
+)
 def test_bad_input_is_a_one_line_reason_and_a_json_error(
-        cli: Cli, args: tuple[str, ...], kind: str, code: int) -> None:
+    cli: Cli, args: tuple[str, ...], kind: str, code: int
+) -> None:
     returncode, line, error = cli.error(*args)
     assert returncode == code
     assert line.startswith(f"hearth: {kind}: ")
@@ -129,8 +145,17 @@ def test_a_malformed_settings_file_names_the_file_and_key(cli: Cli) -> None:
 
 def test_six_processes_provisioning_one_slug_make_one_adapter_call(cli: Cli) -> None:
     argv = cli.argv("provision", "alpha", "--tier", "slow", "--driver", "fake", "--json")
-    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=cli.env, stdin=subprocess.DEVNULL) for _ in range(6)]
+    runs = [
+        subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli.env,
+            stdin=subprocess.DEVNULL,
+        )
+        for _ in range(6)
+    ]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert all(run.returncode == 0 for run in runs), [err for _, err in outputs]
     refs = [json.loads(out) for out, _ in outputs]
@@ -147,9 +172,13 @@ def _wait_for(condition: Callable[[], bool], bound: float = 30.0) -> None:
 
 
 def test_a_host_killed_mid_provision_leaves_a_record_that_reconcile_resolves(cli: Cli) -> None:
-    host = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
-                            env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
+    host = subprocess.Popen(
+        cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     _wait_for(lambda: any(e["method"] == "provision" for e in cli.journal()))
     host.send_signal(signal.SIGKILL)
     host.wait()
@@ -171,20 +200,31 @@ def misbehaving(cli: Cli, make_adapter: Callable[..., Path]) -> Callable[[str], 
         folder = cli.project / ".hearth" / "adapters"
         folder.mkdir(exist_ok=True)
         path.rename(folder / "hearth-adapter-raw")
+
     return install
 
 
-@pytest.mark.parametrize(("case", "args", "expected"), [
-    ("crash", ("--tier", "crashy", "--driver", "fake"), ("adapter_crashed", ["failed"])),
-    ("garbage", ("--tier", "solo", "--driver", "raw"), ("protocol_violation", ["failed"])),
-    # an adapter that cannot start changed nothing: no record is written
-    ("dies before handshake", ("--tier", "solo", "--driver", "raw"), ("adapter_crashed", [])),
-    ("hang, SIGTERM ignored", ("--tier", "frozen", "--driver", "fake", "--timeout", "1"),
-     ("timeout", ["failed"])),
-])
+@pytest.mark.parametrize(
+    ("case", "args", "expected"),
+    [
+        ("crash", ("--tier", "crashy", "--driver", "fake"), ("adapter_crashed", ["failed"])),
+        ("garbage", ("--tier", "solo", "--driver", "raw"), ("protocol_violation", ["failed"])),
+        # an adapter that cannot start changed nothing: no record is written
+        ("dies before handshake", ("--tier", "solo", "--driver", "raw"), ("adapter_crashed", [])),
+        (
+            "hang, SIGTERM ignored",
+            ("--tier", "frozen", "--driver", "fake", "--timeout", "1"),
+            ("timeout", ["failed"]),
+        ),
+    ],
+)
 def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
-        cli: Cli, misbehaving: Callable[[str], None], case: str, args: tuple[str, ...],
-        expected: tuple[str, list[str]]) -> None:
+    cli: Cli,
+    misbehaving: Callable[[str], None],
+    case: str,
+    args: tuple[str, ...],
+    expected: tuple[str, list[str]],
+) -> None:
     kind, records = expected
     if "raw" in args:
         misbehaving("die_before_handshake" if case.startswith("dies") else "garbage")
@@ -202,10 +242,17 @@ def test_a_misbehaving_adapter_gives_a_clear_failure_and_leaves_no_process(
 
 def test_progress_is_shown_live_on_a_terminal(cli: Cli) -> None:
     import pty
+
     leader, follower = pty.openpty()
-    done = subprocess.run(cli.argv("provision", "alpha", "--tier", "solo", "--driver", "fake"),
-                          stdout=subprocess.PIPE, stderr=follower, env=cli.env, timeout=60,
-                          stdin=subprocess.DEVNULL, check=False)
+    done = subprocess.run(
+        cli.argv("provision", "alpha", "--tier", "solo", "--driver", "fake"),
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=cli.env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     os.close(follower)
     shown = b""
     while True:
@@ -222,23 +269,29 @@ def test_progress_is_shown_live_on_a_terminal(cli: Cli) -> None:
 
 
 def test_ctrl_c_cancels_the_adapter_and_the_record_says_why(cli: Cli) -> None:
-    host = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake",
-                                     "--json"),
-                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    host = subprocess.Popen(
+        cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake", "--json"),
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     _wait_for(lambda: any(e["method"] == "provision" for e in cli.journal()))
     host.send_signal(signal.SIGINT)
     out, err = host.communicate(timeout=30)
     assert host.returncode == 130
     assert json.loads(out)["error"]["kind"] == "cancelled"
     assert err.strip().splitlines() == [
-        "hearth: cancelled: interrupted by SIGINT; provision of 'alpha' was cancelled and rolled back"]
+        "hearth: cancelled: interrupted by SIGINT; provision of 'alpha' was cancelled and rolled back"
+    ]
     assert cli.json("ls") == []  # rolled back: nothing is left, nothing is in the way
     [operation] = cli.json("logs", "alpha")
     assert operation["outcome"] == "cancelled" and operation["error"]["kind"] == "cancelled"
     assert "Ctrl-C" in operation["error"]["message"] and operation["error"]["rolled_back"] is True
-    assert not any(e["method"] == "provision" and e["slug"] == "alpha"
-                   for e in cli.journal()[1:])  # nothing was retried
+    assert not any(
+        e["method"] == "provision" and e["slug"] == "alpha" for e in cli.journal()[1:]
+    )  # nothing was retried
 
 
 def test_adapters_shows_each_candidate_with_its_source_version_and_refusal(cli: Cli) -> None:

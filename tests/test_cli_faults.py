@@ -49,8 +49,14 @@ def _holds_open(pid: int, name: str) -> bool:
 
 
 def _started(cli: Cli, *args: str) -> subprocess.Popen[str]:
-    process = subprocess.Popen(cli.argv(*args, "--json"), env=cli.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cli.argv(*args, "--json"),
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     _wait_for(lambda: any(e["method"] == args[0] for e in cli.journal()))
     return process
 
@@ -62,8 +68,8 @@ def test_3_sigterm_and_sighup_cancel_like_ctrl_c(cli: Cli, signum: signal.Signal
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130
     assert err.strip().splitlines() == [
-        f"hearth: cancelled: interrupted by {signum.name}; provision of 'alpha' was cancelled "
-        "and rolled back"]
+        f"hearth: cancelled: interrupted by {signum.name}; provision of 'alpha' was cancelled and rolled back"
+    ]
     assert json.loads(out)["error"]["kind"] == "cancelled"
     assert cli.json("ls") == []
     [operation] = cli.json("logs", "alpha")
@@ -100,21 +106,24 @@ def test_ctrl_c_three_times_still_ends_with_130_and_one_line(cli: Cli) -> None:
 
 def test_19_ctrl_c_while_waiting_for_the_lock_says_nothing_changed(cli: Cli) -> None:
     holder = _started(cli, "provision", "alpha", "--tier", "glacial", "--driver", "fake")
-    waiter = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
-                              env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL)
+    waiter = subprocess.Popen(
+        cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     _wait_for(lambda: _holds_open(waiter.pid, "alpha.lock"))  # it is waiting for the lock
     waiter.send_signal(signal.SIGINT)
     _, err = waiter.communicate(timeout=30)
     assert waiter.returncode == 130
-    assert err.strip().splitlines() == [
-        "hearth: cancelled: interrupted by SIGINT; nothing was changed"]
+    assert err.strip().splitlines() == ["hearth: cancelled: interrupted by SIGINT; nothing was changed"]
     holder.send_signal(signal.SIGINT)
     holder.communicate(timeout=30)
 
 
-def test_15_terminal_escapes_from_an_adapter_are_escaped(
-        cli: Cli, make_adapter: Callable[..., Path]) -> None:
+def test_15_terminal_escapes_from_an_adapter_are_escaped(cli: Cli, make_adapter: Callable[..., Path]) -> None:
     _project_adapter(cli, make_adapter, "echo")
     done = cli.run("provision", "evil", "--tier", "hostile", "--driver", "echo")
     assert done.returncode == 0, done.stderr
@@ -128,15 +137,25 @@ def test_18_a_closed_pipe_exits_quietly(cli: Cli) -> None:
     for index in range(3):
         cli.json("provision", f"w{index}", "--tier", "solo", "--driver", "fake")
     command = " ".join(cli.argv("ls", "--json")) + " | true"
-    done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}; echo exit=$?"],
-                          capture_output=True, text=True, env=cli.env, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command}; echo exit=$?"],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=60,
+        check=False,
+    )
     assert done.stderr == "" and "Traceback" not in done.stdout
 
 
 def test_19_logs_say_what_happened_to_an_interrupted_operation(cli: Cli) -> None:
-    process = subprocess.Popen(cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
-                               env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     _wait_for(lambda: any(e["method"] == "provision" for e in cli.journal()))
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -147,7 +166,8 @@ def test_19_logs_say_what_happened_to_an_interrupted_operation(cli: Cli) -> None
 
 
 def test_19_a_driver_whose_only_adapter_is_refused_writes_no_record(
-        cli: Cli, make_adapter: Callable[..., Path]) -> None:
+    cli: Cli, make_adapter: Callable[..., Path]
+) -> None:
     path = _project_adapter(cli, make_adapter, "raw", MODE="garbage", DRIVER="raw")
     path.chmod(0o777)  # writable by others: refused
     _, line, error = cli.error("provision", "alpha", "--tier", "solo", "--driver", "raw")
@@ -164,7 +184,8 @@ def test_a_frozen_adapter_does_not_hang_status(cli: Cli) -> None:
 
 
 def test_adapters_waits_for_a_hanging_version_within_its_bound(
-        cli: Cli, make_adapter: Callable[..., Path]) -> None:
+    cli: Cli, make_adapter: Callable[..., Path]
+) -> None:
     folder = cli.project / ".hearth" / "adapters"
     folder.mkdir(exist_ok=True)
     hanging = folder / "hearth-adapter-sleepy"
@@ -184,19 +205,34 @@ def test_4_bad_timeouts_are_invalid_input_on_every_command(cli: Cli, value: str)
 
 def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(cli: Cli) -> None:
     with open("/dev/full", "w") as full:
-        done = subprocess.run(cli.argv("ls"), stdout=full, stderr=subprocess.PIPE, text=True,
-                              env=cli.env, timeout=60, check=False, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            cli.argv("ls"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli.env,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "hearth: output_error: cannot write the output: No space left on device"]
+        "hearth: output_error: cannot write the output: No space left on device"
+    ]
 
 
 @pytest.mark.parametrize(("option", "value"), [("--home", ""), ("--project", "/no/such/folder")])
-def test_an_empty_home_or_a_missing_project_is_invalid_input(
-        cli: Cli, option: str, value: str) -> None:
-    done = subprocess.run([cli.exe, "ls", option, value, "--json"], capture_output=True, text=True,
-                          env=cli.env, timeout=60, check=False, stdin=subprocess.DEVNULL,
-                          cwd=cli.project)
+def test_an_empty_home_or_a_missing_project_is_invalid_input(cli: Cli, option: str, value: str) -> None:
+    done = subprocess.run(
+        [cli.exe, "ls", option, value, "--json"],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        cwd=cli.project,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("hearth: invalid_input: ")
     assert not (cli.project / "hearth.db").exists()

@@ -84,8 +84,9 @@ async def test_a_call_past_its_timeout_is_cancelled_and_rolled_back() -> None:
 async def test_task_cancellation_tells_the_adapter_to_cancel() -> None:
     async with await connect() as client:
         started = asyncio.Event()
-        call = asyncio.create_task(client.provision("slow", profile(delay=60),
-                                                    on_progress=lambda _: started.set()))
+        call = asyncio.create_task(
+            client.provision("slow", profile(delay=60), on_progress=lambda _: started.set())
+        )
         await started.wait()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -108,7 +109,8 @@ async def test_a_request_over_the_size_limit_is_not_sent_and_the_session_lives(t
 
 @pytest.mark.subprocess
 async def test_a_deeply_nested_line_from_an_adapter_is_a_protocol_violation(
-        make_adapter: Callable[..., Path]) -> None:
+    make_adapter: Callable[..., Path],
+) -> None:
     path = make_adapter("raw", MODE="deep_nesting", DRIVER="raw")
     async with await AdapterClient.launch(path) as client:
         with pytest.raises(ProtocolViolation, match="not JSON-RPC") as caught:
@@ -119,6 +121,7 @@ async def test_a_deeply_nested_line_from_an_adapter_is_a_protocol_violation(
 async def test_a_call_on_a_client_you_closed_says_closed_not_crashed() -> None:
     from hearth import ClientClosed
     from hearth_adaptersdk.transport import SessionState
+
     client = await AdapterClient.connect(MemoryConnection(FakeDriver()))
     assert client.state is SessionState.OPEN
     await client.close()

@@ -24,7 +24,7 @@ def test_messages_split_across_chunks_are_reassembled() -> None:
 
 def test_blank_lines_are_ignored_and_partial_lines_wait() -> None:
     decoder = LineDecoder()
-    assert decoder.feed(b"\n  \n{\"a\"") == []
+    assert decoder.feed(b'\n  \n{"a"') == []
     assert decoder.feed(b": 1}\n") == [{"a": 1}]
 
 
@@ -68,8 +68,9 @@ def test_encoding_refuses_a_message_over_the_limit() -> None:
         encode({"x": "y" * 2000}, limit=1000)
 
 
-@pytest.mark.parametrize("deep", [b"[" * 100_000 + b"]" * 100_000,
-                                  b'{"a":' * 100_000 + b"1" + b"}" * 100_000])
+@pytest.mark.parametrize(
+    "deep", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000]
+)
 def test_a_deeply_nested_line_is_malformed_and_consumed(deep: bytes) -> None:
     decoder = LineDecoder()
     after = {"jsonrpc": "2.0", "id": 2, "method": "status"}
@@ -105,8 +106,15 @@ def test_every_refusal_to_encode_is_unencodable() -> None:
 
 
 def test_the_wire_format_is_compact_utf8_json_as_before() -> None:
-    message = {"jsonrpc": "2.0", "id": 7, "result": {"text": "prêt ✓ \u2028", "ctl": "a\tb\r\x00",
-                                                     "n": [0.1, 1e300, -0.0, 5e-324, 2**80, None, True]}}
+    message = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "result": {
+            "text": "prêt ✓ \u2028",
+            "ctl": "a\tb\r\x00",
+            "n": [0.1, 1e300, -0.0, 5e-324, 2**80, None, True],
+        },
+    }
     data = encode(message)
     assert data == json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
     assert "prêt ✓".encode() in data and b"\r" not in data and b"\x00" not in data
@@ -114,14 +122,25 @@ def test_the_wire_format_is_compact_utf8_json_as_before() -> None:
 
 
 def test_integers_stay_integers_of_any_size_and_floats_stay_floats() -> None:
-    [message] = LineDecoder().feed(b'{"a": 1, "b": -0, "c": 1.0, "d": 1E2, "e": 1e-999, '
-                                   b'"big": 123456789012345678901234567890, "neg": -9223372036854775809}\n')
+    [message] = LineDecoder().feed(
+        b'{"a": 1, "b": -0, "c": 1.0, "d": 1E2, "e": 1e-999, '
+        b'"big": 123456789012345678901234567890, "neg": -9223372036854775809}\n'
+    )
     assert isinstance(message, dict)
     assert [type(v) for v in message.values()] == [int, int, float, float, float, int, int]
-    assert message == {"a": 1, "b": 0, "c": 1.0, "d": 100.0, "e": 0.0,
-                       "big": 123456789012345678901234567890, "neg": -9223372036854775809}
-    assert encode(message) == b'{"a":1,"b":0,"c":1.0,"d":100.0,"e":0.0,' \
-                              b'"big":123456789012345678901234567890,"neg":-9223372036854775809}\n'
+    assert message == {
+        "a": 1,
+        "b": 0,
+        "c": 1.0,
+        "d": 100.0,
+        "e": 0.0,
+        "big": 123456789012345678901234567890,
+        "neg": -9223372036854775809,
+    }
+    assert (
+        encode(message) == b'{"a":1,"b":0,"c":1.0,"d":100.0,"e":0.0,'
+        b'"big":123456789012345678901234567890,"neg":-9223372036854775809}\n'
+    )
 
 
 def test_floats_round_trip_exactly() -> None:
@@ -143,24 +162,29 @@ def test_a_repeated_key_keeps_its_last_value_as_json_loads_does() -> None:
     assert decode_line(line) == json.loads(line) == {"id": 2, "method": "status"}
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    (b'{"x": NaN}', "not JSON: NaN is not a JSON number (non-finite numbers are refused)"),
-    (b'[Infinity]', "not JSON: Infinity is not a JSON number (non-finite numbers are refused)"),
-    (b'{"x": {"y": [-Infinity]}}',
-     "not JSON: -Infinity is not a JSON number (non-finite numbers are refused)"),
-    (b'{"x": 1e999}', "not JSON: 1e999 overflows to infinity (non-finite numbers are refused)"),
-    (b'{"x": -1.5E+400}', "not JSON: -1.5E+400 overflows to infinity (non-finite numbers are refused)"),
-    (b'[' + b"1" * 400 + b'.0]', "overflows to infinity (non-finite numbers are refused)"),
-    (b'[' + b"1" * 250 + b'e99]', "overflows to infinity (non-finite numbers are refused)"),
-    (b"hello world", "not JSON: expected value at line 1 column 1"),
-    (b'{"a": 1} x', "not JSON: trailing characters at line 1 column 10"),
-    (b"[1, 2", "not JSON: EOF while parsing a list at line 1 column 5"),
-    (b'{"x": NaN', "not JSON: expected value at line 1 column 7"),  # broken besides: as the parser says
-    (b'["a\xffb"]', "not JSON: invalid unicode code point"),
-    (b'["\\ud800"]', "not JSON: "),  # a lone surrogate is not a string JSON can carry
-    (b"42", "not a JSON object"),
-    (b'"text"', "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"x": NaN}', "not JSON: NaN is not a JSON number (non-finite numbers are refused)"),
+        (b"[Infinity]", "not JSON: Infinity is not a JSON number (non-finite numbers are refused)"),
+        (
+            b'{"x": {"y": [-Infinity]}}',
+            "not JSON: -Infinity is not a JSON number (non-finite numbers are refused)",
+        ),
+        (b'{"x": 1e999}', "not JSON: 1e999 overflows to infinity (non-finite numbers are refused)"),
+        (b'{"x": -1.5E+400}', "not JSON: -1.5E+400 overflows to infinity (non-finite numbers are refused)"),
+        (b"[" + b"1" * 400 + b".0]", "overflows to infinity (non-finite numbers are refused)"),
+        (b"[" + b"1" * 250 + b"e99]", "overflows to infinity (non-finite numbers are refused)"),
+        (b"hello world", "not JSON: expected value at line 1 column 1"),
+        (b'{"a": 1} x', "not JSON: trailing characters at line 1 column 10"),
+        (b"[1, 2", "not JSON: EOF while parsing a list at line 1 column 5"),
+        (b'{"x": NaN', "not JSON: expected value at line 1 column 7"),  # broken besides: as the parser says
+        (b'["a\xffb"]', "not JSON: invalid unicode code point"),
+        (b'["\\ud800"]', "not JSON: "),  # a lone surrogate is not a string JSON can carry
+        (b"42", "not a JSON object"),
+        (b'"text"', "not a JSON object"),
+    ],
+)
 def test_malformed_lines_say_why(line: bytes, reason: str) -> None:
     item = decode_line(line)
     assert isinstance(item, Malformed)
@@ -172,18 +196,22 @@ def test_numbers_and_constants_inside_strings_are_only_text() -> None:
     message = {"log": "NaN, Infinity, 1e999, 1E+400 and " + "9" * 300, "sha": "ab1e3456" * 8}
     assert LineDecoder().feed(encode(message)) == [message]
     assert decode_line(b'{"x": 1e308, "y": 1.7976931348623157e+308, "z": 1e-400}') == {
-        "x": 1e308, "y": 1.7976931348623157e308, "z": 0.0}
+        "x": 1e308,
+        "y": 1.7976931348623157e308,
+        "z": 0.0,
+    }
 
 
 def test_an_overflowing_number_split_across_chunks_is_still_refused() -> None:
     decoder = LineDecoder()
     good = encode({"jsonrpc": "2.0", "method": "progress", "params": {"fraction": 0.5}})
-    assert decoder.feed(good + b'{"x": 1e9') == [{"jsonrpc": "2.0", "method": "progress",
-                                                  "params": {"fraction": 0.5}}]
+    assert decoder.feed(good + b'{"x": 1e9') == [
+        {"jsonrpc": "2.0", "method": "progress", "params": {"fraction": 0.5}}
+    ]
     bad, after = decoder.feed(b"99}\n" + good)
     assert isinstance(bad, Malformed) and "1e999 overflows to infinity" in bad.reason
     assert after == {"jsonrpc": "2.0", "method": "progress", "params": {"fraction": 0.5}}
-    batch = decoder.feed(good * 3 + b'[1, 2e400]\n' + good)
+    batch = decoder.feed(good * 3 + b"[1, 2e400]\n" + good)
     assert [isinstance(item, Malformed) for item in batch] == [False, False, False, True, False]
 
 
@@ -197,12 +225,14 @@ def _nested(depth: int, kind: str, inner: object) -> object:
 @pytest.mark.parametrize("kind", ["array", "object"])
 @pytest.mark.parametrize("inner", [1, [], {}])
 @pytest.mark.parametrize("depth", [1, 100, 199, 200, 201, 202, 203, 210, 255, 256, 1000])
-def test_encode_writes_exactly_what_decode_reads_back_however_deep(kind: str, inner: object,
-                                                                  depth: int) -> None:
+def test_encode_writes_exactly_what_decode_reads_back_however_deep(
+    kind: str, inner: object, depth: int
+) -> None:
     message = _nested(depth, kind, inner)
     middle = json.dumps(inner).encode()
-    line = (b"[" * depth + middle + b"]" * depth if kind == "array"
-            else b'{"a":' * depth + middle + b"}" * depth)
+    line = (
+        b"[" * depth + middle + b"]" * depth if kind == "array" else b'{"a":' * depth + middle + b"}" * depth
+    )
     decoded = decode_line(line)
     if isinstance(decoded, Malformed):
         assert depth >= 200 and "nested too deeply" in decoded.reason

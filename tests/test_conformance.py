@@ -23,11 +23,15 @@ FAKE_OPTIONS = KitOptions(
 class Forgetful(FakeDriver):
     """Breaks guarantee 1: every provision mints a new ref."""
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
-        return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver="fake",
-                             endpoint=f"fake://{slug}/{utc_now().timestamp()}",
-                             created=utc_now(), last_status="ready")
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
+        return DeploymentRef(
+            workspace_slug=slug,
+            tier=profile.tier,
+            driver="fake",
+            endpoint=f"fake://{slug}/{utc_now().timestamp()}",
+            created=utc_now(),
+            last_status="ready",
+        )
 
 
 async def test_the_fake_passes_in_memory_with_every_check() -> None:
@@ -61,13 +65,18 @@ async def test_a_broken_adapter_fails_with_what_was_sent_and_what_came_back() ->
 
 
 @pytest.mark.subprocess
-def test_the_cli_exits_zero_on_pass_and_prints_a_report(fake_exe: Path, venv_bin: Path,
-                                                        tmp_path: Path) -> None:
+def test_the_cli_exits_zero_on_pass_and_prints_a_report(
+    fake_exe: Path, venv_bin: Path, tmp_path: Path
+) -> None:
     options = tmp_path / "kit.json"
     options.write_text(json.dumps({"failing_profile": FAKE_OPTIONS.failing_profile}))
-    done = subprocess.run([venv_bin / "hearth-adaptersdk", "conformance", fake_exe,
-                           "--options", options, "--json"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [venv_bin / "hearth-adaptersdk", "conformance", fake_exe, "--options", options, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     assert report["passed"] is True
@@ -76,17 +85,32 @@ def test_the_cli_exits_zero_on_pass_and_prints_a_report(fake_exe: Path, venv_bin
 @pytest.mark.subprocess
 def test_the_cli_exits_one_when_an_adapter_fails(make_adapter: Any, venv_bin: Path) -> None:
     path = make_adapter("raw", MODE="garbage", DRIVER="raw")
-    done = subprocess.run([venv_bin / "hearth-adaptersdk", "conformance", path, "--timeout", "1"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [venv_bin / "hearth-adaptersdk", "conformance", path, "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1
     assert "FAIL" in done.stdout and "passed," in done.stdout
 
 
 def test_the_cli_explains_bad_options(venv_bin: Path, fake_exe: Path) -> None:
-    done = subprocess.run([venv_bin / "hearth-adaptersdk", "conformance", fake_exe,
-                           "--profile", "[1]"], capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [venv_bin / "hearth-adaptersdk", "conformance", fake_exe, "--profile", "[1]"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2 and "JSON object" in done.stderr
-    missing = subprocess.run([venv_bin / "hearth-adaptersdk", "conformance", "/nonexistent"],
-                             capture_output=True, text=True, timeout=30, check=False)
+    missing = subprocess.run(
+        [venv_bin / "hearth-adaptersdk", "conformance", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert missing.returncode == 2 and "no adapter executable" in missing.stderr
     assert "Traceback" not in done.stderr + missing.stderr

@@ -26,8 +26,7 @@ def _install(folder: Path, driver: str) -> Path:
 
 
 def _discover(driver: str, places: dict[str, Path]):  # type: ignore[no-untyped-def]
-    return discover(driver, project_dir=places["project"], home=places["home"],
-                    path_env=str(places["path"]))
+    return discover(driver, project_dir=places["project"], home=places["home"], path_env=str(places["path"]))
 
 
 def test_the_project_folder_wins_over_the_user_folder_and_path(places: dict[str, Path]) -> None:
@@ -45,7 +44,8 @@ def test_the_user_folder_wins_over_path(places: dict[str, Path]) -> None:
 
 
 def test_hearth_home_from_the_environment_is_the_user_folder(
-        places: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    places: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     user = _install(places["home"] / "adapters", "x")
     monkeypatch.setenv("HEARTH_HOME", str(places["home"]))
     assert discover("x", path_env="").path == user
@@ -112,7 +112,9 @@ def test_discover_all_lists_every_candidate_with_its_source_and_refusal(places: 
     _install(places["path"], "b").chmod(0o777)
     _install(places["path"], "a")
     (places["path"] / "not-an-adapter").write_text("")
-    found = discover_all(project_dir=places["project"], home=places["home"],
-                         path_env=str(places["path"]))
+    found = discover_all(project_dir=places["project"], home=places["home"], path_env=str(places["path"]))
     assert [(c.driver, c.source, c.acceptable) for c in found] == [
-        ("a", "path", True), ("b", "project", True), ("b", "path", False)]
+        ("a", "path", True),
+        ("b", "project", True),
+        ("b", "path", False),
+    ]

@@ -25,8 +25,10 @@ def docker_url() -> str:
     url = os.environ.get("HEARTH_TEST_DOCKER_URL")
     if url:
         return url
-    reason = os.environ.get("HEARTH_TEST_DOCKER_SKIP", "no Docker engine: run scripts/test, which "
-                            "installs and starts one when it can")
+    reason = os.environ.get(
+        "HEARTH_TEST_DOCKER_SKIP",
+        "no Docker engine: run scripts/test, which installs and starts one when it can",
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the docker tests: {reason}")
     pytest.skip(reason)
@@ -41,8 +43,11 @@ def engine(docker_url: str) -> Iterator[docker.DockerClient]:
 
 def _profile(tier: str = "solo", **flags: Any) -> ProvisioningProfile:
     return ProvisioningProfile(
-        tier=tier, driver="docker", resource_caps={"cpu": 1, "memory_mb": 64},
-        driver_flags={"image": IMAGE, "port": 8080, "data_path": "/www", **flags})
+        tier=tier,
+        driver="docker",
+        resource_caps={"cpu": 1, "memory_mb": 64},
+        driver_flags={"image": IMAGE, "port": 8080, "data_path": "/www", **flags},
+    )
 
 
 def _get(url: str) -> str:
@@ -53,9 +58,11 @@ def _get(url: str) -> str:
 
 def _labelled(engine: docker.DockerClient, slug: str) -> list[str]:
     label = {"label": [f"hearth.workspace_slug={slug}"]}
-    return ([c.name for c in engine.containers.list(all=True, filters=label)]
-            + [n.name for n in engine.networks.list(filters=label)]
-            + [v.name for v in engine.volumes.list(filters=label)])
+    return (
+        [c.name for c in engine.containers.list(all=True, filters=label)]
+        + [n.name for n in engine.networks.list(filters=label)]
+        + [v.name for v in engine.volumes.list(filters=label)]
+    )
 
 
 @pytest.mark.subprocess
@@ -63,19 +70,19 @@ async def test_the_conformance_kit_passes_on_the_real_engine(docker_url: str, ve
     options = KitOptions(
         config={"url": docker_url},
         profile=_profile("conformance").model_dump(mode="json"),
-        refused_profile=_profile(tier="huge").model_dump(mode="json")
-        | {"resource_caps": {"cpu": 512}},
-        failing_profile=_profile("broken", command=["sh", "-c", "echo boom; exit 3"]).model_dump(
-            mode="json"),
+        refused_profile=_profile(tier="huge").model_dump(mode="json") | {"resource_caps": {"cpu": 512}},
+        failing_profile=_profile("broken", command=["sh", "-c", "echo boom; exit 3"]).model_dump(mode="json"),
         slow_profile=_profile("slow", command=["sh", "-c", "sleep 60"]).model_dump(mode="json"),
-        timeout=120)
+        timeout=120,
+    )
     report = await run_conformance(venv_bin / "hearth-adapter-docker", options)
     assert report.passed, report.render()
     assert all(check.outcome == "pass" for check in report.checks), report.render()
 
 
 async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(
-        docker_url: str, engine: docker.DockerClient) -> None:
+    docker_url: str, engine: docker.DockerClient
+) -> None:
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
         ref = await peer.provision("web", _profile())
         assert ref.endpoint is not None and ref.endpoint.startswith("http://127.0.0.1:")
@@ -91,7 +98,8 @@ async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(
 
 
 async def test_upgrade_keeps_the_volume_data_and_a_failed_upgrade_keeps_the_old_one_serving(
-        docker_url: str, engine: docker.DockerClient) -> None:
+    docker_url: str, engine: docker.DockerClient
+) -> None:
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
         ref = await peer.provision("keep", _profile())
         engine.containers.get("hearth-keep").exec_run(["sh", "-c", "echo v1 > /www/data.txt"])
@@ -104,15 +112,18 @@ async def test_upgrade_keeps_the_volume_data_and_a_failed_upgrade_keeps_the_old_
         assert caught.value.kind == "backend_failure"
         assert caught.value.data["rolled_back"] is True
         assert _get(upgraded.endpoint + "/data.txt") == "v1\n"  # the old container still serves
-        assert [c.name for c in engine.containers.list(all=True, filters={
-            "label": ["hearth.workspace_slug=keep"]})] == ["hearth-keep"]
+        assert [
+            c.name
+            for c in engine.containers.list(all=True, filters={"label": ["hearth.workspace_slug=keep"]})
+        ] == ["hearth-keep"]
         assert (await peer.status(upgraded)).details["container"] == "hearth-keep"
         await peer.teardown(upgraded)
         assert _labelled(engine, "keep") == []
 
 
 async def test_a_failed_provision_leaves_nothing_labelled_and_reports_the_logs(
-        docker_url: str, engine: docker.DockerClient) -> None:
+    docker_url: str, engine: docker.DockerClient
+) -> None:
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
         with pytest.raises(RemoteError) as caught:
             await peer.provision("bad", _profile(command=["sh", "-c", "echo no config found; exit 3"]))
@@ -127,8 +138,9 @@ async def test_cancel_while_waiting_rolls_back(docker_url: str, engine: docker.D
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
         slow = _profile(command=["sh", "-c", "sleep 60"]).model_dump(mode="json")
         waiting = asyncio.Event()
-        peer.on_progress = lambda event: waiting.set() if "waiting for" in event["params"][
-            "message"] else None
+        peer.on_progress = lambda event: (
+            waiting.set() if "waiting for" in event["params"]["message"] else None
+        )
         sent, future = await peer.start_request("provision", {"slug": "slow", "profile": slow})
         await waiting.wait()
         await peer.notify("cancel", {"id": sent["id"]})
@@ -139,15 +151,24 @@ async def test_cancel_while_waiting_rolls_back(docker_url: str, engine: docker.D
 
 async def test_what_docker_cannot_honour_is_refused_with_every_reason(docker_url: str) -> None:
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
-        profile = ProvisioningProfile(tier="x", driver="docker",
-                                      resource_caps={"cpu": 4096, "storage_mb": 10, "gpu": 1},
-                                      driver_flags={"port": 99999, "colour": "red"})
+        profile = ProvisioningProfile(
+            tier="x",
+            driver="docker",
+            resource_caps={"cpu": 4096, "storage_mb": 10, "gpu": 1},
+            driver_flags={"port": 99999, "colour": "red"},
+        )
         with pytest.raises(RemoteError) as caught:
             await peer.provision("nope", profile)
         errors = caught.value.data["errors"]
         assert caught.value.kind == "invalid_profile"
-        for expected in ("driver_flags.image", "driver_flags.port", "driver_flags.colour",
-                         "resource_caps.cpu", "resource_caps.storage_mb", "resource_caps.gpu"):
+        for expected in (
+            "driver_flags.image",
+            "driver_flags.port",
+            "driver_flags.colour",
+            "resource_caps.cpu",
+            "resource_caps.storage_mb",
+            "resource_caps.gpu",
+        ):
             assert any(e.startswith(expected) for e in errors), (expected, errors)
 
 
@@ -178,10 +199,12 @@ async def test_an_unreachable_engine_is_backend_unavailable_with_a_hint(tmp_path
 
 
 @pytest.mark.subprocess
-def test_the_cli_runs_the_lifecycle_on_docker(docker_url: str, venv_bin: Path, tmp_path: Path,
-                                               engine: docker.DockerClient) -> None:
+def test_the_cli_runs_the_lifecycle_on_docker(
+    docker_url: str, venv_bin: Path, tmp_path: Path, engine: docker.DockerClient
+) -> None:
     import json
     import subprocess
+
     project = tmp_path / "project"
     (project / ".hearth").mkdir(parents=True)
     flags = f'image = "{IMAGE}"\nport = 8080\ndata_path = "/www"\n'
@@ -190,13 +213,27 @@ def test_the_cli_runs_the_lifecycle_on_docker(docker_url: str, venv_bin: Path, t
         f"[tiers.solo.driver_flags.docker]\n{flags}"
         "[tiers.team]\nresource_caps = { cpu = 1, memory_mb = 96 }\n"
         f"[tiers.team.driver_flags.docker]\n{flags}"
-        f'[adapters.docker]\nurl = "{docker_url}"\n')
+        f'[adapters.docker]\nurl = "{docker_url}"\n'
+    )
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
 
     def hearth(*args: str) -> Any:
-        done = subprocess.run([str(venv_bin / "hearth"), *args, "--json", "--project", str(project),
-                               "--home", str(tmp_path / "home")], capture_output=True, text=True,
-                              env=env, timeout=120, check=False)
+        done = subprocess.run(
+            [
+                str(venv_bin / "hearth"),
+                *args,
+                "--json",
+                "--project",
+                str(project),
+                "--home",
+                str(tmp_path / "home"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

@@ -42,8 +42,12 @@ async def test_every_call_is_journaled(tmp_path: Path) -> None:
         await peer.status(ref)
         await peer.teardown(ref)
     methods = [(entry["method"], entry["slug"]) for entry in read_journal(tmp_path)]
-    assert methods == [("provision", "alpha"), ("provision", "alpha"), ("status", "alpha"),
-                       ("teardown", "alpha")]
+    assert methods == [
+        ("provision", "alpha"),
+        ("provision", "alpha"),
+        ("status", "alpha"),
+        ("teardown", "alpha"),
+    ]
 
 
 async def test_teardown_leaves_a_torn_down_record_and_list_hides_it() -> None:

@@ -29,8 +29,12 @@ from hearth_adaptersdk import MemoryConnection, ResourceCaps
 def make_host(tmp_path: Path, **tiers: dict[str, Any]) -> Host:
     """A host on a fresh home whose ``fake`` driver runs in process."""
     extra = {name: Tier(name, ResourceCaps(cpu=1), {"fake": flags}) for name, flags in tiers.items()}
-    return Host(project_dir=tmp_path / "project", home=tmp_path / "home", tiers=extra,
-                in_process={"fake": lambda: MemoryConnection(FakeDriver())})
+    return Host(
+        project_dir=tmp_path / "project",
+        home=tmp_path / "home",
+        tiers=extra,
+        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
+    )
 
 
 def provisions(tmp_path: Path) -> int:
@@ -147,8 +151,9 @@ async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Pa
 async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: Path) -> None:
     async with make_host(tmp_path, slow={"delay": 60}) as host:
         started = asyncio.Event()
-        task = asyncio.create_task(host.provision("alpha", tier="slow", driver="fake",
-                                                  on_progress=lambda _: started.set()))
+        task = asyncio.create_task(
+            host.provision("alpha", tier="slow", driver="fake", on_progress=lambda _: started.set())
+        )
         await started.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -163,8 +168,7 @@ async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: P
 
 async def test_concurrent_provisions_of_one_slug_call_the_adapter_once(tmp_path: Path) -> None:
     async with make_host(tmp_path, slow={"delay": 0.2}) as host:
-        refs = await asyncio.gather(*(host.provision("alpha", tier="slow", driver="fake")
-                                      for _ in range(6)))
+        refs = await asyncio.gather(*(host.provision("alpha", tier="slow", driver="fake") for _ in range(6)))
         assert all(ref == refs[0] for ref in refs)
         assert len(host.deployments()) == 1
     assert provisions(tmp_path) == 1
@@ -177,6 +181,7 @@ async def test_reconcile_reports_ghosts_and_orphans_and_deletes_nothing(tmp_path
         (tmp_path / "home" / "data" / "fake" / "deployments" / "ghost.json").unlink()
         async with host.supervisor.use("fake") as client:  # a deployment made behind the host's back
             from hearth import ProvisioningProfile
+
             await client.provision("stray", ProvisioningProfile(tier="solo", driver="fake"))
         report = await host.reconcile()
         assert report.ghosts == ["ghost"]
@@ -187,6 +192,7 @@ async def test_reconcile_reports_ghosts_and_orphans_and_deletes_nothing(tmp_path
 
 async def test_reconcile_resolves_a_record_left_transient_by_a_dead_host(tmp_path: Path) -> None:
     from dataclasses import replace
+
     async with make_host(tmp_path) as host:
         await host.provision("alpha", tier="solo", driver="fake")
         [record] = host.deployments()
@@ -201,8 +207,12 @@ async def test_reconcile_resolves_a_record_left_transient_by_a_dead_host(tmp_pat
 
 
 async def test_an_idle_adapter_is_closed_and_started_again_on_demand(tmp_path: Path) -> None:
-    host = Host(project_dir=tmp_path, home=tmp_path / "home", idle_timeout=0.01,
-                in_process={"fake": lambda: MemoryConnection(FakeDriver())})
+    host = Host(
+        project_dir=tmp_path,
+        home=tmp_path / "home",
+        idle_timeout=0.01,
+        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
+    )
     async with host:
         await host.provision("alpha", tier="solo", driver="fake")
         for _ in range(500):  # the idle timer fires on the loop; wait for it, bounded
@@ -215,7 +225,8 @@ async def test_an_idle_adapter_is_closed_and_started_again_on_demand(tmp_path: P
 
 @pytest.mark.subprocess
 async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_a_crash(
-        tmp_path: Path, venv_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, venv_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ['PATH']}")
     tiers = {"slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}})}
     async with Host(project_dir=tmp_path, home=tmp_path / "home", tiers=tiers) as host:
@@ -223,8 +234,9 @@ async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_
         pids = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
         assert len(pids) == 1
         started = asyncio.Event()
-        slow = asyncio.create_task(host.provision("doomed", tier="slow", driver="fake",
-                                                  on_progress=lambda _: started.set()))
+        slow = asyncio.create_task(
+            host.provision("doomed", tier="slow", driver="fake", on_progress=lambda _: started.set())
+        )
         await started.wait()
         os.kill(pids.pop(), signal.SIGKILL)
         with pytest.raises(AdapterCrashed):
@@ -237,11 +249,15 @@ async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_
 
 async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_path: Path) -> None:
     from hearth import SlugLocked
-    async with make_host(tmp_path, slow={"delay": 60}) as first, \
-            make_host(tmp_path, slow={"delay": 60}) as second:
+
+    async with (
+        make_host(tmp_path, slow={"delay": 60}) as first,
+        make_host(tmp_path, slow={"delay": 60}) as second,
+    ):
         started = asyncio.Event()
-        task = asyncio.create_task(first.provision("alpha", tier="slow", driver="fake",
-                                                   on_progress=lambda _: started.set()))
+        task = asyncio.create_task(
+            first.provision("alpha", tier="slow", driver="fake", on_progress=lambda _: started.set())
+        )
         await started.wait()
         with pytest.raises(SlugLocked, match="another hearth process"):
             await second.provision("alpha", tier="slow", driver="fake", timeout=0.2)
@@ -255,6 +271,12 @@ async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_pat
 
 def test_config_keys_ending_in_env_name_the_variables_an_adapter_may_see() -> None:
     from hearth._supervisor import named_variables
-    assert named_variables({"token_env": "GRID_TOKEN", "pass_env": ["DOCKER_HOST", 3],
-                            "url": "unix:///x", "environment": "NOT_THIS"}) == ["GRID_TOKEN",
-                                                                                "DOCKER_HOST"]
+
+    assert named_variables(
+        {
+            "token_env": "GRID_TOKEN",
+            "pass_env": ["DOCKER_HOST", 3],
+            "url": "unix:///x",
+            "environment": "NOT_THIS",
+        }
+    ) == ["GRID_TOKEN", "DOCKER_HOST"]

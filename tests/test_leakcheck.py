@@ -45,8 +45,9 @@ def spawn() -> Iterator[Spawn]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], ProcessKey]:
-        process = subprocess.Popen([sys.executable, "-c", SLEEP, name], env=env,
-                                   start_new_session=True, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-c", SLEEP, name], env=env, start_new_session=True, stdin=subprocess.DEVNULL
+        )
         started.append(process)
         return process, _started(process, name)
 
@@ -98,8 +99,7 @@ def test_a_pid_that_is_no_longer_the_recorded_process_is_not_signalled(spawn: Sp
     assert marked.poll() is None
 
 
-async def test_adapters_and_their_grandchildren_carry_the_marker(
-        make_adapter: Callable[..., Path]) -> None:
+async def test_adapters_and_their_grandchildren_carry_the_marker(make_adapter: Callable[..., Path]) -> None:
     path = make_adapter("echo")
     async with await AdapterClient.launch(path) as client:
         ref = await client.provision("kids", profile(driver="echo", spawn_grandchild=True))

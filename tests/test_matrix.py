@@ -82,8 +82,7 @@ TRANSIENT = frozenset({"provisioning", "upgrading", "tearing_down"})
 EXIT_CODES = {"invalid_input": 2, "cancelled": 130}
 #: What the host writes into a record's reason when the record waits for reconcile (an
 #: unconfirmed outcome, a backend that had not settled; older and newer wordings).
-WAITS_FOR_RECONCILE = ("'hearth reconcile' checks it", "reconcile looks again",
-                       "run reconcile again")
+WAITS_FOR_RECONCILE = ("'hearth reconcile' checks it", "reconcile looks again", "run reconcile again")
 QUIET_RECONCILE: dict[str, Any] = {"resolved": [], "ghosts": [], "busy": [], "unreachable": {}, "orphans": []}
 BOUND = 60.0  # the longest any one hearth command may take here
 
@@ -103,8 +102,7 @@ def summary(operations: list[dict[str, Any]] | None) -> list[dict[str, Any]] | N
     """Operations as evidence: each one's verb, outcome and error, without its progress lines."""
     if operations is None:
         return None
-    return [{key: op[key] for key in ("id", "verb", "generation", "outcome", "error")}
-            for op in operations]
+    return [{key: op[key] for key in ("id", "verb", "generation", "outcome", "error")} for op in operations]
 
 
 def all_of(*checks: Callable[[], object]) -> None:
@@ -185,19 +183,25 @@ class Grid:
 
     def read(self, look: Callable[[Simulator], T]) -> T:
         """``look(simulator)``, run on the simulator's loop (never concurrently with it)."""
+
         async def on_loop() -> T:
             return look(self.simulator)
+
         return self._call(on_loop())
 
     def vms(self) -> dict[str, dict[str, Any]]:
-        return self.read(lambda sim: {vm.name: {"state": vm.state, "slices": vm.slices}
-                                      for vm in sim.vms.values()})
+        return self.read(
+            lambda sim: {vm.name: {"state": vm.state, "slices": vm.slices} for vm in sim.vms.values()}
+        )
 
     def settled(self) -> bool:
         """No VM deploying or being deleted, no gateway still coming up."""
-        return self.read(lambda sim: all(vm.state not in ("provisioning", "deleting")
-                                         for vm in sim.vms.values())
-                         and all(gw.state != "provisioning" for gw in sim.gateways.values()))
+        return self.read(
+            lambda sim: (
+                all(vm.state not in ("provisioning", "deleting") for vm in sim.vms.values())
+                and all(gw.state != "provisioning" for gw in sim.gateways.values())
+            )
+        )
 
     def stop(self) -> None:
         try:
@@ -236,8 +240,9 @@ class Hearth:
         self.socket = root / "rpc.sock"
         assert len(str(self.socket)) < 100, "the socket path is too long for AF_UNIX"
         (self.project / ".hearth").mkdir(parents=True)
-        (self.project / ".hearth" / "hearth.toml").write_text(SETTINGS.format(
-            fake_delay=FAKE_DELAY, socket=self.socket, cancel_grace=CANCEL_GRACE))
+        (self.project / ".hearth" / "hearth.toml").write_text(
+            SETTINGS.format(fake_delay=FAKE_DELAY, socket=self.socket, cancel_grace=CANCEL_GRACE)
+        )
         self.env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
         self.env.pop("HEARTH_HOME", None)
         self.exe = str(venv_bin / "hearth")
@@ -249,8 +254,14 @@ class Hearth:
         return [self.exe, *args, "--json", "--project", str(self.project), "--home", str(self.home)]
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(self.argv(*args), env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            self.argv(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         self.processes.append(process)
         return process
 
@@ -325,18 +336,22 @@ class Hearth:
         now on): the fake's journal names the call; on the simulator a provision has made its
         VM, and an upgrade or a teardown has deleted the workspace's gateway (its first step)."""
         if driver == "fake":
+
             def calls() -> int:
                 return sum(1 for e in self.journal() if (e["method"], e["slug"]) == (verb, slug))
+
             before = calls()
             return lambda: calls() > before
         grid = self.grid
         assert grid is not None
         seen: list[bool] = []
         if verb == "provision":
+
             def begun() -> bool:
                 if not seen and f"hearth-{slug}" in grid.vms():
                     seen.append(True)  # latched: a rollback may delete the VM again
                 return bool(seen)
+
             return begun
         [gateway] = grid.read(lambda sim: [g.id for g in sim.gateways.values() if g.name == slug])
         return lambda: grid.read(lambda sim: gateway not in sim.gateways)
@@ -361,8 +376,9 @@ class Hearth:
         self.settle()
         before = self.observe(slugs, strict=False, transient=transient)
         first = self.ok("reconcile")
-        assert (first["busy"], first["unreachable"], first["orphans"]) == ([], {}, []), \
-            evidence(reconcile=first)
+        assert (first["busy"], first["unreachable"], first["orphans"]) == ([], {}, []), evidence(
+            reconcile=first
+        )
         left = {slug for slug, record in before.records.items() if record["last_status"] in TRANSIENT}
         resolved = {entry["slug"] for entry in first["resolved"]}
         assert left <= resolved, evidence(transient=sorted(left), reconcile=first)
@@ -370,34 +386,49 @@ class Hearth:
         after = self.observe(slugs, strict=True, transient=False, also=("reconcile",))
         [second] = after.also
         assert self.succeeded(second) == QUIET_RECONCILE, evidence(first=first, second=str(second))
-        asking = {slug: status for slug, status in after.statuses.items()
-                  if any(phrase in (status.get("message") or "") for phrase in WAITS_FOR_RECONCILE)}
+        asking = {
+            slug: status
+            for slug, status in after.statuses.items()
+            if any(phrase in (status.get("message") or "") for phrase in WAITS_FOR_RECONCILE)
+        }
         assert not asking, (
             "(e) with the backend settled and reconcile run, a record still waits for reconcile:\n"
             + evidence(
-                records={slug: after.records[slug] for slug in asking}, statuses=asking,
-                logs={slug: summary(after.operations[slug]) for slug in asking}, reconcile=first))
+                records={slug: after.records[slug] for slug in asking},
+                statuses=asking,
+                logs={slug: summary(after.operations[slug]) for slug in asking},
+                reconcile=first,
+            )
+        )
         return Seen(before, after, first)
 
-    def observe(self, slugs: dict[str, str], *, strict: bool, transient: bool,
-                also: tuple[str, ...] = ()) -> Observed:
+    def observe(
+        self, slugs: dict[str, str], *, strict: bool, transient: bool, also: tuple[str, ...] = ()
+    ) -> Observed:
         """Check (a) once (and (b) when ``strict``): ``ls`` (and each slug's ``logs``), then
         ``status`` of each record that is ready or failed. ``also``: a command to run at the same
         time as ``ls`` (one that must change nothing), whose result is returned."""
         names = list(slugs) if strict else []
-        listed, *rest = self.run_all([("ls",), *(("logs", slug) for slug in names),
-                                      *([also] if also else [])])
+        listed, *rest = self.run_all(
+            [("ls",), *(("logs", slug) for slug in names), *([also] if also else [])]
+        )
         records = {r["workspace_slug"]: r for r in self.succeeded(listed)}
         operations = {slug: self.succeeded(result) for slug, result in zip(names, rest, strict=False)}
         assert set(records) <= set(slugs), evidence(unexpected=records)
         states = {slug: record["last_status"] for slug, record in records.items()}
         asked = [slug for slug, state in states.items() if state in ("ready", "failed")]
-        statuses = {slug: self.succeeded(result) for slug, result in
-                    zip(asked, self.run_all([("status", slug) for slug in asked]), strict=True)}
+        statuses = {
+            slug: self.succeeded(result)
+            for slug, result in zip(asked, self.run_all([("status", slug) for slug in asked]), strict=True)
+        }
         stage = "after reconcile" if strict else "before reconcile"
         for slug, state in states.items():
-            seen = evidence(stage=stage, record=records[slug], status=statuses.get(slug),
-                            logs=summary(operations.get(slug) or self.ok("logs", slug)))
+            seen = evidence(
+                stage=stage,
+                record=records[slug],
+                status=statuses.get(slug),
+                logs=summary(operations.get(slug) or self.ok("logs", slug)),
+            )
             if state in TRANSIENT:
                 assert transient, f"a record is left {state}:\n{seen}"
             elif state == "ready":
@@ -405,21 +436,26 @@ class Hearth:
             elif state == "failed":
                 status = statuses[slug]
                 unconfirmed = "not confirmed" in (status.get("message") or "")
-                assert status["state"] in ("absent", "failed") or (unconfirmed and not strict), \
+                assert status["state"] in ("absent", "failed") or (unconfirmed and not strict), (
                     f"a failed record whose backend shows otherwise:\n{seen}"
+                )
             else:
                 assert state == "tier_torn_down", seen
         for slug, driver in slugs.items():
             if states.get(slug) in (None, "tier_torn_down"):
                 held = self.backend_holds(driver, slug)
                 assert held is None, "no live record, yet the backend holds it:\n" + evidence(
-                    stage=stage, record=records.get(slug), backend=held,
-                    logs=summary(operations.get(slug) or self.ok("logs", slug)))
+                    stage=stage,
+                    record=records.get(slug),
+                    backend=held,
+                    logs=summary(operations.get(slug) or self.ok("logs", slug)),
+                )
         for slug, logged in operations.items():
             running = [op for op in logged if op["outcome"] == "running"]
             assert not running, "an operation is left running:\n" + evidence(
-                stage=stage, record=records.get(slug), logs=summary(logged))
-        return Observed(records, statuses, operations, rest[len(names):])
+                stage=stage, record=records.get(slug), logs=summary(logged)
+            )
+        return Observed(records, statuses, operations, rest[len(names) :])
 
 
 @dataclass
@@ -458,12 +494,14 @@ def hearth(tmp_path: Path, venv_bin: Path) -> Iterator[Hearth]:
 #: on the grid a provision takes ~1.5 GRID_DELAY, a teardown's deletion GRID_DELAY / 2 and a
 #: destructive upgrade (delete, deploy, gateway) 2 GRID_DELAY.
 PLANS: dict[tuple[str, str], tuple[str | None, tuple[str, ...], tuple[float, float]]] = {
-    ("fake", "provision"): (None, ("provision", "prov", "--tier", "slow", "--driver", "fake"),
-                            (0.05, 1.5)),
+    ("fake", "provision"): (None, ("provision", "prov", "--tier", "slow", "--driver", "fake"), (0.05, 1.5)),
     ("fake", "upgrade"): ("solo", ("upgrade", "upg", "--tier", "slow"), (0.05, 1.5)),
     ("fake", "teardown"): ("slow", ("teardown", "tear"), (0.05, 1.5)),
-    ("tfgrid", "provision"): (None, ("provision", "prov", "--tier", "solo", "--driver", "tfgrid"),
-                              (0.05, 1.6)),
+    ("tfgrid", "provision"): (
+        None,
+        ("provision", "prov", "--tier", "solo", "--driver", "tfgrid"),
+        (0.05, 1.6),
+    ),
     ("tfgrid", "upgrade"): ("solo", ("upgrade", "upg", "--tier", "resize"), (0.05, 2.0)),
     ("tfgrid", "teardown"): ("solo", ("teardown", "tear"), (0.05, 0.5)),
 }
@@ -484,8 +522,9 @@ def set_up(hearth: Hearth, driver: str, verbs: Sequence[str]) -> None:
     if driver == "tfgrid":
         hearth.start_grid()
     setups = [(SLUG_OF[verb], PLANS[driver, verb][0]) for verb in verbs]
-    for result in hearth.run_all([("provision", slug, "--tier", tier, "--driver", driver)
-                                  for slug, tier in setups if tier is not None]):
+    for result in hearth.run_all(
+        [("provision", slug, "--tier", tier, "--driver", driver) for slug, tier in setups if tier is not None]
+    ):
         Hearth.succeeded(result)
 
 
@@ -501,8 +540,13 @@ def check_interrupted(result: Result, signum: signal.Signals) -> None:
     assert result.err.startswith(f"hearth: cancelled: interrupted by {signum.name}; "), str(result)
 
 
-def strike(hearth: Hearth, driver: str, verbs: Sequence[str], signals: Sequence[signal.Signals],
-           rng: Callable[[str], random.Random]) -> dict[str, Result]:
+def strike(
+    hearth: Hearth,
+    driver: str,
+    verbs: Sequence[str],
+    signals: Sequence[signal.Signals],
+    rng: Callable[[str], random.Random],
+) -> dict[str, Result]:
     """Run each verb's command at once (slugs ``prov``, ``upg``, ``tear``) and send each
     ``signals`` at a point drawn from ``rng(verb)`` after the backend shows that verb begun (the
     gap between two signals is drawn too). Returns each verb's result once its adapters are gone."""
@@ -513,8 +557,7 @@ def strike(hearth: Hearth, driver: str, verbs: Sequence[str], signals: Sequence[
     for verb in verbs:
         draw = rng(verb)
         first = draw.uniform(*plans[verb][2])
-        points[verb] = [first + sum(draw.uniform(0.0, QUICK) for _ in range(n))
-                        for n in range(len(signals))]
+        points[verb] = [first + sum(draw.uniform(0.0, QUICK) for _ in range(n)) for n in range(len(signals))]
     began: dict[str, float] = {}
     adapters = Watch()
     sent = dict.fromkeys(verbs, 0)
@@ -543,33 +586,46 @@ def strike(hearth: Hearth, driver: str, verbs: Sequence[str], signals: Sequence[
     return results
 
 
-@pytest.mark.parametrize(("driver", "signum"), [
-    pytest.param(driver, signum, id=f"{driver}-{signum.name}")
-    for driver in ("fake", "tfgrid") for signum in SIGNALS])
+@pytest.mark.parametrize(
+    ("driver", "signum"),
+    [
+        pytest.param(driver, signum, id=f"{driver}-{signum.name}")
+        for driver in ("fake", "tfgrid")
+        for signum in SIGNALS
+    ],
+)
 def test_a_signal_at_a_seeded_point_of_each_verb_leaves_truthful_records(
-        hearth: Hearth, driver: str, signum: signal.Signals) -> None:
+    hearth: Hearth, driver: str, signum: signal.Signals
+) -> None:
     """Provision ``prov``, upgrade ``upg`` and tear down ``tear`` at once, each struck by
     ``signum`` at its own seeded point."""
     set_up(hearth, driver, VERBS)
-    results = strike(hearth, driver, VERBS, [signum],
-                     lambda verb: seeded(driver, verb, signum.name))
-    all_of(*(lambda result=result: check_interrupted(result, signum) for result in results.values()),
-           lambda: hearth.check({slug: driver for slug in SLUG_OF.values()},
-                                transient=signum == signal.SIGKILL))
+    results = strike(hearth, driver, VERBS, [signum], lambda verb: seeded(driver, verb, signum.name))
+    all_of(
+        *(lambda result=result: check_interrupted(result, signum) for result in results.values()),
+        lambda: hearth.check({slug: driver for slug in SLUG_OF.values()}, transient=signum == signal.SIGKILL),
+    )
 
 
 @pytest.mark.parametrize("driver", ["fake", "tfgrid"])
 def test_two_quick_sigints_mid_provision_leave_a_truthful_record(hearth: Hearth, driver: str) -> None:
     set_up(hearth, driver, ["provision"])
-    [result] = strike(hearth, driver, ["provision"], [signal.SIGINT, signal.SIGINT],
-                      lambda verb: seeded("double", driver, verb)).values()
+    [result] = strike(
+        hearth,
+        driver,
+        ["provision"],
+        [signal.SIGINT, signal.SIGINT],
+        lambda verb: seeded("double", driver, verb),
+    ).values()
     all_of(lambda: check_interrupted(result, signal.SIGINT), lambda: hearth.check({"prov": driver}))
 
 
-@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=lambda signum: signum.name)
+@pytest.mark.parametrize(
+    "second", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda signum: signum.name
+)
 def test_a_second_signal_while_the_line_is_printed_still_exits_130(
-        hearth: Hearth, second: signal.Signals) -> None:
+    hearth: Hearth, second: signal.Signals
+) -> None:
     """The first SIGINT is handled (cancel, rollback, the one line); a second signal sent as soon
     as that line appears (a person pressing Ctrl-C twice, ``timeout`` sending SIGTERM) must not
     change the documented exit status 130."""
@@ -602,8 +658,9 @@ def test_an_upgrade_to_a_misspelt_flag_is_refused_and_changes_nothing(hearth: He
 
 
 def test_a_rejected_first_provision_leaves_no_record(hearth: Hearth) -> None:
-    error = hearth.fails("provision", "alpha", "--tier", "rejected", "--driver", "fake",
-                         kind="invalid_profile")
+    error = hearth.fails(
+        "provision", "alpha", "--tier", "rejected", "--driver", "fake", kind="invalid_profile"
+    )
     assert error["code"] == -32023, error
     seen = hearth.check({"alpha": "fake"})
     assert seen.before.records == {}  # the slug is free
@@ -625,9 +682,11 @@ def test_a_destructive_tfgrid_upgrade_is_refused_and_the_vm_keeps_running(hearth
     assert seen.after.operations["alpha"][-1]["error"]["changed_nothing"] is True
 
 
-@pytest.mark.parametrize("other", [("--tier", "team", "--driver", "fake"),
-                                   ("--tier", "solo", "--driver", "tfgrid")],
-                         ids=["other-tier", "other-driver"])
+@pytest.mark.parametrize(
+    "other",
+    [("--tier", "team", "--driver", "fake"), ("--tier", "solo", "--driver", "tfgrid")],
+    ids=["other-tier", "other-driver"],
+)
 def test_a_conflict_leaves_the_workspace_as_it_was(hearth: Hearth, other: tuple[str, ...]) -> None:
     hearth.ok("provision", "alpha", "--tier", "solo", "--driver", "fake")
     [before] = hearth.ok("ls")
@@ -640,10 +699,11 @@ def test_a_conflict_leaves_the_workspace_as_it_was(hearth: Hearth, other: tuple[
 
 
 # --- deadlines --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("driver", "verb"), [("fake", "provision"), ("fake", "upgrade"),
-                                              ("fake", "teardown"), ("tfgrid", "provision")])
-def test_a_deadline_on_a_slow_verb_leaves_a_truthful_record(
-        hearth: Hearth, driver: str, verb: str) -> None:
+@pytest.mark.parametrize(
+    ("driver", "verb"),
+    [("fake", "provision"), ("fake", "upgrade"), ("fake", "teardown"), ("tfgrid", "provision")],
+)
+def test_a_deadline_on_a_slow_verb_leaves_a_truthful_record(hearth: Hearth, driver: str, verb: str) -> None:
     set_up(hearth, driver, [verb])
     slug = SLUG_OF[verb]
     before = hearth.ok("ls")
@@ -653,22 +713,29 @@ def test_a_deadline_on_a_slow_verb_leaves_a_truthful_record(
     if verb == "provision":
         assert after == [], after  # rolled back: the slug is free
     else:  # an upgrade rolls back; a teardown cut short keeps serving
-        assert [(r["last_status"], r["tier"]) for r in after] == \
-            [(r["last_status"], r["tier"]) for r in before], evidence(before=before, after=after)
+        assert [(r["last_status"], r["tier"]) for r in after] == [
+            (r["last_status"], r["tier"]) for r in before
+        ], evidence(before=before, after=after)
     # the operation is recorded cancelled; none at all if the deadline passed before the verb
     # could be sent (a slow adapter start): then nothing was written either
-    operations = seen.after.operations[slug][1 if PLANS[driver, verb][0] else 0:]  # after the setup
-    assert [(op["verb"], op["outcome"]) for op in operations] in ([(verb, "cancelled")], []), \
-        evidence(operations=summary(operations))
+    operations = seen.after.operations[slug][1 if PLANS[driver, verb][0] else 0 :]  # after the setup
+    assert [(op["verb"], op["outcome"]) for op in operations] in ([(verb, "cancelled")], []), evidence(
+        operations=summary(operations)
+    )
 
 
 def test_an_invalid_timeout_is_refused_before_anything_changes(hearth: Hearth) -> None:
     hearth.ok("provision", "alpha", "--tier", "solo", "--driver", "fake")
     before, calls = hearth.ok("ls"), len(hearth.journal())
-    commands = [command for value in ("0", "nan", "-1") for command in (
-        ("provision", "beta", "--tier", "solo", "--driver", "fake", "--timeout", value),
-        ("upgrade", "alpha", "--tier", "team", "--timeout", value),
-        ("teardown", "alpha", "--timeout", value))]
+    commands = [
+        command
+        for value in ("0", "nan", "-1")
+        for command in (
+            ("provision", "beta", "--tier", "solo", "--driver", "fake", "--timeout", value),
+            ("upgrade", "alpha", "--tier", "team", "--timeout", value),
+            ("teardown", "alpha", "--timeout", value),
+        )
+    ]
     for result in hearth.run_all(commands):
         error = Hearth.failed(result, "invalid_input")
         assert "timeout" in error["message"], str(result)
@@ -696,8 +763,9 @@ async def _populate(hearth: Hearth, count: int) -> None:
     """Many records, quickly: a Host in this process with the fake driver in memory (the store
     is the same file the CLI opens)."""
     driver = FakeDriver()
-    async with Host(project_dir=hearth.project, home=hearth.home,
-                    in_process={"fake": lambda: MemoryConnection(driver)}) as host:
+    async with Host(
+        project_dir=hearth.project, home=hearth.home, in_process={"fake": lambda: MemoryConnection(driver)}
+    ) as host:
         for index in range(count):
             await host.provision(f"w{index}", tier="solo", driver="fake")
 
@@ -709,14 +777,16 @@ def test_a_store_whose_middle_page_is_overwritten_is_a_one_line_store_error(hear
     with contextlib.closing(sqlite3.connect(database)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = db.execute("PRAGMA page_size").fetchone()[0]
-        pages = [row[0] for row in db.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'deployments' ORDER BY pageno")]
+        pages = [
+            row[0]
+            for row in db.execute("SELECT pageno FROM dbstat WHERE name = 'deployments' ORDER BY pageno")
+        ]
         total = db.execute("PRAGMA page_count").fetchone()[0]
     assert len(pages) >= 3, f"the deployments table should span several pages: {pages}"
     middle = pages[len(pages) // 2]
     assert 1 < middle < total
     data = bytearray(database.read_bytes())
-    data[size * (middle - 1): size * middle] = b"\xff" * size
+    data[size * (middle - 1) : size * middle] = b"\xff" * size
     database.write_bytes(bytes(data))
     broken = []
     with contextlib.closing(sqlite3.connect(database)) as db:

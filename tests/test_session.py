@@ -30,8 +30,15 @@ from tests.helpers import profile
 
 
 def _ref(slug: str) -> dict[str, Any]:
-    return {"workspace_slug": slug, "tier": "solo", "driver": "fake", "endpoint": None,
-            "secrets_vault_path": None, "created": "2026-01-01T00:00:00Z", "last_status": "ready"}
+    return {
+        "workspace_slug": slug,
+        "tier": "solo",
+        "driver": "fake",
+        "endpoint": None,
+        "secrets_vault_path": None,
+        "created": "2026-01-01T00:00:00Z",
+        "last_status": "ready",
+    }
 
 
 class Rendezvous(Driver):
@@ -42,14 +49,14 @@ class Rendezvous(Driver):
     def __init__(self) -> None:
         self.b_started = asyncio.Event()
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         if slug == "a":
             await self.b_started.wait()
         else:
             self.b_started.set()
-        return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver=self.name,
-                             created=utc_now(), last_status="ready")
+        return DeploymentRef(
+            workspace_slug=slug, tier=profile.tier, driver=self.name, created=utc_now(), last_status="ready"
+        )
 
 
 class Broken(Driver):
@@ -70,8 +77,9 @@ async def test_requests_before_initialize_are_refused_with_not_initialized() -> 
 
 async def test_no_common_version_names_the_supported_ones() -> None:
     peer = Peer(MemoryConnection(FakeDriver()))
-    reply = await peer.request("initialize", {"protocol_versions": [7],
-                                              "host": {"name": "h", "version": "1"}})
+    reply = await peer.request(
+        "initialize", {"protocol_versions": [7], "host": {"name": "h", "version": "1"}}
+    )
     assert reply.error is not None
     assert reply.error["code"] == codes.UNSUPPORTED_VERSION
     assert reply.error["data"] == {"kind": "unsupported_version", "supported": [1]}
@@ -80,8 +88,10 @@ async def test_no_common_version_names_the_supported_ones() -> None:
 
 async def test_an_invalid_config_is_invalid_params_listing_the_problems() -> None:
     peer = Peer(MemoryConnection(FakeDriver()))
-    reply = await peer.request("initialize", {"protocol_versions": [1], "host": {"name": "h", "version": "1"},
-                                              "config": {"colour": "blue"}})
+    reply = await peer.request(
+        "initialize",
+        {"protocol_versions": [1], "host": {"name": "h", "version": "1"}, "config": {"colour": "blue"}},
+    )
     assert reply.error is not None
     assert reply.error["code"] == codes.INVALID_PARAMS
     assert any("colour" in problem for problem in reply.error["data"]["errors"])
@@ -90,24 +100,33 @@ async def test_an_invalid_config_is_invalid_params_listing_the_problems() -> Non
 
 async def test_the_handshake_announces_methods_and_the_config_schema() -> None:
     async with open_peer(FakeDriver()) as peer:
-        reply = await peer.request("initialize", {"protocol_versions": [1],
-                                                  "host": {"name": "h", "version": "1"}})
+        reply = await peer.request(
+            "initialize", {"protocol_versions": [1], "host": {"name": "h", "version": "1"}}
+        )
         assert reply.error is not None, "a second initialize is refused"
     peer = Peer(MemoryConnection(FakeDriver()))
     info = await peer.initialize()
     assert info.driver == "fake"
-    assert info.capabilities.methods == ["provision", "status", "upgrade", "teardown", "list",
-                                         "validate_profile"]
+    assert info.capabilities.methods == [
+        "provision",
+        "status",
+        "upgrade",
+        "teardown",
+        "list",
+        "validate_profile",
+    ]
     assert info.config_schema is not None and info.config_schema["type"] == "object"
     await peer.close()
 
 
 async def test_requests_run_concurrently() -> None:
     async with open_peer(Rendezvous()) as peer:
-        first = asyncio.create_task(peer.request("provision", {"slug": "a", "profile": {
-            "tier": "t", "driver": "rendezvous"}}))
-        second = await peer.request("provision", {"slug": "b", "profile": {
-            "tier": "t", "driver": "rendezvous"}})
+        first = asyncio.create_task(
+            peer.request("provision", {"slug": "a", "profile": {"tier": "t", "driver": "rendezvous"}})
+        )
+        second = await peer.request(
+            "provision", {"slug": "b", "profile": {"tier": "t", "driver": "rendezvous"}}
+        )
         assert second.ok
         assert (await first).ok
 
@@ -233,8 +252,7 @@ class SlowUndo(Driver):
         self.undone = asyncio.Event()
         self.events: list[str] = []
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         try:
             self.started.set()
             await asyncio.Event().wait()
@@ -268,8 +286,7 @@ class PlainRollback(Driver):
         self.release = asyncio.Event()
         self.finished_rollback = False
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         try:
             self.started.set()
             await asyncio.Event().wait()
@@ -387,8 +404,9 @@ async def test_a_deeply_nested_line_is_a_parse_error_and_the_server_carries_on()
 async def test_non_finite_numbers_in_a_request_are_a_parse_error() -> None:
     async with open_peer(FakeDriver()) as peer:
         for constant in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
-            await peer.send_raw(b'{"jsonrpc":"2.0","id":50,"method":"status","params":{"ref":'
-                                b'{"x":' + constant + b"}}}\n")
+            await peer.send_raw(
+                b'{"jsonrpc":"2.0","id":50,"method":"status","params":{"ref":{"x":' + constant + b"}}}\n"
+            )
             answer = await peer.next_unmatched(5)
             assert isinstance(answer, dict) and answer["error"]["code"] == codes.PARSE_ERROR
             assert "non-finite" in answer["error"]["data"]["reason"]
@@ -400,8 +418,11 @@ class NonFinite(Driver):
 
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
         # A careless driver answering with a dict of its own, not the validated model.
-        answer: Any = {"state": "ready", "observed_at": "2026-01-01T00:00:00Z",
-                       "details": {"load": float("nan")}}
+        answer: Any = {
+            "state": "ready",
+            "observed_at": "2026-01-01T00:00:00Z",
+            "details": {"load": float("nan")},
+        }
         return cast(StatusReport, answer)
 
 
@@ -413,8 +434,9 @@ async def test_an_answer_with_a_non_finite_number_becomes_an_internal_error() ->
         assert (await peer.request("status", {"ref": _ref("x")})).error is not None  # still alive
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("2.5", 2.5), ("0", 0.0), (" 7 ", 7.0), ("", 30.0),
-                                               (None, 30.0)])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("2.5", 2.5), ("0", 0.0), (" 7 ", 7.0), ("", 30.0), (None, 30.0)]
+)
 def test_the_rollback_grace_comes_from_the_environment(raw: str | None, expected: float) -> None:
     assert DEFAULT_ROLLBACK_GRACE == 30.0
     environ = {} if raw is None else {ROLLBACK_GRACE_ENV: raw}
@@ -423,12 +445,12 @@ def test_the_rollback_grace_comes_from_the_environment(raw: str | None, expected
 
 @pytest.mark.parametrize("raw", ["soon", "-1", "nan", "inf"])
 def test_an_invalid_rollback_grace_is_ignored_with_a_warning(
-        raw: str, caplog: pytest.LogCaptureFixture) -> None:
+    raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING, logger="hearth_adaptersdk"):
         assert rollback_grace_from_env({ROLLBACK_GRACE_ENV: raw}) == DEFAULT_ROLLBACK_GRACE
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert f"ignoring HEARTH_ROLLBACK_GRACE={raw!r}" in caplog.records[0].getMessage()
-
 
 
 class FailingRollback(Driver):
@@ -437,8 +459,7 @@ class FailingRollback(Driver):
     def __init__(self) -> None:
         self.started = asyncio.Event()
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         self.started.set()
         try:
             await asyncio.sleep(60)

@@ -30,7 +30,9 @@ def test_builtin_tiers_grow_and_resolve_to_profiles(tmp_path: Path) -> None:
 
 
 def test_the_project_file_overrides_tiers_adds_flags_and_configures_adapters(tmp_path: Path) -> None:
-    _write_settings(tmp_path, """
+    _write_settings(
+        tmp_path,
+        """
 [tiers.solo]
 resource_caps = { cpu = 1, memory_mb = 512 }
 [tiers.solo.driver_flags.docker]
@@ -40,7 +42,8 @@ port = 8080
 resource_caps = { cpu = 8, gpus = 1 }
 [adapters.tfgrid]
 socket = "/run/hero_compute/rpc.sock"
-""")
+""",
+    )
     settings = load_settings(tmp_path)
     docker = settings.profile("solo", "docker")
     assert docker.resource_caps.memory_mb == 512
@@ -56,16 +59,20 @@ def test_an_unknown_tier_names_the_choices(tmp_path: Path) -> None:
         load_settings(tmp_path).profile("huge", "fake")
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[tiers.solo\n", "not valid TOML"),
-    ("[tiers.solo]\nresource_caps = { cpu = -1 }\n", "tiers.solo.resource_caps: cpu"),
-    ("[tiers.solo]\ncolour = 1\n", "tiers.solo.colour: unknown key"),
-    ("[tiers.solo]\ndriver_flags = { docker = 1 }\n", "tiers.solo.driver_flags must hold"),
-    ("[extra]\n", "unknown key 'extra'"),
-    ("[adapters]\ntfgrid = 1\n", "adapters.tfgrid must be a table"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[tiers.solo\n", "not valid TOML"),
+        ("[tiers.solo]\nresource_caps = { cpu = -1 }\n", "tiers.solo.resource_caps: cpu"),
+        ("[tiers.solo]\ncolour = 1\n", "tiers.solo.colour: unknown key"),
+        ("[tiers.solo]\ndriver_flags = { docker = 1 }\n", "tiers.solo.driver_flags must hold"),
+        ("[extra]\n", "unknown key 'extra'"),
+        ("[adapters]\ntfgrid = 1\n", "adapters.tfgrid must be a table"),
+    ],
+)
 def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
-        tmp_path: Path, text: str, message: str) -> None:
+    tmp_path: Path, text: str, message: str
+) -> None:
     _write_settings(tmp_path, text)
     with pytest.raises(InvalidInput) as caught:
         load_settings(tmp_path)
@@ -73,15 +80,23 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("colour = 1\n", "unknown key 'colour'; the file holds [tiers.*], [adapters.*] and [timeouts]"),
-    ("[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
-     "tiers.team.color: unknown key; a tier has resource_caps and driver_flags"),
-    ("[timeouts]\nstatus = 5\nstatuz = 5\n",
-     "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, status, list"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour = 1\n", "unknown key 'colour'; the file holds [tiers.*], [adapters.*] and [timeouts]"),
+        (
+            "[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
+            "tiers.team.color: unknown key; a tier has resource_caps and driver_flags",
+        ),
+        (
+            "[timeouts]\nstatus = 5\nstatuz = 5\n",
+            "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, status, list",
+        ),
+    ],
+)
 def test_the_model_refuses_an_unknown_key_at_each_level_naming_file_and_dotted_key(
-        tmp_path: Path, text: str, message: str) -> None:
+    tmp_path: Path, text: str, message: str
+) -> None:
     _write_settings(tmp_path, text)
     with pytest.raises(InvalidInput) as caught:
         load_settings(tmp_path)
@@ -91,7 +106,9 @@ def test_the_model_refuses_an_unknown_key_at_each_level_naming_file_and_dotted_k
 
 
 def test_free_form_tables_keep_unknown_keys_and_timeouts_are_positive_numbers(tmp_path: Path) -> None:
-    _write_settings(tmp_path, """
+    _write_settings(
+        tmp_path,
+        """
 [tiers.solo.resource_caps]
 gpus = 1
 [tiers.solo.driver_flags.docker]
@@ -101,7 +118,8 @@ whatever = "the adapter judges it"
 [timeouts]
 status = 5
 lock_wait = 0.5
-""")
+""",
+    )
     settings = load_settings(tmp_path)
     caps = settings.profile("solo", "docker").resource_caps.model_dump(exclude_none=True)
     assert caps == {"cpu": 1.0, "memory_mb": 1024, "gpus": 1}
@@ -122,9 +140,17 @@ def test_the_table_follows_the_seed_state_machine() -> None:
     assert all(state != "tier_torn_down" for state, _ in TRANSITIONS)
 
 
-@pytest.mark.parametrize(("state", "verb"), [
-    ("tier_torn_down", "provision"), ("tier_torn_down", "teardown"), ("failed", "upgrade"),
-    (None, "upgrade"), ("provisioning", "teardown"), ("ready", "provision")])
+@pytest.mark.parametrize(
+    ("state", "verb"),
+    [
+        ("tier_torn_down", "provision"),
+        ("tier_torn_down", "teardown"),
+        ("failed", "upgrade"),
+        (None, "upgrade"),
+        ("provisioning", "teardown"),
+        ("ready", "provision"),
+    ],
+)
 def test_illegal_verbs_are_invalid_transitions_naming_the_state(state: str | None, verb: str) -> None:
     with pytest.raises(InvalidTransition) as caught:
         transition(state, verb, "alpha")  # type: ignore[arg-type]
@@ -134,8 +160,14 @@ def test_illegal_verbs_are_invalid_transitions_naming_the_state(state: str | Non
 
 def _deployment(slug: str = "alpha", state: str = "ready", generation: int = 1) -> Deployment:
     now = utc_now()
-    ref = DeploymentRef(workspace_slug=slug, tier="solo", driver="fake", endpoint=f"fake://{slug}",
-                        created=now, last_status="ready")
+    ref = DeploymentRef(
+        workspace_slug=slug,
+        tier="solo",
+        driver="fake",
+        endpoint=f"fake://{slug}",
+        created=now,
+        last_status="ready",
+    )
     return Deployment(slug, generation, "solo", "fake", state, ref, now, now)  # type: ignore[arg-type]
 
 
@@ -185,55 +217,76 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-@pytest.mark.parametrize(("verb", "code", "data", "expected"), [
-    ("upgrade", -32602, {}, True), ("upgrade", -32020, {}, True), ("upgrade", -32021, {}, True),
-    ("upgrade", -32022, {}, True), ("upgrade", -32023, {}, True), ("provision", -32023, {}, True),
-    ("teardown", -32602, {}, True),
-    ("upgrade", -32031, {"rolled_back": True}, True),
-    ("provision", -32031, {"rolled_back": True}, True),
-    ("teardown", -32031, {"rolled_back": True}, False),  # a teardown is never undone
-    ("provision", -32031, {"rolled_back": False}, False),
-    ("provision", -32031, {}, False),
-    ("provision", -32030, {}, False), ("upgrade", -32603, {}, False), ("provision", -32800, {}, False),
-])
-def test_which_answers_changed_nothing(verb: Any, code: int, data: dict[str, Any],
-                                       expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("verb", "code", "data", "expected"),
+    [
+        ("upgrade", -32602, {}, True),
+        ("upgrade", -32020, {}, True),
+        ("upgrade", -32021, {}, True),
+        ("upgrade", -32022, {}, True),
+        ("upgrade", -32023, {}, True),
+        ("provision", -32023, {}, True),
+        ("teardown", -32602, {}, True),
+        ("upgrade", -32031, {"rolled_back": True}, True),
+        ("provision", -32031, {"rolled_back": True}, True),
+        ("teardown", -32031, {"rolled_back": True}, False),  # a teardown is never undone
+        ("provision", -32031, {"rolled_back": False}, False),
+        ("provision", -32031, {}, False),
+        ("provision", -32030, {}, False),
+        ("upgrade", -32603, {}, False),
+        ("provision", -32800, {}, False),
+    ],
+)
+def test_which_answers_changed_nothing(verb: Any, code: int, data: dict[str, Any], expected: bool) -> None:
     from hearth._states import changed_nothing
+
     assert changed_nothing(verb, code, data) is expected
 
 
-@pytest.mark.parametrize(("verb", "answered", "data", "expected"), [
-    ("provision", True, {}, True), ("provision", True, {"rolled_back": True}, True),
-    ("provision", True, {"rolled_back": False}, False), ("provision", False, {}, False),
-    ("upgrade", True, {}, True), ("teardown", True, {"rolled_back": True}, False),
-])
-def test_which_cancel_answers_confirm_a_rollback(verb: Any, answered: bool, data: dict[str, Any],
-                                                  expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("verb", "answered", "data", "expected"),
+    [
+        ("provision", True, {}, True),
+        ("provision", True, {"rolled_back": True}, True),
+        ("provision", True, {"rolled_back": False}, False),
+        ("provision", False, {}, False),
+        ("upgrade", True, {}, True),
+        ("teardown", True, {"rolled_back": True}, False),
+    ],
+)
+def test_which_cancel_answers_confirm_a_rollback(
+    verb: Any, answered: bool, data: dict[str, Any], expected: bool
+) -> None:
     from hearth._states import cancel_rolled_back
+
     assert cancel_rolled_back(verb, answered, data) is expected
 
 
-@pytest.mark.parametrize(("recorded", "observed", "verb", "expected"), [
-    # settled records: only a ghost changes
-    ("ready", "absent", None, ("failed", "ghost")),
-    ("ready", "ready", None, None),
-    ("failed", "absent", None, None),  # what a rollback leaves: not a ghost
-    ("ready", "unknown", None, None),  # an unreachable backend changes nothing
-    # records a verb left uncertain
-    ("provisioning", "ready", "provision", ("ready", None)),
-    ("provisioning", "absent", "provision", ("failed", "no trace")),
-    ("upgrading", "ready", "upgrade", ("ready", "upgrade interrupted")),
-    ("tearing_down", "ready", "teardown", ("ready", "still serves")),
-    ("tearing_down", "absent", "teardown", ("tier_torn_down", None)),
-    ("tearing_down", "tier_torn_down", "teardown", ("tier_torn_down", None)),
-    ("tearing_down", "tearing_down", "teardown", ("failed", "still tearing_down")),
-    ("failed", "failed", "provision", ("failed", "shows failed")),
-    ("failed", "unknown", "provision", None),
-])
+@pytest.mark.parametrize(
+    ("recorded", "observed", "verb", "expected"),
+    [
+        # settled records: only a ghost changes
+        ("ready", "absent", None, ("failed", "ghost")),
+        ("ready", "ready", None, None),
+        ("failed", "absent", None, None),  # what a rollback leaves: not a ghost
+        ("ready", "unknown", None, None),  # an unreachable backend changes nothing
+        # records a verb left uncertain
+        ("provisioning", "ready", "provision", ("ready", None)),
+        ("provisioning", "absent", "provision", ("failed", "no trace")),
+        ("upgrading", "ready", "upgrade", ("ready", "upgrade interrupted")),
+        ("tearing_down", "ready", "teardown", ("ready", "still serves")),
+        ("tearing_down", "absent", "teardown", ("tier_torn_down", None)),
+        ("tearing_down", "tier_torn_down", "teardown", ("tier_torn_down", None)),
+        ("tearing_down", "tearing_down", "teardown", ("failed", "still tearing_down")),
+        ("failed", "failed", "provision", ("failed", "shows failed")),
+        ("failed", "unknown", "provision", None),
+    ],
+)
 def test_reconcile_maps_what_it_observes_to_the_record(
-        recorded: Any, observed: str, verb: str | None,
-        expected: tuple[str, str | None] | None) -> None:
+    recorded: Any, observed: str, verb: str | None, expected: tuple[str, str | None] | None
+) -> None:
     from hearth._states import resolve
+
     found = resolve(recorded, observed, verb=verb)
     if expected is None:
         assert found is None
@@ -244,7 +297,6 @@ def test_reconcile_maps_what_it_observes_to_the_record(
     else:
         assert expected[1] in (found.reason or "")
     assert found.unconfirmed == (observed in ("provisioning", "upgrading", "tearing_down"))
-
 
 
 def _open_store(path: str, barrier: Any, results: Any) -> None:
@@ -259,13 +311,15 @@ def _open_store(path: str, barrier: Any, results: Any) -> None:
 def test_several_processes_can_open_a_new_store_at_once(tmp_path: Path) -> None:
     """SQLite refuses a journal-mode switch at once when openers contend: the store retries."""
     import multiprocessing
+
     context = multiprocessing.get_context("fork")
     outcomes = []
     for round_ in range(40):
         barrier, results = context.Barrier(3), context.Queue()
-        processes = [context.Process(target=_open_store,
-                                     args=(str(tmp_path / f"{round_}.db"), barrier, results))
-                     for _ in range(3)]
+        processes = [
+            context.Process(target=_open_store, args=(str(tmp_path / f"{round_}.db"), barrier, results))
+            for _ in range(3)
+        ]
         for process in processes:
             process.start()
         for process in processes:

@@ -41,7 +41,8 @@ def _gone(pid: int) -> bool:
 
 
 async def test_a_crash_mid_call_fails_every_pending_call_with_exit_code_and_stderr(
-        fake_exe: Path, tmp_path: Path) -> None:
+    fake_exe: Path, tmp_path: Path
+) -> None:
     async with await AdapterClient.launch(fake_exe, data_dir=tmp_path) as client:
         ref = await client.provision("doomed", profile(crash_at="status"))
         slow = asyncio.create_task(client.provision("slow", profile(delay=600)))
@@ -79,13 +80,20 @@ async def test_a_result_that_breaks_the_models_is_a_protocol_violation(make_adap
 
 
 async def _any_ref() -> DeploymentRef:
-    return DeploymentRef.model_validate({
-        "workspace_slug": "a", "tier": "t", "driver": "raw", "created": "2026-01-01T00:00:00Z",
-        "last_status": "ready"})
+    return DeploymentRef.model_validate(
+        {
+            "workspace_slug": "a",
+            "tier": "t",
+            "driver": "raw",
+            "created": "2026-01-01T00:00:00Z",
+            "last_status": "ready",
+        }
+    )
 
 
 async def test_a_hung_call_times_out_and_an_adapter_ignoring_sigterm_is_killed(
-        fake_exe: Path, tmp_path: Path) -> None:
+    fake_exe: Path, tmp_path: Path
+) -> None:
     client = await AdapterClient.launch(fake_exe, data_dir=tmp_path)
     ref = await client.provision("stuck", profile(freeze_at="status", ignore_sigterm=True))
     with pytest.raises(CallTimeout, match=r"did not answer the cancel.*it was stopped"):
@@ -135,7 +143,8 @@ async def test_grandchildren_are_gone_after_close(make_adapter: MakeAdapter) -> 
 
 
 async def test_an_adapter_dying_before_the_handshake_is_reported_with_its_stderr(
-        make_adapter: MakeAdapter) -> None:
+    make_adapter: MakeAdapter,
+) -> None:
     path = make_adapter("raw", MODE="die_before_handshake", DRIVER="raw")
     with pytest.raises(AdapterCrashed, match="before the handshake") as caught:
         await AdapterClient.launch(path)
@@ -165,7 +174,8 @@ async def test_missing_and_non_executable_adapters_are_typed_errors(tmp_path: Pa
 
 
 async def test_the_child_sees_only_the_allow_listed_environment(
-        make_adapter: MakeAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_adapter: MakeAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEARTH_TEST_SECRET", "hunter2")
     monkeypatch.setenv("HEARTH_TEST_NAMED", "ok")
     monkeypatch.setenv("LC_TEST", "x")
@@ -178,7 +188,8 @@ async def test_the_child_sees_only_the_allow_listed_environment(
 
 
 async def test_a_stray_print_in_the_driver_does_not_corrupt_the_protocol(
-        make_adapter: MakeAdapter, caplog: pytest.LogCaptureFixture) -> None:
+    make_adapter: MakeAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
     path = make_adapter("echo")
     with caplog.at_level(logging.INFO, logger="hearth.adapter"):
         async with await AdapterClient.launch(path) as client:
@@ -201,19 +212,29 @@ def test_the_adapter_exits_when_its_parent_dies(fake_exe: Path) -> None:
     to_adapter, from_test = os.pipe()  # we keep the write end open: no EOF can end the adapter
     to_test, from_adapter = os.pipe()
     launcher = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os, subprocess, sys, time\n"
-         f"child = subprocess.Popen([{str(fake_exe)!r}], stdin={to_adapter}, stdout={from_adapter}, "
-         "env={**os.environ, 'HEARTH_PROTOCOL': '1'})\n"
-         "print(child.pid, flush=True)\n"
-         "time.sleep(600)\n"],
-        pass_fds=[to_adapter, from_adapter], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time\n"
+            f"child = subprocess.Popen([{str(fake_exe)!r}], stdin={to_adapter}, stdout={from_adapter}, "
+            "env={**os.environ, 'HEARTH_PROTOCOL': '1'})\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        pass_fds=[to_adapter, from_adapter],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     os.close(from_adapter)
     try:
         assert launcher.stdout is not None
         adapter = int(launcher.stdout.readline())
-        hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                 "params": {"protocol_versions": [1], "host": {"name": "t", "version": "0"}}}
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocol_versions": [1], "host": {"name": "t", "version": "0"}},
+        }
         os.write(from_test, json.dumps(hello).encode() + b"\n")
         with os.fdopen(to_test, "rb", closefd=False) as answers:
             assert b'"protocol_version":1' in answers.readline()  # the adapter is up
@@ -242,22 +263,25 @@ def _wait_until_gone(pid: int) -> bool:
 
 def test_run_by_hand_it_explains_itself_and_exits_2(fake_exe: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != codes.PROTOCOL_ENV}
-    done = subprocess.run([fake_exe], env=env, capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL, check=False)
+    done = subprocess.run(
+        [fake_exe], env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=False
+    )
     assert done.returncode == 2
     assert "hearth adapter" in done.stderr and done.stdout == ""
-    version = subprocess.run([fake_exe, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False)
+    version = subprocess.run([fake_exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
     assert version.returncode == 0 and version.stdout.strip() == "hearth-adapter-fake 0.1.0"
 
 
 def _rollback_profile(marker: Path, **flags: object) -> dict[str, object]:
-    return {"slug": "r", "profile": {"tier": "t", "driver": "rollback",
-                                     "driver_flags": {"marker": str(marker), **flags}}}
+    return {
+        "slug": "r",
+        "profile": {"tier": "t", "driver": "rollback", "driver_flags": {"marker": str(marker), **flags}},
+    }
 
 
-async def _start_working(peer: Peer, params: dict[str, object]
-                         ) -> tuple[dict[str, object], asyncio.Future[dict[str, object]]]:
+async def _start_working(
+    peer: Peer, params: dict[str, object]
+) -> tuple[dict[str, object], asyncio.Future[dict[str, object]]]:
     """Start a provision of the rollback adapter and wait until its verb runs."""
     working = asyncio.Event()
     peer.on_progress = lambda _: working.set()
@@ -267,7 +291,8 @@ async def _start_working(peer: Peer, params: dict[str, object]
 
 
 async def test_on_stdin_eof_the_adapter_finishes_its_rollback_before_exiting(
-        make_adapter: MakeAdapter, tmp_path: Path) -> None:
+    make_adapter: MakeAdapter, tmp_path: Path
+) -> None:
     path = make_adapter("rollback")
     marker = tmp_path / "rolled-back"
     peer = await Peer.spawn([str(path)])
@@ -285,7 +310,8 @@ async def test_on_stdin_eof_the_adapter_finishes_its_rollback_before_exiting(
 
 
 async def test_a_rollback_past_the_grace_from_the_environment_is_abandoned_at_exit(
-        make_adapter: MakeAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_adapter: MakeAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEARTH_ROLLBACK_GRACE", "0.2")
     path = make_adapter("rollback")
     marker = tmp_path / "rolled-back"
@@ -314,7 +340,8 @@ async def test_a_deeply_nested_line_does_not_silence_the_adapter(fake_exe: Path)
 
 
 async def test_an_invalid_rollback_grace_in_the_environment_is_a_warning_on_stderr(
-        make_adapter: MakeAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_adapter: MakeAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HEARTH_ROLLBACK_GRACE", "soon")
     peer = await Peer.spawn([str(make_adapter("rollback"))], env_passthrough=["HEARTH_ROLLBACK_GRACE"])
     await peer.initialize()
@@ -329,11 +356,22 @@ def test_a_frozen_adapter_does_not_outlive_its_host(fake_exe: Path, tmp_path: Pa
     """A driver that blocks the event loop cannot watch its parent from the loop: the SDK's
     watchdog thread ends the process once the host is gone and the grace has passed."""
     middle = tmp_path / "host.py"
-    request = {"jsonrpc": "2.0", "id": 2, "method": "provision", "params": {
-        "slug": "frozen", "profile": profile(freeze_at="provision").model_dump(mode="json")}}
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocol_versions": [1], "host": {"name": "test", "version": "0"},
-        "data_dir": str(tmp_path / "data")}}
+    request = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "provision",
+        "params": {"slug": "frozen", "profile": profile(freeze_at="provision").model_dump(mode="json")},
+    }
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocol_versions": [1],
+            "host": {"name": "test", "version": "0"},
+            "data_dir": str(tmp_path / "data"),
+        },
+    }
     middle.write_text(
         "import json, subprocess, sys, time\n"
         f"adapter = subprocess.Popen([{str(fake_exe)!r}], stdin=subprocess.PIPE, "
@@ -345,9 +383,11 @@ def test_a_frozen_adapter_does_not_outlive_its_host(fake_exe: Path, tmp_path: Pa
         f"adapter.stdin.write(json.dumps({request!r}).encode() + b'\\n')\n"
         "adapter.stdin.flush()\n"
         "print(adapter.pid, flush=True)\n"
-        "time.sleep(600)\n")
-    host = subprocess.Popen([sys.executable, str(middle)], stdout=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+        "time.sleep(600)\n"
+    )
+    host = subprocess.Popen(
+        [sys.executable, str(middle)], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
     try:
         assert host.stdout is not None
         adapter = int(host.stdout.readline())

@@ -31,7 +31,8 @@ def test_every_exported_name_is_in_all_and_every_name_in_all_exists(name: str) -
     missing = sorted(item for item in declared if not hasattr(module, item))
     assert not missing, f"{name}.__all__ names what it does not have: {missing}"
     public = {
-        item for item, value in vars(module).items()
+        item
+        for item, value in vars(module).items()
         if not item.startswith("_") and not isinstance(value, types.ModuleType)
     }
     undeclared = sorted(public - declared)
@@ -50,8 +51,9 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 
 def _sources() -> list[tuple[str, Path]]:
-    sources = [(package, path) for package, folder in PACKAGES.items()
-               for path in sorted(folder.rglob("*.py"))]
+    sources = [
+        (package, path) for package, folder in PACKAGES.items() for path in sorted(folder.rglob("*.py"))
+    ]
     sources += [("scripts", path) for path in sorted((ROOT / "scripts").glob("*.py"))]
     return sources
 
@@ -67,16 +69,22 @@ def test_no_package_imports_another_packages_private_modules() -> None:
 
 
 def test_importing_the_host_does_not_load_the_adapter_server_side() -> None:
-    code = ("import sys, hearth, hearth._cli; "
-            "print(sorted(m for m in ('jsonrpcserver', 'jsonschema') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=60)
+    code = (
+        "import sys, hearth, hearth._cli; "
+        "print(sorted(m for m in ('jsonrpcserver', 'jsonschema') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert done.stdout.strip() == "[]"
 
 
 def test_the_sdk_loads_its_server_side_on_first_use() -> None:
-    code = ("import sys, hearth_adaptersdk as sdk; before = 'jsonrpcserver' in sys.modules; "
-            "sdk.serve; print(before, 'jsonrpcserver' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=60)
+    code = (
+        "import sys, hearth_adaptersdk as sdk; before = 'jsonrpcserver' in sys.modules; "
+        "sdk.serve; print(before, 'jsonrpcserver' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert done.stdout.split() == ["False", "True"]

@@ -29,8 +29,12 @@ IMAGE = "https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"
 
 
 def _profile(tier: str = "solo", memory_mb: int = 4096, **flags: Any) -> ProvisioningProfile:
-    return ProvisioningProfile(tier=tier, driver="tfgrid", resource_caps={"cpu": 1, "memory_mb": memory_mb},
-                               driver_flags={"ssh_keys": [KEY], **flags})
+    return ProvisioningProfile(
+        tier=tier,
+        driver="tfgrid",
+        resource_caps={"cpu": 1, "memory_mb": memory_mb},
+        driver_flags={"ssh_keys": [KEY], **flags},
+    )
 
 
 @asynccontextmanager
@@ -40,8 +44,11 @@ async def grid(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Simulator, 
     socket = tmp_path / "rpc.sock"
     await simulator.start(socket)
     try:
-        async with open_peer(TfgridDriver(), data_dir=tmp_path / "data",
-                             config={"socket": str(socket), "poll_interval": 0.02, **config}) as peer:
+        async with open_peer(
+            TfgridDriver(),
+            data_dir=tmp_path / "data",
+            config={"socket": str(socket), "poll_interval": 0.02, **config},
+        ) as peer:
             yield simulator, peer
     finally:
         await simulator.stop()
@@ -57,7 +64,8 @@ async def test_the_conformance_kit_passes_on_the_simulator(tmp_path: Path, venv_
             profile=_profile("conformance").model_dump(mode="json"),
             refused_profile=_profile("huge", memory_mb=400_000).model_dump(mode="json"),
             failing_profile=_profile("bad", image="not-a-flist").model_dump(mode="json"),
-            timeout=60)
+            timeout=60,
+        )
         report = await run_conformance(venv_bin / "hearth-adapter-tfgrid", options)
     finally:
         await simulator.stop()
@@ -139,10 +147,12 @@ async def test_cancel_while_polling_deletes_the_vm(tmp_path: Path) -> None:
     async with grid(tmp_path, deploy_timeout=60) as (simulator, peer):
         simulator.sim_faults(no_ip=True)
         polling = asyncio.Event()
-        peer.on_progress = lambda event: polling.set() if "waiting for VM" in event["params"][
-            "message"] else None
-        sent, future = await peer.start_request("provision", {
-            "slug": "slow", "profile": _profile().model_dump(mode="json")})
+        peer.on_progress = lambda event: (
+            polling.set() if "waiting for VM" in event["params"]["message"] else None
+        )
+        sent, future = await peer.start_request(
+            "provision", {"slug": "slow", "profile": _profile().model_dump(mode="json")}
+        )
         await polling.wait()
         await peer.notify("cancel", {"id": sent["id"]})
         reply = await peer.finish(sent, future, 10)
@@ -160,8 +170,7 @@ async def test_a_destructive_upgrade_is_refused_and_the_vm_keeps_running(tmp_pat
         assert (vm.state, vm.slices) == ("running", 1)
         same = await peer.upgrade(ref, _profile("renamed"))  # no change on the grid
         assert same.tier == "renamed" and same.endpoint == ref.endpoint
-        bigger = await peer.upgrade(same, _profile("team", memory_mb=8192,
-                                                   allow_destructive_upgrade=True))
+        bigger = await peer.upgrade(same, _profile("team", memory_mb=8192, allow_destructive_upgrade=True))
         assert [v.slices for v in simulator.vms.values()] == [2] and bigger.tier == "team"
 
 
@@ -196,15 +205,26 @@ async def test_the_secret_appears_nowhere_but_its_file(tmp_path: Path, venv_bin:
     (project / ".hearth").mkdir(parents=True)
     (project / ".hearth" / "hearth.toml").write_text(
         f'[tiers.solo.driver_flags.tfgrid]\nssh_keys = ["{KEY}"]\n'
-        f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.02\n')
+        f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.02\n'
+    )
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
     outputs: list[bytes] = []
 
     async def hearth(*args: str) -> Any:
         process = await asyncio.create_subprocess_exec(
-            str(venv_bin / "hearth"), *args, "--json", "--verbose", "--project", str(project),
-            "--home", str(home), env=env, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+            str(venv_bin / "hearth"),
+            *args,
+            "--json",
+            "--verbose",
+            "--project",
+            str(project),
+            "--home",
+            str(home),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         outputs.extend([out, err])
         assert process.returncode == 0, err.decode()
@@ -231,11 +251,18 @@ async def test_the_secret_appears_nowhere_but_its_file(tmp_path: Path, venv_bin:
 
 @pytest.mark.subprocess
 async def test_the_simulator_runs_in_the_foreground_and_stops_on_sigterm(
-        tmp_path: Path, venv_bin: Path) -> None:
+    tmp_path: Path, venv_bin: Path
+) -> None:
     socket = tmp_path / "rpc.sock"
     process = await asyncio.create_subprocess_exec(
-        str(venv_bin / "hearth-tfgrid-sim"), "--socket", str(socket), "--nodes", "tfnode-9:3",
-        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        str(venv_bin / "hearth-tfgrid-sim"),
+        "--socket",
+        str(socket),
+        "--nodes",
+        "tfnode-9:3",
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     assert process.stderr is not None
     try:
         banner = await asyncio.wait_for(process.stderr.readline(), 30)
@@ -256,12 +283,17 @@ async def test_the_simulator_runs_in_the_foreground_and_stops_on_sigterm(
 @pytest.mark.parametrize("count", [12, 14])
 async def test_concurrent_provisions_fill_both_nodes(tmp_path: Path, count: int) -> None:
     async with grid(tmp_path) as (simulator, peer):  # tfnode-1: 8 slices, tfnode-2: 4
-        answers = await asyncio.gather(*(peer.provision(f"w{i}", _profile()) for i in range(count)),
-                                       return_exceptions=True)
+        answers = await asyncio.gather(
+            *(peer.provision(f"w{i}", _profile()) for i in range(count)), return_exceptions=True
+        )
         refused = [answer for answer in answers if isinstance(answer, BaseException)]
         assert len(refused) == count - 12, refused  # only what does not fit, and nothing else
-        assert all(isinstance(error, RemoteError) and error.data["rolled_back"] is True
-                   and "not enough free slices" in error.message for error in refused)
+        assert all(
+            isinstance(error, RemoteError)
+            and error.data["rolled_back"] is True
+            and "not enough free slices" in error.message
+            for error in refused
+        )
         assert Counter(vm.node for vm in simulator.vms.values()) == {"tfnode-1": 8, "tfnode-2": 4}
         assert all(vm.state == "running" for vm in simulator.vms.values())
         assert [node.free for node in simulator.nodes.values()] == [0, 0]
@@ -286,7 +318,8 @@ def test_a_snapshot_asked_for_before_a_deploy_landed_still_counts_its_slices() -
 
 
 async def test_a_node_full_after_all_moves_the_vm_to_the_next_node_unless_it_was_named(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with grid(tmp_path) as (simulator, peer):
         deploy_vm = simulator.deploy_vm
 
@@ -294,13 +327,21 @@ async def test_a_node_full_after_all_moves_the_vm_to_the_next_node_unless_it_was
             """Someone outside this adapter takes tfnode-1's free slices just before our deploy."""
             node = simulator.nodes["tfnode-1"]
             if node.free:
-                deploy_vm(name="not-hearth", slice_count=node.free, secret="someone else",
-                          image=IMAGE, ssh_keys=[], node_sid="tfnode-1")
+                deploy_vm(
+                    name="not-hearth",
+                    slice_count=node.free,
+                    secret="someone else",
+                    image=IMAGE,
+                    ssh_keys=[],
+                    node_sid="tfnode-1",
+                )
             return deploy_vm(**params)
+
         monkeypatch.setattr(simulator, "deploy_vm", outsider_first)
         warnings: list[str] = []
-        peer.on_progress = lambda event: warnings.append(event["params"]["message"]) if event[
-            "params"]["level"] == "warning" else None
+        peer.on_progress = lambda event: (
+            warnings.append(event["params"]["message"]) if event["params"]["level"] == "warning" else None
+        )
         ref = await peer.provision("alpha", _profile())  # tfnode-1 looked free when it was chosen
         assert ref.endpoint == "https://alpha.gw1.sim.grid.tf"
         assert [vm.node for vm in simulator.vms.values() if vm.name == "hearth-alpha"] == ["tfnode-2"]
@@ -325,7 +366,8 @@ async def test_a_node_full_after_all_moves_the_vm_to_the_next_node_unless_it_was
 # --- the vault --------------------------------------------------------------------------------
 @pytest.mark.parametrize("verb", ["status", "upgrade", "teardown"])
 async def test_a_secret_path_outside_the_vault_is_refused_and_nothing_is_read_or_sent(
-        tmp_path: Path, verb: str) -> None:
+    tmp_path: Path, verb: str
+) -> None:
     async with grid(tmp_path) as (simulator, peer):
         ref = await peer.provision("alpha", _profile())
         assert ref.secrets_vault_path is not None
@@ -334,15 +376,22 @@ async def test_a_secret_path_outside_the_vault_is_refused_and_nothing_is_read_or
         outside.write_text("a-file-that-is-no-secret\n")
         (secrets / "sneaky.secret").symlink_to(outside)
         (secrets / "other.secret").write_text("another workspace's secret")
-        tampered = [str(outside), str(secrets / "sneaky.secret"), str(secrets / "other.secret"),
-                    str(tmp_path / "data" / "workspaces" / "alpha.json"),
-                    str(secrets / ".." / ".." / "hostname")]
+        tampered = [
+            str(outside),
+            str(secrets / "sneaky.secret"),
+            str(secrets / "other.secret"),
+            str(tmp_path / "data" / "workspaces" / "alpha.json"),
+            str(secrets / ".." / ".." / "hostname"),
+        ]
         if Path("/etc/hostname").is_file():
             tampered.append("/etc/hostname")
         calls: dict[str, Callable[[DeploymentRef], Awaitable[Any]]] = {
-            "status": peer.status, "teardown": peer.teardown,
-            "upgrade": lambda ref: peer.upgrade(ref, _profile("team", memory_mb=8192,
-                                                              allow_destructive_upgrade=True))}
+            "status": peer.status,
+            "teardown": peer.teardown,
+            "upgrade": lambda ref: peer.upgrade(
+                ref, _profile("team", memory_mb=8192, allow_destructive_upgrade=True)
+            ),
+        }
         for path in tampered:
             before = list(simulator.calls)
             with pytest.raises(RemoteError) as caught:
@@ -357,8 +406,7 @@ async def test_a_secret_path_outside_the_vault_is_refused_and_nothing_is_read_or
 
 
 # --- the transport ----------------------------------------------------------------------------
-async def test_the_client_reads_chunked_answers_on_one_kept_connection_and_times_out(
-        tmp_path: Path) -> None:
+async def test_the_client_reads_chunked_answers_on_one_kept_connection_and_times_out(tmp_path: Path) -> None:
     """Against a server written here byte by byte: chunked bodies, keep-alive, a silent answer."""
     connections = 0
 
@@ -373,14 +421,27 @@ async def test_the_client_reads_chunked_answers_on_one_kept_connection_and_times
                 request = json.loads(await reader.readexactly(int(length.group(1))))
                 if request["method"] == "hang":
                     continue  # never answered
-                body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": [
-                    {"node_sid": "tfnode-7", "slices_total": 2, "slices_free": 1,
-                     "disk_gb_per_slice": 50}]}).encode()
+                body = json.dumps(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": request["id"],
+                        "result": [
+                            {
+                                "node_sid": "tfnode-7",
+                                "slices_total": 2,
+                                "slices_free": 1,
+                                "disk_gb_per_slice": 50,
+                            }
+                        ],
+                    }
+                ).encode()
                 half = len(body) // 2
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n"
-                             + b"%x\r\n%s\r\n" % (half, body[:half])
-                             + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:]))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                    + b"%x\r\n%s\r\n" % (half, body[:half])
+                    + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - half, body[half:])
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -401,7 +462,8 @@ async def test_the_client_reads_chunked_answers_on_one_kept_connection_and_times
 
 
 async def test_a_service_behind_a_url_takes_its_bearer_token(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     simulator = Simulator(deploy_delay=0.05)
     await simulator.start(host="127.0.0.1", token="the-router-token")
     try:
@@ -424,11 +486,20 @@ async def test_a_service_behind_a_url_takes_its_bearer_token(
 
 @pytest.mark.subprocess
 async def test_the_simulator_listens_on_tcp_with_a_token_and_stops_on_sigint(
-        tmp_path: Path, venv_bin: Path) -> None:
+    tmp_path: Path, venv_bin: Path
+) -> None:
     process = await asyncio.create_subprocess_exec(
-        str(venv_bin / "hearth-tfgrid-sim"), "--listen", "127.0.0.1:0", "--token-env", "SIM_TOKEN",
-        "--deploy-delay", "0.05", env={**os.environ, "SIM_TOKEN": "t0ken"},
-        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        str(venv_bin / "hearth-tfgrid-sim"),
+        "--listen",
+        "127.0.0.1:0",
+        "--token-env",
+        "SIM_TOKEN",
+        "--deploy-delay",
+        "0.05",
+        env={**os.environ, "SIM_TOKEN": "t0ken"},
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
     assert process.stderr is not None
     try:
         banner = await asyncio.wait_for(process.stderr.readline(), 30)
@@ -459,6 +530,7 @@ def _hold_at(simulator: Simulator, method: str) -> tuple[asyncio.Event, asyncio.
             reached.set()
             await proceed.wait()
         return await handle(body)
+
     simulator.handle = held  # type: ignore[method-assign]
     return reached, proceed
 
@@ -467,8 +539,9 @@ async def test_a_cancel_during_a_rollback_is_answered_once_the_vm_is_gone(tmp_pa
     async with grid(tmp_path) as (simulator, peer):
         simulator.sim_faults(fail_deploy=True)
         reached, proceed = _hold_at(simulator, "vm_logs")  # the first step of the rollback
-        sent, future = await peer.start_request("provision", {
-            "slug": "doomed", "profile": _profile().model_dump(mode="json")})
+        sent, future = await peer.start_request(
+            "provision", {"slug": "doomed", "profile": _profile().model_dump(mode="json")}
+        )
         await reached.wait()
         await peer.notify("cancel", {"id": sent["id"]})
         proceed.set()
@@ -479,8 +552,7 @@ async def test_a_cancel_during_a_rollback_is_answered_once_the_vm_is_gone(tmp_pa
         assert not list((tmp_path / "data" / "secrets").iterdir())
 
 
-async def test_a_rollback_that_cannot_delete_the_vm_says_so_and_keeps_the_secret(
-        tmp_path: Path) -> None:
+async def test_a_rollback_that_cannot_delete_the_vm_says_so_and_keeps_the_secret(tmp_path: Path) -> None:
     async with grid(tmp_path) as (simulator, peer):
         simulator.sim_faults(fail_deploy=True)
         reached, proceed = _hold_at(simulator, "vm_logs")
@@ -496,26 +568,28 @@ async def test_a_rollback_that_cannot_delete_the_vm_says_so_and_keeps_the_secret
         secret = tmp_path / "data" / "secrets" / "doomed.secret"
         assert secret.is_file(), "the secret is kept: without it the VM could never be deleted"
         simulator.faults.unreachable = False
-        ref = DeploymentRef(workspace_slug="doomed", tier="solo", driver="tfgrid",
-                            created=utc_now(), last_status="failed")
+        ref = DeploymentRef(
+            workspace_slug="doomed", tier="solo", driver="tfgrid", created=utc_now(), last_status="failed"
+        )
         assert (await peer.status(ref)).state == "failed"
         await peer.teardown(ref)
         assert simulator.vms == {} and not secret.exists()
 
 
 @pytest.mark.subprocess
-async def test_the_adapter_does_not_exit_in_the_middle_of_a_rollback(
-        tmp_path: Path, venv_bin: Path) -> None:
+async def test_the_adapter_does_not_exit_in_the_middle_of_a_rollback(tmp_path: Path, venv_bin: Path) -> None:
     simulator = Simulator(deploy_delay=0.1)
     await simulator.start(tmp_path / "rpc.sock")
     peer = await Peer.spawn([str(venv_bin / "hearth-adapter-tfgrid")])
     try:
-        await peer.initialize(config={"socket": str(tmp_path / "rpc.sock"), "poll_interval": 0.02},
-                              data_dir=tmp_path / "data")
+        await peer.initialize(
+            config={"socket": str(tmp_path / "rpc.sock"), "poll_interval": 0.02}, data_dir=tmp_path / "data"
+        )
         simulator.sim_faults(fail_deploy=True)
         reached, proceed = _hold_at(simulator, "vm_logs")
-        sent, future = await peer.start_request("provision", {
-            "slug": "doomed", "profile": _profile().model_dump(mode="json")})
+        sent, future = await peer.start_request(
+            "provision", {"slug": "doomed", "profile": _profile().model_dump(mode="json")}
+        )
         await reached.wait()
         await peer.notify("cancel", {"id": sent["id"]})
         assert isinstance(peer.connection, SubprocessConnection)
@@ -530,17 +604,18 @@ async def test_the_adapter_does_not_exit_in_the_middle_of_a_rollback(
         await simulator.stop()
 
 
-async def test_a_cancelled_destructive_upgrade_says_that_the_workspace_has_no_vm(
-        tmp_path: Path) -> None:
+async def test_a_cancelled_destructive_upgrade_says_that_the_workspace_has_no_vm(tmp_path: Path) -> None:
     async with grid(tmp_path, deploy_timeout=60) as (simulator, peer):
         ref = await peer.provision("alpha", _profile())
         simulator.sim_faults(no_ip=True)  # the new VM never becomes usable
         polling = asyncio.Event()
-        peer.on_progress = lambda event: polling.set() if "waiting for VM" in event["params"][
-            "message"] else None
+        peer.on_progress = lambda event: (
+            polling.set() if "waiting for VM" in event["params"]["message"] else None
+        )
         bigger = _profile("team", memory_mb=8192, allow_destructive_upgrade=True)
-        sent, future = await peer.start_request("upgrade", {
-            "ref": ref.model_dump(mode="json"), "profile": bigger.model_dump(mode="json")})
+        sent, future = await peer.start_request(
+            "upgrade", {"ref": ref.model_dump(mode="json"), "profile": bigger.model_dump(mode="json")}
+        )
         await polling.wait()
         await peer.notify("cancel", {"id": sent["id"]})
         reply = await peer.finish(sent, future, 10)
@@ -554,31 +629,54 @@ async def test_a_cancelled_destructive_upgrade_says_that_the_workspace_has_no_vm
 @pytest.mark.subprocess
 @pytest.mark.parametrize("run", range(4))
 async def test_ctrl_c_mid_provision_through_the_cli_leaves_no_vm_and_a_truthful_record(
-        tmp_path: Path, venv_bin: Path, run: int) -> None:
+    tmp_path: Path, venv_bin: Path, run: int
+) -> None:
     """Issue 9, defect 1: the VM used to leak while the record said it was rolled back."""
     simulator = Simulator(deploy_delay=1.0)
     await simulator.start(tmp_path / "rpc.sock")
     project, home = tmp_path / "project", tmp_path / "home"
     (project / ".hearth").mkdir(parents=True)
     (project / ".hearth" / "hearth.toml").write_text(
-        f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.2\n')
+        f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.2\n'
+    )
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
 
     async def hearth(*args: str) -> tuple[int, bytes, bytes]:
         process = await asyncio.create_subprocess_exec(
-            str(venv_bin / "hearth"), *args, "--json", "--project", str(project), "--home",
-            str(home), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL)
+            str(venv_bin / "hearth"),
+            *args,
+            "--json",
+            "--project",
+            str(project),
+            "--home",
+            str(home),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         out, err = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode is not None
         return process.returncode, out, err
 
     try:
         process = await asyncio.create_subprocess_exec(
-            str(venv_bin / "hearth"), "provision", "tc", "--tier", "solo", "--driver", "tfgrid",
-            "--project", str(project), "--home", str(home), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL)
+            str(venv_bin / "hearth"),
+            "provision",
+            "tc",
+            "--tier",
+            "solo",
+            "--driver",
+            "tfgrid",
+            "--project",
+            str(project),
+            "--home",
+            str(home),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         for _ in range(3000):  # the VM is being deployed: strike now (a bounded wait, not a sleep)
             if simulator.vms:
                 break

@@ -54,8 +54,13 @@ def make_host(tmp_path: Path, *, driver: Driver | None = None, **options: Any) -
         "flaky": Tier("flaky", ResourceCaps(cpu=1), {"fake": {"fail_at": "upgrade"}}),
     }
     made = driver or FakeDriver()
-    return Host(project_dir=tmp_path / "project", home=tmp_path / "home", tiers=tiers,
-                in_process={"fake": lambda: MemoryConnection(made)}, **options)
+    return Host(
+        project_dir=tmp_path / "project",
+        home=tmp_path / "home",
+        tiers=tiers,
+        in_process={"fake": lambda: MemoryConnection(made)},
+        **options,
+    )
 
 
 def journal(tmp_path: Path) -> list[str]:
@@ -74,8 +79,7 @@ async def started(host: Host, call: Any) -> asyncio.Task[Any]:
 class LateFinisher(FakeDriver):
     """Finishes its provision even when cancelled: the answer races the cancel and wins."""
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         # the work was already done in the backend: it answers with its result
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(60)
@@ -120,13 +124,16 @@ async def test_4_the_timeout_bounds_start_up_and_no_verb_is_sent_after_it(tmp_pa
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 0, -1, 0.0])
-async def test_4_nan_zero_and_negative_timeouts_are_invalid_on_every_verb(tmp_path: Path,
-                                                                          bad: float) -> None:
+async def test_4_nan_zero_and_negative_timeouts_are_invalid_on_every_verb(tmp_path: Path, bad: float) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("y3", tier="solo", driver="fake")
-        calls = [host.provision("y4", tier="solo", driver="fake", timeout=bad),
-                 host.status("y3", timeout=bad), host.upgrade("y3", tier="team", timeout=bad),
-                 host.teardown("y3", timeout=bad), host.reconcile(timeout=bad)]
+        calls = [
+            host.provision("y4", tier="solo", driver="fake", timeout=bad),
+            host.status("y3", timeout=bad),
+            host.upgrade("y3", tier="team", timeout=bad),
+            host.teardown("y3", timeout=bad),
+            host.reconcile(timeout=bad),
+        ]
         for call in calls:
             with pytest.raises(InvalidInput, match="positive number of seconds"):
                 await call
@@ -136,7 +143,8 @@ async def test_4_nan_zero_and_negative_timeouts_are_invalid_on_every_verb(tmp_pa
 
 # --- 5: unexpected errors mid-verb ----------------------------------------------------------
 async def test_5_an_os_error_mid_verb_ends_the_operation_and_the_record(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def disk_full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
@@ -154,8 +162,7 @@ async def test_5_an_os_error_mid_verb_ends_the_operation_and_the_record(
         assert report.resolved == [("full", "failed", "ready")]
 
 
-async def test_5_a_data_folder_that_cannot_be_made_is_a_typed_error_before_any_record(
-        tmp_path: Path) -> None:
+async def test_5_a_data_folder_that_cannot_be_made_is_a_typed_error_before_any_record(tmp_path: Path) -> None:
     (tmp_path / "home" / "data").mkdir(parents=True)
     (tmp_path / "home" / "data" / "fake").write_text("not a folder")
     async with make_host(tmp_path) as host:
@@ -174,7 +181,7 @@ async def test_5_a_corrupt_store_is_a_store_error_for_every_command(tmp_path: Pa
         page = db.execute("PRAGMA page_size").fetchone()[0]
         [root] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'deployments'").fetchone()
     data = bytearray(database.read_bytes())
-    data[page * (root - 1): page * root] = b"\xff" * page  # one page of garbage: the table's root
+    data[page * (root - 1) : page * root] = b"\xff" * page  # one page of garbage: the table's root
     database.write_bytes(bytes(data))
     async with make_host(tmp_path) as host:
         for command in (host.list, host.reconcile, lambda: host.status("w1")):
@@ -200,8 +207,7 @@ async def test_6_a_refused_upgrade_leaves_the_workspace_ready(tmp_path: Path) ->
         assert (record.state, record.tier) == ("ready", "solo")
         upgraded = await host.upgrade("r1", tier="team")  # and upgrade still works
         assert upgraded.tier == "team"
-        assert [op.outcome for op in await host.logs("r1")] == [
-            "succeeded", "failed", "failed", "succeeded"]
+        assert [op.outcome for op in await host.logs("r1")] == ["succeeded", "failed", "failed", "succeeded"]
 
 
 async def test_6_a_refused_first_provision_does_not_pin_the_slug(tmp_path: Path) -> None:
@@ -257,7 +263,8 @@ async def test_7_a_cancelled_teardown_is_resolved_from_the_adapters_status(tmp_p
 
 # --- 8 and 9: reconcile -----------------------------------------------------------------------
 async def test_8_reconcile_leaves_rolled_back_failures_alone_and_a_second_run_changes_nothing(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("gone", tier="solo", driver="fake")
         await host.provision("kept", tier="solo", driver="fake")
@@ -292,8 +299,7 @@ async def test_8_an_unreachable_backend_is_never_a_ghost(tmp_path: Path) -> None
         assert host.deployments() == before
 
 
-async def test_9_a_teardown_interrupted_by_a_dead_host_says_the_backend_still_serves(
-        tmp_path: Path) -> None:
+async def test_9_a_teardown_interrupted_by_a_dead_host_says_the_backend_still_serves(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("t1", tier="solo", driver="fake")
         [record] = host.deployments()
@@ -326,9 +332,11 @@ async def test_10_close_drains_then_records_what_remains_interrupted(tmp_path: P
 # --- 12, 13, 14, 16, 17, 19: settings, input and messages ---------------------------------------
 def test_12_a_tier_that_only_sets_driver_flags_keeps_the_builtin_caps(tmp_path: Path) -> None:
     from hearth._settings import load_settings
+
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text(
-        "[tiers.team.driver_flags.fake]\ndelay = 0\n[tiers.studio.resource_caps]\ncpu = 3\n")
+        "[tiers.team.driver_flags.fake]\ndelay = 0\n[tiers.studio.resource_caps]\ncpu = 3\n"
+    )
     settings = load_settings(tmp_path)
     team = settings.profile("team", "fake")
     assert (team.resource_caps.cpu, team.resource_caps.memory_mb) == (2, 4096)
@@ -365,6 +373,7 @@ async def test_19_a_conflict_on_another_driver_does_not_say_use_upgrade(tmp_path
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_14_non_finite_numbers_in_settings_are_refused(tmp_path: Path, value: str) -> None:
     from hearth._settings import load_settings
+
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text(f"[tiers.big]\nresource_caps = {{ cpu = {value} }}\n")
     with pytest.raises(InvalidInput, match=r"tiers\.big\.resource_caps\.cpu: .* not a finite number"):
@@ -384,6 +393,7 @@ async def test_16_store_files_are_private_even_in_an_open_home(tmp_path: Path) -
 
 def test_17_a_settings_file_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     from hearth._settings import load_settings
+
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_bytes(b"[tiers.solo]\n# caf\xe9\n")
     with pytest.raises(InvalidInput, match=r"hearth\.toml: not UTF-8"):
@@ -408,6 +418,7 @@ def test_17_the_home_is_made_private(tmp_path: Path) -> None:
     async def run() -> None:
         async with make_host(tmp_path):
             pass
+
     asyncio.run(run())
     assert stat.S_IMODE((tmp_path / "home").stat().st_mode) == 0o700
     assert os.path.exists(tmp_path / "home" / "hearth.db")
@@ -424,7 +435,6 @@ async def test_the_time_of_a_refusal_does_not_move_updated_at(tmp_path: Path) ->
         assert utc_now() >= after.updated_at
 
 
-
 class Settling(FakeDriver):
     """The backend is still deleting the first time it is asked, then gone."""
 
@@ -433,8 +443,7 @@ class Settling(FakeDriver):
         self.answers = ["tearing_down", "absent"]
 
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
-        return StatusReport(state=self.answers.pop(0) if self.answers else "absent",
-                            observed_at=utc_now())
+        return StatusReport(state=self.answers.pop(0) if self.answers else "absent", observed_at=utc_now())
 
 
 async def test_8_reconcile_looks_again_at_a_backend_that_had_not_settled(tmp_path: Path) -> None:

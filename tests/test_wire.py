@@ -41,8 +41,13 @@ def test_unknown_caps_and_flags_are_kept_and_passed_on() -> None:
 
 
 def test_timestamps_are_rfc3339_utc_and_round_trip() -> None:
-    ref = DeploymentRef(workspace_slug="a", tier="t", driver="d",
-                        created=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), last_status="ready")
+    ref = DeploymentRef(
+        workspace_slug="a",
+        tier="t",
+        driver="d",
+        created=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        last_status="ready",
+    )
     dumped = ref.model_dump(mode="json")
     assert dumped["created"] == "2026-01-02T03:04:05Z"
     assert DeploymentRef.model_validate(dumped) == ref
@@ -58,19 +63,26 @@ def test_naive_timestamps_and_unknown_states_are_refused() -> None:
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.mark.parametrize(("model", "data"), [
-    (ResourceCaps, {"cpu": INF}),
-    (ResourceCaps, {"cpu": NAN}),
-    (ResourceCaps, {"gpu": INF}),  # an unknown cap, kept by extra="allow"
-    (ResourceCaps, {"gpu": {"count": [1, -INF]}}),
-    (ProvisioningProfile, {"tier": "t", "driver": "d", "driver_flags": {"delay": NAN}}),
-    (StatusReport, {"state": "ready", "observed_at": "2026-01-02T03:04:05Z",
-                    "details": {"load": [0.5, INF]}}),
-    (InitializeParams, {"protocol_versions": [1], "host": {"name": "h", "version": "1"},
-                        "config": {"timeout": INF}}),
-    (Progress, {"request_id": 1, "message": "m", "fraction": NAN}),
-    (ErrorData, {"kind": "backend_failure", "load": NAN}),
-])
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (ResourceCaps, {"cpu": INF}),
+        (ResourceCaps, {"cpu": NAN}),
+        (ResourceCaps, {"gpu": INF}),  # an unknown cap, kept by extra="allow"
+        (ResourceCaps, {"gpu": {"count": [1, -INF]}}),
+        (ProvisioningProfile, {"tier": "t", "driver": "d", "driver_flags": {"delay": NAN}}),
+        (
+            StatusReport,
+            {"state": "ready", "observed_at": "2026-01-02T03:04:05Z", "details": {"load": [0.5, INF]}},
+        ),
+        (
+            InitializeParams,
+            {"protocol_versions": [1], "host": {"name": "h", "version": "1"}, "config": {"timeout": INF}},
+        ),
+        (Progress, {"request_id": 1, "message": "m", "fraction": NAN}),
+        (ErrorData, {"kind": "backend_failure", "load": NAN}),
+    ],
+)
 def test_non_finite_numbers_are_refused_everywhere(model: type[BaseModel], data: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=r"finite|NaN and infinities"):
         model.model_validate(data)

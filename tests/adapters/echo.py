@@ -1,4 +1,5 @@
 """An SDK adapter for transport tests: echoes payloads, reports its environment, spawns children."""
+
 import json
 import os
 import subprocess
@@ -20,8 +21,7 @@ class Echo(Driver):
     name: ClassVar[str] = "echo"
     version: ClassVar[str] = "1.0"
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         flags = profile.driver_flags
         print("a stray print from the driver must not reach the protocol")
         endpoint = flags.get("payload", "")
@@ -29,16 +29,24 @@ class Echo(Driver):
             endpoint = json.dumps(sorted(os.environ))
         if flags.get("spawn_grandchild"):
             child = subprocess.Popen(  # noqa: ASYNC220 - a test adapter, brevity wins
-                [sys.executable, "-c", "import time; time.sleep(600)", "hearth-grandchild"])
+                [sys.executable, "-c", "import time; time.sleep(600)", "hearth-grandchild"]
+            )
             endpoint = str(child.pid)
-        return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver="echo",
-                             endpoint=endpoint, created=utc_now(), last_status="ready")
+        return DeploymentRef(
+            workspace_slug=slug,
+            tier=profile.tier,
+            driver="echo",
+            endpoint=endpoint,
+            created=utc_now(),
+            last_status="ready",
+        )
 
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
         return StatusReport(state="absent", observed_at=utc_now())
 
-    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
-                      ctx: RequestContext) -> DeploymentRef:
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
         return ref
 
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:

@@ -1,4 +1,5 @@
 """A raw-protocol adapter that misbehaves on purpose; MODE is substituted by the test."""
+
 import json
 import sys
 import time
@@ -24,11 +25,23 @@ for line in sys.stdin.buffer:
     if "id" not in request:
         continue
     if request["method"] == "initialize":
-        send({"jsonrpc": "2.0", "id": request["id"], "result": {
-            "protocol_version": 1, "adapter": {"name": "hearth-adapter-raw", "version": "0"},
-            "driver": "@DRIVER@", "config_schema": None,
-            "capabilities": {"methods": ["provision", "status", "upgrade", "teardown"],
-                             "progress": True, "cancel": True}}})
+        send(
+            {
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "result": {
+                    "protocol_version": 1,
+                    "adapter": {"name": "hearth-adapter-raw", "version": "0"},
+                    "driver": "@DRIVER@",
+                    "config_schema": None,
+                    "capabilities": {
+                        "methods": ["provision", "status", "upgrade", "teardown"],
+                        "progress": True,
+                        "cancel": True,
+                    },
+                },
+            }
+        )
     elif request["method"] == "shutdown":
         send({"jsonrpc": "2.0", "id": request["id"], "result": None})
     elif MODE == "garbage":

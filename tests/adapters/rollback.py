@@ -3,6 +3,7 @@
 driver_flags: marker (a path written when the rollback finished), undo_seconds (how long the
 rollback takes), undo_forever (a rollback that never finishes).
 """
+
 import asyncio
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,8 +23,7 @@ class Rollback(Driver):
     name: ClassVar[str] = "rollback"
     version: ClassVar[str] = "1.0"
 
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         flags = profile.driver_flags
         try:
             ctx.progress("working until cancelled", 0.1)
@@ -31,8 +31,9 @@ class Rollback(Driver):
         except asyncio.CancelledError:
             await ctx.cleanup(self._undo(flags))
             raise
-        return DeploymentRef(workspace_slug=slug, tier=profile.tier, driver="rollback",
-                             created=utc_now(), last_status="ready")
+        return DeploymentRef(
+            workspace_slug=slug, tier=profile.tier, driver="rollback", created=utc_now(), last_status="ready"
+        )
 
     async def _undo(self, flags: dict[str, Any]) -> None:
         if flags.get("undo_forever"):
@@ -43,8 +44,9 @@ class Rollback(Driver):
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
         return StatusReport(state="absent", observed_at=utc_now())
 
-    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
-                      ctx: RequestContext) -> DeploymentRef:
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
         return ref
 
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:

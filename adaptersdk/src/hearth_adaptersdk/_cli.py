@@ -1,10 +1,10 @@
 """``hearth-adaptersdk``: tools for adapter authors.
 
-    hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
-                                       [--refused-profile JSON] [--failing-profile JSON]
-                                       [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
-    hearth-adaptersdk schema [--output FILE]
-    hearth-adaptersdk new NAME [DIR]
+hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
+                                   [--refused-profile JSON] [--failing-profile JSON]
+                                   [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
+hearth-adaptersdk schema [--output FILE]
+hearth-adaptersdk new NAME [DIR]
 """
 
 from __future__ import annotations
@@ -48,12 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     kit = commands.add_parser("conformance", help="check an adapter executable against the protocol")
     kit.add_argument("path", type=Path, help="the adapter executable (hearth-adapter-<driver>)")
     kit.add_argument("--options", type=Path, help="a JSON or TOML file with any of the options below")
-    for name in ("config", "profile", "upgrade-profile", "refused-profile", "failing-profile",
-                 "slow-profile"):
+    for name in (
+        "config",
+        "profile",
+        "upgrade-profile",
+        "refused-profile",
+        "failing-profile",
+        "slow-profile",
+    ):
         kit.add_argument(f"--{name}", type=_json_object, metavar="JSON")
     kit.add_argument("--timeout", type=float, help="bound on each request in seconds (default 60)")
-    kit.add_argument("--env", action="append", default=None, metavar="NAME",
-                     help="an environment variable the adapter may see (repeatable)")
+    kit.add_argument(
+        "--env",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="an environment variable the adapter may see (repeatable)",
+    )
     kit.add_argument("--json", action="store_true", help="print the report as JSON")
     schema = commands.add_parser("schema", help="the JSON Schema of every wire type and message")
     schema.add_argument("--output", type=Path, help="write it to this file (default: stdout)")
@@ -80,13 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"hearth-adaptersdk: {exc}", file=sys.stderr)
             return 2
-        print(f"created {len(written)} files in {folder}; next: pip install {folder} && "
-              f"hearth-adaptersdk conformance \"$(command -v hearth-adapter-{args.name})\"")
+        print(
+            f"created {len(written)} files in {folder}; next: pip install {folder} && "
+            f'hearth-adaptersdk conformance "$(command -v hearth-adapter-{args.name})"'
+        )
         return 0
     try:
         options = _load_options(args.options) if args.options else {}
-        for key in ("config", "profile", "upgrade_profile", "refused_profile", "failing_profile",
-                    "slow_profile", "timeout", "env"):
+        for key in (
+            "config",
+            "profile",
+            "upgrade_profile",
+            "refused_profile",
+            "failing_profile",
+            "slow_profile",
+            "timeout",
+            "env",
+        ):
             value = getattr(args, key)
             if value is not None:
                 options[key] = value

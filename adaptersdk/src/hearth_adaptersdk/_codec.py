@@ -25,9 +25,7 @@ class FrameTooLarge(Exception):
     """A line grew past the message limit: the connection is broken, the reader is not."""
 
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"a message of at least {size} bytes exceeds the {limit // (1024 * 1024)} MiB limit"
-        )
+        super().__init__(f"a message of at least {size} bytes exceeds the {limit // (1024 * 1024)} MiB limit")
         self.size = size
         self.limit = limit
 
@@ -113,8 +111,9 @@ def decode_line(line: bytes) -> Decoded:
 def _may_overflow(data: bytes) -> bool:
     """False when no float literal in ``data`` can overflow to infinity (see _DIGITS_AS_ZERO)."""
     translated = data.translate(_DIGITS_AS_ZERO, b"+")
-    return ((_EXPONENT.search(translated) is not None and b"0e000" in translated)
-            or (len(translated) >= 200 and _LONG_RUN in translated))
+    return (_EXPONENT.search(translated) is not None and b"0e000" in translated) or (
+        len(translated) >= 200 and _LONG_RUN in translated
+    )
 
 
 def _decode(line: bytes, may_overflow: bool) -> Decoded:
@@ -125,8 +124,9 @@ def _decode(line: bytes, may_overflow: bool) -> Decoded:
     except Exception as exc:  # not expected from the parser, but decode_line never raises
         return Malformed(bytes(line[:200]), f"not JSON: {exc}")
     if may_overflow and _non_finite(value) is not None:
-        return Malformed(bytes(line[:200]),
-                         f"not JSON: {_overflowing_literal(line)} overflows to infinity {_REFUSED}")
+        return Malformed(
+            bytes(line[:200]), f"not JSON: {_overflowing_literal(line)} overflows to infinity {_REFUSED}"
+        )
     if not isinstance(value, dict | list):
         return Malformed(bytes(line[:200]), "not a JSON object")
     return value
@@ -204,16 +204,21 @@ def encode(message: Message, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     # to_json writes NaN and infinities as the constants NaN and Infinity, and nests deeper
     # than from_json reads. A line that may hold either (more brackets than _MAX_DEPTH, or the
     # text of a constant) is read back: from_json then says which, if either, it holds.
-    if ((len(data) > 2 * _MAX_DEPTH and data.count(b"[") + data.count(b"{") > _MAX_DEPTH)
-            or b"NaN" in data or b"Infinity" in data):
+    if (
+        (len(data) > 2 * _MAX_DEPTH and data.count(b"[") + data.count(b"{") > _MAX_DEPTH)
+        or b"NaN" in data
+        or b"Infinity" in data
+    ):
         try:
             from_json(data, allow_inf_nan=False, cache_strings=False)
         except ValueError as exc:
             if str(exc).startswith("recursion limit exceeded"):
                 raise Unencodable("the message is nested too deeply to encode") from None
             if b"NaN" in data or b"Infinity" in data:
-                raise Unencodable("the message cannot be encoded as JSON: it contains NaN or an "
-                                  "infinity, which JSON cannot represent") from None
+                raise Unencodable(
+                    "the message cannot be encoded as JSON: it contains NaN or an "
+                    "infinity, which JSON cannot represent"
+                ) from None
             raise Unencodable(f"the message cannot be encoded as JSON: {exc}") from None
     return data + b"\n"
 
@@ -221,15 +226,18 @@ def encode(message: Message, limit: int = MAX_MESSAGE_BYTES) -> bytes:
 def _unencodable(text: str) -> Exception:
     text = text.removeprefix("Error serializing to JSON: ")
     if "Unable to serialize unknown type" in text:
-        return TypeError(f"the message cannot be encoded as JSON: an object of "
-                         f"{text.rpartition(': ')[2]} has no JSON form")
+        return TypeError(
+            f"the message cannot be encoded as JSON: an object of {text.rpartition(': ')[2]} has no JSON form"
+        )
     if "Maximum serialization depth exceeded" in text:
         return Unencodable("the message is nested too deeply to encode")
     if "Circular reference detected" in text:
         return Unencodable("the message cannot be encoded as JSON: it contains a circular reference")
     if text.startswith("UnicodeEncodeError"):
-        return Unencodable("the message cannot be encoded as JSON: a string in it is not valid "
-                           f"Unicode ({text.partition(': ')[2]})")
+        return Unencodable(
+            "the message cannot be encoded as JSON: a string in it is not valid "
+            f"Unicode ({text.partition(': ')[2]})"
+        )
     return Unencodable(f"the message cannot be encoded as JSON: {text}")
 
 

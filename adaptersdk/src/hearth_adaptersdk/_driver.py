@@ -21,8 +21,18 @@ log = logging.getLogger("hearth_adaptersdk")
 class RequestContext:
     """Handed to every verb: who is asking, a way to report progress, and a way to roll back."""
 
-    __slots__ = ("_cleanup_failed", "_cleanups", "_deadline", "_emit", "_expired", "_timer",
-                 "_track", "_waiting", "method", "request_id")
+    __slots__ = (
+        "_cleanup_failed",
+        "_cleanups",
+        "_deadline",
+        "_emit",
+        "_expired",
+        "_timer",
+        "_track",
+        "_waiting",
+        "method",
+        "request_id",
+    )
 
     def __init__(
         self,
@@ -145,8 +155,7 @@ class RequestContext:
 
 def _report_abandoned(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("a cleanup failed after its request had stopped waiting for it",
-                  exc_info=task.exception())
+        log.error("a cleanup failed after its request had stopped waiting for it", exc_info=task.exception())
 
 
 class Driver:
@@ -182,9 +191,7 @@ class Driver:
         self.config = config
         self.data_dir = data_dir
 
-    async def provision(
-        self, slug: str, profile: ProvisioningProfile, ctx: RequestContext
-    ) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         raise NotImplementedError
 
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:

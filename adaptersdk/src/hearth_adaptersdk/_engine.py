@@ -82,9 +82,14 @@ class RequestEngine:
         """One encoded request (jsonrpcclient builds it; empty params are left out)."""
         return encode(jsonrpcclient.request(method, params or None, id=ident))
 
-    async def start(self, method: str, params: dict[str, Any] | None = None, *,
-                    on_progress: OnProgress | None = None,
-                    ident: int | None = None) -> tuple[int, asyncio.Future[Response]]:
+    async def start(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        on_progress: OnProgress | None = None,
+        ident: int | None = None,
+    ) -> tuple[int, asyncio.Future[Response]]:
         """Send a request; its id and the future of its response (``finish`` it when done)."""
         self.check_open()
         ident = self.next_id() if ident is None else ident

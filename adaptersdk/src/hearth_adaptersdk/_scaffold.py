@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .codes import DRIVER_PATTERN
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=64"]
 build-backend = "setuptools.build_meta"
 
@@ -38,9 +38,9 @@ where = ["src"]
 testpaths = ["tests"]
 # jsonrpcserver (used by the SDK) calls deprecated importlib.resources functions
 filterwarnings = ["ignore:read_text is deprecated", "ignore:open_text is deprecated"]
-'''
+"""
 
-README = '''# hearth-adapter-{name}
+README = """# hearth-adapter-{name}
 
 A [hearth](https://pypi.org/project/hearth/) adapter for `{name}`.
 
@@ -52,7 +52,7 @@ hearth provision alpha --tier solo --driver {name}
 ```
 
 Start in `src/{module}/_driver.py`: each verb says where the real backend calls go.
-'''
+"""
 
 INIT = '''"""hearth-adapter-{name}."""
 
@@ -250,16 +250,21 @@ def _class(name: str) -> str:
 def scaffold(name: str, folder: Path) -> list[Path]:
     """Write the package for driver ``name`` into ``folder``; ValueError on a bad name or folder."""
     if not re.fullmatch(DRIVER_PATTERN, name):
-        raise ValueError(f"{name!r} is not a driver name: lowercase letters, digits and '-', "
-                         "starting with a letter or digit, at most 40")
+        raise ValueError(
+            f"{name!r} is not a driver name: lowercase letters, digits and '-', "
+            "starting with a letter or digit, at most 40"
+        )
     if folder.exists() and any(folder.iterdir()):
         raise ValueError(f"{folder} exists and is not empty; choose another folder")
     module, cls = _module(name), _class(name)
     values = {"name": name, "module": module, "cls": cls}
     files = {
-        "pyproject.toml": PYPROJECT, "README.md": README,
-        f"src/{module}/__init__.py": INIT, f"src/{module}/__main__.py": MAIN,
-        f"src/{module}/_driver.py": DRIVER, f"src/{module}/py.typed": "",
+        "pyproject.toml": PYPROJECT,
+        "README.md": README,
+        f"src/{module}/__init__.py": INIT,
+        f"src/{module}/__main__.py": MAIN,
+        f"src/{module}/_driver.py": DRIVER,
+        f"src/{module}/py.typed": "",
         "tests/test_driver.py": TESTS,
     }
     written = []

@@ -50,16 +50,17 @@ def protocol_schema() -> dict[str, Any]:
             models.append(result)
     models += list(NOTIFICATIONS.values())
     unique = list(dict.fromkeys(models))
-    _, top = models_json_schema([(model, "validation") for model in unique],
-                                ref_template="#/$defs/{model}")
+    _, top = models_json_schema([(model, "validation") for model in unique], ref_template="#/$defs/{model}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "hearth adapter protocol",
         "description": "Generated from hearth_adaptersdk.wire by 'hearth-adaptersdk schema'.",
         "protocol_version": codes.PROTOCOL_VERSION,
         "max_message_bytes": codes.MAX_MESSAGE_BYTES,
-        "methods": {name: {"params": _ref(params), "result": _result(result)}
-                    for name, (params, result) in METHODS.items()},
+        "methods": {
+            name: {"params": _ref(params), "result": _result(result)}
+            for name, (params, result) in METHODS.items()
+        },
         "notifications": {name: {"params": _ref(model)} for name, model in NOTIFICATIONS.items()},
         "errors": {str(code): kind for code, kind in codes.ERROR_KINDS.items()},
         "$defs": dict(sorted(top.get("$defs", {}).items())),

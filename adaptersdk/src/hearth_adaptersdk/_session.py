@@ -83,9 +83,7 @@ def wire_error(exc: BaseException) -> JsonRpcError:
     )
 
 
-def error_response(
-    request_id: object, code: int, message: str, **data: Any
-) -> dict[str, Any]:
+def error_response(request_id: object, code: int, message: str, **data: Any) -> dict[str, Any]:
     """A complete error response; ``data`` always carries the code's kind."""
     return {
         "jsonrpc": "2.0",
@@ -116,9 +114,7 @@ class ServerSession:
     seconds after the cancel, whichever comes first.
     """
 
-    def __init__(
-        self, driver: Driver, send: Send, *, rollback_grace: float = DEFAULT_ROLLBACK_GRACE
-    ) -> None:
+    def __init__(self, driver: Driver, send: Send, *, rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> None:
         self._driver = driver
         self._send = send
         self._rollback_grace = rollback_grace
@@ -150,8 +146,7 @@ class ServerSession:
     def _accept(self, message: Any) -> dict[str, Any] | None:
         """Start a request or act on a notification; return an immediate answer if any."""
         if not isinstance(message, dict):
-            return error_response(None, codes.INVALID_REQUEST, "Invalid request",
-                                  reason="not an object")
+            return error_response(None, codes.INVALID_REQUEST, "Invalid request", reason="not an object")
         problem = _envelope_problem(message)
         ident = message.get("id")
         if problem is not None:
@@ -167,18 +162,21 @@ class ServerSession:
         if not self._initialized and name != "initialize":
             return error_response(ident, codes.NOT_INITIALIZED, "Not initialized: send initialize first")
         if self._shutting_down:
-            return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
-                                  reason="the adapter is shutting down")
+            return error_response(
+                ident, codes.INVALID_REQUEST, "Invalid request", reason="the adapter is shutting down"
+            )
         method = self._methods.get(name)
         if method is None:
             return error_response(ident, codes.METHOD_NOT_FOUND, "Method not found", method=name)
         params = message.get("params", {})
         if not isinstance(params, dict):
-            return error_response(ident, codes.INVALID_PARAMS, "Invalid params",
-                                  errors=["params must be an object"])
+            return error_response(
+                ident, codes.INVALID_PARAMS, "Invalid params", errors=["params must be an object"]
+            )
         if ident in self._requests:
-            return error_response(ident, codes.INVALID_REQUEST, "Invalid request",
-                                  reason=f"id {ident} is already in flight")
+            return error_response(
+                ident, codes.INVALID_REQUEST, "Invalid request", reason=f"id {ident} is already in flight"
+            )
         ctx = RequestContext(ident, name, self._progress, self._track_cleanup)
         task = asyncio.create_task(self._run(Request(name, params, ident), method, ctx))
         task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
@@ -212,8 +210,7 @@ class ServerSession:
 
     def _handle_batch(self, batch: list[Any]) -> None:
         if not batch:
-            self._write(error_response(None, codes.INVALID_REQUEST, "Invalid request",
-                                       reason="empty batch"))
+            self._write(error_response(None, codes.INVALID_REQUEST, "Invalid request", reason="empty batch"))
             return
         task = asyncio.create_task(self._run_batch(batch))
         self._batches.add(task)
@@ -243,8 +240,7 @@ class ServerSession:
             payload: dict[str, Any] = to_serializable_one(to_response(request, result))  # type: ignore[assignment]
         except asyncio.CancelledError:
             rolled_back = await ctx._settle(self._rollback_grace)
-            payload = error_response(ident, codes.CANCELLED, "Request cancelled",
-                                     rolled_back=rolled_back)
+            payload = error_response(ident, codes.CANCELLED, "Request cancelled", rolled_back=rolled_back)
         finally:
             ctx._finished()
             del self._requests[ident]
@@ -256,8 +252,9 @@ class ServerSession:
         if task.cancelled() and entry is not None and entry[0] is task:
             del self._requests[ident]
             entry[1]._finished()
-            self._deliver(ident, error_response(ident, codes.CANCELLED, "Request cancelled",
-                                                rolled_back=True))
+            self._deliver(
+                ident, error_response(ident, codes.CANCELLED, "Request cancelled", rolled_back=True)
+            )
 
     def _deliver(self, ident: int, payload: dict[str, Any]) -> None:
         waiter = self._batch_waiters.pop(ident, None)
@@ -268,12 +265,18 @@ class ServerSession:
 
     def _progress(self, request_id: int, message: str, fraction: float | None, level: Level) -> None:
         if request_id in self._requests and not self._closed:
-            self._write({
-                "jsonrpc": "2.0",
-                "method": "progress",
-                "params": {"request_id": request_id, "message": message,
-                           "fraction": fraction, "level": level},
-            })
+            self._write(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "progress",
+                    "params": {
+                        "request_id": request_id,
+                        "message": message,
+                        "fraction": fraction,
+                        "level": level,
+                    },
+                }
+            )
 
     def _write(self, payload: dict[str, Any] | list[Any]) -> None:
         if self._closed:
@@ -282,8 +285,9 @@ class ServerSession:
             data = encode(payload)
         except Unencodable as exc:  # too large, or NaN/infinity in a driver's result
             ident = payload.get("id") if isinstance(payload, dict) else None
-            data = encode(error_response(ident, codes.INTERNAL_ERROR,
-                                         f"the adapter's answer could not be sent: {exc}"))
+            data = encode(
+                error_response(ident, codes.INTERNAL_ERROR, f"the adapter's answer could not be sent: {exc}")
+            )
         self._send(data)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -319,10 +323,12 @@ class ServerSession:
         if self._initialized:
             _raise(codes.INVALID_REQUEST, "Already initialized")
         if codes.PROTOCOL_VERSION not in params.protocol_versions:
-            _raise(codes.UNSUPPORTED_VERSION,
-                   f"No common protocol version: host offers {params.protocol_versions}, "
-                   f"this adapter speaks {list(codes.SUPPORTED_VERSIONS)}",
-                   supported=list(codes.SUPPORTED_VERSIONS))
+            _raise(
+                codes.UNSUPPORTED_VERSION,
+                f"No common protocol version: host offers {params.protocol_versions}, "
+                f"this adapter speaks {list(codes.SUPPORTED_VERSIONS)}",
+                supported=list(codes.SUPPORTED_VERSIONS),
+            )
         driver = self._driver
         settings: Any = params.config
         if driver.config_model is not None:
@@ -338,8 +344,9 @@ class ServerSession:
             adapter=PeerInfo(name=driver.adapter_name, version=driver.version),
             driver=driver.name,
             capabilities=Capabilities(methods=driver.announced_methods()),
-            config_schema=(driver.config_model.model_json_schema()
-                           if driver.config_model is not None else None),
+            config_schema=(
+                driver.config_model.model_json_schema() if driver.config_model is not None else None
+            ),
         )
 
     def _register(self, driver: Driver) -> None:
@@ -369,8 +376,13 @@ class ServerSession:
                     self._cancel(ident)
 
         handlers: dict[str, Handler] = {
-            "provision": provision, "status": status, "upgrade": upgrade, "teardown": teardown,
-            "shutdown": shutdown, "list": list_, "validate_profile": validate_profile,
+            "provision": provision,
+            "status": status,
+            "upgrade": upgrade,
+            "teardown": teardown,
+            "shutdown": shutdown,
+            "list": list_,
+            "validate_profile": validate_profile,
         }
         announced = {*driver.announced_methods(), "shutdown"}
         for name, handler in handlers.items():

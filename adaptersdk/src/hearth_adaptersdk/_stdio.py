@@ -83,23 +83,36 @@ def rollback_grace_from_env(environ: Mapping[str, str]) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        log.warning("ignoring %s=%r: not a number of seconds >= 0; the rollback grace stays %g s",
-                    ROLLBACK_GRACE_ENV, raw, DEFAULT_ROLLBACK_GRACE)
+        log.warning(
+            "ignoring %s=%r: not a number of seconds >= 0; the rollback grace stays %g s",
+            ROLLBACK_GRACE_ENV,
+            raw,
+            DEFAULT_ROLLBACK_GRACE,
+        )
         return DEFAULT_ROLLBACK_GRACE
     return value
 
 
-def _run(driver: Driver, protocol_fd: int, parent: int,
-         rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> int:
+def _run(
+    driver: Driver, protocol_fd: int, parent: int, rollback_grace: float = DEFAULT_ROLLBACK_GRACE
+) -> int:
     """Run the server; driver work still running after the grace cannot keep the process alive."""
-    threading.Thread(target=_watchdog, args=(parent, rollback_grace + _EXIT_GRACE + 2.0),
-                     name="hearth-parent-watchdog", daemon=True).start()
+    threading.Thread(
+        target=_watchdog,
+        args=(parent, rollback_grace + _EXIT_GRACE + 2.0),
+        name="hearth-parent-watchdog",
+        daemon=True,
+    ).start()
     loop = asyncio.new_event_loop()
     code = loop.run_until_complete(_serve_stdio(driver, protocol_fd, parent, rollback_grace))
     stuck = [task for task in asyncio.all_tasks(loop) if not task.done()]
     if stuck:
-        log.error("%d driver task(s) (requests or their cleanups) still running after the %g s "
-                  "rollback grace; exiting anyway", len(stuck), rollback_grace)
+        log.error(
+            "%d driver task(s) (requests or their cleanups) still running after the %g s "
+            "rollback grace; exiting anyway",
+            len(stuck),
+            rollback_grace,
+        )
         sys.stderr.flush()
         os._exit(code)
     loop.run_until_complete(loop.shutdown_asyncgens())
@@ -166,8 +179,9 @@ async def _watch_parent(done: asyncio.Future[int], parent: int) -> None:
             _finish(done, 1)
 
 
-async def _serve_stdio(driver: Driver, protocol_fd: int, parent: int,
-                       rollback_grace: float = DEFAULT_ROLLBACK_GRACE) -> int:
+async def _serve_stdio(
+    driver: Driver, protocol_fd: int, parent: int, rollback_grace: float = DEFAULT_ROLLBACK_GRACE
+) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     out_transport, output = await loop.connect_write_pipe(

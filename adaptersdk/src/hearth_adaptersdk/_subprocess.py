@@ -89,8 +89,10 @@ class SubprocessConnection(Connection):
 
     def start(self, on_message: OnMessage, on_closed: OnClosed) -> None:
         stderr_done = asyncio.create_task(self._read_stderr())
-        self._tasks = [stderr_done, asyncio.create_task(self._read_stdout(on_message, on_closed,
-                                                                          stderr_done))]
+        self._tasks = [
+            stderr_done,
+            asyncio.create_task(self._read_stdout(on_message, on_closed, stderr_done)),
+        ]
 
     async def _read_stdout(
         self, on_message: OnMessage, on_closed: OnClosed, stderr_done: asyncio.Task[None]

@@ -87,8 +87,9 @@ class Report:
     def render(self) -> str:
         lines = [f"conformance of {self.target}"]
         for check in self.checks:
-            lines.append(f"  {check.outcome.upper():4}  {check.name}"
-                         + (f": {check.detail}" if check.detail else ""))
+            lines.append(
+                f"  {check.outcome.upper():4}  {check.name}" + (f": {check.detail}" if check.detail else "")
+            )
             if check.outcome == "fail":
                 lines += [f"          {line}" for line in check.exchanges]
         failed = sum(check.outcome == "fail" for check in self.checks)
@@ -98,8 +99,11 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "passed": self.passed,
-                "checks": [check.__dict__ for check in self.checks]}
+        return {
+            "target": self.target,
+            "passed": self.passed,
+            "checks": [check.__dict__ for check in self.checks],
+        }
 
 
 class CheckFailed(Exception):
@@ -139,13 +143,20 @@ def _model(model: Any, value: Any, reply: Reply) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise CheckFailed(f"result is not a valid {model.__name__}: {exc.error_count()} problem(s)",
-                          reply) from None
+        raise CheckFailed(
+            f"result is not a valid {model.__name__}: {exc.error_count()} problem(s)", reply
+        ) from None
 
 
 class _Kit:
-    def __init__(self, open_peer: Callable[[], Awaitable[Peer]], driver: str,
-                 options: KitOptions, data_dir: str, report: Report) -> None:
+    def __init__(
+        self,
+        open_peer: Callable[[], Awaitable[Peer]],
+        driver: str,
+        options: KitOptions,
+        data_dir: str,
+        report: Report,
+    ) -> None:
         self.open_peer = open_peer
         self.driver = driver
         self.options = options
@@ -154,8 +165,12 @@ class _Kit:
         self.peer: Peer | None = None
         self.announced: list[str] = []
         self.ref: DeploymentRef | None = None
-        base = options.profile or {"tier": "conformance", "driver": driver,
-                                   "resource_caps": {}, "driver_flags": {}}
+        base = options.profile or {
+            "tier": "conformance",
+            "driver": driver,
+            "resource_caps": {},
+            "driver_flags": {},
+        }
         self.profile = base
         self.upgrade_profile = options.upgrade_profile or {**base, "tier": f"{base['tier']}-upgraded"}
         self.run_id = secrets.token_hex(3)
@@ -168,7 +183,8 @@ class _Kit:
             detail = await body()
         except CheckFailed as exc:
             self.report.checks.append(
-                Check(name, "fail", str(exc), [line for r in exc.replies for line in _show(r)]))
+                Check(name, "fail", str(exc), [line for r in exc.replies for line in _show(r)])
+            )
             return False
         except TimeoutError:
             self.report.checks.append(Check(name, "fail", "no answer within the time bound"))
@@ -190,11 +206,15 @@ class _Kit:
         return await self.peer.request(method, params, timeout=self.options.timeout)
 
     async def initialize(self, versions: list[int]) -> Reply:
-        return await self.call("initialize", {
-            "protocol_versions": versions,
-            "host": {"name": "hearth-adaptersdk-conformance", "version": __version__},
-            "config": self.options.config, "data_dir": self.data_dir,
-        })
+        return await self.call(
+            "initialize",
+            {
+                "protocol_versions": versions,
+                "host": {"name": "hearth-adaptersdk-conformance", "version": __version__},
+                "config": self.options.config,
+                "data_dir": self.data_dir,
+            },
+        )
 
     # --- the checks -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -206,15 +226,15 @@ class _Kit:
                 return
             await self.check("hygiene: an unknown method is -32601", self.unknown_method)
             await self.check("hygiene: invalid params are -32602", self.invalid_params)
-            await self.check("hygiene: a malformed line is -32700 and the session goes on",
-                             self.malformed_line)
+            await self.check(
+                "hygiene: a malformed line is -32700 and the session goes on", self.malformed_line
+            )
             await self.check("1. provision is idempotent on (slug, tier, driver)", self.idempotent)
             await self.check("2. status is read-only", self.status_read_only)
             await self.check("3. upgrade keeps workspace_slug", self.upgrade_keeps_slug)
             await self.check("4. teardown is irreversible and idempotent", self.teardown)
             await self.check("5. cancel is honoured promptly", self.cancel)
-            await self.check("6. a failed provision rolls back and answers -32031",
-                             self.failed_provision)
+            await self.check("6. a failed provision rolls back and answers -32031", self.failed_provision)
             await self.check("a refused profile is -32023", self.refused_profile)
             await self.check("hygiene: shutdown answers null", self.shutdown)
             await self.check("hygiene: the adapter exits when its stdin closes", self.exits_on_eof)
@@ -239,8 +259,7 @@ class _Kit:
         if result.protocol_version != codes.PROTOCOL_VERSION:
             raise CheckFailed("protocol_version must be 1", reply)
         if result.driver != self.driver:
-            raise CheckFailed(f"driver is {result.driver!r}, the executable says {self.driver!r}",
-                              reply)
+            raise CheckFailed(f"driver is {result.driver!r}, the executable says {self.driver!r}", reply)
         missing = [verb for verb in codes.VERBS if verb not in result.capabilities.methods]
         if missing:
             raise CheckFailed(f"capabilities.methods lacks {', '.join(missing)}", reply)
@@ -262,19 +281,29 @@ class _Kit:
         assert self.peer is not None
         await self.peer.send_raw(b'{"jsonrpc": "2.0", "id": 7, "method"\n')
         answer = await self.peer.next_unmatched(self.options.timeout)
-        if isinstance(answer, Malformed) or not isinstance(answer, dict) \
-                or answer.get("id") is not None \
-                or (answer.get("error") or {}).get("code") != codes.PARSE_ERROR:
-            raise CheckFailed("expected a -32700 error with id null",
-                              "sent: a line that is not JSON", f"got:  {answer!r}")
+        if (
+            isinstance(answer, Malformed)
+            or not isinstance(answer, dict)
+            or answer.get("id") is not None
+            or (answer.get("error") or {}).get("code") != codes.PARSE_ERROR
+        ):
+            raise CheckFailed(
+                "expected a -32700 error with id null", "sent: a line that is not JSON", f"got:  {answer!r}"
+            )
         reply = await self.call("status", {"ref": self._absent_ref()})
         _expect_ok(reply, "a status request after the malformed line")
         return ""
 
     def _absent_ref(self) -> dict[str, Any]:
-        return {"workspace_slug": self.slug("never"), "tier": self.profile["tier"],
-                "driver": self.driver, "endpoint": None, "secrets_vault_path": None,
-                "created": "2026-01-01T00:00:00Z", "last_status": "ready"}
+        return {
+            "workspace_slug": self.slug("never"),
+            "tier": self.profile["tier"],
+            "driver": self.driver,
+            "endpoint": None,
+            "secrets_vault_path": None,
+            "created": "2026-01-01T00:00:00Z",
+            "last_status": "ready",
+        }
 
     async def list_refs(self) -> list[Any] | None:
         if "list" not in self.announced:
@@ -323,8 +352,9 @@ class _Kit:
     async def upgrade_keeps_slug(self) -> str:
         if self.ref is None:
             return "skip: no deployment (provision failed)"
-        reply = await self.call("upgrade", {"ref": self.ref.model_dump(mode="json"),
-                                            "profile": self.upgrade_profile})
+        reply = await self.call(
+            "upgrade", {"ref": self.ref.model_dump(mode="json"), "profile": self.upgrade_profile}
+        )
         if reply.error is not None and reply.error.get("code") == codes.UNSUPPORTED:
             return "skip: the adapter answers -32022 (unsupported) to this upgrade"
         upgraded: DeploymentRef = _model(DeploymentRef, _expect_ok(reply, "upgrade"), reply)
@@ -359,8 +389,7 @@ class _Kit:
         elapsed = time.monotonic() - started
         if elapsed > CANCEL_BOUND:
             raise CheckFailed(f"answered {elapsed:.2f} s after cancel (bound {CANCEL_BOUND} s)", reply)
-        ref_params = {"ref": {**self._absent_ref(), "workspace_slug": slug,
-                              "tier": profile["tier"]}}
+        ref_params = {"ref": {**self._absent_ref(), "workspace_slug": slug, "tier": profile["tier"]}}
         if reply.ok:
             await self.call("teardown", {"ref": reply.response["result"]})
             return f"finished before the cancel arrived ({elapsed * 1000:.0f} ms)"
@@ -384,15 +413,15 @@ class _Kit:
         status = await self.call("status", {"ref": ref})
         report: StatusReport = _model(StatusReport, _expect_ok(status, "status"), status)
         if report.state != "absent":
-            raise CheckFailed(f"after the failed provision the backend shows {report.state}",
-                              reply, status)
+            raise CheckFailed(f"after the failed provision the backend shows {report.state}", reply, status)
         return ""
 
     async def refused_profile(self) -> str:
         if self.options.refused_profile is None:
             return "skip: give refused_profile to check it"
-        reply = await self.call("provision", {"slug": self.slug("r"),
-                                              "profile": self.options.refused_profile})
+        reply = await self.call(
+            "provision", {"slug": self.slug("r"), "profile": self.options.refused_profile}
+        )
         data = _expect_error(reply, codes.INVALID_PROFILE, "a profile the backend must refuse")
         if not isinstance(data.get("errors"), list) or not data["errors"]:
             raise CheckFailed("data.errors must say what cannot be honoured", reply)
@@ -417,9 +446,7 @@ class _Kit:
         return f"exit code {closed.returncode}"
 
 
-async def run_conformance(
-    target: str | Path | Driver, options: KitOptions | None = None
-) -> Report:
+async def run_conformance(target: str | Path | Driver, options: KitOptions | None = None) -> Report:
     """Check ``target`` (an adapter executable's path, or a Driver run in memory)."""
     options = options or KitOptions()
     if isinstance(target, Driver):
@@ -434,8 +461,7 @@ async def run_conformance(
         driver_name = path.name.removeprefix(codes.ADAPTER_PREFIX)
 
         async def open_peer() -> Peer:
-            connection = await SubprocessConnection.spawn(
-                [str(path)], env=child_environment(options.env))
+            connection = await SubprocessConnection.spawn([str(path)], env=child_environment(options.env))
             return Peer(connection)
 
     report = Report(label)

@@ -46,8 +46,10 @@ class PeerClosed(Exception):
     def __init__(self, closed: Closed) -> None:
         self.closed = closed
         tail = "\n".join(closed.stderr_tail[-10:])
-        super().__init__(f"the adapter closed the connection (exit code {closed.returncode})"
-                         + (f"; stderr:\n{tail}" if tail else ""))
+        super().__init__(
+            f"the adapter closed the connection (exit code {closed.returncode})"
+            + (f"; stderr:\n{tail}" if tail else "")
+        )
 
 
 @dataclass
@@ -85,18 +87,19 @@ class Peer:
         self.on_progress: Callable[[dict[str, Any]], None] | None = None
         self.closed: asyncio.Future[Closed] = asyncio.get_running_loop().create_future()
         self._progress: dict[int, list[dict[str, Any]]] = {}
-        self._engine = RequestEngine(connection, on_unmatched=self.unmatched.put_nowait,
-                                     on_closed=self._on_closed,
-                                     closed_error=lambda: PeerClosed(Closed()))
+        self._engine = RequestEngine(
+            connection,
+            on_unmatched=self.unmatched.put_nowait,
+            on_closed=self._on_closed,
+            closed_error=lambda: PeerClosed(Closed()),
+        )
 
     @classmethod
     async def spawn(
         cls, argv: Sequence[str], *, env_passthrough: Sequence[str] = (), cwd: str | None = None
     ) -> Peer:
         """Start an adapter executable as the host would (own session, allow-listed env)."""
-        connection = await SubprocessConnection.spawn(
-            argv, env=child_environment(env_passthrough), cwd=cwd
-        )
+        connection = await SubprocessConnection.spawn(argv, env=child_environment(env_passthrough), cwd=cwd)
         return cls(connection)
 
     def _on_closed(self, closed: Closed) -> BaseException:
@@ -130,8 +133,7 @@ class Peer:
         """Send a request and return it with the future of its response."""
         ident = self.next_id()
         message = json.loads(self._engine.request(method, params, ident))
-        _, future = await self._engine.start(method, params, ident=ident,
-                                             on_progress=self._collector(ident))
+        _, future = await self._engine.start(method, params, ident=ident, on_progress=self._collector(ident))
         return message, future
 
     async def finish(
@@ -168,12 +170,16 @@ class Peer:
         versions: Sequence[int] = (codes.PROTOCOL_VERSION,),
         timeout: float = 10.0,
     ) -> InitializeResult:
-        reply = await self.request("initialize", {
-            "protocol_versions": list(versions),
-            "host": {"name": "hearth-adaptersdk-testing", "version": "0"},
-            "config": dict(config or {}),
-            "data_dir": str(data_dir) if data_dir is not None else None,
-        }, timeout=timeout)
+        reply = await self.request(
+            "initialize",
+            {
+                "protocol_versions": list(versions),
+                "host": {"name": "hearth-adaptersdk-testing", "version": "0"},
+                "config": dict(config or {}),
+                "data_dir": str(data_dir) if data_dir is not None else None,
+            },
+            timeout=timeout,
+        )
         return InitializeResult.model_validate(reply.result)
 
     async def provision(self, slug: str, profile: ProvisioningProfile) -> DeploymentRef:

@@ -57,8 +57,9 @@ def non_finite_path(value: Any) -> str | None:
         elif isinstance(item, dict):
             stack.extend((f"{path}.{key}" if path else str(key), child) for key, child in item.items())
         elif isinstance(item, list | tuple):
-            stack.extend((f"{path}.{index}" if path else str(index), child)
-                         for index, child in enumerate(item))
+            stack.extend(
+                (f"{path}.{index}" if path else str(index), child) for index, child in enumerate(item)
+            )
     return None
 
 

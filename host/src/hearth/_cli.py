@@ -67,9 +67,11 @@ def _seconds(value: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number of seconds") from None
     if not math.isfinite(number) or number <= 0:
-        raise argparse.ArgumentTypeError(f"{value[:40]!r}: the timeout must be a positive, "
-                                         "finite number of seconds")
+        raise argparse.ArgumentTypeError(
+            f"{value[:40]!r}: the timeout must be a positive, finite number of seconds"
+        )
     return number
+
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -87,19 +89,41 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--project", metavar="DIR", default=argparse.SUPPRESS,
-                        help="project folder (default: nearest folder upward holding .hearth/)")
-    common.add_argument("--home", metavar="DIR", default=argparse.SUPPRESS,
-                        help="hearth home: store, data and user adapters (default: $HEARTH_HOME)")
-    common.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=argparse.SUPPRESS,
-                        help="deadline for the whole operation; the adapter is told to cancel "
-                             "(default: per verb, see [timeouts] in the README)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print one JSON document on stdout")
-    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
-                        help="log what happens, including the adapters' stderr, on stderr")
-    parser = _Parser(prog="hearth", parents=[common],
-                     description="Deploy and manage workspaces through adapter executables.")
+    common.add_argument(
+        "--project",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="project folder (default: nearest folder upward holding .hearth/)",
+    )
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="hearth home: store, data and user adapters (default: $HEARTH_HOME)",
+    )
+    common.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        help="deadline for the whole operation; the adapter is told to cancel "
+        "(default: per verb, see [timeouts] in the README)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document on stdout"
+    )
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what happens, including the adapters' stderr, on stderr",
+    )
+    parser = _Parser(
+        prog="hearth",
+        parents=[common],
+        description="Deploy and manage workspaces through adapter executables.",
+    )
     parser.add_argument("--version", action="version", version=f"hearth {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("adapters", parents=[common], help="list adapter candidates")
@@ -107,18 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("slug")
     provision.add_argument("--tier", required=True)
     provision.add_argument("--driver", required=True)
-    provision.add_argument("--reuse", action="store_true",
-                           help="provision a torn-down slug again (its old record is archived)")
-    for name, text in (("status", "what the backend shows now"),
-                       ("teardown", "remove a workspace (irreversible)"),
-                       ("logs", "operations and their logs")):
+    provision.add_argument(
+        "--reuse", action="store_true", help="provision a torn-down slug again (its old record is archived)"
+    )
+    for name, text in (
+        ("status", "what the backend shows now"),
+        ("teardown", "remove a workspace (irreversible)"),
+        ("logs", "operations and their logs"),
+    ):
         commands.add_parser(name, parents=[common], help=text).add_argument("slug")
     upgrade = commands.add_parser("upgrade", parents=[common], help="move a workspace to a tier")
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
     commands.add_parser("ls", parents=[common], help="list workspaces")
-    commands.add_parser("reconcile", parents=[common],
-                        help="resolve records a dead host left behind; report ghosts and orphans")
+    commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help="resolve records a dead host left behind; report ghosts and orphans",
+    )
     return parser
 
 
@@ -126,12 +156,14 @@ def _progress_printer(enabled: bool) -> Any:
     def show(event: Progress) -> None:
         fraction = f"{event.fraction:4.0%}" if event.fraction is not None else "    "
         print(f"  {fraction}  {safe(event.message)}", file=sys.stderr, flush=True)
+
     return show if enabled else None
 
 
 def _ref_lines(ref: DeploymentRef) -> str:
-    return (f"{ref.workspace_slug}: {ref.last_status} (tier {safe(ref.tier)}, driver {ref.driver})"
-            + (f"\n  endpoint: {safe(ref.endpoint)}" if ref.endpoint else ""))
+    return f"{ref.workspace_slug}: {ref.last_status} (tier {safe(ref.tier)}, driver {ref.driver})" + (
+        f"\n  endpoint: {safe(ref.endpoint)}" if ref.endpoint else ""
+    )
 
 
 def _status_lines(slug: str, report: StatusReport) -> str:
@@ -147,11 +179,14 @@ def _ls_lines(deployments: list[Deployment]) -> str:
     if not deployments:
         return "no workspaces"
     rows = [("SLUG", "STATE", "TIER", "DRIVER", "ENDPOINT")]
-    rows += [(d.slug, d.state, safe(d.tier), d.driver,
-              safe((d.ref.endpoint if d.ref else None) or "-")) for d in deployments]
+    rows += [
+        (d.slug, d.state, safe(d.tier), d.driver, safe((d.ref.endpoint if d.ref else None) or "-"))
+        for d in deployments
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(widths[i]) if i < 4 else cell
-                               for i, cell in enumerate(row)) for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)) for row in rows
+    )
 
 
 def _logs_lines(slug: str, operations: list[Operation]) -> str:
@@ -159,8 +194,9 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
         return f"no operations recorded for {slug}"
     lines = []
     for op in operations:
-        lines.append(f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} "
-                     f"{op.started_at:%Y-%m-%d %H:%M:%S}")
+        lines.append(
+            f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} {op.started_at:%Y-%m-%d %H:%M:%S}"
+        )
         lines += [f"    {line.at:%H:%M:%S} {line.level:7} {safe(line.message)}" for line in op.log]
         if op.error:
             message = op.error.get("message") or "(no message recorded)"
@@ -171,8 +207,9 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
 def _reconcile_lines(report: ReconcileReport) -> str:
     lines = [f"resolved {slug}: {old} -> {new}" for slug, old, new in report.resolved]
     lines += [f"ghost {slug}: the backend has no trace; marked failed" for slug in report.ghosts]
-    lines += [f"orphan {ref.workspace_slug} on {ref.driver}: no record (left in place)"
-              for ref in report.orphans]
+    lines += [
+        f"orphan {ref.workspace_slug} on {ref.driver}: no record (left in place)" for ref in report.orphans
+    ]
     lines += [f"busy {slug}: another hearth process is working on it" for slug in report.busy]
     lines += [f"unreachable {driver}: {safe(why)}" for driver, why in report.unreachable.items()]
     return "\n".join(lines) or "nothing to reconcile"
@@ -181,21 +218,34 @@ def _reconcile_lines(report: ReconcileReport) -> str:
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
     project = _project(args)
     found = discover_all(project_dir=project, home=getattr(args, "home", None))
-    versions = _versions([c for c in found if c.acceptable],
-                         load_settings(project).timeouts.version_probe)
+    versions = _versions([c for c in found if c.acceptable], load_settings(project).timeouts.version_probe)
     seen: set[str] = set()
     rows = []
     for candidate in found:
-        status = "refused: " + candidate.refusal if candidate.refusal else \
-            ("shadowed" if candidate.driver in seen else "ok")
+        status = (
+            "refused: " + candidate.refusal
+            if candidate.refusal
+            else ("shadowed" if candidate.driver in seen else "ok")
+        )
         if candidate.acceptable:
             seen.add(candidate.driver)
-        rows.append({"driver": candidate.driver, "source": candidate.source,
-                     "path": str(candidate.path), "version": versions.get(candidate.path),
-                     "status": status})
-    text = "\n".join(f"{r['driver']:12} {r['source']:8} {safe(r['status']):10} "
-                     f"{safe(r['version'] or '-'):28} {safe(r['path'])}" for r in rows) \
+        rows.append(
+            {
+                "driver": candidate.driver,
+                "source": candidate.source,
+                "path": str(candidate.path),
+                "version": versions.get(candidate.path),
+                "status": status,
+            }
+        )
+    text = (
+        "\n".join(
+            f"{r['driver']:12} {r['source']:8} {safe(r['status']):10} "
+            f"{safe(r['version'] or '-'):28} {safe(r['path'])}"
+            for r in rows
+        )
         or "no adapters found"
+    )
     return rows, text
 
 
@@ -206,9 +256,13 @@ def _versions(found: list[Candidate], bound: float) -> dict[Path, str | None]:
     for candidate in found:
         with contextlib.suppress(OSError):
             running[candidate.path] = subprocess.Popen(
-                [str(candidate.path), "--version"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                start_new_session=True)
+                [str(candidate.path), "--version"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
     deadline = time.monotonic() + bound
     versions: dict[Path, str | None] = {}
     for path, process in running.items():
@@ -232,8 +286,14 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
     progress = _progress_printer(sys.stderr.isatty() and not getattr(args, "json", False))
     command = args.command
     if command == "provision":
-        ref = await host.provision(args.slug, tier=args.tier, driver=args.driver,
-                                   on_progress=progress, timeout=timeout, reuse=args.reuse)
+        ref = await host.provision(
+            args.slug,
+            tier=args.tier,
+            driver=args.driver,
+            on_progress=progress,
+            timeout=timeout,
+            reuse=args.reuse,
+        )
         return ref.model_dump(mode="json"), _ref_lines(ref)
     if command == "status":
         report = await host.status(args.slug, timeout=timeout)
@@ -276,14 +336,20 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
         received.append(signum)
         if len(received) == 1:
             name = signal.Signals(signum).name
-            outcome, reason = ("cancelled", "cancelled with Ctrl-C (SIGINT)") \
-                if signum == signal.SIGINT else ("interrupted", f"interrupted by {name}")
+            outcome, reason = (
+                ("cancelled", "cancelled with Ctrl-C (SIGINT)")
+                if signum == signal.SIGINT
+                else ("interrupted", f"interrupted by {name}")
+            )
             if not host.cancel_running(reason, outcome=outcome):
                 work.cancel()
             if sys.stderr.isatty():
-                print(f"  cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
-                      "adapter to roll back (Ctrl-C again to stop waiting)", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"  cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
+                    "adapter to roll back (Ctrl-C again to stop waiting)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         elif len(received) == 2:
             work.cancel()  # stop waiting for the rollback: the record says it is not confirmed
 
@@ -328,8 +394,9 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"--project {project[:200]!r} is not a folder")
     as_json = getattr(args, "json", False)
     if getattr(args, "verbose", False):
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         logging.getLogger("hearth").setLevel(logging.DEBUG)
     else:  # the one-line reason is the whole story; logs are for --verbose
         logging.getLogger().addHandler(logging.NullHandler())
@@ -343,13 +410,22 @@ def _main(argv: Sequence[str] | None) -> int:
     except Interrupted as exc:
         return _failed({"kind": "cancelled"}, "cancelled", exc.message, as_json, EXIT_INTERRUPTED)
     except KeyboardInterrupt:
-        return _failed({"kind": "cancelled"}, "cancelled",
-                       "interrupted before any work started; nothing changed", as_json,
-                       EXIT_INTERRUPTED)
+        return _failed(
+            {"kind": "cancelled"},
+            "cancelled",
+            "interrupted before any work started; nothing changed",
+            as_json,
+            EXIT_INTERRUPTED,
+        )
     except Exception as exc:  # a bug in hearth: say so in one line, the traceback only on request
         logging.getLogger("hearth").debug("unexpected error", exc_info=exc)
-        return _failed({}, "internal", f"unexpected {type(exc).__name__}: {exc} (a bug in hearth; "
-                       "run again with --verbose for the traceback and report it)", as_json)
+        return _failed(
+            {},
+            "internal",
+            f"unexpected {type(exc).__name__}: {exc} (a bug in hearth; "
+            "run again with --verbose for the traceback and report it)",
+            as_json,
+        )
     return _print(json.dumps(document, indent=2) if as_json else text)
 
 
@@ -365,8 +441,11 @@ def _print(text: str, *, stream: Any = None) -> int:
         _silence(stream)
         if stream is not sys.stderr:
             with contextlib.suppress(OSError):
-                print(f"hearth: output_error: cannot write the output: {exc.strerror or exc}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"hearth: output_error: cannot write the output: {exc.strerror or exc}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return EXIT_FAILURE
     return 0
 
@@ -377,8 +456,7 @@ def _silence(stream: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool,
-            code: int | None = None) -> int:
+def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool, code: int | None = None) -> int:
     one_line = safe(" ".join(message.split()))
     _print(f"hearth: {kind}: {one_line}", stream=sys.stderr)
     if as_json:

@@ -103,9 +103,13 @@ class AdapterClient:
         self._reaper: asyncio.Task[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._engine = RequestEngine(
-            connection, on_unmatched=self._on_unmatched, on_closed=self._on_closed,
-            closed_error=lambda: ClientClosed(f"the client of adapter {self.name} was closed; "
-                                              "start a new one (or let Host do it)"))
+            connection,
+            on_unmatched=self._on_unmatched,
+            on_closed=self._on_closed,
+            closed_error=lambda: ClientClosed(
+                f"the client of adapter {self.name} was closed; start a new one (or let Host do it)"
+            ),
+        )
 
     # --- creation -------------------------------------------------------------------------
     @classmethod
@@ -129,13 +133,20 @@ class AdapterClient:
         expected = driver or path.name.removeprefix(codes.ADAPTER_PREFIX)
         try:
             connection = await SubprocessConnection.spawn(
-                [str(path)], name=path.name, env=child_environment(env))
+                [str(path)], name=path.name, env=child_environment(env)
+            )
         except FileNotFoundError:
             raise AdapterNotFound(f"no adapter executable at {path}") from None
         except OSError as exc:
             raise AdapterRefused(f"cannot start {path}: {exc.strerror or exc}") from None
-        return await cls.connect(connection, config=config, timeout=timeout,
-                                 data_dir=data_dir, driver=expected, cancel_grace=cancel_grace)
+        return await cls.connect(
+            connection,
+            config=config,
+            timeout=timeout,
+            data_dir=data_dir,
+            driver=expected,
+            cancel_grace=cancel_grace,
+        )
 
     @classmethod
     async def connect(
@@ -157,8 +168,9 @@ class AdapterClient:
             raise
         return client
 
-    async def _handshake(self, config: Mapping[str, Any], data_dir: str | Path | None,
-                         driver: str | None, timeout: float) -> None:
+    async def _handshake(
+        self, config: Mapping[str, Any], data_dir: str | Path | None, driver: str | None, timeout: float
+    ) -> None:
         params = {
             "protocol_versions": [codes.PROTOCOL_VERSION],
             "host": {"name": "hearth", "version": __version__},
@@ -168,51 +180,82 @@ class AdapterClient:
         try:
             result = await self._call("initialize", params, timeout=timeout)
         except CallTimeout:
-            raise CallTimeout(f"adapter {self.name} did not complete the handshake within "
-                              f"{timeout:.3g} s") from None
+            raise CallTimeout(
+                f"adapter {self.name} did not complete the handshake within {timeout:.3g} s"
+            ) from None
         except AdapterCrashed as exc:
-            raise AdapterCrashed(self.name, exc.exit_code, exc.stderr_tail,
-                                 "exited before the handshake") from None
+            raise AdapterCrashed(
+                self.name, exc.exit_code, exc.stderr_tail, "exited before the handshake"
+            ) from None
         except HearthError as exc:
             if getattr(exc, "code", None) == codes.UNSUPPORTED_VERSION:
-                raise AdapterRefused(f"adapter {self.name} speaks none of the host's protocol "
-                                     f"versions: {exc.message}") from None
+                raise AdapterRefused(
+                    f"adapter {self.name} speaks none of the host's protocol versions: {exc.message}"
+                ) from None
             raise
         info = self._validated(InitializeResult, result, "initialize")
         if driver is not None and info.driver != driver:
-            raise AdapterRefused(f"adapter {self.name} says it serves driver {info.driver!r}, "
-                                 f"but was found as {driver!r}")
+            raise AdapterRefused(
+                f"adapter {self.name} says it serves driver {info.driver!r}, but was found as {driver!r}"
+            )
         self.info = info
 
     # --- the verbs ------------------------------------------------------------------------
-    async def provision(self, slug: str, profile: ProvisioningProfile, *,
-                        on_progress: ProgressCallback | None = None,
-                        timeout: float | None = None,
-                        interruption: Interruption | None = None) -> DeploymentRef:
-        result = await self._call("provision", {"slug": slug, "profile": _dump(profile)},
-                                  timeout=timeout, on_progress=on_progress,
-                                  interruption=interruption)
+    async def provision(
+        self,
+        slug: str,
+        profile: ProvisioningProfile,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        interruption: Interruption | None = None,
+    ) -> DeploymentRef:
+        result = await self._call(
+            "provision",
+            {"slug": slug, "profile": _dump(profile)},
+            timeout=timeout,
+            on_progress=on_progress,
+            interruption=interruption,
+        )
         return self._validated(DeploymentRef, result, "provision")
 
     async def status(self, ref: DeploymentRef, *, timeout: float | None = None) -> StatusReport:
         result = await self._call("status", {"ref": _dump(ref)}, timeout=timeout)
         return self._validated(StatusReport, result, "status")
 
-    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile, *,
-                      on_progress: ProgressCallback | None = None,
-                      timeout: float | None = None,
-                      interruption: Interruption | None = None) -> DeploymentRef:
-        result = await self._call("upgrade", {"ref": _dump(ref), "profile": _dump(profile)},
-                                  timeout=timeout, on_progress=on_progress,
-                                  interruption=interruption)
+    async def upgrade(
+        self,
+        ref: DeploymentRef,
+        profile: ProvisioningProfile,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        interruption: Interruption | None = None,
+    ) -> DeploymentRef:
+        result = await self._call(
+            "upgrade",
+            {"ref": _dump(ref), "profile": _dump(profile)},
+            timeout=timeout,
+            on_progress=on_progress,
+            interruption=interruption,
+        )
         return self._validated(DeploymentRef, result, "upgrade")
 
-    async def teardown(self, ref: DeploymentRef, *,
-                       on_progress: ProgressCallback | None = None,
-                       timeout: float | None = None,
-                       interruption: Interruption | None = None) -> None:
-        await self._call("teardown", {"ref": _dump(ref)}, timeout=timeout, on_progress=on_progress,
-                         interruption=interruption)
+    async def teardown(
+        self,
+        ref: DeploymentRef,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        interruption: Interruption | None = None,
+    ) -> None:
+        await self._call(
+            "teardown",
+            {"ref": _dump(ref)},
+            timeout=timeout,
+            on_progress=on_progress,
+            interruption=interruption,
+        )
 
     async def list(self, *, timeout: float | None = None) -> list[DeploymentRef]:
         self._require("list")
@@ -221,8 +264,9 @@ class AdapterClient:
             raise ProtocolViolation(f"adapter {self.name} answered list with {type(result).__name__}")
         return [self._validated(DeploymentRef, item, "list") for item in result]
 
-    async def validate_profile(self, profile: ProvisioningProfile, *,
-                               timeout: float | None = None) -> ValidationResult:
+    async def validate_profile(
+        self, profile: ProvisioningProfile, *, timeout: float | None = None
+    ) -> ValidationResult:
         self._require("validate_profile")
         result = await self._call("validate_profile", {"profile": _dump(profile)}, timeout=timeout)
         return self._validated(ValidationResult, result, "validate_profile")
@@ -232,13 +276,22 @@ class AdapterClient:
 
     def _require(self, method: str) -> None:
         if not self.supports(method):
-            raise Unsupported(f"adapter {self.name} does not offer {method}", codes.UNSUPPORTED,
-                              {"kind": "unsupported", "reason": f"{method} is not announced"})
+            raise Unsupported(
+                f"adapter {self.name} does not offer {method}",
+                codes.UNSUPPORTED,
+                {"kind": "unsupported", "reason": f"{method} is not announced"},
+            )
 
     # --- requests -------------------------------------------------------------------------
-    async def _call(self, method: str, params: dict[str, Any], *, timeout: float | None = None,
-                    on_progress: ProgressCallback | None = None,
-                    interruption: Interruption | None = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        interruption: Interruption | None = None,
+    ) -> Any:
         """One request. On its timeout, or when the caller is cancelled, the adapter is told to
         cancel and the call waits up to ``cancel_grace`` for the answer: a result that arrives
         then is a success; an adapter that never answers is stopped."""
@@ -254,21 +307,25 @@ class AdapterClient:
         answered = False
         try:
             try:
-                _, future = await engine.start(method, params, ident=ident,
-                                               on_progress=self._progress_router(on_progress))
+                _, future = await engine.start(
+                    method, params, ident=ident, on_progress=self._progress_router(on_progress)
+                )
                 done, _ = await asyncio.wait({future}, timeout=timeout)
             except (ConnectionError, OSError):
                 failure = engine.failure if isinstance(engine.failure, HearthError) else None
                 raise failure or AdapterCrashed(
-                    self.name, None, self.stderr_tail(), "stopped reading its input") from None
+                    self.name, None, self.stderr_tail(), "stopped reading its input"
+                ) from None
             except asyncio.CancelledError:
                 if ident in engine._pending:
-                    await self._cancelled(ident, engine._pending[ident],
-                                          interruption or Interruption(), self._grace(method))
+                    await self._cancelled(
+                        ident, engine._pending[ident], interruption or Interruption(), self._grace(method)
+                    )
                 raise
             if not done:
-                response = await self._timed_out(method, ident, future, timeout,
-                                                 interruption or Interruption())
+                response = await self._timed_out(
+                    method, ident, future, timeout, interruption or Interruption()
+                )
             else:
                 response = future.result()
             answered = True
@@ -285,8 +342,11 @@ class AdapterClient:
             try:
                 event = Progress.model_validate(params)
             except ValidationError:
-                log.warning("adapter %s sent a malformed progress event: %s", self.name,
-                            preview(encode_preview(params)))
+                log.warning(
+                    "adapter %s sent a malformed progress event: %s",
+                    self.name,
+                    preview(encode_preview(params)),
+                )
                 return
             try:
                 callback(event)
@@ -306,8 +366,14 @@ class AdapterClient:
             return 0.0
         return self.cancel_grace if method in CHANGING else min(READ_ONLY_GRACE, self.cancel_grace)
 
-    async def _timed_out(self, method: str, ident: int, future: asyncio.Future[dict[str, Any]],
-                         timeout: float | None, interruption: Interruption) -> dict[str, Any]:
+    async def _timed_out(
+        self,
+        method: str,
+        ident: int,
+        future: asyncio.Future[dict[str, Any]],
+        timeout: float | None,
+        interruption: Interruption,
+    ) -> dict[str, Any]:
         """The deadline passed: cancel, then wait (bounded) for the answer. A result is returned
         (the work finished); -32800 becomes a CallTimeout saying whether it rolled back."""
         if self._engine.state is SessionState.FAILED and self._engine.failure is not None:
@@ -317,23 +383,33 @@ class AdapterClient:
         bound = f"{timeout:.2g} s" if timeout is not None else "its bound"
         if not interruption.answered:
             unconfirmed = "; the rollback is not confirmed" if method in CHANGING else ""
-            raise CallTimeout(f"{method} on {self.name} got no answer within {bound}, and the "
-                              f"adapter did not answer the cancel within {grace:g} s: it was "
-                              f"stopped{unconfirmed}", rolled_back=None)
+            raise CallTimeout(
+                f"{method} on {self.name} got no answer within {bound}, and the "
+                f"adapter did not answer the cancel within {grace:g} s: it was "
+                f"stopped{unconfirmed}",
+                rolled_back=None,
+            )
         if interruption.succeeded:
             return future.result()
         error = interruption.error
         if isinstance(error, Cancelled):
             rolled_back = error.data.get("rolled_back", True) is not False
-            what = "it was cancelled and rolled back" if rolled_back else \
-                "it was cancelled, but the adapter could not confirm its rollback"
-            raise CallTimeout(f"{method} on {self.name} got no answer within {bound}; {what}",
-                              rolled_back=rolled_back, data=error.data)
+            what = (
+                "it was cancelled and rolled back"
+                if rolled_back
+                else "it was cancelled, but the adapter could not confirm its rollback"
+            )
+            raise CallTimeout(
+                f"{method} on {self.name} got no answer within {bound}; {what}",
+                rolled_back=rolled_back,
+                data=error.data,
+            )
         assert error is not None
         raise error
 
-    async def _cancelled(self, ident: int, future: asyncio.Future[dict[str, Any]],
-                         interruption: Interruption, grace: float) -> None:
+    async def _cancelled(
+        self, ident: int, future: asyncio.Future[dict[str, Any]], interruption: Interruption, grace: float
+    ) -> None:
         """Send ``cancel`` and wait up to ``cancel_grace`` for the call's answer; fill in
         ``interruption``. A second cancellation of the caller stops the wait (unconfirmed).
         An adapter that does not answer is stopped: the next call starts a fresh one."""
@@ -364,51 +440,66 @@ class AdapterClient:
     def _stop_unanswered(self, ident: int, why: str) -> None:
         """An adapter that does not answer a cancel is stuck: stop it at once (it would not
         read an EOF either), SIGTERM then SIGKILL, so the caller's bound is kept."""
-        self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"),
-                   urgent=True)
+        self._fail(CallTimeout(f"adapter {self.name} was stopped: {why} (request {ident})"), urgent=True)
 
     def _validated(self, model: type[M], value: Any, method: str) -> M:
         try:
             return model.model_validate(value)
         except ValidationError as exc:
             problems = "; ".join(validation_problems(exc)[:3])
-            raise ProtocolViolation(f"adapter {self.name} answered {method} with an invalid "
-                                    f"{model.__name__}: {problems}") from None
+            raise ProtocolViolation(
+                f"adapter {self.name} answered {method} with an invalid {model.__name__}: {problems}"
+            ) from None
 
     # --- incoming -------------------------------------------------------------------------
     def _on_unmatched(self, item: object) -> None:
         """A message the engine could not route: the client's policy is that only unknown
         notifications are allowed; anything else breaks the session."""
         if isinstance(item, Malformed):
-            self._fail(ProtocolViolation(
-                f"adapter {self.name} wrote something that is not JSON-RPC on stdout: "
-                f"{preview(item.raw)}"))
+            self._fail(
+                ProtocolViolation(
+                    f"adapter {self.name} wrote something that is not JSON-RPC on stdout: {preview(item.raw)}"
+                )
+            )
         elif not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
-            self._fail(ProtocolViolation(
-                f"adapter {self.name} wrote something that is not a JSON-RPC 2.0 message: "
-                f"{preview(encode_preview(item))}"))
+            self._fail(
+                ProtocolViolation(
+                    f"adapter {self.name} wrote something that is not a JSON-RPC 2.0 message: "
+                    f"{preview(encode_preview(item))}"
+                )
+            )
         elif "method" in item:
             if "id" in item:
-                self._fail(ProtocolViolation(
-                    f"adapter {self.name} sent a request ({item.get('method')!r}); "
-                    "adapters only answer"))
+                self._fail(
+                    ProtocolViolation(
+                        f"adapter {self.name} sent a request ({item.get('method')!r}); adapters only answer"
+                    )
+                )
             # unknown notifications are allowed for forward compatibility
         elif item.get("id") is None and "error" in item:
             error = item.get("error") or {}
-            self._fail(ProtocolViolation(
-                f"adapter {self.name} could not read a message from the host: "
-                f"{error.get('message')} {error.get('data')}"))
+            self._fail(
+                ProtocolViolation(
+                    f"adapter {self.name} could not read a message from the host: "
+                    f"{error.get('message')} {error.get('data')}"
+                )
+            )
         else:
-            self._fail(ProtocolViolation(
-                f"adapter {self.name} answered id {item.get('id')!r}, which matches no request "
-                "in flight"))
+            self._fail(
+                ProtocolViolation(
+                    f"adapter {self.name} answered id {item.get('id')!r}, which matches no request in flight"
+                )
+            )
 
     def _on_closed(self, closed: Closed) -> None:
         if self._engine.state in (SessionState.CLOSING, SessionState.CLOSED):
             return None
         if isinstance(closed.error, FrameTooLarge):
-            self._fail(ProtocolViolation(f"adapter {self.name} sent a line over the 16 MiB "
-                                         f"message limit ({closed.error})"))
+            self._fail(
+                ProtocolViolation(
+                    f"adapter {self.name} sent a line over the 16 MiB message limit ({closed.error})"
+                )
+            )
         else:
             self._fail(AdapterCrashed(self.name, closed.returncode, closed.stderr_tail))
         return None
@@ -423,7 +514,9 @@ class AdapterClient:
             connection = self.connection
             self._reaper = asyncio.ensure_future(
                 connection.close(stdin_grace=STUCK_STDIN_GRACE, term_grace=STUCK_TERM_GRACE)
-                if urgent and isinstance(connection, SubprocessConnection) else connection.close())
+                if urgent and isinstance(connection, SubprocessConnection)
+                else connection.close()
+            )
 
     # --- state and shutdown ----------------------------------------------------------------
     @property

@@ -47,8 +47,9 @@ class Discovered:
     refused: tuple[Candidate, ...] = field(default=())
 
 
-def search_path(project_dir: str | Path | None = None, home: str | Path | None = None,
-                path_env: str | None = None) -> list[tuple[Source, Path]]:
+def search_path(
+    project_dir: str | Path | None = None, home: str | Path | None = None, path_env: str | None = None
+) -> list[tuple[Source, Path]]:
     """The folders searched, in order of precedence."""
     folders: list[tuple[Source, Path]] = []
     if project_dir is not None:
@@ -73,8 +74,11 @@ def refusal_reason(path: Path) -> str | None:
     problem = _unsafe(real, info, "file")
     if problem:
         return problem
-    for folder in {*real.parents, *path.absolute().parent.resolve().parents,
-                   path.absolute().parent.resolve()}:
+    for folder in {
+        *real.parents,
+        *path.absolute().parent.resolve().parents,
+        path.absolute().parent.resolve(),
+    }:
         try:
             folder_info = folder.stat()
         except OSError as exc:
@@ -90,19 +94,27 @@ def _unsafe(where: Path, info: os.stat_result, what: str) -> str | None:
         return f"{what} {where} is owned by uid {info.st_uid}, not by you or root"
     sticky_folder = what == "folder" and info.st_mode & stat.S_ISVTX
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky_folder:
-        return (f"{what} {where} is writable by group or others "
-                f"(mode {stat.filemode(info.st_mode)}); chmod go-w it")
+        return (
+            f"{what} {where} is writable by group or others "
+            f"(mode {stat.filemode(info.st_mode)}); chmod go-w it"
+        )
     return None
 
 
 def _check_driver(driver: str) -> None:
     if not re.fullmatch(codes.DRIVER_PATTERN, driver):
-        raise InvalidInput(f"{driver!r} is not a driver name (lowercase letters, digits and "
-                           "dashes, starting with a letter or digit, at most 40)")
+        raise InvalidInput(
+            f"{driver!r} is not a driver name (lowercase letters, digits and "
+            "dashes, starting with a letter or digit, at most 40)"
+        )
 
 
-def candidates(driver: str, project_dir: str | Path | None = None,
-               home: str | Path | None = None, path_env: str | None = None) -> list[Candidate]:
+def candidates(
+    driver: str,
+    project_dir: str | Path | None = None,
+    home: str | Path | None = None,
+    path_env: str | None = None,
+) -> list[Candidate]:
     """Every file that could serve ``driver``, in order of precedence."""
     _check_driver(driver)
     found = []
@@ -113,8 +125,13 @@ def candidates(driver: str, project_dir: str | Path | None = None,
     return found
 
 
-def discover(driver: str, *, project_dir: str | Path | None = None,
-             home: str | Path | None = None, path_env: str | None = None) -> Discovered:
+def discover(
+    driver: str,
+    *,
+    project_dir: str | Path | None = None,
+    home: str | Path | None = None,
+    path_env: str | None = None,
+) -> Discovered:
     """The first acceptable adapter for ``driver``; says why earlier candidates were refused."""
     found = candidates(driver, project_dir, home, path_env)
     refused: list[Candidate] = []
@@ -125,16 +142,19 @@ def discover(driver: str, *, project_dir: str | Path | None = None,
     if refused:
         reasons = "; ".join(f"{c.path} ({c.source}): {c.refusal}" for c in refused)
         raise AdapterRefused(f"every hearth-adapter-{driver} found was refused: {reasons}")
-    places = ", ".join(str(folder) for source, folder in search_path(project_dir, home, path_env)
-                       if source != "path")
+    places = ", ".join(
+        str(folder) for source, folder in search_path(project_dir, home, path_env) if source != "path"
+    )
     raise AdapterNotFound(
         f"no adapter for driver {driver!r}: hearth-adapter-{driver} is not in {places} nor on "
         f"PATH; install its package (pip install hearth-adapter-{driver}) or put the "
-        "executable in the project's .hearth/adapters folder")
+        "executable in the project's .hearth/adapters folder"
+    )
 
 
-def discover_all(*, project_dir: str | Path | None = None, home: str | Path | None = None,
-                 path_env: str | None = None) -> list[Candidate]:
+def discover_all(
+    *, project_dir: str | Path | None = None, home: str | Path | None = None, path_env: str | None = None
+) -> list[Candidate]:
     """Every adapter executable in every location, grouped by driver in order of precedence."""
     found: list[Candidate] = []
     for source, folder in search_path(project_dir, home, path_env):
@@ -144,8 +164,11 @@ def discover_all(*, project_dir: str | Path | None = None, home: str | Path | No
             continue
         for path in entries:
             driver = path.name.removeprefix(codes.ADAPTER_PREFIX)
-            if (path.name.startswith(codes.ADAPTER_PREFIX)
-                    and re.fullmatch(codes.DRIVER_PATTERN, driver) and path.is_file()):
+            if (
+                path.name.startswith(codes.ADAPTER_PREFIX)
+                and re.fullmatch(codes.DRIVER_PATTERN, driver)
+                and path.is_file()
+            ):
                 found.append(Candidate(driver, path, source, refusal_reason(path)))
     order = {driver: index for index, driver in enumerate(sorted({c.driver for c in found}))}
     return sorted(found, key=lambda c: order[c.driver])

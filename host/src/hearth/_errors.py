@@ -59,19 +59,22 @@ class AdapterRefused(HearthError):
 class AdapterCrashed(HearthError):
     kind = "adapter_crashed"
 
-    def __init__(self, adapter: str, exit_code: int | None, stderr_tail: Sequence[str],
-                 what: str = "exited") -> None:
+    def __init__(
+        self, adapter: str, exit_code: int | None, stderr_tail: Sequence[str], what: str = "exited"
+    ) -> None:
         self.adapter = adapter
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
         code = f"exit code {exit_code}" if exit_code is not None else "exit code unknown"
-        last = "; stderr: " + " | ".join(self.stderr_tail[-5:]) if self.stderr_tail else \
-            "; it wrote nothing to stderr"
+        last = (
+            "; stderr: " + " | ".join(self.stderr_tail[-5:])
+            if self.stderr_tail
+            else "; it wrote nothing to stderr"
+        )
         super().__init__(f"adapter {adapter} {what} ({code}){last}")
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "exit_code": self.exit_code,
-                "stderr_tail": self.stderr_tail[-20:]}
+        return {**super().to_json(), "exit_code": self.exit_code, "stderr_tail": self.stderr_tail[-20:]}
 
 
 class ProtocolViolation(HearthError):
@@ -84,8 +87,9 @@ class CallTimeout(HearthError):
 
     kind = "timeout"
 
-    def __init__(self, message: str, *, rolled_back: bool | None = None,
-                 data: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, rolled_back: bool | None = None, data: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.rolled_back = rolled_back
         self.data = dict(data or {})

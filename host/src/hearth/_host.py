@@ -69,8 +69,7 @@ STORE_FILE = "hearth.db"
 DEFAULT_LOCK_WAIT = Timeouts.lock_wait
 #: How much of a caller's input an error message repeats.
 ECHO = 80
-VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade",
-                            "tearing_down": "teardown"}
+VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade", "tearing_down": "teardown"}
 Call = Callable[[AdapterClient, float | None, ProgressCallback, Interruption], Any]
 
 
@@ -84,9 +83,9 @@ class ReconcileReport:
     ``TypeAdapter(ReconcileReport)``) writes each resolution as ``{"slug", "from", "to"}``."""
 
     #: (slug, recorded state, resolved state) for records left transient or unconfirmed.
-    resolved: Annotated[list[tuple[str, str, str]],
-                        PlainSerializer(_resolved_json, return_type=list[dict[str, str]])] = \
-        field(default_factory=list)
+    resolved: Annotated[
+        list[tuple[str, str, str]], PlainSerializer(_resolved_json, return_type=list[dict[str, str]])
+    ] = field(default_factory=list)
     #: Records that claim a backend the adapter confirms absent: marked failed.
     ghosts: list[str] = field(default_factory=list)
     #: Deployments an adapter lists that have no record: reported, never removed.
@@ -141,9 +140,16 @@ class Host:
         settings = load_settings(self.project_dir)
         if tiers:
             settings = replace(settings, tiers={**settings.tiers, **tiers})
-        overrides = {name: _positive(value, name) for name, value in (
-            ("handshake", handshake_timeout), ("lock_wait", lock_wait),
-            ("cancel_grace", cancel_grace), ("drain_grace", drain_grace)) if value is not None}
+        overrides = {
+            name: _positive(value, name)
+            for name, value in (
+                ("handshake", handshake_timeout),
+                ("lock_wait", lock_wait),
+                ("cancel_grace", cancel_grace),
+                ("drain_grace", drain_grace),
+            )
+            if value is not None
+        }
         self.settings = replace(settings, timeouts=replace(settings.timeouts, **overrides))
         self.timeouts = self.settings.timeouts
         self._store_arg = store
@@ -156,9 +162,15 @@ class Host:
         #: One line per cancellation this host settled: what became of the work.
         self.interruptions: builtins.list[str] = []
         self._supervisor = Supervisor(
-            self.settings, self.state_dir, project_dir=self.project_dir, home=self.home,
-            handshake_timeout=self.timeouts.handshake, idle_timeout=idle_timeout,
-            in_process=in_process, cancel_grace=self.timeouts.cancel_grace)
+            self.settings,
+            self.state_dir,
+            project_dir=self.project_dir,
+            home=self.home,
+            handshake_timeout=self.timeouts.handshake,
+            idle_timeout=idle_timeout,
+            in_process=in_process,
+            cancel_grace=self.timeouts.cancel_grace,
+        )
 
     # --- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -177,13 +189,13 @@ class Host:
     def _prepare_home(self) -> None:
         folder = self.state_dir
         if folder.exists() and not folder.is_dir():
-            raise StoreError(f"the hearth home {folder} is not a folder; set HEARTH_HOME (or "
-                             "--home) to a folder")
+            raise StoreError(
+                f"the hearth home {folder} is not a folder; set HEARTH_HOME (or --home) to a folder"
+            )
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"the hearth home {folder} cannot be created: "
-                             f"{exc.strerror or exc}") from None
+            raise StoreError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
 
     async def close(self) -> None:
         """Let verbs in flight finish (``drain_grace``), cancel the rest (recorded
@@ -224,30 +236,38 @@ class Host:
     # --- input checks --------------------------------------------------------------------------
     def _check_slug(self, slug: str) -> None:
         if not isinstance(slug, str) or not re.fullmatch(codes.SLUG_PATTERN, slug):
-            raise InvalidInput(f"{echo(slug)} is not a workspace slug: use 1 to 63 lowercase "
-                               "letters, digits and '-', starting and ending with a letter or digit")
+            raise InvalidInput(
+                f"{echo(slug)} is not a workspace slug: use 1 to 63 lowercase "
+                "letters, digits and '-', starting and ending with a letter or digit"
+            )
 
     def _check_driver(self, driver: str) -> None:
         if not isinstance(driver, str) or not re.fullmatch(codes.DRIVER_PATTERN, driver):
-            raise InvalidInput(f"{echo(driver)} is not a driver name (lowercase letters, digits "
-                               "and '-', at most 40)")
+            raise InvalidInput(
+                f"{echo(driver)} is not a driver name (lowercase letters, digits and '-', at most 40)"
+            )
         if self._supervisor.knows(driver) or driver in self._supervisor.running():
             return
         if candidates(driver, self.project_dir, self.home):
             return  # whether it may run is for discover() to say, with its reasons
-        available = {c.driver for c in discover_all(project_dir=self.project_dir, home=self.home)
-                     if c.acceptable}
+        available = {
+            c.driver for c in discover_all(project_dir=self.project_dir, home=self.home) if c.acceptable
+        }
         available |= self._supervisor.in_process_drivers()
         choices = ", ".join(sorted(available)) or "none installed"
-        raise InvalidInput(f"unknown driver {driver!r}: no hearth-adapter-{driver} found; "
-                           f"available: {choices} (see 'hearth adapters')")
+        raise InvalidInput(
+            f"unknown driver {driver!r}: no hearth-adapter-{driver} found; "
+            f"available: {choices} (see 'hearth adapters')"
+        )
 
     def _profile(self, tier: str, driver: str) -> ProvisioningProfile:
         try:
             return self.settings.profile(tier, driver)
         except ValidationError as exc:
-            raise InvalidInput(f"tier {echo(tier)} does not make a valid profile for driver "
-                               f"{driver!r}: {exc.errors(include_url=False)[0]['msg']}") from None
+            raise InvalidInput(
+                f"tier {echo(tier)} does not make a valid profile for driver "
+                f"{driver!r}: {exc.errors(include_url=False)[0]['msg']}"
+            ) from None
 
     def _existing(self, slug: str) -> Deployment:
         found = self.store.get(slug)
@@ -256,15 +276,24 @@ class Host:
             history = self.store.operations(slug)
             if history:
                 last = history[-1]
-                hint = (f" (its last operation, {last.verb} #{last.id}, ended {last.outcome} and "
-                        "left no workspace; 'hearth logs' shows it)")
+                hint = (
+                    f" (its last operation, {last.verb} #{last.id}, ended {last.outcome} and "
+                    "left no workspace; 'hearth logs' shows it)"
+                )
             raise InvalidInput(f"no workspace {slug!r}{hint}; 'hearth ls' lists them")
         return found
 
     # --- the verbs -----------------------------------------------------------------------------
-    async def provision(self, slug: str, *, tier: str, driver: str,
-                        on_progress: ProgressCallback | None = None,
-                        timeout: float | None = None, reuse: bool = False) -> DeploymentRef:
+    async def provision(
+        self,
+        slug: str,
+        *,
+        tier: str,
+        driver: str,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        reuse: bool = False,
+    ) -> DeploymentRef:
         """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref."""
         self._check_slug(slug)
         self._check_driver(driver)
@@ -281,17 +310,24 @@ class Host:
                 return record.ref
             working, plan, archive = self._provision_record(slug, record, tier, driver, reuse)
             previous = None if archive else record
-            ref = await self._run(previous, working, plan, "provision", on_progress=on_progress,
-                                  deadline=self._verb_deadline(deadline, "provision"),
-                                  archive_first=archive,
-                                  call=lambda client, remaining, callback, interruption:
-                                  client.provision(slug, profile, on_progress=callback,
-                                                   timeout=remaining, interruption=interruption))
+            ref = await self._run(
+                previous,
+                working,
+                plan,
+                "provision",
+                on_progress=on_progress,
+                deadline=self._verb_deadline(deadline, "provision"),
+                archive_first=archive,
+                call=lambda client, remaining, callback, interruption: client.provision(
+                    slug, profile, on_progress=callback, timeout=remaining, interruption=interruption
+                ),
+            )
             assert ref is not None
             return ref
 
-    def _provision_record(self, slug: str, record: Deployment | None, tier: str, driver: str,
-                          reuse: bool) -> tuple[Deployment, Transition, bool]:
+    def _provision_record(
+        self, slug: str, record: Deployment | None, tier: str, driver: str, reuse: bool
+    ) -> tuple[Deployment, Transition, bool]:
         """(the record to write while provisioning, the transition, whether the current record
         is a torn-down one to archive first)."""
         state: State | None = record.state if record is not None else None
@@ -301,7 +337,9 @@ class Host:
                 raise InvalidTransition(
                     f"workspace {slug!r} was torn down; teardown is final. To use the slug again, "
                     "ask to reuse it (--reuse): the old record is archived",
-                    codes.INVALID_TRANSITION, {"kind": "invalid_transition", "state": record.state})
+                    codes.INVALID_TRANSITION,
+                    {"kind": "invalid_transition", "state": record.state},
+                )
             archive, record, state = True, None, None
         if record is not None and record.state in ("ready", "failed"):
             existing = (record.ref or _synthesized_ref(record)).model_dump(mode="json")
@@ -309,26 +347,46 @@ class Host:
                 raise Conflict(
                     f"workspace {slug!r} exists on driver {record.driver!r}; a workspace cannot "
                     f"move to another driver: tear it down, then provision it again with --reuse",
-                    codes.CONFLICT, {"kind": "conflict", "existing": existing})
+                    codes.CONFLICT,
+                    {"kind": "conflict", "existing": existing},
+                )
             if record.tier != tier:
                 raise Conflict(
                     f"workspace {slug!r} exists with tier {record.tier!r}; "
-                    + ("use upgrade to change its tier" if record.state == "ready" else
-                       f"it is failed: provision it again with tier {record.tier!r}, or tear it down"),
-                    codes.CONFLICT, {"kind": "conflict", "existing": existing})
+                    + (
+                        "use upgrade to change its tier"
+                        if record.state == "ready"
+                        else f"it is failed: provision it again with tier {record.tier!r}, or tear it down"
+                    ),
+                    codes.CONFLICT,
+                    {"kind": "conflict", "existing": existing},
+                )
         plan = self._check_transition(state, "provision", slug)
         now = utc_now()
         generation = record.generation if record is not None else self.store.next_generation(slug)
-        return Deployment(slug, generation, tier, driver, plan.during,
-                          record.ref if record is not None else None,
-                          record.created_at if record is not None else now, now), plan, archive
+        return (
+            Deployment(
+                slug,
+                generation,
+                tier,
+                driver,
+                plan.during,
+                record.ref if record is not None else None,
+                record.created_at if record is not None else now,
+                now,
+            ),
+            plan,
+            archive,
+        )
 
     def _check_transition(self, state: State | None, verb: Verb, slug: str) -> Transition:
         if state in TRANSIENT:
             raise InvalidTransition(
                 f"workspace {slug!r} is {state}: a hearth process stopped in the middle of it; "
                 "run 'hearth reconcile' to resolve it from the backend",
-                codes.INVALID_TRANSITION, {"kind": "invalid_transition", "state": state})
+                codes.INVALID_TRANSITION,
+                {"kind": "invalid_transition", "state": state},
+            )
         return transition(state, verb, slug)
 
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
@@ -337,42 +395,62 @@ class Host:
         deadline = _deadline(timeout)
         record = self._existing(slug)
         if record.state == "tier_torn_down":
-            return StatusReport(state="tier_torn_down", observed_at=utc_now(),
-                                message=f"torn down at {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
-                                details={"recorded_state": record.state})
+            return StatusReport(
+                state="tier_torn_down",
+                observed_at=utc_now(),
+                message=f"torn down at {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
+                details={"recorded_state": record.state},
+            )
         ref = record.ref or _synthesized_ref(record)
         async with self._supervisor.use(record.driver, timeout=_remaining(deadline)) as client:
-            report = await client.status(ref, timeout=self.timeouts.status if deadline is None
-                                         else max(_remaining(deadline), 0.001))
+            report = await client.status(
+                ref, timeout=self.timeouts.status if deadline is None else max(_remaining(deadline), 0.001)
+            )
         details = {**report.details, "recorded_state": record.state}
         notes = [report.message] if report.message else []
         if record.reason:
-            notes.append(f"the last operation failed: {record.reason}" if record.state == "failed"
-                         else f"the record notes: {record.reason}")
+            notes.append(
+                f"the last operation failed: {record.reason}"
+                if record.state == "failed"
+                else f"the record notes: {record.reason}"
+            )
         if record.state in TRANSIENT:
             notes.append(await self._transient_note(record))
         last = self._last_operation(record)
         if last is not None and last.error is not None and last.error.get("changed_nothing"):
-            notes.append(f"the last {last.verb} (#{last.id}) ended {last.outcome} and changed "
-                         f"nothing: {last.error.get('message') or last.error.get('kind')}")
+            notes.append(
+                f"the last {last.verb} (#{last.id}) ended {last.outcome} and changed "
+                f"nothing: {last.error.get('message') or last.error.get('kind')}"
+            )
         return report.model_copy(update={"details": details, "message": "; ".join(notes) or None})
 
     async def _transient_note(self, record: Deployment) -> str:
         """Whether a transient record is being worked on, or was left by a host that died."""
         try:
             async with self._locks.hold(record.slug, 0.0):
-                return (f"the record says {record.state}, but no hearth process is working on it "
-                        "(one stopped in the middle): 'hearth reconcile' settles it")
+                return (
+                    f"the record says {record.state}, but no hearth process is working on it "
+                    "(one stopped in the middle): 'hearth reconcile' settles it"
+                )
         except SlugLocked:
             return f"another hearth process is {record.state.replace('_', ' ')} it right now"
 
     def _last_operation(self, record: Deployment) -> Operation | None:
-        found = [op for op in self.store.operations(record.slug)
-                 if op.generation == record.generation and op.outcome != "running"]
+        found = [
+            op
+            for op in self.store.operations(record.slug)
+            if op.generation == record.generation and op.outcome != "running"
+        ]
         return found[-1] if found else None
 
-    async def upgrade(self, slug: str, *, tier: str, on_progress: ProgressCallback | None = None,
-                      timeout: float | None = None) -> DeploymentRef:
+    async def upgrade(
+        self,
+        slug: str,
+        *,
+        tier: str,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> DeploymentRef:
         """Move a ready workspace to another tier (or re-apply its own)."""
         self._check_slug(slug)
         deadline = _deadline(timeout)
@@ -384,16 +462,24 @@ class Host:
             assert record.ref is not None
             current = record.ref
             working = replace(record, state=plan.during, updated_at=utc_now())
-            ref = await self._run(record, working, plan, "upgrade", on_progress=on_progress,
-                                  deadline=self._verb_deadline(deadline, "upgrade"), new_tier=tier,
-                                  call=lambda client, remaining, callback, interruption:
-                                  client.upgrade(current, profile, on_progress=callback,
-                                                 timeout=remaining, interruption=interruption))
+            ref = await self._run(
+                record,
+                working,
+                plan,
+                "upgrade",
+                on_progress=on_progress,
+                deadline=self._verb_deadline(deadline, "upgrade"),
+                new_tier=tier,
+                call=lambda client, remaining, callback, interruption: client.upgrade(
+                    current, profile, on_progress=callback, timeout=remaining, interruption=interruption
+                ),
+            )
             assert ref is not None
             return ref
 
-    async def teardown(self, slug: str, *, on_progress: ProgressCallback | None = None,
-                       timeout: float | None = None) -> None:
+    async def teardown(
+        self, slug: str, *, on_progress: ProgressCallback | None = None, timeout: float | None = None
+    ) -> None:
         """Irreversibly remove the workspace; a second teardown does nothing."""
         self._check_slug(slug)
         deadline = _deadline(timeout)
@@ -407,16 +493,24 @@ class Host:
             plan = self._check_transition(record.state, "teardown", slug)
             ref = record.ref or _synthesized_ref(record)
             working = replace(record, state=plan.during, updated_at=utc_now())
-            await self._run(record, working, plan, "teardown", on_progress=on_progress,
-                            deadline=self._verb_deadline(deadline, "teardown"),
-                            call=lambda client, remaining, callback, interruption:
-                            client.teardown(ref, on_progress=callback, timeout=remaining,
-                                            interruption=interruption))
+            await self._run(
+                record,
+                working,
+                plan,
+                "teardown",
+                on_progress=on_progress,
+                deadline=self._verb_deadline(deadline, "teardown"),
+                call=lambda client, remaining, callback, interruption: client.teardown(
+                    ref, on_progress=callback, timeout=remaining, interruption=interruption
+                ),
+            )
 
     async def list(self) -> builtins.list[DeploymentRef]:
         """Every current deployment's ref, with ``last_status`` as the host recorded it."""
-        return [(d.ref or _synthesized_ref(d)).model_copy(update={"last_status": d.state})
-                for d in self.store.deployments()]
+        return [
+            (d.ref or _synthesized_ref(d)).model_copy(update={"last_status": d.state})
+            for d in self.store.deployments()
+        ]
 
     def deployments(self) -> builtins.list[Deployment]:
         """The host's records (with bookkeeping such as the failure reason)."""
@@ -428,26 +522,38 @@ class Host:
         return self.store.operations(slug)
 
     # --- running one verb ----------------------------------------------------------------------
-    async def _run(self, previous: Deployment | None, working: Deployment, plan: Transition,
-                   verb: Verb, *, on_progress: ProgressCallback | None, deadline: float,
-                   call: Call, new_tier: str | None = None,
-                   archive_first: bool = False) -> DeploymentRef | None:
+    async def _run(
+        self,
+        previous: Deployment | None,
+        working: Deployment,
+        plan: Transition,
+        verb: Verb,
+        *,
+        on_progress: ProgressCallback | None,
+        deadline: float,
+        call: Call,
+        new_tier: str | None = None,
+        archive_first: bool = False,
+    ) -> DeploymentRef | None:
         """Start the adapter, record ``plan.during``, call it, and record what its answer says."""
         task = asyncio.current_task()
         assert task is not None
         async with self._supervisor.use(working.driver, timeout=_remaining(deadline)) as client:
             remaining = _remaining(deadline)
             if remaining <= 0:
-                raise CallTimeout(f"the deadline passed before {verb} of {working.slug!r} could be "
-                                  "sent (starting the adapter took the time); nothing was changed")
+                raise CallTimeout(
+                    f"the deadline passed before {verb} of {working.slug!r} could be "
+                    "sent (starting the adapter took the time); nothing was changed"
+                )
             store = self.store
             if archive_first:
                 store.archive(working.slug)
             operation = store.begin(working, verb)
 
             def progress(event: Progress) -> None:
-                self._log_buffer.add(operation, LogLine(utc_now(), event.level, event.message,
-                                                        event.fraction))
+                self._log_buffer.add(
+                    operation, LogLine(utc_now(), event.level, event.message, event.fraction)
+                )
                 if on_progress is not None:
                     on_progress(event)
 
@@ -467,9 +573,13 @@ class Host:
                 outcome.failed(exc)
                 raise
             except Exception as exc:  # a bug, or the OS failing under us: never a stuck record
-                error = StoreError(f"{verb} of {working.slug!r} stopped: {type(exc).__name__}: "
-                                   f"{exc}") if isinstance(exc, OSError) else HearthError(
-                    f"{verb} of {working.slug!r} stopped on an unexpected {type(exc).__name__}: {exc}")
+                error = (
+                    StoreError(f"{verb} of {working.slug!r} stopped: {type(exc).__name__}: {exc}")
+                    if isinstance(exc, OSError)
+                    else HearthError(
+                        f"{verb} of {working.slug!r} stopped on an unexpected {type(exc).__name__}: {exc}"
+                    )
+                )
                 outcome.failed(error, unconfirmed=True)
                 raise error from exc
             finally:
@@ -508,12 +618,10 @@ class Host:
                     raise
                 else:
                     report.unreachable.setdefault(record.driver, exc.message)
-        await self._find_orphans({r.driver for r in records} - set(report.unreachable), report,
-                                 timeout)
+        await self._find_orphans({r.driver for r in records} - set(report.unreachable), report, timeout)
         return report
 
-    async def _reconcile_one(self, slug: str, report: ReconcileReport,
-                             timeout: float | None) -> None:
+    async def _reconcile_one(self, slug: str, report: ReconcileReport, timeout: float | None) -> None:
         current = self.store.get(slug)
         if current is None or current.state == "tier_torn_down":
             return
@@ -534,20 +642,35 @@ class Host:
             verb = last.verb if last is not None else "provision"
         resolution = resolve(current.state, observed.state, verb=verb)
         if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
-                current.state, current.reason, current.unconfirmed):
+            current.state,
+            current.reason,
+            current.unconfirmed,
+        ):
             return  # nothing new: a second reconcile changes nothing
-        settled = replace(current, state=resolution.state, reason=resolution.reason,
-                          unconfirmed=resolution.unconfirmed, updated_at=utc_now())
+        settled = replace(
+            current,
+            state=resolution.state,
+            reason=resolution.reason,
+            unconfirmed=resolution.unconfirmed,
+            updated_at=utc_now(),
+        )
         if verb == "upgrade" and observed.state == "ready":
             tier = observed.details.get("tier")
             if isinstance(tier, str) and tier:  # the adapter says which tier it serves
-                settled = replace(settled, tier=tier, reason=None,
-                                  ref=(current.ref or ref).model_copy(
-                                      update={"tier": tier, "last_status": "ready"}))
+                settled = replace(
+                    settled,
+                    tier=tier,
+                    reason=None,
+                    ref=(current.ref or ref).model_copy(update={"tier": tier, "last_status": "ready"}),
+                )
         if settled.state == "ready":
             base = settled.ref or _synthesized_ref(settled)
-            settled = replace(settled, ref=base.model_copy(update={
-                "endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}))
+            settled = replace(
+                settled,
+                ref=base.model_copy(
+                    update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
+                ),
+            )
         self.store.save(settled)
         if verb is None:
             report.ghosts.append(current.slug)
@@ -557,13 +680,17 @@ class Host:
     def _interrupt_operations(self, slug: str) -> None:
         for operation in self.store.operations(slug):
             if operation.outcome == "running":
-                self.store.end(operation.id, "interrupted", {
-                    "kind": "interrupted",
-                    "message": "the hearth process running it stopped before it finished "
-                               "(found by reconcile)"})
+                self.store.end(
+                    operation.id,
+                    "interrupted",
+                    {
+                        "kind": "interrupted",
+                        "message": "the hearth process running it stopped before it finished "
+                        "(found by reconcile)",
+                    },
+                )
 
-    async def _find_orphans(self, drivers: set[str], report: ReconcileReport,
-                            timeout: float | None) -> None:
+    async def _find_orphans(self, drivers: set[str], report: ReconcileReport, timeout: float | None) -> None:
         known = {d.slug for d in self.store.deployments() if d.state != "tier_torn_down"}
         for driver in sorted(drivers):
             try:
@@ -593,8 +720,9 @@ class _Outcome:
     def _store(self) -> Store:
         return self.host.store
 
-    def _end(self, outcome: str, error: dict[str, Any] | None, deployment: Deployment,
-             archive: bool = False) -> None:
+    def _end(
+        self, outcome: str, error: dict[str, Any] | None, deployment: Deployment, archive: bool = False
+    ) -> None:
         self.host._log_buffer.flush()
         self._store.end(self.operation, outcome, error, deployment=deployment, archive=archive)
 
@@ -602,17 +730,30 @@ class _Outcome:
         record = self.working
         if self.verb == "teardown":
             ref = (record.ref or _synthesized_ref(record)).model_copy(
-                update={"last_status": "tier_torn_down", "endpoint": None})
+                update={"last_status": "tier_torn_down", "endpoint": None}
+            )
         else:
             ref = result
             if ref.workspace_slug != record.slug:
-                error = ProtocolViolation(f"the adapter answered {self.verb} of {record.slug!r} "
-                                          f"with a ref for {ref.workspace_slug!r}")
+                error = ProtocolViolation(
+                    f"the adapter answered {self.verb} of {record.slug!r} "
+                    f"with a ref for {ref.workspace_slug!r}"
+                )
                 self.failed(error, unconfirmed=True)
                 raise error
-        self._end("succeeded", None, replace(
-            record, state=self.plan.on_success, ref=ref, tier=new_tier or record.tier,
-            updated_at=utc_now(), reason=None, unconfirmed=False))
+        self._end(
+            "succeeded",
+            None,
+            replace(
+                record,
+                state=self.plan.on_success,
+                ref=ref,
+                tier=new_tier or record.tier,
+                updated_at=utc_now(),
+                reason=None,
+                unconfirmed=False,
+            ),
+        )
         return ref if self.verb != "teardown" else None
 
     def unchanged(self, outcome: str, error: dict[str, Any]) -> None:
@@ -620,13 +761,16 @@ class _Outcome:
         leaves no live record); the operation keeps the error."""
         error = {**error, "changed_nothing": True}
         if self.previous is None:
-            self._end(outcome, error, replace(self.working, state="failed",
-                                              reason=error.get("message")), archive=True)
+            self._end(
+                outcome,
+                error,
+                replace(self.working, state="failed", reason=error.get("message")),
+                archive=True,
+            )
         else:
             self._end(outcome, error, self.previous)
 
-    def failed(self, exc: HearthError, *, unconfirmed: bool | None = None,
-               outcome: str = "failed") -> None:
+    def failed(self, exc: HearthError, *, unconfirmed: bool | None = None, outcome: str = "failed") -> None:
         """D8, unless the answer says that nothing changed."""
         if isinstance(exc, BackendFailure):
             for line in exc.logs:
@@ -637,11 +781,17 @@ class _Outcome:
             return
         if unconfirmed is None:  # the adapter died, broke the protocol or lost its backend
             unconfirmed = not isinstance(exc, AdapterError) or isinstance(exc, BackendUnavailable)
-        reason = exc.message + ("; what the backend holds is not confirmed: 'hearth reconcile' "
-                                "checks it" if unconfirmed else "")
+        reason = exc.message + (
+            "; what the backend holds is not confirmed: 'hearth reconcile' checks it" if unconfirmed else ""
+        )
         try:
-            self._end(outcome, error, replace(self.working, state="failed", updated_at=utc_now(),
-                                               reason=reason, unconfirmed=unconfirmed))
+            self._end(
+                outcome,
+                error,
+                replace(
+                    self.working, state="failed", updated_at=utc_now(), reason=reason, unconfirmed=unconfirmed
+                ),
+            )
         except StoreError:
             if isinstance(exc, StoreError):
                 return  # the store is what failed: the record stays transient for reconcile
@@ -656,22 +806,27 @@ class _Outcome:
         else:
             self._unconfirmed("cancelled", f"timed out: {exc.message}", error)
 
-    async def cancelled(self, outcome: str, reason: str, interruption: Interruption,
-                        new_tier: str | None) -> None:
+    async def cancelled(
+        self, outcome: str, reason: str, interruption: Interruption, new_tier: str | None
+    ) -> None:
         """The caller was cancelled: record what the adapter's answer (if any) says."""
-        error = {"kind": "cancelled" if outcome == "cancelled" else "interrupted",
-                 "message": reason}
+        error = {"kind": "cancelled" if outcome == "cancelled" else "interrupted", "message": reason}
         note = f"{self.verb} of {self.working.slug!r}"
         if interruption.succeeded:
-            result = None if self.verb == "teardown" else \
-                self.client._validated(DeploymentRef, interruption.result, self.verb)
+            result = (
+                None
+                if self.verb == "teardown"
+                else self.client._validated(DeploymentRef, interruption.result, self.verb)
+            )
             self.succeeded(result, new_tier)
-            self.host.interruptions.append(f"{note} had finished before the cancel took effect; "
-                                           "it is recorded as done")
+            self.host.interruptions.append(
+                f"{note} had finished before the cancel took effect; it is recorded as done"
+            )
         elif not interruption.answered:
             self._unconfirmed(outcome, reason, error)
-            self.host.interruptions.append(f"{note} was told to cancel; its rollback is not "
-                                           "confirmed ('hearth reconcile' checks it)")
+            self.host.interruptions.append(
+                f"{note} was told to cancel; its rollback is not confirmed ('hearth reconcile' checks it)"
+            )
         elif not isinstance(interruption.error, Cancelled):
             assert interruption.error is not None
             self.failed(interruption.error, outcome=outcome)
@@ -679,32 +834,45 @@ class _Outcome:
             self.host.interruptions.append(
                 f"{note} was cancelled and the adapter answered with an error "
                 f"({interruption.error.kind}); the workspace is recorded "
-                f"{after.state if after is not None else 'nowhere (nothing changed)'}")
+                f"{after.state if after is not None else 'nowhere (nothing changed)'}"
+            )
         elif self.verb == "teardown":
             observed, state = await self._settle_teardown(outcome, reason, error)
-            self.host.interruptions.append(f"{note} was cancelled; the backend shows {observed}, "
-                                           f"the workspace is recorded {state}")
+            self.host.interruptions.append(
+                f"{note} was cancelled; the backend shows {observed}, the workspace is recorded {state}"
+            )
         elif cancel_rolled_back(self.verb, True, interruption.error.data):
-            self.unchanged(outcome, {**error, "rolled_back": True,
-                                     "message": f"{reason}; the adapter rolled back"})
-            self.host.interruptions.append(f"{note} was cancelled and rolled back"
-                                           + ("" if self.previous is None else
-                                              f"; the workspace is {self.previous.state} as before"))
+            self.unchanged(
+                outcome, {**error, "rolled_back": True, "message": f"{reason}; the adapter rolled back"}
+            )
+            self.host.interruptions.append(
+                f"{note} was cancelled and rolled back"
+                + ("" if self.previous is None else f"; the workspace is {self.previous.state} as before")
+            )
         else:
             self._unconfirmed(outcome, reason, {**error, "rolled_back": False})
-            self.host.interruptions.append(f"{note} was cancelled; the adapter could not confirm "
-                                           "its rollback ('hearth reconcile' checks it)")
+            self.host.interruptions.append(
+                f"{note} was cancelled; the adapter could not confirm "
+                "its rollback ('hearth reconcile' checks it)"
+            )
 
     def _unconfirmed(self, outcome: str, reason: str, error: dict[str, Any]) -> None:
         what = "rollback not confirmed" if self.verb != "teardown" else "teardown not confirmed"
         reason = reason.replace("; the rollback is not confirmed", "")
-        self._end(outcome, error, replace(
-            self.working, state="failed", updated_at=utc_now(), unconfirmed=True,
-            reason=f"{reason}; {what}: the backend may still hold resources; 'hearth reconcile' "
-                   "checks it"))
+        self._end(
+            outcome,
+            error,
+            replace(
+                self.working,
+                state="failed",
+                updated_at=utc_now(),
+                unconfirmed=True,
+                reason=f"{reason}; {what}: the backend may still hold resources; 'hearth reconcile' "
+                "checks it",
+            ),
+        )
 
-    async def _settle_teardown(self, outcome: str, reason: str,
-                               error: dict[str, Any]) -> tuple[str, str]:
+    async def _settle_teardown(self, outcome: str, reason: str, error: dict[str, Any]) -> tuple[str, str]:
         """A cancelled teardown cannot be undone: record what the adapter's status shows;
         (what it observed, the state recorded)."""
         observed = "unknown"
@@ -719,27 +887,47 @@ class _Outcome:
         if resolution is None:
             self._unconfirmed(outcome, reason, error)
             return "an unknown state", "failed (not confirmed)"
-        self._end(outcome, error, replace(
-            self.working, state=resolution.state, updated_at=utc_now(),
-            unconfirmed=resolution.unconfirmed,
-            reason=f"{reason}; {resolution.reason}" if resolution.reason else None))
+        self._end(
+            outcome,
+            error,
+            replace(
+                self.working,
+                state=resolution.state,
+                updated_at=utc_now(),
+                unconfirmed=resolution.unconfirmed,
+                reason=f"{reason}; {resolution.reason}" if resolution.reason else None,
+            ),
+        )
         return observed, resolution.state
 
 
 def _same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
-    return (record is not None and record.state == "ready" and record.ref is not None
-            and (record.tier, record.driver) == (tier, driver))
+    return (
+        record is not None
+        and record.state == "ready"
+        and record.ref is not None
+        and (record.tier, record.driver) == (tier, driver)
+    )
 
 
 def _synthesized_ref(record: Deployment) -> DeploymentRef:
     """A ref for a record that has none (its provision failed): drivers find objects by name."""
-    return DeploymentRef(workspace_slug=record.slug, tier=record.tier, driver=record.driver,
-                         created=record.created_at, last_status=record.state)
+    return DeploymentRef(
+        workspace_slug=record.slug,
+        tier=record.tier,
+        driver=record.driver,
+        created=record.created_at,
+        last_status=record.state,
+    )
 
 
 def _positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or \
-            not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise InvalidInput(f"{name} must be a positive number of seconds, not {echo(value)}")
     return float(value)
 
@@ -755,4 +943,3 @@ def _remaining(deadline: float | None) -> float:
     if deadline is None:
         return math.inf
     return deadline - asyncio.get_running_loop().time()
-

@@ -52,8 +52,10 @@ class SlugLocks:
             self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise StoreError(f"the lock file {path} cannot be used: {exc.strerror or exc}; "
-                             f"{self._folder} must be a folder you can write") from None
+            raise StoreError(
+                f"the lock file {path} cannot be used: {exc.strerror or exc}; "
+                f"{self._folder} must be a folder you can write"
+            ) from None
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -65,7 +67,8 @@ class SlugLocks:
                         holder = _read_holder(path)
                         raise SlugLocked(
                             f"workspace {slug!r} is being changed by another hearth process"
-                            f"{f' (pid {holder})' if holder else ''}; waited {timeout:g} s") from None
+                            f"{f' (pid {holder})' if holder else ''}; waited {timeout:g} s"
+                        ) from None
                     await asyncio.sleep(_POLL)  # flock has no async wake-up to wait on
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())

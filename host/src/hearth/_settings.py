@@ -53,8 +53,12 @@ class Tier:
     driver_flags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def profile(self, driver: str) -> ProvisioningProfile:
-        return ProvisioningProfile(tier=self.name, driver=driver, resource_caps=self.resource_caps,
-                                   driver_flags=dict(self.driver_flags.get(driver, {})))
+        return ProvisioningProfile(
+            tier=self.name,
+            driver=driver,
+            resource_caps=self.resource_caps,
+            driver_flags=dict(self.driver_flags.get(driver, {})),
+        )
 
 
 #: CPU and memory only: every driver can honour these (docker cannot cap a local volume's size).
@@ -127,8 +131,9 @@ class Settings:
             return self.tiers[name]
         except KeyError:
             where = f" (built in, or from {self.source})" if self.source else ""
-            raise InvalidInput(f"unknown tier {name!r}; choose one of "
-                               f"{', '.join(sorted(self.tiers))}{where}") from None
+            raise InvalidInput(
+                f"unknown tier {name!r}; choose one of {', '.join(sorted(self.tiers))}{where}"
+            ) from None
 
     def profile(self, tier: str, driver: str) -> ProvisioningProfile:
         """The ProvisioningProfile a tier resolves to for ``driver``."""
@@ -186,8 +191,9 @@ def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
         return Tier(name, table.resource_caps or ResourceCaps(), table.driver_flags)
     caps = base.resource_caps
     if table.resource_caps is not None:
-        caps = ResourceCaps.model_validate({**caps.model_dump(exclude_none=True),
-                                            **table.resource_caps.model_dump(exclude_unset=True)})
+        caps = ResourceCaps.model_validate(
+            {**caps.model_dump(exclude_none=True), **table.resource_caps.model_dump(exclude_unset=True)}
+        )
     return Tier(name, caps, {**base.driver_flags, **table.driver_flags})
 
 
@@ -220,15 +226,16 @@ def _problem(error: ErrorDetails) -> str:
         case ["tiers", name, "resource_caps", *cap]:
             return f"tiers.{name}.resource_caps: {'.'.join(cap) or '(root)'}: {msg}"
         case ["tiers", name, "driver_flags", *_]:
-            return (f"tiers.{name}.driver_flags must hold one table per driver, "
-                    f"e.g. [tiers.{name}.driver_flags.docker]")
+            return (
+                f"tiers.{name}.driver_flags must hold one table per driver, "
+                f"e.g. [tiers.{name}.driver_flags.docker]"
+            )
         case ["adapters", driver, "[key]"]:
             return f"adapters.{driver}: not a driver name"
         case ["adapters", driver]:
             return f"adapters.{driver} must be a table"
         case ["timeouts", key] if unknown:
-            return (f"timeouts.{key}: unknown key; choose one of "
-                    f"{', '.join(f.name for f in fields(Timeouts))}")
+            return f"timeouts.{key}: unknown key; choose one of {', '.join(f.name for f in fields(Timeouts))}"
         case ["timeouts", key]:
             return f"timeouts.{key}: must be a positive number of seconds"
     return f"{'.'.join(loc)}: {msg}"

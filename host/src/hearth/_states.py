@@ -27,10 +27,15 @@ TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_dow
 #: States in which a record claims that the backend holds a workspace.
 CLAIMS_BACKEND: frozenset[str] = frozenset({"ready", "upgrading", "provisioning", "tearing_down"})
 #: Error codes whose answer says the adapter changed nothing (a refusal before any work).
-REFUSAL_CODES: frozenset[int] = frozenset({
-    codes.INVALID_PARAMS, codes.CONFLICT, codes.INVALID_TRANSITION, codes.UNSUPPORTED,
-    codes.INVALID_PROFILE,
-})
+REFUSAL_CODES: frozenset[int] = frozenset(
+    {
+        codes.INVALID_PARAMS,
+        codes.CONFLICT,
+        codes.INVALID_TRANSITION,
+        codes.UNSUPPORTED,
+        codes.INVALID_PROFILE,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,11 @@ def transition(state: State | None, verb: Verb, slug: str) -> Transition:
     current = state or "absent"
     allowed = sorted(v for (s, v) in TRANSITIONS if s == state)
     hint = f"; from {current} you may {' or '.join(allowed)}" if allowed else ""
-    raise InvalidTransition(f"cannot {verb} workspace {slug!r}: it is {current}{hint}",
-                            codes.INVALID_TRANSITION, {"kind": "invalid_transition", "state": current})
+    raise InvalidTransition(
+        f"cannot {verb} workspace {slug!r}: it is {current}{hint}",
+        codes.INVALID_TRANSITION,
+        {"kind": "invalid_transition", "state": current},
+    )
 
 
 def changed_nothing(verb: Verb, code: int | None, data: Mapping[str, Any]) -> bool:
@@ -109,18 +117,25 @@ def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resol
     if observed == "absent":
         if verb == "teardown":
             return Resolution("tier_torn_down", None)
-        return Resolution("failed", f"{verb} interrupted; the backend has no trace of it "
-                          "(nothing is left running)")
+        return Resolution(
+            "failed", f"{verb} interrupted; the backend has no trace of it (nothing is left running)"
+        )
     if observed in TRANSIENT:
-        return Resolution("failed", f"{verb} interrupted; the backend is still {observed}: "
-                          "reconcile looks again (if it stays so, tear the workspace down)",
-                          unconfirmed=True)
+        return Resolution(
+            "failed",
+            f"{verb} interrupted; the backend is still {observed}: "
+            "reconcile looks again (if it stays so, tear the workspace down)",
+            unconfirmed=True,
+        )
     if observed == "ready":
         if verb == "teardown":
             return Resolution("ready", "teardown interrupted; the backend still serves")
         if verb == "upgrade":
-            return Resolution("ready", "upgrade interrupted; the backend serves, but the tier it "
-                              "runs may be the old one: run the upgrade again")
+            return Resolution(
+                "ready",
+                "upgrade interrupted; the backend serves, but the tier it "
+                "runs may be the old one: run the upgrade again",
+            )
         return Resolution("ready", None)
     if observed == "tier_torn_down":
         return Resolution("tier_torn_down", None)

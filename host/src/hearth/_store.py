@@ -86,8 +86,15 @@ class Store(Protocol):
     def begin(self, deployment: Deployment, verb: str) -> int: ...
     def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
     def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None: ...
-    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
-            deployment: Deployment | None = None, archive: bool = False) -> None: ...
+    def end(
+        self,
+        operation: int,
+        outcome: Outcome,
+        error: dict[str, Any] | None = None,
+        *,
+        deployment: Deployment | None = None,
+        archive: bool = False,
+    ) -> None: ...
     def operations(self, slug: str) -> list[Operation]: ...
     def close(self) -> None: ...
 
@@ -181,8 +188,9 @@ class SQLiteStore:
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
                     side.chmod(0o600)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
             self._wal(busy_timeout)
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -209,8 +217,10 @@ class SQLiteStore:
         with self._write():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"the store {self.path} has schema version {version}, newer than "
-                                 f"this hearth ({SCHEMA_VERSION}); upgrade hearth")
+                raise StoreError(
+                    f"the store {self.path} has schema version {version}, newer than "
+                    f"this hearth ({SCHEMA_VERSION}); upgrade hearth"
+                )
             for number in range(version, SCHEMA_VERSION):
                 # executescript would commit our transaction: run the statements one by one
                 for statement in MIGRATIONS[number].split(";"):
@@ -236,7 +246,9 @@ class SQLiteStore:
         row = self._db.execute(
             "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
             "unconfirmed "
-            "FROM deployments WHERE slug = ? AND archived = 0", (slug,)).fetchone()
+            "FROM deployments WHERE slug = ? AND archived = 0",
+            (slug,),
+        ).fetchone()
         return _deployment(row) if row else None
 
     @_typed
@@ -251,8 +263,7 @@ class SQLiteStore:
 
     @_typed
     def next_generation(self, slug: str) -> int:
-        row = self._db.execute("SELECT MAX(generation) FROM deployments WHERE slug = ?",
-                               (slug,)).fetchone()
+        row = self._db.execute("SELECT MAX(generation) FROM deployments WHERE slug = ?", (slug,)).fetchone()
         return (row[0] or 0) + 1
 
     @_typed
@@ -260,7 +271,8 @@ class SQLiteStore:
         rows = self._db.execute(
             "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
             "unconfirmed "
-            "FROM deployments WHERE archived = 0 ORDER BY slug").fetchall()
+            "FROM deployments WHERE archived = 0 ORDER BY slug"
+        ).fetchall()
         return [_deployment(row) for row in rows]
 
     # --- operations --------------------------------------------------------------------------
@@ -272,7 +284,8 @@ class SQLiteStore:
             cursor = db.execute(
                 "INSERT INTO operations (slug, generation, verb, started_at, outcome) "
                 "VALUES (?, ?, ?, ?, 'running')",
-                (deployment.slug, deployment.generation, verb, utc_now().isoformat()))
+                (deployment.slug, deployment.generation, verb, utc_now().isoformat()),
+            )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -284,14 +297,20 @@ class SQLiteStore:
         """Several log lines (of any operations) in one transaction."""
         with self._write() as db:
             db.executemany(
-                "INSERT INTO operation_log (operation, at, level, message, fraction) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(op, line.at.isoformat(), line.level, line.message, line.fraction)
-                 for op, line in lines])
+                "INSERT INTO operation_log (operation, at, level, message, fraction) VALUES (?, ?, ?, ?, ?)",
+                [(op, line.at.isoformat(), line.level, line.message, line.fraction) for op, line in lines],
+            )
 
     @_typed
-    def end(self, operation: int, outcome: Outcome, error: dict[str, Any] | None = None, *,
-            deployment: Deployment | None = None, archive: bool = False) -> None:
+    def end(
+        self,
+        operation: int,
+        outcome: Outcome,
+        error: dict[str, Any] | None = None,
+        *,
+        deployment: Deployment | None = None,
+        archive: bool = False,
+    ) -> None:
         """Record an operation's outcome, and the deployment it left, in one write. With
         ``archive``, the deployment's generation is archived (a first provision that changed
         nothing leaves no live record; its operation stays in the logs)."""
@@ -299,28 +318,41 @@ class SQLiteStore:
             if deployment is not None:
                 _save(db, deployment)
                 if archive:
-                    db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
-                               (deployment.slug, deployment.generation))
-            db.execute("UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
-                       (utc_now().isoformat(), outcome,
-                        json.dumps(error) if error is not None else None, operation))
+                    db.execute(
+                        "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
+                        (deployment.slug, deployment.generation),
+                    )
+            db.execute(
+                "UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
+                (utc_now().isoformat(), outcome, json.dumps(error) if error is not None else None, operation),
+            )
 
     @_typed
     def operations(self, slug: str) -> list[Operation]:
         rows = self._db.execute(
             "SELECT id, slug, generation, verb, started_at, ended_at, outcome, error "
-            "FROM operations WHERE slug = ? ORDER BY id", (slug,)).fetchall()
+            "FROM operations WHERE slug = ? ORDER BY id",
+            (slug,),
+        ).fetchall()
         found = []
         for row in rows:
             lines = self._db.execute(
-                "SELECT at, level, message, fraction FROM operation_log WHERE operation = ? "
-                "ORDER BY id", (row[0],)).fetchall()
-            found.append(Operation(
-                id=row[0], slug=row[1], generation=row[2], verb=row[3],
-                started_at=datetime.fromisoformat(row[4]),
-                ended_at=datetime.fromisoformat(row[5]) if row[5] else None,
-                outcome=row[6], error=json.loads(row[7]) if row[7] else None,
-                log=tuple(LogLine(datetime.fromisoformat(a), lv, m, f) for a, lv, m, f in lines)))
+                "SELECT at, level, message, fraction FROM operation_log WHERE operation = ? ORDER BY id",
+                (row[0],),
+            ).fetchall()
+            found.append(
+                Operation(
+                    id=row[0],
+                    slug=row[1],
+                    generation=row[2],
+                    verb=row[3],
+                    started_at=datetime.fromisoformat(row[4]),
+                    ended_at=datetime.fromisoformat(row[5]) if row[5] else None,
+                    outcome=row[6],
+                    error=json.loads(row[7]) if row[7] else None,
+                    log=tuple(LogLine(datetime.fromisoformat(a), lv, m, f) for a, lv, m, f in lines),
+                )
+            )
         return found
 
     def close(self) -> None:
@@ -364,15 +396,32 @@ def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
         "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
         "reason = excluded.reason, updated_at = excluded.updated_at, "
         "unconfirmed = excluded.unconfirmed",
-        (deployment.slug, deployment.generation, deployment.tier, deployment.driver,
-         deployment.state, ref, deployment.reason, deployment.created_at.isoformat(),
-         deployment.updated_at.isoformat(), int(deployment.unconfirmed)))
+        (
+            deployment.slug,
+            deployment.generation,
+            deployment.tier,
+            deployment.driver,
+            deployment.state,
+            ref,
+            deployment.reason,
+            deployment.created_at.isoformat(),
+            deployment.updated_at.isoformat(),
+            int(deployment.unconfirmed),
+        ),
+    )
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
     slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed = row
     return Deployment(
-        slug=slug, generation=generation, tier=tier, driver=driver, state=state,
+        slug=slug,
+        generation=generation,
+        tier=tier,
+        driver=driver,
+        state=state,
         ref=DeploymentRef.model_validate_json(ref) if ref else None,
-        created_at=datetime.fromisoformat(created), updated_at=datetime.fromisoformat(updated),
-        reason=reason, unconfirmed=bool(unconfirmed))
+        created_at=datetime.fromisoformat(created),
+        updated_at=datetime.fromisoformat(updated),
+        reason=reason,
+        unconfirmed=bool(unconfirmed),
+    )

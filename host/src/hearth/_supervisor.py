@@ -63,8 +63,9 @@ class Supervisor:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.chmod(0o700)
         except OSError as exc:
-            raise StoreError(f"the {driver} driver's data folder {folder} cannot be used: "
-                             f"{exc.strerror or exc}") from None
+            raise StoreError(
+                f"the {driver} driver's data folder {folder} cannot be used: {exc.strerror or exc}"
+            ) from None
         return folder
 
     def knows(self, driver: str) -> bool:
@@ -95,28 +96,44 @@ class Supervisor:
             slot.in_flight -= 1
             if slot.in_flight == 0 and not self._closed:
                 slot.idle_timer = asyncio.get_running_loop().call_later(
-                    self._idle_timeout, self._close_idle, driver)
+                    self._idle_timeout, self._close_idle, driver
+                )
 
     async def _start(self, driver: str, timeout: float | None) -> AdapterClient:
         config = self._settings.adapter_config(driver)
         bound = self._handshake_timeout if timeout is None else min(timeout, self._handshake_timeout)
         if bound <= 0:
-            raise CallTimeout(f"the deadline passed before adapter hearth-adapter-{driver} could be "
-                              "started; nothing was sent")
+            raise CallTimeout(
+                f"the deadline passed before adapter hearth-adapter-{driver} could be "
+                "started; nothing was sent"
+            )
         data_dir = self.data_dir(driver)
         try:
             async with asyncio.timeout(bound):  # spawn and handshake together
                 if driver in self._in_process:
                     return await AdapterClient.connect(
-                        self._in_process[driver](), config=config, timeout=bound,
-                        data_dir=data_dir, driver=driver, cancel_grace=self._cancel_grace)
+                        self._in_process[driver](),
+                        config=config,
+                        timeout=bound,
+                        data_dir=data_dir,
+                        driver=driver,
+                        cancel_grace=self._cancel_grace,
+                    )
                 found = discover(driver, project_dir=self._project_dir, home=self._home)
                 return await AdapterClient.launch(
-                    found.path, config=config, timeout=bound, data_dir=data_dir, driver=driver,
-                    env=named_variables(config), cancel_grace=self._cancel_grace)
+                    found.path,
+                    config=config,
+                    timeout=bound,
+                    data_dir=data_dir,
+                    driver=driver,
+                    env=named_variables(config),
+                    cancel_grace=self._cancel_grace,
+                )
         except TimeoutError:
-            raise CallTimeout(f"adapter hearth-adapter-{driver} did not start and complete the "
-                              f"handshake within {bound:.2g} s") from None
+            raise CallTimeout(
+                f"adapter hearth-adapter-{driver} did not start and complete the "
+                f"handshake within {bound:.2g} s"
+            ) from None
 
     def _close_idle(self, driver: str) -> None:
         slot = self._slots.get(driver)
@@ -129,8 +146,11 @@ class Supervisor:
 
     def running(self) -> dict[str, AdapterClient]:
         """The live clients by driver (for tests and diagnostics)."""
-        return {driver: slot.client for driver, slot in self._slots.items()
-                if slot.client is not None and slot.client.alive}
+        return {
+            driver: slot.client
+            for driver, slot in self._slots.items()
+            if slot.client is not None and slot.client.alive
+        }
 
     async def close(self) -> None:
         """Close every adapter (each bounded); wait for idle closes already under way."""
@@ -142,8 +162,7 @@ class Supervisor:
             if slot.client is not None:
                 clients.append(slot.client)
                 slot.client = None
-        await asyncio.gather(*(client.close() for client in clients), *self._closing,
-                             return_exceptions=True)
+        await asyncio.gather(*(client.close() for client in clients), *self._closing, return_exceptions=True)
 
 
 def named_variables(config: Mapping[str, object]) -> list[str]:

@@ -87,11 +87,11 @@ class DockerDriver(Driver):
         try:
             return resolve(profile, *self._capacity)
         except ValueError as exc:
-            raise InvalidProfile("the docker driver cannot honour this profile",
-                                 errors=list(exc.args[0])) from None
+            raise InvalidProfile(
+                "the docker driver cannot honour this profile", errors=list(exc.args[0])
+            ) from None
 
-    async def validate_profile(self, profile: ProvisioningProfile,
-                               ctx: RequestContext) -> builtins.list[str]:
+    async def validate_profile(self, profile: ProvisioningProfile, ctx: RequestContext) -> builtins.list[str]:
         try:
             await self._resolve(profile)
         except InvalidProfile as exc:
@@ -99,8 +99,7 @@ class DockerDriver(Driver):
         return []
 
     # --- provision ----------------------------------------------------------------------------
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         flags, limits = await self._resolve(profile)
         existing = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
         if existing is not None:
@@ -108,8 +107,7 @@ class DockerDriver(Driver):
             if (ref.tier, ref.driver) == (profile.tier, profile.driver):
                 ctx.progress("already provisioned", 1.0)
                 return ref
-            raise Conflict(f"workspace {slug!r} exists with tier {ref.tier!r}; use upgrade",
-                           existing=ref)
+            raise Conflict(f"workspace {slug!r} exists with tier {ref.tier!r}; use upgrade", existing=ref)
         created: list[Callable[[docker.DockerClient], None]] = []
         container_name, network, volume = eng.names(slug)
         labels = _labels(slug, profile.tier, utc_now(), flags.port)
@@ -117,24 +115,39 @@ class DockerDriver(Driver):
             ctx.progress(f"checking image {flags.image}", 0.05)
             await self._do(lambda c: _ensure_image(c, flags.image))
             ctx.progress(f"creating network {network} and volume {volume}", 0.1)
-            await self._step(ctx, created, lambda c: _create_network(c, network, labels),
-                             lambda made: (lambda c: eng.remove_quietly(
-                                 c.networks.get(network).remove)) if made else None)
-            await self._step(ctx, created, lambda c: _create_volume(c, volume, labels),
-                             lambda made: (lambda c: eng.remove_quietly(
-                                 lambda: c.volumes.get(volume).remove(force=True))) if made else None)
+            await self._step(
+                ctx,
+                created,
+                lambda c: _create_network(c, network, labels),
+                lambda made: (lambda c: eng.remove_quietly(c.networks.get(network).remove)) if made else None,
+            )
+            await self._step(
+                ctx,
+                created,
+                lambda c: _create_volume(c, volume, labels),
+                lambda made: (
+                    (lambda c: eng.remove_quietly(lambda: c.volumes.get(volume).remove(force=True)))
+                    if made
+                    else None
+                ),
+            )
             ctx.progress(f"starting container {container_name}", 0.2)
-            container = await self._start_ready(created, container_name, flags, limits,
-                                                labels=labels, ctx=ctx)
+            container = await self._start_ready(
+                created, container_name, flags, limits, labels=labels, ctx=ctx
+            )
         except BaseException as exc:
             await self._rollback(ctx, created)
             raise _as_failure(exc, f"provision of {slug!r} failed", []) from None
         ctx.progress("workspace ready", 1.0)
         return _ref(await self._do(lambda c: c.containers.get(container.id)))
 
-    async def _step(self, ctx: RequestContext, created: list[Callable[[docker.DockerClient], None]],
-                    work: Callable[[docker.DockerClient], T],
-                    undo: Callable[[T], Callable[[docker.DockerClient], None] | None]) -> T:
+    async def _step(
+        self,
+        ctx: RequestContext,
+        created: list[Callable[[docker.DockerClient], None]],
+        work: Callable[[docker.DockerClient], T],
+        undo: Callable[[T], Callable[[docker.DockerClient], None] | None],
+    ) -> T:
         """Run a step that creates something; its undo is recorded even if a cancel arrives
         while the engine is still working on it (the worker thread cannot be interrupted, so
         ``ctx.cleanup`` lets it finish before the cancel goes on)."""
@@ -147,28 +160,40 @@ class DockerDriver(Driver):
                 if step is not None:
                     created.append(step)
 
-    async def _start_ready(self, created: list[Callable[[docker.DockerClient], None]], name: str,
-                           flags: DockerFlags, limits: Limits, *, labels: dict[str, str],
-                           ctx: RequestContext) -> Container:
+    async def _start_ready(
+        self,
+        created: list[Callable[[docker.DockerClient], None]],
+        name: str,
+        flags: DockerFlags,
+        limits: Limits,
+        *,
+        labels: dict[str, str],
+        ctx: RequestContext,
+    ) -> Container:
         """Create a container on the workspace's network and volume, start it, wait until ready;
         its removal is recorded in ``created`` as soon as it exists."""
         slug = labels[eng.SLUG_LABEL]
         _, network, volume = eng.names(slug)
         container: Container = await self._step(
-            ctx, created, lambda c: _create(c, name, flags, limits, labels=labels,
-                                            network=network, volume=volume),
-            lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)))
+            ctx,
+            created,
+            lambda c: _create(c, name, flags, limits, labels=labels, network=network, volume=volume),
+            lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)),
+        )
         await self._do(lambda c: container.start())
         await self._wait_ready(container, flags, ctx)
         return container
 
-    async def _rollback(self, ctx: RequestContext,
-                        created: list[Callable[[docker.DockerClient], None]]) -> None:
+    async def _rollback(
+        self, ctx: RequestContext, created: list[Callable[[docker.DockerClient], None]]
+    ) -> None:
         """Undo in reverse order, even when the request is being cancelled."""
+
         async def undo() -> None:
             for step in reversed(created):
                 with contextlib.suppress(DriverError):
                     await self._do(step)
+
         await ctx.cleanup(undo())
 
     async def _wait_ready(self, container: Container, flags: DockerFlags, ctx: RequestContext) -> None:
@@ -181,23 +206,32 @@ class DockerDriver(Driver):
             status = state.get("Status")
             health = (state.get("Health") or {}).get("Status")
             if status in ("exited", "dead"):
-                raise _NotReady(f"the container exited with code {state.get('ExitCode')} before it "
-                                "was ready", await self._do(lambda c: eng.last_logs(container)))
+                raise _NotReady(
+                    f"the container exited with code {state.get('ExitCode')} before it was ready",
+                    await self._do(lambda c: eng.last_logs(container)),
+                )
             if status == "running":
-                if health == "healthy" or (health is None and (
-                        flags.port is None or await _answers(_host_port(container, flags.port)))):
+                if health == "healthy" or (
+                    health is None
+                    and (flags.port is None or await _answers(_host_port(container, flags.port)))
+                ):
                     return
                 if health == "unhealthy":
-                    raise _NotReady("the container's health check failed",
-                                    await self._do(lambda c: eng.last_logs(container)))
+                    raise _NotReady(
+                        "the container's health check failed",
+                        await self._do(lambda c: eng.last_logs(container)),
+                    )
             elapsed = loop.time() - started
             if loop.time() >= deadline:
-                raise _NotReady(f"the container was not ready within {flags.ready_timeout:g} s",
-                                await self._do(lambda c: eng.last_logs(container)))
-            waiting = f"health {health}" if health else (
-                f"port {flags.port}" if flags.port else status)
-            ctx.progress(f"waiting for {container.name} ({waiting})",
-                         0.2 + 0.75 * min(1.0, elapsed / flags.ready_timeout))
+                raise _NotReady(
+                    f"the container was not ready within {flags.ready_timeout:g} s",
+                    await self._do(lambda c: eng.last_logs(container)),
+                )
+            waiting = f"health {health}" if health else (f"port {flags.port}" if flags.port else status)
+            ctx.progress(
+                f"waiting for {container.name} ({waiting})",
+                0.2 + 0.75 * min(1.0, elapsed / flags.ready_timeout),
+            )
             await asyncio.sleep(POLL)
 
     # --- status, list -----------------------------------------------------------------------
@@ -205,21 +239,26 @@ class DockerDriver(Driver):
         slug = ref.workspace_slug
         container = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
         if container is None:
-            return StatusReport(state="absent", observed_at=utc_now(),
-                                message="no container labelled for this workspace")
+            return StatusReport(
+                state="absent", observed_at=utc_now(), message="no container labelled for this workspace"
+            )
         state, message = _observed(container)
-        return StatusReport(state=state, endpoint=_endpoint(container), message=message,
-                            observed_at=utc_now(),
-                            details={"container": container.name,
-                                     "image": container.attrs["Config"]["Image"]})
+        return StatusReport(
+            state=state,
+            endpoint=_endpoint(container),
+            message=message,
+            observed_at=utc_now(),
+            details={"container": container.name, "image": container.attrs["Config"]["Image"]},
+        )
 
     async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         containers = await self._do(eng.containers_of)
         return [_ref(c) for c in containers if "-next-" not in (c.name or "")]
 
     # --- upgrade ------------------------------------------------------------------------------
-    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
-                      ctx: RequestContext) -> DeploymentRef:
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
         slug = ref.workspace_slug
         flags, limits = await self._resolve(profile)
         old = await self._do(lambda c: eng.primary(eng.containers_of(c, slug), slug))
@@ -227,8 +266,9 @@ class DockerDriver(Driver):
             raise InvalidTransition(f"workspace {slug!r} has no container to upgrade", state="absent")
         observed, _ = _observed(old)
         if observed != "ready":
-            raise InvalidTransition(f"workspace {slug!r} is {observed}; only a ready workspace "
-                                    "can be upgraded", state=observed)
+            raise InvalidTransition(
+                f"workspace {slug!r} is {observed}; only a ready workspace can be upgraded", state=observed
+            )
         name, _, _ = eng.names(slug)
         labels = _labels(slug, profile.tier, _created(old), flags.port)
         next_name = f"{name}-next-{secrets.token_hex(3)}"
@@ -240,8 +280,9 @@ class DockerDriver(Driver):
             new = await self._start_ready(created, next_name, flags, limits, labels=labels, ctx=ctx)
         except BaseException as exc:
             await self._rollback(ctx, created)
-            raise _as_failure(exc, f"upgrade of {slug!r} failed; the previous container keeps "
-                              "serving", []) from None
+            raise _as_failure(
+                exc, f"upgrade of {slug!r} failed; the previous container keeps serving", []
+            ) from None
         ctx.progress(f"replacing {name}", 0.97)
         ready = new
 
@@ -289,16 +330,22 @@ def _as_failure(exc: BaseException, what: str, logs: list[str]) -> BaseException
     if isinstance(exc, _NotReady):
         return BackendFailure(f"{what}: {exc}", rolled_back=True, logs=exc.logs or logs)
     if isinstance(exc, BackendFailure):
-        return BackendFailure(f"{what}: {exc.message}", rolled_back=True,
-                              logs=list(exc.extra.get("logs") or logs))
+        return BackendFailure(
+            f"{what}: {exc.message}", rolled_back=True, logs=list(exc.extra.get("logs") or logs)
+        )
     if isinstance(exc, DriverError):
         return exc
     return BackendFailure(f"{what}: {type(exc).__name__}: {exc}", rolled_back=True, logs=logs)
 
 
 def _labels(slug: str, tier: str, created: datetime, port: int | None) -> dict[str, str]:
-    labels = {eng.SLUG_LABEL: slug, f"{eng.LABEL}.tier": tier, f"{eng.LABEL}.driver": "docker",
-              f"{eng.LABEL}.managed": "true", f"{eng.LABEL}.created": created.isoformat()}
+    labels = {
+        eng.SLUG_LABEL: slug,
+        f"{eng.LABEL}.tier": tier,
+        f"{eng.LABEL}.driver": "docker",
+        f"{eng.LABEL}.managed": "true",
+        f"{eng.LABEL}.created": created.isoformat(),
+    }
     if port is not None:
         labels[f"{eng.LABEL}.port"] = str(port)
     return labels
@@ -313,8 +360,11 @@ def _ensure_image(client: docker.DockerClient, image: str) -> None:
     try:
         client.images.pull(image)
     except docker.errors.APIError as exc:
-        raise BackendFailure(f"image {image!r} is not present on the Docker engine and could not "
-                             f"be pulled: {exc.explanation or exc}", rolled_back=True) from None
+        raise BackendFailure(
+            f"image {image!r} is not present on the Docker engine and could not "
+            f"be pulled: {exc.explanation or exc}",
+            rolled_back=True,
+        ) from None
 
 
 def _create_network(client: docker.DockerClient, name: str, labels: dict[str, str]) -> bool:
@@ -333,12 +383,23 @@ def _create_volume(client: docker.DockerClient, name: str, labels: dict[str, str
         return True
 
 
-def _create(client: docker.DockerClient, name: str, flags: DockerFlags, limits: Limits, *,
-            labels: dict[str, str], network: str, volume: str) -> Container:
+def _create(
+    client: docker.DockerClient,
+    name: str,
+    flags: DockerFlags,
+    limits: Limits,
+    *,
+    labels: dict[str, str],
+    network: str,
+    volume: str,
+) -> Container:
     """Create (not start) the container, so a failed start still leaves it to roll back."""
     options: dict[str, Any] = {
-        "name": name, "labels": labels, "network": network,
-        "environment": flags.env, "volumes": {volume: {"bind": flags.data_path, "mode": "rw"}},
+        "name": name,
+        "labels": labels,
+        "network": network,
+        "environment": flags.env,
+        "volumes": {volume: {"bind": flags.data_path, "mode": "rw"}},
     }
     if flags.command is not None:
         options["command"] = flags.command
@@ -413,6 +474,10 @@ def _ref(container: Container) -> DeploymentRef:
     state, _ = _observed(container)
     labels = container.labels
     return DeploymentRef(
-        workspace_slug=labels[eng.SLUG_LABEL], tier=labels[f"{eng.LABEL}.tier"], driver="docker",
-        endpoint=_endpoint(container), created=_created(container),
-        last_status="failed" if state == "absent" else state)
+        workspace_slug=labels[eng.SLUG_LABEL],
+        tier=labels[f"{eng.LABEL}.tier"],
+        driver="docker",
+        endpoint=_endpoint(container),
+        created=_created(container),
+        last_status="failed" if state == "absent" else state,
+    )

@@ -45,8 +45,11 @@ class Engine:
         """Run ``work`` with a client; engine errors become the protocol's errors here."""
         try:
             if self._client is None:
-                self._client = (docker.DockerClient(base_url=self.url, timeout=int(self._timeout))
-                                if self.url else docker.from_env(timeout=int(self._timeout)))
+                self._client = (
+                    docker.DockerClient(base_url=self.url, timeout=int(self._timeout))
+                    if self.url
+                    else docker.from_env(timeout=int(self._timeout))
+                )
             return work(self._client)
         except (requests.exceptions.ConnectionError, FileNotFoundError, ConnectionError) as exc:
             self.close()
@@ -54,21 +57,22 @@ class Engine:
             _release(exc)
             raise error from None
         except docker.errors.APIError as exc:
-            raise BackendFailure(f"the Docker engine refused: {_short(exc.explanation or exc)}",
-                                 rolled_back=False) from None
+            raise BackendFailure(
+                f"the Docker engine refused: {_short(exc.explanation or exc)}", rolled_back=False
+            ) from None
         except docker.errors.DockerException as exc:
             if "Connection" in str(exc) or "No such file" in str(exc):
                 self.close()
                 error = self._unreachable(exc)
                 _release(exc)
                 raise error from None
-            raise BackendFailure(f"the Docker engine refused: {_short(exc)}",
-                                 rolled_back=False) from None
+            raise BackendFailure(f"the Docker engine refused: {_short(exc)}", rolled_back=False) from None
 
     def _unreachable(self, exc: BaseException) -> BackendUnavailable:
         return BackendUnavailable(
             f"cannot reach the Docker engine at {self.where}: {_short(exc)}. Is dockerd running? "
-            "Set its address as 'url' in [adapters.docker] of .hearth/hearth.toml")
+            "Set its address as 'url' in [adapters.docker] of .hearth/hearth.toml"
+        )
 
     def close(self) -> None:
         if self._client is not None:

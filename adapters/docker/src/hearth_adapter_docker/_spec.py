@@ -53,15 +53,19 @@ def resolve(profile: ProvisioningProfile, engine_cpus: int, engine_memory: int) 
     memory = caps.pop("memory_mb", None)
     if memory is not None:
         if memory * 1024 * 1024 > engine_memory:
-            problems.append(f"resource_caps.memory_mb: {memory} MiB asked, the Docker engine has "
-                            f"{engine_memory // (1024 * 1024)} MiB")
+            problems.append(
+                f"resource_caps.memory_mb: {memory} MiB asked, the Docker engine has "
+                f"{engine_memory // (1024 * 1024)} MiB"
+            )
         elif memory < 6:
             problems.append("resource_caps.memory_mb: Docker needs at least 6 MiB")
         limits.mem_bytes = memory * 1024 * 1024
     if "storage_mb" in caps:
         caps.pop("storage_mb")
-        problems.append("resource_caps.storage_mb: the docker driver cannot limit the size of a "
-                        "local volume; leave it out of the tier's caps")
+        problems.append(
+            "resource_caps.storage_mb: the docker driver cannot limit the size of a "
+            "local volume; leave it out of the tier's caps"
+        )
     problems += [f"resource_caps.{key}: the docker driver cannot honour it" for key in sorted(caps)]
     if problems:
         raise ValueError(problems)

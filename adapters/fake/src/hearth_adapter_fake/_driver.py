@@ -44,8 +44,7 @@ from hearth_adaptersdk import (
 from ._store import FakeStore
 
 VERBS = ("provision", "status", "upgrade", "teardown")
-FLAGS = ("fail_at", "keep_partial", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm",
-         "reject")
+FLAGS = ("fail_at", "keep_partial", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm", "reject")
 CAPS = ("cpu", "memory_mb", "storage_mb")
 CRASH_EXIT_CODE = 17
 _STEPS = 4
@@ -73,9 +72,7 @@ class FakeDriver(Driver):
         self.store.close()
 
     # --- verbs ---------------------------------------------------------------------------
-    async def provision(
-        self, slug: str, profile: ProvisioningProfile, ctx: RequestContext
-    ) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         self._journal("provision", slug, profile.tier)
         self._refuse_invalid(profile)
         flags = profile.driver_flags
@@ -92,27 +89,39 @@ class FakeDriver(Driver):
         await self._faults("provision", flags)
         ctx.progress(f"creating workspace {slug}", 0.0)
         ref = DeploymentRef(
-            workspace_slug=slug, tier=profile.tier, driver=self.name,
-            endpoint=f"fake://{slug}", created=utc_now(), last_status="ready",
+            workspace_slug=slug,
+            tier=profile.tier,
+            driver=self.name,
+            endpoint=f"fake://{slug}",
+            created=utc_now(),
+            last_status="ready",
         )
         # the backend says provisioning until the work is done (status tells the truth meanwhile)
-        self.store.put(slug, {"ref": ref.model_copy(update={"last_status": "provisioning"})
-                              .model_dump(mode="json"), "profile": profile.model_dump(mode="json")})
+        self.store.put(
+            slug,
+            {
+                "ref": ref.model_copy(update={"last_status": "provisioning"}).model_dump(mode="json"),
+                "profile": profile.model_dump(mode="json"),
+            },
+        )
         try:
             await self._work(ctx, flags, "provision")
         except BackendFailure as exc:
             if exc.data().get("rolled_back") is False:  # keep_partial: the backend keeps a failed workspace
-                self.store.put(slug, {"ref": ref.model_copy(update={"last_status": "failed"})
-                                      .model_dump(mode="json"),
-                                      "profile": profile.model_dump(mode="json")})
+                self.store.put(
+                    slug,
+                    {
+                        "ref": ref.model_copy(update={"last_status": "failed"}).model_dump(mode="json"),
+                        "profile": profile.model_dump(mode="json"),
+                    },
+                )
             else:
                 self.store.delete(slug)
             raise
         except BaseException:
             self.store.delete(slug)  # roll back the partial work
             raise
-        self.store.put(slug, {"ref": ref.model_dump(mode="json"),
-                              "profile": profile.model_dump(mode="json")})
+        self.store.put(slug, {"ref": ref.model_dump(mode="json"), "profile": profile.model_dump(mode="json")})
         ctx.progress("workspace ready", 1.0)
         return ref
 
@@ -120,15 +129,18 @@ class FakeDriver(Driver):
         self._journal("status", ref.workspace_slug, ref.tier)
         record = self.store.get(ref.workspace_slug)
         if record is None:
-            return StatusReport(state="absent", observed_at=utc_now(),
-                                message="no such workspace in the fake backend")
+            return StatusReport(
+                state="absent", observed_at=utc_now(), message="no such workspace in the fake backend"
+            )
         flags = record["profile"]["driver_flags"]
         await self._faults("status", flags)
         if flags.get("fail_at") == "status":
             raise BackendUnavailable("status failed as asked (driver_flags.fail_at)")
         current = DeploymentRef.model_validate(record["ref"])
         return StatusReport(
-            state=current.last_status, endpoint=current.endpoint, observed_at=utc_now(),
+            state=current.last_status,
+            endpoint=current.endpoint,
+            observed_at=utc_now(),
             details={"tier": current.tier},
         )
 
@@ -141,15 +153,15 @@ class FakeDriver(Driver):
         record = self.store.get(slug)
         state = record["ref"]["last_status"] if record else "absent"
         if record is None or state != "ready":
-            raise InvalidTransition(f"cannot upgrade workspace {slug!r} in state {state}",
-                                    state=state)
+            raise InvalidTransition(f"cannot upgrade workspace {slug!r} in state {state}", state=state)
         await self._faults("upgrade", profile.driver_flags)
         current = DeploymentRef.model_validate(record["ref"])
         ctx.progress(f"upgrading {slug} to tier {profile.tier}", 0.0)
         await self._work(ctx, profile.driver_flags, "upgrade")
         upgraded = current.model_copy(update={"tier": profile.tier, "last_status": "ready"})
-        self.store.put(slug, {"ref": upgraded.model_dump(mode="json"),
-                              "profile": profile.model_dump(mode="json")})
+        self.store.put(
+            slug, {"ref": upgraded.model_dump(mode="json"), "profile": profile.model_dump(mode="json")}
+        )
         ctx.progress("upgrade done", 1.0)
         return upgraded
 
@@ -179,8 +191,9 @@ class FakeDriver(Driver):
 
     # --- helpers -------------------------------------------------------------------------
     def _journal(self, method: str, slug: str | None, tier: str | None) -> None:
-        self.store.record_call({"at": utc_now().isoformat(), "pid": os.getpid(),
-                                "method": method, "slug": slug, "tier": tier})
+        self.store.record_call(
+            {"at": utc_now().isoformat(), "pid": os.getpid(), "method": method, "slug": slug, "tier": tier}
+        )
 
     def _problems(self, profile: ProvisioningProfile) -> builtins.list[str]:
         problems = []
@@ -189,8 +202,10 @@ class FakeDriver(Driver):
         extra = sorted(set(profile.resource_caps.model_dump(exclude_none=True)) - set(CAPS))
         problems += [f"resource_caps.{key}: the fake driver cannot honour it" for key in extra]
         flags = profile.driver_flags
-        problems += [f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
-                     for key in sorted(set(flags) - set(FLAGS))]
+        problems += [
+            f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
+            for key in sorted(set(flags) - set(FLAGS))
+        ]
         for key in ("fail_at", "crash_at", "hang_at", "freeze_at"):
             if key in flags and flags[key] not in VERBS:
                 problems.append(f"driver_flags.{key}: must be one of {', '.join(VERBS)}")

@@ -22,8 +22,9 @@ class FakeStore:
         self._journal_fd: int | None = None
         if data_dir is not None:
             (data_dir / "deployments").mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._journal_fd = os.open(data_dir / "journal.jsonl",
-                                       os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._journal_fd = os.open(
+                data_dir / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
 
     def get(self, slug: str) -> dict[str, Any] | None:
         """The record of ``slug``; re-read only when another write replaced its file."""

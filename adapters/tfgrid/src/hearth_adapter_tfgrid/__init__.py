@@ -12,6 +12,7 @@ def __getattr__(name: str) -> typing.Any:
     # The simulator (uvicorn, starlette) is imported on first use only: the adapter never needs it.
     if name == "Simulator":
         from ._simulator import Simulator
+
         return Simulator
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -112,10 +112,19 @@ class ComputeClient:
         self._url = ""
 
     # --- VMs ------------------------------------------------------------------------------------
-    async def deploy_vm(self, *, name: str, slice_count: int, secret: str, image: str,
-                        ssh_keys: list[str], node_sid: str) -> Vm:
-        return await self._call(_VM, "deploy_vm", name=name, slice_count=slice_count, secret=secret,
-                                image=image, ssh_keys=ssh_keys, node_sid=node_sid)
+    async def deploy_vm(
+        self, *, name: str, slice_count: int, secret: str, image: str, ssh_keys: list[str], node_sid: str
+    ) -> Vm:
+        return await self._call(
+            _VM,
+            "deploy_vm",
+            name=name,
+            slice_count=slice_count,
+            secret=secret,
+            image=image,
+            ssh_keys=ssh_keys,
+            node_sid=node_sid,
+        )
 
     async def get_vm(self, vm_id: str, secret: str) -> Vm:
         return await self._call(_VM, "get_vm", vm_id=vm_id, secret=secret)
@@ -137,10 +146,19 @@ class ComputeClient:
         return await self._call(_GATEWAY_NODES, "list_gateway_nodes")
 
     # --- web gateways ---------------------------------------------------------------------------
-    async def deploy_webgateway(self, *, name: str, vm_id: str, port: int, node_sid: str,
-                                secret: str) -> WebGateway:
-        return await self._call(_GATEWAY, "deploy_webgateway", name=name, kind="name",
-                                vm_id=vm_id, port=port, node_sid=node_sid, secret=secret)
+    async def deploy_webgateway(
+        self, *, name: str, vm_id: str, port: int, node_sid: str, secret: str
+    ) -> WebGateway:
+        return await self._call(
+            _GATEWAY,
+            "deploy_webgateway",
+            name=name,
+            kind="name",
+            vm_id=vm_id,
+            port=port,
+            node_sid=node_sid,
+            secret=secret,
+        )
 
     async def get_webgateway(self, gateway_id: str, secret: str) -> WebGateway:
         return await self._call(_GATEWAY, "get_webgateway", gateway_id=gateway_id, secret=secret)
@@ -170,8 +188,9 @@ class ComputeClient:
                 if endpoint.token:
                     headers["Authorization"] = f"Bearer {endpoint.token}"
             # trust_env=False: no proxy or .netrc from the environment slips in between.
-            self._client = httpx.AsyncClient(transport=transport, headers=headers, trust_env=False,
-                                             timeout=httpx.Timeout(self._timeout))
+            self._client = httpx.AsyncClient(
+                transport=transport, headers=headers, trust_env=False, timeout=httpx.Timeout(self._timeout)
+            )
         return self._client
 
     async def aclose(self) -> None:
@@ -195,20 +214,21 @@ class ComputeClient:
         try:
             return shape.validate_python(answer.get("result"))
         except ValidationError as exc:
-            raise ComputeError(0, f"{method} answered an unexpected shape: "
-                                  f"{exc.error_count()} problem(s)") from None
+            raise ComputeError(
+                0, f"{method} answered an unexpected shape: {exc.error_count()} problem(s)"
+            ) from None
 
     async def _post(self, request: dict[str, Any]) -> dict[str, Any]:
         where = self.endpoint.describe()
         try:
             response = await self._http().post(self._url, json=request)
         except httpx.TimeoutException:
-            raise ComputeUnavailable(f"no answer from the ComputeService at {where} within "
-                                     f"{self._timeout:g} s") from None
+            raise ComputeUnavailable(
+                f"no answer from the ComputeService at {where} within {self._timeout:g} s"
+            ) from None
         except (httpx.TransportError, httpx.InvalidURL) as exc:  # refused, no such socket, hung
             # up, not an http(s) URL
-            raise ComputeUnavailable(f"cannot reach the ComputeService at {where}: "
-                                     f"{_reason(exc)}") from None
+            raise ComputeUnavailable(f"cannot reach the ComputeService at {where}: {_reason(exc)}") from None
         status = response.status_code
         if status in (401, 403):
             raise ComputeError(FORBIDDEN, f"the service refused the bearer token (HTTP {status})")

@@ -65,8 +65,10 @@ from ._vault import UnsafeSecretPath, Vault
 
 T = TypeVar("T")
 DEFAULT_IMAGE = "https://hub.grid.tf/tf-official-vms/ubuntu-24.04-latest.flist"
-SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com) "
-                     r"[A-Za-z0-9+/=]+( .*)?$")
+SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-ssh-ed25519@openssh\.com) "
+    r"[A-Za-z0-9+/=]+( .*)?$"
+)
 
 
 class TfgridConfig(BaseModel):
@@ -106,8 +108,10 @@ class TfgridFlags(BaseModel):
     def _public_keys(cls, keys: list[str]) -> list[str]:
         for key in keys:
             if not SSH_KEY.match(key.strip()):
-                raise ValueError("each entry must be an OpenSSH public key ('ssh-ed25519 AAAA…'); "
-                                 "private keys are never accepted")
+                raise ValueError(
+                    "each entry must be an OpenSSH public key ('ssh-ed25519 AAAA…'); "
+                    "private keys are never accepted"
+                )
         return [key.strip() for key in keys]
 
 
@@ -173,9 +177,9 @@ class TfgridDriver(Driver):
             if not token:
                 raise BackendUnavailable(
                     f"the ComputeService token variable {config.token_env} is not set; export it "
-                    "where the host runs (the host passes variables named by *_env config keys)")
-        endpoint = (Endpoint(url=config.url, token=token) if config.url
-                    else Endpoint(socket=config.socket))
+                    "where the host runs (the host passes variables named by *_env config keys)"
+                )
+        endpoint = Endpoint(url=config.url, token=token) if config.url else Endpoint(socket=config.socket)
         await self.service.aclose()
         self.service = ComputeClient(endpoint, timeout=config.request_timeout)
         self.vault = Vault(data_dir)
@@ -194,11 +198,11 @@ class TfgridDriver(Driver):
         try:
             return self._vault.secret(slug, ref.secrets_vault_path if ref is not None else None)
         except UnsafeSecretPath as exc:
-            where = "ref.secrets_vault_path" if ref is not None and ref.secrets_vault_path else \
-                "the vault"
+            where = "ref.secrets_vault_path" if ref is not None and ref.secrets_vault_path else "the vault"
             raise RefusedSecretPath(
                 f"refused to read the secret of {slug!r}: {exc}; nothing was read, sent or changed",
-                errors=[f"{where}: {exc}"]) from None
+                errors=[f"{where}: {exc}"],
+            ) from None
 
     async def _ask(self, call: Awaitable[T]) -> T:
         """A service call; its failures become protocol errors here and only here."""
@@ -207,10 +211,10 @@ class TfgridDriver(Driver):
         except ComputeUnavailable as exc:
             raise BackendUnavailable(
                 f"{exc}; is the ComputeService running? Set 'socket' or 'url' in "
-                "[adapters.tfgrid] of .hearth/hearth.toml") from None
+                "[adapters.tfgrid] of .hearth/hearth.toml"
+            ) from None
         except ComputeError as exc:
-            raise BackendFailure(f"the ComputeService refused: {exc.message}",
-                                 rolled_back=False) from None
+            raise BackendFailure(f"the ComputeService refused: {exc.message}", rolled_back=False) from None
 
     # --- sizing -------------------------------------------------------------------------------
     async def _plan(self, profile: ProvisioningProfile) -> _Plan:
@@ -226,30 +230,43 @@ class TfgridDriver(Driver):
         nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
         wanted = flags.node or self.settings.default_node
         source = "driver_flags.node" if flags.node else "default_node"
-        basis = nodes.get(wanted) if wanted is not None else max(
-            nodes.values(), key=lambda n: n.slices_total, default=None)
+        basis = (
+            nodes.get(wanted)
+            if wanted is not None
+            else max(nodes.values(), key=lambda n: n.slices_total, default=None)
+        )
         needed, reasons, cap_problems = slices_for(
-            profile.resource_caps, basis.disk_gb_per_slice if basis is not None else None)
+            profile.resource_caps, basis.disk_gb_per_slice if basis is not None else None
+        )
         problems += cap_problems
         arithmetic = "; ".join(reasons) or "no caps: 1 slice"
         if wanted is not None and wanted not in nodes:
             problems.append(f"{source}: no node {wanted!r}; nodes: {', '.join(sorted(nodes))}")
         elif wanted is not None and nodes[wanted].slices_total < needed:
-            problems.append(f"resource_caps: needs {needed} slices ({arithmetic}), node {wanted} "
-                            f"has {nodes[wanted].slices_total} in all")
-        elif wanted is None and not any(n.slices_total >= slices_for(
-                profile.resource_caps, n.disk_gb_per_slice)[0] for n in nodes.values()):
+            problems.append(
+                f"resource_caps: needs {needed} slices ({arithmetic}), node {wanted} "
+                f"has {nodes[wanted].slices_total} in all"
+            )
+        elif wanted is None and not any(
+            n.slices_total >= slices_for(profile.resource_caps, n.disk_gb_per_slice)[0]
+            for n in nodes.values()
+        ):
             largest = basis.slices_total if basis is not None else 0
-            problems.append(f"resource_caps: needs {needed} slices ({arithmetic}), no node has "
-                            f"that many (largest: {largest})")
+            problems.append(
+                f"resource_caps: needs {needed} slices ({arithmetic}), no node has "
+                f"that many (largest: {largest})"
+            )
         if problems:
             raise InvalidProfile("the tfgrid driver cannot honour this profile", errors=problems)
-        return _Plan(flags=flags, image=flags.image or self.settings.image,
-                     caps=profile.resource_caps, node=wanted,
-                     named_by=source if wanted is not None else None)
+        return _Plan(
+            flags=flags,
+            image=flags.image or self.settings.image,
+            caps=profile.resource_caps,
+            node=wanted,
+            named_by=source if wanted is not None else None,
+        )
 
-    async def validate_profile(self, profile: ProvisioningProfile,
-                               ctx: RequestContext) -> builtins.list[str]:
+    async def validate_profile(self, profile: ProvisioningProfile, ctx: RequestContext) -> builtins.list[str]:
         try:
             await self._plan(profile)
         except InvalidProfile as exc:
@@ -285,22 +302,27 @@ class TfgridDriver(Driver):
                 raise BackendFailure(
                     f"the ComputeService refused VM {vm_id} ({_vm_name(slug)}): {exc.message}; "
                     f"the secret in {self._vault.secret_path(slug)} does not own it, so nothing "
-                    "was changed", rolled_back=False) from None
+                    "was changed",
+                    rolled_back=False,
+                ) from None
             raise
 
-    def _ref(self, slug: str, record: dict[str, Any], vm: Vm | None,
-             gateway: WebGateway | None) -> DeploymentRef:
+    def _ref(
+        self, slug: str, record: dict[str, Any], vm: Vm | None, gateway: WebGateway | None
+    ) -> DeploymentRef:
         state, _ = _observed(vm, gateway)
         return DeploymentRef(
-            workspace_slug=slug, tier=record["tier"], driver=self.name,
+            workspace_slug=slug,
+            tier=record["tier"],
+            driver=self.name,
             endpoint=f"https://{gateway.fqdn}" if gateway is not None and gateway.fqdn else None,
             secrets_vault_path=str(self._vault.secret_path(slug)),
             created=datetime.fromisoformat(record["created"]),
-            last_status="failed" if state == "absent" else state)
+            last_status="failed" if state == "absent" else state,
+        )
 
     # --- provision ----------------------------------------------------------------------------
-    async def provision(self, slug: str, profile: ProvisioningProfile,
-                        ctx: RequestContext) -> DeploymentRef:
+    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
         plan = await self._plan(profile)
         vault = self._vault
         record, secret = vault.record(slug), self._secret(slug)
@@ -311,17 +333,25 @@ class TfgridDriver(Driver):
                 if record["tier"] == profile.tier:
                     ctx.progress("already provisioned", 1.0)
                     return ref
-                raise Conflict(f"workspace {slug!r} exists with tier {record['tier']!r}; use upgrade",
-                               existing=ref)
+                raise Conflict(
+                    f"workspace {slug!r} exists with tier {record['tier']!r}; use upgrade", existing=ref
+                )
             if vm is not None:  # what an earlier attempt could not delete: delete it now
                 ctx.progress(f"deleting VM {vm.name} ({vm.state}), left by an earlier attempt", 0.02)
                 undone = await self._undo(slug, secret, forget=True)
                 if undone.problem is not None:
-                    raise BackendFailure(f"the VM {vm.name} left by an earlier attempt could not be "
-                                         f"deleted: {undone.problem}", rolled_back=False,
-                                         logs=undone.logs)
-        record = {"tier": profile.tier, "created": utc_now().isoformat(), "node": plan.node,
-                  "image": plan.image, "port": plan.flags.port}
+                    raise BackendFailure(
+                        f"the VM {vm.name} left by an earlier attempt could not be deleted: {undone.problem}",
+                        rolled_back=False,
+                        logs=undone.logs,
+                    )
+        record = {
+            "tier": profile.tier,
+            "created": utc_now().isoformat(),
+            "node": plan.node,
+            "image": plan.image,
+            "port": plan.flags.port,
+        }
         secret = vault.mint(slug)
         vault.save(slug, record)
         try:
@@ -331,8 +361,16 @@ class TfgridDriver(Driver):
         ctx.progress("workspace ready", 1.0)
         return self._ref(slug, vault.record(slug) or record, vm, gateway)
 
-    async def _roll_back(self, what: str, slug: str, secret: str, exc: BaseException,
-                         ctx: RequestContext, *, restores: bool = True) -> NoReturn:
+    async def _roll_back(
+        self,
+        what: str,
+        slug: str,
+        secret: str,
+        exc: BaseException,
+        ctx: RequestContext,
+        *,
+        restores: bool = True,
+    ) -> NoReturn:
         """After ``exc`` ended a provision or redeploy: delete what it made, through
         ``ctx.cleanup`` (a cancel neither interrupts the deletion nor is answered before it
         ends), forget the secret once the deletion is confirmed, and raise the answer.
@@ -352,30 +390,42 @@ class TfgridDriver(Driver):
             raise BackendFailure(
                 f"{what} {ended}, and deleting what it made is not confirmed: {undone.problem}; "
                 f"the secret stays in {secret_file} so that a teardown (or provision) can delete "
-                "the VM later", rolled_back=False, logs=undone.logs) from None
+                "the VM later",
+                rolled_back=False,
+                logs=undone.logs,
+            ) from None
         if not restores:
-            raise BackendFailure(f"{what} {ended}; its new VM was deleted too, so the workspace has "
-                                 "no VM now: provision it again", rolled_back=False,
-                                 logs=undone.logs) from None
+            raise BackendFailure(
+                f"{what} {ended}; its new VM was deleted too, so the workspace has "
+                "no VM now: provision it again",
+                rolled_back=False,
+                logs=undone.logs,
+            ) from None
         if cancelled:
             raise asyncio.CancelledError
         if isinstance(exc, InvalidProfile | BackendUnavailable | RefusedSecretPath):
             raise exc
         if not isinstance(exc, Exception):
             raise exc
-        raise BackendFailure(f"{what} failed and was rolled back: {_message(exc)}",
-                             rolled_back=True, logs=undone.logs) from None
+        raise BackendFailure(
+            f"{what} failed and was rolled back: {_message(exc)}", rolled_back=True, logs=undone.logs
+        ) from None
 
-    async def _deploy(self, slug: str, secret: str, plan: _Plan,
-                      ctx: RequestContext) -> tuple[Vm, WebGateway]:
+    async def _deploy(
+        self, slug: str, secret: str, plan: _Plan, ctx: RequestContext
+    ) -> tuple[Vm, WebGateway]:
         vm = await self._place(slug, secret, plan, ctx)
         vm = await self._poll_vm(vm, secret, ctx)
-        gateway_node = self.settings.gateway_node or (
-            await self._ask(self.service.list_gateway_nodes()))[0].node_sid
+        gateway_node = (
+            self.settings.gateway_node or (await self._ask(self.service.list_gateway_nodes()))[0].node_sid
+        )
         port = plan.flags.port
         ctx.progress(f"deploying the name gateway {slug} on {gateway_node} to port {port}", 0.7)
-        gateway = await self._ask(self.service.deploy_webgateway(
-            name=slug, vm_id=vm.id, port=port, node_sid=gateway_node, secret=secret))
+        gateway = await self._ask(
+            self.service.deploy_webgateway(
+                name=slug, vm_id=vm.id, port=port, node_sid=gateway_node, secret=secret
+            )
+        )
         return vm, await self._poll_gateway(gateway, secret, ctx)
 
     async def _place(self, slug: str, secret: str, plan: _Plan, ctx: RequestContext) -> Vm:
@@ -392,15 +442,19 @@ class TfgridDriver(Driver):
                 if plan.node is not None:
                     pinned = next((n for n in nodes if n.node_sid == plan.node), None)
                     if pinned is None:
-                        raise BackendFailure(f"the node {plan.node} is no longer offered by the "
-                                             "ComputeService", rolled_back=False)
+                        raise BackendFailure(
+                            f"the node {plan.node} is no longer offered by the ComputeService",
+                            rolled_back=False,
+                        )
                     choice: Choice | None = Choice(plan.node, plan.slices_on(pinned), "room")
                 else:
-                    choice = choose(nodes, plan.slices_on,
-                                    lambda sid: self.ledger.pending(sid, tick), skip=skip)
+                    choice = choose(
+                        nodes, plan.slices_on, lambda sid: self.ledger.pending(sid, tick), skip=skip
+                    )
                 if choice is None or (refused and choice.verdict == "full"):
-                    raise BackendFailure("the ComputeService refused: " + "; ".join(refused),
-                                         rolled_back=False)
+                    raise BackendFailure(
+                        "the ComputeService refused: " + "; ".join(refused), rolled_back=False
+                    )
                 node, slices, _ = choice
                 hold = self.ledger.hold(node, slices)  # no await since list_slices answered
             ctx.progress(f"deploying a {slices}-slice VM on {node}", 0.05)
@@ -413,10 +467,10 @@ class TfgridDriver(Driver):
                     raise BackendFailure(
                         f"the ComputeService refused: {full} (the node is named by "
                         f"{plan.named_by}, so it is not swapped for another one)",
-                        rolled_back=False) from None
+                        rolled_back=False,
+                    ) from None
                 skip.add(node)
-                ctx.progress(f"{node} has no room after all ({full}); choosing another node", 0.05,
-                             "warning")
+                ctx.progress(f"{node} has no room after all ({full}); choosing another node", 0.05, "warning")
                 continue
             except BackendFailure:
                 self.ledger.release(hold)  # refused: nothing was taken
@@ -432,8 +486,13 @@ class TfgridDriver(Driver):
     async def _deploy_vm(self, slug: str, secret: str, plan: _Plan, node: str, slices: int) -> Vm:
         try:
             return await self.service.deploy_vm(
-                name=_vm_name(slug), slice_count=slices, secret=secret, image=plan.image,
-                ssh_keys=plan.flags.ssh_keys, node_sid=node)
+                name=_vm_name(slug),
+                slice_count=slices,
+                secret=secret,
+                image=plan.image,
+                ssh_keys=plan.flags.ssh_keys,
+                node_sid=node,
+            )
         except ComputeError as exc:
             if exc.code == compute.NO_CAPACITY:
                 raise _NoRoom(exc.message) from None
@@ -448,9 +507,14 @@ class TfgridDriver(Driver):
             if loop.time() >= deadline:
                 raise BackendFailure(
                     f"the VM {vm.name} was not running with a mycelium IP within "
-                    f"{self.settings.deploy_timeout:g} s (state {vm.state})", rolled_back=False)
-            ctx.progress(f"waiting for VM {vm.name}: {vm.state}"
-                         + (", no mycelium IP yet" if vm.state == "running" else ""), 0.3)
+                    f"{self.settings.deploy_timeout:g} s (state {vm.state})",
+                    rolled_back=False,
+                )
+            ctx.progress(
+                f"waiting for VM {vm.name}: {vm.state}"
+                + (", no mycelium IP yet" if vm.state == "running" else ""),
+                0.3,
+            )
             await asyncio.sleep(self.settings.poll_interval)
             vm = await self._ask(self.service.get_vm(vm.id, secret))
         ctx.progress(f"VM {vm.name} is running at {vm.mycelium_ip}", 0.6)
@@ -461,8 +525,10 @@ class TfgridDriver(Driver):
         deadline = loop.time() + self.settings.deploy_timeout
         while not (gateway.state == "ready" and gateway.fqdn):
             if gateway.state == "failed" or loop.time() >= deadline:
-                raise BackendFailure(f"the gateway {gateway.name} did not become ready "
-                                     f"(state {gateway.state})", rolled_back=False)
+                raise BackendFailure(
+                    f"the gateway {gateway.name} did not become ready (state {gateway.state})",
+                    rolled_back=False,
+                )
             ctx.progress(f"waiting for gateway {gateway.name}: {gateway.state}", 0.8)
             await asyncio.sleep(self.settings.poll_interval)
             gateway = await self._ask(self.service.get_webgateway(gateway.id, secret))
@@ -494,8 +560,10 @@ class TfgridDriver(Driver):
         name = _vm_name(slug)
         while (await self._find(slug, secret))[0] is not None:
             if loop.time() >= deadline:
-                raise BackendFailure(f"the VM {name} was still there {self.settings.delete_timeout:g} s "
-                                     "after delete_vm", rolled_back=False)
+                raise BackendFailure(
+                    f"the VM {name} was still there {self.settings.delete_timeout:g} s after delete_vm",
+                    rolled_back=False,
+                )
             await asyncio.sleep(min(self.settings.poll_interval, 0.1))
 
     # --- status, list -------------------------------------------------------------------------
@@ -503,14 +571,25 @@ class TfgridDriver(Driver):
         slug = ref.workspace_slug
         secret = self._secret(slug, ref)
         if secret is None:
-            return StatusReport(state="absent", observed_at=utc_now(),
-                                message="no secret for this workspace: nothing deployed")
+            return StatusReport(
+                state="absent",
+                observed_at=utc_now(),
+                message="no secret for this workspace: nothing deployed",
+            )
         vm, gateway = await self._find(slug, secret)
         state, message = _observed(vm, gateway)
-        details = ({"vm_id": vm.id, "node": vm.node_sid, "slices": vm.slice_count,
-                    "mycelium_ip": vm.mycelium_ip} if vm else {})
-        return StatusReport(state=state, message=message, observed_at=utc_now(), details=details,
-                            endpoint=f"https://{gateway.fqdn}" if gateway and gateway.fqdn else None)
+        details = (
+            {"vm_id": vm.id, "node": vm.node_sid, "slices": vm.slice_count, "mycelium_ip": vm.mycelium_ip}
+            if vm
+            else {}
+        )
+        return StatusReport(
+            state=state,
+            message=message,
+            observed_at=utc_now(),
+            details=details,
+            endpoint=f"https://{gateway.fqdn}" if gateway and gateway.fqdn else None,
+        )
 
     async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         refs = []
@@ -529,8 +608,9 @@ class TfgridDriver(Driver):
         return refs
 
     # --- upgrade ------------------------------------------------------------------------------
-    async def upgrade(self, ref: DeploymentRef, profile: ProvisioningProfile,
-                      ctx: RequestContext) -> DeploymentRef:
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
         slug = ref.workspace_slug
         secret = self._secret(slug, ref)
         plan = await self._plan(profile)
@@ -540,14 +620,18 @@ class TfgridDriver(Driver):
         vm, gateway = await self._find(slug, secret)
         state, _ = _observed(vm, gateway)
         if state != "ready":
-            raise InvalidTransition(f"workspace {slug!r} is {state}; only a ready workspace can be "
-                                    "upgraded", state=state)
+            raise InvalidTransition(
+                f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
+            )
         assert vm is not None
         nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
         here = nodes.get(vm.node_sid)
         slices = plan.slices_on(here) if here is not None else vm.slice_count
-        changes = [what for what, old, new in (("slices", vm.slice_count, slices),
-                                               ("image", vm.image, plan.image)) if old != new]
+        changes = [
+            what
+            for what, old, new in (("slices", vm.slice_count, slices), ("image", vm.image, plan.image))
+            if old != new
+        ]
         if not changes:
             record["tier"] = profile.tier
             self._vault.save(slug, record)
@@ -558,7 +642,8 @@ class TfgridDriver(Driver):
                 f"changing the {' and '.join(changes)} of a TFGrid VM means deleting and "
                 "redeploying it, which destroys its disk; the VM keeps running unchanged. Set "
                 "driver_flags.allow_destructive_upgrade = true to accept that",
-                reason=f"in-place {' and '.join(changes)} change is not possible on TFGrid")
+                reason=f"in-place {' and '.join(changes)} change is not possible on TFGrid",
+            )
         ctx.progress(f"destructive upgrade: deleting VM {vm.name}", 0.05)
         deleting = asyncio.ensure_future(self._undo(slug, secret, forget=False))
         try:
@@ -571,20 +656,29 @@ class TfgridDriver(Driver):
                 self._vault.forget(slug)
             raise BackendFailure(
                 f"upgrade of {slug!r} was cancelled while its VM was being deleted"
-                + (f", and the deletion is not confirmed: {undone.problem}" if undone.problem
-                   else "; the workspace has no VM now: provision it again"),
-                rolled_back=False, logs=undone.logs) from None
+                + (
+                    f", and the deletion is not confirmed: {undone.problem}"
+                    if undone.problem
+                    else "; the workspace has no VM now: provision it again"
+                ),
+                rolled_back=False,
+                logs=undone.logs,
+            ) from None
         if undone.problem is not None:
-            raise BackendFailure(f"upgrade of {slug!r}: deleting VM {vm.name} is not confirmed: "
-                                 f"{undone.problem}", rolled_back=False, logs=undone.logs)
+            raise BackendFailure(
+                f"upgrade of {slug!r}: deleting VM {vm.name} is not confirmed: {undone.problem}",
+                rolled_back=False,
+                logs=undone.logs,
+            )
         record.update(tier=profile.tier, node=plan.node, image=plan.image, port=plan.flags.port)
         record.pop("vm_id", None)
         self._vault.save(slug, record)
         try:
             vm, gateway = await self._deploy(slug, secret, plan, ctx)
         except BaseException as exc:
-            await self._roll_back(f"upgrade of {slug!r} (its old VM deleted)", slug, secret, exc,
-                                  ctx, restores=False)
+            await self._roll_back(
+                f"upgrade of {slug!r} (its old VM deleted)", slug, secret, exc, ctx, restores=False
+            )
         return self._ref(slug, self._vault.record(slug) or record, vm, gateway)
 
     # --- teardown -----------------------------------------------------------------------------

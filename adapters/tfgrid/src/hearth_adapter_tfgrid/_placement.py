@@ -58,8 +58,11 @@ class Ledger:
 
     def pending(self, node: str, snapshot: int) -> int:
         """Slices held on ``node`` that a snapshot taken at ``snapshot`` may not count."""
-        return sum(hold.slices for hold in self._holds
-                   if hold.node == node and (hold.landed is None or hold.landed > snapshot))
+        return sum(
+            hold.slices
+            for hold in self._holds
+            if hold.node == node and (hold.landed is None or hold.landed > snapshot)
+        )
 
     def hold(self, node: str, slices: int) -> Hold:
         hold = Hold(node, slices)
@@ -79,8 +82,11 @@ class Ledger:
     def _prune(self) -> None:
         """Drop the landed holds that no open snapshot predates."""
         oldest = min(self._open, default=None)
-        self._holds = [hold for hold in self._holds if hold.landed is None
-                       or (oldest is not None and hold.landed > oldest)]
+        self._holds = [
+            hold
+            for hold in self._holds
+            if hold.landed is None or (oldest is not None and hold.landed > oldest)
+        ]
 
     def __len__(self) -> int:
         return len(self._holds)
@@ -94,8 +100,13 @@ class Choice(NamedTuple):
     verdict: Literal["room", "maybe", "full"]
 
 
-def choose(nodes: Sequence[NodeSlices], slices_on: Callable[[NodeSlices], int],
-           pending: Callable[[str], int], *, skip: set[str]) -> Choice | None:
+def choose(
+    nodes: Sequence[NodeSlices],
+    slices_on: Callable[[NodeSlices], int],
+    pending: Callable[[str], int],
+    *,
+    skip: set[str],
+) -> Choice | None:
     """Where a VM goes, or None when no node is left that could ever hold it.
 
     The first node (by name) whose free slices, less what is held on it, fit the VM. When none
@@ -103,8 +114,11 @@ def choose(nodes: Sequence[NodeSlices], slices_on: Callable[[NodeSlices], int],
     may already be in those figures (a deploy that landed while they were read is counted as
     held, to be safe), so the service decides. Nodes in ``skip`` (they refused) are left out.
     """
-    candidates = [(node, slices_on(node)) for node in sorted(nodes, key=lambda n: n.node_sid)
-                  if node.node_sid not in skip]
+    candidates = [
+        (node, slices_on(node))
+        for node in sorted(nodes, key=lambda n: n.node_sid)
+        if node.node_sid not in skip
+    ]
     candidates = [(node, slices) for node, slices in candidates if node.slices_total >= slices]
     for node, slices in candidates:
         if node.slices_free - pending(node.node_sid) >= slices:

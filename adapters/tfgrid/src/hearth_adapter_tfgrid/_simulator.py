@@ -47,12 +47,33 @@ from starlette.routing import Route
 from . import _compute as compute
 
 #: The methods served, each ``Simulator``'s method of the same name.
-SERVED = ("deploy_vm", "get_vm", "list_vms", "delete_vm", "vm_logs", "list_slices", "list_images",
-          "node_stats", "list_gateway_nodes", "deploy_webgateway", "get_webgateway",
-          "list_webgateways", "delete_webgateway", "sim_faults")
+SERVED = (
+    "deploy_vm",
+    "get_vm",
+    "list_vms",
+    "delete_vm",
+    "vm_logs",
+    "list_slices",
+    "list_images",
+    "node_stats",
+    "list_gateway_nodes",
+    "deploy_webgateway",
+    "get_webgateway",
+    "list_webgateways",
+    "delete_webgateway",
+    "sim_faults",
+)
 #: The methods that exist on the service but fail with NOT_SUPPORTED.
-STUBBED = ("start_vm", "stop_vm", "restart_vm", "inject_ssh_keys", "vm_exec", "vm_stats",
-           "attach_hypervisor", "migrate_secret")
+STUBBED = (
+    "start_vm",
+    "stop_vm",
+    "restart_vm",
+    "inject_ssh_keys",
+    "vm_exec",
+    "vm_stats",
+    "attach_hypervisor",
+    "migrate_secret",
+)
 DEFAULT_NODES = (("tfnode-1", 8, 138), ("tfnode-2", 4, 100))
 GATEWAY_NODES = (("gw-1", "gw1.sim.grid.tf"),)
 
@@ -83,8 +104,15 @@ class _Vm:
     holds_slices: bool = True
 
     def wire(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "state": self.state, "node_sid": self.node,
-                "slice_count": self.slices, "image": self.image, "mycelium_ip": self.mycelium_ip}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "node_sid": self.node,
+            "slice_count": self.slices,
+            "image": self.image,
+            "mycelium_ip": self.mycelium_ip,
+        }
 
 
 @dataclass
@@ -99,8 +127,14 @@ class _Gateway:
     fqdn: str | None = None
 
     def wire(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "state": self.state, "vm_id": self.vm_id,
-                "port": self.port, "fqdn": self.fqdn}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "vm_id": self.vm_id,
+            "port": self.port,
+            "fqdn": self.fqdn,
+        }
 
 
 @dataclass
@@ -139,8 +173,9 @@ class Simulator:
     """The service's state and methods; ``start`` serves them over HTTP (uvicorn) on a Unix
     socket or TCP, ``stop`` ends that."""
 
-    def __init__(self, nodes: Sequence[tuple[str, int, int]] = DEFAULT_NODES,
-                 deploy_delay: float = 0.3) -> None:
+    def __init__(
+        self, nodes: Sequence[tuple[str, int, int]] = DEFAULT_NODES, deploy_delay: float = 0.3
+    ) -> None:
         self.nodes = {sid: _Node(sid, total, disk, total) for sid, total, disk in nodes}
         self.deploy_delay = deploy_delay
         self.faults = Faults()
@@ -157,8 +192,14 @@ class Simulator:
         self.calls: list[str] = []
 
     # --- serving --------------------------------------------------------------------------------
-    async def start(self, socket: str | Path | None = None, *, host: str | None = None, port: int = 0,
-                    token: str | None = None) -> None:
+    async def start(
+        self,
+        socket: str | Path | None = None,
+        *,
+        host: str | None = None,
+        port: int = 0,
+        token: str | None = None,
+    ) -> None:
         """Serve on the Unix socket ``socket`` (mode 0600), or on TCP at ``host``:``port`` (0: any
         free port; ``url`` says which) where every request must carry ``Bearer <token>`` when a
         token is given, as behind a router. Returns once the server accepts connections."""
@@ -166,9 +207,15 @@ class Simulator:
             raise ValueError("give either a socket path or a host")
         listener = self._bind_unix(Path(socket)) if socket is not None else self._bind_tcp(host, port)
         self._token = token
-        config = uvicorn.Config(self.app(), lifespan="off", http="h11", log_config=None,
-                                access_log=False, timeout_graceful_shutdown=2,
-                                timeout_keep_alive=30)  # well past httpx's 5 s keep-alive expiry
+        config = uvicorn.Config(
+            self.app(),
+            lifespan="off",
+            http="h11",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=30,
+        )  # well past httpx's 5 s keep-alive expiry
         server = _Server(config)
         serving = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
         up = asyncio.ensure_future(server.up.wait())
@@ -224,6 +271,7 @@ class Simulator:
 
     def app(self) -> Starlette:
         """The ASGI application: ``POST /rpc`` and ``GET /openrpc.json``."""
+
         async def rpc(request: Request) -> Response:
             refused = self._refusal(request)
             if refused is not None:
@@ -234,29 +282,40 @@ class Simulator:
         async def openrpc(request: Request) -> Response:
             return self._refusal(request) or JSONResponse(self.openrpc())
 
-        return Starlette(routes=[Route("/rpc", rpc, methods=["POST"]),
-                                 Route("/openrpc.json", openrpc, methods=["GET"])])
+        return Starlette(
+            routes=[Route("/rpc", rpc, methods=["POST"]), Route("/openrpc.json", openrpc, methods=["GET"])]
+        )
 
     def _refusal(self, request: Request) -> Response | None:
         if self.faults.unreachable:  # what a router answers when the service behind it is down
             return PlainTextResponse("the ComputeService is unavailable", status_code=503)
         if self._token is not None and not hmac.compare_digest(
-                request.headers.get("authorization", ""), f"Bearer {self._token}"):
-            return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            request.headers.get("authorization", ""), f"Bearer {self._token}"
+        ):
+            return JSONResponse(
+                {"error": "a valid bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return None
 
     def openrpc(self) -> dict[str, Any]:
-        return {"openrpc": "1.2.6", "info": {"title": "ComputeService (hearth simulator)",
-                                             "version": importlib.metadata.version("hearth-adapter-tfgrid")},
-                "methods": [{"name": name} for name in sorted(self.methods())]}
+        return {
+            "openrpc": "1.2.6",
+            "info": {
+                "title": "ComputeService (hearth simulator)",
+                "version": importlib.metadata.version("hearth-adapter-tfgrid"),
+            },
+            "methods": [{"name": name} for name in sorted(self.methods())],
+        }
 
     async def handle(self, body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
         """The answer to one ``POST /rpc`` body (a request or a batch), dispatched by
         jsonrpcserver (its schema check, ``Invalid params`` for params the method's signature does
         not take, ``Method not found``); None when it held only notifications."""
-        answer = await async_dispatch_to_response(body.decode("utf-8", "replace"), self.methods(),
-                                                  deserializer=self._parse, post_process=_to_json)
+        answer = await async_dispatch_to_response(
+            body.decode("utf-8", "replace"), self.methods(), deserializer=self._parse, post_process=_to_json
+        )
         return cast("dict[str, Any] | list[dict[str, Any]] | None", answer)
 
     def _parse(self, text: str) -> Any:
@@ -271,13 +330,16 @@ class Simulator:
     def methods(self) -> Methods:
         """This instance's jsonrpcserver methods, made on each request from its attributes (a
         method replaced on the instance, as tests do, is the one served)."""
-        return {**{name: _served(getattr(self, name)) for name in SERVED},
-                **{name: _unsupported(name) for name in STUBBED}}
+        return {
+            **{name: _served(getattr(self, name)) for name in SERVED},
+            **{name: _unsupported(name) for name in STUBBED},
+        }
 
     def _later(self, delay: float, action: Any) -> None:
         async def run() -> None:
             await asyncio.sleep(delay)
             action()
+
         task = asyncio.get_running_loop().create_task(run())
         self._work.add(task)
         task.add_done_callback(self._work.discard)
@@ -286,8 +348,9 @@ class Simulator:
         return f"{prefix}-{next(self._ids)}"
 
     # --- VMs ------------------------------------------------------------------------------------
-    def deploy_vm(self, *, name: str, slice_count: int, secret: str, image: str,
-                  ssh_keys: list[str], node_sid: str) -> dict[str, Any]:
+    def deploy_vm(
+        self, *, name: str, slice_count: int, secret: str, image: str, ssh_keys: list[str], node_sid: str
+    ) -> dict[str, Any]:
         if not secret:
             raise JsonRpcError(compute.FORBIDDEN, "a secret is required")
         node = self.nodes.get(node_sid)
@@ -299,8 +362,10 @@ class Simulator:
         if any(vm.name == name and vm.owner == owner for vm in self.vms.values()):
             raise JsonRpcError(-32602, f"a VM named {name} already exists")
         if slice_count < 1 or slice_count > node.free:
-            raise JsonRpcError(compute.NO_CAPACITY, f"not enough free slices on {node_sid}: asked "
-                                              f"{slice_count}, free {node.free}")
+            raise JsonRpcError(
+                compute.NO_CAPACITY,
+                f"not enough free slices on {node_sid}: asked {slice_count}, free {node.free}",
+            )
         node.free -= slice_count
         vm = _Vm(self._id("vm"), name, owner, node_sid, slice_count, image)
         vm.logs.append(f"deploy requested on {node_sid}: {slice_count} slice(s), {len(ssh_keys)} ssh key(s)")
@@ -354,13 +419,16 @@ class Simulator:
             self._release(vm)
             for gateway in [g for g in self.gateways.values() if g.vm_id == vm.id]:
                 self.gateways.pop(gateway.id, None)
+
         self._later(self.deploy_delay / 2, gone)
         return None
 
     # --- capacity -------------------------------------------------------------------------------
     def list_slices(self) -> list[dict[str, Any]]:
-        return [{"node_sid": n.sid, "slices_total": n.total, "slices_free": n.free,
-                 "disk_gb_per_slice": n.disk} for n in self.nodes.values()]
+        return [
+            {"node_sid": n.sid, "slices_total": n.total, "slices_free": n.free, "disk_gb_per_slice": n.disk}
+            for n in self.nodes.values()
+        ]
 
     def node_stats(self, node_sid: str) -> dict[str, Any]:
         node = self.nodes.get(node_sid)
@@ -375,8 +443,9 @@ class Simulator:
         return [{"node_sid": sid, "domain": domain} for sid, domain in GATEWAY_NODES]
 
     # --- gateways -------------------------------------------------------------------------------
-    def deploy_webgateway(self, *, name: str, kind: str, vm_id: str, port: int, node_sid: str,
-                          secret: str) -> dict[str, Any]:
+    def deploy_webgateway(
+        self, *, name: str, kind: str, vm_id: str, port: int, node_sid: str, secret: str
+    ) -> dict[str, Any]:
         if kind != "name":
             raise JsonRpcError(-32602, "the simulator supports kind='name' gateways only")
         vm = self._owned(vm_id, secret)
@@ -391,6 +460,7 @@ class Simulator:
         def ready() -> None:
             if gateway.id in self.gateways and gateway.state == "provisioning":
                 gateway.state, gateway.fqdn = "ready", f"{name}.{domain}"
+
         self._later(self.deploy_delay / 2, ready)
         return gateway.wire()
 
@@ -424,19 +494,23 @@ def _served(function: Callable[..., Any]) -> Callable[..., Any]:
     which jsonrpcserver binds the params to first; its value is the ``Success``, its
     ``JsonRpcError`` the error, and a ``TypeError`` it raises (a param of the wrong type) is
     ``Invalid params``."""
+
     @functools.wraps(function)
     async def method(*args: Any, **kwargs: Any) -> Result:
         try:
             return Success(function(*args, **kwargs))
         except TypeError as exc:
             return InvalidParams(str(exc))
+
     return method
 
 
 def _unsupported(name: str) -> Callable[..., Any]:
     """A jsonrpcserver method that takes any params and fails as the service's stubs do."""
+
     async def method(*args: Any, **kwargs: Any) -> Result:
         return Error(compute.NOT_SUPPORTED, f"{name} is not supported on TFGrid")
+
     return method
 
 
@@ -493,9 +567,12 @@ async def _serve(args: argparse.Namespace, token: str | None) -> None:
     else:
         await simulator.start(args.socket)
     where = simulator.url or args.socket
-    print(f"hearth-tfgrid-sim: ComputeService on {where} "
-          f"({', '.join(f'{n.sid}: {n.total} slices' for n in simulator.nodes.values())})",
-          file=sys.stderr, flush=True)
+    print(
+        f"hearth-tfgrid-sim: ComputeService on {where} "
+        f"({', '.join(f'{n.sid}: {n.total} slices' for n in simulator.nodes.values())})",
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     await simulator.stop()
     print("hearth-tfgrid-sim: stopped", file=sys.stderr, flush=True)
@@ -505,14 +582,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hearth-tfgrid-sim", description=__doc__.splitlines()[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", help="the Unix socket to listen on (mode 0600)")
-    where.add_argument("--listen", type=_parse_listen, metavar="HOST:PORT",
-                       help="listen on TCP instead, as a router would expose the service (POST /rpc)")
-    parser.add_argument("--token-env", metavar="NAME",
-                        help="with --listen: require 'Authorization: Bearer <the value of $NAME>'")
-    parser.add_argument("--deploy-delay", type=float, default=0.3,
-                        help="seconds a deploy takes (delete and gateways: half of it)")
-    parser.add_argument("--nodes", type=_parse_nodes, help="HOSTNAME:SLICES,... (default: "
-                        "tfnode-1:8,tfnode-2:4)")
+    where.add_argument(
+        "--listen",
+        type=_parse_listen,
+        metavar="HOST:PORT",
+        help="listen on TCP instead, as a router would expose the service (POST /rpc)",
+    )
+    parser.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="with --listen: require 'Authorization: Bearer <the value of $NAME>'",
+    )
+    parser.add_argument(
+        "--deploy-delay",
+        type=float,
+        default=0.3,
+        help="seconds a deploy takes (delete and gateways: half of it)",
+    )
+    parser.add_argument(
+        "--nodes", type=_parse_nodes, help="HOSTNAME:SLICES,... (default: tfnode-1:8,tfnode-2:4)"
+    )
     parser.add_argument("--fail-deploy", action="store_true", help="every deploy fails midway")
     parser.add_argument("--no-ip", action="store_true", help="VMs never get a mycelium address")
     args = parser.parse_args(argv)
@@ -530,8 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(args, token))
     except OSError as exc:
-        print(f"hearth-tfgrid-sim: cannot listen on {args.socket or args.listen}: {exc}",
-              file=sys.stderr)
+        print(f"hearth-tfgrid-sim: cannot listen on {args.socket or args.listen}: {exc}", file=sys.stderr)
         return 1
     return 0
 

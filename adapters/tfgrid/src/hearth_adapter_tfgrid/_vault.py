@@ -29,8 +29,7 @@ class UnsafeSecretPath(ValueError):
     """A secret path that is not the workspace's own file in this vault (nothing was read)."""
 
     def __init__(self, path: str, expected: Path, why: str) -> None:
-        super().__init__(f"{path!r} {why}; a workspace's secret is only read from its own file "
-                         f"{expected}")
+        super().__init__(f"{path!r} {why}; a workspace's secret is only read from its own file {expected}")
         self.path = path
         self.expected = expected
 
