@@ -14,7 +14,9 @@
 - the line codec (pydantic-core JSON) beside the stdlib ``json`` codec it replaced, kept below as
   the baseline: encode + decode of a status request and its response, of a progress notification
   and of a list result of 200 workspaces, and ``LineDecoder.feed`` of 64 lines in one chunk
-  (``--only codec`` runs just this section: no adapter, no docker).
+  (``--only codec`` runs just this section: no adapter, no docker);
+- ``hearth ls`` on a store of 100 records beside ``python -c "import pydantic, sqlite3,
+  platformdirs"`` (target: <= 1.5x; ``--only cli``).
 """
 
 from __future__ import annotations
@@ -512,6 +514,44 @@ def codec_section(number: int) -> None:
     print()
 
 
+def cli_ls(runs: int, records: int) -> tuple[list[float], list[float]]:
+    """``hearth ls`` on a store of ``records`` workspaces (no adapter started), beside the import
+    baseline the issue names: ``python -c "import pydantic, sqlite3, platformdirs"``."""
+    from hearth import Deployment, SQLiteStore
+    from hearth_adaptersdk import utc_now
+
+    hearth = Path(sys.executable).parent / "hearth"
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder) / "home"
+        store = SQLiteStore(home / "hearth.db")
+        now = utc_now()
+        for index in range(records):
+            store.save(Deployment(f"w{index:03}", 1, "solo", "fake", "failed", None, now, now))
+        store.close()
+        command = [str(hearth), "ls", "--home", str(home), "--project", folder]
+        baseline = [sys.executable, "-c", "import pydantic, sqlite3, platformdirs"]
+        ls_samples: list[float] = []
+        base_samples: list[float] = []
+        for _ in range(runs):  # alternate, so that a busy machine weighs on both alike
+            for argv, samples in ((command, ls_samples), (baseline, base_samples)):
+                started = time.perf_counter()
+                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+                samples.append(time.perf_counter() - started)
+    return ls_samples, base_samples
+
+
+def cli_section(runs: int) -> None:
+    ls_samples, base = cli_ls(runs, 100)
+    ls_median, base_median = statistics.median(ls_samples), statistics.median(base)
+    print(f"hearth ls, a store of 100 records, median of {runs} (target: <= 1.5x the import baseline):")
+    print(f"{'hearth ls':34}{ms(ls_median)}")
+    print(
+        f"{'python -c import pydantic, sqlite3, platformdirs':50}{ms(base_median)}"
+        f"{ls_median / base_median:8.2f}x"
+    )
+    print()
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -524,10 +564,15 @@ def main() -> None:
     parser.add_argument("--workspaces", type=int, default=1000, help="workspaces through Host")
     parser.add_argument("--docker-rounds", type=int, default=5, help="docker lifecycles per side")
     parser.add_argument("--codec-calls", type=int, default=20000, help="calls per codec timing run")
-    parser.add_argument("--only", choices=["codec"], help="run one section only (no adapter, no docker)")
+    parser.add_argument("--cli-runs", type=int, default=21, help="runs of hearth ls and its baseline")
+    parser.add_argument(
+        "--only", choices=["codec", "cli"], help="run one section only (no adapter, no docker)"
+    )
     args = parser.parse_args()
-    if args.only == "codec":
-        codec_section(args.codec_calls)
+    if args.only is not None:
+        {"codec": lambda: codec_section(args.codec_calls), "cli": lambda: cli_section(args.cli_runs)}[
+            args.only
+        ]()
         return
     path = discover("fake").path
 
@@ -581,6 +626,7 @@ def main() -> None:
     )
     print()
     codec_section(args.codec_calls)
+    cli_section(args.cli_runs)
     docker_section(args.docker_rounds)
     total, rows = import_breakdown(10)
     print(

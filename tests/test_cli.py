@@ -138,9 +138,11 @@ def test_a_conflict_exits_one_with_the_existing_ref(cli: Cli) -> None:
 
 def test_a_malformed_settings_file_names_the_file_and_key(cli: Cli) -> None:
     (cli.project / ".hearth" / "hearth.toml").write_text("[tiers.solo]\nresource_caps = 3\n")
-    _, line, error = cli.error("ls")
-    assert "hearth.toml" in line and "tiers.solo.resource_caps" in line
-    assert error["kind"] == "invalid_input"
+    for command in (("provision", "alpha", "--tier", "solo", "--driver", "fake"), ("reconcile",)):
+        _, line, error = cli.error(*command)
+        assert "hearth.toml" in line and "tiers.solo.resource_caps" in line
+        assert error["kind"] == "invalid_input"
+    assert cli.json("ls") == []  # ls reads only the registry in the home, not the project's settings
 
 
 def test_six_processes_provisioning_one_slug_make_one_adapter_call(cli: Cli) -> None:

@@ -2,70 +2,107 @@
 
 Subclass ``Driver``, implement the four verbs, and call ``serve(MyDriver)`` from your
 executable's entry point. Test in memory with ``hearth_adaptersdk.testing`` and against
-the protocol's guarantees with ``hearth_adaptersdk.conformance``.
+the protocol's guarantees with ``hearth_adaptersdk.conformance``. Every name loads on first
+use (PEP 562): a host importing ``codes`` or the models never pays for the server side
+(jsonrpcserver), and ``codes`` costs nothing.
 """
 
+import importlib
 import typing
-from importlib.metadata import version as _version
 
 from . import codes
-from ._codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
-from ._connection import Closed, Connection
-from ._driver import Driver, RequestContext
-from ._errors import (
-    BackendFailure,
-    BackendUnavailable,
-    Conflict,
-    DriverError,
-    InvalidProfile,
-    InvalidTransition,
-    Unsupported,
-)
-from ._subprocess import SubprocessConnection, child_environment
-from .wire import (
-    CancelParams,
-    Capabilities,
-    DeploymentRef,
-    ErrorData,
-    InitializeParams,
-    InitializeResult,
-    ObservedState,
-    PeerInfo,
-    Progress,
-    ProvisioningProfile,
-    ResourceCaps,
-    State,
-    StatusReport,
-    ValidationResult,
-    utc_now,
-)
 
-if typing.TYPE_CHECKING:  # loaded on first use (PEP 562): a host never pays for the server side
+if typing.TYPE_CHECKING:
+    __version__: str
+    from ._codec import FrameTooLarge, LineDecoder, Malformed, MessageTooLarge, Unencodable, encode
+    from ._connection import Closed, Connection
+    from ._driver import Driver, RequestContext
+    from ._errors import (
+        BackendFailure,
+        BackendUnavailable,
+        Conflict,
+        DriverError,
+        InvalidProfile,
+        InvalidTransition,
+        Unsupported,
+    )
     from ._memory import MemoryConnection
     from ._session import DEFAULT_ROLLBACK_GRACE
     from ._stdio import ROLLBACK_GRACE_ENV, serve
+    from ._subprocess import SubprocessConnection, child_environment
+    from .wire import (
+        CancelParams,
+        Capabilities,
+        DeploymentRef,
+        ErrorData,
+        InitializeParams,
+        InitializeResult,
+        ObservedState,
+        PeerInfo,
+        Progress,
+        ProvisioningProfile,
+        ResourceCaps,
+        State,
+        StatusReport,
+        ValidationResult,
+        utc_now,
+    )
 
-#: The server side (jsonrpcserver and what it imports) loads only when one of these is used.
-_LAZY = {
-    "serve": "._stdio",
-    "ROLLBACK_GRACE_ENV": "._stdio",
+#: Where each public name lives; ``__getattr__`` imports it on first use.
+_EXPORTS = {
+    "BackendFailure": "._errors",
+    "BackendUnavailable": "._errors",
+    "CancelParams": ".wire",
+    "Capabilities": ".wire",
+    "Closed": "._connection",
+    "Conflict": "._errors",
+    "Connection": "._connection",
     "DEFAULT_ROLLBACK_GRACE": "._session",
+    "DeploymentRef": ".wire",
+    "Driver": "._driver",
+    "DriverError": "._errors",
+    "ErrorData": ".wire",
+    "FrameTooLarge": "._codec",
+    "InitializeParams": ".wire",
+    "InitializeResult": ".wire",
+    "InvalidProfile": "._errors",
+    "InvalidTransition": "._errors",
+    "LineDecoder": "._codec",
+    "Malformed": "._codec",
     "MemoryConnection": "._memory",
+    "MessageTooLarge": "._codec",
+    "ObservedState": ".wire",
+    "PeerInfo": ".wire",
+    "Progress": ".wire",
+    "ProvisioningProfile": ".wire",
+    "ROLLBACK_GRACE_ENV": "._stdio",
+    "RequestContext": "._driver",
+    "ResourceCaps": ".wire",
+    "State": ".wire",
+    "StatusReport": ".wire",
+    "SubprocessConnection": "._subprocess",
+    "Unencodable": "._codec",
+    "Unsupported": "._errors",
+    "ValidationResult": ".wire",
+    "child_environment": "._subprocess",
+    "encode": "._codec",
+    "serve": "._stdio",
+    "utc_now": ".wire",
 }
 
 
 def __getattr__(name: str) -> typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    if name == "__version__":
+        from importlib.metadata import version
 
-    value = getattr(importlib.import_module(module, __name__), name)
+        value: typing.Any = version("hearth-adaptersdk")  # written once, in its pyproject.toml
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
 
-
-__version__ = _version("hearth-adaptersdk")  # from adaptersdk/pyproject.toml
 
 __all__ = [
     "DEFAULT_ROLLBACK_GRACE",

@@ -1,41 +1,99 @@
 """hearth: deploy and manage workspaces through pluggable adapter executables.
 
 ``Host`` runs the workspace lifecycle on top of any adapter; ``AdapterClient`` talks to one
-adapter; ``discover`` finds one. Errors form one tree
-rooted at ``HearthError``; every public name is exported here.
+adapter; ``discover`` finds one. Errors form one tree rooted at ``HearthError``; every public
+name is exported here, and loaded on first use (PEP 562), so that a command such as
+``hearth ls`` pays only for what it uses.
 """
 
-from importlib.metadata import version as _version
+import importlib
+import typing
 
-__version__ = _version("hearth")  # the one place it is written is host/pyproject.toml
+if typing.TYPE_CHECKING:
+    __version__: str
+    from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
 
-from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
+    from ._client import AdapterClient, Interruption
+    from ._discovery import Candidate, Discovered, discover, discover_all
+    from ._errors import (
+        AdapterCrashed,
+        AdapterError,
+        AdapterNotFound,
+        AdapterRefused,
+        BackendFailure,
+        BackendUnavailable,
+        CallTimeout,
+        Cancelled,
+        ClientClosed,
+        Conflict,
+        HearthError,
+        InvalidInput,
+        InvalidProfile,
+        InvalidTransition,
+        ProtocolViolation,
+        SlugLocked,
+        StoreError,
+        Unsupported,
+    )
+    from ._host import Host, ReconcileReport, find_project_dir
+    from ._settings import Tier
+    from ._store import Deployment, LogLine, Operation, SQLiteStore, Store
 
-from ._client import AdapterClient, Interruption
-from ._discovery import Candidate, Discovered, discover, discover_all
-from ._errors import (
-    AdapterCrashed,
-    AdapterError,
-    AdapterNotFound,
-    AdapterRefused,
-    BackendFailure,
-    BackendUnavailable,
-    CallTimeout,
-    Cancelled,
-    ClientClosed,
-    Conflict,
-    HearthError,
-    InvalidInput,
-    InvalidProfile,
-    InvalidTransition,
-    ProtocolViolation,
-    SlugLocked,
-    StoreError,
-    Unsupported,
-)
-from ._host import Host, ReconcileReport, find_project_dir
-from ._settings import Tier
-from ._store import Deployment, LogLine, Operation, SQLiteStore, Store
+#: Where each public name lives; ``__getattr__`` imports it on first use.
+_EXPORTS = {
+    "AdapterClient": "._client",
+    "AdapterCrashed": "._errors",
+    "AdapterError": "._errors",
+    "AdapterNotFound": "._errors",
+    "AdapterRefused": "._errors",
+    "BackendFailure": "._errors",
+    "BackendUnavailable": "._errors",
+    "CallTimeout": "._errors",
+    "Cancelled": "._errors",
+    "Candidate": "._discovery",
+    "ClientClosed": "._errors",
+    "Conflict": "._errors",
+    "Deployment": "._store",
+    "DeploymentRef": "hearth_adaptersdk",
+    "Discovered": "._discovery",
+    "HearthError": "._errors",
+    "Host": "._host",
+    "Interruption": "._client",
+    "InvalidInput": "._errors",
+    "InvalidProfile": "._errors",
+    "InvalidTransition": "._errors",
+    "LogLine": "._store",
+    "Operation": "._store",
+    "Progress": "hearth_adaptersdk",
+    "ProtocolViolation": "._errors",
+    "ProvisioningProfile": "hearth_adaptersdk",
+    "ReconcileReport": "._host",
+    "SQLiteStore": "._store",
+    "SlugLocked": "._errors",
+    "StatusReport": "hearth_adaptersdk",
+    "Store": "._store",
+    "StoreError": "._errors",
+    "Tier": "._settings",
+    "Unsupported": "._errors",
+    "discover": "._discovery",
+    "discover_all": "._discovery",
+    "find_project_dir": "._host",
+}
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        value: typing.Any = version("hearth")  # written once, in host/pyproject.toml
+    elif name in _EXPORTS:
+        module = _EXPORTS[name]
+        value = getattr(importlib.import_module(module, __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AdapterClient",

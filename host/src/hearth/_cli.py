@@ -20,7 +20,6 @@ from an adapter has its control characters escaped, so it cannot drive the termi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
@@ -28,31 +27,27 @@ import math
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import TypeAdapter
-
-from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
-
-from . import __version__
-from ._discovery import Candidate, discover_all
+from ._dirs import state_dir
 from ._errors import HearthError
-from ._host import Host, ReconcileReport, find_project_dir
-from ._settings import load_settings
-from ._store import Deployment, Operation
+from ._records import STORE_FILE, Listed, current
+
+if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands that use them
+    from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
+
+    from ._discovery import Candidate
+    from ._host import Host, ReconcileReport
+    from ._store import Operation
 
 #: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
 #: terminal, or start a fake line when printed raw.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: ``--json`` documents come from the models themselves.
-_OPERATIONS = TypeAdapter(list[Operation])
-_REPORT = TypeAdapter(ReconcileReport)
 
 
 def safe(text: object) -> str:
@@ -85,6 +80,16 @@ class _Parser(argparse.ArgumentParser):
         if "--json" in sys.argv:
             print(json.dumps({"error": {"kind": "invalid_input", "message": message}}))
         sys.exit(EXIT_USAGE)
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from . import __version__
+
+        print(f"hearth {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Deploy and manage workspaces through adapter executables.",
     )
-    parser.add_argument("--version", action="version", version=f"hearth {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("adapters", parents=[common], help="list adapter candidates")
     provision = commands.add_parser("provision", parents=[common], help="create a workspace")
@@ -175,18 +180,21 @@ def _status_lines(slug: str, report: StatusReport) -> str:
     return "\n".join(lines)
 
 
-def _ls_lines(deployments: list[Deployment]) -> str:
-    if not deployments:
+def _ls_lines(listed: list[Listed]) -> str:
+    if not listed:
         return "no workspaces"
     rows = [("SLUG", "STATE", "TIER", "DRIVER", "ENDPOINT")]
-    rows += [
-        (d.slug, d.state, safe(d.tier), d.driver, safe((d.ref.endpoint if d.ref else None) or "-"))
-        for d in deployments
-    ]
+    rows += [(r.slug, r.state, safe(r.tier), r.driver, safe(r.ref.get("endpoint") or "-")) for r in listed]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)) for row in rows
     )
+
+
+def _ls(args: argparse.Namespace) -> tuple[Any, str]:
+    """``hearth ls``: the records, read straight from the store (no adapter, no models)."""
+    listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)
+    return [r.ref for r in listed], _ls_lines(listed)
 
 
 def _logs_lines(slug: str, operations: list[Operation]) -> str:
@@ -216,6 +224,9 @@ def _reconcile_lines(report: ReconcileReport) -> str:
 
 
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
+    from ._discovery import discover_all
+    from ._settings import load_settings
+
     project = _project(args)
     found = discover_all(project_dir=project, home=getattr(args, "home", None))
     versions = _versions([c for c in found if c.acceptable], load_settings(project).timeouts.version_probe)
@@ -250,6 +261,8 @@ def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _versions(found: list[Candidate], bound: float) -> dict[Path, str | None]:
+    import subprocess
+
     """Each adapter's ``--version``, asked of all at once and waited for within ``bound``; an
     adapter that does not answer in time is stopped with its whole process group."""
     running: dict[Path, subprocess.Popen[str]] = {}
@@ -278,10 +291,14 @@ def _versions(found: list[Candidate], bound: float) -> dict[Path, str | None]:
 
 
 def _project(args: argparse.Namespace) -> Any:
+    from ._host import find_project_dir
+
     return find_project_dir(getattr(args, "project", None))
 
 
 async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
+    from pydantic import TypeAdapter
+
     timeout = getattr(args, "timeout", None)
     progress = _progress_printer(sys.stderr.isatty() and not getattr(args, "json", False))
     command = args.command
@@ -305,14 +322,16 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
         await host.teardown(args.slug, on_progress=progress, timeout=timeout)
         report = await host.status(args.slug)
         return report.model_dump(mode="json"), f"{args.slug}: {report.state}"
-    if command == "ls":
-        refs = await host.list()
-        return [ref.model_dump(mode="json") for ref in refs], _ls_lines(host.deployments())
     if command == "logs":
         operations = await host.logs(args.slug)
-        return _OPERATIONS.dump_python(operations, mode="json"), _logs_lines(args.slug, operations)
+        from ._store import Operation  # --json documents come from the models themselves
+
+        document = TypeAdapter(list[Operation]).dump_python(operations, mode="json")
+        return document, _logs_lines(args.slug, operations)
     report_ = await host.reconcile(timeout=timeout)
-    return _REPORT.dump_python(report_, mode="json"), _reconcile_lines(report_)
+    from ._host import ReconcileReport
+
+    return TypeAdapter(ReconcileReport).dump_python(report_, mode="json"), _reconcile_lines(report_)
 
 
 class Interrupted(Exception):
@@ -326,7 +345,12 @@ class Interrupted(Exception):
 async def _run(args: argparse.Namespace) -> tuple[Any, str]:
     """Run one command; SIGINT, SIGTERM and SIGHUP cancel it (the host records why and waits
     for the rollback within its cancel grace); a second signal stops that wait."""
+    import asyncio
+
+    from ._host import Host
+
     loop = asyncio.get_running_loop()
+
     host = Host(project_dir=getattr(args, "project", None), home=getattr(args, "home", None))
     host.open()
     work = asyncio.create_task(_command(host, args))
@@ -403,7 +427,11 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.command == "adapters":
             document, text = _adapters(args)
+        elif args.command == "ls":
+            document, text = _ls(args)
         else:
+            import asyncio
+
             document, text = asyncio.run(_run(args))
     except HearthError as exc:
         return _failed(exc.to_json(), exc.kind, exc.message, as_json)

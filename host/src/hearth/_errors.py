@@ -25,9 +25,12 @@ Wire errors become these in exactly one place, ``from_wire_error``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from hearth_adaptersdk import DeploymentRef, codes
+from hearth_adaptersdk import codes
+
+if TYPE_CHECKING:
+    from hearth_adaptersdk import DeploymentRef
 
 
 class HearthError(Exception):
@@ -138,6 +141,8 @@ class AdapterError(HearthError):
 class Conflict(AdapterError):
     @property
     def existing(self) -> DeploymentRef | None:
+        from hearth_adaptersdk import DeploymentRef  # the models load only when needed
+
         value = self.data.get("existing")
         return DeploymentRef.model_validate(value) if isinstance(value, dict) else None
 

@@ -51,6 +51,7 @@ from ._errors import (
     StoreError,
 )
 from ._locks import SlugLocks
+from ._records import STORE_FILE
 from ._settings import Tier, Timeouts, load_settings
 from ._states import (
     TRANSIENT,
@@ -64,7 +65,6 @@ from ._states import (
 from ._store import Deployment, LogBuffer, LogLine, Operation, SQLiteStore, Store
 from ._supervisor import ConnectionFactory, Supervisor
 
-STORE_FILE = "hearth.db"
 #: How long a verb waits for another process's work on the same slug when it has no timeout.
 DEFAULT_LOCK_WAIT = Timeouts.lock_wait
 #: How much of a caller's input an error message repeats.

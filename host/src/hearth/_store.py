@@ -25,6 +25,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from hearth_adaptersdk import DeploymentRef, State, utc_now
 
 from ._errors import StoreError
+from ._records import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["Deployment", "LogBuffer", "LogLine", "Operation", "SQLiteStore", "Store", "StoreError"]
 
@@ -97,52 +98,6 @@ class Store(Protocol):
     ) -> None: ...
     def operations(self, slug: str) -> list[Operation]: ...
     def close(self) -> None: ...
-
-
-MIGRATIONS: Sequence[str] = (
-    # version 1
-    """
-    CREATE TABLE deployments (
-        slug TEXT NOT NULL,
-        generation INTEGER NOT NULL,
-        archived INTEGER NOT NULL DEFAULT 0,
-        tier TEXT NOT NULL,
-        driver TEXT NOT NULL,
-        state TEXT NOT NULL,
-        ref TEXT,
-        reason TEXT,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        PRIMARY KEY (slug, generation)
-    );
-    CREATE UNIQUE INDEX deployments_current ON deployments (slug) WHERE archived = 0;
-    CREATE TABLE operations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        slug TEXT NOT NULL,
-        generation INTEGER NOT NULL,
-        verb TEXT NOT NULL,
-        started_at TEXT NOT NULL,
-        ended_at TEXT,
-        outcome TEXT NOT NULL,
-        error TEXT
-    );
-    CREATE INDEX operations_by_slug ON operations (slug, id);
-    CREATE TABLE operation_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        operation INTEGER NOT NULL REFERENCES operations (id),
-        at TEXT NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        fraction REAL
-    );
-    CREATE INDEX operation_log_by_operation ON operation_log (operation, id);
-    """,
-    # version 2: a record whose backend state the host could not confirm
-    """
-    ALTER TABLE deployments ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0;
-    """,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _typed(method: Callable[P, R]) -> Callable[P, R]:

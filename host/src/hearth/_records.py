@@ -1,0 +1,120 @@
+"""The store's schema, and what reading it needs without the models: ``hearth ls`` lists the
+records from SQLite and prints them, and so costs the interpreter, sqlite3 and json only
+(``scripts/bench`` measures it against ``python -c "import pydantic, sqlite3, platformdirs"``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ._errors import StoreError
+
+STORE_FILE = "hearth.db"
+
+MIGRATIONS: Sequence[str] = (
+    # version 1
+    """
+    CREATE TABLE deployments (
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0,
+        tier TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ref TEXT,
+        reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (slug, generation)
+    );
+    CREATE UNIQUE INDEX deployments_current ON deployments (slug) WHERE archived = 0;
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        verb TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX operations_by_slug ON operations (slug, id);
+    CREATE TABLE operation_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        operation INTEGER NOT NULL REFERENCES operations (id),
+        at TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fraction REAL
+    );
+    CREATE INDEX operation_log_by_operation ON operation_log (operation, id);
+    """,
+    # version 2: a record whose backend state the host could not confirm
+    """
+    ALTER TABLE deployments ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0;
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Listed(NamedTuple):
+    """One current record as ``hearth ls`` shows it."""
+
+    slug: str
+    state: str
+    tier: str
+    driver: str
+    #: The DeploymentRef as JSON, with ``last_status`` the recorded state.
+    ref: dict[str, Any]
+
+
+def current(path: Path) -> list[Listed]:
+    """Every current record of the store at ``path`` (none when there is no store yet)."""
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(path, timeout=30.0)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {path} has schema version {version}, newer than this "
+                    f"hearth ({SCHEMA_VERSION}); upgrade hearth"
+                )
+            if version == 0:
+                return []
+            rows = db.execute(
+                "SELECT slug, tier, driver, state, ref, created_at FROM deployments "
+                "WHERE archived = 0 ORDER BY slug"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"the store {path} cannot be used: {exc}") from None
+    listed = []
+    for slug, tier, driver, state, ref, created in rows:
+        document = (
+            json.loads(ref)
+            if ref
+            else {
+                "workspace_slug": slug,
+                "tier": tier,
+                "driver": driver,
+                "endpoint": None,
+                "secrets_vault_path": None,
+                "created": _rfc3339(created),
+                "last_status": state,
+            }
+        )
+        document["last_status"] = state
+        listed.append(Listed(slug, state, tier, driver, document))
+    return listed
+
+
+def _rfc3339(stored: str) -> str:
+    return datetime.fromisoformat(stored).astimezone(UTC).isoformat().replace("+00:00", "Z")
