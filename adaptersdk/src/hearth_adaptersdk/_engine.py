@@ -89,11 +89,13 @@ class RequestEngine:
         *,
         on_progress: OnProgress | None = None,
         ident: int | None = None,
+        data: bytes | None = None,
     ) -> tuple[int, asyncio.Future[Response]]:
         """Send a request; its id and the future of its response (``finish`` it when done)."""
         self.check_open()
         ident = self.next_id() if ident is None else ident
-        data = self.request(method, params, ident)
+        if data is None:  # ``data``: the request already encoded (by ``request``) for ``ident``
+            data = self.request(method, params, ident)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
         if on_progress is not None:

@@ -132,8 +132,11 @@ class Peer:
     ) -> tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]:
         """Send a request and return it with the future of its response."""
         ident = self.next_id()
-        message = json.loads(self._engine.request(method, params, ident))
-        _, future = await self._engine.start(method, params, ident=ident, on_progress=self._collector(ident))
+        data = self._engine.request(method, params, ident)
+        message = json.loads(data)
+        _, future = await self._engine.start(
+            method, params, ident=ident, data=data, on_progress=self._collector(ident)
+        )
         return message, future
 
     async def finish(

@@ -301,14 +301,18 @@ class AdapterClient:
         engine.check_open()
         ident = engine.next_id()
         try:
-            engine.request(method, params, ident)  # refuse what cannot be sent, before sending
+            data = engine.request(method, params, ident)  # what cannot be sent is refused here
         except (MessageTooLarge, ValueError) as exc:
             raise ProtocolViolation(f"{method} request not sent: {exc}") from None
         answered = False
         try:
             try:
                 _, future = await engine.start(
-                    method, params, ident=ident, on_progress=self._progress_router(on_progress)
+                    method,
+                    params,
+                    ident=ident,
+                    data=data,
+                    on_progress=self._progress_router(on_progress),
                 )
                 done, _ = await asyncio.wait({future}, timeout=timeout)
             except (ConnectionError, OSError):
