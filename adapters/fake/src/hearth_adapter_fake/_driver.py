@@ -136,12 +136,12 @@ class FakeDriver(Driver):
         await self._faults("status", flags)
         if flags.get("fail_at") == "status":
             raise BackendUnavailable("status failed as asked (driver_flags.fail_at)")
-        current = DeploymentRef.model_validate(record["ref"])
+        current = record["ref"]  # written by this driver from a validated ref: read, not re-checked
         return StatusReport(
-            state=current.last_status,
-            endpoint=current.endpoint,
+            state=current["last_status"],
+            endpoint=current["endpoint"],
             observed_at=utc_now(),
-            details={"tier": current.tier},
+            details={"tier": current["tier"]},
         )
 
     async def upgrade(
