@@ -52,13 +52,17 @@ class Connection(ABC):
 
 
 class WriteCoalescer:
-    """Joins the lines written in one event-loop turn into a single write.
+    """Joins the lines written in one event-loop turn into a few writes.
 
     Under load many answers (or requests) become ready in the same turn; one system call
-    for all of them instead of one each is most of the difference in pipelined throughput.
+    for many of them instead of one each is most of the difference in pipelined throughput.
+    A burst is written every ``BURST`` lines rather than all at the end of the turn, so that
+    the peer starts on the first lines while this side still works on the rest: the two
+    processes then run side by side instead of taking turns.
     """
 
     __slots__ = ("_chunks", "_loop", "_write")
+    BURST = 8
 
     def __init__(self, write: Callable[[bytes], object]) -> None:
         self._write = write
@@ -71,6 +75,8 @@ class WriteCoalescer:
                 self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self.flush)
         self._chunks.append(data)
+        if len(self._chunks) >= self.BURST:
+            self.flush()  # the turn's call_soon then finds nothing, or the next few lines
 
     def flush(self) -> None:
         if self._chunks:
