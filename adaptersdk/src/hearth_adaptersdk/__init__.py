@@ -104,6 +104,11 @@ def __getattr__(name: str) -> typing.Any:
     return value
 
 
+def __dir__() -> list[str]:
+    """The lazy names too, for ``dir()`` and completion in a REPL."""
+    return sorted({*globals(), *__all__})
+
+
 __all__ = [
     "DEFAULT_ROLLBACK_GRACE",
     "ROLLBACK_GRACE_ENV",
@@ -139,6 +144,7 @@ __all__ = [
     "Unencodable",
     "Unsupported",
     "ValidationResult",
+    "__version__",
     "child_environment",
     "codes",
     "encode",

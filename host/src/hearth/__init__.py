@@ -95,6 +95,11 @@ def __getattr__(name: str) -> typing.Any:
     return value
 
 
+def __dir__() -> list[str]:
+    """The lazy names too, for ``dir()`` and completion in a REPL."""
+    return sorted({*globals(), *__all__})
+
+
 __all__ = [
     "AdapterClient",
     "AdapterCrashed",

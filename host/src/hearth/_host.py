@@ -4,7 +4,7 @@ Per verb: validate the input before anything else; take the slug's cross-process
 read the record again (another process may just have finished); check the transition
 table; start the adapter (a verb whose adapter cannot start changes nothing); record the
 transient state and an operation; call the adapter, logging its progress; record the
-outcome by the rules of ``states.py``: a failed verb marks the deployment ``failed`` and
+outcome by the rules of ``_states.py``: a failed verb marks the deployment ``failed`` and
 is never retried (D8); an answer that says nothing changed (a refusal, a confirmed
 rollback) leaves the record as it was; a cancel whose rollback is not confirmed says so,
 and ``reconcile`` checks it. Every wait has a bound (``Timeouts``).
@@ -706,7 +706,7 @@ class Host:
 
 @dataclass
 class _Outcome:
-    """Records what one verb's answer says, by the rules of ``states.py``."""
+    """Records what one verb's answer says, by the rules of ``_states.py``."""
 
     host: Host
     previous: Deployment | None

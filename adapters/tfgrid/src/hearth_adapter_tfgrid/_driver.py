@@ -165,7 +165,7 @@ class TfgridDriver(Driver):
         self.settings = TfgridConfig()
         self.service = ComputeClient(Endpoint(socket=self.settings.socket))
         self.vault: Vault | None = None
-        #: Slices held by this adapter's deploys in flight (see placement.py).
+        #: Slices held by this adapter's deploys in flight (see _placement.py).
         self.ledger = Ledger()
 
     async def setup(self, config: Any, data_dir: Path | None) -> None:
@@ -194,7 +194,7 @@ class TfgridDriver(Driver):
         return self.vault
 
     def _secret(self, slug: str, ref: DeploymentRef | None = None) -> str | None:
-        """The workspace's secret, read only from its own file in the vault (see vault.py)."""
+        """The workspace's secret, read only from its own file in the vault (see _vault.py)."""
         try:
             return self._vault.secret(slug, ref.secrets_vault_path if ref is not None else None)
         except UnsafeSecretPath as exc:
@@ -433,7 +433,7 @@ class TfgridDriver(Driver):
         answers that a chosen node is full, on the next node with room (never for a node the
         profile or config named). Each attempt holds its slices in the ledger until
         ``deploy_vm`` answers, so concurrent provisions choose on figures that count each other
-        (placement.py). This is placement, not a retry: each node is asked once."""
+        (_placement.py). This is placement, not a retry: each node is asked once."""
         refused: list[str] = []
         skip: set[str] = set()
         while True:

@@ -1,6 +1,6 @@
 """A local ComputeService for tests, the demo and adapter authors.
 
-It speaks the same wire as ``compute.py`` assumes (JSON-RPC 2.0 as ``POST /rpc`` over
+It speaks the same wire as ``_compute.py`` assumes (JSON-RPC 2.0 as ``POST /rpc`` over
 HTTP/1.1, ``GET /openrpc.json``; served by uvicorn and starlette on a Unix socket, or on TCP
 with an optional bearer token as a router exposes it) and behaves as seed 002 documents the
 TFGrid backend: slices of 4 GB and 1 vCPU with capacity per node, asynchronous deploy and
