@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,23 +98,24 @@ def current(path: Path) -> list[Listed]:
         raise StoreError(f"the store {path} cannot be used: {exc}") from None
     listed = []
     for slug, tier, driver, state, ref, created in rows:
-        document = (
-            json.loads(ref)
-            if ref
-            else {
-                "workspace_slug": slug,
-                "tier": tier,
-                "driver": driver,
-                "endpoint": None,
-                "secrets_vault_path": None,
-                "created": _rfc3339(created),
-                "last_status": state,
-            }
-        )
+        # The stored ref is the model's own JSON (DeploymentRef.model_dump_json); a record with
+        # none (its provision failed) gets one from the model, which then loads, and only then.
+        document = json.loads(ref) if ref else _synthesized(slug, tier, driver, state, created)
         document["last_status"] = state
         listed.append(Listed(slug, state, tier, driver, document))
     return listed
 
 
-def _rfc3339(stored: str) -> str:
-    return datetime.fromisoformat(stored).astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _synthesized(slug: str, tier: str, driver: str, state: str, created: str) -> dict[str, Any]:
+    from hearth_adaptersdk import DeploymentRef
+
+    ref = DeploymentRef.model_validate(
+        {
+            "workspace_slug": slug,
+            "tier": tier,
+            "driver": driver,
+            "last_status": state,
+            "created": datetime.fromisoformat(created),
+        }
+    )
+    return ref.model_dump(mode="json")
