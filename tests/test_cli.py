@@ -95,6 +95,7 @@ def test_every_verb_through_the_cli_with_json(cli: Cli) -> None:
         "ghosts": [],
         "busy": [],
         "unreachable": {},
+        "dry_run": False,
         "orphans": [],
     }
     adapters = cli.json("adapters")

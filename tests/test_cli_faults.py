@@ -236,3 +236,21 @@ def test_an_empty_home_or_a_missing_project_is_invalid_input(cli: Cli, option: s
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("hearth: invalid_input: ")
     assert not (cli.project / "hearth.db").exists()
+
+
+def test_reconcile_dry_run_changes_nothing_and_exits_3_on_drift(cli: Cli) -> None:
+    process = _started(cli, "provision", "alpha", "--tier", "glacial", "--driver", "fake")
+    process.kill()  # kill -9 of the host: the record is left provisioning
+    process.communicate()
+    done = cli.run("reconcile", "--dry-run", "--json")
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert report["dry_run"] is True
+    assert report["resolved"] == [{"slug": "alpha", "from": "provisioning", "to": "failed"}]
+    assert cli.json("ls")[0]["last_status"] == "provisioning"  # nothing changed
+    assert [op["outcome"] for op in cli.json("logs", "alpha")] == ["running"]
+    assert "would resolve alpha" in cli.run("reconcile", "alpha", "--dry-run").stdout
+    settled = cli.json("reconcile", "alpha")
+    assert settled["resolved"] == [{"slug": "alpha", "from": "provisioning", "to": "failed"}]
+    again = cli.run("reconcile", "--dry-run", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["resolved"] == []

@@ -472,3 +472,24 @@ async def test_13_status_of_a_record_left_transient_says_to_reconcile(tmp_path: 
         status = await host.status("s2")
         assert "no hearth process is working on it" in (status.message or "")
         assert "hearth reconcile" in (status.message or "")
+
+
+async def test_a_dry_run_reconcile_reports_and_changes_nothing_and_a_slug_limits_it(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host:
+        for slug in ("r1", "r2"):
+            await host.provision(slug, tier="solo", driver="fake")
+            [record] = [d for d in host.deployments() if d.slug == slug]
+            host.store.begin(replace(record, state="tearing_down"), "teardown")  # then kill -9
+        before = (host.deployments(), [await host.logs(s) for s in ("r1", "r2")])
+        report = await host.reconcile(dry_run=True)
+        assert report.dry_run and report.drift
+        assert report.resolved == [("r1", "tearing_down", "ready"), ("r2", "tearing_down", "ready")]
+        assert (host.deployments(), [await host.logs(s) for s in ("r1", "r2")]) == before
+        one = await host.reconcile("r1")
+        assert one.resolved == [("r1", "tearing_down", "ready")] and not one.dry_run
+        states = {d.slug: d.state for d in host.deployments()}
+        assert states == {"r1": "ready", "r2": "tearing_down"}
+        with pytest.raises(InvalidInput, match="no workspace 'nope'"):
+            await host.reconcile("nope")

@@ -7,7 +7,7 @@
     hearth teardown SLUG [--json]
     hearth ls [--json]
     hearth logs SLUG [--json]
-    hearth reconcile [--json]
+    hearth reconcile [SLUG] [--dry-run] [--json]
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
 --json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
@@ -71,6 +71,8 @@ def _seconds(value: str) -> float:
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: ``reconcile --dry-run`` found records and backends that disagree.
+EXIT_DRIFT = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,10 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
     commands.add_parser("ls", parents=[common], help="list workspaces")
-    commands.add_parser(
+    reconcile = commands.add_parser(
         "reconcile",
         parents=[common],
         help="resolve records a dead host left behind; report ghosts and orphans",
+    )
+    reconcile.add_argument("slug", nargs="?", help="only this workspace")
+    reconcile.add_argument(
+        "--dry-run", action="store_true", help="report what it would do, change nothing (exit 3 on drift)"
     )
     return parser
 
@@ -213,13 +219,17 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
 
 
 def _reconcile_lines(report: ReconcileReport) -> str:
-    lines = [f"resolved {slug}: {old} -> {new}" for slug, old, new in report.resolved]
-    lines += [f"ghost {slug}: the backend has no trace; marked failed" for slug in report.ghosts]
+    would = "would resolve" if report.dry_run else "resolved"
+    marked = "would be marked failed" if report.dry_run else "marked failed"
+    lines = [f"{would} {slug}: {old} -> {new}" for slug, old, new in report.resolved]
+    lines += [f"ghost {slug}: the backend has no trace; {marked}" for slug in report.ghosts]
     lines += [
         f"orphan {ref.workspace_slug} on {ref.driver}: no record (left in place)" for ref in report.orphans
     ]
     lines += [f"busy {slug}: another hearth process is working on it" for slug in report.busy]
     lines += [f"unreachable {driver}: {safe(why)}" for driver, why in report.unreachable.items()]
+    if report.dry_run:
+        lines.append("dry run: nothing was changed" + ("; drift found (exit 3)" if report.drift else ""))
     return "\n".join(lines) or "nothing to reconcile"
 
 
@@ -328,7 +338,7 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
 
         document = TypeAdapter(list[Operation]).dump_python(operations, mode="json")
         return document, _logs_lines(args.slug, operations)
-    report_ = await host.reconcile(timeout=timeout)
+    report_ = await host.reconcile(args.slug, dry_run=args.dry_run, timeout=timeout)
     from ._host import ReconcileReport
 
     return TypeAdapter(ReconcileReport).dump_python(report_, mode="json"), _reconcile_lines(report_)
@@ -454,7 +464,14 @@ def _main(argv: Sequence[str] | None) -> int:
             "run again with --verbose for the traceback and report it)",
             as_json,
         )
-    return _print(json.dumps(document, indent=2) if as_json else text)
+    code = _print(json.dumps(document, indent=2) if as_json else text)
+    drift = (
+        args.command == "reconcile"
+        and args.dry_run
+        and isinstance(document, dict)
+        and (document.get("resolved") or document.get("ghosts") or document.get("orphans"))
+    )
+    return code or (EXIT_DRIFT if drift else 0)
 
 
 def _print(text: str, *, stream: Any = None) -> int:

@@ -94,6 +94,13 @@ class ReconcileReport:
     busy: list[str] = field(default_factory=list)
     #: Drivers that could not be asked, with the reason (their records are left as they are).
     unreachable: dict[str, str] = field(default_factory=dict)
+    #: A dry run: what is listed above would be done; nothing was changed.
+    dry_run: bool = False
+
+    @property
+    def drift(self) -> bool:
+        """Whether records and backends disagree (what a dry run exits 3 for)."""
+        return bool(self.resolved or self.ghosts or self.orphans)
 
 
 def find_project_dir(start: str | Path | None = None) -> Path:
@@ -598,110 +605,21 @@ class Host:
         return asyncio.get_running_loop().time() + float(getattr(self.timeouts, verb))
 
     # --- reconcile -----------------------------------------------------------------------------
-    async def reconcile(self, *, timeout: float | None = None) -> ReconcileReport:
+    async def reconcile(
+        self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
+    ) -> ReconcileReport:
         """Settle records a dead host left transient and records whose outcome was not
-        confirmed; mark ghosts; report orphans; delete nothing. A second run right after a
-        first changes nothing; an unreachable backend changes nothing."""
+        confirmed; mark ghosts; report orphans; delete nothing (see ``hearth._reconcile``).
+        ``slug`` limits it to one workspace; ``dry_run`` reports what it would do and changes
+        nothing. A second run right after a first changes nothing; an unreachable backend
+        changes nothing."""
+        from ._reconcile import Reconciler
+
         _deadline(timeout)  # validates
-        report = ReconcileReport()
-        records = [r for r in self.store.deployments() if r.state != "tier_torn_down"]
-        for record in records:
-            if record.driver in report.unreachable:
-                continue
-            try:
-                async with self._locks.hold(record.slug, 0.0):
-                    await self._reconcile_one(record.slug, report, timeout)
-            except HearthError as exc:
-                if exc.kind == "slug_locked":
-                    report.busy.append(record.slug)
-                elif exc.kind == "store_error":
-                    raise
-                else:
-                    report.unreachable.setdefault(record.driver, exc.message)
-        await self._find_orphans({r.driver for r in records} - set(report.unreachable), report, timeout)
-        return report
-
-    async def _reconcile_one(self, slug: str, report: ReconcileReport, timeout: float | None) -> None:
-        current = self.store.get(slug)
-        if current is None or current.state == "tier_torn_down":
-            return
-        ref = current.ref or _synthesized_ref(current)
-        async with self._supervisor.use(current.driver, timeout=timeout) as client:
-            observed = await client.status(ref, timeout=timeout or self.timeouts.status)
-            if current.ref is None and observed.state == "ready" and client.supports("list"):
-                listed = await client.list(timeout=timeout or self.timeouts.list)
-                found = next((r for r in listed if r.workspace_slug == current.slug), None)
-                if found is not None:
-                    current = replace(current, ref=found)
-        verb: str | None = None
-        if current.state in TRANSIENT:
-            verb = VERB_OF[current.state]
-            self._interrupt_operations(current.slug)
-        elif current.unconfirmed:
-            last = self._last_operation(current)
-            verb = last.verb if last is not None else "provision"
-        resolution = resolve(current.state, observed.state, verb=verb)
-        if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
-            current.state,
-            current.reason,
-            current.unconfirmed,
-        ):
-            return  # nothing new: a second reconcile changes nothing
-        settled = replace(
-            current,
-            state=resolution.state,
-            reason=resolution.reason,
-            unconfirmed=resolution.unconfirmed,
-            updated_at=utc_now(),
-        )
-        if verb == "upgrade" and observed.state == "ready":
-            tier = observed.details.get("tier")
-            if isinstance(tier, str) and tier:  # the adapter says which tier it serves
-                settled = replace(
-                    settled,
-                    tier=tier,
-                    reason=None,
-                    ref=(current.ref or ref).model_copy(update={"tier": tier, "last_status": "ready"}),
-                )
-        if settled.state == "ready":
-            base = settled.ref or _synthesized_ref(settled)
-            settled = replace(
-                settled,
-                ref=base.model_copy(
-                    update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
-                ),
-            )
-        self.store.save(settled)
-        if verb is None:
-            report.ghosts.append(current.slug)
-        else:
-            report.resolved.append((current.slug, current.state, settled.state))
-
-    def _interrupt_operations(self, slug: str) -> None:
-        for operation in self.store.operations(slug):
-            if operation.outcome == "running":
-                self.store.end(
-                    operation.id,
-                    "interrupted",
-                    {
-                        "kind": "interrupted",
-                        "message": "the hearth process running it stopped before it finished "
-                        "(found by reconcile)",
-                    },
-                )
-
-    async def _find_orphans(self, drivers: set[str], report: ReconcileReport, timeout: float | None) -> None:
-        known = {d.slug for d in self.store.deployments() if d.state != "tier_torn_down"}
-        for driver in sorted(drivers):
-            try:
-                async with self._supervisor.use(driver, timeout=timeout) as client:
-                    if not client.supports("list"):
-                        continue
-                    refs = await client.list(timeout=timeout or self.timeouts.list)
-            except HearthError as exc:
-                report.unreachable.setdefault(driver, exc.message)
-                continue
-            report.orphans.extend(ref for ref in refs if ref.workspace_slug not in known)
+        if slug is not None:
+            self._check_slug(slug)
+            self._existing(slug)
+        return await Reconciler(self, dry_run=dry_run, timeout=timeout).run(slug)
 
 
 @dataclass
