@@ -83,7 +83,14 @@ EXIT_CODES = {"invalid_input": 2, "cancelled": 130}
 #: What the host writes into a record's reason when the record waits for reconcile (an
 #: unconfirmed outcome, a backend that had not settled; older and newer wordings).
 WAITS_FOR_RECONCILE = ("'hearth reconcile' checks it", "reconcile looks again", "run reconcile again")
-QUIET_RECONCILE: dict[str, Any] = {"resolved": [], "ghosts": [], "busy": [], "unreachable": {}, "orphans": []}
+QUIET_RECONCILE: dict[str, Any] = {
+    "resolved": [],
+    "ghosts": [],
+    "busy": [],
+    "unreachable": {},
+    "orphans": [],
+    "dry_run": False,
+}
 BOUND = 60.0  # the longest any one hearth command may take here
 
 
