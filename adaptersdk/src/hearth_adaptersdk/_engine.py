@@ -102,10 +102,16 @@ class RequestEngine:
             self._progress[ident] = on_progress
         try:
             await self.connection.send(data)
+        except asyncio.CancelledError:
+            raise  # the line may already be queued: it stays pending, for the caller to cancel
         except BaseException:
             self.finish(ident)
             raise
         return ident, future
+
+    def pending(self, ident: int) -> asyncio.Future[Response] | None:
+        """The future of ``ident`` while it is in flight."""
+        return self._pending.get(ident)
 
     def finish(self, ident: int, *, abandon: bool = False) -> None:
         """Forget ``ident``; with ``abandon``, a late answer to it is dropped silently."""

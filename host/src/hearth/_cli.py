@@ -306,7 +306,8 @@ def _project(args: argparse.Namespace) -> Any:
     return find_project_dir(getattr(args, "project", None))
 
 
-async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
+async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str, int]:
+    """The command's JSON document, its text and its exit status."""
     from pydantic import TypeAdapter
 
     timeout = getattr(args, "timeout", None)
@@ -321,27 +322,28 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str]:
             timeout=timeout,
             reuse=args.reuse,
         )
-        return ref.model_dump(mode="json"), _ref_lines(ref)
+        return ref.model_dump(mode="json"), _ref_lines(ref), 0
     if command == "status":
         report = await host.status(args.slug, timeout=timeout)
-        return report.model_dump(mode="json"), _status_lines(args.slug, report)
+        return report.model_dump(mode="json"), _status_lines(args.slug, report), 0
     if command == "upgrade":
         ref = await host.upgrade(args.slug, tier=args.tier, on_progress=progress, timeout=timeout)
-        return ref.model_dump(mode="json"), _ref_lines(ref)
+        return ref.model_dump(mode="json"), _ref_lines(ref), 0
     if command == "teardown":
         await host.teardown(args.slug, on_progress=progress, timeout=timeout)
         report = await host.status(args.slug)
-        return report.model_dump(mode="json"), f"{args.slug}: {report.state}"
+        return report.model_dump(mode="json"), f"{args.slug}: {report.state}", 0
     if command == "logs":
         operations = await host.logs(args.slug)
         from ._store import Operation  # --json documents come from the models themselves
 
         document = TypeAdapter(list[Operation]).dump_python(operations, mode="json")
-        return document, _logs_lines(args.slug, operations)
+        return document, _logs_lines(args.slug, operations), 0
     report_ = await host.reconcile(args.slug, dry_run=args.dry_run, timeout=timeout)
     from ._host import ReconcileReport
 
-    return TypeAdapter(ReconcileReport).dump_python(report_, mode="json"), _reconcile_lines(report_)
+    document = TypeAdapter(ReconcileReport).dump_python(report_, mode="json")
+    return document, _reconcile_lines(report_), EXIT_DRIFT if report_.dry_run and report_.drift else 0
 
 
 class Interrupted(Exception):
@@ -352,7 +354,7 @@ class Interrupted(Exception):
         self.message = message
 
 
-async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     """Run one command; SIGINT, SIGTERM and SIGHUP cancel it (the host records why and waits
     for the rollback within its cancel grace); a second signal stops that wait."""
     import asyncio
@@ -435,6 +437,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:  # the one-line reason is the whole story; logs are for --verbose
         logging.getLogger().addHandler(logging.NullHandler())
     try:
+        status = 0
         if args.command == "adapters":
             document, text = _adapters(args)
         elif args.command == "ls":
@@ -442,7 +445,7 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             import asyncio
 
-            document, text = asyncio.run(_run(args))
+            document, text, status = asyncio.run(_run(args))
     except HearthError as exc:
         return _failed(exc.to_json(), exc.kind, exc.message, as_json)
     except Interrupted as exc:
@@ -464,14 +467,7 @@ def _main(argv: Sequence[str] | None) -> int:
             "run again with --verbose for the traceback and report it)",
             as_json,
         )
-    code = _print(json.dumps(document, indent=2) if as_json else text)
-    drift = (
-        args.command == "reconcile"
-        and args.dry_run
-        and isinstance(document, dict)
-        and (document.get("resolved") or document.get("ghosts") or document.get("orphans"))
-    )
-    return code or (EXIT_DRIFT if drift else 0)
+    return _print(json.dumps(document, indent=2) if as_json else text) or status
 
 
 def _print(text: str, *, stream: Any = None) -> int:

@@ -299,6 +299,7 @@ class AdapterClient:
             raise InvalidInput(f"timeout must be a positive number of seconds, not {timeout!r}")
         engine = self._engine
         engine.check_open()
+        interruption = interruption or Interruption()
         ident = engine.next_id()
         try:
             data = engine.request(method, params, ident)  # what cannot be sent is refused here
@@ -321,15 +322,12 @@ class AdapterClient:
                     self.name, None, self.stderr_tail(), "stopped reading its input"
                 ) from None
             except asyncio.CancelledError:
-                if ident in engine._pending:
-                    await self._cancelled(
-                        ident, engine._pending[ident], interruption or Interruption(), self._grace(method)
-                    )
+                in_flight = engine.pending(ident)
+                if in_flight is not None:
+                    await self._cancelled(ident, in_flight, interruption, self._grace(method))
                 raise
             if not done:
-                response = await self._timed_out(
-                    method, ident, future, timeout, interruption or Interruption()
-                )
+                response = await self._timed_out(method, ident, future, timeout, interruption)
             else:
                 response = future.result()
             answered = True

@@ -19,7 +19,6 @@ choices.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import ErrorDetails
 
 from hearth_adaptersdk import ProvisioningProfile, ResourceCaps
-from hearth_adaptersdk.wire import DriverName
+from hearth_adaptersdk.wire import DriverName, non_finite_path
 
 from ._errors import InvalidInput
 
@@ -160,7 +159,9 @@ def load_settings(project_dir: str | Path | None) -> Settings:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
-    _refuse_non_finite(data, path, "")
+    where = non_finite_path(data)  # TOML allows inf and nan; JSON (the wire) has neither
+    if where is not None:  # checked over the whole file, free-form tables included
+        raise InvalidInput(f"{path}: {where}: the value is not a finite number (NaN or infinity)")
     try:
         parsed = SettingsFile.model_validate(data)
     except ValidationError as exc:
@@ -169,20 +170,6 @@ def load_settings(project_dir: str | Path | None) -> Settings:
     for name, table in parsed.tiers.items():
         tiers[name] = _tier(name, table, BUILTIN_TIERS.get(name))
     return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts)
-
-
-def _refuse_non_finite(value: Any, path: Path, key: str) -> None:
-    """TOML allows ``inf`` and ``nan``; JSON (the wire) does not, and no bound is infinite.
-
-    Checked over the whole file before the model, so free-form tables are covered too."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidInput(f"{path}: {key}: {value} is not a finite number")
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _refuse_non_finite(item, path, f"{key}.{name}" if key else str(name))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_non_finite(item, path, f"{key}[{index}]")
 
 
 def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:

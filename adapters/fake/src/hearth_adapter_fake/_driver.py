@@ -106,20 +106,15 @@ class FakeDriver(Driver):
         )
         try:
             await self._work(ctx, flags, "provision")
-        except BackendFailure as exc:
-            if exc.data().get("rolled_back") is False:  # keep_partial: the backend keeps a failed workspace
+        except BaseException as exc:
+            if isinstance(exc, BackendFailure) and exc.data().get("rolled_back") is False:
+                # keep_partial: the backend keeps a failed workspace
+                failed = ref.model_copy(update={"last_status": "failed"})
                 self.store.put(
-                    slug,
-                    {
-                        "ref": ref.model_copy(update={"last_status": "failed"}).model_dump(mode="json"),
-                        "profile": profile.model_dump(mode="json"),
-                    },
+                    slug, {"ref": failed.model_dump(mode="json"), "profile": profile.model_dump(mode="json")}
                 )
             else:
-                self.store.delete(slug)
-            raise
-        except BaseException:
-            self.store.delete(slug)  # roll back the partial work
+                self.store.delete(slug)  # roll back the partial work
             raise
         self.store.put(slug, {"ref": ref.model_dump(mode="json"), "profile": profile.model_dump(mode="json")})
         ctx.progress("workspace ready", 1.0)
