@@ -104,9 +104,9 @@ def test_ctrl_c_three_times_still_ends_with_130_and_one_line(cli: Cli) -> None:
     assert records == [] or records[0]["last_status"] == "failed"
 
 
-def test_19_ctrl_c_while_waiting_for_the_lock_says_nothing_changed(cli: Cli) -> None:
+def test_19_ctrl_c_of_a_command_that_joined_another_process_changes_nothing(cli: Cli) -> None:
     holder = _started(cli, "provision", "alpha", "--tier", "glacial", "--driver", "fake")
-    waiter = subprocess.Popen(
+    joiner = subprocess.Popen(
         cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake"),
         env=cli.env,
         stdout=subprocess.PIPE,
@@ -114,11 +114,15 @@ def test_19_ctrl_c_while_waiting_for_the_lock_says_nothing_changed(cli: Cli) -> 
         text=True,
         stdin=subprocess.DEVNULL,
     )
-    _wait_for(lambda: _holds_open(waiter.pid, "alpha.lock"))  # it is waiting for the lock
-    waiter.send_signal(signal.SIGINT)
-    _, err = waiter.communicate(timeout=30)
-    assert waiter.returncode == 130
-    assert err.strip().splitlines() == ["hearth: cancelled: interrupted by SIGINT; nothing was changed"]
+    _wait_for(lambda: _holds_open(joiner.pid, "hearth.db"))  # it has opened the store
+    joiner.send_signal(signal.SIGINT)
+    _, err = joiner.communicate(timeout=30)
+    assert joiner.returncode == 130
+    [line] = err.strip().splitlines()
+    assert line.startswith("hearth: cancelled: interrupted")
+    assert line.endswith(("nothing was changed", "nothing changed"))
+    assert holder.poll() is None  # the operation it joined goes on in the process that runs it
+    assert [e["method"] for e in cli.journal()].count("provision") == 1
     holder.send_signal(signal.SIGINT)
     holder.communicate(timeout=30)
 

@@ -24,6 +24,7 @@ from hearth import (
 from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import MemoryConnection, ResourceCaps
+from tests.helpers import left_by_a_dead_host
 
 
 def make_host(tmp_path: Path, **tiers: dict[str, Any]) -> Host:
@@ -90,7 +91,7 @@ async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tm
         with pytest.raises(BackendFailure) as caught:
             await host.provision("alpha", tier="flaky", driver="fake")
         assert not caught.value.rolled_back  # a real failure after partial work: D8
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "failed" and "failed as asked" in (record.reason or "")
         [operation] = await host.logs("alpha")
         assert operation.outcome == "failed" and operation.error is not None
@@ -111,7 +112,7 @@ async def test_a_rolled_back_first_provision_leaves_no_record_in_the_way(tmp_pat
         with pytest.raises(BackendFailure) as caught:
             await host.provision("alpha", tier="flaky", driver="fake")
         assert caught.value.rolled_back
-        assert host.deployments() == []
+        assert await host.deployments() == []
         [operation] = await host.logs("alpha")  # the failure stays in the logs
         assert operation.outcome == "failed" and operation.error is not None
         assert any("injected failure" in line.message for line in operation.log)
@@ -131,7 +132,7 @@ async def test_bad_input_fails_before_anything_happens(tmp_path: Path) -> None:
             await host.provision("alpha", tier="solo", driver="nosuchdriver")
         with pytest.raises(InvalidInput, match="no workspace 'ghost'"):
             await host.status("ghost")
-        assert host.deployments() == []
+        assert await host.deployments() == []
     assert provisions(tmp_path) == 0
 
 
@@ -141,7 +142,7 @@ async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Pa
         with pytest.raises(CallTimeout, match="rolled back") as caught:
             await host.upgrade("alpha", tier="slow", timeout=0.2)
         assert caught.value.rolled_back is True
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert (record.state, record.tier) == ("ready", "solo")  # the old one still serves
         assert [op.outcome for op in await host.logs("alpha")] == ["succeeded", "cancelled"]
         status = await host.status("alpha")
@@ -158,7 +159,7 @@ async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: P
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert host.deployments() == []  # rolled back: nothing in the way of the next provision
+        assert await host.deployments() == []  # rolled back: nothing in the way of the next provision
         [operation] = await host.logs("alpha")
         assert operation.outcome == "cancelled" and operation.error is not None
         assert "cancelled by the caller" in operation.error["message"]
@@ -170,7 +171,7 @@ async def test_concurrent_provisions_of_one_slug_call_the_adapter_once(tmp_path:
     async with make_host(tmp_path, slow={"delay": 0.2}) as host:
         refs = await asyncio.gather(*(host.provision("alpha", tier="slow", driver="fake") for _ in range(6)))
         assert all(ref == refs[0] for ref in refs)
-        assert len(host.deployments()) == 1
+        assert len(await host.deployments()) == 1
     assert provisions(tmp_path) == 1
 
 
@@ -186,24 +187,35 @@ async def test_reconcile_reports_ghosts_and_orphans_and_deletes_nothing(tmp_path
         report = await host.reconcile()
         assert report.ghosts == ["ghost"]
         assert [ref.workspace_slug for ref in report.orphans] == ["stray"]
-        states = {d.slug: d.state for d in host.deployments()}
+        states = {d.slug: d.state for d in await host.deployments()}
         assert states == {"ghost": "failed", "kept": "ready"}
 
 
 async def test_reconcile_resolves_a_record_left_transient_by_a_dead_host(tmp_path: Path) -> None:
-    from dataclasses import replace
-
     async with make_host(tmp_path) as host:
         await host.provision("alpha", tier="solo", driver="fake")
-        [record] = host.deployments()
-        host.store.begin(replace(record, state="provisioning", ref=None), "provision")
-        with pytest.raises(InvalidTransition, match="reconcile"):
-            await host.teardown("alpha")
+        [record] = await host.deployments()
+        await left_by_a_dead_host(
+            host, record.model_copy(update={"state": "provisioning", "ref": None}), "provision"
+        )
         report = await host.reconcile()
         assert report.resolved == [("alpha", "provisioning", "ready")]
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "ready" and record.ref is not None
         assert [op.outcome for op in await host.logs("alpha")] == ["succeeded", "interrupted"]
+
+
+async def test_the_next_verb_on_a_slug_a_dead_host_left_transient_settles_it_first(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        [record] = await host.deployments()
+        await left_by_a_dead_host(
+            host, record.model_copy(update={"state": "provisioning", "ref": None}), "provision"
+        )
+        await host.teardown("alpha")  # no "run hearth reconcile": the host settles it from status
+        [record] = await host.deployments()
+        assert record.state == "tier_torn_down"
+        assert [op.outcome for op in await host.logs("alpha")] == ["succeeded", "interrupted", "succeeded"]
 
 
 async def test_an_idle_adapter_is_closed_and_started_again_on_demand(tmp_path: Path) -> None:
@@ -244,11 +256,13 @@ async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_
         assert (await host.status("w0")).state == "ready"  # a new adapter process
         restarted = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
         assert len(restarted) == 2
-        assert [d.state for d in host.deployments() if d.slug == "doomed"] == ["failed"]
+        assert [d.state for d in await host.deployments() if d.slug == "doomed"] == ["failed"]
 
 
-async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_path: Path) -> None:
-    from hearth import SlugLocked
+async def test_a_slug_busy_in_another_host_is_busy_at_once_or_joined_within_the_timeout(
+    tmp_path: Path,
+) -> None:
+    from hearth import Busy, CallTimeout
 
     async with (
         make_host(tmp_path, slow={"delay": 60}) as first,
@@ -259,8 +273,11 @@ async def test_a_slug_busy_in_another_host_is_slug_locked_after_the_wait(tmp_pat
             first.provision("alpha", tier="slow", driver="fake", on_progress=lambda _: started.set())
         )
         await started.wait()
-        with pytest.raises(SlugLocked, match="another hearth process"):
+        with pytest.raises(Busy, match=r"operation #1 \(provision\) is running"):
+            await second.provision("alpha", tier="solo", driver="fake")  # other arguments: refused
+        with pytest.raises(CallTimeout, match="still running"):  # the same: joined, within its bound
             await second.provision("alpha", tier="slow", driver="fake", timeout=0.2)
+        assert not task.done()  # the joiner's timeout did not touch the work
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -82,7 +82,7 @@ TRANSIENT = frozenset({"provisioning", "upgrading", "tearing_down"})
 EXIT_CODES = {"invalid_input": 2, "cancelled": 130}
 #: What the host writes into a record's reason when the record waits for reconcile (an
 #: unconfirmed outcome, a backend that had not settled; older and newer wordings).
-WAITS_FOR_RECONCILE = ("'hearth reconcile' checks it", "reconcile looks again", "run reconcile again")
+WAITS_FOR_RECONCILE = ("reconcile checks it", "reconcile looks again", "run reconcile again")
 QUIET_RECONCILE: dict[str, Any] = {
     "resolved": [],
     "ghosts": [],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from hearth import InvalidInput, InvalidTransition
 from hearth._settings import BUILTIN_TIERS, load_settings
 from hearth._states import TRANSITIONS, transition
-from hearth._store import Deployment, SQLiteStore, StoreError
+from hearth._store import Deployment, NewEvent, NewOperation, SQLiteStore, StoreError
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 
@@ -168,53 +169,148 @@ def _deployment(slug: str = "alpha", state: str = "ready", generation: int = 1) 
         created=now,
         last_status="ready",
     )
-    return Deployment(slug, generation, "solo", "fake", state, ref, now, now)  # type: ignore[arg-type]
+    return Deployment.model_validate(
+        {
+            "slug": slug,
+            "generation": generation,
+            "tier": "solo",
+            "driver": "fake",
+            "state": state,
+            "ref": ref,
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
 
 
-def test_the_store_keeps_deployments_operations_and_logs_across_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "hearth.db"
+async def _opened(path: Path) -> SQLiteStore:
     store = SQLiteStore(path)
-    operation = store.begin(_deployment(), "provision")
-    store.log(operation, "info", "creating", 0.5)
-    store.end(operation, "failed", {"kind": "backend_failure", "logs": ["boom"]})
-    store.close()
-    again = SQLiteStore(path)
-    found = again.get("alpha")
+    await store.open()
+    return store
+
+
+async def test_the_store_keeps_deployments_operations_and_events_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    store = await _opened(path)
+    operation, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k1"))
+    assert how == "created" and operation.state == "queued"
+    await store.begin(operation.id, _deployment(state="provisioning"))
+    await store.add_events(
+        [NewEvent(operation.id, "alpha", "provision", "progress", "info", "creating", 0.5)]
+    )
+    await store.end(operation.id, "failed", {"kind": "backend_failure"}, deployment=_deployment())
+    await store.close()
+    again = await _opened(path)
+    found = await again.get("alpha")
     assert found is not None and found.ref is not None
     assert (found.slug, found.state, found.ref.endpoint) == ("alpha", "ready", "fake://alpha")
-    [op] = again.operations("alpha")
-    assert (op.verb, op.outcome) == ("provision", "failed")
-    assert op.error == {"kind": "backend_failure", "logs": ["boom"]}
+    [op] = await again.operations(slug="alpha", with_log=True)
+    assert (op.verb, op.state, op.key, op.owner) == ("provision", "failed", "k1", "me:1:a")
+    assert op.error == {"kind": "backend_failure"}
     assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5)]
+    events = await again.events()
+    assert [(e.kind, e.state) for e in events] == [
+        ("state", "queued"),
+        ("state", "running"),
+        ("progress", None),
+        ("state", "failed"),
+    ]
+    assert [e.seq for e in events] == sorted(e.seq for e in events) and events[-1].record_state == "ready"
+    assert await again.last_seq() == events[-1].seq
+    assert (await again.keyed("k1")) == op.model_copy(update={"log": ()})
     assert path.stat().st_mode & 0o777 == 0o600
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    again.close()
+    await again.close()
 
 
-def test_archiving_frees_the_slug_and_keeps_the_old_record(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "hearth.db")
-    store.save(_deployment(state="tier_torn_down"))
-    store.archive("alpha")
-    assert store.get("alpha") is None
-    assert store.next_generation("alpha") == 2
-    store.save(_deployment(generation=2))
-    assert [d.generation for d in store.deployments()] == [2]
-    store.close()
+async def test_an_operation_is_found_by_key_then_by_the_slug_it_runs_on(tmp_path: Path) -> None:
+    store = await _opened(tmp_path / "hearth.db")
+    first, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k"))
+    assert how == "created"
+    assert await store.create_operation(NewOperation("beta", 1, "provision", "me:1:a", key="k")) == (
+        first,
+        "key",
+    )
+    assert await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a")) == (first, "active")
+    assert await store.end(first.id, "cancelled", {"kind": "cancelled"})
+    assert not await store.end(first.id, "failed")  # a finished operation is not finished again
+    second, how = await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a"))
+    assert how == "created" and second.id != first.id
+    asked = await store.request_cancel(second.id, "the user asked")
+    assert asked is not None and asked.cancel_requested == "the user asked"
+    [cancel] = await store.events(kind="cancel")
+    assert (cancel.operation, cancel.message) == (second.id, "the user asked")
+    assert await store.request_cancel(999, "nobody") is None
+    await store.close()
 
 
-def test_a_store_from_a_newer_hearth_is_refused(tmp_path: Path) -> None:
+async def test_archiving_frees_the_slug_and_keeps_the_old_record(tmp_path: Path) -> None:
+    store = await _opened(tmp_path / "hearth.db")
+    await store.save(_deployment(state="tier_torn_down"))
+    await store.archive("alpha")
+    assert await store.get("alpha") is None
+    assert await store.next_generation("alpha") == 2
+    await store.save(_deployment(generation=2))
+    assert [d.generation for d in await store.deployments()] == [2]
+    await store.close()
+
+
+async def test_deployments_page_and_filter(tmp_path: Path) -> None:
+    store = await _opened(tmp_path / "hearth.db")
+    for slug, state in (("a1", "ready"), ("a2", "failed"), ("a3", "tier_torn_down"), ("a4", "ready")):
+        await store.save(_deployment(slug, state))
+    assert [d.slug for d in await store.deployments(include_torn_down=False)] == ["a1", "a2", "a4"]
+    assert [d.slug for d in await store.deployments(state="ready")] == ["a1", "a4"]
+    assert [d.slug for d in await store.deployments(limit=2, after="a1")] == ["a2", "a3"]
+    await store.close()
+
+
+async def test_a_version_2_store_is_migrated_with_its_operations_and_logs(tmp_path: Path) -> None:
+    from hearth._records import MIGRATIONS
+
     path = tmp_path / "hearth.db"
-    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 2")
+    now = utc_now().isoformat()
+    db.execute(
+        "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
+        "VALUES ('old', 1, 'solo', 'fake', 'ready', ?, ?)",
+        (now, now),
+    )
+    db.execute(
+        "INSERT INTO operations (slug, generation, verb, started_at, ended_at, outcome) "
+        "VALUES ('old', 1, 'provision', ?, ?, 'succeeded')",
+        (now, now),
+    )
+    db.execute(
+        "INSERT INTO operation_log (operation, at, level, message) VALUES (1, ?, 'info', 'made')", (now,)
+    )
+    db.commit()
+    db.close()
+    store = await _opened(path)
+    [op] = await store.operations(slug="old", with_log=True)
+    assert (op.verb, op.state, op.outcome) == ("provision", "succeeded", "succeeded")
+    assert [line.message for line in op.log] == ["made"]
+    new, _ = await store.create_operation(NewOperation("old", 1, "teardown", "me:1:a"))
+    assert new.id > op.id
+    await store.close()
+
+
+async def test_a_store_from_a_newer_hearth_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    await (await _opened(path)).close()
     sqlite3.connect(path).execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match="newer than this hearth"):
-        SQLiteStore(path)
+        await _opened(path)
 
 
-def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+async def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "hearth.db"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open the store"):
-        SQLiteStore(path)
+        await _opened(path)
 
 
 @pytest.mark.parametrize(
@@ -299,10 +395,14 @@ def test_reconcile_maps_what_it_observes_to_the_record(
     assert found.unconfirmed == (observed in ("provisioning", "upgrading", "tearing_down"))
 
 
+async def _open_and_close(path: str) -> None:
+    await (await _opened(Path(path))).close()
+
+
 def _open_store(path: str, barrier: Any, results: Any) -> None:
     barrier.wait()
     try:
-        SQLiteStore(path).close()
+        asyncio.run(_open_and_close(path))
         results.put("ok")
     except StoreError as exc:
         results.put(exc.message)

@@ -8,12 +8,12 @@ SQLite store and real slug locks.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import math
 import os
 import sqlite3
 import stat
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from hearth_adaptersdk import (
     StatusReport,
     utc_now,
 )
+from tests.helpers import left_by_a_dead_host
 
 
 def make_host(tmp_path: Path, *, driver: Driver | None = None, **options: Any) -> Host:
@@ -90,7 +91,7 @@ async def test_4_a_result_after_the_cancel_is_a_success(tmp_path: Path) -> None:
     async with make_host(tmp_path, driver=LateFinisher()) as host:
         ref = await host.provision("y1", tier="solo", driver="fake", timeout=0.2)
         assert ref.last_status == "ready"
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "ready" and record.reason is None
         assert [op.outcome for op in await host.logs("y1")] == ["succeeded"]
         assert (await host.status("y1")).state == "ready"
@@ -103,7 +104,7 @@ async def test_4_a_late_result_after_a_task_cancel_is_recorded_as_done(tmp_path:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "ready"
         assert "recorded as done" in host.interruptions[0]
 
@@ -120,7 +121,11 @@ async def test_4_the_timeout_bounds_start_up_and_no_verb_is_sent_after_it(tmp_pa
         with pytest.raises(CallTimeout, match=r"handshake within 0\.[23] s"):
             await host.provision("y2", tier="solo", driver="fake", timeout=0.3)
         assert loop.time() - begun < 5
-        assert host.deployments() == [] and await host.logs("y2") == []  # nothing changed
+        assert await host.deployments() == []  # nothing changed; the operation says why
+        [operation] = await host.logs("y2")
+        assert operation.state == "failed" and operation.started_at is None
+        assert operation.error is not None and operation.error["kind"] == "timeout"
+        assert operation.error["changed_nothing"] is True
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, 0, -1, 0.0])
@@ -137,7 +142,7 @@ async def test_4_nan_zero_and_negative_timeouts_are_invalid_on_every_verb(tmp_pa
         for call in calls:
             with pytest.raises(InvalidInput, match="positive number of seconds"):
                 await call
-        assert [d.state for d in host.deployments()] == ["ready"]
+        assert [d.state for d in await host.deployments()] == ["ready"]
     assert journal(tmp_path) == ["provision"]
 
 
@@ -153,7 +158,7 @@ async def test_5_an_os_error_mid_verb_ends_the_operation_and_the_record(
         monkeypatch.setattr(AdapterClient, "upgrade", disk_full)
         with pytest.raises(StoreError, match="No space left on device"):
             await host.upgrade("full", tier="team")
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "failed" and record.unconfirmed
         assert "not confirmed" in (record.reason or "")
         assert [op.outcome for op in await host.logs("full")] == ["succeeded", "failed"]
@@ -168,7 +173,7 @@ async def test_5_a_data_folder_that_cannot_be_made_is_a_typed_error_before_any_r
     async with make_host(tmp_path) as host:
         with pytest.raises(StoreError, match=r"data folder .*data/fake cannot be used"):
             await host.provision("x", tier="solo", driver="fake")
-        assert host.deployments() == []
+        assert await host.deployments() == []
 
 
 async def test_5_a_corrupt_store_is_a_store_error_for_every_command(tmp_path: Path) -> None:
@@ -195,7 +200,7 @@ async def test_6_a_refused_upgrade_leaves_the_workspace_ready(tmp_path: Path) ->
         await host.provision("r1", tier="solo", driver="fake")
         with pytest.raises(InvalidProfile):
             await host.upgrade("r1", tier="typo")
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert (record.state, record.tier, record.reason) == ("ready", "solo", None)
         status = await host.status("r1")
         assert status.state == "ready" and "changed nothing" in (status.message or "")
@@ -203,7 +208,7 @@ async def test_6_a_refused_upgrade_leaves_the_workspace_ready(tmp_path: Path) ->
         with pytest.raises(BackendFailure) as caught:  # rolled back by the adapter
             await host.upgrade("r1", tier="flaky")
         assert caught.value.rolled_back
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert (record.state, record.tier) == ("ready", "solo")
         upgraded = await host.upgrade("r1", tier="team")  # and upgrade still works
         assert upgraded.tier == "team"
@@ -214,7 +219,7 @@ async def test_6_a_refused_first_provision_does_not_pin_the_slug(tmp_path: Path)
     async with make_host(tmp_path) as host:
         with pytest.raises(InvalidProfile):
             await host.provision("r2", tier="rejected", driver="fake")
-        assert host.deployments() == []
+        assert await host.deployments() == []
         [operation] = await host.logs("r2")
         assert operation.outcome == "failed" and operation.error is not None
         assert operation.error["kind"] == "invalid_profile"
@@ -225,12 +230,14 @@ async def test_6_a_refused_first_provision_does_not_pin_the_slug(tmp_path: Path)
 async def test_6_a_refused_reprovision_of_a_failed_workspace_keeps_it_failed(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("r3", tier="solo", driver="fake")
-        [record] = host.deployments()
-        failed = replace(record, state="failed", tier="rejected", reason="an earlier failure")
-        host.store.save(failed)
+        [record] = await host.deployments()
+        failed = record.model_copy(
+            update={"state": "failed", "tier": "rejected", "reason": "an earlier failure"}
+        )
+        await host.store.save(failed)
         with pytest.raises(InvalidProfile):
             await host.provision("r3", tier="rejected", driver="fake")
-        assert host.deployments() == [failed]
+        assert await host.deployments() == [failed]
 
 
 async def test_7_a_cancelled_upgrade_that_rolled_back_stays_ready(tmp_path: Path) -> None:
@@ -240,7 +247,7 @@ async def test_7_a_cancelled_upgrade_that_rolled_back_stays_ready(tmp_path: Path
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert (record.state, record.tier) == ("ready", "solo")
         operations = await host.logs("c1")
         assert operations[-1].outcome == "cancelled" and operations[-1].error is not None
@@ -256,7 +263,7 @@ async def test_7_a_cancelled_teardown_is_resolved_from_the_adapters_status(tmp_p
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "ready" and "still serves" in (record.reason or "")
         assert (await host.status("c2")).state == "ready"
 
@@ -268,24 +275,29 @@ async def test_8_reconcile_leaves_rolled_back_failures_alone_and_a_second_run_ch
     async with make_host(tmp_path) as host:
         await host.provision("gone", tier="solo", driver="fake")
         await host.provision("kept", tier="solo", driver="fake")
-        [gone, _] = host.deployments()
-        host.store.save(replace(gone, state="failed", reason="an old failure"))  # nothing behind it
+        [gone, _] = await host.deployments()
+        await host.store.save(
+            gone.model_copy(update={"state": "failed", "reason": "an old failure"})
+        )  # nothing behind it
         (tmp_path / "home" / "data" / "fake" / "deployments" / "gone.json").unlink()
-        before = host.deployments()
+        before = await host.deployments()
         first = await host.reconcile()
         assert first.ghosts == [] and first.resolved == []
-        assert host.deployments() == before  # not even updated_at moved
+        assert await host.deployments() == before  # not even updated_at moved
         await host.provision("ghost", tier="solo", driver="fake")
         (tmp_path / "home" / "data" / "fake" / "deployments" / "ghost.json").unlink()
         assert (await host.reconcile()).ghosts == ["ghost"]
-        settled = host.deployments()
+        settled = await host.deployments()
         again = await host.reconcile()
         assert (again.ghosts, again.resolved) == ([], [])
-        assert host.deployments() == settled
+        assert await host.deployments() == settled
 
 
 class Unreachable(FakeDriver):
     async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        raise BackendUnavailable("the backend cannot be reached")
+
+    async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         raise BackendUnavailable("the backend cannot be reached")
 
 
@@ -293,20 +305,22 @@ async def test_8_an_unreachable_backend_is_never_a_ghost(tmp_path: Path) -> None
     async with make_host(tmp_path) as host:
         await host.provision("u1", tier="solo", driver="fake")
     async with make_host(tmp_path, driver=Unreachable()) as host:
-        before = host.deployments()
+        before = await host.deployments()
         report = await host.reconcile()
         assert report.ghosts == [] and "cannot be reached" in report.unreachable["fake"]
-        assert host.deployments() == before
+        assert await host.deployments() == before
 
 
 async def test_9_a_teardown_interrupted_by_a_dead_host_says_the_backend_still_serves(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("t1", tier="solo", driver="fake")
-        [record] = host.deployments()
-        host.store.begin(replace(record, state="tearing_down"), "teardown")  # then kill -9
+        [record] = await host.deployments()
+        await left_by_a_dead_host(
+            host, record.model_copy(update={"state": "tearing_down"}), "teardown"
+        )  # then kill -9
         report = await host.reconcile()
         assert report.resolved == [("t1", "tearing_down", "ready")]
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.state == "ready"
         assert record.reason == "teardown interrupted; the backend still serves"
         assert [op.outcome for op in await host.logs("t1")] == ["succeeded", "interrupted"]
@@ -324,7 +338,7 @@ async def test_10_close_drains_then_records_what_remains_interrupted(tmp_path: P
     with pytest.raises(asyncio.CancelledError):
         await slow
     async with make_host(tmp_path) as host:
-        states = {d.slug: (d.state, d.tier) for d in host.deployments()}
+        states = {d.slug: (d.state, d.tier) for d in await host.deployments()}
         assert states == {"d0": ("ready", "solo"), "d1": ("ready", "brisk")}
         assert [op.outcome for op in await host.logs("d0")] == ["succeeded", "interrupted"]
 
@@ -351,7 +365,7 @@ async def test_13_a_malformed_driver_name_is_invalid_input(tmp_path: Path, name:
         with pytest.raises(InvalidInput, match="is not a driver name") as caught:
             await host.provision("m1", tier="solo", driver=name)
         assert len(caught.value.message) < 300  # 19: a long input is cut when echoed
-        assert host.deployments() == []
+        assert await host.deployments() == []
 
 
 async def test_19_a_long_slug_is_cut_when_echoed(tmp_path: Path) -> None:
@@ -411,7 +425,7 @@ async def test_17_a_home_that_is_a_file_and_unwritable_locks_are_typed_errors(tm
     async with make_host(tmp_path) as host:
         with pytest.raises(StoreError, match=r"lock file .* cannot be used"):
             await host.provision("l1", tier="solo", driver="fake")
-        assert host.deployments() == []
+        assert await host.deployments() == []
 
 
 def test_17_the_home_is_made_private(tmp_path: Path) -> None:
@@ -427,10 +441,10 @@ def test_17_the_home_is_made_private(tmp_path: Path) -> None:
 async def test_the_time_of_a_refusal_does_not_move_updated_at(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("u2", tier="solo", driver="fake")
-        [before] = host.deployments()
+        [before] = await host.deployments()
         with pytest.raises(InvalidProfile):
             await host.upgrade("u2", tier="typo")
-        [after] = host.deployments()
+        [after] = await host.deployments()
         assert after == before
         assert utc_now() >= after.updated_at
 
@@ -449,29 +463,33 @@ class Settling(FakeDriver):
 async def test_8_reconcile_looks_again_at_a_backend_that_had_not_settled(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("s1", tier="solo", driver="fake")
-        [record] = host.deployments()
-        host.store.begin(replace(record, state="tearing_down"), "teardown")  # then kill -9
+        [record] = await host.deployments()
+        await left_by_a_dead_host(
+            host, record.model_copy(update={"state": "tearing_down"}), "teardown"
+        )  # then kill -9
     async with make_host(tmp_path, driver=Settling()) as host:
         first = await host.reconcile()
         assert first.resolved == [("s1", "tearing_down", "failed")]
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert record.unconfirmed and "still tearing_down" in (record.reason or "")
         second = await host.reconcile()  # the deletion finished meanwhile
         assert second.resolved == [("s1", "failed", "tier_torn_down")]
-        [record] = host.deployments()
+        [record] = await host.deployments()
         assert (record.state, record.unconfirmed) == ("tier_torn_down", False)
         third = await host.reconcile()
         assert (third.resolved, third.ghosts) == ([], [])
 
 
-async def test_13_status_of_a_record_left_transient_says_to_reconcile(tmp_path: Path) -> None:
+async def test_13_status_of_a_record_left_transient_settles_it_from_the_backend(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("s2", tier="solo", driver="fake")
-        [record] = host.deployments()
-        host.store.begin(replace(record, state="upgrading"), "upgrade")  # a host died mid-upgrade
-        status = await host.status("s2")
-        assert "no hearth process is working on it" in (status.message or "")
-        assert "hearth reconcile" in (status.message or "")
+        [record] = await host.deployments()
+        await left_by_a_dead_host(host, record.model_copy(update={"state": "upgrading"}), "upgrade")
+        status = await host.status("s2")  # a host died mid-upgrade: this access settles it
+        assert status.state == "ready" and status.details["recorded_state"] == "ready"
+        [record] = await host.deployments()  # the adapter says which tier it serves
+        assert (record.state, record.tier, record.unconfirmed) == ("ready", "solo", False)
+        assert [op.outcome for op in await host.logs("s2")] == ["succeeded", "interrupted"]
 
 
 async def test_a_dry_run_reconcile_reports_and_changes_nothing_and_a_slug_limits_it(
@@ -480,16 +498,18 @@ async def test_a_dry_run_reconcile_reports_and_changes_nothing_and_a_slug_limits
     async with make_host(tmp_path) as host:
         for slug in ("r1", "r2"):
             await host.provision(slug, tier="solo", driver="fake")
-            [record] = [d for d in host.deployments() if d.slug == slug]
-            host.store.begin(replace(record, state="tearing_down"), "teardown")  # then kill -9
-        before = (host.deployments(), [await host.logs(s) for s in ("r1", "r2")])
+            [record] = [d for d in await host.deployments() if d.slug == slug]
+            await left_by_a_dead_host(
+                host, record.model_copy(update={"state": "tearing_down"}), "teardown"
+            )  # then kill -9
+        before = (await host.deployments(), [await host.logs(s) for s in ("r1", "r2")])
         report = await host.reconcile(dry_run=True)
         assert report.dry_run and report.drift
         assert report.resolved == [("r1", "tearing_down", "ready"), ("r2", "tearing_down", "ready")]
-        assert (host.deployments(), [await host.logs(s) for s in ("r1", "r2")]) == before
+        assert (await host.deployments(), [await host.logs(s) for s in ("r1", "r2")]) == before
         one = await host.reconcile("r1")
         assert one.resolved == [("r1", "tearing_down", "ready")] and not one.dry_run
-        states = {d.slug: d.state for d in host.deployments()}
+        states = {d.slug: d.state for d in await host.deployments()}
         assert states == {"r1": "ready", "r2": "tearing_down"}
         with pytest.raises(InvalidInput, match="no workspace 'nope'"):
             await host.reconcile("nope")

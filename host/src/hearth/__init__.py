@@ -14,7 +14,7 @@ if typing.TYPE_CHECKING:
     from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
 
     from ._client import AdapterClient, Interruption
-    from ._discovery import Candidate, Discovered, discover, discover_all
+    from ._discovery import Candidate, Discovered, DriverInfo, discover, discover_all
     from ._errors import (
         AdapterCrashed,
         AdapterError,
@@ -22,22 +22,26 @@ if typing.TYPE_CHECKING:
         AdapterRefused,
         BackendFailure,
         BackendUnavailable,
+        Busy,
         CallTimeout,
         Cancelled,
         ClientClosed,
         Conflict,
         HearthError,
+        Interrupted,
         InvalidInput,
         InvalidProfile,
         InvalidTransition,
+        NotFound,
         ProtocolViolation,
         SlugLocked,
         StoreError,
         Unsupported,
     )
-    from ._host import Host, ReconcileReport, find_project_dir
+    from ._host import CheckResult, Host, ReconcileReport, find_project_dir
+    from ._models import Deployment, Event, LogLine, Operation
     from ._settings import Tier
-    from ._store import Deployment, LogLine, Operation, SQLiteStore, Store
+    from ._store import SQLiteStore, Store
 
 #: Where each public name lives; ``__getattr__`` imports it on first use.
 _EXPORTS = {
@@ -48,22 +52,28 @@ _EXPORTS = {
     "AdapterRefused": "._errors",
     "BackendFailure": "._errors",
     "BackendUnavailable": "._errors",
+    "Busy": "._errors",
     "CallTimeout": "._errors",
     "Cancelled": "._errors",
     "Candidate": "._discovery",
+    "CheckResult": "._host",
     "ClientClosed": "._errors",
     "Conflict": "._errors",
-    "Deployment": "._store",
+    "Deployment": "._models",
     "DeploymentRef": "hearth_adaptersdk",
     "Discovered": "._discovery",
+    "DriverInfo": "._discovery",
+    "Event": "._models",
     "HearthError": "._errors",
     "Host": "._host",
+    "Interrupted": "._errors",
     "Interruption": "._client",
     "InvalidInput": "._errors",
     "InvalidProfile": "._errors",
     "InvalidTransition": "._errors",
-    "LogLine": "._store",
-    "Operation": "._store",
+    "LogLine": "._models",
+    "NotFound": "._errors",
+    "Operation": "._models",
     "Progress": "hearth_adaptersdk",
     "ProtocolViolation": "._errors",
     "ProvisioningProfile": "hearth_adaptersdk",
@@ -108,21 +118,27 @@ __all__ = [
     "AdapterRefused",
     "BackendFailure",
     "BackendUnavailable",
+    "Busy",
     "CallTimeout",
     "Cancelled",
     "Candidate",
+    "CheckResult",
     "ClientClosed",
     "Conflict",
     "Deployment",
     "DeploymentRef",
     "Discovered",
+    "DriverInfo",
+    "Event",
     "HearthError",
     "Host",
+    "Interrupted",
     "Interruption",
     "InvalidInput",
     "InvalidProfile",
     "InvalidTransition",
     "LogLine",
+    "NotFound",
     "Operation",
     "Progress",
     "ProtocolViolation",

@@ -7,7 +7,9 @@
     hearth teardown SLUG [--json]
     hearth ls [--json]
     hearth logs SLUG [--json]
-    hearth reconcile [SLUG] [--dry-run] [--json]
+    hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
+    hearth adopt SLUG --driver DRIVER --tier TIER [--json]
+    hearth forget SLUG [--yes] [--json]
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
 --json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._dirs import state_dir
-from ._errors import HearthError
+from ._errors import HearthError, InvalidInput
 from ._records import STORE_FILE, Listed, current
 
 if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands that use them
@@ -151,6 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
     commands.add_parser("ls", parents=[common], help="list workspaces")
+    adopt = commands.add_parser(
+        "adopt", parents=[common], help="record a deployment the driver lists but hearth has no record of"
+    )
+    adopt.add_argument("slug")
+    adopt.add_argument("--driver", required=True)
+    adopt.add_argument("--tier", required=True)
+    forget = commands.add_parser(
+        "forget", parents=[common], help="drop a workspace's record and leave its backend alone"
+    )
+    forget.add_argument("slug")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     reconcile = commands.add_parser(
         "reconcile",
         parents=[common],
@@ -209,7 +222,8 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
     lines = []
     for op in operations:
         lines.append(
-            f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} {op.started_at:%Y-%m-%d %H:%M:%S}"
+            f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} "
+            f"{op.started_at or op.created_at:%Y-%m-%d %H:%M:%S}"
         )
         lines += [f"    {line.at:%H:%M:%S} {line.level:7} {safe(line.message)}" for line in op.log]
         if op.error:
@@ -333,9 +347,21 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str, int]
         await host.teardown(args.slug, on_progress=progress, timeout=timeout)
         report = await host.status(args.slug)
         return report.model_dump(mode="json"), f"{args.slug}: {report.state}", 0
+    if command == "adopt":
+        record = await host.adopt(args.slug, driver=args.driver, tier=args.tier, timeout=timeout)
+        assert record.ref is not None
+        return record.model_dump(mode="json"), "adopted " + _ref_lines(record.ref), 0
+    if command == "forget":
+        record = await host.forget(args.slug)
+        return (
+            record.model_dump(mode="json"),
+            f"{args.slug}: forgotten (it was {record.state} on {record.driver}); "
+            "its backend was left as it is",
+            0,
+        )
     if command == "logs":
         operations = await host.logs(args.slug)
-        from ._store import Operation  # --json documents come from the models themselves
+        from ._models import Operation  # --json documents come from the models themselves
 
         document = TypeAdapter(list[Operation]).dump_python(operations, mode="json")
         return document, _logs_lines(args.slug, operations), 0
@@ -442,12 +468,20 @@ def _main(argv: Sequence[str] | None) -> int:
             document, text = _adapters(args)
         elif args.command == "ls":
             document, text = _ls(args)
+        elif args.command == "forget" and not _confirmed(args):
+            return _failed(
+                {"kind": "cancelled"},
+                "cancelled",
+                "not confirmed; nothing was changed",
+                as_json,
+                EXIT_INTERRUPTED,
+            )
         else:
             import asyncio
 
             document, text, status = asyncio.run(_run(args))
     except HearthError as exc:
-        return _failed(exc.to_json(), exc.kind, exc.message, as_json)
+        return _failed(exc.to_json(), exc.kind, exc.message + _hint(exc), as_json)
     except Interrupted as exc:
         return _failed({"kind": "cancelled"}, "cancelled", exc.message, as_json, EXIT_INTERRUPTED)
     except KeyboardInterrupt:
@@ -497,12 +531,49 @@ def _silence(stream: Any) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+def _confirmed(args: argparse.Namespace) -> bool:
+    """``forget`` asks on a terminal; elsewhere it needs ``--yes`` (a script says what it means)."""
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise InvalidInput("forget asks for confirmation: on no terminal, pass --yes")
+    found = [r for r in current(state_dir(getattr(args, "home", None)) / STORE_FILE) if r.slug == args.slug]
+    what = f"{found[0].state} on {found[0].driver}" if found else "no record found"
+    print(
+        f"forget workspace {safe(args.slug)} ({what})? hearth drops its record and leaves its backend "
+        "as it is [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _hint(exc: HearthError) -> str:
+    """What the CLI adds to a library message: the command that helps (the library's messages
+    carry no CLI advice, since a console shows them too)."""
+    message = exc.message
+    if exc.kind == "not_found" and message.startswith("no workspace"):
+        return "; 'hearth ls' lists them"
+    if exc.kind == "invalid_input" and message.startswith("unknown driver"):
+        return " (see 'hearth adapters')"
+    if exc.kind == "invalid_transition" and "teardown is final" in message:
+        return " (hearth provision --reuse)"
+    if exc.kind == "busy":
+        return "; 'hearth logs' shows it"
+    if "reconcile" in message:
+        return "; run 'hearth reconcile'"
+    return ""
+
+
 def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool, code: int | None = None) -> int:
     one_line = safe(" ".join(message.split()))
     _print(f"hearth: {kind}: {one_line}", stream=sys.stderr)
     if as_json:
         _print(json.dumps({"error": {**error, "kind": kind, "message": one_line}}))
-    return code if code is not None else (EXIT_USAGE if kind == "invalid_input" else EXIT_FAILURE)
+    return (
+        code if code is not None else (EXIT_USAGE if kind in ("invalid_input", "not_found") else EXIT_FAILURE)
+    )
 
 
 def entry() -> None:

@@ -3,16 +3,26 @@
 A candidate is refused when it, or any folder above it, could be changed by someone
 other than the user or root: writable by group or others (a sticky folder such as
 /tmp is fine, since others cannot replace what is in it) or owned by another user.
+
+``driver_infos`` answers "what could serve each driver" as JSON-ready ``DriverInfo`` models,
+with each acceptable adapter's ``--version`` (``probe_versions``, also used by
+``hearth adapters``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import signal
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from hearth_adaptersdk import codes
 
@@ -172,3 +182,110 @@ def discover_all(
                 found.append(Candidate(driver, path, source, refusal_reason(path)))
     order = {driver: index for index, driver in enumerate(sorted({c.driver for c in found}))}
     return sorted(found, key=lambda c: order[c.driver])
+
+
+#: How long a timed-out ``--version`` probe's killed process group gets to be reaped.
+_REAP_BOUND = 2.0
+
+
+class DriverInfo(BaseModel):
+    """One way a driver could be served, as discovery sees it now (for queries and ``--json``).
+
+    One per candidate executable, in order of precedence, plus one per in-process driver.
+    ``chosen`` marks the one a call would use: an in-process driver wins over executables,
+    then the first acceptable candidate; the others are shadowed or refused.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    driver: str
+    #: The executable; None for an in-process driver.
+    path: str | None = None
+    #: Where it was found: the project's ``.hearth/adapters``, the user folder, or ``PATH``;
+    #: None for an in-process driver.
+    source: Source | None = None
+    #: Its ``--version`` output; None when refused, in process, or it did not answer in time.
+    version: str | None = None
+    acceptable: bool
+    #: Why it may not be run (None when ``acceptable``).
+    refusal: str | None = None
+    in_process: bool = False
+    chosen: bool = False
+
+
+async def probe_version(path: str | Path, bound: float) -> str | None:
+    """``path --version``'s output, or None when it fails, says nothing or takes over ``bound``.
+
+    Runs in its own session, so that one that does not answer in time is stopped with its
+    whole process group; awaiting it never blocks the event loop.
+    """
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(path),
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+    finished = False
+    try:
+        async with asyncio.timeout(bound):
+            out, _ = await process.communicate()
+        finished = True
+    except TimeoutError:
+        return None
+    finally:
+        if not finished:  # timed out or cancelled: stop the group this call started
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_REAP_BOUND):
+                    await process.wait()
+    if process.returncode != 0:
+        return None
+    return out.decode("utf-8", errors="replace").strip() or None
+
+
+async def probe_versions(paths: Iterable[str | Path], bound: float) -> dict[Path, str | None]:
+    """Each executable's ``--version`` (see ``probe_version``), all asked at once."""
+    unique = list(dict.fromkeys(Path(path) for path in paths))
+    versions = await asyncio.gather(*(probe_version(path, bound) for path in unique))
+    return dict(zip(unique, versions, strict=True))
+
+
+async def driver_infos(
+    project_dir: str | Path | None,
+    home: str | Path | None,
+    *,
+    in_process_drivers: Iterable[str] = (),
+    version_probe: float,
+    path_env: str | None = None,
+) -> list[DriverInfo]:
+    """Every driver this host could serve and how: in-process drivers, then each executable
+    found (``discover_all``), grouped by driver in order of precedence, with the version of
+    each acceptable executable (asked in parallel, each within ``version_probe`` seconds)."""
+    found = discover_all(project_dir=project_dir, home=home, path_env=path_env)
+    versions = await probe_versions((c.path for c in found if c.acceptable), version_probe)
+    in_process = set(in_process_drivers)
+    rows = [DriverInfo(driver=d, acceptable=True, in_process=True, chosen=True) for d in sorted(in_process)]
+    served = set(in_process)
+    for candidate in found:
+        chosen = candidate.acceptable and candidate.driver not in served
+        if chosen:
+            served.add(candidate.driver)
+        rows.append(
+            DriverInfo(
+                driver=candidate.driver,
+                path=str(candidate.path),
+                source=candidate.source,
+                version=versions.get(candidate.path),
+                acceptable=candidate.acceptable,
+                refusal=candidate.refusal,
+                chosen=chosen,
+            )
+        )
+    # a stable sort: by driver, in-process first, then the candidates' own precedence
+    return sorted(rows, key=lambda row: row.driver)

@@ -2,6 +2,9 @@
 
     HearthError                      kind (the CLI's JSON error kind)
     ├── InvalidInput                 invalid_input        bad slug, tier, driver or settings
+    │   └── NotFound                 not_found            no such workspace or operation
+    ├── Busy                         busy                 another operation runs on the slug
+    ├── Interrupted                  interrupted          its host stopped before it finished
     ├── AdapterNotFound              adapter_not_found    no hearth-adapter-<driver> anywhere
     ├── AdapterRefused               adapter_refused      found, but unsafe or not our driver
     ├── AdapterCrashed               adapter_crashed      the process died (exit code, stderr tail)
@@ -49,6 +52,32 @@ class HearthError(Exception):
 
 class InvalidInput(HearthError):
     kind = "invalid_input"
+
+
+class NotFound(InvalidInput):
+    """No such workspace or operation (an ``InvalidInput``, so older handlers still catch it)."""
+
+    kind = "not_found"
+
+
+class Busy(HearthError):
+    """Another operation runs on the slug and this one conflicts with it (a different verb or
+    other arguments): refused at once rather than after a wait for the slug's lock."""
+
+    kind = "busy"
+
+    def __init__(self, message: str, operation: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "operation": self.operation}
+
+
+class Interrupted(HearthError):
+    """The operation's host stopped (closed, signalled, killed) before it finished."""
+
+    kind = "interrupted"
 
 
 class AdapterNotFound(HearthError):
@@ -208,6 +237,48 @@ def from_wire_error(adapter: str, code: int, message: str, data: Any) -> Adapter
     return cls(f"{adapter}: {message}", code, payload)
 
 
+_BY_KIND: dict[str, type[HearthError]] = {
+    cls.kind: cls
+    for cls in (
+        InvalidInput,
+        NotFound,
+        Busy,
+        Interrupted,
+        AdapterNotFound,
+        AdapterRefused,
+        ProtocolViolation,
+        SlugLocked,
+        ClientClosed,
+        StoreError,
+    )
+}
+
+
+def error_from_json(error: Mapping[str, Any]) -> HearthError:
+    """The typed error an operation's recorded ``error`` stands for (``Operation.result`` raises
+    it in a process other than the one that ran the work)."""
+    kind = str(error.get("kind") or "error")
+    message = str(error.get("message") or kind)
+    data = {key: value for key, value in error.items() if key not in ("message", "code")}
+    if kind == "adapter_crashed":
+        crashed = AdapterCrashed("?", error.get("exit_code"), error.get("stderr_tail") or [])
+        crashed.message = message
+        crashed.args = (message,)
+        return crashed
+    if kind == "timeout":
+        return CallTimeout(message, rolled_back=error.get("rolled_back"))
+    if kind == "busy":
+        return Busy(message, error.get("operation"))
+    if kind in _BY_KIND:
+        return _BY_KIND[kind](message)
+    code = error.get("code")
+    if not isinstance(code, int):
+        code = codes.CANCELLED if kind == "cancelled" else None
+    if code is not None:
+        return _BY_CODE.get(code, AdapterError)(message, code, data)
+    return HearthError(message)
+
+
 __all__ = [
     "AdapterCrashed",
     "AdapterError",
@@ -215,17 +286,21 @@ __all__ = [
     "AdapterRefused",
     "BackendFailure",
     "BackendUnavailable",
+    "Busy",
     "CallTimeout",
     "Cancelled",
     "ClientClosed",
     "Conflict",
     "HearthError",
+    "Interrupted",
     "InvalidInput",
     "InvalidProfile",
     "InvalidTransition",
+    "NotFound",
     "ProtocolViolation",
     "SlugLocked",
     "StoreError",
     "Unsupported",
+    "error_from_json",
     "from_wire_error",
 ]

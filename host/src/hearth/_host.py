@@ -1,27 +1,32 @@
-"""``Host``: the HEARTH rules of seed 000 on top of any adapter.
+"""``Host``: the HEARTH rules of seed 000 on top of any adapter, with work as operations.
 
-Per verb: validate the input before anything else; take the slug's cross-process lock;
-read the record again (another process may just have finished); check the transition
-table; start the adapter (a verb whose adapter cannot start changes nothing); record the
-transient state and an operation; call the adapter, logging its progress; record the
-outcome by the rules of ``_states.py``: a failed verb marks the deployment ``failed`` and
-is never retried (D8); an answer that says nothing changed (a refusal, a confirmed
-rollback) leaves the record as it was; a cancel whose rollback is not confirmed says so,
-and ``reconcile`` checks it. Every wait has a bound (``Timeouts``).
+A verb is an operation: ``start_provision`` (and ``start_upgrade``, ``start_teardown``) check the
+input and the lifecycle rules at once, record the operation (queued, visible to every process
+sharing the store) and run it in a task the host owns. The task takes the slug's cross-process
+lock, reads the record again, checks the transition, starts the adapter, records the transient
+state, calls the adapter (each progress event goes to the store's event log) and records the
+outcome by the rules of ``_states.py``: a failed verb marks the deployment ``failed`` and is never
+retried (D8); an answer that says nothing changed leaves the record as it was; a cancel whose
+rollback is not confirmed says so. A start with a used key returns that operation; one that
+matches the slug's running operation joins it; one that conflicts with it is ``busy``. An
+operation whose host died is settled on the next access to its slug. Every wait has a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import inspect
+import logging
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import PlainSerializer, ValidationError
+from pydantic import BaseModel, Field, PlainSerializer, ValidationError
 
 from hearth_adaptersdk import (
     DeploymentRef,
@@ -40,60 +45,72 @@ from ._errors import (
     AdapterError,
     BackendFailure,
     BackendUnavailable,
+    Busy,
     CallTimeout,
     Cancelled,
     Conflict,
     HearthError,
     InvalidInput,
     InvalidTransition,
+    NotFound,
     ProtocolViolation,
     SlugLocked,
     StoreError,
+    error_from_json,
 )
-from ._locks import SlugLocks
+from ._locks import OwnerMark, SlugLocks, new_owner
+from ._models import FINISHED, Deployment, Event, Operation
 from ._records import STORE_FILE
-from ._settings import Tier, Timeouts, load_settings
+from ._settings import Settings, SettingsSource, Tier, Timeouts
 from ._states import (
     TRANSIENT,
     Transition,
     Verb,
     cancel_rolled_back,
     changed_nothing,
+    joins,
     resolve,
     transition,
 )
-from ._store import Deployment, LogBuffer, LogLine, Operation, SQLiteStore, Store
+from ._store import NewEvent, NewOperation, SQLiteStore, Store
 from ._supervisor import ConnectionFactory, Supervisor
+
+log = logging.getLogger("hearth")
 
 #: How long a verb waits for another process's work on the same slug when it has no timeout.
 DEFAULT_LOCK_WAIT = Timeouts.lock_wait
 #: How much of a caller's input an error message repeats.
 ECHO = 80
+#: The longest idempotency key accepted.
+KEY_MAX = 200
+#: How often a host looks for other processes' events while someone waits for them (seconds).
+POLL = 0.02
 VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade", "tearing_down": "teardown"}
 Call = Callable[[AdapterClient, float | None, ProgressCallback, Interruption], Any]
+#: ``on_progress`` may be a plain function or a coroutine function.
+ProgressListener = Callable[[Progress], object] | Callable[[Progress], Awaitable[object]]
 
 
 def _resolved_json(resolved: list[tuple[str, str, str]]) -> list[dict[str, str]]:
     return [{"slug": slug, "from": old, "to": new} for slug, old, new in resolved]
 
 
-@dataclass(frozen=True)
-class ReconcileReport:
-    """What ``reconcile`` found and did; nothing is ever deleted. Its JSON form (pydantic's
-    ``TypeAdapter(ReconcileReport)``) writes each resolution as ``{"slug", "from", "to"}``."""
+class ReconcileReport(BaseModel):
+    """What ``reconcile`` found and did; nothing is ever deleted. Its JSON form writes each
+    resolution as ``{"slug", "from", "to"}``."""
 
     #: (slug, recorded state, resolved state) for records left transient or unconfirmed.
     resolved: Annotated[
         list[tuple[str, str, str]], PlainSerializer(_resolved_json, return_type=list[dict[str, str]])
-    ] = field(default_factory=list)
+    ] = Field(default_factory=list)
     #: Records that claim a backend the adapter confirms absent: marked failed.
-    ghosts: list[str] = field(default_factory=list)
+    ghosts: list[str] = Field(default_factory=list)
     #: Deployments an adapter lists that have no record: reported, never removed.
-    orphans: list[DeploymentRef] = field(default_factory=list)
+    orphans: list[DeploymentRef] = Field(default_factory=list)
     #: Slugs skipped because another process is working on them right now.
-    busy: list[str] = field(default_factory=list)
+    busy: list[str] = Field(default_factory=list)
     #: Drivers that could not be asked, with the reason (their records are left as they are).
-    unreachable: dict[str, str] = field(default_factory=dict)
+    unreachable: dict[str, str] = Field(default_factory=dict)
     #: A dry run: what is listed above would be done; nothing was changed.
     dry_run: bool = False
 
@@ -101,6 +118,18 @@ class ReconcileReport:
     def drift(self) -> bool:
         """Whether records and backends disagree (what a dry run exits 3 for)."""
         return bool(self.resolved or self.ghosts or self.orphans)
+
+
+class CheckResult(BaseModel):
+    """Whether a verb would be accepted now (``Host.check``); nothing was started."""
+
+    slug: str
+    verb: str
+    accepted: bool
+    #: The error the verb would fail with at once, when it would not be accepted.
+    error: dict[str, Any] | None = None
+    #: The operation it would join (same verb and arguments already running).
+    joins: int | None = None
 
 
 def find_project_dir(start: str | Path | None = None) -> Path:
@@ -120,6 +149,102 @@ def echo(value: object, size: int = ECHO) -> str:
     return repr(value[:size]) + "…" if isinstance(value, str) else text[:size] + "…"
 
 
+@dataclass
+class _Work:
+    """An operation this host runs: its task, who listens to its progress, why it was cancelled."""
+
+    operation: Operation
+    task: asyncio.Task[DeploymentRef | None] | None = None
+    listeners: builtins.list[ProgressListener] = field(default_factory=builtins.list)
+    cancel: tuple[str, str] | None = None
+    begun: bool = False
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One start's arguments, checked."""
+
+    verb: Verb
+    slug: str
+    tier: str | None = None
+    driver: str | None = None
+    reuse: bool = False
+    key: str | None = None
+    deadline: float | None = None
+
+
+class _Bus:
+    """Wakes whoever waits for events: at once for this process's writes, within ``POLL`` for
+    another process's (one poll of the store's last sequence number, shared by every waiter;
+    it runs only while someone waits or this host runs work, whose cancel requests it reads)."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._future: asyncio.Future[None] | None = None
+        self._seen = 0
+        self._waiters = 0
+        self._poller: asyncio.Task[None] | None = None
+        #: Set by ``Host.close``: waiters end, nothing polls again.
+        self.closed = False
+
+    def bump(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future done at the next change; take it before reading, so none is missed."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        self.ensure_polling()
+        return self._future
+
+    @contextlib.contextmanager
+    def interest(self) -> Iterator[None]:
+        self._waiters += 1
+        try:
+            self.ensure_polling()
+            yield
+        finally:
+            self._waiters -= 1
+
+    def ensure_polling(self) -> None:
+        if not self.closed and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="hearth-events")
+
+    def _wanted(self) -> bool:
+        return bool(self._waiters or self._host._work or (self._future and not self._future.done()))
+
+    async def _poll(self) -> None:
+        host = self._host
+        try:
+            store = await host._opened()
+            if not self._seen:
+                self._seen = await store.last_seq()
+            while self._wanted() and host._store is not None:
+                seq = await store.last_seq()
+                if seq > self._seen:
+                    if host._work:
+                        for event in await store.events(after=self._seen, kind="cancel", limit=10_000):
+                            work = host._work.get(event.operation)
+                            if work is not None:
+                                host._cancel_work(work, "cancelled", event.message or "cancelled by request")
+                    self._seen = seq
+                    self.bump()
+                await asyncio.sleep(POLL)
+        except HearthError as exc:
+            log.error("watching the store's events stopped: %s", exc.message)
+            self.bump()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(BaseException):
+                await self._poller
+        self.bump()
+
+
 class Host:
     """Deploys and manages workspaces; use as ``async with Host(...) as host``."""
 
@@ -130,7 +255,7 @@ class Host:
         tiers: Mapping[str, Tier] | None = None,
         *,
         handshake_timeout: float | None = None,
-        idle_timeout: float = 60.0,
+        idle_timeout: float | None = 60.0,
         lock_wait: float | None = None,
         store: Store | None = None,
         in_process: Mapping[str, ConnectionFactory] | None = None,
@@ -138,15 +263,13 @@ class Host:
         drain_grace: float | None = None,
     ) -> None:
         """``in_process`` maps driver names to connection factories (e.g. an in-memory driver)
-        that take precedence over discovery; ``store`` replaces the SQLite registry. The
-        bounds left None come from ``[timeouts]`` in hearth.toml, else the defaults of
-        ``Timeouts``."""
+        that take precedence over discovery; ``store`` replaces the SQLite registry;
+        ``idle_timeout=None`` keeps adapters running until the host closes. The bounds left
+        None come from ``[timeouts]`` in hearth.toml (re-read when the file changes), else the
+        defaults of ``Timeouts``."""
         self.project_dir = find_project_dir(project_dir)
         self.home = resolve_home(home)
         self.state_dir = state_dir(self.home)
-        settings = load_settings(self.project_dir)
-        if tiers:
-            settings = replace(settings, tiers={**settings.tiers, **tiers})
         overrides = {
             name: _positive(value, name)
             for name, value in (
@@ -157,15 +280,22 @@ class Host:
             )
             if value is not None
         }
-        self.settings = replace(settings, timeouts=replace(settings.timeouts, **overrides))
-        self.timeouts = self.settings.timeouts
+        if idle_timeout is not None:
+            _positive(idle_timeout, "idle_timeout")
+        self._settings_source = SettingsSource(self.project_dir, tiers, overrides)
+        self.settings: Settings = self._settings_source.current()
         self._store_arg = store
         self._store: Store | None = None
+        self._store_ready: asyncio.Future[None] | None = None
         self._locks = SlugLocks(self.state_dir / "locks")
-        self._log_buffer = LogBuffer(lambda: self.store)
-        #: Verb tasks in flight (drained by ``close``), and why each was cancelled, if it was.
-        self._active: dict[asyncio.Task[Any], str] = {}
-        self._cancel_reasons: dict[asyncio.Task[Any], tuple[str, str]] = {}
+        #: Who runs this host's operations, as other processes see it.
+        self.owner = new_owner()
+        self._mark = OwnerMark(self.state_dir / "owners", self.owner)
+        self._events: builtins.list[NewEvent] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._work: dict[int, _Work] = {}
+        self._bus = _Bus(self)
+        self._background: set[asyncio.Task[Any]] = set()
         #: One line per cancellation this host settled: what became of the work.
         self.interruptions: builtins.list[str] = []
         self._supervisor = Supervisor(
@@ -179,19 +309,52 @@ class Host:
             cancel_grace=self.timeouts.cancel_grace,
         )
 
+    @property
+    def timeouts(self) -> Timeouts:
+        return self.settings.timeouts
+
+    def _refresh_settings(self) -> None:
+        """Pick up an edited hearth.toml (one ``stat`` when it did not change)."""
+        settings = self._settings_source.current()
+        if settings is not self.settings:
+            self.settings = settings
+            self._supervisor.update_settings(settings)
+
     # --- lifetime ------------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         self.open()
+        await self._opened()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def open(self) -> None:
+        """Prepare the home and the store (opened on first use); ``async with`` does this."""
         if self._store is None:
             if self._store_arg is None:
                 self._prepare_home()
             self._store = self._store_arg or SQLiteStore(self.state_dir / STORE_FILE)
+            self._store_ready = None
+            self._bus = _Bus(self)
+            self._mark.acquire()
+
+    async def _opened(self) -> Store:
+        """The store, opened once (on the store's own thread)."""
+        store = self.store
+        if self._store_ready is None:
+            self._store_ready = asyncio.get_running_loop().create_future()
+            try:
+                await store.open()
+            except BaseException as exc:
+                self._store_ready.set_exception(exc)
+                self._store_ready.exception()  # retrieved: the caller raises it
+                self._store_ready = None
+                raise
+            self._store_ready.set_result(None)
+        elif not self._store_ready.done():
+            await asyncio.shield(self._store_ready)
+        return store
 
     def _prepare_home(self) -> None:
         folder = self.state_dir
@@ -205,30 +368,41 @@ class Host:
             raise StoreError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
 
     async def close(self) -> None:
-        """Let verbs in flight finish (``drain_grace``), cancel the rest (recorded
+        """Let operations in flight finish (``drain_grace``), cancel the rest (recorded
         ``interrupted``), then stop every adapter this host started and close the store."""
-        active = [task for task in self._active if not task.done()]
+        active = [work.task for work in self._work.values() if work.task is not None and not work.task.done()]
         if active:
             _, pending = await asyncio.wait(active, timeout=self.timeouts.drain_grace)
-            for task in pending:
-                self._cancel_reasons[task] = ("interrupted", "the host was closed while it ran")
-                task.cancel()
+            for work in builtins.list(self._work.values()):
+                if work.task in pending:
+                    self._cancel_work(work, "interrupted", "the host was closed while it ran")
             if pending:
                 await asyncio.wait(pending, timeout=self.timeouts.cancel_grace + 5.0)
+        await self._bus.close()
+        for task in builtins.list(self._background):
+            task.cancel()
         await self._supervisor.close()
         if self._store is not None:
-            self._log_buffer.flush()
-            self._store.close()
+            with contextlib.suppress(HearthError):
+                await self._flush_events()
+            if self._store_ready is not None and self._store_ready.done():
+                await self._store.close()
             self._store = None
+            self._store_ready = None
+            self._mark.release()
 
     def cancel_running(self, reason: str, *, outcome: str = "cancelled") -> int:
-        """Cancel every verb in flight, recording ``reason``; the number cancelled. The CLI
-        calls it on SIGINT/SIGTERM/SIGHUP (``outcome`` ``interrupted`` for the latter two)."""
-        tasks = [task for task in self._active if not task.done()]
-        for task in tasks:
-            self._cancel_reasons[task] = (outcome, reason)
-            task.cancel()
-        return len(tasks)
+        """Cancel every operation this host runs, recording ``reason``; the number cancelled.
+        The CLI calls it on SIGINT/SIGTERM/SIGHUP (``outcome`` ``interrupted`` for the latter)."""
+        return sum(self._cancel_work(work, outcome, reason) for work in builtins.list(self._work.values()))
+
+    def _cancel_work(self, work: _Work, outcome: str, reason: str) -> bool:
+        if work.task is None or work.task.done():
+            return False
+        if work.cancel is None:
+            work.cancel = (outcome, reason)
+        work.task.cancel()
+        return True
 
     @property
     def store(self) -> Store:
@@ -248,6 +422,14 @@ class Host:
                 "letters, digits and '-', starting and ending with a letter or digit"
             )
 
+    def _check_key(self, key: str | None) -> None:
+        if key is not None and (
+            not isinstance(key, str) or not 0 < len(key) <= KEY_MAX or not key.isprintable()
+        ):
+            raise InvalidInput(
+                f"{echo(key)} is not an idempotency key: use 1 to {KEY_MAX} printable characters"
+            )
+
     def _check_driver(self, driver: str) -> None:
         if not isinstance(driver, str) or not re.fullmatch(codes.DRIVER_PATTERN, driver):
             raise InvalidInput(
@@ -263,8 +445,7 @@ class Host:
         available |= self._supervisor.in_process_drivers()
         choices = ", ".join(sorted(available)) or "none installed"
         raise InvalidInput(
-            f"unknown driver {driver!r}: no hearth-adapter-{driver} found; "
-            f"available: {choices} (see 'hearth adapters')"
+            f"unknown driver {driver!r}: no hearth-adapter-{driver} found; available: {choices}"
         )
 
     def _profile(self, tier: str, driver: str) -> ProvisioningProfile:
@@ -276,64 +457,342 @@ class Host:
                 f"{driver!r}: {exc.errors(include_url=False)[0]['msg']}"
             ) from None
 
-    def _existing(self, slug: str) -> Deployment:
-        found = self.store.get(slug)
+    async def _existing(self, slug: str, record: Deployment | None = None) -> Deployment:
+        found = record or await self.store.get(slug)
         if found is None:
             hint = ""
-            history = self.store.operations(slug)
+            history = await self.store.operations(slug=slug)
             if history:
                 last = history[-1]
                 hint = (
-                    f" (its last operation, {last.verb} #{last.id}, ended {last.outcome} and "
-                    "left no workspace; 'hearth logs' shows it)"
+                    f" (its last operation, {last.verb} #{last.id}, ended {last.outcome} "
+                    "and left no workspace)"
                 )
-            raise InvalidInput(f"no workspace {slug!r}{hint}; 'hearth ls' lists them")
+            raise NotFound(f"no workspace {slug!r}{hint}")
         return found
 
-    # --- the verbs -----------------------------------------------------------------------------
-    async def provision(
+    # --- operations: start ---------------------------------------------------------------------
+    async def start_provision(
         self,
         slug: str,
         *,
         tier: str,
         driver: str,
-        on_progress: ProgressCallback | None = None,
-        timeout: float | None = None,
+        key: str | None = None,
         reuse: bool = False,
-    ) -> DeploymentRef:
-        """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref."""
-        self._check_slug(slug)
-        self._check_driver(driver)
-        profile = self._profile(tier, driver)
-        deadline = _deadline(timeout)
-        quick = self.store.get(slug)
-        if _same_ready(quick, tier, driver):
-            assert quick is not None and quick.ref is not None
-            return quick.ref
-        async with self._locks.hold(slug, self._lock_wait(deadline)):
-            record = self.store.get(slug)
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+    ) -> Operation:
+        """Check and record a provision of ``slug``, and run it in the background; the
+        operation, at once. Bad input and refused transitions raise here."""
+        request = _Request("provision", slug, tier, driver, bool(reuse), key, _deadline(timeout))
+        operation, _ = await self._start(request, on_progress)
+        return operation
+
+    async def start_upgrade(
+        self,
+        slug: str,
+        *,
+        tier: str,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+    ) -> Operation:
+        """Check and record an upgrade of ``slug`` to ``tier``, and run it in the background."""
+        request = _Request("upgrade", slug, tier, key=key, deadline=_deadline(timeout))
+        operation, _ = await self._start(request, on_progress)
+        return operation
+
+    async def start_teardown(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+    ) -> Operation:
+        """Check and record a teardown of ``slug``, and run it in the background."""
+        request = _Request("teardown", slug, key=key, deadline=_deadline(timeout))
+        operation, _ = await self._start(request, on_progress)
+        return operation
+
+    async def _checked(self, request: _Request) -> tuple[_Request, Deployment | None]:
+        """The request with its driver filled in, and the record after healing; raises what
+        the verb would fail with at once."""
+        self._check_slug(request.slug)
+        self._check_key(request.key)
+        if request.verb != "teardown" and not isinstance(request.tier, str):
+            raise InvalidInput(f"{echo(request.tier)} is not a tier name")
+        await self._opened()
+        self._refresh_settings()
+        if request.verb == "provision":
+            assert request.driver is not None and request.tier is not None
+            self._check_driver(request.driver)
+            self._profile(request.tier, request.driver)
+        record = await self._heal(request.slug)
+        if request.verb != "provision":
+            record = await self._existing(request.slug, record)
+            if request.verb == "upgrade":
+                assert request.tier is not None
+                self._profile(request.tier, record.driver)
+            request = _Request(
+                request.verb, request.slug, request.tier, record.driver, False, request.key, request.deadline
+            )
+        return request, record
+
+    def _precheck(self, request: _Request, record: Deployment | None) -> DeploymentRef | bool | None:
+        """The lifecycle rules before anything is recorded: raises a refusal; ``False`` when
+        the verb has work to do, else what it returns without work (the same ready workspace,
+        a teardown already done)."""
+        if request.verb == "provision":
+            assert request.tier is not None and request.driver is not None
+            if _same_ready(record, request.tier, request.driver):
+                assert record is not None
+                return record.ref
+            self._provision_record(
+                request.slug, record, request.tier, request.driver, request.reuse, generation=0
+            )
+            return False
+        assert record is not None
+        if request.verb == "teardown" and record.state == "tier_torn_down":
+            return None
+        self._check_transition(record.state, request.verb, request.slug)
+        return False
+
+    async def _start(self, request: _Request, on_progress: ProgressListener | None) -> tuple[Operation, bool]:
+        """The operation for ``request`` and whether this call created it."""
+        request, record = await self._checked(request)
+        store = self.store
+        if request.key is not None:
+            keyed = await store.keyed(request.key)
+            if keyed is not None:
+                return self._same_key(keyed, request), False
+        while True:
+            active = await self._active_operation(request.slug)
+            if active is not None:
+                return self._join(active, request, on_progress), False
+            done = self._precheck(request, record)
+            new = NewOperation(
+                request.slug,
+                record.generation if record is not None else await store.next_generation(request.slug),
+                request.verb,
+                self.owner,
+                request.key,
+                request.tier,
+                request.driver,
+                request.reuse,
+                done=None
+                if done is False
+                else ("succeeded", done if isinstance(done, DeploymentRef) else None),
+            )
+            operation, how = await store.create_operation(new)
+            self._bus.bump()
+            if how == "key":
+                return self._same_key(operation, request), False
+            if how == "active":
+                if await self._owner_alive(operation):
+                    return self._join(operation, request, on_progress), False
+                await self._interrupted(operation)
+                record = await self._heal(request.slug)
+                continue
+            operation.bound(self)
+            if operation.finished:
+                return operation, True
+            work = _Work(operation)
+            if on_progress is not None:
+                work.listeners.append(on_progress)
+            self._work[operation.id] = work
+            work.task = asyncio.get_running_loop().create_task(
+                self._execute(work, request), name=f"hearth-{request.verb}-{request.slug}-#{operation.id}"
+            )
+            self._bus.ensure_polling()
+            return operation, True
+
+    def _same_key(self, operation: Operation, request: _Request) -> Operation:
+        """A key already used: that operation, if it was for the same thing."""
+        theirs = (operation.slug, operation.verb, operation.tier, operation.driver, operation.reuse)
+        ours = (request.slug, request.verb, request.tier, request.driver, request.reuse)
+        if theirs[:2] != ours[:2] or (request.verb != "teardown" and theirs[2:4] != ours[2:4]):
+            raise Conflict(
+                f"the idempotency key {echo(request.key)} was used for operation #{operation.id} "
+                f"({operation.verb} of {operation.slug!r}) with other arguments",
+                codes.CONFLICT,
+                {"kind": "conflict", "operation": operation.id},
+            )
+        return operation.bound(self)
+
+    def _join(self, active: Operation, request: _Request, on_progress: ProgressListener | None) -> Operation:
+        """Join the slug's running operation if it does what ``request`` asks, else ``busy``."""
+        if request.key is not None and active.key == request.key:
+            return self._same_key(active, request)
+        if not joins(
+            (active.verb, active.tier, active.driver, active.reuse),
+            (request.verb, request.tier, request.driver, request.reuse),
+        ):
+            raise Busy(
+                f"workspace {request.slug!r} is busy: operation #{active.id} ({active.verb}"
+                f"{f' to {active.tier}' if active.verb == 'upgrade' else ''}) is {active.state}",
+                active.id,
+            )
+        work = self._work.get(active.id)
+        if work is not None and on_progress is not None:
+            work.listeners.append(on_progress)
+        return active.bound(self)
+
+    async def _active_operation(self, slug: str) -> Operation | None:
+        """The slug's queued or running operation whose host is alive (dead ones are settled)."""
+        for operation in await self.store.operations(slug=slug, active=True):
+            if await self._owner_alive(operation):
+                return operation
+            await self._interrupted(operation)
+        return None
+
+    async def _owner_alive(self, operation: Operation) -> bool:
+        if operation.id in self._work or operation.owner == self.owner:
+            return operation.id in self._work
+        if operation.owner is None:  # recorded by an older hearth: its slug lock tells
+            try:
+                async with self._locks.hold(operation.slug, 0.0):
+                    return False
+            except SlugLocked:
+                return True
+        return OwnerMark.alive(self.state_dir / "owners", operation.owner)
+
+    async def _interrupted(self, operation: Operation) -> None:
+        await self.store.end(
+            operation.id,
+            "interrupted",
+            {
+                "kind": "interrupted",
+                "message": "the hearth process running it stopped before it finished",
+            },
+        )
+        self._bus.bump()
+
+    async def _heal(self, slug: str) -> Deployment | None:
+        """Settle what a dead host left on ``slug``: its operations end ``interrupted`` and a
+        record it left transient is resolved from the adapter's ``status``. The record after."""
+        store = self.store
+        live = await self._active_operation(slug)
+        record = await store.get(slug)
+        if record is None or record.state not in TRANSIENT or live is not None:
+            return record
+        from ._reconcile import Reconciler
+
+        try:
+            async with self._locks.hold(slug, 0.0):
+                await Reconciler(self, dry_run=False, timeout=None).settle(slug)
+        except SlugLocked:
+            pass  # someone is settling it right now
+        except HearthError as exc:
+            if exc.kind == "store_error":
+                raise
+            log.warning("could not settle %s from its adapter: %s", slug, exc.message)
+        self._bus.bump()
+        return await store.get(slug)
+
+    # --- operations: run -----------------------------------------------------------------------
+    async def _execute(self, work: _Work, request: _Request) -> DeploymentRef | None:
+        """The work of one operation, in the host's task: hold the slug, check again, run."""
+        operation, slug = work.operation, request.slug
+        try:
+            async with self._locks.hold(slug, self._lock_wait(request.deadline)):
+                record = await self.store.get(slug)
+                return await self._perform(work, request, record)
+        except asyncio.CancelledError:
+            if not work.begun:
+                outcome, reason = work.cancel or ("cancelled", "cancelled by the caller")
+                await self._end_unstarted(
+                    operation, outcome, {"kind": outcome, "message": f"{reason}; it had not started"}
+                )
+            raise
+        except HearthError as exc:
+            if not work.begun:
+                await self._end_unstarted(operation, "failed", {**exc.to_json(), "changed_nothing": True})
+            raise
+        except Exception as exc:
+            if not work.begun:
+                await self._end_unstarted(
+                    operation, "failed", {"kind": "error", "message": f"{type(exc).__name__}: {exc}"}
+                )
+            raise
+        finally:
+            self._work.pop(operation.id, None)
+
+    async def _end_unstarted(self, operation: Operation, state: str, error: dict[str, Any]) -> None:
+        """An operation that never reached the adapter: the record is as it was."""
+        await asyncio.shield(self.store.end(operation.id, state, error))  # type: ignore[arg-type]
+        self._bus.bump()
+
+    async def _perform(
+        self, work: _Work, request: _Request, record: Deployment | None
+    ) -> DeploymentRef | None:
+        slug, verb, deadline = request.slug, request.verb, self._verb_deadline(request.deadline, request.verb)
+        if verb == "provision":
+            assert request.tier is not None and request.driver is not None
+            tier, driver = request.tier, request.driver
             if _same_ready(record, tier, driver):
                 assert record is not None and record.ref is not None
+                await self._finish_without_work(work, record.ref)
                 return record.ref
-            working, plan, archive = self._provision_record(slug, record, tier, driver, reuse)
-            previous = None if archive else record
-            ref = await self._run(
-                previous,
+            profile = self._profile(tier, driver)
+            generation = await self.store.next_generation(slug)
+            working, plan, archive = self._provision_record(
+                slug, record, tier, driver, request.reuse, generation=generation
+            )
+            return await self._run(
+                work,
+                None if archive else record,
                 working,
                 plan,
                 "provision",
-                on_progress=on_progress,
-                deadline=self._verb_deadline(deadline, "provision"),
+                deadline=deadline,
                 archive_first=archive,
                 call=lambda client, remaining, callback, interruption: client.provision(
                     slug, profile, on_progress=callback, timeout=remaining, interruption=interruption
                 ),
             )
-            assert ref is not None
-            return ref
+        record = await self._existing(slug, record)
+        if verb == "teardown" and record.state == "tier_torn_down":
+            await self._finish_without_work(work, None)
+            return None
+        plan = self._check_transition(record.state, verb, slug)
+        working = record.model_copy(update={"state": plan.during, "updated_at": utc_now()})
+        if verb == "upgrade":
+            assert request.tier is not None and record.ref is not None
+            profile, current = self._profile(request.tier, record.driver), record.ref
+            return await self._run(
+                work,
+                record,
+                working,
+                plan,
+                "upgrade",
+                deadline=deadline,
+                new_tier=request.tier,
+                call=lambda client, remaining, callback, interruption: client.upgrade(
+                    current, profile, on_progress=callback, timeout=remaining, interruption=interruption
+                ),
+            )
+        ref = record.ref or _synthesized_ref(record)
+        return await self._run(
+            work,
+            record,
+            working,
+            plan,
+            "teardown",
+            deadline=deadline,
+            call=lambda client, remaining, callback, interruption: client.teardown(
+                ref, on_progress=callback, timeout=remaining, interruption=interruption
+            ),
+        )
+
+    async def _finish_without_work(self, work: _Work, ref: DeploymentRef | None) -> None:
+        work.begun = True
+        await self.store.end(work.operation.id, "succeeded", result=ref)
+        self._bus.bump()
 
     def _provision_record(
-        self, slug: str, record: Deployment | None, tier: str, driver: str, reuse: bool
+        self, slug: str, record: Deployment | None, tier: str, driver: str, reuse: bool, *, generation: int
     ) -> tuple[Deployment, Transition, bool]:
         """(the record to write while provisioning, the transition, whether the current record
         is a torn-down one to archive first)."""
@@ -343,7 +802,7 @@ class Host:
             if not reuse:
                 raise InvalidTransition(
                     f"workspace {slug!r} was torn down; teardown is final. To use the slug again, "
-                    "ask to reuse it (--reuse): the old record is archived",
+                    "ask to reuse it: the old record is archived",
                     codes.INVALID_TRANSITION,
                     {"kind": "invalid_transition", "state": record.state},
                 )
@@ -353,7 +812,7 @@ class Host:
             if record.driver != driver:
                 raise Conflict(
                     f"workspace {slug!r} exists on driver {record.driver!r}; a workspace cannot "
-                    f"move to another driver: tear it down, then provision it again with --reuse",
+                    f"move to another driver: tear it down, then provision it again, reusing the slug",
                     codes.CONFLICT,
                     {"kind": "conflict", "existing": existing},
                 )
@@ -370,17 +829,16 @@ class Host:
                 )
         plan = self._check_transition(state, "provision", slug)
         now = utc_now()
-        generation = record.generation if record is not None else self.store.next_generation(slug)
         return (
             Deployment(
-                slug,
-                generation,
-                tier,
-                driver,
-                plan.during,
-                record.ref if record is not None else None,
-                record.created_at if record is not None else now,
-                now,
+                slug=slug,
+                generation=record.generation if record is not None else generation,
+                tier=tier,
+                driver=driver,
+                state=plan.during,
+                ref=record.ref if record is not None else None,
+                created_at=record.created_at if record is not None else now,
+                updated_at=now,
             ),
             plan,
             archive,
@@ -389,18 +847,332 @@ class Host:
     def _check_transition(self, state: State | None, verb: Verb, slug: str) -> Transition:
         if state in TRANSIENT:
             raise InvalidTransition(
-                f"workspace {slug!r} is {state}: a hearth process stopped in the middle of it; "
-                "run 'hearth reconcile' to resolve it from the backend",
+                f"workspace {slug!r} is {state}: a hearth process stopped in the middle of it and "
+                "its backend could not be asked; reconcile resolves it from the backend",
                 codes.INVALID_TRANSITION,
                 {"kind": "invalid_transition", "state": state},
             )
         return transition(state, verb, slug)
 
+    async def _run(
+        self,
+        work: _Work,
+        previous: Deployment | None,
+        working: Deployment,
+        plan: Transition,
+        verb: Verb,
+        *,
+        deadline: float,
+        call: Call,
+        new_tier: str | None = None,
+        archive_first: bool = False,
+    ) -> DeploymentRef | None:
+        """Start the adapter, record ``plan.during``, call it, and record what its answer says."""
+        async with self._supervisor.use(working.driver, timeout=_remaining(deadline)) as client:
+            remaining = _remaining(deadline)
+            if remaining <= 0:
+                raise CallTimeout(
+                    f"the deadline passed before {verb} of {working.slug!r} could be "
+                    "sent (starting the adapter took the time); nothing was changed"
+                )
+            operation = work.operation.id
+            await self.store.begin(operation, working, archive_first=archive_first)
+            work.begun = True
+            self._bus.bump()
+
+            def progress(event: Progress) -> None:
+                self._event(
+                    NewEvent(
+                        operation, working.slug, verb, "progress", event.level, event.message, event.fraction
+                    )
+                )
+                for listener in work.listeners:
+                    self._call_listener(listener, event)
+
+            outcome = _Outcome(self, previous, working, plan, verb, operation, client)
+            interruption = Interruption()
+            try:
+                result = await call(client, remaining, progress, interruption)
+            except asyncio.CancelledError:
+                why, reason = work.cancel or ("cancelled", "cancelled by the caller")
+                await outcome.cancelled(why, reason, interruption, new_tier)
+                raise
+            except CallTimeout as exc:
+                await outcome.timed_out(exc)
+                raise
+            except HearthError as exc:
+                await outcome.failed(exc)
+                raise
+            except Exception as exc:  # a bug, or the OS failing under us: never a stuck record
+                error = (
+                    StoreError(f"{verb} of {working.slug!r} stopped: {type(exc).__name__}: {exc}")
+                    if isinstance(exc, OSError)
+                    else HearthError(
+                        f"{verb} of {working.slug!r} stopped on an unexpected {type(exc).__name__}: {exc}"
+                    )
+                )
+                await outcome.failed(error, unconfirmed=True)
+                raise error from exc
+            return await outcome.succeeded(result, new_tier)
+
+    def _call_listener(self, listener: ProgressListener, event: Progress) -> None:
+        """Call one ``on_progress``: a coroutine runs as a task; an exception is logged."""
+        try:
+            result = listener(event)
+        except Exception:
+            log.exception("an on_progress callback raised")
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._background.add(task)
+            task.add_done_callback(self._listener_done)
+
+    def _listener_done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("an on_progress callback raised", exc_info=task.exception())
+
+    # --- events --------------------------------------------------------------------------------
+    def _event(self, event: NewEvent) -> None:
+        """Buffer one event; the events of one loop turn share one transaction."""
+        if not self._events:
+            asyncio.get_running_loop().call_soon(self._schedule_flush)
+        self._events.append(event)
+
+    def _schedule_flush(self) -> None:
+        if self._events and (self._flushing is None or self._flushing.done()):
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_events())
+
+    async def _flush_events(self) -> None:
+        """Write the buffered events; a store that fails loses them (logged), never the verb."""
+        while (
+            self._flushing is not None
+            and not self._flushing.done()
+            and self._flushing is not asyncio.current_task()
+        ):
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._flushing)
+        if self._events and self._store is not None:
+            events, self._events = self._events, []
+            try:
+                await asyncio.shield(self.store.add_events(events))
+            except StoreError as exc:
+                log.error("%d progress event(s) not recorded: %s", len(events), exc.message)
+            self._bus.bump()
+
+    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
+        """Every event of every process sharing the store, after sequence number ``after``,
+        as they come (``slug`` narrows it); resume from the last ``seq`` you saw. The input is
+        checked here, before the first event; the iterator ends when the host closes."""
+        if slug is not None:
+            self._check_slug(slug)
+        return self._events_after(_sequence(after), slug=slug)
+
+    async def _events_after(
+        self, cursor: int, *, slug: str | None = None, operation: int | None = None
+    ) -> AsyncIterator[Event]:
+        store = await self._opened()
+        with self._bus.interest():
+            while not self._bus.closed:
+                changed = self._bus.changed()
+                batch = await store.events(after=cursor, slug=slug, operation=operation)
+                for event in batch:
+                    cursor = event.seq
+                    yield event
+                    if operation is not None and event.final:
+                        return
+                if len(batch) == 500:
+                    continue
+                if operation is not None and not batch:
+                    current = await store.operation(operation)
+                    if current is None or current.finished:  # ``after`` was past its last event
+                        if not await store.events(after=cursor, operation=operation, limit=1):
+                            return
+                        continue
+                await asyncio.shield(changed)  # one waiter leaving must not end the others' wait
+
+    def _operation_events(self, ident: int, after: int) -> AsyncIterator[Event]:
+        return self._events_after(_sequence(after), operation=ident)
+
+    # --- operations: find, wait, cancel --------------------------------------------------------
+    async def operation(self, ident: int) -> Operation:
+        """The operation ``ident``, from any process; ``not_found`` if there is none."""
+        if isinstance(ident, bool) or not isinstance(ident, int):
+            raise InvalidInput(f"{echo(ident)} is not an operation id")
+        found = await (await self._opened()).operation(ident)
+        if found is None:
+            raise NotFound(f"no operation #{ident}")
+        return found.bound(self)
+
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        limit: int | None = None,
+        after: int | None = None,
+    ) -> builtins.list[Operation]:
+        """Operations by id, from every process; ``after``: the last id of the previous page."""
+        if slug is not None:
+            self._check_slug(slug)
+        if state is not None and state not in {"queued", "running", *FINISHED}:
+            raise InvalidInput(f"{echo(state)} is not an operation state")
+        store = await self._opened()
+        found = await store.operations(slug=slug, state=state, limit=_page(limit), after=_cursor(after))
+        return [op.bound(self) for op in found]
+
+    async def _operation_wait(self, ident: int, timeout: float | None) -> Operation:
+        deadline = _deadline(timeout)
+        with self._bus.interest():
+            while True:
+                changed = self._bus.changed()
+                current = await self.operation(ident)
+                if current.finished:
+                    return current
+                work = self._work.get(ident)
+                waits: builtins.list[asyncio.Future[Any]] = [changed]
+                if work is not None and work.task is not None:
+                    waits.append(work.task)
+                remaining = None if deadline is None else _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    return current
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+
+    async def _operation_result(self, ident: int, timeout: float | None) -> DeploymentRef | None:
+        work = self._work.get(ident)
+        if work is not None and work.task is not None:
+            await asyncio.wait([work.task], timeout=timeout)
+            if work.task.done() and not work.task.cancelled():
+                return work.task.result()  # its own exception, with every attribute
+        final = await self._operation_wait(ident, timeout)
+        if not final.finished:
+            raise CallTimeout(f"operation #{ident} ({final.verb} of {final.slug!r}) is still {final.state}")
+        if final.state == "succeeded":
+            return final.ref if final.verb != "teardown" else None
+        raise error_from_json(
+            final.error or {"kind": final.state, "message": f"operation #{ident} {final.state}"}
+        )
+
+    async def _operation_cancel(self, ident: int, reason: str) -> Operation:
+        if not isinstance(reason, str) or not reason:
+            raise InvalidInput("a cancel needs a reason (a non-empty string)")
+        work = self._work.get(ident)
+        if work is not None:
+            self._cancel_work(work, "cancelled", reason)
+            return await self.operation(ident)
+        found = await (await self._opened()).request_cancel(ident, reason[:500])
+        if found is None:
+            raise NotFound(f"no operation #{ident}")
+        self._bus.bump()
+        return found.bound(self)
+
+    # --- the verbs: start, then the result ------------------------------------------------------
+    async def provision(
+        self,
+        slug: str,
+        *,
+        tier: str,
+        driver: str,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        reuse: bool = False,
+        key: str | None = None,
+    ) -> DeploymentRef:
+        """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref."""
+        self._check_slug(slug)
+        store = await self._opened()
+        quick = await store.get(slug)
+        if (
+            isinstance(tier, str)
+            and isinstance(driver, str)
+            and key is None
+            and _same_ready(quick, tier, driver)
+        ):
+            assert quick is not None and quick.ref is not None
+            return quick.ref
+        request = _Request("provision", slug, tier, driver, bool(reuse), key, _deadline(timeout))
+        ref = await self._result_for_caller(request, *await self._start(request, on_progress), on_progress)
+        assert ref is not None
+        return ref
+
+    async def upgrade(
+        self,
+        slug: str,
+        *,
+        tier: str,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> DeploymentRef:
+        """Move a ready workspace to another tier (or re-apply its own)."""
+        request = _Request("upgrade", slug, tier, key=key, deadline=_deadline(timeout))
+        ref = await self._result_for_caller(request, *await self._start(request, on_progress), on_progress)
+        assert ref is not None
+        return ref
+
+    async def teardown(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> None:
+        """Irreversibly remove the workspace; a second teardown does nothing."""
+        self._check_slug(slug)
+        store = await self._opened()
+        quick = await store.get(slug)
+        if key is None and quick is not None and quick.state == "tier_torn_down":
+            return
+        request = _Request("teardown", slug, key=key, deadline=_deadline(timeout))
+        await self._result_for_caller(request, *await self._start(request, on_progress), on_progress)
+
+    async def _result_for_caller(
+        self, request: _Request, operation: Operation, created: bool, on_progress: ProgressListener | None
+    ) -> DeploymentRef | None:
+        """The plain verbs' wait: a cancelled caller cancels work it started (not work it
+        joined) and waits, within the cancel grace, for it to be settled; an operation run by
+        another process relays its progress from the event log."""
+        work = self._work.get(operation.id)
+        relay = None
+        if work is None and on_progress is not None and not operation.finished:
+            relay = asyncio.get_running_loop().create_task(self._relay(operation.id, on_progress))
+        try:
+            if work is None or work.task is None:  # joined: the caller's timeout bounds its wait
+                bound = None if request.deadline is None else max(_remaining(request.deadline), 0.0)
+                return await self._operation_result(operation.id, bound)
+            try:
+                return await asyncio.shield(work.task)
+            except asyncio.CancelledError:
+                if created and not work.task.done():  # this caller was cancelled, not the work
+                    self._cancel_work(work, "cancelled", "cancelled by the caller")
+                    await asyncio.wait([work.task], timeout=self.timeouts.cancel_grace + 5.0)
+                raise
+        finally:
+            if relay is not None:
+                relay.cancel()
+
+    async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
+        async for event in self._events_after(0, operation=ident):
+            if event.kind == "progress":
+                progress = Progress.model_validate(
+                    {
+                        "request_id": ident,
+                        "level": event.level or "info",
+                        "message": event.message or "",
+                        "fraction": event.fraction,
+                    }
+                )
+                self._call_listener(on_progress, progress)
+
+    # --- queries -------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
-        """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down."""
+        """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.
+        A record a dead host left transient is settled first, from this same ``status``."""
         self._check_slug(slug)
         deadline = _deadline(timeout)
-        record = self._existing(slug)
+        await self._opened()
+        record = await self._existing(slug, await self._heal(slug))
         if record.state == "tier_torn_down":
             return StatusReport(
                 state="tier_torn_down",
@@ -423,7 +1195,7 @@ class Host:
             )
         if record.state in TRANSIENT:
             notes.append(await self._transient_note(record))
-        last = self._last_operation(record)
+        last = await self.store.last_operation(record.slug, record.generation)
         if last is not None and last.error is not None and last.error.get("changed_nothing"):
             notes.append(
                 f"the last {last.verb} (#{last.id}) ended {last.outcome} and changed "
@@ -433,166 +1205,112 @@ class Host:
 
     async def _transient_note(self, record: Deployment) -> str:
         """Whether a transient record is being worked on, or was left by a host that died."""
-        try:
-            async with self._locks.hold(record.slug, 0.0):
-                return (
-                    f"the record says {record.state}, but no hearth process is working on it "
-                    "(one stopped in the middle): 'hearth reconcile' settles it"
-                )
-        except SlugLocked:
-            return f"another hearth process is {record.state.replace('_', ' ')} it right now"
-
-    def _last_operation(self, record: Deployment) -> Operation | None:
-        found = [
-            op
-            for op in self.store.operations(record.slug)
-            if op.generation == record.generation and op.outcome != "running"
-        ]
-        return found[-1] if found else None
-
-    async def upgrade(
-        self,
-        slug: str,
-        *,
-        tier: str,
-        on_progress: ProgressCallback | None = None,
-        timeout: float | None = None,
-    ) -> DeploymentRef:
-        """Move a ready workspace to another tier (or re-apply its own)."""
-        self._check_slug(slug)
-        deadline = _deadline(timeout)
-        record = self._existing(slug)
-        profile = self._profile(tier, record.driver)
-        async with self._locks.hold(slug, self._lock_wait(deadline)):
-            record = self._existing(slug)
-            plan = self._check_transition(record.state, "upgrade", slug)
-            assert record.ref is not None
-            current = record.ref
-            working = replace(record, state=plan.during, updated_at=utc_now())
-            ref = await self._run(
-                record,
-                working,
-                plan,
-                "upgrade",
-                on_progress=on_progress,
-                deadline=self._verb_deadline(deadline, "upgrade"),
-                new_tier=tier,
-                call=lambda client, remaining, callback, interruption: client.upgrade(
-                    current, profile, on_progress=callback, timeout=remaining, interruption=interruption
-                ),
-            )
-            assert ref is not None
-            return ref
-
-    async def teardown(
-        self, slug: str, *, on_progress: ProgressCallback | None = None, timeout: float | None = None
-    ) -> None:
-        """Irreversibly remove the workspace; a second teardown does nothing."""
-        self._check_slug(slug)
-        deadline = _deadline(timeout)
-        record = self._existing(slug)
-        if record.state == "tier_torn_down":
-            return
-        async with self._locks.hold(slug, self._lock_wait(deadline)):
-            record = self._existing(slug)
-            if record.state == "tier_torn_down":
-                return
-            plan = self._check_transition(record.state, "teardown", slug)
-            ref = record.ref or _synthesized_ref(record)
-            working = replace(record, state=plan.during, updated_at=utc_now())
-            await self._run(
-                record,
-                working,
-                plan,
-                "teardown",
-                on_progress=on_progress,
-                deadline=self._verb_deadline(deadline, "teardown"),
-                call=lambda client, remaining, callback, interruption: client.teardown(
-                    ref, on_progress=callback, timeout=remaining, interruption=interruption
-                ),
-            )
+        active = await self._active_operation(record.slug)
+        if active is not None:
+            return f"operation #{active.id} ({active.verb}) is {active.state}"
+        return (
+            f"the record says {record.state}, but no hearth process is working on it (one stopped "
+            "in the middle) and its adapter could not settle it; reconcile looks again"
+        )
 
     async def list(self) -> builtins.list[DeploymentRef]:
         """Every current deployment's ref, with ``last_status`` as the host recorded it."""
+        store = await self._opened()
         return [
             (d.ref or _synthesized_ref(d)).model_copy(update={"last_status": d.state})
-            for d in self.store.deployments()
+            for d in await store.deployments()
         ]
 
-    def deployments(self) -> builtins.list[Deployment]:
-        """The host's records (with bookkeeping such as the failure reason)."""
-        return self.store.deployments()
-
-    async def logs(self, slug: str) -> builtins.list[Operation]:
-        """Every operation run on ``slug`` (all generations), each with its log."""
-        self._check_slug(slug)
-        return self.store.operations(slug)
-
-    # --- running one verb ----------------------------------------------------------------------
-    async def _run(
+    async def deployments(
         self,
-        previous: Deployment | None,
-        working: Deployment,
-        plan: Transition,
-        verb: Verb,
         *,
-        on_progress: ProgressCallback | None,
-        deadline: float,
-        call: Call,
-        new_tier: str | None = None,
-        archive_first: bool = False,
-    ) -> DeploymentRef | None:
-        """Start the adapter, record ``plan.during``, call it, and record what its answer says."""
-        task = asyncio.current_task()
-        assert task is not None
-        async with self._supervisor.use(working.driver, timeout=_remaining(deadline)) as client:
-            remaining = _remaining(deadline)
-            if remaining <= 0:
-                raise CallTimeout(
-                    f"the deadline passed before {verb} of {working.slug!r} could be "
-                    "sent (starting the adapter took the time); nothing was changed"
-                )
-            store = self.store
-            if archive_first:
-                store.archive(working.slug)
-            operation = store.begin(working, verb)
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> builtins.list[Deployment]:
+        """The host's records by slug (with bookkeeping such as the failure reason); ``after``
+        is the last slug of the previous page."""
+        store = await self._opened()
+        return await store.deployments(
+            state=state, driver=driver, include_torn_down=include_torn_down, limit=_page(limit), after=after
+        )
 
-            def progress(event: Progress) -> None:
-                self._log_buffer.add(
-                    operation, LogLine(utc_now(), event.level, event.message, event.fraction)
-                )
-                if on_progress is not None:
-                    on_progress(event)
+    async def deployment(self, slug: str) -> Deployment:
+        """The record of ``slug``; ``not_found`` if there is none."""
+        self._check_slug(slug)
+        await self._opened()
+        return await self._existing(slug)
 
-            outcome = _Outcome(self, previous, working, plan, verb, operation, client)
-            interruption = Interruption()
-            self._active[task] = working.slug
-            try:
-                result = await call(client, remaining, progress, interruption)
-            except asyncio.CancelledError:
-                why, reason = self._cancel_reasons.pop(task, ("cancelled", "cancelled by the caller"))
-                await outcome.cancelled(why, reason, interruption, new_tier)
+    async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]:
+        """The operations run on ``slug`` (all generations), each with its log; ``limit``: the
+        last ``limit`` of them."""
+        self._check_slug(slug)
+        store = await self._opened()
+        found = await store.operations(slug=slug, with_log=True)
+        count = _page(limit)
+        if count is not None:
+            found = found[len(found) - count :] if count else []
+        return [op.bound(self) for op in found]
+
+    def tiers(self) -> builtins.list[Tier]:
+        """The tiers this host offers (built-in and hearth.toml's), by name."""
+        self._refresh_settings()
+        return [self.settings.tiers[name] for name in sorted(self.settings.tiers)]
+
+    async def drivers(self) -> builtins.list[Any]:
+        """What discovery finds for each driver (path, version, refusals) and the in-process ones."""
+        from ._discovery import driver_infos
+
+        return await driver_infos(
+            self.project_dir,
+            self.home,
+            in_process_drivers=self._supervisor.in_process_drivers(),
+            version_probe=self.timeouts.version_probe,
+        )
+
+    async def check(
+        self, slug: str, verb: str, *, tier: str | None = None, driver: str | None = None
+    ) -> CheckResult:
+        """Whether ``verb`` would be accepted now (the input, the lifecycle rules, an operation
+        it would join or be refused by, and the adapter's ``validate_profile``); starts nothing."""
+        if verb not in ("provision", "upgrade", "teardown"):
+            raise InvalidInput(f"{echo(verb)} is not a verb: provision, upgrade or teardown")
+        if verb == "provision" and (tier is None or driver is None):
+            raise InvalidInput("checking a provision needs a tier and a driver")
+        if verb == "upgrade" and tier is None:
+            raise InvalidInput("checking an upgrade needs a tier")
+        request = _Request(verb, slug, tier, driver)  # type: ignore[arg-type]
+        try:
+            request, record = await self._checked(request)
+            active = await self._active_operation(request.slug)
+            if active is not None:
+                self._join(active, request, None)
+                return CheckResult(slug=slug, verb=verb, accepted=True, joins=active.id)
+            self._precheck(request, record)
+            if verb != "teardown":
+                assert request.tier is not None and request.driver is not None
+                await self._validate_profile(request.driver, self._profile(request.tier, request.driver))
+        except HearthError as exc:
+            if exc.kind == "store_error":
                 raise
-            except CallTimeout as exc:
-                await outcome.timed_out(exc)
-                raise
-            except HearthError as exc:
-                outcome.failed(exc)
-                raise
-            except Exception as exc:  # a bug, or the OS failing under us: never a stuck record
-                error = (
-                    StoreError(f"{verb} of {working.slug!r} stopped: {type(exc).__name__}: {exc}")
-                    if isinstance(exc, OSError)
-                    else HearthError(
-                        f"{verb} of {working.slug!r} stopped on an unexpected {type(exc).__name__}: {exc}"
-                    )
-                )
-                outcome.failed(error, unconfirmed=True)
-                raise error from exc
-            finally:
-                self._active.pop(task, None)
-                self._cancel_reasons.pop(task, None)
-            return outcome.succeeded(result, new_tier)
+            return CheckResult(slug=slug, verb=verb, accepted=False, error=exc.to_json())
+        return CheckResult(slug=slug, verb=verb, accepted=True)
+
+    async def _validate_profile(self, driver: str, profile: ProvisioningProfile) -> None:
+        from ._errors import InvalidProfile
+
+        async with self._supervisor.use(driver, timeout=self.timeouts.handshake) as client:
+            if not client.supports("validate_profile"):
+                return
+            valid, errors = await client.validate_profile(profile, timeout=self.timeouts.status)
+        if not valid:
+            raise InvalidProfile(
+                f"{driver}: the profile is not valid: {'; '.join(errors) or 'no reason given'}",
+                codes.INVALID_PROFILE,
+                {"kind": "invalid_profile", "errors": errors},
+            )
 
     def _lock_wait(self, deadline: float | None) -> float:
         remaining = None if deadline is None else _remaining(deadline)
@@ -604,22 +1322,44 @@ class Host:
             return deadline
         return asyncio.get_running_loop().time() + float(getattr(self.timeouts, verb))
 
-    # --- reconcile -----------------------------------------------------------------------------
+    # --- reconcile, adopt, forget --------------------------------------------------------------
     async def reconcile(
         self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
     ) -> ReconcileReport:
         """Settle records a dead host left transient and records whose outcome was not
         confirmed; mark ghosts; report orphans; delete nothing (see ``hearth._reconcile``).
         ``slug`` limits it to one workspace; ``dry_run`` reports what it would do and changes
-        nothing. A second run right after a first changes nothing; an unreachable backend
-        changes nothing."""
+        nothing. One ``list`` per driver. A second run right after a first changes nothing;
+        an unreachable backend changes nothing."""
         from ._reconcile import Reconciler
 
         _deadline(timeout)  # validates
+        await self._opened()
         if slug is not None:
             self._check_slug(slug)
-            self._existing(slug)
-        return await Reconciler(self, dry_run=dry_run, timeout=timeout).run(slug)
+            await self._existing(slug)
+        report = await Reconciler(self, dry_run=dry_run, timeout=timeout).run(slug)
+        self._bus.bump()
+        return report
+
+    async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
+        """Turn a deployment the adapter lists but hearth has no record of into a record."""
+        from ._reconcile import adopt
+
+        self._check_slug(slug)
+        self._check_driver(driver)
+        _deadline(timeout)
+        await self._opened()
+        self._profile(tier, driver)
+        return await adopt(self, slug, driver=driver, tier=tier, timeout=timeout)
+
+    async def forget(self, slug: str) -> Deployment:
+        """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+        from ._reconcile import forget
+
+        self._check_slug(slug)
+        await self._opened()
+        return await forget(self, slug)
 
 
 @dataclass
@@ -638,13 +1378,31 @@ class _Outcome:
     def _store(self) -> Store:
         return self.host.store
 
-    def _end(
-        self, outcome: str, error: dict[str, Any] | None, deployment: Deployment, archive: bool = False
+    async def _end(
+        self,
+        outcome: str,
+        error: dict[str, Any] | None,
+        deployment: Deployment,
+        archive: bool = False,
+        result: DeploymentRef | None = None,
     ) -> None:
-        self.host._log_buffer.flush()
-        self._store.end(self.operation, outcome, error, deployment=deployment, archive=archive)
+        """Write the operation's events, then its outcome and the record it left: one write
+        that a cancelled caller cannot stop half-way."""
+        host = self.host
+        await host._flush_events()
+        await asyncio.shield(
+            self._store.end(
+                self.operation,
+                outcome,  # type: ignore[arg-type]
+                error,
+                deployment=deployment,
+                archive=archive,
+                result=result,
+            )
+        )
+        host._bus.bump()
 
-    def succeeded(self, result: Any, new_tier: str | None) -> DeploymentRef | None:
+    async def succeeded(self, result: Any, new_tier: str | None) -> DeploymentRef | None:
         record = self.working
         if self.verb == "teardown":
             ref = (record.ref or _synthesized_ref(record)).model_copy(
@@ -657,57 +1415,66 @@ class _Outcome:
                     f"the adapter answered {self.verb} of {record.slug!r} "
                     f"with a ref for {ref.workspace_slug!r}"
                 )
-                self.failed(error, unconfirmed=True)
+                await self.failed(error, unconfirmed=True)
                 raise error
-        self._end(
+        await self._end(
             "succeeded",
             None,
-            replace(
-                record,
-                state=self.plan.on_success,
-                ref=ref,
-                tier=new_tier or record.tier,
-                updated_at=utc_now(),
-                reason=None,
-                unconfirmed=False,
+            record.model_copy(
+                update={
+                    "state": self.plan.on_success,
+                    "ref": ref,
+                    "tier": new_tier or record.tier,
+                    "updated_at": utc_now(),
+                    "reason": None,
+                    "unconfirmed": False,
+                }
             ),
+            result=ref if self.verb != "teardown" else None,
         )
         return ref if self.verb != "teardown" else None
 
-    def unchanged(self, outcome: str, error: dict[str, Any]) -> None:
+    async def unchanged(self, outcome: str, error: dict[str, Any]) -> None:
         """The answer says nothing changed: the record stays as it was (a first provision
         leaves no live record); the operation keeps the error."""
         error = {**error, "changed_nothing": True}
         if self.previous is None:
-            self._end(
+            await self._end(
                 outcome,
                 error,
-                replace(self.working, state="failed", reason=error.get("message")),
+                self.working.model_copy(update={"state": "failed", "reason": error.get("message")}),
                 archive=True,
             )
         else:
-            self._end(outcome, error, self.previous)
+            await self._end(outcome, error, self.previous)
 
-    def failed(self, exc: HearthError, *, unconfirmed: bool | None = None, outcome: str = "failed") -> None:
+    async def failed(
+        self, exc: HearthError, *, unconfirmed: bool | None = None, outcome: str = "failed"
+    ) -> None:
         """D8, unless the answer says that nothing changed."""
         if isinstance(exc, BackendFailure):
             for line in exc.logs:
-                self.host._log_buffer.add(self.operation, LogLine(utc_now(), "error", line))
+                self.host._event(NewEvent(self.operation, self.working.slug, self.verb, "log", "error", line))
         error = exc.to_json()
         if isinstance(exc, AdapterError) and changed_nothing(self.verb, exc.code, exc.data):
-            self.unchanged(outcome, error)
+            await self.unchanged(outcome, error)
             return
         if unconfirmed is None:  # the adapter died, broke the protocol or lost its backend
             unconfirmed = not isinstance(exc, AdapterError) or isinstance(exc, BackendUnavailable)
         reason = exc.message + (
-            "; what the backend holds is not confirmed: 'hearth reconcile' checks it" if unconfirmed else ""
+            "; what the backend holds is not confirmed: reconcile checks it" if unconfirmed else ""
         )
         try:
-            self._end(
+            await self._end(
                 outcome,
                 error,
-                replace(
-                    self.working, state="failed", updated_at=utc_now(), reason=reason, unconfirmed=unconfirmed
+                self.working.model_copy(
+                    update={
+                        "state": "failed",
+                        "updated_at": utc_now(),
+                        "reason": reason,
+                        "unconfirmed": unconfirmed,
+                    }
                 ),
             )
         except StoreError:
@@ -720,9 +1487,9 @@ class _Outcome:
         if self.verb == "teardown" and exc.rolled_back is not None:
             await self._settle_teardown("cancelled", f"timed out: {exc.message}", error)
         elif exc.rolled_back:
-            self.unchanged("cancelled", error)
+            await self.unchanged("cancelled", error)
         else:
-            self._unconfirmed("cancelled", f"timed out: {exc.message}", error)
+            await self._unconfirmed("cancelled", f"timed out: {exc.message}", error)
 
     async def cancelled(
         self, outcome: str, reason: str, interruption: Interruption, new_tier: str | None
@@ -736,19 +1503,19 @@ class _Outcome:
                 if self.verb == "teardown"
                 else self.client._validated(DeploymentRef, interruption.result, self.verb)
             )
-            self.succeeded(result, new_tier)
+            await self.succeeded(result, new_tier)
             self.host.interruptions.append(
                 f"{note} had finished before the cancel took effect; it is recorded as done"
             )
         elif not interruption.answered:
-            self._unconfirmed(outcome, reason, error)
+            await self._unconfirmed(outcome, reason, error)
             self.host.interruptions.append(
-                f"{note} was told to cancel; its rollback is not confirmed ('hearth reconcile' checks it)"
+                f"{note} was told to cancel; its rollback is not confirmed (reconcile checks it)"
             )
         elif not isinstance(interruption.error, Cancelled):
             assert interruption.error is not None
-            self.failed(interruption.error, outcome=outcome)
-            after = self._store.get(self.working.slug)
+            await self.failed(interruption.error, outcome=outcome)
+            after = await self._store.get(self.working.slug)
             self.host.interruptions.append(
                 f"{note} was cancelled and the adapter answered with an error "
                 f"({interruption.error.kind}); the workspace is recorded "
@@ -760,7 +1527,7 @@ class _Outcome:
                 f"{note} was cancelled; the backend shows {observed}, the workspace is recorded {state}"
             )
         elif cancel_rolled_back(self.verb, True, interruption.error.data):
-            self.unchanged(
+            await self.unchanged(
                 outcome, {**error, "rolled_back": True, "message": f"{reason}; the adapter rolled back"}
             )
             self.host.interruptions.append(
@@ -768,25 +1535,24 @@ class _Outcome:
                 + ("" if self.previous is None else f"; the workspace is {self.previous.state} as before")
             )
         else:
-            self._unconfirmed(outcome, reason, {**error, "rolled_back": False})
+            await self._unconfirmed(outcome, reason, {**error, "rolled_back": False})
             self.host.interruptions.append(
-                f"{note} was cancelled; the adapter could not confirm "
-                "its rollback ('hearth reconcile' checks it)"
+                f"{note} was cancelled; the adapter could not confirm its rollback (reconcile checks it)"
             )
 
-    def _unconfirmed(self, outcome: str, reason: str, error: dict[str, Any]) -> None:
+    async def _unconfirmed(self, outcome: str, reason: str, error: dict[str, Any]) -> None:
         what = "rollback not confirmed" if self.verb != "teardown" else "teardown not confirmed"
         reason = reason.replace("; the rollback is not confirmed", "")
-        self._end(
+        await self._end(
             outcome,
             error,
-            replace(
-                self.working,
-                state="failed",
-                updated_at=utc_now(),
-                unconfirmed=True,
-                reason=f"{reason}; {what}: the backend may still hold resources; 'hearth reconcile' "
-                "checks it",
+            self.working.model_copy(
+                update={
+                    "state": "failed",
+                    "updated_at": utc_now(),
+                    "unconfirmed": True,
+                    "reason": f"{reason}; {what}: the backend may still hold resources; reconcile checks it",
+                }
             ),
         )
 
@@ -803,17 +1569,18 @@ class _Outcome:
             observed = "unknown"
         resolution = resolve(self.working.state, observed, verb="teardown")
         if resolution is None:
-            self._unconfirmed(outcome, reason, error)
+            await self._unconfirmed(outcome, reason, error)
             return "an unknown state", "failed (not confirmed)"
-        self._end(
+        await self._end(
             outcome,
             error,
-            replace(
-                self.working,
-                state=resolution.state,
-                updated_at=utc_now(),
-                unconfirmed=resolution.unconfirmed,
-                reason=f"{reason}; {resolution.reason}" if resolution.reason else None,
+            self.working.model_copy(
+                update={
+                    "state": resolution.state,
+                    "updated_at": utc_now(),
+                    "unconfirmed": resolution.unconfirmed,
+                    "reason": f"{reason}; {resolution.reason}" if resolution.reason else None,
+                }
             ),
         )
         return observed, resolution.state
@@ -848,6 +1615,24 @@ def _positive(value: float, name: str) -> float:
     ):
         raise InvalidInput(f"{name} must be a positive number of seconds, not {echo(value)}")
     return float(value)
+
+
+def _page(limit: int | None) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInput(f"limit must be a whole number of at least 0, not {echo(limit)}")
+    return limit
+
+
+def _cursor(after: int | None) -> int | None:
+    return None if after is None else _sequence(after)
+
+
+def _sequence(after: int) -> int:
+    if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        raise InvalidInput(f"after must be a whole number of at least 0, not {echo(after)}")
+    return after
 
 
 def _deadline(timeout: float | None) -> float | None:

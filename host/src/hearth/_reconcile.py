@@ -1,23 +1,29 @@
-"""Reconcile: make the records agree with what the backends hold, deleting nothing.
+"""Reconcile, adopt and forget: make the records agree with what the backends hold.
 
-A record left transient by a host that died, or marked *not confirmed*, is settled from the
-adapter's ``status`` by ``_states.resolve``; a record that claims a backend the adapter confirms
-absent is a ghost (marked failed); a deployment an adapter lists with no record is an orphan
-(reported). Another process's slug is skipped (busy), an unreachable driver changes nothing. A
-dry run reports the same and writes nothing.
+Reconcile deletes nothing. It asks each driver once for its ``list``; a record the list shows,
+settled, is left alone; a record left transient by a host that died, or marked *not confirmed*,
+or missing from the list, is asked about with ``status`` and settled by ``_states.resolve``; a
+record that claims a backend the adapter confirms absent is a ghost (marked failed); a listed
+deployment with no record is an orphan (reported). A slug another process works on is skipped
+(busy), an unreachable driver changes nothing, and a dry run writes nothing. The next access to
+a slug that a dead host left transient runs the same settlement for that slug (``settle``).
+
+``adopt`` turns an orphan into a record; ``forget`` archives a record and leaves the backend
+alone (Terraform's import and ``removed``, Crossplane's observe and orphan).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from hearth_adaptersdk import utc_now
+from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
-from ._errors import HearthError
+from ._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
 from ._host import VERB_OF, ReconcileReport, _synthesized_ref
+from ._models import Deployment
 from ._states import TRANSIENT, resolve
-from ._store import Deployment
+from ._store import NewOperation
 
 if TYPE_CHECKING:
     from ._host import Host
@@ -33,44 +39,75 @@ class Reconciler:
         self.report = ReconcileReport(dry_run=dry_run)
 
     async def run(self, slug: str | None = None) -> ReconcileReport:
-        store, report = self.host.store, self.report
+        host, report = self.host, self.report
         records = [
-            r for r in store.deployments() if r.state != "tier_torn_down" and (slug is None or r.slug == slug)
+            r for r in await host.store.deployments(include_torn_down=False) if slug is None or r.slug == slug
         ]
+        by_driver: dict[str, list[Deployment]] = defaultdict(list)
         for record in records:
-            if record.driver in report.unreachable:
-                continue
+            by_driver[record.driver].append(record)
+        for driver in sorted(by_driver):
             try:
-                async with self.host._locks.hold(record.slug, 0.0):
-                    await self._one(record.slug)
+                listed = await self._list(driver)
             except HearthError as exc:
-                if exc.kind == "slug_locked":
-                    report.busy.append(record.slug)
-                elif exc.kind == "store_error":
+                if exc.kind == "store_error":
                     raise
-                else:
-                    report.unreachable.setdefault(record.driver, exc.message)
-        await self._orphans({r.driver for r in records} - set(report.unreachable), slug)
+                report.unreachable[driver] = exc.message
+                continue
+            for record in by_driver.get(driver, []):
+                try:
+                    async with host._locks.hold(record.slug, 0.0):
+                        await self._one(record.slug, listed)
+                except SlugLocked:
+                    report.busy.append(record.slug)
+                except HearthError as exc:
+                    if exc.kind == "store_error":
+                        raise
+                    report.unreachable.setdefault(driver, exc.message)
+            if listed is not None:
+                known = {r.slug for r in await host.store.deployments(include_torn_down=False)}
+                report.orphans.extend(
+                    ref
+                    for ref in listed.values()
+                    if ref.workspace_slug not in known and (slug is None or ref.workspace_slug == slug)
+                )
         return report
 
-    async def _one(self, slug: str) -> None:
-        host, timeout = self.host, self.timeout
-        current = host.store.get(slug)
+    async def settle(self, slug: str) -> None:
+        """Settle one slug from its adapter's ``status`` (the caller holds the slug's lock)."""
+        await self._one(slug, None)
+
+    async def _list(self, driver: str) -> dict[str, DeploymentRef] | None:
+        """The driver's deployments by slug, from one ``list``; None if it cannot list."""
+        host = self.host
+        async with host.supervisor.use(driver, timeout=self.timeout) as client:
+            if not client.supports("list"):
+                return None
+            refs = await client.list(timeout=self.timeout or host.timeouts.list)
+        return {ref.workspace_slug: ref for ref in refs}
+
+    async def _status(self, record: Deployment) -> StatusReport:
+        host = self.host
+        ref = record.ref or _synthesized_ref(record)
+        async with host.supervisor.use(record.driver, timeout=self.timeout) as client:
+            return await client.status(ref, timeout=self.timeout or host.timeouts.status)
+
+    async def _one(self, slug: str, listed: dict[str, DeploymentRef] | None) -> None:
+        host = self.host
+        current = await host.store.get(slug)
         if current is None or current.state == "tier_torn_down":
             return
-        ref = current.ref or _synthesized_ref(current)
-        async with host.supervisor.use(current.driver, timeout=timeout) as client:
-            observed = await client.status(ref, timeout=timeout or host.timeouts.status)
-            if current.ref is None and observed.state == "ready" and client.supports("list"):
-                listed = await client.list(timeout=timeout or host.timeouts.list)
-                found = next((r for r in listed if r.workspace_slug == current.slug), None)
-                if found is not None:
-                    current = replace(current, ref=found)
+        seen = None if listed is None else listed.get(slug)
+        if seen is not None and current.state not in TRANSIENT and not current.unconfirmed:
+            return  # the list shows it and nothing about the record is uncertain
+        observed = await self._status(current)
+        if current.ref is None and seen is not None:
+            current = current.model_copy(update={"ref": seen})
         verb: str | None = None
         if current.state in TRANSIENT:
             verb = VERB_OF[current.state]
         elif current.unconfirmed:
-            last = host._last_operation(current)
+            last = await host.store.last_operation(current.slug, current.generation)
             verb = last.verb if last is not None else "provision"
         resolution = resolve(current.state, observed.state, verb=verb)
         if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
@@ -79,67 +116,142 @@ class Reconciler:
             current.unconfirmed,
         ):
             return  # nothing new: a second reconcile changes nothing
-        settled = replace(
-            current,
-            state=resolution.state,
-            reason=resolution.reason,
-            unconfirmed=resolution.unconfirmed,
-            updated_at=utc_now(),
+        settled = current.model_copy(
+            update={
+                "state": resolution.state,
+                "reason": resolution.reason,
+                "unconfirmed": resolution.unconfirmed,
+                "updated_at": utc_now(),
+            }
         )
+        ref = current.ref or _synthesized_ref(current)
         if verb == "upgrade" and observed.state == "ready":
             tier = observed.details.get("tier")
             if isinstance(tier, str) and tier:  # the adapter says which tier it serves
-                settled = replace(
-                    settled,
-                    tier=tier,
-                    reason=None,
-                    ref=(current.ref or ref).model_copy(update={"tier": tier, "last_status": "ready"}),
+                settled = settled.model_copy(
+                    update={
+                        "tier": tier,
+                        "reason": None,
+                        "ref": ref.model_copy(update={"tier": tier, "last_status": "ready"}),
+                    }
                 )
         if settled.state == "ready":
             base = settled.ref or _synthesized_ref(settled)
-            settled = replace(
-                settled,
-                ref=base.model_copy(
-                    update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
-                ),
+            settled = settled.model_copy(
+                update={
+                    "ref": base.model_copy(
+                        update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
+                    )
+                }
             )
         if not self.dry_run:
             if current.state in TRANSIENT:
-                self._interrupt_operations(current)
-            host.store.save(settled)
+                await host._active_operation(slug)  # ends its dead host's operations: interrupted
+            await host.store.save(settled)
         if verb is None:
             self.report.ghosts.append(current.slug)
         else:
             self.report.resolved.append((current.slug, current.state, settled.state))
 
-    def _interrupt_operations(self, record: Deployment) -> None:
-        store = self.host.store
-        for operation in store.operations(record.slug):
-            if operation.outcome == "running":
-                store.end(
-                    operation.id,
-                    "interrupted",
-                    {
-                        "kind": "interrupted",
-                        "message": "the hearth process running it stopped before it finished "
-                        "(found by reconcile)",
-                    },
-                )
 
-    async def _orphans(self, drivers: set[str], slug: str | None) -> None:
-        host, report = self.host, self.report
-        known = {d.slug for d in host.store.deployments() if d.state != "tier_torn_down"}
-        for driver in sorted(drivers):
-            try:
-                async with host.supervisor.use(driver, timeout=self.timeout) as client:
-                    if not client.supports("list"):
-                        continue
-                    refs = await client.list(timeout=self.timeout or host.timeouts.list)
-            except HearthError as exc:
-                report.unreachable.setdefault(driver, exc.message)
-                continue
-            report.orphans.extend(
-                ref
-                for ref in refs
-                if ref.workspace_slug not in known and (slug is None or ref.workspace_slug == slug)
+async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float | None) -> Deployment:
+    """Record a deployment the adapter lists but hearth has no record of (its state from the
+    adapter's ``status``); refuses a slug with a live record or a running operation."""
+    store = host.store
+    async with host._locks.hold(slug, host._lock_wait(None if timeout is None else _at(timeout))):
+        record = await store.get(slug)
+        if record is not None and record.state != "tier_torn_down":
+            raise Conflict(
+                f"workspace {slug!r} already has a record ({record.state} on {record.driver!r}); "
+                "only a deployment without one can be adopted",
+                codes.CONFLICT,
+                {
+                    "kind": "conflict",
+                    "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
+                },
             )
+        active = await host._active_operation(slug)
+        if active is not None:
+            raise Busy(
+                f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}",
+                active.id,
+            )
+        async with host.supervisor.use(driver, timeout=timeout) as client:
+            if not client.supports("list"):
+                raise Unsupported(
+                    f"{driver}: the adapter cannot list its deployments, so none can be adopted",
+                    codes.UNSUPPORTED,
+                    {"kind": "unsupported", "reason": "list is not supported"},
+                )
+            refs = await client.list(timeout=timeout or host.timeouts.list)
+            found = next((ref for ref in refs if ref.workspace_slug == slug), None)
+            if found is None:
+                raise NotFound(f"driver {driver!r} lists no deployment {slug!r}; there is nothing to adopt")
+            if found.tier and found.tier != tier:
+                raise Conflict(
+                    f"the deployment {slug!r} runs tier {found.tier!r}, not {tier!r}; "
+                    "adopt it with that tier",
+                    codes.CONFLICT,
+                    {"kind": "conflict", "existing": found.model_dump(mode="json")},
+                )
+            report = await client.status(found, timeout=timeout or host.timeouts.status)
+        if report.state in ("absent", "unknown", "tier_torn_down"):
+            raise NotFound(f"driver {driver!r} reports {slug!r} {report.state}; there is nothing to adopt")
+        now = utc_now()
+        state = "ready" if report.state == "ready" else "failed"
+        adopted = Deployment(
+            slug=slug,
+            generation=await store.next_generation(slug),
+            tier=tier,
+            driver=driver,
+            state=state,
+            ref=found.model_copy(
+                update={"tier": tier, "last_status": state, "endpoint": report.endpoint or found.endpoint}
+            ),
+            created_at=found.created or now,
+            updated_at=now,
+            reason=None if state == "ready" else f"adopted while the backend shows {report.state}",
+        )
+        if record is not None:
+            await store.archive(slug)
+        await store.save(adopted)
+        await store.create_operation(
+            NewOperation(
+                slug,
+                adopted.generation,
+                "adopt",
+                host.owner,
+                tier=tier,
+                driver=driver,
+                done=("succeeded", adopted.ref),
+            )
+        )
+    host._bus.bump()
+    return adopted
+
+
+async def forget(host: Host, slug: str) -> Deployment:
+    """Archive the record of ``slug``; the backend is left exactly as it is."""
+    store = host.store
+    async with host._locks.hold(slug, host.timeouts.lock_wait):
+        record = await store.get(slug)
+        if record is None:
+            raise NotFound(f"no workspace {slug!r}")
+        active = await host._active_operation(slug)
+        if active is not None:
+            raise Busy(
+                f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}",
+                active.id,
+            )
+        await store.archive(slug)
+        await store.create_operation(
+            NewOperation(slug, record.generation, "forget", host.owner, done=("succeeded", record.ref))
+        )
+    host._bus.bump()
+    return record
+
+
+def _at(timeout: float) -> float:
+    import asyncio
+
+    return asyncio.get_running_loop().time() + timeout

@@ -58,6 +58,54 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE deployments ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0;
     """,
+    # version 3: operations as objects (queued, an owner, a key, a result, a cancel request) and
+    # one store-wide event log that replaces the per-operation log
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        operation INTEGER NOT NULL,
+        slug TEXT NOT NULL,
+        verb TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT,
+        level TEXT,
+        message TEXT,
+        fraction REAL,
+        error TEXT,
+        record_state TEXT
+    );
+    CREATE INDEX events_by_operation ON events (operation, seq);
+    CREATE INDEX events_by_slug ON events (slug, seq);
+    INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction)
+        SELECT l.at, l.operation, o.slug, o.verb, 'progress', l.level, l.message, l.fraction
+        FROM operation_log l JOIN operations o ON o.id = l.operation ORDER BY l.id;
+    DROP TABLE operation_log;
+    CREATE TABLE operations_v3 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        verb TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        error TEXT,
+        result TEXT,
+        key TEXT UNIQUE,
+        tier TEXT,
+        driver TEXT,
+        reuse INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        cancel_requested TEXT
+    );
+    INSERT INTO operations_v3 (id, slug, generation, verb, state, created_at, started_at, finished_at, error)
+        SELECT id, slug, generation, verb, outcome, started_at, started_at, ended_at, error FROM operations;
+    DROP TABLE operations;
+    ALTER TABLE operations_v3 RENAME TO operations;
+    CREATE INDEX operations_by_slug ON operations (slug, id);
+    CREATE INDEX operations_active ON operations (slug) WHERE state IN ('queued', 'running')
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

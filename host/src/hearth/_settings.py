@@ -14,14 +14,17 @@ A project's ``.hearth/hearth.toml``::
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
 alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
 every problem is an ``InvalidInput`` naming the file, the dotted key and, where it helps, the
-choices.
+choices. ``SettingsSource`` reads the file again when it changes, for hosts that live long.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import time
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -45,7 +48,14 @@ Seconds = Annotated[float, Field(gt=0, strict=True)]
 
 @dataclass(frozen=True)
 class Tier:
-    """A named size: resource caps for every driver, and flags per driver."""
+    """A named size: resource caps for every driver, and flags per driver.
+
+    JSON-ready for queries: ``TypeAdapter(Tier).dump_python(tier, mode="json")`` gives
+    ``{"name", "resource_caps", "driver_flags"}`` and ``validate_python`` reads it back (unknown
+    keys refused). A plain dataclass, so building one validates nothing, as before.
+    """
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     name: str
     resource_caps: ResourceCaps = field(default_factory=ResourceCaps)
@@ -226,3 +236,101 @@ def _problem(error: ErrorDetails) -> str:
         case ["timeouts", key]:
             return f"timeouts.{key}: must be a positive number of seconds"
     return f"{'.'.join(loc)}: {msg}"
+
+
+#: A file's identity as ``os.stat`` sees it: ``(st_ino, st_size, st_mtime_ns, st_ctime_ns)``;
+#: None when the file does not exist.
+_Identity = tuple[int, int, int, int] | None
+#: File systems stamp times with a coarse clock: a file written this close to now may be
+#: written again within the same tick, size unchanged, and keep its identity. Such a file is
+#: read again on each call until its mtime is older (git's "racy" files).
+RACY_NS = 2_000_000_000
+
+
+class SettingsSource:
+    """The project's settings, read again whenever ``.hearth/hearth.toml`` changes.
+
+    A host that lives for days should not need a restart to see a new tier. ``current()`` costs
+    one ``stat`` while the file is unchanged; a changed, created or removed file is read again
+    (removed: the built-in tiers). A file that became invalid raises the ``InvalidInput``
+    ``load_settings`` raises, on every call until it is fixed: stale settings are never served
+    silently. ``overlay_tiers`` and ``timeout_overrides`` (the host's constructor arguments)
+    are laid over every load, as ``Host`` lays them over its one load at startup.
+    """
+
+    def __init__(
+        self,
+        project_dir: str | Path | None,
+        overlay_tiers: Mapping[str, Tier] | None = None,
+        timeout_overrides: Mapping[str, float] | None = None,
+    ) -> None:
+        self.project_dir = Path(project_dir) if project_dir is not None else None
+        #: The file watched; None without a project (then the built-ins, always).
+        self.path = self.project_dir / SETTINGS_FILE if self.project_dir is not None else None
+        self._tiers = dict(overlay_tiers or {})
+        self._overrides = _checked_overrides(timeout_overrides or {})
+        #: The settings last returned, and the identity they were read at when it can be trusted,
+        #: in a one-tuple so that "no file" (None inside) differs from "read again" (None).
+        self._last: Settings | None = None
+        self._read_at: tuple[_Identity] | None = None
+        #: Goes up by one each time ``current()`` returns settings that differ from the ones it
+        #: returned before (the first load counts): compare it to know a reload changed something.
+        self.generation = 0
+
+    def current(self) -> Settings:
+        """The settings now; raises ``InvalidInput`` while the file is invalid."""
+        identity, known = self._stat()
+        if self._last is not None and known and self._read_at == (identity,):
+            return self._last
+        # Forget first: after a failed load the next call reads the file again, so a fix the
+        # identity cannot show (a chmod, a folder made readable) is seen too.
+        self._read_at = None
+        loaded = self._overlaid(load_settings(self.project_dir))
+        if loaded != self._last:
+            self._last = loaded
+            self.generation += 1
+        if known and not _racy(identity):
+            self._read_at = (identity,)
+        return loaded
+
+    def _stat(self) -> tuple[_Identity, bool]:
+        """The file's identity, and whether it is known (not when ``stat`` failed oddly)."""
+        if self.path is None:
+            return None, True
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return None, True
+        except OSError:
+            return None, False  # load_settings says what is wrong
+        return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns), True
+
+    def _overlaid(self, settings: Settings) -> Settings:
+        if self._tiers:
+            settings = replace(settings, tiers={**settings.tiers, **self._tiers})
+        if self._overrides:
+            settings = replace(settings, timeouts=replace(settings.timeouts, **self._overrides))
+        return settings
+
+
+def _racy(identity: _Identity) -> bool:
+    """Whether the file's mtime is too close to now for its identity to be trusted."""
+    return identity is not None and abs(time.time_ns() - identity[2]) < RACY_NS
+
+
+def _checked_overrides(overrides: Mapping[str, float]) -> dict[str, float]:
+    """``overrides`` checked once: ``Timeouts`` field names, positive finite seconds."""
+    names = {f.name for f in fields(Timeouts)}
+    checked = {}
+    for name, value in overrides.items():
+        if name not in names:
+            raise InvalidInput(f"unknown timeout {name!r}; choose one of {', '.join(sorted(names))}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise InvalidInput(f"{name} must be a positive number of seconds, not {value!r}")
+        checked[name] = float(value)
+    return checked

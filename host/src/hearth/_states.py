@@ -140,3 +140,20 @@ def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resol
     if observed == "tier_torn_down":
         return Resolution("tier_torn_down", None)
     return Resolution("failed", f"{verb} interrupted; the backend shows {observed}")
+
+
+#: What a start is asked to do: (verb, tier, driver, reuse).
+Ask = tuple[str, str | None, str | None, bool]
+
+
+def joins(running: Ask, asked: Ask) -> bool:
+    """Whether a start joins the operation running on its slug rather than being refused
+    ``busy``: the same verb with the same arguments (the tier, driver and reuse of a
+    provision; the tier of an upgrade); any teardown joins a running teardown."""
+    if running[0] != asked[0]:
+        return False
+    if asked[0] == "teardown":
+        return True
+    if asked[0] == "upgrade":
+        return running[1] == asked[1]
+    return running[1:] == asked[1:]

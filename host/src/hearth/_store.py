@@ -1,9 +1,10 @@
-"""The host's registry: deployments, the operations run on them, and each operation's log.
+"""The host's registry: deployments, the operations run on them, and one store-wide event log.
 
-``Store`` is the small interface the lifecycle layer uses; ``SQLiteStore`` is the default
-(one WAL-mode file under ``$HEARTH_HOME``, safe for several processes). A PostgreSQL store
-for several console replicas implements the same interface. The schema carries a version
-(``PRAGMA user_version``) and is migrated forward on open; a newer schema is refused.
+``Store`` is the async interface the lifecycle layer uses; ``SQLiteStore`` is the default (one
+WAL-mode file under ``$HEARTH_HOME``, safe for several processes). Its work runs on one thread
+of its own, with its own connection, so the event loop never waits for a disk or another
+process's transaction. A PostgreSQL store implements the same interface. The schema carries a
+version (``PRAGMA user_version``) and is migrated forward on open; a newer schema is refused.
 """
 
 from __future__ import annotations
@@ -11,108 +12,133 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
-from hearth_adaptersdk import DeploymentRef, State, utc_now
+from hearth_adaptersdk import DeploymentRef, utc_now
 
 from ._errors import StoreError
+from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
 from ._records import MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["Deployment", "LogBuffer", "LogLine", "Operation", "SQLiteStore", "Store", "StoreError"]
+__all__ = [
+    "Deployment",
+    "Event",
+    "LogLine",
+    "NewEvent",
+    "NewOperation",
+    "Operation",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+]
 
-log = logging.getLogger("hearth")
-Outcome = str  # "running" | "succeeded" | "failed" | "cancelled" | "interrupted"
 P = ParamSpec("P")
 R = TypeVar("R")
 #: The files SQLite keeps beside the database in WAL mode.
 SIDE_FILES = ("-wal", "-shm")
+#: What ``create_operation`` found: a new operation, the one with that key, or the slug's active one.
+Found = Literal["created", "key", "active"]
+ACTIVE = ("queued", "running")
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """The host's record of one workspace (one generation of a slug)."""
+class NewOperation:
+    """An operation to record (``Store.create_operation``)."""
 
-    slug: str
-    generation: int
-    tier: str
-    driver: str
-    state: State
-    ref: DeploymentRef | None
-    created_at: datetime
-    updated_at: datetime
-    reason: str | None = None
-    #: The host could not confirm what the backend holds (a rollback that did not answer, an
-    #: interrupted verb): ``reconcile`` asks the adapter and settles the record.
-    unconfirmed: bool = False
-
-
-@dataclass(frozen=True)
-class LogLine:
-    at: datetime
-    level: str
-    message: str
-    fraction: float | None = None
-
-
-@dataclass(frozen=True)
-class Operation:
-    id: int
     slug: str
     generation: int
     verb: str
-    started_at: datetime
-    ended_at: datetime | None
-    outcome: Outcome
-    error: dict[str, Any] | None
-    log: tuple[LogLine, ...] = ()
+    owner: str | None
+    key: str | None = None
+    tier: str | None = None
+    driver: str | None = None
+    reuse: bool = False
+    #: Record it already finished (a verb with nothing to do): its state and ref.
+    done: tuple[OperationState, DeploymentRef | None] | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A progress or log event to append (``Store.add_events``); the store gives its ``seq``."""
+
+    operation: int
+    slug: str
+    verb: str
+    kind: EventKind
+    level: str | None = None
+    message: str | None = None
+    fraction: float | None = None
+    at: datetime = field(default_factory=utc_now)
 
 
 class Store(Protocol):
-    """What the lifecycle layer needs from a registry."""
+    """What the lifecycle layer needs from a registry. Every method is a coroutine; none may
+    block the event loop. Each write is one transaction and appends its events in it."""
 
-    def get(self, slug: str) -> Deployment | None: ...
-    def save(self, deployment: Deployment) -> None: ...
-    def archive(self, slug: str) -> None: ...
-    def next_generation(self, slug: str) -> int: ...
-    def deployments(self) -> list[Deployment]: ...
-    def begin(self, deployment: Deployment, verb: str) -> int: ...
-    def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None: ...
-    def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None: ...
-    def end(
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    # deployments
+    async def get(self, slug: str) -> Deployment | None: ...
+    async def deployments(
+        self,
+        *,
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Deployment]: ...
+    async def next_generation(self, slug: str) -> int: ...
+    async def save(self, deployment: Deployment) -> None: ...
+    async def archive(self, slug: str) -> None: ...
+    # operations
+    async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None: ...
+    async def end(
         self,
         operation: int,
-        outcome: Outcome,
+        state: OperationState,
         error: dict[str, Any] | None = None,
         *,
         deployment: Deployment | None = None,
         archive: bool = False,
-    ) -> None: ...
-    def operations(self, slug: str) -> list[Operation]: ...
-    def close(self) -> None: ...
-
-
-def _typed(method: Callable[P, R]) -> Callable[P, R]:
-    """SQLite's and the OS's errors become one-line ``StoreError``s naming the store."""
-
-    @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return method(*args, **kwargs)
-        except (sqlite3.Error, OSError) as exc:
-            store = args[0]
-            assert isinstance(store, SQLiteStore)
-            raise StoreError(f"the store {store.path} cannot be used: {_why(exc)}") from None
-
-    return wrapper
+        result: DeploymentRef | None = None,
+    ) -> bool: ...
+    async def request_cancel(self, operation: int, reason: str) -> Operation | None: ...
+    async def keyed(self, key: str) -> Operation | None: ...
+    async def operation(self, operation: int) -> Operation | None: ...
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        active: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        with_log: bool = False,
+    ) -> list[Operation]: ...
+    async def last_operation(self, slug: str, generation: int) -> Operation | None: ...
+    # events
+    async def add_events(self, events: Sequence[NewEvent]) -> None: ...
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        kind: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]: ...
+    async def last_seq(self) -> int: ...
 
 
 def _why(exc: BaseException) -> str:
@@ -131,11 +157,60 @@ def private_file(path: Path) -> None:
         os.close(fd)
 
 
+OPERATION_COLUMNS = (
+    "id, slug, generation, verb, state, created_at, started_at, finished_at, error, result, key, "
+    "tier, driver, reuse, owner, cancel_requested"
+)
+DEPLOYMENT_COLUMNS = "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed"
+EVENT_COLUMNS = "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state"
+
+
 class SQLiteStore:
-    """The default store: one SQLite file in WAL mode, shared safely by several processes."""
+    """The default store: one SQLite file in WAL mode, shared safely by several processes.
+
+    Every call runs on the store's own thread (one connection, used by that thread only), in
+    the order the calls were made; an awaiting task that is cancelled does not stop a write
+    that has started.
+    """
 
     def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def _run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._thread is None:
+            raise StoreError(f"the store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(self._typed, work, *args, **kwargs))
+
+    def _typed(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """SQLite's and the OS's errors become one-line ``StoreError``s naming the store."""
+        try:
+            return work(*args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"the store {self.path} cannot be used: {_why(exc)}") from None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.path} is closed")
+        return self._db
+
+    # --- lifetime ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-store")
+            try:
+                await self._run(self._open)
+            except BaseException:
+                await self.close()
+                raise
+
+    def _open(self) -> None:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             private_file(self.path)
@@ -143,17 +218,28 @@ class SQLiteStore:
                 side = self.path.with_name(self.path.name + suffix)
                 if side.exists():
                     side.chmod(0o600)
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._wal(busy_timeout)
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            self._wal(self._busy_timeout)
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except StoreError:
             raise
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {self.path}: {_why(exc)}") from None
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(thread, self._close)
+        thread.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def _wal(self, bound: float) -> None:
         """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
@@ -161,16 +247,16 @@ class SQLiteStore:
         deadline = time.monotonic() + bound
         while True:
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
-                time.sleep(0.01)
+                time.sleep(0.01)  # on the store's thread, never the loop's
 
     def _migrate(self) -> None:
-        with self._write():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"the store {self.path} has schema version {version}, newer than "
@@ -180,173 +266,411 @@ class SQLiteStore:
                 # executescript would commit our transaction: run the statements one by one
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue instead of failing."""
-        self._db.execute("BEGIN IMMEDIATE")
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield db
         except BaseException:
-            if self._db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
-                self._db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
+                db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        db.execute("COMMIT")
 
     # --- deployments -------------------------------------------------------------------------
-    @_typed
-    def get(self, slug: str) -> Deployment | None:
-        row = self._db.execute(
-            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
-            "unconfirmed "
-            "FROM deployments WHERE slug = ? AND archived = 0",
-            (slug,),
+    async def get(self, slug: str) -> Deployment | None:
+        return await self._run(self._get, slug)
+
+    def _get(self, slug: str) -> Deployment | None:
+        row = self.db.execute(
+            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE slug = ? AND archived = 0", (slug,)
         ).fetchone()
         return _deployment(row) if row else None
 
-    @_typed
-    def save(self, deployment: Deployment) -> None:
-        with self._write() as db:
-            _save(db, deployment)
-
-    @_typed
-    def archive(self, slug: str) -> None:
-        with self._write() as db:
-            db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
-
-    @_typed
-    def next_generation(self, slug: str) -> int:
-        row = self._db.execute("SELECT MAX(generation) FROM deployments WHERE slug = ?", (slug,)).fetchone()
-        return (row[0] or 0) + 1
-
-    @_typed
-    def deployments(self) -> list[Deployment]:
-        rows = self._db.execute(
-            "SELECT slug, generation, tier, driver, state, ref, reason, created_at, updated_at, "
-            "unconfirmed "
-            "FROM deployments WHERE archived = 0 ORDER BY slug"
-        ).fetchall()
+    async def deployments(
+        self,
+        *,
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Deployment]:
+        """Current records by slug; ``after`` is the last slug of the previous page."""
+        where, args = ["archived = 0"], list[Any]()
+        for column, value in (("state", state), ("driver", driver)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if not include_torn_down:
+            where.append("state != 'tier_torn_down'")
+        if after is not None:
+            where.append("slug > ?")
+            args.append(after)
+        query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        rows = await self._run(lambda: self.db.execute(query, args).fetchall())
         return [_deployment(row) for row in rows]
 
+    async def next_generation(self, slug: str) -> int:
+        def work() -> int:
+            row = self.db.execute(
+                "SELECT MAX(generation) FROM deployments WHERE slug = ?", (slug,)
+            ).fetchone()
+            return int(row[0] or 0) + 1
+
+        return await self._run(work)
+
+    async def save(self, deployment: Deployment) -> None:
+        def work() -> None:
+            with self._write() as db:
+                _save(db, deployment)
+
+        await self._run(work)
+
+    async def archive(self, slug: str) -> None:
+        def work() -> None:
+            with self._write() as db:
+                db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
+
+        await self._run(work)
+
     # --- operations --------------------------------------------------------------------------
-    @_typed
-    def begin(self, deployment: Deployment, verb: str) -> int:
-        """Record the deployment (in its transient state) and start an operation: one write."""
+    async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
+        """In one transaction: the operation with ``new.key`` if there is one; else the slug's
+        active (queued or running) operation if there is one; else a new operation (queued, or
+        already finished with ``new.done``). The caller decides whether to join or refuse."""
+        return await self._run(self._create_operation, new)
+
+    def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         with self._write() as db:
-            _save(db, deployment)
+            if new.key is not None:
+                row = db.execute(
+                    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE key = ?", (new.key,)
+                ).fetchone()
+                if row:
+                    return _operation(row), "key"
+            row = db.execute(
+                f"SELECT {OPERATION_COLUMNS} FROM operations "
+                "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+                (new.slug,),
+            ).fetchone()
+            if row:
+                return _operation(row), "active"
+            now = utc_now().isoformat()
+            state, ref = new.done if new.done is not None else ("queued", None)
             cursor = db.execute(
-                "INSERT INTO operations (slug, generation, verb, started_at, outcome) "
-                "VALUES (?, ?, ?, ?, 'running')",
-                (deployment.slug, deployment.generation, verb, utc_now().isoformat()),
+                "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
+                "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.slug,
+                    new.generation,
+                    new.verb,
+                    state,
+                    now,
+                    now if new.done is not None else None,
+                    now if new.done is not None else None,
+                    ref.model_dump_json() if ref is not None else None,
+                    new.key,
+                    new.tier,
+                    new.driver,
+                    int(new.reuse),
+                    new.owner,
+                ),
             )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+            ident = cursor.lastrowid
+            assert ident is not None
+            _event(db, ident, new.slug, new.verb, "state", state=state)
+            row = db.execute(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (ident,)).fetchone()
+            return _operation(row), "created"
 
-    def log(self, operation: int, level: str, message: str, fraction: float | None = None) -> None:
-        self.log_many([(operation, LogLine(utc_now(), level, message, fraction))])
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None:
+        """Record the deployment in its transient state and the operation running: one write."""
 
-    @_typed
-    def log_many(self, lines: Sequence[tuple[int, LogLine]]) -> None:
-        """Several log lines (of any operations) in one transaction."""
-        with self._write() as db:
-            db.executemany(
-                "INSERT INTO operation_log (operation, at, level, message, fraction) VALUES (?, ?, ?, ?, ?)",
-                [(op, line.at.isoformat(), line.level, line.message, line.fraction) for op, line in lines],
-            )
+        def work() -> None:
+            with self._write() as db:
+                if archive_first:
+                    db.execute(
+                        "UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0",
+                        (deployment.slug,),
+                    )
+                _save(db, deployment)
+                db.execute(
+                    "UPDATE operations SET state = 'running', started_at = ?, generation = ? WHERE id = ?",
+                    (utc_now().isoformat(), deployment.generation, operation),
+                )
+                verb = db.execute("SELECT verb FROM operations WHERE id = ?", (operation,)).fetchone()[0]
+                _event(
+                    db,
+                    operation,
+                    deployment.slug,
+                    verb,
+                    "state",
+                    state="running",
+                    record_state=deployment.state,
+                )
 
-    @_typed
-    def end(
+        await self._run(work)
+
+    async def end(
         self,
         operation: int,
-        outcome: Outcome,
+        state: OperationState,
         error: dict[str, Any] | None = None,
         *,
         deployment: Deployment | None = None,
         archive: bool = False,
-    ) -> None:
-        """Record an operation's outcome, and the deployment it left, in one write. With
-        ``archive``, the deployment's generation is archived (a first provision that changed
-        nothing leaves no live record; its operation stays in the logs)."""
-        with self._write() as db:
-            if deployment is not None:
-                _save(db, deployment)
-                if archive:
-                    db.execute(
-                        "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
-                        (deployment.slug, deployment.generation),
+        result: DeploymentRef | None = None,
+    ) -> bool:
+        """Record an operation's outcome, and the deployment it left, in one write; False if it
+        had already finished (someone settled it first). With ``archive``, the deployment's
+        generation is archived (a first provision that changed nothing leaves no live record)."""
+
+        def work() -> bool:
+            with self._write() as db:
+                if deployment is not None:
+                    _save(db, deployment)
+                    if archive:
+                        db.execute(
+                            "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
+                            (deployment.slug, deployment.generation),
+                        )
+                changed = db.execute(
+                    "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "
+                    "WHERE id = ? AND state IN ('queued', 'running')",
+                    (
+                        utc_now().isoformat(),
+                        state,
+                        json.dumps(error) if error is not None else None,
+                        result.model_dump_json() if result is not None else None,
+                        operation,
+                    ),
+                ).rowcount
+                if changed:
+                    slug, verb = db.execute(
+                        "SELECT slug, verb FROM operations WHERE id = ?", (operation,)
+                    ).fetchone()
+                    record = db.execute(
+                        "SELECT state FROM deployments WHERE slug = ? AND archived = 0", (slug,)
+                    ).fetchone()
+                    _event(
+                        db,
+                        operation,
+                        slug,
+                        verb,
+                        "state",
+                        state=state,
+                        error=error,
+                        record_state=record[0] if record else None,
+                        message=(error or {}).get("message"),
                     )
-            db.execute(
-                "UPDATE operations SET ended_at = ?, outcome = ?, error = ? WHERE id = ?",
-                (utc_now().isoformat(), outcome, json.dumps(error) if error is not None else None, operation),
-            )
+                return bool(changed)
 
-    @_typed
-    def operations(self, slug: str) -> list[Operation]:
-        rows = self._db.execute(
-            "SELECT id, slug, generation, verb, started_at, ended_at, outcome, error "
-            "FROM operations WHERE slug = ? ORDER BY id",
-            (slug,),
+        return await self._run(work)
+
+    async def request_cancel(self, operation: int, reason: str) -> Operation | None:
+        """Record a cancel request for an unfinished operation (and a ``cancel`` event its owner
+        acts on); the operation as it is now, None if there is none."""
+
+        def work() -> Operation | None:
+            with self._write() as db:
+                row = db.execute(
+                    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (operation,)
+                ).fetchone()
+                if row is None:
+                    return None
+                found = _operation(row)
+                if found.finished:
+                    return found
+                db.execute("UPDATE operations SET cancel_requested = ? WHERE id = ?", (reason, operation))
+                _event(db, operation, found.slug, found.verb, "cancel", message=reason)
+                return found.model_copy(update={"cancel_requested": reason})
+
+        return await self._run(work)
+
+    async def keyed(self, key: str) -> Operation | None:
+        """The operation started with idempotency key ``key``, if any."""
+
+        def work() -> Operation | None:
+            row = self.db.execute(
+                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE key = ?", (key,)
+            ).fetchone()
+            return _operation(row) if row else None
+
+        return await self._run(work)
+
+    async def operation(self, operation: int) -> Operation | None:
+        def work() -> Operation | None:
+            row = self.db.execute(
+                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (operation,)
+            ).fetchone()
+            return _operation(row) if row else None
+
+        return await self._run(work)
+
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        active: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        with_log: bool = False,
+    ) -> list[Operation]:
+        """Operations by id; ``active``: queued or running only; ``after`` is the last id of the
+        previous page; ``with_log`` fills each one's log from its progress and log events."""
+
+        def work() -> list[Operation]:
+            where, args = ["1"], list[Any]()
+            if active:
+                where.append("state IN ('queued', 'running')")
+            for column, value in (("slug", slug), ("state", state)):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    args.append(value)
+            if after is not None:
+                where.append("id > ?")
+                args.append(after)
+            query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
+            if limit is not None:
+                query += f" LIMIT {int(limit)}"
+            found = [_operation(row) for row in self.db.execute(query, args).fetchall()]
+            if with_log:
+                found = [op.model_copy(update={"log": self._log(op.id)}) for op in found]
+            return found
+
+        return await self._run(work)
+
+    def _log(self, operation: int) -> tuple[LogLine, ...]:
+        rows = self.db.execute(
+            "SELECT at, level, message, fraction FROM events "
+            "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq",
+            (operation,),
         ).fetchall()
-        found = []
-        for row in rows:
-            lines = self._db.execute(
-                "SELECT at, level, message, fraction FROM operation_log WHERE operation = ? ORDER BY id",
-                (row[0],),
-            ).fetchall()
-            found.append(
-                Operation(
-                    id=row[0],
-                    slug=row[1],
-                    generation=row[2],
-                    verb=row[3],
-                    started_at=datetime.fromisoformat(row[4]),
-                    ended_at=datetime.fromisoformat(row[5]) if row[5] else None,
-                    outcome=row[6],
-                    error=json.loads(row[7]) if row[7] else None,
-                    log=tuple(LogLine(datetime.fromisoformat(a), lv, m, f) for a, lv, m, f in lines),
-                )
+        return tuple(
+            LogLine(
+                at=datetime.fromisoformat(at), level=level or "info", message=message or "", fraction=fraction
             )
-        return found
+            for at, level, message, fraction in rows
+        )
 
-    def close(self) -> None:
-        self._db.close()
+    async def last_operation(self, slug: str, generation: int) -> Operation | None:
+        """The last finished operation of that generation of ``slug``."""
+
+        def work() -> Operation | None:
+            row = self.db.execute(
+                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = ? AND generation = ? "
+                "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
+                (slug, generation),
+            ).fetchone()
+            return _operation(row) if row else None
+
+        return await self._run(work)
+
+    # --- events --------------------------------------------------------------------------------
+    async def add_events(self, events: Sequence[NewEvent]) -> None:
+        """Several events (of any operations) in one transaction."""
+
+        def work() -> None:
+            with self._write() as db:
+                db.executemany(
+                    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            e.at.isoformat(),
+                            e.operation,
+                            e.slug,
+                            e.verb,
+                            e.kind,
+                            e.level,
+                            e.message,
+                            e.fraction,
+                        )
+                        for e in events
+                    ],
+                )
+
+        if events:
+            await self._run(work)
+
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        kind: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        def work() -> list[Event]:
+            where, args = ["seq > ?"], list[Any]([after])
+            if kind is not None:
+                where.append("kind = ?")
+                args.append(kind)
+            if slug is not None:
+                where.append("slug = ?")
+                args.append(slug)
+            if operation is not None:
+                where.append("operation = ?")
+                args.append(operation)
+            rows = self.db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+                f"ORDER BY seq LIMIT {int(limit)}",
+                args,
+            ).fetchall()
+            return [_event_model(row) for row in rows]
+
+        return await self._run(work)
+
+    async def last_seq(self) -> int:
+        def work() -> int:
+            row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(work)
 
 
-class LogBuffer:
-    """Progress lines wait one event-loop turn so that many operations share one transaction.
-
-    A host with dozens of operations in flight receives their progress events in bursts;
-    one write per burst instead of one per line keeps the store off the critical path. The
-    lines are written before their operation's outcome (``flush``), and at most one loop
-    turn of lines can be lost if the process dies.
-    """
-
-    def __init__(self, store: Callable[[], Store]) -> None:
-        self._store = store
-        self._lines: list[tuple[int, LogLine]] = []
-
-    def add(self, operation: int, line: LogLine) -> None:
-        if not self._lines:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._lines.append((operation, line))
-
-    def flush(self) -> None:
-        """Write the waiting lines; a store that fails loses them (logged), never the verb."""
-        if self._lines:
-            lines, self._lines = self._lines, []
-            try:
-                self._store().log_many(lines)
-            except StoreError as exc:
-                log.error("%d progress line(s) not recorded: %s", len(lines), exc.message)
+def _event(
+    db: sqlite3.Connection,
+    operation: int,
+    slug: str,
+    verb: str,
+    kind: EventKind,
+    *,
+    state: str | None = None,
+    message: str | None = None,
+    error: dict[str, Any] | None = None,
+    record_state: str | None = None,
+) -> None:
+    db.execute(
+        "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            utc_now().isoformat(),
+            operation,
+            slug,
+            verb,
+            kind,
+            state,
+            message,
+            json.dumps(error) if error is not None else None,
+            record_state,
+        ),
+    )
 
 
 def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
     ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
     db.execute(
-        "INSERT INTO deployments (slug, generation, tier, driver, state, ref, reason, "
-        "created_at, updated_at, unconfirmed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
         "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
         "reason = excluded.reason, updated_at = excluded.updated_at, "
@@ -379,4 +703,61 @@ def _deployment(row: tuple[Any, ...]) -> Deployment:
         updated_at=datetime.fromisoformat(updated),
         reason=reason,
         unconfirmed=bool(unconfirmed),
+    )
+
+
+def _operation(row: tuple[Any, ...]) -> Operation:
+    (
+        ident,
+        slug,
+        generation,
+        verb,
+        state,
+        created,
+        started,
+        finished,
+        error,
+        result,
+        key,
+        tier,
+        driver,
+        reuse,
+        owner,
+        cancel,
+    ) = row
+    return Operation(
+        id=ident,
+        slug=slug,
+        generation=generation,
+        verb=verb,
+        state=state,
+        created_at=datetime.fromisoformat(created),
+        started_at=datetime.fromisoformat(started) if started else None,
+        finished_at=datetime.fromisoformat(finished) if finished else None,
+        error=json.loads(error) if error else None,
+        ref=DeploymentRef.model_validate_json(result) if result else None,
+        key=key,
+        tier=tier,
+        driver=driver,
+        reuse=bool(reuse),
+        owner=owner,
+        cancel_requested=cancel,
+    )
+
+
+def _event_model(row: tuple[Any, ...]) -> Event:
+    seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state = row
+    return Event(
+        seq=seq,
+        at=datetime.fromisoformat(at),
+        operation=operation,
+        slug=slug,
+        verb=verb,
+        kind=kind,
+        state=state,
+        level=level,
+        message=message,
+        fraction=fraction,
+        error=json.loads(error) if error else None,
+        record_state=record_state,
     )

@@ -2,8 +2,11 @@
 
 Started on first use, with the driver's config from the settings and its private data
 folder (``<state>/data/<driver>``, mode 0700); started again on the next call after it
-crashed or broke the protocol; closed after ``idle_timeout`` seconds without calls, and
-when the host closes. Nothing outlives the host: every close is the bounded shutdown.
+crashed or broke the protocol; closed after ``idle_timeout`` seconds without calls (never,
+when it is None: a long-lived host keeps its adapters warm), and when the host closes.
+``update_settings`` hands over reloaded settings: an adapter whose config changed is closed
+once idle, so the next call starts it with the new config. Nothing outlives the host: every
+close is the bounded shutdown.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hearth_adaptersdk import Connection
 
@@ -30,6 +34,9 @@ class _Slot:
     client: AdapterClient | None = None
     in_flight: int = 0
     idle_timer: asyncio.TimerHandle | None = None
+    #: The config ``client`` was started with: a client whose config differs from the
+    #: settings' is closed as soon as no call holds it.
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -41,7 +48,7 @@ class Supervisor:
         project_dir: Path | None,
         home: Path | None,
         handshake_timeout: float,
-        idle_timeout: float,
+        idle_timeout: float | None,
         in_process: Mapping[str, ConnectionFactory] | None = None,
         cancel_grace: float = CANCEL_GRACE,
     ) -> None:
@@ -74,6 +81,31 @@ class Supervisor:
     def in_process_drivers(self) -> set[str]:
         return set(self._in_process)
 
+    def update_settings(self, settings: Settings) -> None:
+        """Use ``settings`` from now on (a reloaded hearth.toml).
+
+        New spawns get the new config; an adapter whose config changed is closed now when no
+        call holds it, else when its last call ends, so the next call starts it with the new
+        config (calls that start meanwhile share the old one: one process per driver, always).
+        Adapters whose config did not change keep running. A bound the new settings change
+        (``timeouts.handshake``, ``timeouts.cancel_grace``) replaces the one in use; one that
+        did not change keeps what the constructor was given.
+        """
+        old, self._settings = self._settings, settings
+        if settings.timeouts.handshake != old.timeouts.handshake:
+            self._handshake_timeout = settings.timeouts.handshake
+        if settings.timeouts.cancel_grace != old.timeouts.cancel_grace:
+            self._cancel_grace = settings.timeouts.cancel_grace
+        if self._closed:
+            return
+        for driver, slot in self._slots.items():
+            if slot.in_flight == 0 and self._stale(driver, slot):
+                self._close_idle(driver)
+
+    def _stale(self, driver: str, slot: _Slot) -> bool:
+        """Whether ``slot``'s client runs with a config the settings no longer give."""
+        return slot.client is not None and slot.config != self._settings.adapter_config(driver)
+
     @contextlib.asynccontextmanager
     async def use(self, driver: str, timeout: float | None = None) -> AsyncIterator[AdapterClient]:
         """A live client for ``driver``, kept open while the block runs; starting one (spawn and
@@ -85,22 +117,27 @@ class Supervisor:
             slot.idle_timer = None
         try:
             async with slot.lock:
-                if slot.client is None or not slot.client.alive:
+                # a stale client that no other call holds is replaced (calls holding it share it)
+                stale = slot.in_flight == 1 and self._stale(driver, slot)
+                if slot.client is None or stale or not slot.client.alive:
                     if slot.client is not None:
-                        await slot.client.close()  # reap the crashed one before starting anew
+                        await slot.client.close()  # reap a crashed one, or shut a stale one down
                         slot.client = None
-                    slot.client = await self._start(driver, timeout)
+                    slot.config = self._settings.adapter_config(driver)
+                    slot.client = await self._start(driver, slot.config, timeout)
                 client = slot.client
             yield client
         finally:
             slot.in_flight -= 1
             if slot.in_flight == 0 and not self._closed:
-                slot.idle_timer = asyncio.get_running_loop().call_later(
-                    self._idle_timeout, self._close_idle, driver
-                )
+                if self._stale(driver, slot):
+                    self._close_idle(driver)  # its config changed while calls held it
+                elif self._idle_timeout is not None:
+                    slot.idle_timer = asyncio.get_running_loop().call_later(
+                        self._idle_timeout, self._close_idle, driver
+                    )
 
-    async def _start(self, driver: str, timeout: float | None) -> AdapterClient:
-        config = self._settings.adapter_config(driver)
+    async def _start(self, driver: str, config: dict[str, Any], timeout: float | None) -> AdapterClient:
         bound = self._handshake_timeout if timeout is None else min(timeout, self._handshake_timeout)
         if bound <= 0:
             raise CallTimeout(

@@ -1,0 +1,243 @@
+"""A small web console on ``hearth.Host``: REST endpoints, and progress as Server-Sent Events.
+
+Every uvicorn worker opens its own ``Host`` on the same hearth home (``$HEARTH_HOME``) and project
+(``$HEARTH_PROJECT``, default: the nearest folder upward holding ``.hearth/``). The store is
+shared, so any worker answers for any operation: it reads it, waits for it, streams its events
+and cancels it, whichever worker runs it. Run it with (see README.md):
+
+    HEARTH_HOME=/tmp/hearth uvicorn app:app --workers 2 --uds /tmp/console.sock
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, TypeAdapter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hearth import Event, HearthError, Host, Tier
+
+#: HTTP status of each error kind; the adapter's own failures are 502, the rest 500.
+STATUS = {
+    "invalid_input": 400,
+    "invalid_profile": 400,
+    "not_found": 404,
+    "busy": 409,
+    "conflict": 409,
+    "invalid_transition": 409,
+    "slug_locked": 409,
+    "timeout": 504,
+    "store_error": 500,
+    "error": 500,
+}
+#: Seconds of quiet after which an event stream sends a comment (keeps proxies from closing it).
+HEARTBEAT = 10.0
+TIERS = TypeAdapter(list[Tier])
+#: The event streams' pending waits for their next event (see ``sse``).
+WAITING: set[asyncio.Future[Event | None]] = set()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """One Host per worker process, open for the worker's whole life."""
+    project, home = os.environ.get("HEARTH_PROJECT") or None, os.environ.get("HEARTH_HOME") or None
+    async with Host(project_dir=project, home=home, idle_timeout=None) as host:
+        app.state.host = host
+        yield
+        for wait in list(WAITING):  # streams whose clients left may still wait: end them first
+            wait.cancel()
+        await asyncio.gather(*WAITING, return_exceptions=True)
+
+
+class WorkerHeader:
+    """Names the worker that answered (its host's owner id) in ``X-Hearth-Worker``; an
+    operation's ``owner`` names the worker that runs it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                owner = scope["app"].state.host.owner.encode()
+                message["headers"] = [*message.get("headers", []), (b"x-hearth-worker", owner)]
+            await send(message)
+
+        await self.app(scope, receive, named if scope["type"] == "http" else send)
+
+
+app = FastAPI(title="hearth console", lifespan=lifespan)
+app.add_middleware(WorkerHeader)
+
+
+@app.exception_handler(HearthError)
+async def hearth_error(request: Request, exc: Exception) -> JSONResponse:
+    """``{"error": {"kind", "message", ...}}``, the CLI's JSON error, with a status by kind."""
+    error = cast(HearthError, exc)
+    return JSONResponse({"error": error.to_json()}, status_code=STATUS.get(error.kind, 502))
+
+
+def get_host(request: Request) -> Host:
+    return cast(Host, request.app.state.host)
+
+
+HostDep = Annotated[Host, Depends(get_host)]
+KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+LastEventId = Annotated[int | None, Header(alias="Last-Event-ID", ge=0)]
+
+
+def sse(events: AsyncIterator[Event]) -> StreamingResponse:
+    """Events as Server-Sent Events: ``id: seq``, ``event: kind``, ``data: <event JSON>``; a
+    client resumes with ``Last-Event-ID``. The stream ends when ``events`` does."""
+
+    async def lines() -> AsyncIterator[str]:
+        # When the client leaves, Starlette cancels this generator; its pending wait for the
+        # next event is left to end by itself (or at shutdown), never cancelled here: that would
+        # also end every other stream of this worker (a hearth bug, see README.md).
+        pending: asyncio.Future[Event | None] | None = None
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events, None))
+                WAITING.add(pending)
+                pending.add_done_callback(_settled)
+            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
+            if not done:
+                yield ": keep-alive\n\n"
+                continue
+            event, pending = pending.result(), None
+            if event is None:
+                return
+            yield f"id: {event.seq}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
+
+
+def _settled(wait: asyncio.Future[Event | None]) -> None:
+    WAITING.discard(wait)
+    if not wait.cancelled():
+        wait.exception()  # retrieved: a stream whose client left has no one to raise it to
+
+
+async def _nothing() -> AsyncIterator[Event]:
+    return
+    yield
+
+
+class NewWorkspace(BaseModel):
+    slug: str
+    tier: str
+    driver: str
+    reuse: bool = False
+
+
+class NewTier(BaseModel):
+    tier: str
+
+
+# --- routes --------------------------------------------------------------------------------------
+@app.get("/")
+async def about(host: HostDep) -> dict[str, Any]:
+    """Which worker answers, and the tiers it offers."""
+    return {"worker": host.owner, "tiers": TIERS.dump_python(host.tiers(), mode="json")}
+
+
+@app.post("/workspaces", status_code=202)
+async def provision(body: NewWorkspace, host: HostDep, key: KeyHeader = None) -> dict[str, Any]:
+    op = await host.start_provision(body.slug, tier=body.tier, driver=body.driver, key=key, reuse=body.reuse)
+    return op.model_dump(mode="json")
+
+
+@app.post("/workspaces/{slug}/upgrade", status_code=202)
+async def upgrade(slug: str, body: NewTier, host: HostDep, key: KeyHeader = None) -> dict[str, Any]:
+    return (await host.start_upgrade(slug, tier=body.tier, key=key)).model_dump(mode="json")
+
+
+@app.delete("/workspaces/{slug}", status_code=202)
+async def teardown(slug: str, host: HostDep, key: KeyHeader = None) -> dict[str, Any]:
+    return (await host.start_teardown(slug, key=key)).model_dump(mode="json")
+
+
+@app.get("/workspaces")
+async def workspaces(
+    *,
+    host: HostDep,
+    state: str | None = None,
+    driver: str | None = None,
+    include_torn_down: bool = True,
+    limit: Annotated[int | None, Query(ge=0)] = None,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    found = await host.deployments(
+        state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+    )
+    return [deployment.model_dump(mode="json") for deployment in found]
+
+
+@app.get("/workspaces/{slug}")
+async def workspace(slug: str, host: HostDep) -> dict[str, Any]:
+    return (await host.deployment(slug)).model_dump(mode="json")
+
+
+@app.get("/workspaces/{slug}/status")
+async def status(slug: str, host: HostDep) -> dict[str, Any]:
+    """What the backend shows now (asks the adapter)."""
+    return (await host.status(slug)).model_dump(mode="json")
+
+
+@app.get("/operations")
+async def operations(
+    host: HostDep,
+    slug: str | None = None,
+    state: str | None = None,
+    limit: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> list[dict[str, Any]]:
+    found = await host.operations(slug=slug, state=state, limit=limit, after=after)
+    return [op.model_dump(mode="json") for op in found]
+
+
+@app.get("/operations/{ident}")
+async def operation(
+    ident: int, host: HostDep, wait: Annotated[float | None, Query(gt=0, le=60)] = None
+) -> dict[str, Any]:
+    """The operation; with ``?wait=SECONDS``, once it finished or when the seconds passed."""
+    op = await host.operation(ident)
+    return (await op.wait(timeout=wait) if wait else op).model_dump(mode="json")
+
+
+@app.delete("/operations/{ident}", status_code=202)
+async def cancel(ident: int, host: HostDep, reason: str = "cancelled through the console") -> dict[str, Any]:
+    """Ask for the operation to be cancelled; whichever worker runs it acts on it."""
+    op = await host.operation(ident)
+    return (await op.cancel(reason=reason)).model_dump(mode="json")
+
+
+@app.get("/operations/{ident}/events")
+async def operation_events(
+    ident: int, host: HostDep, last_event_id: LastEventId = None, after: Annotated[int, Query(ge=0)] = 0
+) -> StreamingResponse:
+    """The operation's events after ``Last-Event-ID`` (or ``?after=``); ends with its last."""
+    op = await host.operation(ident)
+    start = after if last_event_id is None else last_event_id
+    if op.finished and not await host.store.events(after=start, operation=ident, limit=1):
+        return sse(_nothing())  # op.events() would wait for an event that never comes
+    return sse(op.events(after=start))
+
+
+@app.get("/events")
+async def events(
+    host: HostDep,
+    last_event_id: LastEventId = None,
+    after: Annotated[int, Query(ge=0)] = 0,
+    slug: str | None = None,
+) -> StreamingResponse:
+    """Every event of every worker (and any other process on the home), as they come."""
+    await host.operations(slug=slug, limit=0)  # checks the slug now: watch() checks it only once streaming
+    return sse(host.watch(after=after if last_event_id is None else last_event_id, slug=slug))

@@ -1,0 +1,160 @@
+"""What the host returns: pydantic models, so ``model_dump(mode="json")`` serves an HTTP API as is.
+
+``Deployment`` is the record of one workspace, ``Operation`` one verb run on it (an object with
+an id, events and a result, visible from every process sharing the store), ``Event`` one entry of
+the store-wide event log and ``LogLine`` one line of an operation's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
+
+from hearth_adaptersdk import DeploymentRef, State
+
+if TYPE_CHECKING:
+    from ._host import Host
+
+OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+#: An operation in one of these states is over; its result or error no longer changes.
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+EventKind = Literal["state", "progress", "log", "cancel"]
+
+
+class Deployment(BaseModel):
+    """The host's record of one workspace (one generation of a slug)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    slug: str
+    generation: int
+    tier: str
+    driver: str
+    state: State
+    ref: DeploymentRef | None
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None = None
+    #: The host could not confirm what the backend holds (a rollback that did not answer, an
+    #: interrupted verb): ``reconcile`` (or the next access to the slug) asks the adapter.
+    unconfirmed: bool = False
+
+
+class LogLine(BaseModel):
+    """One line of an operation's log: its progress, and the backend's output on a failure."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    level: str
+    message: str
+    fraction: float | None = None
+
+
+class Event(BaseModel):
+    """One entry of the store-wide event log; ``seq`` orders every event of every process.
+
+    ``kind``: ``state`` (the operation moved to ``state``; a finished state carries ``error``
+    and the workspace's ``record_state``), ``progress`` (the adapter's progress), ``log`` (a
+    line of the backend's output on a failure), ``cancel`` (someone asked to cancel; ``message``
+    says why).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    at: datetime
+    operation: int
+    slug: str
+    verb: str
+    kind: EventKind
+    state: OperationState | None = None
+    level: str | None = None
+    message: str | None = None
+    fraction: float | None = None
+    error: dict[str, Any] | None = None
+    record_state: State | None = None
+
+    @property
+    def final(self) -> bool:
+        """Whether this event ends its operation."""
+        return self.kind == "state" and self.state in FINISHED
+
+
+class Operation(BaseModel):
+    """One verb run on one workspace: a snapshot of its record, and a handle on the work.
+
+    ``await op.result()`` waits for it and returns the ref (or raises its typed error);
+    ``op.events(after=)`` yields its events until it finishes; ``await op.cancel(reason=)``
+    asks whoever runs it to cancel, from any process; ``await op.wait(timeout=)`` returns a
+    fresh snapshot. Cancelling a task that awaits an operation does not cancel the work.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    id: int
+    slug: str
+    generation: int
+    verb: str
+    state: OperationState
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: dict[str, Any] | None = None
+    #: The ref the operation left (``result`` in JSON; ``await op.result()`` waits for it).
+    ref: DeploymentRef | None = Field(default=None, alias="result")
+    #: The caller's idempotency key, if one was given.
+    key: str | None = None
+    tier: str | None = None
+    driver: str | None = None
+    reuse: bool = False
+    #: The host process running it (``host:pid:token``).
+    owner: str | None = None
+    #: Why someone asked to cancel it, if anyone did.
+    cancel_requested: str | None = None
+    #: Its log lines (filled by ``Host.logs``).
+    log: tuple[LogLine, ...] = ()
+    _host: Host | None = PrivateAttr(default=None)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def outcome(self) -> str:
+        """The state as ``hearth logs`` has always named it (``running`` while not finished)."""
+        return self.state if self.finished else "running"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ended_at(self) -> datetime | None:
+        return self.finished_at
+
+    def bound(self, host: Host) -> Operation:
+        self._host = host
+        return self
+
+    def _owner(self) -> Host:
+        if self._host is None:
+            raise RuntimeError("this Operation is a plain record; get it from a Host to act on it")
+        return self._host
+
+    async def result(self, timeout: float | None = None) -> DeploymentRef | None:
+        """Wait for the operation; its ref (None for a teardown), or its typed error."""
+        return await self._owner()._operation_result(self.id, timeout)
+
+    async def wait(self, timeout: float | None = None) -> Operation:
+        """A fresh snapshot once it finished, or when ``timeout`` seconds passed."""
+        return await self._owner()._operation_wait(self.id, timeout)
+
+    async def cancel(self, reason: str = "cancelled by request") -> Operation:
+        """Ask for the work to be cancelled (the owner acts on it, from any process)."""
+        return await self._owner()._operation_cancel(self.id, reason)
+
+    def events(self, after: int = 0) -> AsyncIterator[Event]:
+        """Its events after ``after``; ends with the event that finishes it."""
+        return self._owner()._operation_events(self.id, after)
