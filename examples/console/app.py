@@ -39,8 +39,6 @@ STATUS = {
 #: Seconds of quiet after which an event stream sends a comment (keeps proxies from closing it).
 HEARTBEAT = 10.0
 TIERS = TypeAdapter(list[Tier])
-#: The event streams' pending waits for their next event (see ``sse``).
-WAITING: set[asyncio.Future[Event | None]] = set()
 
 
 @contextlib.asynccontextmanager
@@ -50,9 +48,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with Host(project_dir=project, home=home, idle_timeout=None) as host:
         app.state.host = host
         yield
-        for wait in list(WAITING):  # streams whose clients left may still wait: end them first
-            wait.cancel()
-        await asyncio.gather(*WAITING, return_exceptions=True)
 
 
 class WorkerHeader:
@@ -97,37 +92,24 @@ def sse(events: AsyncIterator[Event]) -> StreamingResponse:
     client resumes with ``Last-Event-ID``. The stream ends when ``events`` does."""
 
     async def lines() -> AsyncIterator[str]:
-        # When the client leaves, Starlette cancels this generator; its pending wait for the
-        # next event is left to end by itself (or at shutdown), never cancelled here: that would
-        # also end every other stream of this worker (a hearth bug, see README.md).
         pending: asyncio.Future[Event | None] | None = None
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events, None))
-                WAITING.add(pending)
-                pending.add_done_callback(_settled)
-            done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
-            if not done:
-                yield ": keep-alive\n\n"
-                continue
-            event, pending = pending.result(), None
-            if event is None:
-                return
-            yield f"id: {event.seq}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(events, None))
+                done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT)
+                if not done:
+                    yield ": keep-alive\n\n"
+                    continue
+                event, pending = pending.result(), None
+                if event is None:
+                    return
+                yield f"id: {event.seq}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+        finally:
+            if pending is not None:  # the client left: stop waiting for its next event
+                pending.cancel()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
-
-
-def _settled(wait: asyncio.Future[Event | None]) -> None:
-    WAITING.discard(wait)
-    if not wait.cancelled():
-        wait.exception()  # retrieved: a stream whose client left has no one to raise it to
-
-
-async def _nothing() -> AsyncIterator[Event]:
-    return
-    yield
 
 
 class NewWorkspace(BaseModel):
@@ -226,8 +208,6 @@ async def operation_events(
     """The operation's events after ``Last-Event-ID`` (or ``?after=``); ends with its last."""
     op = await host.operation(ident)
     start = after if last_event_id is None else last_event_id
-    if op.finished and not await host.store.events(after=start, operation=ident, limit=1):
-        return sse(_nothing())  # op.events() would wait for an event that never comes
     return sse(op.events(after=start))
 
 
@@ -239,5 +219,4 @@ async def events(
     slug: str | None = None,
 ) -> StreamingResponse:
     """Every event of every worker (and any other process on the home), as they come."""
-    await host.operations(slug=slug, limit=0)  # checks the slug now: watch() checks it only once streaming
     return sse(host.watch(after=after if last_event_id is None else last_event_id, slug=slug))

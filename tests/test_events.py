@@ -1,0 +1,94 @@
+"""The event log's iterators: each one ends on its own terms, and a bad argument fails at once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hearth import Event, Host, InvalidInput, Tier
+from hearth_adapter_fake import FakeDriver
+from hearth_adaptersdk import MemoryConnection, ResourceCaps
+
+
+def make_host(tmp_path: Path) -> Host:
+    driver = FakeDriver()
+    return Host(
+        project_dir=tmp_path / "project",
+        home=tmp_path / "home",
+        tiers={"brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 0.2}})},
+        in_process={"fake": lambda: MemoryConnection(driver)},
+    )
+
+
+async def _collect(events: asyncio.Queue[Event], source: object) -> None:
+    async for event in source:  # type: ignore[attr-defined]
+        await events.put(event)
+
+
+async def _both_parked(host: Host) -> None:
+    """Until two watchers wait on the bus's change (the moment one leaving could hurt the other)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while len(getattr(host._bus._future, "_callbacks", None) or ()) < 2:
+        assert loop.time() < deadline, "the watchers never waited for the next event"
+        await asyncio.sleep(0.001)
+
+
+async def test_cancelling_one_watcher_leaves_the_others_watching(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        seen: asyncio.Queue[Event] = asyncio.Queue()
+        leaving = asyncio.create_task(_collect(asyncio.Queue(), host.watch()))
+        staying = asyncio.create_task(_collect(seen, host.watch()))
+        await asyncio.sleep(0)  # both are waiting for the first event
+        await host.provision("first", tier="solo", driver="fake")
+        await seen.get()
+        await _both_parked(host)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        later: asyncio.Queue[Event] = asyncio.Queue()
+        newcomer = asyncio.create_task(_collect(later, host.watch(after=await host.store.last_seq())))
+        await host.provision("second", tier="solo", driver="fake")
+        assert (await asyncio.wait_for(later.get(), 10)).slug == "second"
+        while (await asyncio.wait_for(seen.get(), 10)).slug != "second":
+            pass
+        assert not staying.done() and not newcomer.done()
+        staying.cancel()
+        newcomer.cancel()
+        await asyncio.gather(staying, newcomer, return_exceptions=True)
+
+
+async def test_the_events_of_a_finished_operation_end_even_after_its_last_one(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("done", tier="brisk", driver="fake")
+        await op.result()
+        every = [event async for event in op.events()]
+        assert every[-1].final and every[-1].state == "succeeded"
+        assert [event async for event in op.events(after=every[-1].seq)] == []
+        assert [event async for event in op.events(after=every[-2].seq)] == every[-1:]
+
+
+async def test_a_watcher_waiting_when_the_host_closes_ends_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = make_host(tmp_path)
+    host.open()
+    watcher = asyncio.create_task(_collect(asyncio.Queue(), host.watch()))
+    await host.provision("x1", tier="solo", driver="fake")
+    await host.close()
+    await asyncio.wait_for(watcher, 10)  # ended, without an error
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_bad_arguments_to_the_iterators_fail_before_the_first_event(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        with pytest.raises(InvalidInput, match="not a workspace slug"):
+            host.watch(slug="Bad Slug")
+        with pytest.raises(InvalidInput, match="after must be"):
+            host.watch(after=-1)
+        op = await host.start_provision("y1", tier="solo", driver="fake")
+        with pytest.raises(InvalidInput, match="after must be"):
+            op.events(after=-5)
+        await op.result()
