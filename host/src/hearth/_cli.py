@@ -30,9 +30,7 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._dirs import state_dir
@@ -42,7 +40,6 @@ from ._records import STORE_FILE, Listed, current
 if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands that use them
     from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
 
-    from ._discovery import Candidate
     from ._host import Host, ReconcileReport
     from ._store import Operation
 
@@ -248,12 +245,15 @@ def _reconcile_lines(report: ReconcileReport) -> str:
 
 
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
-    from ._discovery import discover_all
+    import asyncio
+
+    from ._discovery import discover_all, probe_versions
     from ._settings import load_settings
 
     project = _project(args)
     found = discover_all(project_dir=project, home=getattr(args, "home", None))
-    versions = _versions([c for c in found if c.acceptable], load_settings(project).timeouts.version_probe)
+    bound = load_settings(project).timeouts.version_probe
+    versions = asyncio.run(probe_versions((c.path for c in found if c.acceptable), bound))
     seen: set[str] = set()
     rows = []
     for candidate in found:
@@ -282,36 +282,6 @@ def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
         or "no adapters found"
     )
     return rows, text
-
-
-def _versions(found: list[Candidate], bound: float) -> dict[Path, str | None]:
-    import subprocess
-
-    """Each adapter's ``--version``, asked of all at once and waited for within ``bound``; an
-    adapter that does not answer in time is stopped with its whole process group."""
-    running: dict[Path, subprocess.Popen[str]] = {}
-    for candidate in found:
-        with contextlib.suppress(OSError):
-            running[candidate.path] = subprocess.Popen(
-                [str(candidate.path), "--version"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                start_new_session=True,
-            )
-    deadline = time.monotonic() + bound
-    versions: dict[Path, str | None] = {}
-    for path, process in running.items():
-        try:
-            out, _ = process.communicate(timeout=max(deadline - time.monotonic(), 0.01))
-            versions[path] = (out.strip() or None) if process.returncode == 0 else None
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(process.pid, signal.SIGKILL)  # the group this call started
-            process.communicate()
-            versions[path] = None
-    return versions
 
 
 def _project(args: argparse.Namespace) -> Any:
