@@ -194,3 +194,12 @@ def which(name: str) -> str:
     found = shutil.which(name, path=str(VENV_BIN))
     assert found is not None
     return found
+
+
+@pytest.fixture
+def places(tmp_path: Path) -> dict[str, Path]:
+    """A project, a home and a PATH folder (mode 0755, as discovery wants)."""
+    folders = {"project": tmp_path / "proj", "home": tmp_path / "home", "path": tmp_path / "bin"}
+    for folder in folders.values():
+        folder.mkdir(mode=0o755)
+    return folders

@@ -13,14 +13,6 @@ from tests.conftest import install_script
 SCRIPT = "print('never run')\n"
 
 
-@pytest.fixture
-def places(tmp_path: Path) -> dict[str, Path]:
-    folders = {"project": tmp_path / "proj", "home": tmp_path / "home", "path": tmp_path / "bin"}
-    for folder in folders.values():
-        folder.mkdir(mode=0o755)
-    return folders
-
-
 def _install(folder: Path, driver: str) -> Path:
     return install_script(folder, f"hearth-adapter-{driver}", SCRIPT)
 

@@ -236,14 +236,6 @@ VERSION_SCRIPT = "import sys\nprint('hearth-adapter-demo 1.2.3' if '--version' i
 HANGING_SCRIPT = "import time\ntime.sleep(600)\n"
 
 
-@pytest.fixture
-def places(tmp_path: Path) -> dict[str, Path]:
-    folders = {"project": tmp_path / "proj", "home": tmp_path / "home", "path": tmp_path / "bin"}
-    for folder in folders.values():
-        folder.mkdir(mode=0o755)
-    return folders
-
-
 async def test_driver_infos_lists_versions_refusals_and_in_process_drivers(places: dict[str, Path]) -> None:
     unsafe = install_script(places["project"] / ".hearth" / "adapters", "hearth-adapter-demo", "")
     unsafe.chmod(0o777)

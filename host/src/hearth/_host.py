@@ -61,7 +61,7 @@ from ._errors import (
 from ._locks import OwnerMark, SlugLocks, new_owner
 from ._models import FINISHED, Deployment, Event, Operation
 from ._records import STORE_FILE
-from ._settings import Settings, SettingsSource, Tier, Timeouts
+from ._settings import Settings, SettingsSource, Tier, Timeouts, positive_seconds
 from ._states import (
     TRANSIENT,
     Transition,
@@ -1606,15 +1606,7 @@ def _synthesized_ref(record: Deployment) -> DeploymentRef:
     )
 
 
-def _positive(value: float, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise InvalidInput(f"{name} must be a positive number of seconds, not {echo(value)}")
-    return float(value)
+_positive = positive_seconds
 
 
 def _page(limit: int | None) -> int | None:

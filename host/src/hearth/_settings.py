@@ -318,6 +318,21 @@ def _racy(identity: _Identity) -> bool:
     return identity is not None and abs(time.time_ns() - identity[2]) < RACY_NS
 
 
+def positive_seconds(value: object, name: str) -> float:
+    """``value`` as seconds: a positive, finite number (nan, inf, 0, negatives and bools are
+    invalid input, with the value repeated at most 80 characters long)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:80] + "…"
+        raise InvalidInput(f"{name} must be a positive number of seconds, not {shown}")
+    return float(value)
+
+
 def _checked_overrides(overrides: Mapping[str, float]) -> dict[str, float]:
     """``overrides`` checked once: ``Timeouts`` field names, positive finite seconds."""
     names = {f.name for f in fields(Timeouts)}
@@ -325,12 +340,5 @@ def _checked_overrides(overrides: Mapping[str, float]) -> dict[str, float]:
     for name, value in overrides.items():
         if name not in names:
             raise InvalidInput(f"unknown timeout {name!r}; choose one of {', '.join(sorted(names))}")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise InvalidInput(f"{name} must be a positive number of seconds, not {value!r}")
-        checked[name] = float(value)
+        checked[name] = positive_seconds(value, name)
     return checked

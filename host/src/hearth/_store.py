@@ -351,11 +351,9 @@ class SQLiteStore:
     def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         with self._write() as db:
             if new.key is not None:
-                row = db.execute(
-                    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE key = ?", (new.key,)
-                ).fetchone()
-                if row:
-                    return _operation(row), "key"
+                keyed = self._operation_where("key = ?", new.key)
+                if keyed is not None:
+                    return keyed, "key"
             row = db.execute(
                 f"SELECT {OPERATION_COLUMNS} FROM operations "
                 "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
@@ -387,8 +385,9 @@ class SQLiteStore:
             ident = cursor.lastrowid
             assert ident is not None
             _event(db, ident, new.slug, new.verb, "state", state=state)
-            row = db.execute(f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (ident,)).fetchone()
-            return _operation(row), "created"
+            made = self._operation_where("id = ?", ident)
+            assert made is not None
+            return made, "created"
 
     async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None:
         """Record the deployment in its transient state and the operation running: one write."""
@@ -480,12 +479,9 @@ class SQLiteStore:
 
         def work() -> Operation | None:
             with self._write() as db:
-                row = db.execute(
-                    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (operation,)
-                ).fetchone()
-                if row is None:
+                found = self._operation_where("id = ?", operation)
+                if found is None:
                     return None
-                found = _operation(row)
                 if found.finished:
                     return found
                 db.execute("UPDATE operations SET cancel_requested = ? WHERE id = ?", (reason, operation))
@@ -496,23 +492,16 @@ class SQLiteStore:
 
     async def keyed(self, key: str) -> Operation | None:
         """The operation started with idempotency key ``key``, if any."""
-
-        def work() -> Operation | None:
-            row = self.db.execute(
-                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE key = ?", (key,)
-            ).fetchone()
-            return _operation(row) if row else None
-
-        return await self._run(work)
+        return await self._run(self._operation_where, "key = ?", key)
 
     async def operation(self, operation: int) -> Operation | None:
-        def work() -> Operation | None:
-            row = self.db.execute(
-                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = ?", (operation,)
-            ).fetchone()
-            return _operation(row) if row else None
+        return await self._run(self._operation_where, "id = ?", operation)
 
-        return await self._run(work)
+    def _operation_where(self, condition: str, value: object) -> Operation | None:
+        row = self.db.execute(
+            f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {condition}", (value,)
+        ).fetchone()
+        return _operation(row) if row else None
 
     async def operations(
         self,
