@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from hearth import InvalidInput, InvalidTransition
+from hearth import HearthError, InvalidInput, InvalidTransition
 from hearth._settings import BUILTIN_TIERS, load_settings
-from hearth._states import TRANSITIONS, transition
+from hearth._states import TRANSITIONS, Ask, Recorded, Verb, joins, plan, transition
 from hearth._store import Deployment, NewEvent, NewOperation, SQLiteStore, StoreError
 from hearth_adaptersdk import DeploymentRef, utc_now
 
@@ -157,6 +157,70 @@ def test_illegal_verbs_are_invalid_transitions_naming_the_state(state: str | Non
         transition(state, verb, "alpha")  # type: ignore[arg-type]
     assert caught.value.state == (state or "absent")
     assert f"it is {state or 'absent'}" in str(caught.value)
+
+
+R = Recorded
+
+
+@pytest.mark.parametrize(
+    ("verb", "recorded", "asked", "expected"),
+    [
+        # provision: a new slug, the same ready workspace (no work), a failed one re-run (D8)
+        ("provision", None, ("solo", "fake", False), ("provisioning", False)),
+        ("provision", R("ready", "solo", "fake"), ("solo", "fake", False), None),
+        ("provision", R("failed", "solo", "fake"), ("solo", "fake", False), ("provisioning", False)),
+        # reuse of a torn-down slug archives its record; without reuse it is refused
+        ("provision", R("tier_torn_down", "solo", "fake"), ("team", "docker", True), ("provisioning", True)),
+        ("provision", R("tier_torn_down", "solo", "fake"), ("solo", "fake", False), "invalid_transition"),
+        # another tier or driver is a conflict; a transient record is refused
+        ("provision", R("ready", "solo", "fake"), ("team", "fake", False), "conflict"),
+        ("provision", R("failed", "solo", "fake"), ("solo", "docker", False), "conflict"),
+        ("provision", R("provisioning", "solo", "fake"), ("solo", "fake", False), "invalid_transition"),
+        # upgrade from ready only
+        ("upgrade", R("ready", "solo", "fake"), ("team", None, False), ("upgrading", False)),
+        ("upgrade", R("failed", "solo", "fake"), ("team", None, False), "invalid_transition"),
+        ("upgrade", R("upgrading", "solo", "fake"), ("team", None, False), "invalid_transition"),
+        # teardown: from ready or failed; again on a torn-down workspace: nothing to do
+        ("teardown", R("ready", "solo", "fake"), (None, None, False), ("tearing_down", False)),
+        ("teardown", R("failed", "solo", "fake"), (None, None, False), ("tearing_down", False)),
+        ("teardown", R("tier_torn_down", "solo", "fake"), (None, None, False), None),
+        ("teardown", R("tearing_down", "solo", "fake"), (None, None, False), "invalid_transition"),
+    ],
+)
+def test_the_plan_of_each_verb_from_each_record(
+    verb: Verb, recorded: Recorded | None, asked: tuple[str | None, str | None, bool], expected: object
+) -> None:
+    tier, driver, reuse = asked
+    if isinstance(expected, str):
+        with pytest.raises(HearthError) as caught:
+            plan(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
+        assert caught.value.kind == expected
+        return
+    found = plan(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
+    if expected is None:
+        assert found.noop and not found.archive
+    else:
+        assert found.transition is not None and (found.transition.during, found.archive) == expected
+
+
+@pytest.mark.parametrize(
+    ("running", "asked", "joined"),
+    [
+        (("provision", "solo", "fake", False), ("provision", "solo", "fake", False), True),
+        (("provision", "solo", "fake", False), ("provision", "team", "fake", False), False),
+        (("provision", "solo", "fake", False), ("provision", "solo", "docker", False), False),
+        (("provision", "solo", "fake", False), ("provision", "solo", "fake", True), False),
+        (("provision", "solo", "fake", False), ("teardown", None, "fake", False), False),
+        (("upgrade", "team", "fake", False), ("upgrade", "team", "fake", False), True),
+        (("upgrade", "team", "fake", False), ("upgrade", "studio", "fake", False), False),
+        (("teardown", None, "fake", False), ("teardown", None, "fake", False), True),
+        (("teardown", None, "fake", False), ("upgrade", "team", "fake", False), False),
+    ],
+)
+def test_a_start_joins_only_the_same_verb_with_the_same_arguments(
+    running: Ask, asked: Ask, joined: bool
+) -> None:
+    assert joins(running, asked) is joined
 
 
 def _deployment(slug: str = "alpha", state: str = "ready", generation: int = 1) -> Deployment:

@@ -32,7 +32,6 @@ from hearth_adaptersdk import (
     DeploymentRef,
     Progress,
     ProvisioningProfile,
-    State,
     StatusReport,
     codes,
     utc_now,
@@ -51,7 +50,6 @@ from ._errors import (
     Conflict,
     HearthError,
     InvalidInput,
-    InvalidTransition,
     NotFound,
     ProtocolViolation,
     SlugLocked,
@@ -64,13 +62,15 @@ from ._records import STORE_FILE
 from ._settings import Settings, SettingsSource, Tier, Timeouts, positive_seconds
 from ._states import (
     TRANSIENT,
+    Plan,
+    Recorded,
     Transition,
     Verb,
     cancel_rolled_back,
     changed_nothing,
     joins,
+    plan,
     resolve,
-    transition,
 )
 from ._store import NewEvent, NewOperation, SQLiteStore, Store
 from ._supervisor import ConnectionFactory, Supervisor
@@ -540,24 +540,31 @@ class Host:
             )
         return request, record
 
+    def _plan(self, request: _Request, record: Deployment | None) -> Plan:
+        """The rules of ``_states.plan`` for ``request`` on ``record``; a conflict carries the
+        existing workspace's ref."""
+        recorded = None if record is None else Recorded(record.state, record.tier, record.driver)
+        try:
+            return plan(
+                request.verb,
+                recorded,
+                request.slug,
+                tier=request.tier,
+                driver=request.driver,
+                reuse=request.reuse,
+            )
+        except Conflict as exc:
+            assert record is not None
+            exc.data["existing"] = (record.ref or _synthesized_ref(record)).model_dump(mode="json")
+            raise
+
     def _precheck(self, request: _Request, record: Deployment | None) -> DeploymentRef | bool | None:
         """The lifecycle rules before anything is recorded: raises a refusal; ``False`` when
         the verb has work to do, else what it returns without work (the same ready workspace,
         a teardown already done)."""
-        if request.verb == "provision":
-            assert request.tier is not None and request.driver is not None
-            if _same_ready(record, request.tier, request.driver):
-                assert record is not None
-                return record.ref
-            self._provision_record(
-                request.slug, record, request.tier, request.driver, request.reuse, generation=0
-            )
+        if not self._plan(request, record).noop:
             return False
-        assert record is not None
-        if request.verb == "teardown" and record.state == "tier_torn_down":
-            return None
-        self._check_transition(record.state, request.verb, request.slug)
-        return False
+        return record.ref if record is not None and request.verb == "provision" else None
 
     async def _start(self, request: _Request, on_progress: ProgressListener | None) -> tuple[Operation, bool]:
         """The operation for ``request`` and whether this call created it."""
@@ -728,36 +735,33 @@ class Host:
         self, work: _Work, request: _Request, record: Deployment | None
     ) -> DeploymentRef | None:
         slug, verb, deadline = request.slug, request.verb, self._verb_deadline(request.deadline, request.verb)
+        if verb != "provision":
+            record = await self._existing(slug, record)
+        rule = self._plan(request, record)
+        if rule.noop:
+            ref = record.ref if record is not None and verb == "provision" else None
+            await self._finish_without_work(work, ref)
+            return ref
+        assert rule.transition is not None
         if verb == "provision":
             assert request.tier is not None and request.driver is not None
-            tier, driver = request.tier, request.driver
-            if _same_ready(record, tier, driver):
-                assert record is not None and record.ref is not None
-                await self._finish_without_work(work, record.ref)
-                return record.ref
-            profile = self._profile(tier, driver)
-            generation = await self.store.next_generation(slug)
-            working, plan, archive = self._provision_record(
-                slug, record, tier, driver, request.reuse, generation=generation
-            )
+            profile = self._profile(request.tier, request.driver)
+            working = await self._provisioning(request, None if rule.archive else record, rule.transition)
             return await self._run(
                 work,
-                None if archive else record,
+                None if rule.archive else record,
                 working,
-                plan,
+                rule.transition,
                 "provision",
                 deadline=deadline,
-                archive_first=archive,
+                archive_first=rule.archive,
                 call=lambda client, remaining, callback, interruption: client.provision(
                     slug, profile, on_progress=callback, timeout=remaining, interruption=interruption
                 ),
             )
-        record = await self._existing(slug, record)
-        if verb == "teardown" and record.state == "tier_torn_down":
-            await self._finish_without_work(work, None)
-            return None
-        plan = self._check_transition(record.state, verb, slug)
-        working = record.model_copy(update={"state": plan.during, "updated_at": utc_now()})
+        assert record is not None
+        plan_ = rule.transition
+        working = record.model_copy(update={"state": plan_.during, "updated_at": utc_now()})
         if verb == "upgrade":
             assert request.tier is not None and record.ref is not None
             profile, current = self._profile(request.tier, record.driver), record.ref
@@ -765,7 +769,7 @@ class Host:
                 work,
                 record,
                 working,
-                plan,
+                plan_,
                 "upgrade",
                 deadline=deadline,
                 new_tier=request.tier,
@@ -778,7 +782,7 @@ class Host:
             work,
             record,
             working,
-            plan,
+            plan_,
             "teardown",
             deadline=deadline,
             call=lambda client, remaining, callback, interruption: client.teardown(
@@ -791,68 +795,32 @@ class Host:
         await self.store.end(work.operation.id, "succeeded", result=ref)
         self._bus.bump()
 
-    def _provision_record(
-        self, slug: str, record: Deployment | None, tier: str, driver: str, reuse: bool, *, generation: int
-    ) -> tuple[Deployment, Transition, bool]:
-        """(the record to write while provisioning, the transition, whether the current record
-        is a torn-down one to archive first)."""
-        state: State | None = record.state if record is not None else None
-        archive = False
-        if record is not None and record.state == "tier_torn_down":
-            if not reuse:
-                raise InvalidTransition(
-                    f"workspace {slug!r} was torn down; teardown is final. To use the slug again, "
-                    "ask to reuse it: the old record is archived",
-                    codes.INVALID_TRANSITION,
-                    {"kind": "invalid_transition", "state": record.state},
-                )
-            archive, record, state = True, None, None
-        if record is not None and record.state in ("ready", "failed"):
-            existing = (record.ref or _synthesized_ref(record)).model_dump(mode="json")
-            if record.driver != driver:
-                raise Conflict(
-                    f"workspace {slug!r} exists on driver {record.driver!r}; a workspace cannot "
-                    f"move to another driver: tear it down, then provision it again, reusing the slug",
-                    codes.CONFLICT,
-                    {"kind": "conflict", "existing": existing},
-                )
-            if record.tier != tier:
-                raise Conflict(
-                    f"workspace {slug!r} exists with tier {record.tier!r}; "
-                    + (
-                        "use upgrade to change its tier"
-                        if record.state == "ready"
-                        else f"it is failed: provision it again with tier {record.tier!r}, or tear it down"
-                    ),
-                    codes.CONFLICT,
-                    {"kind": "conflict", "existing": existing},
-                )
-        plan = self._check_transition(state, "provision", slug)
+    async def _provisioning(
+        self, request: _Request, record: Deployment | None, step: Transition
+    ) -> Deployment:
+        """The record to write while provisioning: the current one in its new state, or a new
+        generation of the slug."""
+        assert request.tier is not None and request.driver is not None
         now = utc_now()
-        return (
-            Deployment(
-                slug=slug,
-                generation=record.generation if record is not None else generation,
-                tier=tier,
-                driver=driver,
-                state=plan.during,
-                ref=record.ref if record is not None else None,
-                created_at=record.created_at if record is not None else now,
-                updated_at=now,
-            ),
-            plan,
-            archive,
-        )
-
-    def _check_transition(self, state: State | None, verb: Verb, slug: str) -> Transition:
-        if state in TRANSIENT:
-            raise InvalidTransition(
-                f"workspace {slug!r} is {state}: a hearth process stopped in the middle of it and "
-                "its backend could not be asked; reconcile resolves it from the backend",
-                codes.INVALID_TRANSITION,
-                {"kind": "invalid_transition", "state": state},
+        if record is not None:
+            return record.model_copy(
+                update={
+                    "state": step.during,
+                    "tier": request.tier,
+                    "driver": request.driver,
+                    "updated_at": now,
+                }
             )
-        return transition(state, verb, slug)
+        return Deployment(
+            slug=request.slug,
+            generation=await self.store.next_generation(request.slug),
+            tier=request.tier,
+            driver=request.driver,
+            state=step.during,
+            ref=None,
+            created_at=now,
+            updated_at=now,
+        )
 
     async def _run(
         self,

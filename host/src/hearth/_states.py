@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from hearth_adaptersdk import State, codes
 
-from ._errors import InvalidTransition
+from ._errors import Conflict, InvalidTransition
 
 Verb = Literal["provision", "upgrade", "teardown"]
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})
@@ -55,7 +55,15 @@ TRANSITIONS: dict[tuple[State | None, Verb], Transition] = {
 
 
 def transition(state: State | None, verb: Verb, slug: str) -> Transition:
-    """The transition ``verb`` makes from ``state``; InvalidTransition naming the state if none."""
+    """The transition ``verb`` makes from ``state``; InvalidTransition naming the state if none
+    (a transient state is refused: the host settles a record a dead host left before it asks)."""
+    if state in TRANSIENT:
+        raise InvalidTransition(
+            f"cannot {verb} workspace {slug!r}: it is {state}; a hearth process stopped in the "
+            "middle of it and its backend could not be asked; reconcile resolves it from the backend",
+            codes.INVALID_TRANSITION,
+            {"kind": "invalid_transition", "state": state},
+        )
     found = TRANSITIONS.get((state, verb))
     if found is not None:
         return found
@@ -157,3 +165,77 @@ def joins(running: Ask, asked: Ask) -> bool:
     if asked[0] == "upgrade":
         return running[1] == asked[1]
     return running[1:] == asked[1:]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the rules need of a workspace's record."""
+
+    state: State
+    tier: str
+    driver: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a verb will do: nothing (``transition`` None: the same ready workspace provisioned
+    again, a torn-down one torn down again), or ``transition``; ``archive``: the torn-down record
+    is archived first (a provision that reuses the slug)."""
+
+    transition: Transition | None
+    archive: bool = False
+
+    @property
+    def noop(self) -> bool:
+        return self.transition is None
+
+
+def plan(
+    verb: Verb,
+    recorded: Recorded | None,
+    slug: str,
+    *,
+    tier: str | None = None,
+    driver: str | None = None,
+    reuse: bool = False,
+) -> Plan:
+    """The lifecycle rules for ``verb`` on a workspace recorded as ``recorded`` (None: none);
+    raises the refusal (``invalid_transition`` naming the state, ``conflict`` for another tier or
+    driver). A verb other than provision needs a record (the host says ``not_found`` first)."""
+    if verb == "provision":
+        if recorded is None:
+            return Plan(transition(None, verb, slug))
+        if recorded.state == "ready" and (recorded.tier, recorded.driver) == (tier, driver):
+            return Plan(None)
+        if recorded.state == "tier_torn_down":
+            if not reuse:
+                raise InvalidTransition(
+                    f"workspace {slug!r} was torn down; teardown is final. To use the slug again, "
+                    "ask to reuse it: the old record is archived",
+                    codes.INVALID_TRANSITION,
+                    {"kind": "invalid_transition", "state": recorded.state},
+                )
+            return Plan(transition(None, verb, slug), archive=True)
+        if recorded.state in ("ready", "failed") and recorded.driver != driver:
+            raise Conflict(
+                f"workspace {slug!r} exists on driver {recorded.driver!r}; a workspace cannot move "
+                "to another driver: tear it down, then provision it again, reusing the slug",
+                codes.CONFLICT,
+                {"kind": "conflict"},
+            )
+        if recorded.state in ("ready", "failed") and recorded.tier != tier:
+            raise Conflict(
+                f"workspace {slug!r} exists with tier {recorded.tier!r}; "
+                + (
+                    "use upgrade to change its tier"
+                    if recorded.state == "ready"
+                    else f"it is failed: provision it again with tier {recorded.tier!r}, or tear it down"
+                ),
+                codes.CONFLICT,
+                {"kind": "conflict"},
+            )
+        return Plan(transition(recorded.state, verb, slug))
+    assert recorded is not None, "only provision applies to a workspace without a record"
+    if verb == "teardown" and recorded.state == "tier_torn_down":
+        return Plan(None)
+    return Plan(transition(recorded.state, verb, slug))
