@@ -1272,7 +1272,8 @@ class Host:
         async with self._supervisor.use(driver, timeout=self.timeouts.handshake) as client:
             if not client.supports("validate_profile"):
                 return
-            valid, errors = await client.validate_profile(profile, timeout=self.timeouts.status)
+            answer = await client.validate_profile(profile, timeout=self.timeouts.status)
+        valid, errors = answer.valid, list(answer.errors)
         if not valid:
             raise InvalidProfile(
                 f"{driver}: the profile is not valid: {'; '.join(errors) or 'no reason given'}",

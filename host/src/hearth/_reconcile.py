@@ -46,7 +46,8 @@ class Reconciler:
         by_driver: dict[str, list[Deployment]] = defaultdict(list)
         for record in records:
             by_driver[record.driver].append(record)
-        for driver in sorted(by_driver):
+        # a driver whose records were all forgotten or torn down may still hold orphans
+        for driver in sorted({*by_driver, *await host.store.drivers()}):
             try:
                 listed = await self._list(driver)
             except HearthError as exc:
@@ -158,24 +159,12 @@ async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float
     """Record a deployment the adapter lists but hearth has no record of (its state from the
     adapter's ``status``); refuses a slug with a live record or a running operation."""
     store = host.store
+    await _refuse_if_busy(host, slug)
+    _refuse_if_recorded(await store.get(slug), slug)
     async with host._locks.hold(slug, host._lock_wait(None if timeout is None else _at(timeout))):
-        record = await store.get(slug)
-        if record is not None and record.state != "tier_torn_down":
-            raise Conflict(
-                f"workspace {slug!r} already has a record ({record.state} on {record.driver!r}); "
-                "only a deployment without one can be adopted",
-                codes.CONFLICT,
-                {
-                    "kind": "conflict",
-                    "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
-                },
-            )
-        active = await host._active_operation(slug)
-        if active is not None:
-            raise Busy(
-                f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}",
-                active.id,
-            )
+        record = await store.get(slug)  # again, now that the slug is held
+        _refuse_if_recorded(record, slug)
+        await _refuse_if_busy(host, slug)
         async with host.supervisor.use(driver, timeout=timeout) as client:
             if not client.supports("list"):
                 raise Unsupported(
@@ -233,22 +222,42 @@ async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float
 async def forget(host: Host, slug: str) -> Deployment:
     """Archive the record of ``slug``; the backend is left exactly as it is."""
     store = host.store
+    if await store.get(slug) is None:
+        raise NotFound(f"no workspace {slug!r}")
+    await _refuse_if_busy(host, slug)
     async with host._locks.hold(slug, host.timeouts.lock_wait):
         record = await store.get(slug)
         if record is None:
             raise NotFound(f"no workspace {slug!r}")
-        active = await host._active_operation(slug)
-        if active is not None:
-            raise Busy(
-                f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}",
-                active.id,
-            )
+        await _refuse_if_busy(host, slug)
         await store.archive(slug)
         await store.create_operation(
             NewOperation(slug, record.generation, "forget", host.owner, done=("succeeded", record.ref))
         )
     host._bus.bump()
     return record
+
+
+async def _refuse_if_busy(host: Host, slug: str) -> None:
+    """``busy`` at once when an operation runs on the slug (rather than a wait for its lock)."""
+    active = await host._active_operation(slug)
+    if active is not None:
+        raise Busy(
+            f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}", active.id
+        )
+
+
+def _refuse_if_recorded(record: Deployment | None, slug: str) -> None:
+    if record is not None and record.state != "tier_torn_down":
+        raise Conflict(
+            f"workspace {slug!r} already has a record ({record.state} on {record.driver!r}); "
+            "only a deployment without one can be adopted",
+            codes.CONFLICT,
+            {
+                "kind": "conflict",
+                "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
+            },
+        )
 
 
 def _at(timeout: float) -> float:

@@ -98,6 +98,7 @@ class Store(Protocol):
         after: str | None = None,
     ) -> list[Deployment]: ...
     async def next_generation(self, slug: str) -> int: ...
+    async def drivers(self) -> list[str]: ...
     async def save(self, deployment: Deployment) -> None: ...
     async def archive(self, slug: str) -> None: ...
     # operations
@@ -317,6 +318,15 @@ class SQLiteStore:
             query += f" LIMIT {int(limit)}"
         rows = await self._run(lambda: self.db.execute(query, args).fetchall())
         return [_deployment(row) for row in rows]
+
+    async def drivers(self) -> list[str]:
+        """Every driver any record (archived or not) names: the ones reconcile asks."""
+
+        def work() -> list[str]:
+            rows = self.db.execute("SELECT DISTINCT driver FROM deployments ORDER BY driver").fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(work)
 
     async def next_generation(self, slug: str) -> int:
         def work() -> int:
