@@ -16,7 +16,16 @@
   and of a list result of 200 workspaces, and ``LineDecoder.feed`` of 64 lines in one chunk
   (``--only codec`` runs just this section: no adapter, no docker);
 - ``hearth ls`` on a store of 100 records beside ``python -c "import pydantic, sqlite3,
-  platformdirs"`` (target: <= 1.5x; ``--only cli``).
+  platformdirs"`` (target: <= 1.5x; ``--only cli``);
+- event-loop lag while 50 provisions with progress (18 events each over 1.6 s, an in-process
+  fake driver) run at once through ``Host`` on a SQLite file: a ticker in the host's loop
+  sleeps 5 ms again and again and records how late it wakes (p50, p99), beside the same
+  workload with the store's work run on the event loop (``InlineSQLiteStore``, what hearth did
+  before issue 11) (target: p99 <= 20 ms);
+- cross-process event latency: a child process provisions 20 workspaces with progress on the
+  same home while this process's ``Host.watch`` reads the events; ``time.time() - event.at``
+  for each (p50, p99), beside the watcher in the producer's own host (target: p50 <= 100 ms).
+  ``--only operations`` runs these two sections (after the Host section in the full run).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import argparse
 import asyncio
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -33,11 +43,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from hearth import AdapterClient, Host, ProvisioningProfile, discover
+from hearth import AdapterClient, Host, ProvisioningProfile, SQLiteStore, Tier, discover
 from hearth_adapter_fake import FakeDriver
-from hearth_adaptersdk import RequestContext
+from hearth_adaptersdk import MemoryConnection, Progress, RequestContext
 from hearth_adaptersdk.codes import MAX_MESSAGE_BYTES
 from hearth_adaptersdk.transport import LineDecoder, Malformed, decode_line, encode
 
@@ -545,17 +555,33 @@ def protocol_section(path: Path, args: argparse.Namespace) -> None:
 def cli_ls(runs: int, records: int) -> tuple[list[float], list[float]]:
     """``hearth ls`` on a store of ``records`` workspaces (no adapter started), beside the import
     baseline the issue names: ``python -c "import pydantic, sqlite3, platformdirs"``."""
-    from hearth import Deployment, SQLiteStore
+    from hearth import Deployment
     from hearth_adaptersdk import utc_now
 
     hearth = Path(sys.executable).parent / "hearth"
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder) / "home"
-        store = SQLiteStore(home / "hearth.db")
         now = utc_now()
-        for index in range(records):
-            store.save(Deployment(f"w{index:03}", 1, "solo", "fake", "failed", None, now, now))
-        store.close()
+
+        async def fill() -> None:
+            store = SQLiteStore(home / "hearth.db")
+            await store.open()
+            for index in range(records):
+                await store.save(
+                    Deployment(
+                        slug=f"w{index:03}",
+                        generation=1,
+                        tier="solo",
+                        driver="fake",
+                        state="failed",
+                        ref=None,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            await store.close()
+
+        asyncio.run(fill())
         command = [str(hearth), "ls", "--home", str(home), "--project", folder]
         baseline = [sys.executable, "-c", "import pydantic, sqlite3, platformdirs"]
         ls_samples: list[float] = []
@@ -580,6 +606,225 @@ def cli_section(runs: int) -> None:
     print()
 
 
+# --- operations: the event loop under load, and events across processes ----------------------
+
+P = ParamSpec("P")
+R = TypeVar("R")
+#: Progress steps per verb of ``ChattyFakeDriver`` (the fake's own ``_work`` makes 4).
+CHATTY_STEPS = 16
+#: The fake's ``delay`` flag: the verb's time, spread over the steps.
+CHATTY_DELAY = 1.6
+#: The ticker's sleep; its lag is how late each wake-up comes.
+TICK = 0.005
+
+
+class InlineSQLiteStore(SQLiteStore):
+    """The baseline: ``SQLiteStore`` with its work run on the event loop, as hearth did before
+    issue 11 (one connection, opened and used on the loop's thread; no store thread)."""
+
+    async def _run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._typed(work, *args, **kwargs)
+
+    async def open(self) -> None:
+        if self._db is None:
+            try:
+                self._typed(self._open)
+            except BaseException:
+                self._close()
+                raise
+
+    async def close(self) -> None:
+        self._close()
+
+
+class ChattyFakeDriver(FakeDriver):
+    """The fake driver with more progress: ``CHATTY_STEPS`` events over its ``delay`` (plus the
+    fake's first and last), so each provision sends 18 progress events."""
+
+    async def _work(self, ctx: RequestContext, flags: dict[str, Any], verb: str) -> None:
+        delay = float(flags.get("delay", 0))
+        for step in range(1, CHATTY_STEPS + 1):
+            if delay:
+                await asyncio.sleep(delay / CHATTY_STEPS)
+            ctx.progress(f"{verb}: step {step} of {CHATTY_STEPS}", step / (CHATTY_STEPS + 1))
+
+
+def chatty_host(folder: str | Path, store: SQLiteStore | None = None) -> Host:
+    """A host on ``folder/home`` whose ``fake`` driver runs in process, with the tier ``steps``."""
+    return Host(
+        project_dir=Path(folder) / "project",
+        home=Path(folder) / "home",
+        tiers={"steps": Tier("steps", driver_flags={"fake": {"delay": CHATTY_DELAY}})},
+        in_process={"fake": lambda: MemoryConnection(ChattyFakeDriver())},
+        store=store,
+    )
+
+
+async def _provisions(host: Host, prefix: str, count: int) -> int:
+    """``count`` provisions at once, each with an ``on_progress``; the progress events seen."""
+    seen = [0]
+
+    def on_progress(_: Progress) -> None:
+        seen[0] += 1
+
+    await asyncio.gather(
+        *(
+            host.provision(f"{prefix}{i}", tier="steps", driver="fake", on_progress=on_progress)
+            for i in range(count)
+        )
+    )
+    return seen[0]
+
+
+async def _ticking(work: Callable[[], Any]) -> tuple[list[float], Any, float]:
+    """Run ``work()`` while a ticker in this loop sleeps ``TICK`` again and again; (how late
+    each wake-up was, the work's result, its seconds)."""
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            expected = time.perf_counter() + TICK
+            await asyncio.sleep(TICK)
+            lags.append(time.perf_counter() - expected)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    try:
+        result = await work()
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        await task
+    return lags, result, elapsed
+
+
+async def loop_lag(count: int, inline: bool) -> tuple[list[float], int, float]:
+    """(the ticker's lags, progress events seen, seconds) for ``count`` provisions at once."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "home" / "hearth.db"
+        store = InlineSQLiteStore(path) if inline else SQLiteStore(path)
+        async with chatty_host(folder, store) as host:
+            await host.provision("warmup", tier="solo", driver="fake")  # the adapter is started
+            lags, seen, elapsed = await _ticking(lambda: _provisions(host, "w", count))
+    return lags, seen, elapsed
+
+
+async def idle_lag(seconds: float) -> list[float]:
+    """The ticker alone: what the loop and the OS timer give with nothing else to do."""
+    lags, _, _ = await _ticking(lambda: asyncio.sleep(seconds))
+    return lags
+
+
+def _child_provisions(folder: str, count: int) -> None:
+    """The producer of the cross-process benchmark (run in a spawned process)."""
+
+    async def run() -> None:
+        async with chatty_host(folder) as host:
+            await _provisions(host, "x", count)
+
+    asyncio.run(run())
+
+
+async def _watch_latencies(host: Host, after: int, count: int, timeout: float) -> list[float]:
+    """``time.time() - event.at`` of every event after ``after`` until ``count`` operations
+    have finished (bounded by ``timeout``)."""
+    latencies: list[float] = []
+    finished = 0
+    async with asyncio.timeout(timeout):
+        async for event in host.watch(after=after):
+            latencies.append(time.time() - event.at.timestamp())
+            if event.final and event.slug != "warmup":
+                finished += 1
+                if finished == count:
+                    break
+    return latencies
+
+
+async def event_latency(count: int, cross_process: bool, timeout: float = 60.0) -> tuple[list[float], float]:
+    """(each event's latency from its writer to ``Host.watch`` here, seconds of the run)."""
+    with tempfile.TemporaryDirectory() as folder:
+        async with chatty_host(folder) as host:
+            await host.provision("warmup", tier="solo", driver="fake")
+            after = await host.store.last_seq()
+            watcher = asyncio.create_task(_watch_latencies(host, after, count, timeout))
+            started = time.perf_counter()
+            if not cross_process:
+                await _provisions(host, "x", count)
+                return await watcher, time.perf_counter() - started
+            spawn = multiprocessing.get_context("spawn")
+            child = spawn.Process(target=_child_provisions, args=(folder, count))
+            child.start()
+            joined = asyncio.create_task(asyncio.to_thread(child.join, timeout))
+            try:
+                await asyncio.wait({watcher, joined}, return_when=asyncio.FIRST_COMPLETED)
+                if not watcher.done() and child.exitcode not in (None, 0):
+                    raise RuntimeError(f"the producer process exited with code {child.exitcode}")
+                latencies = await watcher  # bounded by its own timeout
+            finally:
+                watcher.cancel()
+                await joined
+                if child.is_alive():
+                    child.terminate()
+                    await asyncio.to_thread(child.join)
+            if child.exitcode != 0:
+                raise RuntimeError(f"the producer process exited with code {child.exitcode}")
+            return latencies, time.perf_counter() - started
+
+
+def operations_section(provisions: int, producers: int, rounds: int) -> None:
+    threaded: list[float] = []
+    inline: list[float] = []
+    seen = inline_seen = 0
+    elapsed = inline_elapsed = 0.0
+    for _ in range(rounds):  # alternate, so that a busy machine weighs on both alike
+        lags, events, seconds = asyncio.run(loop_lag(provisions, inline=False))
+        threaded += lags
+        seen, elapsed = seen + events, elapsed + seconds / rounds
+        lags, events, seconds = asyncio.run(loop_lag(provisions, inline=True))
+        inline += lags
+        inline_seen, inline_elapsed = inline_seen + events, inline_elapsed + seconds / rounds
+    idle = asyncio.run(idle_lag(1.0))
+    print(
+        f"event-loop lag: {provisions} provisions at once through Host, each with on_progress "
+        f"({CHATTY_STEPS + 2} events over {CHATTY_DELAY:g} s, in-process fake), SQLite WAL file,"
+    )
+    print(f"{rounds} rounds pooled ({len(threaded)} and {len(inline)} wake-ups); a ticker in the host's loop")
+    print(
+        f"sleeps {TICK * 1000:g} ms and records how late it wakes, beside the same workload with the store's"
+    )
+    print("work run on the event loop (InlineSQLiteStore, what hearth did before issue 11):")
+    print(f"{'':34}{'store thread':>12}{'on the loop':>14}{'ratio':>9}  target")
+    for label, fraction, target in (("p50", 0.5, ""), ("p99", 0.99, "p99 <= 20 ms")):
+        new, old = percentile(threaded, fraction), percentile(inline, fraction)
+        print(f"{'loop lag ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x  {target}")
+    print(f"{'loop lag max':34}{ms(max(threaded))}{ms(max(inline)):>14}")
+    print(
+        f"{'wall time per round':34}{elapsed:9.2f} s {inline_elapsed:11.2f} s"
+        f"   ({seen} and {inline_seen} progress events seen)"
+    )
+    idle50, idle99 = percentile(idle, 0.5), percentile(idle, 0.99)
+    print(f"{'idle loop, the ticker alone':34}{ms(idle50)} p50{ms(idle99):>14} p99")
+    print()
+    cross, cross_elapsed = asyncio.run(event_latency(producers, cross_process=True))
+    local, local_elapsed = asyncio.run(event_latency(producers, cross_process=False))
+    print(
+        f"event latency (time.time() - event.at at Host.watch): a child process provisions "
+        f"{producers} workspaces"
+    )
+    print("with progress on the same home, beside the watcher in the producer's own host:")
+    print(f"{'':34}{'other process':>12}{'same host':>14}{'ratio':>9}  target")
+    for label, fraction, target in (("p50", 0.5, "p50 <= 100 ms"), ("p99", 0.99, "")):
+        new, old = percentile(cross, fraction), percentile(local, fraction)
+        print(f"{'event latency ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x  {target}")
+    print(
+        f"{'events seen, wall time':34}{len(cross):9d}    {len(local):11d}      "
+        f"({cross_elapsed:.2f} s with the child's start, {local_elapsed:.2f} s)"
+    )
+    print()
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -593,8 +838,13 @@ def main() -> None:
     parser.add_argument("--docker-rounds", type=int, default=5, help="docker lifecycles per side")
     parser.add_argument("--codec-calls", type=int, default=20000, help="calls per codec timing run")
     parser.add_argument("--cli-runs", type=int, default=21, help="runs of hearth ls and its baseline")
+    parser.add_argument("--provisions", type=int, default=50, help="provisions at once in the loop-lag run")
+    parser.add_argument("--lag-rounds", type=int, default=3, help="rounds of the loop-lag run per store")
+    parser.add_argument("--producers", type=int, default=20, help="provisions in the event-latency runs")
     parser.add_argument(
-        "--only", choices=["codec", "cli", "protocol"], help="run one section only (no adapter, no docker)"
+        "--only",
+        choices=["codec", "cli", "protocol", "operations"],
+        help="run one section only (no adapter, no docker)",
     )
     args = parser.parse_args()
     if args.only is not None:
@@ -602,6 +852,7 @@ def main() -> None:
             "codec": lambda: codec_section(args.codec_calls),
             "cli": lambda: cli_section(args.cli_runs),
             "protocol": lambda: protocol_section(discover("fake").path, args),
+            "operations": lambda: operations_section(args.provisions, args.producers, args.lag_rounds),
         }
         sections[args.only]()
         return
@@ -635,6 +886,7 @@ def main() -> None:
         "time per workspace (1.00 = linear)"
     )
     print()
+    operations_section(args.provisions, args.producers, args.lag_rounds)
     codec_section(args.codec_calls)
     cli_section(args.cli_runs)
     docker_section(args.docker_rounds)

@@ -57,7 +57,7 @@ from ._errors import (
     error_from_json,
 )
 from ._locks import OwnerMark, SlugLocks, new_owner
-from ._models import FINISHED, Deployment, Event, Operation
+from ._models import FINISHED, Deployment, Event, Operation, synthesized_ref
 from ._records import STORE_FILE
 from ._settings import Settings, SettingsSource, Tier, Timeouts, positive_seconds
 from ._states import (
@@ -920,7 +920,7 @@ class Host:
         ):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self._flushing)
-        if self._events and self._store is not None:
+        while self._events and self._store is not None:  # events that came during a write go next
             events, self._events = self._events, []
             try:
                 await asyncio.shield(self.store.add_events(events))
@@ -1564,15 +1564,7 @@ def _same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
     )
 
 
-def _synthesized_ref(record: Deployment) -> DeploymentRef:
-    """A ref for a record that has none (its provision failed): drivers find objects by name."""
-    return DeploymentRef(
-        workspace_slug=record.slug,
-        tier=record.tier,
-        driver=record.driver,
-        created=record.created_at,
-        last_status=record.state,
-    )
+_synthesized_ref = synthesized_ref
 
 
 _positive = positive_seconds

@@ -43,6 +43,17 @@ class Deployment(BaseModel):
     unconfirmed: bool = False
 
 
+def synthesized_ref(record: Deployment) -> DeploymentRef:
+    """A ref for a record that has none (its provision failed): drivers find objects by name."""
+    return DeploymentRef(
+        workspace_slug=record.slug,
+        tier=record.tier,
+        driver=record.driver,
+        created=record.created_at,
+        last_status=record.state,
+    )
+
+
 class LogLine(BaseModel):
     """One line of an operation's log: its progress, and the backend's output on a failure."""
 

@@ -104,7 +104,8 @@ MIGRATIONS: Sequence[str] = (
     DROP TABLE operations;
     ALTER TABLE operations_v3 RENAME TO operations;
     CREATE INDEX operations_by_slug ON operations (slug, id);
-    CREATE INDEX operations_active ON operations (slug) WHERE state IN ('queued', 'running')
+    CREATE INDEX operations_active ON operations (slug) WHERE state IN ('queued', 'running');
+    ALTER TABLE deployments ADD COLUMN listing TEXT
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -137,7 +138,7 @@ def current(path: Path) -> list[Listed]:
             if version == 0:
                 return []
             rows = db.execute(
-                "SELECT slug, tier, driver, state, ref, created_at FROM deployments "
+                "SELECT slug, tier, driver, state, COALESCE(ref, listing), created_at FROM deployments "
                 "WHERE archived = 0 ORDER BY slug"
             ).fetchall()
         finally:
@@ -147,7 +148,8 @@ def current(path: Path) -> list[Listed]:
     listed = []
     for slug, tier, driver, state, ref, created in rows:
         # The stored ref is the model's own JSON (DeploymentRef.model_dump_json); a record with
-        # none (its provision failed) gets one from the model, which then loads, and only then.
+        # none (its provision failed) has the ref the model made for it when it was written
+        # (``listing``); only a record written before schema 3 needs the model to load here.
         document = json.loads(ref) if ref else _synthesized(slug, tier, driver, state, created)
         document["last_status"] = state
         listed.append(Listed(slug, state, tier, driver, document))

@@ -26,7 +26,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 from ._errors import StoreError
-from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
+from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState, synthesized_ref
 from ._records import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
@@ -669,11 +669,11 @@ def _event(
 def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
     ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
     db.execute(
-        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
         "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
         "reason = excluded.reason, updated_at = excluded.updated_at, "
-        "unconfirmed = excluded.unconfirmed",
+        "unconfirmed = excluded.unconfirmed, listing = excluded.listing",
         (
             deployment.slug,
             deployment.generation,
@@ -685,8 +685,15 @@ def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
             deployment.created_at.isoformat(),
             deployment.updated_at.isoformat(),
             int(deployment.unconfirmed),
+            None if ref is not None else _listing(deployment),
         ),
     )
+
+
+def _listing(deployment: Deployment) -> str:
+    """The ref ``hearth ls`` shows for a record without one (its provision failed), made by the
+    model when the record is written, so that ``ls`` never loads the models to list it."""
+    return synthesized_ref(deployment).model_dump_json()
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
