@@ -17,7 +17,10 @@ def make_host(tmp_path: Path) -> Host:
     return Host(
         project_dir=tmp_path / "project",
         home=tmp_path / "home",
-        tiers={"brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 0.2}})},
+        tiers={
+            "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 0.2}}),
+            "failing": Tier("failing", ResourceCaps(cpu=1), {"fake": {"fail_at": "provision"}}),
+        },
         in_process={"fake": lambda: MemoryConnection(driver)},
     )
 
@@ -92,3 +95,51 @@ async def test_bad_arguments_to_the_iterators_fail_before_the_first_event(tmp_pa
         with pytest.raises(InvalidInput, match="after must be"):
             op.events(after=-5)
         await op.result()
+
+
+async def test_an_operation_cancelled_as_soon_as_it_started_ends_cancelled_at_once(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("quick", tier="brisk", driver="fake")
+        asked = await op.cancel(reason="changed my mind")
+        assert asked.state == "cancelled" and asked.cancel_requested == "changed my mind"
+        assert (await op.wait(timeout=5)).state == "cancelled"
+        kinds = [(e.kind, e.state) for e in await host.store.events(operation=op.id)]
+        assert kinds == [("state", "queued"), ("cancel", None), ("state", "cancelled")]
+        assert await host.deployments() == []  # it never started: nothing changed
+        ref = await host.provision("quick", tier="brisk", driver="fake")  # not busy
+        assert ref.last_status == "ready"
+
+
+async def test_a_failed_operation_nobody_awaits_logs_no_unretrieved_exception(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("bad", tier="failing", driver="fake")
+        assert (await op.wait(timeout=10)).state == "failed"
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_waiter_learns_that_the_operations_host_died(tmp_path: Path) -> None:
+    from hearth import Interrupted
+    from tests.helpers import left_by_a_dead_host
+
+    async with make_host(tmp_path) as host:
+        await host.provision("orphaned", tier="solo", driver="fake")
+        [record] = await host.deployments()
+        await left_by_a_dead_host(host, record.model_copy(update={"state": "tearing_down"}), "teardown")
+        [op] = [o for o in await host.operations(slug="orphaned") if not o.finished]
+        with pytest.raises(Interrupted):
+            await op.result(timeout=30)
+        assert (await host.deployment("orphaned")).state == "ready"  # settled from the backend
+
+
+async def test_out_of_range_and_mistyped_queries_are_invalid_input(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        with pytest.raises(InvalidInput):
+            await host.operation(2**70)
+        with pytest.raises(InvalidInput):
+            await host.deployments(state="sleeping")
+        with pytest.raises(InvalidInput):
+            await host.deployments(driver="Bad!")
+        with pytest.raises(InvalidInput):
+            await host.deployments(after=5)  # type: ignore[arg-type]

@@ -232,7 +232,10 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
 def _reconcile_lines(report: ReconcileReport) -> str:
     would = "would resolve" if report.dry_run else "resolved"
     marked = "would be marked failed" if report.dry_run else "marked failed"
-    lines = [f"{would} {slug}: {old} -> {new}" for slug, old, new in report.resolved]
+    lines = [
+        f"{would} {slug}: {old} -> {new}" if old != new else f"{would} {slug}: {old}, now confirmed"
+        for slug, old, new in report.resolved
+    ]
     lines += [f"ghost {slug}: the backend has no trace; {marked}" for slug in report.ghosts]
     lines += [
         f"orphan {ref.workspace_slug} on {ref.driver}: no record (left in place)" for ref in report.orphans
@@ -444,7 +447,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 "cancelled",
                 "not confirmed; nothing was changed",
                 as_json,
-                EXIT_INTERRUPTED,
+                EXIT_FAILURE,
             )
         else:
             import asyncio

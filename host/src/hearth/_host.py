@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -85,6 +86,11 @@ ECHO = 80
 KEY_MAX = 200
 #: How often a host looks for other processes' events while someone waits for them (seconds).
 POLL = 0.02
+#: How often a wait for another process's operation checks that its host is alive (seconds).
+LIVENESS = 1.0
+STATES: frozenset[str] = frozenset(
+    {"provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down"}
+)
 VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade", "tearing_down": "teardown"}
 Call = Callable[[AdapterClient, float | None, ProgressCallback, Interruption], Any]
 #: ``on_progress`` may be a plain function or a coroutine function.
@@ -158,6 +164,8 @@ class _Work:
     listeners: builtins.list[ProgressListener] = field(default_factory=builtins.list)
     cancel: tuple[str, str] | None = None
     begun: bool = False
+    #: Ends the operation of a task cancelled before its first step (``Host._work_done``).
+    ending: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -397,10 +405,10 @@ class Host:
         return sum(self._cancel_work(work, outcome, reason) for work in builtins.list(self._work.values()))
 
     def _cancel_work(self, work: _Work, outcome: str, reason: str) -> bool:
-        if work.task is None or work.task.done():
+        """Cancel the work once: a second cancel of a task would cut its rollback short."""
+        if work.task is None or work.task.done() or work.cancel is not None:
             return False
-        if work.cancel is None:
-            work.cancel = (outcome, reason)
+        work.cancel = (outcome, reason)
         work.task.cancel()
         return True
 
@@ -612,8 +620,28 @@ class Host:
             work.task = asyncio.get_running_loop().create_task(
                 self._execute(work, request), name=f"hearth-{request.verb}-{request.slug}-#{operation.id}"
             )
+            work.task.add_done_callback(functools.partial(self._work_done, work))
             self._bus.ensure_polling()
             return operation, True
+
+    def _work_done(self, work: _Work, task: asyncio.Task[DeploymentRef | None]) -> None:
+        """A finished work task: its error is the operation's (kept in the store; awaiting it is
+        optional, so it is retrieved here), and a task cancelled before its first step, which
+        ran none of its own handlers, still ends its operation."""
+        self._work.pop(work.operation.id, None)
+        if not task.cancelled():
+            task.exception()
+            return
+        if not work.begun and self._store is not None:
+            outcome, reason = work.cancel or ("cancelled", "cancelled by the caller")
+            ending = asyncio.ensure_future(
+                self._end_unstarted(
+                    work.operation, outcome, {"kind": outcome, "message": f"{reason}; it had not started"}
+                )
+            )
+            work.ending = ending
+            self._background.add(ending)
+            ending.add_done_callback(self._background.discard)
 
     def _same_key(self, operation: Operation, request: _Request) -> Operation:
         """A key already used: that operation, if it was for the same thing."""
@@ -648,11 +676,7 @@ class Host:
 
     async def _active_operation(self, slug: str) -> Operation | None:
         """The slug's queued or running operation whose host is alive (dead ones are settled)."""
-        for operation in await self.store.operations(slug=slug, active=True):
-            if await self._owner_alive(operation):
-                return operation
-            await self._interrupted(operation)
-        return None
+        return (await self._look(slug))[1]
 
     async def _owner_alive(self, operation: Operation) -> bool:
         if operation.id in self._work or operation.owner == self.owner:
@@ -679,9 +703,7 @@ class Host:
     async def _heal(self, slug: str) -> Deployment | None:
         """Settle what a dead host left on ``slug``: its operations end ``interrupted`` and a
         record it left transient is resolved from the adapter's ``status``. The record after."""
-        store = self.store
-        live = await self._active_operation(slug)
-        record = await store.get(slug)
+        record, live = await self._look(slug)
         if record is None or record.state not in TRANSIENT or live is not None:
             return record
         from ._reconcile import Reconciler
@@ -696,7 +718,17 @@ class Host:
                 raise
             log.warning("could not settle %s from its adapter: %s", slug, exc.message)
         self._bus.bump()
-        return await store.get(slug)
+        return await self.store.get(slug)
+
+    async def _look(self, slug: str) -> tuple[Deployment | None, Operation | None]:
+        """The slug's record and its live operation (one store call; a dead host's operations
+        are ended ``interrupted`` on the way)."""
+        record, active = await self.store.snapshot(slug)
+        for operation in active:
+            if await self._owner_alive(operation):
+                return record, operation
+            await self._interrupted(operation)
+        return record, None
 
     # --- operations: run -----------------------------------------------------------------------
     async def _execute(self, work: _Work, request: _Request) -> DeploymentRef | None:
@@ -943,7 +975,12 @@ class Host:
         with self._bus.interest():
             while not self._bus.closed:
                 changed = self._bus.changed()
-                batch = await store.events(after=cursor, slug=slug, operation=operation)
+                try:
+                    batch = await store.events(after=cursor, slug=slug, operation=operation)
+                except HearthError:
+                    if self._bus.closed:
+                        return  # the host closed under it
+                    raise
                 for event in batch:
                     cursor = event.seq
                     yield event
@@ -965,7 +1002,7 @@ class Host:
     # --- operations: find, wait, cancel --------------------------------------------------------
     async def operation(self, ident: int) -> Operation:
         """The operation ``ident``, from any process; ``not_found`` if there is none."""
-        if isinstance(ident, bool) or not isinstance(ident, int):
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 < ident < 2**63:
             raise InvalidInput(f"{echo(ident)} is not an operation id")
         found = await (await self._opened()).operation(ident)
         if found is None:
@@ -999,12 +1036,16 @@ class Host:
                     return current
                 work = self._work.get(ident)
                 waits: builtins.list[asyncio.Future[Any]] = [changed]
-                if work is not None and work.task is not None:
+                if work is not None and work.task is not None and not work.task.done():
                     waits.append(work.task)
+                elif work is None and not await self._owner_alive(current):
+                    await self._heal(current.slug)  # its host died: settle it, then read it again
+                    continue
                 remaining = None if deadline is None else _remaining(deadline)
                 if remaining is not None and remaining <= 0:
                     return current
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                bound = LIVENESS if remaining is None else min(remaining, LIVENESS)
+                await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
 
     async def _operation_result(self, ident: int, timeout: float | None) -> DeploymentRef | None:
         work = self._work.get(ident)
@@ -1025,10 +1066,14 @@ class Host:
         if not isinstance(reason, str) or not reason:
             raise InvalidInput("a cancel needs a reason (a non-empty string)")
         work = self._work.get(ident)
-        if work is not None:
-            self._cancel_work(work, "cancelled", reason)
-            return await self.operation(ident)
         found = await (await self._opened()).request_cancel(ident, reason[:500])
+        if work is not None and work.task is not None:
+            self._cancel_work(work, "cancelled", reason)
+            if not work.begun:  # a queued operation ends at once: let the caller see it ended
+                await asyncio.wait([work.task], timeout=self.timeouts.cancel_grace)
+                if work.ending is not None:
+                    await asyncio.wait([work.ending], timeout=self.timeouts.cancel_grace)
+            return await self.operation(ident)
         if found is None:
             raise NotFound(f"no operation #{ident}")
         self._bus.bump()
@@ -1153,6 +1198,8 @@ class Host:
             report = await client.status(
                 ref, timeout=self.timeouts.status if deadline is None else max(_remaining(deadline), 0.001)
             )
+        if record.unconfirmed and record.state not in TRANSIENT:
+            record = await self._confirm(record, report)
         details = {**report.details, "recorded_state": record.state}
         notes = [report.message] if report.message else []
         if record.reason:
@@ -1170,6 +1217,19 @@ class Host:
                 f"nothing: {last.error.get('message') or last.error.get('kind')}"
             )
         return report.model_copy(update={"details": details, "message": "; ".join(notes) or None})
+
+    async def _confirm(self, record: Deployment, report: StatusReport) -> Deployment:
+        """A record whose outcome was not confirmed, settled from the ``status`` answer just
+        received (as reconcile would); unchanged if the slug is busy or the answer says nothing."""
+        from ._reconcile import Reconciler
+
+        try:
+            async with self._locks.hold(record.slug, 0.0):
+                await Reconciler(self, dry_run=False, timeout=None).settle(record.slug, report)
+        except SlugLocked:
+            return record
+        self._bus.bump()
+        return await self.store.get(record.slug) or record
 
     async def _transient_note(self, record: Deployment) -> str:
         """Whether a transient record is being worked on, or was left by a host that died."""
@@ -1200,6 +1260,14 @@ class Host:
     ) -> builtins.list[Deployment]:
         """The host's records by slug (with bookkeeping such as the failure reason); ``after``
         is the last slug of the previous page."""
+        if state is not None and state not in STATES:
+            raise InvalidInput(f"{echo(state)} is not a workspace state: {', '.join(sorted(STATES))}")
+        if driver is not None and (
+            not isinstance(driver, str) or not re.fullmatch(codes.DRIVER_PATTERN, driver)
+        ):
+            raise InvalidInput(f"{echo(driver)} is not a driver name")
+        if after is not None and not isinstance(after, str):
+            raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
         store = await self._opened()
         return await store.deployments(
             state=state, driver=driver, include_torn_down=include_torn_down, limit=_page(limit), after=after
@@ -1216,6 +1284,7 @@ class Host:
         last ``limit`` of them."""
         self._check_slug(slug)
         store = await self._opened()
+        await self._look(slug)  # a dead host's operations say interrupted, not running
         found = await store.operations(slug=slug, with_log=True)
         count = _page(limit)
         if count is not None:

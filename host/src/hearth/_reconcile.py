@@ -74,9 +74,10 @@ class Reconciler:
                 )
         return report
 
-    async def settle(self, slug: str) -> None:
-        """Settle one slug from its adapter's ``status`` (the caller holds the slug's lock)."""
-        await self._one(slug, None)
+    async def settle(self, slug: str, observed: StatusReport | None = None) -> None:
+        """Settle one slug from its adapter's ``status`` (the caller holds the slug's lock);
+        ``observed``: an answer the caller already has."""
+        await self._one(slug, None, observed)
 
     async def _list(self, driver: str) -> dict[str, DeploymentRef] | None:
         """The driver's deployments by slug, from one ``list``; None if it cannot list."""
@@ -93,7 +94,9 @@ class Reconciler:
         async with host.supervisor.use(record.driver, timeout=self.timeout) as client:
             return await client.status(ref, timeout=self.timeout or host.timeouts.status)
 
-    async def _one(self, slug: str, listed: dict[str, DeploymentRef] | None) -> None:
+    async def _one(
+        self, slug: str, listed: dict[str, DeploymentRef] | None, observed: StatusReport | None = None
+    ) -> None:
         host = self.host
         current = await host.store.get(slug)
         if current is None or current.state == "tier_torn_down":
@@ -101,7 +104,7 @@ class Reconciler:
         seen = None if listed is None else listed.get(slug)
         if seen is not None and current.state not in TRANSIENT and not current.unconfirmed:
             return  # the list shows it and nothing about the record is uncertain
-        observed = await self._status(current)
+        observed = observed or await self._status(current)
         if current.ref is None and seen is not None:
             current = current.model_copy(update={"ref": seen})
         verb: str | None = None

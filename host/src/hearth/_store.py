@@ -99,6 +99,7 @@ class Store(Protocol):
     ) -> list[Deployment]: ...
     async def next_generation(self, slug: str) -> int: ...
     async def drivers(self) -> list[str]: ...
+    async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]: ...
     async def save(self, deployment: Deployment) -> None: ...
     async def archive(self, slug: str) -> None: ...
     # operations
@@ -318,6 +319,20 @@ class SQLiteStore:
             query += f" LIMIT {int(limit)}"
         rows = await self._run(lambda: self.db.execute(query, args).fetchall())
         return [_deployment(row) for row in rows]
+
+    async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
+        """The slug's current record and its queued or running operations, in one call: what
+        every access to a slug looks at first."""
+
+        def work() -> tuple[Deployment | None, list[Operation]]:
+            rows = self.db.execute(
+                f"SELECT {OPERATION_COLUMNS} FROM operations "
+                "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id",
+                (slug,),
+            ).fetchall()
+            return self._get(slug), [_operation(row) for row in rows]
+
+        return await self._run(work)
 
     async def drivers(self) -> list[str]:
         """Every driver any record (archived or not) names: the ones reconcile asks."""
@@ -575,7 +590,8 @@ class SQLiteStore:
 
     # --- events --------------------------------------------------------------------------------
     async def add_events(self, events: Sequence[NewEvent]) -> None:
-        """Several events (of any operations) in one transaction."""
+        """Several events (of any operations) in one transaction; a backend id an event names
+        is written to its slug's current record in the same transaction."""
 
         def work() -> None:
             with self._write() as db:
