@@ -172,6 +172,14 @@ def install_script(folder: Path, name: str, source: str) -> Path:
     return path
 
 
+def trust_project_adapters(project: Path, home: Path, *drivers: str) -> None:
+    """Trust the project's adapters (all, or those of ``drivers``) in ``home``, as
+    ``hearth adapters trust`` does: project adapters run only once trusted."""
+    from hearth._discovery import trust_adapters
+
+    trust_adapters(project, home, drivers or None)
+
+
 @pytest.fixture
 def make_adapter(tmp_path: Path) -> Callable[..., Path]:
     """``make_adapter("raw", MODE="garbage")``: copy tests/adapters/<kind>.py as an executable."""

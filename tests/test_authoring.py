@@ -60,6 +60,7 @@ def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
         "shutdown",
         "list",
         "validate_profile",
+        "plan",
     }
 
 

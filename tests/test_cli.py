@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from hearth_adapter_fake._store import read_journal
+from tests.conftest import trust_project_adapters
 
 pytestmark = pytest.mark.subprocess
 
@@ -205,6 +206,7 @@ def misbehaving(cli: Cli, make_adapter: Callable[..., Path]) -> Callable[[str], 
         folder = cli.project / ".hearth" / "adapters"
         folder.mkdir(exist_ok=True)
         path.rename(folder / "hearth-adapter-raw")
+        trust_project_adapters(cli.project, cli.home)
 
     return install
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import trust_project_adapters
 from tests.test_cli import Cli, _wait_for
 
 pytestmark = pytest.mark.subprocess
@@ -38,7 +39,9 @@ def _project_adapter(cli: Cli, make_adapter: Callable[..., Path], kind: str, **s
     path = make_adapter(kind, **subs)
     folder = cli.project / ".hearth" / "adapters"
     folder.mkdir(exist_ok=True)
-    return path.rename(folder / path.name)
+    moved = path.rename(folder / path.name)
+    trust_project_adapters(cli.project, cli.home)
+    return moved
 
 
 def _holds_open(pid: int, name: str) -> bool:
@@ -196,6 +199,7 @@ def test_adapters_waits_for_a_hanging_version_within_its_bound(
     hanging = folder / "hearth-adapter-sleepy"
     hanging.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
     hanging.chmod(0o755)
+    trust_project_adapters(cli.project, cli.home)
     rows = cli.json("adapters")  # the leak check fails the test if the probe is left running
     [sleepy] = [row for row in rows if row["driver"] == "sleepy"]
     assert sleepy["status"] == "ok" and sleepy["version"] is None

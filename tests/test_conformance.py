@@ -1,44 +1,70 @@
-"""The conformance kit passes on the fake adapter and catches broken adapters."""
+"""The conformance kit passes on the fake adapter and catches broken adapters, one rule each."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hearth_adapter_fake import FakeDriver
-from hearth_adaptersdk import DeploymentRef, ProvisioningProfile, RequestContext, utc_now
-from hearth_adaptersdk.conformance import KitOptions, run_conformance
+from hearth_adaptersdk import _memory
+from hearth_adaptersdk._codec import LineDecoder
+from hearth_adaptersdk._session import ServerSession
+from hearth_adaptersdk.conformance import KitOptions, Report, run_conformance
+from tests import kit_breakers as broken
 
 FAKE_OPTIONS = KitOptions(
     failing_profile={"tier": "t", "driver": "fake", "driver_flags": {"fail_at": "provision"}},
     refused_profile={"tier": "t", "driver": "fake", "driver_flags": {"reject": True}},
     slow_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 30}},
 )
+#: For an adapter that ignores cancel, so that what it goes on with ends soon.
+SHORT_SLOW = KitOptions(
+    failing_profile=FAKE_OPTIONS.failing_profile,
+    refused_profile=FAKE_OPTIONS.refused_profile,
+    slow_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 2}},
+)
+
+# The checks, by name (a report lists them in this order).
+SECOND_INITIALIZE = "hygiene: a second initialize is -32600"
+UNKNOWN_MEMBERS = "hygiene: unknown members and notifications are ignored"
+IDEMPOTENT = "1. provision is idempotent on (slug, tier, driver)"
+READ_ONLY = "2. status is read-only"
+PLAN = "plan changes nothing and says what provision or upgrade would do"
+TEARDOWN = "4. teardown is irreversible and idempotent"
+REUSE = "provision after teardown creates the workspace again"
+PROGRESS = "progress is sent while a slow request works"
+CANCEL = "5. cancel is honoured promptly"
+ROLLBACK = "5. a cancelled request is answered after its rollback, with data.rolled_back"
+CONCURRENCY = "hygiene: requests are handled concurrently"
+DUPLICATE_ID = "hygiene: a duplicate id in flight is -32600"
+SHUTDOWN_WAITS = "hygiene: shutdown answers the requests in flight before its own answer"
+AFTER_SHUTDOWN = "hygiene: a request after shutdown is -32600"
+SIZE_LIMIT = "hygiene: a 16 MiB message is answered; a longer line ends the session"
+VERSION = "executable: --version prints hearth-adapter-<driver> <version>"
+NEEDS_PROTOCOL = "executable: without HEARTH_PROTOCOL=1 it exits 2"
+PARENT_DEATH = "executable: it exits when its parent process dies"
+EXECUTABLE_ONLY = {VERSION, NEEDS_PROTOCOL, PARENT_DEATH}
 
 
-class Forgetful(FakeDriver):
-    """Breaks guarantee 1: every provision mints a new ref."""
-
-    async def provision(self, slug: str, profile: ProvisioningProfile, ctx: RequestContext) -> DeploymentRef:
-        return DeploymentRef(
-            workspace_slug=slug,
-            tier=profile.tier,
-            driver="fake",
-            endpoint=f"fake://{slug}/{utc_now().timestamp()}",
-            created=utc_now(),
-            last_status="ready",
-        )
+def failed(report: Report) -> set[str]:
+    return {check.name for check in report.checks if check.outcome == "fail"}
 
 
 async def test_the_fake_passes_in_memory_with_every_check() -> None:
     report = await run_conformance(FakeDriver(), FAKE_OPTIONS)
     assert report.passed, report.render()
-    assert all(check.outcome == "pass" for check in report.checks), report.render()
-    assert "cancel" in report.checks[10].name and "-32800" in report.checks[10].detail
+    skipped = {check.name for check in report.checks if check.outcome == "skip"}
+    assert skipped == EXECUTABLE_ONLY, report.render()
+    assert len(report.checks) == 29
+    [cancel] = [check for check in report.checks if check.name == CANCEL]
+    assert "-32800" in cancel.detail
+    [overlap] = [check for check in report.checks if check.name == CONCURRENCY]
+    assert overlap.detail.startswith("two slow provisions ran at once")
 
 
 @pytest.mark.subprocess
@@ -51,17 +77,105 @@ async def test_the_fake_passes_as_a_subprocess(fake_exe: Path) -> None:
 async def test_without_options_the_kit_skips_what_it_cannot_check() -> None:
     report = await run_conformance(FakeDriver())
     assert report.passed, report.render()
-    skipped = [check.name for check in report.checks if check.outcome == "skip"]
-    assert len(skipped) == 2 and "-32031" in skipped[0]
+    skipped = {check.name for check in report.checks if check.outcome == "skip"}
+    assert skipped == {
+        PROGRESS,
+        CONCURRENCY,
+        SHUTDOWN_WAITS,
+        "6. a failed provision rolls back and answers -32031",
+        "a refused profile is -32023",
+        *EXECUTABLE_ONLY,
+    }, report.render()
+
+
+# --- one broken rule each: exactly its check fails ----------------------------------------------
+DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str]] = [
+    (broken.NoProgress, FAKE_OPTIONS, PROGRESS),
+    (broken.IgnoresCancel, SHORT_SLOW, CANCEL),
+    (broken.Sequential, FAKE_OPTIONS, CONCURRENCY),
+    (broken.NoRollback, FAKE_OPTIONS, ROLLBACK),
+    (broken.NewRefOnReprovision, FAKE_OPTIONS, IDEMPOTENT),
+    (broken.StatusWrites, FAKE_OPTIONS, READ_ONLY),
+    (broken.TeardownTwiceFails, FAKE_OPTIONS, TEARDOWN),
+    (broken.NoReuse, FAKE_OPTIONS, REUSE),
+    (broken.PlanWrites, FAKE_OPTIONS, PLAN),
+]
+
+
+@pytest.mark.parametrize(
+    ("driver", "options", "check"), DRIVERS, ids=[make.__name__ for make, _, _ in DRIVERS]
+)
+async def test_a_driver_that_breaks_one_rule_fails_exactly_its_check(
+    driver: Callable[[], FakeDriver], options: KitOptions, check: str
+) -> None:
+    report = await run_conformance(driver(), options)
+    assert failed(report) == {check}, report.render()
+
+
+SESSIONS: list[tuple[type[ServerSession], str]] = [
+    (broken.AcceptsSecondInitialize, SECOND_INITIALIZE),
+    (broken.AcceptsDuplicateIds, DUPLICATE_ID),
+    (broken.ServesAfterShutdown, AFTER_SHUTDOWN),
+    (broken.AnswersShutdownAtOnce, SHUTDOWN_WAITS),
+    (broken.RefusesUnknownMembers, UNKNOWN_MEMBERS),
+]
+
+
+@pytest.mark.parametrize(("session", "check"), SESSIONS, ids=[cls.__name__ for cls, _ in SESSIONS])
+async def test_an_adapter_that_breaks_a_protocol_rule_fails_exactly_its_check(
+    session: type[ServerSession], check: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_memory, "ServerSession", session)
+    report = await run_conformance(FakeDriver(), FAKE_OPTIONS)
+    assert failed(report) == {check}, report.render()
+
+
+async def test_a_cancel_answer_without_rolled_back_passes_with_a_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``rolled_back`` is a SHOULD: a host reads a -32800 without it as rolled back."""
+    monkeypatch.setattr(_memory, "ServerSession", broken.OmitsRolledBack)
+    report = await run_conformance(FakeDriver(), FAKE_OPTIONS)
+    assert report.passed, report.render()
+    [rollback] = [check for check in report.checks if check.name == ROLLBACK]
+    assert rollback.outcome == "pass" and "SHOULD be sent" in rollback.detail
+
+
+@pytest.mark.parametrize("decoder", [broken.SmallLines, broken.EndlessLines], ids=["1 MiB", "64 MiB"])
+async def test_an_adapter_with_another_size_limit_fails_exactly_that_check(
+    decoder: type[LineDecoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_memory, "LineDecoder", decoder)
+    report = await run_conformance(FakeDriver(), FAKE_OPTIONS)
+    assert failed(report) == {SIZE_LIMIT}, report.render()
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("mode", "check"),
+    [("no_version", VERSION), ("runs_without_protocol", NEEDS_PROTOCOL), ("outlives_parent", PARENT_DEATH)],
+)
+async def test_an_executable_that_breaks_one_rule_fails_exactly_its_check(
+    mode: str, check: str, make_adapter: Callable[..., Path]
+) -> None:
+    path = make_adapter("kit_breaker", name="hearth-adapter-fake", MODE=mode)
+    report = await run_conformance(path, FAKE_OPTIONS)
+    assert failed(report) == {check}, report.render()
 
 
 async def test_a_broken_adapter_fails_with_what_was_sent_and_what_came_back() -> None:
-    report = await run_conformance(Forgetful())
+    report = await run_conformance(broken.NewRefOnReprovision())
     assert not report.passed
-    failed = [check for check in report.checks if check.outcome == "fail"]
-    assert failed[0].name.startswith("1.")
+    assert failed(report) == {IDEMPOTENT}
     text = report.render()
     assert "sent: " in text and "got:  " in text and "FAIL" in text
+
+
+async def test_a_slow_profile_that_is_not_slow_fails_the_cancel_check() -> None:
+    options = KitOptions(slow_profile={"tier": "t", "driver": "fake", "driver_flags": {}})
+    report = await run_conformance(FakeDriver(), options)
+    [cancel] = [check for check in report.checks if check.name == CANCEL]
+    assert cancel.outcome == "fail" and "at least 20 s" in cancel.detail, report.render()
 
 
 @pytest.mark.subprocess

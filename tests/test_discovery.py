@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hearth import AdapterNotFound, AdapterRefused, InvalidInput, discover, discover_all
-from tests.conftest import install_script
+from tests.conftest import install_script, trust_project_adapters
 
 SCRIPT = "print('never run')\n"
 
@@ -25,6 +25,7 @@ def test_the_project_folder_wins_over_the_user_folder_and_path(places: dict[str,
     project = _install(places["project"] / ".hearth" / "adapters", "x")
     _install(places["home"] / "adapters", "x")
     _install(places["path"], "x")
+    trust_project_adapters(places["project"], places["home"])
     found = _discover("x", places)
     assert (found.path, found.source, found.refused) == (project, "project", ())
 
@@ -101,6 +102,7 @@ def test_a_bad_driver_name_is_invalid_input(places: dict[str, Path]) -> None:
 
 def test_discover_all_lists_every_candidate_with_its_source_and_refusal(places: dict[str, Path]) -> None:
     _install(places["project"] / ".hearth" / "adapters", "b")
+    trust_project_adapters(places["project"], places["home"])
     _install(places["path"], "b").chmod(0o777)
     _install(places["path"], "a")
     (places["path"] / "not-an-adapter").write_text("")

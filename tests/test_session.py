@@ -114,6 +114,7 @@ async def test_the_handshake_announces_methods_and_the_config_schema() -> None:
         "teardown",
         "list",
         "validate_profile",
+        "plan",
     ]
     assert info.config_schema is not None and info.config_schema["type"] == "object"
     await peer.close()
@@ -181,9 +182,12 @@ async def test_invalid_params_list_every_problem() -> None:
         errors = reply.error["data"]["errors"]
         assert any(e.startswith("slug") for e in errors)
         assert any(e.startswith("profile.driver") for e in errors)
-        extra = await peer.request("status", {"ref": _ref("a"), "colour": 1})
-        assert extra.error is not None and extra.error["code"] == codes.INVALID_PARAMS
-        assert extra.error["data"]["kind"] == "invalid_params"
+        # an unknown member is ignored (tests/test_protocol_rules.py); a known one of the wrong type is not
+        wrong = await peer.request("status", {"ref": {**_ref("a"), "created": 1767225600}, "colour": 1})
+        assert wrong.error is not None and wrong.error["code"] == codes.INVALID_PARAMS
+        assert wrong.error["data"]["errors"] == [
+            "ref.created: Input should be an RFC 3339 timestamp string, such as 2026-11-22T10:06:01Z"
+        ]
 
 
 async def test_envelope_errors_are_invalid_request() -> None:
@@ -363,11 +367,13 @@ async def test_a_request_is_cancelled_at_most_once() -> None:
     await peer.notify("cancel", {"id": sent["id"]})
     await driver.rolling_back.wait()
     await peer.notify("cancel", {"id": sent["id"]})  # again: must not interrupt the rollback
-    assert (await peer.request("shutdown", {})).ok  # nor must shutdown
+    # nor must shutdown, whose answer waits for the rollback's (in-flight requests answer first)
+    stop, stopped = await peer.start_request("shutdown", {})
     closing = asyncio.create_task(peer.close())  # nor stdin EOF
     # Callbacks run in order: close() reaches its cancels before the rollback may finish.
     asyncio.get_running_loop().call_soon(driver.release.set)
     reply = await peer.finish(sent, future, 5)
+    assert (await peer.finish(stop, stopped, 5)).ok
     await closing
     assert driver.finished_rollback
     assert reply.error is not None and reply.error["code"] == codes.CANCELLED

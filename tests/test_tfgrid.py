@@ -70,7 +70,11 @@ async def test_the_conformance_kit_passes_on_the_simulator(tmp_path: Path, venv_
     finally:
         await simulator.stop()
     assert report.passed, report.render()
-    assert all(check.outcome == "pass" for check in report.checks), report.render()
+    # the simulator deploys every VM at one speed, so the kit has no slow profile here: the checks
+    # that need one (progress, concurrency, shutdown during work) are skipped, and only those
+    skipped = [check for check in report.checks if check.outcome != "pass"]
+    assert all(c.outcome == "skip" and "slow_profile" in (c.detail or "") for c in skipped), report.render()
+    assert len(skipped) == 3, report.render()
     assert simulator.vms == {} and simulator.gateways == {}
 
 

@@ -301,6 +301,26 @@ class Unreachable(FakeDriver):
         raise BackendUnavailable("the backend cannot be reached")
 
 
+class Unknowing(FakeDriver):
+    """A backend that answers, but cannot say what it holds (and lists nothing)."""
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        return StatusReport(state="unknown", observed_at=utc_now(), message="the API timed out")
+
+    async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
+        return []
+
+
+async def test_8_an_unknown_backend_state_is_never_read_as_absent(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("k1", tier="solo", driver="fake")
+    async with make_host(tmp_path, driver=Unknowing()) as host:
+        before = await host.deployments()
+        report = await host.reconcile()
+        assert report.ghosts == [] and "unknown (the API timed out)" in report.unreachable["fake"]
+        assert await host.deployments() == before
+
+
 async def test_8_an_unreachable_backend_is_never_a_ghost(tmp_path: Path) -> None:
     async with make_host(tmp_path) as host:
         await host.provision("u1", tier="solo", driver="fake")

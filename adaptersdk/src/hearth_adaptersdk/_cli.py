@@ -3,7 +3,7 @@
 hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
                                    [--refused-profile JSON] [--failing-profile JSON]
                                    [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
-hearth-adaptersdk schema [--output FILE]
+hearth-adaptersdk schema [--openrpc] [--output FILE]
 hearth-adaptersdk new NAME [DIR]
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from ._scaffold import scaffold
-from ._schema import protocol_schema
+from ._schema import protocol_openrpc, protocol_schema
 from .conformance import KitOptions, check_adapter
 
 
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     kit.add_argument("--json", action="store_true", help="print the report as JSON")
     schema = commands.add_parser("schema", help="the JSON Schema of every wire type and message")
+    schema.add_argument(
+        "--openrpc", action="store_true", help="write the protocol as an OpenRPC 1.3 document instead"
+    )
     schema.add_argument("--output", type=Path, help="write it to this file (default: stdout)")
     new = commands.add_parser("new", help="scaffold an installable adapter package")
     new.add_argument("name", help="the driver name: the executable is hearth-adapter-NAME")
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "schema":
-        text = json.dumps(protocol_schema(), indent=2) + "\n"
+        document = protocol_openrpc() if args.openrpc else protocol_schema()
+        text = json.dumps(document, indent=2) + "\n"
         if args.output is None:
             sys.stdout.write(text)
         else:

@@ -12,10 +12,12 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel
 
 from .codes import OPTIONAL_METHODS, VERBS
-from .wire import DeploymentRef, Level, ProvisioningProfile, StatusReport
+from .wire import DeploymentRef, Level, PlanResult, ProvisioningProfile, StatusReport
 
 T = TypeVar("T")
 log = logging.getLogger("hearth_adaptersdk")
+#: The optional methods a driver announces by overriding them (``plan`` came with protocol 1.1).
+_OPTIONAL = tuple(dict.fromkeys((*OPTIONAL_METHODS, "plan")))
 
 
 class RequestContext:
@@ -38,7 +40,7 @@ class RequestContext:
         self,
         request_id: int,
         method: str,
-        emit: Callable[[int, str, float | None, Level], None],
+        emit: Callable[[int, str, float | None, Level, str | None], None],
         track: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> None:
         self.request_id = request_id
@@ -55,11 +57,22 @@ class RequestContext:
         #: How many waits for cleanups are going on (they end at once when the grace expires).
         self._waiting = 0
 
-    def progress(self, message: str, fraction: float | None = None, level: Level = "info") -> None:
-        """Send a ``progress`` notification for this request (ignored once it has answered)."""
+    def progress(
+        self,
+        message: str,
+        fraction: float | None = None,
+        level: Level = "info",
+        *,
+        backend_id: str | None = None,
+    ) -> None:
+        """Send a ``progress`` notification for this request (ignored once it has answered).
+
+        ``backend_id``: the backend's id of what this request is creating (a container id, a
+        VM name), as soon as it is known; the host stores it at once, so a resource left half
+        created by a host that was killed can be found. Send it once, early."""
         if fraction is not None:
             fraction = min(1.0, max(0.0, float(fraction)))
-        self._emit(self.request_id, message, fraction, level)
+        self._emit(self.request_id, message, fraction, level, backend_id or None)
 
     async def cleanup(self, work: Awaitable[T]) -> T:
         """Run rollback or cleanup ``work`` to completion, even if the request is cancelled meanwhile.
@@ -163,8 +176,8 @@ class Driver:
 
     The SDK validates params with the wire models before a verb runs, so each verb gets
     typed arguments. Raise the errors of ``hearth_adaptersdk._errors`` to answer with a
-    protocol error. ``list`` and ``validate_profile`` are announced only when a subclass
-    overrides them.
+    protocol error. ``list``, ``validate_profile`` and ``plan`` are announced only when a
+    subclass overrides them.
 
     Rolling back: on ``cancel`` (and on ``shutdown`` or stdin EOF) the verb's task is cancelled
     once (``asyncio.CancelledError``). The verb undoes its partial work through
@@ -213,6 +226,21 @@ class Driver:
         """The problems with ``profile``, empty when it can be honoured (optional)."""
         raise NotImplementedError
 
+    async def plan(
+        self,
+        slug: str,
+        ref: DeploymentRef | None,
+        profile: ProvisioningProfile,
+        ctx: RequestContext,
+    ) -> PlanResult:
+        """What ``provision(slug, profile)`` (``ref`` None) or ``upgrade(ref, profile)`` would
+        do, as a list of actions, without changing anything in the backend (optional).
+
+        Refuse what the verb would refuse, with the same error (``InvalidProfile``,
+        ``Conflict``, ``InvalidTransition``, ``Unsupported``); mark ``destructive`` every
+        action that destroys data, such as a disk."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         """Called once when the server stops; release backend clients here."""
 
@@ -223,7 +251,7 @@ class Driver:
     def announced_methods(self) -> builtins.list[str]:
         """The methods to announce in ``capabilities.methods``."""
         methods = list(VERBS)
-        for optional in OPTIONAL_METHODS:
+        for optional in _OPTIONAL:
             if getattr(type(self), optional) is not getattr(Driver, optional):
                 methods.append(optional)
         return methods

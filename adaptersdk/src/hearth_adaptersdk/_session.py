@@ -37,6 +37,7 @@ from .wire import (
     InitializeResult,
     Level,
     PeerInfo,
+    PlanParams,
     ProfileParams,
     ProvisionParams,
     RefParams,
@@ -177,6 +178,9 @@ class ServerSession:
             return error_response(
                 ident, codes.INVALID_REQUEST, "Invalid request", reason=f"id {ident} is already in flight"
             )
+        if name == "shutdown":
+            # At once, not when its task runs: a request on the very next line already gets -32600.
+            self._shutting_down = True
         ctx = RequestContext(ident, name, self._progress, self._track_cleanup)
         task = asyncio.create_task(self._run(Request(name, params, ident), method, ctx))
         task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
@@ -263,20 +267,19 @@ class ServerSession:
         else:
             self._write(payload)
 
-    def _progress(self, request_id: int, message: str, fraction: float | None, level: Level) -> None:
+    def _progress(
+        self, request_id: int, message: str, fraction: float | None, level: Level, backend_id: str | None
+    ) -> None:
         if request_id in self._requests and not self._closed:
-            self._write(
-                {
-                    "jsonrpc": "2.0",
-                    "method": "progress",
-                    "params": {
-                        "request_id": request_id,
-                        "message": message,
-                        "fraction": fraction,
-                        "level": level,
-                    },
-                }
-            )
+            params: dict[str, Any] = {
+                "request_id": request_id,
+                "message": message,
+                "fraction": fraction,
+                "level": level,
+            }
+            if backend_id is not None:  # only then: most events stay as protocol 1.0 wrote them
+                params["backend_id"] = backend_id
+            self._write({"jsonrpc": "2.0", "method": "progress", "params": params})
 
     def _write(self, payload: dict[str, Any] | list[Any]) -> None:
         if self._closed:
@@ -300,8 +303,9 @@ class ServerSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self._rollback_grace if grace is None else grace)
         while True:
-            for ident in list(self._requests):
-                self._cancel(ident, deadline)  # once each; a request may arrive while we wait
+            for ident, (_, ctx) in list(self._requests.items()):
+                if ctx.method != "shutdown":  # it answers once the others have: let it
+                    self._cancel(ident, deadline)  # once each; a request may arrive while we wait
             pending = {task for task, _ in self._requests.values()} | self._cleanups
             remaining = deadline - loop.time()
             if not pending or remaining <= 0:
@@ -318,10 +322,24 @@ class ServerSession:
         if self._initialized:
             await self._driver.close()
 
+    async def _answer_in_flight(self, but: int) -> None:
+        """``shutdown``: cancel every other request in flight and wait until each has answered
+        (its result if it finished first, else -32800 once rolled back, within the rollback
+        grace), so that when the host reads shutdown's answer nothing else is pending."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._rollback_grace
+        tasks = set()
+        for ident, (task, _) in list(self._requests.items()):
+            if ident != but:
+                self._cancel(ident, deadline)
+                tasks.add(task)
+        if tasks:  # each answers by its deadline; the bound covers a verb that ignores its cancel
+            await asyncio.wait(tasks, timeout=self._rollback_grace + _ANSWER_BOUND)
+
     # --- methods ----------------------------------------------------------------------
     async def _initialize(self, params: InitializeParams, ctx: RequestContext) -> Any:
         if self._initialized:
-            _raise(codes.INVALID_REQUEST, "Already initialized")
+            _raise(codes.INVALID_REQUEST, "Already initialized", reason="initialize was already answered")
         if codes.PROTOCOL_VERSION not in params.protocol_versions:
             _raise(
                 codes.UNSUPPORTED_VERSION,
@@ -332,7 +350,14 @@ class ServerSession:
         driver = self._driver
         settings: Any = params.config
         if driver.config_model is not None:
-            settings = driver.config_model.model_validate(params.config)
+            try:
+                settings = driver.config_model.model_validate(params.config)
+            except ValidationError as exc:  # say which key is wrong, and where it is set
+                _raise(
+                    codes.INVALID_PARAMS,
+                    f"Invalid config ([adapters.{driver.name}] in .hearth/hearth.toml)",
+                    errors=validation_problems(exc, "config"),
+                )
         folder = Path(params.data_dir) if params.data_dir else None
         if folder is not None:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -369,11 +394,12 @@ class ServerSession:
             errors = list(await driver.validate_profile(p.profile, ctx))
             return {"valid": not errors, "errors": errors}
 
+        async def plan(p: PlanParams, ctx: RequestContext) -> Any:
+            return await driver.plan(p.slug, p.ref, p.profile, ctx)
+
         async def shutdown(p: EmptyParams, ctx: RequestContext) -> Any:
             self._shutting_down = True
-            for ident in list(self._requests):
-                if ident != ctx.request_id:
-                    self._cancel(ident)
+            await self._answer_in_flight(but=ctx.request_id)
 
         handlers: dict[str, Handler] = {
             "provision": provision,
@@ -383,6 +409,7 @@ class ServerSession:
             "shutdown": shutdown,
             "list": list_,
             "validate_profile": validate_profile,
+            "plan": plan,
         }
         announced = {*driver.announced_methods(), "shutdown"}
         for name, handler in handlers.items():
@@ -393,7 +420,7 @@ class ServerSession:
 def _method(model: type[BaseModel], handler: Handler) -> Method:
     """A jsonrpcserver method: params validated by ``model``, every exception via ``wire_error``."""
 
-    async def method(ctx: RequestContext, **params: Any) -> Any:
+    async def method(ctx: RequestContext, /, **params: Any) -> Any:  # a member may be named "ctx"
         try:
             result = await handler(model.model_validate(params), ctx)
             return Success(_to_json(result))

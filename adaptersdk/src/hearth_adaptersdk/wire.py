@@ -2,11 +2,18 @@
 
 Both sides validate with these models, so the protocol page, the SDK and the host
 cannot drift apart; the JSON Schema of the protocol is generated from them.
+
+How strict a receiver is (docs/protocol.md, "How strict a receiver is"): members a model does
+not know are ignored (forward compatibility, as in LSP, MCP and protobuf), while the types and
+required members it knows are checked: an integer is a JSON number with no fractional part
+(``1024.0`` is 1024), never a string or a boolean; a number is finite; a boolean is ``true`` or
+``false``; a timestamp is an RFC 3339 string with a zone; ids are integers.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -14,21 +21,28 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
+    StrictBool,
     StringConstraints,
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .codes import DRIVER_PATTERN, SLUG_PATTERN
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 DriverName = Annotated[str, StringConstraints(pattern=DRIVER_PATTERN)]
 State = Literal["provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down"]
+#: What ``status`` observes: a State, ``absent`` (the backend confirms there is nothing) or
+#: ``unknown`` (protocol 1.1: the backend cannot be reached, or what it shows is ambiguous).
+#: ``unknown`` is never read as ``absent``: it changes no record.
 ObservedState = Literal[
-    "provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down", "absent"
+    "provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down", "absent", "unknown"
 ]
 Level = Literal["info", "warning", "error"]
 
@@ -37,7 +51,63 @@ def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-Timestamp = Annotated[AwareDatetime, PlainSerializer(_rfc3339, return_type=str)]
+# RFC 3339 section 5.6 date-time: seconds required, any fractional precision, a zone required
+# ("Z" or +hh:mm); "T" may be lowercase or a space, as the RFC's note allows.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?P<zone>[Zz]|[+-]\d{2}:\d{2})?", re.ASCII
+)
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """On the wire a timestamp is an RFC 3339 string with a zone (pydantic alone would also take
+    Unix times, ``+hhmm`` zones and missing seconds); a datetime is checked for a zone later."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "rfc3339", "Input should be an RFC 3339 timestamp string, such as 2026-11-22T10:06:01Z"
+        )
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise PydanticCustomError(
+            "rfc3339", "Input should be an RFC 3339 timestamp, such as 2026-11-22T10:06:01.5Z"
+        )
+    if match["zone"] is None:
+        raise PydanticCustomError(
+            "timezone_aware", "Input should have timezone info (Z or +hh:mm): RFC 3339 requires a zone"
+        )
+    return value
+
+
+#: An RFC 3339 timestamp with a zone, any fractional precision (kept to the microsecond);
+#: written in UTC as ``2026-11-22T10:06:01.692914Z``.
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_text), PlainSerializer(_rfc3339, return_type=str)
+]
+
+
+def _not_text_or_bool(kind: str, what: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool | str | bytes | bytearray):
+            found = "a boolean" if isinstance(value, bool) else "a string"
+            raise PydanticCustomError(kind, f"Input should be {what}, not {found}")
+        return value
+
+    return BeforeValidator(check)
+
+
+_INT_CHECK = _not_text_or_bool("int_type", "a valid integer")
+#: An integer member: a JSON integer, or a number with no fractional part (``1024.0``, ``1e3``);
+#: never ``1024.5``, a string (``"1024"``) or a boolean.
+JsonInt = Annotated[int, _INT_CHECK]
+#: A positive ``JsonInt`` (its bound before the check, so that the JSON Schema keeps it).
+PositiveJsonInt = Annotated[int, Field(gt=0), _INT_CHECK]
+#: A number member: any finite JSON number, integers included; never a string or a boolean.
+JsonNumber = Annotated[float, Strict()]
+#: A boolean member: ``true`` or ``false`` only (not ``1`` or ``"true"``).
+JsonBool = StrictBool
+#: A request id: an integer written as one (``7``, never ``7.0`` or ``"7"``).
+RequestId = Annotated[int, Strict()]
 
 
 def utc_now() -> datetime:
@@ -84,16 +154,18 @@ JsonValue = Annotated[Any, AfterValidator(_finite)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
+    """A protocol object: unknown members are ignored (forward compatibility), known ones checked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class ResourceCaps(BaseModel):
     """Resource limits of a tier; unknown keys are kept so a driver can honour or refuse them."""
 
     model_config = ConfigDict(extra="allow", frozen=True, defer_build=True, allow_inf_nan=False)
-    cpu: float | None = Field(default=None, gt=0)
-    memory_mb: int | None = Field(default=None, gt=0)
-    storage_mb: int | None = Field(default=None, gt=0)
+    cpu: JsonNumber | None = Field(default=None, gt=0)
+    memory_mb: PositiveJsonInt | None = None
+    storage_mb: PositiveJsonInt | None = None
 
     @model_validator(mode="after")
     def _extras_are_finite(self) -> Self:
@@ -123,7 +195,8 @@ class DeploymentRef(_Model):
 
 
 class StatusReport(_Model):
-    """What the adapter observes now; ``absent`` means no trace in the backend."""
+    """What the adapter observes now: ``absent`` means the backend confirms there is no trace of
+    the deployment; ``unknown`` (1.1) that the adapter cannot tell (unreachable or ambiguous)."""
 
     state: ObservedState
     endpoint: str | None = None
@@ -139,19 +212,19 @@ class PeerInfo(_Model):
 
 class Capabilities(_Model):
     methods: list[str]
-    progress: bool = True
-    cancel: bool = True
+    progress: JsonBool = True
+    cancel: JsonBool = True
 
 
 class InitializeParams(_Model):
-    protocol_versions: list[int] = Field(min_length=1)
+    protocol_versions: list[JsonInt] = Field(min_length=1)
     host: PeerInfo
     config: JsonObject = Field(default_factory=dict)
     data_dir: str | None = None
 
 
 class InitializeResult(_Model):
-    protocol_version: int
+    protocol_version: JsonInt
     adapter: PeerInfo
     driver: DriverName
     capabilities: Capabilities
@@ -185,23 +258,68 @@ class EmptyParams(_Model):
 
 
 class ValidationResult(_Model):
-    valid: bool
+    valid: JsonBool
     errors: list[str] = Field(default_factory=list)
 
 
 class Progress(_Model):
     """The ``progress`` notification's params (adapter → host)."""
 
-    request_id: int
+    request_id: RequestId
     message: str
-    fraction: float | None = Field(default=None, ge=0, le=1)
+    fraction: JsonNumber | None = Field(default=None, ge=0, le=1)
     level: Level = "info"
+    #: The backend's own id of what the request is creating (a container id, a VM name), sent
+    #: as soon as it is known: the host stores it at once, so that what a host killed mid-verb
+    #: left half created can be found. Optional; absent (null) on most events.
+    backend_id: str | None = Field(default=None, min_length=1)
+
+
+PlanActionKind = Literal["create", "update", "replace", "delete", "no_op"]
+
+
+class PlanParams(_Model):
+    """Params of ``plan``: what would provisioning ``slug`` (``ref`` null) or upgrading ``ref``
+    to ``profile`` do?"""
+
+    slug: Slug
+    #: The deployment as it is (an upgrade's plan), or null for a new workspace (provision).
+    ref: DeploymentRef | None = None
+    profile: ProvisioningProfile
+
+    @model_validator(mode="after")
+    def _ref_is_the_slugs(self) -> Self:
+        if self.ref is not None and self.ref.workspace_slug != self.slug:
+            raise ValueError(f"ref.workspace_slug {self.ref.workspace_slug!r} is not the slug {self.slug!r}")
+        return self
+
+
+class PlanAction(_Model):
+    """One thing a provision or upgrade would do to one backend resource."""
+
+    action: PlanActionKind
+    #: What it acts on, as the backend names it (``container hearth-alpha``, ``vm hearth-alpha``).
+    resource: str
+    reason: str
+    #: Whether it destroys data (a disk, a volume): a host asks a person before it goes ahead.
+    destructive: JsonBool
+
+
+class PlanResult(_Model):
+    """The answer to ``plan``: the actions, in the order the verb would take them."""
+
+    actions: list[PlanAction]
+
+    @property
+    def destructive(self) -> bool:
+        """Whether any action destroys data."""
+        return any(action.destructive for action in self.actions)
 
 
 class CancelParams(_Model):
     """The ``cancel`` notification's params (host → adapter)."""
 
-    id: int
+    id: RequestId
 
 
 class ErrorData(BaseModel):
@@ -217,14 +335,14 @@ class ErrorData(BaseModel):
 
 
 class ErrorObject(_Model):
-    code: int
+    code: JsonInt
     message: str
     data: ErrorData
 
 
 class Request(_Model):
     jsonrpc: Literal["2.0"]
-    id: int
+    id: RequestId
     method: str
     params: JsonObject = Field(default_factory=dict)
 
@@ -237,13 +355,13 @@ class Notification(_Model):
 
 class SuccessResponse(_Model):
     jsonrpc: Literal["2.0"]
-    id: int
+    id: RequestId
     result: JsonValue
 
 
 class ErrorResponse(_Model):
     jsonrpc: Literal["2.0"]
-    id: int | None
+    id: RequestId | None
     error: ErrorObject
 
 
@@ -258,12 +376,18 @@ METHODS: dict[str, tuple[type[BaseModel], Any]] = {
     "shutdown": (EmptyParams, None),
     "list": (EmptyParams, [DeploymentRef]),
     "validate_profile": (ProfileParams, ValidationResult),
+    "plan": (PlanParams, PlanResult),
 }
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """Pydantic's errors as short ``location: problem`` lines, for error data and messages."""
-    return [
-        f"{'.'.join(str(part) for part in err['loc']) or '(root)'}: {err['msg']}"
-        for err in exc.errors(include_url=False)
-    ]
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """Pydantic's errors as short ``location: problem`` lines, for error data and messages.
+
+    The location is the dotted path of the member (``profile.resource_caps.cpu``, list indices
+    as numbers), after ``prefix`` when given (``config`` for the adapter's config); ``(root)``
+    for the value itself when there is no prefix."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join([prefix, *(str(part) for part in err["loc"])] if prefix else map(str, err["loc"]))
+        lines.append(f"{where or '(root)'}: {err['msg']}")
+    return lines

@@ -11,7 +11,14 @@ import typing
 
 if typing.TYPE_CHECKING:
     __version__: str
-    from hearth_adaptersdk import DeploymentRef, Progress, ProvisioningProfile, StatusReport
+    from hearth_adaptersdk import (
+        DeploymentRef,
+        PlanAction,
+        PlanResult,
+        Progress,
+        ProvisioningProfile,
+        StatusReport,
+    )
 
     from ._client import AdapterClient, Interruption
     from ._discovery import Candidate, Discovered, DriverInfo, discover, discover_all
@@ -74,6 +81,8 @@ _EXPORTS = {
     "LogLine": "._models",
     "NotFound": "._errors",
     "Operation": "._models",
+    "PlanAction": "hearth_adaptersdk",
+    "PlanResult": "hearth_adaptersdk",
     "Progress": "hearth_adaptersdk",
     "ProtocolViolation": "._errors",
     "ProvisioningProfile": "hearth_adaptersdk",
@@ -140,6 +149,8 @@ __all__ = [
     "LogLine",
     "NotFound",
     "Operation",
+    "PlanAction",
+    "PlanResult",
     "Progress",
     "ProtocolViolation",
     "ProvisioningProfile",

@@ -1,9 +1,12 @@
 """``hearth``: the command line, for a person at a terminal and for scripts (``--json``).
 
     hearth adapters [--json]
+    hearth adapters trust [DRIVER ...] [--json]       (run a project's own adapters: read them first)
+    hearth adapters lock [DRIVER ...] [--json]        (write .hearth/adapters.lock to commit)
     hearth provision SLUG --tier TIER --driver DRIVER [--reuse] [--json]
     hearth status SLUG [--json]
-    hearth upgrade SLUG --tier TIER [--json]
+    hearth upgrade SLUG --tier TIER [--yes] [--json]  (on a terminal, asks first when its plan is destructive)
+    hearth plan SLUG --tier TIER [--driver DRIVER] [--json]
     hearth teardown SLUG [--json]
     hearth ls [--json]
     hearth logs SLUG [--json]
@@ -38,7 +41,7 @@ from ._errors import HearthError, InvalidInput
 from ._records import STORE_FILE, Listed, current
 
 if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands that use them
-    from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
+    from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
     from ._host import Host, ReconcileReport
     from ._store import Operation
@@ -132,7 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_parser("adapters", parents=[common], help="list adapter candidates")
+    adapters = commands.add_parser("adapters", parents=[common], help="list adapter candidates")
+    adapter_commands = adapters.add_subparsers(
+        dest="adapters_command", metavar="{trust,lock}", parser_class=_Parser
+    )
+    trust = adapter_commands.add_parser(
+        "trust",
+        parents=[common],
+        help="let the project's own adapters run, as they are now (read them first)",
+    )
+    trust.add_argument("drivers", nargs="*", metavar="DRIVER", help="only these (default: all of them)")
+    lock = adapter_commands.add_parser(
+        "lock",
+        parents=[common],
+        help="write .hearth/adapters.lock: the adapter each driver uses now, for the project to commit",
+    )
+    lock.add_argument("drivers", nargs="*", metavar="DRIVER", help="only these (default: every driver found)")
     provision = commands.add_parser("provision", parents=[common], help="create a workspace")
     provision.add_argument("slug")
     provision.add_argument("--tier", required=True)
@@ -149,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = commands.add_parser("upgrade", parents=[common], help="move a workspace to a tier")
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
+    upgrade.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation of a destructive upgrade (scripts)"
+    )
+    plan = commands.add_parser(
+        "plan", parents=[common], help="what provision or upgrade to a tier would do; changes nothing"
+    )
+    plan.add_argument("slug")
+    plan.add_argument("--tier", required=True)
+    plan.add_argument("--driver", help="the driver of a new workspace (default: the workspace's own)")
     commands.add_parser("ls", parents=[common], help="list workspaces")
     adopt = commands.add_parser(
         "adopt", parents=[common], help="record a deployment the driver lists but hearth has no record of"
@@ -229,6 +256,20 @@ def _logs_lines(slug: str, operations: list[Operation]) -> str:
     return "\n".join(lines)
 
 
+def _plan_lines(slug: str, tier: str, result: PlanResult) -> str:
+    if not result.actions:
+        return f"{slug} to tier {safe(tier)}: nothing to do"
+    lines = [f"{slug} to tier {safe(tier)}:"]
+    width = max(len(action.action) for action in result.actions)
+    for action in result.actions:
+        mark = "  (destructive)" if action.destructive else ""
+        lines.append(f"  {action.action:{width}}  {safe(action.resource)}{mark}")
+        lines.append(f"  {'':{width}}  {safe(action.reason)}")
+    if result.destructive:
+        lines.append("destructive: data would be destroyed")
+    return "\n".join(lines)
+
+
 def _reconcile_lines(report: ReconcileReport) -> str:
     would = "would resolve" if report.dry_run else "resolved"
     marked = "would be marked failed" if report.dry_run else "marked failed"
@@ -250,23 +291,25 @@ def _reconcile_lines(report: ReconcileReport) -> str:
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
     import asyncio
 
-    from ._discovery import discover_all, probe_versions
+    from ._discovery import check_lock_versions, chosen, discover_all, probe_versions
     from ._settings import load_settings
 
+    if getattr(args, "adapters_command", None) == "trust":
+        return _adapters_trust(args)
+    if getattr(args, "adapters_command", None) == "lock":
+        return _adapters_lock(args)
     project = _project(args)
     found = discover_all(project_dir=project, home=getattr(args, "home", None))
     bound = load_settings(project).timeouts.version_probe
     versions = asyncio.run(probe_versions((c.path for c in found if c.acceptable), bound))
-    seen: set[str] = set()
+    found = check_lock_versions(found, versions, project)
     rows = []
-    for candidate in found:
+    for candidate, used in zip(found, chosen(found), strict=True):
         status = (
-            "refused: " + candidate.refusal
+            "refused: " + candidate.refusal + _refusal_advice(candidate)
             if candidate.refusal
-            else ("shadowed" if candidate.driver in seen else "ok")
+            else ("ok" if used else "shadowed")
         )
-        if candidate.acceptable:
-            seen.add(candidate.driver)
         rows.append(
             {
                 "driver": candidate.driver,
@@ -274,17 +317,78 @@ def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
                 "path": str(candidate.path),
                 "version": versions.get(candidate.path),
                 "status": status,
+                "trust": candidate.trust,
+                "lock": candidate.lock,
+                "sha256": candidate.sha256,
             }
         )
     text = (
         "\n".join(
             f"{r['driver']:12} {r['source']:8} {safe(r['status']):10} "
-            f"{safe(r['version'] or '-'):28} {safe(r['path'])}"
+            f"{safe(r['version'] or '-'):28} {_TRUST_COLUMN[str(r['trust'])]:11} "
+            f"{_LOCK_COLUMN[str(r['lock'])]:13} {safe(r['path'])}"
             for r in rows
         )
         or "no adapters found"
     )
     return rows, text
+
+
+_TRUST_COLUMN = {"trusted": "trusted", "untrusted": "not-trusted", "changed": "changed", "not_needed": "-"}
+_LOCK_COLUMN = {"locked": "locked", "mismatch": "lock-mismatch", "unlocked": "not-locked", "no_lock": "-"}
+
+
+def _refusal_advice(candidate: Any) -> str:
+    """The command that lifts a trust or lock refusal (the library's reasons name none)."""
+    if not candidate.blocking:
+        return ""
+    if candidate.trust in ("untrusted", "changed"):
+        return f"; run 'hearth adapters trust {candidate.driver}' after reading it"
+    return "; 'hearth adapters lock' records the adapters in use now, if the project wants them"
+
+
+def _adapters_trust(args: argparse.Namespace) -> tuple[Any, str]:
+    """``hearth adapters trust [DRIVER ...]``: record the project's adapters as they are now."""
+    from ._discovery import trust_adapters
+
+    done = trust_adapters(_project(args), getattr(args, "home", None), args.drivers or None)
+    document = [{"driver": t.driver, "path": str(t.path), "sha256": t.sha256, "was": t.was} for t in done]
+    lines = [
+        f"{'already trusted' if t.was == 'trusted' else 'trusted'} {t.driver}: {safe(t.path)} "
+        f"(sha256 {t.sha256[:12]}…)"
+        for t in done
+    ]
+    return document, "\n".join(lines) or "no project adapters to trust"
+
+
+def _adapters_lock(args: argparse.Namespace) -> tuple[Any, str]:
+    """``hearth adapters lock [DRIVER ...]``: write ``.hearth/adapters.lock``."""
+    import asyncio
+
+    from ._discovery import lock_adapters, lock_file
+    from ._settings import load_settings
+
+    project = _project(args)
+    home = getattr(args, "home", None)
+    settings = load_settings(project)
+    entries = asyncio.run(
+        lock_adapters(
+            project,
+            home,
+            args.drivers or None,
+            configs=settings.adapters,
+            data_root=state_dir(home) / "data",
+            version_probe=settings.timeouts.version_probe,
+            handshake_timeout=settings.timeouts.handshake,
+        )
+    )
+    path = lock_file(project)
+    document = {"path": str(path), "adapters": {d: e.to_json() for d, e in entries.items()}}
+    lines = [f"wrote {safe(path)}:"] + [
+        f"  {d} {safe(e.version or '-')} (protocol {e.protocol_version}, {e.source}, sha256 {e.sha256[:12]}…)"
+        for d, e in entries.items()
+    ]
+    return document, "\n".join(lines)
 
 
 def _project(args: argparse.Namespace) -> Any:
@@ -314,8 +418,13 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str, int]
         report = await host.status(args.slug, timeout=timeout)
         return report.model_dump(mode="json"), _status_lines(args.slug, report), 0
     if command == "upgrade":
+        if not args.yes:
+            await _confirm_upgrade(host, args.slug, args.tier, timeout)
         ref = await host.upgrade(args.slug, tier=args.tier, on_progress=progress, timeout=timeout)
         return ref.model_dump(mode="json"), _ref_lines(ref), 0
+    if command == "plan":
+        planned = await host.plan(args.slug, tier=args.tier, driver=args.driver, timeout=timeout)
+        return planned.model_dump(mode="json"), _plan_lines(args.slug, args.tier, planned), 0
     if command == "teardown":
         await host.teardown(args.slug, on_progress=progress, timeout=timeout)
         report = await host.status(args.slug)
@@ -343,6 +452,58 @@ async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str, int]
 
     document = TypeAdapter(ReconcileReport).dump_python(report_, mode="json")
     return document, _reconcile_lines(report_), EXIT_DRIFT if report_.dry_run and report_.drift else 0
+
+
+class NotConfirmed(Exception):
+    """A person at the terminal did not confirm: nothing was started."""
+
+
+async def _confirm_upgrade(host: Host, slug: str, tier: str, timeout: float | None) -> None:
+    """Ask before an upgrade whose plan is destructive, on a terminal. A script (no terminal)
+    is not asked and runs as it always did: a destructive upgrade already needs the tier's own
+    consent (e.g. tfgrid's ``allow_destructive_upgrade``). An adapter that does not plan, or a
+    plan that fails, asks nothing: the upgrade then answers for itself."""
+    if not sys.stdin.isatty():
+        return
+    try:
+        planned = await host.plan(slug, tier=tier, timeout=timeout)
+    except HearthError as exc:
+        if exc.kind == "store_error":
+            raise
+        return
+    if not planned.destructive:
+        return
+    destroys = "; ".join(
+        f"{action.action} {action.resource}: {action.reason}"
+        for action in planned.actions
+        if action.destructive
+    )
+    question = (
+        f"upgrade workspace {safe(slug)} to tier {safe(tier)}? It is destructive: {safe(destroys)} [y/N] "
+    )
+    if not await _ask(question):
+        raise NotConfirmed
+
+
+async def _ask(question: str) -> bool:
+    """Ask on the terminal without blocking the event loop, so a signal still cancels the wait."""
+    import asyncio
+
+    print(question, end="", file=sys.stderr, flush=True)
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def readable() -> None:
+        if not answer.done():
+            answer.set_result(sys.stdin.readline())
+
+    fd = sys.stdin.fileno()
+    loop.add_reader(fd, readable)
+    try:
+        line = await answer
+    finally:
+        loop.remove_reader(fd)
+    return line.strip().lower() in ("y", "yes")
 
 
 class Interrupted(Exception):
@@ -457,6 +618,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return _failed(exc.to_json(), exc.kind, exc.message + _hint(exc), as_json)
     except Interrupted as exc:
         return _failed({"kind": "cancelled"}, "cancelled", exc.message, as_json, EXIT_INTERRUPTED)
+    except NotConfirmed:
+        return _failed(
+            {"kind": "cancelled"}, "cancelled", "not confirmed; nothing was changed", as_json, EXIT_FAILURE
+        )
     except KeyboardInterrupt:
         return _failed(
             {"kind": "cancelled"},
@@ -534,6 +699,12 @@ def _hint(exc: HearthError) -> str:
         return " (hearth provision --reuse)"
     if exc.kind == "busy":
         return "; 'hearth logs' shows it"
+    if exc.kind == "adapter_refused" and "run only once you trust them" in message:
+        found = re.search(r"hearth-adapter-([a-z0-9][a-z0-9-]*) at ", message)
+        driver = found.group(1) if found else "DRIVER"
+        return f"; run 'hearth adapters trust {driver}' after reading it"
+    if exc.kind == "adapter_refused" and "adapters.lock" in message:
+        return "; 'hearth adapters' shows the lock's status ('hearth adapters lock' updates it)"
     if "reconcile" in message:
         return "; run 'hearth reconcile'"
     return ""

@@ -30,6 +30,7 @@ from hearth_adaptersdk import (
     InitializeResult,
     Malformed,
     MessageTooLarge,
+    PlanResult,
     Progress,
     ProvisioningProfile,
     StatusReport,
@@ -271,6 +272,22 @@ class AdapterClient:
         result = await self._call("validate_profile", {"profile": _dump(profile)}, timeout=timeout)
         return self._validated(ValidationResult, result, "validate_profile")
 
+    async def plan(
+        self,
+        slug: str,
+        ref: DeploymentRef | None,
+        profile: ProvisioningProfile,
+        *,
+        timeout: float | None = None,
+    ) -> PlanResult:
+        """What provisioning ``slug`` (``ref`` None) or upgrading ``ref`` to ``profile`` would
+        do, by the adapter's ``plan`` (optional: ``Unsupported`` when not announced). It
+        changes nothing, so a cancel waits only briefly for its answer."""
+        self._require("plan")
+        params = {"slug": slug, "ref": _dump(ref) if ref is not None else None, "profile": _dump(profile)}
+        result = await self._call("plan", params, timeout=timeout)
+        return self._validated(PlanResult, result, "plan")
+
     def supports(self, method: str) -> bool:
         return self.info is not None and method in self.info.capabilities.methods
 
@@ -279,7 +296,7 @@ class AdapterClient:
             raise Unsupported(
                 f"adapter {self.name} does not offer {method}",
                 codes.UNSUPPORTED,
-                {"kind": "unsupported", "reason": f"{method} is not announced"},
+                {"kind": "unsupported", "reason": f"{method} is not announced", "method": method},
             )
 
     # --- requests -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, PlainSerializer, ValidationError
 
 from hearth_adaptersdk import (
     DeploymentRef,
+    PlanResult,
     Progress,
     ProvisioningProfile,
     StatusReport,
@@ -55,6 +56,7 @@ from ._errors import (
     ProtocolViolation,
     SlugLocked,
     StoreError,
+    Unsupported,
     error_from_json,
 )
 from ._locks import OwnerMark, SlugLocks, new_owner
@@ -880,16 +882,30 @@ class Host:
             work.begun = True
             self._bus.bump()
 
+            outcome = _Outcome(self, previous, working, plan, verb, operation, client)
+
             def progress(event: Progress) -> None:
+                named = event.backend_id
+                if named is not None and named != outcome.working.backend_id:
+                    # written with the event, at once; the outcome's record carries it too
+                    outcome.working = outcome.working.model_copy(update={"backend_id": named})
+                else:
+                    named = None
                 self._event(
                     NewEvent(
-                        operation, working.slug, verb, "progress", event.level, event.message, event.fraction
+                        operation,
+                        working.slug,
+                        verb,
+                        "progress",
+                        event.level,
+                        event.message,
+                        event.fraction,
+                        backend_id=named,
                     )
                 )
                 for listener in work.listeners:
                     self._call_listener(listener, event)
 
-            outcome = _Outcome(self, previous, working, plan, verb, operation, client)
             interruption = Interruption()
             try:
                 result = await call(client, remaining, progress, interruption)
@@ -1201,6 +1217,8 @@ class Host:
         if record.unconfirmed and record.state not in TRANSIENT:
             record = await self._confirm(record, report)
         details = {**report.details, "recorded_state": record.state}
+        if record.backend_id is not None:
+            details.setdefault("backend_id", record.backend_id)
         notes = [report.message] if report.message else []
         if record.reason:
             notes.append(
@@ -1334,6 +1352,58 @@ class Host:
                 raise
             return CheckResult(slug=slug, verb=verb, accepted=False, error=exc.to_json())
         return CheckResult(slug=slug, verb=verb, accepted=True)
+
+    async def plan(
+        self, slug: str, *, tier: str, driver: str | None = None, timeout: float | None = None
+    ) -> PlanResult:
+        """What moving ``slug`` to ``tier`` would do, by the adapter's ``plan``; nothing is
+        changed or recorded. For a new, failed or torn-down workspace that is a provision
+        (``driver`` is needed for a new one), for a ready one an upgrade (``driver`` defaults to
+        the record's). The input and the lifecycle rules are checked as the verb checks them, and
+        what the verb would refuse is refused; ``unsupported`` when the adapter does not
+        announce ``plan``."""
+        self._check_slug(slug)
+        if not isinstance(tier, str):
+            raise InvalidInput(f"{echo(tier)} is not a tier name")
+        deadline = _deadline(timeout)
+        await self._opened()
+        self._refresh_settings()
+        if driver is not None:
+            self._check_driver(driver)
+        record = await self._heal(slug)
+        active = await self._active_operation(slug)
+        if active is not None:
+            raise Busy(
+                f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}; "
+                "plan it once that is done",
+                active.id,
+            )
+        if record is None and driver is None:
+            raise InvalidInput(f"{slug!r} is a new workspace: planning it needs a driver")
+        provision = record is None or record.state in ("failed", "tier_torn_down")
+        chosen = driver or (record.driver if record is not None else "")
+        if record is not None and not provision and chosen != record.driver:
+            raise Conflict(
+                f"workspace {slug!r} exists on driver {record.driver!r}; a workspace cannot move "
+                "to another driver: tear it down, then provision it again, reusing the slug",
+                codes.CONFLICT,
+                {
+                    "kind": "conflict",
+                    "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
+                },
+            )
+        self._plan(_Request("provision" if provision else "upgrade", slug, tier, chosen, True), record)
+        profile = self._profile(tier, chosen)
+        ref = None if provision or record is None else (record.ref or _synthesized_ref(record))
+        async with self._supervisor.use(chosen, timeout=_remaining(deadline)) as client:
+            if not client.supports("plan"):
+                raise Unsupported(
+                    f"driver {chosen!r} cannot plan: its adapter does not announce plan",
+                    codes.UNSUPPORTED,
+                    {"kind": "unsupported", "reason": "plan is not announced", "method": "plan"},
+                )
+            bound = self.timeouts.status if deadline is None else max(_remaining(deadline), 0.001)
+            return await client.plan(slug, ref, profile, timeout=bound)
 
     async def _validate_profile(self, driver: str, profile: ProvisioningProfile) -> None:
         from ._errors import InvalidProfile

@@ -41,6 +41,10 @@ class Deployment(BaseModel):
     #: The host could not confirm what the backend holds (a rollback that did not answer, an
     #: interrupted verb): ``reconcile`` (or the next access to the slug) asks the adapter.
     unconfirmed: bool = False
+    #: The backend's own id of the workspace's resource (a container id, a VM name), as the
+    #: adapter's progress named it during a verb; stored at once, so that what a host killed
+    #: mid-verb left half created can be found.
+    backend_id: str | None = None
 
 
 def synthesized_ref(record: Deployment) -> DeploymentRef:

@@ -105,6 +105,12 @@ class Reconciler:
         if seen is not None and current.state not in TRANSIENT and not current.unconfirmed:
             return  # the list shows it and nothing about the record is uncertain
         observed = observed or await self._status(current)
+        if observed.state == "unknown":  # never read as absent: the backend could not say
+            self.report.unreachable.setdefault(
+                current.driver,
+                f"{slug}: the backend's state is unknown ({observed.message or 'no reason given'})",
+            )
+            return
         if current.ref is None and seen is not None:
             current = current.model_copy(update={"ref": seen})
         verb: str | None = None
@@ -120,10 +126,13 @@ class Reconciler:
             current.unconfirmed,
         ):
             return  # nothing new: a second reconcile changes nothing
+        reason = resolution.reason
+        if reason and current.backend_id and resolution.state != "ready":
+            reason += f" (its backend id, reported while it worked: {current.backend_id})"
         settled = current.model_copy(
             update={
                 "state": resolution.state,
-                "reason": resolution.reason,
+                "reason": reason,
                 "unconfirmed": resolution.unconfirmed,
                 "updated_at": utc_now(),
             }

@@ -107,6 +107,11 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX operations_active ON operations (slug) WHERE state IN ('queued', 'running');
     ALTER TABLE deployments ADD COLUMN listing TEXT
     """,
+    # version 4: the backend's own id of a workspace's resource (a container id, a VM name), as
+    # the adapter's progress names it, stored at once
+    """
+    ALTER TABLE deployments ADD COLUMN backend_id TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

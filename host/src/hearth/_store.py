@@ -78,6 +78,8 @@ class NewEvent:
     message: str | None = None
     fraction: float | None = None
     at: datetime = field(default_factory=utc_now)
+    #: The backend id a progress event names: written to the slug's current record at once.
+    backend_id: str | None = None
 
 
 class Store(Protocol):
@@ -163,7 +165,9 @@ OPERATION_COLUMNS = (
     "id, slug, generation, verb, state, created_at, started_at, finished_at, error, result, key, "
     "tier, driver, reuse, owner, cancel_requested"
 )
-DEPLOYMENT_COLUMNS = "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed"
+DEPLOYMENT_COLUMNS = (
+    "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id"
+)
 EVENT_COLUMNS = "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state"
 
 
@@ -612,6 +616,11 @@ class SQLiteStore:
                         for e in events
                     ],
                 )
+                named = [(e.backend_id, e.slug) for e in events if e.backend_id is not None]
+                if named:
+                    db.executemany(
+                        "UPDATE deployments SET backend_id = ? WHERE slug = ? AND archived = 0", named
+                    )
 
         if events:
             await self._run(work)
@@ -685,11 +694,13 @@ def _event(
 def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
     ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
     db.execute(
-        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
         "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
         "reason = excluded.reason, updated_at = excluded.updated_at, "
-        "unconfirmed = excluded.unconfirmed, listing = excluded.listing",
+        "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
+        "backend_id = excluded.backend_id",
         (
             deployment.slug,
             deployment.generation,
@@ -701,6 +712,7 @@ def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
             deployment.created_at.isoformat(),
             deployment.updated_at.isoformat(),
             int(deployment.unconfirmed),
+            deployment.backend_id,
             None if ref is not None else _listing(deployment),
         ),
     )
@@ -713,7 +725,7 @@ def _listing(deployment: Deployment) -> str:
 
 
 def _deployment(row: tuple[Any, ...]) -> Deployment:
-    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed = row
+    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed, backend_id = row
     return Deployment(
         slug=slug,
         generation=generation,
@@ -725,6 +737,7 @@ def _deployment(row: tuple[Any, ...]) -> Deployment:
         updated_at=datetime.fromisoformat(updated),
         reason=reason,
         unconfirmed=bool(unconfirmed),
+        backend_id=backend_id,
     )
 
 

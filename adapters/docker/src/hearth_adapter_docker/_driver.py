@@ -6,6 +6,9 @@ from ``driver_flags.image``, limits from the caps, ``driver_flags.port`` publish
 published port answers. A failure or a cancel removes what this call created.
 upgrade: a new container on the same network and volume replaces the old one only once
 ready; if it fails, the old one keeps serving (``rolled_back: true``).
+plan: what provision or upgrade would do, read from the engine; it changes nothing. A container
+is replaced by an upgrade, but its volume (``data_path``) stays, so no action is destructive.
+Each new container's id is sent as ``backend_id`` in a progress event as soon as it exists.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ from hearth_adaptersdk import (
     InvalidProfile,
     InvalidTransition,
     ObservedState,
+    PlanAction,
+    PlanResult,
     ProvisioningProfile,
     RequestContext,
     StatusReport,
     utc_now,
 )
+from hearth_adaptersdk.wire import PlanActionKind
 
 from . import _engine as eng
 from ._spec import DockerFlags, Limits, resolve
@@ -180,6 +186,7 @@ class DockerDriver(Driver):
             lambda c: _create(c, name, flags, limits, labels=labels, network=network, volume=volume),
             lambda made: lambda c: eng.remove_quietly(lambda: made.remove(force=True)),
         )
+        ctx.progress(f"created container {name}", 0.2, backend_id=container.id)
         await self._do(lambda c: container.start())
         await self._wait_ready(container, flags, ctx)
         return container
@@ -301,6 +308,73 @@ class DockerDriver(Driver):
         ctx.progress("upgrade done", 1.0)
         return _ref(replaced)
 
+    # --- plan ---------------------------------------------------------------------------------
+    async def plan(
+        self, slug: str, ref: DeploymentRef | None, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> PlanResult:
+        """What provision (``ref`` None) or upgrade would do, read from the engine; refuses as
+        they would. Nothing is created, pulled or removed."""
+        flags, limits = await self._resolve(profile)
+        name, network, volume = eng.names(slug)
+
+        def look(c: docker.DockerClient) -> tuple[Container | None, bool, bool, bool]:
+            return (
+                eng.primary(eng.containers_of(c, slug), slug),
+                _has_image(c, flags.image),
+                bool(c.networks.list(names=[network])),
+                _has_volume(c, volume),
+            )
+
+        existing, has_image, has_network, has_volume = await self._do(look)
+        actions: builtins.list[PlanAction] = []
+        if ref is None and existing is not None:
+            current = _ref(existing)
+            if (current.tier, current.driver) != (profile.tier, profile.driver):
+                raise Conflict(
+                    f"workspace {slug!r} exists with tier {current.tier!r}; use upgrade", existing=current
+                )
+            done = f"already provisioned with tier {profile.tier!r}"
+            return PlanResult(actions=[_action("no_op", f"container {name}", done)])
+        if ref is not None:
+            if existing is None:
+                raise InvalidTransition(f"workspace {slug!r} has no container to upgrade", state="absent")
+            observed, _ = _observed(existing)
+            if observed != "ready":
+                raise InvalidTransition(
+                    f"workspace {slug!r} is {observed}; only a ready workspace can be upgraded",
+                    state=observed,
+                )
+        mounted = f"mounted at {flags.data_path}"
+        if not has_image:
+            actions.append(_action("create", f"image {flags.image}", "not on the Docker engine: pulled"))
+        if ref is None:
+            actions.append(
+                _action("no_op", f"network {network}", "exists: it is used as it is")
+                if has_network
+                else _action("create", f"network {network}", "the workspace's own bridge network")
+            )
+            actions.append(
+                _action("no_op", f"volume {volume}", f"exists: {mounted}, with its data")
+                if has_volume
+                else _action("create", f"volume {volume}", f"the workspace's data, {mounted}")
+            )
+            actions.append(_action("create", f"container {name}", _container_summary(flags, limits)))
+            return PlanResult(actions=actions)
+        assert existing is not None
+        changes = _differences(existing, profile.tier, flags, limits)
+        actions.append(
+            _action(
+                "replace",
+                f"container {name}",
+                f"{'; '.join(changes) or 'the same settings'}: a new container starts on the same "
+                "network and volume and takes the old one's place once ready (the old one serves "
+                f"until then); what the old one kept outside {flags.data_path} is not carried over",
+            )
+        )
+        actions.append(_action("no_op", f"network {network}", "kept"))
+        actions.append(_action("no_op", f"volume {volume}", f"kept, with its data, {mounted}"))
+        return PlanResult(actions=actions)
+
     # --- teardown -----------------------------------------------------------------------------
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
         slug = ref.workspace_slug
@@ -349,6 +423,60 @@ def _labels(slug: str, tier: str, created: datetime, port: int | None) -> dict[s
     if port is not None:
         labels[f"{eng.LABEL}.port"] = str(port)
     return labels
+
+
+def _action(action: PlanActionKind, resource: str, reason: str) -> PlanAction:
+    """A plan's action; no docker action destroys data (the volume outlives every container)."""
+    return PlanAction(action=action, resource=resource, reason=reason, destructive=False)
+
+
+def _has_image(client: docker.DockerClient, image: str) -> bool:
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def _has_volume(client: docker.DockerClient, name: str) -> bool:
+    try:
+        client.volumes.get(name)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def _container_summary(flags: DockerFlags, limits: Limits) -> str:
+    parts = [f"from {flags.image}"]
+    if limits.nano_cpus is not None:
+        parts.append(f"{limits.nano_cpus / 1e9:g} CPUs")
+    if limits.mem_bytes is not None:
+        parts.append(f"{limits.mem_bytes // (1024 * 1024)} MiB")
+    if flags.port is not None:
+        parts.append(f"port {flags.port} published on 127.0.0.1")
+    return ", ".join(parts)
+
+
+def _differences(container: Container, tier: str, flags: DockerFlags, limits: Limits) -> list[str]:
+    """What an upgrade to ``flags`` and ``limits`` changes in ``container``, in words."""
+    config = container.attrs.get("Config") or {}
+    host = container.attrs.get("HostConfig") or {}
+    labels = container.labels
+
+    def cpus(nano: int | None) -> str:
+        return f"{nano / 1e9:g} CPUs" if nano else "no CPU limit"
+
+    def memory(size: int | None) -> str:
+        return f"{size // (1024 * 1024)} MiB" if size else "no memory limit"
+
+    pairs = [
+        ("tier", repr(labels.get(f"{eng.LABEL}.tier")), repr(tier)),
+        ("image", str(config.get("Image")), flags.image),
+        ("cpus", cpus(host.get("NanoCpus")), cpus(limits.nano_cpus)),
+        ("memory", memory(host.get("Memory")), memory(limits.mem_bytes)),
+        ("port", labels.get(f"{eng.LABEL}.port") or "none", str(flags.port or "none")),
+    ]
+    return [f"{what} {old} -> {new}" for what, old, new in pairs if old != new]
 
 
 def _ensure_image(client: docker.DockerClient, image: str) -> None:

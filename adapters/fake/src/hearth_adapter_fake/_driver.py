@@ -12,6 +12,13 @@ profile stored at provision time), so a test drives them through the real protoc
     freeze_at: VERB      the whole process stops responding (a blocking call that never returns)
     ignore_sigterm: true the process ignores SIGTERM from then on
     reject: true         the profile is refused (-32023)
+    replace_on_upgrade: true   an upgrade to this profile replaces the workspace with a new one
+                         (a new backend id and creation time): its data is lost, so ``plan``
+                         calls that upgrade destructive
+
+Each workspace has a backend id (``fake-<slug>-<hex>``), sent in provision's first progress
+event as ``backend_id``, as a real backend's container id or VM name would be. ``plan`` says
+what provision or upgrade would do and changes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import asyncio
 import builtins
 import importlib.metadata
 import os
+import secrets
 import signal
 import sys
 import time
@@ -35,16 +43,29 @@ from hearth_adaptersdk import (
     Driver,
     InvalidProfile,
     InvalidTransition,
+    PlanAction,
+    PlanResult,
     ProvisioningProfile,
     RequestContext,
     StatusReport,
     utc_now,
 )
+from hearth_adaptersdk.wire import PlanActionKind
 
 from ._store import FakeStore
 
 VERBS = ("provision", "status", "upgrade", "teardown")
-FLAGS = ("fail_at", "keep_partial", "delay", "crash_at", "hang_at", "freeze_at", "ignore_sigterm", "reject")
+FLAGS = (
+    "fail_at",
+    "keep_partial",
+    "delay",
+    "crash_at",
+    "hang_at",
+    "freeze_at",
+    "ignore_sigterm",
+    "reject",
+    "replace_on_upgrade",
+)
 CAPS = ("cpu", "memory_mb", "storage_mb")
 CRASH_EXIT_CODE = 17
 _STEPS = 4
@@ -87,7 +108,8 @@ class FakeDriver(Driver):
                 existing=existing,
             )
         await self._faults("provision", flags)
-        ctx.progress(f"creating workspace {slug}", 0.0)
+        backend_id = _backend_id(slug)
+        ctx.progress(f"creating workspace {slug}", 0.0, backend_id=backend_id)
         ref = DeploymentRef(
             workspace_slug=slug,
             tier=profile.tier,
@@ -102,6 +124,7 @@ class FakeDriver(Driver):
             {
                 "ref": ref.model_copy(update={"last_status": "provisioning"}).model_dump(mode="json"),
                 "profile": profile.model_dump(mode="json"),
+                "backend_id": backend_id,
             },
         )
         try:
@@ -111,12 +134,24 @@ class FakeDriver(Driver):
                 # keep_partial: the backend keeps a failed workspace
                 failed = ref.model_copy(update={"last_status": "failed"})
                 self.store.put(
-                    slug, {"ref": failed.model_dump(mode="json"), "profile": profile.model_dump(mode="json")}
+                    slug,
+                    {
+                        "ref": failed.model_dump(mode="json"),
+                        "profile": profile.model_dump(mode="json"),
+                        "backend_id": backend_id,
+                    },
                 )
             else:
                 self.store.delete(slug)  # roll back the partial work
             raise
-        self.store.put(slug, {"ref": ref.model_dump(mode="json"), "profile": profile.model_dump(mode="json")})
+        self.store.put(
+            slug,
+            {
+                "ref": ref.model_dump(mode="json"),
+                "profile": profile.model_dump(mode="json"),
+                "backend_id": backend_id,
+            },
+        )
         ctx.progress("workspace ready", 1.0)
         return ref
 
@@ -132,11 +167,14 @@ class FakeDriver(Driver):
         if flags.get("fail_at") == "status":
             raise BackendUnavailable("status failed as asked (driver_flags.fail_at)")
         current = record["ref"]  # written by this driver from a validated ref: read, not re-checked
+        details = {"tier": current["tier"]}
+        if record.get("backend_id"):
+            details["backend_id"] = record["backend_id"]
         return StatusReport(
             state=current["last_status"],
             endpoint=current["endpoint"],
             observed_at=utc_now(),
-            details={"tier": current["tier"]},
+            details=details,
         )
 
     async def upgrade(
@@ -151,11 +189,22 @@ class FakeDriver(Driver):
             raise InvalidTransition(f"cannot upgrade workspace {slug!r} in state {state}", state=state)
         await self._faults("upgrade", profile.driver_flags)
         current = DeploymentRef.model_validate(record["ref"])
-        ctx.progress(f"upgrading {slug} to tier {profile.tier}", 0.0)
+        backend_id = record.get("backend_id")
+        if profile.driver_flags.get("replace_on_upgrade"):  # a new workspace takes the old one's place
+            backend_id = _backend_id(slug)
+            ctx.progress(f"replacing workspace {slug} with a new one", 0.0, backend_id=backend_id)
+            current = current.model_copy(update={"created": utc_now()})
+        else:
+            ctx.progress(f"upgrading {slug} to tier {profile.tier}", 0.0)
         await self._work(ctx, profile.driver_flags, "upgrade")
         upgraded = current.model_copy(update={"tier": profile.tier, "last_status": "ready"})
         self.store.put(
-            slug, {"ref": upgraded.model_dump(mode="json"), "profile": profile.model_dump(mode="json")}
+            slug,
+            {
+                "ref": upgraded.model_dump(mode="json"),
+                "profile": profile.model_dump(mode="json"),
+                "backend_id": backend_id,
+            },
         )
         ctx.progress("upgrade done", 1.0)
         return upgraded
@@ -183,6 +232,41 @@ class FakeDriver(Driver):
 
     async def validate_profile(self, profile: ProvisioningProfile, ctx: RequestContext) -> builtins.list[str]:
         return self._problems(profile)
+
+    async def plan(
+        self, slug: str, ref: DeploymentRef | None, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> PlanResult:
+        """What provision (``ref`` None) or upgrade would do; refuses as they would."""
+        self._journal("plan", slug, profile.tier)
+        self._refuse_invalid(profile)
+        record = self.store.get(slug)
+        resource = f"workspace {slug}"
+        state = record["ref"]["last_status"] if record else "absent"
+        if ref is None:
+            if record is not None and state in ("ready", "upgrading"):
+                existing = DeploymentRef.model_validate(record["ref"])
+                if (existing.tier, existing.driver) != (profile.tier, profile.driver):
+                    raise Conflict(
+                        f"workspace {slug!r} exists with tier {existing.tier!r}; use upgrade",
+                        existing=existing,
+                    )
+                return _planned("no_op", resource, f"already provisioned with tier {profile.tier!r}")
+            left = f" (the {state} one the backend holds is replaced)" if record is not None else ""
+            return _planned("create", resource, f"a new workspace with tier {profile.tier!r}{left}")
+        if record is None or state != "ready":
+            raise InvalidTransition(f"cannot upgrade workspace {slug!r} in state {state}", state=state)
+        old_tier = record["ref"]["tier"]
+        if profile.driver_flags.get("replace_on_upgrade"):
+            return _planned(
+                "replace",
+                resource,
+                f"tier {old_tier!r} -> {profile.tier!r}: driver_flags.replace_on_upgrade replaces "
+                "the workspace with a new one, and its data is lost",
+                destructive=True,
+            )
+        if record["profile"] == profile.model_dump(mode="json"):
+            return _planned("no_op", resource, f"already runs tier {profile.tier!r} with this profile")
+        return _planned("update", resource, f"tier {old_tier!r} -> {profile.tier!r}, in place")
 
     # --- helpers -------------------------------------------------------------------------
     def _journal(self, method: str, slug: str | None, tier: str | None) -> None:
@@ -242,6 +326,16 @@ class FakeDriver(Driver):
                 rolled_back=verb != "teardown" and not flags.get("keep_partial"),
                 logs=[f"fake: {verb} reached step {_STEPS} of {_STEPS}", "fake: injected failure"],
             )
+
+
+def _backend_id(slug: str) -> str:
+    return f"fake-{slug}-{secrets.token_hex(4)}"
+
+
+def _planned(action: PlanActionKind, resource: str, reason: str, *, destructive: bool = False) -> PlanResult:
+    return PlanResult(
+        actions=[PlanAction(action=action, resource=resource, reason=reason, destructive=destructive)]
+    )
 
 
 async def _hang_forever() -> None:

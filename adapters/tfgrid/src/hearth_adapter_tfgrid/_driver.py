@@ -11,6 +11,10 @@ so the answer and the process's exit wait for the deletion, and answers -32031 w
 logs (``rolled_back`` false, the secret kept for a later teardown, when the deletion could not
 be confirmed). A VM cannot be resized or re-imaged in place, so such an upgrade deletes and
 redeploys it, destroying its disk: refused (-32022) unless allowed by the flags.
+plan: what provision or upgrade would do, asked of the service and the vault without changing
+either; an upgrade that changes the slices or the image is a ``replace`` of the VM, destructive
+(its disk is destroyed), and refused like the upgrade unless the flags allow it. The VM's id is
+sent as ``backend_id`` in a progress event as soon as ``deploy_vm`` answers.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from hearth_adaptersdk import (
     InvalidProfile,
     InvalidTransition,
     ObservedState,
+    PlanAction,
+    PlanResult,
     ProvisioningProfile,
     RequestContext,
     ResourceCaps,
@@ -47,7 +53,7 @@ from hearth_adaptersdk import (
     codes,
     utc_now,
 )
-from hearth_adaptersdk.wire import validation_problems
+from hearth_adaptersdk.wire import PlanActionKind, validation_problems
 
 from . import _compute as compute
 from ._compute import (
@@ -481,6 +487,7 @@ class TfgridDriver(Driver):
             self.ledger.landed(hold)
             record = self._vault.record(slug) or {}
             self._vault.save(slug, {**record, "vm_id": vm.id, "node": node, "slices": slices})
+            ctx.progress(f"VM {vm.name} ({vm.id}) is deploying on {node}", 0.1, backend_id=vm.id)
             return vm
 
     async def _deploy_vm(self, slug: str, secret: str, plan: _Plan, node: str, slices: int) -> Vm:
@@ -624,26 +631,13 @@ class TfgridDriver(Driver):
                 f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
             )
         assert vm is not None
-        nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
-        here = nodes.get(vm.node_sid)
-        slices = plan.slices_on(here) if here is not None else vm.slice_count
-        changes = [
-            what
-            for what, old, new in (("slices", vm.slice_count, slices), ("image", vm.image, plan.image))
-            if old != new
-        ]
+        changes = await self._changes(vm, plan)
         if not changes:
             record["tier"] = profile.tier
             self._vault.save(slug, record)
             ctx.progress("nothing to change on the grid; the tier is updated", 1.0)
             return self._ref(slug, record, vm, gateway)
-        if not plan.flags.allow_destructive_upgrade:
-            raise Unsupported(
-                f"changing the {' and '.join(changes)} of a TFGrid VM means deleting and "
-                "redeploying it, which destroys its disk; the VM keeps running unchanged. Set "
-                "driver_flags.allow_destructive_upgrade = true to accept that",
-                reason=f"in-place {' and '.join(changes)} change is not possible on TFGrid",
-            )
+        self._refuse_destructive(changes, plan)
         ctx.progress(f"destructive upgrade: deleting VM {vm.name}", 0.05)
         deleting = asyncio.ensure_future(self._undo(slug, secret, forget=False))
         try:
@@ -681,6 +675,159 @@ class TfgridDriver(Driver):
             )
         return self._ref(slug, self._vault.record(slug) or record, vm, gateway)
 
+    async def _changes(self, vm: Vm, plan: _Plan) -> builtins.list[tuple[str, Any, Any]]:
+        """What an upgrade to ``plan`` changes in ``vm`` that only a redeploy can: (what, old,
+        new) for the slices (counted on the VM's node) and the image."""
+        nodes = {n.node_sid: n for n in await self._ask(self.service.list_slices())}
+        here = nodes.get(vm.node_sid)
+        slices = plan.slices_on(here) if here is not None else vm.slice_count
+        changes = [
+            (what, old, new)
+            for what, old, new in (("slices", vm.slice_count, slices), ("image", vm.image, plan.image))
+            if old != new
+        ]
+        return changes
+
+    @staticmethod
+    def _refuse_destructive(changes: builtins.list[tuple[str, Any, Any]], plan: _Plan) -> None:
+        """-32022 for a redeploy the flags do not allow: it would destroy the VM's disk."""
+        if plan.flags.allow_destructive_upgrade:
+            return
+        what = " and ".join(change[0] for change in changes)
+        raise Unsupported(
+            f"changing the {what} of a TFGrid VM means deleting and "
+            "redeploying it, which destroys its disk; the VM keeps running unchanged. Set "
+            "driver_flags.allow_destructive_upgrade = true to accept that",
+            reason=f"in-place {what} change is not possible on TFGrid",
+        )
+
+    # --- plan ---------------------------------------------------------------------------------
+    async def plan(
+        self, slug: str, ref: DeploymentRef | None, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> PlanResult:
+        """What provision (``ref`` None) or upgrade would do, from the service's and the vault's
+        answers; refuses as they would. Nothing is deployed, deleted or written."""
+        plan = await self._plan(profile)
+        if ref is None:
+            return PlanResult(actions=await self._plan_provision(slug, profile, plan))
+        return PlanResult(actions=await self._plan_upgrade(ref, profile, plan))
+
+    async def _plan_provision(
+        self, slug: str, profile: ProvisioningProfile, plan: _Plan
+    ) -> builtins.list[PlanAction]:
+        vault, name = self._vault, _vm_name(slug)
+        record, secret = vault.record(slug), self._secret(slug)
+        actions: builtins.list[PlanAction] = []
+        if record is not None and secret is not None:
+            vm, gateway = await self._find(slug, secret)
+            if vm is not None and _observed(vm, gateway)[0] == "ready":
+                if record["tier"] != profile.tier:
+                    raise Conflict(
+                        f"workspace {slug!r} exists with tier {record['tier']!r}; use upgrade",
+                        existing=self._ref(slug, record, vm, gateway),
+                    )
+                done = f"already provisioned with tier {profile.tier!r}"
+                return [_act("no_op", f"vm {name}", done), _act("no_op", f"gateway {slug}", done)]
+            if gateway is not None:
+                actions.append(_act("delete", f"gateway {gateway.name}", "left by an earlier attempt"))
+            if vm is not None:
+                actions.append(
+                    _act(
+                        "delete",
+                        f"vm {vm.name}",
+                        f"left by an earlier attempt ({vm.state}): deleted first, with its disk",
+                        destructive=True,
+                    )
+                )
+        actions.append(
+            _act(
+                "replace" if secret is not None else "create",
+                f"secret {vault.secret_path(slug)}",
+                "a new ownership secret for the VM, in a file only this user can read",
+            )
+        )
+        actions.append(_act("create", f"vm {name}", await self._where(plan)))
+        gateway_node = (
+            self.settings.gateway_node or (await self._ask(self.service.list_gateway_nodes()))[0].node_sid
+        )
+        actions.append(
+            _act(
+                "create",
+                f"gateway {slug}",
+                f"a name gateway on {gateway_node} to port {plan.flags.port}; its address is the endpoint",
+            )
+        )
+        return actions
+
+    async def _where(self, plan: _Plan) -> str:
+        """Where a deploy of ``plan`` would go now, and its size, in words."""
+        with self.ledger.snapshot() as tick:
+            nodes = await self._ask(self.service.list_slices())
+            if plan.node is not None:
+                pinned = next((n for n in nodes if n.node_sid == plan.node), None)
+                choice = Choice(plan.node, plan.slices_on(pinned), "room") if pinned else None
+            else:
+                choice = choose(nodes, plan.slices_on, lambda sid: self.ledger.pending(sid, tick), skip=set())
+        image = f"image {plan.image}"
+        if choice is None:
+            return f"{image}; no node offered can hold it now, so the deploy would be refused"
+        node, slices, verdict = choice
+        chosen = f"named by {plan.named_by}" if plan.node is not None else "chosen by placement now"
+        room = "" if verdict == "room" else " (it may have no room left: the service decides)"
+        return f"{slices} slice(s) on {node} ({chosen}){room}, {image}"
+
+    async def _plan_upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, plan: _Plan
+    ) -> builtins.list[PlanAction]:
+        slug = ref.workspace_slug
+        secret = self._secret(slug, ref)
+        record = self._vault.record(slug)
+        if record is None or secret is None:
+            raise InvalidTransition(f"workspace {slug!r} is not deployed", state="absent")
+        vm, gateway = await self._find(slug, secret)
+        state, _ = _observed(vm, gateway)
+        if state != "ready":
+            raise InvalidTransition(
+                f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
+            )
+        assert vm is not None and gateway is not None
+        changes = await self._changes(vm, plan)
+        if not changes:
+            kept = f"its {vm.slice_count} slice(s) and its image stay as they are"
+            actions = [_act("no_op", f"vm {vm.name}", kept)]
+            port = (
+                ""
+                if gateway.port == plan.flags.port
+                else f" (an upgrade does not move it to {plan.flags.port})"
+            )
+            actions.append(_act("no_op", f"gateway {gateway.name}", f"keeps port {gateway.port}{port}"))
+            if record["tier"] != profile.tier:
+                actions.append(
+                    _act(
+                        "update",
+                        f"workspace {slug}",
+                        f"the tier is recorded as {profile.tier!r} (was {record['tier']!r}); "
+                        "nothing changes on the grid",
+                    )
+                )
+            return actions
+        self._refuse_destructive(changes, plan)
+        changed = ", ".join(f"{what} {old} -> {new}" for what, old, new in changes)
+        return [
+            _act(
+                "replace",
+                f"vm {vm.name}",
+                f"{changed}: a TFGrid VM cannot be resized or re-imaged in place, so it is deleted "
+                f"and a new one deployed ({await self._where(plan)}); its disk is destroyed",
+                destructive=True,
+            ),
+            _act(
+                "replace",
+                f"gateway {gateway.name}",
+                "deleted with the old VM and deployed again to the new one; the endpoint may change",
+            ),
+        ]
+
     # --- teardown -----------------------------------------------------------------------------
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:
         slug = ref.workspace_slug
@@ -696,6 +843,10 @@ class TfgridDriver(Driver):
             await self._wait_gone(slug, secret)
         self._vault.forget(slug)
         ctx.progress("deleted", 1.0)
+
+
+def _act(action: PlanActionKind, resource: str, reason: str, *, destructive: bool = False) -> PlanAction:
+    return PlanAction(action=action, resource=resource, reason=reason, destructive=destructive)
 
 
 def _message(exc: BaseException) -> str:
