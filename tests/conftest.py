@@ -14,8 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import docker
 
 ADAPTERS = Path(__file__).parent / "adapters"
 VENV_BIN = Path(sys.executable).parent
@@ -211,3 +215,27 @@ def places(tmp_path: Path) -> dict[str, Path]:
     for folder in folders.values():
         folder.mkdir(mode=0o755)
     return folders
+
+
+@pytest.fixture(scope="session")
+def docker_url() -> str:
+    """The Docker engine scripts/test started; under CI its absence fails, elsewhere it skips."""
+    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
+    if url:
+        return url
+    reason = os.environ.get(
+        "HEARTH_TEST_DOCKER_SKIP",
+        "no Docker engine: run scripts/test, which installs and starts one when it can",
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the docker tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def engine(docker_url: str) -> Iterator[docker.DockerClient]:
+    import docker  # only the docker tests pay for it
+
+    client = docker.DockerClient(base_url=docker_url)
+    yield client
+    client.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,6 @@ from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import RemoteError, open_peer
 
 IMAGE = os.environ.get("HEARTH_TEST_IMAGE", "hearth-test/httpd:1")
-
-
-@pytest.fixture(scope="session")
-def docker_url() -> str:
-    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
-    if url:
-        return url
-    reason = os.environ.get(
-        "HEARTH_TEST_DOCKER_SKIP",
-        "no Docker engine: run scripts/test, which installs and starts one when it can",
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the docker tests: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def engine(docker_url: str) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=docker_url)
-    yield client
-    client.close()
 
 
 def _profile(tier: str = "solo", **flags: Any) -> ProvisioningProfile:

@@ -9,7 +9,6 @@ import pty
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -131,27 +130,6 @@ async def test_the_fake_plans_provision_and_upgrade_and_changes_nothing(tmp_path
 
 # --- docker -------------------------------------------------------------------------------------
 IMAGE = os.environ.get("HEARTH_TEST_IMAGE", "hearth-test/httpd:1")
-
-
-@pytest.fixture(scope="module")
-def docker_url() -> str:
-    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
-    if url:
-        return url
-    reason = os.environ.get(
-        "HEARTH_TEST_DOCKER_SKIP",
-        "no Docker engine: run scripts/test, which installs and starts one when it can",
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the docker tests: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def engine(docker_url: str) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=docker_url)
-    yield client
-    client.close()
 
 
 def boxed(tier: str = "solo", memory_mb: int = 64, **flags: Any) -> ProvisioningProfile:

@@ -309,7 +309,9 @@ async def test_a_version_probe_leaves_the_loop_free_and_stops_when_cancelled(pla
 # --- JSON --------------------------------------------------------------------------------------
 def test_tiers_are_json_ready_and_read_back() -> None:
     tiers = TypeAdapter(Tier)
-    tier = Tier("gpu", ResourceCaps.model_validate({"cpu": 8, "gpus": 1}), {"docker": {"image": "x:1", "ports": [80]}})
+    tier = Tier(
+        "gpu", ResourceCaps.model_validate({"cpu": 8, "gpus": 1}), {"docker": {"image": "x:1", "ports": [80]}}
+    )
     document = tiers.dump_python(tier, mode="json")
     assert document == {
         "name": "gpu",

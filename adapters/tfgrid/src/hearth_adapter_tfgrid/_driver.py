@@ -615,22 +615,29 @@ class TfgridDriver(Driver):
         return refs
 
     # --- upgrade ------------------------------------------------------------------------------
-    async def upgrade(
-        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
-    ) -> DeploymentRef:
+    async def _ready(self, ref: DeploymentRef) -> tuple[str, dict[str, Any], Vm, WebGateway]:
+        """The secret, record, VM and gateway of a workspace an upgrade (or its plan) may change:
+        ``invalid_transition`` naming the state unless it is deployed and ready."""
         slug = ref.workspace_slug
         secret = self._secret(slug, ref)
-        plan = await self._plan(profile)
         record = self._vault.record(slug)
         if record is None or secret is None:
             raise InvalidTransition(f"workspace {slug!r} is not deployed", state="absent")
         vm, gateway = await self._find(slug, secret)
         state, _ = _observed(vm, gateway)
-        if state != "ready":
+        if state != "ready" or vm is None or gateway is None:
             raise InvalidTransition(
                 f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
             )
-        assert vm is not None
+        return secret, record, vm, gateway
+
+    async def upgrade(
+        self, ref: DeploymentRef, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> DeploymentRef:
+        slug = ref.workspace_slug
+        self._secret(slug, ref)  # an unsafe secret path is refused before anything is sent
+        plan = await self._plan(profile)
+        secret, record, vm, gateway = await self._ready(ref)
         changes = await self._changes(vm, plan)
         if not changes:
             record["tier"] = profile.tier
@@ -780,17 +787,7 @@ class TfgridDriver(Driver):
         self, ref: DeploymentRef, profile: ProvisioningProfile, plan: _Plan
     ) -> builtins.list[PlanAction]:
         slug = ref.workspace_slug
-        secret = self._secret(slug, ref)
-        record = self._vault.record(slug)
-        if record is None or secret is None:
-            raise InvalidTransition(f"workspace {slug!r} is not deployed", state="absent")
-        vm, gateway = await self._find(slug, secret)
-        state, _ = _observed(vm, gateway)
-        if state != "ready":
-            raise InvalidTransition(
-                f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
-            )
-        assert vm is not None and gateway is not None
+        _, record, vm, gateway = await self._ready(ref)
         changes = await self._changes(vm, plan)
         if not changes:
             kept = f"its {vm.slice_count} slice(s) and its image stay as they are"
