@@ -143,3 +143,15 @@ async def test_out_of_range_and_mistyped_queries_are_invalid_input(tmp_path: Pat
             await host.deployments(driver="Bad!")
         with pytest.raises(InvalidInput):
             await host.deployments(after=5)  # type: ignore[arg-type]
+
+
+async def test_a_verb_on_a_slug_whose_first_provision_is_queued_is_busy(tmp_path: Path) -> None:
+    from hearth import Busy
+
+    async with make_host(tmp_path) as host:
+        async with host._locks.hold("first", 0.0):  # the provision waits for the slug: queued
+            op = await host.start_provision("first", tier="brisk", driver="fake")
+            assert (await host.operation(op.id)).state == "queued"
+            with pytest.raises(Busy, match=f"operation #{op.id}"):
+                await host.start_teardown("first")
+        assert (await op.result()) is not None

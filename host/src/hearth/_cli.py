@@ -13,6 +13,8 @@
     hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
     hearth adopt SLUG --driver DRIVER --tier TIER [--json]
     hearth forget SLUG [--yes] [--json]
+    hearth serve [--socket PATH] [--listen HOST:PORT --token-file FILE] [--log-json]
+                                                      (the daemon: API v1 on $HEARTH_HOME/hearth.sock)
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
 --json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
@@ -197,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--dry-run", action="store_true", help="report what it would do, change nothing (exit 3 on drift)"
     )
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the daemon: the HTTP API v1 on the home's Unix socket"
+    )
+    serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file)")
+    serve.add_argument("--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600)")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line on stderr")
     return parser
 
 
@@ -602,6 +611,8 @@ def _main(argv: Sequence[str] | None) -> int:
             document, text = _adapters(args)
         elif args.command == "ls":
             document, text = _ls(args)
+        elif args.command == "serve":
+            return _serve(args)
         elif args.command == "forget" and not _confirmed(args):
             return _failed(
                 {"kind": "cancelled"},
@@ -640,6 +651,25 @@ def _main(argv: Sequence[str] | None) -> int:
             as_json,
         )
     return _print(json.dumps(document, indent=2) if as_json else text) or status
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``hearth serve``: runs until SIGTERM or SIGINT (operations in flight drain), then 0."""
+    try:
+        from ._serve import configure_logging, serve
+    except ImportError as exc:
+        raise InvalidInput(
+            f"hearth serve needs the serve extra (pip install 'hearth[serve]'): {exc}"
+        ) from None
+    configure_logging(args.log_json)
+    serve(
+        socket_path=args.socket,
+        listen=args.listen,
+        token_file=args.token_file,
+        home=getattr(args, "home", None),
+        project=getattr(args, "project", None),
+    )
+    return 0
 
 
 def _print(text: str, *, stream: Any = None) -> int:

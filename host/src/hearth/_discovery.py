@@ -105,7 +105,13 @@ def search_path(
     folders.append(("user", user_adapters_dir(home)))
     path_value = os.environ.get("PATH", "") if path_env is None else path_env
     folders += [("path", Path(entry)) for entry in path_value.split(os.pathsep) if entry]
-    return folders
+    seen: set[Path] = set()
+    unique = []
+    for source, folder in folders:  # a folder named twice (PATH often repeats) is searched once
+        if folder not in seen:
+            seen.add(folder)
+            unique.append((source, folder))
+    return unique
 
 
 def refusal_reason(path: Path) -> str | None:

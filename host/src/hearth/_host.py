@@ -41,7 +41,7 @@ from hearth_adaptersdk import (
 
 from ._client import AdapterClient, Interruption, ProgressCallback
 from ._dirs import resolve_home, state_dir
-from ._discovery import candidates, discover_all
+from ._discovery import DriverInfo, candidates, discover_all
 from ._errors import (
     AdapterError,
     BackendFailure,
@@ -541,6 +541,10 @@ class Host:
             self._profile(request.tier, request.driver)
         record = await self._heal(request.slug)
         if request.verb != "provision":
+            if record is None:  # a first provision still queued has no record yet: busy, not absent
+                active = await self._active_operation(request.slug)
+                if active is not None:
+                    self._join(active, request, None)
             record = await self._existing(request.slug, record)
             if request.verb == "upgrade":
                 assert request.tier is not None
@@ -1314,7 +1318,7 @@ class Host:
         self._refresh_settings()
         return [self.settings.tiers[name] for name in sorted(self.settings.tiers)]
 
-    async def drivers(self) -> builtins.list[Any]:
+    async def drivers(self) -> builtins.list[DriverInfo]:
         """What discovery finds for each driver (path, version, refusals) and the in-process ones."""
         from ._discovery import driver_infos
 

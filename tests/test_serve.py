@@ -1,0 +1,549 @@
+"""``hearth serve`` (issue 12): the API v1 of ``hearth._serve.create_app`` and the daemon.
+
+Most tests drive the app in memory through httpx's ASGI transport, on a host whose ``fake``
+driver runs in process. httpx's ASGI transport buffers a whole response, so the event streams are
+read from the same app served by an in-process uvicorn on a Unix socket. A thin layer runs the
+real ``hearth serve`` in its own process group, with the real ``hearth-adapter-fake``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from hearth import Host, Tier
+from hearth._serve import create_app, openapi_document
+from hearth_adapter_fake import FakeDriver
+from hearth_adaptersdk import MemoryConnection, ResourceCaps
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAPI = ROOT / "docs" / "openapi.json"
+BOUND = 30.0
+Json = dict[str, Any]
+
+
+# --- in memory ----------------------------------------------------------------------------------
+def make_host(tmp_path: Path) -> Host:
+    tiers = {
+        "slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}}),
+        "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 1}}),
+    }
+    return Host(
+        project_dir=tmp_path / "project",
+        home=tmp_path / "home",
+        tiers=tiers,
+        idle_timeout=None,
+        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
+    )
+
+
+@contextlib.asynccontextmanager
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_host(tmp_path) as host:
+        transport = httpx.ASGITransport(app=create_app(host))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
+            yield client
+
+
+def error_kind(response: httpx.Response) -> str:
+    body = response.json()
+    assert set(body) == {"error"} and body["error"]["message"], body
+    return str(body["error"]["kind"])
+
+
+async def test_the_lifecycle_through_the_api(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        body = {"slug": "alpha", "tier": "solo", "driver": "fake"}
+        made = await client.post("/v1/workspaces", json=body, params={"wait": 20})
+        assert made.status_code == 200, made.text
+        assert made.json()["state"] == "succeeded" and made.json()["result"]["workspace_slug"] == "alpha"
+        assert made.headers["location"] == f"/v1/operations/{made.json()['id']}"
+        record = (await client.get("/v1/workspaces/alpha")).json()
+        assert record["state"] == "ready" and record["tier"] == "solo"
+        assert (await client.get("/v1/workspaces/alpha/status")).json()["state"] == "ready"
+        upgraded = await client.post(
+            "/v1/workspaces/alpha/upgrade", json={"tier": "team"}, params={"wait": 20}
+        )
+        assert upgraded.status_code == 200 and upgraded.json()["state"] == "succeeded"
+        assert (await client.get("/v1/workspaces/alpha")).json()["tier"] == "team"
+        gone = await client.delete("/v1/workspaces/alpha", params={"wait": 20})
+        assert gone.status_code == 200 and gone.json()["state"] == "succeeded", gone.text
+        listed = (await client.get("/v1/workspaces")).json()
+        assert [(w["slug"], w["state"]) for w in listed] == [("alpha", "tier_torn_down")]
+        assert (await client.get("/v1/workspaces", params={"include_torn_down": False})).json() == []
+        logs = (await client.get("/v1/workspaces/alpha/logs")).json()
+        assert [op["verb"] for op in logs] == ["provision", "upgrade", "teardown"]
+        ops = (await client.get("/v1/operations", params={"slug": "alpha", "limit": 2})).json()
+        assert [op["verb"] for op in ops] == ["provision", "upgrade"]
+        page = await client.get("/v1/operations", params={"after": ops[-1]["id"]})
+        assert [op["verb"] for op in page.json()] == ["teardown"]
+        health = (await client.get("/v1/health")).json()
+        assert health["status"] == "ok" and health["running"] == 0
+        tiers = {t["name"] for t in (await client.get("/v1/tiers")).json()}
+        assert {"solo", "team", "slow", "brisk"} <= tiers
+        drivers = (await client.get("/v1/drivers")).json()
+        assert any(d["driver"] == "fake" and d["in_process"] for d in drivers)
+
+
+async def test_a_start_answers_202_with_its_location_and_a_cancel_rolls_back(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        started = await client.post("/v1/workspaces", json={"slug": "beta", "tier": "slow", "driver": "fake"})
+        assert started.status_code == 202, started.text
+        op = started.json()
+        assert op["state"] in ("queued", "running") and op["verb"] == "provision"
+        location = started.headers["location"]
+        assert location == f"/v1/operations/{op['id']}"
+        assert (await client.get(location)).json()["id"] == op["id"]
+        short = await client.get(f"{location}/wait", params={"timeout": 0.2})
+        assert short.status_code == 202 and short.json()["state"] in ("queued", "running")
+        cancel = await client.delete(location, params={"reason": "changed my mind"})
+        assert cancel.status_code == 202 and cancel.json()["cancel_requested"] == "changed my mind"
+        done = await client.get(f"{location}/wait", params={"timeout": 20})
+        assert done.status_code == 200 and done.json()["state"] == "cancelled", done.text
+        gone = await client.get("/v1/workspaces/beta")  # rolled back: no workspace is left
+        assert (
+            gone.status_code == 404
+            and "ended cancelled and left no workspace" in gone.json()["error"]["message"]
+        )
+
+
+async def test_an_idempotency_key_names_one_operation(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        body = {"slug": "gamma", "tier": "brisk", "driver": "fake"}
+        headers = {"Idempotency-Key": "req-42"}
+        first, second = await asyncio.gather(
+            client.post("/v1/workspaces", json=body, headers=headers),
+            client.post("/v1/workspaces", json=body, headers=headers),
+        )
+        assert first.status_code == second.status_code == 202
+        assert first.json()["id"] == second.json()["id"] and first.json()["key"] == "req-42"
+        other = await client.post("/v1/workspaces", json={**body, "tier": "solo"}, headers=headers)
+        assert other.status_code == 409 and error_kind(other) == "conflict"
+        done = await client.get(f"/v1/operations/{first.json()['id']}/wait", params={"timeout": 20})
+        assert done.json()["state"] == "succeeded"
+        again = await client.post("/v1/workspaces", json=body, headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]  # finished already
+
+
+async def test_errors_carry_their_kind_and_status(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        made = await client.post(
+            "/v1/workspaces", json={"slug": "delta", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+        )
+        assert made.json()["state"] == "succeeded"
+        slow = await client.post("/v1/workspaces/delta/upgrade", json={"tier": "slow"})
+        assert slow.status_code == 202
+        busy = await client.delete("/v1/workspaces/delta")
+        assert busy.status_code == 409 and error_kind(busy) == "busy"
+        assert busy.json()["error"]["operation"] == slow.json()["id"]
+        for path in ("/v1/workspaces/nobody", "/v1/operations/9999", "/v1/nothing-here"):
+            missing = await client.get(path)
+            assert missing.status_code == 404 and error_kind(missing) == "not_found", path
+        for body in (
+            {"slug": "Not_A_Label", "tier": "solo", "driver": "fake"},
+            {"slug": "eps", "tier": "no-such-tier", "driver": "fake"},
+            {"slug": "eps", "tier": "solo"},
+            {"slug": "eps", "tier": "solo", "driver": "fake", "surprise": 1},
+        ):
+            bad = await client.post("/v1/workspaces", json=body)
+            assert bad.status_code == 400 and error_kind(bad) == "invalid_input", (body, bad.text)
+        bad_key = await client.post(
+            "/v1/workspaces",
+            json={"slug": "eps", "tier": "solo", "driver": "fake"},
+            headers={"Idempotency-Key": ""},
+        )
+        assert bad_key.status_code == 400
+        assert (await client.get("/v1/operations", params={"state": "sleeping"})).status_code == 400
+        assert (await client.get("/v1/events", params={"slug": "Bad Slug"})).status_code == 400
+        await client.delete(f"/v1/operations/{slow.json()['id']}")
+        assert (await client.get(f"/v1/operations/{slow.json()['id']}/wait")).json()["state"] == "cancelled"
+
+
+async def test_check_and_a_dry_reconcile_change_nothing(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        fine = await client.post(
+            "/v1/check", json={"slug": "zeta", "verb": "provision", "tier": "solo", "driver": "fake"}
+        )
+        assert fine.status_code == 200 and fine.json()["accepted"] is True
+        refused = await client.post("/v1/check", json={"slug": "zeta", "verb": "teardown"})
+        assert refused.json()["accepted"] is False and refused.json()["error"]["kind"] == "not_found"
+        assert (await client.get("/v1/operations")).json() == []
+        made = await client.post(
+            "/v1/workspaces", json={"slug": "zeta", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+        )
+        assert made.json()["state"] == "succeeded"
+        report = await client.post("/v1/reconcile", json={"dry_run": True})
+        assert report.status_code == 200, report.text
+        assert report.json()["dry_run"] is True and report.json()["resolved"] == []
+        one = await client.post("/v1/reconcile", json={"slug": "zeta"})
+        assert one.status_code == 200 and one.json()["dry_run"] is False
+        missing = await client.post("/v1/reconcile", json={"slug": "nobody", "dry_run": True})
+        assert missing.status_code == 404
+
+
+def test_the_committed_openapi_document_matches_the_app(tmp_path: Path) -> None:
+    """docs/openapi.json is what create_app describes (regenerate: python -m tests.test_serve)."""
+    document = openapi_document(create_app(make_host(tmp_path)))
+    assert OPENAPI.read_text() == document, "docs/openapi.json drifted: run 'python -m tests.test_serve'"
+    paths = json.loads(document)["paths"]
+    assert {"/v1/workspaces", "/v1/operations/{ident}/wait", "/v1/events", "/v1/health"} <= set(paths)
+
+
+# --- streams: the same app on an in-process uvicorn -----------------------------------------------
+@contextlib.contextmanager
+def short_dir() -> Iterator[Path]:
+    """A short temporary folder: a Unix socket's path has at most 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="hs-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that says when it listens, and leaves the test's signal handlers alone."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def served(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    with short_dir() as folder:
+        sock = folder / "api.sock"
+        async with make_host(tmp_path) as host:
+            config = uvicorn.Config(create_app(host), uds=str(sock), log_config=None, lifespan="off")
+            server = _Server(config)
+            task = asyncio.ensure_future(server.serve())
+            try:
+                await asyncio.wait_for(server.ready.wait(), BOUND)
+                transport = httpx.AsyncHTTPTransport(uds=str(sock))
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://hearth", timeout=BOUND
+                ) as client:
+                    yield client
+            finally:
+                server.should_exit = True
+                server.force_exit = True
+                await asyncio.wait_for(task, BOUND)
+
+
+async def ndjson(
+    client: httpx.AsyncClient, until_final: bool, count: int | None = None, **params: Any
+) -> list[Json]:
+    """Events from ``/v1/events`` until the operation's final one (or ``count`` of them); the
+    connection is closed then (a client that leaves)."""
+    seen: list[Json] = []
+    async with asyncio.timeout(BOUND), client.stream("GET", "/v1/events", params=params) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith(
+            "application/x-ndjson"
+        )
+        async for line in response.aiter_lines():
+            if not line:
+                continue
+            seen.append(json.loads(line))
+            if count is not None and len(seen) >= count:
+                break
+            if (
+                until_final
+                and seen[-1]["kind"] == "state"
+                and seen[-1]["state"] in ("succeeded", "failed", "cancelled")
+            ):
+                break
+    return seen
+
+
+async def test_events_resume_after_a_disconnect_with_nothing_lost_or_repeated(tmp_path: Path) -> None:
+    async with served(tmp_path) as client:
+        started = await client.post("/v1/workspaces", json={"slug": "eta", "tier": "brisk", "driver": "fake"})
+        assert started.status_code == 202
+        first = await ndjson(client, False, count=3)  # then the client leaves mid-operation
+        rest = await ndjson(client, True, after=first[-1]["seq"])
+        whole = await ndjson(client, True, after=0)
+        seqs = [e["seq"] for e in first + rest]
+        assert seqs == [e["seq"] for e in whole] and seqs == sorted(set(seqs))
+        assert rest[-1]["state"] == "succeeded" and any(e["kind"] == "progress" for e in whole)
+        narrowed = await ndjson(client, False, count=1, slug="eta")
+        assert narrowed[0]["slug"] == "eta"
+        assert (await client.get("/v1/workspaces/eta")).json()["state"] == "ready"  # the work went on
+
+
+async def test_server_sent_events_resume_with_last_event_id(tmp_path: Path) -> None:
+    async with served(tmp_path) as client:
+        made = await client.post("/v1/workspaces", json={"slug": "theta", "tier": "brisk", "driver": "fake"})
+        ident = made.json()["id"]
+
+        async def read(headers: dict[str, str], stop: int | None) -> list[tuple[int, Json]]:
+            seen: list[tuple[int, Json]] = []
+            event_id: int | None = None
+            async with (
+                asyncio.timeout(BOUND),
+                client.stream(
+                    "GET", "/v1/events", headers={"Accept": "text/event-stream", **headers}
+                ) as response,
+            ):
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for line in response.aiter_lines():
+                    if line.startswith("id: "):
+                        event_id = int(line[4:])
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        assert data["seq"] == event_id
+                        seen.append((data["seq"], data))
+                        if (stop is not None and len(seen) >= stop) or data.get("state") == "succeeded":
+                            break
+            return seen
+
+        first = await read({}, 2)
+        rest = await read({"Last-Event-ID": str(first[-1][0])}, None)
+        seqs = [seq for seq, _ in first + rest]
+        assert seqs == sorted(set(seqs)) and rest[-1][1]["operation"] == ident
+
+
+# --- the daemon: a real `hearth serve` ------------------------------------------------------------
+DAEMON_SETTINGS = """
+[tiers.glacial.driver_flags.fake]
+delay = 60
+[timeouts]
+cancel_grace = 5
+drain_grace = 1
+"""
+
+
+class Daemon:
+    """``hearth serve`` in its own process group; its stderr is read on a thread."""
+
+    def __init__(self, home: Path, project: Path, venv_bin: Path, *extra: str) -> None:
+        env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env.pop("HEARTH_HOME", None)
+        argv = [str(venv_bin / "hearth"), "serve", "--home", str(home), "--project", str(project), *extra]
+        self.process = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append("<eof>")
+            self.changed.notify_all()
+
+    def wait_for(self, text: str, bound: float = BOUND) -> str:
+        deadline = time.monotonic() + bound
+        with self.changed:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if "<eof>" in self.lines:
+                    raise AssertionError(f"hearth serve ended without {text!r}: {self.lines}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {text!r} from hearth serve within {bound} s: {self.lines}")
+                self.changed.wait(left)
+
+    def send(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """The signal to the daemon's pid, then wait; SIGKILL to its group only past the bound."""
+        self.send(signum)
+        try:
+            code = self.process.wait(timeout=BOUND)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=BOUND)
+            raise AssertionError(f"hearth serve did not stop within {BOUND} s: {self.lines}") from None
+        self.close()
+        return code
+
+    def close(self) -> None:
+        self.reader.join(BOUND)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(DAEMON_SETTINGS)
+    with short_dir() as home:
+        yield home, project
+
+
+@contextlib.asynccontextmanager
+async def over(sock: Path) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def daemon(site: tuple[Path, Path], venv_bin: Path, *extra: str) -> Iterator[Daemon]:
+    running = Daemon(*site, venv_bin, *extra)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+        running.close()
+
+
+@pytest.mark.subprocess
+async def test_the_daemon_serves_the_home_socket_alone(site: tuple[Path, Path], venv_bin: Path) -> None:
+    home, _ = site
+    sock = home / "hearth.sock"
+    with daemon(site, venv_bin) as first:
+        first.wait_for("serving")
+        assert (sock.stat().st_mode & 0o777) == 0o600
+        async with over(sock) as client:
+            made = await client.post(
+                "/v1/workspaces", json={"slug": "iota", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+            )
+            assert made.status_code == 200 and made.json()["state"] == "succeeded", made.text
+            assert (await client.get("/v1/workspaces/iota/status")).json()["state"] == "ready"
+        with daemon(site, venv_bin) as second:
+            assert second.process.wait(timeout=BOUND) == 1
+            second.wait_for("already serves")
+        assert first.stop() == 0
+    assert not sock.exists()
+
+
+@pytest.mark.subprocess
+async def test_a_stale_socket_of_a_killed_daemon_is_replaced(site: tuple[Path, Path], venv_bin: Path) -> None:
+    home, _ = site
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert (home / "hearth.sock").exists()
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            assert (await client.get("/v1/health")).json()["status"] == "ok"
+        assert again.stop() == 0
+
+
+@pytest.mark.subprocess
+async def test_listen_needs_a_private_token_file_and_the_token(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    with daemon(site, venv_bin, "--listen", "127.0.0.1:0") as refused:
+        assert refused.process.wait(timeout=BOUND) == 1
+        refused.wait_for("--listen needs --token-file")
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-enough-length\n")
+    token.chmod(0o644)
+    with daemon(site, venv_bin, "--listen", "127.0.0.1:0", "--token-file", str(token)) as loose:
+        assert loose.process.wait(timeout=BOUND) == 1
+        loose.wait_for("make it 0600")
+    token.chmod(0o600)
+    with (
+        socket_port() as port,
+        daemon(site, venv_bin, "--listen", f"127.0.0.1:{port}", "--token-file", str(token)) as ok,
+    ):
+        ok.wait_for("serving")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=BOUND) as client:
+            wrong = await client.get("/v1/health", headers={"Authorization": "Bearer not-the-token"})
+            assert wrong.status_code == 401 and error_kind(wrong) == "unauthorized"
+            assert (await client.get("/v1/health")).status_code == 401
+            right = await client.get(
+                "/v1/health", headers={"Authorization": "Bearer s3cret-token-of-enough-length"}
+            )
+            assert right.status_code == 200
+        async with over(site[0] / "hearth.sock") as local:  # the Unix socket needs no token
+            assert (await local.get("/v1/health")).status_code == 200
+        assert ok.stop() == 0
+
+
+@contextlib.contextmanager
+def socket_port() -> Iterator[int]:
+    """A free TCP port on 127.0.0.1 (released before the daemon binds it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    yield port
+
+
+@pytest.mark.subprocess
+async def test_sigterm_mid_provision_then_a_restart_tells_the_truth(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    home, _ = site
+    sock = home / "hearth.sock"
+    with daemon(site, venv_bin) as first:
+        first.wait_for("serving")
+        async with over(sock) as client:
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "kappa", "tier": "glacial", "driver": "fake"}
+            )
+            assert started.status_code == 202
+            ident = started.json()["id"]
+            async with client.stream("GET", "/v1/events", params={"slug": "kappa"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line)["kind"] == "progress":
+                        break  # the adapter is at work
+            assert first.stop() == 0
+    first.wait_for("hearth daemon stopped")
+    with daemon(site, venv_bin) as second:
+        second.wait_for("serving")
+        async with over(sock) as client:
+            op = (await client.get(f"/v1/operations/{ident}")).json()
+            assert op["state"] == "interrupted", op
+            record = await client.get("/v1/workspaces/kappa")
+            if record.status_code == 404:  # rolled back: the provision left no workspace
+                assert "left no workspace" in record.json()["error"]["message"], record.text
+            else:
+                assert record.json()["state"] == "failed", record.text
+        assert second.stop() == 0
+
+
+if __name__ == "__main__":  # regenerate docs/openapi.json
+    with tempfile.TemporaryDirectory() as scratch:
+        OPENAPI.write_text(openapi_document(create_app(make_host(Path(scratch)))))
+    sys.exit(0)
