@@ -47,6 +47,7 @@ if typing.TYPE_CHECKING:
     )
     from ._host import CheckResult, Host, ReconcileReport, find_project_dir
     from ._models import Deployment, Event, LogLine, Operation
+    from ._remote import DaemonUnavailable, RemoteHost
     from ._settings import Tier
     from ._store import SQLiteStore, Store
 
@@ -66,6 +67,7 @@ _EXPORTS = {
     "CheckResult": "._host",
     "ClientClosed": "._errors",
     "Conflict": "._errors",
+    "DaemonUnavailable": "._remote",
     "Deployment": "._models",
     "DeploymentRef": "hearth_adaptersdk",
     "Discovered": "._discovery",
@@ -87,6 +89,7 @@ _EXPORTS = {
     "ProtocolViolation": "._errors",
     "ProvisioningProfile": "hearth_adaptersdk",
     "ReconcileReport": "._host",
+    "RemoteHost": "._remote",
     "SQLiteStore": "._store",
     "SlugLocked": "._errors",
     "StatusReport": "hearth_adaptersdk",
@@ -134,6 +137,7 @@ __all__ = [
     "CheckResult",
     "ClientClosed",
     "Conflict",
+    "DaemonUnavailable",
     "Deployment",
     "DeploymentRef",
     "Discovered",
@@ -155,6 +159,7 @@ __all__ = [
     "ProtocolViolation",
     "ProvisioningProfile",
     "ReconcileReport",
+    "RemoteHost",
     "SQLiteStore",
     "SlugLocked",
     "StatusReport",

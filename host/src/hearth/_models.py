@@ -9,19 +9,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
 from hearth_adaptersdk import DeploymentRef, State
 
-if TYPE_CHECKING:
-    from ._host import Host
-
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: An operation in one of these states is over; its result or error no longer changes.
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 EventKind = Literal["state", "progress", "log", "cancel"]
+
+
+class OperationOwner(Protocol):
+    """What an ``Operation`` acts through: a ``Host``, or a ``RemoteHost`` on a daemon."""
+
+    async def _operation_result(self, ident: int, timeout: float | None) -> DeploymentRef | None: ...
+    async def _operation_wait(self, ident: int, timeout: float | None) -> Operation: ...
+    async def _operation_cancel(self, ident: int, reason: str) -> Operation: ...
+    def _operation_events(self, ident: int, after: int) -> AsyncIterator[Event]: ...
 
 
 class Deployment(BaseModel):
@@ -132,7 +138,7 @@ class Operation(BaseModel):
     cancel_requested: str | None = None
     #: Its log lines (filled by ``Host.logs``).
     log: tuple[LogLine, ...] = ()
-    _host: Host | None = PrivateAttr(default=None)
+    _host: OperationOwner | None = PrivateAttr(default=None)
 
     @property
     def finished(self) -> bool:
@@ -149,11 +155,11 @@ class Operation(BaseModel):
     def ended_at(self) -> datetime | None:
         return self.finished_at
 
-    def bound(self, host: Host) -> Operation:
+    def bound(self, host: OperationOwner) -> Operation:
         self._host = host
         return self
 
-    def _owner(self) -> Host:
+    def _owner(self) -> OperationOwner:
         if self._host is None:
             raise RuntimeError("this Operation is a plain record; get it from a Host to act on it")
         return self._host

@@ -1,0 +1,201 @@
+"""``hearth.RemoteHost`` (issue 12): the ``Host`` API through the daemon's API v1.
+
+The app of ``hearth._serve.create_app`` runs on an in-process uvicorn on a Unix socket, over a
+host whose ``fake`` driver runs in process (as in tests/test_serve.py); ``RemoteHost`` drives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+import hearth
+from hearth import Busy, Cancelled, DaemonUnavailable, Event, Host, InvalidInput, NotFound, RemoteHost
+from hearth._serve import create_app, default_socket
+from tests.test_serve import _Server, make_host, short_dir
+
+BOUND = 30.0
+
+
+@contextlib.asynccontextmanager
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Path, Host]]:
+    """The API on a Unix socket (in a short folder), and the host behind it."""
+    with short_dir() as folder:
+        sock = folder / "api.sock"
+        async with make_host(tmp_path) as host:
+            config = uvicorn.Config(create_app(host), uds=str(sock), log_config=None, lifespan="off")
+            server = _Server(config)
+            task = asyncio.ensure_future(server.serve())
+            try:
+                await asyncio.wait_for(server.ready.wait(), BOUND)
+                yield sock, host
+            finally:
+                server.should_exit = True
+                server.force_exit = True
+                await asyncio.wait_for(task, BOUND)
+
+
+class Proxy:
+    """A Unix-socket proxy to the daemon whose open connections the test can cut."""
+
+    def __init__(self, target: Path, path: Path) -> None:
+        self.target, self.path = target, path
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Proxy:
+        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self.server is not None
+        self.server.close()
+        await asyncio.wait_for(self.server.wait_closed(), BOUND)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
+        self.writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        """Close every connection open now (the client sees its stream drop)."""
+        writers, self.writers = self.writers, []
+        for writer in writers:
+            writer.transport.abort()
+
+
+async def test_the_lifecycle_through_a_remote_host(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        ref = await remote.provision("alpha", tier="solo", driver="fake")
+        assert ref.workspace_slug == "alpha" and ref.tier == "solo"
+        assert (await remote.status("alpha")).state == "ready"
+        assert (await remote.upgrade("alpha", tier="team")).tier == "team"
+        assert (await remote.deployment("alpha")).tier == "team"
+        assert (await remote.check("alpha", "upgrade", tier="solo")).accepted
+        assert (await remote.reconcile("alpha", dry_run=True)).dry_run
+        await remote.teardown("alpha")
+        listed = await remote.deployments()
+        assert [(d.slug, d.state) for d in listed] == [("alpha", "tier_torn_down")]
+        assert await remote.deployments(include_torn_down=False) == []
+        logs = await remote.logs("alpha")
+        assert [op.verb for op in logs] == ["provision", "upgrade", "teardown"]
+        ops = await remote.operations(slug="alpha", limit=2)
+        assert [op.verb for op in ops] == ["provision", "upgrade"]
+        assert [op.verb for op in await remote.operations(after=ops[-1].id)] == ["teardown"]
+        assert {"solo", "team", "slow", "brisk"} <= {t.name for t in await remote.tiers()}
+        assert any(d.driver == "fake" and d.in_process for d in await remote.drivers())
+        assert (await remote.health())["status"] == "ok"
+
+
+async def test_start_then_events_and_result_and_a_key_names_one_operation(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        op = await remote.start_provision("beta", tier="brisk", driver="fake", key="req-1")
+        again = await remote.start_provision("beta", tier="brisk", driver="fake", key="req-1")
+        assert again.id == op.id and op.key == "req-1"
+        seen: list[Event] = []
+        async with asyncio.timeout(BOUND):
+            async for event in op.events():
+                seen.append(event)
+        assert seen[-1].final and seen[-1].state == "succeeded"
+        assert all(e.operation == op.id for e in seen) and any(e.kind == "progress" for e in seen)
+        ref = await op.result(timeout=BOUND)
+        assert ref is not None and ref.workspace_slug == "beta"
+        assert (await remote.operation(op.id)).state == "succeeded"
+
+
+async def test_typed_errors_come_back(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        with pytest.raises(NotFound):
+            await remote.deployment("nobody")
+        with pytest.raises(NotFound):
+            await remote.operation(999_999)
+        with pytest.raises(InvalidInput):
+            await remote.start_provision("bad slug!", tier="solo", driver="fake")
+        op = await remote.start_provision("gamma", tier="slow", driver="fake")
+        with pytest.raises(Busy) as busy:
+            await remote.start_upgrade("gamma", tier="team")
+        assert busy.value.operation == op.id
+        cancelled = await op.cancel(reason="changed my mind")
+        assert cancelled.cancel_requested == "changed my mind"
+        with pytest.raises(Cancelled):
+            await op.result(timeout=BOUND)
+        assert (await op.wait(timeout=BOUND)).state == "cancelled"
+
+
+async def test_cancelling_the_caller_cancels_the_operation_it_started(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        task = asyncio.ensure_future(remote.provision("delta", tier="slow", driver="fake"))
+        async with asyncio.timeout(BOUND):
+            async for event in remote.watch(slug="delta"):
+                if event.kind == "progress":
+                    break  # the work has begun
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (op,) = await remote.operations(slug="delta")
+        assert op.cancel_requested == "cancelled by the caller"
+        assert (await op.wait(timeout=BOUND)).state == "cancelled"
+
+
+async def test_watch_resumes_after_the_connection_drops(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _):
+        async with Proxy(sock, sock.with_name("proxy.sock")) as proxy, RemoteHost(proxy.path) as remote:
+            await remote.start_provision("eta", tier="brisk", driver="fake")
+            seen: list[Event] = []
+            async with asyncio.timeout(BOUND):
+                async for event in remote.watch(slug="eta"):
+                    seen.append(event)
+                    if len(seen) == 2:
+                        proxy.cut()  # mid-stream: the next read fails, the watch reconnects
+                    if event.final:
+                        break
+                whole = []
+                async for event in remote.watch(after=0, slug="eta"):
+                    whole.append(event)
+                    if event.final:
+                        break
+        seqs = [e.seq for e in seen]
+        assert seqs == [e.seq for e in whole] and seqs == sorted(set(seqs)) and len(seqs) > 2
+        assert seen[-1].state == "succeeded"
+
+
+async def test_hearth_url_names_the_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with daemon(tmp_path) as (sock, _):
+        monkeypatch.setenv("HEARTH_URL", f"unix://{sock}")
+        async with RemoteHost() as remote:
+            assert remote.socket == sock and remote.address == f"unix://{sock}"
+            assert (await remote.health())["status"] == "ok"
+        monkeypatch.setenv("HEARTH_URL", "http://127.0.0.1:9")
+        monkeypatch.setenv("HEARTH_TOKEN", "a-token-of-sixteen-chars")
+        tcp = RemoteHost()
+        assert tcp.url == "http://127.0.0.1:9" and tcp.socket is None
+        await tcp.aclose()
+        monkeypatch.setenv("HEARTH_URL", "ftp://elsewhere")
+        with pytest.raises(InvalidInput, match="HEARTH_URL"):
+            RemoteHost()
+        monkeypatch.delenv("HEARTH_URL")
+        monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "home"))
+        assert RemoteHost().socket == default_socket()
+
+
+async def test_a_missing_socket_is_daemon_unavailable(tmp_path: Path) -> None:
+    missing = tmp_path / "none.sock"
+    async with RemoteHost(missing) as remote:
+        with pytest.raises(DaemonUnavailable, match="socket does not exist") as caught:
+            await remote.deployments()
+    assert caught.value.kind == "daemon_unavailable" and str(missing) in caught.value.message
+    assert isinstance(caught.value, hearth.HearthError)
