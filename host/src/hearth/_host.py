@@ -60,7 +60,7 @@ from ._errors import (
     error_from_json,
 )
 from ._locks import OwnerMark, SlugLocks, new_owner
-from ._models import FINISHED, Deployment, Event, Operation, synthesized_ref
+from ._models import FINISHED, Deployment, Event, Operation, existing_json, synthesized_ref
 from ._records import STORE_FILE
 from ._settings import Settings, SettingsSource, Tier, Timeouts, positive_seconds
 from ._states import (
@@ -526,9 +526,9 @@ class Host:
         operation, _ = await self._start(request, on_progress)
         return operation
 
-    async def _checked(self, request: _Request) -> tuple[_Request, Deployment | None]:
-        """The request with its driver filled in, and the record after healing; raises what
-        the verb would fail with at once."""
+    async def _checked(self, request: _Request) -> tuple[_Request, Deployment | None, Operation | None]:
+        """The request with its driver filled in, the record after healing and the slug's live
+        operation; raises what the verb would fail with at once."""
         self._check_slug(request.slug)
         self._check_key(request.key)
         if request.verb != "teardown" and not isinstance(request.tier, str):
@@ -539,12 +539,10 @@ class Host:
             assert request.driver is not None and request.tier is not None
             self._check_driver(request.driver)
             self._profile(request.tier, request.driver)
-        record = await self._heal(request.slug)
+        record, active = await self._heal(request.slug)
         if request.verb != "provision":
-            if record is None:  # a first provision still queued has no record yet: busy, not absent
-                active = await self._active_operation(request.slug)
-                if active is not None:
-                    self._join(active, request, None)
+            if record is None and active is not None:  # a first provision still queued: busy, not absent
+                self._join(active, request, None)
             record = await self._existing(request.slug, record)
             if request.verb == "upgrade":
                 assert request.tier is not None
@@ -552,7 +550,7 @@ class Host:
             request = _Request(
                 request.verb, request.slug, request.tier, record.driver, False, request.key, request.deadline
             )
-        return request, record
+        return request, record, active
 
     def _plan(self, request: _Request, record: Deployment | None) -> Plan:
         """The rules of ``_states.plan`` for ``request`` on ``record``; a conflict carries the
@@ -569,7 +567,7 @@ class Host:
             )
         except Conflict as exc:
             assert record is not None
-            exc.data["existing"] = (record.ref or _synthesized_ref(record)).model_dump(mode="json")
+            exc.data["existing"] = existing_json(record)
             raise
 
     def _precheck(self, request: _Request, record: Deployment | None) -> DeploymentRef | bool | None:
@@ -582,14 +580,13 @@ class Host:
 
     async def _start(self, request: _Request, on_progress: ProgressListener | None) -> tuple[Operation, bool]:
         """The operation for ``request`` and whether this call created it."""
-        request, record = await self._checked(request)
+        request, record, active = await self._checked(request)
         store = self.store
         if request.key is not None:
             keyed = await store.keyed(request.key)
             if keyed is not None:
                 return self._same_key(keyed, request), False
         while True:
-            active = await self._active_operation(request.slug)
             if active is not None:
                 return self._join(active, request, on_progress), False
             done = self._precheck(request, record)
@@ -614,7 +611,7 @@ class Host:
                 if await self._owner_alive(operation):
                     return self._join(operation, request, on_progress), False
                 await self._interrupted(operation)
-                record = await self._heal(request.slug)
+                record, active = await self._heal(request.slug)
                 continue
             operation.bound(self)
             if operation.finished:
@@ -706,12 +703,13 @@ class Host:
         )
         self._bus.bump()
 
-    async def _heal(self, slug: str) -> Deployment | None:
+    async def _heal(self, slug: str) -> tuple[Deployment | None, Operation | None]:
         """Settle what a dead host left on ``slug``: its operations end ``interrupted`` and a
-        record it left transient is resolved from the adapter's ``status``. The record after."""
+        record it left transient is resolved from the adapter's ``status``. The record after,
+        and the slug's live operation (none once a record was settled)."""
         record, live = await self._look(slug)
         if record is None or record.state not in TRANSIENT or live is not None:
-            return record
+            return record, live
         from ._reconcile import Reconciler
 
         try:
@@ -724,7 +722,7 @@ class Host:
                 raise
             log.warning("could not settle %s from its adapter: %s", slug, exc.message)
         self._bus.bump()
-        return await self.store.get(slug)
+        return await self.store.get(slug), None
 
     async def _look(self, slug: str) -> tuple[Deployment | None, Operation | None]:
         """The slug's record and its live operation (one store call; a dead host's operations
@@ -1205,7 +1203,7 @@ class Host:
         self._check_slug(slug)
         deadline = _deadline(timeout)
         await self._opened()
-        record = await self._existing(slug, await self._heal(slug))
+        record = await self._existing(slug, (await self._heal(slug))[0])
         if record.state == "tier_torn_down":
             return StatusReport(
                 state="tier_torn_down",
@@ -1342,8 +1340,7 @@ class Host:
             raise InvalidInput("checking an upgrade needs a tier")
         request = _Request(verb, slug, tier, driver)  # type: ignore[arg-type]
         try:
-            request, record = await self._checked(request)
-            active = await self._active_operation(request.slug)
+            request, record, active = await self._checked(request)
             if active is not None:
                 self._join(active, request, None)
                 return CheckResult(slug=slug, verb=verb, accepted=True, joins=active.id)
@@ -1374,8 +1371,7 @@ class Host:
         self._refresh_settings()
         if driver is not None:
             self._check_driver(driver)
-        record = await self._heal(slug)
-        active = await self._active_operation(slug)
+        record, active = await self._heal(slug)
         if active is not None:
             raise Busy(
                 f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}; "
@@ -1391,10 +1387,7 @@ class Host:
                 f"workspace {slug!r} exists on driver {record.driver!r}; a workspace cannot move "
                 "to another driver: tear it down, then provision it again, reusing the slug",
                 codes.CONFLICT,
-                {
-                    "kind": "conflict",
-                    "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
-                },
+                {"kind": "conflict", "existing": existing_json(record)},
             )
         self._plan(_Request("provision" if provision else "upgrade", slug, tier, chosen, True), record)
         profile = self._profile(tier, chosen)

@@ -64,6 +64,11 @@ def synthesized_ref(record: Deployment) -> DeploymentRef:
     )
 
 
+def existing_json(record: Deployment) -> dict[str, Any]:
+    """The ref of the workspace in the way, as a ``conflict`` error carries it (``existing``)."""
+    return (record.ref or synthesized_ref(record)).model_dump(mode="json")
+
+
 class LogLine(BaseModel):
     """One line of an operation's log: its progress, and the backend's output on a failure."""
 

@@ -21,7 +21,7 @@ from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
 from ._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
 from ._host import VERB_OF, ReconcileReport, _synthesized_ref
-from ._models import Deployment
+from ._models import Deployment, existing_json
 from ._states import TRANSIENT, resolve
 from ._store import NewOperation
 
@@ -265,10 +265,7 @@ def _refuse_if_recorded(record: Deployment | None, slug: str) -> None:
             f"workspace {slug!r} already has a record ({record.state} on {record.driver!r}); "
             "only a deployment without one can be adopted",
             codes.CONFLICT,
-            {
-                "kind": "conflict",
-                "existing": (record.ref or _synthesized_ref(record)).model_dump(mode="json"),
-            },
+            {"kind": "conflict", "existing": existing_json(record)},
         )
 
 
