@@ -84,7 +84,10 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("colour = 1\n", "unknown key 'colour'; the file holds [tiers.*], [adapters.*] and [timeouts]"),
+        (
+            "colour = 1\n",
+            "unknown key 'colour'; the file holds [tiers.*], [adapters.*], [timeouts] and [serve]",
+        ),
         (
             "[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
             "tiers.team.color: unknown key; a tier has resource_caps and driver_flags",
@@ -93,6 +96,11 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
             "[timeouts]\nstatus = 5\nstatuz = 5\n",
             "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, status, list",
         ),
+        (
+            "[serve]\nreconcile_every = 5\n",
+            "serve.reconcile_every: unknown key; choose one of reconcile_interval, reconcile_jitter",
+        ),
+        ("[serve]\nreconcile_interval = -1\n", "serve.reconcile_interval: Input should be greater than"),
     ],
 )
 def test_the_model_refuses_an_unknown_key_at_each_level_naming_file_and_dotted_key(

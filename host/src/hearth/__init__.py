@@ -21,6 +21,7 @@ if typing.TYPE_CHECKING:
     )
 
     from ._client import AdapterClient, Interruption
+    from ._dirs import find_project_dir
     from ._discovery import Candidate, Discovered, DriverInfo, discover, discover_all
     from ._errors import (
         AdapterCrashed,
@@ -34,6 +35,7 @@ if typing.TYPE_CHECKING:
         Cancelled,
         ClientClosed,
         Conflict,
+        DaemonUnavailable,
         HearthError,
         Interrupted,
         InvalidInput,
@@ -43,11 +45,12 @@ if typing.TYPE_CHECKING:
         ProtocolViolation,
         SlugLocked,
         StoreError,
+        Unauthorized,
         Unsupported,
     )
-    from ._host import CheckResult, Host, ReconcileReport, find_project_dir
+    from ._host import CheckResult, Host, ReconcileReport
     from ._models import Deployment, Event, LogLine, Operation
-    from ._remote import DaemonUnavailable, RemoteHost
+    from ._remote import RemoteHost
     from ._settings import Tier
     from ._store import SQLiteStore, Store
 
@@ -67,7 +70,7 @@ _EXPORTS = {
     "CheckResult": "._host",
     "ClientClosed": "._errors",
     "Conflict": "._errors",
-    "DaemonUnavailable": "._remote",
+    "DaemonUnavailable": "._errors",
     "Deployment": "._models",
     "DeploymentRef": "hearth_adaptersdk",
     "Discovered": "._discovery",
@@ -96,10 +99,11 @@ _EXPORTS = {
     "Store": "._store",
     "StoreError": "._errors",
     "Tier": "._settings",
+    "Unauthorized": "._errors",
     "Unsupported": "._errors",
     "discover": "._discovery",
     "discover_all": "._discovery",
-    "find_project_dir": "._host",
+    "find_project_dir": "._dirs",
 }
 
 
@@ -166,6 +170,7 @@ __all__ = [
     "Store",
     "StoreError",
     "Tier",
+    "Unauthorized",
     "Unsupported",
     "__version__",
     "discover",

@@ -13,11 +13,15 @@
     hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
     hearth adopt SLUG --driver DRIVER --tier TIER [--json]
     hearth forget SLUG [--yes] [--json]
-    hearth serve [--socket PATH] [--listen HOST:PORT --token-file FILE] [--log-json]
-                                                      (the daemon: API v1 on $HEARTH_HOME/hearth.sock)
+    hearth serve [--socket PATH] [--listen HOST:PORT --token-file FILE [--tls-cert F --tls-key F]]
+                 [--log-json]                         (the daemon: API v1 on $HEARTH_HOME/hearth.sock)
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
---json. Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
+--json, --local. The commands go through the daemon (``hearth serve``) when one answers on the
+home's socket and serves this project, or when ``HEARTH_URL`` names one; ``--local`` runs the
+host in this process instead. Output and exit statuses are the same either way.
+
+Exit status: 0 on success, 1 on a failure, 2 on bad input, 130 when interrupted
 (SIGINT, SIGTERM or SIGHUP: the work is cancelled, its rollback awaited within the cancel
 grace, and the record says why; a second signal stops waiting). On failure a one-line reason
 goes to stderr, and with --json ``{"error": {...}}`` to stdout. Everything printed that came
@@ -38,7 +42,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ._dirs import state_dir
+from ._dirs import SOCKET_FILE, URL_ENV, daemon_project, find_project_dir, state_dir
 from ._errors import HearthError, InvalidInput
 from ._records import STORE_FILE, Listed, current
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands
     from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
     from ._host import Host, ReconcileReport
+    from ._remote import RemoteHost
     from ._store import Operation
 
 #: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
@@ -122,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document on stdout"
+    )
+    common.add_argument(
+        "--local",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="run the host in this process even when a daemon serves the home (see 'hearth serve')",
     )
     common.add_argument(
         "--verbose",
@@ -205,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file)")
     serve.add_argument("--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve --listen over TLS: the certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
     serve.add_argument("--log-json", action="store_true", help="log one JSON object per line on stderr")
     return parser
 
@@ -244,9 +257,30 @@ def _ls_lines(listed: list[Listed]) -> str:
 
 
 def _ls(args: argparse.Namespace) -> tuple[Any, str]:
-    """``hearth ls``: the records, read straight from the store (no adapter, no models)."""
-    listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)
+    """``hearth ls``: the records, read straight from the home's store (no adapter, no models;
+    a daemon on the home reads the same store). A daemon ``HEARTH_URL`` names is asked."""
+    if not getattr(args, "local", False) and os.environ.get(URL_ENV, "").strip():
+        import asyncio
+
+        listed = asyncio.run(_ls_remote(args))
+    else:
+        listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)
     return [r.ref for r in listed], _ls_lines(listed)
+
+
+async def _ls_remote(args: argparse.Namespace) -> list[Listed]:
+    from ._models import synthesized_ref
+
+    remote = _daemon(args)
+    assert remote is not None
+    async with remote:
+        records = await remote.deployments(include_torn_down=True)
+    listed = []
+    for record in records:
+        document = (record.ref or synthesized_ref(record)).model_dump(mode="json")
+        document["last_status"] = record.state
+        listed.append(Listed(record.slug, record.state, record.tier, record.driver, document))
+    return listed
 
 
 def _logs_lines(slug: str, operations: list[Operation]) -> str:
@@ -401,12 +435,10 @@ def _adapters_lock(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _project(args: argparse.Namespace) -> Any:
-    from ._host import find_project_dir
-
     return find_project_dir(getattr(args, "project", None))
 
 
-async def _command(host: Host, args: argparse.Namespace) -> tuple[Any, str, int]:
+async def _command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[Any, str, int]:
     """The command's JSON document, its text and its exit status."""
     from pydantic import TypeAdapter
 
@@ -467,7 +499,7 @@ class NotConfirmed(Exception):
     """A person at the terminal did not confirm: nothing was started."""
 
 
-async def _confirm_upgrade(host: Host, slug: str, tier: str, timeout: float | None) -> None:
+async def _confirm_upgrade(host: Host | RemoteHost, slug: str, tier: str, timeout: float | None) -> None:
     """Ask before an upgrade whose plan is destructive, on a terminal. A script (no terminal)
     is not asked and runs as it always did: a destructive upgrade already needs the tier's own
     consent (e.g. tfgrid's ``allow_destructive_upgrade``). An adapter that does not plan, or a
@@ -523,17 +555,72 @@ class Interrupted(Exception):
         self.message = message
 
 
+def _daemon(args: argparse.Namespace) -> RemoteHost | None:
+    """The daemon to use, or None to run the host here. ``--local`` runs it here; ``HEARTH_URL``
+    names a daemon (then it must answer); else a daemon that answers on the home's socket and
+    serves this project (or runs while we are in none) is used. A socket file left by a dead
+    daemon is ignored."""
+    import socket
+
+    if getattr(args, "local", False):
+        return None
+    if os.environ.get(URL_ENV, "").strip():
+        from ._remote import RemoteHost  # httpx loads only when a daemon may answer
+
+        for option in ("home", "project"):
+            if getattr(args, option, None) is not None:
+                raise InvalidInput(
+                    f"{URL_ENV} names a daemon, which has its own home and project: "
+                    f"--{option} is for a host run here (add --local, or unset {URL_ENV})"
+                )
+        return RemoteHost()
+    home = getattr(args, "home", None)
+    path = state_dir(home) / SOCKET_FILE
+    try:
+        if not path.is_socket():
+            return None
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(path))
+        finally:
+            probe.close()
+    except OSError as exc:  # a stale socket (connection refused), or one we may not use
+        logging.getLogger("hearth").info("not using the daemon at %s: %s", path, exc.strerror or exc)
+        return None
+    served = daemon_project(home)
+    explicit = getattr(args, "project", None) is not None
+    ours = find_project_dir(getattr(args, "project", None))
+    if served is not None and served != ours and (explicit or (ours / ".hearth").is_dir()):
+        logging.getLogger("hearth").info(
+            "the daemon at %s serves the project %s, not %s: running the host here", path, served, ours
+        )
+        return None
+    logging.getLogger("hearth").info("using the daemon at %s", path)
+    from ._remote import RemoteHost
+
+    return RemoteHost(socket=path)
+
+
 async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     """Run one command; SIGINT, SIGTERM and SIGHUP cancel it (the host records why and waits
-    for the rollback within its cancel grace); a second signal stops that wait."""
+    for the rollback within its cancel grace); a second signal stops that wait. Through a
+    daemon the same: the daemon cancels the operation and rolls it back."""
     import asyncio
-
-    from ._host import Host
 
     loop = asyncio.get_running_loop()
 
-    host = Host(project_dir=getattr(args, "project", None), home=getattr(args, "home", None))
-    host.open()
+    remote = _daemon(args)
+    host: Host | RemoteHost
+    if remote is not None:
+        host = remote
+        grace = "the daemon's cancel grace"
+    else:
+        from ._host import Host  # loads only for a host run here
+
+        host = Host(project_dir=getattr(args, "project", None), home=getattr(args, "home", None))
+        host.open()
+        grace = f"up to {host.timeouts.cancel_grace:g} s"
     work = asyncio.create_task(_command(host, args))
     received: list[int] = []
 
@@ -550,8 +637,8 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
                 work.cancel()
             if sys.stderr.isatty():
                 print(
-                    f"  cancelling: waiting up to {host.timeouts.cancel_grace:g} s for the "
-                    "adapter to roll back (Ctrl-C again to stop waiting)",
+                    f"  cancelling: waiting {grace} for the adapter to roll back "
+                    "(Ctrl-C again to stop waiting)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -563,6 +650,10 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     try:
         try:
             return await asyncio.shield(work)
+        except HearthError as exc:
+            if received and exc.kind in ("cancelled", "interrupted"):  # the daemon's cancel
+                raise asyncio.CancelledError from None
+            raise
         finally:
             if not work.done():  # only a cancellation of this task itself gets here
                 work.cancel()
@@ -666,6 +757,8 @@ def _serve(args: argparse.Namespace) -> int:
         socket_path=args.socket,
         listen=args.listen,
         token_file=args.token_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         home=getattr(args, "home", None),
         project=getattr(args, "project", None),
     )

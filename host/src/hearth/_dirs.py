@@ -10,6 +10,12 @@ import platformdirs
 from ._errors import InvalidInput
 
 HOME_ENV = "HEARTH_HOME"
+#: The daemon's Unix socket in a home, and the lock file it holds for its life (pid, project).
+SOCKET_FILE = "hearth.sock"
+SERVE_LOCK_FILE = "hearth-serve.lock"
+#: A daemon to use instead (``unix:///path/to.sock`` or ``http(s)://host:port``), and its token.
+URL_ENV = "HEARTH_URL"
+TOKEN_ENV = "HEARTH_TOKEN"
 
 
 def resolve_home(home: str | Path | None = None) -> Path | None:
@@ -35,3 +41,22 @@ def state_dir(home: str | Path | None = None) -> Path:
 
 def project_adapters_dir(project_dir: str | Path) -> Path:
     return Path(project_dir) / ".hearth" / "adapters"
+
+
+def find_project_dir(start: str | Path | None = None) -> Path:
+    """The nearest folder upward holding ``.hearth/``, else ``start`` (default: the cwd)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".hearth").is_dir():
+            return folder
+    return here
+
+
+def daemon_project(home: str | Path | None = None) -> Path | None:
+    """The project the home's daemon serves (or last served), as its lock file says; None
+    when unknown. Whether a daemon runs is for its socket to say."""
+    try:
+        lines = (state_dir(home) / SERVE_LOCK_FILE).read_text().splitlines()
+    except OSError:
+        return None
+    return Path(lines[1]) if len(lines) > 1 and lines[1] else None

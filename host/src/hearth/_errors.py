@@ -13,6 +13,8 @@
     ├── SlugLocked                   slug_locked          another process holds the slug too long
     ├── ClientClosed                 closed               a call on an AdapterClient you closed
     ├── StoreError                   store_error          the store or the home cannot be used
+    ├── DaemonUnavailable            daemon_unavailable   no hearth daemon answers at the address
+    ├── Unauthorized                 unauthorized         the daemon refused the bearer token
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
         ├── Conflict                 conflict             .existing: DeploymentRef | None
         ├── InvalidTransition        invalid_transition   .state
@@ -147,6 +149,18 @@ class StoreError(HearthError):
     kind = "store_error"
 
 
+class DaemonUnavailable(HearthError):
+    """No hearth daemon answers at the address (no socket, connection refused, dropped)."""
+
+    kind = "daemon_unavailable"
+
+
+class Unauthorized(HearthError):
+    """The daemon's TCP listener refused the request: no bearer token, or not its token."""
+
+    kind = "unauthorized"
+
+
 class AdapterError(HearthError):
     """The adapter answered a request with a protocol error."""
 
@@ -250,6 +264,8 @@ _BY_KIND: dict[str, type[HearthError]] = {
         SlugLocked,
         ClientClosed,
         StoreError,
+        DaemonUnavailable,
+        Unauthorized,
     )
 }
 
@@ -291,6 +307,7 @@ __all__ = [
     "Cancelled",
     "ClientClosed",
     "Conflict",
+    "DaemonUnavailable",
     "HearthError",
     "Interrupted",
     "InvalidInput",
@@ -300,6 +317,7 @@ __all__ = [
     "ProtocolViolation",
     "SlugLocked",
     "StoreError",
+    "Unauthorized",
     "Unsupported",
     "error_from_json",
     "from_wire_error",

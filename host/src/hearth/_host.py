@@ -40,7 +40,7 @@ from hearth_adaptersdk import (
 )
 
 from ._client import AdapterClient, Interruption, ProgressCallback
-from ._dirs import resolve_home, state_dir
+from ._dirs import find_project_dir, resolve_home, state_dir
 from ._discovery import DriverInfo, candidates, discover_all
 from ._errors import (
     AdapterError,
@@ -138,15 +138,6 @@ class CheckResult(BaseModel):
     error: dict[str, Any] | None = None
     #: The operation it would join (same verb and arguments already running).
     joins: int | None = None
-
-
-def find_project_dir(start: str | Path | None = None) -> Path:
-    """The nearest folder upward holding ``.hearth/``, else ``start`` (default: the cwd)."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / ".hearth").is_dir():
-            return folder
-    return here
 
 
 def echo(value: object, size: int = ECHO) -> str:
@@ -322,6 +313,12 @@ class Host:
     @property
     def timeouts(self) -> Timeouts:
         return self.settings.timeouts
+
+    def reload_settings(self) -> Settings:
+        """Read hearth.toml now, as the next call would (the daemon does it on SIGHUP); an
+        invalid file raises ``InvalidInput`` and the calls fail with it until it is fixed."""
+        self._refresh_settings()
+        return self.settings
 
     def _refresh_settings(self) -> None:
         """Pick up an edited hearth.toml (one ``stat`` when it did not change)."""

@@ -16,28 +16,22 @@ import contextlib
 import inspect
 import json
 import os
+import ssl
 import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 from pydantic import TypeAdapter
 
-from hearth_adaptersdk import DeploymentRef, Progress, StatusReport
+from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
-from ._dirs import state_dir
-from ._discovery import DriverInfo
-from ._errors import CallTimeout, HearthError, InvalidInput, error_from_json
-from ._host import CheckResult, ReconcileReport
+from ._dirs import SOCKET_FILE, TOKEN_ENV, URL_ENV, state_dir
+from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, error_from_json
 from ._models import Deployment, Event, Operation
-from ._settings import Tier
 
-URL_ENV = "HEARTH_URL"
-TOKEN_ENV = "HEARTH_TOKEN"
-#: The daemon's socket in a home (``hearth._serve.default_socket``, without importing the server).
-SOCKET_FILE = "hearth.sock"
 API = "/v1"
 #: The longest single ``/wait`` the client asks for (seconds); a longer wait asks again.
 WAIT_CHUNK = 30.0
@@ -45,14 +39,13 @@ WAIT_CHUNK = 30.0
 RECONNECTS = 5
 #: How long the events of an operation already finished may stay quiet before they are over.
 QUIET = 1.0
+if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does not pay for them
+    from ._discovery import DriverInfo
+    from ._host import CheckResult, ReconcileReport
+    from ._settings import Tier
+
 ProgressListener = Callable[[Progress], object] | Callable[[Progress], Awaitable[object]]
 T = TypeVar("T")
-
-
-class DaemonUnavailable(HearthError):
-    """No hearth daemon answers at the address (no socket, connection refused, dropped)."""
-
-    kind = "daemon_unavailable"
 
 
 def _address_from_env() -> tuple[Path | None, str | None]:
@@ -90,6 +83,8 @@ def _error_of(response: httpx.Response) -> HearthError:
 
 def _report(data: Any) -> ReconcileReport:
     """A ``ReconcileReport`` from its JSON form (resolutions written as ``{"slug","from","to"}``)."""
+    from ._host import ReconcileReport
+
     if isinstance(data, dict) and isinstance(data.get("resolved"), list):
         data = {
             **data,
@@ -114,7 +109,11 @@ class RemoteHost:
         token: str | None = None,
         *,
         timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """``verify``: for an ``https://`` url, an ``ssl.SSLContext`` that trusts the daemon's
+        certificate (``ssl.create_default_context(cafile=...)`` for a private CA); the system's
+        CAs by default."""
         if socket is not None and url is not None:
             raise InvalidInput("give a RemoteHost either a socket or a url, not both")
         if socket is None and url is None:
@@ -128,8 +127,16 @@ class RemoteHost:
         self.socket = Path(socket) if socket is not None else None
         self.url = url.rstrip("/") if url is not None else None
         self.timeout = float(timeout)
+        self._verify = verify
         self._token = token
         self._client: httpx.AsyncClient | None = None
+        #: Operations this client's verbs started, by id, and the cancels it asked for.
+        self._mine: dict[int, Operation] = {}
+        self._cancelling: dict[int, asyncio.Future[Operation]] = {}
+        self._cancel_reason: str | None = None
+        self._starting = 0
+        #: One line per operation this client cancelled: what became of it (as ``Host``'s).
+        self.interruptions: builtins.list[str] = []
 
     @property
     def address(self) -> str:
@@ -147,22 +154,29 @@ class RemoteHost:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connection (operations started run on in the daemon)."""
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+    async def close(self) -> None:
+        """``aclose``, under ``Host``'s name."""
+        await self.aclose()
 
     def client(self) -> httpx.AsyncClient:
         """The httpx client (made on first use)."""
         if self._client is None:
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
             if self.socket is not None:
-                transport = httpx.AsyncHTTPTransport(uds=str(self.socket))
+                # No TLS on a Unix socket: an empty context spares loading the CA bundle.
+                bare = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                transport = httpx.AsyncHTTPTransport(uds=str(self.socket), verify=bare)
                 self._client = httpx.AsyncClient(
                     transport=transport, base_url="http://hearth", timeout=self.timeout, headers=headers
                 )
             else:
                 self._client = httpx.AsyncClient(
-                    base_url=str(self.url), timeout=self.timeout, headers=headers
+                    base_url=str(self.url), timeout=self.timeout, headers=headers, verify=self._verify
                 )
         return self._client
 
@@ -184,7 +198,7 @@ class RemoteHost:
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
+        timeout: float | httpx.Timeout | None = None,
     ) -> Any:
         """The JSON of a 2xx answer; the daemon's error as its typed ``HearthError``."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
@@ -212,17 +226,34 @@ class RemoteHost:
         return self._operation(await self._call(method, path, body=body, headers=headers))
 
     async def start_provision(
-        self, slug: str, *, tier: str, driver: str, key: str | None = None, reuse: bool = False
+        self,
+        slug: str,
+        *,
+        tier: str,
+        driver: str,
+        key: str | None = None,
+        reuse: bool = False,
+        timeout: float | None = None,
     ) -> Operation:
-        """Provision ``slug`` on the daemon; the operation, at once."""
-        body = {"slug": slug, "tier": tier, "driver": driver, "reuse": bool(reuse)}
+        """Provision ``slug`` on the daemon; the operation, at once. ``timeout`` is the
+        deadline of the adapter's work, kept by the daemon (as ``Host``'s is)."""
+        body = {"slug": slug, "tier": tier, "driver": driver, "reuse": bool(reuse), "timeout": timeout}
         return await self._post_started("POST", "/workspaces", body, key)
 
-    async def start_upgrade(self, slug: str, *, tier: str, key: str | None = None) -> Operation:
-        return await self._post_started("POST", f"/workspaces/{_seg(slug)}/upgrade", {"tier": tier}, key)
+    async def start_upgrade(
+        self, slug: str, *, tier: str, key: str | None = None, timeout: float | None = None
+    ) -> Operation:
+        body = {"tier": tier, "timeout": timeout}
+        return await self._post_started("POST", f"/workspaces/{_seg(slug)}/upgrade", body, key)
 
-    async def start_teardown(self, slug: str, *, key: str | None = None) -> Operation:
-        return await self._post_started("DELETE", f"/workspaces/{_seg(slug)}", None, key)
+    async def start_teardown(
+        self, slug: str, *, key: str | None = None, timeout: float | None = None
+    ) -> Operation:
+        headers = {"Idempotency-Key": key} if key is not None else None
+        data = await self._call(
+            "DELETE", f"/workspaces/{_seg(slug)}", params={"timeout": timeout}, headers=headers
+        )
+        return self._operation(data)
 
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
@@ -238,8 +269,11 @@ class RemoteHost:
     ) -> DeploymentRef:
         """Provision ``slug`` and wait for it (cancelling this call cancels what it started)."""
         ours = key or _own_key()
-        op = await self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse)
-        ref = await self._result_for_caller(op, ours, on_progress, timeout)
+        ref = await self._verb(
+            self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
+            ours,
+            on_progress,
+        )
         assert ref is not None
         return ref
 
@@ -253,8 +287,9 @@ class RemoteHost:
         key: str | None = None,
     ) -> DeploymentRef:
         ours = key or _own_key()
-        op = await self.start_upgrade(slug, tier=tier, key=ours)
-        ref = await self._result_for_caller(op, ours, on_progress, timeout)
+        ref = await self._verb(
+            self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout), ours, on_progress
+        )
         assert ref is not None
         return ref
 
@@ -267,29 +302,87 @@ class RemoteHost:
         key: str | None = None,
     ) -> None:
         ours = key or _own_key()
-        op = await self.start_teardown(slug, key=ours)
-        await self._result_for_caller(op, ours, on_progress, timeout)
+        await self._verb(self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress)
 
-    async def _result_for_caller(
-        self, op: Operation, key: str, on_progress: ProgressListener | None, timeout: float | None
+    def cancel_running(self, reason: str, *, outcome: str = "cancelled") -> int:
+        """Ask the daemon to cancel every operation this client's verbs started (and any it is
+        starting now), recording ``reason``; the number asked. The CLI calls it on a signal.
+        Through the daemon every such operation ends ``cancelled`` (``outcome`` is for
+        ``Host``'s signature: the reason names the signal)."""
+        self._cancel_reason = reason
+        asked = 0
+        for op in builtins.list(self._mine.values()):
+            if not op.finished and op.id not in self._cancelling:
+                self._cancelling[op.id] = asyncio.ensure_future(self._operation_cancel(op.id, reason))
+                asked += 1
+        return asked + self._starting
+
+    async def _verb(
+        self, start: Awaitable[Operation], key: str, on_progress: ProgressListener | None
     ) -> DeploymentRef | None:
-        """The verb's result; a cancelled caller cancels the operation if its own key started
-        it (an operation it joined runs on), then lets the cancellation through."""
+        """Start, then the result. A start cut short by a cancellation still lands (its
+        request is shielded) and what it started is then cancelled; a cancelled caller
+        cancels the operation if its own key started it (an operation it joined runs on)."""
+        self._starting += 1
+        starting = asyncio.ensure_future(start)
+        try:
+            op = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                op = await asyncio.wait_for(starting, self.timeout)
+                if op.key == key and not op.finished:
+                    await self._operation_cancel(op.id, self._cancel_reason or "cancelled by the caller")
+                    self.interruptions.append(
+                        f"{op.verb} of {op.slug!r} was told to cancel before it began; the daemon "
+                        "records how it ended ('hearth logs' shows it)"
+                    )
+            raise
+        finally:
+            self._starting -= 1
+        if op.key == key:
+            self._mine[op.id] = op
+            if self._cancel_reason is not None and not op.finished:
+                self.cancel_running(self._cancel_reason)
         relay = None
         if on_progress is not None and not op.finished:
             relay = asyncio.get_running_loop().create_task(self._relay(op.id, on_progress))
         try:
-            return await self._operation_result(op.id, timeout)
+            return await self._operation_result(op.id, None)
         except asyncio.CancelledError:
-            if op.key == key and not op.finished:
-                with contextlib.suppress(HearthError):
-                    await asyncio.shield(self._operation_cancel(op.id, "cancelled by the caller"))
+            if op.key == key:
+                pending = self._cancelling.get(op.id)
+                if pending is None:
+                    with contextlib.suppress(HearthError):
+                        await asyncio.shield(self._operation_cancel(op.id, "cancelled by the caller"))
+                self.interruptions.append(
+                    f"{op.verb} of {op.slug!r} was told to cancel; the daemon finishes its rollback "
+                    "('hearth logs' shows how it ended)"
+                )
+            raise
+        except HearthError:
+            if op.id in self._cancelling:
+                await self._note_cancelled(op.id)
             raise
         finally:
             if relay is not None:
                 relay.cancel()
                 with contextlib.suppress(BaseException):
                     await relay
+
+    async def _note_cancelled(self, ident: int) -> None:
+        """One line in ``interruptions`` on what became of an operation this client cancelled."""
+        try:
+            op = await self.operation(ident)
+            try:
+                record = await self.deployment(op.slug)
+                where = f"the workspace is recorded {record.state}"
+            except HearthError:
+                where = "no workspace is recorded (nothing changed)"
+        except HearthError as exc:
+            self.interruptions.append(f"operation #{ident} was told to cancel ({exc.kind}: {exc.message})")
+            return
+        message = (op.error or {}).get("message") or op.state
+        self.interruptions.append(f"{op.verb} of {op.slug!r} ended {op.state} ({message}); {where}")
 
     async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
         async for event in self._operation_events(ident, 0):
@@ -455,7 +548,14 @@ class RemoteHost:
         return Deployment.model_validate(await self._call("GET", f"/workspaces/{_seg(slug)}"))
 
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
-        data = await self._call("GET", f"/workspaces/{_seg(slug)}/status", timeout=timeout)
+        """What the backend shows now; ``timeout`` bounds the adapter's answer (the daemon's
+        ``[timeouts] status`` when left out)."""
+        data = await self._call(
+            "GET",
+            f"/workspaces/{_seg(slug)}/status",
+            params={"timeout": timeout},
+            timeout=_longer(timeout, self),
+        )
         return StatusReport.model_validate(data)
 
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]:
@@ -464,24 +564,58 @@ class RemoteHost:
 
     async def tiers(self) -> builtins.list[Tier]:
         """The daemon's tiers (a coroutine here: it asks the daemon)."""
+        from ._settings import Tier
+
         return _parse(list[Tier], await self._call("GET", "/tiers"))
 
     async def drivers(self) -> builtins.list[DriverInfo]:
+        from ._discovery import DriverInfo
+
         return _parse(list[DriverInfo], await self._call("GET", "/drivers"))
 
     async def check(
         self, slug: str, verb: str, *, tier: str | None = None, driver: str | None = None
     ) -> CheckResult:
         body = {"slug": slug, "verb": verb, "tier": tier, "driver": driver}
+        from ._host import CheckResult
+
         return CheckResult.model_validate(await self._call("POST", "/check", body=body))
 
-    async def reconcile(self, slug: str | None = None, *, dry_run: bool = False) -> ReconcileReport:
-        body = {"slug": slug, "dry_run": bool(dry_run)}
-        return _report(await self._call("POST", "/reconcile", body=body))
+    async def reconcile(
+        self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
+    ) -> ReconcileReport:
+        body = {"slug": slug, "dry_run": bool(dry_run), "timeout": timeout}
+        return _report(await self._call("POST", "/reconcile", body=body, timeout=_longer(timeout, self)))
+
+    async def plan(
+        self, slug: str, *, tier: str, driver: str | None = None, timeout: float | None = None
+    ) -> PlanResult:
+        """What moving ``slug`` to ``tier`` would do (the adapter's ``plan``); changes nothing."""
+        body = {"slug": slug, "tier": tier, "driver": driver, "timeout": timeout}
+        data = await self._call("POST", "/plan", body=body, timeout=_longer(timeout, self))
+        return PlanResult.model_validate(data)
+
+    async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
+        """Record a deployment the driver lists but hearth has no record of."""
+        body = {"driver": driver, "tier": tier, "timeout": timeout}
+        data = await self._call(
+            "POST", f"/workspaces/{_seg(slug)}/adopt", body=body, timeout=_longer(timeout, self)
+        )
+        return Deployment.model_validate(data)
+
+    async def forget(self, slug: str) -> Deployment:
+        """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+        return Deployment.model_validate(await self._call("POST", f"/workspaces/{_seg(slug)}/forget"))
 
     async def health(self) -> dict[str, Any]:
         """The daemon's ``/v1/health``: status, version, owner, running."""
         return dict(await self._call("GET", "/health"))
+
+
+def _longer(timeout: float | None, remote: RemoteHost) -> float | httpx.Timeout:
+    """The HTTP bound of a call the daemon bounds itself: a little longer than ``timeout``, or
+    (None: the daemon's own default from its ``[timeouts]``) no bound on reading the answer."""
+    return httpx.Timeout(remote.timeout, read=None) if timeout is None else timeout + remote.timeout
 
 
 def _parse(kind: type[T], data: Any) -> T:

@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import stat
@@ -32,13 +33,13 @@ import uvicorn
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hearth_adaptersdk import StatusReport
+from hearth_adaptersdk import PlanResult, StatusReport
 
-from ._dirs import state_dir
+from ._dirs import SERVE_LOCK_FILE, SOCKET_FILE, find_project_dir, state_dir
 from ._discovery import DriverInfo
 from ._errors import AdapterError, HearthError, InvalidInput
 from ._host import CheckResult, Host, ReconcileReport
@@ -48,8 +49,7 @@ from ._settings import Tier
 log = logging.getLogger("hearth.serve")
 
 API = "/v1"
-SOCKET_FILE = "hearth.sock"
-LOCK_FILE = "hearth-serve.lock"
+LOCK_FILE = SERVE_LOCK_FILE
 #: HTTP status of each error kind; an adapter's other failures are 502, the host's 500.
 STATUS: dict[str, int] = {
     "invalid_input": 400,
@@ -89,6 +89,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A deadline in seconds for the adapter's work (the verb's default from ``[timeouts]`` when
+#: left out); when it passes, the adapter is told to cancel, as the CLI's ``--timeout`` does.
+Deadline = Annotated[float | None, Field(gt=0, le=WAIT_MAX * 24)]
+
+
 class NewWorkspace(_Body):
     """``POST /v1/workspaces``: provision ``slug``."""
 
@@ -97,12 +102,32 @@ class NewWorkspace(_Body):
     driver: str
     #: Provision a torn-down slug again (its old record is archived).
     reuse: bool = False
+    timeout: Deadline = None
 
 
 class NewTier(_Body):
     """``POST /v1/workspaces/{slug}/upgrade``."""
 
     tier: str
+    timeout: Deadline = None
+
+
+class PlanRequest(_Body):
+    """``POST /v1/plan``: what provision or upgrade of ``slug`` to ``tier`` would do; changes
+    nothing (``driver`` is needed for a new workspace)."""
+
+    slug: str
+    tier: str
+    driver: str | None = None
+    timeout: Deadline = None
+
+
+class AdoptRequest(_Body):
+    """``POST /v1/workspaces/{slug}/adopt``: record a deployment the driver lists."""
+
+    driver: str
+    tier: str
+    timeout: Deadline = None
 
 
 class CheckRequest(_Body):
@@ -119,6 +144,7 @@ class ReconcileRequest(_Body):
 
     slug: str | None = None
     dry_run: bool = False
+    timeout: Deadline = None
 
 
 class Health(BaseModel):
@@ -128,6 +154,10 @@ class Health(BaseModel):
     owner: str
     #: Operations this daemon runs now.
     running: int
+    #: The project whose hearth.toml and adapters the daemon uses.
+    project: str | None = None
+    #: How long a cancelled operation waits for its adapter's rollback (seconds).
+    cancel_grace: float | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -290,6 +320,9 @@ Wait = Annotated[
     Query(gt=0, le=WAIT_MAX, description="answer once finished (200) or after this many seconds (202)"),
 ]
 Limit = Annotated[int | None, Query(ge=0)]
+QueryDeadline = Annotated[
+    float | None, Query(gt=0, le=WAIT_MAX * 24, description="deadline for the adapter's work (seconds)")
+]
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -350,9 +383,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         return await _state(request).host.deployment(slug)
 
     @app.get(f"{API}/workspaces/{{slug}}/status", **router_options)
-    async def workspace_status(slug: str, request: Request) -> StatusReport:
+    async def workspace_status(slug: str, request: Request, timeout: QueryDeadline = None) -> StatusReport:
         """What the backend shows now (asks the adapter)."""
-        return await _state(request).host.status(slug)
+        return await _state(request).host.status(slug, timeout=timeout)
 
     @app.get(f"{API}/workspaces/{{slug}}/logs", **router_options)
     async def workspace_logs(slug: str, request: Request, limit: Limit = None) -> list[Operation]:
@@ -371,7 +404,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         """Provision: 202 with the operation (``Location`` names it)."""
         state = _state(request)
         op = await state.host.start_provision(
-            body.slug, tier=body.tier, driver=body.driver, key=key, reuse=body.reuse
+            body.slug, tier=body.tier, driver=body.driver, key=key, reuse=body.reuse, timeout=body.timeout
         )
         return _started(await _waited(state, op, wait), response)
 
@@ -386,17 +419,35 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         wait: Wait = None,
     ) -> Operation:
         state = _state(request)
-        op = await state.host.start_upgrade(slug, tier=body.tier, key=key)
+        op = await state.host.start_upgrade(slug, tier=body.tier, key=key, timeout=body.timeout)
         return _started(await _waited(state, op, wait), response)
 
     @app.delete(f"{API}/workspaces/{{slug}}", **started)
     async def teardown(
-        slug: str, request: Request, response: Response, key: KeyHeader = None, wait: Wait = None
+        slug: str,
+        request: Request,
+        *,
+        response: Response,
+        key: KeyHeader = None,
+        wait: Wait = None,
+        timeout: QueryDeadline = None,
     ) -> Operation:
         """Teardown (irreversible)."""
         state = _state(request)
-        op = await state.host.start_teardown(slug, key=key)
+        op = await state.host.start_teardown(slug, key=key, timeout=timeout)
         return _started(await _waited(state, op, wait), response)
+
+    @app.post(f"{API}/workspaces/{{slug}}/adopt", **router_options)
+    async def adopt(slug: str, body: AdoptRequest, request: Request) -> Deployment:
+        """Record a deployment the driver lists but hearth has no record of (recorded as an
+        operation); the new record."""
+        host = _state(request).host
+        return await host.adopt(slug, driver=body.driver, tier=body.tier, timeout=body.timeout)
+
+    @app.post(f"{API}/workspaces/{{slug}}/forget", **router_options)
+    async def forget(slug: str, request: Request) -> Deployment:
+        """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+        return await _state(request).host.forget(slug)
 
     # --- operations ------------------------------------------------------------------------------
     @app.get(f"{API}/operations", **router_options)
@@ -482,16 +533,31 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     async def check(body: CheckRequest, request: Request) -> CheckResult:
         return await _state(request).host.check(body.slug, body.verb, tier=body.tier, driver=body.driver)
 
+    @app.post(f"{API}/plan", **router_options)
+    async def plan(body: PlanRequest, request: Request) -> PlanResult:
+        """The adapter's plan; ``unsupported`` (422) when it does not announce ``plan``."""
+        host = _state(request).host
+        return await host.plan(body.slug, tier=body.tier, driver=body.driver, timeout=body.timeout)
+
     @app.post(f"{API}/reconcile", **router_options)
     async def reconcile(body: ReconcileRequest, request: Request) -> ReconcileReport:
-        return await _state(request).host.reconcile(body.slug, dry_run=body.dry_run)
+        host = _state(request).host
+        return await host.reconcile(body.slug, dry_run=body.dry_run, timeout=body.timeout)
 
     @app.get(f"{API}/health")
     async def health(request: Request) -> Health:
         state = _state(request)
         running = len(await state.host.operations(state="running"))
         status: Literal["ok", "stopping"] = "stopping" if state.stopping.is_set() else "ok"
-        return Health(status=status, version=__version__, owner=state.host.owner, running=running)
+        host = state.host
+        return Health(
+            status=status,
+            version=__version__,
+            owner=host.owner,
+            running=running,
+            project=str(host.project_dir),
+            cancel_grace=host.timeouts.cancel_grace,
+        )
 
     return app
 
@@ -513,17 +579,18 @@ def default_socket(home: str | Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def _held(path: Path, what: str) -> Iterator[None]:
-    """An exclusive lock on ``path`` for the block (the daemon's life), with our pid in it."""
+def _held(path: Path, what: str, project: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (the daemon's life), with our pid and the
+    project we serve in it (the CLI reads them to choose between the daemon and itself)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            other = (os.pread(fd, 32, 0).decode(errors="replace").splitlines() or ["?"])[0].strip() or "?"
             raise ServeError(f"another hearth daemon (pid {other}) already serves {what}") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{project}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
@@ -613,45 +680,138 @@ def configure_logging(log_json: bool) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, which also ends the app's streams and waits when it is told to stop."""
+    """uvicorn, which also ends the app's streams and waits, and stops the daemon's other
+    listener, when it is told to stop."""
 
     def __init__(self, config: uvicorn.Config, state: _State) -> None:
         super().__init__(config)
         self.hearth = state
         self.loop = asyncio.get_running_loop()
+        self.siblings: list[uvicorn.Server] = []
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             log.info("%s: stopping; operations in flight get the drain grace", signal.Signals(sig).name)
         self.loop.call_soon_threadsafe(self.hearth.stopping.set)
         super().handle_exit(sig, frame)
+        for sibling in self.siblings:
+            sibling.should_exit = True
+
+
+class _Sibling(uvicorn.Server):
+    """The TCP listener's server (its own config: TLS applies to it alone); the Unix socket's
+    server takes the signals and stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _noted(signum: int, frame: FrameType | None) -> None:
     """What uvicorn re-raises after it stopped: already handled (the host drains next)."""
 
 
+async def _reconcile_periodically(host: Host, stopping: asyncio.Event) -> None:
+    """The daemon's self-healing: ``reconcile`` every ``[serve] reconcile_interval`` seconds,
+    each wait varied by ``reconcile_jitter`` so that replicas do not run in step. It changes
+    what reconcile changes (records a dead host left; ghosts marked failed) and logs it."""
+    while not stopping.is_set():
+        try:
+            serve_settings = host.reload_settings().serve
+        except HearthError as exc:
+            log.warning("reconcile: the settings cannot be read (%s); trying again in 60 s", exc.message)
+            serve_settings = None
+        interval = 60.0 if serve_settings is None else serve_settings.reconcile_interval
+        jitter = 0.0 if serve_settings is None else serve_settings.reconcile_jitter
+        delay = (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+            return
+        if serve_settings is None or not interval:
+            continue  # off (0), or no settings to go by: look again later
+        try:
+            report = await host.reconcile()
+        except HearthError as exc:
+            log.warning("reconcile failed: %s: %s", exc.kind, exc.message)
+            continue
+        except Exception:
+            log.exception("reconcile failed unexpectedly")
+            continue
+        found = (
+            [f"{slug}: {old} -> {new}" for slug, old, new in report.resolved]
+            + [f"ghost {slug}" for slug in report.ghosts]
+            + [f"orphan {ref.workspace_slug} on {ref.driver}" for ref in report.orphans]
+            + [f"unreachable {driver}" for driver in report.unreachable]
+        )
+        if found:
+            log.info("reconcile: %s", "; ".join(found))
+
+
+def _on_sighup(host: Host) -> None:
+    try:
+        host.reload_settings()
+    except HearthError as exc:
+        log.error("SIGHUP: the settings are invalid and every call fails until fixed: %s", exc.message)
+    else:
+        log.info("SIGHUP: settings re-read from %s", host.settings.source or "the built-in defaults")
+
+
 async def _run(
-    *, project: str | None, home: str | None, sockets: list[socket.socket], token: str | None, where: str
+    *,
+    project: str | None,
+    home: str | None,
+    unix: socket.socket,
+    tcp: socket.socket | None,
+    tls: tuple[str, str] | None,
+    token: str | None,
+    where: str,
 ) -> None:
     loop = asyncio.get_running_loop()
     async with Host(project_dir=project, home=home, idle_timeout=None) as host:
         app = create_app(host, token=token)
         state = cast(_State, app.state.hearth)
-        config = uvicorn.Config(
-            app, log_config=None, timeout_graceful_shutdown=GRACEFUL, lifespan="off", access_log=True
-        )
-        server = _Server(config, state)
-        loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.info("SIGHUP: settings are re-read on the next call")
-        )
+        options: dict[str, Any] = {
+            "log_config": None,
+            "timeout_graceful_shutdown": GRACEFUL,
+            "lifespan": "off",
+            "access_log": True,
+        }
+        server = _Server(uvicorn.Config(app, **options), state)
+        servers: list[uvicorn.Server] = [server]
+        serving = [server.serve(sockets=[unix])]
+        if tcp is not None:
+            certificate: dict[str, Any] = (
+                {} if tls is None else {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
+            )
+            sibling = _Sibling(uvicorn.Config(app, **options, **certificate))
+            server.siblings.append(sibling)
+            servers.append(sibling)
+            serving.append(sibling.serve(sockets=[tcp]))
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host)
+        healing = loop.create_task(_reconcile_periodically(host, state.stopping), name="hearth-reconcile")
         log.info("hearth daemon %s serving %s (home %s)", host.owner, where, host.state_dir)
         try:
-            await server.serve(sockets=sockets)
+            results = await asyncio.gather(*serving, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.error("a listener failed: %r", result)
         finally:
+            state.stopping.set()
+            for each in servers:
+                each.should_exit = True
+            healing.cancel()
+            with contextlib.suppress(BaseException):
+                await healing
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("stopped serving; closing the host (drain grace %s s)", host.timeouts.drain_grace)
     log.info("hearth daemon stopped")
+
+
+def _readable_file(path: str | Path, what: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise ServeError(f"the {what} {file} is not a readable file")
+    return str(file)
 
 
 def serve(
@@ -661,38 +821,53 @@ def serve(
     token_file: str | Path | None = None,
     home: str | Path | None = None,
     project: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
     if listen is not None and token_file is None:
         raise ServeError("--listen needs --token-file (a file of mode 0600 holding the bearer token)")
     if token_file is not None and listen is None:
         raise InvalidInput("--token-file is only for --listen")
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if tls_cert is not None and listen is None:
+        raise InvalidInput("--tls-cert and --tls-key are for --listen (the Unix socket needs no TLS)")
+    tls = None
+    if tls_cert is not None and tls_key is not None:
+        tls = (_readable_file(tls_cert, "certificate"), _readable_file(tls_key, "key"))
+        if Path(tls[1]).stat().st_mode & 0o077:
+            raise ServeError(f"the TLS key {tls[1]} is readable by others; make it 0600")
     token = read_token(token_file) if token_file is not None else None
     folder = state_dir(home)
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
+    project_dir = find_project_dir(project)
     path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}"))
+        stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
         if path.parent.resolve() != folder.resolve() or path.name != SOCKET_FILE:
-            stack.enter_context(_held(path.with_name(path.name + ".lock"), f"the socket {path}"))
-        sockets = [_unix_socket(path)]
+            stack.enter_context(_held(path.with_name(path.name + ".lock"), f"the socket {path}", project_dir))
+        unix = _unix_socket(path)
         stack.callback(lambda: path.unlink(missing_ok=True))
+        stack.callback(unix.close)
         where = f"unix:{path}"
+        tcp = None
         if listen is not None:
-            sockets.append(_tcp_socket(listen))
-            where += f" and http://{listen} (bearer token)"
-        for sock in sockets:
-            stack.callback(sock.close)
+            tcp = _tcp_socket(listen)
+            stack.callback(tcp.close)
+            where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
         previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             asyncio.run(
                 _run(
-                    project=None if project is None else str(project),
+                    project=str(project_dir),
                     home=None if home is None else str(home),
-                    sockets=sockets,
+                    unix=unix,
+                    tcp=tcp,
+                    tls=tls,
                     token=token,
                     where=where,
                 )
@@ -702,4 +877,11 @@ def serve(
                 signal.signal(signum, handler)
 
 
-__all__ = ["ServeError", "create_app", "default_socket", "openapi_document", "read_token", "serve"]
+__all__ = [
+    "ServeError",
+    "create_app",
+    "default_socket",
+    "openapi_document",
+    "read_token",
+    "serve",
+]

@@ -10,6 +10,8 @@ A project's ``.hearth/hearth.toml``::
     socket = "/run/hero_compute/rpc.sock"
     [timeouts]                            # seconds; every wait has a bound (see ``Timeouts``)
     status = 30
+    [serve]                               # the daemon (``hearth serve``, see ``ServeSettings``)
+    reconcile_interval = 300
 
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
 alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
@@ -108,6 +110,19 @@ class Timeouts:
     version_probe: Seconds = 5.0
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    """``[serve]`` in hearth.toml: what the daemon (``hearth serve``) does on its own."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    #: Seconds between the daemon's self-healing reconciles (each waits this long plus or minus
+    #: ``reconcile_jitter`` of it, so replicas do not reconcile in step); 0 turns them off.
+    reconcile_interval: Annotated[float, Field(ge=0, strict=True)] = 300.0
+    #: The fraction of the interval by which each wait varies at random (0 to 0.5).
+    reconcile_jitter: Annotated[float, Field(ge=0, le=0.5, strict=True)] = 0.1
+
+
 class TierTable(BaseModel):
     """One ``[tiers.NAME]`` table as written; ``load_settings`` lays it over a built-in tier."""
 
@@ -126,6 +141,7 @@ class SettingsFile(BaseModel):
     #: One free-form table per driver, sent as ``config`` in its adapter's initialize.
     adapters: dict[DriverName, dict[str, Any]] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,7 @@ class Settings:
     adapters: Mapping[str, Mapping[str, Any]]
     source: Path | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def tier(self, name: str) -> Tier:
         try:
@@ -179,7 +196,7 @@ def load_settings(project_dir: str | Path | None) -> Settings:
     tiers = dict(BUILTIN_TIERS)
     for name, table in parsed.tiers.items():
         tiers[name] = _tier(name, table, BUILTIN_TIERS.get(name))
-    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts)
+    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve)
 
 
 def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
@@ -209,7 +226,7 @@ def _problem(error: ErrorDetails) -> str:
     unknown = kind in ("extra_forbidden", "unexpected_keyword_argument")
     match loc:
         case [key] if unknown:
-            return f"unknown key {key!r}; the file holds [tiers.*], [adapters.*] and [timeouts]"
+            return f"unknown key {key!r}; the file holds [tiers.*], [adapters.*], [timeouts] and [serve]"
         case [key]:
             return f"{key} must be a table"
         case ["tiers", name, "[key]"]:
@@ -235,6 +252,11 @@ def _problem(error: ErrorDetails) -> str:
             return f"timeouts.{key}: unknown key; choose one of {', '.join(f.name for f in fields(Timeouts))}"
         case ["timeouts", key]:
             return f"timeouts.{key}: must be a positive number of seconds"
+        case ["serve", key] if unknown:
+            names = ", ".join(f.name for f in fields(ServeSettings))
+            return f"serve.{key}: unknown key; choose one of {names}"
+        case ["serve", key]:
+            return f"serve.{key}: {msg}"
     return f"{'.'.join(loc)}: {msg}"
 
 

@@ -1,0 +1,387 @@
+"""``hearth serve`` as its users meet it (issue 12): the CLI through the daemon, Ctrl-C, the
+daemon's own duties (self-healing reconcile, SIGHUP, JSON logs), TLS and tokens, and clients
+racing one slug. Every test runs the real ``hearth serve`` (uvicorn on a Unix socket) and the
+real ``hearth-adapter-fake`` in their own processes; only processes the test started are
+signalled, by the pid it recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import select
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from hearth import Host, RemoteHost, Unauthorized
+from tests.helpers import left_by_a_dead_host
+from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
+
+pytestmark = pytest.mark.subprocess
+
+SETTINGS = DAEMON_SETTINGS + "[serve]\nreconcile_interval = 0.3\n"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(SETTINGS)
+    with short_dir() as home:
+        yield home, project
+
+
+def cli_env(venv_bin: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+    for name in ("HEARTH_HOME", "HEARTH_URL", "HEARTH_TOKEN"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
+
+
+def hearth(
+    venv_bin: Path, site: tuple[Path, Path], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``hearth ARGS --home HOME --project PROJECT``, bounded."""
+    home, project = site
+    where = ["--home", str(home), "--project", str(project)] if env is None else []
+    return subprocess.run(
+        [str(venv_bin / "hearth"), *args, *where],
+        env=env or cli_env(venv_bin),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BOUND * 2,
+        check=False,
+    )
+
+
+def requests_seen(lines: list[str]) -> list[str]:
+    return [line for line in lines if '"' in line and "HTTP/1.1" in line]
+
+
+def more_requests(served: Daemon, before: int) -> bool:
+    """Whether the daemon logs a request past the first ``before`` (its log trails the answer)."""
+    with served.changed:
+        return (
+            served.changed.wait_for(
+                lambda: len(requests_seen(served.lines)) > before or "<eof>" in served.lines, BOUND
+            )
+            and len(requests_seen(served.lines)) > before
+        )
+
+
+def without_times(document: Any) -> Any:
+    """A JSON document without the moments it was observed at (they differ between two asks)."""
+    if isinstance(document, dict):
+        return {k: without_times(v) for k, v in document.items() if k != "observed_at"}
+    if isinstance(document, list):
+        return [without_times(v) for v in document]
+    return document
+
+
+def test_the_cli_goes_through_the_daemon_and_prints_what_it_prints_alone(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        made = hearth(venv_bin, site, "provision", "omega", "--tier", "solo", "--driver", "fake")
+        assert made.returncode == 0, made.stderr
+        assert made.stdout == "omega: ready (tier solo, driver fake)\n  endpoint: fake://omega\n"
+        served.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
+        for command in (
+            ["status", "omega"],
+            ["status", "omega", "--json"],
+            ["ls"],
+            ["ls", "--json"],
+            ["logs", "omega"],
+            ["logs", "omega", "--json"],
+            ["plan", "omega", "--tier", "team"],
+            ["reconcile", "--dry-run", "--json"],
+            ["status", "nobody"],
+            ["status", "nobody", "--json"],
+            ["provision", "omega", "--tier", "team", "--driver", "fake"],
+            ["upgrade", "omega", "--tier", "nonesuch"],
+        ):
+            before = len(requests_seen(served.lines))
+            through = hearth(venv_bin, site, *command)
+            alone = hearth(venv_bin, site, *command, "--local")
+            assert through.returncode == alone.returncode, (command, through.stderr, alone.stderr)
+            assert through.stderr == alone.stderr, command
+            if "--json" in command and through.stdout:
+                assert without_times(json.loads(through.stdout)) == without_times(json.loads(alone.stdout))
+            else:
+                assert through.stdout == alone.stdout, command
+            if command[0] != "ls":  # ls reads the home's store itself: no daemon needed
+                assert more_requests(served, before), command
+        assert hearth(venv_bin, site, "status", "nobody").returncode == 2
+        conflict = hearth(venv_bin, site, "provision", "omega", "--tier", "team", "--driver", "fake")
+        assert conflict.returncode == 1 and "hearth: conflict:" in conflict.stderr
+        gone = hearth(venv_bin, site, "teardown", "omega")
+        assert gone.returncode == 0 and gone.stdout == "omega: tier_torn_down\n", gone.stderr
+        # --local never asks the daemon
+        before = len(requests_seen(served.lines))
+        assert hearth(venv_bin, site, "status", "omega", "--local").returncode == 0
+        assert hearth(venv_bin, site, "logs", "omega", "--local").returncode == 0
+        assert len(requests_seen(served.lines)) == before
+        assert served.stop() == 0
+
+
+async def test_ctrl_c_through_the_daemon_cancels_the_operation_and_says_what_became_of_it(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    home, project = site
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        argv = [str(venv_bin / "hearth"), "provision", "sigma", "--tier", "glacial", "--driver", "fake"]
+        argv += ["--home", str(home), "--project", str(project)]
+        cli = await asyncio.create_subprocess_exec(
+            *argv, env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with over(home / "hearth.sock") as client:
+                async with client.stream("GET", "/v1/events", params={"slug": "sigma"}) as events:
+                    async for line in events.aiter_lines():
+                        if line and json.loads(line)["kind"] == "progress":
+                            break  # the adapter is at work
+                cli.send_signal(signal.SIGINT)
+                _, raw = await asyncio.wait_for(cli.communicate(), BOUND)
+                err = raw.decode()
+                assert cli.returncode == 130, err
+                assert err.startswith("hearth: cancelled: interrupted by SIGINT; provision of 'sigma'"), err
+                assert "ended cancelled" in err and "rolled back" in err, err
+                [op] = (await client.get("/v1/operations", params={"slug": "sigma"})).json()
+                assert op["state"] == "cancelled" and op["error"]["rolled_back"] is True, op
+                assert (await client.get("/v1/workspaces/sigma")).status_code == 404
+                assert (await client.get("/v1/health")).json()["status"] == "ok"
+        finally:
+            if cli.returncode is None:
+                cli.kill()
+                await asyncio.wait_for(cli.communicate(), BOUND)
+        assert served.stop() == 0
+
+
+def test_hearth_url_names_a_daemon_and_a_dead_ones_socket_is_passed_by(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    home, _ = site
+    with short_dir() as elsewhere:
+        custom = elsewhere / "custom.sock"
+        with daemon(site, venv_bin, "--socket", str(custom)) as served:
+            served.wait_for("serving")
+            env = cli_env(venv_bin, HEARTH_URL=f"unix://{custom}")
+            made = hearth(venv_bin, site, "provision", "tau", "--tier", "solo", "--driver", "fake", env=env)
+            assert made.returncode == 0, made.stderr
+            listed = hearth(venv_bin, site, "ls", "--json", env=env)
+            assert [ref["workspace_slug"] for ref in json.loads(listed.stdout)] == ["tau"]
+            served.wait_for('"GET /v1/workspaces?include_torn_down=true HTTP/1.1" 200')
+            mixed = subprocess.run(
+                [str(venv_bin / "hearth"), "status", "tau", "--home", str(home)],
+                env=env, capture_output=True, text=True, timeout=BOUND, check=False,
+            )  # fmt: skip
+            assert mixed.returncode == 2 and "--home is for a host run here" in mixed.stderr
+            assert served.stop() == 0
+        nobody = cli_env(venv_bin, HEARTH_URL=f"unix://{custom}")
+        missing = hearth(venv_bin, site, "status", "tau", env=nobody)
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("hearth: daemon_unavailable: no hearth daemon at unix://")
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert (home / "hearth.sock").is_socket()  # left behind: nobody answers on it
+    alone = hearth(venv_bin, site, "status", "tau", "-v")
+    assert alone.returncode == 0 and alone.stdout.startswith("tau: ready"), alone.stderr
+    assert "not using the daemon" in alone.stderr
+
+
+def test_a_daemon_serving_another_project_is_not_used(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    home, _ = site
+    other = tmp_path / "other"
+    (other / ".hearth").mkdir(parents=True)
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        before = len(requests_seen(served.lines))
+        run = subprocess.run(
+            [str(venv_bin / "hearth"), "status", "phi", "--home", str(home), "--project", str(other), "-v"],
+            env=cli_env(venv_bin), capture_output=True, text=True, timeout=BOUND, check=False,
+        )  # fmt: skip
+        assert run.returncode == 2 and "hearth: not_found" in run.stderr
+        assert "serves the project" in run.stderr and "running the host here" in run.stderr
+        assert len(requests_seen(served.lines)) == before
+        assert served.stop() == 0
+
+
+async def test_clients_racing_one_slug_through_the_daemon_get_one_operation(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    home, _ = site
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        body = {"slug": "chi", "tier": "solo", "driver": "fake"}
+        async with over(home / "hearth.sock") as one, over(home / "hearth.sock") as two:
+            answers = await asyncio.gather(
+                *(client.post("/v1/workspaces", json=body) for client in (one, two, one, two, one, two))
+            )
+            assert {a.status_code for a in answers} <= {200, 202}, [a.text for a in answers]
+            assert len({a.json()["id"] for a in answers}) == 1
+            ident = answers[0].json()["id"]
+            done = (await one.get(f"/v1/operations/{ident}/wait", params={"timeout": 20})).json()
+            assert done["state"] == "succeeded", done
+            assert [op["id"] for op in (await two.get("/v1/operations", params={"slug": "chi"})).json()] == [
+                ident
+            ]
+            # a cancel through DELETE rolls the real adapter's work back
+            slow = await one.post("/v1/workspaces", json={"slug": "psi", "tier": "glacial", "driver": "fake"})
+            async with one.stream("GET", "/v1/events", params={"slug": "psi"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line)["kind"] == "progress":
+                        break
+            cancelled = await two.delete(f"/v1/operations/{slow.json()['id']}", params={"reason": "test"})
+            assert cancelled.status_code == 202
+            ended = (await one.get(f"/v1/operations/{slow.json()['id']}/wait", params={"timeout": 20})).json()
+            assert ended["state"] == "cancelled" and ended["error"]["rolled_back"] is True, ended
+            assert (await one.get("/v1/workspaces/psi")).status_code == 404
+        assert served.stop() == 0
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=BOUND,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
+async def test_tls_and_the_token_through_a_remote_host(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("a-token-that-is-long-enough\n")
+    token.chmod(0o600)
+    trust = ssl.create_default_context(cafile=str(cert))
+    with socket_port() as port:
+        tls = ["--listen", f"127.0.0.1:{port}", "--token-file", str(token)]
+        tls += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        with daemon(site, venv_bin, *tls) as served:
+            served.wait_for("serving")
+            assert f"https://127.0.0.1:{port}" in served.wait_for("serving")
+            url = f"https://127.0.0.1:{port}"
+            async with RemoteHost(url=url, token="a-token-that-is-long-enough", verify=trust) as remote:
+                ref = await remote.provision("upsilon", tier="solo", driver="fake")
+                assert ref.workspace_slug == "upsilon"
+                assert (await remote.status("upsilon")).state == "ready"
+            async with RemoteHost(url=url, token="not-the-token-at-all", verify=trust) as wrong:
+                with pytest.raises(Unauthorized):
+                    await wrong.deployment("upsilon")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=BOUND) as plain:
+                with pytest.raises(httpx.HTTPError):  # no plain HTTP on a TLS listener
+                    await plain.get("/v1/health")
+            assert served.stop() == 0
+    with daemon(site, venv_bin, "--tls-cert", str(cert), "--tls-key", str(key)) as refused:
+        assert refused.process.wait(timeout=BOUND) == 2
+        refused.wait_for("are for --listen")
+
+
+async def test_the_daemon_heals_on_its_own_reloads_on_sighup_and_logs_json(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    home, project = site
+    with daemon(site, venv_bin, "--log-json") as served:
+        served.wait_for("serving")
+        async with RemoteHost(socket=home / "hearth.sock") as remote:
+            await remote.provision("rho", tier="solo", driver="fake")
+            async with Host(project_dir=project, home=home) as elsewhere:  # a host that then "dies"
+                record = await elsewhere.deployment("rho")
+                await left_by_a_dead_host(
+                    elsewhere, record.model_copy(update={"state": "provisioning", "ref": None}), "provision"
+                )
+            # nobody asks: the daemon's own reconcile (every 0.3 s here) settles it
+            served.wait_for("reconcile: rho: provisioning -> ready")
+            assert (await remote.deployment("rho")).state == "ready"
+            settings = project / ".hearth" / "hearth.toml"
+            settings.write_text(SETTINGS + "[tiers.fresh]\nresource_caps = { cpu = 3 }\n")
+            served.send(signal.SIGHUP)
+            served.wait_for("SIGHUP: settings re-read")
+            assert "fresh" in [tier.name for tier in await remote.tiers()]
+            settings.write_text("[tiers\n")
+            served.send(signal.SIGHUP)
+            served.wait_for("SIGHUP: the settings are invalid")
+        assert served.stop() == 0
+    entries = [json.loads(line) for line in served.lines if line != "<eof>"]
+    assert entries and all({"at", "level", "logger", "message"} <= set(entry) for entry in entries)
+    assert any(entry["logger"] == "uvicorn.access" for entry in entries)
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started (from /proc), and theirs."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                found |= {int(child), *children(int(child))}
+    return found
+
+
+def watch_exits(pids: set[int]) -> dict[int, int]:
+    """A pidfd for each process (Linux): it turns readable when the process ends."""
+    fds = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            fds[pid] = os.pidfd_open(pid)
+    return fds
+
+
+def all_ended(fds: dict[int, int], bound: float) -> bool:
+    try:
+        deadline = time.monotonic() + bound
+        for fd in fds.values():
+            readable, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not readable:
+                return False
+        return True
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+async def test_sigterm_mid_provision_leaves_nothing_running(site: tuple[Path, Path], venv_bin: Path) -> None:
+    home, _ = site
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "eta", "tier": "glacial", "driver": "fake"}
+            )
+            async with client.stream("GET", "/v1/events", params={"slug": "eta"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line)["kind"] == "progress":
+                        break
+        adapters = children(served.process.pid)
+        assert adapters, "the daemon runs the fake adapter"
+        exits = watch_exits(adapters)
+        assert served.stop() == 0
+    assert all_ended(exits, BOUND), f"still running after the daemon stopped: {sorted(exits)}"
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
+            assert op["state"] == "interrupted", op
+        assert again.stop() == 0
