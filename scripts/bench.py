@@ -26,26 +26,40 @@
   same home while this process's ``Host.watch`` reads the events; ``time.time() - event.at``
   for each (p50, p99), beside the watcher in the producer's own host (target: p50 <= 100 ms).
   ``--only operations`` runs these two sections (after the Host section in the full run).
+- ``hearth serve`` (``--only serve``, last in the full run), on the real daemon and the real fake
+  adapter: ``hearth status SLUG`` wall time per CLI process through the daemon (warm adapter),
+  beside ``--local`` (the host and its adapter started in the process) and ``docker ps`` (target:
+  <= 100 ms median through the daemon); ``GET /v1/workspaces/{slug}`` round trips over the Unix
+  socket (keep-alive httpx) beside ``Host.deployment`` in process on the same home (p50, p99); 50
+  provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
+  ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
+  events received; every provision must succeed and every stream see its final event).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from hearth import AdapterClient, Host, ProvisioningProfile, SQLiteStore, Tier, discover
+import httpx
+
+from hearth import AdapterClient, Deployment, Event, Host, ProvisioningProfile, SQLiteStore, Tier, discover
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import MemoryConnection, Progress, RequestContext
 from hearth_adaptersdk.codes import MAX_MESSAGE_BYTES
@@ -825,6 +839,420 @@ def operations_section(provisions: int, producers: int, rounds: int) -> None:
     print()
 
 
+# --- serve: the daemon's API v1, and the CLI through it ----------------------------------------
+
+#: The fake's ``delay`` on the tier ``steps`` of the concurrent provisions (over its 4 steps).
+SERVE_DELAY = 0.2
+SERVE_SETTINGS = f"[tiers.steps.driver_flags.fake]\ndelay = {SERVE_DELAY}\n"
+#: The bound of every wait of the serve section (seconds).
+SERVE_BOUND = 60.0
+#: The issue's target: ``hearth status`` through the daemon, median wall time per process.
+SERVE_CLI_TARGET = 0.100
+#: The longest path a Unix socket may have.
+SUN_PATH_MAX = 107
+
+
+class ServedDaemon:
+    """``hearth serve --home HOME --project PROJECT`` in its own session, its stderr read on a
+    thread (its access log must not fill the pipe); stopped by SIGTERM to the pid started here."""
+
+    def __init__(self, home: Path, project: Path, env: dict[str, str]) -> None:
+        hearth = Path(sys.executable).parent / "hearth"
+        self.process = subprocess.Popen(
+            [str(hearth), "serve", "--home", str(home), "--project", str(project)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.ended = False
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def tail(self, count: int = 10) -> str:
+        with self.changed:
+            return "\n".join(f"  | {line}" for line in self.lines[-count:])
+
+    def wait_for(self, text: str, bound: float) -> None:
+        deadline = time.monotonic() + bound
+        with self.changed:
+            while not any(text in line for line in self.lines):
+                left = deadline - time.monotonic()
+                if self.ended or left <= 0:
+                    why = "ended" if self.ended else f"did not say so within {bound:g} s"
+                    raise RuntimeError(f"hearth serve {why} ({text!r} expected); its stderr:\n{self.tail()}")
+                self.changed.wait(left)
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM to the daemon's pid, then wait (SIGKILL to that pid only past the bound);
+        (its exit status, seconds to stop)."""
+        started = time.perf_counter()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=SERVE_BOUND)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=SERVE_BOUND)
+            raise RuntimeError(
+                f"hearth serve did not stop within {SERVE_BOUND:g} s of SIGTERM (killed); its stderr:\n"
+                f"{self.tail()}"
+            ) from None
+        finally:
+            self.reader.join(SERVE_BOUND)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+        return code, time.perf_counter() - started
+
+
+def _uds_client(sock: Path, connections: int = 10) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    transport = httpx.AsyncHTTPTransport(uds=str(sock), limits=limits)
+    return httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=SERVE_BOUND)
+
+
+async def _api_provision(sock: Path, slug: str, tier: str) -> None:
+    """One provision through the API, waited for (the daemon's adapter is started)."""
+    async with _uds_client(sock) as client:
+        body = {"slug": slug, "tier": tier, "driver": "fake"}
+        made = await client.post("/v1/workspaces", json=body, params={"wait": SERVE_BOUND})
+        if made.status_code != 200 or made.json().get("state") != "succeeded":
+            raise RuntimeError(
+                f"provision of {slug!r} through the daemon: {made.status_code} {made.text[:300]}"
+            )
+
+
+def _docker_ps() -> tuple[list[str], str | None]:
+    """``docker ps`` on the engine scripts/bench started (else the CLI's default), run once; and
+    why it cannot be timed, if it cannot."""
+    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
+    argv = [DOCKER_CLI, *(["-H", url] if url else []), "ps"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        return argv, f"no docker CLI ({DOCKER_CLI} not found)"
+    except subprocess.TimeoutExpired:
+        return argv, "docker ps did not answer within 30 s"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        skip = os.environ.get("HEARTH_TEST_DOCKER_SKIP")
+        return argv, f"{reason}" + (f" (scripts/bench: {skip})" if skip else "")
+    return argv, None
+
+
+def serve_cli(
+    home: Path, project: Path, slug: str, env: dict[str, str], runs: int
+) -> tuple[dict[str, list[float]], str | None]:
+    """Wall time of ``hearth status SLUG`` per process through the daemon and with ``--local``,
+    and of ``docker ps`` and ``python -c pass``, after one warm-up run each, taking turns run by
+    run so that a busy machine weighs on each alike; (samples by label, why docker is left out)."""
+    hearth = str(Path(sys.executable).parent / "hearth")
+    through = [hearth, "status", slug, "--home", str(home), "--project", str(project)]
+    commands = {"daemon": through, "local": [*through, "--local"]}
+    for label, argv in commands.items():  # the warm-up, which also checks the way each one goes
+        done = subprocess.run(
+            [*argv, "-v"], env=env, capture_output=True, text=True, timeout=SERVE_BOUND, check=False
+        )
+        used = "using the daemon at" in done.stderr
+        if done.returncode != 0 or used != (label == "daemon"):
+            raise RuntimeError(
+                f"{' '.join(argv)} -v: exit {done.returncode}, "
+                f"{'went' if used else 'did not go'} through the daemon:\n{done.stderr[-600:]}"
+            )
+    docker, why = _docker_ps()
+    if why is None:
+        commands["docker"] = docker
+    commands["python"] = [sys.executable, "-c", "pass"]
+    subprocess.run(commands["python"], check=True, timeout=SERVE_BOUND)
+    samples: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(runs):
+        for label, argv in commands.items():
+            started = time.perf_counter()
+            done = subprocess.run(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=SERVE_BOUND,
+                check=False,
+            )
+            samples[label].append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr[-600:]}")
+    return samples, why
+
+
+async def serve_round_trips(
+    sock: Path, *, home: Path, project: Path, slug: str, count: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """``GET /v1/workspaces/{slug}`` over the socket (keep-alive, decoded to a Deployment), beside
+    ``await host.deployment(slug)`` on a Host embedded here on the same home; blocks of 50 of
+    each take turns. (API seconds, embedded seconds.)"""
+    api: list[float] = []
+    embedded: list[float] = []
+    path = f"/v1/workspaces/{slug}"
+    async with _uds_client(sock) as client, Host(project_dir=project, home=home) as host:
+
+        async def over_api() -> Deployment:
+            response = await client.get(path)
+            if response.status_code != 200:
+                raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
+            return Deployment.model_validate_json(response.content)
+
+        async def in_process() -> Deployment:
+            return await host.deployment(slug)
+
+        async with asyncio.timeout(SERVE_BOUND):
+            for _ in range(warmup):
+                await over_api()
+                await in_process()
+            block = 50
+            for first in range(0, count, block):
+                for call, samples in ((over_api, api), (in_process, embedded)):
+                    for _ in range(min(block, count - first)):
+                        started = time.perf_counter()
+                        record = await call()
+                        samples.append(time.perf_counter() - started)
+                        if record.slug != slug or record.state != "ready":
+                            raise RuntimeError(f"{path}: {record.slug} {record.state}, not {slug} ready")
+    return api, embedded
+
+
+async def _until_final(events: AsyncIterator[Event]) -> tuple[int, Event | None]:
+    """(events read, the first final one) from ``events``, which is closed after."""
+    seen = 0
+    try:
+        async for event in events:
+            seen += 1
+            if event.final:
+                return seen, event
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
+    return seen, None
+
+
+async def _ndjson_events(stream: httpx.Response) -> AsyncIterator[Event]:
+    async for line in stream.aiter_lines():
+        if line.strip():
+            yield Event.model_validate_json(line)
+
+
+#: (seconds of one provision, events its stream saw); the run: (wall seconds, those of each).
+Provisioned = tuple[float, int]
+
+
+def _checked(slug: str, ident: int, state: str, seen: int, final: Event | None) -> None:
+    problems = []
+    if state != "succeeded":
+        problems.append(f"the operation #{ident} ended {state}")
+    if final is None:
+        problems.append(f"its event stream ended after {seen} events without the final one")
+    elif final.operation != ident or final.state != "succeeded":
+        problems.append(f"its final event is #{final.operation} {final.state}, not #{ident} succeeded")
+    if problems:
+        raise RuntimeError(f"{slug}: {'; '.join(problems)}")
+
+
+async def _all_of(work: list[Any]) -> list[Provisioned]:
+    """Every provision, bounded; a failure of any of them fails the run, naming each failure."""
+    async with asyncio.timeout(SERVE_BOUND):
+        results = await asyncio.gather(*work, return_exceptions=True)
+    failures = [
+        repr(r) if not isinstance(r, RuntimeError) else str(r)
+        for r in results
+        if isinstance(r, BaseException)
+    ]
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} of {len(results)} provisions failed:\n  " + "\n  ".join(failures[:10])
+        )
+    return [r for r in results if not isinstance(r, BaseException)]
+
+
+async def api_provisions(sock: Path, count: int, prefix: str) -> tuple[float, list[Provisioned]]:
+    """``count`` provisions at once through the API (``POST /v1/workspaces?wait=``), each with its
+    own ``GET /v1/events?slug=`` NDJSON stream open first and read until the final event."""
+    async with _uds_client(sock, connections=2 * count + 8) as client:
+
+        async def one(slug: str) -> Provisioned:
+            body = {"slug": slug, "tier": "steps", "driver": "fake"}
+            async with client.stream("GET", "/v1/events", params={"slug": slug}) as stream:
+                if stream.status_code != 200:
+                    raise RuntimeError(f"{slug}: GET /v1/events answered {stream.status_code}")
+                started = time.perf_counter()
+                post = asyncio.create_task(
+                    client.post("/v1/workspaces", json=body, params={"wait": SERVE_BOUND})
+                )
+                try:
+                    seen, final = await _until_final(_ndjson_events(stream))
+                    answered = await post
+                finally:
+                    if not post.done():
+                        post.cancel()
+                        with contextlib.suppress(BaseException):
+                            await post
+                elapsed = time.perf_counter() - started
+            if answered.status_code not in (200, 202):
+                raise RuntimeError(f"{slug}: POST answered {answered.status_code} {answered.text[:300]}")
+            op = answered.json()
+            _checked(slug, op["id"], op["state"], seen, final)
+            return elapsed, seen
+
+        started = time.perf_counter()
+        results = await _all_of([one(f"{prefix}{i}") for i in range(count)])
+        return time.perf_counter() - started, results
+
+
+async def embedded_provisions(
+    home: Path, project: Path, count: int, prefix: str
+) -> tuple[float, list[Provisioned]]:
+    """The baseline: the same provisions on a Host embedded here (``start_provision``, then
+    ``watch(slug=)`` until the final event), its adapter started by a warm-up provision."""
+    async with Host(project_dir=project, home=home) as host:
+        await host.provision(f"{prefix}warmup", tier="solo", driver="fake", timeout=SERVE_BOUND)
+
+        async def one(slug: str) -> Provisioned:
+            started = time.perf_counter()
+            op = await host.start_provision(slug, tier="steps", driver="fake")
+            seen, final = await _until_final(host.watch(slug=slug))
+            elapsed = time.perf_counter() - started
+            done = await host.operation(op.id)
+            _checked(slug, op.id, done.state, seen, final)
+            return elapsed, seen
+
+        started = time.perf_counter()
+        results = await _all_of([one(f"{prefix}{i}") for i in range(count)])
+        return time.perf_counter() - started, results
+
+
+def _print_serve_cli(cli: dict[str, list[float]], docker_why: str | None, runs: int) -> None:
+    print(f"hearth status SLUG, wall time per CLI process, {runs} runs after a warm-up, taking turns")
+    print("(ratio: the daemon's median over the row's):")
+    daemon50 = statistics.median(cli["daemon"])
+    print(f"{'':34}{'median':>12}{'p90':>14}{'ratio':>9}  target")
+    rows = (
+        ("through the daemon (warm adapter)", "daemon"),
+        ("embedded (--local)", "local"),
+        ("docker ps", "docker"),
+        ("python -c pass (the floor)", "python"),
+    )
+    for label, key in rows:
+        if key not in cli:
+            print(f"{label:34}   skipped: {docker_why}")
+            continue
+        median, p90 = statistics.median(cli[key]), percentile(cli[key], 0.9)
+        if key == "daemon":
+            met = "met" if median <= SERVE_CLI_TARGET else "NOT met"
+            target = f"median <= {SERVE_CLI_TARGET * 1000:.0f} ms: {met}"
+            print(f"{label:34}{ms(median)}{ms(p90):>14}{'':9}  {target}")
+        else:
+            print(f"{label:34}{ms(median)}{ms(p90):>14}{daemon50 / median:8.2f}x")
+    print()
+
+
+def _print_serve_api(api: list[float], embedded: list[float]) -> None:
+    print(f"GET /v1/workspaces/{{slug}} round trip, {len(api)} sequential after 50 warm-up (httpx keep-alive")
+    print("over the socket, decoded to a Deployment), beside await host.deployment(slug) on a Host")
+    print("embedded in this process on the same home (blocks of 50 taking turns):")
+    print(f"{'':34}{'API socket':>12}{'embedded':>14}{'ratio':>9}")
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        new, old = percentile(api, fraction), percentile(embedded, fraction)
+        print(f"{'round trip ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
+    print()
+
+
+def _print_serve_provisions(
+    served: tuple[float, list[Provisioned]], alone: tuple[float, list[Provisioned]]
+) -> None:
+    (served_wall, served_runs), (alone_wall, alone_runs) = served, alone
+    count = len(served_runs)
+    print(
+        f"{count} provisions at once (tier steps: fake delay {SERVE_DELAY:g} s in 4 steps), "
+        "each with its own event stream,"
+    )
+    print("through the API (POST /v1/workspaces?wait= and GET /v1/events?slug= NDJSON), beside")
+    print(
+        "start_provision + watch(slug=) on a Host embedded in one process (its own home, the same project):"
+    )
+    print(f"{'':34}{'daemon API':>12}{'embedded':>14}{'ratio':>9}")
+    print(
+        f"{'wall time, all of them':34}{served_wall:9.3f} s {alone_wall:11.3f} s"
+        f"{served_wall / alone_wall:8.2f}x"
+    )
+    served_times, alone_times = [s for s, _ in served_runs], [s for s, _ in alone_runs]
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        new, old = percentile(served_times, fraction), percentile(alone_times, fraction)
+        print(f"{'per provision ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
+    served_events, alone_events = sum(e for _, e in served_runs), sum(e for _, e in alone_runs)
+    print(
+        f"{'events received':34}{served_events:9d}    {alone_events:11d}      "
+        f"(all {count} succeeded on each side; every stream saw its final event)"
+    )
+    print()
+
+
+def serve_section(runs: int, requests: int, provisions: int) -> None:
+    venv_bin = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("HEARTH_HOME", "HEARTH_URL", "HEARTH_TOKEN"):
+        env.pop(name, None)
+    root = Path(tempfile.mkdtemp(prefix="hb-serve-"))
+    daemon: ServedDaemon | None = None
+    try:
+        project, home, alone_home = root / "project", root / "home", root / "embedded"
+        (project / ".hearth").mkdir(parents=True)
+        (project / ".hearth" / "hearth.toml").write_text(SERVE_SETTINGS)
+        sock = home / "hearth.sock"
+        if len(str(sock)) > SUN_PATH_MAX:
+            raise RuntimeError(f"the socket path {sock} is too long: set TMPDIR to a shorter folder")
+        started = time.perf_counter()
+        daemon = ServedDaemon(home, project, env)
+        daemon.wait_for("serving", SERVE_BOUND)
+        up = time.perf_counter() - started
+        asyncio.run(_api_provision(sock, "bench", "solo"))  # the daemon's adapter is warm from here
+        cli, docker_why = serve_cli(home, project, "bench", env, runs)
+        api, embedded = asyncio.run(
+            serve_round_trips(sock, home=home, project=project, slug="bench", count=requests, warmup=50)
+        )
+        served = asyncio.run(api_provisions(sock, provisions, "p"))
+        alone = asyncio.run(embedded_provisions(alone_home, project, provisions, "p"))
+        stopping, daemon = daemon, None
+        code, down = stopping.stop()
+        if code != 0:
+            raise RuntimeError(f"hearth serve exited {code} on SIGTERM; its stderr:\n{stopping.tail()}")
+    finally:
+        if daemon is not None:
+            with contextlib.suppress(Exception):
+                daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"hearth serve: the daemon (API v1 on a Unix socket, the fake adapter; up in {up:.2f} s, "
+        f"stopped by SIGTERM in {down:.2f} s, exit {code})"
+    )
+    _print_serve_cli(cli, docker_why, runs)
+    _print_serve_api(api, embedded)
+    _print_serve_provisions(served, alone)
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -841,10 +1269,13 @@ def main() -> None:
     parser.add_argument("--provisions", type=int, default=50, help="provisions at once in the loop-lag run")
     parser.add_argument("--lag-rounds", type=int, default=3, help="rounds of the loop-lag run per store")
     parser.add_argument("--producers", type=int, default=20, help="provisions in the event-latency runs")
+    parser.add_argument("--serve-runs", type=int, default=15, help="runs of each CLI command in serve")
+    parser.add_argument("--serve-requests", type=int, default=500, help="API round trips in serve")
+    parser.add_argument("--serve-provisions", type=int, default=50, help="provisions at once in serve")
     parser.add_argument(
         "--only",
-        choices=["codec", "cli", "protocol", "operations"],
-        help="run one section only (no adapter, no docker)",
+        choices=["codec", "cli", "protocol", "operations", "serve"],
+        help="run one section only (no docker section)",
     )
     args = parser.parse_args()
     if args.only is not None:
@@ -853,6 +1284,7 @@ def main() -> None:
             "cli": lambda: cli_section(args.cli_runs),
             "protocol": lambda: protocol_section(discover("fake").path, args),
             "operations": lambda: operations_section(args.provisions, args.producers, args.lag_rounds),
+            "serve": lambda: serve_section(args.serve_runs, args.serve_requests, args.serve_provisions),
         }
         sections[args.only]()
         return
@@ -897,6 +1329,8 @@ def main() -> None:
     )
     for micros, name in rows:
         print(f"  {micros / 1000:8.1f} ms  {name}")
+    print()
+    serve_section(args.serve_runs, args.serve_requests, args.serve_provisions)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import os
 import select
+import shlex
 import signal
 import ssl
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ import httpx
 import pytest
 
 from hearth import Host, RemoteHost, Unauthorized
+from hearth._cli import build_parser
 from tests.helpers import left_by_a_dead_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
 
@@ -99,6 +103,8 @@ def test_the_cli_goes_through_the_daemon_and_prints_what_it_prints_alone(
         assert made.returncode == 0, made.stderr
         assert made.stdout == "omega: ready (tier solo, driver fake)\n  endpoint: fake://omega\n"
         served.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
+        again = hearth(venv_bin, site, "provision", "omega", "--tier", "solo", "--driver", "fake", "--json")
+        assert again.returncode == 0 and json.loads(again.stdout)["workspace_slug"] == "omega"
         for command in (
             ["status", "omega"],
             ["status", "omega", "--json"],
@@ -129,6 +135,10 @@ def test_the_cli_goes_through_the_daemon_and_prints_what_it_prints_alone(
         assert conflict.returncode == 1 and "hearth: conflict:" in conflict.stderr
         gone = hearth(venv_bin, site, "teardown", "omega")
         assert gone.returncode == 0 and gone.stdout == "omega: tier_torn_down\n", gone.stderr
+        assert hearth(venv_bin, site, "teardown", "omega").returncode == 0
+        # a provision or teardown that had nothing to do recorded nothing, as when run alone
+        logs = hearth(venv_bin, site, "logs", "omega", "--json")
+        assert [op["verb"] for op in json.loads(logs.stdout)] == ["provision", "teardown"], logs.stdout
         # --local never asks the daemon
         before = len(requests_seen(served.lines))
         assert hearth(venv_bin, site, "status", "omega", "--local").returncode == 0
@@ -385,3 +395,38 @@ async def test_sigterm_mid_provision_leaves_nothing_running(site: tuple[Path, Pa
             op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
             assert op["state"] == "interrupted", op
         assert again.stop() == 0
+
+
+def test_the_systemd_unit_runs_options_the_cli_has() -> None:
+    unit = (Path(__file__).resolve().parent.parent / "docs" / "deploy" / "hearth.service").read_text()
+    [command] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(command)
+    assert Path(argv[0]).name == "hearth"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.socket_group == "hearth" and args.log_json
+
+
+def test_socket_group_shares_the_socket_with_a_group(site: tuple[Path, Path], venv_bin: Path) -> None:
+    home, _ = site
+    group = grp.getgrgid(os.getgid()).gr_name
+    with daemon(site, venv_bin, "--socket-group", group) as served:
+        served.wait_for("serving")
+        info = (home / "hearth.sock").stat()
+        assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == os.getgid()
+        assert served.stop() == 0
+    with daemon(site, venv_bin, "--socket-group", "no-such-group-here") as refused:
+        assert refused.process.wait(timeout=BOUND) == 1
+        refused.wait_for("--socket-group 'no-such-group-here': no such group")
+
+
+def test_a_sigterm_during_startup_still_stops_the_daemon(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Before Python sets its handlers the default action ends it (-15); after, at any moment
+    of the start, it stops cleanly (0) instead of being swallowed."""
+    with daemon(site, venv_bin) as early:
+        early.send(signal.SIGTERM)
+        assert early.process.wait(timeout=BOUND) in (0, -signal.SIGTERM)
+    with daemon(site, venv_bin) as starting:
+        starting.wait_for("Started server process")  # uvicorn has not said it listens yet
+        starting.send(signal.SIGTERM)
+        assert starting.process.wait(timeout=BOUND) == 0
+    assert not (site[0] / "hearth.sock").exists()

@@ -13,8 +13,9 @@
     hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
     hearth adopt SLUG --driver DRIVER --tier TIER [--json]
     hearth forget SLUG [--yes] [--json]
-    hearth serve [--socket PATH] [--listen HOST:PORT --token-file FILE [--tls-cert F --tls-key F]]
-                 [--log-json]                         (the daemon: API v1 on $HEARTH_HOME/hearth.sock)
+    hearth serve [--socket PATH [--socket-group GROUP]] [--log-json]
+                 [--listen HOST:PORT --token-file FILE [--tls-cert FILE --tls-key FILE]]
+                                                      (the daemon: API v1 on $HEARTH_HOME/hearth.sock)
 
 Global options (before or after the command): --project DIR, --home DIR, --timeout SECONDS,
 --json, --local. The commands go through the daemon (``hearth serve``) when one answers on the
@@ -40,7 +41,8 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from ._dirs import SOCKET_FILE, URL_ENV, daemon_project, find_project_dir, state_dir
 from ._errors import HearthError, InvalidInput
@@ -82,6 +84,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: ``reconcile --dry-run`` found records and backends that disagree.
 EXIT_DRIFT = 3
+#: Seconds to connect to a daemon (and to wait beyond a --timeout the daemon keeps itself).
+CONNECT_BOUND = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", parents=[common], help="run the daemon: the HTTP API v1 on the home's Unix socket"
     )
     serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
+    serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="make the socket 0660 and owned by GROUP, whose members may then use the daemon",
+    )
     serve.add_argument("--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file)")
     serve.add_argument("--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600)")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve --listen over TLS: the certificate (PEM)")
@@ -555,25 +564,14 @@ class Interrupted(Exception):
         self.message = message
 
 
-def _daemon(args: argparse.Namespace) -> RemoteHost | None:
-    """The daemon to use, or None to run the host here. ``--local`` runs it here; ``HEARTH_URL``
-    names a daemon (then it must answer); else a daemon that answers on the home's socket and
-    serves this project (or runs while we are in none) is used. A socket file left by a dead
-    daemon is ignored."""
+def _home_daemon(args: argparse.Namespace) -> Path | None:
+    """The home's daemon socket when the command should use it: ``--local`` and ``HEARTH_URL``
+    aside, a daemon that answers on the home's socket and serves this project (or runs while
+    we are in none). A socket file left by a dead daemon is passed by."""
     import socket
 
-    if getattr(args, "local", False):
+    if getattr(args, "local", False) or os.environ.get(URL_ENV, "").strip():
         return None
-    if os.environ.get(URL_ENV, "").strip():
-        from ._remote import RemoteHost  # httpx loads only when a daemon may answer
-
-        for option in ("home", "project"):
-            if getattr(args, option, None) is not None:
-                raise InvalidInput(
-                    f"{URL_ENV} names a daemon, which has its own home and project: "
-                    f"--{option} is for a host run here (add --local, or unset {URL_ENV})"
-                )
-        return RemoteHost()
     home = getattr(args, "home", None)
     path = state_dir(home) / SOCKET_FILE
     try:
@@ -597,9 +595,89 @@ def _daemon(args: argparse.Namespace) -> RemoteHost | None:
         )
         return None
     logging.getLogger("hearth").info("using the daemon at %s", path)
+    return path
+
+
+def _daemon(args: argparse.Namespace) -> RemoteHost | None:
+    """The daemon to use, or None to run the host here: the one ``HEARTH_URL`` names (then it
+    must answer), else the home's (``_home_daemon``)."""
+    if not getattr(args, "local", False) and os.environ.get(URL_ENV, "").strip():
+        from ._remote import RemoteHost  # httpx loads only when a daemon may answer
+
+        for option in ("home", "project"):
+            if getattr(args, option, None) is not None:
+                raise InvalidInput(
+                    f"{URL_ENV} names a daemon, which has its own home and project: "
+                    f"--{option} is for a host run here (add --local, or unset {URL_ENV})"
+                )
+        return RemoteHost()
+    path = _home_daemon(args)
+    if path is None:
+        return None
     from ._remote import RemoteHost
 
     return RemoteHost(socket=path)
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int]:
+    """``hearth status`` through the home's daemon with the standard library alone: a read that
+    a person types often, so it skips what the other commands load (httpx, pydantic, asyncio:
+    some 200 ms of imports, measured by scripts/bench). The daemon's JSON is the model's own,
+    so the output is the same; a signal ends it as it ends the others (nothing to cancel)."""
+    import http.client
+    import socket
+    import urllib.parse
+    from types import SimpleNamespace
+
+    from ._errors import DaemonUnavailable, error_from_json
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(CONNECT_BOUND)
+            self.sock.connect(str(path))
+            self.sock.settimeout(None if timeout is None else timeout + CONNECT_BOUND)
+
+    def signalled(signum: int, frame: object) -> None:
+        raise _Signalled(signum)
+
+    timeout: float | None = getattr(args, "timeout", None)
+    query = "" if timeout is None else "?" + urllib.parse.urlencode({"timeout": timeout})
+    target = f"/v1/workspaces/{urllib.parse.quote(args.slug, safe='')}/status{query}"
+    for signum in _SIGNALS:
+        signal.signal(signum, signalled)
+    connection = Connection("hearth")
+    try:
+        connection.request("GET", target, headers={"Accept": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+    except _Signalled as exc:
+        raise Interrupted(f"interrupted by {signal.Signals(exc.signum).name}; nothing was changed") from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"the hearth daemon at unix://{path} did not answer: {exc}") from None
+    finally:
+        connection.close()
+        for signum in _SIGNALS:  # until exit, as after the other commands: the line is still to come
+            signal.signal(signum, signal.SIG_IGN)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if response.status != 200 or not isinstance(document, dict):
+        error = document.get("error") if isinstance(document, dict) else None
+        if isinstance(error, dict):
+            raise error_from_json(error)
+        raise HearthError(f"the hearth daemon answered {response.status}: {body[:200]!r}")
+    report = SimpleNamespace(
+        state=document.get("state"), endpoint=document.get("endpoint"), message=document.get("message")
+    )
+    return document, _status_lines(args.slug, cast("StatusReport", report)), 0
 
 
 async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
@@ -712,6 +790,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 as_json,
                 EXIT_FAILURE,
             )
+        elif args.command == "status" and (path := _home_daemon(args)) is not None:
+            document, text, status = _status_through(path, args)
         else:
             import asyncio
 
@@ -759,6 +839,7 @@ def _serve(args: argparse.Namespace) -> int:
         token_file=args.token_file,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        socket_group=args.socket_group,
         home=getattr(args, "home", None),
         project=getattr(args, "project", None),
     )

@@ -74,6 +74,8 @@ from ._states import (
     joins,
     plan,
     resolve,
+    same_ready,
+    teardown_done,
 )
 from ._store import NewEvent, NewOperation, SQLiteStore, Store
 from ._supervisor import ConnectionFactory, Supervisor
@@ -1114,7 +1116,7 @@ class Host:
             isinstance(tier, str)
             and isinstance(driver, str)
             and key is None
-            and _same_ready(quick, tier, driver)
+            and same_ready(quick, tier, driver)
         ):
             assert quick is not None and quick.ref is not None
             return quick.ref
@@ -1150,7 +1152,7 @@ class Host:
         self._check_slug(slug)
         store = await self._opened()
         quick = await store.get(slug)
-        if key is None and quick is not None and quick.state == "tier_torn_down":
+        if key is None and teardown_done(quick):
             return
         request = _Request("teardown", slug, key=key, deadline=_deadline(timeout))
         await self._result_for_caller(request, *await self._start(request, on_progress), on_progress)
@@ -1686,15 +1688,6 @@ class _Outcome:
             ),
         )
         return observed, resolution.state
-
-
-def _same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
-    return (
-        record is not None
-        and record.state == "ready"
-        and record.ref is not None
-        and (record.tier, record.driver) == (tier, driver)
-    )
 
 
 _synthesized_ref = synthesized_ref

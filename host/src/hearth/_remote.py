@@ -29,8 +29,9 @@ from pydantic import TypeAdapter
 from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
 from ._dirs import SOCKET_FILE, TOKEN_ENV, URL_ENV, state_dir
-from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, error_from_json
+from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound, error_from_json
 from ._models import Deployment, Event, Operation
+from ._states import same_ready, teardown_done
 
 API = "/v1"
 #: The longest single ``/wait`` the client asks for (seconds); a longer wait asks again.
@@ -267,7 +268,12 @@ class RemoteHost:
         reuse: bool = False,
         key: str | None = None,
     ) -> DeploymentRef:
-        """Provision ``slug`` and wait for it (cancelling this call cancels what it started)."""
+        """Provision ``slug`` and wait for it (cancelling this call cancels what it started); the
+        same (slug, tier, driver) again returns the stored ref and records nothing, as ``Host``."""
+        if key is None and isinstance(tier, str) and isinstance(driver, str):
+            quick = await self._record(slug)
+            if quick is not None and quick.ref is not None and same_ready(quick, tier, driver):
+                return quick.ref
         ours = key or _own_key()
         ref = await self._verb(
             self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
@@ -301,6 +307,9 @@ class RemoteHost:
         timeout: float | None = None,
         key: str | None = None,
     ) -> None:
+        """Irreversibly remove the workspace; a second teardown does nothing."""
+        if key is None and teardown_done(await self._record(slug)):
+            return
         ours = key or _own_key()
         await self._verb(self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress)
 
@@ -543,6 +552,12 @@ class RemoteHost:
             "after": after,
         }
         return _parse(list[Deployment], await self._call("GET", "/workspaces", params=params))
+
+    async def _record(self, slug: str) -> Deployment | None:
+        try:
+            return await self.deployment(slug)
+        except NotFound:
+            return None
 
     async def deployment(self, slug: str) -> Deployment:
         return Deployment.model_validate(await self._call("GET", f"/workspaces/{_seg(slug)}"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import hmac
 import json
 import logging
@@ -596,9 +597,15 @@ def _held(path: Path, what: str, project: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _unix_socket(path: Path) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0600; a stale file there (we hold the lock, so
-    no live daemon owns it) is replaced."""
+def _unix_socket(path: Path, group: str | None = None) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 (0660 and owned by ``group`` when given);
+    a stale file there (we hold the lock, so no live daemon owns it) is replaced."""
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ServeError(f"--socket-group {group[:80]!r}: no such group") from None
     if len(str(path)) > SUN_PATH_MAX:
         raise ServeError(f"the socket path {path} is longer than {SUN_PATH_MAX} bytes; use --socket")
     with contextlib.suppress(FileNotFoundError):
@@ -614,7 +621,14 @@ def _unix_socket(path: Path) -> socket.socket:
         raise ServeError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(previous)
-    os.chmod(path, 0o600)
+    try:
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o600 if gid is None else 0o660)
+    except OSError as exc:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise ServeError(f"cannot give the socket {path} to group {group}: {exc.strerror or exc}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -683,11 +697,21 @@ class _Server(uvicorn.Server):
     """uvicorn, which also ends the app's streams and waits, and stops the daemon's other
     listener, when it is told to stop."""
 
-    def __init__(self, config: uvicorn.Config, state: _State) -> None:
+    def __init__(self, config: uvicorn.Config, state: _State, ready: str = "") -> None:
         super().__init__(config)
         self.hearth = state
         self.loop = asyncio.get_running_loop()
         self.siblings: list[uvicorn.Server] = []
+        #: Logged once listening, with uvicorn's signal handlers in place: from then on a
+        #: SIGTERM stops the daemon (one that came earlier is acted on here).
+        self.ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.ready:
+            log.info("%s", self.ready)
+        if _early:
+            self.handle_exit(_early[0], None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
@@ -707,8 +731,14 @@ class _Sibling(uvicorn.Server):
         yield
 
 
+#: A SIGTERM or SIGINT that came before uvicorn took the signals over.
+_early: list[int] = []
+
+
 def _noted(signum: int, frame: FrameType | None) -> None:
-    """What uvicorn re-raises after it stopped: already handled (the host drains next)."""
+    """Until uvicorn takes the signals over, a signal is kept for it to act on once it has
+    started; after it stopped, what it re-raises is already handled (the host drains next)."""
+    _early.append(signum)
 
 
 async def _reconcile_periodically(host: Host, stopping: asyncio.Event) -> None:
@@ -776,7 +806,8 @@ async def _run(
             "lifespan": "off",
             "access_log": True,
         }
-        server = _Server(uvicorn.Config(app, **options), state)
+        ready = f"hearth daemon {host.owner} serving {where} (home {host.state_dir})"
+        server = _Server(uvicorn.Config(app, **options), state, ready)
         servers: list[uvicorn.Server] = [server]
         serving = [server.serve(sockets=[unix])]
         if tcp is not None:
@@ -789,7 +820,6 @@ async def _run(
             serving.append(sibling.serve(sockets=[tcp]))
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, host)
         healing = loop.create_task(_reconcile_periodically(host, state.stopping), name="hearth-reconcile")
-        log.info("hearth daemon %s serving %s (home %s)", host.owner, where, host.state_dir)
         try:
             results = await asyncio.gather(*serving, return_exceptions=True)
             for result in results:
@@ -823,6 +853,7 @@ def serve(
     project: str | Path | None = None,
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
+    socket_group: str | None = None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
     if listen is not None and token_file is None:
@@ -846,21 +877,23 @@ def serve(
         raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
     project_dir = find_project_dir(project)
     path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
-        if path.parent.resolve() != folder.resolve() or path.name != SOCKET_FILE:
-            stack.enter_context(_held(path.with_name(path.name + ".lock"), f"the socket {path}", project_dir))
-        unix = _unix_socket(path)
-        stack.callback(lambda: path.unlink(missing_ok=True))
-        stack.callback(unix.close)
-        where = f"unix:{path}"
-        tcp = None
-        if listen is not None:
-            tcp = _tcp_socket(listen)
-            stack.callback(tcp.close)
-            where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
-        previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
+    _early.clear()
+    previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
+            if path.parent.resolve() != folder.resolve() or path.name != SOCKET_FILE:
+                lock = path.with_name(path.name + ".lock")
+                stack.enter_context(_held(lock, f"the socket {path}", project_dir))
+            unix = _unix_socket(path, socket_group)
+            stack.callback(lambda: path.unlink(missing_ok=True))
+            stack.callback(unix.close)
+            where = f"unix:{path}"
+            tcp = None
+            if listen is not None:
+                tcp = _tcp_socket(listen)
+                stack.callback(tcp.close)
+                where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
             asyncio.run(
                 _run(
                     project=str(project_dir),
@@ -872,9 +905,9 @@ def serve(
                     where=where,
                 )
             )
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 __all__ = [

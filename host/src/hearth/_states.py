@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from hearth_adaptersdk import State, codes
 
 from ._errors import Conflict, InvalidTransition
+
+if TYPE_CHECKING:
+    from ._models import Deployment
 
 Verb = Literal["provision", "upgrade", "teardown"]
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})
@@ -239,3 +242,19 @@ def plan(
     if verb == "teardown" and recorded.state == "tier_torn_down":
         return Plan(None)
     return Plan(transition(recorded.state, verb, slug))
+
+
+def same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
+    """A plain ``provision`` of a ready workspace with its own tier and driver returns its ref
+    and records nothing (a start with a key, or ``start_provision``, records a no-op)."""
+    return (
+        record is not None
+        and record.state == "ready"
+        and record.ref is not None
+        and (record.tier, record.driver) == (tier, driver)
+    )
+
+
+def teardown_done(record: Deployment | None) -> bool:
+    """A plain ``teardown`` of a torn-down workspace does nothing and records nothing."""
+    return record is not None and record.state == "tier_torn_down"
