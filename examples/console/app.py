@@ -23,15 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth import Event, HearthError, Host, Tier
 
-#: HTTP status of each error kind; the adapter's own failures are 502, the rest 500.
+#: HTTP status of each error kind, as the daemon's API v1 answers (``hearth serve``); the
+#: adapter's other failures are 502.
 STATUS = {
     "invalid_input": 400,
-    "invalid_profile": 400,
     "not_found": 404,
     "busy": 409,
     "conflict": 409,
     "invalid_transition": 409,
-    "slug_locked": 409,
+    "invalid_profile": 422,
+    "unsupported": 422,
+    "slug_locked": 423,
+    "backend_unavailable": 503,
     "timeout": 504,
     "store_error": 500,
     "error": 500,
