@@ -232,6 +232,37 @@ def docker_url() -> str:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> str:
+    """The PostgreSQL cluster scripts/test started; under CI its absence fails, elsewhere it skips."""
+    url = os.environ.get("HEARTH_TEST_PG_URL")
+    if url:
+        return url
+    reason = os.environ.get(
+        "HEARTH_TEST_PG_SKIP",
+        "no PostgreSQL cluster: run scripts/test, which installs and starts one when it can",
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: str) -> Iterator[str]:
+    """A URL whose tables live in a schema of this test's own (dropped after it)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+    joiner = "&" if "?" in pg_cluster else "?"
+    yield f"{pg_cluster}{joiner}options=-csearch_path%3D{schema}"
+    with psycopg.connect(pg_cluster, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
 @pytest.fixture
 def engine(docker_url: str) -> Iterator[docker.DockerClient]:
     import docker  # only the docker tests pay for it

@@ -12,7 +12,7 @@ import pytest
 from hearth import HearthError, InvalidInput, InvalidTransition
 from hearth._settings import BUILTIN_TIERS, load_settings
 from hearth._states import TRANSITIONS, Ask, Recorded, Verb, joins, plan, transition
-from hearth._store import Deployment, NewEvent, NewOperation, SQLiteStore, StoreError
+from hearth._store import Deployment, NewOperation, SQLiteStore, StoreError
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 
@@ -69,6 +69,8 @@ def test_an_unknown_tier_names_the_choices(tmp_path: Path) -> None:
         ("[tiers.solo]\ndriver_flags = { docker = 1 }\n", "tiers.solo.driver_flags must hold"),
         ("[extra]\n", "unknown key 'extra'"),
         ("[adapters]\ntfgrid = 1\n", "adapters.tfgrid must be a table"),
+        ('store = "postgresql://me:pw@db/hearth"\n', "store: the URL holds a password"),
+        ("store = 5\n", "store: Input should be a valid string"),
     ],
 )
 def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
@@ -86,7 +88,7 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
     [
         (
             "colour = 1\n",
-            "unknown key 'colour'; the file holds [tiers.*], [adapters.*], [timeouts] and [serve]",
+            "unknown key 'colour'; the file holds store, [tiers.*], [adapters.*], [timeouts] and [serve]",
         ),
         (
             "[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
@@ -261,80 +263,11 @@ async def _opened(path: Path) -> SQLiteStore:
     return store
 
 
-async def test_the_store_keeps_deployments_operations_and_events_across_reopen(tmp_path: Path) -> None:
+async def test_the_sqlite_store_is_one_private_file_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "hearth.db"
-    store = await _opened(path)
-    operation, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k1"))
-    assert how == "created" and operation.state == "queued"
-    await store.begin(operation.id, _deployment(state="provisioning"))
-    await store.add_events(
-        [NewEvent(operation.id, "alpha", "provision", "progress", "info", "creating", 0.5)]
-    )
-    await store.end(operation.id, "failed", {"kind": "backend_failure"}, deployment=_deployment())
-    await store.close()
-    again = await _opened(path)
-    found = await again.get("alpha")
-    assert found is not None and found.ref is not None
-    assert (found.slug, found.state, found.ref.endpoint) == ("alpha", "ready", "fake://alpha")
-    [op] = await again.operations(slug="alpha", with_log=True)
-    assert (op.verb, op.state, op.key, op.owner) == ("provision", "failed", "k1", "me:1:a")
-    assert op.error == {"kind": "backend_failure"}
-    assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5)]
-    events = await again.events()
-    assert [(e.kind, e.state) for e in events] == [
-        ("state", "queued"),
-        ("state", "running"),
-        ("progress", None),
-        ("state", "failed"),
-    ]
-    assert [e.seq for e in events] == sorted(e.seq for e in events) and events[-1].record_state == "ready"
-    assert await again.last_seq() == events[-1].seq
-    assert (await again.keyed("k1")) == op.model_copy(update={"log": ()})
+    await (await _opened(path)).close()
     assert path.stat().st_mode & 0o777 == 0o600
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    await again.close()
-
-
-async def test_an_operation_is_found_by_key_then_by_the_slug_it_runs_on(tmp_path: Path) -> None:
-    store = await _opened(tmp_path / "hearth.db")
-    first, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k"))
-    assert how == "created"
-    assert await store.create_operation(NewOperation("beta", 1, "provision", "me:1:a", key="k")) == (
-        first,
-        "key",
-    )
-    assert await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a")) == (first, "active")
-    assert await store.end(first.id, "cancelled", {"kind": "cancelled"})
-    assert not await store.end(first.id, "failed")  # a finished operation is not finished again
-    second, how = await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a"))
-    assert how == "created" and second.id != first.id
-    asked = await store.request_cancel(second.id, "the user asked")
-    assert asked is not None and asked.cancel_requested == "the user asked"
-    [cancel] = await store.events(kind="cancel")
-    assert (cancel.operation, cancel.message) == (second.id, "the user asked")
-    assert await store.request_cancel(999, "nobody") is None
-    await store.close()
-
-
-async def test_archiving_frees_the_slug_and_keeps_the_old_record(tmp_path: Path) -> None:
-    store = await _opened(tmp_path / "hearth.db")
-    await store.save(_deployment(state="tier_torn_down"))
-    await store.archive("alpha")
-    assert await store.get("alpha") is None
-    assert await store.next_generation("alpha") == 2
-    await store.save(_deployment(generation=2))
-    assert [d.generation for d in await store.deployments()] == [2]
-    await store.close()
-
-
-async def test_deployments_page_and_filter(tmp_path: Path) -> None:
-    store = await _opened(tmp_path / "hearth.db")
-    for slug, state in (("a1", "ready"), ("a2", "failed"), ("a3", "tier_torn_down"), ("a4", "ready")):
-        await store.save(_deployment(slug, state))
-    assert [d.slug for d in await store.deployments(include_torn_down=False)] == ["a1", "a2", "a4"]
-    assert [d.slug for d in await store.deployments(state="ready")] == ["a1", "a4"]
-    assert [d.slug for d in await store.deployments(limit=2, after="a1")] == ["a2", "a3"]
-    await store.close()
 
 
 async def test_a_version_2_store_is_migrated_with_its_operations_and_logs(tmp_path: Path) -> None:

@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document on stdout"
     )
     common.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the registry: postgresql://user@host/db (no password here: ~/.pgpass or PGPASSWORD); "
+        "default: $HEARTH_STORE, store in hearth.toml, else the home's SQLite file",
+    )
+    common.add_argument(
         "--local",
         action="store_true",
         default=argparse.SUPPRESS,
@@ -272,18 +279,54 @@ def _ls(args: argparse.Namespace) -> tuple[Any, str]:
         import asyncio
 
         listed = asyncio.run(_ls_remote(args))
+    elif _configured_store(args):
+        import asyncio
+
+        listed = asyncio.run(_ls_store(args))
     else:
         listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)
     return [r.ref for r in listed], _ls_lines(listed)
 
 
-async def _ls_remote(args: argparse.Namespace) -> list[Listed]:
-    from ._models import synthesized_ref
+def _configured_store(args: argparse.Namespace) -> str | None:
+    """The store URL this command names (--store, $HEARTH_STORE, or ``store`` in hearth.toml),
+    read without loading the settings' models; None for the home's SQLite file."""
+    import tomllib
 
+    from ._store import STORE_ENV
+
+    named = getattr(args, "store", None) or os.environ.get(STORE_ENV, "").strip()
+    if named:
+        return str(named)
+    settings = find_project_dir(getattr(args, "project", None)) / ".hearth" / "hearth.toml"
+    try:
+        value = tomllib.loads(settings.read_text(encoding="utf-8")).get("store")
+    except (OSError, ValueError):
+        return None  # the host reads it again and says what is wrong
+    return value if isinstance(value, str) and value else None
+
+
+async def _ls_store(args: argparse.Namespace) -> list[Listed]:
+    from ._host import Host
+
+    async with Host(
+        project_dir=getattr(args, "project", None),
+        home=getattr(args, "home", None),
+        store_url=getattr(args, "store", None),
+    ) as host:
+        return _listed(await host.deployments(include_torn_down=True))
+
+
+async def _ls_remote(args: argparse.Namespace) -> list[Listed]:
     remote = _daemon(args)
     assert remote is not None
     async with remote:
-        records = await remote.deployments(include_torn_down=True)
+        return _listed(await remote.deployments(include_torn_down=True))
+
+
+def _listed(records: list[Any]) -> list[Listed]:
+    from ._models import synthesized_ref
+
     listed = []
     for record in records:
         document = (record.ref or synthesized_ref(record)).model_dump(mode="json")
@@ -572,6 +615,8 @@ def _home_daemon(args: argparse.Namespace) -> Path | None:
 
     if getattr(args, "local", False) or os.environ.get(URL_ENV, "").strip():
         return None
+    if getattr(args, "store", None) is not None:  # a store named for this command: run it here
+        return None
     home = getattr(args, "home", None)
     path = state_dir(home) / SOCKET_FILE
     try:
@@ -604,7 +649,7 @@ def _daemon(args: argparse.Namespace) -> RemoteHost | None:
     if not getattr(args, "local", False) and os.environ.get(URL_ENV, "").strip():
         from ._remote import RemoteHost  # httpx loads only when a daemon may answer
 
-        for option in ("home", "project"):
+        for option in ("home", "project", "store"):
             if getattr(args, option, None) is not None:
                 raise InvalidInput(
                     f"{URL_ENV} names a daemon, which has its own home and project: "
@@ -696,7 +741,11 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     else:
         from ._host import Host  # loads only for a host run here
 
-        host = Host(project_dir=getattr(args, "project", None), home=getattr(args, "home", None))
+        host = Host(
+            project_dir=getattr(args, "project", None),
+            home=getattr(args, "home", None),
+            store_url=getattr(args, "store", None),
+        )
         host.open()
         grace = f"up to {host.timeouts.cancel_grace:g} s"
     work = asyncio.create_task(_command(host, args))
@@ -766,6 +815,15 @@ def _main(argv: Sequence[str] | None) -> int:
     project = getattr(args, "project", None)
     if project is not None and not os.path.isdir(project):
         parser.error(f"--project {project[:200]!r} is not a folder")
+    store = getattr(args, "store", None)
+    if store is not None:
+        from ._store import has_password
+
+        if has_password(store):
+            parser.error(
+                "--store: the URL holds a password, which every user of this machine can read "
+                "on a command line; put it in ~/.pgpass (mode 0600) or PGPASSWORD"
+            )
     as_json = getattr(args, "json", False)
     if getattr(args, "verbose", False):
         logging.basicConfig(
@@ -837,6 +895,7 @@ def _serve(args: argparse.Namespace) -> int:
         socket_path=args.socket,
         listen=args.listen,
         token_file=args.token_file,
+        store_url=getattr(args, "store", None),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         socket_group=args.socket_group,

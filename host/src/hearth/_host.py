@@ -21,11 +21,12 @@ import functools
 import inspect
 import logging
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, cast
 
 from pydantic import BaseModel, Field, PlainSerializer, ValidationError
 
@@ -77,7 +78,7 @@ from ._states import (
     same_ready,
     teardown_done,
 )
-from ._store import NewEvent, NewOperation, SQLiteStore, Store
+from ._store import STORE_ENV, LeasedStore, NewEvent, NewOperation, SQLiteStore, Store, store_from_url
 from ._supervisor import ConnectionFactory, Supervisor
 
 log = logging.getLogger("hearth")
@@ -264,9 +265,12 @@ class Host:
         in_process: Mapping[str, ConnectionFactory] | None = None,
         cancel_grace: float | None = None,
         drain_grace: float | None = None,
+        store_url: str | None = None,
     ) -> None:
         """``in_process`` maps driver names to connection factories (e.g. an in-memory driver)
-        that take precedence over discovery; ``store`` replaces the SQLite registry;
+        that take precedence over discovery; ``store`` replaces the SQLite registry, as does
+        ``store_url`` (``postgresql://...``; else ``$HEARTH_STORE``, else ``store`` in
+        hearth.toml, else the home's SQLite file);
         ``idle_timeout=None`` keeps adapters running until the host closes. The bounds left
         None come from ``[timeouts]`` in hearth.toml (re-read when the file changes), else the
         defaults of ``Timeouts``."""
@@ -288,7 +292,12 @@ class Host:
         self._settings_source = SettingsSource(self.project_dir, tiers, overrides)
         self.settings: Settings = self._settings_source.current()
         self._store_arg = store
+        self._store_url = store_url
         self._store: Store | None = None
+        #: Whether the store is shared beyond this home (a database other homes use too): then
+        #: a lease in the store, not a mark in the home, proves this host alive.
+        self.shared_store = False
+        self._renewing: asyncio.Task[None] | None = None
         self._store_ready: asyncio.Future[None] | None = None
         self._locks = SlugLocks(self.state_dir / "locks")
         #: Who runs this host's operations, as other processes see it.
@@ -343,10 +352,17 @@ class Host:
         if self._store is None:
             if self._store_arg is None:
                 self._prepare_home()
-            self._store = self._store_arg or SQLiteStore(self.state_dir / STORE_FILE)
+            self._store = self._store_arg or self._store_named()
+            self.shared_store = hasattr(self._store, "renew_lease")
             self._store_ready = None
             self._bus = _Bus(self)
             self._mark.acquire()
+
+    def _store_named(self) -> Store:
+        url = self._store_url or os.environ.get(STORE_ENV, "").strip() or self.settings.store
+        if not url:
+            return SQLiteStore(self.state_dir / STORE_FILE)
+        return store_from_url(url)
 
     async def _opened(self) -> Store:
         """The store, opened once (on the store's own thread)."""
@@ -355,6 +371,11 @@ class Host:
             self._store_ready = asyncio.get_running_loop().create_future()
             try:
                 await store.open()
+                if self.shared_store:  # proven alive before it records anything
+                    await self._leased().renew_lease(self.owner, self.timeouts.lease)
+                    self._renewing = asyncio.get_running_loop().create_task(
+                        self._renew_lease(), name="hearth-lease"
+                    )
             except BaseException as exc:
                 self._store_ready.set_exception(exc)
                 self._store_ready.exception()  # retrieved: the caller raises it
@@ -364,6 +385,19 @@ class Host:
         elif not self._store_ready.done():
             await asyncio.shield(self._store_ready)
         return store
+
+    def _leased(self) -> LeasedStore:
+        return cast(LeasedStore, self.store)
+
+    async def _renew_lease(self) -> None:
+        """Renew this host's lease every third of it while the host is open. A renewal that
+        fails is logged and tried again: past the lease, other hosts settle its operations."""
+        while self._store is not None:
+            await asyncio.sleep(self.timeouts.lease / 3)
+            try:
+                await self._leased().renew_lease(self.owner, self.timeouts.lease)
+            except HearthError as exc:
+                log.warning("the lease of %s could not be renewed: %s", self.owner, exc.message)
 
     def _prepare_home(self) -> None:
         folder = self.state_dir
@@ -391,9 +425,17 @@ class Host:
         for task in builtins.list(self._background):
             task.cancel()
         await self._supervisor.close()
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await self._renewing
+            self._renewing = None
         if self._store is not None:
             with contextlib.suppress(HearthError):
                 await self._flush_events()
+            if self.shared_store and self._store_ready is not None and self._store_ready.done():
+                with contextlib.suppress(HearthError):  # its operations are all ended now
+                    await self._leased().drop_lease(self.owner)
             if self._store_ready is not None and self._store_ready.done():
                 await self._store.close()
             self._store = None
@@ -689,6 +731,8 @@ class Host:
                     return False
             except SlugLocked:
                 return True
+        if self.shared_store:  # hosts of other homes and machines: their lease tells
+            return await self._leased().lease_alive(operation.owner)
         return OwnerMark.alive(self.state_dir / "owners", operation.owner)
 
     async def _interrupted(self, operation: Operation) -> None:

@@ -112,6 +112,14 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE deployments ADD COLUMN backend_id TEXT
     """,
+    # version 5: the leases by which hosts sharing a database (PostgreSQL) prove they are alive
+    """
+    CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        renewed_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

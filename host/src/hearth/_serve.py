@@ -790,6 +790,7 @@ async def _run(
     *,
     project: str | None,
     home: str | None,
+    store_url: str | None,
     unix: socket.socket,
     tcp: socket.socket | None,
     tls: tuple[str, str] | None,
@@ -797,7 +798,7 @@ async def _run(
     where: str,
 ) -> None:
     loop = asyncio.get_running_loop()
-    async with Host(project_dir=project, home=home, idle_timeout=None) as host:
+    async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
         app = create_app(host, token=token)
         state = cast(_State, app.state.hearth)
         options: dict[str, Any] = {
@@ -854,6 +855,7 @@ def serve(
     tls_cert: str | Path | None = None,
     tls_key: str | Path | None = None,
     socket_group: str | None = None,
+    store_url: str | None = None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
     if listen is not None and token_file is None:
@@ -898,6 +900,7 @@ def serve(
                 _run(
                     project=str(project_dir),
                     home=None if home is None else str(home),
+                    store_url=store_url,
                     unix=unix,
                     tcp=tcp,
                     tls=tls,

@@ -37,6 +37,7 @@ from hearth_adaptersdk import ProvisioningProfile, ResourceCaps
 from hearth_adaptersdk.wire import DriverName, non_finite_path
 
 from ._errors import InvalidInput
+from ._store import has_password
 
 SETTINGS_FILE = Path(".hearth") / "hearth.toml"
 TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
@@ -108,6 +109,10 @@ class Timeouts:
     drain_grace: Seconds = 10.0
     #: How long ``hearth adapters`` waits for each adapter's ``--version``.
     version_probe: Seconds = 5.0
+    #: With a store other hosts share (PostgreSQL): how long a host's operations stay its own
+    #: after it stops renewing its lease (it renews every third of this); then another host
+    #: settles them from the adapter's ``status``.
+    lease: Seconds = 10.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class SettingsFile(BaseModel):
     adapters: dict[DriverName, dict[str, Any]] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    #: The registry, when not the home's SQLite file: ``postgresql://...`` (no password here:
+    #: the project's file is no place for a secret; use ~/.pgpass or PGPASSWORD).
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,7 @@ class Settings:
     source: Path | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    store: str | None = None
 
     def tier(self, name: str) -> Tier:
         try:
@@ -196,7 +205,12 @@ def load_settings(project_dir: str | Path | None) -> Settings:
     tiers = dict(BUILTIN_TIERS)
     for name, table in parsed.tiers.items():
         tiers[name] = _tier(name, table, BUILTIN_TIERS.get(name))
-    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve)
+    if parsed.store is not None and has_password(parsed.store):
+        raise InvalidInput(
+            f"{path}: store: the URL holds a password; the project's file is no place for a secret "
+            "(put it in ~/.pgpass, mode 0600, or PGPASSWORD)"
+        )
+    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve, parsed.store)
 
 
 def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
@@ -226,7 +240,11 @@ def _problem(error: ErrorDetails) -> str:
     unknown = kind in ("extra_forbidden", "unexpected_keyword_argument")
     match loc:
         case [key] if unknown:
-            return f"unknown key {key!r}; the file holds [tiers.*], [adapters.*], [timeouts] and [serve]"
+            return (
+                f"unknown key {key!r}; the file holds store, [tiers.*], [adapters.*], [timeouts] and [serve]"
+            )
+        case ["store"]:
+            return f"store: {msg}"
         case [key]:
             return f"{key} must be a table"
         case ["tiers", name, "[key]"]:

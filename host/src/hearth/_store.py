@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from hearth_adaptersdk import DeploymentRef, utc_now
 
-from ._errors import StoreError
+from ._errors import InvalidInput, StoreError
 from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState, synthesized_ref
 from ._records import MIGRATIONS, SCHEMA_VERSION
 
@@ -143,6 +144,54 @@ class Store(Protocol):
         limit: int = 500,
     ) -> list[Event]: ...
     async def last_seq(self) -> int: ...
+
+
+STORE_ENV = "HEARTH_STORE"
+
+
+def shown(url: str) -> str:
+    """A store URL without its password (it never reaches a log, an error or the store)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(an unreadable store url)"
+    if password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+
+
+def has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
+def store_from_url(url: str) -> Store:
+    """The store a URL names: ``postgresql://...`` (the ``postgresql`` extra) or
+    ``sqlite:///path/to/hearth.db``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from ._pgstore import PostgresStore
+        except ImportError as exc:
+            raise InvalidInput(
+                f"a postgresql:// store needs the postgresql extra (pip install 'hearth[postgresql]'): {exc}"
+            ) from None
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url[len("sqlite://") :])
+    raise InvalidInput(f"{shown(url)[:120]!r} is not a store URL: use postgresql://... or sqlite:///path")
+
+
+class LeasedStore(Store, Protocol):
+    """A store several hosts share (PostgreSQL): each host holds a lease, renewed while it
+    lives, by which the others know whether its operations are still run."""
+
+    async def renew_lease(self, owner: str, seconds: float) -> None: ...
+    async def lease_alive(self, owner: str) -> bool: ...
+    async def drop_lease(self, owner: str) -> None: ...
 
 
 def _why(exc: BaseException) -> str:
@@ -572,12 +621,7 @@ class SQLiteStore:
             "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq",
             (operation,),
         ).fetchall()
-        return tuple(
-            LogLine(
-                at=datetime.fromisoformat(at), level=level or "info", message=message or "", fraction=fraction
-            )
-            for at, level, message, fraction in rows
-        )
+        return tuple(_log_line(row) for row in rows)
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
         """The last finished operation of that generation of ``slug``."""
@@ -777,6 +821,13 @@ def _operation(row: tuple[Any, ...]) -> Operation:
         reuse=bool(reuse),
         owner=owner,
         cancel_requested=cancel,
+    )
+
+
+def _log_line(row: tuple[Any, ...]) -> LogLine:
+    at, level, message, fraction = row
+    return LogLine(
+        at=datetime.fromisoformat(at), level=level or "info", message=message or "", fraction=fraction
     )
 
 

@@ -1,0 +1,686 @@
+"""``PostgresStore``: the registry in PostgreSQL, for hosts on several machines (issue 13).
+
+The same ``Store`` interface, schema and versioned migrations as ``SQLiteStore`` (written in
+PostgreSQL's dialect; the version is kept in ``hearth_schema``), on psycopg 3's async
+connections from a psycopg-pool pool. Timestamps, refs and errors are stored as the same text,
+so both stores read rows with the same code (``hearth._store``).
+
+Every write is one transaction that first takes one transaction-level advisory lock, as
+SQLite's ``BEGIN IMMEDIATE`` takes its file's write lock: writers queue rather than interleave,
+so what a write checks (a key, the slug's active operation) still holds when it inserts, and
+events get their ``seq`` in commit order (a watcher that read up to ``seq`` N never later sees an
+event below N appear). Reads take no lock.
+
+Needs the ``postgresql`` extra (``pip install 'hearth[postgresql]'``: psycopg and psycopg-pool).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from hearth_adaptersdk import DeploymentRef, utc_now
+
+from ._errors import StoreError
+from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
+from ._records import SCHEMA_VERSION
+from ._store import (
+    DEPLOYMENT_COLUMNS,
+    EVENT_COLUMNS,
+    OPERATION_COLUMNS,
+    Found,
+    NewEvent,
+    NewOperation,
+    _deployment,
+    _event_model,
+    _listing,
+    _log_line,
+    _operation,
+    shown,
+)
+
+R = TypeVar("R")
+Connection = psycopg.AsyncConnection[Any]
+
+#: The transaction-level advisory lock every write takes first ("hearth" + 1).
+WRITE_LOCK = int.from_bytes(b"hearth\x00\x01", "big")
+#: The lock a migration takes, so that hosts opening a new database together migrate it once.
+MIGRATE_LOCK = int.from_bytes(b"hearth\x00\x02", "big")
+
+#: The schema as SQLite's ``MIGRATIONS`` builds it, version for version, in PostgreSQL's words.
+PG_MIGRATIONS: Sequence[str] = (
+    # version 1
+    """
+    CREATE TABLE deployments (
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        archived INTEGER NOT NULL DEFAULT 0,
+        tier TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        state TEXT NOT NULL,
+        ref TEXT,
+        reason TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (slug, generation)
+    );
+    CREATE UNIQUE INDEX deployments_current ON deployments (slug) WHERE archived = 0;
+    CREATE TABLE operations (
+        id BIGSERIAL PRIMARY KEY,
+        slug TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        verb TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX operations_by_slug ON operations (slug, id);
+    CREATE TABLE operation_log (
+        id BIGSERIAL PRIMARY KEY,
+        operation BIGINT NOT NULL REFERENCES operations (id),
+        at TEXT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fraction DOUBLE PRECISION
+    );
+    CREATE INDEX operation_log_by_operation ON operation_log (operation, id)
+    """,
+    # version 2: a record whose backend state the host could not confirm
+    """
+    ALTER TABLE deployments ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0
+    """,
+    # version 3: operations as objects, and one store-wide event log
+    """
+    CREATE TABLE events (
+        seq BIGSERIAL PRIMARY KEY,
+        at TEXT NOT NULL,
+        operation BIGINT NOT NULL,
+        slug TEXT NOT NULL,
+        verb TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT,
+        level TEXT,
+        message TEXT,
+        fraction DOUBLE PRECISION,
+        error TEXT,
+        record_state TEXT
+    );
+    CREATE INDEX events_by_operation ON events (operation, seq);
+    CREATE INDEX events_by_slug ON events (slug, seq);
+    INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction)
+        SELECT l.at, l.operation, o.slug, o.verb, 'progress', l.level, l.message, l.fraction
+        FROM operation_log l JOIN operations o ON o.id = l.operation ORDER BY l.id;
+    DROP TABLE operation_log;
+    ALTER TABLE operations RENAME COLUMN outcome TO state;
+    ALTER TABLE operations RENAME COLUMN started_at TO created_at;
+    ALTER TABLE operations RENAME COLUMN ended_at TO finished_at;
+    ALTER TABLE operations ADD COLUMN started_at TEXT;
+    UPDATE operations SET started_at = created_at;
+    ALTER TABLE operations
+        ADD COLUMN result TEXT,
+        ADD COLUMN key TEXT UNIQUE,
+        ADD COLUMN tier TEXT,
+        ADD COLUMN driver TEXT,
+        ADD COLUMN reuse INTEGER NOT NULL DEFAULT 0,
+        ADD COLUMN owner TEXT,
+        ADD COLUMN cancel_requested TEXT;
+    CREATE INDEX operations_active ON operations (slug) WHERE state IN ('queued', 'running');
+    ALTER TABLE deployments ADD COLUMN listing TEXT
+    """,
+    # version 4: the backend's own id of a workspace's resource
+    """
+    ALTER TABLE deployments ADD COLUMN backend_id TEXT
+    """,
+    # version 5: the leases by which hosts sharing the database prove they are alive (the
+    # database's clock decides, so the hosts' clocks need not agree)
+    """
+    CREATE TABLE owners (
+        owner TEXT PRIMARY KEY,
+        renewed_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    )
+    """,
+)
+assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
+
+
+class PostgresStore:
+    """The registry in a PostgreSQL database named by ``url`` (``postgresql://...``).
+
+    ``pool_size`` bounds the connections this store holds; ``connect_timeout`` bounds the wait
+    for one (a database that does not answer is a ``StoreError``, not a hang).
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 30.0) -> None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise StoreError(f"{shown(url)[:120]!r} is not a postgresql:// URL")
+        self.url = url
+        self.where = shown(url)
+        self._size = pool_size
+        self._timeout = connect_timeout
+        self._pool: AsyncConnectionPool[Connection] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"
+
+    # --- plumbing ----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        if self._pool is None:
+            raise StoreError(f"the store {self.where} is closed")
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                yield conn
+        except StoreError:
+            raise
+        except PoolTimeout:
+            raise StoreError(
+                f"the store {self.where} cannot be used: no connection within {self._timeout:g} s"
+            ) from None
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(f"the store {self.where} cannot be used: {_why(exc)}") from None
+
+    async def _read(self, work: Callable[[Connection], Awaitable[R]]) -> R:
+        async with self._connection() as conn:
+            return await work(conn)
+
+    async def _write(self, work: Callable[[Connection], Awaitable[R]]) -> R:
+        """One write transaction, after the write lock (writers queue, as in SQLite)."""
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            return await work(conn)
+
+    # --- lifetime ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._size,
+            open=False,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(self._timeout))},
+            timeout=self._timeout,
+            name="hearth-store",
+        )
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+        except PoolTimeout:
+            await pool.close()
+            raise StoreError(
+                f"cannot open the store {self.where}: no connection within {self._timeout:g} s"
+            ) from None
+        except (psycopg.Error, OSError) as exc:
+            await pool.close()
+            raise StoreError(f"cannot open the store {self.where}: {_why(exc)}") from None
+        self._pool = pool
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _migrate(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS hearth_schema (version INTEGER NOT NULL)")
+            row = await (await conn.execute("SELECT version FROM hearth_schema")).fetchone()
+            version = 0 if row is None else int(row[0])
+            if row is None:
+                await conn.execute("INSERT INTO hearth_schema (version) VALUES (0)")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {self.where} has schema version {version}, newer than "
+                    f"this hearth ({SCHEMA_VERSION}); upgrade hearth"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in PG_MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        await conn.execute(statement.encode())
+                await conn.execute("UPDATE hearth_schema SET version = %s", (number + 1,))
+
+    # --- deployments -------------------------------------------------------------------------
+    async def get(self, slug: str) -> Deployment | None:
+        return await self._read(lambda conn: _get(conn, slug))
+
+    async def deployments(
+        self,
+        *,
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Deployment]:
+        where, args = ["archived = 0"], list[Any]()
+        for column, value in (("state", state), ("driver", driver)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if not include_torn_down:
+            where.append("state != 'tier_torn_down'")
+        if after is not None:
+            where.append("slug > %s")
+            args.append(after)
+        query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        rows = await self._read(lambda conn: _all(conn, query, args))
+        return [_deployment(row) for row in rows]
+
+    async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
+        async def work(conn: Connection) -> tuple[Deployment | None, list[Operation]]:
+            async with conn.transaction():  # one snapshot of both
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                rows = await _all(
+                    conn,
+                    f"SELECT {OPERATION_COLUMNS} FROM operations "
+                    "WHERE slug = %s AND state IN ('queued', 'running') ORDER BY id",
+                    (slug,),
+                )
+                return await _get(conn, slug), [_operation(row) for row in rows]
+
+        return await self._read(work)
+
+    async def drivers(self) -> list[str]:
+        rows = await self._read(
+            lambda conn: _all(conn, "SELECT DISTINCT driver FROM deployments ORDER BY driver", ())
+        )
+        return [row[0] for row in rows]
+
+    async def next_generation(self, slug: str) -> int:
+        row = await self._read(
+            lambda conn: _one(conn, "SELECT MAX(generation) FROM deployments WHERE slug = %s", (slug,))
+        )
+        return int((row or (0,))[0] or 0) + 1
+
+    async def save(self, deployment: Deployment) -> None:
+        await self._write(lambda conn: _save(conn, deployment))
+
+    async def archive(self, slug: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(
+                "UPDATE deployments SET archived = 1 WHERE slug = %s AND archived = 0", (slug,)
+            )
+
+        await self._write(work)
+
+    # --- operations --------------------------------------------------------------------------
+    async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
+        async def work(conn: Connection) -> tuple[Operation, Found]:
+            if new.key is not None:
+                keyed = await _operation_where(conn, "key = %s", new.key)
+                if keyed is not None:
+                    return keyed, "key"
+            row = await _one(
+                conn,
+                f"SELECT {OPERATION_COLUMNS} FROM operations "
+                "WHERE slug = %s AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+                (new.slug,),
+            )
+            if row:
+                return _operation(row), "active"
+            now = utc_now().isoformat()
+            state, ref = new.done if new.done is not None else ("queued", None)
+            made = await _one(
+                conn,
+                "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, "
+                "finished_at, result, key, tier, driver, reuse, owner) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (
+                    new.slug,
+                    new.generation,
+                    new.verb,
+                    state,
+                    now,
+                    now if new.done is not None else None,
+                    now if new.done is not None else None,
+                    ref.model_dump_json() if ref is not None else None,
+                    new.key,
+                    new.tier,
+                    new.driver,
+                    int(new.reuse),
+                    new.owner,
+                ),
+            )
+            assert made is not None
+            ident = int(made[0])
+            await _event(conn, ident, new.slug, new.verb, "state", state=state)
+            found = await _operation_where(conn, "id = %s", ident)
+            assert found is not None
+            return found, "created"
+
+        return await self._write(work)
+
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None:
+        async def work(conn: Connection) -> None:
+            if archive_first:
+                await conn.execute(
+                    "UPDATE deployments SET archived = 1 WHERE slug = %s AND archived = 0", (deployment.slug,)
+                )
+            await _save(conn, deployment)
+            await conn.execute(
+                "UPDATE operations SET state = 'running', started_at = %s, generation = %s WHERE id = %s",
+                (utc_now().isoformat(), deployment.generation, operation),
+            )
+            row = await _one(conn, "SELECT verb FROM operations WHERE id = %s", (operation,))
+            assert row is not None
+            await _event(
+                conn,
+                operation,
+                deployment.slug,
+                row[0],
+                "state",
+                state="running",
+                record_state=deployment.state,
+            )
+
+        await self._write(work)
+
+    async def end(
+        self,
+        operation: int,
+        state: OperationState,
+        error: dict[str, Any] | None = None,
+        *,
+        deployment: Deployment | None = None,
+        archive: bool = False,
+        result: DeploymentRef | None = None,
+    ) -> bool:
+        async def work(conn: Connection) -> bool:
+            if deployment is not None:
+                await _save(conn, deployment)
+                if archive:
+                    await conn.execute(
+                        "UPDATE deployments SET archived = 1 WHERE slug = %s AND generation = %s",
+                        (deployment.slug, deployment.generation),
+                    )
+            cursor = await conn.execute(
+                "UPDATE operations SET finished_at = %s, state = %s, error = %s, result = %s "
+                "WHERE id = %s AND state IN ('queued', 'running')",
+                (
+                    utc_now().isoformat(),
+                    state,
+                    json.dumps(error) if error is not None else None,
+                    result.model_dump_json() if result is not None else None,
+                    operation,
+                ),
+            )
+            if not cursor.rowcount:
+                return False
+            row = await _one(conn, "SELECT slug, verb FROM operations WHERE id = %s", (operation,))
+            assert row is not None
+            slug, verb = row
+            record = await _one(
+                conn, "SELECT state FROM deployments WHERE slug = %s AND archived = 0", (slug,)
+            )
+            await _event(
+                conn,
+                operation,
+                slug,
+                verb,
+                "state",
+                state=state,
+                error=error,
+                record_state=record[0] if record else None,
+                message=(error or {}).get("message"),
+            )
+            return True
+
+        return await self._write(work)
+
+    async def request_cancel(self, operation: int, reason: str) -> Operation | None:
+        async def work(conn: Connection) -> Operation | None:
+            found = await _operation_where(conn, "id = %s", operation)
+            if found is None or found.finished:
+                return found
+            await conn.execute(
+                "UPDATE operations SET cancel_requested = %s WHERE id = %s", (reason, operation)
+            )
+            await _event(conn, operation, found.slug, found.verb, "cancel", message=reason)
+            return found.model_copy(update={"cancel_requested": reason})
+
+        return await self._write(work)
+
+    async def keyed(self, key: str) -> Operation | None:
+        return await self._read(lambda conn: _operation_where(conn, "key = %s", key))
+
+    async def operation(self, operation: int) -> Operation | None:
+        return await self._read(lambda conn: _operation_where(conn, "id = %s", operation))
+
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        active: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        with_log: bool = False,
+    ) -> list[Operation]:
+        where, args = ["TRUE"], list[Any]()
+        if active:
+            where.append("state IN ('queued', 'running')")
+        for column, value in (("slug", slug), ("state", state)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        if after is not None:
+            where.append("id > %s")
+            args.append(after)
+        query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+
+        async def work(conn: Connection) -> list[Operation]:
+            found = [_operation(row) for row in await _all(conn, query, args)]
+            if with_log:
+                found = [op.model_copy(update={"log": await _log(conn, op.id)}) for op in found]
+            return found
+
+        return await self._read(work)
+
+    async def last_operation(self, slug: str, generation: int) -> Operation | None:
+        row = await self._read(
+            lambda conn: _one(
+                conn,
+                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = %s AND generation = %s "
+                "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
+                (slug, generation),
+            )
+        )
+        return _operation(row) if row else None
+
+    # --- leases --------------------------------------------------------------------------------
+    async def renew_lease(self, owner: str, seconds: float) -> None:
+        """``owner`` is alive for ``seconds`` more, by the database's clock."""
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO owners (owner, renewed_at, expires_at) "
+                "VALUES (%s, now(), now() + make_interval(secs => %s)) "
+                "ON CONFLICT (owner) DO UPDATE SET renewed_at = excluded.renewed_at, "
+                "expires_at = excluded.expires_at",
+                (owner, float(seconds)),
+            )
+
+        await self._read(work)
+
+    async def lease_alive(self, owner: str) -> bool:
+        """Whether ``owner`` holds a lease that has not expired (none: it is not alive)."""
+        row = await self._read(
+            lambda conn: _one(conn, "SELECT expires_at > now() FROM owners WHERE owner = %s", (owner,))
+        )
+        return bool(row and row[0])
+
+    async def drop_lease(self, owner: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute("DELETE FROM owners WHERE owner = %s", (owner,))
+
+        await self._read(work)
+
+    # --- events --------------------------------------------------------------------------------
+    async def add_events(self, events: Sequence[NewEvent]) -> None:
+        if not events:
+            return
+
+        async def work(conn: Connection) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            e.at.isoformat(),
+                            e.operation,
+                            e.slug,
+                            e.verb,
+                            e.kind,
+                            e.level,
+                            e.message,
+                            e.fraction,
+                        )
+                        for e in events
+                    ],
+                )
+                named = [(e.backend_id, e.slug) for e in events if e.backend_id is not None]
+                if named:
+                    await cursor.executemany(
+                        "UPDATE deployments SET backend_id = %s WHERE slug = %s AND archived = 0", named
+                    )
+
+        await self._write(work)
+
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        kind: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        where, args = ["seq > %s"], list[Any]([after])
+        for column, value in (("kind", kind), ("slug", slug), ("operation", operation)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        query = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(limit)}"
+        )
+        rows = await self._read(lambda conn: _all(conn, query, args))
+        return [_event_model(row) for row in rows]
+
+    async def last_seq(self) -> int:
+        row = await self._read(lambda conn: _one(conn, "SELECT MAX(seq) FROM events", ()))
+        return int((row or (0,))[0] or 0)
+
+
+# --- statements ------------------------------------------------------------------------------------
+async def _all(conn: Connection, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(query.encode(), args)
+    return list(await cursor.fetchall())
+
+
+async def _one(conn: Connection, query: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
+    cursor = await conn.execute(query.encode(), args)
+    row = await cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
+async def _get(conn: Connection, slug: str) -> Deployment | None:
+    row = await _one(
+        conn, f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE slug = %s AND archived = 0", (slug,)
+    )
+    return _deployment(row) if row else None
+
+
+async def _operation_where(conn: Connection, condition: str, value: object) -> Operation | None:
+    row = await _one(conn, f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {condition}", (value,))
+    return _operation(row) if row else None
+
+
+async def _log(conn: Connection, operation: int) -> tuple[LogLine, ...]:
+    rows = await _all(
+        conn,
+        "SELECT at, level, message, fraction FROM events "
+        "WHERE operation = %s AND kind IN ('progress', 'log') ORDER BY seq",
+        (operation,),
+    )
+    return tuple(_log_line(row) for row in rows)
+
+
+async def _event(
+    conn: Connection,
+    operation: int,
+    slug: str,
+    verb: str,
+    kind: EventKind,
+    *,
+    state: str | None = None,
+    message: str | None = None,
+    error: dict[str, Any] | None = None,
+    record_state: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            utc_now().isoformat(),
+            operation,
+            slug,
+            verb,
+            kind,
+            state,
+            message,
+            json.dumps(error) if error is not None else None,
+            record_state,
+        ),
+    )
+
+
+async def _save(conn: Connection, deployment: Deployment) -> None:
+    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
+    await conn.execute(
+        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
+        "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
+        "reason = excluded.reason, updated_at = excluded.updated_at, "
+        "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
+        "backend_id = excluded.backend_id".encode(),
+        (
+            deployment.slug,
+            deployment.generation,
+            deployment.tier,
+            deployment.driver,
+            deployment.state,
+            ref,
+            deployment.reason,
+            deployment.created_at.isoformat(),
+            deployment.updated_at.isoformat(),
+            int(deployment.unconfirmed),
+            deployment.backend_id,
+            None if ref is not None else _listing(deployment),
+        ),
+    )
+
+
+def _why(exc: BaseException) -> str:
+    """psycopg's message, first line only (its detail can repeat what the server saw)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+__all__ = ["PG_MIGRATIONS", "PostgresStore"]

@@ -1,0 +1,369 @@
+"""One contract for every ``Store``: the same tests run on SQLite and on PostgreSQL (issue 13).
+
+The PostgreSQL cases run in a throwaway cluster scripts/test starts (``pg_url``: a schema of
+the test's own); under CI they run, elsewhere they skip when no cluster can be had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import psycopg
+import pytest
+
+from hearth._pgstore import PG_MIGRATIONS, PostgresStore
+from hearth._records import MIGRATIONS, SCHEMA_VERSION
+from hearth._store import NewEvent, NewOperation, SQLiteStore, Store, StoreError
+from hearth_adaptersdk import utc_now
+from tests.test_settings_states_store import _deployment
+
+Opener = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the same store each time it is called (a reopen sees what was written)."""
+    if request.param == "sqlite":
+        path = tmp_path / "hearth.db"
+
+        async def open_sqlite() -> Store:
+            store = SQLiteStore(path)
+            await store.open()
+            return store
+
+        return open_sqlite
+    url: str = request.getfixturevalue("pg_url")
+
+    async def open_postgres() -> Store:
+        store = PostgresStore(url)
+        await store.open()
+        return store
+
+    return open_postgres
+
+
+async def test_the_store_keeps_deployments_operations_and_events_across_reopen(opener: Opener) -> None:
+    store = await opener()
+    operation, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k1"))
+    assert how == "created" and operation.state == "queued"
+    await store.begin(operation.id, _deployment(state="provisioning"))
+    await store.add_events(
+        [NewEvent(operation.id, "alpha", "provision", "progress", "info", "creating", 0.5)]
+    )
+    await store.add_events(
+        [NewEvent(operation.id, "alpha", "provision", "progress", "info", "named", None, backend_id="c-1")]
+    )
+    assert (await store.get("alpha")).backend_id == "c-1"  # type: ignore[union-attr]
+    await store.end(operation.id, "failed", {"kind": "backend_failure"}, deployment=_deployment())
+    await store.close()
+    again = await opener()
+    found = await again.get("alpha")
+    assert found is not None and found.ref is not None
+    assert (found.slug, found.state, found.ref.endpoint) == ("alpha", "ready", "fake://alpha")
+    [op] = await again.operations(slug="alpha", with_log=True)
+    assert (op.verb, op.state, op.key, op.owner) == ("provision", "failed", "k1", "me:1:a")
+    assert op.error == {"kind": "backend_failure"}
+    assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5), ("named", None)]
+    events = await again.events()
+    assert [(e.kind, e.state) for e in events] == [
+        ("state", "queued"),
+        ("state", "running"),
+        ("progress", None),
+        ("progress", None),
+        ("state", "failed"),
+    ]
+    assert [e.seq for e in events] == sorted(e.seq for e in events) and events[-1].record_state == "ready"
+    assert await again.last_seq() == events[-1].seq
+    assert [e.seq for e in await again.events(after=events[1].seq, limit=2)] == [e.seq for e in events[2:4]]
+    assert [e.kind for e in await again.events(operation=op.id, kind="progress")] == ["progress"] * 2
+    assert (await again.keyed("k1")) == op.model_copy(update={"log": ()})
+    assert await again.last_operation("alpha", 1) == op.model_copy(update={"log": ()})
+    assert await again.drivers() == ["fake"]
+    record, live = await again.snapshot("alpha")
+    assert record == found and live == []
+    await again.close()
+
+
+async def test_an_operation_is_found_by_key_then_by_the_slug_it_runs_on(opener: Opener) -> None:
+    store = await opener()
+    first, how = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k"))
+    assert how == "created"
+    assert await store.create_operation(NewOperation("beta", 1, "provision", "me:1:a", key="k")) == (
+        first,
+        "key",
+    )
+    assert await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a")) == (first, "active")
+    assert (await store.snapshot("alpha"))[1] == [first]
+    assert await store.end(first.id, "cancelled", {"kind": "cancelled"})
+    assert not await store.end(first.id, "failed")  # a finished operation is not finished again
+    second, how = await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a"))
+    assert how == "created" and second.id != first.id
+    asked = await store.request_cancel(second.id, "the user asked")
+    assert asked is not None and asked.cancel_requested == "the user asked"
+    [cancel] = await store.events(kind="cancel")
+    assert (cancel.operation, cancel.message) == (second.id, "the user asked")
+    assert await store.request_cancel(999, "nobody") is None
+    done, how = await store.create_operation(
+        NewOperation("gamma", 1, "teardown", "me:1:a", done=("succeeded", None))
+    )
+    assert how == "created" and done.finished and done.state == "succeeded"
+    assert [op.id for op in await store.operations(active=True)] == [second.id]
+    assert [op.id for op in await store.operations(after=first.id, limit=1)] == [second.id]
+    await store.close()
+
+
+async def test_archiving_frees_the_slug_and_keeps_the_old_record(opener: Opener) -> None:
+    store = await opener()
+    await store.save(_deployment(state="tier_torn_down"))
+    await store.archive("alpha")
+    assert await store.get("alpha") is None
+    assert await store.next_generation("alpha") == 2
+    await store.save(_deployment(generation=2))
+    assert [d.generation for d in await store.deployments()] == [2]
+    operation, _ = await store.create_operation(NewOperation("alpha", 3, "provision", "me:1:a"))
+    await store.begin(operation.id, _deployment(state="provisioning", generation=3), archive_first=True)
+    assert (await store.get("alpha")).generation == 3  # type: ignore[union-attr]
+    await store.end(
+        operation.id, "failed", deployment=_deployment(state="failed", generation=3), archive=True
+    )
+    assert await store.get("alpha") is None and await store.next_generation("alpha") == 4
+    await store.close()
+
+
+async def test_deployments_page_and_filter(opener: Opener) -> None:
+    store = await opener()
+    for slug, state in (("a1", "ready"), ("a2", "failed"), ("a3", "tier_torn_down"), ("a4", "ready")):
+        await store.save(_deployment(slug, state))
+    assert [d.slug for d in await store.deployments(include_torn_down=False)] == ["a1", "a2", "a4"]
+    assert [d.slug for d in await store.deployments(state="ready")] == ["a1", "a4"]
+    assert [d.slug for d in await store.deployments(limit=2, after="a1")] == ["a2", "a3"]
+    assert [d.slug for d in await store.deployments(driver="other")] == []
+    await store.close()
+
+
+async def test_concurrent_starts_on_one_slug_make_one_operation(opener: Opener) -> None:
+    """Two stores (two connections, or two pools) racing: one operation; the rest find it."""
+    one, two = await opener(), await opener()
+    outcomes = await asyncio.gather(
+        *(
+            store.create_operation(NewOperation("race", 1, "provision", f"me:{n}:a"))
+            for n, store in enumerate([one, two] * 10)
+        )
+    )
+    assert [how for _, how in outcomes].count("created") == 1
+    assert len({op.id for op, _ in outcomes}) == 1
+    await one.close()
+    await two.close()
+
+
+async def test_a_reader_never_sees_an_event_appear_behind_its_cursor(opener: Opener) -> None:
+    """Events get their seq in commit order: a watcher that polls ``after=cursor`` while many
+    writers commit sees every event once, none skipped."""
+    writers = [await opener() for _ in range(3)]
+    reader = await opener()
+    operation, _ = await writers[0].create_operation(NewOperation("alpha", 1, "provision", "me:1:a"))
+    seen: list[int] = []
+    finished = asyncio.Event()
+
+    async def watch() -> None:
+        cursor = 0
+        while True:
+            last_round = finished.is_set()
+            for event in await reader.events(after=cursor):
+                seen.append(event.seq)
+                cursor = event.seq
+            if last_round:
+                return
+            await asyncio.sleep(0)
+
+    async def write(store: Store, n: int) -> None:
+        for i in range(30):
+            await store.add_events(
+                [NewEvent(operation.id, "alpha", "provision", "progress", message=f"{n}.{i}")]
+            )
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.gather(*(write(store, n) for n, store in enumerate(writers)))
+    finished.set()
+    await watcher
+    every = [event.seq for event in await reader.events(limit=1000)]
+    assert seen == every and len(every) == 1 + 90
+    for store in [*writers, reader]:
+        await store.close()
+
+
+# --- PostgreSQL alone -----------------------------------------------------------------------------
+def test_both_stores_build_the_same_schema(tmp_path: Path, pg_url: str) -> None:
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
+
+    async def both() -> None:
+        await (await _sqlite(tmp_path / "hearth.db")).close()
+        await (await _postgres(pg_url)).close()
+
+    asyncio.run(both())
+    lite = sqlite3.connect(tmp_path / "hearth.db")
+    for table in ("deployments", "operations", "events"):
+        sqlite_columns = {row[1] for row in lite.execute(f"PRAGMA table_info({table})")}
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = %s AND table_schema = current_schema()",
+                (table,),
+            ).fetchall()
+        assert {row[0] for row in rows} == sqlite_columns, table
+
+
+async def _sqlite(path: Path) -> SQLiteStore:
+    store = SQLiteStore(path)
+    await store.open()
+    return store
+
+
+async def _postgres(url: str) -> PostgresStore:
+    store = PostgresStore(url)
+    await store.open()
+    return store
+
+
+async def test_a_version_2_postgresql_store_is_migrated_with_its_operations_and_logs(pg_url: str) -> None:
+    now = utc_now().isoformat()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO hearth_schema VALUES (2)")
+        for script in PG_MIGRATIONS[:2]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement.encode())
+        conn.execute(
+            "INSERT INTO operations (slug, generation, verb, started_at, ended_at, outcome) "
+            "VALUES ('old', 1, 'provision', %s, %s, 'succeeded')",
+            (now, now),
+        )
+        conn.execute(
+            "INSERT INTO operation_log (operation, at, level, message) VALUES (1, %s, 'info', 'made')", (now,)
+        )
+    store = await _postgres(pg_url)
+    [op] = await store.operations(slug="old", with_log=True)
+    assert (op.verb, op.state, op.started_at is not None) == ("provision", "succeeded", True)
+    assert [line.message for line in op.log] == ["made"]
+    new, _ = await store.create_operation(NewOperation("old", 1, "teardown", "me:1:a"))
+    assert new.id > op.id
+    await store.close()
+
+
+async def test_a_postgresql_store_from_a_newer_hearth_is_refused(pg_url: str) -> None:
+    await (await _postgres(pg_url)).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE hearth_schema SET version = 99")
+    with pytest.raises(StoreError, match="newer than this hearth"):
+        await _postgres(pg_url)
+
+
+async def test_hosts_opening_a_new_database_together_migrate_it_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(_postgres(pg_url) for _ in range(4)))
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM hearth_schema").fetchall() == [(SCHEMA_VERSION,)]
+    for store in stores:
+        await store.close()
+
+
+async def test_an_unreachable_database_is_a_store_error_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql://hearth:s3cret-pass@/hearth?host={tmp_path}"  # no server listens there
+    store = PostgresStore(url, connect_timeout=2)
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert "s3cret-pass" not in caught.value.message and "***" in caught.value.message
+    assert "s3cret-pass" not in repr(store)
+    with pytest.raises(StoreError, match="is not a postgresql:// URL"):
+        PostgresStore("mysql://nope")
+
+
+# --- the CLI and the host on PostgreSQL -----------------------------------------------------------
+def _hearth(venv_bin: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv_bin / "hearth"), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.subprocess
+def test_the_cli_keeps_its_records_in_postgresql(pg_url: str, venv_bin: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("HEARTH_HOME", "HEARTH_URL", "HEARTH_STORE"):
+        env.pop(name, None)
+    where = ["--home", str(tmp_path / "home"), "--project", str(tmp_path)]
+    made = _hearth(
+        venv_bin, "provision", "pg1", "--tier", "solo", "--driver", "fake", "--store", pg_url, *where, env=env
+    )
+    assert made.returncode == 0, made.stderr
+    # another home, the same database: the record is there (HEARTH_STORE names it)
+    other = ["--home", str(tmp_path / "other"), "--project", str(tmp_path)]
+    listed = _hearth(venv_bin, "ls", "--json", *other, env={**env, "HEARTH_STORE": pg_url})
+    assert [ref["workspace_slug"] for ref in json.loads(listed.stdout)] == ["pg1"], listed.stderr
+    # the fake driver keeps its backend in the home's data folder: ask from the first home
+    status = _hearth(venv_bin, "status", "pg1", *where, env={**env, "HEARTH_STORE": pg_url})
+    assert status.returncode == 0 and status.stdout.startswith("pg1: ready"), status.stderr
+    assert not (tmp_path / "other" / "hearth.db").exists()  # nothing went to SQLite
+    gone = _hearth(venv_bin, "teardown", "pg1", "--store", pg_url, *where, env=env)
+    assert gone.returncode == 0, gone.stderr
+    logs = _hearth(venv_bin, "logs", "pg1", "--json", "--store", pg_url, *other, env=env)
+    assert [op["verb"] for op in json.loads(logs.stdout)] == ["provision", "teardown"]
+    secret = _hearth(venv_bin, "ls", "--store", "postgresql://me:pw@localhost/db", *where, env=env)
+    assert secret.returncode == 2 and "holds a password" in secret.stderr and "pw@" not in secret.stderr
+    wrong = _hearth(venv_bin, "ls", "--store", "mysql://db", *where, env=env)
+    assert wrong.returncode == 2 and "not a store URL" in wrong.stderr
+
+
+async def test_hosts_sharing_postgresql_know_each_other_alive_by_their_leases(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from hearth import Busy, Host
+    from hearth_adapter_fake import FakeDriver
+    from hearth_adaptersdk import MemoryConnection
+
+    driver = FakeDriver()
+    host = Host(
+        project_dir=tmp_path,
+        home=tmp_path / "home",
+        store_url=pg_url,
+        in_process={"fake": lambda: MemoryConnection(driver)},
+    )
+    async with host:
+        assert host.shared_store
+        await host.provision("alpha", tier="solo", driver="fake")
+        store = cast(PostgresStore, host.store)
+        assert await store.lease_alive(host.owner)
+        # a host elsewhere (another home or machine) runs an upgrade of alpha, and lives
+        await store.renew_lease("far:1:aaaa", 30)
+        record = await host.deployment("alpha")
+        operation, _ = await store.create_operation(
+            NewOperation("alpha", 1, "upgrade", "far:1:aaaa", tier="team")
+        )
+        await store.begin(operation.id, record.model_copy(update={"state": "upgrading"}))
+        with pytest.raises(Busy):
+            await host.start_teardown("alpha")
+        assert (await host.operation(operation.id)).state == "running"
+        # it stops renewing: past its lease, the next access settles what it left
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE owners SET expires_at = now() - interval '1 second' WHERE owner = 'far:1:aaaa'"
+            )
+        report = await host.status("alpha")
+        assert report.state == "ready"
+        assert (await host.operation(operation.id)).state == "interrupted"
+        assert (await host.deployment("alpha")).state == "ready"
+        owner = host.owner
+    with psycopg.connect(pg_url) as conn:  # a host that closed gave its lease up
+        assert conn.execute("SELECT owner FROM owners WHERE owner = %s", (owner,)).fetchall() == []
