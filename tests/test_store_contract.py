@@ -148,6 +148,32 @@ async def test_deployments_page_and_filter(opener: Opener) -> None:
     await store.close()
 
 
+async def test_a_stale_holder_cannot_write_over_what_another_host_settled(opener: Opener) -> None:
+    """The fence: once another host ended an operation (its owner's lease ran out), the
+    owner's late ``begin`` or ``end`` writes nothing, the record stays as the settling left it."""
+    store = await opener()
+    await store.save(_deployment(state="ready"))
+    queued, _ = await store.create_operation(NewOperation("alpha", 1, "upgrade", "slow:1:a", tier="team"))
+    assert await store.end(queued.id, "interrupted", {"kind": "interrupted"})  # the taker
+    assert not await store.begin(queued.id, _deployment(state="upgrading"))
+    assert (await store.get("alpha")).state == "ready"  # type: ignore[union-attr]
+    running, _ = await store.create_operation(NewOperation("alpha", 1, "teardown", "slow:1:a"))
+    assert await store.begin(running.id, _deployment(state="tearing_down"))
+    settled = _deployment(state="ready").model_copy(update={"reason": "settled from status"})
+    assert await store.end(running.id, "interrupted", {"kind": "interrupted"}, deployment=settled)
+    stale = _deployment(state="tier_torn_down")
+    assert not await store.end(running.id, "succeeded", deployment=stale, archive=True)
+    record = await store.get("alpha")
+    assert record is not None and (record.state, record.reason) == ("ready", "settled from status")
+    assert (await store.operation(running.id)).state == "interrupted"  # type: ignore[union-attr]
+    assert [e.state for e in await store.events(operation=running.id, kind="state")] == [
+        "queued",
+        "running",
+        "interrupted",
+    ]
+    await store.close()
+
+
 async def test_concurrent_starts_on_one_slug_make_one_operation(opener: Opener) -> None:
     """Two stores (two connections, or two pools) racing: one operation; the rest find it."""
     one, two = await opener(), await opener()

@@ -52,6 +52,7 @@ from ._errors import (
     Cancelled,
     Conflict,
     HearthError,
+    Interrupted,
     InvalidInput,
     NotFound,
     ProtocolViolation,
@@ -923,7 +924,12 @@ class Host:
                     "sent (starting the adapter took the time); nothing was changed"
                 )
             operation = work.operation.id
-            await self.store.begin(operation, working, archive_first=archive_first)
+            if not await self.store.begin(operation, working, archive_first=archive_first):
+                work.begun = True  # it was ended: nothing is left to end
+                raise Interrupted(
+                    f"operation #{operation} ({verb} of {working.slug!r}) was settled by another "
+                    "host while this one waited (its lease had run out); nothing was sent to the adapter"
+                )
             work.begun = True
             self._bus.bump()
 
@@ -1538,7 +1544,7 @@ class _Outcome:
         that a cancelled caller cannot stop half-way."""
         host = self.host
         await host._flush_events()
-        await asyncio.shield(
+        recorded = await asyncio.shield(
             self._store.end(
                 self.operation,
                 outcome,  # type: ignore[arg-type]
@@ -1549,6 +1555,20 @@ class _Outcome:
             )
         )
         host._bus.bump()
+        if not recorded:  # fenced: another host settled it, and its record stands
+            log.warning(
+                "operation #%s (%s of %s) ended %s here, but another host had settled it (this "
+                "host's lease had run out): its record stands, this outcome is not written",
+                self.operation,
+                self.verb,
+                self.working.slug,
+                outcome,
+            )
+            raise Interrupted(
+                f"operation #{self.operation} ({self.verb} of {self.working.slug!r}) was settled by "
+                f"another host while this one ran it (this host's lease had run out); its outcome "
+                f"here ({outcome}) was not recorded: see the workspace's record and log"
+            )
 
     async def succeeded(self, result: Any, new_tier: str | None) -> DeploymentRef | None:
         record = self.working

@@ -363,19 +363,21 @@ class PostgresStore:
 
         return await self._write(work)
 
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None:
-        async def work(conn: Connection) -> None:
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+        async def work(conn: Connection) -> bool:
+            cursor = await conn.execute(
+                "UPDATE operations SET state = 'running', started_at = %s, generation = %s "
+                "WHERE id = %s AND state = 'queued' RETURNING verb",
+                (utc_now().isoformat(), deployment.generation, operation),
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                return False  # fenced: another host settled it
             if archive_first:
                 await conn.execute(
                     "UPDATE deployments SET archived = 1 WHERE slug = %s AND archived = 0", (deployment.slug,)
                 )
             await _save(conn, deployment)
-            await conn.execute(
-                "UPDATE operations SET state = 'running', started_at = %s, generation = %s WHERE id = %s",
-                (utc_now().isoformat(), deployment.generation, operation),
-            )
-            row = await _one(conn, "SELECT verb FROM operations WHERE id = %s", (operation,))
-            assert row is not None
             await _event(
                 conn,
                 operation,
@@ -385,8 +387,9 @@ class PostgresStore:
                 state="running",
                 record_state=deployment.state,
             )
+            return True
 
-        await self._write(work)
+        return await self._write(work)
 
     async def end(
         self,
@@ -399,16 +402,9 @@ class PostgresStore:
         result: DeploymentRef | None = None,
     ) -> bool:
         async def work(conn: Connection) -> bool:
-            if deployment is not None:
-                await _save(conn, deployment)
-                if archive:
-                    await conn.execute(
-                        "UPDATE deployments SET archived = 1 WHERE slug = %s AND generation = %s",
-                        (deployment.slug, deployment.generation),
-                    )
             cursor = await conn.execute(
                 "UPDATE operations SET finished_at = %s, state = %s, error = %s, result = %s "
-                "WHERE id = %s AND state IN ('queued', 'running')",
+                "WHERE id = %s AND state IN ('queued', 'running') RETURNING slug, verb",
                 (
                     utc_now().isoformat(),
                     state,
@@ -417,11 +413,17 @@ class PostgresStore:
                     operation,
                 ),
             )
-            if not cursor.rowcount:
-                return False
-            row = await _one(conn, "SELECT slug, verb FROM operations WHERE id = %s", (operation,))
-            assert row is not None
+            row = await cursor.fetchone()
+            if row is None:
+                return False  # fenced: the record is left as whoever settled it wrote it
             slug, verb = row
+            if deployment is not None:
+                await _save(conn, deployment)
+                if archive:
+                    await conn.execute(
+                        "UPDATE deployments SET archived = 1 WHERE slug = %s AND generation = %s",
+                        (deployment.slug, deployment.generation),
+                    )
             record = await _one(
                 conn, "SELECT state FROM deployments WHERE slug = %s AND archived = 0", (slug,)
             )

@@ -107,7 +107,7 @@ class Store(Protocol):
     async def archive(self, slug: str) -> None: ...
     # operations
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None: ...
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool: ...
     async def end(
         self,
         operation: int,
@@ -467,21 +467,26 @@ class SQLiteStore:
             assert made is not None
             return made, "created"
 
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> None:
-        """Record the deployment in its transient state and the operation running: one write."""
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+        """Record the operation running and the deployment in its transient state: one write.
+        False, and nothing written, when the operation is no longer queued (another host
+        settled it: the fence that keeps a stale holder from writing)."""
 
-        def work() -> None:
+        def work() -> bool:
             with self._write() as db:
+                started = db.execute(
+                    "UPDATE operations SET state = 'running', started_at = ?, generation = ? "
+                    "WHERE id = ? AND state = 'queued'",
+                    (utc_now().isoformat(), deployment.generation, operation),
+                ).rowcount
+                if not started:
+                    return False
                 if archive_first:
                     db.execute(
                         "UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0",
                         (deployment.slug,),
                     )
                 _save(db, deployment)
-                db.execute(
-                    "UPDATE operations SET state = 'running', started_at = ?, generation = ? WHERE id = ?",
-                    (utc_now().isoformat(), deployment.generation, operation),
-                )
                 verb = db.execute("SELECT verb FROM operations WHERE id = ?", (operation,)).fetchone()[0]
                 _event(
                     db,
@@ -492,8 +497,9 @@ class SQLiteStore:
                     state="running",
                     record_state=deployment.state,
                 )
+                return True
 
-        await self._run(work)
+        return await self._run(work)
 
     async def end(
         self,
@@ -505,19 +511,13 @@ class SQLiteStore:
         archive: bool = False,
         result: DeploymentRef | None = None,
     ) -> bool:
-        """Record an operation's outcome, and the deployment it left, in one write; False if it
-        had already finished (someone settled it first). With ``archive``, the deployment's
+        """Record an operation's outcome, and the deployment it left, in one write; False, and
+        nothing written, if it had already finished (another host settled it first: a stale
+        holder cannot overwrite what the settling wrote). With ``archive``, the deployment's
         generation is archived (a first provision that changed nothing leaves no live record)."""
 
         def work() -> bool:
             with self._write() as db:
-                if deployment is not None:
-                    _save(db, deployment)
-                    if archive:
-                        db.execute(
-                            "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
-                            (deployment.slug, deployment.generation),
-                        )
                 changed = db.execute(
                     "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "
                     "WHERE id = ? AND state IN ('queued', 'running')",
@@ -529,25 +529,33 @@ class SQLiteStore:
                         operation,
                     ),
                 ).rowcount
-                if changed:
-                    slug, verb = db.execute(
-                        "SELECT slug, verb FROM operations WHERE id = ?", (operation,)
-                    ).fetchone()
-                    record = db.execute(
-                        "SELECT state FROM deployments WHERE slug = ? AND archived = 0", (slug,)
-                    ).fetchone()
-                    _event(
-                        db,
-                        operation,
-                        slug,
-                        verb,
-                        "state",
-                        state=state,
-                        error=error,
-                        record_state=record[0] if record else None,
-                        message=(error or {}).get("message"),
-                    )
-                return bool(changed)
+                if not changed:
+                    return False  # fenced: the record stays as whoever settled it wrote it
+                if deployment is not None:
+                    _save(db, deployment)
+                    if archive:
+                        db.execute(
+                            "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
+                            (deployment.slug, deployment.generation),
+                        )
+                slug, verb = db.execute(
+                    "SELECT slug, verb FROM operations WHERE id = ?", (operation,)
+                ).fetchone()
+                record = db.execute(
+                    "SELECT state FROM deployments WHERE slug = ? AND archived = 0", (slug,)
+                ).fetchone()
+                _event(
+                    db,
+                    operation,
+                    slug,
+                    verb,
+                    "state",
+                    state=state,
+                    error=error,
+                    record_state=record[0] if record else None,
+                    message=(error or {}).get("message"),
+                )
+                return True
 
         return await self._run(work)
 
