@@ -393,3 +393,66 @@ async def test_hosts_sharing_postgresql_know_each_other_alive_by_their_leases(
         owner = host.owner
     with psycopg.connect(pg_url) as conn:  # a host that closed gave its lease up
         assert conn.execute("SELECT owner FROM owners WHERE owner = %s", (owner,)).fetchall() == []
+
+
+async def test_slug_locks_hold_across_hosts_name_their_holder_and_die_with_it(pg_url: str) -> None:
+    from hearth import SlugLocked
+    from hearth._pgstore import PgSlugLocks
+
+    first, second = PgSlugLocks(pg_url, "alpha-host:111:aaaa"), PgSlugLocks(pg_url, "beta-host:222:bbbb")
+    async with first.hold("alpha", 0):
+        with pytest.raises(SlugLocked) as caught:
+            async with second.hold("alpha", 0):
+                pass
+        assert "held by alpha-host:111:aaaa: host alpha-host, pid 111" in caught.value.message
+        async with second.hold("beta", 0):  # another slug is free
+            pass
+        waiting = asyncio.ensure_future(_take(second, "alpha", 10.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+    assert await waiting == "taken"  # released: the waiter gets it
+    held = first.hold("gamma", 0)
+    await held.__aenter__()
+    await first.close()  # the holder's session ends (as when its host dies): the lock goes with it
+    assert await _take(second, "gamma", 10.0) == "taken"
+    await second.close()
+
+
+async def _take(locks: object, slug: str, timeout: float) -> str:
+    from hearth._pgstore import PgSlugLocks
+
+    assert isinstance(locks, PgSlugLocks)
+    async with locks.hold(slug, timeout):
+        return "taken"
+
+
+async def test_a_host_watching_postgresql_sees_another_hosts_events(pg_url: str, tmp_path: Path) -> None:
+    from hearth import Host
+    from hearth_adapter_fake import FakeDriver
+    from hearth_adaptersdk import MemoryConnection
+
+    driver = FakeDriver()
+
+    def host(home: str) -> Host:
+        return Host(
+            project_dir=tmp_path,
+            home=tmp_path / home,
+            store_url=pg_url,
+            in_process={"fake": lambda: MemoryConnection(driver)},
+        )
+
+    async with host("one") as one, host("two") as two:
+        watched: list[str] = []
+
+        async def watch() -> None:
+            async for event in two.watch(slug="omega"):
+                if event.kind == "state":
+                    watched.append(str(event.state))
+                    if event.final:
+                        return
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0)
+        await one.provision("omega", tier="solo", driver="fake")
+        await asyncio.wait_for(watcher, 30)
+        assert watched == ["queued", "running", "succeeded"]

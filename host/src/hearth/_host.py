@@ -61,7 +61,7 @@ from ._errors import (
     Unsupported,
     error_from_json,
 )
-from ._locks import OwnerMark, SlugLocks, new_owner
+from ._locks import Locks, OwnerMark, SlugLocks, new_owner
 from ._models import FINISHED, Deployment, Event, Operation, existing_json, synthesized_ref
 from ._records import STORE_FILE
 from ._settings import Settings, SettingsSource, Tier, Timeouts, positive_seconds
@@ -92,6 +92,9 @@ ECHO = 80
 KEY_MAX = 200
 #: How often a host looks for other processes' events while someone waits for them (seconds).
 POLL = 0.02
+#: With a store that notifies (PostgreSQL): the longest wait for a notification before the
+#: host reads the store's last event anyway (a notification lost with a broken connection).
+LISTEN_FALLBACK = 0.5
 #: How often a wait for another process's operation checks that its host is alive (seconds).
 LIVENESS = 1.0
 STATES: frozenset[str] = frozenset(
@@ -224,6 +227,7 @@ class _Bus:
         host = self._host
         try:
             store = await host._opened()
+            waiting = getattr(store, "wait_change", None)
             if not self._seen:
                 self._seen = await store.last_seq()
             while self._wanted() and host._store is not None:
@@ -236,7 +240,10 @@ class _Bus:
                                 host._cancel_work(work, "cancelled", event.message or "cancelled by request")
                     self._seen = seq
                     self.bump()
-                await asyncio.sleep(POLL)
+                if waiting is not None:  # the database wakes us when another host writes
+                    await waiting(LISTEN_FALLBACK)
+                else:
+                    await asyncio.sleep(POLL)
         except HearthError as exc:
             log.error("watching the store's events stopped: %s", exc.message)
             self.bump()
@@ -300,7 +307,7 @@ class Host:
         self.shared_store = False
         self._renewing: asyncio.Task[None] | None = None
         self._store_ready: asyncio.Future[None] | None = None
-        self._locks = SlugLocks(self.state_dir / "locks")
+        self._locks: Locks = SlugLocks(self.state_dir / "locks")
         #: Who runs this host's operations, as other processes see it.
         self.owner = new_owner()
         self._mark = OwnerMark(self.state_dir / "owners", self.owner)
@@ -355,6 +362,8 @@ class Host:
                 self._prepare_home()
             self._store = self._store_arg or self._store_named()
             self.shared_store = hasattr(self._store, "renew_lease")
+            if self.shared_store:  # slugs are locked in the database, for every host on it
+                self._locks = self._leased().slug_locks(self.owner)
             self._store_ready = None
             self._bus = _Bus(self)
             self._mark.acquire()
@@ -426,6 +435,10 @@ class Host:
         for task in builtins.list(self._background):
             task.cancel()
         await self._supervisor.close()
+        closer = getattr(self._locks, "close", None)
+        if closer is not None:  # the database's locks: their session ends
+            with contextlib.suppress(HearthError):
+                await closer()
         if self._renewing is not None:
             self._renewing.cancel()
             with contextlib.suppress(BaseException):

@@ -22,6 +22,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from ._errors import SlugLocked, StoreError
 
@@ -35,6 +36,13 @@ class _Slot:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+class Locks(Protocol):
+    """Per-slug mutual exclusion: ``SlugLocks`` (files in the home) or, on a store several hosts
+    share, the store's own (``PgSlugLocks``: advisory locks in PostgreSQL)."""
+
+    def hold(self, slug: str, timeout: float | None) -> contextlib.AbstractAsyncContextManager[None]: ...
 
 
 class SlugLocks:

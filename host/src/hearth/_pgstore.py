@@ -16,7 +16,10 @@ Needs the ``postgresql`` extra (``pip install 'hearth[postgresql]'``: psycopg an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -26,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from hearth_adaptersdk import DeploymentRef, utc_now
 
-from ._errors import StoreError
+from ._errors import SlugLocked, StoreError
 from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
 from ._records import SCHEMA_VERSION
 from ._store import (
@@ -45,6 +48,7 @@ from ._store import (
 )
 
 R = TypeVar("R")
+log = logging.getLogger("hearth.store")
 Connection = psycopg.AsyncConnection[Any]
 
 #: The transaction-level advisory lock every write takes first ("hearth" + 1).
@@ -165,6 +169,7 @@ class PostgresStore:
         self._size = pool_size
         self._timeout = connect_timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self._listener: Connection | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -191,10 +196,41 @@ class PostgresStore:
             return await work(conn)
 
     async def _write(self, work: Callable[[Connection], Awaitable[R]]) -> R:
-        """One write transaction, after the write lock (writers queue, as in SQLite)."""
+        """One write transaction, after the write lock (writers queue, as in SQLite); it
+        notifies the hosts that listen (``wait_change``) when it commits."""
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-            return await work(conn)
+            done = await work(conn)
+            await conn.execute("NOTIFY hearth_events")
+            return done
+
+    async def wait_change(self, timeout: float) -> None:
+        """Return once another write committed (LISTEN/NOTIFY wakes every host on the database
+        at once), or after ``timeout`` seconds: the caller reads ``last_seq`` either way."""
+        try:
+            listener = await self._listening()
+            async for _ in listener.notifies(timeout=timeout, stop_after=1):
+                pass
+        except (psycopg.Error, OSError, StoreError) as exc:  # fall back to reading on a timer
+            log.debug("listening on %s failed (%s); reading again in %s s", self.where, exc, timeout)
+            await self._stop_listening()
+            await asyncio.sleep(timeout)
+
+    async def _listening(self) -> Connection:
+        if self._listener is None or self._listener.closed:
+            if self._pool is None:
+                raise StoreError(f"the store {self.where} is closed")
+            self._listener = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+            await self._listener.execute("LISTEN hearth_events")
+        return self._listener
+
+    async def _stop_listening(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await listener.close()
 
     # --- lifetime ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -227,6 +263,7 @@ class PostgresStore:
             raise
 
     async def close(self) -> None:
+        await self._stop_listening()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -504,6 +541,10 @@ class PostgresStore:
         )
         return _operation(row) if row else None
 
+    def slug_locks(self, owner: str) -> PgSlugLocks:
+        """Per-slug locks every host on this database respects (for ``owner``'s host)."""
+        return PgSlugLocks(self.url, owner, self._timeout)
+
     # --- leases --------------------------------------------------------------------------------
     async def renew_lease(self, owner: str, seconds: float) -> None:
         """``owner`` is alive for ``seconds`` more, by the database's clock."""
@@ -587,6 +628,128 @@ class PostgresStore:
     async def last_seq(self) -> int:
         row = await self._read(lambda conn: _one(conn, "SELECT MAX(seq) FROM events", ()))
         return int((row or (0,))[0] or 0)
+
+
+# --- per-slug locks across machines ------------------------------------------------------------------
+#: How often a waiting ``hold`` tries the slug's lock again (as the file locks do).
+LOCK_POLL = 0.02
+
+
+class PgSlugLocks:
+    """Per-slug mutual exclusion across every host on the database: PostgreSQL session-level
+    advisory locks (keyed by ``hashtextextended(slug, 0)``) on one dedicated connection of
+    this host, named after the host (``application_name`` is its owner token, so a refusal
+    names the holder). A host that dies loses its locks with its session; a connection that
+    breaks loses them too, which the store's fence makes harmless (the next write of an
+    operation another host settled is refused). Same interface as ``SlugLocks``."""
+
+    def __init__(self, url: str, owner: str, connect_timeout: float = 30.0) -> None:
+        self.url = url
+        self.where = shown(url)
+        self.owner = owner
+        self._timeout = connect_timeout
+        self._conn: Connection | None = None
+        self._connecting = asyncio.Lock()
+        self._local: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    async def _connection(self) -> Connection:
+        async with self._connecting:
+            if self._conn is None or self._conn.closed:
+                try:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self.url,
+                        autocommit=True,
+                        application_name=self.owner[:63],
+                        connect_timeout=max(1, int(self._timeout)),
+                    )
+                except (psycopg.Error, OSError) as exc:
+                    raise StoreError(f"the slug locks in {self.where} cannot be used: {_why(exc)}") from None
+            return self._conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()  # the server releases every lock of the session
+
+    @asynccontextmanager
+    async def hold(self, slug: str, timeout: float | None) -> AsyncIterator[None]:
+        """Hold ``slug``'s lock; waits at most ``timeout`` seconds (None: without bound, 0: try once)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        local = self._local.setdefault(slug, asyncio.Lock())
+        self._users[slug] = self._users.get(slug, 0) + 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await local.acquire()
+            except TimeoutError:
+                raise SlugLocked(
+                    f"workspace {slug!r} is busy in this process; waited {timeout:g} s"
+                ) from None
+            try:
+                key = await self._acquire(slug, deadline, timeout)
+                try:
+                    yield
+                finally:
+                    await self._release(key)
+            finally:
+                local.release()
+        finally:
+            self._users[slug] -= 1
+            if not self._users[slug]:
+                del self._users[slug], self._local[slug]
+
+    async def _acquire(self, slug: str, deadline: float | None, timeout: float | None) -> int:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = await self._connection()
+            try:
+                row = await (
+                    await conn.execute(
+                        "SELECT hashtextextended(%s, 0), pg_try_advisory_lock(hashtextextended(%s, 0))",
+                        (slug, slug),
+                    )
+                ).fetchone()
+            except (psycopg.Error, OSError) as exc:
+                raise StoreError(f"the slug locks in {self.where} cannot be used: {_why(exc)}") from None
+            assert row is not None
+            key, taken = int(row[0]), bool(row[1])
+            if taken:
+                return key
+            if deadline is not None and loop.time() >= deadline:
+                holder = await self._holder(conn, key)
+                raise SlugLocked(
+                    f"workspace {slug!r} is being changed by another hearth process"
+                    f"{f' ({holder})' if holder else ''}; waited {timeout:g} s"
+                )
+            await asyncio.sleep(LOCK_POLL)  # advisory locks have no async wake-up to wait on
+
+    async def _holder(self, conn: Connection, key: int) -> str:
+        """Who holds the lock: its host's owner token (``host:pid:token``), as the server says."""
+        try:
+            row = await (
+                await conn.execute(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s "
+                    "AND l.objsubid = 1 LIMIT 1",
+                    ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF),
+                )
+            ).fetchone()
+        except (psycopg.Error, OSError):
+            return ""
+        if not row or not row[0]:
+            return ""
+        host, _, rest = str(row[0]).partition(":")
+        pid = rest.partition(":")[0]
+        return f"held by {row[0]}: host {host}, pid {pid}" if pid else f"held by {row[0]}"
+
+    async def _release(self, key: int) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return  # the session ended: the server released it
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 # --- statements ------------------------------------------------------------------------------------
@@ -685,4 +848,4 @@ def _why(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-__all__ = ["PG_MIGRATIONS", "PostgresStore"]
+__all__ = ["PG_MIGRATIONS", "PgSlugLocks", "PostgresStore"]

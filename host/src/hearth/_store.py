@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 from ._errors import InvalidInput, StoreError
+from ._locks import Locks
 from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState, synthesized_ref
 from ._records import MIGRATIONS, SCHEMA_VERSION
 
@@ -192,6 +193,7 @@ class LeasedStore(Store, Protocol):
     async def renew_lease(self, owner: str, seconds: float) -> None: ...
     async def lease_alive(self, owner: str) -> bool: ...
     async def drop_lease(self, owner: str) -> None: ...
+    def slug_locks(self, owner: str) -> Locks: ...
 
 
 def _why(exc: BaseException) -> str:
