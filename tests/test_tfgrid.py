@@ -97,6 +97,40 @@ async def test_a_workspace_is_a_vm_behind_a_name_gateway_with_a_private_secret(t
         await peer.teardown(ref)  # idempotent
 
 
+async def test_a_replica_without_the_secret_says_it_cannot_know_and_changes_nothing(tmp_path: Path) -> None:
+    """Two adapters (two replicas) whose data folders are not shared: the one without the
+    workspace's secret never reports it absent, never tears it down "successfully", and never
+    mints a secret of its own for it."""
+    simulator = Simulator(deploy_delay=0.1)
+    socket = tmp_path / "rpc.sock"
+    await simulator.start(socket)
+    config = {"socket": str(socket), "poll_interval": 0.02}
+    try:
+        async with (
+            open_peer(TfgridDriver(), data_dir=tmp_path / "one", config=config) as one,
+            open_peer(TfgridDriver(), data_dir=tmp_path / "two", config=config) as two,
+        ):
+            made = await one.provision("alpha", _profile())
+            # the host's record holds the ref; the other replica's vault has the same layout
+            ref = made.model_copy(
+                update={"secrets_vault_path": str(tmp_path / "two" / "secrets" / "alpha.secret")}
+            )
+            report = await two.status(ref)
+            assert report.state == "unknown" and "not in this adapter's data folder" in (report.message or "")
+            for attempt in (two.teardown(ref), two.upgrade(ref, _profile("team"))):
+                with pytest.raises(RemoteError) as caught:
+                    await attempt
+                assert caught.value.kind == "backend_unavailable"
+                assert "shared storage" in caught.value.message
+            assert [vm.state for vm in simulator.vms.values()] == ["running"]
+            assert not (tmp_path / "two" / "secrets" / "alpha.secret").exists()
+            await one.teardown(made)  # the replica that holds it tears it down: then it is absent
+            assert (await one.status(made)).state == "absent"
+            assert simulator.vms == {}
+    finally:
+        await simulator.stop()
+
+
 async def test_caps_that_need_more_slices_than_the_node_has_show_the_arithmetic(tmp_path: Path) -> None:
     async with grid(tmp_path) as (simulator, peer):
         with pytest.raises(RemoteError) as caught:

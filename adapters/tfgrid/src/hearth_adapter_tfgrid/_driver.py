@@ -210,6 +210,20 @@ class TfgridDriver(Driver):
                 errors=[f"{where}: {exc}"],
             ) from None
 
+    def _no_secret(self, slug: str, ref: DeploymentRef) -> BackendUnavailable | None:
+        """Why a workspace the host says was deployed has no readable secret here, or None when
+        this vault deleted it (then "absent" is the truth). Another replica's data folder holds
+        it, or its file was lost: this adapter cannot know what the grid holds, and never mints
+        a new secret for it (that would deploy a second VM and orphan the first)."""
+        if ref.secrets_vault_path is None or self._vault.deleted_here(slug):
+            return None
+        return BackendUnavailable(
+            f"the secret of workspace {slug!r} is not in this adapter's data folder "
+            f"({self._vault.secret_path(slug)}): it was deployed from another machine or replica, "
+            "or its file was lost, so what the grid holds cannot be known from here and nothing "
+            "was changed; hosts on several machines need the tfgrid data folder on shared storage"
+        )
+
     async def _ask(self, call: Awaitable[T]) -> T:
         """A service call; its failures become protocol errors here and only here."""
         try:
@@ -578,6 +592,9 @@ class TfgridDriver(Driver):
         slug = ref.workspace_slug
         secret = self._secret(slug, ref)
         if secret is None:
+            elsewhere = self._no_secret(slug, ref)
+            if elsewhere is not None:
+                return StatusReport(state="unknown", observed_at=utc_now(), message=elsewhere.message)
             return StatusReport(
                 state="absent",
                 observed_at=utc_now(),
@@ -622,6 +639,9 @@ class TfgridDriver(Driver):
         secret = self._secret(slug, ref)
         record = self._vault.record(slug)
         if record is None or secret is None:
+            elsewhere = self._no_secret(slug, ref)
+            if elsewhere is not None:
+                raise elsewhere
             raise InvalidTransition(f"workspace {slug!r} is not deployed", state="absent")
         vm, gateway = await self._find(slug, secret)
         state, _ = _observed(vm, gateway)
@@ -830,6 +850,9 @@ class TfgridDriver(Driver):
         slug = ref.workspace_slug
         secret = self._secret(slug, ref)
         if secret is None:
+            elsewhere = self._no_secret(slug, ref)
+            if elsewhere is not None:
+                raise elsewhere
             return
         ctx.progress(f"deleting the gateway and VM {_vm_name(slug)}", 0.1)
         vm, gateway = await self._find(slug, secret)

@@ -3,7 +3,9 @@
 ``secrets/<slug>.secret`` holds the VM's ownership secret (mode 0600; its path is the ref's
 ``secrets_vault_path``, the secret itself never leaves this file and the service);
 ``workspaces/<slug>.json`` holds what the VM cannot: the tier and creation time (TFGrid VMs
-have no metadata field, the name is the only handle).
+have no metadata field, the name is the only handle); ``gone/<slug>`` says this vault deleted
+that workspace (so a secret that is missing for another reason is not taken for "nothing
+deployed": on a replica whose data folder is not shared, the secret is simply elsewhere).
 
 A secret is read from ``secrets/<slug>.secret`` and nowhere else: a path handed in (a ref's
 ``secrets_vault_path``, which the host stores and anyone who can edit its record can change) is
@@ -39,7 +41,7 @@ class Vault:
         if folder is None:  # a bare client gave no data_dir: keep secrets in a private temp folder
             folder = Path(tempfile.mkdtemp(prefix="hearth-tfgrid-"))
         self.folder = folder
-        for sub in ("secrets", "workspaces"):
+        for sub in ("secrets", "workspaces", "gone"):
             (folder / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def secret_path(self, slug: str) -> Path:
@@ -49,6 +51,7 @@ class Vault:
         """A new secret from the OS's CSPRNG, written to a file only its owner can read."""
         secret = secrets.token_urlsafe(32)
         path = self.secret_path(slug)
+        (self.folder / "gone" / slug).unlink(missing_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(path, flags, 0o600)
         try:
@@ -109,8 +112,15 @@ class Vault:
         os.replace(tmp, path)
 
     def forget(self, slug: str) -> None:
+        """Drop the workspace's files once what it deployed is deleted, and say so."""
+        gone = self.folder / "gone" / slug
+        gone.touch(mode=0o600, exist_ok=True)
         self.secret_path(slug).unlink(missing_ok=True)
         (self.folder / "workspaces" / f"{slug}.json").unlink(missing_ok=True)
+
+    def deleted_here(self, slug: str) -> bool:
+        """Whether this vault deleted ``slug``'s deployment (and its secret with it)."""
+        return (self.folder / "gone" / slug).exists()
 
     def slugs(self) -> list[str]:
         return sorted(path.stem for path in (self.folder / "secrets").glob("*.secret"))
