@@ -41,10 +41,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import math
 import multiprocessing
 import os
+import queue
 import shutil
 import signal
 import statistics
@@ -53,7 +56,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -1253,6 +1257,466 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
     _print_serve_provisions(served, alone)
 
 
+# --- replicas: several hosts on one PostgreSQL registry (issue 13) ------------------------------
+
+#: The bound of every wait of the replicas section (seconds): a replica's start, its work, a watch.
+REPLICA_BOUND = 180.0
+#: Provisions in flight in all: one replica alone runs this many, each of three a third (rounded up).
+REPLICA_WINDOW = 32
+#: Provisions in flight in the producer of the event-latency runs ("a few at a time").
+LATENCY_WINDOW = 4
+#: How long a replica process may take to stop once told (SIGTERM, then SIGKILL, to its pid).
+REPLICA_STOP = 10.0
+#: What a replica process says on its queue: (what, the replica's name, the value).
+Report = tuple[str, str, Any]
+SpawnProcess = multiprocessing.context.SpawnProcess
+
+
+def _replica_host(folder: str | Path, url: str | None) -> Host:
+    """A host on ``folder/home`` whose ``fake`` driver runs in process (the adapter costs
+    nothing), on the PostgreSQL store ``url`` (None: the home's SQLite file)."""
+    return Host(
+        project_dir=Path(folder) / "project",
+        home=Path(folder) / "home",
+        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
+        store_url=url,
+    )
+
+
+class _Warnings(logging.Handler):
+    """What hearth logs at WARNING and above in a replica process (the store's troubles)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+async def _provision_many(host: Host, name: str, count: int, window: int) -> None:
+    """Provisions of ``{name}-0`` .. ``{name}-{count - 1}``, ``window`` in flight."""
+    gate = asyncio.Semaphore(window)
+
+    async def one(index: int) -> None:
+        async with gate:
+            await host.provision(f"{name}-{index}", tier="solo", driver="fake")
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaJob:
+    """What one replica process does: ``count`` provisions of ``{name}-N``, ``window`` at a time,
+    on a host on ``folder/home`` and the store ``url`` (None: the home's SQLite file)."""
+
+    url: str | None
+    folder: str
+    name: str
+    count: int
+    window: int
+
+
+async def _replica_run(job: ReplicaJob, go: Any, out: Any, warnings: _Warnings) -> None:
+    async with asyncio.timeout(2 * REPLICA_BOUND), _replica_host(job.folder, job.url) as host:
+        await host.provision(f"warm-{job.name}", tier="solo", driver="fake")
+        pool = getattr(host.store, "_pool", None)  # PostgresStore's psycopg pool, if it has one
+        if pool is not None:
+            pool.pop_stats()  # counted from here on
+        out.put(("ready", job.name, None))
+        if not await asyncio.to_thread(go.wait, REPLICA_BOUND):
+            raise TimeoutError(f"no word to start within {REPLICA_BOUND:g} s")
+        started = time.monotonic()
+        await _provision_many(host, job.name, job.count, job.window)
+        ended = time.monotonic()
+        stats = dict(pool.get_stats()) if pool is not None else {}
+    out.put(("done", job.name, (started, ended, stats, warnings.lines)))
+
+
+def _replica_worker(job: ReplicaJob, go: Any, out: Any) -> None:
+    """One replica, in a process of its own (spawned): it opens its host, provisions a warm-up
+    workspace, says ``ready``, waits for ``go``, does its job and says ``done`` with (start, end)
+    on the machine's monotonic clock, its pool's statistics and what hearth logged at WARNING
+    and above; or ``error`` with what went wrong."""
+    for variable in ("HEARTH_HOME", "HEARTH_STORE", "HEARTH_URL"):
+        os.environ.pop(variable, None)
+    warnings = _Warnings()
+    logging.getLogger("hearth").addHandler(warnings)
+    try:
+        asyncio.run(_replica_run(job, go, out, warnings))
+    except BaseException as exc:
+        out.put(("error", job.name, f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def _reports(out: Any, processes: dict[str, SpawnProcess], what: str, deadline: float) -> dict[str, Any]:
+    """Each replica's ``what`` report (by name), read from ``out`` until ``deadline`` (on the
+    monotonic clock); a replica that says ``error``, or ends without a word, fails the run."""
+    got: dict[str, Any] = {}
+    silent_since: dict[str, float] = {}
+    while len(got) < len(processes):
+        now = time.monotonic()
+        if now >= deadline:
+            missing = sorted(set(processes) - set(got))
+            raise RuntimeError(f"replicas {missing} did not say {what!r} within the bound")
+        try:
+            kind, name, value = out.get(timeout=min(0.5, deadline - now))
+        except queue.Empty:
+            for name, process in processes.items():
+                if name in got or process.exitcode is None:
+                    continue
+                first = silent_since.setdefault(name, now)
+                if process.exitcode != 0 or now - first > 2.0:  # its last words had time to come
+                    raise RuntimeError(
+                        f"replica {name} (pid {process.pid}) exited with code {process.exitcode} "
+                        f"before it said {what!r}"
+                    ) from None
+            continue
+        if kind == "error":
+            raise RuntimeError(f"replica {name} failed: {value}")
+        if kind == what:
+            got[name] = value
+    return got
+
+
+def _stop_replicas(processes: dict[str, SpawnProcess]) -> None:
+    """Wait for the replicas started here; SIGTERM, then SIGKILL, to the pid of any still up."""
+    for process in processes.values():
+        if process.pid is None:
+            continue
+        process.join(REPLICA_STOP)
+        if process.is_alive():
+            process.terminate()
+            process.join(REPLICA_STOP)
+        if process.is_alive():
+            process.kill()
+            process.join(REPLICA_STOP)
+
+
+@contextlib.contextmanager
+def _pg_schema(base: str) -> Iterator[str]:
+    """``base`` narrowed to a fresh schema of its own (as tests/conftest.py's ``pg_url``): the
+    store's tables are made in it by the first host, and it is dropped after."""
+    import psycopg
+    from psycopg import sql
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True, connect_timeout=30) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    joiner = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True, connect_timeout=30) as admin:
+            admin.execute("SET lock_timeout = '30s'")
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+class _ConnectionPeak:
+    """The most client connections the database had at once while in use (sampled every 50 ms
+    on a connection of its own, which is not counted)."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.peak: int | None = None
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _ConnectionPeak:
+        if self.url is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(REPLICA_STOP)
+
+    def _sample(self) -> None:
+        import psycopg
+
+        assert self.url is not None
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+                while True:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    ).fetchone()
+                    self.peak = max(self.peak or 0, int(row[0]) if row else 0)
+                    if self._stop.wait(0.05):
+                        return
+        except psycopg.Error as exc:
+            self.error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclasses.dataclass
+class ReplicaRun:
+    """One run of provisions on one or more replica processes."""
+
+    counts: list[int]
+    #: From the first replica's start to the last one's end (the machine's monotonic clock).
+    wall: float
+    #: Each replica's own seconds, by name.
+    spans: dict[str, float]
+    #: The most client connections on the database at once (None: SQLite, or not measured).
+    peak: int | None
+    #: psycopg-pool's statistics of each replica's store (empty for SQLite).
+    pools: dict[str, dict[str, int]]
+    #: What the replicas logged at WARNING and above.
+    warnings: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def replica_run(base: str | None, counts: list[int], window: int) -> ReplicaRun:
+    """``len(counts)`` replica processes (each its own home; on a fresh schema of ``base``, or on
+    their own SQLite files when None) provision ``counts[i]`` workspaces each, ``window`` in
+    flight in each, all started at once after each opened its host and provisioned a warm-up."""
+    spawn = multiprocessing.get_context("spawn")
+    go, out = spawn.Event(), spawn.Queue()
+    root = Path(tempfile.mkdtemp(prefix="hb-replicas-"))
+    processes: dict[str, SpawnProcess] = {}
+    schema: contextlib.AbstractContextManager[str | None] = (
+        _pg_schema(base) if base is not None else contextlib.nullcontext(None)
+    )
+    try:
+        with schema as url:
+            try:
+                for index, count in enumerate(counts):
+                    name = f"r{index}"
+                    processes[name] = spawn.Process(
+                        target=_replica_worker,
+                        args=(ReplicaJob(url, str(root / name), name, count, window), go, out),
+                        name=f"hearth-replica-{name}",
+                        daemon=True,
+                    )
+                    processes[name].start()
+                deadline = time.monotonic() + REPLICA_BOUND
+                _reports(out, processes, "ready", deadline)
+                with _ConnectionPeak(url) as peak:
+                    go.set()
+                    done = _reports(out, processes, "done", time.monotonic() + REPLICA_BOUND)
+            finally:
+                _stop_replicas(processes)  # before the schema is dropped
+            codes = {name: process.exitcode for name, process in processes.items()}
+            if any(code != 0 for code in codes.values()):
+                raise RuntimeError(f"a replica exited badly after its work: exit codes {codes}")
+    finally:
+        out.close()
+        out.join_thread()
+        shutil.rmtree(root, ignore_errors=True)
+    starts = [value[0] for value in done.values()]
+    ends = [value[1] for value in done.values()]
+    if peak.error is not None:
+        print(f"(replicas: the connection count could not be sampled: {peak.error})")
+    return ReplicaRun(
+        counts=counts,
+        wall=max(ends) - min(starts),
+        spans={name: value[1] - value[0] for name, value in sorted(done.items())},
+        peak=peak.peak,
+        pools={name: value[2] for name, value in sorted(done.items()) if value[2]},
+        warnings=[line for value in done.values() for line in value[3]],
+    )
+
+
+async def _replica_latencies(host: Host, after: int, prefix: str, count: int) -> list[float]:
+    """``time.time() - event.at`` of each event of the slugs named ``prefix...`` after ``after``,
+    until ``count`` of their operations have finished (bounded)."""
+    latencies: list[float] = []
+    finished = 0
+    events = host.watch(after=after)
+    try:
+        async with asyncio.timeout(REPLICA_BOUND):
+            async for event in events:
+                if not event.slug.startswith(prefix):
+                    continue
+                latencies.append(time.time() - event.at.timestamp())
+                if event.final:
+                    finished += 1
+                    if finished == count:
+                        break
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
+    return latencies
+
+
+async def replica_event_latency(base: str, count: int, cross: bool) -> tuple[list[float], float]:
+    """(each event's latency to ``Host.watch`` in this process, the producer's seconds): a
+    producer provisions ``count`` workspaces ``LATENCY_WINDOW`` at a time on a fresh schema of
+    ``base``; it is replica A, in a process of its own, when ``cross``, else this host itself."""
+    spawn = multiprocessing.get_context("spawn")
+    go, out = spawn.Event(), spawn.Queue()
+    root = Path(tempfile.mkdtemp(prefix="hb-latency-"))
+    processes: dict[str, SpawnProcess] = {}
+    try:
+        with _pg_schema(base) as url:
+            try:
+                async with _replica_host(root / "b", url) as host:
+                    await host.provision("warm-b", tier="solo", driver="fake")
+                    if cross:
+                        processes["a"] = spawn.Process(
+                            target=_replica_worker,
+                            args=(ReplicaJob(url, str(root / "a"), "a", count, LATENCY_WINDOW), go, out),
+                            name="hearth-replica-a",
+                            daemon=True,
+                        )
+                        processes["a"].start()
+                        deadline = time.monotonic() + REPLICA_BOUND
+                        await asyncio.to_thread(_reports, out, processes, "ready", deadline)
+                    after = await host.store.last_seq()
+                    watcher = asyncio.create_task(_replica_latencies(host, after, "a-", count))
+                    try:
+                        await asyncio.sleep(0.05)  # the watcher is waiting for the first event
+                        if cross:
+                            go.set()
+                            deadline = time.monotonic() + REPLICA_BOUND
+                            latencies, done = await asyncio.gather(
+                                watcher, asyncio.to_thread(_reports, out, processes, "done", deadline)
+                            )
+                            started, ended = done["a"][0], done["a"][1]
+                        else:
+                            started = time.monotonic()
+                            await _provision_many(host, "a", count, LATENCY_WINDOW)
+                            ended = time.monotonic()
+                            latencies = await watcher
+                    finally:
+                        watcher.cancel()
+                        with contextlib.suppress(BaseException):
+                            await watcher
+            finally:
+                await asyncio.to_thread(_stop_replicas, processes)
+            if any(process.exitcode != 0 for process in processes.values()):
+                raise RuntimeError(f"replica A exited with code {processes['a'].exitcode}")
+    finally:
+        out.close()
+        out.join_thread()
+        shutil.rmtree(root, ignore_errors=True)
+    return latencies, ended - started
+
+
+def _per(run: ReplicaRun) -> float:
+    return run.wall / run.total
+
+
+def _print_replica_runs(runs: dict[tuple[str, int], ReplicaRun], small: int, big: int) -> None:
+    three, one, lite = runs["three", big], runs["one", big], runs["sqlite", big]
+    each = ", ".join(str(count) for count in three.counts)
+    print(
+        f"replicas: {big} workspaces provisioned through Host, the fake driver in process (the "
+        "adapter costs nothing),"
+    )
+    print(
+        f"on three replicas (host processes, each its own home, one PostgreSQL database; {each} "
+        f"provisions, {math.ceil(REPLICA_WINDOW / 3)} in flight"
+    )
+    print(
+        f"in each), beside one replica ({REPLICA_WINDOW} in flight) on the same store and one on its "
+        "home's SQLite file (the store's cost):"
+    )
+    print(f"{'':34}{'3 replicas':>12}{'1 replica':>14}{'1, SQLite':>14}{'3 / 1':>9}{'1 / SQLite':>12}")
+    print(
+        f"{'wall time, ' + str(big) + ' provisions':34}{three.wall:9.3f} s {one.wall:11.3f} s "
+        f"{lite.wall:11.3f} s {three.wall / one.wall:7.2f}x{one.wall / lite.wall:11.2f}x"
+    )
+    print(
+        f"{'wall time per verb (total / N)':34}{ms(_per(three))}{ms(_per(one)):>14}{ms(_per(lite)):>14}"
+        f"{_per(three) / _per(one):8.2f}x{_per(one) / _per(lite):11.2f}x"
+    )
+    growth = [_per(runs[kind, big]) / _per(runs[kind, small]) for kind in ("three", "one", "sqlite")]
+    print(
+        f"{'growth ' + str(small) + ' -> ' + str(big) + ' (per workspace)':34}"
+        f"{growth[0]:10.2f}x {growth[1]:12.2f}x {growth[2]:12.2f}x   (1.00 = linear)"
+    )
+    print(
+        f"{'wall time, ' + str(small) + ' provisions':34}{runs['three', small].wall:9.3f} s "
+        f"{runs['one', small].wall:11.3f} s {runs['sqlite', small].wall:11.3f} s"
+    )
+    spans = ", ".join(f"{seconds:.2f} s" for seconds in three.spans.values())
+    print(f"{'each of the 3 replicas, ' + str(big):34}{spans}")
+    print(f"{'client connections at most':34}{three.peak or 0:9d}   {one.peak or 0:11d}{'-':>14}")
+    for label, run in (("3 replicas", three), ("1 replica", one)):
+        if not run.pools:
+            continue
+        waited = sum(stats.get("requests_queued", 0) for stats in run.pools.values())
+        wait_ms = sum(stats.get("requests_wait_ms", 0) for stats in run.pools.values())
+        requests = sum(stats.get("requests_num", 0) for stats in run.pools.values())
+        errors = sum(
+            stats.get(key, 0)
+            for stats in run.pools.values()
+            for key in ("requests_errors", "connections_errors", "connections_lost", "returns_bad")
+        )
+        print(
+            f"{'pool, ' + label + ' (' + str(big) + ')':34}{requests} connection requests, {waited} "
+            f"waited for one ({wait_ms / 1000:.2f} s in all), {errors} errors"
+        )
+    warnings = [line for run in runs.values() for line in run.warnings]
+    if warnings:
+        print(f"{'warnings logged by the replicas':34}{len(warnings)}, e.g. {warnings[0][:200]}")
+    print()
+
+
+def _print_replica_latency(
+    cross: tuple[list[float], float], local: tuple[list[float], float], count: int
+) -> None:
+    (far, far_seconds), (near, near_seconds) = cross, local
+    print(
+        f"cross-replica event latency (time.time() - event.at at Host.watch): replica A provisions "
+        f"{count} workspaces,"
+    )
+    print(
+        f"{LATENCY_WINDOW} at a time, on the PostgreSQL store; replica B, another process, watches "
+        "(LISTEN/NOTIFY), beside"
+    )
+    print("the watcher in A's own host:")
+    print(f"{'':34}{'B, across':>12}{'A itself':>14}{'ratio':>9}  target")
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        new, old = percentile(far, fraction), percentile(near, fraction)
+        target = ""
+        if fraction == 0.5:
+            met = "met" if new <= 0.100 else "NOT met"
+            target = f"p50 <= 100 ms across replicas: {met}"
+        print(f"{'event latency ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x  {target}")
+    print(f"{'event latency max':34}{ms(max(far))}{ms(max(near)):>14}")
+    print(
+        f"{'events seen, producer time':34}{len(far):9d}    {len(near):11d}      "
+        f"({far_seconds:.2f} s and {near_seconds:.2f} s of provisions)"
+    )
+    print()
+
+
+def replicas_section(workspaces: int, events: int) -> None:
+    base = os.environ.get("HEARTH_TEST_PG_URL")
+    why = None if base else os.environ.get("HEARTH_TEST_PG_SKIP", "HEARTH_TEST_PG_URL is not set")
+    if base:
+        try:
+            import psycopg  # noqa: F401 - the store's extra: hearth[postgresql]
+        except ImportError as exc:
+            why = f"the postgresql extra is not installed ({exc})"
+    if why is not None or base is None:
+        if os.environ.get("CI") == "true":
+            raise SystemExit(f"replicas: no PostgreSQL ({why}); CI needs it for this benchmark")
+        print(f"replicas: skipped ({why})")
+        print()
+        return
+    small, big = max(3, workspaces // 10), workspaces
+    runs: dict[tuple[str, int], ReplicaRun] = {}
+    for size in (small, big):
+        thirds = [size // 3 + (1 if index < size % 3 else 0) for index in range(3)]
+        runs["three", size] = replica_run(base, thirds, math.ceil(REPLICA_WINDOW / 3))
+        runs["one", size] = replica_run(base, [size], REPLICA_WINDOW)
+        runs["sqlite", size] = replica_run(None, [size], REPLICA_WINDOW)
+    _print_replica_runs(runs, small, big)
+    cross = asyncio.run(replica_event_latency(base, events, cross=True))
+    local = asyncio.run(replica_event_latency(base, events, cross=False))
+    _print_replica_latency(cross, local, events)
+
+
 def ms(value: float) -> str:
     return f"{value * 1000:8.3f} ms"
 
@@ -1272,9 +1736,11 @@ def main() -> None:
     parser.add_argument("--serve-runs", type=int, default=15, help="runs of each CLI command in serve")
     parser.add_argument("--serve-requests", type=int, default=500, help="API round trips in serve")
     parser.add_argument("--serve-provisions", type=int, default=50, help="provisions at once in serve")
+    parser.add_argument("--replica-workspaces", type=int, default=1000, help="provisions in replicas")
+    parser.add_argument("--replica-events", type=int, default=100, help="provisions in the latency runs")
     parser.add_argument(
         "--only",
-        choices=["codec", "cli", "protocol", "operations", "serve"],
+        choices=["codec", "cli", "protocol", "operations", "serve", "replicas"],
         help="run one section only (no docker section)",
     )
     args = parser.parse_args()
@@ -1285,6 +1751,7 @@ def main() -> None:
             "protocol": lambda: protocol_section(discover("fake").path, args),
             "operations": lambda: operations_section(args.provisions, args.producers, args.lag_rounds),
             "serve": lambda: serve_section(args.serve_runs, args.serve_requests, args.serve_provisions),
+            "replicas": lambda: replicas_section(args.replica_workspaces, args.replica_events),
         }
         sections[args.only]()
         return
@@ -1331,6 +1798,7 @@ def main() -> None:
         print(f"  {micros / 1000:8.1f} ms  {name}")
     print()
     serve_section(args.serve_runs, args.serve_requests, args.serve_provisions)
+    replicas_section(args.replica_workspaces, args.replica_events)
 
 
 if __name__ == "__main__":

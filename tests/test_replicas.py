@@ -144,6 +144,16 @@ async def ended(pid: int, bound: float) -> None:
         os.close(fd)
 
 
+async def settled(host: Host, slug: str, ident: int) -> str:
+    """The note a host adds to an operation's log once it settled the record that operation
+    left (after ending it ``interrupted``), as ``watch`` delivers it."""
+    async with asyncio.timeout(BOUND):
+        async for event in host.watch(slug=slug):
+            if event.operation == ident and event.kind == "log" and "settled by" in (event.message or ""):
+                return event.message or ""
+    raise AssertionError("the watch ended")
+
+
 async def test_a_replica_killed_mid_provision_is_taken_over_and_the_record_tells_the_truth(
     site: tuple[Path, Path], pg_url: str
 ) -> None:
@@ -156,6 +166,7 @@ async def test_a_replica_killed_mid_provision_is_taken_over_and_the_record_tells
         # a waiter learns within the lease plus a second that its host is gone, and settles it
         final = await (await survivor.operation(ident)).wait(timeout=BOUND)
         assert final.state == "interrupted", final
+        await settled(survivor, "kappa", ident)
         # the killed replica's adapter rolls back when its parent dies; once it has exited,
         # status says what the backend holds, and the record says the same
         [create] = journal(home, "provision", "kappa")  # never a second backend create
@@ -186,3 +197,28 @@ async def test_a_paused_holder_past_its_lease_is_fenced(site: tuple[Path, Path],
         report = await host.status("lambda")  # and the next access settles it from the backend
         record = await host.store.get("lambda")
         assert record is not None and record.state == report.state == "ready", (record, report)
+
+
+async def test_a_replica_takes_over_a_dead_ones_operation_unasked(
+    site: tuple[Path, Path], pg_url: str
+) -> None:
+    """No one waits for it or looks at the slug: the survivor's lease round finds it."""
+    home, project = site
+    async with replicas(home, project, pg_url, ["slow", "mu"]) as [doomed]:
+        ident = int((await doomed.say())["running"])
+        doomed.signal(signal.SIGKILL)
+        await doomed.process.wait()
+    async with Host(project_dir=project, home=home, store_url=pg_url) as survivor:
+        note = await settled(survivor, "mu", ident)  # reading events settles nothing
+        assert f"settled by {survivor.owner} from the adapter's status" in note
+        op = await survivor.operation(ident)
+        assert op.state == "interrupted" and op.error is not None, op
+        message = op.error["message"]
+        assert f"taken over by {survivor.owner}" in message and "held no lease" in message
+        # once the dead replica's adapter has rolled back and exited, the record says so
+        [create] = journal(home, "provision", "mu")
+        await ended(int(create["pid"]), BOUND)
+        if await survivor.store.get("mu") is not None:
+            await survivor.status("mu")
+        record = await survivor.store.get("mu")
+        assert record is None or (record.state == "failed" and record.ref is None), record

@@ -400,12 +400,27 @@ class Host:
         return cast(LeasedStore, self.store)
 
     async def _renew_lease(self) -> None:
-        """Renew this host's lease every third of it while the host is open. A renewal that
-        fails is logged and tried again: past the lease, other hosts settle its operations."""
+        """Renew this host's lease every third of it while the host is open, and take over the
+        operations of hosts whose lease ran out (each is ended ``interrupted`` and its record
+        settled from the adapter's ``status``; hosts racing to do so settle it once). A
+        renewal that fails is logged and tried again: past the lease, others take over."""
         while self._store is not None:
             await asyncio.sleep(self.timeouts.lease / 3)
+            store = self._leased()
             try:
-                await self._leased().renew_lease(self.owner, self.timeouts.lease)
+                await store.renew_lease(self.owner, self.timeouts.lease)
+                for operation in await store.orphaned():
+                    if operation.id in self._work:
+                        continue  # ours: our lease was late, the work goes on (the fence guards it)
+                    log.info(
+                        "taking over operation #%s (%s of %s): its host %s holds no lease",
+                        operation.id,
+                        operation.verb,
+                        operation.slug,
+                        operation.owner,
+                    )
+                    await self._interrupted(operation)
+                    await self._heal(operation.slug)
             except HearthError as exc:
                 log.warning("the lease of %s could not be renewed: %s", self.owner, exc.message)
 
@@ -750,14 +765,14 @@ class Host:
         return OwnerMark.alive(self.state_dir / "owners", operation.owner)
 
     async def _interrupted(self, operation: Operation) -> None:
-        await self.store.end(
-            operation.id,
-            "interrupted",
-            {
-                "kind": "interrupted",
-                "message": "the hearth process running it stopped before it finished",
-            },
+        """End the operation of a host found dead, saying who found it and how."""
+        how = (
+            f"its host {operation.owner} held no lease (it stopped, or lost touch with the "
+            f"database); taken over by {self.owner}"
+            if self.shared_store
+            else "the hearth process running it stopped before it finished"
         )
+        await self.store.end(operation.id, "interrupted", {"kind": "interrupted", "message": how})
         self._bus.bump()
 
     async def _heal(self, slug: str) -> tuple[Deployment | None, Operation | None]:
@@ -771,7 +786,10 @@ class Host:
 
         try:
             async with self._locks.hold(slug, 0.0):
-                await Reconciler(self, dry_run=False, timeout=None).settle(slug)
+                reconciler = Reconciler(self, dry_run=False, timeout=None)
+                await reconciler.settle(slug)
+                for _, was, now in reconciler.report.resolved:
+                    await self._note_settled(record, was, now)
         except SlugLocked:
             pass  # someone is settling it right now
         except HearthError as exc:
@@ -780,6 +798,16 @@ class Host:
             log.warning("could not settle %s from its adapter: %s", slug, exc.message)
         self._bus.bump()
         return await self.store.get(slug), None
+
+    async def _note_settled(self, record: Deployment, was: str, now: str) -> None:
+        """Say in the log of the operation that left ``record`` transient what settled it."""
+        last = await self.store.last_operation(record.slug, record.generation)
+        if last is None:
+            return
+        settled = await self.store.get(record.slug)
+        why = f" ({settled.reason})" if settled is not None and settled.reason else ""
+        note = f"settled by {self.owner} from the adapter's status: the record went from {was} to {now}{why}"
+        await self.store.add_events([NewEvent(last.id, record.slug, last.verb, "log", "info", note)])
 
     async def _look(self, slug: str) -> tuple[Deployment | None, Operation | None]:
         """The slug's record and its live operation (one store call; a dead host's operations

@@ -567,6 +567,20 @@ class PostgresStore:
         )
         return bool(row and row[0])
 
+    async def orphaned(self) -> list[Operation]:
+        """Queued or running operations whose owner holds no live lease: a host that died or
+        lost touch; any host may take them over (``Host`` ends them and settles the record)."""
+        rows = await self._read(
+            lambda conn: _all(
+                conn,
+                f"SELECT {OPERATION_COLUMNS} FROM operations o WHERE state IN ('queued', 'running') "
+                "AND NOT EXISTS (SELECT 1 FROM owners w WHERE w.owner = o.owner AND w.expires_at > now()) "
+                "ORDER BY id",
+                (),
+            )
+        )
+        return [_operation(row) for row in rows]
+
     async def drop_lease(self, owner: str) -> None:
         async def work(conn: Connection) -> None:
             await conn.execute("DELETE FROM owners WHERE owner = %s", (owner,))
