@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth import Host, RemoteHost, Unauthorized
+from hearth import Host, InvalidInput, RemoteHost, Unauthorized
 from hearth._cli import build_parser
 from tests.helpers import left_by_a_dead_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
@@ -170,7 +170,9 @@ async def test_ctrl_c_through_the_daemon_cancels_the_operation_and_says_what_bec
                 err = raw.decode()
                 assert cli.returncode == 130, err
                 assert err.startswith("hearth: cancelled: interrupted by SIGINT; provision of 'sigma'"), err
-                assert "ended cancelled" in err and "rolled back" in err, err
+                # the words of a Ctrl-C of the CLI run alone
+                alone = "provision of 'sigma' was cancelled and rolled back"
+                assert err == f"hearth: cancelled: interrupted by SIGINT; {alone}\n", err
                 [op] = (await client.get("/v1/operations", params={"slug": "sigma"})).json()
                 assert op["state"] == "cancelled" and op["error"]["rolled_back"] is True, op
                 assert (await client.get("/v1/workspaces/sigma")).status_code == 404
@@ -334,6 +336,9 @@ async def test_the_daemon_heals_on_its_own_reloads_on_sighup_and_logs_json(
             settings.write_text("[tiers\n")
             served.send(signal.SIGHUP)
             served.wait_for("SIGHUP: the settings are invalid")
+            with pytest.raises(InvalidInput, match="not valid TOML"):  # as the CLI run alone says
+                await remote.status("rho")
+            assert (await remote.health())["status"] == "ok"
         assert served.stop() == 0
     entries = [json.loads(line) for line in served.lines if line != "<eof>"]
     assert entries and all({"at", "level", "logger", "message"} <= set(entry) for entry in entries)
@@ -430,3 +435,124 @@ def test_a_sigterm_during_startup_still_stops_the_daemon(site: tuple[Path, Path]
         starting.send(signal.SIGTERM)
         assert starting.process.wait(timeout=BOUND) == 0
     assert not (site[0] / "hearth.sock").exists()
+
+
+def test_a_daemon_never_takes_over_a_socket_another_one_serves(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    home, project = site
+    with daemon(site, venv_bin) as first:
+        first.wait_for("serving")
+        with (
+            short_dir() as other,
+            daemon((other, project), venv_bin, "--socket", str(home / "hearth.sock")) as second,
+        ):
+            assert second.process.wait(timeout=BOUND) == 1
+            second.wait_for(f"already serves the socket {home / 'hearth.sock'}")
+        assert hearth(venv_bin, site, "ls").returncode == 0
+        assert first.stop() == 0
+    with daemon(site, venv_bin, "--socket", str(tmp_path / "no" / "such" / "dir.sock")) as nowhere:
+        assert nowhere.process.wait(timeout=BOUND) == 1
+        nowhere.wait_for("hearth: serve_error: cannot lock")
+
+
+def test_a_certificate_that_cannot_be_used_is_refused_at_start(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    key.chmod(0o600)
+    token = tmp_path / "token"
+    token.write_text("a-token-that-is-long-enough\n")
+    token.chmod(0o600)
+    with socket_port() as port:
+        argv = ["--listen", f"127.0.0.1:{port}", "--token-file", str(token)]
+        with daemon(site, venv_bin, *argv, "--tls-cert", str(cert), "--tls-key", str(key)) as refused:
+            assert refused.process.wait(timeout=BOUND) == 1
+            refused.wait_for("cannot be used")
+
+
+def test_a_daemon_that_stops_answering_is_given_up_on_within_the_bound(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        assert hearth(venv_bin, site, "provision", "nu", "--tier", "solo", "--driver", "fake").returncode == 0
+        served.send(signal.SIGSTOP)
+        try:
+            stuck = hearth(venv_bin, site, "status", "nu", "--timeout", "1")
+            assert stuck.returncode == 1, stuck.stderr
+            assert stuck.stderr.startswith("hearth: timeout: the hearth daemon at unix://"), stuck.stderr
+            assert "did not answer" in stuck.stderr
+        finally:
+            served.send(signal.SIGCONT)
+        assert served.stop() == 0
+
+
+def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Path], venv_bin: Path) -> None:
+    home, _ = site
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        made = subprocess.Popen(
+            [str(venv_bin / "hearth"), "provision", "xi", "--tier", "glacial", "--driver", "fake",
+             "--home", str(home), "--project", str(site[1])],
+            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            killed.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
+            assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+            _, err = made.communicate(timeout=BOUND)
+            assert made.returncode == 1 and "daemon_unavailable" in err and "hearth logs xi" in err, err
+        finally:
+            if made.poll() is None:
+                made.kill()
+                made.communicate(timeout=BOUND)
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
+        listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
+        looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
+        [op] = json.loads(looked.stdout)
+        assert op["state"] == "interrupted", op
+        after = {
+            ref["workspace_slug"]: ref["last_status"]
+            for ref in json.loads(hearth(venv_bin, site, "ls", "--json").stdout)
+        }
+        assert after.get("xi") in (None, "failed"), (listed, after)
+        assert again.stop() == 0
+
+
+async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tmp_path: Path) -> None:
+    """The adapter never answers the cancel; the cancel grace is a minute; the second Ctrl-C
+    ends the wait at once (well within the bound here) and the record says it is not confirmed."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        '[tiers.hang.driver_flags.fake]\nhang_at = "provision"\n[timeouts]\ncancel_grace = 60\n'
+    )
+    where = ["--home", str(tmp_path / "home"), "--project", str(project)]
+    cli = await asyncio.create_subprocess_exec(
+        str(venv_bin / "hearth"), "provision", "omicron", "--tier", "hang", "--driver", "fake",
+        "--local", *where,
+        env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with Host(project_dir=project, home=tmp_path / "home") as looking, asyncio.timeout(BOUND):
+            async for event in looking.watch(slug="omicron"):
+                if event.kind == "state" and event.state == "running":
+                    break  # the request goes to the adapter now (and hangs there)
+        cli.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.5)
+        cli.send_signal(signal.SIGINT)
+        _, raw = await asyncio.wait_for(cli.communicate(), 20)
+    finally:
+        if cli.returncode is None:
+            cli.kill()
+            await cli.communicate()
+    assert cli.returncode == 130
+    assert "its rollback is not confirmed" in raw.decode(), raw
+    listed = hearth(venv_bin, (tmp_path / "home", project), "ls", "--json", "--local")
+    [ref] = json.loads(listed.stdout)
+    assert ref["last_status"] == "failed"

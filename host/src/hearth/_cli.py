@@ -84,8 +84,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: ``reconcile --dry-run`` found records and backends that disagree.
 EXIT_DRIFT = 3
-#: Seconds to connect to a daemon (and to wait beyond a --timeout the daemon keeps itself).
+#: Seconds to connect to a daemon, and to wait for its answer beyond the bound it keeps itself.
 CONNECT_BOUND = 30.0
+ANSWER_MARGIN = 5.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -610,7 +611,14 @@ class Interrupted(Exception):
 def _home_daemon(args: argparse.Namespace) -> Path | None:
     """The home's daemon socket when the command should use it: ``--local`` and ``HEARTH_URL``
     aside, a daemon that answers on the home's socket and serves this project (or runs while
-    we are in none). A socket file left by a dead daemon is passed by."""
+    we are in none). A socket file left by a dead daemon is passed by. Asked once."""
+    if not hasattr(args, "_home_daemon"):
+        args._home_daemon = _find_home_daemon(args)
+    found: Path | None = args._home_daemon
+    return found
+
+
+def _find_home_daemon(args: argparse.Namespace) -> Path | None:
     import socket
 
     if getattr(args, "local", False) or os.environ.get(URL_ENV, "").strip():
@@ -670,6 +678,25 @@ class _Signalled(Exception):
         self.signum = signum
 
 
+def _status_default(args: argparse.Namespace) -> float:
+    """The daemon's bound of a ``status`` without ``--timeout``: ``[timeouts]`` status and
+    handshake of the project's hearth.toml (the daemon serves this project), read without the
+    settings' models; their defaults when unset or unreadable (the daemon says what is wrong)."""
+    import tomllib
+
+    bounds = {"status": 30.0, "handshake": 10.0}
+    settings = find_project_dir(getattr(args, "project", None)) / ".hearth" / "hearth.toml"
+    try:
+        table = tomllib.loads(settings.read_text(encoding="utf-8")).get("timeouts", {})
+    except (OSError, ValueError):
+        table = {}
+    for name in bounds:
+        value = table.get(name) if isinstance(table, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+            bounds[name] = float(value)
+    return bounds["status"] + bounds["handshake"]
+
+
 def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int]:
     """``hearth status`` through the home's daemon with the standard library alone: a read that
     a person types often, so it skips what the other commands load (httpx, pydantic, asyncio:
@@ -680,19 +707,21 @@ def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int
     import urllib.parse
     from types import SimpleNamespace
 
-    from ._errors import DaemonUnavailable, error_from_json
+    from ._errors import CallTimeout, DaemonUnavailable, error_from_json
 
     class Connection(http.client.HTTPConnection):
         def connect(self) -> None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(CONNECT_BOUND)
             self.sock.connect(str(path))
-            self.sock.settimeout(None if timeout is None else timeout + CONNECT_BOUND)
+            self.sock.settimeout(bound)
 
     def signalled(signum: int, frame: object) -> None:
         raise _Signalled(signum)
 
     timeout: float | None = getattr(args, "timeout", None)
+    # the daemon keeps the deadline; a daemon that stops answering is given up on a little later
+    bound = (timeout if timeout is not None else _status_default(args)) + ANSWER_MARGIN
     query = "" if timeout is None else "?" + urllib.parse.urlencode({"timeout": timeout})
     target = f"/v1/workspaces/{urllib.parse.quote(args.slug, safe='')}/status{query}"
     for signum in _SIGNALS:
@@ -704,6 +733,10 @@ def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int
         body = response.read()
     except _Signalled as exc:
         raise Interrupted(f"interrupted by {signal.Signals(exc.signum).name}; nothing was changed") from None
+    except TimeoutError:
+        raise CallTimeout(
+            f"the hearth daemon at unix://{path} did not answer GET {target} within {bound:g} s"
+        ) from None
     except OSError as exc:
         raise DaemonUnavailable(f"the hearth daemon at unix://{path} did not answer: {exc}") from None
     finally:
@@ -725,6 +758,23 @@ def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int
     return document, _status_lines(args.slug, cast("StatusReport", report)), 0
 
 
+def _open_host(args: argparse.Namespace) -> tuple[Host | RemoteHost, str]:
+    """The daemon to go through, or a host run here; and how long a cancel may wait, in words."""
+    remote = _daemon(args)
+    if remote is not None:
+        return remote, "the daemon's cancel grace"
+    from ._host import Host  # loads only for a host run here
+
+    logging.getLogger("hearth").info("running the host in this process")
+    host = Host(
+        project_dir=getattr(args, "project", None),
+        home=getattr(args, "home", None),
+        store_url=getattr(args, "store", None),
+    )
+    host.open()
+    return host, f"up to {host.timeouts.cancel_grace:g} s"
+
+
 async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     """Run one command; SIGINT, SIGTERM and SIGHUP cancel it (the host records why and waits
     for the rollback within its cancel grace); a second signal stops that wait. Through a
@@ -732,22 +782,7 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
     import asyncio
 
     loop = asyncio.get_running_loop()
-
-    remote = _daemon(args)
-    host: Host | RemoteHost
-    if remote is not None:
-        host = remote
-        grace = "the daemon's cancel grace"
-    else:
-        from ._host import Host  # loads only for a host run here
-
-        host = Host(
-            project_dir=getattr(args, "project", None),
-            home=getattr(args, "home", None),
-            store_url=getattr(args, "store", None),
-        )
-        host.open()
-        grace = f"up to {host.timeouts.cancel_grace:g} s"
+    host, grace = _open_host(args)
     work = asyncio.create_task(_command(host, args))
     received: list[int] = []
 
@@ -769,8 +804,9 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str, int]:
                     file=sys.stderr,
                     flush=True,
                 )
-        elif len(received) == 2:
-            work.cancel()  # stop waiting for the rollback: the record says it is not confirmed
+        elif len(received) == 2:  # stop waiting for the rollback: the record says it is not confirmed
+            host.cancel_running("stopped waiting for the rollback (a second signal)", again=True)
+            work.cancel()
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)

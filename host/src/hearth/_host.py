@@ -471,15 +471,25 @@ class Host:
             self._store_ready = None
             self._mark.release()
 
-    def cancel_running(self, reason: str, *, outcome: str = "cancelled") -> int:
+    def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int:
         """Cancel every operation this host runs, recording ``reason``; the number cancelled.
-        The CLI calls it on SIGINT/SIGTERM/SIGHUP (``outcome`` ``interrupted`` for the latter)."""
-        return sum(self._cancel_work(work, outcome, reason) for work in builtins.list(self._work.values()))
+        The CLI calls it on SIGINT/SIGTERM/SIGHUP (``outcome`` ``interrupted`` for the latter).
+        ``again`` (the CLI's second signal): stop waiting for the rollbacks already asked for;
+        their records then say the rollback is not confirmed."""
+        return sum(
+            self._cancel_work(work, outcome, reason, again=again)
+            for work in builtins.list(self._work.values())
+        )
 
-    def _cancel_work(self, work: _Work, outcome: str, reason: str) -> bool:
-        """Cancel the work once: a second cancel of a task would cut its rollback short."""
-        if work.task is None or work.task.done() or work.cancel is not None:
+    def _cancel_work(self, work: _Work, outcome: str, reason: str, *, again: bool = False) -> bool:
+        """Cancel the work once: a second cancel of a task cuts its rollback short, which only
+        ``again`` asks for."""
+        if work.task is None or work.task.done():
             return False
+        if work.cancel is not None:
+            if again:
+                work.task.cancel()
+            return again
         work.cancel = (outcome, reason)
         work.task.cancel()
         return True
@@ -1384,10 +1394,12 @@ class Host:
         )
 
     async def deployment(self, slug: str) -> Deployment:
-        """The record of ``slug``; ``not_found`` if there is none."""
+        """The record of ``slug``; ``not_found`` if there is none. Like every access to a slug,
+        it first settles what a dead host left there (its record is read after)."""
         self._check_slug(slug)
         await self._opened()
-        return await self._existing(slug)
+        record, _ = await self._heal(slug)
+        return await self._existing(slug, record)
 
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]:
         """The operations run on ``slug`` (all generations), each with its log; ``limit``: the

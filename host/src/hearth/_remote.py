@@ -36,6 +36,14 @@ from ._states import same_ready, teardown_done
 API = "/v1"
 #: The longest single ``/wait`` the client asks for (seconds); a longer wait asks again.
 WAIT_CHUNK = 30.0
+#: How much longer than a call's own deadline the client waits for the daemon's answer.
+MARGIN = 5.0
+#: Room for the daemon's default bounds (``[timeouts]`` status 30 s, handshake 10 s, ...) on a
+#: call given no deadline: a daemon that stops answering is given up on after that.
+DAEMON_DEFAULTS = 60.0
+#: The read bound of a ``reconcile`` given no deadline (one list per driver, a status per
+#: uncertain record: it may take long).
+RECONCILE_BOUND = 3600.0
 #: Attempts to reconnect a dropped event stream before giving up (with a growing pause).
 RECONNECTS = 5
 #: How long the events of an operation already finished may stay quiet before they are over.
@@ -47,6 +55,10 @@ if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does no
 
 ProgressListener = Callable[[Progress], object] | Callable[[Progress], Awaitable[object]]
 T = TypeVar("T")
+
+
+class Unanswered(CallTimeout):
+    """The daemon did not answer within the call's bound (kind ``timeout``)."""
 
 
 def _address_from_env() -> tuple[Path | None, str | None]:
@@ -209,7 +221,7 @@ class RemoteHost:
                 method, API + path, params=query, json=body, headers=headers, timeout=bound
             )
         except httpx.TimeoutException as exc:
-            raise CallTimeout(
+            raise Unanswered(
                 f"the hearth daemon at {self.address} did not answer {method} {path}: {exc!r}"
             ) from None
         except httpx.TransportError as exc:
@@ -279,6 +291,7 @@ class RemoteHost:
             self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
             ours,
             on_progress,
+            ("provision", slug),
         )
         assert ref is not None
         return ref
@@ -294,7 +307,10 @@ class RemoteHost:
     ) -> DeploymentRef:
         ours = key or _own_key()
         ref = await self._verb(
-            self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout), ours, on_progress
+            self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout),
+            ours,
+            on_progress,
+            ("upgrade", slug),
         )
         assert ref is not None
         return ref
@@ -311,9 +327,11 @@ class RemoteHost:
         if key is None and teardown_done(await self._record(slug)):
             return
         ours = key or _own_key()
-        await self._verb(self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress)
+        await self._verb(
+            self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress, ("teardown", slug)
+        )
 
-    def cancel_running(self, reason: str, *, outcome: str = "cancelled") -> int:
+    def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int:
         """Ask the daemon to cancel every operation this client's verbs started (and any it is
         starting now), recording ``reason``; the number asked. The CLI calls it on a signal.
         Through the daemon every such operation ends ``cancelled`` (``outcome`` is for
@@ -327,7 +345,11 @@ class RemoteHost:
         return asked + self._starting
 
     async def _verb(
-        self, start: Awaitable[Operation], key: str, on_progress: ProgressListener | None
+        self,
+        start: Awaitable[Operation],
+        key: str,
+        on_progress: ProgressListener | None,
+        what: tuple[str, str],
     ) -> DeploymentRef | None:
         """Start, then the result. A start cut short by a cancellation still lands (its
         request is shielded) and what it started is then cancelled; a cancelled caller
@@ -336,6 +358,12 @@ class RemoteHost:
         starting = asyncio.ensure_future(start)
         try:
             op = await asyncio.shield(starting)
+        except (DaemonUnavailable, Unanswered) as exc:  # the answer was lost, maybe not the start
+            verb, slug = what
+            raise type(exc)(
+                f"{exc.message}; the {verb} of {slug!r} may have started there before the answer "
+                f"was lost: 'hearth logs {slug}' shows it"
+            ) from None
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 op = await asyncio.wait_for(starting, self.timeout)
@@ -357,6 +385,11 @@ class RemoteHost:
             relay = asyncio.get_running_loop().create_task(self._relay(op.id, on_progress))
         try:
             return await self._operation_result(op.id, None)
+        except (DaemonUnavailable, Unanswered) as exc:  # the daemon went away or went silent
+            raise type(exc)(
+                f"{exc.message}; operation #{op.id} ({op.verb} of {op.slug!r}) was started there and "
+                f"may still run: 'hearth logs {op.slug}' shows how it ends"
+            ) from None
         except asyncio.CancelledError:
             if op.key == key:
                 pending = self._cancelling.get(op.id)
@@ -379,19 +412,38 @@ class RemoteHost:
                     await relay
 
     async def _note_cancelled(self, ident: int) -> None:
-        """One line in ``interruptions`` on what became of an operation this client cancelled."""
+        """One line in ``interruptions`` on what became of an operation this client cancelled,
+        in the words ``Host`` uses for its own."""
         try:
             op = await self.operation(ident)
-            try:
-                record = await self.deployment(op.slug)
-                where = f"the workspace is recorded {record.state}"
-            except HearthError:
-                where = "no workspace is recorded (nothing changed)"
+            record = await self._record(op.slug)
         except HearthError as exc:
             self.interruptions.append(f"operation #{ident} was told to cancel ({exc.kind}: {exc.message})")
             return
-        message = (op.error or {}).get("message") or op.state
-        self.interruptions.append(f"{op.verb} of {op.slug!r} ended {op.state} ({message}); {where}")
+        note = f"{op.verb} of {op.slug!r}"
+        error = op.error or {}
+        state = record.state if record is not None else "nowhere (nothing changed)"
+        if op.state == "succeeded":
+            line = f"{note} had finished before the cancel took effect; it is recorded as done"
+        elif record is not None and record.unconfirmed:
+            line = f"{note} was told to cancel; its rollback is not confirmed (reconcile checks it)"
+        elif op.verb == "teardown":
+            line = f"{note} was cancelled; the workspace is recorded {state}"
+        elif error.get("kind") not in ("cancelled", "interrupted"):
+            line = (
+                f"{note} was cancelled and the adapter answered with an error "
+                f"({error.get('kind')}); the workspace is recorded {state}"
+            )
+        elif error.get("rolled_back") is False:
+            line = f"{note} was cancelled; the adapter could not confirm its rollback (reconcile checks it)"
+        else:
+            before = (
+                ""
+                if record is None or op.verb == "provision"
+                else f"; the workspace is {record.state} as before"
+            )
+            line = f"{note} was cancelled and rolled back{before}"
+        self.interruptions.append(line)
 
     async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
         async for event in self._operation_events(ident, 0):
@@ -600,7 +652,8 @@ class RemoteHost:
         self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
     ) -> ReconcileReport:
         body = {"slug": slug, "dry_run": bool(dry_run), "timeout": timeout}
-        return _report(await self._call("POST", "/reconcile", body=body, timeout=_longer(timeout, self)))
+        bound = _longer(timeout, self, RECONCILE_BOUND)
+        return _report(await self._call("POST", "/reconcile", body=body, timeout=bound))
 
     async def plan(
         self, slug: str, *, tier: str, driver: str | None = None, timeout: float | None = None
@@ -627,10 +680,13 @@ class RemoteHost:
         return dict(await self._call("GET", "/health"))
 
 
-def _longer(timeout: float | None, remote: RemoteHost) -> float | httpx.Timeout:
-    """The HTTP bound of a call the daemon bounds itself: a little longer than ``timeout``, or
-    (None: the daemon's own default from its ``[timeouts]``) no bound on reading the answer."""
-    return httpx.Timeout(remote.timeout, read=None) if timeout is None else timeout + remote.timeout
+def _longer(timeout: float | None, remote: RemoteHost, default: float = 0.0) -> float | httpx.Timeout:
+    """The HTTP bound of a call the daemon bounds itself: ``timeout`` plus ``MARGIN`` (the
+    daemon answers its own timeout error by then), or without one the daemon's default, which
+    this client does not know: ``default`` (else ``remote.timeout``) plus ``DAEMON_DEFAULTS``."""
+    if timeout is not None:
+        return timeout + MARGIN
+    return httpx.Timeout(remote.timeout, read=(default or remote.timeout) + DAEMON_DEFAULTS)
 
 
 def _parse(kind: type[T], data: Any) -> T:

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import stat
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +32,7 @@ from types import FrameType
 from typing import Annotated, Any, Literal, cast
 
 import uvicorn
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -216,14 +217,20 @@ class _Token:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
         if scope["type"] == "http" and server is not None and server[1] is not None:
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                response = _error("unauthorized", "a bearer token is needed (Authorization: Bearer ...)")
+            scheme, _, credential = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.expected):
+                why = (
+                    "this token is not the daemon's"
+                    if scheme.lower() == b"bearer"
+                    else "a bearer token is needed (Authorization: Bearer ...; HEARTH_TOKEN for the CLI)"
+                )
+                response = _error("unauthorized", why)
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
@@ -332,11 +339,18 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     every request that does not come through a Unix socket needs ``Authorization: Bearer``."""
     from . import __version__
 
+    async def settings_valid(request: Request) -> None:
+        """Every call but ``/health`` fails ``invalid_input`` while hearth.toml is invalid, as
+        the CLI does run locally: never an answer from settings that are no longer the file's."""
+        if request.url.path != f"{API}/health":
+            _state(request).host.reload_settings()
+
     app = FastAPI(
         title="hearth",
         version=__version__,
         summary="Workspaces through pluggable adapters: the hearth daemon's API v1.",
         responses=cast(dict[int | str, dict[str, Any]], {500: {"model": ErrorBody}}),
+        dependencies=[Depends(settings_valid)],
     )
     app.state.hearth = _State(host)
     if token is not None:
@@ -583,7 +597,10 @@ def default_socket(home: str | Path | None = None) -> Path:
 def _held(path: Path, what: str, project: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` for the block (the daemon's life), with our pid and the
     project we serve in it (the CLI reads them to choose between the daemon and itself)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ServeError(f"cannot lock {path} for {what}: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -741,23 +758,34 @@ def _noted(signum: int, frame: FrameType | None) -> None:
     _early.append(signum)
 
 
-async def _reconcile_periodically(host: Host, stopping: asyncio.Event) -> None:
-    """The daemon's self-healing: ``reconcile`` every ``[serve] reconcile_interval`` seconds,
-    each wait varied by ``reconcile_jitter`` so that replicas do not run in step. It changes
-    what reconcile changes (records a dead host left; ghosts marked failed) and logs it."""
+async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: asyncio.Event) -> None:
+    """The daemon's self-healing: ``reconcile`` once at start (what a dead daemon left is
+    settled before anyone asks), then every ``[serve] reconcile_interval`` seconds, each wait
+    varied by ``reconcile_jitter`` so that replicas do not run in step; a SIGHUP (``reload``)
+    makes a new interval count at once. It changes what reconcile changes (records a dead host
+    left; ghosts marked failed) and logs it; an orphan is logged once."""
+    orphans: set[tuple[str, str]] = set()
+    delay = 0.0
     while not stopping.is_set():
         try:
-            serve_settings = host.reload_settings().serve
-        except HearthError as exc:
-            log.warning("reconcile: the settings cannot be read (%s); trying again in 60 s", exc.message)
-            serve_settings = None
-        interval = 60.0 if serve_settings is None else serve_settings.reconcile_interval
-        jitter = 0.0 if serve_settings is None else serve_settings.reconcile_jitter
-        delay = (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
-            return
-        if serve_settings is None or not interval:
+            async with asyncio.timeout(delay):
+                while True:  # a reload recomputes the wait from its start
+                    reload.clear()
+                    waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
+                    try:
+                        await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
+                    finally:
+                        for task in waiting:
+                            task.cancel()
+                    if stopping.is_set():
+                        return
+                    delay = _next_delay(host)
+                    break
+                continue  # reloaded: wait the new interval
+        except TimeoutError:
+            pass
+        delay = _next_delay(host)
+        if not _interval(host):
             continue  # off (0), or no settings to go by: look again later
         try:
             report = await host.reconcile()
@@ -767,23 +795,45 @@ async def _reconcile_periodically(host: Host, stopping: asyncio.Event) -> None:
         except Exception:
             log.exception("reconcile failed unexpectedly")
             continue
-        found = (
-            [f"{slug}: {old} -> {new}" for slug, old, new in report.resolved]
-            + [f"ghost {slug}" for slug in report.ghosts]
-            + [f"orphan {ref.workspace_slug} on {ref.driver}" for ref in report.orphans]
-            + [f"unreachable {driver}" for driver in report.unreachable]
-        )
+        found = [
+            f"{slug}: {old} -> {new}" if old != new else f"{slug}: {old}, now confirmed"
+            for slug, old, new in report.resolved
+        ] + [f"ghost {slug}" for slug in report.ghosts]
+        for ref in report.orphans:
+            if (ref.workspace_slug, ref.driver) not in orphans:
+                orphans.add((ref.workspace_slug, ref.driver))
+                found.append(f"orphan {ref.workspace_slug} on {ref.driver} (no record; left in place)")
+        found += [f"unreachable {driver}: {why}" for driver, why in report.unreachable.items()]
         if found:
             log.info("reconcile: %s", "; ".join(found))
 
 
-def _on_sighup(host: Host) -> None:
+def _interval(host: Host) -> float:
+    try:
+        return host.reload_settings().serve.reconcile_interval
+    except HearthError as exc:
+        log.warning("reconcile: the settings cannot be read (%s); trying again in 60 s", exc.message)
+        return 0.0
+
+
+def _next_delay(host: Host) -> float:
+    """The wait before the next reconcile: the interval, varied by the jitter (60 s when off)."""
+    interval = _interval(host)
+    try:
+        jitter = host.settings.serve.reconcile_jitter
+    except HearthError:
+        jitter = 0.0
+    return (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
+
+
+def _on_sighup(host: Host, reload: asyncio.Event) -> None:
     try:
         host.reload_settings()
     except HearthError as exc:
         log.error("SIGHUP: the settings are invalid and every call fails until fixed: %s", exc.message)
     else:
         log.info("SIGHUP: settings re-read from %s", host.settings.source or "the built-in defaults")
+    reload.set()
 
 
 async def _run(
@@ -819,13 +869,22 @@ async def _run(
             server.siblings.append(sibling)
             servers.append(sibling)
             serving.append(sibling.serve(sockets=[tcp]))
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host)
-        healing = loop.create_task(_reconcile_periodically(host, state.stopping), name="hearth-reconcile")
+        reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload)
+        healing = loop.create_task(
+            _reconcile_periodically(host, state.stopping, reload), name="hearth-reconcile"
+        )
+        failed: list[BaseException] = []
         try:
-            results = await asyncio.gather(*serving, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    log.error("a listener failed: %r", result)
+            for done in asyncio.as_completed(serving):
+                try:
+                    await done
+                except Exception as exc:  # one listener down: the daemon stops, and says why
+                    log.error("a listener failed: %r; stopping", exc)
+                    failed.append(exc)
+                    state.stopping.set()
+                    for each in servers:
+                        each.should_exit = True
         finally:
             state.stopping.set()
             for each in servers:
@@ -836,6 +895,8 @@ async def _run(
             loop.remove_signal_handler(signal.SIGHUP)
             log.info("stopped serving; closing the host (drain grace %s s)", host.timeouts.drain_grace)
     log.info("hearth daemon stopped")
+    if failed:
+        raise ServeError(f"a listener failed: {failed[0]!r}")
 
 
 def _readable_file(path: str | Path, what: str) -> str:
@@ -871,6 +932,10 @@ def serve(
         tls = (_readable_file(tls_cert, "certificate"), _readable_file(tls_key, "key"))
         if Path(tls[1]).stat().st_mode & 0o077:
             raise ServeError(f"the TLS key {tls[1]} is readable by others; make it 0600")
+        try:  # what uvicorn will load: a bad pair is refused now, not when a client connects
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls[0], tls[1])
+        except (ssl.SSLError, OSError) as exc:
+            raise ServeError(f"--tls-cert {tls[0]} and --tls-key {tls[1]} cannot be used: {exc}") from None
     token = read_token(token_file) if token_file is not None else None
     folder = state_dir(home)
     try:
@@ -884,9 +949,10 @@ def serve(
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
-            if path.parent.resolve() != folder.resolve() or path.name != SOCKET_FILE:
-                lock = path.with_name(path.name + ".lock")
-                stack.enter_context(_held(lock, f"the socket {path}", project_dir))
+            # the socket's own lock, whichever home it belongs to: a daemon never takes over a
+            # socket another one serves, even from another home
+            lock = path.with_name(path.name + ".lock")
+            stack.enter_context(_held(lock, f"the socket {path}", project_dir))
             unix = _unix_socket(path, socket_group)
             stack.callback(lambda: path.unlink(missing_ok=True))
             stack.callback(unix.close)
