@@ -1278,8 +1278,6 @@ REPLICA_WINDOW = 32
 LATENCY_WINDOW = 4
 #: How long a replica process may take to stop once told (SIGTERM, then SIGKILL, to its pid).
 REPLICA_STOP = 10.0
-#: What a replica process says on its queue: (what, the replica's name, the value).
-Report = tuple[str, str, Any]
 SpawnProcess = multiprocessing.context.SpawnProcess
 
 
@@ -1346,8 +1344,8 @@ async def _replica_run(job: ReplicaJob, go: Any, out: Any, warnings: _Warnings) 
 
 
 def _replica_worker(job: ReplicaJob, go: Any, out: Any) -> None:
-    """One replica, in a process of its own (spawned): it opens its host, provisions a warm-up
-    workspace, says ``ready``, waits for ``go``, does its job and says ``done`` with (start, end)
+    """One replica, in a process of its own (spawned): it opens its host, provisions a burst of
+    warm-up workspaces, says ``ready``, waits for ``go``, does its job and says ``done`` with (start, end)
     on the machine's monotonic clock, its pool's statistics, what hearth logged at WARNING and
     above and the CPU seconds of its job; or ``error`` with what went wrong."""
     for variable in ("HEARTH_HOME", "HEARTH_STORE", "HEARTH_URL"):
@@ -1663,7 +1661,7 @@ def _print_replica_runs(runs: dict[tuple[str, int], ReplicaRun], small: int, big
     ]
     print(
         f"{'growth of that CPU, ' + str(small) + ' -> ' + str(big):34}"
-        f"{cpu_growth[0]:10.2f}x {cpu_growth[1]:12.2f}x {cpu_growth[2]:12.2f}x   (steadier on a busy machine)"
+        f"{cpu_growth[0]:10.2f}x {cpu_growth[1]:12.2f}x {cpu_growth[2]:12.2f}x   (1.00 = linear)"
     )
     spans = ", ".join(f"{seconds:.2f} s" for seconds in three.spans.values())
     print(f"{'each of the 3 replicas, ' + str(big):34}{spans}")

@@ -217,34 +217,30 @@ def places(tmp_path: Path) -> dict[str, Path]:
     return folders
 
 
-@pytest.fixture(scope="session")
-def docker_url() -> str:
-    """The Docker engine scripts/test started; under CI its absence fails, elsewhere it skips."""
-    url = os.environ.get("HEARTH_TEST_DOCKER_URL")
+def _started_by_scripts(name: str, what: str, tests: str) -> str:
+    """What scripts/test started and exported as ``HEARTH_TEST_<name>_URL``: under CI its
+    absence fails the test, elsewhere it skips it with the reason the script gave."""
+    url = os.environ.get(f"HEARTH_TEST_{name}_URL")
     if url:
         return url
     reason = os.environ.get(
-        "HEARTH_TEST_DOCKER_SKIP",
-        "no Docker engine: run scripts/test, which installs and starts one when it can",
+        f"HEARTH_TEST_{name}_SKIP", f"no {what}: run scripts/test, which installs and starts one when it can"
     )
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the docker tests: {reason}")
+        pytest.fail(f"CI must run the {tests} tests: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_url() -> str:
+    """The Docker engine scripts/test started."""
+    return _started_by_scripts("DOCKER", "Docker engine", "docker")
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> str:
-    """The PostgreSQL cluster scripts/test started; under CI its absence fails, elsewhere it skips."""
-    url = os.environ.get("HEARTH_TEST_PG_URL")
-    if url:
-        return url
-    reason = os.environ.get(
-        "HEARTH_TEST_PG_SKIP",
-        "no PostgreSQL cluster: run scripts/test, which installs and starts one when it can",
-    )
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
-    pytest.skip(reason)
+    """The PostgreSQL cluster scripts/test started."""
+    return _started_by_scripts("PG", "PostgreSQL cluster", "PostgreSQL")
 
 
 @pytest.fixture

@@ -311,6 +311,12 @@ async def test_an_unreachable_database_is_a_store_error_without_its_password(tmp
         PostgresStore("mysql://nope")
 
 
+async def test_a_database_that_does_not_exist_is_said_at_once(pg_cluster: str) -> None:
+    url = pg_cluster.replace("/postgres?", "/no_such_database?")
+    with pytest.raises(StoreError, match='database "no_such_database" does not exist'):
+        await PostgresStore(url, connect_timeout=30).open()
+
+
 # --- the CLI and the host on PostgreSQL -----------------------------------------------------------
 def _hearth(venv_bin: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -456,3 +462,24 @@ async def test_a_host_watching_postgresql_sees_another_hosts_events(pg_url: str,
         await one.provision("omega", tier="solo", driver="fake")
         await asyncio.wait_for(watcher, 30)
         assert watched == ["queued", "running", "succeeded"]
+
+
+@pytest.mark.subprocess
+def test_a_daemon_keeps_its_records_in_postgresql(pg_url: str, venv_bin: Path, tmp_path: Path) -> None:
+    from tests.test_serve import daemon, short_dir
+
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for name in ("HEARTH_HOME", "HEARTH_URL", "HEARTH_STORE"):
+        env.pop(name, None)
+    with short_dir() as home, daemon((home, project), venv_bin, "--store", pg_url) as served:
+        served.wait_for("serving")
+        where = ["--home", str(home), "--project", str(project), "-v"]
+        made = _hearth(venv_bin, "provision", "rho", "--tier", "solo", "--driver", "fake", *where, env=env)
+        assert made.returncode == 0 and "using the daemon" in made.stderr, made.stderr
+        assert not (home / "hearth.db").exists()
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT slug, state FROM deployments WHERE archived = 0").fetchall()
+        assert rows == [("rho", "ready")]
+        assert served.stop() == 0

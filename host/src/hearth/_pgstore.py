@@ -221,7 +221,10 @@ class PostgresStore:
             if self._pool is None:
                 raise StoreError(f"the store {self.where} is closed")
             self._listener = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, int(self._timeout)),
+                application_name="hearth-listen",
             )
             await self._listener.execute("LISTEN hearth_events")
         return self._listener
@@ -236,12 +239,23 @@ class PostgresStore:
     async def open(self) -> None:
         if self._pool is not None:
             return
+        try:  # one connection first: a wrong database or user is said at once, in its words
+            probe = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            )
+        except (psycopg.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store {self.where}: {_why(exc)}") from None
+        await probe.close()
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.url,
             min_size=1,
             max_size=self._size,
             open=False,
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(self._timeout))},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(self._timeout)),
+                "application_name": "hearth-store",
+            },
             timeout=self._timeout,
             name="hearth-store",
         )
