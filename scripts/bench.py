@@ -1714,6 +1714,83 @@ def _print_replica_latency(
     print()
 
 
+#: The lease of the takeover measurement (seconds): short, so that a round takes a few seconds.
+TAKEOVER_LEASE = 2.0
+
+
+async def _doomed_run(url: str, folder: str, out: Any) -> None:
+    """A replica that starts a long provision and says which, then waits to be killed."""
+    tiers = {"slow": Tier("slow", driver_flags={"fake": {"delay": 600}})}
+    host = Host(
+        project_dir=Path(folder) / "project",
+        home=Path(folder) / "home",
+        tiers=tiers,
+        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
+        store_url=url,
+    )
+    async with asyncio.timeout(REPLICA_BOUND), host:
+        op = await host.start_provision("doomed", tier="slow", driver="fake")
+        async for event in op.events():
+            if event.kind == "state" and event.state == "running":
+                break
+        out.put(("running", op.id))
+        await asyncio.sleep(REPLICA_BOUND)  # until killed
+
+
+def _doomed_worker(url: str, folder: str, out: Any) -> None:
+    for variable in ("HEARTH_HOME", "HEARTH_STORE", "HEARTH_URL"):
+        os.environ.pop(variable, None)
+    asyncio.run(_doomed_run(url, folder, out))
+
+
+async def replica_takeover(base: str, rounds: int) -> list[float]:
+    """Seconds from the ``kill -9`` of a replica running an operation to the moment another
+    replica, which nobody asks anything, has ended it (its lease round finds the lease gone)."""
+    spawn = multiprocessing.get_context("spawn")
+    taken: list[float] = []
+    for _ in range(rounds):
+        with _pg_schema(base) as url, tempfile.TemporaryDirectory(prefix="hb-takeover-") as folder:
+            for side in ("doomed", "survivor"):
+                settings = Path(folder) / side / "project" / ".hearth" / "hearth.toml"
+                settings.parent.mkdir(parents=True)
+                settings.write_text(f"[timeouts]\nlease = {TAKEOVER_LEASE}\n")
+            out = spawn.Queue()
+            doomed = spawn.Process(target=_doomed_worker, args=(url, str(Path(folder) / "doomed"), out))
+            doomed.start()
+            try:
+                kind, ident = await asyncio.to_thread(out.get, True, REPLICA_BOUND)
+                assert kind == "running"
+                async with _replica_host(Path(folder) / "survivor", url) as survivor:
+                    assert doomed.pid is not None
+                    os.kill(doomed.pid, signal.SIGKILL)
+                    killed = time.monotonic()
+                    async with asyncio.timeout(REPLICA_BOUND):
+                        async for event in survivor.watch(slug="doomed"):
+                            if event.operation == ident and event.final:
+                                break
+                    taken.append(time.monotonic() - killed)
+            finally:
+                if doomed.is_alive():
+                    doomed.kill()
+                doomed.join(REPLICA_STOP)
+                out.close()
+    return taken
+
+
+def _print_takeover(taken: list[float]) -> None:
+    bound = TAKEOVER_LEASE + 1.0
+    print(
+        f"takeover: kill -9 of the replica running an operation, to another replica (asked nothing,\n"
+        f"its lease round runs every {TAKEOVER_LEASE / 3:.2f} s) ending it; lease {TAKEOVER_LEASE:g} s, "
+        f"{len(taken)} rounds:"
+    )
+    print(
+        f"  median {statistics.median(taken):.2f} s, max {max(taken):.2f} s; target: within the lease "
+        f"plus a second ({bound:g} s): {'met' if max(taken) <= bound else 'NOT met'}"
+    )
+    print()
+
+
 def replicas_section(workspaces: int, events: int, rounds: int) -> None:
     base = os.environ.get("HEARTH_TEST_PG_URL")
     why = None if base else os.environ.get("HEARTH_TEST_PG_SKIP", "HEARTH_TEST_PG_URL is not set")
@@ -1743,6 +1820,7 @@ def replicas_section(workspaces: int, events: int, rounds: int) -> None:
     cross = asyncio.run(replica_event_latency(base, events, cross=True))
     local = asyncio.run(replica_event_latency(base, events, cross=False))
     _print_replica_latency(cross, local, events)
+    _print_takeover(asyncio.run(replica_takeover(base, max(rounds, 3))))
 
 
 def ms(value: float) -> str:
