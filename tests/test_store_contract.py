@@ -174,6 +174,23 @@ async def test_a_stale_holder_cannot_write_over_what_another_host_settled(opener
     await store.close()
 
 
+async def test_a_settle_from_a_stale_read_writes_nothing(opener: Opener) -> None:
+    """``save(replaces=)``: a host that read a record, then lost its slug lock (a partition),
+    cannot write its settling over what another host wrote since."""
+    store = await opener()
+    read = _deployment(state="provisioning")
+    await store.save(read)
+    newer = read.model_copy(
+        update={"state": "failed", "updated_at": utc_now(), "reason": "settled elsewhere"}
+    )
+    assert await store.save(newer, replaces=read)
+    stale = read.model_copy(update={"state": "ready", "updated_at": utc_now()})
+    assert not await store.save(stale, replaces=read)
+    record = await store.get("alpha")
+    assert record is not None and (record.state, record.reason) == ("failed", "settled elsewhere")
+    await store.close()
+
+
 async def test_concurrent_starts_on_one_slug_make_one_operation(opener: Opener) -> None:
     """Two stores (two connections, or two pools) racing: one operation; the rest find it."""
     one, two = await opener(), await opener()

@@ -356,8 +356,21 @@ class PostgresStore:
         )
         return int((row or (0,))[0] or 0) + 1
 
-    async def save(self, deployment: Deployment) -> None:
-        await self._write(lambda conn: _save(conn, deployment))
+    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+        async def work(conn: Connection) -> bool:
+            if replaces is not None:
+                row = await _one(
+                    conn,
+                    "SELECT updated_at, state FROM deployments "
+                    "WHERE slug = %s AND generation = %s AND archived = 0",
+                    (replaces.slug, replaces.generation),
+                )
+                if row is None or tuple(row) != (replaces.updated_at.isoformat(), replaces.state):
+                    return False
+            await _save(conn, deployment)
+            return True
+
+        return await self._write(work)
 
     async def archive(self, slug: str) -> None:
         async def work(conn: Connection) -> None:

@@ -160,7 +160,9 @@ class Reconciler:
         if not self.dry_run:
             if current.state in TRANSIENT:
                 await host._active_operation(slug)  # ends its dead host's operations: interrupted
-            await host.store.save(settled)
+            if not await host.store.save(settled, replaces=current):
+                self.report.busy.append(slug)  # another host changed it meanwhile: its record stands
+                return
         if verb is None:
             self.report.ghosts.append(current.slug)
         else:

@@ -104,7 +104,7 @@ class Store(Protocol):
     async def next_generation(self, slug: str) -> int: ...
     async def drivers(self) -> list[str]: ...
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]: ...
-    async def save(self, deployment: Deployment) -> None: ...
+    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool: ...
     async def archive(self, slug: str) -> None: ...
     # operations
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
@@ -408,12 +408,25 @@ class SQLiteStore:
 
         return await self._run(work)
 
-    async def save(self, deployment: Deployment) -> None:
-        def work() -> None:
-            with self._write() as db:
-                _save(db, deployment)
+    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+        """Write the record; with ``replaces`` (the record as the caller read it) only if it is
+        still so: False, and nothing written, when another host changed it meanwhile (the fence
+        of a settle by a host that lost its slug lock)."""
 
-        await self._run(work)
+        def work() -> bool:
+            with self._write() as db:
+                if replaces is not None:
+                    row = db.execute(
+                        "SELECT updated_at, state FROM deployments "
+                        "WHERE slug = ? AND generation = ? AND archived = 0",
+                        (replaces.slug, replaces.generation),
+                    ).fetchone()
+                    if row is None or tuple(row) != (replaces.updated_at.isoformat(), replaces.state):
+                        return False
+                _save(db, deployment)
+                return True
+
+        return await self._run(work)
 
     async def archive(self, slug: str) -> None:
         def work() -> None:
