@@ -152,9 +152,17 @@ async def test_errors_carry_their_kind_and_status(tmp_path: Path) -> None:
         busy = await client.delete("/v1/workspaces/delta")
         assert busy.status_code == 409 and error_kind(busy) == "busy"
         assert busy.json()["error"]["operation"] == slow.json()["id"]
-        for path in ("/v1/workspaces/nobody", "/v1/operations/9999", "/v1/nothing-here"):
+        for path in (
+            "/v1/workspaces/nobody",
+            "/v1/workspaces/nobody/logs",
+            "/v1/operations/9999",
+            "/v1/nothing-here",
+        ):
             missing = await client.get(path)
             assert missing.status_code == 404 and error_kind(missing) == "not_found", path
+        wrong = await client.put("/v1/workspaces/delta")
+        assert wrong.status_code == 405 and error_kind(wrong) == "invalid_input"
+        assert "GET" in wrong.headers["allow"]  # what Starlette names: the first route on the path
         for body in (
             {"slug": "Not_A_Label", "tier": "solo", "driver": "fake"},
             {"slug": "eps", "tier": "no-such-tier", "driver": "fake"},

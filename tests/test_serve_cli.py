@@ -119,6 +119,7 @@ def test_the_cli_goes_through_the_daemon_and_prints_what_it_prints_alone(
             ["reconcile", "--dry-run", "--json"],
             ["status", "nobody"],
             ["status", "nobody", "--json"],
+            ["logs", "nobody"],
             ["provision", "omega", "--tier", "team", "--driver", "fake"],
             ["upgrade", "omega", "--tier", "nonesuch"],
         ):

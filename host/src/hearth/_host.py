@@ -1403,11 +1403,13 @@ class Host:
 
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]:
         """The operations run on ``slug`` (all generations), each with its log; ``limit``: the
-        last ``limit`` of them."""
+        last ``limit`` of them. ``not_found`` for a slug nothing was ever done with."""
         self._check_slug(slug)
         store = await self._opened()
-        await self._look(slug)  # a dead host's operations say interrupted, not running
+        record, _ = await self._look(slug)  # a dead host's operations say interrupted, not running
         found = await store.operations(slug=slug, with_log=True)
+        if not found and record is None:
+            raise NotFound(f"no workspace {slug!r}, and no operation was ever run on it")
         count = _page(limit)
         if count is not None:
             found = found[len(found) - count :] if count else []

@@ -373,7 +373,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         error = cast(StarletteHTTPException, exc)
         kind = {404: "not_found", 405: "invalid_input"}.get(error.status_code, "error")
-        return _error(kind, str(error.detail), error.status_code)
+        response = _error(kind, str(error.detail), error.status_code)
+        response.headers.update(error.headers or {})  # 405's Allow
+        return response
 
     router_options: dict[str, Any] = {"responses": ERRORS}
 
