@@ -79,7 +79,7 @@ cancel_grace = {cancel_grace}
 status = 10
 """
 TRANSIENT = frozenset({"provisioning", "upgrading", "tearing_down"})
-EXIT_CODES = {"invalid_input": 2, "cancelled": 130}
+EXIT_CODES = {"invalid_input": 2, "not_found": 2, "cancelled": 130}
 #: What the host writes into a record's reason when the record waits for reconcile (an
 #: unconfirmed outcome, a backend that had not settled; older and newer wordings).
 WAITS_FOR_RECONCILE = ("reconcile checks it", "reconcile looks again", "run reconcile again")
@@ -302,6 +302,20 @@ class Hearth:
     def ok(self, *args: str) -> Any:
         return self.succeeded(self.run(*args))
 
+    @classmethod
+    def logged(cls, result: Result) -> list[Any]:
+        """What ``hearth logs SLUG --json`` says: the operations, or none for a slug nothing
+        was ever done with (that is ``not_found``, exit 2, as for ``status``)."""
+        if result.code == EXIT_CODES["not_found"]:
+            error = cls.failed(result, "not_found")
+            assert "no operation was ever run on it" in error["message"], str(result)
+            return []
+        found: list[Any] = cls.succeeded(result)
+        return found
+
+    def logs(self, slug: str) -> list[Any]:
+        return self.logged(self.run("logs", slug))
+
     @staticmethod
     def failed(result: Result, kind: str) -> dict[str, Any]:
         """A failure of ``kind``: its exit code, one line on stderr, the JSON error."""
@@ -420,7 +434,7 @@ class Hearth:
             [("ls",), *(("logs", slug) for slug in names), *([also] if also else [])]
         )
         records = {r["workspace_slug"]: r for r in self.succeeded(listed)}
-        operations = {slug: self.succeeded(result) for slug, result in zip(names, rest, strict=False)}
+        operations = {slug: self.logged(result) for slug, result in zip(names, rest, strict=False)}
         assert set(records) <= set(slugs), evidence(unexpected=records)
         states = {slug: record["last_status"] for slug, record in records.items()}
         asked = [slug for slug, state in states.items() if state in ("ready", "failed")]
@@ -434,7 +448,7 @@ class Hearth:
                 stage=stage,
                 record=records[slug],
                 status=statuses.get(slug),
-                logs=summary(operations.get(slug) or self.ok("logs", slug)),
+                logs=summary(operations.get(slug) or self.logs(slug)),
             )
             if state in TRANSIENT:
                 assert transient, f"a record is left {state}:\n{seen}"
@@ -455,7 +469,7 @@ class Hearth:
                     stage=stage,
                     record=records.get(slug),
                     backend=held,
-                    logs=summary(operations.get(slug) or self.ok("logs", slug)),
+                    logs=summary(operations.get(slug) or self.logs(slug)),
                 )
         for slug, logged in operations.items():
             running = [op for op in logged if op["outcome"] == "running"]
