@@ -59,7 +59,6 @@ from ._errors import (
     SlugLocked,
     StoreError,
     Unsupported,
-    error_from_json,
 )
 from ._locks import Locks, OwnerMark, SlugLocks, new_owner
 from ._models import FINISHED, Deployment, Event, Operation, existing_json, synthesized_ref
@@ -1171,14 +1170,7 @@ class Host:
             await asyncio.wait([work.task], timeout=timeout)
             if work.task.done() and not work.task.cancelled():
                 return work.task.result()  # its own exception, with every attribute
-        final = await self._operation_wait(ident, timeout)
-        if not final.finished:
-            raise CallTimeout(f"operation #{ident} ({final.verb} of {final.slug!r}) is still {final.state}")
-        if final.state == "succeeded":
-            return final.ref if final.verb != "teardown" else None
-        raise error_from_json(
-            final.error or {"kind": final.state, "message": f"operation #{ident} {final.state}"}
-        )
+        return (await self._operation_wait(ident, timeout)).settled()
 
     async def _operation_cancel(self, ident: int, reason: str) -> Operation:
         if not isinstance(reason, str) or not reason:
@@ -1286,15 +1278,7 @@ class Host:
     async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
         async for event in self._events_after(0, operation=ident):
             if event.kind == "progress":
-                progress = Progress.model_validate(
-                    {
-                        "request_id": ident,
-                        "level": event.level or "info",
-                        "message": event.message or "",
-                        "fraction": event.fraction,
-                    }
-                )
-                self._call_listener(on_progress, progress)
+                self._call_listener(on_progress, event.as_progress())
 
     # --- queries -------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:

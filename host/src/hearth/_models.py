@@ -13,7 +13,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
-from hearth_adaptersdk import DeploymentRef, State
+from hearth_adaptersdk import DeploymentRef, Progress, State
+
+from ._errors import CallTimeout, error_from_json
 
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: An operation in one of these states is over; its result or error no longer changes.
@@ -109,6 +111,17 @@ class Event(BaseModel):
         """Whether this event ends its operation."""
         return self.kind == "state" and self.state in FINISHED
 
+    def as_progress(self) -> Progress:
+        """A ``progress`` event as the ``Progress`` an ``on_progress`` listener takes."""
+        return Progress.model_validate(
+            {
+                "request_id": self.operation,
+                "level": self.level or "info",
+                "message": self.message or "",
+                "fraction": self.fraction,
+            }
+        )
+
 
 class Operation(BaseModel):
     """One verb run on one workspace: a snapshot of its record, and a handle on the work.
@@ -148,6 +161,17 @@ class Operation(BaseModel):
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    def settled(self) -> DeploymentRef | None:
+        """What a finished snapshot answers ``result()``: its ref (None for a teardown), or its
+        typed error raised; ``timeout`` while it is not finished."""
+        if not self.finished:
+            raise CallTimeout(f"operation #{self.id} ({self.verb} of {self.slug!r}) is still {self.state}")
+        if self.state == "succeeded":
+            return self.ref if self.verb != "teardown" else None
+        raise error_from_json(
+            self.error or {"kind": self.state, "message": f"operation #{self.id} {self.state}"}
+        )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

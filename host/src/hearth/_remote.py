@@ -448,15 +448,7 @@ class RemoteHost:
     async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
         async for event in self._operation_events(ident, 0):
             if event.kind == "progress":
-                progress = Progress.model_validate(
-                    {
-                        "request_id": ident,
-                        "level": event.level or "info",
-                        "message": event.message or "",
-                        "fraction": event.fraction,
-                    }
-                )
-                outcome = on_progress(progress)
+                outcome = on_progress(event.as_progress())
                 if inspect.isawaitable(outcome):
                     await outcome
 
@@ -497,14 +489,7 @@ class RemoteHost:
                 return op
 
     async def _operation_result(self, ident: int, timeout: float | None) -> DeploymentRef | None:
-        final = await self._operation_wait(ident, timeout)
-        if not final.finished:
-            raise CallTimeout(f"operation #{ident} ({final.verb} of {final.slug!r}) is still {final.state}")
-        if final.state == "succeeded":
-            return final.ref if final.verb != "teardown" else None
-        raise error_from_json(
-            final.error or {"kind": final.state, "message": f"operation #{ident} {final.state}"}
-        )
+        return (await self._operation_wait(ident, timeout)).settled()
 
     async def _operation_cancel(self, ident: int, reason: str) -> Operation:
         if not isinstance(reason, str) or not reason:
