@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -33,18 +32,37 @@ from ._errors import SlugLocked, StoreError
 from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
 from ._records import SCHEMA_VERSION
 from ._store import (
+    ACTIVE_OF_SLUG,
+    AS_READ,
+    BEGIN_OPERATION,
     DEPLOYMENT_COLUMNS,
-    EVENT_COLUMNS,
+    END_OPERATION,
+    LAST_FINISHED,
+    LOG_OF,
+    NAME_BACKEND,
+    NEW_OPERATION,
     OPERATION_COLUMNS,
+    PROGRESS_EVENT,
+    SAVE,
+    STATE_EVENT,
     Found,
     NewEvent,
     NewOperation,
     _deployment,
     _event_model,
-    _listing,
     _log_line,
     _operation,
+    deployments_query,
+    end_args,
+    events_query,
+    for_postgres,
+    new_operation_args,
+    operations_query,
+    progress_event_args,
+    save_args,
     shown,
+    state_event_args,
+    still_as_read,
 )
 
 R = TypeVar("R")
@@ -314,19 +332,9 @@ class PostgresStore:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[Deployment]:
-        where, args = ["archived = 0"], list[Any]()
-        for column, value in (("state", state), ("driver", driver)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if not include_torn_down:
-            where.append("state != 'tier_torn_down'")
-        if after is not None:
-            where.append("slug > %s")
-            args.append(after)
-        query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
-        if limit is not None:
-            query += f" LIMIT {int(limit)}"
+        query, args = deployments_query(
+            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+        )
         rows = await self._read(lambda conn: _all(conn, query, args))
         return [_deployment(row) for row in rows]
 
@@ -334,12 +342,7 @@ class PostgresStore:
         async def work(conn: Connection) -> tuple[Deployment | None, list[Operation]]:
             async with conn.transaction():  # one snapshot of both
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                rows = await _all(
-                    conn,
-                    f"SELECT {OPERATION_COLUMNS} FROM operations "
-                    "WHERE slug = %s AND state IN ('queued', 'running') ORDER BY id",
-                    (slug,),
-                )
+                rows = await _all(conn, ACTIVE_OF_SLUG, (slug,))
                 return await _get(conn, slug), [_operation(row) for row in rows]
 
         return await self._read(work)
@@ -359,13 +362,8 @@ class PostgresStore:
     async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
         async def work(conn: Connection) -> bool:
             if replaces is not None:
-                row = await _one(
-                    conn,
-                    "SELECT updated_at, state FROM deployments "
-                    "WHERE slug = %s AND generation = %s AND archived = 0",
-                    (replaces.slug, replaces.generation),
-                )
-                if row is None or tuple(row) != (replaces.updated_at.isoformat(), replaces.state):
+                row = await _one(conn, AS_READ, (replaces.slug, replaces.generation))
+                if not still_as_read(row, replaces):
                     return False
             await _save(conn, deployment)
             return True
@@ -387,40 +385,13 @@ class PostgresStore:
                 keyed = await _operation_where(conn, "key = %s", new.key)
                 if keyed is not None:
                     return keyed, "key"
-            row = await _one(
-                conn,
-                f"SELECT {OPERATION_COLUMNS} FROM operations "
-                "WHERE slug = %s AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
-                (new.slug,),
-            )
+            row = await _one(conn, ACTIVE_OF_SLUG, (new.slug,))
             if row:
                 return _operation(row), "active"
-            now = utc_now().isoformat()
-            state, ref = new.done if new.done is not None else ("queued", None)
-            made = await _one(
-                conn,
-                "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, "
-                "finished_at, result, key, tier, driver, reuse, owner) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    new.slug,
-                    new.generation,
-                    new.verb,
-                    state,
-                    now,
-                    now if new.done is not None else None,
-                    now if new.done is not None else None,
-                    ref.model_dump_json() if ref is not None else None,
-                    new.key,
-                    new.tier,
-                    new.driver,
-                    int(new.reuse),
-                    new.owner,
-                ),
-            )
+            made = await _one(conn, NEW_OPERATION + " RETURNING id", new_operation_args(new))
             assert made is not None
             ident = int(made[0])
-            await _event(conn, ident, new.slug, new.verb, "state", state=state)
+            await _event(conn, ident, new.slug, new.verb, "state", state=new.state)
             found = await _operation_where(conn, "id = %s", ident)
             assert found is not None
             return found, "created"
@@ -429,12 +400,11 @@ class PostgresStore:
 
     async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
         async def work(conn: Connection) -> bool:
-            cursor = await conn.execute(
-                "UPDATE operations SET state = 'running', started_at = %s, generation = %s "
-                "WHERE id = %s AND state = 'queued' RETURNING verb",
+            row = await _one(
+                conn,
+                BEGIN_OPERATION + " RETURNING verb",
                 (utc_now().isoformat(), deployment.generation, operation),
             )
-            row = await cursor.fetchone()
             if row is None:
                 return False  # fenced: another host settled it
             if archive_first:
@@ -466,18 +436,9 @@ class PostgresStore:
         result: DeploymentRef | None = None,
     ) -> bool:
         async def work(conn: Connection) -> bool:
-            cursor = await conn.execute(
-                "UPDATE operations SET finished_at = %s, state = %s, error = %s, result = %s "
-                "WHERE id = %s AND state IN ('queued', 'running') RETURNING slug, verb",
-                (
-                    utc_now().isoformat(),
-                    state,
-                    json.dumps(error) if error is not None else None,
-                    result.model_dump_json() if result is not None else None,
-                    operation,
-                ),
+            row = await _one(
+                conn, END_OPERATION + " RETURNING slug, verb", end_args(operation, state, error, result)
             )
-            row = await cursor.fetchone()
             if row is None:
                 return False  # fenced: the record is left as whoever settled it wrote it
             slug, verb = row
@@ -535,19 +496,7 @@ class PostgresStore:
         after: int | None = None,
         with_log: bool = False,
     ) -> list[Operation]:
-        where, args = ["TRUE"], list[Any]()
-        if active:
-            where.append("state IN ('queued', 'running')")
-        for column, value in (("slug", slug), ("state", state)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        if after is not None:
-            where.append("id > %s")
-            args.append(after)
-        query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
-        if limit is not None:
-            query += f" LIMIT {int(limit)}"
+        query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
 
         async def work(conn: Connection) -> list[Operation]:
             found = [_operation(row) for row in await _all(conn, query, args)]
@@ -558,14 +507,7 @@ class PostgresStore:
         return await self._read(work)
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
-        row = await self._read(
-            lambda conn: _one(
-                conn,
-                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = %s AND generation = %s "
-                "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
-                (slug, generation),
-            )
-        )
+        row = await self._read(lambda conn: _one(conn, LAST_FINISHED, (slug, generation)))
         return _operation(row) if row else None
 
     def slug_locks(self, owner: str) -> PgSlugLocks:
@@ -622,27 +564,11 @@ class PostgresStore:
         async def work(conn: Connection) -> None:
             async with conn.cursor() as cursor:
                 await cursor.executemany(
-                    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            e.at.isoformat(),
-                            e.operation,
-                            e.slug,
-                            e.verb,
-                            e.kind,
-                            e.level,
-                            e.message,
-                            e.fraction,
-                        )
-                        for e in events
-                    ],
+                    for_postgres(PROGRESS_EVENT).encode(), [progress_event_args(e) for e in events]
                 )
                 named = [(e.backend_id, e.slug) for e in events if e.backend_id is not None]
                 if named:
-                    await cursor.executemany(
-                        "UPDATE deployments SET backend_id = %s WHERE slug = %s AND archived = 0", named
-                    )
+                    await cursor.executemany(for_postgres(NAME_BACKEND).encode(), named)
 
         await self._write(work)
 
@@ -655,14 +581,7 @@ class PostgresStore:
         kind: str | None = None,
         limit: int = 500,
     ) -> list[Event]:
-        where, args = ["seq > %s"], list[Any]([after])
-        for column, value in (("kind", kind), ("slug", slug), ("operation", operation)):
-            if value is not None:
-                where.append(f"{column} = %s")
-                args.append(value)
-        query = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(limit)}"
-        )
+        query, args = events_query(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
         rows = await self._read(lambda conn: _all(conn, query, args))
         return [_event_model(row) for row in rows]
 
@@ -795,12 +714,13 @@ class PgSlugLocks:
 
 # --- statements ------------------------------------------------------------------------------------
 async def _all(conn: Connection, query: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
-    cursor = await conn.execute(query.encode(), args)
+    """The rows of ``query`` (written with ``%s``, or one of ``hearth._store``'s statements)."""
+    cursor = await conn.execute(for_postgres(query).encode(), args)
     return list(await cursor.fetchall())
 
 
 async def _one(conn: Connection, query: str, args: Sequence[Any]) -> tuple[Any, ...] | None:
-    cursor = await conn.execute(query.encode(), args)
+    cursor = await conn.execute(for_postgres(query).encode(), args)
     row = await cursor.fetchone()
     return tuple(row) if row is not None else None
 
@@ -818,12 +738,7 @@ async def _operation_where(conn: Connection, condition: str, value: object) -> O
 
 
 async def _log(conn: Connection, operation: int) -> tuple[LogLine, ...]:
-    rows = await _all(
-        conn,
-        "SELECT at, level, message, fraction FROM events "
-        "WHERE operation = %s AND kind IN ('progress', 'log') ORDER BY seq",
-        (operation,),
-    )
+    rows = await _all(conn, LOG_OF, (operation,))
     return tuple(_log_line(row) for row in rows)
 
 
@@ -839,48 +754,14 @@ async def _event(
     error: dict[str, Any] | None = None,
     record_state: str | None = None,
 ) -> None:
-    await conn.execute(
-        "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            utc_now().isoformat(),
-            operation,
-            slug,
-            verb,
-            kind,
-            state,
-            message,
-            json.dumps(error) if error is not None else None,
-            record_state,
-        ),
+    args = state_event_args(
+        operation, slug, verb, kind, state=state, message=message, error=error, record_state=record_state
     )
+    await conn.execute(for_postgres(STATE_EVENT).encode(), args)
 
 
 async def _save(conn: Connection, deployment: Deployment) -> None:
-    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
-    await conn.execute(
-        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
-        "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
-        "reason = excluded.reason, updated_at = excluded.updated_at, "
-        "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
-        "backend_id = excluded.backend_id".encode(),
-        (
-            deployment.slug,
-            deployment.generation,
-            deployment.tier,
-            deployment.driver,
-            deployment.state,
-            ref,
-            deployment.reason,
-            deployment.created_at.isoformat(),
-            deployment.updated_at.isoformat(),
-            int(deployment.unconfirmed),
-            deployment.backend_id,
-            None if ref is not None else _listing(deployment),
-        ),
-    )
+    await conn.execute(for_postgres(SAVE).encode(), save_args(deployment))
 
 
 def _why(exc: BaseException) -> str:

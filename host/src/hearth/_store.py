@@ -67,6 +67,11 @@ class NewOperation:
     #: Record it already finished (a verb with nothing to do): its state and ref.
     done: tuple[OperationState, DeploymentRef | None] | None = None
 
+    @property
+    def state(self) -> OperationState:
+        """The state it is recorded in: queued, or the one ``done`` gives."""
+        return self.done[0] if self.done is not None else "queued"
+
 
 @dataclass(frozen=True)
 class NewEvent:
@@ -223,6 +228,185 @@ DEPLOYMENT_COLUMNS = (
 EVENT_COLUMNS = "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state"
 
 
+# --- the statements both stores run ------------------------------------------------------------------
+# Written once with SQLite's ``?``; ``PostgresStore`` runs them through ``for_postgres``.
+SAVE = (
+    f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
+    "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
+    "reason = excluded.reason, updated_at = excluded.updated_at, "
+    "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
+    "backend_id = excluded.backend_id"
+)
+#: The record as the caller read it (``save(replaces=)``'s fence).
+AS_READ = "SELECT updated_at, state FROM deployments WHERE slug = ? AND generation = ? AND archived = 0"
+NEW_OPERATION = (
+    "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
+    "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Ends an operation only while it is still its owner's (the fence).
+END_OPERATION = (
+    "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "
+    "WHERE id = ? AND state IN ('queued', 'running')"
+)
+#: Starts a queued operation only (the fence).
+BEGIN_OPERATION = (
+    "UPDATE operations SET state = 'running', started_at = ?, generation = ? "
+    "WHERE id = ? AND state = 'queued'"
+)
+STATE_EVENT = (
+    "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+PROGRESS_EVENT = (
+    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+NAME_BACKEND = "UPDATE deployments SET backend_id = ? WHERE slug = ? AND archived = 0"
+ACTIVE_OF_SLUG = (
+    f"SELECT {OPERATION_COLUMNS} FROM operations "
+    "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id"
+)
+LAST_FINISHED = (
+    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = ? AND generation = ? "
+    "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1"
+)
+LOG_OF = (
+    "SELECT at, level, message, fraction FROM events "
+    "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq"
+)
+
+
+def for_postgres(statement: str) -> str:
+    """A statement of this module with PostgreSQL's placeholders (none holds a literal ``?``)."""
+    return statement.replace("?", "%s")
+
+
+def save_args(deployment: Deployment) -> tuple[Any, ...]:
+    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
+    return (
+        deployment.slug,
+        deployment.generation,
+        deployment.tier,
+        deployment.driver,
+        deployment.state,
+        ref,
+        deployment.reason,
+        deployment.created_at.isoformat(),
+        deployment.updated_at.isoformat(),
+        int(deployment.unconfirmed),
+        deployment.backend_id,
+        None if ref is not None else _listing(deployment),
+    )
+
+
+def still_as_read(row: Sequence[Any] | None, replaces: Deployment) -> bool:
+    return row is not None and tuple(row) == (replaces.updated_at.isoformat(), replaces.state)
+
+
+def new_operation_args(new: NewOperation) -> tuple[Any, ...]:
+    now = utc_now().isoformat()
+    ref = new.done[1] if new.done is not None else None
+    done = now if new.done is not None else None
+    return (
+        new.slug,
+        new.generation,
+        new.verb,
+        new.state,
+        now,
+        done,
+        done,
+        ref.model_dump_json() if ref is not None else None,
+        new.key,
+        new.tier,
+        new.driver,
+        int(new.reuse),
+        new.owner,
+    )
+
+
+def end_args(
+    operation: int, state: str, error: dict[str, Any] | None, result: DeploymentRef | None
+) -> tuple[Any, ...]:
+    return (
+        utc_now().isoformat(),
+        state,
+        json.dumps(error) if error is not None else None,
+        result.model_dump_json() if result is not None else None,
+        operation,
+    )
+
+
+def state_event_args(
+    operation: int,
+    slug: str,
+    verb: str,
+    kind: EventKind,
+    *,
+    state: str | None,
+    message: str | None,
+    error: dict[str, Any] | None,
+    record_state: str | None,
+) -> tuple[Any, ...]:
+    error_json = json.dumps(error) if error is not None else None
+    return (utc_now().isoformat(), operation, slug, verb, kind, state, message, error_json, record_state)
+
+
+def progress_event_args(e: NewEvent) -> tuple[Any, ...]:
+    return (e.at.isoformat(), e.operation, e.slug, e.verb, e.kind, e.level, e.message, e.fraction)
+
+
+def deployments_query(
+    *, state: str | None, driver: str | None, include_torn_down: bool, limit: int | None, after: str | None
+) -> tuple[str, list[Any]]:
+    """Current records by slug, filtered; ``after`` is the last slug of the previous page."""
+    where, args = ["archived = 0"], list[Any]()
+    for column, value in (("state", state), ("driver", driver)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if not include_torn_down:
+        where.append("state != 'tier_torn_down'")
+    if after is not None:
+        where.append("slug > ?")
+        args.append(after)
+    query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
+    return query + (f" LIMIT {int(limit)}" if limit is not None else ""), args
+
+
+def operations_query(
+    *, slug: str | None, state: str | None, active: bool, limit: int | None, after: int | None
+) -> tuple[str, list[Any]]:
+    """Operations by id, filtered; ``after`` is the last id of the previous page."""
+    where, args = ["1 = 1"], list[Any]()
+    if active:
+        where.append("state IN ('queued', 'running')")
+    for column, value in (("slug", slug), ("state", state)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if after is not None:
+        where.append("id > ?")
+        args.append(after)
+    query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
+    return query + (f" LIMIT {int(limit)}" if limit is not None else ""), args
+
+
+def events_query(
+    *, after: int, slug: str | None, operation: int | None, kind: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    where, args = ["seq > ?"], list[Any]([after])
+    for column, value in (("kind", kind), ("slug", slug), ("operation", operation)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(limit)}",
+        args,
+    )
+
+
 class SQLiteStore:
     """The default store: one SQLite file in WAL mode, shared safely by several processes.
 
@@ -360,19 +544,9 @@ class SQLiteStore:
         after: str | None = None,
     ) -> list[Deployment]:
         """Current records by slug; ``after`` is the last slug of the previous page."""
-        where, args = ["archived = 0"], list[Any]()
-        for column, value in (("state", state), ("driver", driver)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if not include_torn_down:
-            where.append("state != 'tier_torn_down'")
-        if after is not None:
-            where.append("slug > ?")
-            args.append(after)
-        query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
-        if limit is not None:
-            query += f" LIMIT {int(limit)}"
+        query, args = deployments_query(
+            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+        )
         rows = await self._run(lambda: self.db.execute(query, args).fetchall())
         return [_deployment(row) for row in rows]
 
@@ -381,11 +555,7 @@ class SQLiteStore:
         every access to a slug looks at first."""
 
         def work() -> tuple[Deployment | None, list[Operation]]:
-            rows = self.db.execute(
-                f"SELECT {OPERATION_COLUMNS} FROM operations "
-                "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id",
-                (slug,),
-            ).fetchall()
+            rows = self.db.execute(ACTIVE_OF_SLUG, (slug,)).fetchall()
             return self._get(slug), [_operation(row) for row in rows]
 
         return await self._run(work)
@@ -416,12 +586,8 @@ class SQLiteStore:
         def work() -> bool:
             with self._write() as db:
                 if replaces is not None:
-                    row = db.execute(
-                        "SELECT updated_at, state FROM deployments "
-                        "WHERE slug = ? AND generation = ? AND archived = 0",
-                        (replaces.slug, replaces.generation),
-                    ).fetchone()
-                    if row is None or tuple(row) != (replaces.updated_at.isoformat(), replaces.state):
+                    row = db.execute(AS_READ, (replaces.slug, replaces.generation)).fetchone()
+                    if not still_as_read(row, replaces):
                         return False
                 _save(db, deployment)
                 return True
@@ -448,37 +614,13 @@ class SQLiteStore:
                 keyed = self._operation_where("key = ?", new.key)
                 if keyed is not None:
                     return keyed, "key"
-            row = db.execute(
-                f"SELECT {OPERATION_COLUMNS} FROM operations "
-                "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
-                (new.slug,),
-            ).fetchone()
+            row = db.execute(ACTIVE_OF_SLUG, (new.slug,)).fetchone()
             if row:
                 return _operation(row), "active"
-            now = utc_now().isoformat()
-            state, ref = new.done if new.done is not None else ("queued", None)
-            cursor = db.execute(
-                "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
-                "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    new.slug,
-                    new.generation,
-                    new.verb,
-                    state,
-                    now,
-                    now if new.done is not None else None,
-                    now if new.done is not None else None,
-                    ref.model_dump_json() if ref is not None else None,
-                    new.key,
-                    new.tier,
-                    new.driver,
-                    int(new.reuse),
-                    new.owner,
-                ),
-            )
+            cursor = db.execute(NEW_OPERATION, new_operation_args(new))
             ident = cursor.lastrowid
             assert ident is not None
-            _event(db, ident, new.slug, new.verb, "state", state=state)
+            _event(db, ident, new.slug, new.verb, "state", state=new.state)
             made = self._operation_where("id = ?", ident)
             assert made is not None
             return made, "created"
@@ -491,9 +633,7 @@ class SQLiteStore:
         def work() -> bool:
             with self._write() as db:
                 started = db.execute(
-                    "UPDATE operations SET state = 'running', started_at = ?, generation = ? "
-                    "WHERE id = ? AND state = 'queued'",
-                    (utc_now().isoformat(), deployment.generation, operation),
+                    BEGIN_OPERATION, (utc_now().isoformat(), deployment.generation, operation)
                 ).rowcount
                 if not started:
                     return False
@@ -534,17 +674,7 @@ class SQLiteStore:
 
         def work() -> bool:
             with self._write() as db:
-                changed = db.execute(
-                    "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "
-                    "WHERE id = ? AND state IN ('queued', 'running')",
-                    (
-                        utc_now().isoformat(),
-                        state,
-                        json.dumps(error) if error is not None else None,
-                        result.model_dump_json() if result is not None else None,
-                        operation,
-                    ),
-                ).rowcount
+                changed = db.execute(END_OPERATION, end_args(operation, state, error, result)).rowcount
                 if not changed:
                     return False  # fenced: the record stays as whoever settled it wrote it
                 if deployment is not None:
@@ -618,20 +748,9 @@ class SQLiteStore:
         """Operations by id; ``active``: queued or running only; ``after`` is the last id of the
         previous page; ``with_log`` fills each one's log from its progress and log events."""
 
+        query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
+
         def work() -> list[Operation]:
-            where, args = ["1"], list[Any]()
-            if active:
-                where.append("state IN ('queued', 'running')")
-            for column, value in (("slug", slug), ("state", state)):
-                if value is not None:
-                    where.append(f"{column} = ?")
-                    args.append(value)
-            if after is not None:
-                where.append("id > ?")
-                args.append(after)
-            query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
-            if limit is not None:
-                query += f" LIMIT {int(limit)}"
             found = [_operation(row) for row in self.db.execute(query, args).fetchall()]
             if with_log:
                 found = [op.model_copy(update={"log": self._log(op.id)}) for op in found]
@@ -640,22 +759,13 @@ class SQLiteStore:
         return await self._run(work)
 
     def _log(self, operation: int) -> tuple[LogLine, ...]:
-        rows = self.db.execute(
-            "SELECT at, level, message, fraction FROM events "
-            "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq",
-            (operation,),
-        ).fetchall()
-        return tuple(_log_line(row) for row in rows)
+        return tuple(_log_line(row) for row in self.db.execute(LOG_OF, (operation,)).fetchall())
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
         """The last finished operation of that generation of ``slug``."""
 
         def work() -> Operation | None:
-            row = self.db.execute(
-                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = ? AND generation = ? "
-                "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1",
-                (slug, generation),
-            ).fetchone()
+            row = self.db.execute(LAST_FINISHED, (slug, generation)).fetchone()
             return _operation(row) if row else None
 
         return await self._run(work)
@@ -667,28 +777,10 @@ class SQLiteStore:
 
         def work() -> None:
             with self._write() as db:
-                db.executemany(
-                    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            e.at.isoformat(),
-                            e.operation,
-                            e.slug,
-                            e.verb,
-                            e.kind,
-                            e.level,
-                            e.message,
-                            e.fraction,
-                        )
-                        for e in events
-                    ],
-                )
+                db.executemany(PROGRESS_EVENT, [progress_event_args(e) for e in events])
                 named = [(e.backend_id, e.slug) for e in events if e.backend_id is not None]
                 if named:
-                    db.executemany(
-                        "UPDATE deployments SET backend_id = ? WHERE slug = ? AND archived = 0", named
-                    )
+                    db.executemany(NAME_BACKEND, named)
 
         if events:
             await self._run(work)
@@ -702,22 +794,10 @@ class SQLiteStore:
         kind: str | None = None,
         limit: int = 500,
     ) -> list[Event]:
+        query, args = events_query(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
+
         def work() -> list[Event]:
-            where, args = ["seq > ?"], list[Any]([after])
-            if kind is not None:
-                where.append("kind = ?")
-                args.append(kind)
-            if slug is not None:
-                where.append("slug = ?")
-                args.append(slug)
-            if operation is not None:
-                where.append("operation = ?")
-                args.append(operation)
-            rows = self.db.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
-                f"ORDER BY seq LIMIT {int(limit)}",
-                args,
-            ).fetchall()
+            rows = self.db.execute(query, args).fetchall()
             return [_event_model(row) for row in rows]
 
         return await self._run(work)
@@ -743,47 +823,15 @@ def _event(
     record_state: str | None = None,
 ) -> None:
     db.execute(
-        "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            utc_now().isoformat(),
-            operation,
-            slug,
-            verb,
-            kind,
-            state,
-            message,
-            json.dumps(error) if error is not None else None,
-            record_state,
+        STATE_EVENT,
+        state_event_args(
+            operation, slug, verb, kind, state=state, message=message, error=error, record_state=record_state
         ),
     )
 
 
 def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
-    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
-    db.execute(
-        f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
-        "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
-        "reason = excluded.reason, updated_at = excluded.updated_at, "
-        "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
-        "backend_id = excluded.backend_id",
-        (
-            deployment.slug,
-            deployment.generation,
-            deployment.tier,
-            deployment.driver,
-            deployment.state,
-            ref,
-            deployment.reason,
-            deployment.created_at.isoformat(),
-            deployment.updated_at.isoformat(),
-            int(deployment.unconfirmed),
-            deployment.backend_id,
-            None if ref is not None else _listing(deployment),
-        ),
-    )
+    db.execute(SAVE, save_args(deployment))
 
 
 def _listing(deployment: Deployment) -> str:
