@@ -561,3 +561,16 @@ async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tm
     listed = hearth(venv_bin, (tmp_path / "home", project), "ls", "--json", "--local")
     [ref] = json.loads(listed.stdout)
     assert ref["last_status"] == "failed"
+
+
+def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) -> None:
+    """``hearth status`` through the daemon reads the bounds without the settings' models: its
+    copy of the defaults stays the models' own, and a project's values count."""
+    from hearth._cli import _status_default
+    from hearth._settings import Timeouts
+
+    args = build_parser().parse_args(["status", "x", "--project", str(tmp_path)])
+    assert _status_default(args) == Timeouts().status + Timeouts().handshake
+    (tmp_path / ".hearth").mkdir()
+    (tmp_path / ".hearth" / "hearth.toml").write_text("[timeouts]\nstatus = 7\n")
+    assert _status_default(args) == 7 + Timeouts().handshake

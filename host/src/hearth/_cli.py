@@ -289,21 +289,28 @@ def _ls(args: argparse.Namespace) -> tuple[Any, str]:
     return [r.ref for r in listed], _ls_lines(listed)
 
 
-def _configured_store(args: argparse.Namespace) -> str | None:
-    """The store URL this command names (--store, $HEARTH_STORE, or ``store`` in hearth.toml),
-    read without loading the settings' models; None for the home's SQLite file."""
+def _project_toml(args: argparse.Namespace) -> dict[str, Any]:
+    """The project's hearth.toml as plain TOML, for the fast paths that must not load the
+    settings' models; empty when missing or unreadable (the host reads it again and says what
+    is wrong)."""
     import tomllib
 
+    settings = find_project_dir(getattr(args, "project", None)) / ".hearth" / "hearth.toml"
+    try:
+        return tomllib.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _configured_store(args: argparse.Namespace) -> str | None:
+    """The store URL this command names (--store, $HEARTH_STORE, or ``store`` in hearth.toml);
+    None for the home's SQLite file."""
     from ._store import STORE_ENV
 
     named = getattr(args, "store", None) or os.environ.get(STORE_ENV, "").strip()
     if named:
         return str(named)
-    settings = find_project_dir(getattr(args, "project", None)) / ".hearth" / "hearth.toml"
-    try:
-        value = tomllib.loads(settings.read_text(encoding="utf-8")).get("store")
-    except (OSError, ValueError):
-        return None  # the host reads it again and says what is wrong
+    value = _project_toml(args).get("store")
     return value if isinstance(value, str) and value else None
 
 
@@ -682,14 +689,8 @@ def _status_default(args: argparse.Namespace) -> float:
     """The daemon's bound of a ``status`` without ``--timeout``: ``[timeouts]`` status and
     handshake of the project's hearth.toml (the daemon serves this project), read without the
     settings' models; their defaults when unset or unreadable (the daemon says what is wrong)."""
-    import tomllib
-
-    bounds = {"status": 30.0, "handshake": 10.0}
-    settings = find_project_dir(getattr(args, "project", None)) / ".hearth" / "hearth.toml"
-    try:
-        table = tomllib.loads(settings.read_text(encoding="utf-8")).get("timeouts", {})
-    except (OSError, ValueError):
-        table = {}
+    bounds = {"status": 30.0, "handshake": 10.0}  # Timeouts' defaults (its module loads pydantic)
+    table = _project_toml(args).get("timeouts", {})
     for name in bounds:
         value = table.get(name) if isinstance(table, dict) else None
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
