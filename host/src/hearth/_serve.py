@@ -767,27 +767,17 @@ async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: a
     makes a new interval count at once. It changes what reconcile changes (records a dead host
     left; ghosts marked failed) and logs it; an orphan is logged once."""
     orphans: set[tuple[str, str]] = set()
-    delay = 0.0
-    while not stopping.is_set():
-        try:
-            async with asyncio.timeout(delay):
-                while True:  # a reload recomputes the wait from its start
-                    reload.clear()
-                    waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
-                    try:
-                        await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
-                    finally:
-                        for task in waiting:
-                            task.cancel()
-                    if stopping.is_set():
-                        return
-                    delay = _next_delay(host)
-                    break
-                continue  # reloaded: wait the new interval
-        except TimeoutError:
-            pass
-        delay = _next_delay(host)
-        if not _interval(host):
+    delay = 0.0  # the first one at once
+    while True:
+        reload.clear()
+        if await _woken(stopping, reload, delay):
+            if stopping.is_set():
+                return
+            delay = _next_delay(host, _interval(host))  # reloaded: the new interval counts
+            continue
+        interval = _interval(host)
+        delay = _next_delay(host, interval)
+        if not interval:
             continue  # off (0), or no settings to go by: look again later
         try:
             report = await host.reconcile()
@@ -818,14 +808,22 @@ def _interval(host: Host) -> float:
         return 0.0
 
 
-def _next_delay(host: Host) -> float:
-    """The wait before the next reconcile: the interval, varied by the jitter (60 s when off)."""
-    interval = _interval(host)
-    try:
-        jitter = host.settings.serve.reconcile_jitter
-    except HearthError:
-        jitter = 0.0
+def _next_delay(host: Host, interval: float) -> float:
+    """The wait before the next reconcile: the interval, varied by the settings' jitter (60 s
+    when off, to look at the settings again)."""
+    jitter = host.settings.serve.reconcile_jitter
     return (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
+
+
+async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float) -> bool:
+    """Whether the daemon is stopping or was told to reload within ``timeout`` seconds."""
+    waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        for task in waiting:
+            task.cancel()
+    return bool(done)
 
 
 def _on_sighup(host: Host, reload: asyncio.Event) -> None:
