@@ -179,7 +179,7 @@ def install_script(folder: Path, name: str, source: str) -> Path:
 def trust_project_adapters(project: Path, home: Path, *drivers: str) -> None:
     """Trust the project's adapters (all, or those of ``drivers``) in ``home``, as
     ``hearth adapters trust`` does: project adapters run only once trusted."""
-    from hearth._discovery import trust_adapters
+    from hearth._adapters._discovery import trust_adapters
 
     trust_adapters(project, home, drivers or None)
 

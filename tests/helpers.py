@@ -15,7 +15,7 @@ def profile(driver: str = "fake", tier: str = "solo", **flags: Any) -> Provision
 async def left_by_a_dead_host(host: Host, working: Deployment, verb: str) -> None:
     """What a host killed in the middle of ``verb`` leaves: the record in its transient state
     and the operation running, owned by a process that no longer exists."""
-    from hearth._store import NewOperation
+    from hearth._store._base import NewOperation
 
     store = host.store
     operation, _ = await store.create_operation(

@@ -115,7 +115,7 @@ def test_discover_all_lists_every_candidate_with_its_source_and_refusal(places: 
 
 
 def test_a_folder_named_twice_on_path_is_searched_once(tmp_path: Path) -> None:
-    from hearth._discovery import search_path
+    from hearth._adapters._discovery import search_path
 
     twice = os.pathsep.join([str(tmp_path / "bin"), "/usr/bin", str(tmp_path / "bin")])
     folders = [folder for source, folder in search_path(path_env=twice) if source == "path"]

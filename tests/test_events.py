@@ -34,7 +34,7 @@ async def _both_parked(host: Host) -> None:
     """Until two watchers wait on the bus's change (the moment one leaving could hurt the other)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while len(getattr(host._bus._future, "_callbacks", None) or ()) < 2:
+    while len(getattr(host._events.bus._future, "_callbacks", None) or ()) < 2:
         assert loop.time() < deadline, "the watchers never waited for the next event"
         await asyncio.sleep(0.001)
 
@@ -149,7 +149,7 @@ async def test_a_verb_on_a_slug_whose_first_provision_is_queued_is_busy(tmp_path
     from hearth import Busy
 
     async with make_host(tmp_path) as host:
-        async with host._locks.hold("first", 0.0):  # the provision waits for the slug: queued
+        async with host._core.locks.hold("first", 0.0):  # the provision waits for the slug: queued
             op = await host.start_provision("first", tier="brisk", driver="fake")
             assert (await host.operation(op.id)).state == "queued"
             with pytest.raises(Busy, match=f"operation #{op.id}"):

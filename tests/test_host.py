@@ -287,7 +287,7 @@ async def test_a_slug_busy_in_another_host_is_busy_at_once_or_joined_within_the_
 
 
 def test_config_keys_ending_in_env_name_the_variables_an_adapter_may_see() -> None:
-    from hearth._supervisor import named_variables
+    from hearth._adapters._supervisor import named_variables
 
     assert named_variables(
         {

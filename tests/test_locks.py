@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from hearth import SlugLocked, StoreError, _locks
-from hearth._locks import OwnerMark, SlugLocks, new_owner
+from hearth import SlugLocked, StoreError
+from hearth._store import _locks
+from hearth._store._locks import OwnerMark, SlugLocks, new_owner
 
 #: Appends ``enter <pid>`` and ``exit <pid>`` to a log around each of N holds of one slug.
 HAMMER = """
 import asyncio, os, sys
 from pathlib import Path
-from hearth import _locks
+from hearth._store import _locks
 
 _locks._POLL = 0.001
 
@@ -47,7 +48,7 @@ asyncio.run(main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
 HOLD_SLUG = """
 import asyncio, sys
 from pathlib import Path
-from hearth._locks import SlugLocks
+from hearth._store._locks import SlugLocks
 
 async def main():
     async with SlugLocks(Path(sys.argv[1])).hold(sys.argv[2], None):
@@ -61,7 +62,7 @@ asyncio.run(main())
 HOLD_MARK = """
 import sys
 from pathlib import Path
-from hearth._locks import OwnerMark
+from hearth._store._locks import OwnerMark
 
 mark = OwnerMark(Path(sys.argv[1]), sys.argv[2])
 mark.acquire()

@@ -626,7 +626,7 @@ async def test_tiers_and_drivers_are_listed_json_ready(
 
     monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     async with make_host(tmp_path) as host:
-        tiers = host.tiers()
+        tiers = await host.tiers()
         names = [tier.name for tier in tiers]
         assert names == sorted(names)
         assert {"solo", "team", "studio", "slow", "brisk"} <= set(names)

@@ -16,7 +16,7 @@ import docker
 import pytest
 
 from hearth import Busy, Conflict, Host, InvalidInput, Tier, Unsupported
-from hearth._store import SQLiteStore
+from hearth._store._sqlite import SQLiteStore
 from hearth_adapter_docker import DockerDriver
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import (

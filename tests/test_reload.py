@@ -13,9 +13,9 @@ from pydantic import TypeAdapter, ValidationError
 
 import hearth._settings as settings_module
 from hearth import InvalidInput, Tier
-from hearth._discovery import DriverInfo, driver_infos, probe_version
+from hearth._adapters._discovery import DriverInfo, driver_infos, probe_version
+from hearth._adapters._supervisor import Supervisor
 from hearth._settings import BUILTIN_TIERS, Settings, SettingsSource, load_settings
-from hearth._supervisor import Supervisor
 from hearth_adaptersdk import Driver, MemoryConnection, ResourceCaps
 from tests.conftest import install_script
 

@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 
 from hearth import Host, Tier
-from hearth._serve import create_app, openapi_document
+from hearth._server._app import create_app, openapi_document
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import MemoryConnection, ResourceCaps
 

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from hearth import HearthError, InvalidInput, InvalidTransition
+from hearth._errors import StoreError
+from hearth._models import Deployment
 from hearth._settings import BUILTIN_TIERS, load_settings
-from hearth._states import TRANSITIONS, Ask, Recorded, Verb, joins, plan, transition
-from hearth._store import Deployment, NewOperation, SQLiteStore, StoreError
+from hearth._states import TRANSITIONS, Ask, Recorded, Verb, joins, rules, transition
+from hearth._store._base import NewOperation
+from hearth._store._sqlite import SQLiteStore
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 
@@ -203,10 +206,10 @@ def test_the_plan_of_each_verb_from_each_record(
     tier, driver, reuse = asked
     if isinstance(expected, str):
         with pytest.raises(HearthError) as caught:
-            plan(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
+            rules(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
         assert caught.value.kind == expected
         return
-    found = plan(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
+    found = rules(verb, recorded, "alpha", tier=tier, driver=driver, reuse=reuse)
     if expected is None:
         assert found.noop and not found.archive
     else:
@@ -271,7 +274,7 @@ async def test_the_sqlite_store_is_one_private_file_in_wal_mode(tmp_path: Path) 
 
 
 async def test_a_version_2_store_is_migrated_with_its_operations_and_logs(tmp_path: Path) -> None:
-    from hearth._records import MIGRATIONS
+    from hearth._store._records import MIGRATIONS
 
     path = tmp_path / "hearth.db"
     db = sqlite3.connect(path)

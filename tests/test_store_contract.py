@@ -18,9 +18,11 @@ from typing import cast
 import psycopg
 import pytest
 
-from hearth._pgstore import PG_MIGRATIONS, PostgresStore
-from hearth._records import MIGRATIONS, SCHEMA_VERSION
-from hearth._store import NewEvent, NewOperation, SQLiteStore, Store, StoreError
+from hearth._errors import StoreError
+from hearth._store._base import NewEvent, NewOperation, Store
+from hearth._store._postgres import PG_MIGRATIONS, PostgresStore
+from hearth._store._records import MIGRATIONS, SCHEMA_VERSION
+from hearth._store._sqlite import SQLiteStore
 from hearth_adaptersdk import utc_now
 from tests.test_settings_states_store import _deployment
 
@@ -420,7 +422,7 @@ async def test_hosts_sharing_postgresql_know_each_other_alive_by_their_leases(
 
 async def test_slug_locks_hold_across_hosts_name_their_holder_and_die_with_it(pg_url: str) -> None:
     from hearth import SlugLocked
-    from hearth._pgstore import PgSlugLocks
+    from hearth._store._postgres import PgSlugLocks
 
     first, second = PgSlugLocks(pg_url, "alpha-host:111:aaaa"), PgSlugLocks(pg_url, "beta-host:222:bbbb")
     async with first.hold("alpha", 0):
@@ -442,7 +444,7 @@ async def test_slug_locks_hold_across_hosts_name_their_holder_and_die_with_it(pg
 
 
 async def _take(locks: object, slug: str, timeout: float) -> str:
-    from hearth._pgstore import PgSlugLocks
+    from hearth._store._postgres import PgSlugLocks
 
     assert isinstance(locks, PgSlugLocks)
     async with locks.hold(slug, timeout):

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from hearth import AdapterRefused, InvalidInput, StoreError, discover, discover_all
-from hearth._discovery import (
+from hearth._adapters._discovery import (
     file_sha256,
-    lock_adapters,
     lock_file,
     read_lock,
     trust_adapters,
     trust_file,
 )
+from hearth._adapters._locking import lock_adapters
 from tests.conftest import install_script, trust_project_adapters
 from tests.test_cli import Cli
 

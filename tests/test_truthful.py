@@ -29,7 +29,7 @@ from hearth import (
     StoreError,
     Tier,
 )
-from hearth._client import AdapterClient
+from hearth._adapters._client import AdapterClient
 from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import (

@@ -130,7 +130,7 @@ class NewTier(BaseModel):
 @app.get("/")
 async def about(host: HostDep) -> dict[str, Any]:
     """Which worker answers, and the tiers it offers."""
-    return {"worker": host.owner, "tiers": TIERS.dump_python(host.tiers(), mode="json")}
+    return {"worker": host.owner, "tiers": TIERS.dump_python(await host.tiers(), mode="json")}
 
 
 @app.post("/workspaces", status_code=202)

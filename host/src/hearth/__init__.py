@@ -20,9 +20,10 @@ if typing.TYPE_CHECKING:
         StatusReport,
     )
 
-    from ._client import AdapterClient, Interruption
+    from ._adapters._client import AdapterClient, Interruption
+    from ._adapters._discovery import Candidate, Discovered, DriverInfo, discover, discover_all
+    from ._api import HostAPI
     from ._dirs import find_project_dir
-    from ._discovery import Candidate, Discovered, DriverInfo, discover, discover_all
     from ._errors import (
         AdapterCrashed,
         AdapterError,
@@ -48,15 +49,16 @@ if typing.TYPE_CHECKING:
         Unauthorized,
         Unsupported,
     )
-    from ._host import CheckResult, Host, ReconcileReport
-    from ._models import Deployment, Event, LogLine, Operation
+    from ._lifecycle._host import Host
+    from ._models import CheckResult, Deployment, Event, LogLine, Operation, ReconcileReport
     from ._remote import RemoteHost
     from ._settings import Tier
-    from ._store import SQLiteStore, Store
+    from ._store._base import Store
+    from ._store._sqlite import SQLiteStore
 
 #: Where each public name lives; ``__getattr__`` imports it on first use.
 _EXPORTS = {
-    "AdapterClient": "._client",
+    "AdapterClient": "._adapters._client",
     "AdapterCrashed": "._errors",
     "AdapterError": "._errors",
     "AdapterNotFound": "._errors",
@@ -66,20 +68,21 @@ _EXPORTS = {
     "Busy": "._errors",
     "CallTimeout": "._errors",
     "Cancelled": "._errors",
-    "Candidate": "._discovery",
-    "CheckResult": "._host",
+    "Candidate": "._adapters._discovery",
+    "CheckResult": "._models",
     "ClientClosed": "._errors",
     "Conflict": "._errors",
     "DaemonUnavailable": "._errors",
     "Deployment": "._models",
     "DeploymentRef": "hearth_adaptersdk",
-    "Discovered": "._discovery",
-    "DriverInfo": "._discovery",
+    "Discovered": "._adapters._discovery",
+    "DriverInfo": "._adapters._discovery",
     "Event": "._models",
     "HearthError": "._errors",
-    "Host": "._host",
+    "HostAPI": "._api",
+    "Host": "._lifecycle._host",
     "Interrupted": "._errors",
-    "Interruption": "._client",
+    "Interruption": "._adapters._client",
     "InvalidInput": "._errors",
     "InvalidProfile": "._errors",
     "InvalidTransition": "._errors",
@@ -91,18 +94,18 @@ _EXPORTS = {
     "Progress": "hearth_adaptersdk",
     "ProtocolViolation": "._errors",
     "ProvisioningProfile": "hearth_adaptersdk",
-    "ReconcileReport": "._host",
+    "ReconcileReport": "._models",
     "RemoteHost": "._remote",
-    "SQLiteStore": "._store",
+    "SQLiteStore": "._store._sqlite",
     "SlugLocked": "._errors",
     "StatusReport": "hearth_adaptersdk",
-    "Store": "._store",
+    "Store": "._store._base",
     "StoreError": "._errors",
     "Tier": "._settings",
     "Unauthorized": "._errors",
     "Unsupported": "._errors",
-    "discover": "._discovery",
-    "discover_all": "._discovery",
+    "discover": "._adapters._discovery",
+    "discover_all": "._adapters._discovery",
     "find_project_dir": "._dirs",
 }
 
@@ -149,6 +152,7 @@ __all__ = [
     "Event",
     "HearthError",
     "Host",
+    "HostAPI",
     "Interrupted",
     "Interruption",
     "InvalidInput",

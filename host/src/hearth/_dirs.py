@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -60,3 +61,27 @@ def daemon_project(home: str | Path | None = None) -> Path | None:
     except OSError:
         return None
     return Path(lines[1]) if len(lines) > 1 and lines[1] else None
+
+
+#: The environment variable naming the store (``postgresql://...``), as ``--store`` does.
+STORE_ENV = "HEARTH_STORE"
+
+
+def shown(url: str) -> str:
+    """A store URL without its password (it never reaches a log, an error or the store)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(an unreadable store url)"
+    if password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
+
+
+def has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False

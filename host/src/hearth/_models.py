@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, computed_field
 
 from hearth_adaptersdk import DeploymentRef, Progress, State
 
@@ -208,3 +208,44 @@ class Operation(BaseModel):
     def events(self, after: int = 0) -> AsyncIterator[Event]:
         """Its events after ``after``; ends with the event that finishes it."""
         return self._owner()._operation_events(self.id, after)
+
+
+def _resolved_json(resolved: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+    return [{"slug": slug, "from": old, "to": new} for slug, old, new in resolved]
+
+
+class ReconcileReport(BaseModel):
+    """What ``reconcile`` found and did; nothing is ever deleted. Its JSON form writes each
+    resolution as ``{"slug", "from", "to"}``."""
+
+    #: (slug, recorded state, resolved state) for records left transient or unconfirmed.
+    resolved: Annotated[
+        list[tuple[str, str, str]], PlainSerializer(_resolved_json, return_type=list[dict[str, str]])
+    ] = Field(default_factory=list)
+    #: Records that claim a backend the adapter confirms absent: marked failed.
+    ghosts: list[str] = Field(default_factory=list)
+    #: Deployments an adapter lists that have no record: reported, never removed.
+    orphans: list[DeploymentRef] = Field(default_factory=list)
+    #: Slugs skipped because another process is working on them right now.
+    busy: list[str] = Field(default_factory=list)
+    #: Drivers that could not be asked, with the reason (their records are left as they are).
+    unreachable: dict[str, str] = Field(default_factory=dict)
+    #: A dry run: what is listed above would be done; nothing was changed.
+    dry_run: bool = False
+
+    @property
+    def drift(self) -> bool:
+        """Whether records and backends disagree (what a dry run exits 3 for)."""
+        return bool(self.resolved or self.ghosts or self.orphans)
+
+
+class CheckResult(BaseModel):
+    """Whether a verb would be accepted now (``Host.check``); nothing was started."""
+
+    slug: str
+    verb: str
+    accepted: bool
+    #: The error the verb would fail with at once, when it would not be accepted.
+    error: dict[str, Any] | None = None
+    #: The operation it would join (same verb and arguments already running).
+    joins: int | None = None

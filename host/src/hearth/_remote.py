@@ -49,8 +49,8 @@ RECONNECTS = 5
 #: How long the events of an operation already finished may stay quiet before they are over.
 QUIET = 1.0
 if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does not pay for them
-    from ._discovery import DriverInfo
-    from ._host import CheckResult, ReconcileReport
+    from ._adapters._discovery import DriverInfo
+    from ._models import CheckResult, ReconcileReport
     from ._settings import Tier
 
 ProgressListener = Callable[[Progress], object] | Callable[[Progress], Awaitable[object]]
@@ -96,7 +96,7 @@ def _error_of(response: httpx.Response) -> HearthError:
 
 def _report(data: Any) -> ReconcileReport:
     """A ``ReconcileReport`` from its JSON form (resolutions written as ``{"slug","from","to"}``)."""
-    from ._host import ReconcileReport
+    from ._models import ReconcileReport
 
     if isinstance(data, dict) and isinstance(data.get("resolved"), list):
         data = {
@@ -621,7 +621,7 @@ class RemoteHost:
         return _parse(list[Tier], await self._call("GET", "/tiers"))
 
     async def drivers(self) -> builtins.list[DriverInfo]:
-        from ._discovery import DriverInfo
+        from ._adapters._discovery import DriverInfo
 
         return _parse(list[DriverInfo], await self._call("GET", "/drivers"))
 
@@ -629,7 +629,7 @@ class RemoteHost:
         self, slug: str, verb: str, *, tier: str | None = None, driver: str | None = None
     ) -> CheckResult:
         body = {"slug": slug, "verb": verb, "tier": tier, "driver": driver}
-        from ._host import CheckResult
+        from ._models import CheckResult
 
         return CheckResult.model_validate(await self._call("POST", "/check", body=body))
 

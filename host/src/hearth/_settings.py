@@ -36,8 +36,8 @@ from pydantic_core import ErrorDetails
 from hearth_adaptersdk import ProvisioningProfile, ResourceCaps
 from hearth_adaptersdk.wire import DriverName, non_finite_path
 
+from ._dirs import has_password
 from ._errors import InvalidInput
-from ._store import has_password
 
 SETTINGS_FILE = Path(".hearth") / "hearth.toml"
 TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 Verb = Literal["provision", "upgrade", "teardown"]
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})
+#: Every state a record can be in.
+STATES: frozenset[str] = frozenset(
+    {"provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down"}
+)
+#: The verb whose operation leaves a record in each transient state.
+VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade", "tearing_down": "teardown"}
 #: States in which a record claims that the backend holds a workspace.
 CLAIMS_BACKEND: frozenset[str] = frozenset({"ready", "upgrading", "provisioning", "tearing_down"})
 #: Error codes whose answer says the adapter changed nothing (a refusal before any work).
@@ -180,7 +186,7 @@ class Recorded:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Rules:
     """What a verb will do: nothing (``transition`` None: the same ready workspace provisioned
     again, a torn-down one torn down again), or ``transition``; ``archive``: the torn-down record
     is archived first (a provision that reuses the slug)."""
@@ -193,7 +199,7 @@ class Plan:
         return self.transition is None
 
 
-def plan(
+def rules(
     verb: Verb,
     recorded: Recorded | None,
     slug: str,
@@ -201,15 +207,15 @@ def plan(
     tier: str | None = None,
     driver: str | None = None,
     reuse: bool = False,
-) -> Plan:
+) -> Rules:
     """The lifecycle rules for ``verb`` on a workspace recorded as ``recorded`` (None: none);
     raises the refusal (``invalid_transition`` naming the state, ``conflict`` for another tier or
     driver). A verb other than provision needs a record (the host says ``not_found`` first)."""
     if verb == "provision":
         if recorded is None:
-            return Plan(transition(None, verb, slug))
+            return Rules(transition(None, verb, slug))
         if recorded.state == "ready" and (recorded.tier, recorded.driver) == (tier, driver):
-            return Plan(None)
+            return Rules(None)
         if recorded.state == "tier_torn_down":
             if not reuse:
                 raise InvalidTransition(
@@ -218,14 +224,9 @@ def plan(
                     codes.INVALID_TRANSITION,
                     {"kind": "invalid_transition", "state": recorded.state},
                 )
-            return Plan(transition(None, verb, slug), archive=True)
+            return Rules(transition(None, verb, slug), archive=True)
         if recorded.state in ("ready", "failed") and recorded.driver != driver:
-            raise Conflict(
-                f"workspace {slug!r} exists on driver {recorded.driver!r}; a workspace cannot move "
-                "to another driver: tear it down, then provision it again, reusing the slug",
-                codes.CONFLICT,
-                {"kind": "conflict"},
-            )
+            raise _moved(slug, recorded.driver)
         if recorded.state in ("ready", "failed") and recorded.tier != tier:
             raise Conflict(
                 f"workspace {slug!r} exists with tier {recorded.tier!r}; "
@@ -237,11 +238,11 @@ def plan(
                 codes.CONFLICT,
                 {"kind": "conflict"},
             )
-        return Plan(transition(recorded.state, verb, slug))
+        return Rules(transition(recorded.state, verb, slug))
     assert recorded is not None, "only provision applies to a workspace without a record"
     if verb == "teardown" and recorded.state == "tier_torn_down":
-        return Plan(None)
-    return Plan(transition(recorded.state, verb, slug))
+        return Rules(None)
+    return Rules(transition(recorded.state, verb, slug))
 
 
 def same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
@@ -258,3 +259,203 @@ def same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
 def teardown_done(record: Deployment | None) -> bool:
     """A plain ``teardown`` of a torn-down workspace does nothing and records nothing."""
     return record is not None and record.state == "tier_torn_down"
+
+
+# --- what a verb's answer leaves (``_lifecycle._outcome``) --------------------------------------
+#: What a failure adds to the record's reason when what the backend holds is not confirmed.
+NOT_CONFIRMED = "; what the backend holds is not confirmed: reconcile checks it"
+
+
+def failure_unconfirmed(*, answered: bool, backend_lost: bool) -> bool:
+    """Whether a failed verb leaves what the backend holds unconfirmed: the adapter did not
+    answer with an error of its own (it died, or broke the protocol), or it lost its backend."""
+    return not answered or backend_lost
+
+
+def failure_reason(message: str, unconfirmed: bool) -> str:
+    """The reason a failed record keeps."""
+    return message + (NOT_CONFIRMED if unconfirmed else "")
+
+
+def unconfirmed_reason(verb: Verb, reason: str) -> str:
+    """The reason of a record whose cancel or timeout was not confirmed by the adapter."""
+    what = "rollback not confirmed" if verb != "teardown" else "teardown not confirmed"
+    reason = reason.replace("; the rollback is not confirmed", "")
+    return f"{reason}; {what}: the backend may still hold resources; reconcile checks it"
+
+
+#: What a timed-out verb records: what the backend shows (a teardown cannot be undone), the
+#: record as it was (a confirmed rollback), or a record not confirmed.
+TimeoutOutcome = Literal["settle_teardown", "unchanged", "unconfirmed"]
+
+
+def after_timeout(verb: Verb, rolled_back: bool | None) -> TimeoutOutcome:
+    """``rolled_back``: the adapter's answer to the cancel the timeout sent (None: no answer)."""
+    if verb == "teardown" and rolled_back is not None:
+        return "settle_teardown"
+    return "unchanged" if rolled_back else "unconfirmed"
+
+
+#: What became of a cancelled verb: it had finished (``succeeded``), the adapter never answered
+#: the cancel (``unanswered``), it answered another error (``failed``), a teardown was stopped
+#: (``settle_teardown``: what the backend shows is recorded), it rolled back or it could not.
+CancelOutcome = Literal[
+    "succeeded", "unanswered", "failed", "settle_teardown", "rolled_back", "not_rolled_back"
+]
+
+
+def after_cancel(
+    verb: Verb, *, succeeded: bool, answered: bool, cancelled: bool, data: Mapping[str, Any]
+) -> CancelOutcome:
+    """What a cancelled verb records, from the adapter's answer to the cancel: ``succeeded``
+    (it finished first), ``answered`` at all, with ``cancelled`` (-32800) and its ``data``."""
+    if succeeded:
+        return "succeeded"
+    if not answered:
+        return "unanswered"
+    if not cancelled:
+        return "failed"
+    if verb == "teardown":
+        return "settle_teardown"
+    return "rolled_back" if cancel_rolled_back(verb, True, data) else "not_rolled_back"
+
+
+def cancel_outcome_recorded(
+    operation_state: str, verb: str, *, unconfirmed: bool, error: Mapping[str, Any]
+) -> CancelOutcome:
+    """The same outcome read back from what was recorded (a client of a daemon that cancelled
+    an operation there): the operation's state and error, the record's ``unconfirmed``."""
+    if operation_state == "succeeded":
+        return "succeeded"
+    if unconfirmed:
+        return "unanswered"
+    if verb == "teardown":
+        return "settle_teardown"
+    if error.get("kind") not in ("cancelled", "interrupted"):
+        return "failed"
+    return "not_rolled_back" if error.get("rolled_back") is False else "rolled_back"
+
+
+def cancel_note(
+    verb: str,
+    slug: str,
+    how: CancelOutcome,
+    *,
+    recorded: str | None = None,
+    error_kind: str | None = None,
+    observed: str | None = None,
+    previous: str | None = None,
+) -> str:
+    """The line that says what became of cancelled work (``Host.interruptions``, the CLI's
+    last line on Ctrl-C), in the same words for a host and a daemon's client."""
+    note = f"{verb} of {slug!r}"
+    state = recorded if recorded is not None else "nowhere (nothing changed)"
+    if how == "succeeded":
+        return f"{note} had finished before the cancel took effect; it is recorded as done"
+    if how == "unanswered":
+        return f"{note} was told to cancel; its rollback is not confirmed (reconcile checks it)"
+    if how == "failed":
+        return (
+            f"{note} was cancelled and the adapter answered with an error ({error_kind}); "
+            f"the workspace is recorded {state}"
+        )
+    if how == "settle_teardown":
+        seen = "" if observed is None else f"; the backend shows {observed},"
+        return f"{note} was cancelled{seen or ';'} the workspace is recorded {state}"
+    if how == "rolled_back":
+        return f"{note} was cancelled and rolled back" + (
+            "" if previous is None else f"; the workspace is {previous} as before"
+        )
+    return f"{note} was cancelled; the adapter could not confirm its rollback (reconcile checks it)"
+
+
+# --- admission (``_lifecycle._admission``) ------------------------------------------------------
+#: What a keyed start asked for: (slug, verb, tier, driver).
+Keyed = tuple[str, str, str | None, str | None]
+
+
+def same_key(used: Keyed, asked: Keyed) -> bool:
+    """Whether a start whose idempotency key was used before asks for the same thing: the same
+    (slug, verb), and for a provision or upgrade the same (tier, driver)."""
+    return used[:2] == asked[:2] and (asked[1] == "teardown" or used[2:] == asked[2:])
+
+
+def busy_message(slug: str, operation: int, verb: str, tier: str | None, state: str) -> str:
+    """Why a start (or adopt, forget, plan) is refused ``busy``."""
+    to = f" to {tier}" if verb == "upgrade" and tier is not None else ""
+    return f"workspace {slug!r} is busy: operation #{operation} ({verb}{to}) is {state}"
+
+
+def preview_verb(recorded: Recorded | None, slug: str, driver: str) -> Verb:
+    """The verb ``Host.plan`` previews: a provision for a new, failed or torn-down workspace,
+    else an upgrade, which cannot move a workspace to another driver."""
+    if recorded is None or recorded.state in ("failed", "tier_torn_down"):
+        return "provision"
+    if recorded.driver != driver:
+        raise _moved(slug, recorded.driver)
+    return "upgrade"
+
+
+def _moved(slug: str, driver: str) -> Conflict:
+    return Conflict(
+        f"workspace {slug!r} exists on driver {driver!r}; a workspace cannot move "
+        "to another driver: tear it down, then provision it again, reusing the slug",
+        codes.CONFLICT,
+        {"kind": "conflict"},
+    )
+
+
+# --- settling a record from what the backend shows (``_lifecycle._reconcile``) ------------------
+def needs_status(state: str, unconfirmed: bool, *, listed: bool) -> bool:
+    """Whether reconcile asks the adapter about a record: not when its ``list`` shows it and
+    nothing about the record is uncertain."""
+    return not (listed and state not in TRANSIENT and not unconfirmed)
+
+
+def uncertain_verb(state: str, unconfirmed: bool, last_verb: str | None) -> str | None:
+    """The verb that left a record uncertain: the one its transient state names, or for a
+    record not confirmed its last operation's (a provision if none); None for a settled one."""
+    if state in TRANSIENT:
+        return VERB_OF[state]
+    if unconfirmed:
+        return last_verb or "provision"
+    return None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a record becomes when settled; ``tier``: the tier the adapter says it serves."""
+
+    state: State
+    reason: str | None
+    unconfirmed: bool
+    tier: str | None = None
+
+
+def settlement(
+    recorded: State,
+    reason: str | None,
+    unconfirmed: bool,
+    *,
+    observed: str,
+    verb: str | None,
+    backend_id: str | None,
+    served_tier: object = None,
+) -> Settlement | None:
+    """The record to keep from what the backend shows (``resolve``), or None when that is what
+    is recorded already (a second reconcile changes nothing). A failure names the backend id the
+    adapter reported while it worked; an interrupted upgrade that the adapter says serves a
+    tier (``served_tier``, from its status details) takes that tier."""
+    resolution = resolve(recorded, observed, verb=verb)
+    if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
+        recorded,
+        reason,
+        unconfirmed,
+    ):
+        return None
+    why = resolution.reason
+    if why and backend_id and resolution.state != "ready":
+        why += f" (its backend id, reported while it worked: {backend_id})"
+    if verb == "upgrade" and observed == "ready" and isinstance(served_tier, str) and served_tier:
+        return Settlement(resolution.state, None, resolution.unconfirmed, served_tier)
+    return Settlement(resolution.state, why, resolution.unconfirmed)

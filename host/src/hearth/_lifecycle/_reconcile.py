@@ -2,8 +2,8 @@
 
 Reconcile deletes nothing. It asks each driver once for its ``list``; a record the list shows,
 settled, is left alone; a record left transient by a host that died, or marked *not confirmed*,
-or missing from the list, is asked about with ``status`` and settled by ``_states.resolve``; a
-record that claims a backend the adapter confirms absent is a ghost (marked failed); a listed
+or missing from the list, is asked about with ``status`` and settled by ``_states.settlement``;
+a record that claims a backend the adapter confirms absent is a ghost (marked failed); a listed
 deployment with no record is an orphan (reported). A slug another process works on is skipped
 (busy), an unreachable driver changes nothing, and a dry run writes nothing. The next access to
 a slug that a dead host left transient runs the same settlement for that slug (``settle``).
@@ -15,39 +15,41 @@ alone (Terraform's import and ``removed``, Crossplane's observe and orphan).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
-from ._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
-from ._host import VERB_OF, ReconcileReport, _synthesized_ref
-from ._models import Deployment, existing_json
-from ._states import TRANSIENT, resolve
-from ._store import NewOperation
+from .._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
+from .._models import Deployment, Operation, ReconcileReport, existing_json, synthesized_ref
+from .._states import TRANSIENT, Settlement, needs_status, settlement, uncertain_verb
+from .._store._base import NewOperation
+from ._core import Core
 
-if TYPE_CHECKING:
-    from ._host import Host
+#: The slug's live operation, ending those of dead hosts on the way (``Recovery.active_operation``).
+ActiveOf = Callable[[str], Awaitable[Operation | None]]
 
 
 class Reconciler:
-    """One reconcile run over a host's records."""
+    """One reconcile run over the records of a core."""
 
-    def __init__(self, host: Host, *, dry_run: bool, timeout: float | None) -> None:
-        self.host = host
+    def __init__(self, core: Core, active_of: ActiveOf, *, dry_run: bool, timeout: float | None) -> None:
+        self._core = core
+        self._active_of = active_of
         self.dry_run = dry_run
         self.timeout = timeout
         self.report = ReconcileReport(dry_run=dry_run)
 
     async def run(self, slug: str | None = None) -> ReconcileReport:
-        host, report = self.host, self.report
+        core, report = self._core, self.report
+        store = core.store
         records = [
-            r for r in await host.store.deployments(include_torn_down=False) if slug is None or r.slug == slug
+            r for r in await store.deployments(include_torn_down=False) if slug is None or r.slug == slug
         ]
         by_driver: dict[str, list[Deployment]] = defaultdict(list)
         for record in records:
             by_driver[record.driver].append(record)
         # a driver whose records were all forgotten or torn down may still hold orphans
-        for driver in sorted({*by_driver, *await host.store.drivers()}):
+        for driver in sorted({*by_driver, *await store.drivers()}):
             try:
                 listed = await self._list(driver)
             except HearthError as exc:
@@ -57,7 +59,7 @@ class Reconciler:
                 continue
             for record in by_driver.get(driver, []):
                 try:
-                    async with host._locks.hold(record.slug, 0.0):
+                    async with core.locks.hold(record.slug, 0.0):
                         await self._one(record.slug, listed)
                 except SlugLocked:
                     report.busy.append(record.slug)
@@ -66,7 +68,7 @@ class Reconciler:
                         raise
                     report.unreachable.setdefault(driver, exc.message)
             if listed is not None:
-                known = {r.slug for r in await host.store.deployments(include_torn_down=False)}
+                known = {r.slug for r in await store.deployments(include_torn_down=False)}
                 report.orphans.extend(
                     ref
                     for ref in listed.values()
@@ -81,29 +83,29 @@ class Reconciler:
 
     async def _list(self, driver: str) -> dict[str, DeploymentRef] | None:
         """The driver's deployments by slug, from one ``list``; None if it cannot list."""
-        host = self.host
-        async with host.supervisor.use(driver, timeout=self.timeout) as client:
+        core = self._core
+        async with core.supervisor.use(driver, timeout=self.timeout) as client:
             if not client.supports("list"):
                 return None
-            refs = await client.list(timeout=self.timeout or host.timeouts.list)
+            refs = await client.list(timeout=self.timeout or core.timeouts.list)
         return {ref.workspace_slug: ref for ref in refs}
 
     async def _status(self, record: Deployment) -> StatusReport:
-        host = self.host
-        ref = record.ref or _synthesized_ref(record)
-        async with host.supervisor.use(record.driver, timeout=self.timeout) as client:
-            return await client.status(ref, timeout=self.timeout or host.timeouts.status)
+        core = self._core
+        ref = record.ref or synthesized_ref(record)
+        async with core.supervisor.use(record.driver, timeout=self.timeout) as client:
+            return await client.status(ref, timeout=self.timeout or core.timeouts.status)
 
     async def _one(
         self, slug: str, listed: dict[str, DeploymentRef] | None, observed: StatusReport | None = None
     ) -> None:
-        host = self.host
-        current = await host.store.get(slug)
+        store = self._core.store
+        current = await store.get(slug)
         if current is None or current.state == "tier_torn_down":
             return
         seen = None if listed is None else listed.get(slug)
-        if seen is not None and current.state not in TRANSIENT and not current.unconfirmed:
-            return  # the list shows it and nothing about the record is uncertain
+        if not needs_status(current.state, current.unconfirmed, listed=seen is not None):
+            return
         observed = observed or await self._status(current)
         if observed.state == "unknown":  # never read as absent: the backend could not say
             self.report.unreachable.setdefault(
@@ -113,54 +115,26 @@ class Reconciler:
             return
         if current.ref is None and seen is not None:
             current = current.model_copy(update={"ref": seen})
-        verb: str | None = None
-        if current.state in TRANSIENT:
-            verb = VERB_OF[current.state]
-        elif current.unconfirmed:
-            last = await host.store.last_operation(current.slug, current.generation)
-            verb = last.verb if last is not None else "provision"
-        resolution = resolve(current.state, observed.state, verb=verb)
-        if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
+        last = None
+        if current.unconfirmed and current.state not in TRANSIENT:
+            last = await store.last_operation(current.slug, current.generation)
+        verb = uncertain_verb(current.state, current.unconfirmed, None if last is None else last.verb)
+        found = settlement(
             current.state,
             current.reason,
             current.unconfirmed,
-        ):
-            return  # nothing new: a second reconcile changes nothing
-        reason = resolution.reason
-        if reason and current.backend_id and resolution.state != "ready":
-            reason += f" (its backend id, reported while it worked: {current.backend_id})"
-        settled = current.model_copy(
-            update={
-                "state": resolution.state,
-                "reason": reason,
-                "unconfirmed": resolution.unconfirmed,
-                "updated_at": utc_now(),
-            }
+            observed=observed.state,
+            verb=verb,
+            backend_id=current.backend_id,
+            served_tier=observed.details.get("tier"),
         )
-        ref = current.ref or _synthesized_ref(current)
-        if verb == "upgrade" and observed.state == "ready":
-            tier = observed.details.get("tier")
-            if isinstance(tier, str) and tier:  # the adapter says which tier it serves
-                settled = settled.model_copy(
-                    update={
-                        "tier": tier,
-                        "reason": None,
-                        "ref": ref.model_copy(update={"tier": tier, "last_status": "ready"}),
-                    }
-                )
-        if settled.state == "ready":
-            base = settled.ref or _synthesized_ref(settled)
-            settled = settled.model_copy(
-                update={
-                    "ref": base.model_copy(
-                        update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
-                    )
-                }
-            )
+        if found is None:
+            return  # nothing new: a second reconcile changes nothing
+        settled = _settled(current, found, observed)
         if not self.dry_run:
             if current.state in TRANSIENT:
-                await host._active_operation(slug)  # ends its dead host's operations: interrupted
-            if not await host.store.save(settled, replaces=current):
+                await self._active_of(slug)  # ends its dead host's operations: interrupted
+            if not await store.save(settled, replaces=current):
                 self.report.busy.append(slug)  # another host changed it meanwhile: its record stands
                 return
         if verb is None:
@@ -169,24 +143,55 @@ class Reconciler:
             self.report.resolved.append((current.slug, current.state, settled.state))
 
 
-async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float | None) -> Deployment:
+def _settled(current: Deployment, found: Settlement, observed: StatusReport) -> Deployment:
+    """The record a settlement writes: a tier the adapter says it serves, and a ready
+    workspace's endpoint as the adapter reports it."""
+    tier = found.tier
+    settled = current.model_copy(
+        update={
+            "state": found.state,
+            "reason": found.reason,
+            "unconfirmed": found.unconfirmed,
+            "updated_at": utc_now(),
+        }
+    )
+    if tier is not None:
+        ref = current.ref or synthesized_ref(current)
+        settled = settled.model_copy(
+            update={"tier": tier, "ref": ref.model_copy(update={"tier": tier, "last_status": "ready"})}
+        )
+    if settled.state == "ready":
+        base = settled.ref or synthesized_ref(settled)
+        settled = settled.model_copy(
+            update={
+                "ref": base.model_copy(
+                    update={"endpoint": observed.endpoint or base.endpoint, "last_status": "ready"}
+                )
+            }
+        )
+    return settled
+
+
+async def adopt(
+    core: Core, active_of: ActiveOf, slug: str, *, driver: str, tier: str, timeout: float | None
+) -> Deployment:
     """Record a deployment the adapter lists but hearth has no record of (its state from the
     adapter's ``status``); refuses a slug with a live record or a running operation."""
-    store = host.store
-    await _refuse_if_busy(host, slug)
+    store = core.store
+    await _refuse_if_busy(active_of, slug)
     _refuse_if_recorded(await store.get(slug), slug)
-    async with host._locks.hold(slug, host._lock_wait(None if timeout is None else _at(timeout))):
+    async with core.locks.hold(slug, core.timeouts.lock_wait if timeout is None else timeout):
         record = await store.get(slug)  # again, now that the slug is held
         _refuse_if_recorded(record, slug)
-        await _refuse_if_busy(host, slug)
-        async with host.supervisor.use(driver, timeout=timeout) as client:
+        await _refuse_if_busy(active_of, slug)
+        async with core.supervisor.use(driver, timeout=timeout) as client:
             if not client.supports("list"):
                 raise Unsupported(
                     f"{driver}: the adapter cannot list its deployments, so none can be adopted",
                     codes.UNSUPPORTED,
                     {"kind": "unsupported", "reason": "list is not supported"},
                 )
-            refs = await client.list(timeout=timeout or host.timeouts.list)
+            refs = await client.list(timeout=timeout or core.timeouts.list)
             found = next((ref for ref in refs if ref.workspace_slug == slug), None)
             if found is None:
                 raise NotFound(f"driver {driver!r} lists no deployment {slug!r}; there is nothing to adopt")
@@ -197,7 +202,7 @@ async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float
                     codes.CONFLICT,
                     {"kind": "conflict", "existing": found.model_dump(mode="json")},
                 )
-            report = await client.status(found, timeout=timeout or host.timeouts.status)
+            report = await client.status(found, timeout=timeout or core.timeouts.status)
         if report.state in ("absent", "unknown", "tier_torn_down"):
             raise NotFound(f"driver {driver!r} reports {slug!r} {report.state}; there is nothing to adopt")
         now = utc_now()
@@ -223,38 +228,36 @@ async def adopt(host: Host, slug: str, *, driver: str, tier: str, timeout: float
                 slug,
                 adopted.generation,
                 "adopt",
-                host.owner,
+                core.owner,
                 tier=tier,
                 driver=driver,
                 done=("succeeded", adopted.ref),
             )
         )
-    host._bus.bump()
     return adopted
 
 
-async def forget(host: Host, slug: str) -> Deployment:
+async def forget(core: Core, active_of: ActiveOf, slug: str) -> Deployment:
     """Archive the record of ``slug``; the backend is left exactly as it is."""
-    store = host.store
+    store = core.store
     if await store.get(slug) is None:
         raise NotFound(f"no workspace {slug!r}")
-    await _refuse_if_busy(host, slug)
-    async with host._locks.hold(slug, host.timeouts.lock_wait):
+    await _refuse_if_busy(active_of, slug)
+    async with core.locks.hold(slug, core.timeouts.lock_wait):
         record = await store.get(slug)
         if record is None:
             raise NotFound(f"no workspace {slug!r}")
-        await _refuse_if_busy(host, slug)
+        await _refuse_if_busy(active_of, slug)
         await store.archive(slug)
         await store.create_operation(
-            NewOperation(slug, record.generation, "forget", host.owner, done=("succeeded", record.ref))
+            NewOperation(slug, record.generation, "forget", core.owner, done=("succeeded", record.ref))
         )
-    host._bus.bump()
     return record
 
 
-async def _refuse_if_busy(host: Host, slug: str) -> None:
+async def _refuse_if_busy(active_of: ActiveOf, slug: str) -> None:
     """``busy`` at once when an operation runs on the slug (rather than a wait for its lock)."""
-    active = await host._active_operation(slug)
+    active = await active_of(slug)
     if active is not None:
         raise Busy(
             f"workspace {slug!r} is busy: operation #{active.id} ({active.verb}) is {active.state}", active.id
@@ -269,9 +272,3 @@ def _refuse_if_recorded(record: Deployment | None, slug: str) -> None:
             codes.CONFLICT,
             {"kind": "conflict", "existing": existing_json(record)},
         )
-
-
-def _at(timeout: float) -> float:
-    import asyncio
-
-    return asyncio.get_running_loop().time() + timeout

@@ -43,8 +43,8 @@ from hearth_adaptersdk import (
 from hearth_adaptersdk.transport import RequestEngine, SessionState, preview
 from hearth_adaptersdk.wire import validation_problems
 
-from . import __version__
-from ._errors import (
+from .. import __version__
+from .._errors import (
     AdapterCrashed,
     AdapterNotFound,
     AdapterRefused,

@@ -20,10 +20,10 @@ from typing import Any
 
 from hearth_adaptersdk import Connection
 
+from .._errors import CallTimeout, StoreError
+from .._settings import Settings
 from ._client import CANCEL_GRACE, AdapterClient
 from ._discovery import discover
-from ._errors import CallTimeout, StoreError
-from ._settings import Settings
 
 ConnectionFactory = Callable[[], Connection]
 

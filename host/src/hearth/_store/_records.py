@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ._errors import StoreError
+from .._errors import StoreError
 
 STORE_FILE = "hearth.db"
 

@@ -28,10 +28,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from hearth_adaptersdk import DeploymentRef, utc_now
 
-from ._errors import SlugLocked, StoreError
-from ._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
-from ._records import SCHEMA_VERSION
-from ._store import (
+from .._dirs import shown
+from .._errors import SlugLocked, StoreError
+from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
+from ._base import (
     ACTIVE_OF_SLUG,
     AS_READ,
     BEGIN_OPERATION,
@@ -48,10 +48,6 @@ from ._store import (
     Found,
     NewEvent,
     NewOperation,
-    _deployment,
-    _event_model,
-    _log_line,
-    _operation,
     deployments_query,
     end_args,
     events_query,
@@ -59,11 +55,15 @@ from ._store import (
     new_operation_args,
     operations_query,
     progress_event_args,
+    row_deployment,
+    row_event,
+    row_log_line,
+    row_operation,
     save_args,
-    shown,
     state_event_args,
     still_as_read,
 )
+from ._records import SCHEMA_VERSION
 
 R = TypeVar("R")
 log = logging.getLogger("hearth.store")
@@ -336,14 +336,14 @@ class PostgresStore:
             state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
         )
         rows = await self._read(lambda conn: _all(conn, query, args))
-        return [_deployment(row) for row in rows]
+        return [row_deployment(row) for row in rows]
 
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
         async def work(conn: Connection) -> tuple[Deployment | None, list[Operation]]:
             async with conn.transaction():  # one snapshot of both
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 rows = await _all(conn, ACTIVE_OF_SLUG, (slug,))
-                return await _get(conn, slug), [_operation(row) for row in rows]
+                return await _get(conn, slug), [row_operation(row) for row in rows]
 
         return await self._read(work)
 
@@ -387,7 +387,7 @@ class PostgresStore:
                     return keyed, "key"
             row = await _one(conn, ACTIVE_OF_SLUG, (new.slug,))
             if row:
-                return _operation(row), "active"
+                return row_operation(row), "active"
             made = await _one(conn, NEW_OPERATION + " RETURNING id", new_operation_args(new))
             assert made is not None
             ident = int(made[0])
@@ -499,7 +499,7 @@ class PostgresStore:
         query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
 
         async def work(conn: Connection) -> list[Operation]:
-            found = [_operation(row) for row in await _all(conn, query, args)]
+            found = [row_operation(row) for row in await _all(conn, query, args)]
             if with_log:
                 found = [op.model_copy(update={"log": await _log(conn, op.id)}) for op in found]
             return found
@@ -508,7 +508,7 @@ class PostgresStore:
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
         row = await self._read(lambda conn: _one(conn, LAST_FINISHED, (slug, generation)))
-        return _operation(row) if row else None
+        return row_operation(row) if row else None
 
     def slug_locks(self, owner: str) -> PgSlugLocks:
         """Per-slug locks every host on this database respects (for ``owner``'s host)."""
@@ -548,7 +548,7 @@ class PostgresStore:
                 (),
             )
         )
-        return [_operation(row) for row in rows]
+        return [row_operation(row) for row in rows]
 
     async def drop_lease(self, owner: str) -> None:
         async def work(conn: Connection) -> None:
@@ -583,7 +583,7 @@ class PostgresStore:
     ) -> list[Event]:
         query, args = events_query(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
         rows = await self._read(lambda conn: _all(conn, query, args))
-        return [_event_model(row) for row in rows]
+        return [row_event(row) for row in rows]
 
     async def last_seq(self) -> int:
         row = await self._read(lambda conn: _one(conn, "SELECT MAX(seq) FROM events", ()))
@@ -729,17 +729,17 @@ async def _get(conn: Connection, slug: str) -> Deployment | None:
     row = await _one(
         conn, f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE slug = %s AND archived = 0", (slug,)
     )
-    return _deployment(row) if row else None
+    return row_deployment(row) if row else None
 
 
 async def _operation_where(conn: Connection, condition: str, value: object) -> Operation | None:
     row = await _one(conn, f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {condition}", (value,))
-    return _operation(row) if row else None
+    return row_operation(row) if row else None
 
 
 async def _log(conn: Connection, operation: int) -> tuple[LogLine, ...]:
     rows = await _all(conn, LOG_OF, (operation,))
-    return tuple(_log_line(row) for row in rows)
+    return tuple(row_log_line(row) for row in rows)
 
 
 async def _event(

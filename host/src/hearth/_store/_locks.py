@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from ._errors import SlugLocked, StoreError
+from .._errors import SlugLocked, StoreError
 
 _POLL = 0.02
 _OWNER = re.compile(r"[A-Za-z0-9._:-]{1,200}")

@@ -44,16 +44,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from ._dirs import SOCKET_FILE, URL_ENV, daemon_project, find_project_dir, state_dir
-from ._errors import HearthError, InvalidInput
-from ._records import STORE_FILE, Listed, current
+from .._dirs import SOCKET_FILE, URL_ENV, daemon_project, find_project_dir, state_dir
+from .._errors import HearthError, InvalidInput
+from .._store._records import STORE_FILE, Listed, current
 
 if TYPE_CHECKING:  # the host, the models and asyncio load only for the commands that use them
     from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
-    from ._host import Host, ReconcileReport
-    from ._remote import RemoteHost
-    from ._store import Operation
+    from .._lifecycle._host import Host
+    from .._models import Operation, ReconcileReport
+    from .._remote import RemoteHost
 
 #: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
 #: terminal, or start a fake line when printed raw.
@@ -102,7 +102,7 @@ class _Version(argparse.Action):
     """``--version``, reading the installed version only when asked."""
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        from . import __version__
+        from .. import __version__
 
         print(f"hearth {__version__}")
         parser.exit()
@@ -305,7 +305,7 @@ def _project_toml(args: argparse.Namespace) -> dict[str, Any]:
 def _configured_store(args: argparse.Namespace) -> str | None:
     """The store URL this command names (--store, $HEARTH_STORE, or ``store`` in hearth.toml);
     None for the home's SQLite file."""
-    from ._store import STORE_ENV
+    from .._dirs import STORE_ENV
 
     named = getattr(args, "store", None) or os.environ.get(STORE_ENV, "").strip()
     if named:
@@ -315,7 +315,7 @@ def _configured_store(args: argparse.Namespace) -> str | None:
 
 
 async def _ls_store(args: argparse.Namespace) -> list[Listed]:
-    from ._host import Host
+    from .._lifecycle._host import Host
 
     async with Host(
         project_dir=getattr(args, "project", None),
@@ -333,7 +333,7 @@ async def _ls_remote(args: argparse.Namespace) -> list[Listed]:
 
 
 def _listed(records: list[Any]) -> list[Listed]:
-    from ._models import synthesized_ref
+    from .._models import synthesized_ref
 
     listed = []
     for record in records:
@@ -394,8 +394,8 @@ def _reconcile_lines(report: ReconcileReport) -> str:
 def _adapters(args: argparse.Namespace) -> tuple[Any, str]:
     import asyncio
 
-    from ._discovery import check_lock_versions, chosen, discover_all, probe_versions
-    from ._settings import load_settings
+    from .._adapters._discovery import check_lock_versions, chosen, discover_all, probe_versions
+    from .._settings import load_settings
 
     if getattr(args, "adapters_command", None) == "trust":
         return _adapters_trust(args)
@@ -452,7 +452,7 @@ def _refusal_advice(candidate: Any) -> str:
 
 def _adapters_trust(args: argparse.Namespace) -> tuple[Any, str]:
     """``hearth adapters trust [DRIVER ...]``: record the project's adapters as they are now."""
-    from ._discovery import trust_adapters
+    from .._adapters._discovery import trust_adapters
 
     done = trust_adapters(_project(args), getattr(args, "home", None), args.drivers or None)
     document = [{"driver": t.driver, "path": str(t.path), "sha256": t.sha256, "was": t.was} for t in done]
@@ -468,8 +468,9 @@ def _adapters_lock(args: argparse.Namespace) -> tuple[Any, str]:
     """``hearth adapters lock [DRIVER ...]``: write ``.hearth/adapters.lock``."""
     import asyncio
 
-    from ._discovery import lock_adapters, lock_file
-    from ._settings import load_settings
+    from .._adapters._discovery import lock_file
+    from .._adapters._locking import lock_adapters
+    from .._settings import load_settings
 
     project = _project(args)
     home = getattr(args, "home", None)
@@ -544,12 +545,12 @@ async def _command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[A
         )
     if command == "logs":
         operations = await host.logs(args.slug)
-        from ._models import Operation  # --json documents come from the models themselves
+        from .._models import Operation  # --json documents come from the models themselves
 
         document = TypeAdapter(list[Operation]).dump_python(operations, mode="json")
         return document, _logs_lines(args.slug, operations), 0
     report_ = await host.reconcile(args.slug, dry_run=args.dry_run, timeout=timeout)
-    from ._host import ReconcileReport
+    from .._models import ReconcileReport
 
     document = TypeAdapter(ReconcileReport).dump_python(report_, mode="json")
     return document, _reconcile_lines(report_), EXIT_DRIFT if report_.dry_run and report_.drift else 0
@@ -662,7 +663,7 @@ def _daemon(args: argparse.Namespace) -> RemoteHost | None:
     """The daemon to use, or None to run the host here: the one ``HEARTH_URL`` names (then it
     must answer), else the home's (``_home_daemon``)."""
     if not getattr(args, "local", False) and os.environ.get(URL_ENV, "").strip():
-        from ._remote import RemoteHost  # httpx loads only when a daemon may answer
+        from .._remote import RemoteHost  # httpx loads only when a daemon may answer
 
         for option in ("home", "project", "store"):
             if getattr(args, option, None) is not None:
@@ -674,7 +675,7 @@ def _daemon(args: argparse.Namespace) -> RemoteHost | None:
     path = _home_daemon(args)
     if path is None:
         return None
-    from ._remote import RemoteHost
+    from .._remote import RemoteHost
 
     return RemoteHost(socket=path)
 
@@ -708,7 +709,7 @@ def _status_through(path: Path, args: argparse.Namespace) -> tuple[Any, str, int
     import urllib.parse
     from types import SimpleNamespace
 
-    from ._errors import CallTimeout, DaemonUnavailable, error_from_json
+    from .._errors import CallTimeout, DaemonUnavailable, error_from_json
 
     class Connection(http.client.HTTPConnection):
         def connect(self) -> None:
@@ -764,7 +765,7 @@ def _open_host(args: argparse.Namespace) -> tuple[Host | RemoteHost, str]:
     remote = _daemon(args)
     if remote is not None:
         return remote, "the daemon's cancel grace"
-    from ._host import Host  # loads only for a host run here
+    from .._lifecycle._host import Host  # loads only for a host run here
 
     logging.getLogger("hearth").info("running the host in this process")
     host = Host(
@@ -854,7 +855,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error(f"--project {project[:200]!r} is not a folder")
     store = getattr(args, "store", None)
     if store is not None:
-        from ._store import has_password
+        from .._dirs import has_password
 
         if has_password(store):
             parser.error(
@@ -922,7 +923,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """``hearth serve``: runs until SIGTERM or SIGINT (operations in flight drain), then 0."""
     try:
-        from ._serve import configure_logging, serve
+        from .._server._app import configure_logging, serve
     except ImportError as exc:
         raise InvalidInput(
             f"hearth serve needs the serve extra (pip install 'hearth[serve]'): {exc}"

@@ -1,0 +1,139 @@
+"""Queries: the records, the logs and what a workspace's backend shows now. Each read of a slug
+first settles what a dead host left there (``Recovery.heal``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hearth_adaptersdk import DeploymentRef, StatusReport, utc_now
+
+from .._errors import InvalidInput, NotFound
+from .._models import Deployment, Operation, synthesized_ref
+from .._states import STATES, TRANSIENT
+from ._checks import Checks, check_driver_name, check_slug, deadline, echo, page, remaining
+from ._core import Core
+from ._recovery import Recovery
+
+
+class Queries:
+    """What ``Host`` answers without starting an operation."""
+
+    def __init__(self, core: Core, checks: Checks, recovery: Recovery) -> None:
+        self._core = core
+        self._checks = checks
+        self._recovery = recovery
+
+    async def status(self, slug: str, timeout: float | None) -> StatusReport:
+        """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.
+        A record a dead host left transient is settled first, from this same ``status``."""
+        check_slug(slug)
+        until = deadline(timeout)
+        core = self._core
+        await core.opened()
+        record = await self._checks.existing(slug, (await self._recovery.heal(slug))[0])
+        if record.state == "tier_torn_down":
+            return StatusReport(
+                state="tier_torn_down",
+                observed_at=utc_now(),
+                message=f"torn down at {record.updated_at:%Y-%m-%d %H:%M:%S} UTC",
+                details={"recorded_state": record.state},
+            )
+        ref = record.ref or synthesized_ref(record)
+        async with core.supervisor.use(record.driver, timeout=remaining(until)) as client:
+            report = await client.status(
+                ref, timeout=core.timeouts.status if until is None else max(remaining(until), 0.001)
+            )
+        if record.unconfirmed and record.state not in TRANSIENT:
+            record = await self._recovery.confirm(record, report)
+        details = {**report.details, "recorded_state": record.state}
+        if record.backend_id is not None:
+            details.setdefault("backend_id", record.backend_id)
+        active = await self._recovery.active_operation(record.slug) if record.state in TRANSIENT else None
+        last = await core.store.last_operation(record.slug, record.generation)
+        notes = status_notes(
+            report.message,
+            record.state,
+            record.reason,
+            active=None if active is None else (active.id, active.verb, active.state),
+            last=None if last is None else (last.id, last.verb, last.outcome, last.error),
+        )
+        return report.model_copy(update={"details": details, "message": "; ".join(notes) or None})
+
+    async def refs(self) -> list[DeploymentRef]:
+        """Every current deployment's ref, with ``last_status`` as the host recorded it."""
+        store = await self._core.opened()
+        return [
+            (d.ref or synthesized_ref(d)).model_copy(update={"last_status": d.state})
+            for d in await store.deployments()
+        ]
+
+    async def deployments(
+        self,
+        *,
+        state: str | None,
+        driver: str | None,
+        include_torn_down: bool,
+        limit: int | None,
+        after: str | None,
+    ) -> list[Deployment]:
+        if state is not None and state not in STATES:
+            raise InvalidInput(f"{echo(state)} is not a workspace state: {', '.join(sorted(STATES))}")
+        if driver is not None:
+            check_driver_name(driver)
+        if after is not None and not isinstance(after, str):
+            raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
+        store = await self._core.opened()
+        return await store.deployments(
+            state=state, driver=driver, include_torn_down=include_torn_down, limit=page(limit), after=after
+        )
+
+    async def deployment(self, slug: str) -> Deployment:
+        check_slug(slug)
+        await self._core.opened()
+        record, _ = await self._recovery.heal(slug)
+        return await self._checks.existing(slug, record)
+
+    async def logs(self, slug: str, limit: int | None) -> list[Operation]:
+        check_slug(slug)
+        store = await self._core.opened()
+        record, _ = await self._recovery.look(slug)  # a dead host's operations say interrupted, not running
+        found = await store.operations(slug=slug, with_log=True)
+        if not found and record is None:
+            raise NotFound(f"no workspace {slug!r}, and no operation was ever run on it")
+        count = page(limit)
+        if count is not None:
+            found = found[len(found) - count :] if count else []
+        return found
+
+
+def status_notes(
+    message: str | None,
+    state: str,
+    reason: str | None,
+    *,
+    active: tuple[int, str, str] | None,
+    last: tuple[int, str, str, dict[str, Any] | None] | None,
+) -> list[str]:
+    """What ``status`` says beside the adapter's message: why the record is as it is, who works
+    on a transient one, and a last operation that changed nothing."""
+    notes = [message] if message else []
+    if reason:
+        notes.append(
+            f"the last operation failed: {reason}" if state == "failed" else f"the record notes: {reason}"
+        )
+    if state in TRANSIENT:
+        if active is not None:
+            notes.append(f"operation #{active[0]} ({active[1]}) is {active[2]}")
+        else:
+            notes.append(
+                f"the record says {state}, but no hearth process is working on it (one stopped "
+                "in the middle) and its adapter could not settle it; reconcile looks again"
+            )
+    if last is not None and last[3] is not None and last[3].get("changed_nothing"):
+        ident, verb, outcome, error = last
+        assert error is not None
+        notes.append(
+            f"the last {verb} (#{ident}) ended {outcome} and changed "
+            f"nothing: {error.get('message') or error.get('kind')}"
+        )
+    return notes

@@ -1,0 +1,427 @@
+"""What every store shares: the ``Store`` interface, the records a write takes, and the SQL both
+stores run, written once with SQLite's ``?`` (``PostgresStore`` runs it through ``for_postgres``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from hearth_adaptersdk import DeploymentRef, utc_now
+
+from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState, synthesized_ref
+from ._locks import Locks
+
+#: The files SQLite keeps beside the database in WAL mode.
+SIDE_FILES = ("-wal", "-shm")
+#: What ``create_operation`` found: a new operation, the one with that key, or the slug's active one.
+Found = Literal["created", "key", "active"]
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class NewOperation:
+    """An operation to record (``Store.create_operation``)."""
+
+    slug: str
+    generation: int
+    verb: str
+    owner: str | None
+    key: str | None = None
+    tier: str | None = None
+    driver: str | None = None
+    reuse: bool = False
+    #: Record it already finished (a verb with nothing to do): its state and ref.
+    done: tuple[OperationState, DeploymentRef | None] | None = None
+
+    @property
+    def state(self) -> OperationState:
+        """The state it is recorded in: queued, or the one ``done`` gives."""
+        return self.done[0] if self.done is not None else "queued"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A progress or log event to append (``Store.add_events``); the store gives its ``seq``."""
+
+    operation: int
+    slug: str
+    verb: str
+    kind: EventKind
+    level: str | None = None
+    message: str | None = None
+    fraction: float | None = None
+    at: datetime = field(default_factory=utc_now)
+    #: The backend id a progress event names: written to the slug's current record at once.
+    backend_id: str | None = None
+
+
+class Store(Protocol):
+    """What the lifecycle layer needs from a registry. Every method is a coroutine; none may
+    block the event loop. Each write is one transaction and appends its events in it."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    # deployments
+    async def get(self, slug: str) -> Deployment | None: ...
+    async def deployments(
+        self,
+        *,
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Deployment]: ...
+    async def next_generation(self, slug: str) -> int: ...
+    async def drivers(self) -> list[str]: ...
+    async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]: ...
+    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool: ...
+    async def archive(self, slug: str) -> None: ...
+    # operations
+    async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool: ...
+    async def end(
+        self,
+        operation: int,
+        state: OperationState,
+        error: dict[str, Any] | None = None,
+        *,
+        deployment: Deployment | None = None,
+        archive: bool = False,
+        result: DeploymentRef | None = None,
+    ) -> bool: ...
+    async def request_cancel(self, operation: int, reason: str) -> Operation | None: ...
+    async def keyed(self, key: str) -> Operation | None: ...
+    async def operation(self, operation: int) -> Operation | None: ...
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        active: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        with_log: bool = False,
+    ) -> list[Operation]: ...
+    async def last_operation(self, slug: str, generation: int) -> Operation | None: ...
+    # events
+    async def add_events(self, events: Sequence[NewEvent]) -> None: ...
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        kind: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]: ...
+    async def last_seq(self) -> int: ...
+
+
+class LeasedStore(Store, Protocol):
+    """A store several hosts share (PostgreSQL): each host holds a lease, renewed while it
+    lives, by which the others know whether its operations are still run."""
+
+    async def renew_lease(self, owner: str, seconds: float) -> None: ...
+    async def lease_alive(self, owner: str) -> bool: ...
+    async def drop_lease(self, owner: str) -> None: ...
+    async def orphaned(self) -> list[Operation]: ...
+    def slug_locks(self, owner: str) -> Locks: ...
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` (mode 0600) if missing and make it 0600 if it exists; SQLite gives its
+    WAL and SHM files the database file's mode, so the store's files all stay private."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+OPERATION_COLUMNS = (
+    "id, slug, generation, verb, state, created_at, started_at, finished_at, error, result, key, "
+    "tier, driver, reuse, owner, cancel_requested"
+)
+DEPLOYMENT_COLUMNS = (
+    "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id"
+)
+EVENT_COLUMNS = "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state"
+
+
+# --- the statements both stores run ------------------------------------------------------------------
+# Written once with SQLite's ``?``; ``PostgresStore`` runs them through ``for_postgres``.
+SAVE = (
+    f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
+    "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
+    "reason = excluded.reason, updated_at = excluded.updated_at, "
+    "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
+    "backend_id = excluded.backend_id"
+)
+#: The record as the caller read it (``save(replaces=)``'s fence).
+AS_READ = "SELECT updated_at, state FROM deployments WHERE slug = ? AND generation = ? AND archived = 0"
+NEW_OPERATION = (
+    "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
+    "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Ends an operation only while it is still its owner's (the fence).
+END_OPERATION = (
+    "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "
+    "WHERE id = ? AND state IN ('queued', 'running')"
+)
+#: Starts a queued operation only (the fence).
+BEGIN_OPERATION = (
+    "UPDATE operations SET state = 'running', started_at = ?, generation = ? "
+    "WHERE id = ? AND state = 'queued'"
+)
+STATE_EVENT = (
+    "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+PROGRESS_EVENT = (
+    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+NAME_BACKEND = "UPDATE deployments SET backend_id = ? WHERE slug = ? AND archived = 0"
+ACTIVE_OF_SLUG = (
+    f"SELECT {OPERATION_COLUMNS} FROM operations "
+    "WHERE slug = ? AND state IN ('queued', 'running') ORDER BY id"
+)
+LAST_FINISHED = (
+    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE slug = ? AND generation = ? "
+    "AND state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT 1"
+)
+LOG_OF = (
+    "SELECT at, level, message, fraction FROM events "
+    "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq"
+)
+
+
+def for_postgres(statement: str) -> str:
+    """A statement of this module with PostgreSQL's placeholders (none holds a literal ``?``)."""
+    return statement.replace("?", "%s")
+
+
+def save_args(deployment: Deployment) -> tuple[Any, ...]:
+    ref = deployment.ref.model_dump_json() if deployment.ref is not None else None
+    return (
+        deployment.slug,
+        deployment.generation,
+        deployment.tier,
+        deployment.driver,
+        deployment.state,
+        ref,
+        deployment.reason,
+        deployment.created_at.isoformat(),
+        deployment.updated_at.isoformat(),
+        int(deployment.unconfirmed),
+        deployment.backend_id,
+        None if ref is not None else listing_ref(deployment),
+    )
+
+
+def still_as_read(row: Sequence[Any] | None, replaces: Deployment) -> bool:
+    return row is not None and tuple(row) == (replaces.updated_at.isoformat(), replaces.state)
+
+
+def new_operation_args(new: NewOperation) -> tuple[Any, ...]:
+    now = utc_now().isoformat()
+    ref = new.done[1] if new.done is not None else None
+    done = now if new.done is not None else None
+    return (
+        new.slug,
+        new.generation,
+        new.verb,
+        new.state,
+        now,
+        done,
+        done,
+        ref.model_dump_json() if ref is not None else None,
+        new.key,
+        new.tier,
+        new.driver,
+        int(new.reuse),
+        new.owner,
+    )
+
+
+def end_args(
+    operation: int, state: str, error: dict[str, Any] | None, result: DeploymentRef | None
+) -> tuple[Any, ...]:
+    return (
+        utc_now().isoformat(),
+        state,
+        json.dumps(error) if error is not None else None,
+        result.model_dump_json() if result is not None else None,
+        operation,
+    )
+
+
+def state_event_args(
+    operation: int,
+    slug: str,
+    verb: str,
+    kind: EventKind,
+    *,
+    state: str | None,
+    message: str | None,
+    error: dict[str, Any] | None,
+    record_state: str | None,
+) -> tuple[Any, ...]:
+    error_json = json.dumps(error) if error is not None else None
+    return (utc_now().isoformat(), operation, slug, verb, kind, state, message, error_json, record_state)
+
+
+def progress_event_args(e: NewEvent) -> tuple[Any, ...]:
+    return (e.at.isoformat(), e.operation, e.slug, e.verb, e.kind, e.level, e.message, e.fraction)
+
+
+def deployments_query(
+    *, state: str | None, driver: str | None, include_torn_down: bool, limit: int | None, after: str | None
+) -> tuple[str, list[Any]]:
+    """Current records by slug, filtered; ``after`` is the last slug of the previous page."""
+    where, args = ["archived = 0"], list[Any]()
+    for column, value in (("state", state), ("driver", driver)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if not include_torn_down:
+        where.append("state != 'tier_torn_down'")
+    if after is not None:
+        where.append("slug > ?")
+        args.append(after)
+    query = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {' AND '.join(where)} ORDER BY slug"
+    return query + (f" LIMIT {int(limit)}" if limit is not None else ""), args
+
+
+def operations_query(
+    *, slug: str | None, state: str | None, active: bool, limit: int | None, after: int | None
+) -> tuple[str, list[Any]]:
+    """Operations by id, filtered; ``after`` is the last id of the previous page."""
+    where, args = ["1 = 1"], list[Any]()
+    if active:
+        where.append("state IN ('queued', 'running')")
+    for column, value in (("slug", slug), ("state", state)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if after is not None:
+        where.append("id > ?")
+        args.append(after)
+    query = f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {' AND '.join(where)} ORDER BY id"
+    return query + (f" LIMIT {int(limit)}" if limit is not None else ""), args
+
+
+def events_query(
+    *, after: int, slug: str | None, operation: int | None, kind: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    where, args = ["seq > ?"], list[Any]([after])
+    for column, value in (("kind", kind), ("slug", slug), ("operation", operation)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return (
+        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(limit)}",
+        args,
+    )
+
+
+def row_deployment(row: tuple[Any, ...]) -> Deployment:
+    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed, backend_id = row
+    return Deployment(
+        slug=slug,
+        generation=generation,
+        tier=tier,
+        driver=driver,
+        state=state,
+        ref=DeploymentRef.model_validate_json(ref) if ref else None,
+        created_at=datetime.fromisoformat(created),
+        updated_at=datetime.fromisoformat(updated),
+        reason=reason,
+        unconfirmed=bool(unconfirmed),
+        backend_id=backend_id,
+    )
+
+
+def row_operation(row: tuple[Any, ...]) -> Operation:
+    (
+        ident,
+        slug,
+        generation,
+        verb,
+        state,
+        created,
+        started,
+        finished,
+        error,
+        result,
+        key,
+        tier,
+        driver,
+        reuse,
+        owner,
+        cancel,
+    ) = row
+    return Operation(
+        id=ident,
+        slug=slug,
+        generation=generation,
+        verb=verb,
+        state=state,
+        created_at=datetime.fromisoformat(created),
+        started_at=datetime.fromisoformat(started) if started else None,
+        finished_at=datetime.fromisoformat(finished) if finished else None,
+        error=json.loads(error) if error else None,
+        ref=DeploymentRef.model_validate_json(result) if result else None,
+        key=key,
+        tier=tier,
+        driver=driver,
+        reuse=bool(reuse),
+        owner=owner,
+        cancel_requested=cancel,
+    )
+
+
+def row_log_line(row: tuple[Any, ...]) -> LogLine:
+    at, level, message, fraction = row
+    return LogLine(
+        at=datetime.fromisoformat(at), level=level or "info", message=message or "", fraction=fraction
+    )
+
+
+def row_event(row: tuple[Any, ...]) -> Event:
+    seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state = row
+    return Event(
+        seq=seq,
+        at=datetime.fromisoformat(at),
+        operation=operation,
+        slug=slug,
+        verb=verb,
+        kind=kind,
+        state=state,
+        level=level,
+        message=message,
+        fraction=fraction,
+        error=json.loads(error) if error else None,
+        record_state=record_state,
+    )
+
+
+def listing_ref(deployment: Deployment) -> str:
+    """The ref ``hearth ls`` shows for a record without one (its provision failed), made by the
+    model when the record is written, so that ``ls`` never loads the models to list it."""
+    return synthesized_ref(deployment).model_dump_json()

@@ -1,0 +1,487 @@
+"""``SQLiteStore``, the default registry: one WAL-mode file under ``$HEARTH_HOME``, safe for
+several processes. Its work runs on one thread of its own, with its own connection, so the event
+loop never waits for a disk or another process's transaction. The schema carries a version
+(``PRAGMA user_version``) and is migrated forward on open; a newer schema is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from hearth_adaptersdk import DeploymentRef, utc_now
+
+from .._errors import StoreError
+from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
+from ._base import (
+    ACTIVE_OF_SLUG,
+    AS_READ,
+    BEGIN_OPERATION,
+    DEPLOYMENT_COLUMNS,
+    END_OPERATION,
+    LAST_FINISHED,
+    LOG_OF,
+    NAME_BACKEND,
+    NEW_OPERATION,
+    OPERATION_COLUMNS,
+    PROGRESS_EVENT,
+    SAVE,
+    SIDE_FILES,
+    STATE_EVENT,
+    Found,
+    NewEvent,
+    NewOperation,
+    deployments_query,
+    end_args,
+    events_query,
+    new_operation_args,
+    operations_query,
+    private_file,
+    progress_event_args,
+    reason_of,
+    row_deployment,
+    row_event,
+    row_log_line,
+    row_operation,
+    save_args,
+    state_event_args,
+    still_as_read,
+)
+from ._records import MIGRATIONS, SCHEMA_VERSION
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class SQLiteStore:
+    """The default store: one SQLite file in WAL mode, shared safely by several processes.
+
+    Every call runs on the store's own thread (one connection, used by that thread only), in
+    the order the calls were made; an awaiting task that is cancelled does not stop a write
+    that has started.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    async def _run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._thread is None:
+            raise StoreError(f"the store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(self._typed, work, *args, **kwargs))
+
+    def _typed(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """SQLite's and the OS's errors become one-line ``StoreError``s naming the store."""
+        try:
+            return work(*args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"the store {self.path} cannot be used: {reason_of(exc)}") from None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the store {self.path} is closed")
+        return self._db
+
+    # --- lifetime ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-store")
+            try:
+                await self._run(self._open)
+            except BaseException:
+                await self.close()
+                raise
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_file(self.path)
+            for suffix in SIDE_FILES:  # files an older hearth may have left readable
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    side.chmod(0o600)
+            self._db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            self._wal(self._busy_timeout)
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except StoreError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the store {self.path}: {reason_of(exc)}") from None
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(thread, self._close)
+        thread.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _wal(self, bound: float) -> None:
+        """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
+        when several processes open a new store together: retry within the busy timeout."""
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)  # on the store's thread, never the loop's
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store {self.path} has schema version {version}, newer than "
+                    f"this hearth ({SCHEMA_VERSION}); upgrade hearth"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                # executescript would commit our transaction: run the statements one by one
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # --- deployments -------------------------------------------------------------------------
+    async def get(self, slug: str) -> Deployment | None:
+        return await self._run(self._get, slug)
+
+    def _get(self, slug: str) -> Deployment | None:
+        row = self.db.execute(
+            f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE slug = ? AND archived = 0", (slug,)
+        ).fetchone()
+        return row_deployment(row) if row else None
+
+    async def deployments(
+        self,
+        *,
+        state: str | None = None,
+        driver: str | None = None,
+        include_torn_down: bool = True,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[Deployment]:
+        """Current records by slug; ``after`` is the last slug of the previous page."""
+        query, args = deployments_query(
+            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+        )
+        rows = await self._run(lambda: self.db.execute(query, args).fetchall())
+        return [row_deployment(row) for row in rows]
+
+    async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
+        """The slug's current record and its queued or running operations, in one call: what
+        every access to a slug looks at first."""
+
+        def work() -> tuple[Deployment | None, list[Operation]]:
+            rows = self.db.execute(ACTIVE_OF_SLUG, (slug,)).fetchall()
+            return self._get(slug), [row_operation(row) for row in rows]
+
+        return await self._run(work)
+
+    async def drivers(self) -> list[str]:
+        """Every driver any record (archived or not) names: the ones reconcile asks."""
+
+        def work() -> list[str]:
+            rows = self.db.execute("SELECT DISTINCT driver FROM deployments ORDER BY driver").fetchall()
+            return [row[0] for row in rows]
+
+        return await self._run(work)
+
+    async def next_generation(self, slug: str) -> int:
+        def work() -> int:
+            row = self.db.execute(
+                "SELECT MAX(generation) FROM deployments WHERE slug = ?", (slug,)
+            ).fetchone()
+            return int(row[0] or 0) + 1
+
+        return await self._run(work)
+
+    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+        """Write the record; with ``replaces`` (the record as the caller read it) only if it is
+        still so: False, and nothing written, when another host changed it meanwhile (the fence
+        of a settle by a host that lost its slug lock)."""
+
+        def work() -> bool:
+            with self._write() as db:
+                if replaces is not None:
+                    row = db.execute(AS_READ, (replaces.slug, replaces.generation)).fetchone()
+                    if not still_as_read(row, replaces):
+                        return False
+                _save(db, deployment)
+                return True
+
+        return await self._run(work)
+
+    async def archive(self, slug: str) -> None:
+        def work() -> None:
+            with self._write() as db:
+                db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
+
+        await self._run(work)
+
+    # --- operations --------------------------------------------------------------------------
+    async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
+        """In one transaction: the operation with ``new.key`` if there is one; else the slug's
+        active (queued or running) operation if there is one; else a new operation (queued, or
+        already finished with ``new.done``). The caller decides whether to join or refuse."""
+        return await self._run(self._create_operation, new)
+
+    def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
+        with self._write() as db:
+            if new.key is not None:
+                keyed = self._operation_where("key = ?", new.key)
+                if keyed is not None:
+                    return keyed, "key"
+            row = db.execute(ACTIVE_OF_SLUG, (new.slug,)).fetchone()
+            if row:
+                return row_operation(row), "active"
+            cursor = db.execute(NEW_OPERATION, new_operation_args(new))
+            ident = cursor.lastrowid
+            assert ident is not None
+            _event(db, ident, new.slug, new.verb, "state", state=new.state)
+            made = self._operation_where("id = ?", ident)
+            assert made is not None
+            return made, "created"
+
+    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+        """Record the operation running and the deployment in its transient state: one write.
+        False, and nothing written, when the operation is no longer queued (another host
+        settled it: the fence that keeps a stale holder from writing)."""
+
+        def work() -> bool:
+            with self._write() as db:
+                started = db.execute(
+                    BEGIN_OPERATION, (utc_now().isoformat(), deployment.generation, operation)
+                ).rowcount
+                if not started:
+                    return False
+                if archive_first:
+                    db.execute(
+                        "UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0",
+                        (deployment.slug,),
+                    )
+                _save(db, deployment)
+                verb = db.execute("SELECT verb FROM operations WHERE id = ?", (operation,)).fetchone()[0]
+                _event(
+                    db,
+                    operation,
+                    deployment.slug,
+                    verb,
+                    "state",
+                    state="running",
+                    record_state=deployment.state,
+                )
+                return True
+
+        return await self._run(work)
+
+    async def end(
+        self,
+        operation: int,
+        state: OperationState,
+        error: dict[str, Any] | None = None,
+        *,
+        deployment: Deployment | None = None,
+        archive: bool = False,
+        result: DeploymentRef | None = None,
+    ) -> bool:
+        """Record an operation's outcome, and the deployment it left, in one write; False, and
+        nothing written, if it had already finished (another host settled it first: a stale
+        holder cannot overwrite what the settling wrote). With ``archive``, the deployment's
+        generation is archived (a first provision that changed nothing leaves no live record)."""
+
+        def work() -> bool:
+            with self._write() as db:
+                changed = db.execute(END_OPERATION, end_args(operation, state, error, result)).rowcount
+                if not changed:
+                    return False  # fenced: the record stays as whoever settled it wrote it
+                if deployment is not None:
+                    _save(db, deployment)
+                    if archive:
+                        db.execute(
+                            "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
+                            (deployment.slug, deployment.generation),
+                        )
+                slug, verb = db.execute(
+                    "SELECT slug, verb FROM operations WHERE id = ?", (operation,)
+                ).fetchone()
+                record = db.execute(
+                    "SELECT state FROM deployments WHERE slug = ? AND archived = 0", (slug,)
+                ).fetchone()
+                _event(
+                    db,
+                    operation,
+                    slug,
+                    verb,
+                    "state",
+                    state=state,
+                    error=error,
+                    record_state=record[0] if record else None,
+                    message=(error or {}).get("message"),
+                )
+                return True
+
+        return await self._run(work)
+
+    async def request_cancel(self, operation: int, reason: str) -> Operation | None:
+        """Record a cancel request for an unfinished operation (and a ``cancel`` event its owner
+        acts on); the operation as it is now, None if there is none."""
+
+        def work() -> Operation | None:
+            with self._write() as db:
+                found = self._operation_where("id = ?", operation)
+                if found is None:
+                    return None
+                if found.finished:
+                    return found
+                db.execute("UPDATE operations SET cancel_requested = ? WHERE id = ?", (reason, operation))
+                _event(db, operation, found.slug, found.verb, "cancel", message=reason)
+                return found.model_copy(update={"cancel_requested": reason})
+
+        return await self._run(work)
+
+    async def keyed(self, key: str) -> Operation | None:
+        """The operation started with idempotency key ``key``, if any."""
+        return await self._run(self._operation_where, "key = ?", key)
+
+    async def operation(self, operation: int) -> Operation | None:
+        return await self._run(self._operation_where, "id = ?", operation)
+
+    def _operation_where(self, condition: str, value: object) -> Operation | None:
+        row = self.db.execute(
+            f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {condition}", (value,)
+        ).fetchone()
+        return row_operation(row) if row else None
+
+    async def operations(
+        self,
+        *,
+        slug: str | None = None,
+        state: str | None = None,
+        active: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        with_log: bool = False,
+    ) -> list[Operation]:
+        """Operations by id; ``active``: queued or running only; ``after`` is the last id of the
+        previous page; ``with_log`` fills each one's log from its progress and log events."""
+
+        query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
+
+        def work() -> list[Operation]:
+            found = [row_operation(row) for row in self.db.execute(query, args).fetchall()]
+            if with_log:
+                found = [op.model_copy(update={"log": self._log(op.id)}) for op in found]
+            return found
+
+        return await self._run(work)
+
+    def _log(self, operation: int) -> tuple[LogLine, ...]:
+        return tuple(row_log_line(row) for row in self.db.execute(LOG_OF, (operation,)).fetchall())
+
+    async def last_operation(self, slug: str, generation: int) -> Operation | None:
+        """The last finished operation of that generation of ``slug``."""
+
+        def work() -> Operation | None:
+            row = self.db.execute(LAST_FINISHED, (slug, generation)).fetchone()
+            return row_operation(row) if row else None
+
+        return await self._run(work)
+
+    # --- events --------------------------------------------------------------------------------
+    async def add_events(self, events: Sequence[NewEvent]) -> None:
+        """Several events (of any operations) in one transaction; a backend id an event names
+        is written to its slug's current record in the same transaction."""
+
+        def work() -> None:
+            with self._write() as db:
+                db.executemany(PROGRESS_EVENT, [progress_event_args(e) for e in events])
+                named = [(e.backend_id, e.slug) for e in events if e.backend_id is not None]
+                if named:
+                    db.executemany(NAME_BACKEND, named)
+
+        if events:
+            await self._run(work)
+
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        kind: str | None = None,
+        limit: int = 500,
+    ) -> list[Event]:
+        query, args = events_query(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
+
+        def work() -> list[Event]:
+            rows = self.db.execute(query, args).fetchall()
+            return [row_event(row) for row in rows]
+
+        return await self._run(work)
+
+    async def last_seq(self) -> int:
+        def work() -> int:
+            row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
+            return int(row[0] or 0)
+
+        return await self._run(work)
+
+
+def _event(
+    db: sqlite3.Connection,
+    operation: int,
+    slug: str,
+    verb: str,
+    kind: EventKind,
+    *,
+    state: str | None = None,
+    message: str | None = None,
+    error: dict[str, Any] | None = None,
+    record_state: str | None = None,
+) -> None:
+    db.execute(
+        STATE_EVENT,
+        state_event_args(
+            operation, slug, verb, kind, state=state, message=message, error=error, record_state=record_state
+        ),
+    )
+
+
+def _save(db: sqlite3.Connection, deployment: Deployment) -> None:
+    db.execute(SAVE, save_args(deployment))
