@@ -118,7 +118,8 @@ async def test_4_the_timeout_bounds_start_up_and_no_verb_is_sent_after_it(tmp_pa
     async with make_host(tmp_path, driver=SlowStart()) as host:
         loop = asyncio.get_running_loop()
         begun = loop.time()
-        with pytest.raises(CallTimeout, match=r"handshake within 0\.[23] s"):
+        # the bound named is the caller's 0.3 s, less what admission took (0.29 s on a busy machine)
+        with pytest.raises(CallTimeout, match=r"handshake within 0\.[23]\d* s"):
             await host.provision("y2", tier="solo", driver="fake", timeout=0.3)
         assert loop.time() - begun < 5
         assert await host.deployments() == []  # nothing changed; the operation says why

@@ -182,7 +182,7 @@ class ServerSession:
             # At once, not when its task runs: a request on the very next line already gets -32600.
             self._shutting_down = True
         ctx = RequestContext(ident, name, self._progress, self._track_cleanup)
-        task = asyncio.create_task(self._run(Request(name, params, ident), method, ctx))
+        task = asyncio.create_task(self._answer(Request(name, params, ident), method, ctx))
         task.add_done_callback(lambda done: self._cancelled_before_start(done, ident))
         self._requests[ident] = (task, ctx)
         return None
@@ -237,7 +237,7 @@ class ServerSession:
             self._write(answers)
 
     # --- one request ------------------------------------------------------------------
-    async def _run(self, request: Request, method: Method, ctx: RequestContext) -> None:
+    async def _answer(self, request: Request, method: Method, ctx: RequestContext) -> None:
         ident: int = request.id
         try:
             result = await jsonrpc_call(request, ctx, method)
@@ -251,7 +251,7 @@ class ServerSession:
         self._deliver(ident, payload)
 
     def _cancelled_before_start(self, task: asyncio.Task[None], ident: int) -> None:
-        """A task cancelled before it ran never reaches ``_run``'s handler: answer it here."""
+        """A task cancelled before it ran never reaches ``_answer``'s handler: answer it here."""
         entry = self._requests.get(ident)
         if task.cancelled() and entry is not None and entry[0] is task:
             del self._requests[ident]

@@ -70,7 +70,7 @@ def serve(
         )
     grace = rollback_grace if rollback_grace is not None else rollback_grace_from_env(os.environ)
     instance = driver() if isinstance(driver, type) else driver
-    sys.exit(_run(instance, protocol_fd, parent, grace))
+    sys.exit(_serve_until_done(instance, protocol_fd, parent, grace))
 
 
 def rollback_grace_from_env(environ: Mapping[str, str]) -> float:
@@ -93,7 +93,7 @@ def rollback_grace_from_env(environ: Mapping[str, str]) -> float:
     return value
 
 
-def _run(
+def _serve_until_done(
     driver: Driver, protocol_fd: int, parent: int, rollback_grace: float = DEFAULT_ROLLBACK_GRACE
 ) -> int:
     """Run the server; driver work still running after the grace cannot keep the process alive."""

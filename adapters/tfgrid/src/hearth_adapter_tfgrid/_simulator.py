@@ -2,7 +2,7 @@
 
 It speaks the same wire as ``_compute.py`` assumes (JSON-RPC 2.0 as ``POST /rpc`` over
 HTTP/1.1, ``GET /openrpc.json``; served by uvicorn and starlette on a Unix socket, or on TCP
-with an optional bearer token as a router exposes it) and behaves as seed 002 documents the
+with an optional bearer token as a router exposes it) and behaves as ComputeService documents the
 TFGrid backend: slices of 4 GB and 1 vCPU with capacity per node, asynchronous deploy and
 delete, ownership by a per-VM secret (other owners' VMs are invisible, a wrong secret is an
 error), an idempotent delete, name gateways whose FQDN appears once ready, and the stubbed

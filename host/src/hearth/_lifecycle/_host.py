@@ -1,4 +1,4 @@
-"""``Host``: the HEARTH rules of seed 000 on top of any adapter, with work as operations.
+"""``Host``: the workspace lifecycle on top of any adapter, with work as operations.
 
 A verb is an operation: ``start_provision`` (and ``start_upgrade``, ``start_teardown``) check the
 input and the lifecycle rules at once, record the operation (queued, visible to every process

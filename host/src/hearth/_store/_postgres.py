@@ -1,4 +1,4 @@
-"""``PostgresStore``: the registry in PostgreSQL, for hosts on several machines (issue 13).
+"""``PostgresStore``: the registry in PostgreSQL, for hosts on several machines.
 
 The same ``Store`` interface, schema and versioned migrations as ``SQLiteStore`` (written in
 PostgreSQL's dialect; the version is kept in ``hearth_schema``), on psycopg 3's async

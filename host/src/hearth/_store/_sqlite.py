@@ -74,7 +74,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
 
-    async def _run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def _on_thread(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         if self._thread is None:
             raise StoreError(f"the store {self.path} is closed")
         loop = asyncio.get_running_loop()
@@ -100,7 +100,7 @@ class SQLiteStore:
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hearth-store")
             try:
-                await self._run(self._open)
+                await self._on_thread(self._open)
             except BaseException:
                 await self.close()
                 raise
@@ -179,7 +179,7 @@ class SQLiteStore:
 
     # --- deployments -------------------------------------------------------------------------
     async def get(self, slug: str) -> Deployment | None:
-        return await self._run(self._get, slug)
+        return await self._on_thread(self._get, slug)
 
     def _get(self, slug: str) -> Deployment | None:
         row = self.db.execute(
@@ -200,7 +200,7 @@ class SQLiteStore:
         query, args = deployments_query(
             state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
         )
-        rows = await self._run(lambda: self.db.execute(query, args).fetchall())
+        rows = await self._on_thread(lambda: self.db.execute(query, args).fetchall())
         return [row_deployment(row) for row in rows]
 
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
@@ -211,7 +211,7 @@ class SQLiteStore:
             rows = self.db.execute(ACTIVE_OF_SLUG, (slug,)).fetchall()
             return self._get(slug), [row_operation(row) for row in rows]
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def drivers(self) -> list[str]:
         """Every driver any record (archived or not) names: the ones reconcile asks."""
@@ -220,7 +220,7 @@ class SQLiteStore:
             rows = self.db.execute("SELECT DISTINCT driver FROM deployments ORDER BY driver").fetchall()
             return [row[0] for row in rows]
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def next_generation(self, slug: str) -> int:
         def work() -> int:
@@ -229,7 +229,7 @@ class SQLiteStore:
             ).fetchone()
             return int(row[0] or 0) + 1
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
         """Write the record; with ``replaces`` (the record as the caller read it) only if it is
@@ -245,21 +245,21 @@ class SQLiteStore:
                 _save(db, deployment)
                 return True
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def archive(self, slug: str) -> None:
         def work() -> None:
             with self._write() as db:
                 db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
 
-        await self._run(work)
+        await self._on_thread(work)
 
     # --- operations --------------------------------------------------------------------------
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         """In one transaction: the operation with ``new.key`` if there is one; else the slug's
         active (queued or running) operation if there is one; else a new operation (queued, or
         already finished with ``new.done``). The caller decides whether to join or refuse."""
-        return await self._run(self._create_operation, new)
+        return await self._on_thread(self._create_operation, new)
 
     def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         with self._write() as db:
@@ -308,7 +308,7 @@ class SQLiteStore:
                 )
                 return True
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def end(
         self,
@@ -356,7 +356,7 @@ class SQLiteStore:
                 )
                 return True
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def request_cancel(self, operation: int, reason: str) -> Operation | None:
         """Record a cancel request for an unfinished operation (and a ``cancel`` event its owner
@@ -373,14 +373,14 @@ class SQLiteStore:
                 _event(db, operation, found.slug, found.verb, "cancel", message=reason)
                 return found.model_copy(update={"cancel_requested": reason})
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def keyed(self, key: str) -> Operation | None:
         """The operation started with idempotency key ``key``, if any."""
-        return await self._run(self._operation_where, "key = ?", key)
+        return await self._on_thread(self._operation_where, "key = ?", key)
 
     async def operation(self, operation: int) -> Operation | None:
-        return await self._run(self._operation_where, "id = ?", operation)
+        return await self._on_thread(self._operation_where, "id = ?", operation)
 
     def _operation_where(self, condition: str, value: object) -> Operation | None:
         row = self.db.execute(
@@ -409,7 +409,7 @@ class SQLiteStore:
                 found = [op.model_copy(update={"log": self._log(op.id)}) for op in found]
             return found
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     def _log(self, operation: int) -> tuple[LogLine, ...]:
         return tuple(row_log_line(row) for row in self.db.execute(LOG_OF, (operation,)).fetchall())
@@ -421,7 +421,7 @@ class SQLiteStore:
             row = self.db.execute(LAST_FINISHED, (slug, generation)).fetchone()
             return row_operation(row) if row else None
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     # --- events --------------------------------------------------------------------------------
     async def add_events(self, events: Sequence[NewEvent]) -> None:
@@ -436,7 +436,7 @@ class SQLiteStore:
                     db.executemany(NAME_BACKEND, named)
 
         if events:
-            await self._run(work)
+            await self._on_thread(work)
 
     async def events(
         self,
@@ -453,14 +453,14 @@ class SQLiteStore:
             rows = self.db.execute(query, args).fetchall()
             return [row_event(row) for row in rows]
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
     async def last_seq(self) -> int:
         def work() -> int:
             row = self.db.execute("SELECT MAX(seq) FROM events").fetchone()
             return int(row[0] or 0)
 
-        return await self._run(work)
+        return await self._on_thread(work)
 
 
 def _event(

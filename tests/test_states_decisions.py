@@ -1,0 +1,344 @@
+"""The lifecycle decisions that moved into ``_states.py`` (issue 19), as tables: what a failed,
+timed-out or cancelled verb records, the line that says what became of cancelled work (one
+wording for ``Host`` and ``RemoteHost``), admission's key and busy rules, ``Host.plan``'s verb,
+and reconcile's settlement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hearth import Conflict
+from hearth._states import (
+    CancelOutcome,
+    Recorded,
+    Settlement,
+    TimeoutOutcome,
+    Verb,
+    after_cancel,
+    after_timeout,
+    busy_message,
+    cancel_note,
+    cancel_outcome_recorded,
+    failure_reason,
+    failure_unconfirmed,
+    needs_status,
+    preview_verb,
+    same_key,
+    settlement,
+    uncertain_verb,
+    unconfirmed_reason,
+)
+
+
+@pytest.mark.parametrize(
+    ("answered", "backend_lost", "unconfirmed"),
+    [(True, False, False), (True, True, True), (False, False, True), (False, True, True)],
+)
+def test_a_failure_is_unconfirmed_unless_the_adapter_answered_and_kept_its_backend(
+    answered: bool, backend_lost: bool, unconfirmed: bool
+) -> None:
+    assert failure_unconfirmed(answered=answered, backend_lost=backend_lost) is unconfirmed
+    reason = failure_reason("boom", unconfirmed)
+    assert reason.startswith("boom")
+    assert ("reconcile checks it" in reason) is unconfirmed
+
+
+@pytest.mark.parametrize(
+    ("verb", "reason", "expected"),
+    [
+        ("provision", "timed out", "timed out; rollback not confirmed: the backend may still hold"),
+        ("teardown", "cancelled", "cancelled; teardown not confirmed: the backend may still hold"),
+        (
+            "upgrade",
+            "stopped; the rollback is not confirmed",
+            "stopped; rollback not confirmed: the backend may still hold",
+        ),
+    ],
+)
+def test_an_unconfirmed_record_says_what_is_not_confirmed_once(
+    verb: Verb, reason: str, expected: str
+) -> None:
+    assert unconfirmed_reason(verb, reason).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("verb", "rolled_back", "expected"),
+    [
+        ("provision", True, "unchanged"),
+        ("provision", False, "unconfirmed"),
+        ("provision", None, "unconfirmed"),
+        ("upgrade", True, "unchanged"),
+        ("teardown", True, "settle_teardown"),
+        ("teardown", False, "settle_teardown"),
+        ("teardown", None, "unconfirmed"),
+    ],
+)
+def test_what_a_timed_out_verb_records(
+    verb: Verb, rolled_back: bool | None, expected: TimeoutOutcome
+) -> None:
+    assert after_timeout(verb, rolled_back) == expected
+
+
+@pytest.mark.parametrize(
+    ("verb", "succeeded", "answered", "cancelled", "data", "expected"),
+    [
+        ("provision", True, True, False, {}, "succeeded"),
+        ("provision", False, False, False, {}, "unanswered"),
+        ("provision", False, True, False, {}, "failed"),
+        ("provision", False, True, True, {}, "rolled_back"),
+        ("provision", False, True, True, {"rolled_back": True}, "rolled_back"),
+        ("provision", False, True, True, {"rolled_back": False}, "not_rolled_back"),
+        ("upgrade", False, True, True, {"rolled_back": False}, "not_rolled_back"),
+        ("teardown", False, True, True, {}, "settle_teardown"),
+        ("teardown", False, True, True, {"rolled_back": True}, "settle_teardown"),
+        ("teardown", False, False, False, {}, "unanswered"),
+    ],
+)
+def test_what_a_cancelled_verb_records(  # noqa: PLR0917 - the table's columns
+    verb: Verb,
+    succeeded: bool,
+    answered: bool,
+    cancelled: bool,
+    data: dict[str, Any],
+    expected: CancelOutcome,
+) -> None:
+    assert (
+        after_cancel(verb, succeeded=succeeded, answered=answered, cancelled=cancelled, data=data) == expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "verb", "unconfirmed", "error", "expected"),
+    [
+        ("succeeded", "provision", False, {}, "succeeded"),
+        ("cancelled", "provision", True, {"kind": "cancelled"}, "unanswered"),
+        ("cancelled", "teardown", False, {"kind": "cancelled"}, "settle_teardown"),
+        ("failed", "upgrade", False, {"kind": "backend_failure"}, "failed"),
+        ("cancelled", "upgrade", False, {"kind": "cancelled", "rolled_back": False}, "not_rolled_back"),
+        ("cancelled", "upgrade", False, {"kind": "cancelled", "rolled_back": True}, "rolled_back"),
+        ("interrupted", "provision", False, {"kind": "interrupted"}, "rolled_back"),
+    ],
+)
+def test_a_daemons_client_reads_the_same_outcome_back_from_the_records(
+    state: str, verb: str, unconfirmed: bool, error: dict[str, Any], expected: CancelOutcome
+) -> None:
+    assert cancel_outcome_recorded(state, verb, unconfirmed=unconfirmed, error=error) == expected
+
+
+@pytest.mark.parametrize(
+    ("how", "options", "line"),
+    [
+        (
+            "succeeded",
+            {},
+            "provision of 'a' had finished before the cancel took effect; it is recorded as done",
+        ),
+        (
+            "unanswered",
+            {},
+            "provision of 'a' was told to cancel; its rollback is not confirmed (reconcile checks it)",
+        ),
+        (
+            "failed",
+            {"error_kind": "backend_failure", "recorded": "failed"},
+            "provision of 'a' was cancelled and the adapter answered with an error (backend_failure); "
+            "the workspace is recorded failed",
+        ),
+        (
+            "failed",
+            {"error_kind": "conflict"},
+            "provision of 'a' was cancelled and the adapter answered with an error (conflict); "
+            "the workspace is recorded nowhere (nothing changed)",
+        ),
+        (
+            "settle_teardown",
+            {"observed": "ready", "recorded": "ready"},
+            "provision of 'a' was cancelled; the backend shows ready, the workspace is recorded ready",
+        ),
+        (
+            "settle_teardown",
+            {"recorded": "failed"},
+            "provision of 'a' was cancelled; the workspace is recorded failed",
+        ),
+        ("rolled_back", {}, "provision of 'a' was cancelled and rolled back"),
+        (
+            "rolled_back",
+            {"previous": "ready"},
+            "provision of 'a' was cancelled and rolled back; the workspace is ready as before",
+        ),
+        (
+            "not_rolled_back",
+            {},
+            "provision of 'a' was cancelled; the adapter could not confirm its rollback "
+            "(reconcile checks it)",
+        ),
+    ],
+)
+def test_one_wording_for_what_became_of_cancelled_work(
+    how: CancelOutcome, options: dict[str, str], line: str
+) -> None:
+    assert cancel_note("provision", "a", how, **options) == line
+
+
+@pytest.mark.parametrize(
+    ("used", "asked", "same"),
+    [
+        (("a", "provision", "solo", "fake"), ("a", "provision", "solo", "fake"), True),
+        (("a", "provision", "solo", "fake"), ("a", "provision", "team", "fake"), False),
+        (("a", "provision", "solo", "fake"), ("b", "provision", "solo", "fake"), False),
+        (("a", "upgrade", "team", "fake"), ("a", "upgrade", "team", "fake"), True),
+        (("a", "upgrade", "team", "fake"), ("a", "teardown", None, "fake"), False),
+        (("a", "teardown", None, "fake"), ("a", "teardown", None, "docker"), True),
+    ],
+)
+def test_a_used_key_returns_its_operation_only_for_the_same_ask(
+    used: tuple[str, str, str | None, str | None], asked: tuple[str, str, str | None, str | None], same: bool
+) -> None:
+    assert same_key(used, asked) is same
+
+
+def test_busy_names_the_operation_and_an_upgrades_tier() -> None:
+    assert busy_message("a", 7, "upgrade", "team", "running") == (
+        "workspace 'a' is busy: operation #7 (upgrade to team) is running"
+    )
+    assert busy_message("a", 7, "provision", "team", "queued") == (
+        "workspace 'a' is busy: operation #7 (provision) is queued"
+    )
+    assert (
+        busy_message("a", 7, "upgrade", None, "running")
+        == "workspace 'a' is busy: operation #7 (upgrade) is running"
+    )
+
+
+@pytest.mark.parametrize(
+    ("recorded", "driver", "verb"),
+    [
+        (None, "fake", "provision"),
+        (Recorded("failed", "solo", "fake"), "docker", "provision"),
+        (Recorded("tier_torn_down", "solo", "fake"), "fake", "provision"),
+        (Recorded("ready", "solo", "fake"), "fake", "upgrade"),
+    ],
+)
+def test_plan_previews_a_provision_or_an_upgrade(recorded: Recorded | None, driver: str, verb: Verb) -> None:
+    assert preview_verb(recorded, "a", driver) == verb
+
+
+def test_plan_refuses_to_move_a_ready_workspace_in_the_words_provision_uses() -> None:
+    from hearth._states import rules
+
+    with pytest.raises(Conflict) as previewed:
+        preview_verb(Recorded("ready", "solo", "fake"), "a", "docker")
+    with pytest.raises(Conflict) as provisioned:
+        rules("provision", Recorded("ready", "solo", "fake"), "a", tier="solo", driver="docker")
+    assert previewed.value.message == provisioned.value.message
+    assert "cannot move to another driver" in previewed.value.message
+
+
+@pytest.mark.parametrize(
+    ("state", "unconfirmed", "listed", "asks"),
+    [
+        ("ready", False, True, False),
+        ("ready", False, False, True),
+        ("ready", True, True, True),
+        ("provisioning", False, True, True),
+        ("failed", False, True, False),
+    ],
+)
+def test_reconcile_asks_about_what_the_list_does_not_settle(
+    state: str, unconfirmed: bool, listed: bool, asks: bool
+) -> None:
+    assert needs_status(state, unconfirmed, listed=listed) is asks
+
+
+@pytest.mark.parametrize(
+    ("state", "unconfirmed", "last", "verb"),
+    [
+        ("provisioning", False, None, "provision"),
+        ("upgrading", True, "provision", "upgrade"),
+        ("tearing_down", False, None, "teardown"),
+        ("failed", True, "upgrade", "upgrade"),
+        ("failed", True, None, "provision"),
+        ("ready", False, "upgrade", None),
+    ],
+)
+def test_the_verb_that_left_a_record_uncertain(
+    state: str, unconfirmed: bool, last: str | None, verb: str | None
+) -> None:
+    assert uncertain_verb(state, unconfirmed, last) == verb
+
+
+@pytest.mark.parametrize(
+    ("recorded", "reason", "unconfirmed", "observed", "verb", "backend_id", "tier", "expected"),
+    [
+        # nothing new: a second reconcile changes nothing
+        ("ready", None, False, "ready", None, None, None, None),
+        ("ready", None, False, "unknown", "provision", None, None, None),
+        # a ghost
+        (
+            "ready",
+            None,
+            False,
+            "absent",
+            None,
+            "c1",
+            None,
+            Settlement(
+                "failed",
+                "ghost: the backend has no trace of this workspace "
+                "(its backend id, reported while it worked: c1)",
+                False,
+            ),
+        ),
+        # an interrupted provision whose backend serves
+        ("provisioning", None, False, "ready", "provision", "c1", None, Settlement("ready", None, False)),
+        # an interrupted upgrade: the tier the adapter says it serves wins, and the record is settled
+        (
+            "upgrading",
+            None,
+            False,
+            "ready",
+            "upgrade",
+            None,
+            "team",
+            Settlement("ready", None, False, "team"),
+        ),
+        # an interrupted teardown that left nothing
+        (
+            "tearing_down",
+            None,
+            False,
+            "absent",
+            "teardown",
+            None,
+            None,
+            Settlement("tier_torn_down", None, False),
+        ),
+        # the same settlement again is nothing new
+        (
+            "failed",
+            "provision interrupted; the backend has no trace of it (nothing is left running)",
+            False,
+            "absent",
+            "provision",
+            None,
+            None,
+            None,
+        ),
+    ],
+)
+def test_reconciles_settlement_table(  # noqa: PLR0917 - the table's columns
+    recorded: Any,
+    reason: str | None,
+    unconfirmed: bool,
+    observed: str,
+    verb: str | None,
+    backend_id: str | None,
+    tier: str | None,
+    expected: Settlement | None,
+) -> None:
+    found = settlement(
+        recorded, reason, unconfirmed, observed=observed, verb=verb, backend_id=backend_id, served_tier=tier
+    )
+    assert found == expected
