@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -128,7 +128,7 @@ class Core:
         if self._store_arg is None:
             self._prepare_home()
         self.raw = self._store_arg or self._store_named()
-        self._waking = _Waking(self.raw, self.written)
+        self._waking = _Waking(self.raw, self.written, self._opening)
         self.shared = hasattr(self.raw, "renew_lease")
         if self.shared:  # slugs are locked in the database, for every host on it
             self.locks = self.leased().slug_locks(self.owner)
@@ -155,8 +155,16 @@ class Core:
             raise StoreError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
 
     async def opened(self) -> Store:
-        """The store, opened once (on the store's own thread)."""
+        """The store, opened once (on the store's own thread). Any call through ``store`` opens
+        it too; an entry point awaits this first only where a store that cannot be opened must
+        be reported before its other checks."""
         store = self.store
+        await self._opening()
+        return store
+
+    async def _opening(self) -> None:
+        if self._ready is not None and self._ready.done():
+            return
         if self._ready is None:
             self._ready = asyncio.get_running_loop().create_future()
             try:
@@ -172,9 +180,8 @@ class Core:
             self._ready.set_result(None)
             for callback in self._on_opened:
                 callback()
-        elif not self._ready.done():
+        else:
             await asyncio.shield(self._ready)
-        return store
 
     async def close_store(self) -> None:
         """Release the locks' session, drop the lease and close the store."""
@@ -196,11 +203,15 @@ class Core:
 
 
 class _Waking:
-    """A ``Store`` that calls ``written`` after each write: the one place watchers are woken."""
+    """A ``Store`` that opens on first use and calls ``written`` after each write: the one place
+    the store is opened and watchers are woken, so no entry point has to remember either."""
 
-    def __init__(self, store: Store, written: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, written: Callable[[], None], opening: Callable[[], Awaitable[None]]
+    ) -> None:
         self._store = store
         self._written = written
+        self._opening = opening
 
     async def open(self) -> None:
         await self._store.open()
@@ -209,6 +220,7 @@ class _Waking:
         await self._store.close()
 
     async def get(self, slug: str) -> Deployment | None:
+        await self._opening()
         return await self._store.get(slug)
 
     async def deployments(
@@ -220,38 +232,46 @@ class _Waking:
         limit: int | None = None,
         after: str | None = None,
     ) -> list[Deployment]:
+        await self._opening()
         return await self._store.deployments(
             state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
         )
 
     async def next_generation(self, slug: str) -> int:
+        await self._opening()
         return await self._store.next_generation(slug)
 
     async def drivers(self) -> list[str]:
+        await self._opening()
         return await self._store.drivers()
 
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
+        await self._opening()
         return await self._store.snapshot(slug)
 
     async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+        await self._opening()
         try:
             return await self._store.save(deployment, replaces=replaces)
         finally:
             self._written()
 
     async def archive(self, slug: str) -> None:
+        await self._opening()
         try:
             await self._store.archive(slug)
         finally:
             self._written()
 
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
+        await self._opening()
         try:
             return await self._store.create_operation(new)
         finally:
             self._written()
 
     async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+        await self._opening()
         try:
             return await self._store.begin(operation, deployment, archive_first=archive_first)
         finally:
@@ -267,6 +287,7 @@ class _Waking:
         archive: bool = False,
         result: DeploymentRef | None = None,
     ) -> bool:
+        await self._opening()
         try:
             return await self._store.end(
                 operation, state, error, deployment=deployment, archive=archive, result=result
@@ -275,15 +296,18 @@ class _Waking:
             self._written()
 
     async def request_cancel(self, operation: int, reason: str) -> Operation | None:
+        await self._opening()
         try:
             return await self._store.request_cancel(operation, reason)
         finally:
             self._written()
 
     async def keyed(self, key: str) -> Operation | None:
+        await self._opening()
         return await self._store.keyed(key)
 
     async def operation(self, operation: int) -> Operation | None:
+        await self._opening()
         return await self._store.operation(operation)
 
     async def operations(
@@ -296,14 +320,17 @@ class _Waking:
         after: int | None = None,
         with_log: bool = False,
     ) -> list[Operation]:
+        await self._opening()
         return await self._store.operations(
             slug=slug, state=state, active=active, limit=limit, after=after, with_log=with_log
         )
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
+        await self._opening()
         return await self._store.last_operation(slug, generation)
 
     async def add_events(self, events: Sequence[NewEvent]) -> None:
+        await self._opening()
         try:
             await self._store.add_events(events)
         finally:
@@ -318,7 +345,9 @@ class _Waking:
         kind: str | None = None,
         limit: int = 500,
     ) -> list[Event]:
+        await self._opening()
         return await self._store.events(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
 
     async def last_seq(self) -> int:
+        await self._opening()
         return await self._store.last_seq()

@@ -71,7 +71,7 @@ class Bus:
     async def _poll(self) -> None:
         core = self._core
         try:
-            store = await core.opened()
+            store = core.store
             waiting = getattr(core.raw, "wait_change", None)
             if not self._seen:
                 self._seen = await store.last_seq()
@@ -149,7 +149,7 @@ class EventLog:
         self, position: int, *, slug: str | None = None, operation: int | None = None
     ) -> AsyncIterator[Event]:
         """Events after ``position`` as they come; for one operation, until its final event."""
-        store = await self._core.opened()
+        store = self._core.store
         bus = self.bus
         with bus.interest():
             while not bus.closed:

@@ -229,7 +229,7 @@ class Host:
     ) -> DeploymentRef:
         """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref."""
         check_slug(slug)
-        quick = await (await self._core.opened()).get(slug)
+        quick = await self._core.store.get(slug)
         if (
             isinstance(tier, str)
             and isinstance(driver, str)
@@ -269,7 +269,7 @@ class Host:
     ) -> None:
         """Irreversibly remove the workspace; a second teardown does nothing."""
         check_slug(slug)
-        quick = await (await self._core.opened()).get(slug)
+        quick = await self._core.store.get(slug)
         if key is None and teardown_done(quick):
             return
         await self._wait(Request("teardown", slug, key=key, deadline=deadline(timeout)), on_progress)
@@ -411,7 +411,6 @@ class Host:
     async def forget(self, slug: str) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         check_slug(slug)
-        await self._core.opened()
         return await forget(self._core, self._recovery.active_operation, slug)
 
 

@@ -34,7 +34,7 @@ class Operations:
         """The operation ``ident``, from any process; ``not_found`` if there is none."""
         if isinstance(ident, bool) or not isinstance(ident, int) or not 0 < ident < 2**63:
             raise InvalidInput(f"{echo(ident)} is not an operation id")
-        found = await (await self._core.opened()).operation(ident)
+        found = await self._core.store.operation(ident)
         if found is None:
             raise NotFound(f"no operation #{ident}")
         return found.bound(self)
@@ -47,8 +47,9 @@ class Operations:
             check_slug(slug)
         if state is not None and state not in {"queued", "running", *FINISHED}:
             raise InvalidInput(f"{echo(state)} is not an operation state")
-        store = await self._core.opened()
-        found = await store.operations(slug=slug, state=state, limit=page(limit), after=cursor(after))
+        found = await self._core.store.operations(
+            slug=slug, state=state, limit=page(limit), after=cursor(after)
+        )
         return [op.bound(self) for op in found]
 
     def bind(self, operations: list[Operation]) -> list[Operation]:
@@ -89,7 +90,7 @@ class Operations:
         if not isinstance(reason, str) or not reason:
             raise InvalidInput("a cancel needs a reason (a non-empty string)")
         work = self._runner.get(ident)
-        found = await (await self._core.opened()).request_cancel(ident, reason[:500])
+        found = await self._core.store.request_cancel(ident, reason[:500])
         if work is not None and work.task is not None:
             self._runner.cancel(work, "cancelled", reason)
             if not work.begun:  # a queued operation ends at once: let the caller see it ended

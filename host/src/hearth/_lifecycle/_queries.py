@@ -29,7 +29,6 @@ class Queries:
         check_slug(slug)
         until = deadline(timeout)
         core = self._core
-        await core.opened()
         record = await self._checks.existing(slug, (await self._recovery.heal(slug))[0])
         if record.state == "tier_torn_down":
             return StatusReport(
@@ -61,10 +60,9 @@ class Queries:
 
     async def refs(self) -> list[DeploymentRef]:
         """Every current deployment's ref, with ``last_status`` as the host recorded it."""
-        store = await self._core.opened()
         return [
             (d.ref or synthesized_ref(d)).model_copy(update={"last_status": d.state})
-            for d in await store.deployments()
+            for d in await self._core.store.deployments()
         ]
 
     async def deployments(
@@ -82,20 +80,18 @@ class Queries:
             check_driver_name(driver)
         if after is not None and not isinstance(after, str):
             raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
-        store = await self._core.opened()
-        return await store.deployments(
+        return await self._core.store.deployments(
             state=state, driver=driver, include_torn_down=include_torn_down, limit=page(limit), after=after
         )
 
     async def deployment(self, slug: str) -> Deployment:
         check_slug(slug)
-        await self._core.opened()
         record, _ = await self._recovery.heal(slug)
         return await self._checks.existing(slug, record)
 
     async def logs(self, slug: str, limit: int | None) -> list[Operation]:
         check_slug(slug)
-        store = await self._core.opened()
+        store = self._core.store
         record, _ = await self._recovery.look(slug)  # a dead host's operations say interrupted, not running
         found = await store.operations(slug=slug, with_log=True)
         if not found and record is None:
