@@ -124,12 +124,10 @@ class RemoteHost:
     async def aclose(self) -> None:
         """Close the connection (operations started run on in the daemon) and stop relaying
         their progress."""
-        relays, self._relays = self._relays, set()
+        relays = builtins.list(self._relays)  # each leaves the set as it ends
         for task in relays:
             task.cancel()
-        for task in relays:
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*relays, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
