@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import importlib.util
 import inspect
 import logging
 from pathlib import Path
+from types import ModuleType
 
+import httpx
 import pytest
 
 import hearth._remote
 from hearth import Host, HostAPI, Progress, RemoteHost
 from hearth._lifecycle._host import Tiers
 from tests.test_remote import BOUND, daemon
+
+CONSOLE = Path(__file__).resolve().parent.parent / "examples" / "console" / "app.py"
 
 
 def _both_are_host_apis(tmp_path: Path) -> builtins.list[HostAPI]:
@@ -173,3 +178,40 @@ async def test_tiers_are_awaited_on_both_and_the_old_use_warns_once(tmp_path: Pa
         assert len(caught) == 1 and names == [tier.name for tier in awaited]
         # once: more of the old use warns no more (a warning would fail the test here)
         assert len(old) == len(names) and old[0].name == names[0] and old[0] in old
+
+
+def _console() -> ModuleType:
+    """examples/console/app.py, loaded as a module of its own."""
+    spec = importlib.util.spec_from_file_location("hearth_console_example", CONSOLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_console_example_runs_on_a_remote_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The console is written against ``HostAPI``: with ``HEARTH_URL`` each worker is a
+    ``RemoteHost`` on the daemon, and the same routes answer (tests/test_console_example.py
+    runs it on ``Host``)."""
+    console = _console()
+    async with daemon(tmp_path) as (sock, host):
+        monkeypatch.setenv("HEARTH_URL", f"unix://{sock}")
+        async with console.lifespan(console.app):
+            assert isinstance(console.app.state.host, RemoteHost)
+            transport = httpx.ASGITransport(app=console.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+                about = (await client.get("/")).json()
+                assert about["worker"] == host.owner
+                assert "brisk" in {tier["name"] for tier in about["tiers"]}
+                started = await client.post(
+                    "/workspaces", json={"slug": "via", "tier": "solo", "driver": "fake"}
+                )
+                assert started.status_code == 202 and started.headers["x-hearth-worker"] == host.owner
+                done = (
+                    await client.get(f"/operations/{started.json()['id']}", params={"wait": BOUND})
+                ).json()
+                assert done["state"] == "succeeded"
+                listed = (await client.get("/workspaces")).json()
+                assert [(d["slug"], d["state"]) for d in listed] == [("via", "ready")]
