@@ -5,7 +5,8 @@ a TCP listener with a bearer token; with neither it reads ``HEARTH_URL`` (``unix
 or ``http(s)://host:port``, the token in ``HEARTH_TOKEN``), else uses the home's default socket.
 The daemon's JSON errors come back as the same typed ``HearthError``; a daemon that does not
 answer is ``DaemonUnavailable``. A console switches from embedding to the daemon by changing
-``Host(...)`` to ``RemoteHost(...)``.
+``Host(...)`` to ``RemoteHost(...)``: both are a ``hearth.HostAPI`` (``tests/test_hostapi.py``).
+What it reads off the wire (answers, errors, the event stream) is in ``_remote_wire``.
 """
 
 from __future__ import annotations
