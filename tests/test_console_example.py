@@ -87,6 +87,7 @@ def _start(tmp_path: Path, sock: Path, venv_bin: Path) -> subprocess.Popen[bytes
         "HEARTH_HOME": str(tmp_path / "home"),
         "HEARTH_PROJECT": str(project),
     }
+    env.pop("HEARTH_URL", None)  # each worker embeds a Host here (a daemon's URL makes it remote)
     argv = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(APP_DIR)]
     argv += ["--workers", str(WORKERS), "--uds", str(sock)]
     argv += ["--timeout-keep-alive", "120", "--timeout-graceful-shutdown", "5"]

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     ("store, adapters", {"hearth._store", "hearth._adapters"}),
     ("lifecycle", {"hearth._lifecycle"}),
-    ("server, remote", {"hearth._server", "hearth._serve", "hearth._remote"}),
+    ("server, remote", {"hearth._server", "hearth._serve", "hearth._remote", "hearth._remote_wire"}),
     ("cli", {"hearth._cli"}),
 ]
 

@@ -16,7 +16,8 @@ import uvicorn
 
 import hearth
 from hearth import Busy, Cancelled, DaemonUnavailable, Event, Host, InvalidInput, NotFound, RemoteHost
-from hearth._server._app import create_app, default_socket
+from hearth._server._app import create_app
+from hearth._server._daemon import default_socket
 from tests.test_serve import _Server, make_host, short_dir
 
 BOUND = 30.0

@@ -1,4 +1,4 @@
-"""A small web console on ``hearth.Host``: REST endpoints, and progress as Server-Sent Events.
+"""A small web console on ``hearth.HostAPI``: REST endpoints, and progress as Server-Sent Events.
 
 Every uvicorn worker opens its own ``Host`` on the same hearth home (``$HEARTH_HOME``) and project
 (``$HEARTH_PROJECT``, default: the nearest folder upward holding ``.hearth/``). The store is
@@ -6,6 +6,10 @@ shared, so any worker answers for any operation: it reads it, waits for it, stre
 and cancels it, whichever worker runs it. Run it with (see README.md):
 
     HEARTH_HOME=/tmp/hearth uvicorn app:app --workers 2 --uds /tmp/console.sock
+
+With ``$HEARTH_URL`` set (``unix:///path/to.sock``, or ``http(s)://host:port`` with the token in
+``$HEARTH_TOKEN``), each worker is a ``RemoteHost`` on that ``hearth serve`` daemon instead: the
+code below is written against ``HostAPI``, which both offer, so nothing else changes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, TypeAdapter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hearth import Event, HearthError, Host, Tier
+from hearth import Event, HearthError, Host, HostAPI, RemoteHost, Tier
 
 #: HTTP status of each error kind, as the daemon's API v1 answers (``hearth serve``); the
 #: adapter's other failures are 502.
@@ -46,16 +50,24 @@ TIERS = TypeAdapter(list[Tier])
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One Host per worker process, open for the worker's whole life."""
-    project, home = os.environ.get("HEARTH_PROJECT") or None, os.environ.get("HEARTH_HOME") or None
-    async with Host(project_dir=project, home=home, idle_timeout=None) as host:
-        app.state.host = host
+    """One host per worker process, open for the worker's whole life: a ``RemoteHost`` on the
+    daemon ``$HEARTH_URL`` names, else a ``Host`` of its own. ``owner`` is who runs the work."""
+    async with contextlib.AsyncExitStack() as stack:
+        host: HostAPI
+        if os.environ.get("HEARTH_URL"):
+            remote = await stack.enter_async_context(RemoteHost())
+            host, owner = remote, str((await remote.health())["owner"])
+        else:
+            project, home = os.environ.get("HEARTH_PROJECT") or None, os.environ.get("HEARTH_HOME") or None
+            local = await stack.enter_async_context(Host(project_dir=project, home=home, idle_timeout=None))
+            host, owner = local, local.owner
+        app.state.host, app.state.owner = host, owner
         yield
 
 
 class WorkerHeader:
-    """Names the worker that answered (its host's owner id) in ``X-Hearth-Worker``; an
-    operation's ``owner`` names the worker that runs it."""
+    """Names the worker that answered (its host's owner id; the daemon's, on a ``RemoteHost``)
+    in ``X-Hearth-Worker``; an operation's ``owner`` names the worker that runs it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,7 +75,7 @@ class WorkerHeader:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def named(message: Message) -> None:
             if message["type"] == "http.response.start":
-                owner = scope["app"].state.host.owner.encode()
+                owner = scope["app"].state.owner.encode()
                 message["headers"] = [*message.get("headers", []), (b"x-hearth-worker", owner)]
             await send(message)
 
@@ -81,11 +93,11 @@ async def hearth_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error.to_json()}, status_code=STATUS.get(error.kind, 502))
 
 
-def get_host(request: Request) -> Host:
-    return cast(Host, request.app.state.host)
+def get_host(request: Request) -> HostAPI:
+    return cast(HostAPI, request.app.state.host)
 
 
-HostDep = Annotated[Host, Depends(get_host)]
+HostDep = Annotated[HostAPI, Depends(get_host)]
 KeyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
 LastEventId = Annotated[int | None, Header(alias="Last-Event-ID", ge=0)]
 
@@ -128,9 +140,10 @@ class NewTier(BaseModel):
 
 # --- routes --------------------------------------------------------------------------------------
 @app.get("/")
-async def about(host: HostDep) -> dict[str, Any]:
+async def about(request: Request, host: HostDep) -> dict[str, Any]:
     """Which worker answers, and the tiers it offers."""
-    return {"worker": host.owner, "tiers": TIERS.dump_python(await host.tiers(), mode="json")}
+    owner = request.app.state.owner
+    return {"worker": owner, "tiers": TIERS.dump_python(await host.tiers(), mode="json")}
 
 
 @app.post("/workspaces", status_code=202)

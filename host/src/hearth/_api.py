@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
 
 from ._models import CheckResult, Deployment, Event, Operation, ReconcileReport
 
 if TYPE_CHECKING:
+    from ._adapters._discovery import DriverInfo
     from ._settings import Tier
 
 #: ``on_progress`` may be a plain function or a coroutine function.
@@ -105,8 +106,9 @@ class HostAPI(Protocol):
     ) -> builtins.list[Deployment]: ...
     async def deployment(self, slug: str) -> Deployment: ...
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]: ...
+    #: A plain function that returns an awaitable on both hosts: ``await host.tiers()``.
     def tiers(self) -> Awaitable[builtins.list[Tier]]: ...
-    async def drivers(self) -> builtins.list[Any]: ...
+    async def drivers(self) -> builtins.list[DriverInfo]: ...
     async def check(
         self, slug: str, verb: str, *, tier: str | None = None, driver: str | None = None
     ) -> CheckResult: ...

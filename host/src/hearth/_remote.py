@@ -5,7 +5,8 @@ a TCP listener with a bearer token; with neither it reads ``HEARTH_URL`` (``unix
 or ``http(s)://host:port``, the token in ``HEARTH_TOKEN``), else uses the home's default socket.
 The daemon's JSON errors come back as the same typed ``HearthError``; a daemon that does not
 answer is ``DaemonUnavailable``. A console switches from embedding to the daemon by changing
-``Host(...)`` to ``RemoteHost(...)``.
+``Host(...)`` to ``RemoteHost(...)``: both are a ``hearth.HostAPI`` (``tests/test_hostapi.py``).
+What it reads off the wire (answers, errors, the event stream) is in ``_remote_wire``.
 """
 
 from __future__ import annotations
@@ -13,99 +14,52 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import inspect
-import json
 import os
 import ssl
-import urllib.parse
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
-from pydantic import TypeAdapter
 
-from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
+from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 
-from ._dirs import SOCKET_FILE, TOKEN_ENV, URL_ENV, state_dir
-from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound, error_from_json
-from ._models import Deployment, Event, Operation
-from ._states import same_ready, teardown_done
+from ._api import ProgressListener
+from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
+from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound
+from ._models import Deployment, Event, Operation, synthesized_ref
+from ._remote_wire import (
+    QUIET,
+    address_from_env,
+    decode,
+    error_of,
+    longer,
+    operation_events,
+    own_key,
+    parse,
+    relay,
+    report,
+    seg,
+    stream,
+)
+from ._states import cancel_note, cancel_outcome_recorded, same_ready, teardown_done
 
 API = "/v1"
 #: The longest single ``/wait`` the client asks for (seconds); a longer wait asks again.
 WAIT_CHUNK = 30.0
-#: How much longer than a call's own deadline the client waits for the daemon's answer.
-MARGIN = 5.0
-#: Room for the daemon's default bounds (``[timeouts]`` status 30 s, handshake 10 s, ...) on a
-#: call given no deadline: a daemon that stops answering is given up on after that.
-DAEMON_DEFAULTS = 60.0
 #: The read bound of a ``reconcile`` given no deadline (one list per driver, a status per
 #: uncertain record: it may take long).
 RECONCILE_BOUND = 3600.0
-#: Attempts to reconnect a dropped event stream before giving up (with a growing pause).
-RECONNECTS = 5
-#: How long the events of an operation already finished may stay quiet before they are over.
-QUIET = 1.0
+#: The page size ``list()`` reads the records in.
+PAGE = 500
 if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does not pay for them
     from ._adapters._discovery import DriverInfo
     from ._models import CheckResult, ReconcileReport
     from ._settings import Tier
 
-ProgressListener = Callable[[Progress], object] | Callable[[Progress], Awaitable[object]]
-T = TypeVar("T")
-
 
 class Unanswered(CallTimeout):
     """The daemon did not answer within the call's bound (kind ``timeout``)."""
-
-
-def _address_from_env() -> tuple[Path | None, str | None]:
-    value = os.environ.get(URL_ENV, "").strip()
-    if not value:
-        return None, None
-    if value.startswith("unix://"):
-        path = value[len("unix://") :]
-        if not path.startswith("/"):
-            raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///absolute/path/to.sock")
-        return Path(path), None
-    if value.startswith(("http://", "https://")):
-        return None, value
-    raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///path/to.sock or http(s)://host:port")
-
-
-def _decode(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise HearthError(
-            f"the hearth daemon answered {response.status_code} with no JSON: {response.text[:200]!r}"
-        ) from None
-
-
-def _error_of(response: httpx.Response) -> HearthError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_json(body["error"])
-    return HearthError(f"the hearth daemon answered {response.status_code}: {response.text[:200]!r}")
-
-
-def _report(data: Any) -> ReconcileReport:
-    """A ``ReconcileReport`` from its JSON form (resolutions written as ``{"slug","from","to"}``)."""
-    from ._models import ReconcileReport
-
-    if isinstance(data, dict) and isinstance(data.get("resolved"), list):
-        data = {
-            **data,
-            "resolved": [
-                (r["slug"], r["from"], r["to"]) if isinstance(r, dict) else r for r in data["resolved"]
-            ],
-        }
-    return ReconcileReport.model_validate(data)
 
 
 class RemoteHost:
@@ -130,7 +84,7 @@ class RemoteHost:
         if socket is not None and url is not None:
             raise InvalidInput("give a RemoteHost either a socket or a url, not both")
         if socket is None and url is None:
-            socket, url = _address_from_env()
+            socket, url = address_from_env()
             if url is not None and token is None:
                 token = os.environ.get(TOKEN_ENV) or None
             if socket is None and url is None:
@@ -148,6 +102,8 @@ class RemoteHost:
         self._cancelling: dict[int, asyncio.Future[Operation]] = {}
         self._cancel_reason: str | None = None
         self._starting = 0
+        #: The tasks that relay an operation's progress to an ``on_progress`` of ``start_*``.
+        self._relays: set[asyncio.Task[None]] = set()
         #: One line per operation this client cancelled: what became of it (as ``Host``'s).
         self.interruptions: builtins.list[str] = []
 
@@ -167,7 +123,12 @@ class RemoteHost:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection (operations started run on in the daemon)."""
+        """Close the connection (operations started run on in the daemon) and stop relaying
+        their progress."""
+        relays = builtins.list(self._relays)  # each leaves the set as it ends
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -227,16 +188,40 @@ class RemoteHost:
         except httpx.TransportError as exc:
             raise self._unavailable(exc) from None
         if response.is_success:
-            return _decode(response)
-        raise _error_of(response)
+            return decode(response)
+        raise error_of(response)
 
     def _operation(self, data: Any) -> Operation:
         return Operation.model_validate(data).bound(self)
 
     # --- operations: start ---------------------------------------------------------------------
-    async def _post_started(self, method: str, path: str, body: Any, key: str | None) -> Operation:
+    async def _started(
+        self,
+        method: str,
+        path: str,
+        key: str | None,
+        on_progress: ProgressListener | None,
+        *,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Operation:
         headers = {"Idempotency-Key": key} if key is not None else None
-        return self._operation(await self._call(method, path, body=body, headers=headers))
+        op = self._operation(await self._call(method, path, body=body, params=params, headers=headers))
+        if on_progress is not None:
+            self._follow(op, on_progress)
+        return op
+
+    def _follow(self, op: Operation, on_progress: ProgressListener) -> asyncio.Task[None] | None:
+        """Relay ``op``'s progress to ``on_progress`` in a task that ends with the operation's
+        final event, or when this client closes; none for an operation already finished."""
+        if op.finished:
+            return None
+        task = asyncio.get_running_loop().create_task(
+            relay(operation_events(self, op.id, 0), on_progress, op.id), name=f"hearth-progress-{op.id}"
+        )
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        return task
 
     async def start_provision(
         self,
@@ -247,26 +232,36 @@ class RemoteHost:
         key: str | None = None,
         reuse: bool = False,
         timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
     ) -> Operation:
         """Provision ``slug`` on the daemon; the operation, at once. ``timeout`` is the
-        deadline of the adapter's work, kept by the daemon (as ``Host``'s is)."""
+        deadline of the adapter's work, kept by the daemon (as ``Host``'s is); ``on_progress``
+        is called with each of its progress events, as they come, until it ends."""
         body = {"slug": slug, "tier": tier, "driver": driver, "reuse": bool(reuse), "timeout": timeout}
-        return await self._post_started("POST", "/workspaces", body, key)
+        return await self._started("POST", "/workspaces", key, on_progress, body=body)
 
     async def start_upgrade(
-        self, slug: str, *, tier: str, key: str | None = None, timeout: float | None = None
+        self,
+        slug: str,
+        *,
+        tier: str,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
     ) -> Operation:
         body = {"tier": tier, "timeout": timeout}
-        return await self._post_started("POST", f"/workspaces/{_seg(slug)}/upgrade", body, key)
+        return await self._started("POST", f"/workspaces/{seg(slug)}/upgrade", key, on_progress, body=body)
 
     async def start_teardown(
-        self, slug: str, *, key: str | None = None, timeout: float | None = None
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
     ) -> Operation:
-        headers = {"Idempotency-Key": key} if key is not None else None
-        data = await self._call(
-            "DELETE", f"/workspaces/{_seg(slug)}", params={"timeout": timeout}, headers=headers
-        )
-        return self._operation(data)
+        path = f"/workspaces/{seg(slug)}"
+        return await self._started("DELETE", path, key, on_progress, params={"timeout": timeout})
 
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
@@ -286,7 +281,7 @@ class RemoteHost:
             quick = await self._record(slug)
             if quick is not None and quick.ref is not None and same_ready(quick, tier, driver):
                 return quick.ref
-        ours = key or _own_key()
+        ours = key or own_key()
         ref = await self._verb(
             self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
             ours,
@@ -305,7 +300,7 @@ class RemoteHost:
         timeout: float | None = None,
         key: str | None = None,
     ) -> DeploymentRef:
-        ours = key or _own_key()
+        ours = key or own_key()
         ref = await self._verb(
             self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout),
             ours,
@@ -326,7 +321,7 @@ class RemoteHost:
         """Irreversibly remove the workspace; a second teardown does nothing."""
         if key is None and teardown_done(await self._record(slug)):
             return
-        ours = key or _own_key()
+        ours = key or own_key()
         await self._verb(
             self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress, ("teardown", slug)
         )
@@ -380,11 +375,12 @@ class RemoteHost:
             self._mine[op.id] = op
             if self._cancel_reason is not None and not op.finished:
                 self.cancel_running(self._cancel_reason)
-        relay = None
-        if on_progress is not None and not op.finished:
-            relay = asyncio.get_running_loop().create_task(self._relay(op.id, on_progress))
+        relaying = None if on_progress is None else self._follow(op, on_progress)
         try:
-            return await self._operation_result(op.id, None)
+            result = await self._operation_result(op.id, None)
+            if relaying is not None:  # the progress still on its way, as Host's comes before
+                await asyncio.wait({relaying}, timeout=QUIET)
+            return result
         except (DaemonUnavailable, Unanswered) as exc:  # the daemon went away or went silent
             raise type(exc)(
                 f"{exc.message}; operation #{op.id} ({op.verb} of {op.slug!r}) was started there and "
@@ -406,10 +402,10 @@ class RemoteHost:
                 await self._note_cancelled(op.id)
             raise
         finally:
-            if relay is not None:
-                relay.cancel()
+            if relaying is not None:
+                relaying.cancel()
                 with contextlib.suppress(BaseException):
-                    await relay
+                    await relaying
 
     async def _note_cancelled(self, ident: int) -> None:
         """One line in ``interruptions`` on what became of an operation this client cancelled,
@@ -420,37 +416,14 @@ class RemoteHost:
         except HearthError as exc:
             self.interruptions.append(f"operation #{ident} was told to cancel ({exc.kind}: {exc.message})")
             return
-        note = f"{op.verb} of {op.slug!r}"
         error = op.error or {}
-        state = record.state if record is not None else "nowhere (nothing changed)"
-        if op.state == "succeeded":
-            line = f"{note} had finished before the cancel took effect; it is recorded as done"
-        elif record is not None and record.unconfirmed:
-            line = f"{note} was told to cancel; its rollback is not confirmed (reconcile checks it)"
-        elif op.verb == "teardown":
-            line = f"{note} was cancelled; the workspace is recorded {state}"
-        elif error.get("kind") not in ("cancelled", "interrupted"):
-            line = (
-                f"{note} was cancelled and the adapter answered with an error "
-                f"({error.get('kind')}); the workspace is recorded {state}"
-            )
-        elif error.get("rolled_back") is False:
-            line = f"{note} was cancelled; the adapter could not confirm its rollback (reconcile checks it)"
-        else:
-            before = (
-                ""
-                if record is None or op.verb == "provision"
-                else f"; the workspace is {record.state} as before"
-            )
-            line = f"{note} was cancelled and rolled back{before}"
-        self.interruptions.append(line)
-
-    async def _relay(self, ident: int, on_progress: ProgressListener) -> None:
-        async for event in self._operation_events(ident, 0):
-            if event.kind == "progress":
-                outcome = on_progress(event.as_progress())
-                if inspect.isawaitable(outcome):
-                    await outcome
+        unconfirmed = record is not None and record.unconfirmed
+        how = cancel_outcome_recorded(op.state, op.verb, unconfirmed=unconfirmed, error=error)
+        recorded = None if record is None else record.state
+        previous = None if op.verb == "provision" else recorded
+        kind = error.get("kind")
+        note = cancel_note(op.verb, op.slug, how, recorded=recorded, error_kind=kind, previous=previous)
+        self.interruptions.append(note)
 
     # --- operations: find, wait, cancel, events --------------------------------------------------
     async def operation(self, ident: int) -> Operation:
@@ -499,30 +472,7 @@ class RemoteHost:
         )
 
     def _operation_events(self, ident: int, after: int) -> AsyncIterator[Event]:
-        return self._events_of(ident, after)
-
-    async def _events_of(self, ident: int, after: int) -> AsyncIterator[Event]:
-        """The operation's events after ``after``, ending with its final one. The API streams a
-        slug's events, so this follows the slug's stream and keeps the operation's; for an
-        operation already finished, a stream quiet for ``QUIET`` seconds means it is over."""
-        op = await self.operation(ident)
-        stream = self._stream(after, op.slug)
-        try:
-            while True:
-                try:
-                    if op.finished:
-                        event = await asyncio.wait_for(anext(stream), QUIET)
-                    else:
-                        event = await anext(stream)
-                except (StopAsyncIteration, TimeoutError):
-                    return
-                if event.operation != ident:
-                    continue
-                yield event
-                if event.final:
-                    return
-        finally:
-            await stream.aclose()
+        return operation_events(self, ident, after)
 
     # --- events --------------------------------------------------------------------------------
     def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
@@ -531,45 +481,7 @@ class RemoteHost:
         repeated. Ends when the daemon stops (its stream ends and it no longer answers)."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput(f"after must be a whole number of at least 0, not {after!r}")
-        return self._stream(after, slug)
-
-    async def _stream(self, after: int, slug: str | None) -> AsyncGenerator[Event]:
-        cursor = after
-        failures = 0
-        while True:
-            params: dict[str, Any] = {"after": cursor}
-            if slug is not None:
-                params["slug"] = slug
-            try:
-                async with self.client().stream(
-                    "GET",
-                    f"{API}/events",
-                    params=params,
-                    headers={"Accept": "application/x-ndjson"},
-                    timeout=httpx.Timeout(self.timeout, read=None),
-                ) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        raise _error_of(response)
-                    failures = 0
-                    async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        event = Event.model_validate(json.loads(line))
-                        if event.seq <= cursor:
-                            continue  # never repeat one
-                        cursor = event.seq
-                        yield event
-            except httpx.TransportError as exc:  # dropped, or refused: reconnect from the cursor
-                failures += 1
-                if failures > RECONNECTS:
-                    raise self._unavailable(exc) from None
-                await asyncio.sleep(0.05 * 2**failures)
-                continue
-            # the daemon ended the stream (it is stopping): ask again, a few times at most
-            failures += 1
-            if failures > RECONNECTS:
-                return
+        return stream(self, after, slug)
 
     # --- queries -------------------------------------------------------------------------------
     async def deployments(
@@ -588,7 +500,19 @@ class RemoteHost:
             "limit": limit,
             "after": after,
         }
-        return _parse(list[Deployment], await self._call("GET", "/workspaces", params=params))
+        return parse(list[Deployment], await self._call("GET", "/workspaces", params=params))
+
+    async def list(self) -> builtins.list[DeploymentRef]:
+        """Every current deployment's ref, with ``last_status`` as the daemon recorded it (as
+        ``Host.list()``): the records read page by page."""
+        refs: builtins.list[DeploymentRef] = []
+        after: str | None = None
+        while True:
+            page = await self.deployments(limit=PAGE, after=after)
+            refs += [(d.ref or synthesized_ref(d)).model_copy(update={"last_status": d.state}) for d in page]
+            if len(page) < PAGE:
+                return refs
+            after = page[-1].slug
 
     async def _record(self, slug: str) -> Deployment | None:
         try:
@@ -597,33 +521,37 @@ class RemoteHost:
             return None
 
     async def deployment(self, slug: str) -> Deployment:
-        return Deployment.model_validate(await self._call("GET", f"/workspaces/{_seg(slug)}"))
+        return Deployment.model_validate(await self._call("GET", f"/workspaces/{seg(slug)}"))
 
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
         """What the backend shows now; ``timeout`` bounds the adapter's answer (the daemon's
         ``[timeouts] status`` when left out)."""
         data = await self._call(
             "GET",
-            f"/workspaces/{_seg(slug)}/status",
+            f"/workspaces/{seg(slug)}/status",
             params={"timeout": timeout},
-            timeout=_longer(timeout, self),
+            timeout=longer(timeout, self.timeout),
         )
         return StatusReport.model_validate(data)
 
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]:
-        found = await self._call("GET", f"/workspaces/{_seg(slug)}/logs", params={"limit": limit})
+        found = await self._call("GET", f"/workspaces/{seg(slug)}/logs", params={"limit": limit})
         return [self._operation(item) for item in found]
 
-    async def tiers(self) -> builtins.list[Tier]:
-        """The daemon's tiers (a coroutine here: it asks the daemon)."""
+    def tiers(self) -> Awaitable[builtins.list[Tier]]:
+        """The daemon's tiers, by name: ``await remote.tiers()`` (as ``Host.tiers()``, a plain
+        function that returns an awaitable)."""
+        return self._tiers()
+
+    async def _tiers(self) -> builtins.list[Tier]:
         from ._settings import Tier
 
-        return _parse(list[Tier], await self._call("GET", "/tiers"))
+        return parse(builtins.list[Tier], await self._call("GET", "/tiers"))
 
     async def drivers(self) -> builtins.list[DriverInfo]:
         from ._adapters._discovery import DriverInfo
 
-        return _parse(list[DriverInfo], await self._call("GET", "/drivers"))
+        return parse(list[DriverInfo], await self._call("GET", "/drivers"))
 
     async def check(
         self, slug: str, verb: str, *, tier: str | None = None, driver: str | None = None
@@ -637,56 +565,32 @@ class RemoteHost:
         self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
     ) -> ReconcileReport:
         body = {"slug": slug, "dry_run": bool(dry_run), "timeout": timeout}
-        bound = _longer(timeout, self, RECONCILE_BOUND)
-        return _report(await self._call("POST", "/reconcile", body=body, timeout=bound))
+        bound = longer(timeout, self.timeout, RECONCILE_BOUND)
+        return report(await self._call("POST", "/reconcile", body=body, timeout=bound))
 
     async def plan(
         self, slug: str, *, tier: str, driver: str | None = None, timeout: float | None = None
     ) -> PlanResult:
         """What moving ``slug`` to ``tier`` would do (the adapter's ``plan``); changes nothing."""
         body = {"slug": slug, "tier": tier, "driver": driver, "timeout": timeout}
-        data = await self._call("POST", "/plan", body=body, timeout=_longer(timeout, self))
+        data = await self._call("POST", "/plan", body=body, timeout=longer(timeout, self.timeout))
         return PlanResult.model_validate(data)
 
     async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of."""
         body = {"driver": driver, "tier": tier, "timeout": timeout}
         data = await self._call(
-            "POST", f"/workspaces/{_seg(slug)}/adopt", body=body, timeout=_longer(timeout, self)
+            "POST", f"/workspaces/{seg(slug)}/adopt", body=body, timeout=longer(timeout, self.timeout)
         )
         return Deployment.model_validate(data)
 
     async def forget(self, slug: str) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
-        return Deployment.model_validate(await self._call("POST", f"/workspaces/{_seg(slug)}/forget"))
+        return Deployment.model_validate(await self._call("POST", f"/workspaces/{seg(slug)}/forget"))
 
     async def health(self) -> dict[str, Any]:
         """The daemon's ``/v1/health``: status, version, owner, running."""
         return dict(await self._call("GET", "/health"))
-
-
-def _longer(timeout: float | None, remote: RemoteHost, default: float = 0.0) -> float | httpx.Timeout:
-    """The HTTP bound of a call the daemon bounds itself: ``timeout`` plus ``MARGIN`` (the
-    daemon answers its own timeout error by then), or without one the daemon's default, which
-    this client does not know: ``default`` (else ``remote.timeout``) plus ``DAEMON_DEFAULTS``."""
-    if timeout is not None:
-        return timeout + MARGIN
-    return httpx.Timeout(remote.timeout, read=(default or remote.timeout) + DAEMON_DEFAULTS)
-
-
-def _parse(kind: type[T], data: Any) -> T:
-    return TypeAdapter(kind).validate_python(data)
-
-
-def _seg(slug: str) -> str:
-    """A slug as one path segment (the daemon checks it; a '/' must not change the route)."""
-    if not isinstance(slug, str):
-        raise InvalidInput(f"{slug!r} is not a slug")
-    return urllib.parse.quote(slug, safe="")
-
-
-def _own_key() -> str:
-    return f"remote-{uuid.uuid4().hex}"
 
 
 __all__ = ["DaemonUnavailable", "RemoteHost"]

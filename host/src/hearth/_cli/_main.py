@@ -923,7 +923,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """``hearth serve``: runs until SIGTERM or SIGINT (operations in flight drain), then 0."""
     try:
-        from .._server._app import configure_logging, serve
+        from .._server._daemon import configure_logging, serve
     except ImportError as exc:
         raise InvalidInput(
             f"hearth serve needs the serve extra (pip install 'hearth[serve]'): {exc}"

@@ -1,10 +1,8 @@
-"""``hearth serve``: the daemon, a JSON-over-HTTP API v1 on a ``Host`` (FastAPI on uvicorn).
+"""``hearth serve``'s API v1 on a ``Host`` (FastAPI): ``create_app(host)`` and its routes.
 
-``create_app(host)`` is the API on an open host; ``serve(...)`` runs it on the home's Unix socket
-(mode 0600; one daemon per home, held by a lock file for the daemon's life) and, with
-``listen=``, on a TCP port that asks for a bearer token. A mutating call answers 202 with the
-operation and ``Location: /v1/operations/{id}``; ``?wait=SECONDS`` answers 200 once it finished.
-Errors are ``{"error": {"kind", "message", ...}}`` with a status by kind (``STATUS``).
+A mutating call answers 202 with the operation and ``Location: /v1/operations/{id}``;
+``?wait=SECONDS`` answers 200 once it finished. Errors are ``{"error": {"kind", "message", ...}}``
+with a status by kind (``_schemas.STATUS``). The daemon that serves it is ``_daemon``.
 
 Needs the ``serve`` extra (``pip install 'hearth[serve]'``): fastapi and uvicorn.
 """
@@ -13,199 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import grp
 import hmac
 import json
-import logging
-import os
-import random
-import signal
-import socket
-import ssl
-import stat
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, Literal, cast
 
-import uvicorn
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hearth_adaptersdk import PlanResult, StatusReport
 
 from .._adapters._discovery import DriverInfo
-from .._dirs import SERVE_LOCK_FILE, SOCKET_FILE, find_project_dir, state_dir
-from .._errors import AdapterError, HearthError, InvalidInput
+from .._errors import HearthError
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
 from .._settings import Tier
+from ._schemas import (
+    API,
+    ERRORS,
+    LOCATION,
+    STATUS,
+    WAIT_MAX,
+    AdoptRequest,
+    CheckRequest,
+    ErrorBody,
+    Health,
+    NewTier,
+    NewWorkspace,
+    PlanRequest,
+    ReconcileRequest,
+    error_response,
+    status_of,
+)
 
-log = logging.getLogger("hearth.serve")
-
-API = "/v1"
-LOCK_FILE = SERVE_LOCK_FILE
-#: HTTP status of each error kind; an adapter's other failures are 502, the host's 500.
-STATUS: dict[str, int] = {
-    "invalid_input": 400,
-    "not_found": 404,
-    "conflict": 409,
-    "invalid_transition": 409,
-    "busy": 409,
-    "invalid_profile": 422,
-    "unsupported": 422,
-    "slug_locked": 423,
-    "backend_unavailable": 503,
-    "timeout": 504,
-    "adapter_not_found": 502,
-    "adapter_refused": 502,
-    "adapter_crashed": 502,
-    "protocol_violation": 502,
-    "backend_failure": 502,
-    "cancelled": 502,
-    "unauthorized": 401,
-    "store_error": 500,
-    "interrupted": 500,
-    "closed": 503,
-    "error": 500,
-}
 #: Seconds of quiet after which a Server-Sent Events stream sends a comment.
 HEARTBEAT = 10.0
-#: The longest ``?wait=`` or ``/wait?timeout=`` (seconds).
-WAIT_MAX = 3600.0
-#: How long uvicorn lets requests in flight finish after SIGTERM (streams end at once).
-GRACEFUL = 5
-#: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
-SUN_PATH_MAX = 107
-
-
-# --- the API's own models ------------------------------------------------------------------------
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-#: A deadline in seconds for the adapter's work (the verb's default from ``[timeouts]`` when
-#: left out); when it passes, the adapter is told to cancel, as the CLI's ``--timeout`` does.
-Deadline = Annotated[float | None, Field(gt=0, le=WAIT_MAX * 24)]
-
-
-class NewWorkspace(_Body):
-    """``POST /v1/workspaces``: provision ``slug``."""
-
-    slug: str
-    tier: str
-    driver: str
-    #: Provision a torn-down slug again (its old record is archived).
-    reuse: bool = False
-    timeout: Deadline = None
-
-
-class NewTier(_Body):
-    """``POST /v1/workspaces/{slug}/upgrade``."""
-
-    tier: str
-    timeout: Deadline = None
-
-
-class PlanRequest(_Body):
-    """``POST /v1/plan``: what provision or upgrade of ``slug`` to ``tier`` would do; changes
-    nothing (``driver`` is needed for a new workspace)."""
-
-    slug: str
-    tier: str
-    driver: str | None = None
-    timeout: Deadline = None
-
-
-class AdoptRequest(_Body):
-    """``POST /v1/workspaces/{slug}/adopt``: record a deployment the driver lists."""
-
-    driver: str
-    tier: str
-    timeout: Deadline = None
-
-
-class CheckRequest(_Body):
-    """``POST /v1/check``: whether the verb would be accepted now; starts nothing."""
-
-    slug: str
-    verb: Literal["provision", "upgrade", "teardown"]
-    tier: str | None = None
-    driver: str | None = None
-
-
-class ReconcileRequest(_Body):
-    """``POST /v1/reconcile``: every workspace, or ``slug``; ``dry_run`` changes nothing."""
-
-    slug: str | None = None
-    dry_run: bool = False
-    timeout: Deadline = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "stopping"]
-    version: str
-    #: The host process that runs this daemon's operations (``host:pid:token``).
-    owner: str
-    #: Operations this daemon runs now.
-    running: int
-    #: The project whose hearth.toml and adapters the daemon uses.
-    project: str | None = None
-    #: How long a cancelled operation waits for its adapter's rollback (seconds).
-    cancel_grace: float | None = None
-
-
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    """Every error: ``{"error": {"kind", "message", ...}}`` (the library's JSON error)."""
-
-    error: ErrorDetail
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "invalid_input"),
-        (404, "not_found"),
-        (409, "conflict, invalid_transition or busy"),
-        (422, "invalid_profile or unsupported"),
-        (423, "slug_locked"),
-        (502, "the adapter failed"),
-        (503, "backend_unavailable"),
-        (504, "timeout"),
-    )
-}
-#: ``Location`` of a started operation.
-LOCATION = {"Location": {"description": "/v1/operations/{id}", "schema": {"type": "string"}}}
-
-
-def _error(kind: str, message: str, status: int | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"kind": kind, "message": message, **extra}}, status_code=status or STATUS.get(kind, 500)
-    )
-
-
-def _status_of(error: HearthError) -> int:
-    if error.kind in STATUS:
-        return STATUS[error.kind]
-    return 502 if isinstance(error, AdapterError) else 500
 
 
 # --- plumbing ------------------------------------------------------------------------------------
 @dataclass
-class _State:
+class AppState:
     host: Host
     #: Set when the daemon stops: streams and waits end so uvicorn can shut down.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -230,18 +79,18 @@ class _Token:
                     if scheme.lower() == b"bearer"
                     else "a bearer token is needed (Authorization: Bearer ...; HEARTH_TOKEN for the CLI)"
                 )
-                response = _error("unauthorized", why)
+                response = error_response("unauthorized", why)
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def _state(request: Request) -> _State:
-    return cast(_State, request.app.state.hearth)
+def _state(request: Request) -> AppState:
+    return cast(AppState, request.app.state.hearth)
 
 
-async def _until_stopped(state: _State, events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:
+async def _until_stopped(state: AppState, events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:
     """The events, with None after ``HEARTBEAT`` seconds of quiet; ends when the daemon stops.
     A client that leaves cancels this generator: its pending read is cancelled, nothing else."""
     pending: asyncio.Future[Event | None] | None = None
@@ -273,7 +122,7 @@ async def _until_stopped(state: _State, events: AsyncIterator[Event]) -> AsyncIt
                 await closer()
 
 
-def _ndjson(state: _State, events: AsyncIterator[Event]) -> StreamingResponse:
+def _ndjson(state: AppState, events: AsyncIterator[Event]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
         async for event in _until_stopped(state, events):
             if event is not None:
@@ -284,7 +133,7 @@ def _ndjson(state: _State, events: AsyncIterator[Event]) -> StreamingResponse:
     )
 
 
-def _sse(state: _State, events: AsyncIterator[Event]) -> StreamingResponse:
+def _sse(state: AppState, events: AsyncIterator[Event]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
         async for event in _until_stopped(state, events):
             if event is None:
@@ -296,7 +145,7 @@ def _sse(state: _State, events: AsyncIterator[Event]) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
 
 
-async def _waited(state: _State, op: Operation, wait: float | None) -> Operation:
+async def _waited(state: AppState, op: Operation, wait: float | None) -> Operation:
     """``op`` once finished, or when ``wait`` seconds passed (or the daemon stops)."""
     if not wait or op.finished:
         return op
@@ -352,14 +201,14 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         responses=cast(dict[int | str, dict[str, Any]], {500: {"model": ErrorBody}}),
         dependencies=[Depends(settings_valid)],
     )
-    app.state.hearth = _State(host)
+    app.state.hearth = AppState(host)
     if token is not None:
         app.add_middleware(_Token, token=token)
 
     @app.exception_handler(HearthError)
-    async def hearth_error(request: Request, exc: Exception) -> JSONResponse:
+    async def heartherror_response(request: Request, exc: Exception) -> JSONResponse:
         error = cast(HearthError, exc)
-        return JSONResponse({"error": error.to_json()}, status_code=_status_of(error))
+        return JSONResponse({"error": error.to_json()}, status_code=status_of(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -367,13 +216,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         where = "; ".join(
             f"{'.'.join(str(part) for part in p.get('loc', ()))}: {p.get('msg', '')}" for p in problems[:5]
         )
-        return _error("invalid_input", f"invalid request: {where}", 400)
+        return error_response("invalid_input", f"invalid request: {where}", 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def httperror_response(request: Request, exc: Exception) -> JSONResponse:
         error = cast(StarletteHTTPException, exc)
         kind = {404: "not_found", 405: "invalid_input"}.get(error.status_code, "error")
-        response = _error(kind, str(error.detail), error.status_code)
+        response = error_response(kind, str(error.detail), error.status_code)
         response.headers.update(error.headers or {})  # 405's Allow
         return response
 
@@ -584,406 +433,4 @@ def openapi_document(app: FastAPI) -> str:
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
 
 
-# --- the daemon ----------------------------------------------------------------------------------
-class ServeError(HearthError):
-    """The daemon cannot start (another one runs, a socket or token problem)."""
-
-    kind = "serve_error"
-
-
-def default_socket(home: str | Path | None = None) -> Path:
-    return state_dir(home) / SOCKET_FILE
-
-
-@contextlib.contextmanager
-def _held(path: Path, what: str, project: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` for the block (the daemon's life), with our pid and the
-    project we serve in it (the CLI reads them to choose between the daemon and itself)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise ServeError(f"cannot lock {path} for {what}: {exc.strerror or exc}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = (os.pread(fd, 32, 0).decode(errors="replace").splitlines() or ["?"])[0].strip() or "?"
-            raise ServeError(f"another hearth daemon (pid {other}) already serves {what}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n{project}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _unix_socket(path: Path, group: str | None = None) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0600 (0660 and owned by ``group`` when given);
-    a stale file there (we hold the lock, so no live daemon owns it) is replaced."""
-    gid = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ServeError(f"--socket-group {group[:80]!r}: no such group") from None
-    if len(str(path)) > SUN_PATH_MAX:
-        raise ServeError(f"the socket path {path} is longer than {SUN_PATH_MAX} bytes; use --socket")
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ServeError(f"{path} exists and is not a socket; remove it or choose another --socket")
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    previous = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    except OSError as exc:
-        sock.close()
-        raise ServeError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(previous)
-    try:
-        if gid is not None:
-            os.chown(path, -1, gid)
-        os.chmod(path, 0o600 if gid is None else 0o660)
-    except OSError as exc:
-        sock.close()
-        path.unlink(missing_ok=True)
-        raise ServeError(f"cannot give the socket {path} to group {group}: {exc.strerror or exc}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-def read_token(path: str | Path) -> str:
-    """The bearer token in ``path``: a regular file of ours, mode 0600 (no group or other bits)."""
-    file = Path(path)
-    try:
-        info = file.stat()
-    except OSError as exc:
-        raise ServeError(f"the token file {file} cannot be read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ServeError(f"the token file {file} is not a regular file")
-    if info.st_mode & 0o077:
-        raise ServeError(f"the token file {file} is mode {stat.S_IMODE(info.st_mode):o}; make it 0600")
-    if info.st_uid != os.getuid():
-        raise ServeError(f"the token file {file} is not yours")
-    token = file.read_text().strip()
-    if len(token) < 16 or any(c.isspace() for c in token):
-        raise ServeError(f"the token in {file} must be one word of at least 16 characters")
-    return token
-
-
-def _tcp_socket(listen: str) -> socket.socket:
-    address, _, port = listen.rpartition(":")
-    address = address.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ServeError(f"--listen {listen[:80]!r}: expected HOST:PORT")
-    try:
-        family = socket.getaddrinfo(address, int(port), type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, int(port)))
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {listen[:80]}: {exc.strerror or exc}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(log_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonLines() if log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, which also ends the app's streams and waits, and stops the daemon's other
-    listener, when it is told to stop."""
-
-    def __init__(self, config: uvicorn.Config, state: _State, ready: str = "") -> None:
-        super().__init__(config)
-        self.hearth = state
-        self.loop = asyncio.get_running_loop()
-        self.siblings: list[uvicorn.Server] = []
-        #: Logged once listening, with uvicorn's signal handlers in place: from then on a
-        #: SIGTERM stops the daemon (one that came earlier is acted on here).
-        self.ready = ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.ready:
-            log.info("%s", self.ready)
-        if _early:
-            self.handle_exit(_early[0], None)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            log.info("%s: stopping; operations in flight get the drain grace", signal.Signals(sig).name)
-        self.loop.call_soon_threadsafe(self.hearth.stopping.set)
-        super().handle_exit(sig, frame)
-        for sibling in self.siblings:
-            sibling.should_exit = True
-
-
-class _Sibling(uvicorn.Server):
-    """The TCP listener's server (its own config: TLS applies to it alone); the Unix socket's
-    server takes the signals and stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-#: A SIGTERM or SIGINT that came before uvicorn took the signals over.
-_early: list[int] = []
-
-
-def _noted(signum: int, frame: FrameType | None) -> None:
-    """Until uvicorn takes the signals over, a signal is kept for it to act on once it has
-    started; after it stopped, what it re-raises is already handled (the host drains next)."""
-    _early.append(signum)
-
-
-async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: asyncio.Event) -> None:
-    """The daemon's self-healing: ``reconcile`` once at start (what a dead daemon left is
-    settled before anyone asks), then every ``[serve] reconcile_interval`` seconds, each wait
-    varied by ``reconcile_jitter`` so that replicas do not run in step; a SIGHUP (``reload``)
-    makes a new interval count at once. It changes what reconcile changes (records a dead host
-    left; ghosts marked failed) and logs it; an orphan is logged once."""
-    orphans: set[tuple[str, str]] = set()
-    delay = 0.0  # the first one at once
-    while True:
-        reload.clear()
-        if await _woken(stopping, reload, delay):
-            if stopping.is_set():
-                return
-            delay = _next_delay(host, _interval(host))  # reloaded: the new interval counts
-            continue
-        interval = _interval(host)
-        delay = _next_delay(host, interval)
-        if not interval:
-            continue  # off (0), or no settings to go by: look again later
-        try:
-            report = await host.reconcile()
-        except HearthError as exc:
-            log.warning("reconcile failed: %s: %s", exc.kind, exc.message)
-            continue
-        except Exception:
-            log.exception("reconcile failed unexpectedly")
-            continue
-        found = [
-            f"{slug}: {old} -> {new}" if old != new else f"{slug}: {old}, now confirmed"
-            for slug, old, new in report.resolved
-        ] + [f"ghost {slug}" for slug in report.ghosts]
-        for ref in report.orphans:
-            if (ref.workspace_slug, ref.driver) not in orphans:
-                orphans.add((ref.workspace_slug, ref.driver))
-                found.append(f"orphan {ref.workspace_slug} on {ref.driver} (no record; left in place)")
-        found += [f"unreachable {driver}: {why}" for driver, why in report.unreachable.items()]
-        if found:
-            log.info("reconcile: %s", "; ".join(found))
-
-
-def _interval(host: Host) -> float:
-    try:
-        return host.reload_settings().serve.reconcile_interval
-    except HearthError as exc:
-        log.warning("reconcile: the settings cannot be read (%s); trying again in 60 s", exc.message)
-        return 0.0
-
-
-def _next_delay(host: Host, interval: float) -> float:
-    """The wait before the next reconcile: the interval, varied by the settings' jitter (60 s
-    when off, to look at the settings again)."""
-    jitter = host.settings.serve.reconcile_jitter
-    return (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
-
-
-async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float) -> bool:
-    """Whether the daemon is stopping or was told to reload within ``timeout`` seconds."""
-    waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
-    try:
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when="FIRST_COMPLETED")
-    finally:
-        for task in waiting:
-            task.cancel()
-    return bool(done)
-
-
-def _on_sighup(host: Host, reload: asyncio.Event) -> None:
-    try:
-        host.reload_settings()
-    except HearthError as exc:
-        log.error("SIGHUP: the settings are invalid and every call fails until fixed: %s", exc.message)
-    else:
-        log.info("SIGHUP: settings re-read from %s", host.settings.source or "the built-in defaults")
-    reload.set()
-
-
-async def _run(
-    *,
-    project: str | None,
-    home: str | None,
-    store_url: str | None,
-    unix: socket.socket,
-    tcp: socket.socket | None,
-    tls: tuple[str, str] | None,
-    token: str | None,
-    where: str,
-) -> None:
-    loop = asyncio.get_running_loop()
-    async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
-        app = create_app(host, token=token)
-        state = cast(_State, app.state.hearth)
-        options: dict[str, Any] = {
-            "log_config": None,
-            "timeout_graceful_shutdown": GRACEFUL,
-            "lifespan": "off",
-            "access_log": True,
-        }
-        ready = f"hearth daemon {host.owner} serving {where} (home {host.state_dir})"
-        server = _Server(uvicorn.Config(app, **options), state, ready)
-        servers: list[uvicorn.Server] = [server]
-        serving = [server.serve(sockets=[unix])]
-        if tcp is not None:
-            certificate: dict[str, Any] = (
-                {} if tls is None else {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
-            )
-            sibling = _Sibling(uvicorn.Config(app, **options, **certificate))
-            server.siblings.append(sibling)
-            servers.append(sibling)
-            serving.append(sibling.serve(sockets=[tcp]))
-        reload = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload)
-        healing = loop.create_task(
-            _reconcile_periodically(host, state.stopping, reload), name="hearth-reconcile"
-        )
-        failed: list[BaseException] = []
-        try:
-            for done in asyncio.as_completed(serving):
-                try:
-                    await done
-                except Exception as exc:  # one listener down: the daemon stops, and says why
-                    log.error("a listener failed: %r; stopping", exc)
-                    failed.append(exc)
-                    state.stopping.set()
-                    for each in servers:
-                        each.should_exit = True
-        finally:
-            state.stopping.set()
-            for each in servers:
-                each.should_exit = True
-            healing.cancel()
-            with contextlib.suppress(BaseException):
-                await healing
-            loop.remove_signal_handler(signal.SIGHUP)
-            log.info("stopped serving; closing the host (drain grace %s s)", host.timeouts.drain_grace)
-    log.info("hearth daemon stopped")
-    if failed:
-        raise ServeError(f"a listener failed: {failed[0]!r}")
-
-
-def _readable_file(path: str | Path, what: str) -> str:
-    file = Path(path)
-    if not file.is_file():
-        raise ServeError(f"the {what} {file} is not a readable file")
-    return str(file)
-
-
-def serve(
-    *,
-    socket_path: str | Path | None = None,
-    listen: str | None = None,
-    token_file: str | Path | None = None,
-    home: str | Path | None = None,
-    project: str | Path | None = None,
-    tls_cert: str | Path | None = None,
-    tls_key: str | Path | None = None,
-    socket_group: str | None = None,
-    store_url: str | None = None,
-) -> None:
-    """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
-    if listen is not None and token_file is None:
-        raise ServeError("--listen needs --token-file (a file of mode 0600 holding the bearer token)")
-    if token_file is not None and listen is None:
-        raise InvalidInput("--token-file is only for --listen")
-    if (tls_cert is None) != (tls_key is None):
-        raise InvalidInput("--tls-cert and --tls-key go together")
-    if tls_cert is not None and listen is None:
-        raise InvalidInput("--tls-cert and --tls-key are for --listen (the Unix socket needs no TLS)")
-    tls = None
-    if tls_cert is not None and tls_key is not None:
-        tls = (_readable_file(tls_cert, "certificate"), _readable_file(tls_key, "key"))
-        if Path(tls[1]).stat().st_mode & 0o077:
-            raise ServeError(f"the TLS key {tls[1]} is readable by others; make it 0600")
-        try:  # what uvicorn will load: a bad pair is refused now, not when a client connects
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls[0], tls[1])
-        except (ssl.SSLError, OSError) as exc:
-            raise ServeError(f"--tls-cert {tls[0]} and --tls-key {tls[1]} cannot be used: {exc}") from None
-    token = read_token(token_file) if token_file is not None else None
-    folder = state_dir(home)
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
-    project_dir = find_project_dir(project)
-    path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
-    _early.clear()
-    previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
-            # the socket's own lock, whichever home it belongs to: a daemon never takes over a
-            # socket another one serves, even from another home
-            lock = path.with_name(path.name + ".lock")
-            stack.enter_context(_held(lock, f"the socket {path}", project_dir))
-            unix = _unix_socket(path, socket_group)
-            stack.callback(lambda: path.unlink(missing_ok=True))
-            stack.callback(unix.close)
-            where = f"unix:{path}"
-            tcp = None
-            if listen is not None:
-                tcp = _tcp_socket(listen)
-                stack.callback(tcp.close)
-                where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
-            asyncio.run(
-                _run(
-                    project=str(project_dir),
-                    home=None if home is None else str(home),
-                    store_url=store_url,
-                    unix=unix,
-                    tcp=tcp,
-                    tls=tls,
-                    token=token,
-                    where=where,
-                )
-            )
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-__all__ = [
-    "ServeError",
-    "create_app",
-    "default_socket",
-    "openapi_document",
-    "read_token",
-    "serve",
-]
+__all__ = ["API", "STATUS", "create_app", "openapi_document"]

@@ -1,0 +1,200 @@
+"""What ``RemoteHost`` reads off the wire: where the daemon is (``HEARTH_URL``), its answers
+(JSON, its typed errors, the reconcile report), and its event stream (``GET /v1/events``,
+NDJSON): the reconnecting stream, one operation's events out of it, and the relay of its
+``progress`` to an ``on_progress`` listener, as ``Host`` calls its listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import urllib.parse
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from pydantic import TypeAdapter
+
+from ._api import ProgressListener
+from ._dirs import URL_ENV
+from ._errors import HearthError, InvalidInput, error_from_json
+from ._models import Event, ReconcileReport
+
+if TYPE_CHECKING:
+    from ._remote import RemoteHost
+
+log = logging.getLogger("hearth")
+
+API = "/v1"
+#: Attempts to reconnect a dropped event stream before giving up (with a growing pause).
+RECONNECTS = 5
+#: How long the events of an operation already finished may stay quiet before they are over.
+QUIET = 1.0
+T = TypeVar("T")
+#: How much longer than a call's own deadline the client waits for the daemon's answer.
+MARGIN = 5.0
+#: Room for the daemon's default bounds (``[timeouts]`` status 30 s, handshake 10 s, ...) on a
+#: call given no deadline: a daemon that stops answering is given up on after that.
+DAEMON_DEFAULTS = 60.0
+
+
+def address_from_env() -> tuple[Path | None, str | None]:
+    value = os.environ.get(URL_ENV, "").strip()
+    if not value:
+        return None, None
+    if value.startswith("unix://"):
+        path = value[len("unix://") :]
+        if not path.startswith("/"):
+            raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///absolute/path/to.sock")
+        return Path(path), None
+    if value.startswith(("http://", "https://")):
+        return None, value
+    raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///path/to.sock or http(s)://host:port")
+
+
+def decode(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise HearthError(
+            f"the hearth daemon answered {response.status_code} with no JSON: {response.text[:200]!r}"
+        ) from None
+
+
+def report(data: Any) -> ReconcileReport:
+    """A ``ReconcileReport`` from its JSON form (resolutions written as ``{"slug","from","to"}``)."""
+    if isinstance(data, dict) and isinstance(data.get("resolved"), list):
+        data = {
+            **data,
+            "resolved": [
+                (r["slug"], r["from"], r["to"]) if isinstance(r, dict) else r for r in data["resolved"]
+            ],
+        }
+    return ReconcileReport.model_validate(data)
+
+
+def parse(kind: type[T], data: Any) -> T:
+    return TypeAdapter(kind).validate_python(data)
+
+
+def seg(slug: str) -> str:
+    """A slug as one path segment (the daemon checks it; a '/' must not change the route)."""
+    if not isinstance(slug, str):
+        raise InvalidInput(f"{slug!r} is not a slug")
+    return urllib.parse.quote(slug, safe="")
+
+
+def own_key() -> str:
+    return f"remote-{uuid.uuid4().hex}"
+
+
+def longer(timeout: float | None, bound: float, default: float = 0.0) -> float | httpx.Timeout:
+    """The HTTP bound of a call the daemon bounds itself: ``timeout`` plus ``MARGIN`` (the
+    daemon answers its own timeout error by then), or without one the daemon's default, which
+    this client does not know: ``default`` (else ``bound``, the client's) plus ``DAEMON_DEFAULTS``."""
+    if timeout is not None:
+        return timeout + MARGIN
+    return httpx.Timeout(bound, read=(default or bound) + DAEMON_DEFAULTS)
+
+
+def error_of(response: httpx.Response) -> HearthError:
+    """The daemon's JSON error as its typed ``HearthError``."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return error_from_json(body["error"])
+    return HearthError(f"the hearth daemon answered {response.status_code}: {response.text[:200]!r}")
+
+
+async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGenerator[Event]:
+    """Every event after ``after`` (of ``slug``), as they come; a dropped connection is reopened
+    from the last ``seq`` seen, so nothing is lost or repeated. Ends when the daemon ends the
+    stream a few times over (it is stopping)."""
+    cursor = after
+    failures = 0
+    while True:
+        params: dict[str, Any] = {"after": cursor}
+        if slug is not None:
+            params["slug"] = slug
+        try:
+            async with remote.client().stream(
+                "GET",
+                f"{API}/events",
+                params=params,
+                headers={"Accept": "application/x-ndjson"},
+                timeout=httpx.Timeout(remote.timeout, read=None),
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise error_of(response)
+                failures = 0
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    event = Event.model_validate(json.loads(line))
+                    if event.seq <= cursor:
+                        continue  # never repeat one
+                    cursor = event.seq
+                    yield event
+        except httpx.TransportError as exc:  # dropped, or refused: reconnect from the cursor
+            failures += 1
+            if failures > RECONNECTS:
+                raise remote._unavailable(exc) from None
+            await asyncio.sleep(0.05 * 2**failures)
+            continue
+        # the daemon ended the stream (it is stopping): ask again, a few times at most
+        failures += 1
+        if failures > RECONNECTS:
+            return
+
+
+async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncGenerator[Event]:
+    """The operation's events after ``after``, ending with its final one. The API streams a
+    slug's events, so this follows the slug's stream and keeps the operation's; for an
+    operation already finished, a stream quiet for ``QUIET`` seconds means it is over."""
+    op = await remote.operation(ident)
+    events = stream(remote, after, op.slug)
+    try:
+        while True:
+            try:
+                if op.finished:
+                    event = await asyncio.wait_for(anext(events), QUIET)
+                else:
+                    event = await anext(events)
+            except (StopAsyncIteration, TimeoutError):
+                return
+            if event.operation != ident:
+                continue
+            yield event
+            if event.final:
+                return
+    finally:
+        await events.aclose()
+
+
+async def relay(events: AsyncIterator[Event], on_progress: ProgressListener, ident: int) -> None:
+    """Call ``on_progress`` with each ``progress`` event of ``events`` (a coroutine listener is
+    awaited) until they end. A listener that raises is logged and called again on the next
+    event; a stream that can no longer be read is logged and ends the relay."""
+    try:
+        async for event in events:
+            if event.kind != "progress":
+                continue
+            try:
+                outcome = on_progress(event.as_progress())
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("an on_progress callback raised")
+    except HearthError as exc:
+        log.warning("the progress of operation #%d can no longer be followed: %s", ident, exc.message)
+    finally:
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()

@@ -1,0 +1,441 @@
+"""``hearth serve``: the daemon that runs the API v1 (``_app.create_app``) on uvicorn.
+
+``serve(...)`` runs it on the home's Unix socket (mode 0600; one daemon per home, held by a lock
+file for the daemon's life) and, with ``listen=``, on a TCP port that asks for a bearer token
+(read from a token file of mode 0600), with TLS when given a certificate and key. It logs
+(``configure_logging``), stops on SIGTERM or SIGINT, re-reads hearth.toml on SIGHUP, and
+reconciles periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import grp
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+import uvicorn
+
+from .._dirs import SERVE_LOCK_FILE, SOCKET_FILE, find_project_dir, state_dir
+from .._errors import HearthError, InvalidInput
+from .._lifecycle._host import Host
+from ._app import AppState, create_app
+
+log = logging.getLogger("hearth.serve")
+
+LOCK_FILE = SERVE_LOCK_FILE
+#: How long uvicorn lets requests in flight finish after SIGTERM (streams end at once).
+GRACEFUL = 5
+#: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
+SUN_PATH_MAX = 107
+
+
+# --- the daemon ----------------------------------------------------------------------------------
+class ServeError(HearthError):
+    """The daemon cannot start (another one runs, a socket or token problem)."""
+
+    kind = "serve_error"
+
+
+def default_socket(home: str | Path | None = None) -> Path:
+    return state_dir(home) / SOCKET_FILE
+
+
+@contextlib.contextmanager
+def _held(path: Path, what: str, project: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (the daemon's life), with our pid and the
+    project we serve in it (the CLI reads them to choose between the daemon and itself)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ServeError(f"cannot lock {path} for {what}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = (os.pread(fd, 32, 0).decode(errors="replace").splitlines() or ["?"])[0].strip() or "?"
+            raise ServeError(f"another hearth daemon (pid {other}) already serves {what}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{project}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unix_socket(path: Path, group: str | None = None) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600 (0660 and owned by ``group`` when given);
+    a stale file there (we hold the lock, so no live daemon owns it) is replaced."""
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ServeError(f"--socket-group {group[:80]!r}: no such group") from None
+    if len(str(path)) > SUN_PATH_MAX:
+        raise ServeError(f"the socket path {path} is longer than {SUN_PATH_MAX} bytes; use --socket")
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ServeError(f"{path} exists and is not a socket; remove it or choose another --socket")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(previous)
+    try:
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o600 if gid is None else 0o660)
+    except OSError as exc:
+        sock.close()
+        path.unlink(missing_ok=True)
+        raise ServeError(f"cannot give the socket {path} to group {group}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def read_token(path: str | Path) -> str:
+    """The bearer token in ``path``: a regular file of ours, mode 0600 (no group or other bits)."""
+    file = Path(path)
+    try:
+        info = file.stat()
+    except OSError as exc:
+        raise ServeError(f"the token file {file} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ServeError(f"the token file {file} is not a regular file")
+    if info.st_mode & 0o077:
+        raise ServeError(f"the token file {file} is mode {stat.S_IMODE(info.st_mode):o}; make it 0600")
+    if info.st_uid != os.getuid():
+        raise ServeError(f"the token file {file} is not yours")
+    token = file.read_text().strip()
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ServeError(f"the token in {file} must be one word of at least 16 characters")
+    return token
+
+
+def _tcp_socket(listen: str) -> socket.socket:
+    address, _, port = listen.rpartition(":")
+    address = address.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServeError(f"--listen {listen[:80]!r}: expected HOST:PORT")
+    try:
+        family = socket.getaddrinfo(address, int(port), type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, int(port)))
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {listen[:80]}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonLines() if log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, which also ends the app's streams and waits, and stops the daemon's other
+    listener, when it is told to stop."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState, ready: str = "") -> None:
+        super().__init__(config)
+        self.hearth = state
+        self.loop = asyncio.get_running_loop()
+        self.siblings: list[uvicorn.Server] = []
+        #: Logged once listening, with uvicorn's signal handlers in place: from then on a
+        #: SIGTERM stops the daemon (one that came earlier is acted on here).
+        self.ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.ready:
+            log.info("%s", self.ready)
+        if _early:
+            self.handle_exit(_early[0], None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("%s: stopping; operations in flight get the drain grace", signal.Signals(sig).name)
+        self.loop.call_soon_threadsafe(self.hearth.stopping.set)
+        super().handle_exit(sig, frame)
+        for sibling in self.siblings:
+            sibling.should_exit = True
+
+
+class _Sibling(uvicorn.Server):
+    """The TCP listener's server (its own config: TLS applies to it alone); the Unix socket's
+    server takes the signals and stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+#: A SIGTERM or SIGINT that came before uvicorn took the signals over.
+_early: list[int] = []
+
+
+def _noted(signum: int, frame: FrameType | None) -> None:
+    """Until uvicorn takes the signals over, a signal is kept for it to act on once it has
+    started; after it stopped, what it re-raises is already handled (the host drains next)."""
+    _early.append(signum)
+
+
+async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: asyncio.Event) -> None:
+    """The daemon's self-healing: ``reconcile`` once at start (what a dead daemon left is
+    settled before anyone asks), then every ``[serve] reconcile_interval`` seconds, each wait
+    varied by ``reconcile_jitter`` so that replicas do not run in step; a SIGHUP (``reload``)
+    makes a new interval count at once. It changes what reconcile changes (records a dead host
+    left; ghosts marked failed) and logs it; an orphan is logged once."""
+    orphans: set[tuple[str, str]] = set()
+    delay = 0.0  # the first one at once
+    while True:
+        reload.clear()
+        if await _woken(stopping, reload, delay):
+            if stopping.is_set():
+                return
+            delay = _next_delay(host, _interval(host))  # reloaded: the new interval counts
+            continue
+        interval = _interval(host)
+        delay = _next_delay(host, interval)
+        if not interval:
+            continue  # off (0), or no settings to go by: look again later
+        try:
+            report = await host.reconcile()
+        except HearthError as exc:
+            log.warning("reconcile failed: %s: %s", exc.kind, exc.message)
+            continue
+        except Exception:
+            log.exception("reconcile failed unexpectedly")
+            continue
+        found = [
+            f"{slug}: {old} -> {new}" if old != new else f"{slug}: {old}, now confirmed"
+            for slug, old, new in report.resolved
+        ] + [f"ghost {slug}" for slug in report.ghosts]
+        for ref in report.orphans:
+            if (ref.workspace_slug, ref.driver) not in orphans:
+                orphans.add((ref.workspace_slug, ref.driver))
+                found.append(f"orphan {ref.workspace_slug} on {ref.driver} (no record; left in place)")
+        found += [f"unreachable {driver}: {why}" for driver, why in report.unreachable.items()]
+        if found:
+            log.info("reconcile: %s", "; ".join(found))
+
+
+def _interval(host: Host) -> float:
+    try:
+        return host.reload_settings().serve.reconcile_interval
+    except HearthError as exc:
+        log.warning("reconcile: the settings cannot be read (%s); trying again in 60 s", exc.message)
+        return 0.0
+
+
+def _next_delay(host: Host, interval: float) -> float:
+    """The wait before the next reconcile: the interval, varied by the settings' jitter (60 s
+    when off, to look at the settings again)."""
+    jitter = host.settings.serve.reconcile_jitter
+    return (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
+
+
+async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float) -> bool:
+    """Whether the daemon is stopping or was told to reload within ``timeout`` seconds."""
+    waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        for task in waiting:
+            task.cancel()
+    return bool(done)
+
+
+def _on_sighup(host: Host, reload: asyncio.Event) -> None:
+    try:
+        host.reload_settings()
+    except HearthError as exc:
+        log.error("SIGHUP: the settings are invalid and every call fails until fixed: %s", exc.message)
+    else:
+        log.info("SIGHUP: settings re-read from %s", host.settings.source or "the built-in defaults")
+    reload.set()
+
+
+async def _run(
+    *,
+    project: str | None,
+    home: str | None,
+    store_url: str | None,
+    unix: socket.socket,
+    tcp: socket.socket | None,
+    tls: tuple[str, str] | None,
+    token: str | None,
+    where: str,
+) -> None:
+    loop = asyncio.get_running_loop()
+    async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
+        app = create_app(host, token=token)
+        state = cast(AppState, app.state.hearth)
+        options: dict[str, Any] = {
+            "log_config": None,
+            "timeout_graceful_shutdown": GRACEFUL,
+            "lifespan": "off",
+            "access_log": True,
+        }
+        ready = f"hearth daemon {host.owner} serving {where} (home {host.state_dir})"
+        server = _Server(uvicorn.Config(app, **options), state, ready)
+        servers: list[uvicorn.Server] = [server]
+        serving = [server.serve(sockets=[unix])]
+        if tcp is not None:
+            certificate: dict[str, Any] = (
+                {} if tls is None else {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
+            )
+            sibling = _Sibling(uvicorn.Config(app, **options, **certificate))
+            server.siblings.append(sibling)
+            servers.append(sibling)
+            serving.append(sibling.serve(sockets=[tcp]))
+        reload = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload)
+        healing = loop.create_task(
+            _reconcile_periodically(host, state.stopping, reload), name="hearth-reconcile"
+        )
+        failed: list[BaseException] = []
+        try:
+            for done in asyncio.as_completed(serving):
+                try:
+                    await done
+                except Exception as exc:  # one listener down: the daemon stops, and says why
+                    log.error("a listener failed: %r; stopping", exc)
+                    failed.append(exc)
+                    state.stopping.set()
+                    for each in servers:
+                        each.should_exit = True
+        finally:
+            state.stopping.set()
+            for each in servers:
+                each.should_exit = True
+            healing.cancel()
+            with contextlib.suppress(BaseException):
+                await healing
+            loop.remove_signal_handler(signal.SIGHUP)
+            log.info("stopped serving; closing the host (drain grace %s s)", host.timeouts.drain_grace)
+    log.info("hearth daemon stopped")
+    if failed:
+        raise ServeError(f"a listener failed: {failed[0]!r}")
+
+
+def _readable_file(path: str | Path, what: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise ServeError(f"the {what} {file} is not a readable file")
+    return str(file)
+
+
+def serve(
+    *,
+    socket_path: str | Path | None = None,
+    listen: str | None = None,
+    token_file: str | Path | None = None,
+    home: str | Path | None = None,
+    project: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
+    socket_group: str | None = None,
+    store_url: str | None = None,
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
+    if listen is not None and token_file is None:
+        raise ServeError("--listen needs --token-file (a file of mode 0600 holding the bearer token)")
+    if token_file is not None and listen is None:
+        raise InvalidInput("--token-file is only for --listen")
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    if tls_cert is not None and listen is None:
+        raise InvalidInput("--tls-cert and --tls-key are for --listen (the Unix socket needs no TLS)")
+    tls = None
+    if tls_cert is not None and tls_key is not None:
+        tls = (_readable_file(tls_cert, "certificate"), _readable_file(tls_key, "key"))
+        if Path(tls[1]).stat().st_mode & 0o077:
+            raise ServeError(f"the TLS key {tls[1]} is readable by others; make it 0600")
+        try:  # what uvicorn will load: a bad pair is refused now, not when a client connects
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls[0], tls[1])
+        except (ssl.SSLError, OSError) as exc:
+            raise ServeError(f"--tls-cert {tls[0]} and --tls-key {tls[1]} cannot be used: {exc}") from None
+    token = read_token(token_file) if token_file is not None else None
+    folder = state_dir(home)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
+    project_dir = find_project_dir(project)
+    path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
+    _early.clear()
+    previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
+            # the socket's own lock, whichever home it belongs to: a daemon never takes over a
+            # socket another one serves, even from another home
+            lock = path.with_name(path.name + ".lock")
+            stack.enter_context(_held(lock, f"the socket {path}", project_dir))
+            unix = _unix_socket(path, socket_group)
+            stack.callback(lambda: path.unlink(missing_ok=True))
+            stack.callback(unix.close)
+            where = f"unix:{path}"
+            tcp = None
+            if listen is not None:
+                tcp = _tcp_socket(listen)
+                stack.callback(tcp.close)
+                where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
+            asyncio.run(
+                _run(
+                    project=str(project_dir),
+                    home=None if home is None else str(home),
+                    store_url=store_url,
+                    unix=unix,
+                    tcp=tcp,
+                    tls=tls,
+                    token=token,
+                    where=where,
+                )
+            )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+__all__ = ["ServeError", "configure_logging", "default_socket", "read_token", "serve"]
