@@ -295,7 +295,7 @@ def _on_sighup(host: Host, reload: asyncio.Event) -> None:
     reload.set()
 
 
-async def _run(
+async def _serve_until_stopped(
     *,
     project: str | None,
     home: str | None,
@@ -422,7 +422,7 @@ def serve(
                 stack.callback(tcp.close)
                 where += f" and {'https' if tls else 'http'}://{listen} (bearer token)"
             asyncio.run(
-                _run(
+                _serve_until_stopped(
                     project=str(project_dir),
                     home=None if home is None else str(home),
                     store_url=store_url,
