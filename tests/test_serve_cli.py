@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from hearth import Host, InvalidInput, RemoteHost, Unauthorized
-from hearth._cli._main import build_parser
+from hearth._cli._parser import build_parser
 from tests.helpers import left_by_a_dead_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
 
@@ -566,7 +566,7 @@ async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tm
 def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) -> None:
     """``hearth status`` through the daemon reads the bounds without the settings' models: its
     copy of the defaults stays the models' own, and a project's values count."""
-    from hearth._cli._main import _status_default
+    from hearth._cli._route import status_default as _status_default
     from hearth._settings import Timeouts
 
     args = build_parser().parse_args(["status", "x", "--project", str(tmp_path)])
