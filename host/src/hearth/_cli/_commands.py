@@ -20,6 +20,7 @@ from ._render import (
     ls_lines,
     plan_lines,
     progress_printer,
+    quiet_logs,
     reconcile_lines,
     ref_lines,
     safe,
@@ -39,10 +40,12 @@ def ls(args: argparse.Namespace) -> tuple[Any, str]:
     if named_daemon(args) is not None:
         import asyncio
 
+        quiet_logs()
         listed = asyncio.run(_ls_remote(args))
     elif configured_store(args):
         import asyncio
 
+        quiet_logs()
         listed = asyncio.run(_ls_store(args))
     else:
         listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)

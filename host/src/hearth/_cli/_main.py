@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -50,7 +49,7 @@ from .._errors import HearthError
 from ._commands import adapters, command, forget_confirmed, ls, serve
 from ._exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, SIGNALS, NotConfirmed, SignalStop
 from ._parser import build_parser
-from ._render import print_out, safe
+from ._render import log, print_out, quiet_logs, safe
 from ._route import open_host, status_address, status_through
 
 
@@ -143,19 +142,22 @@ def _main(argv: Sequence[str] | None) -> int:
             )
     as_json = getattr(args, "json", False)
     if getattr(args, "verbose", False):
+        import logging
+
         logging.basicConfig(
             level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("hearth").setLevel(logging.DEBUG)
-    else:  # the one-line reason is the whole story; logs are for --verbose
-        logging.getLogger().addHandler(logging.NullHandler())
+    # else the one-line reason is the whole story; logs are for --verbose (``quiet_logs``)
     try:
         status = 0
         if args.command == "adapters":
+            quiet_logs()
             document, text = adapters(args)
         elif args.command == "ls":
             document, text = ls(args)
         elif args.command == "serve":
+            quiet_logs()
             return serve(args)
         elif args.command == "forget" and not forget_confirmed(args):
             return _failed(
@@ -170,6 +172,7 @@ def _main(argv: Sequence[str] | None) -> int:
         else:
             import asyncio
 
+            quiet_logs()
             document, text, status = asyncio.run(_run(args))
     except HearthError as exc:
         return _failed(exc.to_json(), exc.kind, exc.message + _hint(exc), as_json)
@@ -188,7 +191,7 @@ def _main(argv: Sequence[str] | None) -> int:
             EXIT_INTERRUPTED,
         )
     except Exception as exc:  # a bug in hearth: say so in one line, the traceback only on request
-        logging.getLogger("hearth").debug("unexpected error", exc_info=exc)
+        log("debug", "unexpected error", exc_info=exc)
         return _failed(
             {},
             "internal",

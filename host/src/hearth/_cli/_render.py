@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._exits import EXIT_FAILURE
 
@@ -130,6 +130,27 @@ def adapters_lines(rows: list[dict[str, Any]]) -> str:
         )
         or "no adapters found"
     )
+
+
+def quiet_logs() -> None:
+    """Without --verbose the one-line reason is the whole story: a NullHandler keeps what the
+    host, the adapters or httpx log (warnings too) off stderr. Set before the commands that load
+    them; ``hearth ls`` on the home's file and ``hearth status`` through a daemon load none of
+    them, and so do without logging (some 5 ms of imports)."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
+
+
+def log(level: Literal["debug", "info"], message: str, *args: object, exc_info: Any = None) -> None:
+    """Log to the ``hearth`` logger once logging is loaded (by --verbose, or by a command that
+    loads the host or httpx). Before, nothing would show the line (the root logger keeps
+    warnings and above): it is dropped without loading logging for it."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        getattr(logging.getLogger("hearth"), level)(message, *args, exc_info=exc_info)
 
 
 def print_out(text: str, *, stream: Any = None) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import signal
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .._dirs import SOCKET_FILE, STORE_ENV, URL_ENV, daemon_project, find_project_dir, state_dir
 from .._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, error_from_json
 from ._exits import SIGNALS, SignalStop
-from ._render import status_lines
+from ._render import log, status_lines
 
 if TYPE_CHECKING:  # the host, httpx and asyncio load only for the commands that use them
     from .._lifecycle._host import Host
@@ -108,17 +107,21 @@ def _find_home_daemon(args: argparse.Namespace) -> Path | None:
         finally:
             probe.close()
     except OSError as exc:  # a stale socket (connection refused), or one we may not use
-        logging.getLogger("hearth").info("not using the daemon at %s: %s", path, exc.strerror or exc)
+        log("info", "not using the daemon at %s: %s", path, exc.strerror or exc)
         return None
     served = daemon_project(home)
     explicit = getattr(args, "project", None) is not None
     ours = find_project_dir(getattr(args, "project", None))
     if served is not None and served != ours and (explicit or (ours / ".hearth").is_dir()):
-        logging.getLogger("hearth").info(
-            "the daemon at %s serves the project %s, not %s: running the host here", path, served, ours
+        log(
+            "info",
+            "the daemon at %s serves the project %s, not %s: running the host here",
+            path,
+            served,
+            ours,
         )
         return None
-    logging.getLogger("hearth").info("using the daemon at %s", path)
+    log("info", "using the daemon at %s", path)
     return path
 
 
@@ -144,7 +147,7 @@ def open_host(args: argparse.Namespace) -> tuple[Host | RemoteHost, str]:
         return remote, "the daemon's cancel grace"
     from .._lifecycle._host import Host  # loads only for a host run here
 
-    logging.getLogger("hearth").info("running the host in this process")
+    log("info", "running the host in this process")
     host = Host(
         project_dir=getattr(args, "project", None),
         home=getattr(args, "home", None),
