@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._dirs import SOCKET_FILE, STORE_ENV, URL_ENV, daemon_project, find_project_dir, state_dir
+from .._dirs import SOCKET_FILE, STORE_ENV, TOKEN_ENV, URL_ENV, daemon_project, find_project_dir, state_dir
 from .._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, error_from_json
 from ._exits import SIGNALS, SignalStop
 from ._render import log, status_lines
@@ -187,14 +187,42 @@ class Address(NamedTuple):
 
 def status_address(args: argparse.Namespace) -> Address | None:
     """The daemon a ``hearth status`` asks with the standard library, or None when it runs
-    otherwise: in a host here, or through ``RemoteHost`` for the daemon ``HEARTH_URL`` names."""
+    otherwise: in a host here, or through ``RemoteHost`` for an ``https://`` daemon (whose
+    certificate check is httpx's, and must stay the same) or a URL it alone reads."""
     named = named_daemon(args)
     if named is None:
         path = home_daemon(args)
         if path is None:
             return None
         return Address(f"unix://{path}", path, "hearth", None, "", None, None)
-    return None
+    if named.startswith("unix://"):  # RemoteHost's reading of HEARTH_URL, and its words
+        named_path = named[len("unix://") :]
+        if not named_path.startswith("/"):
+            raise InvalidInput(f"{URL_ENV}={named[:80]!r}: expected unix:///absolute/path/to.sock")
+        socket = Path(named_path)
+        log("info", "using the daemon at unix://%s (%s)", socket, URL_ENV)
+        return Address(f"unix://{socket}", socket, "hearth", None, "", None, REMOTE_STATUS_BOUND)
+    if named.startswith("https://"):
+        return None
+    if not named.startswith("http://"):
+        raise InvalidInput(f"{URL_ENV}={named[:80]!r}: expected unix:///path/to.sock or http(s)://host:port")
+    from urllib.parse import urlsplit
+
+    url = named.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None  # RemoteHost says what is wrong with it
+    if not parts.hostname or parts.username is not None or parts.query or parts.fragment:
+        return None
+    if any(value for name, value in os.environ.items() if name.lower() in ("http_proxy", "all_proxy")):
+        return None  # httpx would go through the proxy: so it does
+    token = os.environ.get(TOKEN_ENV) or None
+    if token is not None and not token.isprintable():
+        return None  # not a header value: RemoteHost says so
+    log("info", "using the daemon at %s (%s)", url, URL_ENV)
+    return Address(url, None, parts.hostname, port, parts.path, token, REMOTE_STATUS_BOUND)
 
 
 class _Signalled(Exception):
