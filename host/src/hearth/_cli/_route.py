@@ -297,9 +297,9 @@ def status_through(address: Address, args: argparse.Namespace) -> tuple[Any, str
             f"the connection to the hearth daemon at {address.shown} failed: {exc!r}"
         ) from None
     finally:
-        connection.close()
         for signum in SIGNALS:  # until exit, as after the other commands: the line is still to come
             signal.signal(signum, signal.SIG_IGN)
+        connection.close()
     return _answer(response.status, body, args.slug)
 
 
