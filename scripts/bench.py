@@ -27,9 +27,11 @@
   for each (p50, p99), beside the watcher in the producer's own host (target: p50 <= 100 ms).
   ``--only operations`` runs these two sections (after the Host section in the full run).
 - ``hearth serve`` (``--only serve``, last in the full run), on the real daemon and the real fake
-  adapter: ``hearth status SLUG`` wall time per CLI process through the daemon (warm adapter),
-  beside ``--local`` (the host and its adapter started in the process) and ``docker ps`` (target:
-  <= 100 ms median through the daemon); ``GET /v1/workspaces/{slug}`` round trips over the Unix
+  adapter: ``hearth status SLUG`` wall time per CLI process through the daemon (warm adapter) on
+  the home's socket, and through ``HEARTH_URL=unix://`` (the same socket) and ``http://`` with a
+  token (targets: as fast as the home's socket), beside ``--local`` (the host and its adapter
+  started in the process), ``docker ps`` and ``python -c pass`` (target: <= 100 ms median
+  through the daemon); ``GET /v1/workspaces/{slug}`` round trips over the Unix
   socket (keep-alive httpx) beside ``Host.deployment`` in process on the same home (p50, p99); 50
   provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
@@ -863,6 +865,11 @@ SERVE_SETTINGS = f"[tiers.steps.driver_flags.fake]\ndelay = {SERVE_DELAY}\n"
 SERVE_BOUND = 60.0
 #: The issue's target: ``hearth status`` through the daemon, median wall time per process.
 SERVE_CLI_TARGET = 0.100
+#: ``hearth status`` through ``HEARTH_URL`` takes the home socket's path: as fast, give or take
+#: this much of the machine's noise.
+SERVE_URL_SLACK = 1.10
+#: The bearer token of the daemon's TCP listener in the serve section.
+SERVE_TOKEN = "a-bench-token-long-enough"
 #: The longest path a Unix socket may have.
 SUN_PATH_MAX = 107
 
@@ -871,10 +878,10 @@ class ServedDaemon:
     """``hearth serve --home HOME --project PROJECT`` in its own session, its stderr read on a
     thread (its access log must not fill the pipe); stopped by SIGTERM to the pid started here."""
 
-    def __init__(self, home: Path, project: Path, env: dict[str, str]) -> None:
+    def __init__(self, home: Path, project: Path, env: dict[str, str], *extra: str) -> None:
         hearth = Path(sys.executable).parent / "hearth"
         self.process = subprocess.Popen(
-            [str(hearth), "serve", "--home", str(home), "--project", str(project)],
+            [str(hearth), "serve", "--home", str(home), "--project", str(project), *extra],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -951,6 +958,15 @@ async def _api_provision(sock: Path, slug: str, tier: str) -> None:
             )
 
 
+def _free_port() -> int:
+    """A free TCP port on the loopback (released before the daemon binds it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _docker_ps() -> tuple[list[str], str | None]:
     """``docker ps`` on the engine scripts/bench started (else the CLI's default), run once; and
     why it cannot be timed, if it cannot."""
@@ -971,20 +987,36 @@ def _docker_ps() -> tuple[list[str], str | None]:
 
 
 def serve_cli(
-    home: Path, project: Path, slug: str, env: dict[str, str], runs: int
+    home: Path, project: Path, slug: str, env: dict[str, str], runs: int, *, port: int
 ) -> tuple[dict[str, list[float]], str | None]:
-    """Wall time of ``hearth status SLUG`` per process through the daemon and with ``--local``,
-    and of ``docker ps`` and ``python -c pass``, after one warm-up run each, taking turns run by
-    run so that a busy machine weighs on each alike; (samples by label, why docker is left out)."""
+    """Wall time of ``hearth status SLUG`` per process through the daemon (on the home's socket,
+    and through ``HEARTH_URL``: the same socket, and the TCP listener on ``port``) and with
+    ``--local``, and of ``docker ps`` and ``python -c pass``, after one warm-up run each, taking
+    turns run by run so that a busy machine weighs on each alike; (samples by label, why docker
+    is left out)."""
     hearth = str(Path(sys.executable).parent / "hearth")
     through = [hearth, "status", slug, "--home", str(home), "--project", str(project)]
-    commands = {"daemon": through, "local": [*through, "--local"]}
+    commands = {
+        "daemon": through,
+        "url": [hearth, "status", slug],
+        "http": [hearth, "status", slug],
+        "local": [*through, "--local"],
+    }
+    envs = {
+        "url": {**env, "HEARTH_URL": f"unix://{home / 'hearth.sock'}"},
+        "http": {**env, "HEARTH_URL": f"http://127.0.0.1:{port}", "HEARTH_TOKEN": SERVE_TOKEN},
+    }
     for label, argv in commands.items():  # the warm-up, which also checks the way each one goes
         done = subprocess.run(
-            [*argv, "-v"], env=env, capture_output=True, text=True, timeout=SERVE_BOUND, check=False
+            [*argv, "-v"],
+            env=envs.get(label, env),
+            capture_output=True,
+            text=True,
+            timeout=SERVE_BOUND,
+            check=False,
         )
         used = "using the daemon at" in done.stderr
-        if done.returncode != 0 or used != (label == "daemon"):
+        if done.returncode != 0 or used != (label != "local"):
             raise RuntimeError(
                 f"{' '.join(argv)} -v: exit {done.returncode}, "
                 f"{'went' if used else 'did not go'} through the daemon:\n{done.stderr[-600:]}"
@@ -1000,7 +1032,7 @@ def serve_cli(
             started = time.perf_counter()
             done = subprocess.run(
                 argv,
-                env=env,
+                env=envs.get(label, env),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -1166,6 +1198,8 @@ def _print_serve_cli(cli: dict[str, list[float]], docker_why: str | None, runs: 
     print(f"{'':34}{'median':>12}{'p90':>14}{'ratio':>9}  target")
     rows = (
         ("through the daemon (warm adapter)", "daemon"),
+        ("HEARTH_URL=unix:// (that socket)", "url"),
+        ("HEARTH_URL=http:// + HEARTH_TOKEN", "http"),
         ("embedded (--local)", "local"),
         ("docker ps", "docker"),
         ("python -c pass (the floor)", "python"),
@@ -1179,6 +1213,10 @@ def _print_serve_cli(cli: dict[str, list[float]], docker_why: str | None, runs: 
             met = "met" if median <= SERVE_CLI_TARGET else "NOT met"
             target = f"median <= {SERVE_CLI_TARGET * 1000:.0f} ms: {met}"
             print(f"{label:34}{ms(median)}{ms(p90):>14}{'':9}  {target}")
+        elif key in ("url", "http"):
+            met = "met" if median <= daemon50 * SERVE_URL_SLACK else "NOT met"
+            target = f"as fast as the home's socket (<= {SERVE_URL_SLACK:.2f}x its median): {met}"
+            print(f"{label:34}{ms(median)}{ms(p90):>14}{daemon50 / median:8.2f}x  {target}")
         else:
             print(f"{label:34}{ms(median)}{ms(p90):>14}{daemon50 / median:8.2f}x")
     print()
@@ -1239,12 +1277,17 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
         sock = home / "hearth.sock"
         if len(str(sock)) > SUN_PATH_MAX:
             raise RuntimeError(f"the socket path {sock} is too long: set TMPDIR to a shorter folder")
+        token = root / "token"
+        token.write_text(SERVE_TOKEN + "\n")
+        token.chmod(0o600)
+        port = _free_port()
         started = time.perf_counter()
-        daemon = ServedDaemon(home, project, env)
+        listen = ("--listen", f"127.0.0.1:{port}", "--token-file", str(token))
+        daemon = ServedDaemon(home, project, env, *listen)
         daemon.wait_for("serving", SERVE_BOUND)
         up = time.perf_counter() - started
         asyncio.run(_api_provision(sock, "bench", "solo"))  # the daemon's adapter is warm from here
-        cli, docker_why = serve_cli(home, project, "bench", env, runs)
+        cli, docker_why = serve_cli(home, project, "bench", env, runs, port=port)
         api, embedded = asyncio.run(
             serve_round_trips(sock, home=home, project=project, slug="bench", count=requests, warmup=50)
         )
@@ -1260,7 +1303,8 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
                 daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
     print(
-        f"hearth serve: the daemon (API v1 on a Unix socket, the fake adapter; up in {up:.2f} s, "
+        f"hearth serve: the daemon (API v1 on a Unix socket and a loopback TCP listener with a token, "
+        f"the fake adapter; up in {up:.2f} s, "
         f"stopped by SIGTERM in {down:.2f} s, exit {code})"
     )
     _print_serve_cli(cli, docker_why, runs)

@@ -18,7 +18,14 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("errors", {"hearth._errors"}),
     (
         "models, states, settings, dirs, api",
-        {"hearth._models", "hearth._states", "hearth._settings", "hearth._dirs", "hearth._api"},
+        {
+            "hearth._models",
+            "hearth._states",
+            "hearth._settings",
+            "hearth._dirs",
+            "hearth._api",
+            "hearth._address",
+        },
     ),
     ("store, adapters", {"hearth._store", "hearth._adapters"}),
     ("lifecycle", {"hearth._lifecycle"}),

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from hearth import Host, InvalidInput, RemoteHost, Unauthorized
-from hearth._cli._main import build_parser
+from hearth._cli._parser import build_parser
 from tests.helpers import left_by_a_dead_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
 
@@ -219,6 +219,109 @@ def test_hearth_url_names_a_daemon_and_a_dead_ones_socket_is_passed_by(
     alone = hearth(venv_bin, site, "status", "tau", "-v")
     assert alone.returncode == 0 and alone.stdout.startswith("tau: ready"), alone.stderr
     assert "not using the daemon" in alone.stderr
+
+
+#: What ``hearth status`` through a daemon must not load: the standard library does the asking.
+HEAVY = ("asyncio", "httpx", "pydantic")
+
+
+def loaded_by_status(venv_bin: Path, slug: str, env: dict[str, str], *where: str) -> list[str]:
+    """The heavy modules ``hearth status SLUG`` loads, run in a process of its own."""
+    code = (
+        "import sys\nfrom hearth._cli import main\n"
+        f"code = main(['status', {slug!r}, *{list(where)!r}])\n"
+        f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [str(venv_bin / "python"), "-c", code],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=BOUND, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1].split(" ", 1)[1:]
+
+
+def test_status_through_hearth_url_prints_what_the_home_socket_prints(
+    site: tuple[Path, Path], venv_bin: Path, tmp_path: Path
+) -> None:
+    """``HEARTH_URL=unix://`` (and ``http://`` with a token) asks the daemon as the home's socket
+    does, with the standard library alone: the same output, --json, errors and exit statuses."""
+    home, _ = site
+    token = tmp_path / "token"
+    token.write_text("a-token-that-is-long-enough\n")
+    token.chmod(0o600)
+    with (
+        socket_port() as port,
+        daemon(site, venv_bin, "--listen", f"127.0.0.1:{port}", "--token-file", str(token)) as served,
+    ):
+        served.wait_for("serving")
+        made = hearth(venv_bin, site, "provision", "kappa", "--tier", "solo", "--driver", "fake")
+        assert made.returncode == 0, made.stderr
+        unix = cli_env(venv_bin, HEARTH_URL=f"unix://{home / 'hearth.sock'}")
+        tcp = cli_env(
+            venv_bin, HEARTH_URL=f"http://127.0.0.1:{port}/", HEARTH_TOKEN="a-token-that-is-long-enough"
+        )
+        for command in (
+            ["status", "kappa"],
+            ["status", "kappa", "--json"],
+            ["status", "kappa", "--timeout", "20"],
+            ["status", "nobody"],
+            ["status", "nobody", "--json"],
+        ):
+            through_home = hearth(venv_bin, site, *command)
+            assert through_home.returncode in (0, 2), through_home.stderr
+            for env in (unix, tcp):
+                named = hearth(venv_bin, site, *command, env=env)
+                assert named.returncode == through_home.returncode, (command, named.stderr)
+                assert named.stderr == through_home.stderr, command
+                if "--json" in command:
+                    assert without_times(json.loads(named.stdout)) == without_times(
+                        json.loads(through_home.stdout)
+                    )
+                else:
+                    assert named.stdout == through_home.stdout, command
+        wrong = cli_env(venv_bin, HEARTH_URL=f"http://127.0.0.1:{port}", HEARTH_TOKEN="not-the-token-at-all")
+        refused = hearth(venv_bin, site, "status", "kappa", "--json", env=wrong)
+        assert refused.returncode == 1 and refused.stderr.startswith("hearth: unauthorized:"), refused.stderr
+        assert json.loads(refused.stdout)["error"]["kind"] == "unauthorized"
+        assert loaded_by_status(venv_bin, "kappa", cli_env(venv_bin), "--home", str(home)) == ["[]"]
+        assert loaded_by_status(venv_bin, "kappa", unix) == ["[]"]
+        assert loaded_by_status(venv_bin, "kappa", tcp) == ["[]"]
+        assert served.stop() == 0
+    gone = hearth(venv_bin, site, "status", "kappa", env=unix)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith(f"hearth: daemon_unavailable: no hearth daemon at unix://{home}"), (
+        gone.stderr
+    )
+
+
+def test_the_status_fast_path_reads_hearth_url_as_remote_host_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's reading of ``HEARTH_URL`` (standard library) names the daemon ``RemoteHost``
+    does, refuses what it refuses in its words, and bounds a status as it does."""
+    from hearth import _address
+    from hearth._cli import _route
+
+    for name in [name for name in os.environ if name.lower() in ("http_proxy", "all_proxy")]:
+        monkeypatch.delenv(name)
+    args = build_parser().parse_args(["status", "x"])
+    for value in ("unix:///run/h.sock", "unix:///a//b/", "http://127.0.0.1:8080/", "http://[::1]:9/p/"):
+        monkeypatch.setenv("HEARTH_URL", value)
+        address = _route.status_address(args)
+        assert address is not None and address.shown == RemoteHost().address, value
+    for value in ("unix://relative.sock", "ftp://host", "hearth.sock"):
+        monkeypatch.setenv("HEARTH_URL", value)
+        with pytest.raises(InvalidInput) as theirs:
+            RemoteHost()
+        with pytest.raises(InvalidInput) as ours:
+            _route.status_address(args)
+        assert ours.value.message == theirs.value.message
+    monkeypatch.setenv("HEARTH_URL", "https://127.0.0.1:8443")
+    assert _route.status_address(args) is None  # TLS: RemoteHost, whose certificate check is httpx's
+    monkeypatch.setenv("HEARTH_URL", "http://127.0.0.1:8080")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    assert _route.status_address(args) is None  # httpx would use the proxy: RemoteHost it is
+    remote_bound = RemoteHost().timeout + _address.DAEMON_DEFAULTS
+    assert remote_bound == _route.REMOTE_STATUS_BOUND
+    assert _route.ANSWER_MARGIN == _address.MARGIN
 
 
 def test_a_daemon_serving_another_project_is_not_used(
@@ -566,7 +669,7 @@ async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tm
 def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) -> None:
     """``hearth status`` through the daemon reads the bounds without the settings' models: its
     copy of the defaults stays the models' own, and a project's values count."""
-    from hearth._cli._main import _status_default
+    from hearth._cli._route import status_default as _status_default
     from hearth._settings import Timeouts
 
     args = build_parser().parse_args(["status", "x", "--project", str(tmp_path)])

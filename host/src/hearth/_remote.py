@@ -24,13 +24,13 @@ import httpx
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 
+from ._address import CLIENT_TIMEOUT, address_from_env
 from ._api import ProgressListener
 from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
 from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound
 from ._models import Deployment, Event, Operation, synthesized_ref
 from ._remote_wire import (
     QUIET,
-    address_from_env,
     decode,
     error_of,
     longer,
@@ -75,7 +75,7 @@ class RemoteHost:
         url: str | None = None,
         token: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = CLIENT_TIMEOUT,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``verify``: for an ``https://`` url, an ``ssl.SSLContext`` that trusts the daemon's

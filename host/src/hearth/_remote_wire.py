@@ -9,18 +9,16 @@ import asyncio
 import inspect
 import json
 import logging
-import os
 import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from pydantic import TypeAdapter
 
+from ._address import DAEMON_DEFAULTS, MARGIN
 from ._api import ProgressListener
-from ._dirs import URL_ENV
 from ._errors import HearthError, InvalidInput, error_from_json
 from ._models import Event, ReconcileReport
 
@@ -35,25 +33,6 @@ RECONNECTS = 5
 #: How long the events of an operation already finished may stay quiet before they are over.
 QUIET = 1.0
 T = TypeVar("T")
-#: How much longer than a call's own deadline the client waits for the daemon's answer.
-MARGIN = 5.0
-#: Room for the daemon's default bounds (``[timeouts]`` status 30 s, handshake 10 s, ...) on a
-#: call given no deadline: a daemon that stops answering is given up on after that.
-DAEMON_DEFAULTS = 60.0
-
-
-def address_from_env() -> tuple[Path | None, str | None]:
-    value = os.environ.get(URL_ENV, "").strip()
-    if not value:
-        return None, None
-    if value.startswith("unix://"):
-        path = value[len("unix://") :]
-        if not path.startswith("/"):
-            raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///absolute/path/to.sock")
-        return Path(path), None
-    if value.startswith(("http://", "https://")):
-        return None, value
-    raise InvalidInput(f"{URL_ENV}={value[:80]!r}: expected unix:///path/to.sock or http(s)://host:port")
 
 
 def decode(response: httpx.Response) -> Any:

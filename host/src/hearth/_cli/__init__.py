@@ -1,5 +1,7 @@
-"""The ``hearth`` command (``_main``). Kept import-light: ``hearth ls`` and ``hearth status``
-through a daemon load only what they use."""
+"""The ``hearth`` command: ``_main`` runs one, ``_parser`` reads it, ``_route`` finds where it
+runs, ``_commands`` does it, ``_render`` prints it, ``_exits`` says how it ended. Kept
+import-light, as each of them is: ``hearth ls`` and ``hearth status`` through a daemon load
+only what they use (no pydantic, httpx or asyncio)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ def entry() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command as a function: its exit status."""
     from ._main import main as run
 
     return run(argv)

@@ -1,0 +1,188 @@
+"""The command line's grammar: ``build_parser``, its option types, and how bad input ends
+(one line on stderr, ``{"error": ...}`` with ``--json``, exit status 2). Every command parses
+first, so this loads argparse and nothing of hearth but the version, read only when asked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any, NoReturn
+
+from ._exits import EXIT_USAGE
+
+
+def _seconds(value: str) -> float:
+    """A --timeout: a finite number of seconds above zero."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(number) or number <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{value[:40]!r}: the timeout must be a positive, finite number of seconds"
+        )
+    return number
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad input ends as every failure of the CLI does: one ``hearth: KIND: reason`` line."""
+
+    def error(self, message: str) -> NoReturn:
+        message = f"{message} (see '{self.prog} --help')"
+        print(f"hearth: invalid_input: {message}", file=sys.stderr)
+        if "--json" in sys.argv:
+            print(json.dumps({"error": {"kind": "invalid_input", "message": message}}))
+        sys.exit(EXIT_USAGE)
+
+
+class _Version(argparse.Action):
+    """``--version``, reading the installed version only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from .. import __version__
+
+        print(f"hearth {__version__}")
+        parser.exit()
+
+
+def _common() -> _Parser:
+    """The global options, a parent of every verb's parser: accepted before or after the verb."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--project",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="project folder (default: nearest folder upward holding .hearth/)",
+    )
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="hearth home: store, data and user adapters (default: $HEARTH_HOME)",
+    )
+    common.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        help="deadline for the whole operation; the adapter is told to cancel "
+        "(default: per verb, see [timeouts] in the README)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document on stdout"
+    )
+    common.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the registry: postgresql://user@host/db (no password here: ~/.pgpass or PGPASSWORD); "
+        "default: $HEARTH_STORE, store in hearth.toml, else the home's SQLite file",
+    )
+    common.add_argument(
+        "--local",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="run the host in this process even when a daemon serves the home (see 'hearth serve')",
+    )
+    common.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what happens, including the adapters' stderr, on stderr",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every verb and its options."""
+    common = _common()
+    parser = _Parser(
+        prog="hearth",
+        parents=[common],
+        description="Deploy and manage workspaces through adapter executables.",
+    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    adapters = commands.add_parser("adapters", parents=[common], help="list adapter candidates")
+    adapter_commands = adapters.add_subparsers(
+        dest="adapters_command", metavar="{trust,lock}", parser_class=_Parser
+    )
+    trust = adapter_commands.add_parser(
+        "trust",
+        parents=[common],
+        help="let the project's own adapters run, as they are now (read them first)",
+    )
+    trust.add_argument("drivers", nargs="*", metavar="DRIVER", help="only these (default: all of them)")
+    lock = adapter_commands.add_parser(
+        "lock",
+        parents=[common],
+        help="write .hearth/adapters.lock: the adapter each driver uses now, for the project to commit",
+    )
+    lock.add_argument("drivers", nargs="*", metavar="DRIVER", help="only these (default: every driver found)")
+    provision = commands.add_parser("provision", parents=[common], help="create a workspace")
+    provision.add_argument("slug")
+    provision.add_argument("--tier", required=True)
+    provision.add_argument("--driver", required=True)
+    provision.add_argument(
+        "--reuse", action="store_true", help="provision a torn-down slug again (its old record is archived)"
+    )
+    for name, text in (
+        ("status", "what the backend shows now"),
+        ("teardown", "remove a workspace (irreversible)"),
+        ("logs", "operations and their logs"),
+    ):
+        commands.add_parser(name, parents=[common], help=text).add_argument("slug")
+    upgrade = commands.add_parser("upgrade", parents=[common], help="move a workspace to a tier")
+    upgrade.add_argument("slug")
+    upgrade.add_argument("--tier", required=True)
+    upgrade.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation of a destructive upgrade (scripts)"
+    )
+    plan = commands.add_parser(
+        "plan", parents=[common], help="what provision or upgrade to a tier would do; changes nothing"
+    )
+    plan.add_argument("slug")
+    plan.add_argument("--tier", required=True)
+    plan.add_argument("--driver", help="the driver of a new workspace (default: the workspace's own)")
+    commands.add_parser("ls", parents=[common], help="list workspaces")
+    adopt = commands.add_parser(
+        "adopt", parents=[common], help="record a deployment the driver lists but hearth has no record of"
+    )
+    adopt.add_argument("slug")
+    adopt.add_argument("--driver", required=True)
+    adopt.add_argument("--tier", required=True)
+    forget = commands.add_parser(
+        "forget", parents=[common], help="drop a workspace's record and leave its backend alone"
+    )
+    forget.add_argument("slug")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
+    reconcile = commands.add_parser(
+        "reconcile",
+        parents=[common],
+        help="resolve records a dead host left behind; report ghosts and orphans",
+    )
+    reconcile.add_argument("slug", nargs="?", help="only this workspace")
+    reconcile.add_argument(
+        "--dry-run", action="store_true", help="report what it would do, change nothing (exit 3 on drift)"
+    )
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the daemon: the HTTP API v1 on the home's Unix socket"
+    )
+    serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
+    serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="make the socket 0660 and owned by GROUP, whose members may then use the daemon",
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file)")
+    serve.add_argument("--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600)")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve --listen over TLS: the certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line on stderr")
+    return parser
+
+
+__all__ = ["build_parser"]
