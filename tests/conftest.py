@@ -35,6 +35,70 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     return None
 
 
+# --- the two tiers ---------------------------------------------------------------------------------
+# ``pytest -m "not slow"`` is the fast tier: unit and in-memory tests, under a minute. Everything
+# else is marked ``slow`` here, at collection, so that no test has to remember it:
+#   * ``subprocess``: the test starts processes (adapters, the hearth CLI, hearth serve, replicas).
+#     It is marked by hand, by its module's ``pytestmark``, or here when it uses a fixture of
+#     PROCESS_FIXTURES (directly or through another fixture). Every such test is also ``slow``.
+#   * a test using a fixture of SERVICE_FIXTURES (Docker, PostgreSQL) is ``slow``;
+#   * a test that waits real seconds is marked ``slow`` by hand, with the reason.
+# ``stays_in_its_tier`` checks the first two at run time: a test that starts a process without the
+# ``subprocess`` mark, or asks for a service with ``request.getfixturevalue`` without the ``slow``
+# mark, fails and says which mark it lacks.
+
+#: Fixtures that start processes, or hand a test what it needs to start them.
+PROCESS_FIXTURES = frozenset({"venv_bin", "fake_exe", "make_adapter"})
+#: Fixtures that need a service scripts/test starts (they skip without it, outside CI).
+SERVICE_FIXTURES = frozenset({"docker_url", "engine", "pg_cluster", "pg_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & PROCESS_FIXTURES and item.get_closest_marker("subprocess") is None:
+            item.add_marker(pytest.mark.subprocess)
+        slow = item.get_closest_marker("subprocess") is not None or bool(used & SERVICE_FIXTURES)
+        if slow and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
+#: What starts a process, as the interpreter's audit hooks name it (PEP 578).
+_SPAWNING = frozenset({"subprocess.Popen", "os.posix_spawn", "os.fork", "os.forkpty", "os.system", "os.exec"})
+#: The processes started since the current test began (its fixtures' included).
+_spawned: list[str] = []
+
+
+def _note_spawns(event: str, args: tuple[object, ...]) -> None:
+    if event in _SPAWNING:
+        _spawned.append(f"{event} {args[0]!r}" if args else event)
+
+
+sys.addaudithook(_note_spawns)
+
+
+@pytest.fixture(autouse=True)
+def stays_in_its_tier(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that belongs in the slow tier but is not marked so (see the tiers above)."""
+    _spawned.clear()
+    yield
+    node = request.node
+    if _spawned and node.get_closest_marker("subprocess") is None:
+        started = "; ".join(_spawned[:3])
+        pytest.fail(
+            f"this test started a process ({started}) but is not marked subprocess: mark it "
+            "@pytest.mark.subprocess, which takes it out of the fast tier (tests/conftest.py)",
+            pytrace=False,
+        )
+    services = SERVICE_FIXTURES.intersection(request.fixturenames)
+    if services and node.get_closest_marker("slow") is None:
+        pytest.fail(
+            f"this test uses {', '.join(sorted(services))} but is not marked slow: mark it "
+            "@pytest.mark.slow (tests/conftest.py)",
+            pytrace=False,
+        )
+
+
 #: What the command line of a process this suite starts contains (adapters and their children).
 SPAWNED_MARKERS = ("hearth-adapter-", "hearth-grandchild")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from hearth import Busy, Conflict, Deployment, InvalidInput, NotFound
+from tests.helpers import make_host
 from tests.test_cli import Cli
-from tests.test_operations import calls, first_progress, make_host
+from tests.test_operations import calls, first_progress
 
 
 async def test_forget_leaves_the_backend_and_adopt_takes_the_orphan_back(tmp_path: Path) -> None:

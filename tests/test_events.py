@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 import pytest
 
-from hearth import Event, Host, InvalidInput, Tier
-from hearth_adapter_fake import FakeDriver
-from hearth_adaptersdk import MemoryConnection, ResourceCaps
+from hearth import Event, Host, InvalidInput
+from tests import helpers
 
-
-def make_host(tmp_path: Path) -> Host:
-    driver = FakeDriver()
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers={
-            "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 0.2}}),
-            "failing": Tier("failing", ResourceCaps(cpu=1), {"fake": {"fail_at": "provision"}}),
-        },
-        in_process={"fake": lambda: MemoryConnection(driver)},
-    )
+#: Here a brisk operation takes 0.2 s: one that was started is soon done.
+make_host = functools.partial(helpers.make_host, tiers=helpers.FAKE_TIERS | {"brisk": {"delay": 0.2}})
 
 
 async def _collect(events: asyncio.Queue[Event], source: object) -> None:

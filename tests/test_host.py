@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,18 +24,11 @@ from hearth import (
 from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import MemoryConnection, ResourceCaps
+from tests import helpers
 from tests.helpers import left_by_a_dead_host
 
-
-def make_host(tmp_path: Path, **tiers: dict[str, Any]) -> Host:
-    """A host on a fresh home whose ``fake`` driver runs in process."""
-    extra = {name: Tier(name, ResourceCaps(cpu=1), {"fake": flags}) for name, flags in tiers.items()}
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers=extra,
-        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
-    )
+#: Only the built-in tiers, and those a test names (the fake's flags by tier name).
+make_host = functools.partial(helpers.make_host, tiers={})
 
 
 def provisions(tmp_path: Path) -> int:
@@ -87,7 +80,7 @@ async def test_a_torn_down_slug_stays_torn_down_unless_reused(tmp_path: Path) ->
 
 
 async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tmp_path: Path) -> None:
-    async with make_host(tmp_path, flaky={"fail_at": "provision", "keep_partial": True}) as host:
+    async with make_host(tmp_path, tiers={"flaky": {"fail_at": "provision", "keep_partial": True}}) as host:
         with pytest.raises(BackendFailure) as caught:
             await host.provision("alpha", tier="flaky", driver="fake")
         assert not caught.value.rolled_back  # a real failure after partial work: D8
@@ -101,14 +94,14 @@ async def test_a_failed_provision_is_recorded_with_its_logs_and_never_retried(tm
             await host.upgrade("alpha", tier="team")
         assert (await host.status("alpha")).state == "failed"  # the backend agrees
     assert provisions(tmp_path) == 1  # D8: the host did not retry
-    async with make_host(tmp_path, flaky={}) as host:  # the cause is fixed: a person re-runs it
+    async with make_host(tmp_path, tiers={"flaky": {}}) as host:  # the cause is fixed: a person re-runs it
         ref = await host.provision("alpha", tier="flaky", driver="fake")
         assert ref.last_status == "ready"
         assert (await host.status("alpha")).state == "ready"
 
 
 async def test_a_rolled_back_first_provision_leaves_no_record_in_the_way(tmp_path: Path) -> None:
-    async with make_host(tmp_path, flaky={"fail_at": "provision"}) as host:
+    async with make_host(tmp_path, tiers={"flaky": {"fail_at": "provision"}}) as host:
         with pytest.raises(BackendFailure) as caught:
             await host.provision("alpha", tier="flaky", driver="fake")
         assert caught.value.rolled_back
@@ -137,7 +130,7 @@ async def test_bad_input_fails_before_anything_happens(tmp_path: Path) -> None:
 
 
 async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Path) -> None:
-    async with make_host(tmp_path, slow={"delay": 60}) as host:
+    async with make_host(tmp_path, tiers={"slow": {"delay": 60}}) as host:
         await host.provision("alpha", tier="solo", driver="fake")
         with pytest.raises(CallTimeout, match="rolled back") as caught:
             await host.upgrade("alpha", tier="slow", timeout=0.2)
@@ -150,7 +143,7 @@ async def test_a_timeout_cancels_the_adapter_and_the_record_says_so(tmp_path: Pa
 
 
 async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: Path) -> None:
-    async with make_host(tmp_path, slow={"delay": 60}) as host:
+    async with make_host(tmp_path, tiers={"slow": {"delay": 60}}) as host:
         started = asyncio.Event()
         task = asyncio.create_task(
             host.provision("alpha", tier="slow", driver="fake", on_progress=lambda _: started.set())
@@ -168,7 +161,7 @@ async def test_task_cancellation_cancels_the_adapter_and_is_recorded(tmp_path: P
 
 
 async def test_concurrent_provisions_of_one_slug_call_the_adapter_once(tmp_path: Path) -> None:
-    async with make_host(tmp_path, slow={"delay": 0.2}) as host:
+    async with make_host(tmp_path, tiers={"slow": {"delay": 0.2}}) as host:
         refs = await asyncio.gather(*(host.provision("alpha", tier="slow", driver="fake") for _ in range(6)))
         assert all(ref == refs[0] for ref in refs)
         assert len(await host.deployments()) == 1
@@ -265,8 +258,8 @@ async def test_a_slug_busy_in_another_host_is_busy_at_once_or_joined_within_the_
     from hearth import Busy, CallTimeout
 
     async with (
-        make_host(tmp_path, slow={"delay": 60}) as first,
-        make_host(tmp_path, slow={"delay": 60}) as second,
+        make_host(tmp_path, tiers={"slow": {"delay": 60}}) as first,
+        make_host(tmp_path, tiers={"slow": {"delay": 60}}) as second,
     ):
         started = asyncio.Event()
         task = asyncio.create_task(

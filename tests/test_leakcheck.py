@@ -63,6 +63,7 @@ def test_the_marker_is_set_and_passes_the_hosts_allow_list() -> None:
     assert child_environment()[RUN_ENV] == RUN_ID
 
 
+@pytest.mark.subprocess
 def test_lookalikes_without_this_runs_marker_are_left_alone(spawn: Spawn) -> None:
     before = set(_run_processes())
     unmarked, unmarked_key = spawn("hearth-adapter-lookalike", env={})
@@ -78,6 +79,7 @@ def test_lookalikes_without_this_runs_marker_are_left_alone(spawn: Spawn) -> Non
     assert set(_run_processes("12345-another-run")) == {other_key}
 
 
+@pytest.mark.subprocess
 def test_a_marked_leftover_is_found_and_only_it_is_killed(spawn: Spawn) -> None:
     before = set(_run_processes())
     lookalike, _ = spawn("hearth-adapter-lookalike", env={})
@@ -92,6 +94,7 @@ def test_a_marked_leftover_is_found_and_only_it_is_killed(spawn: Spawn) -> None:
     assert _leftovers(before, bound=5.0) == {}
 
 
+@pytest.mark.subprocess
 def test_a_pid_that_is_no_longer_the_recorded_process_is_not_signalled(spawn: Spawn) -> None:
     marked, (pid, start) = spawn("hearth-adapter-leaked")
     assert _kill_run_processes([(pid, start + 1)]) == []  # same pid, other start time: a reused pid

@@ -235,6 +235,7 @@ async def test_a_waiter_that_locks_an_unlinked_file_retries_on_the_new_one(tmp_p
     assert a._local == b._local == c._local == {}
 
 
+@pytest.mark.subprocess
 async def test_holds_from_three_processes_never_overlap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -269,6 +270,7 @@ async def test_holds_from_three_processes_never_overlap(
     assert locks._local == {}
 
 
+@pytest.mark.subprocess
 async def test_a_slug_held_by_another_process_is_slug_locked_naming_its_pid(tmp_path: Path) -> None:
     locks = SlugLocks(tmp_path)
     async with child(HOLD_SLUG, str(tmp_path), "alpha") as proc:
@@ -287,6 +289,7 @@ async def test_a_slug_held_by_another_process_is_slug_locked_naming_its_pid(tmp_
 # -- OwnerMark ---------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 async def test_a_mark_is_alive_while_its_process_lives_and_removed_once_it_is_killed(tmp_path: Path) -> None:
     folder, owner = tmp_path / "owners", new_owner()
     async with child(HOLD_MARK, str(folder), owner) as proc:

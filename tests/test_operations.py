@@ -38,10 +38,8 @@ from hearth import (
     Tier,
 )
 from hearth._states import Ask, joins
-from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
-from hearth_adaptersdk import MemoryConnection, ResourceCaps
-from tests.helpers import left_by_a_dead_host
+from tests.helpers import left_by_a_dead_host, make_host
 
 #: Tiers every process of a cross-process test reads from the project's hearth.toml.
 SETTINGS = """
@@ -114,22 +112,6 @@ asyncio.run(main())
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def make_host(tmp_path: Path, **options: Any) -> Host:
-    """A host on a fresh home whose ``fake`` driver runs in process (real SQLite, real locks)."""
-    tiers = {
-        "slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}}),
-        "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 1}}),
-        "typo": Tier("typo", ResourceCaps(cpu=1), {"fake": {"delya": 1}}),
-    }
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers=tiers,
-        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
-        **options,
-    )
-
-
 def journal(home: Path) -> list[dict[str, Any]]:
     return read_journal(home / "data" / "fake")
 

@@ -3,6 +3,7 @@ the host and the CLI, the CLI's confirmation of a destructive upgrade, and early
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pty
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 import docker
 import pytest
 
-from hearth import Busy, Conflict, Host, InvalidInput, Tier, Unsupported
+from hearth import Busy, Conflict, InvalidInput, Unsupported
 from hearth._store._sqlite import SQLiteStore
 from hearth_adapter_docker import DockerDriver
 from hearth_adapter_fake import FakeDriver
@@ -25,9 +26,9 @@ from hearth_adaptersdk import (
     MemoryConnection,
     PlanResult,
     ProvisioningProfile,
-    ResourceCaps,
 )
 from hearth_adaptersdk.testing import Peer, RemoteError, Reply, open_peer
+from tests import helpers
 from tests.conftest import install_script
 from tests.test_cli import Cli, _wait_for
 from tests.test_tfgrid import _profile as gridded
@@ -267,21 +268,8 @@ class OtherNoPlan(NoPlan):
     name: ClassVar[str] = "noplan"
 
 
-def make_host(tmp_path: Path) -> Host:
-    caps = ResourceCaps(cpu=1)
-    tiers = {
-        "wipe": Tier("wipe", caps, {"fake": {"replace_on_upgrade": True}}),
-        "glacial": Tier("glacial", caps, {"fake": {"delay": 60}}),
-    }
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers=tiers,
-        in_process={
-            "fake": lambda: MemoryConnection(FakeDriver()),
-            "noplan": lambda: MemoryConnection(OtherNoPlan()),
-        },
-    )
+#: The fake and, as ``noplan``, a driver without ``plan``, both in process.
+make_host = functools.partial(helpers.make_host, drivers={"noplan": OtherNoPlan})
 
 
 async def test_host_plan_checks_like_the_verbs_and_records_nothing(tmp_path: Path) -> None:

@@ -236,6 +236,7 @@ VERSION_SCRIPT = "import sys\nprint('hearth-adapter-demo 1.2.3' if '--version' i
 HANGING_SCRIPT = "import time\ntime.sleep(600)\n"
 
 
+@pytest.mark.subprocess
 async def test_driver_infos_lists_versions_refusals_and_in_process_drivers(places: dict[str, Path]) -> None:
     unsafe = install_script(places["project"] / ".hearth" / "adapters", "hearth-adapter-demo", "")
     unsafe.chmod(0o777)
@@ -278,6 +279,7 @@ async def test_driver_infos_lists_versions_refusals_and_in_process_drivers(place
     }
 
 
+@pytest.mark.subprocess
 async def test_an_in_process_driver_shadows_its_executables(places: dict[str, Path]) -> None:
     install_script(places["path"], "hearth-adapter-demo", VERSION_SCRIPT)
     infos = await driver_infos(
@@ -289,11 +291,13 @@ async def test_an_in_process_driver_shadows_its_executables(places: dict[str, Pa
     ]
 
 
+@pytest.mark.subprocess
 async def test_a_version_probe_that_hangs_is_stopped_within_its_bound(places: dict[str, Path]) -> None:
     hanging = install_script(places["path"], "hearth-adapter-sleepy", HANGING_SCRIPT)
     assert await probe_version(hanging, 0.3) is None  # the leak check sees its group is gone
 
 
+@pytest.mark.subprocess
 async def test_a_version_probe_leaves_the_loop_free_and_stops_when_cancelled(places: dict[str, Path]) -> None:
     hanging = install_script(places["path"], "hearth-adapter-sleepy", HANGING_SCRIPT)
     probe = asyncio.create_task(probe_version(hanging, 60.0))

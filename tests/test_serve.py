@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -27,10 +28,8 @@ import httpx
 import pytest
 import uvicorn
 
-from hearth import Host, Tier
 from hearth._server._app import create_app, openapi_document
-from hearth_adapter_fake import FakeDriver
-from hearth_adaptersdk import MemoryConnection, ResourceCaps
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = ROOT / "docs" / "openapi.json"
@@ -39,18 +38,8 @@ Json = dict[str, Any]
 
 
 # --- in memory ----------------------------------------------------------------------------------
-def make_host(tmp_path: Path) -> Host:
-    tiers = {
-        "slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}}),
-        "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 1}}),
-    }
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers=tiers,
-        idle_timeout=None,
-        in_process={"fake": lambda: MemoryConnection(FakeDriver())},
-    )
+#: Adapters stay up until the host closes.
+make_host = functools.partial(helpers.make_host, idle_timeout=None)
 
 
 @contextlib.asynccontextmanager

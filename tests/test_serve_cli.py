@@ -31,8 +31,6 @@ from hearth._cli._parser import build_parser
 from tests.helpers import left_by_a_dead_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
 
-pytestmark = pytest.mark.subprocess
-
 SETTINGS = DAEMON_SETTINGS
 #: A daemon that reconciles every 0.3 s (only where the test is about it: a reconcile holds
 #: the slugs it settles, which other tests' comparisons would see as "busy").

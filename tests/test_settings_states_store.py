@@ -416,6 +416,7 @@ def _open_store(path: str, barrier: Any, results: Any) -> None:
         results.put(exc.message)
 
 
+@pytest.mark.subprocess
 def test_several_processes_can_open_a_new_store_at_once(tmp_path: Path) -> None:
     """SQLite refuses a journal-mode switch at once when openers contend: the store retries."""
     import multiprocessing

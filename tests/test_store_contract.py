@@ -29,7 +29,7 @@ from tests.test_settings_states_store import _deployment
 Opener = Callable[[], Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     """Opens the same store each time it is called (a reopen sees what was written)."""
     if request.param == "sqlite":

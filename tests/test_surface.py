@@ -68,6 +68,7 @@ def test_no_package_imports_another_packages_private_modules() -> None:
     assert not offences, "private modules used across packages:\n" + "\n".join(offences)
 
 
+@pytest.mark.subprocess
 def test_importing_the_host_does_not_load_the_adapter_server_side() -> None:
     code = (
         "import sys, hearth, hearth._cli; "
@@ -79,6 +80,7 @@ def test_importing_the_host_does_not_load_the_adapter_server_side() -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.subprocess
 def test_the_sdk_loads_its_server_side_on_first_use() -> None:
     code = (
         "import sys, hearth_adaptersdk as sdk; before = 'jsonrpcserver' in sys.modules; "

@@ -128,6 +128,7 @@ def test_a_trust_file_others_can_write_trusts_nothing(places: dict[str, Path]) -
 # --- the lock ----------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_a_lock_pins_the_sha256_and_a_different_adapter_is_refused(places: dict[str, Path]) -> None:
     on_path = _install(places["path"], "x")
     lock = _write_lock(
@@ -147,6 +148,7 @@ def test_a_lock_pins_the_sha256_and_a_different_adapter_is_refused(places: dict[
     assert _discover("y", places).path == places["path"] / "hearth-adapter-y"
 
 
+@pytest.mark.subprocess
 def test_a_lock_pins_the_version_too(places: dict[str, Path]) -> None:
     adapter = _install(places["path"], "v", VERSIONED)
     (places["path"] / "VERSION").write_text("1.0\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import math
 import os
 import sqlite3
@@ -27,7 +28,6 @@ from hearth import (
     InvalidInput,
     InvalidProfile,
     StoreError,
-    Tier,
 )
 from hearth._adapters._client import AdapterClient
 from hearth_adapter_fake import FakeDriver
@@ -35,33 +35,17 @@ from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import (
     BackendUnavailable,
     DeploymentRef,
-    Driver,
     MemoryConnection,
     ProvisioningProfile,
     RequestContext,
-    ResourceCaps,
     StatusReport,
     utc_now,
 )
+from tests import helpers
 from tests.helpers import left_by_a_dead_host
 
-
-def make_host(tmp_path: Path, *, driver: Driver | None = None, **options: Any) -> Host:
-    tiers = {
-        "slow": Tier("slow", ResourceCaps(cpu=1), {"fake": {"delay": 60}}),
-        "brisk": Tier("brisk", ResourceCaps(cpu=1), {"fake": {"delay": 0.3}}),
-        "typo": Tier("typo", ResourceCaps(cpu=1), {"fake": {"delya": 1}}),
-        "rejected": Tier("rejected", ResourceCaps(cpu=1), {"fake": {"reject": True}}),
-        "flaky": Tier("flaky", ResourceCaps(cpu=1), {"fake": {"fail_at": "upgrade"}}),
-    }
-    made = driver or FakeDriver()
-    return Host(
-        project_dir=tmp_path / "project",
-        home=tmp_path / "home",
-        tiers=tiers,
-        in_process={"fake": lambda: MemoryConnection(made)},
-        **options,
-    )
+#: Here a brisk operation takes 0.3 s.
+make_host = functools.partial(helpers.make_host, tiers=helpers.FAKE_TIERS | {"brisk": {"delay": 0.3}})
 
 
 def journal(tmp_path: Path) -> list[str]:
