@@ -12,14 +12,17 @@ import builtins
 import importlib.util
 import inspect
 import logging
+import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
 
 import hearth._remote
-from hearth import Host, HostAPI, Progress, RemoteHost
+from hearth import Host, HostAPI, InvalidInput, Progress, RemoteHost
 from hearth._lifecycle._host import Tiers
 from tests.test_remote import BOUND, daemon
 
@@ -215,3 +218,36 @@ async def test_the_console_example_runs_on_a_remote_host(
                 assert done["state"] == "succeeded"
                 listed = (await client.get("/workspaces")).json()
                 assert [(d["slug"], d["state"]) for d in listed] == [("via", "ready")]
+
+
+def _calls_with_a_timeout(api: HostAPI, bad: object) -> builtins.list[Callable[[], Awaitable[object]]]:
+    """Every call of the API that takes a ``timeout``, given ``bad`` (each made only when called)."""
+    t: Any = bad
+    return [
+        lambda: api.provision("t1", tier="solo", driver="fake", timeout=t),
+        lambda: api.start_provision("t1", tier="solo", driver="fake", timeout=t),
+        lambda: api.status("t1", timeout=t),
+        lambda: api.plan("t1", tier="solo", driver="fake", timeout=t),
+        lambda: api.reconcile(timeout=t),
+        lambda: api.adopt("t1", driver="fake", tier="solo", timeout=t),
+    ]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 0, -1, True, "5"])
+async def test_a_bad_timeout_is_invalid_input_on_either_host_before_any_work(
+    tmp_path: Path, bad: object
+) -> None:
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        for api in (host, remote):
+            for call in _calls_with_a_timeout(api, bad):
+                with pytest.raises(InvalidInput, match="timeout must be a positive number of seconds"):
+                    await call()
+        assert await host.operations() == []  # nothing was started
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "1", 1.5, 2**63])
+async def test_a_bad_operation_id_is_invalid_input_on_either_host(tmp_path: Path, bad: object) -> None:
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        for api in (host, remote):
+            with pytest.raises(InvalidInput, match="is not an operation id"):
+                await api.operation(bad)  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from ._remote_wire import (
     seg,
     stream,
 )
+from ._settings import positive_seconds
 from ._states import cancel_note, cancel_outcome_recorded, same_ready, teardown_done
 
 API = "/v1"
@@ -174,8 +175,12 @@ class RemoteHost:
         headers: Mapping[str, str] | None = None,
         timeout: float | httpx.Timeout | None = None,
     ) -> Any:
-        """The JSON of a 2xx answer; the daemon's error as its typed ``HearthError``."""
+        """The JSON of a 2xx answer; the daemon's error as its typed ``HearthError``. A
+        ``timeout`` the caller passed is checked here, as ``Host`` checks it, before any request."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
+        for given in (query, body if isinstance(body, dict) else {}):
+            if given.get("timeout") is not None:
+                positive_seconds(given["timeout"], "timeout")
         bound: float | httpx.Timeout = self.timeout if timeout is None else timeout
         try:
             response = await self.client().request(
@@ -427,7 +432,9 @@ class RemoteHost:
 
     # --- operations: find, wait, cancel, events --------------------------------------------------
     async def operation(self, ident: int) -> Operation:
-        return self._operation(await self._call("GET", f"/operations/{int(ident)}"))
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 < ident < 2**63:
+            raise InvalidInput(f"{ident!r:.80} is not an operation id")
+        return self._operation(await self._call("GET", f"/operations/{ident}"))
 
     async def operations(
         self,
@@ -443,8 +450,8 @@ class RemoteHost:
         return [self._operation(item) for item in found]
 
     async def _operation_wait(self, ident: int, timeout: float | None) -> Operation:
-        if timeout is not None and not timeout > 0:
-            raise InvalidInput(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if timeout is not None:
+            timeout = positive_seconds(timeout, "timeout")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

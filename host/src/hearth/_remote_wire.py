@@ -21,6 +21,7 @@ from ._address import DAEMON_DEFAULTS, MARGIN
 from ._api import ProgressListener
 from ._errors import HearthError, InvalidInput, error_from_json
 from ._models import Event, ReconcileReport
+from ._settings import positive_seconds
 
 if TYPE_CHECKING:
     from ._remote import RemoteHost
@@ -74,9 +75,10 @@ def own_key() -> str:
 def longer(timeout: float | None, bound: float, default: float = 0.0) -> float | httpx.Timeout:
     """The HTTP bound of a call the daemon bounds itself: ``timeout`` plus ``MARGIN`` (the
     daemon answers its own timeout error by then), or without one the daemon's default, which
-    this client does not know: ``default`` (else ``bound``, the client's) plus ``DAEMON_DEFAULTS``."""
+    this client does not know: ``default`` (else ``bound``, the client's) plus ``DAEMON_DEFAULTS``.
+    A ``timeout`` that is no positive, finite number is ``invalid_input``, as on ``Host``."""
     if timeout is not None:
-        return timeout + MARGIN
+        return positive_seconds(timeout, "timeout") + MARGIN
     return httpx.Timeout(bound, read=(default or bound) + DAEMON_DEFAULTS)
 
 
