@@ -79,6 +79,7 @@ class Proxy:
             writer.transport.abort()
 
 
+@pytest.mark.subprocess  # /v1/drivers probes the --version of every adapter on PATH
 async def test_the_lifecycle_through_a_remote_host(tmp_path: Path) -> None:
     async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
         ref = await remote.provision("alpha", tier="solo", driver="fake")

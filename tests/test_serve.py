@@ -56,6 +56,7 @@ def error_kind(response: httpx.Response) -> str:
     return str(body["error"]["kind"])
 
 
+@pytest.mark.subprocess  # /v1/drivers probes the --version of every adapter on PATH
 async def test_the_lifecycle_through_the_api(tmp_path: Path) -> None:
     async with api(tmp_path) as client:
         body = {"slug": "alpha", "tier": "solo", "driver": "fake"}

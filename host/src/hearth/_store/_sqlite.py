@@ -7,6 +7,7 @@ loop never waits for a disk or another process's transaction. The schema carries
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sqlite3
 import time
@@ -111,7 +112,8 @@ class SQLiteStore:
             private_file(self.path)
             for suffix in SIDE_FILES:  # files an older hearth may have left readable
                 side = self.path.with_name(self.path.name + suffix)
-                if side.exists():
+                # another process closing the database may remove them under us: nothing to do then
+                with contextlib.suppress(FileNotFoundError):
                     side.chmod(0o600)
             self._db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
             self._wal(self._busy_timeout)
