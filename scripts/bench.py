@@ -653,7 +653,7 @@ class InlineSQLiteStore(SQLiteStore):
     """The baseline: ``SQLiteStore`` with its work run on the event loop, as hearth did before
     issue 11 (one connection, opened and used on the loop's thread; no store thread)."""
 
-    async def _run(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def _on_thread(self, work: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return self._typed(work, *args, **kwargs)
 
     async def open(self) -> None:
