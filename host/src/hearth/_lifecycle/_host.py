@@ -392,10 +392,7 @@ class Host:
         if slug is not None:
             check_slug(slug)
             await self._checks.existing(slug)
-        reconciler = self._recovery.reconciler(dry_run=dry_run, timeout=timeout)
-        report = await reconciler.run(slug)
-        self._core.written()  # a dry run writes nothing, but its readers wake as after a run
-        return report
+        return await self._recovery.reconciler(dry_run=dry_run, timeout=timeout).run(slug)
 
     async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
         """Turn a deployment the adapter lists but hearth has no record of into a record."""
