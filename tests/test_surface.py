@@ -90,3 +90,20 @@ def test_the_sdk_loads_its_server_side_on_first_use() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.subprocess
+def test_hearth_ls_loads_neither_asyncio_nor_the_models_nor_httpx(tmp_path: Path) -> None:
+    """``hearth ls`` reads the home's file on the standard library (issue 19: it had regressed 3x
+    unnoticed when the listing path loaded the async stores)."""
+    code = (
+        "import sys\n"
+        "from hearth._cli import main\n"
+        f"code = main(['ls', '--home', {str(tmp_path / 'home')!r}, '--project', {str(tmp_path)!r}])\n"
+        "heavy = ('asyncio', 'ssl', 'pydantic', 'httpx', 'hearth._models', 'hearth._store._sqlite')\n"
+        "print(code, sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stderr.strip().splitlines()[-1] == "0 []", done.stderr
