@@ -269,6 +269,14 @@ def test_the_verb_that_left_a_record_uncertain(
     assert uncertain_verb(state, unconfirmed, last) == verb
 
 
+#: What a backend that has not settled leaves in a record reconcile cannot confirm.
+STILL_PROVISIONING = (
+    "provision interrupted; the backend is still provisioning: "
+    "reconcile looks again (if it stays so, tear the workspace down)"
+)
+WITH_C1 = " (its backend id, reported while it worked: c1)"
+
+
 @pytest.mark.parametrize(
     ("recorded", "reason", "unconfirmed", "observed", "verb", "backend_id", "tier", "expected"),
     [
@@ -315,6 +323,41 @@ def test_the_verb_that_left_a_record_uncertain(
             None,
             Settlement("tier_torn_down", None, False),
         ),
+        # a backend still provisioning: failed, not confirmed, with the backend id
+        (
+            "provisioning",
+            None,
+            False,
+            "provisioning",
+            "provision",
+            "c1",
+            None,
+            Settlement("failed", STILL_PROVISIONING + WITH_C1, True),
+        ),
+        # a failure not confirmed takes what the backend shows: a change, once
+        (
+            "failed",
+            "provision timed out; rollback not confirmed",
+            True,
+            "provisioning",
+            "provision",
+            None,
+            None,
+            Settlement("failed", STILL_PROVISIONING, True),
+        ),
+        # issue 20: the same backend still provisioning is nothing new (the reason as written,
+        # backend id and all), so later runs neither write nor report it
+        (
+            "failed",
+            STILL_PROVISIONING + WITH_C1,
+            True,
+            "provisioning",
+            "provision",
+            "c1",
+            None,
+            None,
+        ),
+        ("failed", STILL_PROVISIONING, True, "provisioning", "provision", None, None, None),
         # the same settlement again is nothing new
         (
             "failed",
