@@ -25,6 +25,7 @@ from hearth._states import (
     failure_unconfirmed,
     needs_status,
     preview_verb,
+    resolution_note,
     same_key,
     settlement,
     uncertain_verb,
@@ -385,3 +386,27 @@ def test_reconciles_settlement_table(  # noqa: PLR0917 - the table's columns
         recorded, reason, unconfirmed, observed=observed, verb=verb, backend_id=backend_id, served_tier=tier
     )
     assert found == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "unconfirmed", "note"),
+    [
+        ("provisioning", "ready", False, "provisioning -> ready"),
+        ("failed", "failed", False, "failed, now confirmed"),
+        (
+            "provisioning",
+            "failed",
+            True,
+            "provisioning -> failed, not confirmed: the backend has not settled (reconcile looks again)",
+        ),
+        # issue 20: a failure not confirmed that reconcile still cannot confirm is not "now confirmed"
+        (
+            "failed",
+            "failed",
+            True,
+            "failed, not confirmed: the backend has not settled (reconcile looks again)",
+        ),
+    ],
+)
+def test_the_line_that_says_what_reconcile_resolved(old: str, new: str, unconfirmed: bool, note: str) -> None:
+    assert resolution_note(old, new, unconfirmed=unconfirmed) == note

@@ -523,6 +523,7 @@ async def test_a_dry_run_reconcile_reports_and_changes_nothing_and_a_slug_limits
 async def test_8_reconcile_reports_a_record_it_cannot_confirm_once_not_on_every_run(tmp_path: Path) -> None:
     """Issue 20: a backend that stays provisioning can only be settled "failed, not confirmed";
     the run that settles it reports it, and the runs after it change and report nothing."""
+    from hearth._cli._render import reconcile_lines
     from hearth_adapter_fake._store import FakeStore
 
     slugs = [f"u{i:02}" for i in range(18)]
@@ -552,12 +553,16 @@ async def test_8_reconcile_reports_a_record_it_cannot_confirm_once_not_on_every_
         assert sorted(first.resolved) == [
             (slug, "failed" if i % 3 == 0 else "provisioning", "failed") for i, slug in enumerate(slugs)
         ]
+        assert first.unconfirmed == slugs and not first.ghosts
+        assert "u00: failed, not confirmed: the backend has not settled" in reconcile_lines(first)
+        assert "u01: provisioning -> failed, not confirmed" in reconcile_lines(first)
         settled = await host.deployments()
         assert all(d.state == "failed" and d.unconfirmed for d in settled)
         assert all("still provisioning" in (d.reason or "") for d in settled)
         for _ in range(2):  # nothing changed: nothing is written, nothing is reported
             again = await host.reconcile()
-            assert (again.resolved, again.ghosts, again.orphans) == ([], [], [])
+            assert (again.resolved, again.unconfirmed, again.ghosts, again.orphans) == ([], [], [], [])
+            assert reconcile_lines(again) == "nothing to reconcile"
             assert await host.deployments() == settled
         dry = await host.reconcile(dry_run=True)
         assert (dry.resolved, dry.drift) == ([], False)

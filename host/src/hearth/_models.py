@@ -223,7 +223,8 @@ class ReconcileReport(BaseModel):
     ``tearing_down``) is recorded ``failed`` and *not confirmed* and is in ``resolved`` once, on
     the run that records it so (``failed`` to ``failed`` when only its reason changes); the
     runs after it leave it out while the backend shows the same (the record's ``unconfirmed``
-    says that reconcile still looks at it), and a dry run then finds no drift.
+    says that reconcile still looks at it), and a dry run then finds no drift. ``unconfirmed``
+    names those of ``resolved`` that are recorded so.
     """
 
     #: (slug, recorded state, resolved state) for records left transient or unconfirmed, each
@@ -231,6 +232,9 @@ class ReconcileReport(BaseModel):
     resolved: Annotated[
         list[tuple[str, str, str]], PlainSerializer(_resolved_json, return_type=list[dict[str, str]])
     ] = Field(default_factory=list)
+    #: The slugs of ``resolved`` recorded *not confirmed* (their backend had not settled:
+    #: reconcile looks again), on the run that recorded them so; not drift of their own.
+    unconfirmed: list[str] = Field(default_factory=list)
     #: Records that claim a backend the adapter confirms absent: marked failed.
     ghosts: list[str] = Field(default_factory=list)
     #: Deployments an adapter lists that have no record: reported, never removed.

@@ -422,6 +422,15 @@ def uncertain_verb(state: str, unconfirmed: bool, last_verb: str | None) -> str 
     return None
 
 
+def resolution_note(old: str, new: str, *, unconfirmed: bool) -> str:
+    """What became of a record reconcile resolved (``hearth reconcile``'s lines, the daemon's
+    log): ``old`` and ``new`` states, and whether it is recorded *not confirmed*."""
+    moved = f"{old} -> {new}" if old != new else old
+    if unconfirmed:
+        return f"{moved}, not confirmed: the backend has not settled (reconcile looks again)"
+    return moved if old != new else f"{old}, now confirmed"
+
+
 @dataclass(frozen=True)
 class Settlement:
     """What a record becomes when settled; ``tier``: the tier the adapter says it serves."""
