@@ -93,6 +93,7 @@ def test_every_verb_through_the_cli_with_json(cli: Cli) -> None:
     assert verbs == ["provision", "upgrade", "teardown"]
     assert cli.json("reconcile") == {
         "resolved": [],
+        "unconfirmed": [],
         "ghosts": [],
         "busy": [],
         "unreachable": {},

@@ -85,6 +85,7 @@ EXIT_CODES = {"invalid_input": 2, "not_found": 2, "cancelled": 130}
 WAITS_FOR_RECONCILE = ("reconcile checks it", "reconcile looks again", "run reconcile again")
 QUIET_RECONCILE: dict[str, Any] = {
     "resolved": [],
+    "unconfirmed": [],
     "ghosts": [],
     "busy": [],
     "unreachable": {},

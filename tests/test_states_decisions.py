@@ -25,6 +25,7 @@ from hearth._states import (
     failure_unconfirmed,
     needs_status,
     preview_verb,
+    resolution_note,
     same_key,
     settlement,
     uncertain_verb,
@@ -269,6 +270,14 @@ def test_the_verb_that_left_a_record_uncertain(
     assert uncertain_verb(state, unconfirmed, last) == verb
 
 
+#: What a backend that has not settled leaves in a record reconcile cannot confirm.
+STILL_PROVISIONING = (
+    "provision interrupted; the backend is still provisioning: "
+    "reconcile looks again (if it stays so, tear the workspace down)"
+)
+WITH_C1 = " (its backend id, reported while it worked: c1)"
+
+
 @pytest.mark.parametrize(
     ("recorded", "reason", "unconfirmed", "observed", "verb", "backend_id", "tier", "expected"),
     [
@@ -315,6 +324,41 @@ def test_the_verb_that_left_a_record_uncertain(
             None,
             Settlement("tier_torn_down", None, False),
         ),
+        # a backend still provisioning: failed, not confirmed, with the backend id
+        (
+            "provisioning",
+            None,
+            False,
+            "provisioning",
+            "provision",
+            "c1",
+            None,
+            Settlement("failed", STILL_PROVISIONING + WITH_C1, True),
+        ),
+        # a failure not confirmed takes what the backend shows: a change, once
+        (
+            "failed",
+            "provision timed out; rollback not confirmed",
+            True,
+            "provisioning",
+            "provision",
+            None,
+            None,
+            Settlement("failed", STILL_PROVISIONING, True),
+        ),
+        # issue 20: the same backend still provisioning is nothing new (the reason as written,
+        # backend id and all), so later runs neither write nor report it
+        (
+            "failed",
+            STILL_PROVISIONING + WITH_C1,
+            True,
+            "provisioning",
+            "provision",
+            "c1",
+            None,
+            None,
+        ),
+        ("failed", STILL_PROVISIONING, True, "provisioning", "provision", None, None, None),
         # the same settlement again is nothing new
         (
             "failed",
@@ -342,3 +386,27 @@ def test_reconciles_settlement_table(  # noqa: PLR0917 - the table's columns
         recorded, reason, unconfirmed, observed=observed, verb=verb, backend_id=backend_id, served_tier=tier
     )
     assert found == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "unconfirmed", "note"),
+    [
+        ("provisioning", "ready", False, "provisioning -> ready"),
+        ("failed", "failed", False, "failed, now confirmed"),
+        (
+            "provisioning",
+            "failed",
+            True,
+            "provisioning -> failed, not confirmed: the backend has not settled (reconcile looks again)",
+        ),
+        # issue 20: a failure not confirmed that reconcile still cannot confirm is not "now confirmed"
+        (
+            "failed",
+            "failed",
+            True,
+            "failed, not confirmed: the backend has not settled (reconcile looks again)",
+        ),
+    ],
+)
+def test_the_line_that_says_what_reconcile_resolved(old: str, new: str, unconfirmed: bool, note: str) -> None:
+    assert resolution_note(old, new, unconfirmed=unconfirmed) == note

@@ -224,6 +224,36 @@ async def test_an_unreachable_service_is_backend_unavailable(tmp_path: Path) -> 
         assert caught.value.code == -32030
 
 
+async def test_the_unreachable_fault_set_over_the_wire_can_be_cleared_over_the_wire(tmp_path: Path) -> None:
+    """Issue 20: ``sim_faults`` (which also reads the faults) is exempt from ``unreachable``; every
+    other call, a batch that mixes it with one, and a wrong token are still refused."""
+    faults = TypeAdapter(dict[str, bool])
+    simulator = Simulator(deploy_delay=0.05)
+    await simulator.start(host="127.0.0.1", token="the-router-token")
+    try:
+        assert simulator.url is not None
+        async with ComputeClient(Endpoint(url=simulator.url, token="the-router-token")) as client:
+            assert (await client._call(faults, "sim_faults", unreachable=True))["unreachable"] is True
+            with pytest.raises(ComputeUnavailable, match="HTTP 503"):
+                await client.list_slices()
+            batch = [
+                {"jsonrpc": "2.0", "id": 1, "method": "sim_faults", "params": {}},
+                {"jsonrpc": "2.0", "id": 2, "method": "list_slices", "params": {}},
+            ]
+            assert (await client._http().post(client._url, json=batch)).status_code == 503
+            assert (await client._call(faults, "sim_faults"))["unreachable"] is True  # read, unchanged
+            assert (await client._call(faults, "sim_faults", unreachable=False))["unreachable"] is False
+            assert [s.node_sid for s in await client.list_slices()] == ["tfnode-1", "tfnode-2"]
+            await client._call(faults, "sim_faults", unreachable=True)
+        async with ComputeClient(Endpoint(url=simulator.url, token="a-wrong-token")) as client:
+            with pytest.raises(ComputeError) as caught:
+                await client._call(faults, "sim_faults", unreachable=False)
+            assert caught.value.code == compute.FORBIDDEN
+        assert simulator.faults.unreachable
+    finally:
+        await simulator.stop()
+
+
 async def test_the_stubbed_methods_fail_as_documented(tmp_path: Path) -> None:
     simulator = Simulator()
     await simulator.start(tmp_path / "rpc.sock")

@@ -518,3 +518,51 @@ async def test_a_dry_run_reconcile_reports_and_changes_nothing_and_a_slug_limits
         assert states == {"r1": "ready", "r2": "tearing_down"}
         with pytest.raises(InvalidInput, match="no workspace 'nope'"):
             await host.reconcile("nope")
+
+
+async def test_8_reconcile_reports_a_record_it_cannot_confirm_once_not_on_every_run(tmp_path: Path) -> None:
+    """Issue 20: a backend that stays provisioning can only be settled "failed, not confirmed";
+    the run that settles it reports it, and the runs after it change and report nothing."""
+    from hearth._cli._render import reconcile_lines
+    from hearth_adapter_fake._store import FakeStore
+
+    slugs = [f"u{i:02}" for i in range(18)]
+    async with make_host(tmp_path) as host:
+        for slug in slugs:
+            await host.provision(slug, tier="solo", driver="fake")
+        backend = FakeStore(tmp_path / "home" / "data" / "fake")
+        for i, slug in enumerate(slugs):
+            kept = backend.get(slug)
+            assert kept is not None and kept["backend_id"]
+            ref = kept["ref"] | {"last_status": "provisioning"}  # the backend never settles
+            backend.put(slug, kept | {"ref": ref})
+            [record] = [d for d in await host.deployments() if d.slug == slug]
+            assert record.backend_id
+            if i % 3:  # a host that died mid-provision
+                working = record.model_copy(update={"state": "provisioning"})
+                await left_by_a_dead_host(host, working, "provision")
+            else:  # a provision whose failure was not confirmed
+                await host.store.save(
+                    record.model_copy(
+                        update={"state": "failed", "unconfirmed": True, "reason": "provision timed out"}
+                    ),
+                    replaces=record,
+                )
+        backend.close()
+        first = await host.reconcile()
+        assert sorted(first.resolved) == [
+            (slug, "failed" if i % 3 == 0 else "provisioning", "failed") for i, slug in enumerate(slugs)
+        ]
+        assert first.unconfirmed == slugs and not first.ghosts
+        assert "u00: failed, not confirmed: the backend has not settled" in reconcile_lines(first)
+        assert "u01: provisioning -> failed, not confirmed" in reconcile_lines(first)
+        settled = await host.deployments()
+        assert all(d.state == "failed" and d.unconfirmed for d in settled)
+        assert all("still provisioning" in (d.reason or "") for d in settled)
+        for _ in range(2):  # nothing changed: nothing is written, nothing is reported
+            again = await host.reconcile()
+            assert (again.resolved, again.unconfirmed, again.ghosts, again.orphans) == ([], [], [], [])
+            assert reconcile_lines(again) == "nothing to reconcile"
+            assert await host.deployments() == settled
+        dry = await host.reconcile(dry_run=True)
+        assert (dry.resolved, dry.drift) == ([], False)

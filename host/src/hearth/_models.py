@@ -216,12 +216,25 @@ def _resolved_json(resolved: list[tuple[str, str, str]]) -> list[dict[str, str]]
 
 class ReconcileReport(BaseModel):
     """What ``reconcile`` found and did; nothing is ever deleted. Its JSON form writes each
-    resolution as ``{"slug", "from", "to"}``."""
+    resolution as ``{"slug", "from", "to"}``.
 
-    #: (slug, recorded state, resolved state) for records left transient or unconfirmed.
+    It reports what changed, and only that: a second run right after a first reports nothing.
+    A record reconcile cannot confirm (its backend is still ``provisioning``, ``upgrading`` or
+    ``tearing_down``) is recorded ``failed`` and *not confirmed* and is in ``resolved`` once, on
+    the run that records it so (``failed`` to ``failed`` when only its reason changes); the
+    runs after it leave it out while the backend shows the same (the record's ``unconfirmed``
+    says that reconcile still looks at it), and a dry run then finds no drift. ``unconfirmed``
+    names those of ``resolved`` that are recorded so.
+    """
+
+    #: (slug, recorded state, resolved state) for records left transient or unconfirmed, each
+    #: on the run that changed it (a record still not confirmed is not repeated).
     resolved: Annotated[
         list[tuple[str, str, str]], PlainSerializer(_resolved_json, return_type=list[dict[str, str]])
     ] = Field(default_factory=list)
+    #: The slugs of ``resolved`` recorded *not confirmed* (their backend had not settled:
+    #: reconcile looks again), on the run that recorded them so; not drift of their own.
+    unconfirmed: list[str] = Field(default_factory=list)
     #: Records that claim a backend the adapter confirms absent: marked failed.
     ghosts: list[str] = Field(default_factory=list)
     #: Deployments an adapter lists that have no record: reported, never removed.

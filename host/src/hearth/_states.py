@@ -422,6 +422,15 @@ def uncertain_verb(state: str, unconfirmed: bool, last_verb: str | None) -> str 
     return None
 
 
+def resolution_note(old: str, new: str, *, unconfirmed: bool) -> str:
+    """What became of a record reconcile resolved (``hearth reconcile``'s lines, the daemon's
+    log): ``old`` and ``new`` states, and whether it is recorded *not confirmed*."""
+    moved = f"{old} -> {new}" if old != new else old
+    if unconfirmed:
+        return f"{moved}, not confirmed: the backend has not settled (reconcile looks again)"
+    return moved if old != new else f"{old}, now confirmed"
+
+
 @dataclass(frozen=True)
 class Settlement:
     """What a record becomes when settled; ``tier``: the tier the adapter says it serves."""
@@ -445,17 +454,22 @@ def settlement(
     """The record to keep from what the backend shows (``resolve``), or None when that is what
     is recorded already (a second reconcile changes nothing). A failure names the backend id the
     adapter reported while it worked; an interrupted upgrade that the adapter says serves a
-    tier (``served_tier``, from its status details) takes that tier."""
+    tier (``served_tier``, from its status details) takes that tier.
+
+    "Nothing new" compares the record as it would be written (its reason with the backend id)
+    with the record as it is: a backend that stays transient is settled "failed, not confirmed"
+    once, and the runs after that leave it alone (and report nothing) while it shows the same.
+    """
     resolution = resolve(recorded, observed, verb=verb)
-    if resolution is None or (resolution.state, resolution.reason, resolution.unconfirmed) == (
-        recorded,
-        reason,
-        unconfirmed,
-    ):
+    if resolution is None:
         return None
     why = resolution.reason
     if why and backend_id and resolution.state != "ready":
         why += f" (its backend id, reported while it worked: {backend_id})"
     if verb == "upgrade" and observed == "ready" and isinstance(served_tier, str) and served_tier:
-        return Settlement(resolution.state, None, resolution.unconfirmed, served_tier)
-    return Settlement(resolution.state, why, resolution.unconfirmed)
+        found = Settlement(resolution.state, None, resolution.unconfirmed, served_tier)
+    else:
+        found = Settlement(resolution.state, why, resolution.unconfirmed)
+    if (found.state, found.reason, found.unconfirmed) == (recorded, reason, unconfirmed):
+        return None
+    return found

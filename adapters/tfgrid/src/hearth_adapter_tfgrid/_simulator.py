@@ -143,7 +143,9 @@ class Faults:
 
     fail_deploy: bool = False
     no_ip: bool = False
-    unreachable: bool = False  # every request is answered HTTP 503, as by a router whose service is down
+    #: every request is answered HTTP 503, as by a router whose service is down; ``sim_faults``
+    #: alone is still served, so that the fault can be read and cleared over the wire
+    unreachable: bool = False
 
 
 class _Server(uvicorn.Server):
@@ -273,10 +275,11 @@ class Simulator:
         """The ASGI application: ``POST /rpc`` and ``GET /openrpc.json``."""
 
         async def rpc(request: Request) -> Response:
-            refused = self._refusal(request)
+            body = await request.body()
+            refused = self._refusal(request, control=_only_control(body))
             if refused is not None:
                 return refused
-            answer = await self.handle(await request.body())
+            answer = await self.handle(body)
             return Response(status_code=204) if answer is None else JSONResponse(answer)
 
         async def openrpc(request: Request) -> Response:
@@ -286,8 +289,12 @@ class Simulator:
             routes=[Route("/rpc", rpc, methods=["POST"]), Route("/openrpc.json", openrpc, methods=["GET"])]
         )
 
-    def _refusal(self, request: Request) -> Response | None:
-        if self.faults.unreachable:  # what a router answers when the service behind it is down
+    def _refusal(self, request: Request, *, control: bool = False) -> Response | None:
+        """The answer that refuses a request before it is read (None: serve it). ``control``: it
+        only calls the simulator's own ``sim_faults``, which the ``unreachable`` fault spares (or
+        a fault set over the wire could never be cleared, nor read, over the wire); the bearer
+        token guards it all the same."""
+        if self.faults.unreachable and not control:  # as a router whose service is down answers
             return PlainTextResponse("the ComputeService is unavailable", status_code=503)
         if self._token is not None and not hmac.compare_digest(
             request.headers.get("authorization", ""), f"Bearer {self._token}"
@@ -487,6 +494,21 @@ class Simulator:
                 raise JsonRpcError(-32602, f"unknown fault {key!r}")
             setattr(self.faults, key, bool(value))
         return dict(self.faults.__dict__)
+
+
+#: The simulator's own methods, which its faults spare: they set and read the faults.
+CONTROL = frozenset({"sim_faults"})
+
+
+def _only_control(body: bytes) -> bool:
+    """Whether a ``POST /rpc`` body calls the simulator's control methods only (a request, or a
+    batch of nothing else); anything else, unreadable JSON included, is not spared."""
+    try:
+        requests = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    calls = requests if isinstance(requests, list) else [requests]
+    return bool(calls) and all(isinstance(c, dict) and c.get("method") in CONTROL for c in calls)
 
 
 def _served(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -98,10 +98,12 @@ def plan_lines(slug: str, tier: str, result: PlanResult) -> str:
 
 
 def reconcile_lines(report: ReconcileReport) -> str:
+    from .._states import resolution_note  # here: only a reconcile needs the rules
+
     would = "would resolve" if report.dry_run else "resolved"
     marked = "would be marked failed" if report.dry_run else "marked failed"
     lines = [
-        f"{would} {slug}: {old} -> {new}" if old != new else f"{would} {slug}: {old}, now confirmed"
+        f"{would} {slug}: {resolution_note(old, new, unconfirmed=slug in report.unconfirmed)}"
         for slug, old, new in report.resolved
     ]
     lines += [f"ghost {slug}: the backend has no trace; {marked}" for slug in report.ghosts]

@@ -141,6 +141,8 @@ class Reconciler:
             self.report.ghosts.append(current.slug)
         else:
             self.report.resolved.append((current.slug, current.state, settled.state))
+            if settled.unconfirmed:
+                self.report.unconfirmed.append(current.slug)
 
 
 def _settled(current: Deployment, found: Settlement, observed: StatusReport) -> Deployment:

@@ -32,6 +32,7 @@ import uvicorn
 from .._dirs import SERVE_LOCK_FILE, SOCKET_FILE, find_project_dir, state_dir
 from .._errors import HearthError, InvalidInput
 from .._lifecycle._host import Host
+from .._states import resolution_note
 from ._app import AppState, create_app
 
 log = logging.getLogger("hearth.serve")
@@ -247,7 +248,7 @@ async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: a
             log.exception("reconcile failed unexpectedly")
             continue
         found = [
-            f"{slug}: {old} -> {new}" if old != new else f"{slug}: {old}, now confirmed"
+            f"{slug}: {resolution_note(old, new, unconfirmed=slug in report.unconfirmed)}"
             for slug, old, new in report.resolved
         ] + [f"ghost {slug}" for slug in report.ghosts]
         for ref in report.orphans:
