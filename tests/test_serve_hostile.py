@@ -113,3 +113,23 @@ async def test_an_unexpected_exception_answers_the_json_error_body(
         logged = [r for r in caplog.records if r.exc_info and "/v1/tiers" in r.getMessage()]
         assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is RuntimeError
         assert (await client.get("/v1/health")).status_code == 200  # and the app goes on
+
+
+# --- bodies the framework refuses ------------------------------------------------------------------
+async def test_a_body_not_utf8_or_nested_too_deep_is_invalid_input(tmp_path: Path) -> None:
+    """A JSON body that is not UTF-8, or nests 100,000 deep, answers 400 ``invalid_input``:
+    every 4xx the framework raises has a documented kind, never ``error``."""
+    json_type = {"content-type": "application/json"}
+    async with api(tmp_path) as (_, client):
+        for body in (
+            b'{"slug": "\xff\xfe", "tier": "solo", "driver": "fake"}',
+            b"\xff\xfe\xfd",
+            b"[" * 100_000 + b"]" * 100_000,
+            b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+        ):
+            for path in ("/v1/workspaces", "/v1/check", "/v1/reconcile"):
+                answer = await client.post(path, content=body, headers=json_type)
+                assert answer.status_code == 400, (path, body[:20], answer.text[:300])
+                error = error_of(answer)
+                assert error["kind"] == "invalid_input", (path, body[:20], error)
+                assert "body" in error["message"], error

@@ -258,8 +258,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     @app.exception_handler(StarletteHTTPException)
     async def httperror_response(request: Request, exc: Exception) -> JSONResponse:
         error = cast(StarletteHTTPException, exc)
-        kind = {404: "not_found", 405: "invalid_input"}.get(error.status_code, "error")
-        response = error_response(kind, str(error.detail), error.status_code)
+        # every 4xx the framework raises has a documented kind: a body that is not UTF-8 or
+        # nests too deep for the JSON parser (400), a wrong method (405), ... are invalid_input
+        code = error.status_code
+        kind = {401: "unauthorized", 404: "not_found"}.get(code) or (
+            "invalid_input" if 400 <= code < 500 else "error"
+        )
+        response = error_response(kind, str(error.detail), code)
         response.headers.update(error.headers or {})  # 405's Allow
         return response
 
