@@ -32,7 +32,8 @@
   token (targets: as fast as the home's socket), beside ``--local`` (the host and its adapter
   started in the process), ``docker ps`` and ``python -c pass`` (target: <= 100 ms median
   through the daemon); ``GET /v1/workspaces/{slug}`` round trips over the Unix
-  socket (keep-alive httpx) beside ``Host.deployment`` in process on the same home (p50, p99); 50
+  socket and over the TCP listener with its token (keep-alive httpx; TLS is not timed) beside
+  ``Host.deployment`` in process on the same home (p50, p99); 50
   provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
   events received; every provision must succeed and every stream see its final event).
@@ -1047,21 +1048,38 @@ def serve_cli(
 
 
 async def serve_round_trips(
-    sock: Path, *, home: Path, project: Path, slug: str, count: int, warmup: int
-) -> tuple[list[float], list[float]]:
-    """``GET /v1/workspaces/{slug}`` over the socket (keep-alive, decoded to a Deployment), beside
-    ``await host.deployment(slug)`` on a Host embedded here on the same home; blocks of 50 of
-    each take turns. (API seconds, embedded seconds.)"""
+    sock: Path, *, port: int, home: Path, project: Path, slug: str, count: int, warmup: int
+) -> tuple[list[float], list[float], list[float]]:
+    """``GET /v1/workspaces/{slug}`` over the socket and over the TCP listener on ``port`` (with
+    the token; keep-alive, decoded to a Deployment), beside ``await host.deployment(slug)`` on a
+    Host embedded here on the same home; blocks of 50 of each take turns. (Unix socket seconds,
+    TCP seconds, embedded seconds.)"""
     api: list[float] = []
+    tcp: list[float] = []
     embedded: list[float] = []
     path = f"/v1/workspaces/{slug}"
-    async with _uds_client(sock) as client, Host(project_dir=project, home=home) as host:
+    over_tcp_client = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {SERVE_TOKEN}"},
+        timeout=SERVE_BOUND,
+    )
+    async with (
+        _uds_client(sock) as client,
+        over_tcp_client as tcp_client,
+        Host(project_dir=project, home=home) as host,
+    ):
 
-        async def over_api() -> Deployment:
-            response = await client.get(path)
+        async def fetched(through: httpx.AsyncClient) -> Deployment:
+            response = await through.get(path)
             if response.status_code != 200:
                 raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
             return Deployment.model_validate_json(response.content)
+
+        async def over_api() -> Deployment:
+            return await fetched(client)
+
+        async def over_tcp() -> Deployment:
+            return await fetched(tcp_client)
 
         async def in_process() -> Deployment:
             return await host.deployment(slug)
@@ -1069,17 +1087,18 @@ async def serve_round_trips(
         async with asyncio.timeout(SERVE_BOUND):
             for _ in range(warmup):
                 await over_api()
+                await over_tcp()
                 await in_process()
             block = 50
             for first in range(0, count, block):
-                for call, samples in ((over_api, api), (in_process, embedded)):
+                for call, samples in ((over_api, api), (over_tcp, tcp), (in_process, embedded)):
                     for _ in range(min(block, count - first)):
                         started = time.perf_counter()
                         record = await call()
                         samples.append(time.perf_counter() - started)
                         if record.slug != slug or record.state != "ready":
                             raise RuntimeError(f"{path}: {record.slug} {record.state}, not {slug} ready")
-    return api, embedded
+    return api, tcp, embedded
 
 
 async def _until_final(events: AsyncIterator[Event]) -> tuple[int, Event | None]:
@@ -1222,14 +1241,19 @@ def _print_serve_cli(cli: dict[str, list[float]], docker_why: str | None, runs: 
     print()
 
 
-def _print_serve_api(api: list[float], embedded: list[float]) -> None:
+def _print_serve_api(api: list[float], tcp: list[float], embedded: list[float]) -> None:
     print(f"GET /v1/workspaces/{{slug}} round trip, {len(api)} sequential after 50 warm-up (httpx keep-alive")
-    print("over the socket, decoded to a Deployment), beside await host.deployment(slug) on a Host")
-    print("embedded in this process on the same home (blocks of 50 taking turns):")
-    print(f"{'':34}{'API socket':>12}{'embedded':>14}{'ratio':>9}")
+    print("over the Unix socket, and over the loopback TCP listener with the token, decoded to a")
+    print("Deployment), beside await host.deployment(slug) on a Host embedded in this process on the")
+    print("same home (blocks of 50 taking turns; ratio: the row's over embedded). TLS is not timed")
+    print("(no certificate maker here):")
+    print(f"{'':34}{'API socket':>12}{'API TCP':>14}{'embedded':>14}{'socket':>9}{'TCP':>9}")
     for label, fraction in (("p50", 0.5), ("p99", 0.99)):
-        new, old = percentile(api, fraction), percentile(embedded, fraction)
-        print(f"{'round trip ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
+        new, wire, old = (percentile(s, fraction) for s in (api, tcp, embedded))
+        print(
+            f"{'round trip ' + label:34}{ms(new)}{ms(wire):>14}{ms(old):>14}"
+            f"{new / old:8.2f}x{wire / old:8.2f}x"
+        )
     print()
 
 
@@ -1288,8 +1312,10 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
         up = time.perf_counter() - started
         asyncio.run(_api_provision(sock, "bench", "solo"))  # the daemon's adapter is warm from here
         cli, docker_why = serve_cli(home, project, "bench", env, runs, port=port)
-        api, embedded = asyncio.run(
-            serve_round_trips(sock, home=home, project=project, slug="bench", count=requests, warmup=50)
+        api, tcp, embedded = asyncio.run(
+            serve_round_trips(
+                sock, port=port, home=home, project=project, slug="bench", count=requests, warmup=50
+            )
         )
         served = asyncio.run(api_provisions(sock, provisions, "p"))
         alone = asyncio.run(embedded_provisions(alone_home, project, provisions, "p"))
@@ -1308,7 +1334,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
         f"stopped by SIGTERM in {down:.2f} s, exit {code})"
     )
     _print_serve_cli(cli, docker_why, runs)
-    _print_serve_api(api, embedded)
+    _print_serve_api(api, tcp, embedded)
     _print_serve_provisions(served, alone)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
@@ -21,7 +22,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth_adaptersdk import PlanResult, StatusReport
 
@@ -34,6 +35,7 @@ from ._schemas import (
     API,
     ERRORS,
     LOCATION,
+    NUMBER_MAX,
     STATUS,
     WAIT_MAX,
     AdoptRequest,
@@ -50,6 +52,8 @@ from ._schemas import (
 
 #: Seconds of quiet after which a Server-Sent Events stream sends a comment.
 HEARTBEAT = 10.0
+
+log = logging.getLogger("hearth.serve")
 
 
 # --- plumbing ------------------------------------------------------------------------------------
@@ -84,6 +88,37 @@ class _Token:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _Unexpected:
+    """Any exception no handler took (a bug) answers 500 with the JSON error body, kind
+    ``error`` and a one-line message, and is logged with its traceback; never Starlette's
+    plain-text 500. One raised after the response began (a stream) is left to the server,
+    which logs it and ends the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = False
+
+        async def sending(message: Message) -> None:
+            nonlocal began
+            began = began or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if began:
+                raise
+            log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            line = (str(exc).strip().splitlines() or [""])[0][:200]
+            message = f"unexpected error: {type(exc).__name__}" + (f": {line}" if line else "")
+            await error_response("error", message, 500)(scope, receive, send)
 
 
 def _state(request: Request) -> AppState:
@@ -176,7 +211,8 @@ Wait = Annotated[
     float | None,
     Query(gt=0, le=WAIT_MAX, description="answer once finished (200) or after this many seconds (202)"),
 ]
-Limit = Annotated[int | None, Query(ge=0)]
+#: ``limit`` and ``after`` (an id) are bounded by what the store holds (``NUMBER_MAX``).
+Limit = Annotated[int | None, Query(ge=0, le=NUMBER_MAX)]
 QueryDeadline = Annotated[
     float | None, Query(gt=0, le=WAIT_MAX * 24, description="deadline for the adapter's work (seconds)")
 ]
@@ -202,6 +238,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         dependencies=[Depends(settings_valid)],
     )
     app.state.hearth = AppState(host)
+    app.add_middleware(_Unexpected)
     if token is not None:
         app.add_middleware(_Token, token=token)
 
@@ -221,8 +258,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     @app.exception_handler(StarletteHTTPException)
     async def httperror_response(request: Request, exc: Exception) -> JSONResponse:
         error = cast(StarletteHTTPException, exc)
-        kind = {404: "not_found", 405: "invalid_input"}.get(error.status_code, "error")
-        response = error_response(kind, str(error.detail), error.status_code)
+        # every 4xx the framework raises has a documented kind: a body that is not UTF-8 or
+        # nests too deep for the JSON parser (400), a wrong method (405), ... are invalid_input
+        code = error.status_code
+        kind = {401: "unauthorized", 404: "not_found"}.get(code) or (
+            "invalid_input" if 400 <= code < 500 else "error"
+        )
+        response = error_response(kind, str(error.detail), code)
         response.headers.update(error.headers or {})  # 405's Allow
         return response
 
@@ -322,7 +364,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         slug: str | None = None,
         state: str | None = None,
         limit: Limit = None,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=NUMBER_MAX)] = None,
     ) -> list[Operation]:
         """Operations by id; ``after``: the last id of the previous page."""
         return await _state(request).host.operations(slug=slug, state=state, limit=limit, after=after)
@@ -373,10 +415,10 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     )
     async def events(
         request: Request,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=NUMBER_MAX)] = 0,
         slug: str | None = None,
         accept: Annotated[str | None, Header()] = None,
-        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=NUMBER_MAX)] = None,
     ) -> StreamingResponse:
         """Every event of every process on the home after ``after`` (or ``Last-Event-ID``)."""
         state = _state(request)

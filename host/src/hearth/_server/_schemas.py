@@ -37,6 +37,8 @@ STATUS: dict[str, int] = {
 }
 #: The longest ``?wait=`` or ``/wait?timeout=`` (seconds).
 WAIT_MAX = 3600.0
+#: The largest ``limit``, ``after`` or ``Last-Event-ID``: the store's largest integer (2^63 - 1).
+NUMBER_MAX = 2**63 - 1
 
 
 # --- the API's own models ------------------------------------------------------------------------
