@@ -316,3 +316,16 @@ def test_adapters_shows_each_candidate_with_its_source_version_and_refusal(cli: 
     assert fake[1]["version"] == "hearth-adapter-fake 0.1.0"
     # the refused project copy is skipped: the workspace is served by the one on PATH
     assert cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")["last_status"] == "ready"
+
+
+def test_an_emptied_store_is_a_store_error_for_ls_and_status(cli: Cli) -> None:
+    """Issue 20: hearth.db truncated to 0 bytes in a used home is not an empty registry."""
+    cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")
+    path = cli.home / "hearth.db"
+    path.write_bytes(b"")
+    for args in (("ls",), ("status", "alpha")):
+        _code, line, error = cli.error(*args)
+        assert error["kind"] == "store_error", error
+        assert line.startswith("hearth: store_error: "), line
+        assert str(path) in line and "restore" in line and "remove it" in line
+    assert path.stat().st_size == 0

@@ -437,3 +437,40 @@ def test_several_processes_can_open_a_new_store_at_once(tmp_path: Path) -> None:
         results.close()
         results.join_thread()
     assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
+
+
+async def test_an_emptied_store_in_a_used_home_is_refused_not_started_afresh(tmp_path: Path) -> None:
+    """Issue 20: a zero-length hearth.db in a home a host has used is a store_error naming the
+    file and what to do; it is neither read as an empty registry nor overwritten."""
+    from hearth._store._records import current
+    from tests.helpers import make_host
+
+    async with make_host(tmp_path) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+    path = tmp_path / "home" / "hearth.db"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError) as caught:
+        async with make_host(tmp_path) as host:
+            await host.list()
+    assert str(path) in caught.value.message
+    assert "restore" in caught.value.message and "remove it" in caught.value.message
+    with pytest.raises(StoreError, match="restore"):
+        current(path)
+    assert path.stat().st_size == 0  # left as found
+    path.unlink()  # as the message says: start afresh
+    async with make_host(tmp_path) as host:
+        assert await host.list() == []
+
+
+async def test_a_new_store_never_shows_an_empty_file(tmp_path: Path) -> None:
+    """A new store is linked into place whole, so a zero-length hearth.db is never one being made."""
+    path = tmp_path / "hearth.db"
+    await (await _opened(path)).close()
+    assert path.stat().st_size > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # a zero-length file in a home with no trace of use is still taken as new
+    fresh = tmp_path / "fresh" / "hearth.db"
+    fresh.parent.mkdir()
+    fresh.write_bytes(b"")
+    await (await _opened(fresh)).close()
+    assert sqlite3.connect(fresh).execute("PRAGMA user_version").fetchone()[0] > 0

@@ -15,6 +15,9 @@ from typing import Any, NamedTuple
 from .._errors import StoreError
 
 STORE_FILE = "hearth.db"
+#: What a host leaves in its home once it has run: its liveness marks, the slugs' lock files,
+#: the adapters' data folders.
+USED_HOME = ("owners", "locks", "data")
 
 MIGRATIONS: Sequence[str] = (
     # version 1
@@ -139,6 +142,7 @@ def current(path: Path) -> list[Listed]:
     """Every current record of the store at ``path`` (none when there is no store yet)."""
     if not path.exists():
         return []
+    refuse_emptied(path)
     try:
         db = sqlite3.connect(path, timeout=30.0)
         try:
@@ -167,6 +171,32 @@ def current(path: Path) -> list[Listed]:
         document["last_status"] = state
         listed.append(Listed(slug, state, tier, driver, document))
     return listed
+
+
+def refuse_emptied(path: Path) -> None:
+    """Refuse a zero-length store file in a home that has been used: SQLite would take it for a
+    new, empty database, and the registry would silently start afresh (issue 20).
+
+    The rule cannot race with a host creating a new store: ``SQLiteStore`` never shows a
+    zero-length ``hearth.db`` (it builds the database under a temporary name and links it into
+    place whole), so a zero-length one is a damaged file (truncated, or restored empty) or one an
+    interrupted older hearth left. It is refused when the home shows earlier use: any of
+    ``USED_HOME`` (``owners``, ``locks``, ``data``) or the store's own ``-wal`` file exists. A
+    zero-length file in a home with none of them is taken as a new store, as before.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size:
+        return
+    used = [name for name in (*USED_HOME, f"{path.name}-wal") if (path.parent / name).exists()]
+    if used:
+        raise StoreError(
+            f"the store {path} is empty (0 bytes) in a home that has been used (it holds "
+            f"{', '.join(used)}): its records are gone; restore {path.name} from a backup, "
+            "or remove it to start afresh with an empty registry"
+        )
 
 
 def _synthesized(slug: str, tier: str, driver: str, state: str, created: str) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,7 +57,7 @@ from ._base import (
     state_event_args,
     still_as_read,
 )
-from ._records import MIGRATIONS, SCHEMA_VERSION
+from ._records import MIGRATIONS, SCHEMA_VERSION, refuse_emptied
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -109,6 +111,9 @@ class SQLiteStore:
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.path.exists():
+                self._create()
+            refuse_emptied(self.path)
             private_file(self.path)
             for suffix in SIDE_FILES:  # files an older hearth may have left readable
                 side = self.path.with_name(self.path.name + suffix)
@@ -124,6 +129,32 @@ class SQLiteStore:
             raise
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the store {self.path}: {reason_of(exc)}") from None
+
+    def _create(self) -> None:
+        """Make a new store whole: build it (WAL mode, the current schema) under a temporary name
+        and link it into place, never replacing a file another process linked first. So no
+        process ever sees a zero-length ``hearth.db`` that a hearth is still filling in, and
+        ``refuse_emptied`` can tell an emptied store from a new one without racing. Where the file
+        system cannot link, the store is created in place, as before."""
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            private_file(temporary)
+            self._db = sqlite3.connect(temporary, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self._migrate()
+            finally:
+                self._close()  # the last connection: the WAL is checkpointed into the file
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another process made it first: use theirs
+            except OSError:
+                private_file(self.path)
+        finally:
+            for suffix in ("", *SIDE_FILES):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{temporary}{suffix}")
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
