@@ -765,3 +765,41 @@ async def test_ctrl_c_mid_provision_through_the_cli_leaves_no_vm_and_a_truthful_
         assert operation["outcome"] == "cancelled" and operation["error"]["rolled_back"] is True
     finally:
         await simulator.stop()
+
+
+async def test_the_secret_of_an_interrupted_teardown_is_removed_once_the_vm_is_confirmed_gone(
+    tmp_path: Path,
+) -> None:
+    """Issue 20: a teardown cut short after delete_vm (here: the VM outlived ``delete_timeout``)
+    keeps the secret, as it must while the VM may still be there; the status that finds the VM
+    gone (what reconcile settles as torn down) removes it. A workspace whose VM is merely not
+    deployed yet keeps its secret."""
+    async with grid(tmp_path, delete_timeout=0.1) as (simulator, peer):
+        ref = await peer.provision("alpha", _profile())
+        secret = tmp_path / "data" / "secrets" / "alpha.secret"
+        simulator.deploy_delay = 3600.0  # the grid takes its time: the VM outlives delete_timeout
+        with pytest.raises(RemoteError) as caught:
+            await peer.teardown(ref)
+        assert "still there" in caught.value.message
+        assert secret.is_file(), "kept while the VM may still be there"
+        assert (await peer.status(ref)).state == "tearing_down"
+        assert secret.is_file()
+        [vm] = simulator.vms.values()
+        simulator.vms.pop(vm.id)  # the grid finishes the deletion
+        simulator.gateways.clear()
+        assert (await peer.status(ref)).state == "absent"
+        assert not secret.exists(), "the VM is confirmed gone: its secret must go too"
+        assert not (tmp_path / "data" / "workspaces" / "alpha.json").exists()
+        assert (await peer.status(ref)).state == "absent"
+        await peer.teardown(ref)  # idempotent
+
+        # a secret minted for a VM not deployed yet is not a teardown's: status leaves it alone
+        (tmp_path / "data" / "secrets" / "beta.secret").write_text("minted-before-deploy")
+        beta = ref.model_copy(
+            update={
+                "workspace_slug": "beta",
+                "secrets_vault_path": str(tmp_path / "data" / "secrets" / "beta.secret"),
+            }
+        )
+        assert (await peer.status(beta)).state == "absent"
+        assert (tmp_path / "data" / "secrets" / "beta.secret").is_file()

@@ -560,6 +560,8 @@ class TfgridDriver(Driver):
         forget the secret and record. Never raises for the service's failures: they are the
         ``problem`` of the result (and the secret is kept). Run it through ``ctx.cleanup``."""
         undone = _Undone()
+        if forget:
+            self._vault.deleting(slug)
         try:
             vm, gateway = await self._find(slug, secret)
             if gateway is not None:
@@ -602,6 +604,12 @@ class TfgridDriver(Driver):
             )
         vm, gateway = await self._find(slug, secret)
         state, message = _observed(vm, gateway)
+        if vm is None and self._vault.being_deleted(slug) and self._secret(slug) == secret:
+            # A teardown (or rollback) cut short after its delete: the VM is now confirmed gone,
+            # so finish it and drop the secret. No await since _find: a provision in this process
+            # cannot have minted a new secret in between (mint also clears the mark).
+            self._vault.forget(slug)
+            message = "the VM is gone: its interrupted deletion is complete and its secret removed"
         details = (
             {"vm_id": vm.id, "node": vm.node_sid, "slices": vm.slice_count, "mycelium_ip": vm.mycelium_ip}
             if vm
@@ -855,6 +863,7 @@ class TfgridDriver(Driver):
                 raise elsewhere
             return
         ctx.progress(f"deleting the gateway and VM {_vm_name(slug)}", 0.1)
+        self._vault.deleting(slug)
         vm, gateway = await self._find(slug, secret)
         if gateway is not None:
             await self._ask(self.service.delete_webgateway(gateway.id, secret))

@@ -5,7 +5,10 @@
 ``workspaces/<slug>.json`` holds what the VM cannot: the tier and creation time (TFGrid VMs
 have no metadata field, the name is the only handle); ``gone/<slug>`` says this vault deleted
 that workspace (so a secret that is missing for another reason is not taken for "nothing
-deployed": on a replica whose data folder is not shared, the secret is simply elsewhere).
+deployed": on a replica whose data folder is not shared, the secret is simply elsewhere);
+``deleting/<slug>`` says this vault has started deleting that workspace (a teardown, a rollback):
+if that is cut short the secret stays (the VM may still be there), and the first look that finds
+the VM gone completes it (``forget``), as a finished teardown would have.
 
 A secret is read from ``secrets/<slug>.secret`` and nowhere else: a path handed in (a ref's
 ``secrets_vault_path``, which the host stores and anyone who can edit its record can change) is
@@ -41,7 +44,7 @@ class Vault:
         if folder is None:  # a bare client gave no data_dir: keep secrets in a private temp folder
             folder = Path(tempfile.mkdtemp(prefix="hearth-tfgrid-"))
         self.folder = folder
-        for sub in ("secrets", "workspaces", "gone"):
+        for sub in ("secrets", "workspaces", "gone", "deleting"):
             (folder / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def secret_path(self, slug: str) -> Path:
@@ -52,6 +55,7 @@ class Vault:
         secret = secrets.token_urlsafe(32)
         path = self.secret_path(slug)
         (self.folder / "gone" / slug).unlink(missing_ok=True)
+        (self.folder / "deleting" / slug).unlink(missing_ok=True)  # a new workspace, not a leftover
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(path, flags, 0o600)
         try:
@@ -117,6 +121,15 @@ class Vault:
         gone.touch(mode=0o600, exist_ok=True)
         self.secret_path(slug).unlink(missing_ok=True)
         (self.folder / "workspaces" / f"{slug}.json").unlink(missing_ok=True)
+        (self.folder / "deleting" / slug).unlink(missing_ok=True)
+
+    def deleting(self, slug: str) -> None:
+        """Say that deleting ``slug``'s deployment has begun; ``forget`` (or a new ``mint``) ends it."""
+        (self.folder / "deleting" / slug).touch(mode=0o600, exist_ok=True)
+
+    def being_deleted(self, slug: str) -> bool:
+        """Whether a deletion of ``slug``'s deployment began here and was not seen through."""
+        return (self.folder / "deleting" / slug).exists()
 
     def deleted_here(self, slug: str) -> bool:
         """Whether this vault deleted ``slug``'s deployment (and its secret with it)."""
