@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -329,3 +331,64 @@ def test_an_emptied_store_is_a_store_error_for_ls_and_status(cli: Cli) -> None:
         assert line.startswith("hearth: store_error: "), line
         assert str(path) in line and "restore" in line and "remove it" in line
     assert path.stat().st_size == 0
+
+
+def _read_only(*paths: Path) -> None:
+    for path in paths:
+        path.chmod(0o500 if path.is_dir() else 0o400)
+
+
+def _unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run so that file modes bind it: as is for a user, and for root (which ignores
+    them) through ``setpriv`` with every capability dropped (still uid 0, the files' owner)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root ignores file modes and setpriv (to drop its capabilities) is missing")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--", *argv]
+
+
+def test_ls_reads_a_read_only_home(cli: Cli) -> None:
+    """Issue 20: in a home this user cannot write, SQLite cannot create the WAL's -shm file;
+    ``hearth ls`` reads it anyway, and says in one line why not when the WAL holds transactions."""
+    cli.json("provision", "alpha", "--tier", "solo", "--driver", "fake")
+    store = cli.home / "hearth.db"
+    assert not store.with_name("hearth.db-wal").exists()  # the last connection checkpointed it
+    _read_only(store, cli.home)
+    probe = subprocess.run(
+        _unprivileged(["sh", "-c", f"touch {cli.home}/probe"]), capture_output=True, check=False, timeout=30
+    )
+    assert probe.returncode != 0, "the home must be read-only for the check to mean anything"
+    done = subprocess.run(
+        _unprivileged(cli.argv("ls", "--json")),
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["workspace_slug"] for r in json.loads(done.stdout)] == ["alpha"]
+    assert sorted(p.name for p in cli.home.iterdir() if p.name.startswith("hearth.db")) == ["hearth.db"]
+
+    # a copy whose WAL holds a transaction, without its -shm: not readable, and it says why
+    copy = cli.home.parent / "copy"
+    copy.mkdir()
+    shutil.copy(store, copy / "hearth.db")
+    db = sqlite3.connect(copy / "hearth.db")
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute("UPDATE deployments SET state = 'failed'")
+    db.commit()
+    shutil.copy(copy / "hearth.db-wal", copy / "wal")  # as a backup tool would copy it, open
+    db.close()
+    (copy / "wal").rename(copy / "hearth.db-wal")
+    assert not (copy / "hearth.db-shm").exists()
+    _read_only(copy / "hearth.db", copy / "hearth.db-wal", copy)
+    argv = [cli.exe, "ls", "--json", "--project", str(cli.project), "--home", str(copy)]
+    done = subprocess.run(
+        _unprivileged(argv), capture_output=True, text=True, env=cli.env, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("hearth: store_error: ") and "hearth.db-wal" in line and "-shm" in line, line

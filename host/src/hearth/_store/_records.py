@@ -144,7 +144,7 @@ def current(path: Path) -> list[Listed]:
         return []
     refuse_emptied(path)
     try:
-        db = sqlite3.connect(path, timeout=30.0)
+        db = _reader(path)
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -171,6 +171,39 @@ def current(path: Path) -> list[Listed]:
         document["last_status"] = state
         listed.append(Listed(slug, state, tier, driver, document))
     return listed
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection to the store at ``path``, which may be in a home this user cannot
+    write (a backup, a home mounted read-only, another user's home shared for reading).
+
+    It is opened with ``mode=ro``, which still needs the WAL's ``-shm`` file (SQLite creates it, or
+    maps an existing one read-only). Where that fails, ``immutable=1`` (no locks, no WAL) is the
+    last resort, taken only when the ``-wal`` file is absent or empty: then no connection has the
+    database open (the last one to close checkpoints the WAL into the file and removes it), so the
+    file holds every committed transaction, and in a home this user cannot write no writer of
+    this user can start. A ``-wal`` that holds transactions cannot be read without its ``-shm``: that
+    is a ``StoreError`` saying so, rather than a listing that misses the latest records.
+    """
+    uri = path.absolute().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0)
+    try:
+        db.execute("PRAGMA user_version").fetchone()  # the WAL and its -shm are opened on first read
+        return db
+    except sqlite3.OperationalError as exc:
+        db.close()
+        wal = path.with_name(path.name + "-wal")
+        try:
+            pending = wal.stat().st_size > 0
+        except FileNotFoundError:
+            pending = False
+        if pending:
+            raise StoreError(
+                f"the store {path} cannot be read: {exc}; its write-ahead log {wal.name} holds "
+                f"transactions that only a process able to create {path.name}-shm can read: run "
+                "this as the home's owner, or make the home writable"
+            ) from None
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30.0)
 
 
 def refuse_emptied(path: Path) -> None:
