@@ -474,3 +474,43 @@ async def test_a_new_store_never_shows_an_empty_file(tmp_path: Path) -> None:
     fresh.write_bytes(b"")
     await (await _opened(fresh)).close()
     assert sqlite3.connect(fresh).execute("PRAGMA user_version").fetchone()[0] > 0
+
+
+async def _host_lists(root: str) -> None:
+    from tests.helpers import make_host
+
+    async with make_host(Path(root)) as host:
+        await host.list()
+
+
+def _open_host(root: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        asyncio.run(_host_lists(root))
+        results.put("ok")
+    except StoreError as exc:
+        results.put(exc.message)
+
+
+@pytest.mark.subprocess
+def test_hosts_opening_one_fresh_home_at_once_all_get_the_new_store(tmp_path: Path) -> None:
+    """However the creators interleave, none of them takes the store being made for an emptied one."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for round_ in range(15):
+        barrier, results = context.Barrier(3), context.Queue()
+        processes = [
+            context.Process(target=_open_host, args=(str(tmp_path / str(round_)), barrier, results))
+            for _ in range(3)
+        ]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+        outcomes += [results.get(timeout=10) for _ in processes]
+        results.close()
+        results.join_thread()
+        assert (tmp_path / str(round_) / "home" / "hearth.db").stat().st_size > 0
+    assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
