@@ -35,6 +35,7 @@ from ._remote_wire import (
     error_of,
     longer,
     operation_events,
+    outage,
     own_key,
     parse,
     relay,
@@ -51,6 +52,8 @@ WAIT_CHUNK = 30.0
 #: The read bound of a ``reconcile`` given no deadline (one list per driver, a status per
 #: uncertain record: it may take long).
 RECONCILE_BOUND = 3600.0
+#: How long a wait rides out a daemon that does not answer (seconds): ``RemoteHost(reconnect=)``.
+RECONNECT = 120.0
 #: The page size ``list()`` reads the records in.
 PAGE = 500
 if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does not pay for them
@@ -67,7 +70,10 @@ class RemoteHost:
     """The ``Host`` API on a hearth daemon: verbs, ``start_*``, ``Operation``, ``watch``, queries.
 
     Use it as an async context manager (or call ``aclose``). ``timeout`` bounds each request
-    (a wait for an operation asks the daemon in steps, each bounded by it).
+    (a wait for an operation asks the daemon in steps, each bounded by it). ``reconnect``
+    bounds an outage a wait rides through (``watch()``, an operation's ``events()`` and
+    ``result()``, the verbs): a daemon restarting is asked again, after the last event seen,
+    until it has not answered for that many seconds; then ``DaemonUnavailable``.
     """
 
     def __init__(
@@ -77,6 +83,7 @@ class RemoteHost:
         token: str | None = None,
         *,
         timeout: float = CLIENT_TIMEOUT,
+        reconnect: float = RECONNECT,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``verify``: for an ``https://`` url, an ``ssl.SSLContext`` that trusts the daemon's
@@ -95,6 +102,7 @@ class RemoteHost:
         self.socket = Path(socket) if socket is not None else None
         self.url = url.rstrip("/") if url is not None else None
         self.timeout = float(timeout)
+        self.reconnect = positive_seconds(reconnect, "reconnect")
         self._verify = verify
         self._token = token
         self._client: httpx.AsyncClient | None = None
@@ -454,16 +462,22 @@ class RemoteHost:
             timeout = positive_seconds(timeout, "timeout")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        down_since, pause = None, 0.1
         while True:
             step = WAIT_CHUNK if deadline is None else min(WAIT_CHUNK, deadline - loop.time())
             if step <= 0:
                 return await self.operation(ident)
-            data = await self._call(
-                "GET",
-                f"/operations/{int(ident)}/wait",
-                params={"timeout": round(max(step, 0.001), 3)},
-                timeout=step + self.timeout,
-            )
+            try:
+                data = await self._call(
+                    "GET",
+                    f"/operations/{int(ident)}/wait",
+                    params={"timeout": round(max(step, 0.001), 3)},
+                    timeout=step + self.timeout,
+                )
+            except DaemonUnavailable as exc:  # restarting, perhaps: ask again, within the bound
+                down_since, pause = await outage(self, exc, down_since, pause, deadline)
+                continue
+            down_since, pause = None, 0.1
             op = self._operation(data)
             if op.finished or (deadline is not None and loop.time() >= deadline):
                 return op
