@@ -609,14 +609,20 @@ def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Pat
         try:
             killed.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
             assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
-            _, err = made.communicate(timeout=BOUND)
-            assert made.returncode == 1 and "daemon_unavailable" in err and "hearth logs xi" in err, err
+            with daemon(site, venv_bin) as again:
+                again.wait_for("serving")
+                # the CLI waited through the restart (issue 20), and says how the work ended
+                _, err = made.communicate(timeout=BOUND)
+                assert made.returncode == 1 and "interrupted" in err, err
+                settled(site, venv_bin, again)
         finally:
             if made.poll() is None:
                 made.kill()
                 made.communicate(timeout=BOUND)
-    with daemon(site, venv_bin) as again:
-        again.wait_for("serving")
+
+
+def settled(site: tuple[Path, Path], venv_bin: Path, again: Daemon) -> None:
+    if True:
         record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
         listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
         looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
@@ -675,3 +681,42 @@ def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) ->
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text("[timeouts]\nstatus = 7\n")
     assert _status_default(args) == 7 + Timeouts().handshake
+
+
+#: A tier whose work takes 2 s, and a daemon that lets work in flight finish when it stops.
+STEADY = """
+[tiers.steady.driver_flags.fake]
+delay = 2
+[timeouts]
+cancel_grace = 5
+drain_grace = 20
+"""
+
+
+def test_the_cli_waits_through_a_daemon_restart(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: the daemon stops (SIGTERM: it finishes the work) and starts again; the CLI
+    waiting on the operation rides it out and prints the outcome (it exited 1 at the SIGTERM)."""
+    home, project = site
+    (project / ".hearth" / "hearth.toml").write_text(STEADY)
+    with daemon(site, venv_bin) as first:
+        first.wait_for("serving")
+        made = subprocess.Popen(
+            [str(venv_bin / "hearth"), "provision", "rho", "--tier", "steady", "--driver", "fake",
+             "--home", str(home), "--project", str(project)],
+            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            first.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
+            assert first.stop() == 0  # after the work is done (drain_grace)
+            assert made.poll() is None  # still waiting: no daemon now
+            with daemon(site, venv_bin) as again:
+                again.wait_for("serving")
+                out, err = made.communicate(timeout=BOUND)
+                assert made.returncode == 0, err
+                assert out.startswith("rho: ready (tier steady, driver fake)"), out
+                assert again.stop() == 0
+        finally:
+            if made.poll() is None:
+                made.kill()
+                made.communicate(timeout=BOUND)

@@ -106,6 +106,9 @@ class RemoteHost:
         self._verify = verify
         self._token = token
         self._client: httpx.AsyncClient | None = None
+        #: Whether a daemon was there once (it answered, or a connection was made): then a
+        #: wait, or a keyed start, rides out an outage for ``reconnect`` seconds.
+        self._reached = False
         #: Operations this client's verbs started, by id, and the cancels it asked for.
         self._mine: dict[int, Operation] = {}
         self._cancelling: dict[int, asyncio.Future[Operation]] = {}
@@ -199,7 +202,9 @@ class RemoteHost:
                 f"the hearth daemon at {self.address} did not answer {method} {path}: {exc!r}"
             ) from None
         except httpx.TransportError as exc:
+            self._reached = self._reached or not isinstance(exc, httpx.ConnectError)
             raise self._unavailable(exc) from None
+        self._reached = True
         if response.is_success:
             return decode(response)
         raise error_of(response)
@@ -219,7 +224,16 @@ class RemoteHost:
         params: Mapping[str, Any] | None = None,
     ) -> Operation:
         headers = {"Idempotency-Key": key} if key is not None else None
-        op = self._operation(await self._call(method, path, body=body, params=params, headers=headers))
+        down_since, pause = None, 0.1
+        while True:  # a keyed start is asked again through an outage: the key makes it one operation
+            try:
+                data = await self._call(method, path, body=body, params=params, headers=headers)
+                break
+            except DaemonUnavailable as exc:
+                if key is None or not self._reached:  # no daemon was ever there: say so at once
+                    raise
+                down_since, pause = await outage(self, exc, down_since, pause, None)
+        op = self._operation(data)
         if on_progress is not None:
             self._follow(op, on_progress)
         return op
