@@ -622,18 +622,18 @@ def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Pat
 
 
 def settled(site: tuple[Path, Path], venv_bin: Path, again: Daemon) -> None:
-    if True:
-        record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
-        listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
-        looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
-        [op] = json.loads(looked.stdout)
-        assert op["state"] == "interrupted", op
-        after = {
-            ref["workspace_slug"]: ref["last_status"]
-            for ref in json.loads(hearth(venv_bin, site, "ls", "--json").stdout)
-        }
-        assert after.get("xi") in (None, "failed"), (listed, after)
-        assert again.stop() == 0
+    """The killed daemon's operation, as the restarted one settles it on an access."""
+    record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
+    listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
+    looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
+    [op] = json.loads(looked.stdout)
+    assert op["state"] == "interrupted", op
+    after = {
+        ref["workspace_slug"]: ref["last_status"]
+        for ref in json.loads(hearth(venv_bin, site, "ls", "--json").stdout)
+    }
+    assert after.get("xi") in (None, "failed"), (listed, after)
+    assert again.stop() == 0
 
 
 async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tmp_path: Path) -> None:
@@ -720,3 +720,30 @@ def test_the_cli_waits_through_a_daemon_restart(site: tuple[Path, Path], venv_bi
             if made.poll() is None:
                 made.kill()
                 made.communicate(timeout=BOUND)
+
+
+def test_timeout_bounds_every_call_through_a_frozen_daemon(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: ``--timeout 2`` through a daemon frozen with SIGSTOP returns within 2 s and
+    the margin (5 s), kind ``timeout``, naming the path with ``/v1`` (it took the default 30 s)."""
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        sock = site[0] / "hearth.sock"
+        served.send(signal.SIGSTOP)
+        try:
+            for env in (None, cli_env(venv_bin, HEARTH_URL=f"unix://{sock}")):
+                for command in (
+                    ["status", "pi", "--timeout", "2"],
+                    ["provision", "pi", "--tier", "solo", "--driver", "fake", "--timeout", "2"],
+                ):
+                    began = time.monotonic()
+                    stuck = hearth(venv_bin, site, *command, env=env)
+                    took = time.monotonic() - began
+                    assert stuck.returncode == 1, stuck.stderr
+                    assert stuck.stderr.startswith("hearth: timeout: the hearth daemon at unix://"), (
+                        stuck.stderr
+                    )
+                    assert " /v1/" in stuck.stderr, stuck.stderr
+                    assert took < 2 + 5 + 3, (command, took)
+        finally:
+            served.send(signal.SIGCONT)
+        assert served.stop() == 0

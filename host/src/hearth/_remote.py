@@ -24,7 +24,7 @@ import httpx
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 
-from ._address import CLIENT_TIMEOUT, address_from_env
+from ._address import CLIENT_TIMEOUT, RECONNECT, address_from_env
 from ._api import ProgressListener
 from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
 from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound
@@ -52,8 +52,6 @@ WAIT_CHUNK = 30.0
 #: The read bound of a ``reconcile`` given no deadline (one list per driver, a status per
 #: uncertain record: it may take long).
 RECONCILE_BOUND = 3600.0
-#: How long a wait rides out a daemon that does not answer (seconds): ``RemoteHost(reconnect=)``.
-RECONNECT = 120.0
 #: The page size ``list()`` reads the records in.
 PAGE = 500
 if TYPE_CHECKING:  # loaded where used: a CLI command through the daemon does not pay for them
@@ -199,7 +197,7 @@ class RemoteHost:
             )
         except httpx.TimeoutException as exc:
             raise Unanswered(
-                f"the hearth daemon at {self.address} did not answer {method} {path}: {exc!r}"
+                f"the hearth daemon at {self.address} did not answer {method} {API}{path}: {exc!r}"
             ) from None
         except httpx.TransportError as exc:
             self._reached = self._reached or not isinstance(exc, httpx.ConnectError)
