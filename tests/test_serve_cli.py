@@ -747,3 +747,39 @@ def test_timeout_bounds_every_call_through_a_frozen_daemon(site: tuple[Path, Pat
         finally:
             served.send(signal.SIGCONT)
         assert served.stop() == 0
+
+
+def test_timeout_bounds_the_wait_on_a_daemon_frozen_mid_verb(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: the daemon freezes (SIGSTOP) while ``provision --timeout 2`` waits for the
+    outcome: the CLI gives up within twice 2 s plus the margin, kind ``timeout`` (it waited the
+    daemon's 30 s step plus the bound)."""
+    home, project = site
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        began = time.monotonic()
+        made = subprocess.Popen(
+            [str(venv_bin / "hearth"), "provision", "sigma", "--tier", "glacial", "--driver", "fake",
+             "--timeout", "2", "-v", "--home", str(home), "--project", str(project)],
+            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert made.stderr is not None
+            for line in made.stderr:  # -v: httpx logs each answer; the CLI ends by its bound
+                if "HTTP Request: POST" in line:
+                    break  # started: the CLI now waits for the outcome
+            served.send(signal.SIGSTOP)
+            try:
+                _, err = made.communicate(timeout=BOUND * 2)
+                err = err.splitlines()[-1] if err.strip() else err
+            finally:
+                served.send(signal.SIGCONT)
+            took = time.monotonic() - began
+            assert made.returncode == 1 and err.startswith("hearth: timeout: "), err
+            assert " /v1/" in err and "hearth logs sigma" in err, err
+            assert took < 2 * (2 + 5) + 3, took
+        finally:
+            if made.poll() is None:
+                made.kill()
+                made.communicate(timeout=BOUND)
+        assert served.stop() == 0

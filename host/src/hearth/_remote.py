@@ -476,7 +476,8 @@ class RemoteHost:
         deadline = None if timeout is None else loop.time() + timeout
         down_since, pause = None, 0.1
         while True:
-            step = WAIT_CHUNK if deadline is None else min(WAIT_CHUNK, deadline - loop.time())
+            chunk = min(WAIT_CHUNK, self.timeout)  # a daemon gone silent is noticed within 2 bounds
+            step = chunk if deadline is None else min(chunk, deadline - loop.time())
             if step <= 0:
                 return await self.operation(ident)
             try:
