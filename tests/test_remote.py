@@ -201,6 +201,9 @@ async def test_a_missing_socket_is_daemon_unavailable(tmp_path: Path) -> None:
             await remote.deployments()
     assert caught.value.kind == "daemon_unavailable" and str(missing) in caught.value.message
     assert isinstance(caught.value, hearth.HearthError)
+    async with RemoteHost(missing) as remote, asyncio.timeout(BOUND / 2):
+        with pytest.raises(DaemonUnavailable, match="socket does not exist"):
+            await anext(remote.watch())  # never reached: at once, not after ``reconnect``
 
 
 @contextlib.asynccontextmanager

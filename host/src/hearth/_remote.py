@@ -512,7 +512,8 @@ class RemoteHost:
     def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
         """Every event after sequence number ``after`` (``slug`` narrows it), as they come; a
         dropped connection is reopened from the last ``seq`` seen, so nothing is lost or
-        repeated. Ends when the daemon stops (its stream ends and it no longer answers)."""
+        repeated, through an outage (a restart) of up to ``reconnect`` seconds; past it
+        ``DaemonUnavailable``. A daemon never reached is ``DaemonUnavailable`` at once."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput(f"after must be a whole number of at least 0, not {after!r}")
         return stream(self, after, slug)

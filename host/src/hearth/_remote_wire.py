@@ -102,7 +102,7 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
     from the last ``seq`` seen, so nothing is lost or repeated, for up to ``remote.reconnect``
     seconds without one (a pause of ``PAUSE`` doubling to ``PAUSE_MAX`` between tries): past it
     a daemon that does not answer is ``DaemonUnavailable``, one that keeps ending the stream (it
-    is stopping) ends it."""
+    is stopping) ends it. A client that never reached a daemon is told at once."""
     loop = asyncio.get_running_loop()
     cursor = after
     down_since: float | None = None
@@ -123,7 +123,7 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                 if not response.is_success:
                     await response.aread()
                     raise error_of(response)
-                down_since, pause = None, PAUSE
+                down_since, pause, remote._reached = None, PAUSE, True
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -133,6 +133,8 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                     cursor = event.seq
                     yield event
         except httpx.TransportError as exc:  # dropped, or refused: reconnect from the cursor
+            if isinstance(exc, httpx.ConnectError) and not remote._reached:
+                raise remote._unavailable(exc) from None  # no daemon was ever there: say so at once
             failure = exc
         # dropped, refused, or ended by the daemon (it is stopping): ask again, within the bound
         now = loop.time()
