@@ -201,3 +201,71 @@ async def test_a_missing_socket_is_daemon_unavailable(tmp_path: Path) -> None:
             await remote.deployments()
     assert caught.value.kind == "daemon_unavailable" and str(missing) in caught.value.message
     assert isinstance(caught.value, hearth.HearthError)
+    async with RemoteHost(missing) as remote, asyncio.timeout(BOUND / 2):
+        with pytest.raises(DaemonUnavailable, match="socket does not exist"):
+            await anext(remote.watch())  # never reached: at once, not after ``reconnect``
+
+
+@contextlib.asynccontextmanager
+async def serving(host: Host, sock: Path) -> AsyncIterator[None]:
+    """The API of ``host`` on ``sock`` until the block ends: the daemon stopped, not the host."""
+    server = _Server(uvicorn.Config(create_app(host), uds=str(sock), log_config=None, lifespan="off"))
+    task = asyncio.ensure_future(server.serve())
+    try:
+        await asyncio.wait_for(server.ready.wait(), BOUND)
+        yield
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        await asyncio.wait_for(task, BOUND)
+
+
+@pytest.mark.slow  # waits real seconds: a daemon down for longer than the old 3.1 s of retries
+async def test_a_watch_and_a_result_wait_through_a_daemon_restart(tmp_path: Path) -> None:
+    """Issue 20: a daemon down for 4 s (the old bound gave up after ~3.1 s): ``watch()``,
+    ``events()`` and ``result()`` ride it out within ``reconnect`` and miss or repeat nothing."""
+    with short_dir() as folder:
+        sock = folder / "api.sock"
+        async with make_host(tmp_path) as host, RemoteHost(sock, reconnect=BOUND) as remote:
+            async with serving(host, sock):
+                first = await remote.start_provision("one", tier="brisk", driver="fake")
+                assert (await first.wait(timeout=BOUND)).finished
+                seen: list[Event] = []
+                up = asyncio.Event()
+
+                async def watching() -> None:
+                    async for event in remote.watch():
+                        seen.append(event)
+                        up.set()
+                        if event.final and event.slug == "three":
+                            return
+
+                watcher = asyncio.ensure_future(watching())
+                await asyncio.wait_for(up.wait(), BOUND)
+            # the daemon is down: work goes on in the host, and the client keeps asking
+            second = await host.start_provision("two", tier="brisk", driver="fake")
+            waiting = asyncio.ensure_future(second.model_copy().bound(remote).result())
+            assert (await second.wait(timeout=BOUND)).finished
+            later = asyncio.ensure_future(remote.operation(first.id))
+            with pytest.raises(DaemonUnavailable):
+                await later  # a single call does not wait
+            await asyncio.sleep(4.0)  # longer than the old 5 tries (0.1 + ... + 1.6 s)
+            assert not watcher.done() and not waiting.done()
+            async with serving(host, sock):
+                third = await remote.start_provision("three", tier="brisk", driver="fake")
+                async with asyncio.timeout(BOUND):
+                    await watcher
+                    ref = await third.result()
+                    assert (await waiting) is not None
+                    whole = [e async for e in _until(remote.watch(), "three")]
+        assert ref is not None and ref.workspace_slug == "three"
+        seqs = [e.seq for e in seen]
+        assert seqs == sorted(set(seqs)) and seqs == [e.seq for e in whole]
+        assert {e.slug for e in seen if e.final} == {"one", "two", "three"}
+
+
+async def _until(events: AsyncIterator[Event], slug: str) -> AsyncIterator[Event]:
+    async for event in events:
+        yield event
+        if event.final and event.slug == slug:
+            return

@@ -609,25 +609,31 @@ def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Pat
         try:
             killed.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
             assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
-            _, err = made.communicate(timeout=BOUND)
-            assert made.returncode == 1 and "daemon_unavailable" in err and "hearth logs xi" in err, err
+            with daemon(site, venv_bin) as again:
+                again.wait_for("serving")
+                # the CLI waited through the restart (issue 20), and says how the work ended
+                _, err = made.communicate(timeout=BOUND)
+                assert made.returncode == 1 and "interrupted" in err, err
+                settled(site, venv_bin, again)
         finally:
             if made.poll() is None:
                 made.kill()
                 made.communicate(timeout=BOUND)
-    with daemon(site, venv_bin) as again:
-        again.wait_for("serving")
-        record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
-        listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
-        looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
-        [op] = json.loads(looked.stdout)
-        assert op["state"] == "interrupted", op
-        after = {
-            ref["workspace_slug"]: ref["last_status"]
-            for ref in json.loads(hearth(venv_bin, site, "ls", "--json").stdout)
-        }
-        assert after.get("xi") in (None, "failed"), (listed, after)
-        assert again.stop() == 0
+
+
+def settled(site: tuple[Path, Path], venv_bin: Path, again: Daemon) -> None:
+    """The killed daemon's operation, as the restarted one settles it on an access."""
+    record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
+    listed = {ref["workspace_slug"]: ref["last_status"] for ref in json.loads(record.stdout)}
+    looked = hearth(venv_bin, site, "logs", "xi", "--json")  # an access: settles the slug
+    [op] = json.loads(looked.stdout)
+    assert op["state"] == "interrupted", op
+    after = {
+        ref["workspace_slug"]: ref["last_status"]
+        for ref in json.loads(hearth(venv_bin, site, "ls", "--json").stdout)
+    }
+    assert after.get("xi") in (None, "failed"), (listed, after)
+    assert again.stop() == 0
 
 
 async def test_a_second_ctrl_c_stops_waiting_for_the_rollback(venv_bin: Path, tmp_path: Path) -> None:
@@ -675,3 +681,105 @@ def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) ->
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text("[timeouts]\nstatus = 7\n")
     assert _status_default(args) == 7 + Timeouts().handshake
+
+
+#: A tier whose work takes 2 s, and a daemon that lets work in flight finish when it stops.
+STEADY = """
+[tiers.steady.driver_flags.fake]
+delay = 2
+[timeouts]
+cancel_grace = 5
+drain_grace = 20
+"""
+
+
+def test_the_cli_waits_through_a_daemon_restart(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: the daemon stops (SIGTERM: it finishes the work) and starts again; the CLI
+    waiting on the operation rides it out and prints the outcome (it exited 1 at the SIGTERM)."""
+    home, project = site
+    (project / ".hearth" / "hearth.toml").write_text(STEADY)
+    with daemon(site, venv_bin) as first:
+        first.wait_for("serving")
+        made = subprocess.Popen(
+            [str(venv_bin / "hearth"), "provision", "rho", "--tier", "steady", "--driver", "fake",
+             "--home", str(home), "--project", str(project)],
+            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            first.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
+            assert first.stop() == 0  # after the work is done (drain_grace)
+            assert made.poll() is None  # still waiting: no daemon now
+            with daemon(site, venv_bin) as again:
+                again.wait_for("serving")
+                out, err = made.communicate(timeout=BOUND)
+                assert made.returncode == 0, err
+                assert out.startswith("rho: ready (tier steady, driver fake)"), out
+                assert again.stop() == 0
+        finally:
+            if made.poll() is None:
+                made.kill()
+                made.communicate(timeout=BOUND)
+
+
+def test_timeout_bounds_every_call_through_a_frozen_daemon(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: ``--timeout 2`` through a daemon frozen with SIGSTOP returns within 2 s and
+    the margin (5 s), kind ``timeout``, naming the path with ``/v1`` (it took the default 30 s)."""
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        sock = site[0] / "hearth.sock"
+        served.send(signal.SIGSTOP)
+        try:
+            for env in (None, cli_env(venv_bin, HEARTH_URL=f"unix://{sock}")):
+                for command in (
+                    ["status", "pi", "--timeout", "2"],
+                    ["provision", "pi", "--tier", "solo", "--driver", "fake", "--timeout", "2"],
+                ):
+                    began = time.monotonic()
+                    stuck = hearth(venv_bin, site, *command, env=env)
+                    took = time.monotonic() - began
+                    assert stuck.returncode == 1, stuck.stderr
+                    assert stuck.stderr.startswith("hearth: timeout: the hearth daemon at unix://"), (
+                        stuck.stderr
+                    )
+                    assert " /v1/" in stuck.stderr, stuck.stderr
+                    assert took < 2 + 5 + 3, (command, took)
+        finally:
+            served.send(signal.SIGCONT)
+        assert served.stop() == 0
+
+
+def test_timeout_bounds_the_wait_on_a_daemon_frozen_mid_verb(site: tuple[Path, Path], venv_bin: Path) -> None:
+    """Issue 20: the daemon freezes (SIGSTOP) while ``provision --timeout 2`` waits for the
+    outcome: the CLI gives up within twice 2 s plus the margin, kind ``timeout`` (it waited the
+    daemon's 30 s step plus the bound)."""
+    home, project = site
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        began = time.monotonic()
+        made = subprocess.Popen(
+            [str(venv_bin / "hearth"), "provision", "sigma", "--tier", "glacial", "--driver", "fake",
+             "--timeout", "2", "-v", "--home", str(home), "--project", str(project)],
+            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert made.stderr is not None
+            for line in made.stderr:  # -v: httpx logs each answer; the CLI ends by its bound
+                if "HTTP Request: POST" in line:
+                    break  # started: the CLI now waits for the outcome
+            served.send(signal.SIGSTOP)
+            try:
+                _, err = made.communicate(timeout=BOUND * 2)
+                err = err.splitlines()[-1] if err.strip() else err
+            finally:
+                served.send(signal.SIGCONT)
+            took = time.monotonic() - began
+            assert made.returncode == 1 and err.startswith("hearth: timeout: "), err
+            assert " /v1/" in err and "hearth logs sigma" in err, err
+            assert took < 2 * (2 + 5) + 3, took
+        finally:
+            if made.poll() is None:
+                made.kill()
+                made.communicate(timeout=BOUND)
+        assert served.stop() == 0

@@ -12,6 +12,9 @@ from ._errors import InvalidInput
 
 #: ``RemoteHost``'s default bound on a call (seconds), connection included.
 CLIENT_TIMEOUT = 30.0
+#: How long a wait of ``RemoteHost`` rides out a daemon that does not answer (seconds): a
+#: restart; ``RemoteHost(reconnect=)`` changes it, and the CLI's ``--timeout`` caps it.
+RECONNECT = 120.0
 #: How long a client waits for an answer beyond a deadline the daemon keeps itself.
 MARGIN = 5.0
 #: Room for the daemon's default bounds (``[timeouts]`` status 30 s, handshake 10 s, ...) on a

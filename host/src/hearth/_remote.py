@@ -24,7 +24,7 @@ import httpx
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 
-from ._address import CLIENT_TIMEOUT, address_from_env
+from ._address import CLIENT_TIMEOUT, RECONNECT, address_from_env
 from ._api import ProgressListener
 from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
 from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound
@@ -35,6 +35,7 @@ from ._remote_wire import (
     error_of,
     longer,
     operation_events,
+    outage,
     own_key,
     parse,
     relay,
@@ -67,7 +68,10 @@ class RemoteHost:
     """The ``Host`` API on a hearth daemon: verbs, ``start_*``, ``Operation``, ``watch``, queries.
 
     Use it as an async context manager (or call ``aclose``). ``timeout`` bounds each request
-    (a wait for an operation asks the daemon in steps, each bounded by it).
+    (a wait for an operation asks the daemon in steps, each bounded by it). ``reconnect``
+    bounds an outage a wait rides through (``watch()``, an operation's ``events()`` and
+    ``result()``, the verbs): a daemon restarting is asked again, after the last event seen,
+    until it has not answered for that many seconds; then ``DaemonUnavailable``.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class RemoteHost:
         token: str | None = None,
         *,
         timeout: float = CLIENT_TIMEOUT,
+        reconnect: float = RECONNECT,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         """``verify``: for an ``https://`` url, an ``ssl.SSLContext`` that trusts the daemon's
@@ -95,9 +100,13 @@ class RemoteHost:
         self.socket = Path(socket) if socket is not None else None
         self.url = url.rstrip("/") if url is not None else None
         self.timeout = float(timeout)
+        self.reconnect = positive_seconds(reconnect, "reconnect")
         self._verify = verify
         self._token = token
         self._client: httpx.AsyncClient | None = None
+        #: Whether a daemon was there once (it answered, or a connection was made): then a
+        #: wait, or a keyed start, rides out an outage for ``reconnect`` seconds.
+        self._reached = False
         #: Operations this client's verbs started, by id, and the cancels it asked for.
         self._mine: dict[int, Operation] = {}
         self._cancelling: dict[int, asyncio.Future[Operation]] = {}
@@ -188,10 +197,12 @@ class RemoteHost:
             )
         except httpx.TimeoutException as exc:
             raise Unanswered(
-                f"the hearth daemon at {self.address} did not answer {method} {path}: {exc!r}"
+                f"the hearth daemon at {self.address} did not answer {method} {API}{path}: {exc!r}"
             ) from None
         except httpx.TransportError as exc:
+            self._reached = self._reached or not isinstance(exc, httpx.ConnectError)
             raise self._unavailable(exc) from None
+        self._reached = True
         if response.is_success:
             return decode(response)
         raise error_of(response)
@@ -211,7 +222,16 @@ class RemoteHost:
         params: Mapping[str, Any] | None = None,
     ) -> Operation:
         headers = {"Idempotency-Key": key} if key is not None else None
-        op = self._operation(await self._call(method, path, body=body, params=params, headers=headers))
+        down_since, pause = None, 0.1
+        while True:  # a keyed start is asked again through an outage: the key makes it one operation
+            try:
+                data = await self._call(method, path, body=body, params=params, headers=headers)
+                break
+            except DaemonUnavailable as exc:
+                if key is None or not self._reached:  # no daemon was ever there: say so at once
+                    raise
+                down_since, pause = await outage(self, exc, down_since, pause, None)
+        op = self._operation(data)
         if on_progress is not None:
             self._follow(op, on_progress)
         return op
@@ -454,16 +474,23 @@ class RemoteHost:
             timeout = positive_seconds(timeout, "timeout")
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        down_since, pause = None, 0.1
         while True:
-            step = WAIT_CHUNK if deadline is None else min(WAIT_CHUNK, deadline - loop.time())
+            chunk = min(WAIT_CHUNK, self.timeout)  # a daemon gone silent is noticed within 2 bounds
+            step = chunk if deadline is None else min(chunk, deadline - loop.time())
             if step <= 0:
                 return await self.operation(ident)
-            data = await self._call(
-                "GET",
-                f"/operations/{int(ident)}/wait",
-                params={"timeout": round(max(step, 0.001), 3)},
-                timeout=step + self.timeout,
-            )
+            try:
+                data = await self._call(
+                    "GET",
+                    f"/operations/{int(ident)}/wait",
+                    params={"timeout": round(max(step, 0.001), 3)},
+                    timeout=step + self.timeout,
+                )
+            except DaemonUnavailable as exc:  # restarting, perhaps: ask again, within the bound
+                down_since, pause = await outage(self, exc, down_since, pause, deadline)
+                continue
+            down_since, pause = None, 0.1
             op = self._operation(data)
             if op.finished or (deadline is not None and loop.time() >= deadline):
                 return op
@@ -485,7 +512,8 @@ class RemoteHost:
     def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
         """Every event after sequence number ``after`` (``slug`` narrows it), as they come; a
         dropped connection is reopened from the last ``seq`` seen, so nothing is lost or
-        repeated. Ends when the daemon stops (its stream ends and it no longer answers)."""
+        repeated, through an outage (a restart) of up to ``reconnect`` seconds; past it
+        ``DaemonUnavailable``. A daemon never reached is ``DaemonUnavailable`` at once."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput(f"after must be a whole number of at least 0, not {after!r}")
         return stream(self, after, slug)

@@ -29,8 +29,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("hearth")
 
 API = "/v1"
-#: Attempts to reconnect a dropped event stream before giving up (with a growing pause).
+#: Attempts to reconnect a dropped event stream before giving up: no longer the bound (kept for
+#: those who read it); ``RemoteHost(reconnect=...)`` is, in seconds (``RECONNECT``).
 RECONNECTS = 5
+#: The pause before the first reconnect (seconds), doubled after each failed one up to ``PAUSE_MAX``.
+PAUSE = 0.1
+PAUSE_MAX = 2.0
 #: How long the events of an operation already finished may stay quiet before they are over.
 QUIET = 1.0
 T = TypeVar("T")
@@ -95,14 +99,19 @@ def error_of(response: httpx.Response) -> HearthError:
 
 async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGenerator[Event]:
     """Every event after ``after`` (of ``slug``), as they come; a dropped connection is reopened
-    from the last ``seq`` seen, so nothing is lost or repeated. Ends when the daemon ends the
-    stream a few times over (it is stopping)."""
+    from the last ``seq`` seen, so nothing is lost or repeated, for up to ``remote.reconnect``
+    seconds without one (a pause of ``PAUSE`` doubling to ``PAUSE_MAX`` between tries): past it
+    a daemon that does not answer is ``DaemonUnavailable``, one that keeps ending the stream (it
+    is stopping) ends it. A client that never reached a daemon is told at once."""
+    loop = asyncio.get_running_loop()
     cursor = after
-    failures = 0
+    down_since: float | None = None
+    pause = PAUSE
     while True:
         params: dict[str, Any] = {"after": cursor}
         if slug is not None:
             params["slug"] = slug
+        failure: httpx.TransportError | None = None
         try:
             async with remote.client().stream(
                 "GET",
@@ -114,7 +123,7 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                 if not response.is_success:
                     await response.aread()
                     raise error_of(response)
-                failures = 0
+                down_since, pause, remote._reached = None, PAUSE, True
                 async for line in response.aiter_lines():
                     if not line.strip():
                         continue
@@ -124,15 +133,36 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                     cursor = event.seq
                     yield event
         except httpx.TransportError as exc:  # dropped, or refused: reconnect from the cursor
-            failures += 1
-            if failures > RECONNECTS:
-                raise remote._unavailable(exc) from None
-            await asyncio.sleep(0.05 * 2**failures)
-            continue
-        # the daemon ended the stream (it is stopping): ask again, a few times at most
-        failures += 1
-        if failures > RECONNECTS:
+            if isinstance(exc, httpx.ConnectError) and not remote._reached:
+                raise remote._unavailable(exc) from None  # no daemon was ever there: say so at once
+            failure = exc
+        # dropped, refused, or ended by the daemon (it is stopping): ask again, within the bound
+        now = loop.time()
+        if down_since is None:
+            down_since = now
+        elif now - down_since >= remote.reconnect:
+            if failure is not None:
+                raise remote._unavailable(failure) from None
             return
+        await asyncio.sleep(min(pause, max(0.0, down_since + remote.reconnect - now)))
+        pause = min(pause * 2, PAUSE_MAX)
+
+
+async def outage(
+    remote: RemoteHost, exc: HearthError, down_since: float | None, pause: float, deadline: float | None
+) -> tuple[float, float]:
+    """After a call a daemon did not answer (``exc``, ``DaemonUnavailable``) in a wait that may
+    ask again: pause (``PAUSE`` doubling to ``PAUSE_MAX``, not past ``deadline``) and give the
+    outage's start and the next pause; ``exc`` again once the outage has lasted
+    ``remote.reconnect`` seconds."""
+    now = asyncio.get_running_loop().time()
+    if down_since is None:
+        down_since = now
+    elif now - down_since >= remote.reconnect:
+        raise exc
+    end = down_since + remote.reconnect if deadline is None else min(deadline, down_since + remote.reconnect)
+    await asyncio.sleep(min(pause, max(0.0, end - now)))
+    return down_since, min(pause * 2, PAUSE_MAX)
 
 
 async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncGenerator[Event]:

@@ -17,7 +17,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .._address import CLIENT_TIMEOUT, DAEMON_DEFAULTS, MARGIN, address_from_env
+from .._address import CLIENT_TIMEOUT, DAEMON_DEFAULTS, MARGIN, RECONNECT, address_from_env
 from .._dirs import SOCKET_FILE, STORE_ENV, TOKEN_ENV, URL_ENV, daemon_project, find_project_dir, state_dir
 from .._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, error_from_json
 from ._exits import SIGNALS, SignalStop
@@ -132,13 +132,27 @@ def daemon(args: argparse.Namespace) -> RemoteHost | None:
     if named_daemon(args) is not None:
         from .._remote import RemoteHost  # httpx loads only when a daemon may answer
 
-        return RemoteHost()
+        timeout, reconnect = client_bounds(args)
+        return RemoteHost(timeout=timeout, reconnect=reconnect)
     path = home_daemon(args)
     if path is None:
         return None
     from .._remote import RemoteHost
 
-    return RemoteHost(socket=path)
+    timeout, reconnect = client_bounds(args)
+    return RemoteHost(socket=path, timeout=timeout, reconnect=reconnect)
+
+
+def client_bounds(args: argparse.Namespace) -> tuple[float, float]:
+    """``RemoteHost``'s bounds for this command: with ``--timeout``, no call waits longer than
+    it plus ``ANSWER_MARGIN`` (the start of a verb, a plan, a query), nor does a wait ride out
+    a daemon that does not answer (a restart) for longer; else their defaults. As
+    (``timeout``, ``reconnect``)."""
+    timeout: float | None = getattr(args, "timeout", None)
+    if timeout is None:
+        return CONNECT_BOUND, RECONNECT
+    bound = timeout + ANSWER_MARGIN
+    return min(CONNECT_BOUND, bound), min(RECONNECT, bound)
 
 
 def open_host(args: argparse.Namespace) -> tuple[Host | RemoteHost, str]:
