@@ -212,3 +212,39 @@ async def test_the_body_limit_is_set_in_hearth_toml(tmp_path: Path) -> None:
         settings.write_text(f"[serve]\nmax_body = {wrong}\n")
         with pytest.raises(InvalidInput, match=r"serve\.max_body"):
             load_settings(tmp_path / "project")
+
+
+# --- strict types ----------------------------------------------------------------------------------
+async def test_request_bodies_take_json_types_strictly(tmp_path: Path) -> None:
+    """A body's booleans must be JSON booleans, its numbers JSON numbers, its strings strings:
+    ``"reuse": "yes"`` or ``"timeout": true`` answer 400 ``invalid_input`` naming the field (no
+    lax coercion); an integer is still a number of seconds."""
+    good = {"slug": "alpha", "tier": "solo", "driver": "fake"}
+    wrong: list[tuple[str, dict[str, Any], str]] = [
+        ("/v1/workspaces", {**good, "reuse": "yes"}, "reuse"),
+        ("/v1/workspaces", {**good, "reuse": 1}, "reuse"),
+        ("/v1/workspaces", {**good, "timeout": True}, "timeout"),
+        ("/v1/workspaces", {**good, "timeout": "5"}, "timeout"),
+        ("/v1/workspaces", {**good, "slug": 5}, "slug"),
+        ("/v1/workspaces/alpha/upgrade", {"tier": "solo", "timeout": False}, "timeout"),
+        ("/v1/workspaces/alpha/upgrade", {"tier": 1}, "tier"),
+        ("/v1/plan", {"slug": "alpha", "tier": "solo", "timeout": "1"}, "timeout"),
+        ("/v1/workspaces/alpha/adopt", {"driver": "fake", "tier": True}, "tier"),
+        ("/v1/check", {"slug": "alpha", "verb": "provision", "driver": 1}, "driver"),
+        ("/v1/reconcile", {"dry_run": "true"}, "dry_run"),
+        ("/v1/reconcile", {"dry_run": 0}, "dry_run"),
+        ("/v1/reconcile", {"timeout": True}, "timeout"),
+    ]
+    async with api(tmp_path) as (host, client):
+        for path, body, field in wrong:
+            answer = await client.post(path, json=body)
+            assert answer.status_code == 400, (path, body, answer.text[:300])
+            error = error_of(answer)
+            assert error["kind"] == "invalid_input" and field in error["message"], (path, body, error)
+        assert await host.operations() == []
+        answer = await client.post("/v1/reconcile", json={"dry_run": True, "timeout": 5})
+        assert answer.status_code == 200, answer.text[:300]
+        answer = await client.post(
+            "/v1/workspaces", json={**good, "reuse": False, "timeout": 30}, params={"wait": 30}
+        )
+        assert answer.status_code == 200 and answer.json()["state"] == "succeeded", answer.text[:300]
