@@ -675,3 +675,37 @@ def test_the_status_fast_path_bounds_by_the_settings_defaults(tmp_path: Path) ->
     (tmp_path / ".hearth").mkdir()
     (tmp_path / ".hearth" / "hearth.toml").write_text("[timeouts]\nstatus = 7\n")
     assert _status_default(args) == 7 + Timeouts().handshake
+
+
+async def test_a_second_sigterm_cuts_the_daemon_s_drain_short(tmp_path: Path, venv_bin: Path) -> None:
+    """The first SIGTERM starts the drain (operations in flight get ``drain_grace``, two minutes
+    here); a second one cancels them at once: the daemon exits well before the grace, and the
+    operation is recorded ``interrupted`` (its rollback awaited, within ``cancel_grace``)."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.glacial.driver_flags.fake]\ndelay = 600\n[timeouts]\ncancel_grace = 5\ndrain_grace = 120\n"
+    )
+    with short_dir() as home, daemon((home, project), venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "rho", "tier": "glacial", "driver": "fake"}
+            )
+            async with client.stream("GET", "/v1/events", params={"slug": "rho"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line)["kind"] == "progress":
+                        break
+        served.send(signal.SIGTERM)
+        served.wait_for("closing the host (drain grace 120")  # the drain is under way
+        began = time.monotonic()
+        served.send(signal.SIGTERM)
+        code = served.process.wait(timeout=BOUND)
+        assert code == 0 and time.monotonic() - began < BOUND, served.lines
+        served.wait_for("SIGTERM again")
+        with daemon((home, project), venv_bin) as again:
+            again.wait_for("serving")
+            async with over(home / "hearth.sock") as client:
+                op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
+            assert op["state"] == "interrupted", op
+            assert again.stop() == 0
