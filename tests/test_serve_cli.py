@@ -783,3 +783,79 @@ def test_timeout_bounds_the_wait_on_a_daemon_frozen_mid_verb(site: tuple[Path, P
                 made.kill()
                 made.communicate(timeout=BOUND)
         assert served.stop() == 0
+
+
+async def test_a_second_sigterm_cuts_the_daemon_s_drain_short(tmp_path: Path, venv_bin: Path) -> None:
+    """The first SIGTERM starts the drain (operations in flight get ``drain_grace``, two minutes
+    here); a second one cancels them at once: the daemon exits well before the grace, and the
+    operation is recorded ``interrupted`` (its rollback awaited, within ``cancel_grace``)."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.glacial.driver_flags.fake]\ndelay = 600\n[timeouts]\ncancel_grace = 5\ndrain_grace = 120\n"
+    )
+    with short_dir() as home, daemon((home, project), venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "rho", "tier": "glacial", "driver": "fake"}
+            )
+            async with client.stream("GET", "/v1/events", params={"slug": "rho"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line)["kind"] == "progress":
+                        break
+        served.send(signal.SIGTERM)
+        served.wait_for("closing the host (drain grace 120")  # the drain is under way
+        began = time.monotonic()
+        served.send(signal.SIGTERM)
+        code = served.process.wait(timeout=BOUND)
+        assert code == 0 and time.monotonic() - began < BOUND, served.lines
+        served.wait_for("SIGTERM again")
+        with daemon((home, project), venv_bin) as again:
+            again.wait_for("serving")
+            async with over(home / "hearth.sock") as client:
+                op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
+            assert op["state"] == "interrupted", op
+            assert again.stop() == 0
+
+
+async def test_a_third_sigterm_stops_waiting_for_the_rollbacks(tmp_path: Path, venv_bin: Path) -> None:
+    """The adapter never answers the cancel and the cancel grace is a minute: after the second
+    SIGTERM cancelled the operation, a third ends the wait for its rollback at once."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        '[tiers.hang.driver_flags.fake]\nhang_at = "provision"\n'
+        "[timeouts]\ncancel_grace = 60\ndrain_grace = 120\n"
+    )
+    with short_dir() as home, daemon((home, project), venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client:
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "tau", "tier": "hang", "driver": "fake"}
+            )
+            async with client.stream("GET", "/v1/events", params={"slug": "tau"}) as events:
+                async for line in events.aiter_lines():
+                    if line and json.loads(line).get("state") == "running":
+                        break  # the request goes to the adapter now (and hangs there)
+        served.send(signal.SIGTERM)
+        served.wait_for("closing the host (drain grace 120")
+        began = time.monotonic()
+        served.send(signal.SIGTERM)
+        served.wait_for("SIGTERM again: cancelling")
+        # the third cuts the wait for the rollback short; one that lands while the cancelled
+        # task has not yet begun that wait cuts an earlier step, so it is sent until the daemon
+        # ends (each a few seconds apart, all well within the minute of the cancel grace)
+        code = None
+        while code is None and time.monotonic() - began < BOUND:
+            served.send(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = served.process.wait(timeout=3)
+        assert code == 0 and time.monotonic() - began < BOUND, served.lines
+        served.wait_for("no longer waiting for the rollbacks")
+        with daemon((home, project), venv_bin) as again:
+            again.wait_for("serving")
+            async with over(home / "hearth.sock") as client:
+                op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
+            assert op["state"] == "interrupted", op
+            assert again.stop() == 0

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth import Host
+from hearth import Host, InvalidInput
 from hearth._server._app import create_app
 from hearth._server._daemon import _tcp_socket
+from hearth._settings import load_settings
 from tests.helpers import make_host
 
 BOUND = 30.0
@@ -133,3 +134,117 @@ async def test_a_body_not_utf8_or_nested_too_deep_is_invalid_input(tmp_path: Pat
                 error = error_of(answer)
                 assert error["kind"] == "invalid_input", (path, body[:20], error)
                 assert "body" in error["message"], error
+
+
+# --- bodies too large ------------------------------------------------------------------------------
+def _too_large(answer: httpx.Response, limit: int) -> None:
+    assert answer.status_code == 413, answer.text[:300]
+    error = error_of(answer)
+    assert error["kind"] == "invalid_input" and f"{limit} bytes" in error["message"], error
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A body larger than ``[serve] max_body`` (1 MiB unless set) answers 413 ``invalid_input``
+    naming the limit: a ``Content-Length`` beyond it at once, without a byte of the body read;
+    a chunked body as soon as what arrived passes it (the rest is never pulled)."""
+    json_type = {"content-type": "application/json"}
+    limit = 1024 * 1024
+    async with api(tmp_path) as (host, client):
+        assert host.settings.serve.max_body == limit
+        pulled = 0
+
+        async def declared() -> AsyncIterator[bytes]:  # a Content-Length stream: counts its reads
+            nonlocal pulled
+            for _ in range(4):
+                pulled += 1
+                yield b" " * (limit // 2)
+
+        class Sized(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                async for chunk in declared():
+                    yield chunk
+
+        for path in ("/v1/workspaces", "/v1/check", "/v1/reconcile", "/v1/tiers"):
+            pulled = 0
+            headers = {**json_type, "content-length": str(2 * limit)}
+            request = client.build_request("POST", path, headers=headers, content=Sized())
+            answer = await client.send(request)
+            _too_large(answer, limit)
+            assert pulled <= 1, pulled  # httpx's transport may read one chunk ahead; never all
+
+        async def chunked() -> AsyncIterator[bytes]:  # 200 MB, 64 KiB at a time
+            nonlocal pulled
+            for _ in range(200 * 1024 * 1024 // 65536):
+                pulled += 1
+                yield b" " * 65536
+
+        for path in ("/v1/workspaces", "/v1/check", "/v1/reconcile"):
+            pulled = 0
+            answer = await client.post(path, content=chunked(), headers=json_type)
+            assert "content-length" not in answer.request.headers
+            _too_large(answer, limit)
+            assert pulled <= limit // 65536 + 2, pulled
+        # a body at the limit is read as ever (and judged: spaces are not JSON)
+        answer = await client.post("/v1/check", content=b" " * limit, headers=json_type)
+        assert answer.status_code == 400 and error_of(answer)["kind"] == "invalid_input"
+        assert (await client.get("/v1/health")).status_code == 200
+
+
+async def test_the_body_limit_is_set_in_hearth_toml(tmp_path: Path) -> None:
+    """``[serve] max_body`` sets the limit (bytes, a JSON integer of at least 1)."""
+    settings = tmp_path / "project" / ".hearth" / "hearth.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[serve]\nmax_body = 100\n")
+    json_type = {"content-type": "application/json"}
+    async with api(tmp_path) as (host, client):
+        assert host.settings.serve.max_body == 100
+        body = b'{"slug": "alpha", "verb": "provision", "tier": "solo", "driver": "fake"}'
+        assert len(body) <= 100
+        assert (await client.post("/v1/check", content=body, headers=json_type)).status_code == 200
+        _too_large(await client.post("/v1/check", content=body + b" " * 40, headers=json_type), 100)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield body
+            yield b" " * 40
+
+        _too_large(await client.post("/v1/check", content=chunked(), headers=json_type), 100)
+    for wrong in ("0", '"1"', "1.5", "true"):
+        settings.write_text(f"[serve]\nmax_body = {wrong}\n")
+        with pytest.raises(InvalidInput, match=r"serve\.max_body"):
+            load_settings(tmp_path / "project")
+
+
+# --- strict types ----------------------------------------------------------------------------------
+async def test_request_bodies_take_json_types_strictly(tmp_path: Path) -> None:
+    """A body's booleans must be JSON booleans, its numbers JSON numbers, its strings strings:
+    ``"reuse": "yes"`` or ``"timeout": true`` answer 400 ``invalid_input`` naming the field (no
+    lax coercion); an integer is still a number of seconds."""
+    good = {"slug": "alpha", "tier": "solo", "driver": "fake"}
+    wrong: list[tuple[str, dict[str, Any], str]] = [
+        ("/v1/workspaces", {**good, "reuse": "yes"}, "reuse"),
+        ("/v1/workspaces", {**good, "reuse": 1}, "reuse"),
+        ("/v1/workspaces", {**good, "timeout": True}, "timeout"),
+        ("/v1/workspaces", {**good, "timeout": "5"}, "timeout"),
+        ("/v1/workspaces", {**good, "slug": 5}, "slug"),
+        ("/v1/workspaces/alpha/upgrade", {"tier": "solo", "timeout": False}, "timeout"),
+        ("/v1/workspaces/alpha/upgrade", {"tier": 1}, "tier"),
+        ("/v1/plan", {"slug": "alpha", "tier": "solo", "timeout": "1"}, "timeout"),
+        ("/v1/workspaces/alpha/adopt", {"driver": "fake", "tier": True}, "tier"),
+        ("/v1/check", {"slug": "alpha", "verb": "provision", "driver": 1}, "driver"),
+        ("/v1/reconcile", {"dry_run": "true"}, "dry_run"),
+        ("/v1/reconcile", {"dry_run": 0}, "dry_run"),
+        ("/v1/reconcile", {"timeout": True}, "timeout"),
+    ]
+    async with api(tmp_path) as (host, client):
+        for path, body, field in wrong:
+            answer = await client.post(path, json=body)
+            assert answer.status_code == 400, (path, body, answer.text[:300])
+            error = error_of(answer)
+            assert error["kind"] == "invalid_input" and field in error["message"], (path, body, error)
+        assert await host.operations() == []
+        answer = await client.post("/v1/reconcile", json={"dry_run": True, "timeout": 5})
+        assert answer.status_code == 200, answer.text[:300]
+        answer = await client.post(
+            "/v1/workspaces", json={**good, "reuse": False, "timeout": 30}, params={"wait": 30}
+        )
+        assert answer.status_code == 200 and answer.json()["state"] == "succeeded", answer.text[:300]

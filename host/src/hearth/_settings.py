@@ -12,6 +12,7 @@ A project's ``.hearth/hearth.toml``::
     status = 30
     [serve]                               # the daemon (``hearth serve``, see ``ServeSettings``)
     reconcile_interval = 300
+    max_body = 1048576                    # bytes: the largest request body the daemon reads
 
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
 alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
@@ -126,6 +127,9 @@ class ServeSettings:
     reconcile_interval: Annotated[float, Field(ge=0, strict=True)] = 300.0
     #: The fraction of the interval by which each wait varies at random (0 to 0.5).
     reconcile_jitter: Annotated[float, Field(ge=0, le=0.5, strict=True)] = 0.1
+    #: The largest request body the daemon reads (bytes; 1 MiB): a larger one answers 413
+    #: ``invalid_input`` before it is read (``Content-Length``) or as soon as it passes the limit.
+    max_body: Annotated[int, Field(ge=1, strict=True)] = 1024 * 1024
 
 
 class TierTable(BaseModel):

@@ -14,11 +14,11 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -119,6 +119,68 @@ class _Unexpected:
             line = (str(exc).strip().splitlines() or [""])[0][:200]
             message = f"unexpected error: {type(exc).__name__}" + (f": {line}" if line else "")
             await error_response("error", message, 500)(scope, receive, send)
+
+
+class _TooLarge(HTTPException):
+    """A request body beyond the limit (413, kind ``invalid_input``)."""
+
+    def __init__(self, limit: int) -> None:
+        why = f"the request body is larger than the limit of {limit} bytes ([serve] max_body)"
+        super().__init__(413, why)
+
+
+class _BodyLimit:
+    """Request bodies are bounded (``limit()`` bytes, ``[serve] max_body``): one whose
+    ``Content-Length`` is larger answers 413 at once, its body never read; one sent in chunks is
+    counted as it arrives, and the first chunk past the limit ends the request with 413 (the
+    app's answer to it, if any, is dropped for ours)."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        received = 0
+        exceeded = began = False
+
+        async def counting() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise _TooLarge(limit)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal began
+            if exceeded and not began:
+                return  # the app's answer to a body cut short: ours follows
+            began = began or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting, sending)
+        except Exception:
+            if not exceeded or began:
+                raise
+        if exceeded and not began:
+            await _too_large(limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    response = error_response("invalid_input", str(_TooLarge(limit).detail), 413)
+    response.headers["Connection"] = "close"  # the rest of the body is not read
+    return response
 
 
 def _state(request: Request) -> AppState:
@@ -239,6 +301,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     )
     app.state.hearth = AppState(host)
     app.add_middleware(_Unexpected)
+    app.add_middleware(_BodyLimit, limit=lambda: host.settings.serve.max_body)
     if token is not None:
         app.add_middleware(_Token, token=token)
 

@@ -3,7 +3,8 @@
 ``serve(...)`` runs it on the home's Unix socket (mode 0600; one daemon per home, held by a lock
 file for the daemon's life) and, with ``listen=``, on a TCP port that asks for a bearer token
 (read from a token file of mode 0600), with TLS when given a certificate and key. It logs
-(``configure_logging``), stops on SIGTERM or SIGINT, re-reads hearth.toml on SIGHUP, and
+(``configure_logging``), stops on SIGTERM or SIGINT (a second one cancels the operations in
+flight at once, a third stops waiting for their rollbacks), re-reads hearth.toml on SIGHUP, and
 reconciles periodically.
 """
 
@@ -192,14 +193,26 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.ready:
             log.info("%s", self.ready)
-        if _early:
-            self.handle_exit(_early[0], None)
+        if _signals.received:  # one that came before uvicorn took the signals over
+            self._stop(_signals.received[0])
+            if len(_signals.received) > 1:
+                _signals.hurry(_signals.received[-1])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        _signals.received.append(sig)
+        self._stop(sig)
+        if len(_signals.received) > 1:
+            _signals.hurry(sig)
+
+    def _stop(self, sig: int) -> None:
         if not self.should_exit:
             log.info("%s: stopping; operations in flight get the drain grace", signal.Signals(sig).name)
         self.loop.call_soon_threadsafe(self.hearth.stopping.set)
-        super().handle_exit(sig, frame)
+        super().handle_exit(sig, None)
+        # the daemon acts on every signal itself (``_signals``): uvicorn re-raises none
+        captured = getattr(self, "_captured_signals", None)  # uvicorn >= 0.29 keeps them there
+        if captured is not None:
+            captured.clear()
         for sibling in self.siblings:
             sibling.should_exit = True
 
@@ -213,14 +226,57 @@ class _Sibling(uvicorn.Server):
         yield
 
 
-#: A SIGTERM or SIGINT that came before uvicorn took the signals over.
-_early: list[int] = []
+class _Signals:
+    """The SIGTERMs and SIGINTs the daemon received, as the CLI's: the first stops it (uvicorn
+    stops accepting, then operations in flight get ``drain_grace``); the second cancels them at
+    once (recorded ``interrupted``, their rollback still awaited within ``cancel_grace``); any
+    later one stops waiting for the rollbacks (their records say it is not confirmed).
+
+    It is the handler while uvicorn does not hold the signals: before it started, a signal is
+    only kept (the server acts on it once started); after it stopped (the host drains), a second
+    one hurries the drain. While uvicorn holds them, ``_Server.handle_exit`` counts them here."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        #: The host and its loop while the daemon serves or drains.
+        self.host: Host | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if len(self.received) > 1:
+            self.hurry(signum)
+
+    def reset(self) -> None:
+        self.received.clear()
+        self.host = self.loop = None
+
+    def hurry(self, signum: int) -> None:
+        """A second (or later) signal: cancel the work now, in the loop's own time."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._cancel, signum, len(self.received) > 2)
+
+    def _cancel(self, signum: int, again: bool) -> None:
+        host = self.host
+        if host is None:
+            return
+        name = signal.Signals(signum).name
+        if again:
+            log.warning("%s again: no longer waiting for the rollbacks of cancelled operations", name)
+        else:
+            grace = host.timeouts.cancel_grace
+            log.warning(
+                "%s again: cancelling the operations in flight now (recorded interrupted; "
+                "their rollback awaited within the cancel grace, %s s)",
+                name,
+                grace,
+            )
+        reason = f"the daemon was stopped ({name} again)"
+        host.cancel_running(reason, outcome="interrupted", again=again)
 
 
-def _noted(signum: int, frame: FrameType | None) -> None:
-    """Until uvicorn takes the signals over, a signal is kept for it to act on once it has
-    started; after it stopped, what it re-raises is already handled (the host drains next)."""
-    _early.append(signum)
+#: Every SIGTERM and SIGINT of the daemon's life (the handler outside uvicorn).
+_signals = _Signals()
 
 
 async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: asyncio.Event) -> None:
@@ -312,6 +368,7 @@ async def _serve_until_stopped(
 ) -> None:
     loop = asyncio.get_running_loop()
     async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
+        _signals.host, _signals.loop = host, loop
         app = create_app(host, token=token)
         state = cast(AppState, app.state.hearth)
         options: dict[str, Any] = {
@@ -407,8 +464,8 @@ def serve(
         raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
     project_dir = find_project_dir(project)
     path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
-    _early.clear()
-    previous = {signum: signal.signal(signum, _noted) for signum in (signal.SIGTERM, signal.SIGINT)}
+    _signals.reset()
+    previous = {signum: signal.signal(signum, _signals) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_held(folder / LOCK_FILE, f"the home {folder}", project_dir))
@@ -438,6 +495,7 @@ def serve(
                 )
             )
     finally:
+        _signals.reset()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

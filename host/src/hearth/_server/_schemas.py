@@ -43,7 +43,11 @@ NUMBER_MAX = 2**63 - 1
 
 # --- the API's own models ------------------------------------------------------------------------
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown keys refused, and JSON types taken strictly (a boolean is
+    ``true`` or ``false``, never ``"yes"`` or ``1``; a number is a JSON number, never ``true``
+    or ``"5"``; a string is a string), else 400 ``invalid_input``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 #: A deadline in seconds for the adapter's work (the verb's default from ``[timeouts]`` when
