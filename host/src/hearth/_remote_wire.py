@@ -103,7 +103,6 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
     seconds without one (a pause of ``PAUSE`` doubling to ``PAUSE_MAX`` between tries): past it
     a daemon that does not answer is ``DaemonUnavailable``, one that keeps ending the stream (it
     is stopping) ends it. A client that never reached a daemon is told at once."""
-    loop = asyncio.get_running_loop()
     cursor = after
     down_since: float | None = None
     pause = PAUSE
@@ -137,32 +136,39 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                 raise remote._unavailable(exc) from None  # no daemon was ever there: say so at once
             failure = exc
         # dropped, refused, or ended by the daemon (it is stopping): ask again, within the bound
-        now = loop.time()
-        if down_since is None:
-            down_since = now
-        elif now - down_since >= remote.reconnect:
+        paused = await _paused(remote, down_since, pause, None)
+        if paused is None:
             if failure is not None:
                 raise remote._unavailable(failure) from None
             return
-        await asyncio.sleep(min(pause, max(0.0, down_since + remote.reconnect - now)))
-        pause = min(pause * 2, PAUSE_MAX)
+        down_since, pause = paused
+
+
+async def _paused(
+    remote: RemoteHost, down_since: float | None, pause: float, deadline: float | None
+) -> tuple[float, float] | None:
+    """One pause of an outage (``PAUSE`` doubling to ``PAUSE_MAX``, not past ``deadline``): the
+    outage's start and the next pause, or None once it has lasted ``remote.reconnect`` seconds."""
+    now = asyncio.get_running_loop().time()
+    if down_since is None:
+        down_since = now
+    elif now - down_since >= remote.reconnect:
+        return None
+    end = down_since + remote.reconnect if deadline is None else min(deadline, down_since + remote.reconnect)
+    await asyncio.sleep(min(pause, max(0.0, end - now)))
+    return down_since, min(pause * 2, PAUSE_MAX)
 
 
 async def outage(
     remote: RemoteHost, exc: HearthError, down_since: float | None, pause: float, deadline: float | None
 ) -> tuple[float, float]:
     """After a call a daemon did not answer (``exc``, ``DaemonUnavailable``) in a wait that may
-    ask again: pause (``PAUSE`` doubling to ``PAUSE_MAX``, not past ``deadline``) and give the
-    outage's start and the next pause; ``exc`` again once the outage has lasted
-    ``remote.reconnect`` seconds."""
-    now = asyncio.get_running_loop().time()
-    if down_since is None:
-        down_since = now
-    elif now - down_since >= remote.reconnect:
+    ask again: pause and give the outage's start and the next pause (``_paused``); ``exc`` again
+    once the outage has lasted ``remote.reconnect`` seconds."""
+    paused = await _paused(remote, down_since, pause, deadline)
+    if paused is None:
         raise exc
-    end = down_since + remote.reconnect if deadline is None else min(deadline, down_since + remote.reconnect)
-    await asyncio.sleep(min(pause, max(0.0, end - now)))
-    return down_since, min(pause * 2, PAUSE_MAX)
+    return paused
 
 
 async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncGenerator[Event]:
