@@ -156,16 +156,7 @@ class Outcome:
             )
         try:
             await self._end(
-                outcome,
-                error,
-                self.working.model_copy(
-                    update={
-                        "state": "failed",
-                        "updated_at": utc_now(),
-                        "reason": failure_reason(exc.message, unconfirmed),
-                        "unconfirmed": unconfirmed,
-                    }
-                ),
+                outcome, error, self._failed(failure_reason(exc.message, unconfirmed), unconfirmed)
             )
         except StoreError:
             if isinstance(exc, StoreError):
@@ -232,17 +223,12 @@ class Outcome:
         )
 
     async def _unconfirmed(self, outcome: str, reason: str, error: dict[str, Any]) -> None:
-        await self._end(
-            outcome,
-            error,
-            self.working.model_copy(
-                update={
-                    "state": "failed",
-                    "updated_at": utc_now(),
-                    "unconfirmed": True,
-                    "reason": unconfirmed_reason(self.verb, reason),
-                }
-            ),
+        await self._end(outcome, error, self._failed(unconfirmed_reason(self.verb, reason), True))
+
+    def _failed(self, reason: str, unconfirmed: bool) -> Deployment:
+        """The record a failed verb leaves (D8): its working record, failed, with why."""
+        return self.working.model_copy(
+            update={"state": "failed", "updated_at": utc_now(), "reason": reason, "unconfirmed": unconfirmed}
         )
 
     async def _settle_teardown(self, outcome: str, reason: str, error: dict[str, Any]) -> tuple[str, str]:

@@ -208,7 +208,7 @@ def _reader(path: Path) -> sqlite3.Connection:
 
 def refuse_emptied(path: Path) -> None:
     """Refuse a zero-length store file in a home that has been used: SQLite would take it for a
-    new, empty database, and the registry would silently start afresh (issue 20).
+    new, empty database, and the registry would silently start afresh.
 
     The rule cannot race with a host creating a new store: ``SQLiteStore`` never shows a
     zero-length ``hearth.db`` (it builds the database under a temporary name and links it into

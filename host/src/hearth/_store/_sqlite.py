@@ -141,7 +141,7 @@ class SQLiteStore:
             private_file(temporary)
             self._db = sqlite3.connect(temporary, timeout=self._busy_timeout, isolation_level=None)
             try:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._wal(self._busy_timeout)
                 self._migrate()
             finally:
                 self._close()  # the last connection: the WAL is checkpointed into the file
