@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -407,35 +408,39 @@ async def _open_and_close(path: str) -> None:
     await (await _opened(Path(path))).close()
 
 
-def _open_store(path: str, barrier: Any, results: Any) -> None:
-    barrier.wait()
-    try:
-        asyncio.run(_open_and_close(path))
-        results.put("ok")
-    except StoreError as exc:
-        results.put(exc.message)
+def _in_three_processes(opens: Callable[[str], Coroutine[Any, Any, None]], place: str) -> list[str]:
+    """``opens(place)`` in three forked processes released at once: what each said ("ok", or
+    the message of its ``StoreError``)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(3), context.Queue()
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            asyncio.run(opens(place))
+            results.put("ok")
+        except StoreError as exc:
+            results.put(exc.message)
+
+    processes = [context.Process(target=run) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+    outcomes = [results.get(timeout=10) for _ in processes]
+    results.close()
+    results.join_thread()
+    return outcomes
 
 
 @pytest.mark.subprocess
 def test_several_processes_can_open_a_new_store_at_once(tmp_path: Path) -> None:
     """SQLite refuses a journal-mode switch at once when openers contend: the store retries."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
     outcomes = []
     for round_ in range(40):
-        barrier, results = context.Barrier(3), context.Queue()
-        processes = [
-            context.Process(target=_open_store, args=(str(tmp_path / f"{round_}.db"), barrier, results))
-            for _ in range(3)
-        ]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join(60)
-        outcomes += [results.get(timeout=10) for _ in processes]
-        results.close()
-        results.join_thread()
+        outcomes += _in_three_processes(_open_and_close, str(tmp_path / f"{round_}.db"))
     assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
 
 
@@ -483,34 +488,11 @@ async def _host_lists(root: str) -> None:
         await host.list()
 
 
-def _open_host(root: str, barrier: Any, results: Any) -> None:
-    barrier.wait()
-    try:
-        asyncio.run(_host_lists(root))
-        results.put("ok")
-    except StoreError as exc:
-        results.put(exc.message)
-
-
 @pytest.mark.subprocess
 def test_hosts_opening_one_fresh_home_at_once_all_get_the_new_store(tmp_path: Path) -> None:
     """However the creators interleave, none of them takes the store being made for an emptied one."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("fork")
     outcomes = []
     for round_ in range(15):
-        barrier, results = context.Barrier(3), context.Queue()
-        processes = [
-            context.Process(target=_open_host, args=(str(tmp_path / str(round_)), barrier, results))
-            for _ in range(3)
-        ]
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join(60)
-        outcomes += [results.get(timeout=10) for _ in processes]
-        results.close()
-        results.join_thread()
+        outcomes += _in_three_processes(_host_lists, str(tmp_path / str(round_)))
         assert (tmp_path / str(round_) / "home" / "hearth.db").stat().st_size > 0
     assert set(outcomes) == {"ok"}, [o for o in outcomes if o != "ok"][:3]
