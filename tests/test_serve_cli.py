@@ -19,7 +19,7 @@ import ssl
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -785,6 +785,28 @@ def test_timeout_bounds_the_wait_on_a_daemon_frozen_mid_verb(site: tuple[Path, P
         assert served.stop() == 0
 
 
+async def _started_until(home: Path, slug: str, tier: str, until: Callable[[dict[str, Any]], bool]) -> int:
+    """Start a provision of ``slug`` through the home's daemon; its id, once one of the slug's
+    events satisfies ``until``."""
+    async with over(home / "hearth.sock") as client:
+        started = await client.post("/v1/workspaces", json={"slug": slug, "tier": tier, "driver": "fake"})
+        async with client.stream("GET", "/v1/events", params={"slug": slug}) as events:
+            async for line in events.aiter_lines():
+                if line and until(json.loads(line)):
+                    break
+    return int(started.json()["id"])
+
+
+async def _after_a_restart(site: tuple[Path, Path], venv_bin: Path, ident: int) -> dict[str, Any]:
+    """Operation ``ident`` as a daemon started afresh on ``site`` reports it."""
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        async with over(site[0] / "hearth.sock") as client:
+            op = (await client.get(f"/v1/operations/{ident}")).json()
+        assert again.stop() == 0
+    return dict(op)
+
+
 async def test_a_second_sigterm_cuts_the_daemon_s_drain_short(tmp_path: Path, venv_bin: Path) -> None:
     """The first SIGTERM starts the drain (operations in flight get ``drain_grace``, two minutes
     here); a second one cancels them at once: the daemon exits well before the grace, and the
@@ -796,14 +818,7 @@ async def test_a_second_sigterm_cuts_the_daemon_s_drain_short(tmp_path: Path, ve
     )
     with short_dir() as home, daemon((home, project), venv_bin) as served:
         served.wait_for("serving")
-        async with over(home / "hearth.sock") as client:
-            started = await client.post(
-                "/v1/workspaces", json={"slug": "rho", "tier": "glacial", "driver": "fake"}
-            )
-            async with client.stream("GET", "/v1/events", params={"slug": "rho"}) as events:
-                async for line in events.aiter_lines():
-                    if line and json.loads(line)["kind"] == "progress":
-                        break
+        ident = await _started_until(home, "rho", "glacial", lambda event: event["kind"] == "progress")
         served.send(signal.SIGTERM)
         served.wait_for("closing the host (drain grace 120")  # the drain is under way
         began = time.monotonic()
@@ -811,12 +826,8 @@ async def test_a_second_sigterm_cuts_the_daemon_s_drain_short(tmp_path: Path, ve
         code = served.process.wait(timeout=BOUND)
         assert code == 0 and time.monotonic() - began < BOUND, served.lines
         served.wait_for("SIGTERM again")
-        with daemon((home, project), venv_bin) as again:
-            again.wait_for("serving")
-            async with over(home / "hearth.sock") as client:
-                op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
-            assert op["state"] == "interrupted", op
-            assert again.stop() == 0
+        op = await _after_a_restart((home, project), venv_bin, ident)
+        assert op["state"] == "interrupted", op
 
 
 async def test_a_third_sigterm_stops_waiting_for_the_rollbacks(tmp_path: Path, venv_bin: Path) -> None:
@@ -830,14 +841,8 @@ async def test_a_third_sigterm_stops_waiting_for_the_rollbacks(tmp_path: Path, v
     )
     with short_dir() as home, daemon((home, project), venv_bin) as served:
         served.wait_for("serving")
-        async with over(home / "hearth.sock") as client:
-            started = await client.post(
-                "/v1/workspaces", json={"slug": "tau", "tier": "hang", "driver": "fake"}
-            )
-            async with client.stream("GET", "/v1/events", params={"slug": "tau"}) as events:
-                async for line in events.aiter_lines():
-                    if line and json.loads(line).get("state") == "running":
-                        break  # the request goes to the adapter now (and hangs there)
+        # once running, the request goes to the adapter (and hangs there)
+        ident = await _started_until(home, "tau", "hang", lambda event: event.get("state") == "running")
         served.send(signal.SIGTERM)
         served.wait_for("closing the host (drain grace 120")
         began = time.monotonic()
@@ -853,9 +858,5 @@ async def test_a_third_sigterm_stops_waiting_for_the_rollbacks(tmp_path: Path, v
                 code = served.process.wait(timeout=3)
         assert code == 0 and time.monotonic() - began < BOUND, served.lines
         served.wait_for("no longer waiting for the rollbacks")
-        with daemon((home, project), venv_bin) as again:
-            again.wait_for("serving")
-            async with over(home / "hearth.sock") as client:
-                op = (await client.get(f"/v1/operations/{started.json()['id']}")).json()
-            assert op["state"] == "interrupted", op
-            assert again.stop() == 0
+        op = await _after_a_restart((home, project), venv_bin, ident)
+        assert op["state"] == "interrupted", op
