@@ -32,8 +32,10 @@
   token (targets: as fast as the home's socket), beside ``--local`` (the host and its adapter
   started in the process), ``docker ps`` and ``python -c pass`` (target: <= 100 ms median
   through the daemon); ``GET /v1/workspaces/{slug}`` round trips over the Unix
-  socket and over the TCP listener with its token (keep-alive httpx; TLS is not timed) beside
-  ``Host.deployment`` in process on the same home (p50, p99); 50
+  socket and over the TCP listener with its token (keep-alive httpx) beside
+  ``Host.deployment`` in process on the same home (p50, p99), over a TLS listener (a second
+  daemon, an openssl certificate) beside its socket, and over TCP and the socket while 1,000 idle
+  unauthenticated TCP connections are held open (beside the same without them); 50
   provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
   events received; every provision must succeed and every stream see its final event).
@@ -61,8 +63,10 @@ import math
 import multiprocessing
 import os
 import queue
+import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -873,6 +877,8 @@ SERVE_URL_SLACK = 1.10
 SERVE_TOKEN = "a-bench-token-long-enough"
 #: The longest path a Unix socket may have.
 SUN_PATH_MAX = 107
+#: The idle, unauthenticated TCP connections held while a client with the token is timed.
+SERVE_IDLE = 1000
 
 
 class ServedDaemon:
@@ -1101,6 +1107,130 @@ async def serve_round_trips(
     return api, tcp, embedded
 
 
+async def _timed_gets(client: httpx.AsyncClient, path: str, count: int, warmup: int) -> list[float]:
+    """``count`` sequential ``GET path`` on ``client`` after ``warmup`` (seconds each; 200 only)."""
+    samples: list[float] = []
+    for index in range(warmup + count):
+        started = time.perf_counter()
+        response = await client.get(path)
+        took = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
+        if index >= warmup:
+            samples.append(took)
+    return samples
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path] | str:
+    """A certificate for 127.0.0.1 and its key made by the openssl command; why not, if not."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert)]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=SERVE_BOUND, check=False)
+    except FileNotFoundError:
+        return "no openssl command to make a certificate"
+    if done.returncode != 0:
+        return f"openssl req failed: {done.stderr.strip()[-200:]}"
+    key.chmod(0o600)
+    return cert, key
+
+
+def serve_tls_round_trips(
+    root: Path, project: Path, env: dict[str, str], token: Path, count: int
+) -> tuple[list[float], list[float]] | str:
+    """``GET /v1/workspaces/{slug}`` over a TLS listener (keep-alive, the token) beside the same
+    daemon's socket, on a second daemon with its own home; why not, when there is no certificate."""
+    made = _self_signed(root)
+    if isinstance(made, str):
+        return made
+    cert, key = made
+    home = root / "tls-home"
+    port = _free_port()
+    tls = (
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--token-file",
+        str(token),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    daemon = ServedDaemon(home, project, env, *tls)
+    try:
+        daemon.wait_for("serving", SERVE_BOUND)
+        sock = home / "hearth.sock"
+        asyncio.run(_api_provision(sock, "bench", "solo"))
+
+        async def measure() -> tuple[list[float], list[float]]:
+            over_tls = httpx.AsyncClient(
+                base_url=f"https://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {SERVE_TOKEN}"},
+                verify=ssl.create_default_context(cafile=str(cert)),
+                timeout=SERVE_BOUND,
+            )
+            async with _uds_client(sock) as local, over_tls as remote, asyncio.timeout(SERVE_BOUND):
+                socket_samples = await _timed_gets(local, "/v1/workspaces/bench", count, 50)
+                tls_samples = await _timed_gets(remote, "/v1/workspaces/bench", count, 50)
+            return socket_samples, tls_samples
+
+        return asyncio.run(measure())
+    finally:
+        code, _ = daemon.stop()
+        if code != 0:
+            raise RuntimeError(f"the TLS daemon exited {code} on SIGTERM; its stderr:\n{daemon.tail()}")
+
+
+async def serve_under_flood(
+    sock: Path, port: int, slug: str, count: int, idle: int
+) -> tuple[list[float], list[float]]:
+    """A legitimate client's ``GET /v1/workspaces/{slug}`` round trips, over the TCP listener
+    with the token (a new keep-alive connection) and over the socket, while ``idle`` TCP
+    connections that sent half a request head and no token are held open. (TCP, socket.)"""
+    raise_open_files_here(idle + 256)
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def untouched(reader: asyncio.StreamReader) -> bool:  # nothing answered, not closed
+        try:
+            await asyncio.wait_for(reader.read(1), 0.05)
+        except TimeoutError:
+            return True
+        return False
+
+    try:
+        async with asyncio.timeout(SERVE_BOUND):
+            for _ in range(idle):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /v1/workspaces HTTP/1.1\r\nHost: hearth\r\nX-Slow: ")
+                held.append((reader, writer))
+            await asyncio.gather(*(writer.drain() for _, writer in held))
+            tcp_client = httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {SERVE_TOKEN}"},
+                timeout=SERVE_BOUND,
+            )
+            async with tcp_client, _uds_client(sock) as local:
+                tcp = await _timed_gets(tcp_client, f"/v1/workspaces/{slug}", count, 20)
+                socket_samples = await _timed_gets(local, f"/v1/workspaces/{slug}", count, 20)
+            still = sum(await asyncio.gather(*(untouched(reader) for reader, _ in held)))
+            if still < idle:
+                raise RuntimeError(f"only {still} of the {idle} idle connections were held to the end")
+    finally:
+        for _, writer in held:
+            writer.close()
+    return tcp, socket_samples
+
+
+def raise_open_files_here(wanted: int) -> None:
+    """This process's soft open-file limit raised to at least ``wanted`` (up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+
+
 async def _until_final(events: AsyncIterator[Event]) -> tuple[int, Event | None]:
     """(events read, the first final one) from ``events``, which is closed after."""
     seen = 0
@@ -1245,8 +1375,7 @@ def _print_serve_api(api: list[float], tcp: list[float], embedded: list[float]) 
     print(f"GET /v1/workspaces/{{slug}} round trip, {len(api)} sequential after 50 warm-up (httpx keep-alive")
     print("over the Unix socket, and over the loopback TCP listener with the token, decoded to a")
     print("Deployment), beside await host.deployment(slug) on a Host embedded in this process on the")
-    print("same home (blocks of 50 taking turns; ratio: the row's over embedded). TLS is not timed")
-    print("(no certificate maker here):")
+    print("same home (blocks of 50 taking turns; ratio: the row's over embedded):")
     print(f"{'':34}{'API socket':>12}{'API TCP':>14}{'embedded':>14}{'socket':>9}{'TCP':>9}")
     for label, fraction in (("p50", 0.5), ("p99", 0.99)):
         new, wire, old = (percentile(s, fraction) for s in (api, tcp, embedded))
@@ -1254,6 +1383,40 @@ def _print_serve_api(api: list[float], tcp: list[float], embedded: list[float]) 
             f"{'round trip ' + label:34}{ms(new)}{ms(wire):>14}{ms(old):>14}"
             f"{new / old:8.2f}x{wire / old:8.2f}x"
         )
+    print()
+
+
+def _print_serve_edges(
+    tls: tuple[list[float], list[float]] | str,
+    flood: tuple[list[float], list[float]],
+    tcp: list[float],
+    api: list[float],
+    idle: int,
+) -> None:
+    if isinstance(tls, str):
+        print(f"GET /v1/workspaces/{{slug}} over TLS: not timed ({tls})")
+    else:
+        local, remote = tls
+        print(
+            f"GET /v1/workspaces/{{slug}} over a TLS listener (a second daemon, keep-alive, the token), "
+            f"{len(remote)} sequential, beside that daemon's socket:"
+        )
+        print(f"{'':34}{'API TLS':>12}{'API socket':>14}{'ratio':>9}")
+        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+            new, old = percentile(remote, fraction), percentile(local, fraction)
+            print(f"{'round trip ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
+        print()
+    over_tcp, over_socket = flood
+    print(
+        f"the same round trip by a client with the token while {idle:,} idle TCP connections that sent half a"
+    )
+    print("request head and no token are held open (each is closed by [serve] request_timeout, 30 s),")
+    print("beside the rows above without them:")
+    print(f"{'':34}{'flooded':>12}{'quiet':>14}{'ratio':>9}")
+    for name, loud, quiet in (("TCP", over_tcp, tcp), ("socket", over_socket, api)):
+        for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+            new, old = percentile(loud, fraction), percentile(quiet, fraction)
+            print(f"{name + ' round trip ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
     print()
 
 
@@ -1317,6 +1480,8 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
                 sock, port=port, home=home, project=project, slug="bench", count=requests, warmup=50
             )
         )
+        flood = asyncio.run(serve_under_flood(sock, port, "bench", min(requests, 500), SERVE_IDLE))
+        tls = serve_tls_round_trips(root, project, env, token, requests)
         served = asyncio.run(api_provisions(sock, provisions, "p"))
         alone = asyncio.run(embedded_provisions(alone_home, project, provisions, "p"))
         stopping, daemon = daemon, None
@@ -1335,6 +1500,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
     )
     _print_serve_cli(cli, docker_why, runs)
     _print_serve_api(api, tcp, embedded)
+    _print_serve_edges(tls, flood, tcp, api, SERVE_IDLE)
     _print_serve_provisions(served, alone)
 
 

@@ -339,10 +339,26 @@ drain_grace = 1
 class Daemon:
     """``hearth serve`` in its own process group; its stderr is read on a thread."""
 
-    def __init__(self, home: Path, project: Path, venv_bin: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        project: Path,
+        venv_bin: Path,
+        *extra: str,
+        open_files: tuple[int, int] | None = None,
+    ) -> None:
+        """``open_files``: the daemon's open-file limits (soft, hard), set before it starts."""
         env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("HEARTH_HOME", None)
         argv = [str(venv_bin / "hearth"), "serve", "--home", str(home), "--project", str(project), *extra]
+        if open_files is not None:
+            limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, {open_files!r})"
+            argv = [
+                sys.executable,
+                "-c",
+                f"import os, resource, sys; {limit}; os.execv(sys.argv[1], sys.argv[1:])",
+                *argv,
+            ]
         self.process = subprocess.Popen(
             argv,
             env=env,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -14,12 +15,16 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from hearth import Host, InvalidInput
 from hearth._server._app import create_app
 from hearth._server._daemon import _tcp_socket
+from hearth._server._limits import QuietAccept, bounded_protocol, connection_caps
 from hearth._settings import load_settings
 from tests.helpers import make_host
+from tests.test_serve import DAEMON_SETTINGS, Daemon, over, short_dir, socket_port
+from tests.test_serve import _Server as ServerForTests
 
 BOUND = 30.0
 
@@ -248,3 +253,229 @@ async def test_request_bodies_take_json_types_strictly(tmp_path: Path) -> None:
             "/v1/workspaces", json={**good, "reuse": False, "timeout": 30}, params={"wait": 30}
         )
         assert answer.status_code == 200 and answer.json()["state"] == "succeeded", answer.text[:300]
+
+
+# --- slow clients and floods ---------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def bounded_server(tmp_path: Path, request_timeout: float, max_connections: int) -> AsyncIterator[int]:
+    """The API on a TCP port of this loop, with the daemon's bounded protocol; yields the port."""
+    port = _free_port()
+    listener = _tcp_socket(f"127.0.0.1:{port}")
+    try:
+        async with make_host(tmp_path, idle_timeout=None) as host:
+            protocol = bounded_protocol("TCP port", request_timeout, max_connections)
+            config = uvicorn.Config(create_app(host), http=protocol, log_config=None, lifespan="off")
+            server = ServerForTests(config)
+            task = asyncio.ensure_future(server.serve(sockets=[listener]))
+            try:
+                await asyncio.wait_for(server.ready.wait(), BOUND)
+                yield port
+            finally:
+                server.should_exit = True
+                server.force_exit = True
+                await asyncio.wait_for(task, BOUND)
+    finally:
+        listener.close()
+
+
+async def _raw(port: int, *parts: bytes, pause: float = 0.0) -> tuple[bytes, bool]:
+    """Send ``parts`` (``pause`` s apart) on a new connection and read until the daemon closes
+    it (bounded); what it answered, and whether it closed while parts were still to be sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    cut_short = False
+    try:
+        async with asyncio.timeout(BOUND):
+            for index, part in enumerate(parts):
+                writer.write(part)
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                if pause:
+                    try:
+                        received += await asyncio.wait_for(reader.read(65536), pause)
+                    except TimeoutError:
+                        continue
+                    if reader.at_eof() or received:
+                        cut_short = index < len(parts) - 1
+                        break
+            while chunk := await reader.read(65536):
+                received += chunk
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return received, cut_short
+
+
+def _error_answer(raw: bytes, status: int) -> dict[str, Any]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), raw[:300]
+    assert b"content-type: application/json" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert isinstance(error, dict) and error["message"], error
+    return error
+
+
+async def test_a_request_not_whole_within_the_deadline_gets_408_and_is_closed(tmp_path: Path) -> None:
+    """``[serve] request_timeout`` bounds the time from connecting (or from the next request's
+    first byte) to a whole request: a head never finished, a body that stops short and a client
+    dribbling a byte at a time are each answered 408 ``invalid_input`` and closed; once the
+    request is whole the deadline is off (a stream outlives it)."""
+    async with bounded_server(tmp_path, 0.3, 100) as port:
+        head = b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\n"
+        error = _error_answer((await _raw(port, head))[0], 408)
+        assert error["kind"] == "invalid_input" and "request_timeout" in error["message"], error
+        short_body = b"POST /v1/check HTTP/1.1\r\nHost: hearth\r\nContent-Length: 100\r\n\r\n{"
+        assert _error_answer((await _raw(port, short_body))[0], 408)["kind"] == "invalid_input"
+        dribbled = [
+            bytes([byte]) for byte in b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\nX-Slow: " + b"a" * 200
+        ]
+        answer, cut_short = await _raw(port, *dribbled, pause=0.05)  # 200 bytes over 10 s, unbounded
+        assert cut_short and _error_answer(answer, 408)["kind"] == "invalid_input"
+        # kept alive: the first request is answered, the next one, never finished, is not
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\n\r\n")
+            async with asyncio.timeout(BOUND):
+                first = await reader.readuntil(b"\r\n\r\n")
+                assert first.startswith(b"HTTP/1.1 200 "), first
+                length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            writer.write(head)
+            _error_answer(await _read_to_end(reader), 408)
+        finally:
+            writer.close()
+        # a stream opened before the deadline still delivers what comes well after it
+        base = f"http://127.0.0.1:{port}"
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=BOUND) as client,
+            client.stream("GET", "/v1/events", params={"slug": "late"}) as stream,
+        ):
+            assert stream.status_code == 200
+            await asyncio.sleep(1.0)  # three deadlines pass while the stream waits
+            made = await client.post(
+                "/v1/workspaces", json={"slug": "late", "tier": "solo", "driver": "fake"}
+            )
+            assert made.status_code == 202, made.text
+            async with asyncio.timeout(BOUND):
+                async for line in stream.aiter_lines():
+                    if line and json.loads(line)["slug"] == "late":
+                        break
+
+
+async def test_connections_past_the_cap_are_answered_503_at_once(tmp_path: Path) -> None:
+    """``[serve] max_connections`` caps a listener's open connections: one past it is answered
+    503 ``daemon_unavailable`` and closed at once (it never holds a file), and once one of the
+    others closes a new client is served."""
+    async with bounded_server(tmp_path, 30.0, 5) as port:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        try:
+            for reader, writer in held:  # each of them answered: all five are connected
+                writer.write(b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\n\r\n")
+                async with asyncio.timeout(BOUND):
+                    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            answer, _ = await _raw(port, b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\n\r\n")
+            error = _error_answer(answer, 503)
+            assert error["kind"] == "daemon_unavailable" and "max_connections" in error["message"], error
+        finally:
+            _, first = held.pop()
+            first.close()
+            await first.wait_closed()
+        try:
+            async with asyncio.timeout(BOUND):  # the daemon sees the close soon; then one is let in
+                while True:
+                    answer, _ = await _raw(
+                        port, b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\nConnection: close\r\n\r\n"
+                    )
+                    if answer.startswith(b"HTTP/1.1 200 "):
+                        break
+                    assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+                    await asyncio.sleep(0.05)
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+def test_repeated_accept_errors_are_logged_once_a_while(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood that exhausts the open files makes asyncio report each failed ``accept``; the
+    daemon's loop handler logs the first and then one line per ``LOG_EVERY`` with the count,
+    and passes every other loop error on as before."""
+    loop = asyncio.new_event_loop()
+    try:
+        handler = QuietAccept()
+        accept = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(24, "Too many open files"),
+        }
+        with caplog.at_level(logging.ERROR):
+            for _ in range(1000):
+                handler(loop, dict(accept))
+        lines = [r for r in caplog.records if "accept" in r.getMessage()]
+        assert len(lines) == 1 and "Too many open files" in lines[0].getMessage(), lines
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            handler(loop, {"message": "something else went wrong"})
+        assert any("something else went wrong" in r.getMessage() for r in caplog.records)
+    finally:
+        loop.close()
+
+
+def test_each_listener_s_cap_leaves_room_in_the_open_file_limit() -> None:
+    assert connection_caps(4096, 2, 1_048_576) == 4096
+    assert connection_caps(4096, 2, 1024) == (1024 - 128) // 2
+    assert connection_caps(4096, 1, 256) == 256 - 64
+    assert connection_caps(10, 2, 1024) == 10
+
+
+@pytest.mark.subprocess
+async def test_a_flood_of_idle_tcp_connections_locks_no_one_out(tmp_path: Path, venv_bin: Path) -> None:
+    """300 TCP connections that never finish a request, against a daemon whose open-file limit
+    is 256 (soft 128, which it raises to the hard 256): the Unix socket keeps answering, the TCP
+    connections past its cap are answered 503 at once, the others 408 once ``request_timeout``
+    passes, a client with the token is then served, and the log stays short."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(DAEMON_SETTINGS + "[serve]\nrequest_timeout = 3\n")
+    token = tmp_path / "token"
+    token.write_text("a-token-that-is-long-enough\n")
+    token.chmod(0o600)
+    with short_dir() as home, socket_port() as port:
+        listen = ["--listen", f"127.0.0.1:{port}", "--token-file", str(token)]
+        served = Daemon(home, project, venv_bin, *listen, open_files=(128, 256))
+        try:
+            served.wait_for("serving")
+            served.wait_for("open-file limit raised from 128 to 256")
+            served.wait_for("lowered to 96 per listener")
+            flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(300)]
+            for _, writer in flood:
+                writer.write(b"GET /v1/workspaces HTTP/1.1\r\nHost: hearth\r\n")
+            try:
+                async with over(home / "hearth.sock") as trusted:
+                    for _ in range(5):
+                        assert (await trusted.get("/v1/health")).status_code == 200
+                answers = await asyncio.gather(*(_read_to_end(reader) for reader, _ in flood))
+            finally:
+                for _, writer in flood:
+                    writer.close()
+            statuses = [answer[:12] for answer in answers]
+            assert statuses.count(b"HTTP/1.1 503") >= 300 - 96, statuses
+            assert statuses.count(b"HTTP/1.1 408") >= 1, statuses
+            assert set(statuses) <= {b"HTTP/1.1 503", b"HTTP/1.1 408"}, set(statuses)
+            headers = {"Authorization": "Bearer a-token-that-is-long-enough"}
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=BOUND) as client:
+                assert (await client.get("/v1/workspaces", headers=headers)).status_code == 200
+            assert served.stop() == 0
+        finally:
+            if served.process.poll() is None:
+                served.stop()
+            served.close()
+        assert len(served.lines) < 40, served.lines[-40:]
+        assert sum("refusing new ones" in line for line in served.lines) <= 2, served.lines
+
+
+async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
+    received = b""
+    async with asyncio.timeout(BOUND):
+        while chunk := await reader.read(65536):
+            received += chunk
+    return received

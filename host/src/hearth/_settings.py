@@ -13,6 +13,8 @@ A project's ``.hearth/hearth.toml``::
     [serve]                               # the daemon (``hearth serve``, see ``ServeSettings``)
     reconcile_interval = 300
     max_body = 1048576                    # bytes: the largest request body the daemon reads
+    request_timeout = 30                  # seconds a client has to send a whole request
+    max_connections = 4096                # open connections per listener (socket, TCP)
 
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
 alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
@@ -130,6 +132,15 @@ class ServeSettings:
     #: The largest request body the daemon reads (bytes; 1 MiB): a larger one answers 413
     #: ``invalid_input`` before it is read (``Content-Length``) or as soon as it passes the limit.
     max_body: Annotated[int, Field(ge=1, strict=True)] = 1024 * 1024
+    #: Seconds a client has from connecting (or from the first byte of its next request on a
+    #: kept-alive connection) to the end of a request's head and body; past it the daemon
+    #: answers 408 and closes, so a client that dribbles bytes holds no connection for long.
+    #: Read when the daemon starts.
+    request_timeout: Annotated[float, Field(gt=0, le=3600, strict=True)] = 30.0
+    #: Open connections per listener (the Unix socket and the TCP port each); one past it is
+    #: answered 503 and closed. The daemon lowers it to what its open-file limit can hold (and
+    #: says so): a flood on the TCP port then leaves the socket room. Read when it starts.
+    max_connections: Annotated[int, Field(ge=1, strict=True)] = 4096
 
 
 class TierTable(BaseModel):

@@ -35,6 +35,7 @@ from .._errors import HearthError, InvalidInput
 from .._lifecycle._host import Host
 from .._states import resolution_note
 from ._app import AppState, create_app
+from ._limits import QuietAccept, bounded_protocol, connection_caps, raise_open_files
 
 log = logging.getLogger("hearth.serve")
 
@@ -365,8 +366,10 @@ async def _serve_until_stopped(
     tls: tuple[str, str] | None,
     token: str | None,
     where: str,
+    open_files: int,
 ) -> None:
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(QuietAccept())
     async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
         _signals.host, _signals.loop = host, loop
         app = create_app(host, token=token)
@@ -377,15 +380,21 @@ async def _serve_until_stopped(
             "lifespan": "off",
             "access_log": True,
         }
+        limits = host.settings.serve
+        cap = connection_caps(limits.max_connections, 1 if tcp is None else 2, open_files)
+
+        def bounded(listener: str) -> type[asyncio.Protocol]:
+            return bounded_protocol(listener, limits.request_timeout, cap)
+
         ready = f"hearth daemon {host.owner} serving {where} (home {host.state_dir})"
-        server = _Server(uvicorn.Config(app, **options), state, ready)
+        server = _Server(uvicorn.Config(app, http=bounded("Unix socket"), **options), state, ready)
         servers: list[uvicorn.Server] = [server]
         serving = [server.serve(sockets=[unix])]
         if tcp is not None:
             certificate: dict[str, Any] = (
                 {} if tls is None else {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]}
             )
-            sibling = _Sibling(uvicorn.Config(app, **options, **certificate))
+            sibling = _Sibling(uvicorn.Config(app, http=bounded("TCP port"), **options, **certificate))
             server.siblings.append(sibling)
             servers.append(sibling)
             serving.append(sibling.serve(sockets=[tcp]))
@@ -464,6 +473,7 @@ def serve(
         raise ServeError(f"the hearth home {folder} cannot be created: {exc.strerror or exc}") from None
     project_dir = find_project_dir(project)
     path = Path(socket_path) if socket_path is not None else folder / SOCKET_FILE
+    open_files = raise_open_files()
     _signals.reset()
     previous = {signum: signal.signal(signum, _signals) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -492,6 +502,7 @@ def serve(
                     tls=tls,
                     token=token,
                     where=where,
+                    open_files=open_files,
                 )
             )
     finally:

@@ -138,11 +138,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in (
         (400, "invalid_input"),
         (404, "not_found"),
+        (408, "invalid_input: the request was not whole within [serve] request_timeout"),
         (409, "conflict, invalid_transition or busy"),
+        (413, "invalid_input: the body is larger than [serve] max_body"),
         (422, "invalid_profile or unsupported"),
         (423, "slug_locked"),
         (502, "the adapter failed"),
-        (503, "backend_unavailable"),
+        (503, "backend_unavailable; daemon_unavailable when the listener holds [serve] max_connections"),
         (504, "timeout"),
     )
 }
