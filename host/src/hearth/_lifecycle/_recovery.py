@@ -18,7 +18,7 @@ from hearth_adaptersdk import StatusReport
 
 from .._errors import HearthError, SlugLocked
 from .._models import Deployment, Operation
-from .._states import TRANSIENT
+from .._states import TRANSIENT, dead_owner_end
 from .._store._base import NewEvent
 from .._store._locks import OwnerMark
 from ._core import Core
@@ -52,15 +52,17 @@ class Recovery:
         return OwnerMark.alive(core.state_dir / "owners", operation.owner)
 
     async def interrupted(self, operation: Operation) -> None:
-        """End the operation of a host found dead, saying who found it and how."""
+        """End an operation with no live work, saying who found it and how: a host found dead,
+        or this host's own operation whose outcome a failed store write left unrecorded."""
         core = self._core
-        how = (
-            f"its host {operation.owner} held no lease (it stopped, or lost touch with the "
-            f"database); taken over by {core.owner}"
-            if core.shared
-            else "the hearth process running it stopped before it finished"
+        state, error = dead_owner_end(
+            operation.state,
+            own=operation.owner == core.owner,
+            shared=core.shared,
+            owner=operation.owner,
+            finder=core.owner,
         )
-        await core.store.end(operation.id, "interrupted", {"kind": "interrupted", "message": how})
+        await core.store.end(operation.id, state, error)
 
     async def look(self, slug: str) -> tuple[Deployment | None, Operation | None]:
         """The slug's record and its live operation (one store call; a dead host's operations
