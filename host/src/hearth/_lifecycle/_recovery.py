@@ -2,7 +2,9 @@
 
 A host proves itself alive by a mark in the home (``flock``; the kernel drops it when the
 process dies) or, on a store several hosts share, by a lease it renews. An operation whose host
-is dead is ended ``interrupted``; a record it left transient is *healed*: settled from the
+is dead is ended ``interrupted``, and so is this host's own operation with no work behind it
+(a failed store write left it; still queued, it ends ``failed``, having changed nothing: see
+``_states.dead_owner_end``); a record it left transient is *healed*: settled from the
 adapter's ``status`` by the reconcile rules, on the next access to its slug or by any host's
 lease round (a *takeover*).
 """
