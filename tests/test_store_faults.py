@@ -193,3 +193,22 @@ async def test_an_insert_whose_commit_fails_answers_500_and_leaves_no_operation(
             assert again.status_code == 200, again.text
             assert again.json()["state"] == "succeeded"
             assert (await client.get("/v1/workspaces/http")).json()["state"] == "ready"
+
+
+async def test_reconcile_leaves_alone_the_operations_this_host_runs(tmp_path: Path) -> None:
+    """Only operations with no work behind them are ended: one this host runs, queued behind
+    its slug's lock or running in the adapter, goes on."""
+    async with make_host(tmp_path) as host:
+        progressed = asyncio.Event()
+        running = await host.start_provision(
+            "live", tier="slow", driver="fake", on_progress=lambda _: progressed.set()
+        )
+        async with asyncio.timeout(10):
+            await progressed.wait()
+        async with host._core.locks.hold("held", 5.0):  # its work waits for the slug: queued
+            queued = await host.start_provision("held", tier="solo", driver="fake")
+            await host.reconcile()
+            states = [(await host.operation(op.id)).state for op in (running, queued)]
+            assert states == ["running", "queued"]
+        assert await queued.result(timeout=30) is not None
+        await running.cancel("the test is done")
