@@ -6,8 +6,8 @@ when it does the same thing, else the start is ``busy``; the rules of ``_states`
 say it has nothing to do (recorded at once, succeeded); otherwise a queued operation is
 recorded and handed to the runner. A key whose operation's start failed on a store write is
 released to the retry (``_states.key_released``): the retry runs rather than answering that
-failure again. ``check`` and ``preview`` (``Host.plan``) are the same
-admission without the start.
+failure again. ``check`` and ``preview`` (``Host.plan``) are the same admission without the
+start.
 """
 
 from __future__ import annotations

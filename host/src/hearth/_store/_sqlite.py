@@ -202,7 +202,8 @@ class SQLiteStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so concurrent writers queue instead of failing;
         one that fails, its COMMIT too, is rolled back: an insert whose caller was told it failed
-        must not stay pending on the connection, seen by its reads and committed by a later write."""
+        must not stay pending on the connection (its reads would see it, and no later write
+        could begin)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
