@@ -21,13 +21,16 @@ from hearth._states import (
     busy_message,
     cancel_note,
     cancel_outcome_recorded,
+    dead_owner_end,
     failure_reason,
     failure_unconfirmed,
+    key_released,
     needs_status,
     preview_verb,
     resolution_note,
     same_key,
     settlement,
+    start_not_recorded,
     uncertain_verb,
     unconfirmed_reason,
 )
@@ -198,6 +201,106 @@ def test_a_used_key_returns_its_operation_only_for_the_same_ask(
     used: tuple[str, str, str | None, str | None], asked: tuple[str, str, str | None, str | None], same: bool
 ) -> None:
     assert same_key(used, asked) is same
+
+
+WRITE_FAILED = {"kind": "store_error", "message": "a store write failed: disk full", "changed_nothing": True}
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "released"),
+    [
+        ("failed", WRITE_FAILED, True),
+        ("failed", start_not_recorded("disk full"), True),
+        ("failed", dead_owner_end("queued", own=True, shared=False, owner="o", finder="o")[1], True),
+        ("failed", {**WRITE_FAILED, "changed_nothing": False}, False),  # the adapter may have worked
+        ("failed", {k: v for k, v in WRITE_FAILED.items() if k != "changed_nothing"}, False),
+        ("failed", {"kind": "invalid_transition", "message": "no", "changed_nothing": True}, False),
+        ("failed", None, False),
+        ("interrupted", {**WRITE_FAILED, "kind": "interrupted"}, False),
+        ("queued", WRITE_FAILED, False),
+        ("running", WRITE_FAILED, False),
+        ("succeeded", None, False),
+        ("cancelled", {"kind": "cancelled", "message": "no", "changed_nothing": True}, False),
+    ],
+)
+def test_a_key_is_released_to_a_retry_only_when_its_start_failed_on_a_store_write(
+    state: str, error: dict[str, Any] | None, released: bool
+) -> None:
+    assert key_released(state, error) is released
+
+
+def test_a_start_not_recorded_says_a_store_write_failed_and_that_nothing_changed() -> None:
+    assert start_not_recorded("the store x cannot be used: disk full") == {
+        "kind": "store_error",
+        "message": "a store write failed: the store x cannot be used: disk full; nothing was changed",
+        "changed_nothing": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "own", "shared", "ended", "kind", "says", "changed_nothing"),
+    [
+        (
+            "queued",
+            True,
+            False,
+            "failed",
+            "store_error",
+            "its start was not recorded: a store write failed",
+            True,
+        ),
+        (
+            "queued",
+            True,
+            True,
+            "failed",
+            "store_error",
+            "its start was not recorded: a store write failed",
+            True,
+        ),
+        (
+            "running",
+            True,
+            False,
+            "interrupted",
+            "interrupted",
+            "its outcome was not recorded: a store write",
+            None,
+        ),
+        (
+            "running",
+            True,
+            True,
+            "interrupted",
+            "interrupted",
+            "its outcome was not recorded: a store write",
+            None,
+        ),
+        ("queued", False, False, "interrupted", "interrupted", "the hearth process running it stopped", None),
+        (
+            "running",
+            False,
+            False,
+            "interrupted",
+            "interrupted",
+            "the hearth process running it stopped",
+            None,
+        ),
+        ("queued", False, True, "interrupted", "interrupted", "its host h:1:a held no lease", None),
+        ("running", False, True, "interrupted", "interrupted", "its host h:1:a held no lease", None),
+    ],
+)
+def test_how_an_operation_with_no_live_work_is_ended(  # noqa: PLR0917 - the table's columns
+    state: str, own: bool, shared: bool, ended: str, kind: str, says: str, changed_nothing: bool | None
+) -> None:
+    """Another host's operation: its host stopped. This host's own: a store write failed; still
+    queued, nothing reached the adapter (failed, changed nothing); running, nobody knows."""
+    got, error = dead_owner_end(state, own=own, shared=shared, owner="h:1:a", finder="h:2:b")
+    assert (got, error["kind"], error.get("changed_nothing")) == (ended, kind, changed_nothing)
+    assert error["message"].startswith(says)
+    assert ("a store write failed" in error["message"]) is own
+    if shared and not own:
+        assert error["message"].endswith("taken over by h:2:b")
 
 
 def test_busy_names_the_operation_and_an_upgrades_tier() -> None:

@@ -121,6 +121,29 @@ async def test_an_operation_is_found_by_key_then_by_the_slug_it_runs_on(opener: 
     await store.close()
 
 
+async def test_a_finished_operation_gives_its_key_only_to_the_operation_that_retakes_it(
+    opener: Opener,
+) -> None:
+    store = await opener()
+    first, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="k"))
+    retry = NewOperation("alpha", 1, "provision", "me:1:a", key="k", retakes=first.id)
+    assert await store.create_operation(retry) == (first, "key")  # still queued: it keeps its key
+    assert await store.end(first.id, "failed", {"kind": "store_error", "changed_nothing": True})
+    busy, _ = await store.create_operation(NewOperation("alpha", 1, "teardown", "me:1:a"))
+    blocked, how = await store.create_operation(retry)
+    assert (blocked.id, how) == (busy.id, "active")  # the slug is busy: nothing recorded, key kept
+    assert (await store.keyed("k")) == (await store.operation(first.id))
+    assert await store.end(busy.id, "succeeded")
+    again, how = await store.create_operation(retry)
+    assert how == "created" and again.key == "k" and again.id not in {first.id, busy.id}
+    released = await store.operation(first.id)
+    assert released is not None and released.key is None and released.state == "failed"
+    assert (await store.keyed("k")) == again
+    late = await store.create_operation(retry)  # a second retry of the same key joins the first
+    assert late == (again, "key")
+    await store.close()
+
+
 async def test_archiving_frees_the_slug_and_keeps_the_old_record(opener: Opener) -> None:
     store = await opener()
     await store.save(_deployment(state="tier_torn_down"))

@@ -77,7 +77,8 @@ class Busy(HearthError):
 
 
 class Interrupted(HearthError):
-    """The operation's host stopped (closed, signalled, killed) before it finished."""
+    """The operation's host stopped (closed, signalled, killed) before it finished, or a store
+    write that failed while it ran left its outcome unrecorded."""
 
     kind = "interrupted"
 

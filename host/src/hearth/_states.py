@@ -380,6 +380,67 @@ def same_key(used: Keyed, asked: Keyed) -> bool:
     return used[:2] == asked[:2] and (asked[1] == "teardown" or used[2:] == asked[2:])
 
 
+def key_released(state: str, error: Mapping[str, Any] | None) -> bool:
+    """Whether a used idempotency key is given up to a retry rather than answering with its
+    operation: the operation's start failed on a store write (``failed``, ``store_error``,
+    ``changed_nothing``), so no work ran and nothing was changed; answering the dead operation
+    again would make the key useless for the retry a failed write asks for. Any other finished
+    operation, and one still queued or running, keeps its key."""
+    return (
+        state == "failed"
+        and error is not None
+        and error.get("kind") == "store_error"
+        and error.get("changed_nothing") is True
+    )
+
+
+def start_not_recorded(reason: str) -> dict[str, Any]:
+    """The error of an operation whose start failed on a store write after it was recorded
+    queued (``reason``: the store's error): nothing reached the adapter, so nothing changed, and
+    its key is released (``key_released``)."""
+    return {
+        "kind": "store_error",
+        "message": f"a store write failed: {reason}; nothing was changed",
+        "changed_nothing": True,
+    }
+
+
+#: How an operation whose owner has no live work ends: its state and error.
+DeadEnd = tuple[Literal["failed", "interrupted"], dict[str, Any]]
+
+
+def dead_owner_end(state: str, *, own: bool, shared: bool, owner: str | None, finder: str) -> DeadEnd:
+    """How ``finder`` ends a queued or running operation (``state``) whose owner has no live work.
+
+    Another host's operation: its host stopped (or, on a shared store, held no lease), so it is
+    ``interrupted``. This host's own operation with no work in this host: the process lives, so
+    its work ended without its outcome being written: a store write failed. Still ``queued``, it
+    never reached the adapter (``begin`` is written first): ``failed``, ``changed_nothing``, like a
+    start that failed (its key is released). ``running``: what the adapter did is unknown, so it
+    is ``interrupted`` as any running operation with no host, and its record is settled from the
+    adapter's status.
+    """
+    if own and state == "queued":
+        return "failed", {
+            "kind": "store_error",
+            "message": "its start was not recorded: a store write failed; nothing was changed",
+            "changed_nothing": True,
+        }
+    if own:
+        how = (
+            "its outcome was not recorded: a store write failed while it ran; what the backend "
+            "holds is settled from the adapter's status"
+        )
+    elif shared:
+        how = (
+            f"its host {owner} held no lease (it stopped, or lost touch with the "
+            f"database); taken over by {finder}"
+        )
+    else:
+        how = "the hearth process running it stopped before it finished"
+    return "interrupted", {"kind": "interrupted", "message": how}
+
+
 def busy_message(slug: str, operation: int, verb: str, tier: str | None, state: str) -> str:
     """Why a start (or adopt, forget, plan) is refused ``busy``."""
     to = f" to {tier}" if verb == "upgrade" and tier is not None else ""

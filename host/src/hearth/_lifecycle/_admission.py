@@ -4,8 +4,10 @@ A start checks its input, heals its slug, then, in order: a used idempotency key
 operation (or ``conflict`` when its arguments differ); a live operation on the slug is *joined*
 when it does the same thing, else the start is ``busy``; the rules of ``_states`` refuse it or
 say it has nothing to do (recorded at once, succeeded); otherwise a queued operation is
-recorded and handed to the runner. ``check`` and ``preview`` (``Host.plan``) are the same
-admission without the start.
+recorded and handed to the runner. A key whose operation's start failed on a store write is
+released to the retry (``_states.key_released``): the retry runs rather than answering that
+failure again. ``check`` and ``preview`` (``Host.plan``) are the same admission without the
+start.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile, co
 
 from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile, Unsupported
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
-from .._states import Recorded, busy_message, joins, preview_verb, same_key
+from .._states import Recorded, busy_message, joins, key_released, preview_verb, same_key
 from .._store._base import NewOperation
 from ._checks import (
     Checks,
@@ -75,10 +77,14 @@ class Admission:
         """The operation for ``request`` and whether this call created it."""
         request, record, active = await self.checked(request)
         store = self._core.store
+        retakes = None
         if request.key is not None:
             keyed = await store.keyed(request.key)
             if keyed is not None:
-                return self._same_key(keyed, request), False
+                self._same_key(keyed, request)  # conflict: the key asked for something else
+                if not key_released(keyed.state, keyed.error):
+                    return keyed.bound(self._owner), False
+                retakes = keyed.id  # its start failed on a write: the retry runs under the key
         while True:
             if active is not None:
                 return self.join(active, request, on_progress), False
@@ -99,6 +105,7 @@ class Admission:
                 request.driver,
                 request.reuse,
                 done=done,  # type: ignore[arg-type]
+                retakes=retakes,
             )
             operation, how = await store.create_operation(new)
             if how == "key":

@@ -382,11 +382,12 @@ class Host:
     async def reconcile(
         self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
     ) -> ReconcileReport:
-        """Settle records a dead host left transient and records whose outcome was not
-        confirmed; mark ghosts; report orphans; delete nothing (see ``_lifecycle._reconcile``).
-        ``slug`` limits it to one workspace; ``dry_run`` reports what it would do and changes
-        nothing. One ``list`` per driver. A second run right after a first changes nothing;
-        an unreachable backend changes nothing."""
+        """End the queued or running operations no live work is behind; settle records a dead
+        host left transient and records whose outcome was not confirmed; mark ghosts; report
+        orphans; delete nothing (see ``_lifecycle._reconcile``). ``slug`` limits it to one
+        workspace; ``dry_run`` reports what it would do and changes nothing. One ``list`` per
+        driver. A second run right after a first changes nothing; an unreachable backend
+        changes nothing."""
         deadline(timeout)  # validates
         await self._core.opened()
         if slug is not None:

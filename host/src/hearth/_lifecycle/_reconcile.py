@@ -1,12 +1,14 @@
 """Reconcile, adopt and forget: make the records agree with what the backends hold.
 
-Reconcile deletes nothing. It asks each driver once for its ``list``; a record the list shows,
-settled, is left alone; a record left transient by a host that died, or marked *not confirmed*,
-or missing from the list, is asked about with ``status`` and settled by ``_states.settlement``;
-a record that claims a backend the adapter confirms absent is a ghost (marked failed); a listed
-deployment with no record is an orphan (reported). A slug another process works on is skipped
-(busy), an unreachable driver changes nothing, and a dry run writes nothing. The next access to
-a slug that a dead host left transient runs the same settlement for that slug (``settle``).
+Reconcile deletes nothing. It first ends the queued or running operations no live work is
+behind (``_states.dead_owner_end``). It asks each driver once for its ``list``; a record the
+list shows, settled, is left alone; a record left transient by a host that died, or marked
+*not confirmed*, or missing from the list, is asked about with ``status`` and settled by
+``_states.settlement``; a record that claims a backend the adapter confirms absent is a ghost
+(marked failed); a listed deployment with no record is an orphan (reported). A slug another
+process works on is skipped (busy), an unreachable driver changes nothing, and a dry run writes
+nothing. The next access to a slug that a dead host left transient runs the same settlement for
+that slug (``settle``).
 
 ``adopt`` turns an orphan into a record; ``forget`` archives a record and leaves the backend
 alone (Terraform's import and ``removed``, Crossplane's observe and orphan).
@@ -42,6 +44,13 @@ class Reconciler:
     async def run(self, slug: str | None = None) -> ReconcileReport:
         core, report = self._core, self.report
         store = core.store
+        if not self.dry_run:
+            # queued or running operations with no live work (a dead host's, or this host's own
+            # that a failed write left) are ended first: a first provision left queued has no
+            # record for the loop below to find, and a transient record is settled after
+            for busy in sorted({op.slug for op in await store.operations(active=True)}):
+                if slug is None or busy == slug:
+                    await self._active_of(busy)
         records = [
             r for r in await store.deployments(include_torn_down=False) if slug is None or r.slug == slug
         ]

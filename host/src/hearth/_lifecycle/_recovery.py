@@ -2,7 +2,9 @@
 
 A host proves itself alive by a mark in the home (``flock``; the kernel drops it when the
 process dies) or, on a store several hosts share, by a lease it renews. An operation whose host
-is dead is ended ``interrupted``; a record it left transient is *healed*: settled from the
+is dead is ended ``interrupted``, and so is this host's own operation with no work behind it
+(a failed store write left it; still queued, it ends ``failed``, having changed nothing: see
+``_states.dead_owner_end``); a record it left transient is *healed*: settled from the
 adapter's ``status`` by the reconcile rules, on the next access to its slug or by any host's
 lease round (a *takeover*).
 """
@@ -18,7 +20,7 @@ from hearth_adaptersdk import StatusReport
 
 from .._errors import HearthError, SlugLocked
 from .._models import Deployment, Operation
-from .._states import TRANSIENT
+from .._states import TRANSIENT, dead_owner_end
 from .._store._base import NewEvent
 from .._store._locks import OwnerMark
 from ._core import Core
@@ -52,15 +54,17 @@ class Recovery:
         return OwnerMark.alive(core.state_dir / "owners", operation.owner)
 
     async def interrupted(self, operation: Operation) -> None:
-        """End the operation of a host found dead, saying who found it and how."""
+        """End an operation with no live work, saying who found it and how: a host found dead,
+        or this host's own operation whose outcome a failed store write left unrecorded."""
         core = self._core
-        how = (
-            f"its host {operation.owner} held no lease (it stopped, or lost touch with the "
-            f"database); taken over by {core.owner}"
-            if core.shared
-            else "the hearth process running it stopped before it finished"
+        state, error = dead_owner_end(
+            operation.state,
+            own=operation.owner == core.owner,
+            shared=core.shared,
+            owner=operation.owner,
+            finder=core.owner,
         )
-        await core.store.end(operation.id, "interrupted", {"kind": "interrupted", "message": how})
+        await core.store.end(operation.id, state, error)
 
     async def look(self, slug: str) -> tuple[Deployment | None, Operation | None]:
         """The slug's record and its live operation (one store call; a dead host's operations

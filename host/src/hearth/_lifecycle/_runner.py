@@ -21,7 +21,7 @@ from hearth_adaptersdk import DeploymentRef, Progress, utc_now
 from .._adapters._client import AdapterClient, Interruption, ProgressCallback
 from .._errors import CallTimeout, HearthError, Interrupted, StoreError
 from .._models import Deployment, Operation, synthesized_ref
-from .._states import Transition, Verb
+from .._states import Transition, Verb, start_not_recorded
 from .._store._base import NewEvent
 from ._checks import Checks, Request, remaining, rules_for
 from ._core import Core
@@ -134,15 +134,19 @@ class Runner:
     def _work_done(self, work: Work, task: asyncio.Task[DeploymentRef | None]) -> None:
         """A finished work task: its error is the operation's (kept in the store; awaiting it is
         optional, so it is retrieved here), and a task cancelled before its first step, which
-        ran none of its own handlers, still ends its operation."""
-        self._work.pop(work.operation.id, None)
+        ran none of its own handlers, still ends its operation (registered until it is ended:
+        an own operation with no work is one a failed write left, ``_states.dead_owner_end``)."""
         if not task.cancelled():
+            self._work.pop(work.operation.id, None)
             task.exception()
             return
         if not work.begun and self._core.is_open:
             ending = asyncio.ensure_future(self._end_unstarted(work, *(work.cancel or _CALLER)))
             work.ending = ending
             self._keep(ending)
+            ending.add_done_callback(lambda _: self._work.pop(work.operation.id, None))
+        else:
+            self._work.pop(work.operation.id, None)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
@@ -160,6 +164,10 @@ class Runner:
             if not work.begun:
                 await self._end_unstarted(work, *(work.cancel or _CALLER))
             raise
+        except StoreError as exc:
+            if not work.begun:  # recorded queued, never started: it ends here, not queued for ever
+                await self._end(work, "failed", start_not_recorded(exc.message), best_effort=True)
+            raise
         except HearthError as exc:
             if not work.begun:
                 await self._end(work, "failed", {**exc.to_json(), "changed_nothing": True})
@@ -174,9 +182,17 @@ class Runner:
     async def _end_unstarted(self, work: Work, outcome: str, reason: str) -> None:
         await self._end(work, outcome, {"kind": outcome, "message": f"{reason}; it had not started"})
 
-    async def _end(self, work: Work, state: str, error: dict[str, Any]) -> None:
-        """An operation that never reached the adapter: the record is as it was."""
-        await asyncio.shield(self._core.store.end(work.operation.id, state, error))  # type: ignore[arg-type]
+    async def _end(self, work: Work, state: str, error: dict[str, Any], *, best_effort: bool = False) -> None:
+        """An operation that never reached the adapter: the record is as it was. ``best_effort``:
+        a store that failed once may fail again; the caller's own error is the one to raise, and
+        the operation, left queued with no work, is ended by heal or reconcile
+        (``_states.dead_owner_end``)."""
+        try:
+            await asyncio.shield(self._core.store.end(work.operation.id, state, error))  # type: ignore[arg-type]
+        except StoreError as exc:
+            if not best_effort:
+                raise
+            log.warning("operation #%s could not be ended: %s", work.operation.id, exc.message)
 
     async def _perform(self, work: Work, request: Request, record: Deployment | None) -> DeploymentRef | None:
         checks, slug, verb = self._checks, request.slug, request.verb

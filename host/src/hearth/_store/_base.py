@@ -38,6 +38,14 @@ class NewOperation:
     reuse: bool = False
     #: Record it already finished (a verb with nothing to do): its state and ref.
     done: tuple[OperationState, DeploymentRef | None] | None = None
+    #: The finished operation whose ``key`` this one takes over (``_states.key_released``: its
+    #: start failed on a store write); it keeps no key. Any other operation with the key is
+    #: returned as found.
+    retakes: int | None = None
+
+    def keeps(self, keyed: Operation) -> bool:
+        """Whether ``keyed``, the operation found with this key, keeps it (is the answer)."""
+        return not (keyed.id == self.retakes and keyed.finished)
 
     @property
     def state(self) -> OperationState:
@@ -178,6 +186,8 @@ NEW_OPERATION = (
     "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
     "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: Gives a finished operation's idempotency key up to the operation that retakes it.
+RELEASE_KEY = "UPDATE operations SET key = NULL WHERE id = ?"
 #: Ends an operation only while it is still its owner's (the fence).
 END_OPERATION = (
     "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "

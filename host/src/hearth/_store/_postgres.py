@@ -43,6 +43,7 @@ from ._base import (
     NEW_OPERATION,
     OPERATION_COLUMNS,
     PROGRESS_EVENT,
+    RELEASE_KEY,
     SAVE,
     STATE_EVENT,
     Found,
@@ -381,13 +382,14 @@ class PostgresStore:
     # --- operations --------------------------------------------------------------------------
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         async def work(conn: Connection) -> tuple[Operation, Found]:
-            if new.key is not None:
-                keyed = await _operation_where(conn, "key = %s", new.key)
-                if keyed is not None:
-                    return keyed, "key"
+            keyed = None if new.key is None else await _operation_where(conn, "key = %s", new.key)
+            if keyed is not None and new.keeps(keyed):
+                return keyed, "key"
             row = await _one(conn, ACTIVE_OF_SLUG, (new.slug,))
             if row:
                 return row_operation(row), "active"
+            if keyed is not None:
+                await conn.execute(for_postgres(RELEASE_KEY).encode(), (keyed.id,))
             made = await _one(conn, NEW_OPERATION + " RETURNING id", new_operation_args(new))
             assert made is not None
             ident = int(made[0])

@@ -35,6 +35,7 @@ from ._base import (
     NEW_OPERATION,
     OPERATION_COLUMNS,
     PROGRESS_EVENT,
+    RELEASE_KEY,
     SAVE,
     SIDE_FILES,
     STATE_EVENT,
@@ -199,16 +200,19 @@ class SQLiteStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front so concurrent writers queue instead of failing."""
+        """One write transaction, taken up front so concurrent writers queue instead of failing;
+        one that fails, its COMMIT too, is rolled back: an insert whose caller was told it failed
+        must not stay pending on the connection (its reads would see it, and no later write
+        could begin)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")  # a COMMIT that fails (disk full) may leave the transaction open
         except BaseException:
             if db.in_transaction:  # SQLite ends some failed transactions itself (disk full)
                 db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     # --- deployments -------------------------------------------------------------------------
     async def get(self, slug: str) -> Deployment | None:
@@ -289,20 +293,22 @@ class SQLiteStore:
 
     # --- operations --------------------------------------------------------------------------
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
-        """In one transaction: the operation with ``new.key`` if there is one; else the slug's
+        """In one transaction: the operation with ``new.key`` if there is one (unless ``new``
+        retakes its key: it is released when ``new`` is recorded); else the slug's
         active (queued or running) operation if there is one; else a new operation (queued, or
         already finished with ``new.done``). The caller decides whether to join or refuse."""
         return await self._on_thread(self._create_operation, new)
 
     def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         with self._write() as db:
-            if new.key is not None:
-                keyed = self._operation_where("key = ?", new.key)
-                if keyed is not None:
-                    return keyed, "key"
+            keyed = None if new.key is None else self._operation_where("key = ?", new.key)
+            if keyed is not None and new.keeps(keyed):
+                return keyed, "key"
             row = db.execute(ACTIVE_OF_SLUG, (new.slug,)).fetchone()
             if row:
                 return row_operation(row), "active"
+            if keyed is not None:
+                db.execute(RELEASE_KEY, (keyed.id,))
             cursor = db.execute(NEW_OPERATION, new_operation_args(new))
             ident = cursor.lastrowid
             assert ident is not None
