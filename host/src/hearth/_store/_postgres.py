@@ -709,6 +709,7 @@ class PgSlugLocks:
 
     async def _acquire(self, slug: str, deadline: float | None, timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
+        renewed = False
         while True:
             conn = await self._connection()
             try:
@@ -719,6 +720,9 @@ class PgSlugLocks:
                     )
                 ).fetchone()
             except (psycopg.Error, OSError) as exc:
+                if conn.closed and not renewed:  # an outage ended the session: try a new one once
+                    renewed = True
+                    continue
                 raise StoreError(f"the slug locks in {self.where} cannot be used: {_why(exc)}") from None
             assert row is not None
             key, taken = int(row[0]), bool(row[1])
