@@ -575,8 +575,14 @@ async def test_listen_needs_a_private_token_file_and_the_token(
                 "/v1/health", headers={"Authorization": "Bearer s3cret-token-of-enough-length"}
             )
             assert right.status_code == 200
+            assert (await client.get("/v1/ready")).status_code == 401  # the probes need it too
+            ready = await client.get(
+                "/v1/ready", headers={"Authorization": "Bearer s3cret-token-of-enough-length"}
+            )
+            assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
         async with over(site[0] / "hearth.sock") as local:  # the Unix socket needs no token
             assert (await local.get("/v1/health")).status_code == 200
+            assert (await local.get("/v1/ready")).status_code == 200
         assert ok.stop() == 0
 
 
