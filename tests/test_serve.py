@@ -207,9 +207,10 @@ def test_the_committed_openapi_document_matches_the_app(tmp_path: Path) -> None:
 
 
 # --- liveness and readiness -------------------------------------------------------------------------
-def corrupt_a_table_page(store: Path) -> None:
+def corrupt_a_table_page(store: Path) -> int:
     """Overwrite the rows of the ``deployments`` table's one (leaf) page with garbage, as a
-    disk or a careless copy might: the file still opens, the table's page is broken."""
+    disk or a careless copy might: the file still opens, the table's page (its number is
+    returned) is broken."""
     with contextlib.closing(sqlite3.connect(store)) as db:
         page = int(db.execute("PRAGMA page_size").fetchone()[0])
         root = int(db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'deployments'").fetchone()[0])
@@ -220,6 +221,7 @@ def corrupt_a_table_page(store: Path) -> None:
         assert header[0] == 13 and int.from_bytes(header[3:5]) == 3, "a leaf page holding the three rows"
         file.seek((root - 1) * page + int.from_bytes(header[5:7]))  # where its rows begin
         file.write(b"\xff" * 64)
+    return root
 
 
 async def test_ready_says_a_store_with_corrupt_pages_is_not_ready_and_health_still_answers(
@@ -228,17 +230,22 @@ async def test_ready_says_a_store_with_corrupt_pages_is_not_ready_and_health_sti
     async with make_host(tmp_path) as host:
         for slug in ("one", "two", "three"):
             await host.provision(slug, tier="solo", driver="fake")
+        app = create_app(host)
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(host)), base_url="http://hearth", timeout=BOUND
+            transport=httpx.ASGITransport(app=app), base_url="http://hearth", timeout=BOUND
         ) as client:
             ready = await client.get("/v1/ready")
             assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
-    corrupt_a_table_page(tmp_path / "home" / "hearth.db")
+            app.state.hearth.stopping.set()  # as the daemon does on SIGTERM
+            stopping = await client.get("/v1/ready")
+            assert stopping.status_code == 503 and error_kind(stopping) == "closed", stopping.text
+            assert (await client.get("/v1/health")).json()["status"] == "stopping"
+    page = corrupt_a_table_page(tmp_path / "home" / "hearth.db")
     async with api(tmp_path) as client:
         ready = await client.get("/v1/ready")
         assert ready.status_code == 503 and error_kind(ready) == "store_error", ready.text
         message = ready.json()["error"]["message"]
-        assert "hearth.db is damaged" in message and "page 2" in message, message
+        assert "hearth.db is damaged" in message and f"page {page}" in message, message
         assert (await client.get("/v1/health")).json()["status"] == "ok"
 
 

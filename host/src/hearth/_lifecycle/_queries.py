@@ -39,7 +39,9 @@ class Queries:
                 if check is not None:
                     await check(bound)
         except TimeoutError:
-            raise StoreError(f"the store did not answer within {bound:g} s ([timeouts] store)") from None
+            where = getattr(core.raw, "where", None) or getattr(core.raw, "path", None)
+            named = f"the store {where}" if where else "the store"
+            raise StoreError(f"{named} did not answer within {bound:g} s ([timeouts] store)") from None
 
     async def status(self, slug: str, timeout: float | None) -> StatusReport:
         """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.
