@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -48,9 +48,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 # mark, fails and says which mark it lacks.
 
 #: Fixtures that start processes, or hand a test what it needs to start them.
-PROCESS_FIXTURES = frozenset({"venv_bin", "fake_exe", "make_adapter"})
+PROCESS_FIXTURES = frozenset({"venv_bin", "fake_exe", "make_adapter", "private_pg"})
 #: Fixtures that need a service scripts/test starts (they skip without it, outside CI).
-SERVICE_FIXTURES = frozenset({"docker_url", "engine", "pg_cluster", "pg_url"})
+SERVICE_FIXTURES = frozenset({"docker_url", "engine", "pg_cluster", "pg_url", "private_pg"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -321,6 +321,103 @@ def pg_url(pg_cluster: str) -> Iterator[str]:
     yield f"{pg_cluster}{joiner}options=-csearch_path%3D{schema}"
     with psycopg.connect(pg_cluster, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of one test's own, made as scripts/lib/postgres.sh makes the suite's
+    (``initdb``, trust, a Unix socket in a private folder, nothing on TCP; as the ``postgres``
+    user when run as root), so that the test may stop and start it: an outage."""
+
+    BOUND = 60.0
+
+    def __init__(self, folder: Path) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+        if not found:
+            _without("no PostgreSQL server under /usr/lib/postgresql to make a cluster of its own")
+        if os.geteuid() == 0 and not _has_user("postgres"):
+            _without("running as root and there is no postgres user for initdb")
+        self.bin = found[-1].parent
+        self.folder = folder
+        self.data = folder / "data"
+        self.url = f"postgresql://hearth@/postgres?host={folder}"
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "hearth", "-A", "trust", "-E", "UTF8", "--no-sync")
+
+    def _run(self, *args: str) -> None:
+        import subprocess
+
+        done = subprocess.run(
+            [*self._as, str(self.bin / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=self.BOUND,
+            check=False,
+        )
+        assert done.returncode == 0, f"{args[0]} failed: {done.stderr or done.stdout}"
+
+    def start(self) -> None:
+        options = f"-c listen_addresses='' -c unix_socket_directories='{self.folder}' -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.folder / "server.log"),
+            "-o",
+            options,
+            "start",
+        )
+
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: every session is ended, as an outage ends them."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+
+def _without(reason: str) -> NoReturn:
+    """No private cluster can be made: under CI the test fails, elsewhere it is skipped."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the PostgreSQL outage tests: {reason}")
+    pytest.skip(reason)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture
+def private_pg(pg_cluster: str) -> Iterator[PrivateCluster]:
+    """A throwaway cluster of this test's own, started (the suite's shared cluster, which
+    ``pg_cluster`` stands for, is never stopped: it only decides skip or fail, as for every
+    PostgreSQL test). Stopped and removed after the test."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="hpg-"))  # short: a socket's path has at most 107 bytes
+    try:
+        folder.chmod(0o700)
+        cluster = PrivateCluster(folder)
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            if cluster.running():
+                cluster.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import hearth
 from hearth import Busy, Cancelled, DaemonUnavailable, Event, Host, InvalidInput, NotFound, RemoteHost
 from hearth._server._app import create_app
 from hearth._server._daemon import default_socket
-from tests.test_serve import _Server, make_host, short_dir
+from tests.test_serve import _Server, corrupt_a_table_page, make_host, short_dir
 
 BOUND = 30.0
 
@@ -100,6 +100,18 @@ async def test_the_lifecycle_through_a_remote_host(tmp_path: Path) -> None:
         assert [op.verb for op in await remote.operations(after=ops[-1].id)] == ["teardown"]
         assert {"solo", "team", "slow", "brisk"} <= {t.name for t in await remote.tiers()}
         assert any(d.driver == "fake" and d.in_process for d in await remote.drivers())
+        assert (await remote.health())["status"] == "ok"
+
+
+async def test_ready_on_a_remote_host_is_the_daemons_readiness(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        for slug in ("one", "two", "three"):
+            await host.provision(slug, tier="solo", driver="fake")
+        await remote.ready()  # raises when not ready
+    corrupt_a_table_page(tmp_path / "home" / "hearth.db")
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        with pytest.raises(hearth.StoreError, match="is damaged"):
+            await remote.ready()
         assert (await remote.health())["status"] == "ok"
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ import httpx
 import pytest
 import uvicorn
 
+from hearth import Operation, SQLiteStore
 from hearth._server._app import create_app, openapi_document
 from tests import helpers
 
@@ -201,6 +203,94 @@ def test_the_committed_openapi_document_matches_the_app(tmp_path: Path) -> None:
     assert OPENAPI.read_text() == document, "docs/openapi.json drifted: run 'python -m tests.test_serve'"
     paths = json.loads(document)["paths"]
     assert {"/v1/workspaces", "/v1/operations/{ident}/wait", "/v1/events", "/v1/health"} <= set(paths)
+    assert "/v1/ready" in paths
+
+
+# --- liveness and readiness -------------------------------------------------------------------------
+def corrupt_a_table_page(store: Path) -> int:
+    """Overwrite the rows of the ``deployments`` table's one (leaf) page with garbage, as a
+    disk or a careless copy might: the file still opens, the table's page (its number is
+    returned) is broken."""
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        root = int(db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'deployments'").fetchone()[0])
+        assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    with store.open("r+b") as file:
+        file.seek((root - 1) * page)
+        header = file.read(8)
+        assert header[0] == 13 and int.from_bytes(header[3:5]) == 3, "a leaf page holding the three rows"
+        file.seek((root - 1) * page + int.from_bytes(header[5:7]))  # where its rows begin
+        file.write(b"\xff" * 64)
+    return root
+
+
+async def test_ready_says_a_store_with_corrupt_pages_is_not_ready_and_health_still_answers(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host:
+        for slug in ("one", "two", "three"):
+            await host.provision(slug, tier="solo", driver="fake")
+        app = create_app(host)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://hearth", timeout=BOUND
+        ) as client:
+            ready = await client.get("/v1/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+            app.state.hearth.stopping.set()  # as the daemon does on SIGTERM
+            stopping = await client.get("/v1/ready")
+            assert stopping.status_code == 503 and error_kind(stopping) == "closed", stopping.text
+            assert (await client.get("/v1/health")).json()["status"] == "stopping"
+    page = corrupt_a_table_page(tmp_path / "home" / "hearth.db")
+    async with api(tmp_path) as client:
+        ready = await client.get("/v1/ready")
+        assert ready.status_code == 503 and error_kind(ready) == "store_error", ready.text
+        message = ready.json()["error"]["message"]
+        assert "hearth.db is damaged" in message and f"page {page}" in message, message
+        assert (await client.get("/v1/health")).json()["status"] == "ok"
+
+
+class StuckStore(SQLiteStore):
+    """A SQLite store whose reads never answer once ``stuck`` is set (a store that hangs)."""
+
+    stuck = False
+
+    async def last_seq(self) -> int:
+        if self.stuck:
+            await asyncio.Event().wait()
+        return await super().last_seq()
+
+    async def operations(self, **options: Any) -> list[Operation]:
+        if self.stuck:
+            await asyncio.Event().wait()
+        return await super().operations(**options)
+
+
+@pytest.mark.timeout(20)
+async def test_health_answers_at_once_while_the_store_hangs_and_ready_says_so_within_its_bound(
+    tmp_path: Path,
+) -> None:
+    store = StuckStore(tmp_path / "stuck.db")
+    async with (
+        make_host(tmp_path, store=store) as host,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(host)), base_url="http://hearth", timeout=BOUND
+        ) as client,
+    ):
+        store.stuck = True
+        async with asyncio.timeout(5):  # the store never answers: health must not ask it
+            health = await client.get("/v1/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        (tmp_path / "project" / ".hearth").mkdir(parents=True)
+        (tmp_path / "project" / ".hearth" / "hearth.toml").write_text("[timeouts]\nstore = 0.5\n")
+        async with asyncio.timeout(5):
+            ready = await client.get("/v1/ready")
+        assert ready.status_code == 503 and error_kind(ready) == "store_error", ready.text
+        assert "did not answer within 0.5 s" in ready.json()["error"]["message"]
+        store.stuck = False
+        assert (await client.get("/v1/ready")).json() == {"status": "ready", "within": 0.5}
+        (tmp_path / "project" / ".hearth" / "hearth.toml").write_text("[timeouts]\nstore = 'soon'\n")
+        invalid = await client.get("/v1/ready")
+        assert invalid.status_code == 503 and error_kind(invalid) == "invalid_input", invalid.text
 
 
 # --- streams: the same app on an in-process uvicorn -----------------------------------------------
@@ -508,8 +598,14 @@ async def test_listen_needs_a_private_token_file_and_the_token(
                 "/v1/health", headers={"Authorization": "Bearer s3cret-token-of-enough-length"}
             )
             assert right.status_code == 200
+            assert (await client.get("/v1/ready")).status_code == 401  # the probes need it too
+            ready = await client.get(
+                "/v1/ready", headers={"Authorization": "Bearer s3cret-token-of-enough-length"}
+            )
+            assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
         async with over(site[0] / "hearth.sock") as local:  # the Unix socket needs no token
             assert (await local.get("/v1/health")).status_code == 200
+            assert (await local.get("/v1/ready")).status_code == 200
         assert ok.stop() == 0
 
 

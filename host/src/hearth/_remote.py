@@ -627,5 +627,10 @@ class RemoteHost:
         """The daemon's ``/v1/health``: status, version, owner, running."""
         return dict(await self._call("GET", "/health"))
 
+    async def ready(self) -> None:
+        """The daemon's ``/v1/ready``: returns when its store can be used now; else the error
+        it answered (``store_error`` saying what is wrong, ``closed`` while it stops)."""
+        await self._call("GET", "/ready")
+
 
 __all__ = ["DaemonUnavailable", "RemoteHost"]

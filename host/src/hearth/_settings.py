@@ -116,6 +116,10 @@ class Timeouts:
     #: after it stops renewing its lease (it renews every third of this); then another host
     #: settles them from the adapter's ``status``.
     lease: Seconds = 10.0
+    #: How long a call waits for the store before it fails with ``store_error`` (PostgreSQL: a
+    #: connection from the pool, or a new one), so an outage fails fast; also the bound of the
+    #: daemon's readiness check (``/v1/ready``). Read when the store opens.
+    store: Seconds = 5.0
 
 
 @dataclass(frozen=True)

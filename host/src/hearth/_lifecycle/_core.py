@@ -141,7 +141,7 @@ class Core:
             from .._store._sqlite import SQLiteStore
 
             return SQLiteStore(self.state_dir / STORE_FILE)
-        return store_from_url(url)
+        return store_from_url(url, wait=self.timeouts.store)
 
     def _prepare_home(self) -> None:
         folder = self.state_dir

@@ -166,6 +166,17 @@ class Host:
             await self._events.flush()
         await self._core.close_store()
 
+    @property
+    def running(self) -> int:
+        """How many operations this host runs now, from memory (no store read)."""
+        return self._runner.count()
+
+    async def ready(self) -> None:
+        """Return when the store can be used now, checked within ``[timeouts] store`` (SQLite:
+        the file reads and its pages are whole; PostgreSQL: a query is answered); else raise
+        ``StoreError`` saying what is wrong. The daemon's ``/v1/ready``."""
+        await self._queries.ready()
+
     def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int:
         """Cancel every operation this host runs, recording ``reason``; the number cancelled.
         The CLI calls it on SIGINT/SIGTERM/SIGHUP (``outcome`` ``interrupted`` for the latter).

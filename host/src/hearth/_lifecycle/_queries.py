@@ -3,11 +3,12 @@ first settles what a dead host left there (``Recovery.heal``)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hearth_adaptersdk import DeploymentRef, StatusReport, utc_now
 
-from .._errors import InvalidInput, NotFound
+from .._errors import InvalidInput, NotFound, StoreError
 from .._models import Deployment, Operation, synthesized_ref
 from .._states import STATES, TRANSIENT
 from ._checks import Checks, check_driver_name, check_slug, deadline, echo, page, remaining
@@ -22,6 +23,25 @@ class Queries:
         self._core = core
         self._checks = checks
         self._recovery = recovery
+
+    async def ready(self) -> None:
+        """Whether the store can be used now: opened, one read answered the way every call
+        reads, and the store's own check passed (SQLite: its pages are whole; PostgreSQL: a
+        query is answered), all within ``[timeouts] store``; else a ``StoreError`` saying what
+        is wrong."""
+        core = self._core
+        bound = core.timeouts.store
+        try:
+            async with asyncio.timeout(bound):
+                store = await core.opened()
+                await store.last_seq()
+                check = getattr(core.raw, "check", None)
+                if check is not None:
+                    await check(bound)
+        except TimeoutError:
+            where = getattr(core.raw, "where", None) or getattr(core.raw, "path", None)
+            named = f"the store {where}" if where else "the store"
+            raise StoreError(f"{named} did not answer within {bound:g} s ([timeouts] store)") from None
 
     async def status(self, slug: str, timeout: float | None) -> StatusReport:
         """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.

@@ -68,6 +68,9 @@ class Runner:
         """Whether this host runs any operation now."""
         return bool(self._work)
 
+    def count(self) -> int:
+        return len(self._work)
+
     def runs(self, ident: int) -> bool:
         return ident in self._work
 

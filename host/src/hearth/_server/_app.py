@@ -45,6 +45,7 @@ from ._schemas import (
     NewTier,
     NewWorkspace,
     PlanRequest,
+    Ready,
     ReconcileRequest,
     error_response,
     status_of,
@@ -287,9 +288,10 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     from .. import __version__
 
     async def settings_valid(request: Request) -> None:
-        """Every call but ``/health`` fails ``invalid_input`` while hearth.toml is invalid, as
-        the CLI does run locally: never an answer from settings that are no longer the file's."""
-        if request.url.path != f"{API}/health":
+        """Every call but ``/health`` and ``/ready`` fails ``invalid_input`` while hearth.toml is
+        invalid, as the CLI does run locally: never an answer from settings that are no longer
+        the file's."""
+        if request.url.path not in (f"{API}/health", f"{API}/ready"):
             _state(request).host.reload_settings()
 
     app = FastAPI(
@@ -517,18 +519,42 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
 
     @app.get(f"{API}/health")
     async def health(request: Request) -> Health:
+        """Liveness: answers at once, from memory, without touching the store (whether the
+        store can be used is ``/v1/ready``'s question)."""
         state = _state(request)
-        running = len(await state.host.operations(state="running"))
         status: Literal["ok", "stopping"] = "stopping" if state.stopping.is_set() else "ok"
         host = state.host
         return Health(
             status=status,
             version=__version__,
             owner=host.owner,
-            running=running,
+            running=host.running,
             project=str(host.project_dir),
             cancel_grace=host.timeouts.cancel_grace,
         )
+
+    @app.get(
+        f"{API}/ready",
+        response_model=Ready,
+        responses={
+            503: {"model": ErrorBody, "description": "store_error (what is wrong), invalid_input or closed"}
+        },
+    )
+    async def ready(request: Request) -> Ready | JSONResponse:
+        """Readiness, for a load balancer or systemd: checks the store within ``[timeouts] store``
+        (SQLite: the file reads and ``quick_check`` finds its pages whole; PostgreSQL: a query is
+        answered). 503 with the error body when it cannot be used, while hearth.toml is invalid
+        (``invalid_input``), or while the daemon stops (``closed``)."""
+        state = _state(request)
+        if state.stopping.is_set():
+            return error_response("closed", "the daemon is stopping", 503)
+        host = state.host
+        try:
+            host.reload_settings()  # an invalid hearth.toml fails every call: not ready
+            await host.ready()
+        except HearthError as exc:
+            return JSONResponse({"error": exc.to_json()}, status_code=503)
+        return Ready(status="ready", within=host.timeouts.store)
 
     return app
 

@@ -121,6 +121,14 @@ class Health(BaseModel):
     cancel_grace: float | None = None
 
 
+class Ready(BaseModel):
+    """``GET /v1/ready``: the store was checked and can be used (else 503 with the error body)."""
+
+    status: Literal["ready"]
+    #: The bound of the check (seconds, ``[timeouts] store``).
+    within: float
+
+
 class ErrorDetail(BaseModel):
     model_config = ConfigDict(extra="allow")
     kind: str

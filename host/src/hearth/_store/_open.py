@@ -7,9 +7,10 @@ from .._errors import InvalidInput
 from ._base import Store
 
 
-def store_from_url(url: str) -> Store:
+def store_from_url(url: str, *, wait: float = 5.0) -> Store:
     """The store a URL names: ``postgresql://...`` (the ``postgresql`` extra) or
-    ``sqlite:///path/to/hearth.db``."""
+    ``sqlite:///path/to/hearth.db``. ``wait`` bounds a PostgreSQL call's wait for a connection
+    (``[timeouts] store``)."""
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from ._postgres import PostgresStore
@@ -17,7 +18,7 @@ def store_from_url(url: str) -> Store:
             raise InvalidInput(
                 f"a postgresql:// store needs the postgresql extra (pip install 'hearth[postgresql]'): {exc}"
             ) from None
-        return PostgresStore(url)
+        return PostgresStore(url, connect_timeout=wait)
     if url.startswith("sqlite:///"):
         from ._sqlite import SQLiteStore
 

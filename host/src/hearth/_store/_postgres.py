@@ -74,6 +74,11 @@ Connection = psycopg.AsyncConnection[Any]
 WRITE_LOCK = int.from_bytes(b"hearth\x00\x01", "big")
 #: The lock a migration takes, so that hosts opening a new database together migrate it once.
 MIGRATE_LOCK = int.from_bytes(b"hearth\x00\x02", "big")
+#: How long the pool retries one lost connection (backing off 1 s, 2 s, ...) before it gives that
+#: attempt up; the next call that wants a connection starts a new one. Short, so that the wait
+#: between attempts never grows past a few seconds: a database back after an outage is used
+#: again within seconds, however long the outage was.
+RECONNECT_GIVE_UP = 5.0
 
 #: The schema as SQLite's ``MIGRATIONS`` builds it, version for version, in PostgreSQL's words.
 PG_MIGRATIONS: Sequence[str] = (
@@ -177,10 +182,12 @@ class PostgresStore:
     """The registry in a PostgreSQL database named by ``url`` (``postgresql://...``).
 
     ``pool_size`` bounds the connections this store holds; ``connect_timeout`` bounds the wait
-    for one (a database that does not answer is a ``StoreError``, not a hang).
+    for one (``[timeouts] store``): while the database is down every call fails with a
+    ``StoreError`` within it, not after a hang. A pooled connection is checked before it is
+    handed out, so none broken by an outage is used once the database is back.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 5.0) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
             raise StoreError(f"{shown(url)[:120]!r} is not a postgresql:// URL")
         self.url = url
@@ -189,6 +196,7 @@ class PostgresStore:
         self._timeout = connect_timeout
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._listener: Connection | None = None
+        self._sweeping: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r})"
@@ -204,11 +212,37 @@ class PostgresStore:
         except StoreError:
             raise
         except PoolTimeout:
+            self._sweep()
             raise StoreError(
-                f"the store {self.where} cannot be used: no connection within {self._timeout:g} s"
+                f"the store {self.where} cannot be used: no connection within {self._timeout:g} s "
+                "(is the database up and reachable?)"
             ) from None
         except (psycopg.Error, OSError) as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self._sweep()
             raise StoreError(f"the store {self.where} cannot be used: {_why(exc)}") from None
+
+    def _sweep(self) -> None:
+        """After a lost connection, check every idle one now (the pool replaces the broken), so
+        that the calls after an outage do not find them one by one."""
+        pool = self._pool
+        if pool is not None and (self._sweeping is None or self._sweeping.done()):
+            self._sweeping = asyncio.get_running_loop().create_task(pool.check(), name="hearth-store-check")
+            self._sweeping.add_done_callback(_swept)
+
+    async def _alive(self, conn: Connection) -> None:
+        """The pool's check of a connection before it hands it out, bounded: a connection to a
+        database that stopped answering is dropped, not waited on."""
+        async with asyncio.timeout(self._timeout):
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def check(self, timeout: float) -> None:
+        """Readiness: a trivial query answered within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._read(lambda conn: _one(conn, "SELECT 1", ()))
+        except TimeoutError:
+            raise StoreError(f"the store {self.where} did not answer a query within {timeout:g} s") from None
 
     async def _read(self, work: Callable[[Connection], Awaitable[R]]) -> R:
         async with self._connection() as conn:
@@ -225,15 +259,21 @@ class PostgresStore:
 
     async def wait_change(self, timeout: float) -> None:
         """Return once another write committed (LISTEN/NOTIFY wakes every host on the database
-        at once), or after ``timeout`` seconds: the caller reads ``last_seq`` either way."""
-        try:
-            listener = await self._listening()
-            async for _ in listener.notifies(timeout=timeout, stop_after=1):
-                pass
-        except (psycopg.Error, OSError, StoreError) as exc:  # fall back to reading on a timer
-            log.debug("listening on %s failed (%s); reading again in %s s", self.where, exc, timeout)
-            await self._stop_listening()
-            await asyncio.sleep(timeout)
+        at once), or after ``timeout`` seconds: the caller reads ``last_seq`` either way. A
+        listening connection an outage broke is replaced at once (once per call); while none
+        can be made, this waits out ``timeout`` and the caller reads on a timer."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        for _ in range(2):
+            try:
+                listener = await self._listening()
+                async for _ in listener.notifies(timeout=max(0.0, until - loop.time()), stop_after=1):
+                    pass
+                return
+            except (psycopg.Error, OSError, StoreError) as exc:
+                log.debug("listening on %s failed (%s)", self.where, _why(exc))
+                await self._stop_listening()
+        await asyncio.sleep(max(0.0, until - loop.time()))
 
     async def _listening(self) -> Connection:
         if self._listener is None or self._listener.closed:
@@ -276,6 +316,9 @@ class PostgresStore:
                 "application_name": "hearth-store",
             },
             timeout=self._timeout,
+            check=self._alive,
+            reconnect_timeout=RECONNECT_GIVE_UP,
+            reconnect_failed=_gave_up,
             name="hearth-store",
         )
         try:
@@ -297,6 +340,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self._stop_listening()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeping
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -664,6 +711,7 @@ class PgSlugLocks:
 
     async def _acquire(self, slug: str, deadline: float | None, timeout: float | None) -> int:
         loop = asyncio.get_running_loop()
+        renewed = False
         while True:
             conn = await self._connection()
             try:
@@ -674,6 +722,9 @@ class PgSlugLocks:
                     )
                 ).fetchone()
             except (psycopg.Error, OSError) as exc:
+                if conn.closed and not renewed:  # an outage ended the session: try a new one once
+                    renewed = True
+                    continue
                 raise StoreError(f"the slug locks in {self.where} cannot be used: {_why(exc)}") from None
             assert row is not None
             key, taken = int(row[0]), bool(row[1])
@@ -764,6 +815,21 @@ async def _event(
 
 async def _save(conn: Connection, deployment: Deployment) -> None:
     await conn.execute(for_postgres(SAVE).encode(), save_args(deployment))
+
+
+def _swept(task: asyncio.Task[None]) -> None:
+    failed = None if task.cancelled() else task.exception()
+    if failed is not None:
+        log.debug("checking the pool's connections failed: %s", _why(failed))
+
+
+def _gave_up(pool: AsyncConnectionPool[Connection]) -> None:
+    """A reconnection attempt gave up (``RECONNECT_GIVE_UP``): the next call starts another."""
+    log.warning(
+        "the store's pool %s could not reconnect for %g s; the next call tries again",
+        pool.name,
+        RECONNECT_GIVE_UP,
+    )
 
 
 def _why(exc: BaseException) -> str:

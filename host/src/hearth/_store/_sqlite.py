@@ -170,6 +170,35 @@ class SQLiteStore:
             self._db.close()
             self._db = None
 
+    async def check(self, timeout: float) -> None:
+        """Readiness: the file opens and reads, and SQLite's ``quick_check`` finds its pages
+        whole (cheap: no index is compared with its table). On a read-only connection and a
+        thread of its own, so the store's calls do not queue behind it. The check stops after
+        half of ``timeout`` while it is still reading (a large store is checked in part, not
+        called broken); a read that hangs is the caller's bound to catch."""
+        if self._thread is None:
+            raise StoreError(f"the store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(self._typed, self._quick_check, timeout))
+
+    def _quick_check(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout / 2
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+        db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            rows = db.execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupt" in str(exc):
+                return  # read without fault until the deadline
+            raise
+        finally:
+            db.close()
+        lines = (line.strip() for row in rows if row[0] != "ok" for line in str(row[0]).splitlines())
+        problems = [line for line in lines if line and not line.startswith("***")]
+        if problems:
+            said = "; ".join(problems[:3])[:300]
+            raise StoreError(f"the store {self.path} is damaged (SQLite's quick_check): {said}")
+
     def _wal(self, bound: float) -> None:
         """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler,
         when several processes open a new store together: retry within the busy timeout."""
