@@ -24,7 +24,7 @@ async def _both_parked(host: Host) -> None:
     """Until two watchers wait on the bus's change (the moment one leaving could hurt the other)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while len(getattr(host._events.bus._future, "_callbacks", None) or ()) < 2:
+    while sum(s._waiter is not None for s in host._events.fanout._subscribers) < 2:
         assert loop.time() < deadline, "the watchers never waited for the next event"
         await asyncio.sleep(0.001)
 

@@ -302,6 +302,14 @@ class Host:
             check_slug(slug)
         return self._events.after(sequence(after), slug=slug)
 
+    def watch_bounded(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
+        """``watch`` for a reader that may not keep up (the daemon's streams): one that falls
+        ``QUEUE`` (1,000) events behind ends there, holding nothing, instead of reading the
+        store to catch up; resume it after the last ``seq`` it yielded (nothing is lost)."""
+        if slug is not None:
+            check_slug(slug)
+        return self._events.after(sequence(after), slug=slug, end_behind=True)
+
     # --- queries --------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
         """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.

@@ -485,7 +485,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     ) -> StreamingResponse:
         """Every event of every process on the home after ``after`` (or ``Last-Event-ID``)."""
         state = _state(request)
-        stream = state.host.watch(after=after if last_event_id is None else last_event_id, slug=slug)
+        stream = state.host.watch_bounded(after=after if last_event_id is None else last_event_id, slug=slug)
         if accept is not None and "text/event-stream" in accept:
             return _sse(state, stream)
         return _ndjson(state, stream)
