@@ -232,12 +232,12 @@ async def test_a_bounded_stream_that_falls_behind_ends_and_resumes_from_its_last
 ) -> None:
     async with make_host(tmp_path) as host:
         host._events.fanout.limit = 3
-        bounded = host.watch_bounded()
+        bounded = host.watch_batches()
         reading = asyncio.ensure_future(anext(bounded))
         await host.provision("y-first", tier="solo", driver="fake")
         first = await reading
         await _progress(host, 5)
-        before = [first, *[e async for e in bounded]]  # it ends: it fell behind
+        before = [*first, *[e async for batch in bounded for e in batch]]  # it ends: it fell behind
         resumed = asyncio.create_task(_until_final_of(host.watch(after=before[-1].seq), "y"))
         await host.provision("y", tier="solo", driver="fake")
         after = await asyncio.wait_for(resumed, 30)

@@ -7,7 +7,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from .._errors import HearthError, StoreError
 from .._models import Event
@@ -294,17 +294,26 @@ class EventLog:
                 log.error("%d progress event(s) not recorded: %s", len(events), exc.message)
 
     async def after(
+        self, position: int, *, slug: str | None = None, operation: int | None = None
+    ) -> AsyncIterator[Event]:
+        """Events after ``position`` as they come; for one operation, until its final event."""
+        async with contextlib.aclosing(self.batches(position, slug=slug, operation=operation)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def batches(
         self,
         position: int,
         *,
         slug: str | None = None,
         operation: int | None = None,
         end_behind: bool = False,
-    ) -> AsyncIterator[Event]:
-        """Events after ``position`` as they come; for one operation, until its final event.
+    ) -> AsyncGenerator[list[Event]]:
+        """``after`` in lists: the events that came together (a stream writes each list at once).
         Those the host's reader already passed are read from the store first, then the stream
         joins the fan-out. One dropped for falling ``QUEUE`` events behind starts over from its
-        last event, or with ``end_behind`` ends there (the caller resumes after it)."""
+        last event, or with ``end_behind`` ends there (its reader resumes after that event)."""
         store = self._core.store
         bus, fanout = self.bus, self.fanout
         while not bus.closed:
@@ -312,31 +321,31 @@ class EventLog:
             try:
                 while position < start:  # what the reader passed already: from the store
                     try:
-                        batch = await store.events(after=position, slug=slug, operation=operation)
+                        read = await store.events(after=position, slug=slug, operation=operation)
                     except HearthError:
                         if bus.closed:
                             return  # the host closed under it
                         raise
-                    for event in batch:
-                        if event.seq > start:
-                            break  # the reader hands this one out: it is in the queue
-                        position = event.seq
-                        yield event
-                        if operation is not None and event.final:
-                            return
-                    else:
-                        if len(batch) == BATCH:
-                            continue
-                    break
+                    batch = [e for e in read if e.seq <= start]  # those past it are in the queue
+                    batch, final = _through_final(batch, operation)
+                    if batch:
+                        position = batch[-1].seq
+                        yield batch
+                    if final:
+                        return
+                    if len(read) < BATCH or len(batch) < len(read):
+                        break
                 if operation is not None and await self._past_its_end(operation, position):
                     return
                 while True:
-                    while subscriber.queue:
-                        event = subscriber.queue.popleft()
-                        position = event.seq
-                        yield event
-                        if operation is not None and event.final:
+                    if subscriber.queue:
+                        batch, final = _through_final(list(subscriber.queue), operation)
+                        subscriber.queue.clear()
+                        position = batch[-1].seq
+                        yield batch
+                        if final:
                             return
+                        continue
                     if subscriber.dropped:
                         break
                     if subscriber.ended:
@@ -363,3 +372,12 @@ class EventLog:
             if self.bus.closed:
                 return True
             raise
+
+
+def _through_final(events: list[Event], operation: int | None) -> tuple[list[Event], bool]:
+    """``events`` up to the operation's final one (its stream ends there), and whether it came."""
+    if operation is not None:
+        for index, event in enumerate(events):
+            if event.final:
+                return events[: index + 1], True
+    return events, False
