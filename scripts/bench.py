@@ -36,7 +36,9 @@
   ``Host.deployment`` in process on the same home (p50, p99); 50
   provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
-  events received; every provision must succeed and every stream see its final event).
+  events received; every provision must succeed and every stream see its final event); and 100
+  provisions through the API with 0, 200 and 1,000 ``/v1/events`` streams open and read (issue 20:
+  the writers' time, until every stream saw the last event, the daemon's RSS open and after).
 - replicas (``--only replicas``, last in the full run; needs ``HEARTH_TEST_PG_URL``, which
   scripts/bench sets with scripts/lib/postgres.sh; skipped without it, a failure under CI=true):
   1,000 provisions through ``Host`` (the fake driver in process) by three host processes on one
