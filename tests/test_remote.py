@@ -291,7 +291,17 @@ async def test_a_stream_the_daemon_drops_for_falling_behind_resumes_with_nothing
             return await subscribe(*args)
 
         fanout.subscribe = counting  # type: ignore[method-assign,assignment]
-        watching = asyncio.ensure_future(_collected(_until(remote.watch(), "last")))
+        released = asyncio.Event()
+        unsubscribe = fanout.unsubscribe
+
+        def unsubscribing(subscriber: Any) -> None:
+            unsubscribe(subscriber)
+            if not fanout.streams:
+                released.set()
+
+        fanout.unsubscribe = unsubscribing  # type: ignore[method-assign]
+        stream = remote.watch()
+        watching = asyncio.ensure_future(_collected(_until(stream, "last")))
         op = await host.start_provision("noisy", tier="brisk", driver="fake")
         await op.result()
         for burst in range(3):  # each a batch of 6 for the reader: past the bound of 3
@@ -304,6 +314,10 @@ async def test_a_stream_the_daemon_drops_for_falling_behind_resumes_with_nothing
         written = [e.seq for e in await host.store.events(limit=10_000)]
         assert [e.seq for e in seen] == written
         assert subscribed > 1  # it was dropped, and came back
+        released.clear()
+        await stream.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(released.wait(), BOUND)  # the client left: the daemon keeps nothing
+        assert fanout.position is None
 
 
 async def _collected(events: AsyncIterator[Event]) -> list[Event]:

@@ -191,6 +191,7 @@ class Fanout:
         while self.position is None:
             if self._starting is None or self._starting.done():
                 self._starting = asyncio.get_running_loop().create_task(self._core.store.last_seq())
+                self._starting.add_done_callback(_retrieved)  # its awaiters may all have left
             starting = self._starting
             seq = await asyncio.shield(starting)
             if self.position is None and starting is self._starting:
@@ -239,6 +240,9 @@ class Fanout:
                     await asyncio.shield(changed)  # the future is shared with other waiters
         except HearthError as exc:
             failure = None if bus.closed else exc
+        except Exception as exc:  # a bug: the streams must not wait for ever
+            log.exception("the host's reader of events failed")
+            failure = HearthError(f"the event stream failed: {type(exc).__name__}")
         if self._reader is me:  # closed, failed, or every stream left: end those that are left
             for subscriber in list(self._subscribers):
                 subscriber.end(failure)
@@ -317,7 +321,12 @@ class EventLog:
         store = self._core.store
         bus, fanout = self.bus, self.fanout
         while not bus.closed:
-            subscriber, start = await fanout.subscribe(position, slug, operation)
+            try:
+                subscriber, start = await fanout.subscribe(position, slug, operation)
+            except HearthError:
+                if bus.closed:
+                    return  # the host closed under it
+                raise
             try:
                 while position < start:  # what the reader passed already: from the store
                     try:
@@ -381,3 +390,8 @@ def _through_final(events: list[Event], operation: int | None) -> tuple[list[Eve
             if event.final:
                 return events[: index + 1], True
     return events, False
+
+
+def _retrieved(task: asyncio.Task[int]) -> None:
+    if not task.cancelled():
+        task.exception()
