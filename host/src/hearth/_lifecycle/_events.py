@@ -1,5 +1,7 @@
 """The event log as the host sees it: progress buffered and written a loop turn at a time, one
-bus that wakes whoever waits for a change, and the streams of ``watch`` and ``op.events()``."""
+bus that wakes whoever waits for a change, and the streams of ``watch`` and ``op.events()``:
+one reader of the store per host fans each change out to them in memory, each stream's queue
+bounded (``QUEUE``), so that open streams cost a writer nothing but a share of one read."""
 
 from __future__ import annotations
 
