@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from hearth import Event, Host, InvalidInput
+from hearth._lifecycle._events import QUEUE
 from hearth._store._base import NewEvent
 from tests import helpers
 
@@ -154,11 +156,19 @@ async def test_a_verb_on_a_slug_whose_first_provision_is_queued_is_busy(tmp_path
 async def _until_final_of(source: AsyncIterator[Event], slug: str) -> list[Event]:
     """The events of ``source`` until the final event of ``slug``'s operation."""
     seen = []
-    async for event in source:
-        seen.append(event)
-        if event.final and event.slug == slug:
-            break
+    async with contextlib.aclosing(source) as events:  # type: ignore[type-var]
+        async for event in events:
+            seen.append(event)
+            if event.final and event.slug == slug:
+                break
     return seen
+
+
+async def _until_message(source: AsyncIterator[Event], message: str) -> None:
+    async with contextlib.aclosing(source) as events:  # type: ignore[type-var]
+        async for event in events:
+            if event.message == message:
+                return
 
 
 async def _progress(host: Host, count: int, slug: str = "noisy") -> None:
@@ -192,8 +202,23 @@ async def test_a_change_is_read_once_for_every_stream_open(
         monkeypatch.setattr(raw, "events", events)
         host._core.on_written(written)
         last = f"w{provisions - 1}"
-        watchers = [asyncio.create_task(_until_final_of(host.watch(), last)) for _ in range(streams)]
-        await asyncio.sleep(0)
+        readies = [asyncio.Event() for _ in range(streams)]
+
+        async def watcher(ready: asyncio.Event) -> list[Event]:
+            seen = []
+            async with contextlib.aclosing(host.watch()) as every:  # type: ignore[type-var]
+                async for event in every:
+                    seen.append(event)
+                    if event.final:
+                        ready.set()  # it is live: what follows is what a change costs
+                        if event.slug == last:
+                            break
+            return seen
+
+        watchers = [asyncio.create_task(watcher(ready)) for ready in readies]
+        await host.provision("w-first", tier="solo", driver="fake")
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 30)
+        read = writes = 0
         for i in range(provisions):
             await host.provision(f"w{i}", tier="solo", driver="fake")
         seen = await asyncio.wait_for(asyncio.gather(*watchers), 30)
@@ -209,14 +234,18 @@ async def test_a_stream_that_falls_behind_is_dropped_and_watch_reads_on_from_the
     tmp_path: Path,
 ) -> None:
     async with make_host(tmp_path) as host:
-        host._events.fanout.limit = 3
+        fanout = host._events.fanout
+        fanout.limit = 3
         slow = host.watch()
         reading = asyncio.ensure_future(anext(slow))
         await host.provision("x-first", tier="solo", driver="fake")
         first = await reading  # then it reads nothing for a while
+        fanout.limit = QUEUE  # for the others
         other = asyncio.create_task(_until_final_of(host.watch(after=first.seq), "x3"))
+        probe = asyncio.create_task(_until_message(host.watch(after=first.seq), "step 4"))
         await _progress(host, 5)
-        assert host._events.fanout.streams == 1  # the slow one was dropped: nothing held for it
+        await asyncio.wait_for(probe, 30)  # the reader handed out the 5: the slow one was offered them
+        assert fanout.streams == 1  # only ``other``: nothing is held for the slow one
         for i in range(4):
             await host.provision(f"x{i}", tier="solo", driver="fake")
         rest = await asyncio.wait_for(_until_final_of(slow, "x3"), 30)
