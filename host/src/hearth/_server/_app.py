@@ -507,7 +507,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         accept: Annotated[str | None, Header()] = None,
         last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=NUMBER_MAX)] = None,
     ) -> StreamingResponse:
-        """Every event of every process on the home after ``after`` (or ``Last-Event-ID``)."""
+        """Every event of every process on the home after ``after`` (or ``Last-Event-ID``). A
+        client that falls 1,000 events behind is ended: resume after the last ``seq`` it read."""
         state = _state(request)
         stream = state.host.watch_batches(after=after if last_event_id is None else last_event_id, slug=slug)
         if accept is not None and "text/event-stream" in accept:
