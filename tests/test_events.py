@@ -1,4 +1,6 @@
-"""The event log's iterators: each one ends on its own terms, and a bad argument fails at once."""
+"""The event log's iterators: each one ends on its own terms, and a bad argument fails at once;
+the fan-out: one read of the store per change however many streams, a bounded queue per stream,
+and a stream that starts behind handed over to it with nothing lost or repeated."""
 
 from __future__ import annotations
 
