@@ -38,7 +38,9 @@
   unauthenticated TCP connections are held open (beside the same without them); 50
   provisions at once through the API, each with its own ``/v1/events?slug=`` NDJSON stream, beside
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
-  events received; every provision must succeed and every stream see its final event).
+  events received; every provision must succeed and every stream see its final event); and 100
+  provisions through the API with 0, 200 and 1,000 ``/v1/events`` streams open and read (issue 20:
+  the writers' time, until every stream saw the last event, the daemon's RSS open and after).
 - replicas (``--only replicas``, last in the full run; needs ``HEARTH_TEST_PG_URL``, which
   scripts/bench sets with scripts/lib/postgres.sh; skipped without it, a failure under CI=true):
   1,000 provisions through ``Host`` (the fake driver in process) by three host processes on one
@@ -1340,6 +1342,142 @@ async def embedded_provisions(
         return time.perf_counter() - started, results
 
 
+#: Event streams open during the writers' rows (issue 20: every event made every open stream
+#: read the store; 100 operations took 0.33 s with no stream, 6.9 s with 200, 23-44 s with 1,000).
+SERVE_STREAMS = (0, 200, 1000)
+#: The provisions of each of those rows, one after another.
+SERVE_STREAM_OPERATIONS = 100
+#: The bound of one of those rows, its streams opened and closed (seconds).
+SERVE_STREAMS_BOUND = 180.0
+
+
+def _rss(pid: int) -> int:
+    """The resident memory of process ``pid`` (bytes; 0 where /proc does not say)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class _RawStream:
+    """One ``GET /v1/events`` NDJSON stream on its own connection to the socket (plain asyncio,
+    so that 1,000 of them cost this process little), read as fast as it comes: its lines
+    counted, and whether it saw ``until`` (the last provision's final event)."""
+
+    def __init__(self, until: bytes) -> None:
+        self.until = until
+        self.lines = 0
+        self.saw = asyncio.Event()
+        self.ended = False
+        self.writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self, sock: Path, after: int) -> None:
+        reader, self.writer = await asyncio.open_unix_connection(str(sock))
+        self.writer.write(
+            f"GET /v1/events?after={after} HTTP/1.1\r\nHost: hearth\r\n"
+            "Accept: application/x-ndjson\r\n\r\n".encode()
+        )
+        await self.writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"GET /v1/events answered {head[:40]!r}")
+        self.task = asyncio.ensure_future(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        tail = b""
+        while chunk := await reader.read(65536):
+            self.lines += (tail[-1:] + chunk).count(b"}\n")  # framing lines end in \r\n, events in }\n
+            if self.until in tail + chunk:
+                self.saw.set()
+            tail = (tail + chunk)[-len(self.until) :]
+        if not self.saw.is_set():  # the daemon ended it first (it fell behind)
+            self.ended = True
+            self.saw.set()
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.task
+
+
+#: One row: (streams, seconds of the provisions, seconds until every stream saw the last,
+#: events each stream read, streams that ended early, daemon RSS with them open and after).
+StreamsRow = tuple[int, float, float, int, int, int, int]
+
+
+async def provisions_with_streams(
+    sock: Path, pid: int, home: Path, project: Path, *, streams: int, count: int, prefix: str
+) -> StreamsRow:
+    """``count`` provisions (tier solo) at once through the API while ``streams`` ``GET
+    /v1/events`` NDJSON streams (from the store's last event) are open and read; then every
+    stream must see the last one's final event, and they close. The daemon's RSS is read with
+    them open, and after."""
+    last = f"{prefix}{count - 1}"
+    until = f'"slug":"{last}","verb":"provision","kind":"state","state":"succeeded"'.encode()
+    opened = [_RawStream(until) for _ in range(streams)]
+    async with Host(project_dir=project, home=home) as host:
+        after = await host.store.last_seq()
+    async with asyncio.timeout(SERVE_STREAMS_BOUND), _uds_client(sock, connections=count + 8) as client:
+
+        async def one(slug: str) -> None:
+            body = {"slug": slug, "tier": "solo", "driver": "fake"}
+            made = await client.post("/v1/workspaces", json=body, params={"wait": SERVE_BOUND})
+            if made.status_code != 200 or made.json().get("state") != "succeeded":
+                raise RuntimeError(f"provision of {slug}: {made.status_code} {made.text[:300]}")
+
+        try:
+            for first in range(0, streams, 100):  # open them 100 at a time
+                await asyncio.gather(*(s.open(sock, after) for s in opened[first : first + 100]))
+            started = time.perf_counter()
+            await asyncio.gather(*(one(f"{prefix}{i}") for i in range(count - 1)))
+            await one(last)  # the last event of all: every stream has read them all once it saw it
+            wrote = time.perf_counter() - started
+            await asyncio.gather(*(s.saw.wait() for s in opened))
+            seen = time.perf_counter() - started
+            rss_open = _rss(pid)
+        finally:
+            await asyncio.gather(*(s.close() for s in opened))
+        for _ in range(3):  # the daemon has taken the disconnects by the time it answers again
+            await client.get("/v1/health")
+        rss_after = _rss(pid)
+    ended = sum(s.ended for s in opened)
+    return streams, wrote, seen, min((s.lines for s in opened), default=0), ended, rss_open, rss_after
+
+
+def _print_serve_streams(rows: list[StreamsRow], count: int) -> None:
+    print(
+        f"{count} provisions (tier solo) through the API (99 at once, then the last) while N GET"
+        " /v1/events NDJSON"
+    )
+    print(
+        "streams are open and read (from the last event), beside the same with none (issue 20 found"
+        " 0.33 s, 6.9 s and 23-44 s"
+    )
+    print("for 0, 200 and 1,000 streams, and ~700 MB of RSS after they closed); the daemon's RSS:")
+    print(
+        f"{'':26}{'provisions':>11}{'ratio':>8}{'all seen':>10}{'events/stream':>15}"
+        f"{'RSS open':>10}{'RSS after':>11}"
+    )
+    alone = rows[0][1] if rows and rows[0][0] == 0 else None
+    for streams, wrote, seen, events, ended, rss_open, rss_after in rows:
+        ratio = f"{wrote / alone:7.2f}x" if alone else f"{'':8}"
+        label = f"with {streams:,} streams open"
+        mb = 1024 * 1024
+        print(
+            f"{label:26}{wrote:9.3f} s{ratio}{seen:8.3f} s{events:15d}"
+            f"{rss_open / mb:7.0f} MB{rss_after / mb:8.0f} MB"
+            + (f"  ({ended} ended early: behind, resumable)" if ended else "")
+        )
+    print()
+
+
 def _print_serve_cli(cli: dict[str, list[float]], docker_why: str | None, runs: int) -> None:
     print(f"hearth status SLUG, wall time per CLI process, {runs} runs after a warm-up, taking turns")
     print("(ratio: the daemon's median over the row's):")
@@ -1484,6 +1622,20 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
         tls = serve_tls_round_trips(root, project, env, token, requests)
         served = asyncio.run(api_provisions(sock, provisions, "p"))
         alone = asyncio.run(embedded_provisions(alone_home, project, provisions, "p"))
+        streams_rows = [
+            asyncio.run(
+                provisions_with_streams(
+                    sock,
+                    daemon.process.pid,
+                    home,
+                    project,
+                    streams=streams,
+                    count=SERVE_STREAM_OPERATIONS,
+                    prefix=f"s{streams}-",
+                )
+            )
+            for streams in SERVE_STREAMS
+        ]
         stopping, daemon = daemon, None
         code, down = stopping.stop()
         if code != 0:
@@ -1502,6 +1654,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
     _print_serve_api(api, tcp, embedded)
     _print_serve_edges(tls, flood, tcp, api, SERVE_IDLE)
     _print_serve_provisions(served, alone)
+    _print_serve_streams(streams_rows, SERVE_STREAM_OPERATIONS)
 
 
 # --- replicas: several hosts on one PostgreSQL registry (issue 13) ------------------------------

@@ -1,14 +1,21 @@
-"""The event log's iterators: each one ends on its own terms, and a bad argument fails at once."""
+"""The event log's iterators: each one ends on its own terms, and a bad argument fails at once;
+the fan-out: one read of the store per change however many streams, a bounded queue per stream,
+and a stream that starts behind handed over to it with nothing lost or repeated."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hearth import Event, Host, InvalidInput
+from hearth._lifecycle._events import QUEUE
+from hearth._store._base import NewEvent
 from tests import helpers
 
 #: Here a brisk operation takes 0.2 s: one that was started is soon done.
@@ -24,7 +31,7 @@ async def _both_parked(host: Host) -> None:
     """Until two watchers wait on the bus's change (the moment one leaving could hurt the other)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while len(getattr(host._events.bus._future, "_callbacks", None) or ()) < 2:
+    while sum(s._waiter is not None for s in host._events.fanout._subscribers) < 2:
         assert loop.time() < deadline, "the watchers never waited for the next event"
         await asyncio.sleep(0.001)
 
@@ -145,3 +152,166 @@ async def test_a_verb_on_a_slug_whose_first_provision_is_queued_is_busy(tmp_path
             with pytest.raises(Busy, match=f"operation #{op.id}"):
                 await host.start_teardown("first")
         assert (await op.result()) is not None
+
+
+# --- the fan-out: one reader of the store for every stream -------------------------------------
+async def _until_final_of(source: AsyncIterator[Event], slug: str) -> list[Event]:
+    """The events of ``source`` until the final event of ``slug``'s operation."""
+    seen = []
+    async with contextlib.aclosing(source) as events:  # type: ignore[type-var]
+        async for event in events:
+            seen.append(event)
+            if event.final and event.slug == slug:
+                break
+    return seen
+
+
+async def _until_message(source: AsyncIterator[Event], message: str) -> None:
+    async with contextlib.aclosing(source) as events:  # type: ignore[type-var]
+        async for event in events:
+            if event.message == message:
+                return
+
+
+async def _progress(host: Host, count: int, slug: str = "noisy") -> None:
+    """``count`` progress events of one operation in one write (one batch for the reader)."""
+    op = await host.start_provision(slug, tier="brisk", driver="fake")
+    await op.result()
+    await host.store.add_events(
+        [NewEvent(op.id, slug, "provision", "progress", message=f"step {i}") for i in range(count)]
+    )
+
+
+async def test_a_change_is_read_once_for_every_stream_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    streams, provisions = 40, 4
+    async with make_host(tmp_path) as host:
+        assert host._core.raw is not None
+        raw, read = host._core.raw, 0
+
+        async def events(**query: Any) -> list[Event]:
+            nonlocal read
+            read += query.get("kind") is None  # the streams' reads; not the cancel requests'
+            return await type(raw).events(raw, **query)
+
+        writes = 0
+
+        def written() -> None:
+            nonlocal writes
+            writes += 1
+
+        monkeypatch.setattr(raw, "events", events)
+        host._core.on_written(written)
+        last = f"w{provisions - 1}"
+        readies = [asyncio.Event() for _ in range(streams)]
+
+        async def watcher(ready: asyncio.Event) -> list[Event]:
+            seen = []
+            async with contextlib.aclosing(host.watch()) as every:  # type: ignore[type-var]
+                async for event in every:
+                    seen.append(event)
+                    if event.final:
+                        ready.set()  # it is live: what follows is what a change costs
+                        if event.slug == last:
+                            break
+            return seen
+
+        watchers = [asyncio.create_task(watcher(ready)) for ready in readies]
+        await host.provision("w-first", tier="solo", driver="fake")
+        await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 30)
+        read = writes = 0
+        for i in range(provisions):
+            await host.provision(f"w{i}", tier="solo", driver="fake")
+        seen = await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    every = [e.seq for e in seen[0]]
+    assert all([e.seq for e in s] == every for s in seen) and every == sorted(set(every))
+    assert len(every) >= 3 * provisions
+    # one read per change, or two (a poll of the store that saw it too), however many streams:
+    # each stream reading for itself was ``streams`` times that
+    assert read <= 2 * writes + 2, (read, writes)
+
+
+async def test_a_stream_that_falls_behind_is_dropped_and_watch_reads_on_from_the_store(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host:
+        fanout = host._events.fanout
+        fanout.limit = 3
+        slow = host.watch()
+        reading = asyncio.ensure_future(anext(slow))
+        await host.provision("x-first", tier="solo", driver="fake")
+        first = await reading  # then it reads nothing for a while
+        fanout.limit = QUEUE  # for the others
+        other = asyncio.create_task(_until_final_of(host.watch(after=first.seq), "x3"))
+        probe = asyncio.create_task(_until_message(host.watch(after=first.seq), "step 4"))
+        await _progress(host, 5)
+        await asyncio.wait_for(probe, 30)  # the reader handed out the 5: the slow one was offered them
+        assert fanout.streams == 1  # only ``other``: nothing is held for the slow one
+        for i in range(4):
+            await host.provision(f"x{i}", tier="solo", driver="fake")
+        rest = await asyncio.wait_for(_until_final_of(slow, "x3"), 30)
+        await slow.aclose()  # type: ignore[attr-defined]
+        written = [e.seq for e in await host.store.events(limit=10_000)]
+        assert [first.seq, *(e.seq for e in rest)] == written  # nothing lost, nothing twice
+        assert [e.seq for e in await asyncio.wait_for(other, 30)] == written[1:]
+        assert host._events.fanout.streams == 0 and host._events.fanout.position is None
+
+
+async def test_a_bounded_stream_that_falls_behind_ends_and_resumes_from_its_last_event(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host:
+        host._events.fanout.limit = 3
+        bounded = host.watch_batches()
+        reading = asyncio.ensure_future(anext(bounded))
+        await host.provision("y-first", tier="solo", driver="fake")
+        first = await reading
+        await _progress(host, 5)
+        before = [*first, *[e async for batch in bounded for e in batch]]  # it ends: it fell behind
+        resumed = asyncio.create_task(_until_final_of(host.watch(after=before[-1].seq), "y"))
+        await host.provision("y", tier="solo", driver="fake")
+        after = await asyncio.wait_for(resumed, 30)
+        written = [e.seq for e in await host.store.events(limit=10_000)]
+        assert [e.seq for e in before + after] == written
+
+
+async def test_streams_that_join_while_events_are_written_miss_none_and_repeat_none(
+    tmp_path: Path,
+) -> None:
+    """A stream starting behind the reader reads the store up to the reader's position, then
+    takes the reader's events: the hand-over, raced against writes from every side."""
+    async with make_host(tmp_path) as host:
+        host._events.fanout.limit = 10_000
+        keep = asyncio.create_task(_until_final_of(host.watch(), "z7"))  # the reader runs ahead
+        joined: list[asyncio.Task[list[Event]]] = []
+
+        async def join_while_writing() -> None:
+            for _ in range(30):
+                position = await host.store.last_seq()
+                for after in (0, max(position - 3, 0), position):
+                    joined.append(asyncio.create_task(_until_final_of(host.watch(after=after), "z7")))
+                await asyncio.sleep(0)
+
+        async def write() -> None:
+            for i in range(8):
+                await host.provision(f"z{i}", tier="solo", driver="fake")
+
+        await asyncio.wait_for(asyncio.gather(join_while_writing(), write()), 60)
+        written = [e.seq for e in await host.store.events(limit=10_000)]
+        assert [e.seq for e in await asyncio.wait_for(keep, 30)] == written
+        for task in joined:
+            seen = [e.seq for e in await asyncio.wait_for(task, 30)]
+            assert seen == written[len(written) - len(seen) :]  # a tail, in order, whole
+
+
+async def test_an_operations_stream_from_behind_ends_at_its_final_event(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        running = asyncio.create_task(_until_final_of(host.watch(), "later"))  # the reader runs
+        done = await host.start_provision("early", tier="brisk", driver="fake")
+        await done.result()
+        await host.provision("later", tier="solo", driver="fake")
+        await asyncio.wait_for(running, 30)
+        every = [e async for e in done.events()]  # behind the reader: read from the store
+        assert every[-1].final and {e.operation for e in every} == {done.id}
+        assert [e async for e in done.events(after=every[-1].seq)] == []

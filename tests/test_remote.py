@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -281,3 +282,55 @@ async def _until(events: AsyncIterator[Event], slug: str) -> AsyncIterator[Event
         yield event
         if event.final and event.slug == slug:
             return
+
+
+async def test_a_stream_the_daemon_drops_for_falling_behind_resumes_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """A stream more than the fan-out's bound behind is ended by the daemon (nothing held for
+    it); ``watch()`` opens it again after its last ``seq``, unseen by its reader."""
+    from hearth._store._base import NewEvent
+
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        fanout = host._events.fanout
+        fanout.limit = 3
+        subscribed = 0
+        subscribe = fanout.subscribe
+
+        async def counting(*args: Any) -> Any:
+            nonlocal subscribed
+            subscribed += 1
+            return await subscribe(*args)
+
+        fanout.subscribe = counting  # type: ignore[method-assign,assignment]
+        released = asyncio.Event()
+        unsubscribe = fanout.unsubscribe
+
+        def unsubscribing(subscriber: Any) -> None:
+            unsubscribe(subscriber)
+            if not fanout.streams:
+                released.set()
+
+        fanout.unsubscribe = unsubscribing  # type: ignore[method-assign]
+        stream = remote.watch()
+        watching = asyncio.ensure_future(_collected(_until(stream, "last")))
+        op = await host.start_provision("noisy", tier="brisk", driver="fake")
+        await op.result()
+        for burst in range(3):  # each a batch of 6 for the reader: past the bound of 3
+            events = [
+                NewEvent(op.id, "noisy", "provision", "progress", message=f"{burst}.{i}") for i in range(6)
+            ]
+            await host.store.add_events(events)
+        await host.provision("last", tier="solo", driver="fake")
+        seen = await asyncio.wait_for(watching, BOUND)
+        written = [e.seq for e in await host.store.events(limit=10_000)]
+        assert [e.seq for e in seen] == written
+        assert subscribed > 1  # it was dropped, and came back
+        released.clear()
+        await stream.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(released.wait(), BOUND)  # the client left: the daemon keeps nothing
+        assert fanout.position is None
+
+
+async def _collected(events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in events]

@@ -1,12 +1,15 @@
 """The event log as the host sees it: progress buffered and written a loop turn at a time, one
-bus that wakes whoever waits for a change, and the streams of ``watch`` and ``op.events()``."""
+bus that wakes whoever waits for a change, and the streams of ``watch`` and ``op.events()``:
+one reader of the store per host fans each change out to them in memory, each stream's queue
+bounded (``QUEUE``), so that open streams cost a writer nothing but a share of one read."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 from .._errors import HearthError, StoreError
 from .._models import Event
@@ -22,6 +25,10 @@ POLL = 0.02
 LISTEN_FALLBACK = 0.5
 #: The most events one read of the store returns.
 BATCH = 500
+#: The most events a stream may have waiting for it: one that falls further behind the host's
+#: reader is dropped, its queue emptied. ``watch`` then reads the store from its last event
+#: itself, unseen; the daemon's streams end, and the client resumes after its last ``seq``.
+QUEUE = 1000
 
 
 class Bus:
@@ -100,6 +107,151 @@ class Bus:
         self.bump()
 
 
+class _Subscriber:
+    """One stream of the fan-out: what it wants (after ``after``, of ``slug`` or ``operation``)
+    and at most ``limit`` events waiting for it; past that it is dropped (its queue emptied)
+    and reads the store again from its last event, or ends, as its stream chooses."""
+
+    __slots__ = ("_waiter", "after", "dropped", "ended", "error", "limit", "operation", "queue", "slug")
+
+    def __init__(self, after: int, slug: str | None, operation: int | None, limit: int) -> None:
+        self.after = after
+        self.slug = slug
+        self.operation = operation
+        self.limit = limit
+        self.queue: collections.deque[Event] = collections.deque()
+        self.dropped = False
+        #: The host closed: the stream ends.
+        self.ended = False
+        #: The store could not be read: the stream raises it.
+        self.error: HearthError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def offer(self, batch: list[Event]) -> None:
+        slug, operation, after = self.slug, self.operation, self.after
+        wanted = [
+            e
+            for e in batch
+            if e.seq > after
+            and (slug is None or e.slug == slug)
+            and (operation is None or e.operation == operation)
+        ]
+        if not wanted:
+            return
+        if len(self.queue) + len(wanted) > self.limit:
+            self.dropped = True
+            self.queue.clear()
+        else:
+            self.queue.extend(wanted)
+        self.wake()
+
+    def end(self, error: HearthError | None = None) -> None:
+        self.ended = True
+        self.error = error
+        self.wake()
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the reader hands it events, drops it, or ends."""
+        if self.queue or self.dropped or self.ended:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+class Fanout:
+    """One reader of the store per host: at each change one task reads the new events once
+    (after ``position``, the last it handed out, ``BATCH`` at a time) and hands each stream
+    what it wants, in memory. So a write costs one read however many streams are open. It
+    runs while some stream is subscribed, and forgets its position when none is (a stream that
+    comes later starts from the store's last event, not from a backlog no one wants)."""
+
+    def __init__(self, core: Core, bus: Bus) -> None:
+        self._core = core
+        self._bus = bus
+        #: The last event handed out; None while no stream is subscribed.
+        self.position: int | None = None
+        #: The most events a stream may have waiting (``QUEUE``).
+        self.limit = QUEUE
+        self._subscribers: set[_Subscriber] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[int] | None = None
+
+    @property
+    def streams(self) -> int:
+        return len(self._subscribers)
+
+    async def subscribe(self, after: int, slug: str | None, operation: int | None) -> tuple[_Subscriber, int]:
+        """A new stream and the reader's position: every event past it will be queued for the
+        stream; those up to it, the stream reads from the store itself."""
+        while self.position is None:
+            if self._starting is None or self._starting.done():
+                self._starting = asyncio.get_running_loop().create_task(self._core.store.last_seq())
+                self._starting.add_done_callback(_retrieved)  # its awaiters may all have left
+            starting = self._starting
+            seq = await asyncio.shield(starting)
+            if self.position is None and starting is self._starting:
+                self.position = seq
+        subscriber = _Subscriber(after, slug, operation, self.limit)
+        self._subscribers.add(subscriber)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(), name="hearth-fanout")
+        return subscriber, self.position
+
+    def unsubscribe(self, subscriber: _Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+        subscriber.queue.clear()
+        if not self._subscribers:
+            self._idle()
+
+    def _idle(self) -> None:
+        """No stream left: the reader stops and nothing is kept."""
+        reader, self._reader = self._reader, None
+        self.position = None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+
+    async def _read(self) -> None:
+        me = asyncio.current_task()
+        bus = self._bus
+        store = self._core.store
+        failure: HearthError | None = None
+        try:
+            with bus.interest():
+                while self._subscribers and not bus.closed and self._reader is me:
+                    changed = bus.changed()
+                    assert self.position is not None
+                    batch = await store.events(after=self.position, limit=BATCH)
+                    if self._reader is not me:
+                        return
+                    if batch:
+                        self.position = batch[-1].seq
+                        for subscriber in list(self._subscribers):
+                            subscriber.offer(batch)
+                            if subscriber.dropped:
+                                self._subscribers.discard(subscriber)
+                        if len(batch) == BATCH:
+                            await asyncio.sleep(0)  # the streams take their share before the next
+                            continue
+                    await asyncio.shield(changed)  # the future is shared with other waiters
+        except HearthError as exc:
+            failure = None if bus.closed else exc
+        except Exception as exc:  # a bug: the streams must not wait for ever
+            log.exception("the host's reader of events failed")
+            failure = HearthError(f"the event stream failed: {type(exc).__name__}")
+        if self._reader is me:  # closed, failed, or every stream left: end those that are left
+            for subscriber in list(self._subscribers):
+                subscriber.end(failure)
+            self._subscribers.clear()
+            self._idle()
+
+
 class EventLog:
     """Buffers this host's progress events and serves every process's events as streams."""
 
@@ -110,6 +262,7 @@ class EventLog:
         self._events: list[NewEvent] = []
         self._flushing: asyncio.Task[None] | None = None
         self.bus = Bus(core, busy, on_cancel)
+        self.fanout = Fanout(core, self.bus)
         core.on_written(self._bump)
 
     def _bump(self) -> None:
@@ -118,6 +271,7 @@ class EventLog:
     def reopen(self) -> None:
         """A new bus for a host opened again after a close."""
         self.bus = Bus(self._core, self._busy, self._on_cancel)
+        self.fanout = Fanout(self._core, self.bus)
 
     def add(self, event: NewEvent) -> None:
         """Buffer one event; the events of one loop turn share one transaction."""
@@ -149,28 +303,97 @@ class EventLog:
         self, position: int, *, slug: str | None = None, operation: int | None = None
     ) -> AsyncIterator[Event]:
         """Events after ``position`` as they come; for one operation, until its final event."""
-        store = self._core.store
-        bus = self.bus
-        with bus.interest():
-            while not bus.closed:
-                changed = bus.changed()
-                try:
-                    batch = await store.events(after=position, slug=slug, operation=operation)
-                except HearthError:
-                    if bus.closed:
-                        return  # the host closed under it
-                    raise
+        async with contextlib.aclosing(self.batches(position, slug=slug, operation=operation)) as batches:
+            async for batch in batches:
                 for event in batch:
-                    position = event.seq
                     yield event
-                    if operation is not None and event.final:
+
+    async def batches(
+        self,
+        position: int,
+        *,
+        slug: str | None = None,
+        operation: int | None = None,
+        end_behind: bool = False,
+    ) -> AsyncGenerator[list[Event]]:
+        """``after`` in lists: the events that came together (a stream writes each list at once).
+        Those the host's reader already passed are read from the store first, then the stream
+        joins the fan-out. One dropped for falling ``QUEUE`` events behind starts over from its
+        last event, or with ``end_behind`` ends there (its reader resumes after that event)."""
+        store = self._core.store
+        bus, fanout = self.bus, self.fanout
+        while not bus.closed:
+            try:
+                subscriber, start = await fanout.subscribe(position, slug, operation)
+            except HearthError:
+                if bus.closed:
+                    return  # the host closed under it
+                raise
+            try:
+                while position < start:  # what the reader passed already: from the store
+                    try:
+                        read = await store.events(after=position, slug=slug, operation=operation)
+                    except HearthError:
+                        if bus.closed:
+                            return  # the host closed under it
+                        raise
+                    batch = [e for e in read if e.seq <= start]  # those past it are in the queue
+                    batch, final = _through_final(batch, operation)
+                    if batch:
+                        position = batch[-1].seq
+                        yield batch
+                    if final:
                         return
-                if len(batch) == BATCH:
-                    continue
-                if operation is not None and not batch:
-                    current = await store.operation(operation)
-                    if current is None or current.finished:  # ``after`` was past its last event
-                        if not await store.events(after=position, operation=operation, limit=1):
+                    if len(read) < BATCH or len(batch) < len(read):
+                        break
+                if operation is not None and await self._past_its_end(operation, position):
+                    return
+                while True:
+                    if subscriber.queue:
+                        batch, final = _through_final(list(subscriber.queue), operation)
+                        subscriber.queue.clear()
+                        position = batch[-1].seq
+                        yield batch
+                        if final:
                             return
                         continue
-                await asyncio.shield(changed)  # one waiter leaving must not end the others' wait
+                    if subscriber.dropped:
+                        break
+                    if subscriber.ended:
+                        if subscriber.error is not None:
+                            raise subscriber.error
+                        return
+                    await subscriber.wait()
+            finally:
+                fanout.unsubscribe(subscriber)
+            if end_behind:
+                return
+            log.debug("a stream fell %d events behind; it reads the store from #%d", fanout.limit, position)
+
+    async def _past_its_end(self, operation: int, position: int) -> bool:
+        """Whether the operation finished with no event after ``position`` (``after`` was past
+        its last event): then its stream ends at once."""
+        store = self._core.store
+        try:
+            current = await store.operation(operation)
+            if current is not None and not current.finished:
+                return False
+            return not await store.events(after=position, operation=operation, limit=1)
+        except HearthError:
+            if self.bus.closed:
+                return True
+            raise
+
+
+def _through_final(events: list[Event], operation: int | None) -> tuple[list[Event], bool]:
+    """``events`` up to the operation's final one (its stream ends there), and whether it came."""
+    if operation is not None:
+        for index, event in enumerate(events):
+            if event.final:
+                return events[: index + 1], True
+    return events, False
+
+
+def _retrieved(task: asyncio.Task[int]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -313,6 +313,15 @@ class Host:
             check_slug(slug)
         return self._events.after(sequence(after), slug=slug)
 
+    def watch_batches(self, after: int = 0, slug: str | None = None) -> AsyncIterator[builtins.list[Event]]:
+        """``watch`` in lists of the events that came together, for a reader that may not keep
+        up (the daemon's streams): one that falls ``QUEUE`` (1,000) events behind ends there,
+        holding nothing, instead of reading the store to catch up; resume it after the last
+        ``seq`` it yielded (nothing is lost)."""
+        if slug is not None:
+            check_slug(slug)
+        return self._events.batches(sequence(after), slug=slug, end_behind=True)
+
     # --- queries --------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
         """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.

@@ -58,11 +58,30 @@ log = logging.getLogger("hearth.serve")
 
 
 # --- plumbing ------------------------------------------------------------------------------------
+class _Lines:
+    """Each event's JSON, made once for every stream that sends it (the last ``SIZE`` kept)."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._json: dict[int, str] = {}
+
+    def __call__(self, event: Event) -> str:
+        text = self._json.get(event.seq)
+        if text is None:
+            text = self._json[event.seq] = event.model_dump_json()
+            if len(self._json) > self.SIZE:
+                del self._json[next(iter(self._json))]
+        return text
+
+
 @dataclass
 class AppState:
     host: Host
     #: Set when the daemon stops: streams and waits end so uvicorn can shut down.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The events' JSON, shared by the streams.
+    lines: _Lines = field(default_factory=_Lines)
 
 
 class _Token:
@@ -188,14 +207,17 @@ def _state(request: Request) -> AppState:
     return cast(AppState, request.app.state.hearth)
 
 
-async def _until_stopped(state: AppState, events: AsyncIterator[Event]) -> AsyncIterator[Event | None]:
-    """The events, with None after ``HEARTBEAT`` seconds of quiet; ends when the daemon stops.
-    A client that leaves cancels this generator: its pending read is cancelled, nothing else."""
-    pending: asyncio.Future[Event | None] | None = None
+async def _until_stopped(
+    state: AppState, batches: AsyncIterator[list[Event]]
+) -> AsyncIterator[list[Event] | None]:
+    """The batches of events, with None after ``HEARTBEAT`` seconds of quiet; ends when the
+    daemon stops. A client that leaves cancels this generator: its pending read is cancelled,
+    nothing else."""
+    pending: asyncio.Future[list[Event] | None] | None = None
     stopping: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
     try:
         while not state.stopping.is_set():
-            pending = pending or asyncio.ensure_future(anext(events, None))
+            pending = pending or asyncio.ensure_future(anext(batches, None))
             done, _ = await asyncio.wait(
                 {pending, stopping}, timeout=HEARTBEAT, return_when="FIRST_COMPLETED"
             )
@@ -204,40 +226,42 @@ async def _until_stopped(state: AppState, events: AsyncIterator[Event]) -> Async
                     return
                 yield None
                 continue
-            event, pending = pending.result(), None
-            if event is None:
+            batch, pending = pending.result(), None
+            if batch is None:
                 return
-            yield event
+            yield batch
     finally:
         stopping.cancel()
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        closer = getattr(events, "aclose", None)
+        closer = getattr(batches, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):
                 await closer()
 
 
-def _ndjson(state: AppState, events: AsyncIterator[Event]) -> StreamingResponse:
+def _ndjson(state: AppState, batches: AsyncIterator[list[Event]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
-        async for event in _until_stopped(state, events):
-            if event is not None:
-                yield event.model_dump_json() + "\n"
+        async for batch in _until_stopped(state, batches):
+            if batch is not None:
+                yield "".join(f"{state.lines(event)}\n" for event in batch)
 
     return StreamingResponse(
         lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"}
     )
 
 
-def _sse(state: AppState, events: AsyncIterator[Event]) -> StreamingResponse:
+def _sse(state: AppState, batches: AsyncIterator[list[Event]]) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
-        async for event in _until_stopped(state, events):
-            if event is None:
+        async for batch in _until_stopped(state, batches):
+            if batch is None:
                 yield ": keep-alive\n\n"
             else:
-                yield f"id: {event.seq}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+                yield "".join(
+                    f"id: {event.seq}\nevent: {event.kind}\ndata: {state.lines(event)}\n\n" for event in batch
+                )
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
@@ -485,9 +509,10 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         accept: Annotated[str | None, Header()] = None,
         last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=NUMBER_MAX)] = None,
     ) -> StreamingResponse:
-        """Every event of every process on the home after ``after`` (or ``Last-Event-ID``)."""
+        """Every event of every process on the home after ``after`` (or ``Last-Event-ID``). A
+        client that falls 1,000 events behind is ended: resume after the last ``seq`` it read."""
         state = _state(request)
-        stream = state.host.watch(after=after if last_event_id is None else last_event_id, slug=slug)
+        stream = state.host.watch_batches(after=after if last_event_id is None else last_event_id, slug=slug)
         if accept is not None and "text/event-stream" in accept:
             return _sse(state, stream)
         return _ndjson(state, stream)
