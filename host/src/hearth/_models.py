@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PrivateAttr, computed_field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    PrivateAttr,
+    computed_field,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from hearth_adaptersdk import DeploymentRef, Progress, State
 
@@ -21,6 +31,34 @@ OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"
 #: An operation in one of these states is over; its result or error no longer changes.
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 EventKind = Literal["state", "progress", "log", "cancel"]
+#: Every verb an operation records: the three starts, and ``adopt`` and ``forget`` (recorded
+#: as finished operations).
+OperationVerb = Literal["provision", "upgrade", "teardown", "adopt", "forget"]
+#: ``verb`` of an operation or an event: a ``str`` in Python (a store a newer hearth wrote may
+#: hold a verb this one does not know), the enum of ``OperationVerb`` in JSON Schema.
+VerbName = Annotated[str, Field(json_schema_extra={"enum": list(get_args(OperationVerb))})]
+
+
+class ErrorDetail(BaseModel):
+    """An error as JSON (``HearthError.to_json()``): its ``kind``, its ``message`` and the
+    kind's own fields (``busy``'s ``operation``, ``conflict``'s ``existing``, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    message: str
+
+
+class _AsErrorDetail:
+    """JSON Schema of an error kept as a plain dict (what ``error_from_json`` reads): the
+    ``ErrorDetail`` model's, so that clients generated from the OpenAPI document get a type."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(ErrorDetail.__pydantic_core_schema__)
+
+
+#: An error's JSON: a ``dict`` in Python, an ``ErrorDetail`` in JSON Schema.
+ErrorJson = Annotated[dict[str, Any], _AsErrorDetail]
 
 
 class OperationOwner(Protocol):
@@ -97,13 +135,13 @@ class Event(BaseModel):
     at: datetime
     operation: int
     slug: str
-    verb: str
+    verb: VerbName
     kind: EventKind
     state: OperationState | None = None
     level: str | None = None
     message: str | None = None
     fraction: float | None = None
-    error: dict[str, Any] | None = None
+    error: ErrorJson | None = None
     record_state: State | None = None
 
     @property
@@ -137,12 +175,12 @@ class Operation(BaseModel):
     id: int
     slug: str
     generation: int
-    verb: str
+    verb: VerbName
     state: OperationState
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    error: dict[str, Any] | None = None
+    error: ErrorJson | None = None
     #: The ref the operation left (``result`` in JSON; ``await op.result()`` waits for it).
     ref: DeploymentRef | None = Field(default=None, alias="result")
     #: The caller's idempotency key, if one was given.
@@ -256,9 +294,10 @@ class CheckResult(BaseModel):
     """Whether a verb would be accepted now (``Host.check``); nothing was started."""
 
     slug: str
-    verb: str
+    #: ``provision``, ``upgrade`` or ``teardown``.
+    verb: Annotated[str, Field(json_schema_extra={"enum": ["provision", "upgrade", "teardown"]})]
     accepted: bool
     #: The error the verb would fail with at once, when it would not be accepted.
-    error: dict[str, Any] | None = None
+    error: ErrorJson | None = None
     #: The operation it would join (same verb and arguments already running).
     joins: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -21,20 +22,20 @@ from typing import Annotated, Any, Literal, cast
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hearth_adaptersdk import PlanResult, StatusReport
+from hearth_adaptersdk import PlanResult, State, StatusReport
 
 from .._adapters._discovery import DriverInfo
 from .._errors import HearthError
+from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
-from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
+from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
 from .._settings import Tier
 from ._schemas import (
     API,
-    ERRORS,
-    LOCATION,
     NUMBER_MAX,
     STATUS,
     WAIT_MAX,
@@ -48,6 +49,8 @@ from ._schemas import (
     Ready,
     ReconcileRequest,
     error_response,
+    errors,
+    started,
     status_of,
 )
 
@@ -292,7 +295,13 @@ def _started(op: Operation, response: Response) -> Operation:
 
 KeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", description="maps to the operation's key (1 to 200 characters)"),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=KEY_MAX,
+        description=f"maps to the operation's key (1 to {KEY_MAX} printable characters): the same key "
+        "with the same arguments answers the same operation",
+    ),
 ]
 Wait = Annotated[
     float | None,
@@ -303,6 +312,57 @@ Limit = Annotated[int | None, Query(ge=0, le=NUMBER_MAX)]
 QueryDeadline = Annotated[
     float | None, Query(gt=0, le=WAIT_MAX * 24, description="deadline for the adapter's work (seconds)")
 ]
+
+
+# --- the document --------------------------------------------------------------------------------
+DESCRIPTION = """\
+A start (provision, upgrade, teardown) answers 202 with the operation and `Location:
+/v1/operations/{id}`, or 200 once it finished (`?wait=SECONDS`). Every error is `{"error":
+{"kind", "message", ...}}` with a status by kind.
+
+Through the daemon's Unix socket no credential is needed (the socket's file mode guards it). A TCP
+listener (`hearth serve --listen`) needs `Authorization: Bearer <token>` on every request, else 401.
+"""
+#: The bearer token a TCP listener asks for (``_Token``); the Unix socket needs none.
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "The daemon's token (HEARTH_TOKEN), needed on a TCP listener (hearth serve "
+    "--listen); a request through the Unix socket needs none.",
+}
+
+
+class NDJSONResponse(JSONResponse):
+    """The media type of ``/v1/events`` for the document: lines of JSON, each an ``Event`` (a
+    JSON class, so that FastAPI writes the item's schema alone, not beside ``type: string``);
+    the route answers its own ``StreamingResponse``."""
+
+    media_type = "application/x-ndjson"
+
+
+def _operation_id(route: APIRoute) -> str:
+    """A route's operationId when it names none: its handler's name in camelCase (every route
+    of the API v1 names its own, ``provisionWorkspace``, ``getOperation``, ...)."""
+    first, *rest = route.name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def _document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the bearer scheme: optional (``{}``), as the Unix socket
+    needs none. Without FastAPI's 422 ``HTTPValidationError``, which no route answers: a request
+    it finds invalid answers 400 ``invalid_input`` with the error body."""
+    if app.openapi_schema is None:
+        document = FastAPI.openapi(app)
+        for path in document["paths"].values():
+            for operation in path.values():
+                if "HTTPValidationError" in json.dumps(operation["responses"].get("422", {})):
+                    del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            document["components"]["schemas"].pop(name, None)
+        document.setdefault("components", {})["securitySchemes"] = {"bearerAuth": BEARER}
+        document["security"] = [{"bearerAuth": []}, {}]
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -322,9 +382,11 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         title="hearth",
         version=__version__,
         summary="Workspaces through pluggable adapters: the hearth daemon's API v1.",
-        responses=cast(dict[int | str, dict[str, Any]], {500: {"model": ErrorBody}}),
+        description=DESCRIPTION,
         dependencies=[Depends(settings_valid)],
+        generate_unique_id_function=_operation_id,
     )
+    app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
     app.state.hearth = AppState(host)
     app.add_middleware(_Unexpected)
     app.add_middleware(_BodyLimit, limit=lambda: host.settings.serve.max_body)
@@ -357,14 +419,12 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         response.headers.update(error.headers or {})  # 405's Allow
         return response
 
-    router_options: dict[str, Any] = {"responses": ERRORS}
-
     # --- workspaces ------------------------------------------------------------------------------
-    @app.get(f"{API}/workspaces", **router_options)
+    @app.get(f"{API}/workspaces", operation_id="listWorkspaces", responses=errors(400))
     async def workspaces(
         request: Request,
         *,
-        state: str | None = None,
+        state: State | None = None,
         driver: str | None = None,
         include_torn_down: bool = True,
         limit: Limit = None,
@@ -375,26 +435,25 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
             state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
         )
 
-    @app.get(f"{API}/workspaces/{{slug}}", **router_options)
+    @app.get(f"{API}/workspaces/{{slug}}", operation_id="getWorkspace", responses=errors(400, 404))
     async def workspace(slug: str, request: Request) -> Deployment:
         return await _state(request).host.deployment(slug)
 
-    @app.get(f"{API}/workspaces/{{slug}}/status", **router_options)
+    @app.get(
+        f"{API}/workspaces/{{slug}}/status",
+        operation_id="getWorkspaceStatus",
+        responses=errors(400, 404, 422, 502, 504),
+    )
     async def workspace_status(slug: str, request: Request, timeout: QueryDeadline = None) -> StatusReport:
         """What the backend shows now (asks the adapter)."""
         return await _state(request).host.status(slug, timeout=timeout)
 
-    @app.get(f"{API}/workspaces/{{slug}}/logs", **router_options)
+    @app.get(f"{API}/workspaces/{{slug}}/logs", operation_id="getWorkspaceLogs", responses=errors(400, 404))
     async def workspace_logs(slug: str, request: Request, limit: Limit = None) -> list[Operation]:
         """The operations run on the slug, each with its log."""
         return await _state(request).host.logs(slug, limit=limit)
 
-    started: dict[str, Any] = {
-        "status_code": 202,
-        "responses": {**ERRORS, 200: {"description": "finished within ?wait", "headers": LOCATION}},
-    }
-
-    @app.post(f"{API}/workspaces", **started)
+    @app.post(f"{API}/workspaces", **started("provisionWorkspace", 400, 409, 413, 422, 502, 504))
     async def provision(
         body: NewWorkspace, request: Request, response: Response, key: KeyHeader = None, wait: Wait = None
     ) -> Operation:
@@ -405,7 +464,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         )
         return _started(await _waited(state, op, wait), response)
 
-    @app.post(f"{API}/workspaces/{{slug}}/upgrade", **started)
+    @app.post(
+        f"{API}/workspaces/{{slug}}/upgrade", **started("upgradeWorkspace", 400, 404, 409, 413, 422, 502, 504)
+    )
     async def upgrade(
         slug: str,
         body: NewTier,
@@ -419,7 +480,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         op = await state.host.start_upgrade(slug, tier=body.tier, key=key, timeout=body.timeout)
         return _started(await _waited(state, op, wait), response)
 
-    @app.delete(f"{API}/workspaces/{{slug}}", **started)
+    @app.delete(f"{API}/workspaces/{{slug}}", **started("teardownWorkspace", 400, 404, 409, 502, 504))
     async def teardown(
         slug: str,
         request: Request,
@@ -434,37 +495,48 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         op = await state.host.start_teardown(slug, key=key, timeout=timeout)
         return _started(await _waited(state, op, wait), response)
 
-    @app.post(f"{API}/workspaces/{{slug}}/adopt", **router_options)
+    @app.post(
+        f"{API}/workspaces/{{slug}}/adopt",
+        operation_id="adoptWorkspace",
+        responses=errors(400, 404, 409, 413, 422, 502, 504),
+    )
     async def adopt(slug: str, body: AdoptRequest, request: Request) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of (recorded as an
         operation); the new record."""
         host = _state(request).host
         return await host.adopt(slug, driver=body.driver, tier=body.tier, timeout=body.timeout)
 
-    @app.post(f"{API}/workspaces/{{slug}}/forget", **router_options)
+    @app.post(
+        f"{API}/workspaces/{{slug}}/forget", operation_id="forgetWorkspace", responses=errors(400, 404, 409)
+    )
     async def forget(slug: str, request: Request) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         return await _state(request).host.forget(slug)
 
     # --- operations ------------------------------------------------------------------------------
-    @app.get(f"{API}/operations", **router_options)
+    @app.get(f"{API}/operations", operation_id="listOperations", responses=errors(400))
     async def operations(
         request: Request,
         slug: str | None = None,
-        state: str | None = None,
+        state: OperationState | None = None,
         limit: Limit = None,
         after: Annotated[int | None, Query(ge=0, le=NUMBER_MAX)] = None,
     ) -> list[Operation]:
         """Operations by id; ``after``: the last id of the previous page."""
         return await _state(request).host.operations(slug=slug, state=state, limit=limit, after=after)
 
-    @app.get(f"{API}/operations/{{ident}}", **router_options)
+    @app.get(f"{API}/operations/{{ident}}", operation_id="getOperation", responses=errors(400, 404))
     async def operation(ident: int, request: Request) -> Operation:
         return await _state(request).host.operation(ident)
 
     @app.get(
         f"{API}/operations/{{ident}}/wait",
-        responses={**ERRORS, 202: {"description": "still running after the timeout", "model": Operation}},
+        operation_id="waitOperation",
+        responses={
+            **errors(400, 404),
+            200: {"description": "The operation, finished"},
+            202: {"description": "The operation, still running after the timeout", "model": Operation},
+        },
     )
     async def operation_wait(
         ident: int,
@@ -478,7 +550,15 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         response.status_code = 200 if op.finished else 202
         return op
 
-    @app.delete(f"{API}/operations/{{ident}}", status_code=202, **router_options)
+    @app.delete(
+        f"{API}/operations/{{ident}}",
+        operation_id="cancelOperation",
+        status_code=202,
+        responses={
+            **errors(400, 404, 409),
+            202: {"description": "The operation, its cancel asked for (its rollback follows)"},
+        },
+    )
     async def operation_cancel(
         ident: int, request: Request, reason: str = "cancelled through the API"
     ) -> Operation:
@@ -489,16 +569,16 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     # --- events ----------------------------------------------------------------------------------
     @app.get(
         f"{API}/events",
+        operation_id="watchEvents",
         response_model=None,
+        response_class=NDJSONResponse,
         responses={
-            **ERRORS,
+            **errors(400),
             200: {
+                "model": Event,
                 "description": "one Event per line (NDJSON), kept open; Server-Sent Events "
-                "(id: seq) with Accept: text/event-stream",
-                "content": {
-                    "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/Event"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
-                },
+                "(id: seq, event: kind, data: the Event) with Accept: text/event-stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
         },
     )
@@ -518,31 +598,33 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         return _ndjson(state, stream)
 
     # --- the rest --------------------------------------------------------------------------------
-    @app.get(f"{API}/tiers", **router_options)
+    @app.get(f"{API}/tiers", operation_id="listTiers", responses=errors(400))
     async def tiers(request: Request) -> list[Tier]:
         return await _state(request).host.tiers()
 
-    @app.get(f"{API}/drivers", **router_options)
+    @app.get(f"{API}/drivers", operation_id="listDrivers", responses=errors(400))
     async def drivers(request: Request) -> list[DriverInfo]:
         """What discovery finds for each driver (path, version, refusals) and the in-process ones."""
         return await _state(request).host.drivers()
 
-    @app.post(f"{API}/check", **router_options)
+    @app.post(f"{API}/check", operation_id="checkVerb", responses=errors(400, 413, 502, 504))
     async def check(body: CheckRequest, request: Request) -> CheckResult:
         return await _state(request).host.check(body.slug, body.verb, tier=body.tier, driver=body.driver)
 
-    @app.post(f"{API}/plan", **router_options)
+    @app.post(
+        f"{API}/plan", operation_id="planWorkspace", responses=errors(400, 404, 409, 413, 422, 502, 504)
+    )
     async def plan(body: PlanRequest, request: Request) -> PlanResult:
         """The adapter's plan; ``unsupported`` (422) when it does not announce ``plan``."""
         host = _state(request).host
         return await host.plan(body.slug, tier=body.tier, driver=body.driver, timeout=body.timeout)
 
-    @app.post(f"{API}/reconcile", **router_options)
+    @app.post(f"{API}/reconcile", operation_id="reconcileWorkspaces", responses=errors(400, 404, 413))
     async def reconcile(body: ReconcileRequest, request: Request) -> ReconcileReport:
         host = _state(request).host
         return await host.reconcile(body.slug, dry_run=body.dry_run, timeout=body.timeout)
 
-    @app.get(f"{API}/health")
+    @app.get(f"{API}/health", operation_id="getHealth", responses=errors())
     async def health(request: Request) -> Health:
         """Liveness: answers at once, from memory, without touching the store (whether the
         store can be used is ``/v1/ready``'s question)."""
@@ -560,9 +642,15 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
 
     @app.get(
         f"{API}/ready",
+        operation_id="getReadiness",
         response_model=Ready,
         responses={
-            503: {"model": ErrorBody, "description": "store_error (what is wrong), invalid_input or closed"}
+            **errors(),
+            503: {
+                "model": ErrorBody,
+                "description": "store_error (what is wrong), invalid_input or closed; daemon_unavailable "
+                "when the listener holds [serve] max_connections",
+            },
         },
     )
     async def ready(request: Request) -> Ready | JSONResponse:

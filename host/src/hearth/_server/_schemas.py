@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._errors import AdapterError, HearthError
+from .._models import ErrorDetail, Operation
 
 API = "/v1"
 #: HTTP status of each error kind; an adapter's other failures are 502, the host's 500.
@@ -42,12 +44,23 @@ NUMBER_MAX = 2**63 - 1
 
 
 # --- the API's own models ------------------------------------------------------------------------
+def _defaults_in_words(schema: dict[str, Any]) -> None:
+    """A field's default said in its description, not as ``default``: openapi-typescript (by
+    its ``defaultNonNullable``) makes every property with a ``default`` required, and a client
+    would have to send ``reuse`` or ``dry_run``. Not being in ``required`` says it is optional."""
+    for prop in schema.get("properties", {}).values():
+        default = prop.pop("default", None)
+        if default is not None:
+            said = f"Default: {json.dumps(default)}."
+            prop["description"] = f"{prop['description']} {said}" if "description" in prop else said
+
+
 class _Body(BaseModel):
     """A request body: unknown keys refused, and JSON types taken strictly (a boolean is
     ``true`` or ``false``, never ``"yes"`` or ``1``; a number is a JSON number, never ``true``
     or ``"5"``; a string is a string), else 400 ``invalid_input``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_defaults_in_words)
 
 
 #: A deadline in seconds for the adapter's work (the verb's default from ``[timeouts]`` when
@@ -129,35 +142,66 @@ class Ready(BaseModel):
     within: float
 
 
-class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    kind: str
-    message: str
-
-
 class ErrorBody(BaseModel):
     """Every error: ``{"error": {"kind", "message", ...}}`` (the library's JSON error)."""
 
     error: ErrorDetail
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "invalid_input"),
-        (404, "not_found"),
-        (408, "invalid_input: the request was not whole within [serve] request_timeout"),
-        (409, "conflict, invalid_transition or busy"),
-        (413, "invalid_input: the body is larger than [serve] max_body"),
-        (422, "invalid_profile or unsupported"),
-        (423, "slug_locked"),
-        (502, "the adapter failed"),
-        (503, "backend_unavailable; daemon_unavailable when the listener holds [serve] max_connections"),
-        (504, "timeout"),
-    )
+#: What each status an error can have means (the kinds it carries, and when).
+_ERROR_TEXT: dict[int, str] = {
+    400: "invalid_input: the request, or the project's hearth.toml, is not valid",
+    401: "unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; "
+    "a Unix socket never answers 401",
+    404: "not_found",
+    408: "invalid_input: the request was not whole within [serve] request_timeout",
+    409: "conflict, invalid_transition or busy",
+    413: "invalid_input: the body is larger than [serve] max_body",
+    422: "invalid_profile or unsupported",
+    500: "store_error, interrupted, or error (a fault of the daemon; the message says what)",
+    502: "the adapter failed: adapter_not_found, adapter_refused, adapter_crashed, "
+    "protocol_violation, backend_failure or cancelled",
+    503: "backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections",
+    504: "timeout",
 }
+#: What any request can be answered, whatever its route: no token on a TCP listener, a request
+#: not whole in time, a fault of the daemon or its store, a full listener or a stopping daemon.
+ALWAYS: tuple[int, ...] = (401, 408, 500, 503)
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route that can answer ``codes`` besides ``ALWAYS``, each with
+    the error body: the document lists what a route answers, so a generated client's error
+    types are the real ones."""
+    listed: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": _ERROR_TEXT[code]} for code in sorted({*codes, *ALWAYS})
+    }
+    listed[401]["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+    return listed
+
+
+#: Every status an error can have: for a route not yet told its own (prefer ``errors()``).
+ERRORS = errors(*_ERROR_TEXT)
 #: ``Location`` of a started operation.
 LOCATION = {"Location": {"description": "/v1/operations/{id}", "schema": {"type": "string"}}}
+
+
+def started(operation_id: str, *codes: int) -> dict[str, Any]:
+    """The route options of a start (provision, upgrade, teardown): 202 while the operation
+    runs, 200 once it finished; the operation and ``Location`` on both."""
+    return {
+        "operation_id": operation_id,
+        "status_code": 202,
+        "responses": {
+            **errors(*codes),
+            200: {
+                "model": Operation,
+                "description": "The operation, finished (within ?wait, or before this request)",
+                "headers": LOCATION,
+            },
+            202: {"description": "The operation, still running", "headers": LOCATION},
+        },
+    }
 
 
 def error_response(kind: str, message: str, status: int | None = None, **extra: Any) -> JSONResponse:
