@@ -573,7 +573,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         response_model=None,
         response_class=NDJSONResponse,
         responses={
-            **errors(400),
+            **errors(400, streams=True),
             200: {
                 "model": Event,
                 "description": "one Event per line (NDJSON), kept open; Server-Sent Events "

@@ -169,12 +169,18 @@ _ERROR_TEXT: dict[int, str] = {
 ALWAYS: tuple[int, ...] = (401, 408, 500, 503)
 
 
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def errors(*codes: int, streams: bool = False) -> dict[int | str, dict[str, Any]]:
     """The error responses of a route that can answer ``codes`` besides ``ALWAYS``, each with
     the error body: the document lists what a route answers, so a generated client's error
-    types are the real ones."""
+    types are the real ones. A route that ``streams`` names the body's media type itself, as
+    FastAPI would give it the stream's."""
+    body: dict[str, Any] = (
+        {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        if streams
+        else {"model": ErrorBody}
+    )
     listed: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody, "description": _ERROR_TEXT[code]} for code in sorted({*codes, *ALWAYS})
+        code: {**body, "description": _ERROR_TEXT[code]} for code in sorted({*codes, *ALWAYS})
     }
     listed[401]["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
     return listed
