@@ -221,7 +221,8 @@ def test_a_body_field_with_a_default_is_optional_and_has_no_default_keyword(docu
 
 async def test_what_the_document_narrows_still_answers_400_invalid_input(tmp_path: Path) -> None:
     """The enums and the key's length are checked before the host sees them: 400
-    ``invalid_input`` with the error body, as the document says; never FastAPI's 422."""
+    ``invalid_input`` with the error body, as the document says; never FastAPI's 422. And
+    ``/openapi.json`` serves the document as committed, the bearer scheme included."""
     async with helpers.make_host(tmp_path, idle_timeout=None) as host:
         transport = httpx.ASGITransport(app=create_app(host))
         async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=30) as client:
@@ -245,6 +246,8 @@ async def test_what_the_document_narrows_still_answers_400_invalid_input(tmp_pat
             )
             assert long_enough.status_code in (200, 202), long_enough.text
             await client.delete(f"/v1/operations/{long_enough.json()['id']}")
+            served = (await client.get("/openapi.json")).json()
+            assert served == json.loads(OPENAPI.read_text())  # the scheme and all, as committed
 
 
 # --- generatable ---------------------------------------------------------------------------------
