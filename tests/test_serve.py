@@ -653,6 +653,74 @@ async def test_sigterm_mid_provision_then_a_restart_tells_the_truth(
         assert second.stop() == 0
 
 
+#: A provision that takes ten minutes, and a drain that would wait two for it.
+DRAINING = """
+[tiers.glacial.driver_flags.fake]
+delay = 600
+[timeouts]
+cancel_grace = 5
+drain_grace = 120
+"""
+FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+
+
+@pytest.mark.subprocess
+async def test_a_draining_daemon_answers_reads_cancels_and_streams_and_refuses_starts(
+    tmp_path: Path, venv_bin: Path
+) -> None:
+    """Issue 21 (4): after SIGTERM the daemon drains with its socket open (it refused every
+    connection until it exited): health says ``stopping``, reads answer, a start is 503
+    ``unavailable`` with ``Retry-After``, the draining provision can be cancelled (the daemon
+    then exits at once, not after the two minutes of drain grace) and an open stream gets the
+    operation's final event before it ends."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(DRAINING)
+    with short_dir() as home, daemon((home, project), venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client, asyncio.timeout(BOUND * 2):
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "mu", "tier": "glacial", "driver": "fake"}
+            )
+            assert started.status_code == 202, started.text
+            ident = started.json()["id"]
+            async with client.stream("GET", "/v1/events", params={"slug": "mu"}) as stream:
+                lines = stream.aiter_lines()
+                async for line in lines:
+                    if line and json.loads(line)["kind"] == "progress":
+                        break  # the adapter is at work
+                served.send(signal.SIGTERM)
+                served.wait_for("closing the host (drain grace 120")
+                health = await client.get("/v1/health")
+                assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
+                record = await client.get("/v1/workspaces/mu")
+                assert record.status_code == 200 and record.json()["state"] == "provisioning", record.text
+                refused = await client.post(
+                    "/v1/workspaces",
+                    json={"slug": "nu", "tier": "solo", "driver": "fake"},
+                    headers={"Idempotency-Key": "nu-1"},
+                )
+                assert refused.status_code == 503 and error_kind(refused) == "unavailable", refused.text
+                assert 1 <= int(refused.headers["Retry-After"]) <= 120, refused.headers
+                assert refused.json()["error"]["retry_after"] == int(refused.headers["Retry-After"])
+                assert (await client.get("/v1/workspaces/nu")).status_code == 404  # nothing started
+                began = time.monotonic()
+                cancel = await client.delete(f"/v1/operations/{ident}")
+                assert cancel.status_code == 202, cancel.text
+                final = None
+                async for line in lines:
+                    event = json.loads(line) if line else {}
+                    if event.get("kind") == "state" and event.get("state") in FINISHED:
+                        final = event
+                        break
+                assert final is not None and final["operation"] == ident, final
+                assert final["state"] == "cancelled", final
+                assert [line async for line in lines if line] == []  # then the stream ends
+        code = await asyncio.to_thread(served.process.wait, BOUND)
+        assert code == 0 and time.monotonic() - began < BOUND, served.lines
+        served.wait_for("hearth daemon stopped")
+
+
 if __name__ == "__main__":  # regenerate docs/openapi.json
     with tempfile.TemporaryDirectory() as scratch:
         OPENAPI.write_text(openapi_document(create_app(make_host(Path(scratch)))))

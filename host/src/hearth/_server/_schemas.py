@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "store_error": 500,
     "interrupted": 500,
     "closed": 503,
+    "unavailable": 503,
     "error": 500,
 }
 #: The longest ``?wait=`` or ``/wait?timeout=`` (seconds).
@@ -152,7 +153,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "invalid_profile or unsupported"),
         (423, "slug_locked"),
         (502, "the adapter failed"),
-        (503, "backend_unavailable; daemon_unavailable when the listener holds [serve] max_connections"),
+        (
+            503,
+            "backend_unavailable; unavailable: a start while the daemon drains (Retry-After); "
+            "daemon_unavailable when the listener holds [serve] max_connections",
+        ),
         (504, "timeout"),
     )
 }
