@@ -197,6 +197,51 @@ async def test_check_and_a_dry_reconcile_change_nothing(tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
+async def test_while_draining_every_start_is_503_unavailable_and_the_rest_answers(tmp_path: Path) -> None:
+    """Issue 21 (4): what a draining daemon refuses: the starts (provision, upgrade, teardown,
+    adopt, forget, a reconcile that may change records), 503 ``unavailable`` with
+    ``Retry-After`` (the drain grace left, at least 1 s); reads, a dry reconcile, check, waits
+    and a cancel answer as ever; health says ``stopping`` and ready ``closed``."""
+    async with make_host(tmp_path) as host:
+        app = create_app(host)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
+            made = await client.post(
+                "/v1/workspaces", json={"slug": "eta", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+            )
+            assert made.json()["state"] == "succeeded", made.text
+            slow = await client.post("/v1/workspaces/eta/upgrade", json={"tier": "slow"})
+            assert slow.status_code == 202, slow.text
+            app.state.hearth.drain(30.0)  # as the daemon does on its first SIGTERM
+            starts = [
+                ("POST", "/v1/workspaces", {"slug": "theta", "tier": "solo", "driver": "fake"}),
+                ("POST", "/v1/workspaces/eta/upgrade", {"tier": "team"}),
+                ("DELETE", "/v1/workspaces/eta", None),
+                ("POST", "/v1/workspaces/iota/adopt", {"driver": "fake", "tier": "solo"}),
+                ("POST", "/v1/workspaces/eta/forget", None),
+                ("POST", "/v1/reconcile", {}),
+            ]
+            for method, path, body in starts:
+                refused = await client.request(method, path, json=body, headers={"Idempotency-Key": "k"})
+                assert refused.status_code == 503 and error_kind(refused) == "unavailable", (
+                    path,
+                    refused.text,
+                )
+                assert refused.headers["Retry-After"] in {"29", "30"}, refused.headers
+            assert (await client.get("/v1/health")).json()["status"] == "stopping"
+            assert error_kind(await client.get("/v1/ready")) == "closed"
+            assert (await client.get("/v1/workspaces/eta")).json()["slug"] == "eta"
+            assert (await client.get("/v1/workspaces")).status_code == 200
+            assert (await client.post("/v1/reconcile", json={"dry_run": True})).status_code == 200
+            check = await client.post("/v1/check", json={"slug": "eta", "verb": "teardown"})
+            assert check.status_code == 200, check.text
+            ident = slow.json()["id"]
+            assert (await client.delete(f"/v1/operations/{ident}")).status_code == 202
+            ended = await client.get(f"/v1/operations/{ident}/wait", params={"timeout": 20})
+            assert ended.json()["state"] == "cancelled", ended.text
+            assert [op["id"] for op in (await client.get("/v1/operations")).json()] == [1, ident]
+
+
 def test_the_committed_openapi_document_matches_the_app(tmp_path: Path) -> None:
     """docs/openapi.json is what create_app describes (regenerate: python -m tests.test_serve)."""
     document = openapi_document(create_app(make_host(tmp_path)))
