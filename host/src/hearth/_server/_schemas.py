@@ -110,6 +110,7 @@ class ReconcileRequest(_Body):
 
 
 class Health(BaseModel):
+    #: ``stopping`` from the first SIGTERM on: the daemon drains (starts refused), then exits.
     status: Literal["ok", "stopping"]
     version: str
     #: The host process that runs this daemon's operations (``host:pid:token``).
