@@ -14,10 +14,21 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 import hearth
-from hearth import Busy, Cancelled, DaemonUnavailable, Event, Host, InvalidInput, NotFound, RemoteHost
-from hearth._server._app import create_app
+from hearth import (
+    Busy,
+    Cancelled,
+    DaemonUnavailable,
+    Event,
+    Host,
+    InvalidInput,
+    NotFound,
+    RemoteHost,
+    Unavailable,
+)
+from hearth._server._app import AppState, create_app
 from hearth._server._daemon import default_socket
 from tests.test_serve import _Server, corrupt_a_table_page, make_host, short_dir
 
@@ -220,9 +231,11 @@ async def test_a_missing_socket_is_daemon_unavailable(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(host: Host, sock: Path) -> AsyncIterator[None]:
-    """The API of ``host`` on ``sock`` until the block ends: the daemon stopped, not the host."""
-    server = _Server(uvicorn.Config(create_app(host), uds=str(sock), log_config=None, lifespan="off"))
+async def serving(host: Host, sock: Path, app: FastAPI | None = None) -> AsyncIterator[None]:
+    """The API of ``host`` (or ``app``, made on it) on ``sock`` until the block ends: the
+    daemon stopped, not the host."""
+    app = create_app(host) if app is None else app
+    server = _Server(uvicorn.Config(app, uds=str(sock), log_config=None, lifespan="off"))
     task = asyncio.ensure_future(server.serve())
     try:
         await asyncio.wait_for(server.ready.wait(), BOUND)
@@ -275,6 +288,55 @@ async def test_a_watch_and_a_result_wait_through_a_daemon_restart(tmp_path: Path
         seqs = [e.seq for e in seen]
         assert seqs == sorted(set(seqs)) and seqs == [e.seq for e in whole]
         assert {e.slug for e in seen if e.final} == {"one", "two", "three"}
+
+
+async def test_a_keyed_start_a_draining_daemon_refuses_is_asked_again_after_retry_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 (4): a start on a draining daemon is 503 ``unavailable``: without a key it
+    raises ``Unavailable`` (its ``retry_after`` from the answer) at once; with one (the verbs
+    send one) it is asked again after ``Retry-After``, as through an outage, and lands on the
+    daemon that serves by then (here the same one, its drain called off by the test); past
+    ``reconnect`` it is ``Unavailable``."""
+    with short_dir() as folder:
+        sock = folder / "api.sock"
+        async with make_host(tmp_path) as host:
+            app = create_app(host)
+            state: AppState = app.state.hearth
+            refused = asyncio.Event()
+            admit = state.admit
+
+            def admitting() -> None:
+                try:
+                    admit()
+                except Unavailable:
+                    refused.set()
+                    raise
+
+            monkeypatch.setattr(state, "admit", admitting)
+            async with serving(host, sock, app), asyncio.timeout(BOUND):
+                state.drain(0.5)
+                async with RemoteHost(sock, reconnect=BOUND) as remote:
+                    with pytest.raises(Unavailable) as unkeyed:
+                        await remote.start_provision("xi", tier="solo", driver="fake")
+                    assert unkeyed.value.retry_after == 1
+                    async with RemoteHost(sock, reconnect=1.5) as brief:
+                        loop = asyncio.get_running_loop()
+                        began = loop.time()
+                        with pytest.raises(Unavailable):
+                            await brief.start_provision("xi", tier="solo", driver="fake", key="xi-0")
+                        assert 1.5 <= loop.time() - began < BOUND
+                    refused.clear()
+                    began = loop.time()
+                    asking = asyncio.ensure_future(
+                        remote.start_provision("xi", tier="solo", driver="fake", key="xi-1")
+                    )
+                    await refused.wait()
+                    state.draining.clear()  # a daemon that admits starts (a new one, in life)
+                    op = await asking
+                    assert loop.time() - began >= 1.0  # not before its Retry-After
+                    assert op.key == "xi-1" and (await op.wait(timeout=BOUND)).state == "succeeded"
+                    assert [o.key for o in await remote.operations(slug="xi")] == ["xi-1"]
 
 
 async def _until(events: AsyncIterator[Event], slug: str) -> AsyncIterator[Event]:

@@ -31,6 +31,7 @@ import uvicorn
 
 from hearth import Operation, SQLiteStore
 from hearth._server._app import create_app, openapi_document
+from hearth._store._base import NewEvent
 from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,51 @@ async def test_check_and_a_dry_reconcile_change_nothing(tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
+async def test_while_draining_every_start_is_503_unavailable_and_the_rest_answers(tmp_path: Path) -> None:
+    """Issue 21 (4): what a draining daemon refuses: the starts (provision, upgrade, teardown,
+    adopt, forget, a reconcile that may change records), 503 ``unavailable`` with
+    ``Retry-After`` (the drain grace left, at least 1 s); reads, a dry reconcile, check, waits
+    and a cancel answer as ever; health says ``stopping`` and ready ``closed``."""
+    async with make_host(tmp_path) as host:
+        app = create_app(host)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
+            made = await client.post(
+                "/v1/workspaces", json={"slug": "eta", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+            )
+            assert made.json()["state"] == "succeeded", made.text
+            slow = await client.post("/v1/workspaces/eta/upgrade", json={"tier": "slow"})
+            assert slow.status_code == 202, slow.text
+            app.state.hearth.drain(30.0)  # as the daemon does on its first SIGTERM
+            starts = [
+                ("POST", "/v1/workspaces", {"slug": "theta", "tier": "solo", "driver": "fake"}),
+                ("POST", "/v1/workspaces/eta/upgrade", {"tier": "team"}),
+                ("DELETE", "/v1/workspaces/eta", None),
+                ("POST", "/v1/workspaces/iota/adopt", {"driver": "fake", "tier": "solo"}),
+                ("POST", "/v1/workspaces/eta/forget", None),
+                ("POST", "/v1/reconcile", {}),
+            ]
+            for method, path, body in starts:
+                refused = await client.request(method, path, json=body, headers={"Idempotency-Key": "k"})
+                assert refused.status_code == 503 and error_kind(refused) == "unavailable", (
+                    path,
+                    refused.text,
+                )
+                assert 1 <= int(refused.headers["Retry-After"]) <= 30, refused.headers
+            assert (await client.get("/v1/health")).json()["status"] == "stopping"
+            assert error_kind(await client.get("/v1/ready")) == "closed"
+            assert (await client.get("/v1/workspaces/eta")).json()["slug"] == "eta"
+            assert (await client.get("/v1/workspaces")).status_code == 200
+            assert (await client.post("/v1/reconcile", json={"dry_run": True})).status_code == 200
+            check = await client.post("/v1/check", json={"slug": "eta", "verb": "teardown"})
+            assert check.status_code == 200, check.text
+            ident = slow.json()["id"]
+            assert (await client.delete(f"/v1/operations/{ident}")).status_code == 202
+            ended = await client.get(f"/v1/operations/{ident}/wait", params={"timeout": 20})
+            assert ended.json()["state"] == "cancelled", ended.text
+            assert [op["id"] for op in (await client.get("/v1/operations")).json()] == [1, ident]
+
+
 def test_the_committed_openapi_document_matches_the_app(tmp_path: Path) -> None:
     """docs/openapi.json is what create_app describes (regenerate: python -m tests.test_serve)."""
     document = openapi_document(create_app(make_host(tmp_path)))
@@ -339,6 +385,37 @@ async def served(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
                 ) as client:
                     yield client
             finally:
+                server.should_exit = True
+                server.force_exit = True
+                await asyncio.wait_for(task, BOUND)
+
+
+async def test_a_stream_still_sends_what_was_written_just_before_the_daemon_stopped(tmp_path: Path) -> None:
+    """Issue 21 (4): the daemon ends its streams (``stopping``) the moment its drain ended,
+    maybe before the host's reader handed out the last events that work wrote (its final
+    ones); a stream still sends what comes within a short quiet time, then ends."""
+    with short_dir() as folder:
+        sock = folder / "api.sock"
+        async with make_host(tmp_path) as host:
+            app = create_app(host)
+            server = _Server(uvicorn.Config(app, uds=str(sock), log_config=None, lifespan="off"))
+            task = asyncio.ensure_future(server.serve())
+            try:
+                await asyncio.wait_for(server.ready.wait(), BOUND)
+                async with over(sock) as client, asyncio.timeout(BOUND):
+                    op = await host.start_provision("omicron", tier="slow", driver="fake")
+                    async with client.stream("GET", "/v1/events", params={"slug": "omicron"}) as stream:
+                        lines = stream.aiter_lines()
+                        async for line in lines:
+                            if line and json.loads(line)["kind"] == "progress":
+                                break  # the stream is live
+                        last = NewEvent(op.id, "omicron", "provision", "progress", message="the last word")
+                        await host.store.add_events([last])  # the raw store: no reader is woken
+                        app.state.hearth.stopping.set()  # at once, as the daemon does once drained
+                        rest = [json.loads(line) for line in [line async for line in lines] if line]
+                assert "the last word" in [e.get("message") for e in rest], rest
+            finally:
+                host.cancel_running("the test ended")  # no drain grace to wait out
                 server.should_exit = True
                 server.force_exit = True
                 await asyncio.wait_for(task, BOUND)
@@ -651,6 +728,74 @@ async def test_sigterm_mid_provision_then_a_restart_tells_the_truth(
             else:
                 assert record.json()["state"] == "failed", record.text
         assert second.stop() == 0
+
+
+#: A provision that takes ten minutes, and a drain that would wait two for it.
+DRAINING = """
+[tiers.glacial.driver_flags.fake]
+delay = 600
+[timeouts]
+cancel_grace = 5
+drain_grace = 120
+"""
+FINISHED = {"succeeded", "failed", "cancelled", "interrupted"}
+
+
+@pytest.mark.subprocess
+async def test_a_draining_daemon_answers_reads_cancels_and_streams_and_refuses_starts(
+    tmp_path: Path, venv_bin: Path
+) -> None:
+    """Issue 21 (4): after SIGTERM the daemon drains with its socket open (it refused every
+    connection until it exited): health says ``stopping``, reads answer, a start is 503
+    ``unavailable`` with ``Retry-After``, the draining provision can be cancelled (the daemon
+    then exits at once, not after the two minutes of drain grace) and an open stream gets the
+    operation's final event before it ends."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(DRAINING)
+    with short_dir() as home, daemon((home, project), venv_bin) as served:
+        served.wait_for("serving")
+        async with over(home / "hearth.sock") as client, asyncio.timeout(BOUND * 2):
+            started = await client.post(
+                "/v1/workspaces", json={"slug": "mu", "tier": "glacial", "driver": "fake"}
+            )
+            assert started.status_code == 202, started.text
+            ident = started.json()["id"]
+            async with client.stream("GET", "/v1/events", params={"slug": "mu"}) as stream:
+                lines = stream.aiter_lines()
+                async for line in lines:
+                    if line and json.loads(line)["kind"] == "progress":
+                        break  # the adapter is at work
+                served.send(signal.SIGTERM)
+                served.wait_for("closing the host (drain grace 120")
+                health = await client.get("/v1/health")
+                assert health.status_code == 200 and health.json()["status"] == "stopping", health.text
+                record = await client.get("/v1/workspaces/mu")
+                assert record.status_code == 200 and record.json()["state"] == "provisioning", record.text
+                refused = await client.post(
+                    "/v1/workspaces",
+                    json={"slug": "nu", "tier": "solo", "driver": "fake"},
+                    headers={"Idempotency-Key": "nu-1"},
+                )
+                assert refused.status_code == 503 and error_kind(refused) == "unavailable", refused.text
+                assert 1 <= int(refused.headers["Retry-After"]) <= 120, refused.headers
+                assert refused.json()["error"]["retry_after"] == int(refused.headers["Retry-After"])
+                assert (await client.get("/v1/workspaces/nu")).status_code == 404  # nothing started
+                began = time.monotonic()
+                cancel = await client.delete(f"/v1/operations/{ident}")
+                assert cancel.status_code == 202, cancel.text
+                final = None
+                async for line in lines:
+                    event = json.loads(line) if line else {}
+                    if event.get("kind") == "state" and event.get("state") in FINISHED:
+                        final = event
+                        break
+                assert final is not None and final["operation"] == ident, final
+                assert final["state"] == "cancelled", final
+                _ = [line async for line in lines]  # then the stream ends (bounded), with the daemon
+        code = await asyncio.to_thread(served.process.wait, BOUND)
+        assert code == 0 and time.monotonic() - began < BOUND, served.lines
+        served.wait_for("hearth daemon stopped")
 
 
 if __name__ == "__main__":  # regenerate docs/openapi.json

@@ -689,37 +689,54 @@ STEADY = """
 delay = 2
 [timeouts]
 cancel_grace = 5
-drain_grace = 20
+drain_grace = 5
 """
+
+
+def _cli_provision(site: tuple[Path, Path], venv_bin: Path, slug: str) -> subprocess.Popen[str]:
+    home, project = site
+    return subprocess.Popen(
+        [str(venv_bin / "hearth"), "provision", slug, "--tier", "steady", "--driver", "fake",
+         "--home", str(home), "--project", str(project)],
+        env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
 
 def test_the_cli_waits_through_a_daemon_restart(site: tuple[Path, Path], venv_bin: Path) -> None:
     """Issue 20: the daemon stops (SIGTERM: it finishes the work) and starts again; the CLI
-    waiting on the operation rides it out and prints the outcome (it exited 1 at the SIGTERM)."""
-    home, project = site
-    (project / ".hearth" / "hearth.toml").write_text(STEADY)
+    rides it out and prints the outcome (it exited 1 at the SIGTERM). Since issue 21 the daemon
+    answers while it drains: the CLI waiting on the work in flight gets its outcome then, and a
+    CLI that starts work meanwhile is refused (503 ``unavailable``), asks again after the
+    ``Retry-After``, through the outage, and runs it on the new daemon."""
+    (site[1] / ".hearth" / "hearth.toml").write_text(STEADY)
+    made = later = None
     with daemon(site, venv_bin) as first:
         first.wait_for("serving")
-        made = subprocess.Popen(
-            [str(venv_bin / "hearth"), "provision", "rho", "--tier", "steady", "--driver", "fake",
-             "--home", str(home), "--project", str(project)],
-            env=cli_env(venv_bin), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
         try:
+            made = _cli_provision(site, venv_bin, "rho")
             first.wait_for('"POST /v1/workspaces HTTP/1.1" 202')
-            assert first.stop() == 0  # after the work is done (drain_grace)
-            assert made.poll() is None  # still waiting: no daemon now
+            first.send(signal.SIGTERM)
+            first.wait_for("closing the host (drain grace 5")
+            later = _cli_provision(site, venv_bin, "sigma")
+            first.wait_for('"POST /v1/workspaces HTTP/1.1" 503')
+            out, err = made.communicate(timeout=BOUND)  # the work in flight ends in the drain
+            assert made.returncode == 0, err
+            assert out.startswith("rho: ready (tier steady, driver fake)"), out
+            assert first.process.wait(timeout=BOUND) == 0  # once that work is done
+            first.close()
+            assert later.poll() is None  # still asking: no daemon now
             with daemon(site, venv_bin) as again:
                 again.wait_for("serving")
-                out, err = made.communicate(timeout=BOUND)
-                assert made.returncode == 0, err
-                assert out.startswith("rho: ready (tier steady, driver fake)"), out
+                out, err = later.communicate(timeout=BOUND)
+                assert later.returncode == 0, err
+                assert out.startswith("sigma: ready (tier steady, driver fake)"), out
                 assert again.stop() == 0
         finally:
-            if made.poll() is None:
-                made.kill()
-                made.communicate(timeout=BOUND)
+            for cli in (made, later):
+                if cli is not None and cli.poll() is None:
+                    cli.kill()
+                    cli.communicate(timeout=BOUND)
 
 
 def test_timeout_bounds_every_call_through_a_frozen_daemon(site: tuple[Path, Path], venv_bin: Path) -> None:

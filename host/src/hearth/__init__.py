@@ -47,6 +47,7 @@ if typing.TYPE_CHECKING:
         SlugLocked,
         StoreError,
         Unauthorized,
+        Unavailable,
         Unsupported,
     )
     from ._lifecycle._host import Host
@@ -103,6 +104,7 @@ _EXPORTS = {
     "StoreError": "._errors",
     "Tier": "._settings",
     "Unauthorized": "._errors",
+    "Unavailable": "._errors",
     "Unsupported": "._errors",
     "discover": "._adapters._discovery",
     "discover_all": "._adapters._discovery",
@@ -175,6 +177,7 @@ __all__ = [
     "StoreError",
     "Tier",
     "Unauthorized",
+    "Unavailable",
     "Unsupported",
     "__version__",
     "discover",

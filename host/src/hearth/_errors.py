@@ -15,6 +15,7 @@
     ├── StoreError                   store_error          the store or the home cannot be used
     ├── DaemonUnavailable            daemon_unavailable   no hearth daemon answers at the address
     ├── Unauthorized                 unauthorized         the daemon refused the bearer token
+    ├── Unavailable                  unavailable          the daemon drains: no new work (.retry_after)
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
         ├── Conflict                 conflict             .existing: DeploymentRef | None
         ├── InvalidTransition        invalid_transition   .state
@@ -162,6 +163,22 @@ class Unauthorized(HearthError):
     kind = "unauthorized"
 
 
+class Unavailable(HearthError):
+    """The daemon is stopping: it still answers reads and cancels while the work in flight
+    drains, but starts no new work (503). ``retry_after`` is the seconds after which asking
+    again makes sense (a new daemon may be serving by then); a ``RemoteHost`` keyed start asks
+    again on its own, within its ``reconnect`` bound, as through an outage."""
+
+    kind = "unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "retry_after": self.retry_after}
+
+
 class AdapterError(HearthError):
     """The adapter answered a request with a protocol error."""
 
@@ -286,6 +303,9 @@ def error_from_json(error: Mapping[str, Any]) -> HearthError:
         return CallTimeout(message, rolled_back=error.get("rolled_back"))
     if kind == "busy":
         return Busy(message, error.get("operation"))
+    if kind == "unavailable":
+        after = error.get("retry_after")
+        return Unavailable(message, after if isinstance(after, int) and not isinstance(after, bool) else None)
     if kind in _BY_KIND:
         return _BY_KIND[kind](message)
     code = error.get("code")
@@ -319,6 +339,7 @@ __all__ = [
     "SlugLocked",
     "StoreError",
     "Unauthorized",
+    "Unavailable",
     "Unsupported",
     "error_from_json",
     "from_wire_error",

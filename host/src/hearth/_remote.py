@@ -27,7 +27,7 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 from ._address import CLIENT_TIMEOUT, RECONNECT, address_from_env
 from ._api import ProgressListener
 from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
-from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound
+from ._errors import CallTimeout, DaemonUnavailable, HearthError, InvalidInput, NotFound, Unavailable
 from ._models import Deployment, Event, Operation, synthesized_ref
 from ._remote_wire import (
     QUIET,
@@ -71,7 +71,9 @@ class RemoteHost:
     (a wait for an operation asks the daemon in steps, each bounded by it). ``reconnect``
     bounds an outage a wait rides through (``watch()``, an operation's ``events()`` and
     ``result()``, the verbs): a daemon restarting is asked again, after the last event seen,
-    until it has not answered for that many seconds; then ``DaemonUnavailable``.
+    until it has not answered for that many seconds; then ``DaemonUnavailable``. A keyed start
+    (the verbs, ``start_*`` with a ``key``) that a draining daemon refuses (503 ``unavailable``)
+    is asked again after its ``Retry-After``, within the same bound; then ``Unavailable``.
     """
 
     def __init__(
@@ -231,6 +233,11 @@ class RemoteHost:
                 if key is None or not self._reached:  # no daemon was ever there: say so at once
                     raise
                 down_since, pause = await outage(self, exc, down_since, pause, None)
+            except Unavailable as exc:  # it drains to stop: asked again after its Retry-After
+                if key is None:
+                    raise
+                later = max(pause, float(exc.retry_after or 1))
+                down_since, pause = await outage(self, exc, down_since, later, None)
         op = self._operation(data)
         if on_progress is not None:
             self._follow(op, on_progress)

@@ -154,6 +154,12 @@ class Host:
             self._core.open()
             self._events.reopen()
 
+    async def drain(self) -> None:
+        """Let operations in flight finish (``drain_grace``), cancel the rest (recorded
+        ``interrupted``) and wait for their rollbacks (``cancel_grace``), the host left open:
+        the daemon drains with it while it still answers reads and cancels, then closes."""
+        await self._runner.drain()
+
     async def close(self) -> None:
         """Let operations in flight finish (``drain_grace``), cancel the rest (recorded
         ``interrupted``), then stop every adapter this host started and close the store."""

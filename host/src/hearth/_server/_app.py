@@ -2,7 +2,9 @@
 
 A mutating call answers 202 with the operation and ``Location: /v1/operations/{id}``;
 ``?wait=SECONDS`` answers 200 once it finished. Errors are ``{"error": {"kind", "message", ...}}``
-with a status by kind (``_schemas.STATUS``). The daemon that serves it is ``_daemon``.
+with a status by kind (``_schemas.STATUS``). While the daemon drains (``AppState.drain``) the
+starts answer 503 ``unavailable`` with ``Retry-After``; the rest is answered as ever. The daemon
+that serves it is ``_daemon``.
 
 Needs the ``serve`` extra (``pip install 'hearth[serve]'``): fastapi and uvicorn.
 """
@@ -15,6 +17,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
@@ -29,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hearth_adaptersdk import PlanResult, State, StatusReport
 
 from .._adapters._discovery import DriverInfo
-from .._errors import HearthError
+from .._errors import HearthError, Unavailable
 from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
@@ -56,6 +59,10 @@ from ._schemas import (
 
 #: Seconds of quiet after which a Server-Sent Events stream sends a comment.
 HEARTBEAT = 10.0
+#: Once the daemon really stops, a stream still sends what comes within this many seconds of
+#: quiet (the final events of the work the drain just ended), at most ``LAST_CALL_MAX`` in all.
+LAST_CALL = 0.3
+LAST_CALL_MAX = 2.0
 
 log = logging.getLogger("hearth.serve")
 
@@ -85,6 +92,28 @@ class AppState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: The events' JSON, shared by the streams.
     lines: _Lines = field(default_factory=_Lines)
+    #: Set on the daemon's first SIGTERM, before ``stopping``: while the work in flight drains,
+    #: reads, cancels, waits and streams are answered, and starts are refused (``admit``).
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When (loop time) the drain grace is spent, for ``Retry-After``.
+    drain_ends: float = 0.0
+
+    def drain(self, grace: float) -> None:
+        """The daemon drains: from now on starts answer 503 ``unavailable``."""
+        if not self.draining.is_set():
+            self.drain_ends = asyncio.get_running_loop().time() + grace
+            self.draining.set()
+
+    def admit(self) -> None:
+        """Raise ``Unavailable`` while the daemon drains or stops: a start then would be work
+        the drain has to wait for or cut short. ``retry_after``: the drain grace left (at
+        least 1 s), by when this daemon has ended its work and a new one may serve."""
+        if self.draining.is_set() or self.stopping.is_set():
+            left = self.drain_ends - asyncio.get_running_loop().time()
+            raise Unavailable(
+                "the daemon is stopping: it finishes the work in flight and starts none; ask again later",
+                retry_after=max(1, math.ceil(left)),
+            )
 
 
 class _Token:
@@ -226,9 +255,21 @@ async def _until_stopped(
             )
             if pending not in done:
                 if stopping in done:
-                    return
+                    break
                 yield None
                 continue
+            batch, pending = pending.result(), None
+            if batch is None:
+                return
+            yield batch
+        # the daemon stops once its drain ended: what that work wrote last is still sent
+        loop = asyncio.get_running_loop()
+        end = loop.time() + LAST_CALL_MAX
+        while (left := min(LAST_CALL, end - loop.time())) > 0:
+            pending = pending or asyncio.ensure_future(anext(batches, None))
+            done, _ = await asyncio.wait({pending}, timeout=left)
+            if not done:
+                return
             batch, pending = pending.result(), None
             if batch is None:
                 return
@@ -396,7 +437,10 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     @app.exception_handler(HearthError)
     async def heartherror_response(request: Request, exc: Exception) -> JSONResponse:
         error = cast(HearthError, exc)
-        return JSONResponse({"error": error.to_json()}, status_code=status_of(error))
+        response = JSONResponse({"error": error.to_json()}, status_code=status_of(error))
+        if isinstance(error, Unavailable) and error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -459,6 +503,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     ) -> Operation:
         """Provision: 202 with the operation (``Location`` names it)."""
         state = _state(request)
+        state.admit()
         op = await state.host.start_provision(
             body.slug, tier=body.tier, driver=body.driver, key=key, reuse=body.reuse, timeout=body.timeout
         )
@@ -477,6 +522,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         wait: Wait = None,
     ) -> Operation:
         state = _state(request)
+        state.admit()
         op = await state.host.start_upgrade(slug, tier=body.tier, key=key, timeout=body.timeout)
         return _started(await _waited(state, op, wait), response)
 
@@ -492,6 +538,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     ) -> Operation:
         """Teardown (irreversible)."""
         state = _state(request)
+        state.admit()
         op = await state.host.start_teardown(slug, key=key, timeout=timeout)
         return _started(await _waited(state, op, wait), response)
 
@@ -503,6 +550,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     async def adopt(slug: str, body: AdoptRequest, request: Request) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of (recorded as an
         operation); the new record."""
+        _state(request).admit()
         host = _state(request).host
         return await host.adopt(slug, driver=body.driver, tier=body.tier, timeout=body.timeout)
 
@@ -511,6 +559,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     )
     async def forget(slug: str, request: Request) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+        _state(request).admit()
         return await _state(request).host.forget(slug)
 
     # --- operations ------------------------------------------------------------------------------
@@ -621,6 +670,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
 
     @app.post(f"{API}/reconcile", operation_id="reconcileWorkspaces", responses=errors(400, 404, 413))
     async def reconcile(body: ReconcileRequest, request: Request) -> ReconcileReport:
+        if not body.dry_run:  # one that changes records is new work; a dry run is a read
+            _state(request).admit()
         host = _state(request).host
         return await host.reconcile(body.slug, dry_run=body.dry_run, timeout=body.timeout)
 
@@ -629,7 +680,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         """Liveness: answers at once, from memory, without touching the store (whether the
         store can be used is ``/v1/ready``'s question)."""
         state = _state(request)
-        status: Literal["ok", "stopping"] = "stopping" if state.stopping.is_set() else "ok"
+        stopping = state.draining.is_set() or state.stopping.is_set()
+        status: Literal["ok", "stopping"] = "stopping" if stopping else "ok"
         host = state.host
         return Health(
             status=status,
@@ -659,7 +711,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         answered). 503 with the error body when it cannot be used, while hearth.toml is invalid
         (``invalid_input``), or while the daemon stops (``closed``)."""
         state = _state(request)
-        if state.stopping.is_set():
+        if state.draining.is_set() or state.stopping.is_set():
             return error_response("closed", "the daemon is stopping", 503)
         host = state.host
         try:

@@ -6,6 +6,11 @@ file for the daemon's life) and, with ``listen=``, on a TCP port that asks for a
 (``configure_logging``), stops on SIGTERM or SIGINT (a second one cancels the operations in
 flight at once, a third stops waiting for their rollbacks), re-reads hearth.toml on SIGHUP, and
 reconciles periodically.
+
+A stop is a drain, not an outage: the listeners stay open while the work in flight ends
+(``_drain_then_stop``): reads, cancels, waits, event streams and ``/v1/health`` (``stopping``)
+are answered, starts get 503 ``unavailable`` with ``Retry-After``. Only then does uvicorn close
+the listeners and the process exit.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from ._limits import QuietAccept, bounded_protocol, connection_caps, raise_open_
 log = logging.getLogger("hearth.serve")
 
 LOCK_FILE = SERVE_LOCK_FILE
-#: How long uvicorn lets requests in flight finish after SIGTERM (streams end at once).
+#: How long uvicorn lets requests in flight finish once the drain ended (streams end within
+#: ``_app.LAST_CALL_MAX``, waits at once).
 GRACEFUL = 5
 #: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 SUN_PATH_MAX = 107
@@ -178,8 +184,9 @@ def configure_logging(log_json: bool) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, which also ends the app's streams and waits, and stops the daemon's other
-    listener, when it is told to stop."""
+    """uvicorn, which keeps serving when the daemon is told to stop: the first signal starts
+    the drain (``AppState.drain``; ``_drain_then_stop`` tells uvicorn and the daemon's other
+    listener to stop once it ended), a later one hurries it (``_signals``)."""
 
     def __init__(self, config: uvicorn.Config, state: AppState, ready: str = "") -> None:
         super().__init__(config)
@@ -189,33 +196,41 @@ class _Server(uvicorn.Server):
         #: Logged once listening, with uvicorn's signal handlers in place: from then on a
         #: SIGTERM stops the daemon (one that came earlier is acted on here).
         self.ready = ready
+        #: Whether a signal started the drain.
+        self.draining = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.ready:
             log.info("%s", self.ready)
         if _signals.received:  # one that came before uvicorn took the signals over
-            self._stop(_signals.received[0])
+            self._drain(_signals.received[0])
             if len(_signals.received) > 1:
                 _signals.hurry(_signals.received[-1])
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         _signals.received.append(sig)
-        self._stop(sig)
+        if self.should_exit:  # the drain ended and uvicorn is closing: stop waiting for clients
+            self.force_exit = True
+            for sibling in self.siblings:
+                sibling.force_exit = True
+        self._drain(sig)
         if len(_signals.received) > 1:
             _signals.hurry(sig)
 
-    def _stop(self, sig: int) -> None:
-        if not self.should_exit:
-            log.info("%s: stopping; operations in flight get the drain grace", signal.Signals(sig).name)
-        self.loop.call_soon_threadsafe(self.hearth.stopping.set)
-        super().handle_exit(sig, None)
-        # the daemon acts on every signal itself (``_signals``): uvicorn re-raises none
+    def _drain(self, sig: int) -> None:
+        """Start the drain (once); uvicorn goes on serving. The daemon acts on every signal
+        itself (``_signals``): uvicorn neither sees nor re-raises any."""
+        if not self.draining:
+            self.draining = True
+            log.info(
+                "%s: stopping; operations in flight get the drain grace, starts are refused meanwhile",
+                signal.Signals(sig).name,
+            )
+            self.loop.call_soon_threadsafe(self.hearth.drain, self.hearth.host.timeouts.drain_grace)
         captured = getattr(self, "_captured_signals", None)  # uvicorn >= 0.29 keeps them there
         if captured is not None:
             captured.clear()
-        for sibling in self.siblings:
-            sibling.should_exit = True
 
 
 class _Sibling(uvicorn.Server):
@@ -228,14 +243,15 @@ class _Sibling(uvicorn.Server):
 
 
 class _Signals:
-    """The SIGTERMs and SIGINTs the daemon received, as the CLI's: the first stops it (uvicorn
-    stops accepting, then operations in flight get ``drain_grace``); the second cancels them at
-    once (recorded ``interrupted``, their rollback still awaited within ``cancel_grace``); any
-    later one stops waiting for the rollbacks (their records say it is not confirmed).
+    """The SIGTERMs and SIGINTs the daemon received, as the CLI's: the first stops it (the
+    operations in flight get ``drain_grace`` while the daemon still answers, then uvicorn
+    stops); the second cancels them at once (recorded ``interrupted``, their rollback still
+    awaited within ``cancel_grace``); any later one stops waiting for the rollbacks (their
+    records say it is not confirmed).
 
     It is the handler while uvicorn does not hold the signals: before it started, a signal is
-    only kept (the server acts on it once started); after it stopped (the host drains), a second
-    one hurries the drain. While uvicorn holds them, ``_Server.handle_exit`` counts them here."""
+    only kept (the server acts on it once started); after it stopped (the host closes), a second
+    one hurries the close. While uvicorn holds them, ``_Server.handle_exit`` counts them here."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
@@ -356,6 +372,27 @@ def _on_sighup(host: Host, reload: asyncio.Event) -> None:
     reload.set()
 
 
+async def _drain_then_stop(host: Host, state: AppState, servers: list[uvicorn.Server]) -> None:
+    """Once the first signal set ``state.draining``: the host's work in flight ends (within the
+    drain grace; a later signal hurries it) while uvicorn still serves; then the streams and
+    waits end (``state.stopping``) and uvicorn closes the listeners. A restart is no outage:
+    until then reads, cancels and the streams that follow the work are answered."""
+    await state.draining.wait()
+    log.info(
+        "draining: reads, cancels and streams are answered, starts get 503; "
+        "closing the host (drain grace %s s)",
+        host.timeouts.drain_grace,
+    )
+    try:
+        await host.drain()
+    except Exception:  # a bug: the daemon must stop all the same (Host.close drains again)
+        log.exception("the drain failed")
+    finally:
+        state.stopping.set()
+        for each in servers:
+            each.should_exit = True
+
+
 async def _serve_until_stopped(
     *,
     project: str | None,
@@ -401,8 +438,9 @@ async def _serve_until_stopped(
         reload = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload)
         healing = loop.create_task(
-            _reconcile_periodically(host, state.stopping, reload), name="hearth-reconcile"
+            _reconcile_periodically(host, state.draining, reload), name="hearth-reconcile"
         )
+        drainer = loop.create_task(_drain_then_stop(host, state, servers), name="hearth-drain")
         failed: list[BaseException] = []
         try:
             for done in asyncio.as_completed(serving):
@@ -418,11 +456,12 @@ async def _serve_until_stopped(
             state.stopping.set()
             for each in servers:
                 each.should_exit = True
-            healing.cancel()
-            with contextlib.suppress(BaseException):
-                await healing
+            for task in (healing, drainer):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             loop.remove_signal_handler(signal.SIGHUP)
-            log.info("stopped serving; closing the host (drain grace %s s)", host.timeouts.drain_grace)
+            log.info("stopped serving; closing the host")
     log.info("hearth daemon stopped")
     if failed:
         raise ServeError(f"a listener failed: {failed[0]!r}")

@@ -35,6 +35,7 @@ STATUS: dict[str, int] = {
     "store_error": 500,
     "interrupted": 500,
     "closed": 503,
+    "unavailable": 503,
     "error": 500,
 }
 #: The longest ``?wait=`` or ``/wait?timeout=`` (seconds).
@@ -122,6 +123,7 @@ class ReconcileRequest(_Body):
 
 
 class Health(BaseModel):
+    #: ``stopping`` from the first SIGTERM on: the daemon drains (starts refused), then exits.
     status: Literal["ok", "stopping"]
     version: str
     #: The host process that runs this daemon's operations (``host:pid:token``).
@@ -161,7 +163,8 @@ _ERROR_TEXT: dict[int, str] = {
     500: "store_error, interrupted, or error (a fault of the daemon; the message says what)",
     502: "the adapter failed: adapter_not_found, adapter_refused, adapter_crashed, "
     "protocol_violation, backend_failure or cancelled",
-    503: "backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections",
+    503: "backend_unavailable or closed; unavailable: a start while the daemon drains (with "
+    "Retry-After); daemon_unavailable when the listener holds [serve] max_connections",
     504: "timeout",
 }
 #: What any request can be answered, whatever its route: no token on a TCP listener, a request
