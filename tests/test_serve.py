@@ -802,3 +802,59 @@ if __name__ == "__main__":  # regenerate docs/openapi.json
     with tempfile.TemporaryDirectory() as scratch:
         OPENAPI.write_text(openapi_document(create_app(make_host(Path(scratch)))))
     sys.exit(0)
+
+
+async def _operation_stream(
+    client: httpx.AsyncClient, ident: int, headers: dict[str, str] | None = None, **params: Any
+) -> tuple[int, list[Json], list[str]]:
+    """``GET /v1/operations/{ident}/events`` read until the daemon ends it (bounded): its status,
+    its events, and the SSE ids (when asked for SSE)."""
+    seen: list[Json] = []
+    ids: list[str] = []
+    async with (
+        asyncio.timeout(BOUND),
+        client.stream("GET", f"/v1/operations/{ident}/events", params=params, headers=headers) as response,
+    ):
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, [response.json()], ids
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                ids.append(line[4:])
+            elif line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+            elif line.strip() and not line.startswith(("event: ", ":")):
+                seen.append(json.loads(line))
+    return response.status_code, seen, ids
+
+
+async def test_an_operation_s_own_stream_ends_after_its_final_event(tmp_path: Path) -> None:
+    """``/v1/operations/{id}/events`` streams one operation's events from its first (or after
+    ``after`` / ``Last-Event-ID``, exclusive) and ends after its final one: while it runs, and at
+    once for one already finished; SSE carries each ``seq`` as its id; an unknown id is 404."""
+    async with served(tmp_path) as client:
+        made = await client.post("/v1/workspaces", json={"slug": "omega", "tier": "brisk", "driver": "fake"})
+        assert made.status_code == 202
+        other = await client.post("/v1/workspaces", json={"slug": "other", "tier": "brisk", "driver": "fake"})
+        ident = made.json()["id"]
+        status, live, _ = await _operation_stream(client, ident)
+        assert status == 200 and live, live
+        finals = [
+            e for e in live if e["kind"] == "state" and e["state"] in ("succeeded", "failed", "cancelled")
+        ]
+        assert {e["operation"] for e in live} == {ident} and finals == [live[-1]], live
+        assert live[-1]["state"] == "succeeded"
+        assert [e["seq"] for e in live] == sorted({e["seq"] for e in live})
+        assert any(e["kind"] == "progress" for e in live)
+        _, again, _ = await _operation_stream(client, ident)  # finished: the same, then the end
+        assert again == live
+        _, rest, _ = await _operation_stream(client, ident, after=live[0]["seq"])
+        assert rest == live[1:]
+        sse = {"Accept": "text/event-stream", "Last-Event-ID": str(live[1]["seq"])}
+        _, resumed, ids = await _operation_stream(client, ident, headers=sse)
+        assert resumed == live[2:] and ids == [str(e["seq"]) for e in live[2:]]
+        _, past, _ = await _operation_stream(client, ident, after=live[-1]["seq"])
+        assert past == []
+        status, body, _ = await _operation_stream(client, 999_999)
+        assert status == 404 and body[0]["error"]["kind"] == "not_found", body
+        await client.get(f"/v1/operations/{other.json()['id']}/wait", params={"timeout": BOUND})

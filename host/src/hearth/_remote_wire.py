@@ -1,6 +1,6 @@
 """What ``RemoteHost`` reads off the wire: where the daemon is (``HEARTH_URL``), its answers
-(JSON, its typed errors, the reconcile report), and its event stream (``GET /v1/events``,
-NDJSON): the reconnecting stream, one operation's events out of it, and the relay of its
+(JSON, its typed errors, the reconcile report), and its event streams (``GET /v1/events`` and
+``GET /v1/operations/{id}/events``, NDJSON): the reconnecting stream, and the relay of an operation's
 ``progress`` to an ``on_progress`` listener, as ``Host`` calls its listeners."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ RECONNECTS = 5
 #: The pause before the first reconnect (seconds), doubled after each failed one up to ``PAUSE_MAX``.
 PAUSE = 0.1
 PAUSE_MAX = 2.0
-#: How long the events of an operation already finished may stay quiet before they are over.
+#: How long a verb lets its ``on_progress`` relay deliver the progress still on its way (seconds).
 QUIET = 1.0
 T = TypeVar("T")
 
@@ -97,24 +97,32 @@ def error_of(response: httpx.Response) -> HearthError:
     return HearthError(f"the hearth daemon answered {response.status_code}: {response.text[:200]!r}")
 
 
-async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGenerator[Event]:
+async def stream(
+    remote: RemoteHost, after: int, slug: str | None, operation: int | None = None
+) -> AsyncGenerator[Event]:
     """Every event after ``after`` (of ``slug``), as they come; a dropped connection is reopened
     from the last ``seq`` seen, so nothing is lost or repeated, for up to ``remote.reconnect``
     seconds without one (a pause of ``PAUSE`` doubling to ``PAUSE_MAX`` between tries): past it
     a daemon that does not answer is ``DaemonUnavailable``, one that keeps ending the stream (it
-    is stopping) ends it. A client that never reached a daemon is told at once."""
+    is stopping) ends it. A client that never reached a daemon is told at once.
+
+    With ``operation``, its own stream (``/v1/operations/{id}/events``), which the daemon ends
+    after the final event: that event ends this one too, and so does a stream that ends with
+    nothing new for an operation the daemon says is finished (``after`` was past its end)."""
     cursor = after
     down_since: float | None = None
     pause = PAUSE
+    path = f"{API}/events" if operation is None else f"{API}/operations/{operation}/events"
     while True:
         params: dict[str, Any] = {"after": cursor}
         if slug is not None:
             params["slug"] = slug
         failure: httpx.TransportError | None = None
+        fresh = False
         try:
             async with remote.client().stream(
                 "GET",
-                f"{API}/events",
+                path,
                 params=params,
                 headers={"Accept": "application/x-ndjson"},
                 timeout=httpx.Timeout(remote.timeout, read=None),
@@ -129,12 +137,16 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                     event = Event.model_validate(json.loads(line))
                     if event.seq <= cursor:
                         continue  # never repeat one
-                    cursor = event.seq
+                    cursor, fresh = event.seq, True
                     yield event
+                    if operation is not None and event.final:
+                        return
         except httpx.TransportError as exc:  # dropped, or refused: reconnect from the cursor
             if isinstance(exc, httpx.ConnectError) and not remote._reached:
                 raise remote._unavailable(exc) from None  # no daemon was ever there: say so at once
             failure = exc
+        if operation is not None and failure is None and not fresh and await _finished(remote, operation):
+            return
         # dropped, refused, or ended by the daemon (it is stopping): ask again, within the bound
         paused = await _paused(remote, down_since, pause, None)
         if paused is None:
@@ -142,6 +154,16 @@ async def stream(remote: RemoteHost, after: int, slug: str | None) -> AsyncGener
                 raise remote._unavailable(failure) from None
             return
         down_since, pause = paused
+
+
+async def _finished(remote: RemoteHost, ident: int) -> bool:
+    """Whether the daemon says the operation finished; False when it cannot say now."""
+    try:
+        return (await remote.operation(ident)).finished
+    except HearthError as exc:
+        if exc.kind == "not_found":
+            raise
+        return False
 
 
 async def _paused(
@@ -172,25 +194,12 @@ async def outage(
 
 
 async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncGenerator[Event]:
-    """The operation's events after ``after``, ending with its final one. The API streams a
-    slug's events, so this follows the slug's stream and keeps the operation's; for an
-    operation already finished, a stream quiet for ``QUIET`` seconds means it is over."""
-    op = await remote.operation(ident)
-    events = stream(remote, after, op.slug)
+    """The operation's events after ``after``, ending with its final one: its own stream
+    (``GET /v1/operations/{id}/events``), reopened from the last ``seq`` if dropped."""
+    events = stream(remote, after, None, operation=ident)
     try:
-        while True:
-            try:
-                if op.finished:
-                    event = await asyncio.wait_for(anext(events), QUIET)
-                else:
-                    event = await anext(events)
-            except (StopAsyncIteration, TimeoutError):
-                return
-            if event.operation != ident:
-                continue
+        async for event in events:
             yield event
-            if event.final:
-                return
     finally:
         await events.aclose()
 

@@ -319,14 +319,19 @@ class Host:
             check_slug(slug)
         return self._events.after(sequence(after), slug=slug)
 
-    def watch_batches(self, after: int = 0, slug: str | None = None) -> AsyncIterator[builtins.list[Event]]:
+    def watch_batches(
+        self, after: int = 0, slug: str | None = None, operation: int | None = None
+    ) -> AsyncIterator[builtins.list[Event]]:
         """``watch`` in lists of the events that came together, for a reader that may not keep
         up (the daemon's streams): one that falls ``QUEUE`` (1,000) events behind ends there,
         holding nothing, instead of reading the store to catch up; resume it after the last
-        ``seq`` it yielded (nothing is lost)."""
+        ``seq`` it yielded (nothing is lost). With ``operation``, only its events, ending with
+        its final one (at once for one that finished before ``after``)."""
         if slug is not None:
             check_slug(slug)
-        return self._events.batches(sequence(after), slug=slug, end_behind=True)
+        if operation is not None:
+            sequence(operation)
+        return self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
 
     # --- queries --------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:

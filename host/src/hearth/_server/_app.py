@@ -646,6 +646,41 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
             return _sse(state, stream)
         return _ndjson(state, stream)
 
+    @app.get(
+        f"{API}/operations/{{ident}}/events",
+        operation_id="watchOperationEvents",
+        response_model=None,
+        response_class=NDJSONResponse,
+        responses={
+            **errors(400, 404, streams=True),
+            200: {
+                "model": Event,
+                "description": "the operation's events, one per line (NDJSON), ending after its final "
+                "event (at once for a finished operation once its events are sent); Server-Sent Events "
+                "(id: seq, event: kind, data: the Event) with Accept: text/event-stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+        },
+    )
+    async def operation_events(
+        ident: int,
+        request: Request,
+        after: Annotated[int, Query(ge=0, le=NUMBER_MAX)] = 0,
+        accept: Annotated[str | None, Header()] = None,
+        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=NUMBER_MAX)] = None,
+    ) -> StreamingResponse:
+        """One operation's events after ``after`` (or ``Last-Event-ID``; exclusive), from its
+        first by default, until its final event: a console follows one start without filtering
+        the slug's stream or guessing when a finished one is over. Resume a dropped stream after
+        the last ``seq`` read."""
+        state = _state(request)
+        await state.host.operation(ident)  # 404 for one that does not exist, before the stream
+        position = after if last_event_id is None else last_event_id
+        stream = state.host.watch_batches(after=position, operation=ident)
+        if accept is not None and "text/event-stream" in accept:
+            return _sse(state, stream)
+        return _ndjson(state, stream)
+
     # --- the rest --------------------------------------------------------------------------------
     @app.get(f"{API}/tiers", operation_id="listTiers", responses=errors(400))
     async def tiers(request: Request) -> list[Tier]:
