@@ -621,6 +621,23 @@ def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Pat
                 made.communicate(timeout=BOUND)
 
 
+async def test_a_daemon_with_periodic_reconcile_off_still_settles_at_start(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    """``reconcile_interval = 0`` turns off the periodic rounds, not the one at start (issue 21,
+    3): what a killed daemon left is settled before anyone reads the slug."""
+    home, project = site
+    (project / ".hearth" / "hearth.toml").write_text(SETTINGS + "[serve]\nreconcile_interval = 0\n")
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        await _started_until(home, "xi", "glacial", lambda event: event.get("state") == "running")
+        assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        again.wait_for("reconcile: xi: provisioning -> ")  # nobody read the slug
+        assert again.stop() == 0
+
+
 def settled(site: tuple[Path, Path], venv_bin: Path, again: Daemon) -> None:
     """The killed daemon's operation, as the restarted one settles it on an access."""
     record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not
