@@ -74,16 +74,21 @@ async def test_the_store_keeps_deployments_operations_and_events_across_reopen(o
     assert op.error == {"kind": "backend_failure"}
     assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5), ("named", None)]
     events = await again.events()
-    assert [(e.kind, e.state) for e in events] == [
-        ("state", "queued"),
-        ("state", "running"),
-        ("progress", None),
-        ("progress", None),
-        ("state", "failed"),
+    assert [(e.kind, e.state, e.record_state) for e in events] == [
+        ("state", "queued", None),
+        ("workspace", None, "provisioning"),  # each change of the record, before the state it led to
+        ("state", "running", "provisioning"),
+        ("progress", None, None),
+        ("progress", None, None),
+        ("workspace", None, "ready"),
+        ("state", "failed", "ready"),
     ]
+    assert {(e.operation, e.generation) for e in events} == {(op.id, 1)}  # every event: its life
+    assert events[1].record is not None and events[1].record.state == "provisioning"
+    assert events[5].record == found  # the record as it then was
     assert [e.seq for e in events] == sorted(e.seq for e in events) and events[-1].record_state == "ready"
     assert await again.last_seq() == events[-1].seq
-    assert [e.seq for e in await again.events(after=events[1].seq, limit=2)] == [e.seq for e in events[2:4]]
+    assert [e.seq for e in await again.events(after=events[2].seq, limit=2)] == [e.seq for e in events[3:5]]
     assert [e.kind for e in await again.events(operation=op.id, kind="progress")] == ["progress"] * 2
     assert (await again.keyed("k1")) == op.model_copy(update={"log": ()})
     assert await again.last_operation("alpha", 1) == op.model_copy(update={"log": ()})
