@@ -272,6 +272,38 @@ async def test_a_reader_never_sees_an_event_appear_behind_its_cursor(opener: Ope
         await store.close()
 
 
+async def test_an_operation_ended_with_its_record_transient_ends_with_the_settle(opener: Opener) -> None:
+    """``_states.final_event_waits``: a begun operation ended with no record to write (its host
+    died) gets its final event from the write that settles its record: after the settle's note
+    and the record's ``workspace`` event, with the settled state; later changes are the record's."""
+    store = await opener()
+    operation, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "gone:1:a"))
+    await store.begin(operation.id, _deployment(state="provisioning"))
+    died = {"kind": "interrupted", "message": "its host died"}
+    assert await store.end(operation.id, "interrupted", died)
+    assert not [event for event in await store.events(operation=operation.id) if event.final]
+    assert (await store.operation(operation.id)).state == "interrupted"  # type: ignore[union-attr]
+    before = await store.get("alpha")
+    assert await store.save(_deployment(state="failed"), replaces=before, note="settled by me")
+    events = await store.events(operation=operation.id)
+    assert [(e.kind, e.state, e.record_state, e.message) for e in events[-3:]] == [
+        ("log", None, None, "settled by me"),
+        ("workspace", None, "failed", None),
+        ("state", "interrupted", "failed", "its host died"),
+    ]
+    assert events[-1].error == died and {e.generation for e in events} == {1}
+    assert events[-2].record == await store.get("alpha")
+    await store.archive("alpha")
+    [forgotten] = await store.events(after=events[-1].seq)
+    assert (forgotten.kind, forgotten.operation, forgotten.record, forgotten.generation) == (
+        "workspace",
+        None,
+        None,
+        1,
+    )
+    await store.close()
+
+
 # --- PostgreSQL alone -----------------------------------------------------------------------------
 def test_both_stores_build_the_same_schema(tmp_path: Path, pg_url: str) -> None:
     assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
