@@ -19,9 +19,10 @@ from pydantic import TypeAdapter
 
 from ._address import DAEMON_DEFAULTS, MARGIN
 from ._api import ProgressListener
-from ._errors import HearthError, InvalidInput, error_from_json
-from ._models import Event, ReconcileReport
+from ._errors import HearthError, InvalidInput, NotFound, error_from_json
+from ._models import Event, Operation, ReconcileReport
 from ._settings import positive_seconds
+from ._states import final_event_waits
 
 if TYPE_CHECKING:
     from ._remote import RemoteHost
@@ -174,13 +175,16 @@ async def outage(
 async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncGenerator[Event]:
     """The operation's events after ``after``, ending with its final one. The API streams a
     slug's events, so this follows the slug's stream and keeps the operation's; for an
-    operation already finished, a stream quiet for ``QUIET`` seconds means it is over."""
+    operation already finished, a stream quiet for ``QUIET`` seconds means it is over, unless
+    its final event waits for its record to settle (``_states.final_event_waits``)."""
     op = await remote.operation(ident)
+    # a look at the record first: it settles what it can (the final event is then stored)
+    quiet_ends = op.finished and not await _final_waits(remote, op)
     events = stream(remote, after, op.slug)
     try:
         while True:
             try:
-                if op.finished:
+                if quiet_ends:
                     event = await asyncio.wait_for(anext(events), QUIET)
                 else:
                     event = await anext(events)
@@ -193,6 +197,16 @@ async def operation_events(remote: RemoteHost, ident: int, after: int) -> AsyncG
                 return
     finally:
         await events.aclose()
+
+
+async def _final_waits(remote: RemoteHost, op: Operation) -> bool:
+    """Whether a finished operation's final event is still to come (its record is transient)."""
+    try:
+        record = await remote.deployment(op.slug)  # an access: the daemon settles what it can
+    except NotFound:
+        return False
+    begun = "running" if op.started_at is not None else op.state
+    return final_event_waits(begun, (record.state, record.generation), op.generation)
 
 
 async def relay(events: AsyncIterator[Event], on_progress: ProgressListener, ident: int) -> None:
