@@ -89,8 +89,9 @@ class Event(BaseModel):
     and the workspace's ``record_state`` after its outcome, and nothing of the operation follows
     it), ``progress`` (the adapter's progress), ``log`` (a line of the backend's output on a
     failure), ``cancel`` (someone asked to cancel; ``message`` says why), ``workspace`` (the
-    slug's record changed, whoever changed it: ``record`` is the record as it now is, None once
-    it is forgotten; ``operation`` the one that caused it, None for a reconcile's own finding).
+    slug's record changed, whoever changed it: ``record`` is the record as it now is, None when
+    the slug has none left; ``operation`` the one whose outcome or settle changed it, None for a
+    change no running operation made: a reconcile's finding, ``adopt``, ``forget``).
     """
 
     model_config = ConfigDict(frozen=True)
