@@ -315,3 +315,78 @@ async def test_an_operations_stream_from_behind_ends_at_its_final_event(tmp_path
         every = [e async for e in done.events()]  # behind the reader: read from the store
         assert every[-1].final and {e.operation for e in every} == {done.id}
         assert [e async for e in done.events(after=every[-1].seq)] == []
+
+
+# --- issue 21, 2: every change of a record is an event; an operation's final event is its last --
+def _final_is_last(events: list[Event], ident: int) -> Event:
+    """Operation ``ident``'s final event, checked to be the only one and its last."""
+    mine = [event for event in events if event.operation == ident]
+    finals = [event for event in mine if event.final]
+    assert len(finals) == 1 and mine[-1] == finals[0], mine
+    return finals[0]
+
+
+async def _all(source: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in source]
+
+
+@pytest.mark.parametrize("settle", ["access", "reconcile"])
+async def test_a_dead_host_s_operation_ends_with_the_record_its_settle_left(
+    tmp_path: Path, settle: str
+) -> None:
+    """A watcher that stops at the final event (``op.events()``) sees the record as settled,
+    the settle's note before it, and a ``workspace`` event with the record it left."""
+    async with make_host(tmp_path) as host:
+        await host.provision("rho", tier="solo", driver="fake")
+        record = await host.deployment("rho")
+        await helpers.left_by_a_dead_host(
+            host, record.model_copy(update={"state": "provisioning"}), "provision"
+        )
+        [dead] = await host.store.operations(slug="rho", active=True)
+        watched = asyncio.create_task(_all((await host.operation(dead.id)).events()))
+        if settle == "access":
+            assert (await host.deployment("rho")).state == "ready"
+        else:
+            assert (await host.reconcile()).resolved == [("rho", "provisioning", "ready")]
+        seen = await asyncio.wait_for(watched, 10)
+        settled = await host.deployment("rho")
+        assert (seen[-1].state, seen[-1].record_state) == ("interrupted", "ready"), seen[-1]
+        events = await host.store.events(slug="rho", limit=10_000)
+        final = _final_is_last(events, dead.id)
+        *_, note, changed, _ = [event for event in events if event.operation == dead.id]
+        assert note.kind == "log" and "the record went from provisioning to ready" in (note.message or "")
+        assert (changed.kind, changed.record, changed.verb) == ("workspace", settled, "provision")
+        assert final.generation == changed.generation == settled.generation == 1
+
+
+async def test_every_change_of_a_record_is_a_workspace_event_of_its_generation(tmp_path: Path) -> None:
+    """A verb's outcome, forget, adopt and a reconcile's ghost each write the record's event
+    (with the operation that caused it, if any); every event says which life of the slug."""
+    async with make_host(tmp_path) as host:
+        await host.provision("sig", tier="solo", driver="fake")
+        await host.teardown("sig")
+        await host.provision("sig", tier="solo", driver="fake", reuse=True)
+        await host.forget("sig")
+        await host.adopt("sig", driver="fake", tier="solo")
+        (tmp_path / "home" / "data" / "fake" / "deployments" / "sig.json").unlink()
+        assert (await host.reconcile()).ghosts == ["sig"]
+        events = await host.store.events(slug="sig", limit=10_000)
+        changes = [(e.generation, e.record_state, e.verb) for e in events if e.kind == "workspace"]
+        assert changes == [
+            (1, "provisioning", "provision"),
+            (1, "ready", "provision"),
+            (1, "tearing_down", "teardown"),
+            (1, "tier_torn_down", "teardown"),
+            (2, "provisioning", "provision"),  # the reused slug's next life
+            (2, "ready", "provision"),
+            (2, None, None),  # forgotten: no record left
+            (3, "ready", None),  # adopted
+            (3, "failed", None),  # a ghost, found by reconcile
+        ]
+        assert events[-1].record == await host.deployment("sig")
+        assert all(event.generation is not None for event in events)
+        for op in await host.store.operations(slug="sig"):
+            mine = [event for event in events if event.operation == op.id]
+            if op.verb in ("provision", "teardown"):  # its outcome's record, then its end
+                final = _final_is_last(events, op.id)
+                assert mine[-2].kind == "workspace" and mine[-2].record_state == final.record_state

@@ -348,8 +348,12 @@ async def test_an_operation_is_cancelled_from_a_process_that_does_not_run_it(sit
         assert theirs["error"] == "cancelled"
 
         events = await collect(op.events())
-        assert [(e.kind, e.state) for e in events[-2:]] == [("cancel", None), ("state", "cancelled")]
-        assert events[-2].message == reason
+        assert [(e.kind, e.state) for e in events[-3:]] == [
+            ("cancel", None),
+            ("workspace", None),  # the record the rollback left: none
+            ("state", "cancelled"),
+        ]
+        assert events[-3].message == reason and events[-2].record is None
         assert events[-1].final and events[-1].record_state is None  # no live record
         assert await host.deployments() == []  # a first provision rolled back leaves no record
         with pytest.raises(NotFound, match="ended cancelled"):

@@ -28,19 +28,24 @@ from hearth import (
     RemoteHost,
     Unavailable,
 )
+from hearth._remote_wire import QUIET
 from hearth._server._app import AppState, create_app
 from hearth._server._daemon import default_socket
+from hearth_adapter_fake import FakeDriver
+from hearth_adaptersdk import DeploymentRef, RequestContext, StatusReport, utc_now
+from tests.helpers import left_by_a_dead_host
 from tests.test_serve import _Server, corrupt_a_table_page, make_host, short_dir
 
 BOUND = 30.0
 
 
 @contextlib.asynccontextmanager
-async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Path, Host]]:
-    """The API on a Unix socket (in a short folder), and the host behind it."""
+async def daemon(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Path, Host]]:
+    """The API on a Unix socket (in a short folder), and the host behind it (``options`` go to
+    ``make_host``)."""
     with short_dir() as folder:
         sock = folder / "api.sock"
-        async with make_host(tmp_path) as host:
+        async with make_host(tmp_path, **options) as host:
             config = uvicorn.Config(create_app(host), uds=str(sock), log_config=None, lifespan="off")
             server = _Server(config)
             task = asyncio.ensure_future(server.serve())
@@ -396,3 +401,39 @@ async def test_a_stream_the_daemon_drops_for_falling_behind_resumes_with_nothing
 
 async def _collected(events: AsyncIterator[Event]) -> list[Event]:
     return [event async for event in events]
+
+
+async def test_an_operation_s_events_wait_for_a_final_event_that_waits_for_its_settle(tmp_path: Path) -> None:
+    """A dead host's operation is ended (``interrupted``) at once, but its final event comes
+    with the settle of its record (issue 21, 2): ``op.events()`` through the daemon waits for
+    it rather than ending on a quiet stream, and the final event carries the settled record."""
+    sees = asyncio.Event()
+
+    class Blinking(FakeDriver):
+        """Cannot say what it holds until ``sees`` is set."""
+
+        async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+            if not sees.is_set():
+                return StatusReport(state="unknown", observed_at=utc_now(), message="not yet")
+            return await super().status(ref, ctx)
+
+    async with daemon(tmp_path, driver=Blinking) as (sock, host), RemoteHost(sock) as remote:
+        await host.provision("nu", tier="solo", driver="fake")
+        record = await host.deployment("nu")
+        await left_by_a_dead_host(host, record.model_copy(update={"state": "provisioning"}), "provision")
+        [dead] = await host.store.operations(slug="nu", active=True)
+        assert (await host.deployment("nu")).state == "provisioning"  # ended; the adapter cannot say
+        op = await remote.operation(dead.id)
+        assert op.state == "interrupted"
+        watching = asyncio.ensure_future(remote_events(op))
+        done, _ = await asyncio.wait([watching], timeout=3 * QUIET)
+        assert not done, watching.result()  # quiet, but its final event is still to come
+        sees.set()
+        assert (await host.reconcile()).resolved == [("nu", "provisioning", "ready")]
+        async with asyncio.timeout(BOUND):
+            seen = await watching
+        assert (seen[-1].kind, seen[-1].state, seen[-1].record_state) == ("state", "interrupted", "ready")
+
+
+async def remote_events(op: hearth.Operation) -> list[Event]:
+    return [event async for event in op.events()]

@@ -621,6 +621,60 @@ def test_a_restarted_daemon_settles_what_a_killed_one_left(site: tuple[Path, Pat
                 made.communicate(timeout=BOUND)
 
 
+async def test_a_daemon_with_periodic_reconcile_off_still_settles_at_start(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    """``reconcile_interval = 0`` turns off the periodic rounds, not the one at start (issue 21,
+    3): what a killed daemon left is settled before anyone reads the slug."""
+    home, project = site
+    (project / ".hearth" / "hearth.toml").write_text(SETTINGS + "[serve]\nreconcile_interval = 0\n")
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        await _started_until(home, "xi", "glacial", lambda event: event.get("state") == "running")
+        assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        again.wait_for("reconcile: xi: provisioning -> ")  # nobody read the slug
+        assert again.stop() == 0
+
+
+async def test_a_killed_daemon_s_operation_ends_with_the_record_its_restart_settled(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    """kill -9 mid-provision, then a restart: the operation's stream ends with its final event,
+    which carries the record the restart's reconcile settled, after the ``workspace`` event
+    with that record; nothing of the operation follows (issue 21, 2)."""
+    home, project = site
+    with daemon(site, venv_bin) as killed:
+        killed.wait_for("serving")
+        ident = await _started_until(home, "xi", "glacial", lambda event: event.get("state") == "running")
+        assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    with daemon(site, venv_bin) as again:
+        again.wait_for("serving")
+        seen: list[dict[str, Any]] = []
+        async with over(home / "hearth.sock") as client, asyncio.timeout(BOUND):
+            async with client.stream("GET", "/v1/events", params={"slug": "xi", "after": 0}) as events:
+                async for line in events.aiter_lines():
+                    event = json.loads(line) if line else {}
+                    if event.get("operation") == ident:
+                        seen.append(event)
+                    if event.get("operation") == ident and event["kind"] == "state" and event["state"] in (
+                        "succeeded", "failed", "cancelled", "interrupted"
+                    ):  # fmt: skip
+                        break
+            answer = await client.get("/v1/workspaces/xi")
+        record = answer.json() if answer.status_code == 200 else None
+        *_, changed, final = seen
+        assert (final["state"], final["record_state"]) == ("interrupted", record and record["state"]), final
+        assert final["record_state"] != "provisioning"  # as the record is: settled
+        assert (changed["kind"], changed["record"]) == ("workspace", record), changed
+        assert {event["generation"] for event in seen} == {1}
+        async with Host(project_dir=project, home=home) as elsewhere:  # the store, as it is
+            mine = [e for e in await elsewhere.store.events(slug="xi", limit=10_000) if e.operation == ident]
+            assert mine[-1].seq == final["seq"]  # nothing of it after its final event
+        assert again.stop() == 0
+
+
 def settled(site: tuple[Path, Path], venv_bin: Path, again: Daemon) -> None:
     """The killed daemon's operation, as the restarted one settles it on an access."""
     record = hearth(venv_bin, site, "ls", "--json")  # the store as it is, healed or not

@@ -307,6 +307,40 @@ async def test_a_version_2_store_is_migrated_with_its_operations_and_logs(tmp_pa
     await store.close()
 
 
+async def test_a_version_5_store_keeps_its_events_and_gives_them_their_generation(tmp_path: Path) -> None:
+    """Schema 6 rebuilds the events table (SQLite): the events stay, each gets its operation's
+    generation, and the sequence goes on past the last one."""
+    from hearth._store._records import MIGRATIONS
+
+    path = tmp_path / "hearth.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:5]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 5")
+    now = utc_now().isoformat()
+    db.execute(
+        "INSERT INTO operations (slug, generation, verb, state, created_at) VALUES ('old', 2, 'provision', "
+        "'succeeded', ?)",
+        (now,),
+    )
+    db.executemany(
+        "INSERT INTO events (seq, at, operation, slug, verb, kind, state) "
+        "VALUES (?, ?, 1, 'old', 'provision', 'state', ?)",
+        [(7, now, "queued"), (9, now, "succeeded")],
+    )
+    db.commit()
+    db.close()
+    store = await _opened(path)
+    assert [(e.seq, e.state, e.generation) for e in await store.events()] == [
+        (7, "queued", 2),
+        (9, "succeeded", 2),
+    ]
+    await store.save(_deployment("old", generation=2))  # a change of a record no operation caused
+    [changed] = await store.events(after=9)
+    assert (changed.seq, changed.kind, changed.operation, changed.generation) == (10, "workspace", None, 2)
+    await store.close()
+
+
 async def test_a_store_from_a_newer_hearth_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "hearth.db"
     await (await _opened(path)).close()

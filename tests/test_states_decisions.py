@@ -24,11 +24,13 @@ from hearth._states import (
     dead_owner_end,
     failure_reason,
     failure_unconfirmed,
+    final_event_waits,
     key_released,
     needs_status,
     preview_verb,
     resolution_note,
     same_key,
+    settled_note,
     settlement,
     start_not_recorded,
     uncertain_verb,
@@ -513,3 +515,29 @@ def test_reconciles_settlement_table(  # noqa: PLR0917 - the table's columns
 )
 def test_the_line_that_says_what_reconcile_resolved(old: str, new: str, unconfirmed: bool, note: str) -> None:
     assert resolution_note(old, new, unconfirmed=unconfirmed) == note
+
+
+@pytest.mark.parametrize(
+    ("was", "record", "waits"),
+    [
+        ("running", ("provisioning", 1), True),  # it began and left its record transient
+        ("running", ("upgrading", 1), True),
+        ("running", ("tearing_down", 1), True),
+        ("queued", ("provisioning", 1), False),  # never began: the record is not its own
+        ("running", ("ready", 1), False),  # the record is settled already
+        ("running", ("failed", 1), False),
+        ("running", ("provisioning", 2), False),  # another generation's record
+        ("running", None, False),  # no record left
+    ],
+)
+def test_a_final_event_waits_for_the_settle_of_a_record_its_operation_left_transient(
+    was: str, record: tuple[str, int] | None, waits: bool
+) -> None:
+    assert final_event_waits(was, record, 1) is waits
+
+
+def test_the_settle_s_note_names_who_settled_what_and_why() -> None:
+    assert settled_note("h:1:a", "provisioning", "failed", "gone") == (
+        "settled by h:1:a from the adapter's status: the record went from provisioning to failed (gone)"
+    )
+    assert settled_note("h:1:a", "upgrading", "ready", None).endswith("from upgrading to ready")

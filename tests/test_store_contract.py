@@ -74,16 +74,21 @@ async def test_the_store_keeps_deployments_operations_and_events_across_reopen(o
     assert op.error == {"kind": "backend_failure"}
     assert [(line.message, line.fraction) for line in op.log] == [("creating", 0.5), ("named", None)]
     events = await again.events()
-    assert [(e.kind, e.state) for e in events] == [
-        ("state", "queued"),
-        ("state", "running"),
-        ("progress", None),
-        ("progress", None),
-        ("state", "failed"),
+    assert [(e.kind, e.state, e.record_state) for e in events] == [
+        ("state", "queued", None),
+        ("workspace", None, "provisioning"),  # each change of the record, before the state it led to
+        ("state", "running", "provisioning"),
+        ("progress", None, None),
+        ("progress", None, None),
+        ("workspace", None, "ready"),
+        ("state", "failed", "ready"),
     ]
+    assert {(e.operation, e.generation) for e in events} == {(op.id, 1)}  # every event: its life
+    assert events[1].record is not None and events[1].record.state == "provisioning"
+    assert events[5].record == found  # the record as it then was
     assert [e.seq for e in events] == sorted(e.seq for e in events) and events[-1].record_state == "ready"
     assert await again.last_seq() == events[-1].seq
-    assert [e.seq for e in await again.events(after=events[1].seq, limit=2)] == [e.seq for e in events[2:4]]
+    assert [e.seq for e in await again.events(after=events[2].seq, limit=2)] == [e.seq for e in events[3:5]]
     assert [e.kind for e in await again.events(operation=op.id, kind="progress")] == ["progress"] * 2
     assert (await again.keyed("k1")) == op.model_copy(update={"log": ()})
     assert await again.last_operation("alpha", 1) == op.model_copy(update={"log": ()})
@@ -265,6 +270,38 @@ async def test_a_reader_never_sees_an_event_appear_behind_its_cursor(opener: Ope
     assert seen == every and len(every) == 1 + 90
     for store in [*writers, reader]:
         await store.close()
+
+
+async def test_an_operation_ended_with_its_record_transient_ends_with_the_settle(opener: Opener) -> None:
+    """``_states.final_event_waits``: a begun operation ended with no record to write (its host
+    died) gets its final event from the write that settles its record: after the settle's note
+    and the record's ``workspace`` event, with the settled state; later changes are the record's."""
+    store = await opener()
+    operation, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "gone:1:a"))
+    await store.begin(operation.id, _deployment(state="provisioning"))
+    died = {"kind": "interrupted", "message": "its host died"}
+    assert await store.end(operation.id, "interrupted", died)
+    assert not [event for event in await store.events(operation=operation.id) if event.final]
+    assert (await store.operation(operation.id)).state == "interrupted"  # type: ignore[union-attr]
+    before = await store.get("alpha")
+    assert await store.save(_deployment(state="failed"), replaces=before, note="settled by me")
+    events = await store.events(operation=operation.id)
+    assert [(e.kind, e.state, e.record_state, e.message) for e in events[-3:]] == [
+        ("log", None, None, "settled by me"),
+        ("workspace", None, "failed", None),
+        ("state", "interrupted", "failed", "its host died"),
+    ]
+    assert events[-1].error == died and {e.generation for e in events} == {1}
+    assert events[-2].record == await store.get("alpha")
+    await store.archive("alpha")
+    [forgotten] = await store.events(after=events[-1].seq)
+    assert (forgotten.kind, forgotten.operation, forgotten.record, forgotten.generation) == (
+        "workspace",
+        None,
+        None,
+        1,
+    )
+    await store.close()
 
 
 # --- PostgreSQL alone -----------------------------------------------------------------------------

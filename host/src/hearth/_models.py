@@ -30,7 +30,7 @@ from ._errors import CallTimeout, error_from_json
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: An operation in one of these states is over; its result or error no longer changes.
 FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-EventKind = Literal["state", "progress", "log", "cancel"]
+EventKind = Literal["state", "progress", "log", "cancel", "workspace"]
 #: Every verb an operation records: the three starts, and ``adopt`` and ``forget`` (recorded
 #: as finished operations).
 OperationVerb = Literal["provision", "upgrade", "teardown", "adopt", "forget"]
@@ -124,18 +124,23 @@ class Event(BaseModel):
     """One entry of the store-wide event log; ``seq`` orders every event of every process.
 
     ``kind``: ``state`` (the operation moved to ``state``; a finished state carries ``error``
-    and the workspace's ``record_state``), ``progress`` (the adapter's progress), ``log`` (a
-    line of the backend's output on a failure), ``cancel`` (someone asked to cancel; ``message``
-    says why).
+    and the workspace's ``record_state`` after its outcome, and nothing of the operation follows
+    it), ``progress`` (the adapter's progress), ``log`` (a line of the backend's output on a
+    failure), ``cancel`` (someone asked to cancel; ``message`` says why), ``workspace`` (the
+    slug's record changed, whoever changed it: ``record`` is the record as it now is, None when
+    the slug has none left; ``operation`` the one whose outcome or settle changed it, None for a
+    change no running operation made: a reconcile's finding, ``adopt``, ``forget``).
     """
 
     model_config = ConfigDict(frozen=True)
 
     seq: int
     at: datetime
-    operation: int
+    #: The operation the event is of (None for a ``workspace`` event no operation caused).
+    operation: int | None
     slug: str
-    verb: VerbName
+    #: That operation's verb (None with it).
+    verb: VerbName | None
     kind: EventKind
     state: OperationState | None = None
     level: str | None = None
@@ -143,6 +148,11 @@ class Event(BaseModel):
     fraction: float | None = None
     error: ErrorJson | None = None
     record_state: State | None = None
+    #: The workspace's generation (its life: a reused slug starts the next one); None on events
+    #: recorded before hearth stored it.
+    generation: int | None = None
+    #: A ``workspace`` event's record as it now is (None when the slug has none left).
+    record: Deployment | None = None
 
     @property
     def final(self) -> bool:
@@ -153,7 +163,7 @@ class Event(BaseModel):
         """A ``progress`` event as the ``Progress`` an ``on_progress`` listener takes."""
         return Progress.model_validate(
             {
-                "request_id": self.operation,
+                "request_id": self.operation or 0,
                 "level": self.level or "info",
                 "message": self.message or "",
                 "fraction": self.fraction,

@@ -441,6 +441,21 @@ def dead_owner_end(state: str, *, own: bool, shared: bool, owner: str | None, fi
     return "interrupted", {"kind": "interrupted", "message": how}
 
 
+def final_event_waits(was: str, record: tuple[str, int] | None, generation: int) -> bool:
+    """Whether an operation that ends with no record to write (``was``: its state before) has
+    its final event written later, by the write that settles its record: it began (``running``)
+    and left its generation's record (``record``: state, generation) transient. Its final event
+    carries the record's state after its outcome and nothing of it follows that event, so it
+    waits for the settle (heal, reconcile, takeover) to know that state."""
+    return was == "running" and record is not None and record[0] in TRANSIENT and record[1] == generation
+
+
+def settled_note(owner: str, was: str, now: str, reason: str | None) -> str:
+    """The line a settle adds to the log of the operation that left the record transient."""
+    why = f" ({reason})" if reason else ""
+    return f"settled by {owner} from the adapter's status: the record went from {was} to {now}{why}"
+
+
 def busy_message(slug: str, operation: int, verb: str, tier: str | None, state: str) -> str:
     """Why a start (or adopt, forget, plan) is refused ``busy``."""
     to = f" to {tier}" if verb == "upgrade" and tier is not None else ""

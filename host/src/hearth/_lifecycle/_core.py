@@ -249,10 +249,12 @@ class _Waking:
         await self._opening()
         return await self._store.snapshot(slug)
 
-    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+    async def save(
+        self, deployment: Deployment, *, replaces: Deployment | None = None, note: str | None = None
+    ) -> bool:
         await self._opening()
         try:
-            return await self._store.save(deployment, replaces=replaces)
+            return await self._store.save(deployment, replaces=replaces, note=note)
         finally:
             self._written()
 

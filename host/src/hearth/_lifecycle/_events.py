@@ -87,7 +87,8 @@ class Bus:
                 if seq > self._seen:
                     if self._busy():
                         for event in await store.events(after=self._seen, kind="cancel", limit=10_000):
-                            self._on_cancel(event.operation, event.message or "cancelled by request")
+                            if event.operation is not None:  # a cancel is always of one
+                                self._on_cancel(event.operation, event.message or "cancelled by request")
                     self._seen = seq
                     self.bump()
                 if waiting is not None:  # the database wakes us when another host writes
@@ -371,13 +372,19 @@ class EventLog:
             log.debug("a stream fell %d events behind; it reads the store from #%d", fanout.limit, position)
 
     async def _past_its_end(self, operation: int, position: int) -> bool:
-        """Whether the operation finished with no event after ``position`` (``after`` was past
-        its last event): then its stream ends at once."""
+        """Whether the operation's final event is written and no event follows ``position``
+        (``after`` was past its last event): then its stream ends at once. A finished operation
+        whose final event waits for its record to settle (``_states.final_event_waits``) is
+        still streamed."""
         store = self._core.store
         try:
             current = await store.operation(operation)
             if current is not None and not current.finished:
                 return False
+            if current is not None:
+                states = await store.events(operation=operation, kind="state")
+                if not any(event.final for event in states):
+                    return False
             return not await store.events(after=position, operation=operation, limit=1)
         except HearthError:
             if self.bus.closed:

@@ -23,7 +23,7 @@ from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
 from .._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
 from .._models import Deployment, Operation, ReconcileReport, existing_json, synthesized_ref
-from .._states import TRANSIENT, Settlement, needs_status, settlement, uncertain_verb
+from .._states import TRANSIENT, Settlement, needs_status, settled_note, settlement, uncertain_verb
 from .._store._base import NewOperation
 from ._core import Core
 
@@ -141,9 +141,12 @@ class Reconciler:
             return  # nothing new: a second reconcile changes nothing
         settled = _settled(current, found, observed)
         if not self.dry_run:
+            note = None
             if current.state in TRANSIENT:
                 await self._active_of(slug)  # ends its dead host's operations: interrupted
-            if not await store.save(settled, replaces=current):
+                note = settled_note(self._core.owner, current.state, settled.state, settled.reason)
+            # the save writes the record's ``workspace`` event and the final events that waited
+            if not await store.save(settled, replaces=current, note=note):
                 self.report.busy.append(slug)  # another host changed it meanwhile: its record stands
                 return
         if verb is None:

@@ -21,7 +21,6 @@ from hearth_adaptersdk import StatusReport
 from .._errors import HearthError, SlugLocked
 from .._models import Deployment, Operation
 from .._states import TRANSIENT, dead_owner_end
-from .._store._base import NewEvent
 from .._store._locks import OwnerMark
 from ._core import Core
 from ._reconcile import Reconciler
@@ -93,10 +92,9 @@ class Recovery:
         core = self._core
         try:
             async with core.locks.hold(slug, 0.0):
-                reconciler = self.reconciler(dry_run=False, timeout=None)
-                await reconciler.settle(slug)
-                for _, was, now in reconciler.report.resolved:
-                    await self._note_settled(record, was, now)
+                # its save notes the settle in the log of the operation that left the record
+                # transient, then writes that operation's final event (``final_event_waits``)
+                await self.reconciler(dry_run=False, timeout=None).settle(slug)
         except SlugLocked:
             pass  # someone is settling it right now
         except HearthError as exc:
@@ -115,20 +113,6 @@ class Recovery:
         except SlugLocked:
             return record
         return await core.store.get(record.slug) or record
-
-    async def _note_settled(self, record: Deployment, was: str, now: str) -> None:
-        """Say in the log of the operation that left ``record`` transient what settled it."""
-        store = self._core.store
-        last = await store.last_operation(record.slug, record.generation)
-        if last is None:
-            return
-        settled = await store.get(record.slug)
-        why = f" ({settled.reason})" if settled is not None and settled.reason else ""
-        note = (
-            f"settled by {self._core.owner} from the adapter's status: "
-            f"the record went from {was} to {now}{why}"
-        )
-        await store.add_events([NewEvent(last.id, record.slug, last.verb, "log", "info", note)])
 
     # --- the lease (a store several hosts share) -------------------------------------------------
     def _start_lease(self) -> None:

@@ -674,7 +674,10 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         the slug's stream or guessing when a finished one is over. Resume a dropped stream after
         the last ``seq`` read."""
         state = _state(request)
-        await state.host.operation(ident)  # 404 for one that does not exist, before the stream
+        op = await state.host.operation(ident)  # 404 for one that does not exist, before the stream
+        if op.finished:  # an access settles what a dead host left, whose final event waits for it
+            with contextlib.suppress(HearthError):
+                await state.host.deployment(op.slug)
         position = after if last_event_id is None else last_event_id
         stream = state.host.watch_batches(after=position, operation=ident)
         if accept is not None and "text/event-stream" in accept:

@@ -298,12 +298,15 @@ _signals = _Signals()
 
 async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: asyncio.Event) -> None:
     """The daemon's self-healing: ``reconcile`` once at start (what a dead daemon left is
-    settled before anyone asks), then every ``[serve] reconcile_interval`` seconds, each wait
-    varied by ``reconcile_jitter`` so that replicas do not run in step; a SIGHUP (``reload``)
-    makes a new interval count at once. It changes what reconcile changes (records a dead host
-    left; ghosts marked failed) and logs it; an orphan is logged once."""
+    settled before anyone asks, and its watchers hear how it ended), then every ``[serve]
+    reconcile_interval`` seconds, each wait varied by ``reconcile_jitter`` so that replicas do
+    not run in step; a SIGHUP (``reload``) makes a new interval count at once. An interval of 0
+    turns off only the periodic rounds: the one at start always runs. It changes what reconcile
+    changes (records a dead host left; ghosts marked failed) and logs it; an orphan is logged
+    once."""
     orphans: set[tuple[str, str]] = set()
     delay = 0.0  # the first one at once
+    started = False  # the round at start has run
     while True:
         reload.clear()
         if await _woken(stopping, reload, delay):
@@ -313,8 +316,9 @@ async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: a
             continue
         interval = _interval(host)
         delay = _next_delay(host, interval)
-        if not interval:
+        if not interval and started:
             continue  # off (0), or no settings to go by: look again later
+        started = True
         try:
             report = await host.reconcile()
         except HearthError as exc:

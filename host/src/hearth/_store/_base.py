@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from hearth_adaptersdk import DeploymentRef, utc_now
 
 from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState, synthesized_ref
+from .._states import TRANSIENT, final_event_waits
 from ._locks import Locks
 
 #: The files SQLite keeps beside the database in WAL mode.
@@ -89,7 +90,9 @@ class Store(Protocol):
     async def next_generation(self, slug: str) -> int: ...
     async def drivers(self) -> list[str]: ...
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]: ...
-    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool: ...
+    async def save(
+        self, deployment: Deployment, *, replaces: Deployment | None = None, note: str | None = None
+    ) -> bool: ...
     async def archive(self, slug: str) -> None: ...
     # operations
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
@@ -166,7 +169,10 @@ OPERATION_COLUMNS = (
 DEPLOYMENT_COLUMNS = (
     "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id"
 )
-EVENT_COLUMNS = "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state"
+EVENT_COLUMNS = (
+    "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state, "
+    "generation, record"
+)
 
 
 # --- the statements both stores run ------------------------------------------------------------------
@@ -199,12 +205,22 @@ BEGIN_OPERATION = (
     "WHERE id = ? AND state = 'queued'"
 )
 STATE_EVENT = (
-    "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (at, operation, slug, verb, kind, state, message, error, record_state, "
+    "generation, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: A progress or log event, with its operation's generation.
 PROGRESS_EVENT = (
-    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (at, operation, slug, verb, kind, level, message, fraction, generation) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT generation FROM operations WHERE id = ?))"
+)
+#: An operation as ``end`` finds it: its state before, and what its events carry.
+OPERATION_WAS = "SELECT state, slug, verb, generation FROM operations WHERE id = ?"
+#: The finished operations of a generation whose final event waits for its record to settle
+#: (``_states.final_event_waits``).
+PENDING_FINALS = (
+    "SELECT id, verb, state, error, generation FROM operations o WHERE slug = ? AND generation = ? "
+    "AND state NOT IN ('queued', 'running') AND NOT EXISTS (SELECT 1 FROM events e "
+    "WHERE e.operation = o.id AND e.kind = 'state' AND e.state = o.state) ORDER BY id"
 )
 NAME_BACKEND = "UPDATE deployments SET backend_id = ? WHERE slug = ? AND archived = 0"
 ACTIVE_OF_SLUG = (
@@ -282,22 +298,136 @@ def end_args(
 
 
 def state_event_args(
-    operation: int,
+    operation: int | None,
     slug: str,
-    verb: str,
+    verb: str | None,
     kind: EventKind,
     *,
     state: str | None,
     message: str | None,
     error: dict[str, Any] | None,
     record_state: str | None,
+    generation: int | None = None,
+    record: Deployment | None = None,
 ) -> tuple[Any, ...]:
     error_json = json.dumps(error) if error is not None else None
-    return (utc_now().isoformat(), operation, slug, verb, kind, state, message, error_json, record_state)
+    record_json = record.model_dump_json() if record is not None else None
+    return (
+        utc_now().isoformat(),
+        operation,
+        slug,
+        verb,
+        kind,
+        state,
+        message,
+        error_json,
+        record_state,
+        generation,
+        record_json,
+    )
 
 
 def progress_event_args(e: NewEvent) -> tuple[Any, ...]:
-    return (e.at.isoformat(), e.operation, e.slug, e.verb, e.kind, e.level, e.message, e.fraction)
+    return (
+        e.at.isoformat(),
+        e.operation,
+        e.slug,
+        e.verb,
+        e.kind,
+        e.level,
+        e.message,
+        e.fraction,
+        e.operation,
+    )
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A finished operation whose final event waits for its record to settle."""
+
+    id: int
+    verb: str
+    state: str
+    error: dict[str, Any] | None
+    generation: int
+
+
+def row_pending(row: Sequence[Any]) -> Pending:
+    ident, verb, state, error, generation = row
+    return Pending(int(ident), verb, state, json.loads(error) if error else None, int(generation))
+
+
+def final_waits(was: Sequence[Any] | None, before: Deployment | None) -> bool:
+    """Whether ``end`` leaves the final event to the settle (``OPERATION_WAS`` row, the record)."""
+    if was is None:
+        return False
+    record = None if before is None else (before.state, before.generation)
+    return final_event_waits(was[0], record, int(was[3]))
+
+
+@dataclass(frozen=True)
+class Change:
+    """The events a change of a slug's record writes, in order (``record_changed``): the
+    settle's note in the log of the operation that left it transient, one ``workspace`` event
+    with the record as it now is, then the final events that waited for it."""
+
+    events: list[tuple[Any, ...]]
+    logs: list[tuple[Any, ...]]
+
+
+def record_changed(
+    slug: str,
+    before: Deployment | None,
+    after: Deployment | None,
+    pending: Sequence[Pending],
+    *,
+    operation: int | None,
+    verb: str | None,
+    note: str | None = None,
+) -> Change:
+    """What a write that changed ``slug``'s record from ``before`` to ``after`` appends. Its
+    cause is ``operation`` or, for a settle, the operation that left the record transient."""
+    logs = []
+    if pending and note:
+        last = pending[-1]
+        logs.append(progress_event_args(NewEvent(last.id, slug, last.verb, "log", "info", note)))
+    if operation is None and pending:
+        operation, verb = pending[-1].id, pending[-1].verb
+    now = after or before
+    events = [
+        state_event_args(
+            operation,
+            slug,
+            verb,
+            "workspace",
+            state=None,
+            message=None,
+            error=None,
+            record_state=None if after is None else after.state,
+            generation=None if now is None else now.generation,
+            record=after,
+        )
+    ]
+    for op in pending:
+        events.append(
+            state_event_args(
+                op.id,
+                slug,
+                op.verb,
+                "state",
+                state=op.state,
+                message=(op.error or {}).get("message"),
+                error=op.error,
+                record_state=None if after is None else after.state,
+                generation=op.generation,
+            )
+        )
+    return Change(events, logs)
+
+
+def settles(before: Deployment | None) -> bool:
+    """Whether a write over ``before`` may settle operations whose final event waits."""
+    return before is not None and before.state in TRANSIENT
 
 
 def deployments_query(
@@ -414,7 +544,8 @@ def row_log_line(row: tuple[Any, ...]) -> LogLine:
 
 
 def row_event(row: tuple[Any, ...]) -> Event:
-    seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state = row
+    seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state = row[:12]
+    generation, record = row[12:]
     return Event(
         seq=seq,
         at=datetime.fromisoformat(at),
@@ -428,6 +559,8 @@ def row_event(row: tuple[Any, ...]) -> Event:
         fraction=fraction,
         error=json.loads(error) if error else None,
         record_state=record_state,
+        generation=generation,
+        record=Deployment.model_validate_json(record) if record else None,
     )
 
 

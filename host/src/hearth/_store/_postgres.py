@@ -42,6 +42,8 @@ from ._base import (
     NAME_BACKEND,
     NEW_OPERATION,
     OPERATION_COLUMNS,
+    OPERATION_WAS,
+    PENDING_FINALS,
     PROGRESS_EVENT,
     RELEASE_KEY,
     SAVE,
@@ -52,15 +54,19 @@ from ._base import (
     deployments_query,
     end_args,
     events_query,
+    final_waits,
     for_postgres,
     new_operation_args,
     operations_query,
     progress_event_args,
+    record_changed,
     row_deployment,
     row_event,
     row_log_line,
     row_operation,
+    row_pending,
     save_args,
+    settles,
     state_event_args,
     still_as_read,
 )
@@ -173,6 +179,15 @@ PG_MIGRATIONS: Sequence[str] = (
         renewed_at TIMESTAMPTZ NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL
     )
+    """,
+    # version 6: events of a workspace's record, each with the workspace's generation
+    """
+    ALTER TABLE events
+        ALTER COLUMN operation DROP NOT NULL,
+        ALTER COLUMN verb DROP NOT NULL,
+        ADD COLUMN generation INTEGER,
+        ADD COLUMN record TEXT;
+    UPDATE events e SET generation = o.generation FROM operations o WHERE o.id = e.operation
     """,
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
@@ -407,22 +422,29 @@ class PostgresStore:
         )
         return int((row or (0,))[0] or 0) + 1
 
-    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+    async def save(
+        self, deployment: Deployment, *, replaces: Deployment | None = None, note: str | None = None
+    ) -> bool:
         async def work(conn: Connection) -> bool:
             if replaces is not None:
                 row = await _one(conn, AS_READ, (replaces.slug, replaces.generation))
                 if not still_as_read(row, replaces):
                     return False
+            before = await _get(conn, deployment.slug)
             await _save(conn, deployment)
+            await _changed(conn, deployment.slug, before, operation=None, verb=None, note=note)
             return True
 
         return await self._write(work)
 
     async def archive(self, slug: str) -> None:
         async def work(conn: Connection) -> None:
+            before = await _get(conn, slug)
             await conn.execute(
                 "UPDATE deployments SET archived = 1 WHERE slug = %s AND archived = 0", (slug,)
             )
+            if before is not None:
+                await _changed(conn, slug, before, operation=None, verb=None)
 
         await self._write(work)
 
@@ -440,7 +462,7 @@ class PostgresStore:
             made = await _one(conn, NEW_OPERATION + " RETURNING id", new_operation_args(new))
             assert made is not None
             ident = int(made[0])
-            await _event(conn, ident, new.slug, new.verb, "state", state=new.state)
+            await _event(conn, ident, new.slug, new.verb, "state", state=new.state, generation=new.generation)
             found = await _operation_where(conn, "id = %s", ident)
             assert found is not None
             return found, "created"
@@ -456,11 +478,13 @@ class PostgresStore:
             )
             if row is None:
                 return False  # fenced: another host settled it
+            before = await _get(conn, deployment.slug)
             if archive_first:
                 await conn.execute(
                     "UPDATE deployments SET archived = 1 WHERE slug = %s AND archived = 0", (deployment.slug,)
                 )
             await _save(conn, deployment)
+            await _changed(conn, deployment.slug, before, operation=operation, verb=row[0])
             await _event(
                 conn,
                 operation,
@@ -469,6 +493,7 @@ class PostgresStore:
                 "state",
                 state="running",
                 record_state=deployment.state,
+                generation=deployment.generation,
             )
             return True
 
@@ -485,12 +510,14 @@ class PostgresStore:
         result: DeploymentRef | None = None,
     ) -> bool:
         async def work(conn: Connection) -> bool:
+            was = await _one(conn, OPERATION_WAS, (operation,))  # under the write lock: as ended
             row = await _one(
                 conn, END_OPERATION + " RETURNING slug, verb", end_args(operation, state, error, result)
             )
-            if row is None:
+            if row is None or was is None:
                 return False  # fenced: the record is left as whoever settled it wrote it
             slug, verb = row
+            before = await _get(conn, slug)
             if deployment is not None:
                 await _save(conn, deployment)
                 if archive:
@@ -498,9 +525,10 @@ class PostgresStore:
                         "UPDATE deployments SET archived = 1 WHERE slug = %s AND generation = %s",
                         (deployment.slug, deployment.generation),
                     )
-            record = await _one(
-                conn, "SELECT state FROM deployments WHERE slug = %s AND archived = 0", (slug,)
-            )
+                await _changed(conn, slug, before, operation=operation, verb=verb, exclude=operation)
+            elif final_waits(was, before):
+                return True  # its final event is written by the write that settles the record
+            record = await _get(conn, slug)
             await _event(
                 conn,
                 operation,
@@ -509,8 +537,9 @@ class PostgresStore:
                 "state",
                 state=state,
                 error=error,
-                record_state=record[0] if record else None,
+                record_state=record.state if record else None,
                 message=(error or {}).get("message"),
+                generation=int(was[3]),
             )
             return True
 
@@ -524,7 +553,9 @@ class PostgresStore:
             await conn.execute(
                 "UPDATE operations SET cancel_requested = %s WHERE id = %s", (reason, operation)
             )
-            await _event(conn, operation, found.slug, found.verb, "cancel", message=reason)
+            await _event(
+                conn, operation, found.slug, found.verb, "cancel", message=reason, generation=found.generation
+            )
             return found.model_copy(update={"cancel_requested": reason})
 
         return await self._write(work)
@@ -806,11 +837,44 @@ async def _event(
     message: str | None = None,
     error: dict[str, Any] | None = None,
     record_state: str | None = None,
+    generation: int | None = None,
 ) -> None:
     args = state_event_args(
-        operation, slug, verb, kind, state=state, message=message, error=error, record_state=record_state
+        operation,
+        slug,
+        verb,
+        kind,
+        state=state,
+        message=message,
+        error=error,
+        record_state=record_state,
+        generation=generation,
     )
     await conn.execute(for_postgres(STATE_EVENT).encode(), args)
+
+
+async def _changed(
+    conn: Connection,
+    slug: str,
+    before: Deployment | None,
+    *,
+    operation: int | None,
+    verb: str | None,
+    note: str | None = None,
+    exclude: int | None = None,
+) -> None:
+    """The events of a change of ``slug``'s record (``record_changed``), in its write."""
+    pending = []
+    if before is not None and settles(before):
+        rows = await _all(conn, PENDING_FINALS, (slug, before.generation))
+        pending = [found for found in map(row_pending, rows) if found.id != exclude]
+    change = record_changed(
+        slug, before, await _get(conn, slug), pending, operation=operation, verb=verb, note=note
+    )
+    async with conn.cursor() as cursor:
+        if change.logs:
+            await cursor.executemany(for_postgres(PROGRESS_EVENT).encode(), change.logs)
+        await cursor.executemany(for_postgres(STATE_EVENT).encode(), change.events)
 
 
 async def _save(conn: Connection, deployment: Deployment) -> None:

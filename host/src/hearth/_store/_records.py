@@ -123,6 +123,38 @@ MIGRATIONS: Sequence[str] = (
         expires_at TEXT NOT NULL
     )
     """,
+    # version 6: events of a workspace's record (``workspace``: no operation need cause them),
+    # each with the workspace's generation and, for ``workspace``, the record as it then was;
+    # the table is rebuilt (SQLite cannot drop NOT NULL) and keeps its sequence
+    """
+    CREATE TABLE events_v6 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        operation INTEGER,
+        slug TEXT NOT NULL,
+        verb TEXT,
+        kind TEXT NOT NULL,
+        state TEXT,
+        level TEXT,
+        message TEXT,
+        fraction REAL,
+        error TEXT,
+        record_state TEXT,
+        generation INTEGER,
+        record TEXT
+    );
+    INSERT INTO events_v6 (seq, at, operation, slug, verb, kind, state, level, message, fraction,
+            error, record_state, generation)
+        SELECT e.seq, e.at, e.operation, e.slug, e.verb, e.kind, e.state, e.level, e.message,
+            e.fraction, e.error, e.record_state, o.generation
+        FROM events e LEFT JOIN operations o ON o.id = e.operation ORDER BY e.seq;
+    DELETE FROM sqlite_sequence WHERE name = 'events_v6';
+    UPDATE sqlite_sequence SET name = 'events_v6' WHERE name = 'events';
+    DROP TABLE events;
+    ALTER TABLE events_v6 RENAME TO events;
+    CREATE INDEX events_by_operation ON events (operation, seq);
+    CREATE INDEX events_by_slug ON events (slug, seq)
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -34,6 +34,8 @@ from ._base import (
     NAME_BACKEND,
     NEW_OPERATION,
     OPERATION_COLUMNS,
+    OPERATION_WAS,
+    PENDING_FINALS,
     PROGRESS_EVENT,
     RELEASE_KEY,
     SAVE,
@@ -45,16 +47,20 @@ from ._base import (
     deployments_query,
     end_args,
     events_query,
+    final_waits,
     new_operation_args,
     operations_query,
     private_file,
     progress_event_args,
     reason_of,
+    record_changed,
     row_deployment,
     row_event,
     row_log_line,
     row_operation,
+    row_pending,
     save_args,
+    settles,
     state_event_args,
     still_as_read,
 )
@@ -297,10 +303,13 @@ class SQLiteStore:
 
         return await self._on_thread(work)
 
-    async def save(self, deployment: Deployment, *, replaces: Deployment | None = None) -> bool:
+    async def save(
+        self, deployment: Deployment, *, replaces: Deployment | None = None, note: str | None = None
+    ) -> bool:
         """Write the record; with ``replaces`` (the record as the caller read it) only if it is
         still so: False, and nothing written, when another host changed it meanwhile (the fence
-        of a settle by a host that lost its slug lock)."""
+        of a settle by a host that lost its slug lock). ``note``: a settle's line for the log of
+        the operation that left the record transient."""
 
         def work() -> bool:
             with self._write() as db:
@@ -308,7 +317,9 @@ class SQLiteStore:
                     row = db.execute(AS_READ, (replaces.slug, replaces.generation)).fetchone()
                     if not still_as_read(row, replaces):
                         return False
+                before = self._get(deployment.slug)
                 _save(db, deployment)
+                self._changed(db, deployment.slug, before, operation=None, verb=None, note=note)
                 return True
 
         return await self._on_thread(work)
@@ -316,9 +327,34 @@ class SQLiteStore:
     async def archive(self, slug: str) -> None:
         def work() -> None:
             with self._write() as db:
+                before = self._get(slug)
                 db.execute("UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0", (slug,))
+                if before is not None:
+                    self._changed(db, slug, before, operation=None, verb=None)
 
         await self._on_thread(work)
+
+    def _changed(
+        self,
+        db: sqlite3.Connection,
+        slug: str,
+        before: Deployment | None,
+        *,
+        operation: int | None,
+        verb: str | None,
+        note: str | None = None,
+        exclude: int | None = None,
+    ) -> None:
+        """The events of a change of ``slug``'s record (``record_changed``), in its write."""
+        pending = []
+        if before is not None and settles(before):
+            rows = db.execute(PENDING_FINALS, (slug, before.generation)).fetchall()
+            pending = [found for found in map(row_pending, rows) if found.id != exclude]
+        change = record_changed(
+            slug, before, self._get(slug), pending, operation=operation, verb=verb, note=note
+        )
+        db.executemany(PROGRESS_EVENT, change.logs)
+        db.executemany(STATE_EVENT, change.events)
 
     # --- operations --------------------------------------------------------------------------
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
@@ -341,7 +377,7 @@ class SQLiteStore:
             cursor = db.execute(NEW_OPERATION, new_operation_args(new))
             ident = cursor.lastrowid
             assert ident is not None
-            _event(db, ident, new.slug, new.verb, "state", state=new.state)
+            _event(db, ident, new.slug, new.verb, "state", state=new.state, generation=new.generation)
             made = self._operation_where("id = ?", ident)
             assert made is not None
             return made, "created"
@@ -358,6 +394,7 @@ class SQLiteStore:
                 ).rowcount
                 if not started:
                     return False
+                before = self._get(deployment.slug)
                 if archive_first:
                     db.execute(
                         "UPDATE deployments SET archived = 1 WHERE slug = ? AND archived = 0",
@@ -365,6 +402,7 @@ class SQLiteStore:
                     )
                 _save(db, deployment)
                 verb = db.execute("SELECT verb FROM operations WHERE id = ?", (operation,)).fetchone()[0]
+                self._changed(db, deployment.slug, before, operation=operation, verb=verb)
                 _event(
                     db,
                     operation,
@@ -373,6 +411,7 @@ class SQLiteStore:
                     "state",
                     state="running",
                     record_state=deployment.state,
+                    generation=deployment.generation,
                 )
                 return True
 
@@ -395,9 +434,12 @@ class SQLiteStore:
 
         def work() -> bool:
             with self._write() as db:
+                was = db.execute(OPERATION_WAS, (operation,)).fetchone()
                 changed = db.execute(END_OPERATION, end_args(operation, state, error, result)).rowcount
                 if not changed:
                     return False  # fenced: the record stays as whoever settled it wrote it
+                _, slug, verb, generation = was
+                before = self._get(slug)
                 if deployment is not None:
                     _save(db, deployment)
                     if archive:
@@ -405,12 +447,10 @@ class SQLiteStore:
                             "UPDATE deployments SET archived = 1 WHERE slug = ? AND generation = ?",
                             (deployment.slug, deployment.generation),
                         )
-                slug, verb = db.execute(
-                    "SELECT slug, verb FROM operations WHERE id = ?", (operation,)
-                ).fetchone()
-                record = db.execute(
-                    "SELECT state FROM deployments WHERE slug = ? AND archived = 0", (slug,)
-                ).fetchone()
+                    self._changed(db, slug, before, operation=operation, verb=verb, exclude=operation)
+                elif final_waits(was, before):
+                    return True  # its final event is written by the write that settles the record
+                record = self._get(slug)
                 _event(
                     db,
                     operation,
@@ -419,8 +459,9 @@ class SQLiteStore:
                     "state",
                     state=state,
                     error=error,
-                    record_state=record[0] if record else None,
+                    record_state=record.state if record else None,
                     message=(error or {}).get("message"),
+                    generation=generation,
                 )
                 return True
 
@@ -438,7 +479,15 @@ class SQLiteStore:
                 if found.finished:
                     return found
                 db.execute("UPDATE operations SET cancel_requested = ? WHERE id = ?", (reason, operation))
-                _event(db, operation, found.slug, found.verb, "cancel", message=reason)
+                _event(
+                    db,
+                    operation,
+                    found.slug,
+                    found.verb,
+                    "cancel",
+                    message=reason,
+                    generation=found.generation,
+                )
                 return found.model_copy(update={"cancel_requested": reason})
 
         return await self._on_thread(work)
@@ -542,11 +591,20 @@ def _event(
     message: str | None = None,
     error: dict[str, Any] | None = None,
     record_state: str | None = None,
+    generation: int | None = None,
 ) -> None:
     db.execute(
         STATE_EVENT,
         state_event_args(
-            operation, slug, verb, kind, state=state, message=message, error=error, record_state=record_state
+            operation,
+            slug,
+            verb,
+            kind,
+            state=state,
+            message=message,
+            error=error,
+            record_state=record_state,
+            generation=generation,
         ),
     )
 
