@@ -123,6 +123,14 @@ MIGRATIONS: Sequence[str] = (
         expires_at TEXT NOT NULL
     )
     """,
+    # version 6: the idempotency keys that joined another key's operation, each bound to it for
+    # good (a replay answers that operation, never starts work)
+    """
+    CREATE TABLE operation_keys (
+        key TEXT PRIMARY KEY,
+        operation INTEGER NOT NULL
+    )
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
