@@ -459,6 +459,10 @@ async def test_a_provision_with_nothing_to_do_records_nothing_and_answers_what_m
         ops = await host.operations(slug="alpha")
         again = await host.start_provision("alpha", tier="solo", driver="fake", key="again-1")
         assert again.id == made.id and await host.operations(slug="alpha") == ops
+        # a teardown of a torn-down workspace answers the teardown, as a provision does
+        gone = await host.start_teardown("alpha", key="gone-1")
+        assert (gone.id, gone.verb, gone.state) == (ops[-1].id, "teardown", "succeeded")
+        assert await host.operations(slug="alpha") == ops
         # a provision whose key cannot be bound to an upgrade (it asked for a provision) keeps
         # the old record: a finished no-op of its own
         await host.provision("beta", tier="solo", driver="fake")

@@ -70,6 +70,41 @@ async def test_a_start_whose_first_write_fails_ends_failed_and_a_retry_with_its_
         assert again.id == ops[1].id  # the key now names the operation that ran
 
 
+async def test_a_key_that_joined_a_start_that_failed_on_a_write_is_released_to_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    original = SQLiteStore.begin
+    held = [True]
+
+    async def begin_fails_once_released(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        if held[0]:
+            held[0] = False
+            await gate.wait()  # the test joins the operation meanwhile
+            raise StoreError(f"the store {self.path} cannot be used: {FULL}")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, "begin", begin_fails_once_released)
+    async with make_host(tmp_path) as host:
+        first = await host.start_provision("disk", tier="solo", driver="fake", key="kA")
+        joined = await host.start_provision("disk", tier="solo", driver="fake", key="kB")
+        assert joined.id == first.id
+        gate.set()
+        dead = await first.wait(timeout=30)
+        assert dead.state == "failed" and dead.error is not None and dead.error["changed_nothing"] is True
+        ref = await host.provision("disk", tier="solo", driver="fake", key="kB")  # released: it runs
+        assert ref.workspace_slug == "disk"
+        ops = await host.operations(slug="disk")
+        assert [(op.state, op.key) for op in ops] == [("failed", "kA"), ("succeeded", "kB")]
+        # the starter's key, retried, has nothing to do: it answers what made the workspace
+        again = await host.start_provision("disk", tier="solo", driver="fake", key="kA")
+        assert again.id == ops[1].id
+        assert [(op.state, op.key) for op in await host.operations(slug="disk")] == [
+            ("failed", None),
+            ("succeeded", "kB"),
+        ]
+
+
 async def test_a_start_whose_end_fails_too_is_ended_by_reconcile_saying_a_write_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -247,7 +247,8 @@ def rules(
 
 def same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
     """A plain ``provision`` of a ready workspace with its own tier and driver returns its ref
-    and records nothing (a start with a key, or ``start_provision``, records a no-op)."""
+    and records nothing (a start with a key, or ``start_provision``, records nothing either: it
+    answers the operation that made the workspace, ``noop_answer``)."""
     return (
         record is not None
         and record.state == "ready"
