@@ -151,6 +151,7 @@ async def test_a_key_that_joined_answers_its_operation_for_good(tmp_path: Path) 
         assert again.headers["location"] == f"/v1/operations/{ident}"
         ops = (await client.get("/v1/operations", params={"slug": "gamma"})).json()
         assert [op["id"] for op in ops] == [ident]
+        assert (await client.get("/v1/workspaces/gamma")).status_code == 404  # it did not come back
 
 
 async def test_a_finished_operation_is_not_cancelled_and_one_read_by_id_has_its_log(tmp_path: Path) -> None:
