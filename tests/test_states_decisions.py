@@ -18,6 +18,7 @@ from hearth._states import (
     Verb,
     after_cancel,
     after_timeout,
+    answers_noop,
     binds_key,
     busy_message,
     cancel_note,
@@ -269,6 +270,21 @@ def test_a_start_with_nothing_to_do_answers_the_operation_that_made_the_record(
     state: str, generation: int, succeeded: list[tuple[int, int, str]], answer: int | None
 ) -> None:
     assert noop_answer(state, generation, succeeded) == answer
+
+
+@pytest.mark.parametrize(
+    ("key", "made", "answers"),
+    [
+        (None, ("a", "upgrade", "team", "fake"), True),  # no key: what made it answers
+        ("k", ("a", "provision", "team", "fake"), True),  # the key can name it
+        ("k", ("a", "upgrade", "team", "fake"), False),  # a replay would conflict: a no-op keeps it
+        ("k", ("a", "adopt", "team", "fake"), False),
+    ],
+)
+def test_the_operation_that_made_a_workspace_answers_a_keyed_no_op_only_if_its_key_can_name_it(
+    key: str | None, made: tuple[str, str, str, str], answers: bool
+) -> None:
+    assert answers_noop(key, made, ("a", "provision", "team", "fake")) is answers
 
 
 @pytest.mark.parametrize(

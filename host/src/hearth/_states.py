@@ -474,6 +474,15 @@ def noop_answer(state: str, generation: int, succeeded: Sequence[tuple[int, int,
     return max(found) if found else None
 
 
+def answers_noop(key: str | None, made: Keyed, asked: Keyed) -> bool:
+    """Whether the operation that made the workspace (``noop_answer``; ``made``: what it did)
+    answers a start with nothing to do (``asked``): always without a key; with one, only when
+    the key can be bound to it (``same_key``), else a replay would be a ``conflict`` with what
+    the key first asked for (an upgrade made it, a keyed provision asks): then a finished no-op
+    of its own keeps the key."""
+    return key is None or same_key(made, asked)
+
+
 def cancel_refused(ident: int, state: str) -> InvalidTransition | None:
     """The refusal of a cancel of operation ``ident``, now ``state``: a finished operation has
     nothing left to cancel (``invalid_transition`` naming its state), where an answer as if the

@@ -21,6 +21,7 @@ from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile,
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
     Recorded,
+    answers_noop,
     binds_key,
     busy_message,
     joins,
@@ -157,9 +158,8 @@ class Admission:
         return self._same_key(found, request)
 
     async def _made(self, record: Deployment, request: Request) -> Operation | None:
-        """The operation that made ``record`` what it is (``_states.noop_answer``), if any; for
-        a start with a key, only one its key can be bound to (``_states.same_key``: an upgrade
-        made it, a provision asks): else a finished no-op keeps the key, as before."""
+        """The operation that made ``record`` what it is (``_states.noop_answer``), if it
+        answers ``request`` (``_states.answers_noop``)."""
         store = self._core.store
         succeeded = await store.operations(slug=record.slug, state="succeeded")
         ident = noop_answer(
@@ -167,13 +167,11 @@ class Admission:
         )
         made = next((op for op in succeeded if op.id == ident), None)
         ours = (request.slug, request.verb, request.tier, request.driver)
-        if (
-            made is None
-            or request.key is None
-            or same_key((made.slug, made.verb, made.tier, made.driver), ours)
+        if made is None or not answers_noop(
+            request.key, (made.slug, made.verb, made.tier, made.driver), ours
         ):
-            return made
-        return None
+            return None
+        return made
 
     def _same_key(self, operation: Operation, request: Request) -> Operation:
         """A key already used: that operation, if it was for the same thing."""
