@@ -32,6 +32,7 @@ from hearth import (
     Host,
     Interrupted,
     InvalidInput,
+    InvalidTransition,
     NotFound,
     Operation,
     ReconcileReport,
@@ -420,6 +421,85 @@ async def test_a_used_key_returns_its_operation_even_finished_and_from_another_p
         assert [o.id for o in await host.operations(slug="beta")] == [first.id]
         assert await host.operations(slug="gamma") == []
     assert len(calls(site.home, "provision")) == 1
+
+
+async def test_a_key_that_joined_an_operation_answers_it_for_good_and_never_starts_work(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host, make_host(tmp_path) as other:
+        first = await host.start_provision("alpha", tier="slow", driver="fake", key="idemA")
+        joined = await host.start_provision("alpha", tier="slow", driver="fake", key="idemB")
+        assert joined.id == first.id
+        await first_progress(first)  # running in the adapter: the cancel rolls it back
+        await first.cancel(reason="changed my mind")
+        assert (await first.wait(timeout=20)).state == "cancelled"
+        # the replay of the key that joined answers the cancelled operation, in either host
+        for who in (host, other):
+            again = await who.start_provision("alpha", tier="slow", driver="fake", key="idemB")
+            assert (again.id, again.state) == (first.id, "cancelled")
+        assert [op.id for op in await host.operations(slug="alpha")] == [first.id]
+        assert await host.deployments() == []  # the cancelled workspace did not come back
+        with pytest.raises(Conflict, match="idempotency key"):  # the key asked for this only
+            await host.start_provision("alpha", tier="brisk", driver="fake", key="idemB")
+
+
+async def test_a_provision_with_nothing_to_do_records_nothing_and_answers_what_made_the_workspace(
+    tmp_path: Path,
+) -> None:
+    async with make_host(tmp_path) as host:
+        made = await host.start_provision("alpha", tier="solo", driver="fake")
+        assert (await made.wait(timeout=30)).state == "succeeded"
+        for key in (None, "again-1"):
+            again = await host.start_provision("alpha", tier="solo", driver="fake", key=key)
+            assert (again.id, again.state, again.finished) == (made.id, "succeeded", True)
+        upgraded = await host.start_upgrade("alpha", tier="team")
+        assert (await upgraded.wait(timeout=30)).state == "succeeded"
+        again = await host.start_provision("alpha", tier="team", driver="fake")
+        assert (again.id, again.state) == (upgraded.id, "succeeded")  # the upgrade made it so
+        assert [op.id for op in await host.operations(slug="alpha")] == [made.id, upgraded.id]
+        # a key whose answer was the operation that made the workspace is bound to it: its
+        # replay answers it, even once the workspace is gone, and never starts work
+        await host.teardown("alpha")
+        ops = await host.operations(slug="alpha")
+        again = await host.start_provision("alpha", tier="solo", driver="fake", key="again-1")
+        assert again.id == made.id and await host.operations(slug="alpha") == ops
+        # a teardown of a torn-down workspace answers the teardown, as a provision does
+        gone = await host.start_teardown("alpha", key="gone-1")
+        assert (gone.id, gone.verb, gone.state) == (ops[-1].id, "teardown", "succeeded")
+        assert await host.operations(slug="alpha") == ops
+        # a provision whose key cannot be bound to an upgrade (it asked for a provision) keeps
+        # the old record: a finished no-op of its own
+        await host.provision("beta", tier="solo", driver="fake")
+        await host.upgrade("beta", tier="team")
+        keyed = await host.start_provision("beta", tier="team", driver="fake", key="beta-1")
+        assert (keyed.verb, keyed.state, keyed.key) == ("provision", "succeeded", "beta-1")
+        assert len(await host.operations(slug="beta")) == 3
+
+
+async def test_a_finished_operation_cannot_be_cancelled(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("alpha", tier="solo", driver="fake")
+        assert (await op.wait(timeout=30)).state == "succeeded"
+        seq = await host.store.last_seq()
+        with pytest.raises(InvalidTransition, match=rf"operation #{op.id} is succeeded") as caught:
+            await op.cancel(reason="too late")
+        assert caught.value.kind == "invalid_transition" and caught.value.state == "succeeded"
+        with pytest.raises(InvalidTransition):
+            await (await host.operation(op.id)).cancel(reason="too late")
+        after = await host.operation(op.id)
+        assert after.cancel_requested is None and await host.store.last_seq() == seq  # nothing recorded
+
+
+async def test_an_operation_read_by_id_carries_its_log_and_a_list_leaves_it_out(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("alpha", tier="solo", driver="fake")
+        waited = await op.wait(timeout=30)
+        assert waited.state == "succeeded" and waited.log
+        read = await host.operation(op.id)
+        [logged] = await host.logs("alpha")
+        assert read.log == logged.log and read.log[-1].message
+        [listed] = await host.operations(slug="alpha")
+        assert listed.log == ()
 
 
 # --- 3: busy ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from hearth import (
     Event,
     Host,
     InvalidInput,
+    InvalidTransition,
     NotFound,
     RemoteHost,
     Unavailable,
@@ -165,6 +166,24 @@ async def test_typed_errors_come_back(tmp_path: Path) -> None:
         with pytest.raises(Cancelled):
             await op.result(timeout=BOUND)
         assert (await op.wait(timeout=BOUND)).state == "cancelled"
+
+
+async def test_a_finished_operation_is_not_cancelled_and_one_read_by_id_has_its_log(tmp_path: Path) -> None:
+    async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
+        op = await remote.start_provision("omega", tier="solo", driver="fake", key="omega-1")
+        waited = await op.wait(timeout=BOUND)
+        assert waited.state == "succeeded" and waited.log
+        read = await remote.operation(op.id)
+        assert read.log == waited.log
+        [listed] = await remote.operations(slug="omega")
+        assert listed.log == ()
+        with pytest.raises(InvalidTransition, match=rf"operation #{op.id} is succeeded") as caught:
+            await read.cancel(reason="too late")
+        assert caught.value.state == "succeeded"
+        # a provision with nothing to do answers the operation that made the workspace
+        again = await remote.start_provision("omega", tier="solo", driver="fake", key="omega-2")
+        assert (again.id, again.state) == (op.id, "succeeded")
+        assert len(await remote.operations(slug="omega")) == 1
 
 
 async def test_cancelling_the_caller_cancels_the_operation_it_started(tmp_path: Path) -> None:

@@ -134,6 +134,57 @@ async def test_an_idempotency_key_names_one_operation(tmp_path: Path) -> None:
         assert again.status_code == 200 and again.json()["id"] == first.json()["id"]  # finished already
 
 
+async def test_a_key_that_joined_answers_its_operation_for_good(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        body = {"slug": "gamma", "tier": "slow", "driver": "fake"}
+        first = await client.post("/v1/workspaces", json=body, headers={"Idempotency-Key": "idemA"})
+        joined = await client.post("/v1/workspaces", json=body, headers={"Idempotency-Key": "idemB"})
+        assert first.status_code == joined.status_code == 202
+        ident = first.json()["id"]
+        assert joined.json()["id"] == ident
+        cancel = await client.delete(f"/v1/operations/{ident}", params={"reason": "changed my mind"})
+        assert cancel.status_code == 202, cancel.text
+        done = await client.get(f"/v1/operations/{ident}/wait", params={"timeout": 20})
+        assert done.json()["state"] == "cancelled"
+        again = await client.post("/v1/workspaces", json=body, headers={"Idempotency-Key": "idemB"})
+        assert again.status_code == 200, again.text  # finished: answered, nothing started
+        assert (again.json()["id"], again.json()["state"]) == (ident, "cancelled")
+        assert again.headers["location"] == f"/v1/operations/{ident}"
+        ops = (await client.get("/v1/operations", params={"slug": "gamma"})).json()
+        assert [op["id"] for op in ops] == [ident]
+        assert (await client.get("/v1/workspaces/gamma")).status_code == 404  # it did not come back
+
+
+async def test_a_finished_operation_is_not_cancelled_and_one_read_by_id_has_its_log(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        body = {"slug": "delta", "tier": "solo", "driver": "fake"}
+        made = await client.post("/v1/workspaces", json=body, params={"wait": 20})
+        assert made.status_code == 200 and made.json()["state"] == "succeeded", made.text
+        ident = made.json()["id"]
+        refused = await client.delete(f"/v1/operations/{ident}", params={"reason": "too late"})
+        assert refused.status_code == 409 and error_kind(refused) == "invalid_transition", refused.text
+        assert refused.json()["error"]["state"] == "succeeded"
+        read = (await client.get(f"/v1/operations/{ident}")).json()
+        assert read["cancel_requested"] is None and read["log"], read
+        waited = (await client.get(f"/v1/operations/{ident}/wait", params={"timeout": 1})).json()
+        assert waited["log"] == read["log"]
+        [logged] = (await client.get("/v1/workspaces/delta/logs")).json()
+        assert logged["log"] == read["log"]
+        [listed] = (await client.get("/v1/operations", params={"slug": "delta"})).json()
+        assert listed["log"] == []  # a list leaves the logs out
+
+        # a provision with nothing to do: 200 with the operation that made the workspace, at
+        # once (no ?wait), and nothing recorded; a start that runs answers 202
+        for key in ({}, {"Idempotency-Key": "noop-1"}):
+            again = await client.post("/v1/workspaces", json=body, headers=key)
+            assert again.status_code == 200, again.text
+            assert (again.json()["id"], again.json()["state"]) == (ident, "succeeded")
+            assert again.headers["location"] == f"/v1/operations/{ident}"
+        assert len((await client.get("/v1/operations")).json()) == 1
+        upgrade = await client.post("/v1/workspaces/delta/upgrade", json={"tier": "brisk"})
+        assert upgrade.status_code == 202 and not upgrade.json()["finished_at"], upgrade.text
+
+
 async def test_errors_carry_their_kind_and_status(tmp_path: Path) -> None:
     async with api(tmp_path) as client:
         made = await client.post(

@@ -83,7 +83,8 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
     _write_settings(tmp_path, text)
     with pytest.raises(InvalidInput) as caught:
         load_settings(tmp_path)
-    assert str(tmp_path / ".hearth" / "hearth.toml") in str(caught.value)
+    assert str(caught.value).startswith("the project's hearth.toml: ")
+    assert str(tmp_path) not in str(caught.value)  # no path of the host's in an API's error
     assert message in str(caught.value)
 
 
@@ -115,7 +116,8 @@ def test_the_model_refuses_an_unknown_key_at_each_level_naming_file_and_dotted_k
     _write_settings(tmp_path, text)
     with pytest.raises(InvalidInput) as caught:
         load_settings(tmp_path)
-    assert str(caught.value).startswith(f"{tmp_path / '.hearth' / 'hearth.toml'}: ")
+    assert str(caught.value).startswith("the project's hearth.toml: ")
+    assert str(tmp_path) not in str(caught.value)  # no path of the host's in an API's error
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 

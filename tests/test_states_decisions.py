@@ -18,15 +18,19 @@ from hearth._states import (
     Verb,
     after_cancel,
     after_timeout,
+    answers_noop,
+    binds_key,
     busy_message,
     cancel_note,
     cancel_outcome_recorded,
+    cancel_refused,
     dead_owner_end,
     failure_reason,
     failure_unconfirmed,
     final_event_waits,
     key_released,
     needs_status,
+    noop_answer,
     preview_verb,
     resolution_note,
     same_key,
@@ -229,6 +233,81 @@ def test_a_key_is_released_to_a_retry_only_when_its_start_failed_on_a_store_writ
     state: str, error: dict[str, Any] | None, released: bool
 ) -> None:
     assert key_released(state, error) is released
+
+
+@pytest.mark.parametrize(
+    ("key", "operation_key", "binds"),
+    [
+        ("idemB", "idemA", True),  # joined another key's operation: bound to it for good
+        ("idemB", None, True),  # joined (or answered by) an operation started without a key
+        ("idemA", "idemA", False),  # its own operation: the key is already its own
+        (None, "idemA", False),  # no key: nothing to bind
+        (None, None, False),
+    ],
+)
+def test_a_key_is_bound_to_the_operation_it_joined_unless_it_is_that_operations_own(
+    key: str | None, operation_key: str | None, binds: bool
+) -> None:
+    assert binds_key(key, operation_key) is binds
+
+
+#: (id, generation, verb) of a slug's succeeded operations.
+SUCCEEDED = [(1, 1, "provision"), (2, 1, "upgrade"), (3, 1, "teardown"), (4, 2, "adopt"), (7, 2, "provision")]
+
+
+@pytest.mark.parametrize(
+    ("state", "generation", "succeeded", "answer"),
+    [
+        ("ready", 1, SUCCEEDED[:2], 2),  # the upgrade made it what it is
+        ("ready", 1, SUCCEEDED[:1], 1),
+        ("tier_torn_down", 1, SUCCEEDED, 3),  # the teardown, of its own generation
+        ("ready", 2, SUCCEEDED, 7),  # the last of its generation only
+        ("ready", 2, SUCCEEDED[:4], 4),  # adopted
+        ("ready", 3, SUCCEEDED, None),  # none of its generation (reconcile settled it): a no-op
+        ("tier_torn_down", 2, SUCCEEDED, None),
+        ("ready", 1, [], None),
+    ],
+)
+def test_a_start_with_nothing_to_do_answers_the_operation_that_made_the_record(
+    state: str, generation: int, succeeded: list[tuple[int, int, str]], answer: int | None
+) -> None:
+    assert noop_answer(state, generation, succeeded) == answer
+
+
+@pytest.mark.parametrize(
+    ("key", "made", "answers"),
+    [
+        (None, ("a", "upgrade", "team", "fake"), True),  # no key: what made it answers
+        ("k", ("a", "provision", "team", "fake"), True),  # the key can name it
+        ("k", ("a", "upgrade", "team", "fake"), False),  # a replay would conflict: a no-op keeps it
+        ("k", ("a", "adopt", "team", "fake"), False),
+    ],
+)
+def test_the_operation_that_made_a_workspace_answers_a_keyed_no_op_only_if_its_key_can_name_it(
+    key: str | None, made: tuple[str, str, str, str], answers: bool
+) -> None:
+    assert answers_noop(key, made, ("a", "provision", "team", "fake")) is answers
+
+
+@pytest.mark.parametrize(
+    ("state", "refused"),
+    [
+        ("queued", False),
+        ("running", False),
+        ("succeeded", True),
+        ("failed", True),
+        ("cancelled", True),
+        ("interrupted", True),
+    ],
+)
+def test_a_cancel_of_a_finished_operation_is_an_invalid_transition(state: str, refused: bool) -> None:
+    error = cancel_refused(7, state)
+    if not refused:
+        assert error is None
+        return
+    assert error is not None and error.kind == "invalid_transition" and error.state == state
+    assert error.to_json()["operation"] == 7
+    assert error.message == f"operation #7 is {state}: a finished operation cannot be cancelled"
 
 
 def test_a_start_not_recorded_says_a_store_write_failed_and_that_nothing_changed() -> None:

@@ -149,6 +149,41 @@ async def test_a_finished_operation_gives_its_key_only_to_the_operation_that_ret
     await store.close()
 
 
+async def test_a_key_that_joined_an_operation_is_bound_to_it_for_good(opener: Opener) -> None:
+    store = await opener()
+    first, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a", key="A"))
+    assert await store.keyed("B") is None
+    assert await store.bind_key("B", first.id) == first
+    assert await store.keyed("B") == first and await store.keyed("A") == first
+    other, _ = await store.create_operation(NewOperation("beta", 1, "provision", "me:1:a", key="C"))
+    assert await store.bind_key("B", other.id) == first  # bound once: the first binding answers
+    assert await store.bind_key("C", first.id) == other  # a key that started an operation too
+    assert await store.end(first.id, "cancelled", {"kind": "cancelled"})
+    replay = NewOperation("alpha", 1, "provision", "me:1:a", key="B")
+    assert await store.create_operation(replay) == (await store.operation(first.id), "key")
+    # released to the operation that retakes it (its start failed on a write), and to it only
+    assert await store.end(other.id, "failed", {"kind": "store_error", "changed_nothing": True})
+    assert await store.bind_key("D", other.id) == await store.operation(other.id)
+    retry = NewOperation("beta", 1, "provision", "me:1:a", key="D", retakes=other.id)
+    again, how = await store.create_operation(retry)
+    assert how == "created" and again.key == "D" and await store.keyed("D") == again
+    assert await store.bind_key("C", again.id, retakes=other.id) == again
+    kept = await store.operation(other.id)
+    assert kept is not None and kept.key is None and await store.keyed("C") == again
+    await store.close()
+
+
+async def test_an_operation_read_by_id_may_carry_its_log(opener: Opener) -> None:
+    store = await opener()
+    op, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a"))
+    await store.add_events([NewEvent(op.id, "alpha", "provision", "progress", "info", "step 1", 0.5)])
+    plain = await store.operation(op.id)
+    logged = await store.operation(op.id, with_log=True)
+    assert plain is not None and plain.log == ()
+    assert logged is not None and [(line.message, line.fraction) for line in logged.log] == [("step 1", 0.5)]
+    await store.close()
+
+
 async def test_archiving_frees_the_slug_and_keeps_the_old_record(opener: Opener) -> None:
     store = await opener()
     await store.save(_deployment(state="tier_torn_down"))

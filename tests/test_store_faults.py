@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from hearth import Host, StoreError
+from hearth._lifecycle._runner import Runner
 from hearth._server._app import create_app
 from hearth._store._sqlite import SQLiteStore
 from tests.helpers import make_host
@@ -68,6 +69,78 @@ async def test_a_start_whose_first_write_fails_ends_failed_and_a_retry_with_its_
         assert [(op.state, op.key) for op in ops] == [("failed", None), ("succeeded", "k-1")]
         again = await host.start_provision("disk", tier="solo", driver="fake", key="k-1")
         assert again.id == ops[1].id  # the key now names the operation that ran
+
+
+async def test_a_key_that_joined_a_start_that_failed_on_a_write_is_released_to_its_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    original = SQLiteStore.begin
+    held = [True]
+
+    async def begin_fails_once_released(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        if held[0]:
+            held[0] = False
+            await gate.wait()  # the test joins the operation meanwhile
+            raise StoreError(f"the store {self.path} cannot be used: {FULL}")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteStore, "begin", begin_fails_once_released)
+    async with make_host(tmp_path) as host:
+        first = await host.start_provision("disk", tier="solo", driver="fake", key="kA")
+        joined = await host.start_provision("disk", tier="solo", driver="fake", key="kB")
+        assert joined.id == first.id
+        gate.set()
+        dead = await first.wait(timeout=30)
+        assert dead.state == "failed" and dead.error is not None and dead.error["changed_nothing"] is True
+        ref = await host.provision("disk", tier="solo", driver="fake", key="kB")  # released: it runs
+        assert ref.workspace_slug == "disk"
+        ops = await host.operations(slug="disk")
+        assert [(op.state, op.key) for op in ops] == [("failed", "kA"), ("succeeded", "kB")]
+        # the starter's key, retried, has nothing to do: it answers what made the workspace
+        again = await host.start_provision("disk", tier="solo", driver="fake", key="kA")
+        assert again.id == ops[1].id
+        assert [(op.state, op.key) for op in await host.operations(slug="disk")] == [
+            ("failed", None),
+            ("succeeded", "kB"),
+        ]
+
+
+async def test_a_cancel_that_lands_while_begin_is_written_leaves_the_record_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The begin write commits on the store's thread while its caller is cancelled: the record
+    it wrote (transient) is put back, not left for heal to find (issue 21, item 1's cancel)."""
+    original, runner_cancel = SQLiteStore.begin, Runner.cancel
+    written, cancelled = asyncio.Event(), asyncio.Event()
+
+    def cancel_seen(self: Runner, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return runner_cancel(self, *args, **kwargs)
+        finally:
+            cancelled.set()
+
+    async def begin_answered_after_a_cancel(self: SQLiteStore, *args: Any, **kwargs: Any) -> Any:
+        done = await original(self, *args, **kwargs)
+        written.set()
+        async with asyncio.timeout(20):  # its answer is late: a cancel comes first
+            await cancelled.wait()
+        return done
+
+    monkeypatch.setattr(Runner, "cancel", cancel_seen)
+    monkeypatch.setattr(SQLiteStore, "begin", begin_answered_after_a_cancel)
+    async with make_host(tmp_path) as host:
+        op = await host.start_provision("late", tier="slow", driver="fake", key="late-1")
+        async with asyncio.timeout(20):
+            await written.wait()
+        assert (await host.store.get("late")) is not None  # transient, while begin's answer is late
+        await op.cancel(reason="changed my mind")
+        ended = await op.wait(timeout=20)
+        assert ended.state == "cancelled" and ended.error is not None
+        assert ended.error.get("changed_nothing") is True, ended.error
+        assert "changed my mind" in ended.error["message"]
+        assert await host.store.get("late") is None  # no transient record left behind
+        assert await host.deployments() == []  # nor one that heal settled "failed"
 
 
 async def test_a_start_whose_end_fails_too_is_ended_by_reconcile_saying_a_write_failed(

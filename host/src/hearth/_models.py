@@ -202,7 +202,8 @@ class Operation(BaseModel):
     owner: str | None = None
     #: Why someone asked to cancel it, if anyone did.
     cancel_requested: str | None = None
-    #: Its log lines (filled by ``Host.logs``).
+    #: Its log lines: filled when it is read by id (``Host.operation``, ``wait``) and by
+    #: ``Host.logs``; a list (``Host.operations``) and a start's answer leave it empty.
     log: tuple[LogLine, ...] = ()
     _host: OperationOwner | None = PrivateAttr(default=None)
 

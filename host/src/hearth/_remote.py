@@ -367,7 +367,9 @@ class RemoteHost:
         asked = 0
         for op in builtins.list(self._mine.values()):
             if not op.finished and op.id not in self._cancelling:
-                self._cancelling[op.id] = asyncio.ensure_future(self._operation_cancel(op.id, reason))
+                asking = asyncio.ensure_future(self._operation_cancel(op.id, reason))
+                asking.add_done_callback(_asked)  # one that finished first is refused: nothing to do
+                self._cancelling[op.id] = asking
                 asked += 1
         return asked + self._starting
 
@@ -638,6 +640,13 @@ class RemoteHost:
         """The daemon's ``/v1/ready``: returns when its store can be used now; else the error
         it answered (``store_error`` saying what is wrong, ``closed`` while it stops)."""
         await self._call("GET", "/ready")
+
+
+def _asked(future: asyncio.Future[Operation]) -> None:
+    """A cancel ``cancel_running`` asked for has its answer read: a refusal (the operation
+    finished first, ``invalid_transition``) or a lost daemon is what the wait then says."""
+    if not future.cancelled():
+        future.exception()
 
 
 __all__ = ["DaemonUnavailable", "RemoteHost"]

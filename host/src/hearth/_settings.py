@@ -43,6 +43,10 @@ from ._dirs import has_password
 from ._errors import InvalidInput
 
 SETTINGS_FILE = Path(".hearth") / "hearth.toml"
+#: How an error names the settings file: never by its path on the host, which an error answered
+#: to a daemon's client would disclose (the host's folders, its user's name); the project is the
+#: one the host was started in (``hearth serve`` logs it, ``/v1/health`` says it).
+NAMED = "the project's hearth.toml"
 TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 #: How many of pydantic's problems one message lists.
 MAX_PROBLEMS = 3
@@ -184,7 +188,7 @@ class Settings:
         try:
             return self.tiers[name]
         except KeyError:
-            where = f" (built in, or from {self.source})" if self.source else ""
+            where = f" (built in, or from {NAMED})" if self.source else ""
             raise InvalidInput(
                 f"unknown tier {name!r}; choose one of {', '.join(sorted(self.tiers))}{where}"
             ) from None
@@ -207,26 +211,26 @@ def load_settings(project_dir: str | Path | None) -> Settings:
     except FileNotFoundError:
         return Settings(dict(BUILTIN_TIERS), {})
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+        raise InvalidInput(f"{NAMED}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     except OSError as exc:
-        raise InvalidInput(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        raise InvalidInput(f"{NAMED}: cannot be read: {exc.strerror or type(exc).__name__}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None
+        raise InvalidInput(f"{NAMED}: not valid TOML: {exc}") from None
     where = non_finite_path(data)  # TOML allows inf and nan; JSON (the wire) has neither
     if where is not None:  # checked over the whole file, free-form tables included
-        raise InvalidInput(f"{path}: {where}: the value is not a finite number (NaN or infinity)")
+        raise InvalidInput(f"{NAMED}: {where}: the value is not a finite number (NaN or infinity)")
     try:
         parsed = SettingsFile.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(f"{path}: {_problems(exc)}") from None
+        raise InvalidInput(f"{NAMED}: {_problems(exc)}") from None
     tiers = dict(BUILTIN_TIERS)
     for name, table in parsed.tiers.items():
         tiers[name] = _tier(name, table, BUILTIN_TIERS.get(name))
     if parsed.store is not None and has_password(parsed.store):
         raise InvalidInput(
-            f"{path}: store: the URL holds a password; the project's file is no place for a secret "
+            f"{NAMED}: store: the URL holds a password; the project's file is no place for a secret "
             "(put it in ~/.pgpass, mode 0600, or PGPASSWORD)"
         )
     return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve, parsed.store)

@@ -14,7 +14,7 @@ was: the rule "a record never lies" applies to refusals as much as to failures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -247,7 +247,8 @@ def rules(
 
 def same_ready(record: Deployment | None, tier: str, driver: str) -> bool:
     """A plain ``provision`` of a ready workspace with its own tier and driver returns its ref
-    and records nothing (a start with a key, or ``start_provision``, records a no-op)."""
+    and records nothing (a start with a key, or ``start_provision``, records nothing either: it
+    answers the operation that made the workspace, ``noop_answer``)."""
     return (
         record is not None
         and record.state == "ready"
@@ -380,12 +381,24 @@ def same_key(used: Keyed, asked: Keyed) -> bool:
     return used[:2] == asked[:2] and (asked[1] == "teardown" or used[2:] == asked[2:])
 
 
+def binds_key(key: str | None, operation_key: str | None) -> bool:
+    """Whether a start that joined an operation (or found nothing to do and answered the
+    operation that made the workspace what it is) binds its idempotency key to that operation:
+    whenever it has a key other than the operation's own. The binding is for good, as the key
+    that started an operation is: a replay of the key answers that operation, whatever its state
+    (cancelled, failed), and never starts work; had the key been forgotten, the replay of a
+    cancelled join would start the work again."""
+    return key is not None and key != operation_key
+
+
 def key_released(state: str, error: Mapping[str, Any] | None) -> bool:
     """Whether a used idempotency key is given up to a retry rather than answering with its
     operation: the operation's start failed on a store write (``failed``, ``store_error``,
     ``changed_nothing``), so no work ran and nothing was changed; answering the dead operation
     again would make the key useless for the retry a failed write asks for. Any other finished
-    operation, and one still queued or running, keeps its key."""
+    operation, and one still queued or running, keeps its key. A key that joined the operation
+    (``binds_key``) is released by the same rule: its caller was answered the same failure, for
+    the same work that never ran, and its retry asks for that work as the starter's does."""
     return (
         state == "failed"
         and error is not None
@@ -454,6 +467,49 @@ def settled_note(owner: str, was: str, now: str, reason: str | None) -> str:
     """The line a settle adds to the log of the operation that left the record transient."""
     why = f" ({reason})" if reason else ""
     return f"settled by {owner} from the adapter's status: the record went from {was} to {now}{why}"
+
+
+#: The verbs whose success leaves a record in each state a start can find with nothing to do.
+MADE_BY: dict[str, frozenset[str]] = {
+    "ready": frozenset({"provision", "upgrade", "adopt"}),
+    "tier_torn_down": frozenset({"teardown"}),
+}
+
+
+def noop_answer(state: str, generation: int, succeeded: Sequence[tuple[int, int, str]]) -> int | None:
+    """The operation a start with nothing to do answers (a provision of a ready workspace with
+    its own tier and driver, a teardown of a torn-down one), from the slug's ``succeeded``
+    operations as (id, generation, verb), by id. Such a start records nothing: it answers the
+    last operation that succeeded on the record's generation with a verb that leaves it
+    ``state`` (the one that made the workspace what it is), finished; a new operation each time
+    would fill the history with work that never ran. None when no operation made it so
+    (reconcile settled it): then a finished no-op is recorded, as before."""
+    verbs = MADE_BY.get(state, frozenset())
+    found = [ident for ident, gen, verb in succeeded if gen == generation and verb in verbs]
+    return max(found) if found else None
+
+
+def answers_noop(key: str | None, made: Keyed, asked: Keyed) -> bool:
+    """Whether the operation that made the workspace (``noop_answer``; ``made``: what it did)
+    answers a start with nothing to do (``asked``): always without a key; with one, only when
+    the key can be bound to it (``same_key``), else a replay would be a ``conflict`` with what
+    the key first asked for (an upgrade made it, a keyed provision asks): then a finished no-op
+    of its own keeps the key."""
+    return key is None or same_key(made, asked)
+
+
+def cancel_refused(ident: int, state: str) -> InvalidTransition | None:
+    """The refusal of a cancel of operation ``ident``, now ``state``: a finished operation has
+    nothing left to cancel (``invalid_transition`` naming its state), where an answer as if the
+    cancel were asked would tell the caller something may still change; None while it is
+    queued or running."""
+    if state not in ("succeeded", "failed", "cancelled", "interrupted"):
+        return None
+    return InvalidTransition(
+        f"operation #{ident} is {state}: a finished operation cannot be cancelled",
+        codes.INVALID_TRANSITION,
+        {"kind": "invalid_transition", "state": state, "operation": ident},
+    )
 
 
 def busy_message(slug: str, operation: int, verb: str, tier: str | None, state: str) -> str:

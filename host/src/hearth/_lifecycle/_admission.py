@@ -3,11 +3,14 @@
 A start checks its input, heals its slug, then, in order: a used idempotency key returns that
 operation (or ``conflict`` when its arguments differ); a live operation on the slug is *joined*
 when it does the same thing, else the start is ``busy``; the rules of ``_states`` refuse it or
-say it has nothing to do (recorded at once, succeeded); otherwise a queued operation is
-recorded and handed to the runner. A key whose operation's start failed on a store write is
-released to the retry (``_states.key_released``): the retry runs rather than answering that
-failure again. ``check`` and ``preview`` (``Host.plan``) are the same admission without the
-start.
+say it has nothing to do (it records nothing and answers the operation that made the workspace
+what it is, ``_states.noop_answer``; a finished no-op is recorded only when there is none);
+otherwise a queued operation is recorded and handed to the runner. A key that joined an
+operation, or was answered with the one that made the workspace, is bound to it for good
+(``_states.binds_key``): its replay answers that operation and never starts work. A key whose
+operation's start failed on a store write is released to the retry (``_states.key_released``):
+the retry runs rather than answering that failure again. ``check`` and ``preview``
+(``Host.plan``) are the same admission without the start.
 """
 
 from __future__ import annotations
@@ -16,7 +19,17 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile, co
 
 from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile, Unsupported
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
-from .._states import Recorded, busy_message, joins, key_released, preview_verb, same_key
+from .._states import (
+    Recorded,
+    answers_noop,
+    binds_key,
+    busy_message,
+    joins,
+    key_released,
+    noop_answer,
+    preview_verb,
+    same_key,
+)
 from .._store._base import NewOperation
 from ._checks import (
     Checks,
@@ -87,14 +100,15 @@ class Admission:
                 retakes = keyed.id  # its start failed on a write: the retry runs under the key
         while True:
             if active is not None:
-                return self.join(active, request, on_progress), False
+                return await self._joined(active, request, on_progress, retakes), False
             rule = rules_for(request, record)
             done: tuple[str, DeploymentRef | None] | None = None
             if rule.noop:  # nothing to do: the same ready workspace, a teardown already done
-                done = (
-                    "succeeded",
-                    record.ref if record is not None and request.verb == "provision" else None,
-                )
+                assert record is not None
+                made = await self._made(record, request)
+                if made is not None:  # recorded nothing: the operation that made it so answers
+                    return await self._bound(made, request, retakes), False
+                done = ("succeeded", record.ref if request.verb == "provision" else None)
             new = NewOperation(
                 request.slug,
                 record.generation if record is not None else await store.next_generation(request.slug),
@@ -112,7 +126,7 @@ class Admission:
                 return self._same_key(operation, request), False
             if how == "active":
                 if await self._recovery.owner_alive(operation):
-                    return self.join(operation, request, on_progress), False
+                    return await self._joined(operation, request, on_progress, retakes), False
                 await self._recovery.interrupted(operation)
                 record, active = await self._recovery.heal(request.slug)
                 continue
@@ -120,6 +134,44 @@ class Admission:
             if not operation.finished:
                 self._runner.launch(operation, request, on_progress)
             return operation, True
+
+    async def _joined(
+        self,
+        active: Operation,
+        request: Request,
+        on_progress: ProgressListener | None,
+        retakes: int | None,
+    ) -> Operation:
+        """``join``, with the start's key bound to the joined operation for good."""
+        joined = self.join(active, request, on_progress)
+        return await self._bound(joined, request, retakes)
+
+    async def _bound(self, operation: Operation, request: Request, retakes: int | None) -> Operation:
+        """``operation``, answering a start that did not create it, with the start's key bound
+        to it (``_states.binds_key``); the operation the key was bound to first, if a concurrent
+        start with it got there before."""
+        if request.key is None or not binds_key(request.key, operation.key):
+            return operation.bound(self._owner)
+        found = await self._core.store.bind_key(request.key, operation.id, retakes=retakes)
+        if found is None or found.id == operation.id:
+            return operation.bound(self._owner)
+        return self._same_key(found, request)
+
+    async def _made(self, record: Deployment, request: Request) -> Operation | None:
+        """The operation that made ``record`` what it is (``_states.noop_answer``), if it
+        answers ``request`` (``_states.answers_noop``)."""
+        store = self._core.store
+        succeeded = await store.operations(slug=record.slug, state="succeeded")
+        ident = noop_answer(
+            record.state, record.generation, [(op.id, op.generation, op.verb) for op in succeeded]
+        )
+        made = next((op for op in succeeded if op.id == ident), None)
+        ours = (request.slug, request.verb, request.tier, request.driver)
+        if made is None or not answers_noop(
+            request.key, (made.slug, made.verb, made.tier, made.driver), ours
+        ):
+            return None
+        return made
 
     def _same_key(self, operation: Operation, request: Request) -> Operation:
         """A key already used: that operation, if it was for the same thing."""

@@ -308,9 +308,16 @@ class _Waking:
         await self._opening()
         return await self._store.keyed(key)
 
-    async def operation(self, operation: int) -> Operation | None:
+    async def bind_key(self, key: str, operation: int, *, retakes: int | None = None) -> Operation | None:
         await self._opening()
-        return await self._store.operation(operation)
+        try:
+            return await self._store.bind_key(key, operation, retakes=retakes)
+        finally:
+            self._written()
+
+    async def operation(self, operation: int, *, with_log: bool = False) -> Operation | None:
+        await self._opening()
+        return await self._store.operation(operation, with_log=with_log)
 
     async def operations(
         self,

@@ -203,7 +203,9 @@ class Host:
         on_progress: ProgressListener | None = None,
     ) -> Operation:
         """Check and record a provision of ``slug``, and run it in the background; the
-        operation, at once. Bad input and refused transitions raise here."""
+        operation, at once. Bad input and refused transitions raise here. With nothing to do
+        (the same tier and driver on a ready workspace) nothing is recorded: the answer is the
+        operation that made the workspace what it is, finished."""
         request = Request("provision", slug, tier, driver, bool(reuse), key, deadline(timeout))
         return (await self._admission.start(request, on_progress))[0]
 
@@ -297,7 +299,7 @@ class Host:
 
     # --- operations and events ------------------------------------------------------------------
     async def operation(self, ident: int) -> Operation:
-        """The operation ``ident``, from any process; ``not_found`` if there is none."""
+        """The operation ``ident``, from any process, with its log; ``not_found`` if there is none."""
         return await self._operations.get(ident)
 
     async def operations(
@@ -308,7 +310,8 @@ class Host:
         limit: int | None = None,
         after: int | None = None,
     ) -> builtins.list[Operation]:
-        """Operations by id, from every process; ``after``: the last id of the previous page."""
+        """Operations by id, from every process, without their logs (``operation(id)`` and
+        ``logs(slug)`` carry them); ``after``: the last id of the previous page (exclusive)."""
         return await self._operations.find(slug=slug, state=state, limit=limit, after=after)
 
     def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:

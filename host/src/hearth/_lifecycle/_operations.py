@@ -11,6 +11,7 @@ from hearth_adaptersdk import DeploymentRef
 
 from .._errors import InvalidInput, NotFound
 from .._models import FINISHED, Event, Operation
+from .._states import cancel_refused
 from ._checks import Request, check_slug, cursor, deadline, echo, page, remaining, sequence
 from ._core import Core
 from ._events import EventLog
@@ -30,11 +31,12 @@ class Operations:
         self._recovery = recovery
         self._events = events
 
-    async def get(self, ident: int) -> Operation:
-        """The operation ``ident``, from any process; ``not_found`` if there is none."""
+    async def get(self, ident: int, *, with_log: bool = True) -> Operation:
+        """The operation ``ident``, from any process, with its log (``with_log``: a read by id
+        carries it, lists leave it out); ``not_found`` if there is none."""
         if isinstance(ident, bool) or not isinstance(ident, int) or not 0 < ident < 2**63:
             raise InvalidInput(f"{echo(ident)} is not an operation id")
-        found = await self._core.store.operation(ident)
+        found = await self._core.store.operation(ident, with_log=with_log)
         if found is None:
             raise NotFound(f"no operation #{ident}")
         return found.bound(self)
@@ -57,14 +59,18 @@ class Operations:
 
     # --- OperationOwner -------------------------------------------------------------------------
     async def _operation_wait(self, ident: int, timeout: float | None) -> Operation:
+        return await self._wait(ident, timeout, with_log=True)
+
+    async def _wait(self, ident: int, timeout: float | None, *, with_log: bool) -> Operation:
+        """The operation once finished, or when ``timeout`` passed; read with its log once only."""
         until = deadline(timeout)
         bus = self._events.bus
         with bus.interest():
             while True:
                 changed = bus.changed()
-                current = await self.get(ident)
+                current = await self.get(ident, with_log=False)
                 if current.finished:
-                    return current
+                    return await self.get(ident) if with_log else current
                 work = self._runner.get(ident)
                 waits: list[asyncio.Future[Any]] = [changed]
                 if work is not None and work.task is not None and not work.task.done():
@@ -74,7 +80,7 @@ class Operations:
                     continue
                 left = None if until is None else remaining(until)
                 if left is not None and left <= 0:
-                    return current
+                    return await self.get(ident) if with_log else current
                 bound = LIVENESS if left is None else min(left, LIVENESS)
                 await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
 
@@ -84,13 +90,16 @@ class Operations:
             await asyncio.wait([work.task], timeout=timeout)
             if work.task.done() and not work.task.cancelled():
                 return work.task.result()  # its own exception, with every attribute
-        return (await self._operation_wait(ident, timeout)).settled()
+        return (await self._wait(ident, timeout, with_log=False)).settled()
 
     async def _operation_cancel(self, ident: int, reason: str) -> Operation:
         if not isinstance(reason, str) or not reason:
             raise InvalidInput("a cancel needs a reason (a non-empty string)")
         work = self._runner.get(ident)
         found = await self._core.store.request_cancel(ident, reason[:500])
+        refused = None if found is None else cancel_refused(ident, found.state)
+        if refused is not None:  # finished: nothing is left to cancel, nothing was recorded
+            raise refused
         if work is not None and work.task is not None:
             self._runner.cancel(work, "cancelled", reason)
             if not work.begun:  # a queued operation ends at once: let the caller see it ended

@@ -310,7 +310,7 @@ class Runner:
                     "sent (starting the adapter took the time); nothing was changed"
                 )
             operation = work.operation.id
-            began = await core.store.begin(operation, working, archive_first=archive)
+            began, cancelled_at_begin = await _begin(core, operation, working, archive)
             work.begun = True  # begun, or ended by another host: nothing is left for the runner to end
             if not began:
                 raise Interrupted(
@@ -320,6 +320,11 @@ class Runner:
             outcome = Outcome(
                 core, self._events, previous, working, step, verb, operation, client, self.interruptions
             )
+            if cancelled_at_begin:  # nothing reached the adapter: the record is put back as it was
+                why, reason = work.cancel or _CALLER
+                kind = "cancelled" if why == "cancelled" else "interrupted"
+                await outcome.unchanged(why, {"kind": kind, "message": f"{reason}; it had not started"})
+                raise asyncio.CancelledError
 
             def progress(event: Progress) -> None:
                 named = event.backend_id
@@ -383,6 +388,32 @@ class Runner:
 
 #: Why work was cancelled when nobody said: the caller's own task was cancelled.
 _CALLER = ("cancelled", "cancelled by the caller")
+
+
+async def _begin(core: Core, operation: int, working: Deployment, archive: bool) -> tuple[bool, bool]:
+    """``begin``'s answer, and whether its caller was cancelled while it was written (the
+    cancellation is raised here when nothing was written: the runner ends the operation)."""
+    writing = asyncio.ensure_future(core.store.begin(operation, working, archive_first=archive))
+    try:
+        return await asyncio.shield(writing), False
+    except asyncio.CancelledError:
+        if not await _written(writing):
+            raise
+        return True, True
+
+
+async def _written(writing: asyncio.Future[bool]) -> bool:
+    """Whether a ``begin`` whose caller was cancelled was written: the write goes on without
+    its caller (on SQLite's thread, in the database's transaction), so its answer, not the
+    cancellation, says whether the record is transient now and must be put back."""
+    while not writing.done():
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            continue  # a second cancel: the write's answer is still what decides
+        except Exception:
+            break
+    return not writing.cancelled() and writing.exception() is None and writing.result()
 
 
 def _listener_done(task: asyncio.Future[Any]) -> None:

@@ -1,10 +1,12 @@
 """``hearth serve``'s API v1 on a ``Host`` (FastAPI): ``create_app(host)`` and its routes.
 
-A mutating call answers 202 with the operation and ``Location: /v1/operations/{id}``;
-``?wait=SECONDS`` answers 200 once it finished. Errors are ``{"error": {"kind", "message", ...}}``
-with a status by kind (``_schemas.STATUS``). While the daemon drains (``AppState.drain``) the
-starts answer 503 ``unavailable`` with ``Retry-After``; the rest is answered as ever. The daemon
-that serves it is ``_daemon``.
+A start answers with the operation and ``Location: /v1/operations/{id}``: 202 while it is
+queued or running, 200 when the answer is finished (a start with nothing to do answers the
+operation that made the workspace, a replay of a finished operation's key, ``?wait=SECONDS``
+that saw it finish). Errors are ``{"error": {"kind", "message", ...}}`` with a status by kind
+(``_schemas.STATUS``). While the daemon drains (``AppState.drain``) the starts answer 503
+``unavailable`` with ``Retry-After``; the rest is answered as ever. The daemon that serves it is
+``_daemon``.
 
 Needs the ``serve`` extra (``pip install 'hearth[serve]'``): fastapi and uvicorn.
 """
@@ -329,6 +331,7 @@ async def _waited(state: AppState, op: Operation, wait: float | None) -> Operati
 
 
 def _started(op: Operation, response: Response) -> Operation:
+    """The status says whether the answer is finished (200) or the work goes on (202)."""
     response.status_code = 200 if op.finished else 202
     response.headers["Location"] = f"{API}/operations/{op.id}"
     return op
@@ -501,7 +504,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     async def provision(
         body: NewWorkspace, request: Request, response: Response, key: KeyHeader = None, wait: Wait = None
     ) -> Operation:
-        """Provision: 202 with the operation (``Location`` names it)."""
+        """Provision: the operation (``Location`` names it), 202 while it runs, 200 when the
+        answer is finished (nothing to do: the operation that made the workspace, recorded
+        nothing new; a finished operation's key)."""
         state = _state(request)
         state.admit()
         op = await state.host.start_provision(
@@ -571,11 +576,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         limit: Limit = None,
         after: Annotated[int | None, Query(ge=0, le=NUMBER_MAX)] = None,
     ) -> list[Operation]:
-        """Operations by id; ``after``: the last id of the previous page."""
+        """Operations by id, without their logs (``log`` is empty: read one by id, or the slug's
+        ``/logs``); ``after``: the last id of the previous page (exclusive)."""
         return await _state(request).host.operations(slug=slug, state=state, limit=limit, after=after)
 
     @app.get(f"{API}/operations/{{ident}}", operation_id="getOperation", responses=errors(400, 404))
     async def operation(ident: int, request: Request) -> Operation:
+        """The operation, with its log."""
         return await _state(request).host.operation(ident)
 
     @app.get(
@@ -593,7 +600,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         response: Response,
         timeout: Annotated[float, Query(gt=0, le=WAIT_MAX)] = 30.0,
     ) -> Operation:
-        """The operation once finished (200), or after ``timeout`` seconds (202)."""
+        """The operation once finished (200), or after ``timeout`` seconds (202); with its log."""
         state = _state(request)
         op = await _waited(state, await state.host.operation(ident), timeout)
         response.status_code = 200 if op.finished else 202
@@ -611,7 +618,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     async def operation_cancel(
         ident: int, request: Request, reason: str = "cancelled through the API"
     ) -> Operation:
-        """Ask for the operation to be cancelled (its rollback follows; watch it or wait)."""
+        """Ask for the operation to be cancelled (its rollback follows; watch it or wait). A
+        finished operation has nothing left to cancel: 409 ``invalid_transition``."""
         op = await _state(request).host.operation(ident)
         return await op.cancel(reason=reason)
 

@@ -109,7 +109,8 @@ class Store(Protocol):
     ) -> bool: ...
     async def request_cancel(self, operation: int, reason: str) -> Operation | None: ...
     async def keyed(self, key: str) -> Operation | None: ...
-    async def operation(self, operation: int) -> Operation | None: ...
+    async def bind_key(self, key: str, operation: int, *, retakes: int | None = None) -> Operation | None: ...
+    async def operation(self, operation: int, *, with_log: bool = False) -> Operation | None: ...
     async def operations(
         self,
         *,
@@ -192,8 +193,19 @@ NEW_OPERATION = (
     "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
     "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: Gives a finished operation's idempotency key up to the operation that retakes it.
-RELEASE_KEY = "UPDATE operations SET key = NULL WHERE id = ?"
+#: The operation an idempotency key answers: the one it started, or the one it joined (bound in
+#: ``operation_keys``); args (key, key).
+KEYED = (
+    f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = COALESCE("
+    "(SELECT id FROM operations WHERE key = ?), (SELECT operation FROM operation_keys WHERE key = ?))"
+)
+#: Gives a finished operation's idempotency key up to the operation that retakes it, whether
+#: the key started it (args: id, key) ...
+RELEASE_KEY = "UPDATE operations SET key = NULL WHERE id = ? AND key = ?"
+#: ... or joined it (args: key).
+UNBIND_KEY = "DELETE FROM operation_keys WHERE key = ?"
+#: Binds a key that joined an operation to it (args: key, operation).
+BIND_KEY = "INSERT INTO operation_keys (key, operation) VALUES (?, ?)"
 #: Ends an operation only while it is still its owner's (the fence).
 END_OPERATION = (
     "UPDATE operations SET finished_at = ?, state = ?, error = ?, result = ? "

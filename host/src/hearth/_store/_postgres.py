@@ -35,8 +35,10 @@ from ._base import (
     ACTIVE_OF_SLUG,
     AS_READ,
     BEGIN_OPERATION,
+    BIND_KEY,
     DEPLOYMENT_COLUMNS,
     END_OPERATION,
+    KEYED,
     LAST_FINISHED,
     LOG_OF,
     NAME_BACKEND,
@@ -48,6 +50,7 @@ from ._base import (
     RELEASE_KEY,
     SAVE,
     STATE_EVENT,
+    UNBIND_KEY,
     Found,
     NewEvent,
     NewOperation,
@@ -188,6 +191,13 @@ PG_MIGRATIONS: Sequence[str] = (
         ADD COLUMN generation INTEGER,
         ADD COLUMN record TEXT;
     UPDATE events e SET generation = o.generation FROM operations o WHERE o.id = e.operation
+    """,
+    # version 7: the idempotency keys that joined another key's operation, bound to it for good
+    """
+    CREATE TABLE operation_keys (
+        key TEXT PRIMARY KEY,
+        operation BIGINT NOT NULL
+    )
     """,
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
@@ -451,14 +461,15 @@ class PostgresStore:
     # --- operations --------------------------------------------------------------------------
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         async def work(conn: Connection) -> tuple[Operation, Found]:
-            keyed = None if new.key is None else await _operation_where(conn, "key = %s", new.key)
+            keyed = None if new.key is None else await _keyed(conn, new.key)
             if keyed is not None and new.keeps(keyed):
                 return keyed, "key"
             row = await _one(conn, ACTIVE_OF_SLUG, (new.slug,))
             if row:
                 return row_operation(row), "active"
             if keyed is not None:
-                await conn.execute(for_postgres(RELEASE_KEY).encode(), (keyed.id,))
+                await conn.execute(for_postgres(RELEASE_KEY).encode(), (keyed.id, new.key))
+                await conn.execute(for_postgres(UNBIND_KEY).encode(), (new.key,))
             made = await _one(conn, NEW_OPERATION + " RETURNING id", new_operation_args(new))
             assert made is not None
             ident = int(made[0])
@@ -561,10 +572,29 @@ class PostgresStore:
         return await self._write(work)
 
     async def keyed(self, key: str) -> Operation | None:
-        return await self._read(lambda conn: _operation_where(conn, "key = %s", key))
+        return await self._read(lambda conn: _keyed(conn, key))
 
-    async def operation(self, operation: int) -> Operation | None:
-        return await self._read(lambda conn: _operation_where(conn, "id = %s", operation))
+    async def bind_key(self, key: str, operation: int, *, retakes: int | None = None) -> Operation | None:
+        async def work(conn: Connection) -> Operation | None:
+            found = await _keyed(conn, key)
+            if found is not None and not (found.id == retakes and found.finished):
+                return found
+            if found is not None:
+                await conn.execute(for_postgres(RELEASE_KEY).encode(), (found.id, key))
+                await conn.execute(for_postgres(UNBIND_KEY).encode(), (key,))
+            await conn.execute(for_postgres(BIND_KEY).encode(), (key, operation))
+            return await _operation_where(conn, "id = %s", operation)
+
+        return await self._write(work)
+
+    async def operation(self, operation: int, *, with_log: bool = False) -> Operation | None:
+        async def work(conn: Connection) -> Operation | None:
+            found = await _operation_where(conn, "id = %s", operation)
+            if found is not None and with_log:
+                found = found.model_copy(update={"log": await _log(conn, found.id)})
+            return found
+
+        return await self._read(work)
 
     async def operations(
         self,
@@ -818,6 +848,11 @@ async def _get(conn: Connection, slug: str) -> Deployment | None:
 
 async def _operation_where(conn: Connection, condition: str, value: object) -> Operation | None:
     row = await _one(conn, f"SELECT {OPERATION_COLUMNS} FROM operations WHERE {condition}", (value,))
+    return row_operation(row) if row else None
+
+
+async def _keyed(conn: Connection, key: str) -> Operation | None:
+    row = await _one(conn, KEYED, (key, key))
     return row_operation(row) if row else None
 
 

@@ -155,6 +155,14 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX events_by_operation ON events (operation, seq);
     CREATE INDEX events_by_slug ON events (slug, seq)
     """,
+    # version 7: the idempotency keys that joined another key's operation, each bound to it for
+    # good (a replay answers that operation, never starts work)
+    """
+    CREATE TABLE operation_keys (
+        key TEXT PRIMARY KEY,
+        operation INTEGER NOT NULL
+    )
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,8 +27,10 @@ from ._base import (
     ACTIVE_OF_SLUG,
     AS_READ,
     BEGIN_OPERATION,
+    BIND_KEY,
     DEPLOYMENT_COLUMNS,
     END_OPERATION,
+    KEYED,
     LAST_FINISHED,
     LOG_OF,
     NAME_BACKEND,
@@ -41,6 +43,7 @@ from ._base import (
     SAVE,
     SIDE_FILES,
     STATE_EVENT,
+    UNBIND_KEY,
     Found,
     NewEvent,
     NewOperation,
@@ -366,14 +369,15 @@ class SQLiteStore:
 
     def _create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         with self._write() as db:
-            keyed = None if new.key is None else self._operation_where("key = ?", new.key)
+            keyed = None if new.key is None else self._keyed(new.key)
             if keyed is not None and new.keeps(keyed):
                 return keyed, "key"
             row = db.execute(ACTIVE_OF_SLUG, (new.slug,)).fetchone()
             if row:
                 return row_operation(row), "active"
             if keyed is not None:
-                db.execute(RELEASE_KEY, (keyed.id,))
+                db.execute(RELEASE_KEY, (keyed.id, new.key))
+                db.execute(UNBIND_KEY, (new.key,))
             cursor = db.execute(NEW_OPERATION, new_operation_args(new))
             ident = cursor.lastrowid
             assert ident is not None
@@ -493,11 +497,42 @@ class SQLiteStore:
         return await self._on_thread(work)
 
     async def keyed(self, key: str) -> Operation | None:
-        """The operation started with idempotency key ``key``, if any."""
-        return await self._on_thread(self._operation_where, "key = ?", key)
+        """The operation idempotency key ``key`` answers (it started it, or joined it), if any."""
+        return await self._on_thread(self._keyed, key)
 
-    async def operation(self, operation: int) -> Operation | None:
-        return await self._on_thread(self._operation_where, "id = ?", operation)
+    def _keyed(self, key: str) -> Operation | None:
+        row = self.db.execute(KEYED, (key, key)).fetchone()
+        return row_operation(row) if row else None
+
+    async def bind_key(self, key: str, operation: int, *, retakes: int | None = None) -> Operation | None:
+        """Bind ``key``, which joined ``operation``, to it for good; the operation the key
+        answers now: ``operation``, or the one the key was bound to first (a concurrent start
+        with it). A key bound to ``retakes`` (finished: its start failed on a write) is taken
+        over. None if ``operation`` is gone."""
+
+        def work() -> Operation | None:
+            with self._write() as db:
+                found = self._keyed(key)
+                if found is not None and not (found.id == retakes and found.finished):
+                    return found
+                if found is not None:
+                    db.execute(RELEASE_KEY, (found.id, key))
+                    db.execute(UNBIND_KEY, (key,))
+                db.execute(BIND_KEY, (key, operation))
+                return self._operation_where("id = ?", operation)
+
+        return await self._on_thread(work)
+
+    async def operation(self, operation: int, *, with_log: bool = False) -> Operation | None:
+        """The operation ``operation``; ``with_log``: with its log."""
+
+        def work() -> Operation | None:
+            found = self._operation_where("id = ?", operation)
+            if found is not None and with_log:
+                found = found.model_copy(update={"log": self._log(found.id)})
+            return found
+
+        return await self._on_thread(work)
 
     def _operation_where(self, condition: str, value: object) -> Operation | None:
         row = self.db.execute(
