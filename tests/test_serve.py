@@ -909,3 +909,52 @@ async def test_an_operation_s_own_stream_ends_after_its_final_event(tmp_path: Pa
         status, body, _ = await _operation_stream(client, 999_999)
         assert status == 404 and body[0]["error"]["kind"] == "not_found", body
         await client.get(f"/v1/operations/{other.json()['id']}/wait", params={"timeout": BOUND})
+
+
+async def test_a_console_lists_then_streams_after_hearth_seq_and_sees_the_running_operation(
+    tmp_path: Path,
+) -> None:
+    """What a console needs without glue (issue 21): ``Hearth-Seq`` on every answer (the store's
+    last event when the answer was read: list, then stream ``after=`` it, and nothing is
+    missed); ``Deployment.operation``, the id of the operation working on a record (null when
+    none); and an operation read by id carries its final event's ``seq`` once written."""
+    async with served(tmp_path) as client:
+        empty = await client.get("/v1/workspaces")
+        assert empty.headers["hearth-seq"] == "0" and empty.json() == []
+        assert "hearth-seq" not in (await client.get("/v1/health")).headers  # liveness reads no store
+        made = await client.post("/v1/workspaces", json={"slug": "sigma", "tier": "slow", "driver": "fake"})
+        ident = made.json()["id"]
+        assert int(made.headers["hearth-seq"]) >= 0
+        async with (  # once it reports progress, the record is written and the operation works on it
+            asyncio.timeout(BOUND),
+            client.stream("GET", f"/v1/operations/{ident}/events") as progress,
+        ):
+            async for line in progress.aiter_lines():
+                if line and json.loads(line)["kind"] == "progress":
+                    break
+        listed = await client.get("/v1/workspaces")
+        [record] = listed.json()
+        assert record["operation"] == ident and record["state"] == "provisioning"
+        assert (await client.get("/v1/workspaces/sigma")).json()["operation"] == ident
+        running = (await client.get(f"/v1/operations/{ident}")).json()
+        assert running["final_seq"] is None
+        position = int(listed.headers["hearth-seq"])
+        assert (await client.delete(f"/v1/operations/{ident}")).status_code == 202
+        # the stream after the list's position sees the rest of this operation, ending with its end
+        async with (
+            asyncio.timeout(BOUND),
+            client.stream("GET", "/v1/events", params={"after": position}) as response,
+        ):
+            seen = []
+            async for line in response.aiter_lines():
+                if line:
+                    seen.append(json.loads(line))
+                    if seen[-1]["kind"] == "state" and seen[-1]["state"] == "cancelled":
+                        break
+        assert all(event["seq"] > position for event in seen)
+        ended = (await client.get(f"/v1/operations/{ident}")).json()
+        assert ended["state"] == "cancelled" and ended["final_seq"] == seen[-1]["seq"]
+        assert (await client.get("/v1/operations", params={"slug": "sigma"})).json()[0]["final_seq"] is None
+        after = await client.get("/v1/workspaces", params={"include_torn_down": True})
+        assert all(r["operation"] is None for r in after.json())
+        assert int(after.headers["hearth-seq"]) >= seen[-1]["seq"]

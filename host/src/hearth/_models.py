@@ -91,6 +91,10 @@ class Deployment(BaseModel):
     #: adapter's progress named it during a verb; stored at once, so that what a host killed
     #: mid-verb left half created can be found.
     backend_id: str | None = None
+    #: The operation working on the workspace now (queued or running; its id), else None: a
+    #: console shows "upgrading…" and follows that operation without a second request. Filled
+    #: by ``deployment``/``deployments`` (not stored with the record).
+    operation: int | None = None
 
 
 def synthesized_ref(record: Deployment) -> DeploymentRef:
@@ -205,6 +209,9 @@ class Operation(BaseModel):
     #: Its log lines: filled when it is read by id (``Host.operation``, ``wait``) and by
     #: ``Host.logs``; a list (``Host.operations``) and a start's answer leave it empty.
     log: tuple[LogLine, ...] = ()
+    #: The ``seq`` of its final event once that is written (read by id, as its log): a console
+    #: holding this snapshot knows whether its stream has passed the end.
+    final_seq: int | None = None
     _host: OperationOwner | None = PrivateAttr(default=None)
 
     @property

@@ -336,6 +336,11 @@ class Host:
             sequence(operation)
         return self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
 
+    async def last_seq(self) -> int:
+        """The ``seq`` of the last event in the store (0 for none): read it, then what you show,
+        then ``watch(after=)`` it, and no change is missed (the daemon's ``Hearth-Seq``)."""
+        return await self._core.store.last_seq()
+
     # --- queries --------------------------------------------------------------------------------
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport:
         """What the backend shows now; ``tier_torn_down`` (a state, not an error) once torn down.

@@ -100,14 +100,26 @@ class Queries:
             check_driver_name(driver)
         if after is not None and not isinstance(after, str):
             raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
-        return await self._core.store.deployments(
+        store = self._core.store
+        found = await store.deployments(
             state=state, driver=driver, include_torn_down=include_torn_down, limit=page(limit), after=after
         )
+        if not found:
+            return found
+        running: dict[str, int] = {}
+        for op in await store.operations(active=True):  # the first of a slug's runs, the rest queue
+            running.setdefault(op.slug, op.id)
+        return [self._with_operation(record, running.get(record.slug)) for record in found]
+
+    @staticmethod
+    def _with_operation(record: Deployment, operation: int | None) -> Deployment:
+        return record if operation is None else record.model_copy(update={"operation": operation})
 
     async def deployment(self, slug: str) -> Deployment:
         check_slug(slug)
-        record, _ = await self._recovery.heal(slug)
-        return await self._checks.existing(slug, record)
+        record, active = await self._recovery.heal(slug)
+        found = await self._checks.existing(slug, record)
+        return self._with_operation(found, None if active is None else active.id)
 
     async def logs(self, slug: str, limit: int | None) -> list[Operation]:
         check_slug(slug)

@@ -175,6 +175,42 @@ class _Unexpected:
             await error_response("error", message, 500)(scope, receive, send)
 
 
+class _Position:
+    """``Hearth-Seq`` on every answer but liveness and readiness: the store's last event ``seq``,
+    read before the request is handled, so that a console that lists what it shows and then
+    streams ``after=`` that number misses nothing (an event it also saw in the list is
+    harmless to apply twice). A store that cannot say leaves the header out; the request's own
+    answer says what is wrong."""
+
+    def __init__(self, app: ASGIApp, host: Host) -> None:
+        self.app = app
+        self.host = host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in _STORELESS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            seq: int | None = await self.host.last_seq()
+        except HearthError:
+            seq = None
+        if seq is None:
+            await self.app(scope, receive, send)
+            return
+        header = (b"hearth-seq", str(seq).encode())
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+#: Paths answered without the store (liveness), or that judge it themselves (readiness).
+_STORELESS = frozenset({f"{API}/health", f"{API}/ready"})
+
+
 class _TooLarge(HTTPException):
     """A request body beyond the limit (413, kind ``invalid_input``)."""
 
@@ -432,6 +468,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     )
     app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
     app.state.hearth = AppState(host)
+    app.add_middleware(_Position, host=host)
     app.add_middleware(_Unexpected)
     app.add_middleware(_BodyLimit, limit=lambda: host.settings.serve.max_body)
     if token is not None:

@@ -247,6 +247,11 @@ LOG_OF = (
     "SELECT at, level, message, fraction FROM events "
     "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq"
 )
+#: The ``seq`` of an operation's final event, once written.
+FINAL_OF = (
+    "SELECT MAX(seq) FROM events WHERE operation = ? AND kind = 'state' "
+    "AND state IN ('succeeded', 'failed', 'cancelled', 'interrupted')"
+)
 
 
 def for_postgres(statement: str) -> str:
@@ -323,7 +328,8 @@ def state_event_args(
     record: Deployment | None = None,
 ) -> tuple[Any, ...]:
     error_json = json.dumps(error) if error is not None else None
-    record_json = record.model_dump_json() if record is not None else None
+    # the record as stored: ``operation`` is a read's, never part of it
+    record_json = record.model_dump_json(exclude={"operation"}) if record is not None else None
     return (
         utc_now().isoformat(),
         operation,

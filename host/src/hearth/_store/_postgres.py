@@ -38,6 +38,7 @@ from ._base import (
     BIND_KEY,
     DEPLOYMENT_COLUMNS,
     END_OPERATION,
+    FINAL_OF,
     KEYED,
     LAST_FINISHED,
     LOG_OF,
@@ -591,7 +592,9 @@ class PostgresStore:
         async def work(conn: Connection) -> Operation | None:
             found = await _operation_where(conn, "id = %s", operation)
             if found is not None and with_log:
-                found = found.model_copy(update={"log": await _log(conn, found.id)})
+                final = await _one(conn, FINAL_OF, (found.id,))
+                log = await _log(conn, found.id)
+                found = found.model_copy(update={"log": log, "final_seq": final[0] if final else None})
             return found
 
         return await self._read(work)

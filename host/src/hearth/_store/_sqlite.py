@@ -30,6 +30,7 @@ from ._base import (
     BIND_KEY,
     DEPLOYMENT_COLUMNS,
     END_OPERATION,
+    FINAL_OF,
     KEYED,
     LAST_FINISHED,
     LOG_OF,
@@ -529,7 +530,8 @@ class SQLiteStore:
         def work() -> Operation | None:
             found = self._operation_where("id = ?", operation)
             if found is not None and with_log:
-                found = found.model_copy(update={"log": self._log(found.id)})
+                final = self.db.execute(FINAL_OF, (found.id,)).fetchone()
+                found = found.model_copy(update={"log": self._log(found.id), "final_seq": final[0]})
             return found
 
         return await self._on_thread(work)
