@@ -15,6 +15,7 @@ import pytest
 
 from hearth import Event, Host, InvalidInput
 from hearth._lifecycle._events import QUEUE
+from hearth._settings import load_settings
 from hearth._store._base import NewEvent
 from tests import helpers
 
@@ -390,3 +391,32 @@ async def test_every_change_of_a_record_is_a_workspace_event_of_its_generation(t
             if op.verb in ("provision", "teardown"):  # its outcome's record, then its end
                 final = _final_is_last(events, op.id)
                 assert mine[-2].kind == "workspace" and mine[-2].record_state == final.record_state
+
+
+async def test_progress_events_are_kept_keep_days_after_their_operation_finished(tmp_path: Path) -> None:
+    """``[events] keep_days`` (default 30; 0 keeps everything): ``Host.prune_events`` (the
+    daemon's hourly upkeep) deletes the progress events of operations finished longer ago,
+    and keeps their state events, so every operation still says how it ended."""
+    settings = tmp_path / "project" / ".hearth" / "hearth.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("[events]\nkeep_days = 0\n")
+    async with helpers.make_host(tmp_path) as host:
+        assert host.settings.events.keep_days == 0
+        op = await host.start_provision("kappa", tier="solo", driver="fake")
+        await op.result()
+        progress = [e for e in await host.store.events(operation=op.id) if e.kind == "progress"]
+        assert progress, "the fake reports progress"
+        assert await host.prune_events() == 0
+        settings.write_text("[events]\nkeep_days = 0.000000001\n")  # about 86 microseconds
+        assert host.reload_settings().events.keep_days == 0.000000001
+        assert await host.prune_events() == len(progress)
+        left = await host.store.events(operation=op.id)
+        assert left and not [e for e in left if e.kind == "progress"]
+        assert left[-1].final and left[-1].state == "succeeded"
+    for wrong in ("-1", '"30"', "true"):
+        settings.write_text(f"[events]\nkeep_days = {wrong}\n")
+        with pytest.raises(InvalidInput, match=r"events\.keep_days"):
+            load_settings(tmp_path / "project")
+    settings.write_text("[events]\nkeep = 3\n")
+    with pytest.raises(InvalidInput, match=r"events\.keep: unknown key; choose one of keep_days"):
+        load_settings(tmp_path / "project")

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -181,6 +182,40 @@ async def test_an_operation_read_by_id_may_carry_its_log(opener: Opener) -> None
     logged = await store.operation(op.id, with_log=True)
     assert plain is not None and plain.log == ()
     assert logged is not None and [(line.message, line.fraction) for line in logged.log] == [("step 1", 0.5)]
+    await store.close()
+
+
+async def test_progress_of_operations_finished_before_a_moment_is_pruned_and_the_rest_kept(
+    opener: Opener,
+) -> None:
+    """``prune_progress(before)`` deletes the ``progress`` events of operations that finished
+    before ``before`` and nothing else: their state and log events, and the progress of
+    operations still running or finished later, stay; an operation read by id then carries its
+    final event's ``seq`` as before."""
+    store = await opener()
+    done, _ = await store.create_operation(NewOperation("alpha", 1, "provision", "me:1:a"))
+    await store.begin(done.id, _deployment(state="provisioning"))
+    await store.add_events(
+        [
+            NewEvent(done.id, "alpha", "provision", "progress", "info", "step 1", 0.5),
+            NewEvent(done.id, "alpha", "provision", "log", "error", "the backend said so"),
+        ]
+    )
+    await store.end(done.id, "succeeded", deployment=_deployment(state="ready"))
+    running, _ = await store.create_operation(NewOperation("beta", 1, "provision", "me:1:a"))
+    await store.begin(running.id, _deployment("beta", state="provisioning"))
+    await store.add_events([NewEvent(running.id, "beta", "provision", "progress", "info", "step 1", 0.5)])
+    before = await store.events(limit=10_000)
+    assert await store.prune_progress(utc_now() - timedelta(days=1)) == 0  # finished too recently
+    cut = utc_now() + timedelta(seconds=1)
+    assert await store.prune_progress(cut) == 1
+    after = await store.events(limit=10_000)
+    gone = [e for e in before if e not in after]
+    assert [(e.operation, e.kind) for e in gone] == [(done.id, "progress")], gone
+    assert await store.prune_progress(cut) == 0
+    kept = await store.operation(done.id, with_log=True)
+    assert kept is not None and [line.message for line in kept.log] == ["the backend said so"]
+    assert kept.final_seq == max(e.seq for e in after if e.operation == done.id and e.final)
     await store.close()
 
 

@@ -15,6 +15,8 @@ A project's ``.hearth/hearth.toml``::
     max_body = 1048576                    # bytes: the largest request body the daemon reads
     request_timeout = 30                  # seconds a client has to send a whole request
     max_connections = 4096                # open connections per listener (socket, TCP)
+    [events]                              # the event log (see ``EventSettings``)
+    keep_days = 30                        # progress of operations finished longer ago is pruned
 
 A project tier with a built-in tier's name overrides it key by key: ``[tiers.team.driver_flags.x]``
 alone keeps team's caps. ``SettingsFile`` (pydantic, unknown keys refused) is the file's schema;
@@ -151,6 +153,18 @@ class ServeSettings:
     max_connections: Annotated[int, Field(ge=1, strict=True)] = 4096
 
 
+@dataclass(frozen=True)
+class EventSettings:
+    """``[events]`` in hearth.toml: how long the event log keeps what only showed progress."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    #: Days the ``progress`` events of a finished operation are kept after it finished; the
+    #: daemon prunes older ones (at start, then hourly). State, workspace and log events stay:
+    #: what happened is kept, how far along it was is not. 0 keeps everything.
+    keep_days: Annotated[float, Field(ge=0, strict=True)] = 30.0
+
+
 class TierTable(BaseModel):
     """One ``[tiers.NAME]`` table as written; ``load_settings`` lays it over a built-in tier."""
 
@@ -170,6 +184,7 @@ class SettingsFile(BaseModel):
     adapters: dict[DriverName, dict[str, Any]] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
     #: The registry, when not the home's SQLite file: ``postgresql://...`` (no password here:
     #: the project's file is no place for a secret; use ~/.pgpass or PGPASSWORD).
     store: str | None = None
@@ -183,6 +198,7 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     serve: ServeSettings = field(default_factory=ServeSettings)
     store: str | None = None
+    events: EventSettings = field(default_factory=EventSettings)
 
     def tier(self, name: str) -> Tier:
         try:
@@ -233,7 +249,9 @@ def load_settings(project_dir: str | Path | None) -> Settings:
             f"{NAMED}: store: the URL holds a password; the project's file is no place for a secret "
             "(put it in ~/.pgpass, mode 0600, or PGPASSWORD)"
         )
-    return Settings(tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve, parsed.store)
+    return Settings(
+        tiers, dict(parsed.adapters), path, parsed.timeouts, parsed.serve, parsed.store, parsed.events
+    )
 
 
 def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
@@ -298,6 +316,11 @@ def _problem(error: ErrorDetails) -> str:
             return f"serve.{key}: unknown key; choose one of {names}"
         case ["serve", key]:
             return f"serve.{key}: {msg}"
+        case ["events", key] if unknown:
+            names = ", ".join(f.name for f in fields(EventSettings))
+            return f"events.{key}: unknown key; choose one of {names}"
+        case ["events", key]:
+            return f"events.{key}: {msg}"
     return f"{'.'.join(loc)}: {msg}"
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -344,6 +345,10 @@ class _Waking:
             await self._store.add_events(events)
         finally:
             self._written()
+
+    async def prune_progress(self, before: datetime) -> int:
+        await self._opening()
+        return await self._store.prune_progress(before)  # nothing a watcher waits for goes
 
     async def events(
         self,

@@ -15,10 +15,11 @@ from __future__ import annotations
 import builtins
 import warnings
 from collections.abc import AsyncIterator, Generator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
+from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport, utc_now
 
 from .._adapters._discovery import DriverInfo, driver_infos
 from .._adapters._supervisor import ConnectionFactory, Supervisor
@@ -335,6 +336,15 @@ class Host:
         if operation is not None:
             sequence(operation)
         return self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
+
+    async def prune_events(self) -> int:
+        """Delete the ``progress`` events of operations finished more than ``[events] keep_days``
+        ago (0 keeps them all); how many went. The daemon runs it hourly; state, workspace and
+        log events are kept, so every operation's outcome and log lines stay."""
+        days = self.settings.events.keep_days
+        if not days:
+            return 0
+        return await self._core.store.prune_progress(utc_now() - timedelta(days=days))
 
     async def last_seq(self) -> int:
         """The ``seq`` of the last event in the store (0 for none): read it, then what you show,

@@ -48,6 +48,8 @@ LOCK_FILE = SERVE_LOCK_FILE
 #: How long uvicorn lets requests in flight finish once the drain ended (streams end within
 #: ``_app.LAST_CALL_MAX``, waits at once).
 GRACEFUL = 5
+#: Seconds between the daemon's prunings of old progress events (``[events] keep_days``).
+PRUNE_EVERY = 3600.0
 #: The longest path a Unix socket may have (sun_path is 108 bytes with its NUL).
 SUN_PATH_MAX = 107
 
@@ -355,6 +357,25 @@ def _next_delay(host: Host, interval: float) -> float:
     return (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
 
 
+async def _prune_periodically(host: Host, stopping: asyncio.Event) -> None:
+    """The event log's upkeep: at start, then every ``PRUNE_EVERY`` seconds, the progress events
+    of operations finished more than ``[events] keep_days`` ago are deleted (what happened stays;
+    how far along it was goes). A round that fails is logged; the next one tries again."""
+    while not stopping.is_set():
+        try:
+            pruned = await host.prune_events()
+        except HearthError as exc:
+            log.error("pruning old progress events failed: %s", exc.message)
+        else:
+            if pruned:
+                days = host.settings.events.keep_days
+                log.info(
+                    "pruned %d progress event(s) of operations finished over %g day(s) ago", pruned, days
+                )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
+
+
 async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float) -> bool:
     """Whether the daemon is stopping or was told to reload within ``timeout`` seconds."""
     waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
@@ -444,6 +465,7 @@ async def _serve_until_stopped(
         healing = loop.create_task(
             _reconcile_periodically(host, state.draining, reload), name="hearth-reconcile"
         )
+        pruning = loop.create_task(_prune_periodically(host, state.draining), name="hearth-prune")
         drainer = loop.create_task(_drain_then_stop(host, state, servers), name="hearth-drain")
         failed: list[BaseException] = []
         try:
@@ -460,7 +482,7 @@ async def _serve_until_stopped(
             state.stopping.set()
             for each in servers:
                 each.should_exit = True
-            for task in (healing, drainer):
+            for task in (healing, pruning, drainer):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task

@@ -124,6 +124,7 @@ class Store(Protocol):
     async def last_operation(self, slug: str, generation: int) -> Operation | None: ...
     # events
     async def add_events(self, events: Sequence[NewEvent]) -> None: ...
+    async def prune_progress(self, before: datetime) -> int: ...
     async def events(
         self,
         *,
@@ -246,6 +247,11 @@ LAST_FINISHED = (
 LOG_OF = (
     "SELECT at, level, message, fraction FROM events "
     "WHERE operation = ? AND kind IN ('progress', 'log') ORDER BY seq"
+)
+#: The ``progress`` events of operations that finished before a moment (ISO text, as stored).
+PRUNE_PROGRESS = (
+    "DELETE FROM events WHERE kind = 'progress' AND operation IN "
+    "(SELECT id FROM operations WHERE finished_at IS NOT NULL AND finished_at < ?)"
 )
 #: The ``seq`` of an operation's final event, once written.
 FINAL_OF = (

@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -48,6 +49,7 @@ from ._base import (
     OPERATION_WAS,
     PENDING_FINALS,
     PROGRESS_EVENT,
+    PRUNE_PROGRESS,
     RELEASE_KEY,
     SAVE,
     STATE_EVENT,
@@ -684,6 +686,13 @@ class PostgresStore:
                     await cursor.executemany(for_postgres(NAME_BACKEND).encode(), named)
 
         await self._write(work)
+
+    async def prune_progress(self, before: datetime) -> int:
+        async def work(conn: Connection) -> int:
+            cursor = await conn.execute(for_postgres(PRUNE_PROGRESS).encode(), (before.isoformat(),))
+            return cursor.rowcount
+
+        return await self._write(work)
 
     async def events(
         self,

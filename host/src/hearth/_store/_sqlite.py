@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -40,6 +41,7 @@ from ._base import (
     OPERATION_WAS,
     PENDING_FINALS,
     PROGRESS_EVENT,
+    PRUNE_PROGRESS,
     RELEASE_KEY,
     SAVE,
     SIDE_FILES,
@@ -591,6 +593,15 @@ class SQLiteStore:
 
         if events:
             await self._on_thread(work)
+
+    async def prune_progress(self, before: datetime) -> int:
+        """Delete the ``progress`` events of operations that finished before ``before``; how many."""
+
+        def work() -> int:
+            with self._write() as db:
+                return db.execute(PRUNE_PROGRESS, (before.isoformat(),)).rowcount
+
+        return await self._on_thread(work)
 
     async def events(
         self,
