@@ -1320,6 +1320,39 @@ async def api_provisions(sock: Path, count: int, prefix: str) -> tuple[float, li
         return time.perf_counter() - started, results
 
 
+async def operation_streams(sock: Path, count: int, prefix: str) -> dict[str, list[tuple[float, float]]]:
+    """``count`` provisions one after another, each followed from its ``POST`` answer by the
+    operation's own stream (``/v1/operations/{id}/events``) or by the slug's (``/v1/events?slug=``),
+    taking turns: (seconds from the POST to the first event, to the final event) of each."""
+    out: dict[str, list[tuple[float, float]]] = {"operation": [], "slug": []}
+    async with _uds_client(sock) as client:
+        for index in range(2 * count):
+            way = "operation" if index % 2 == 0 else "slug"
+            slug = f"{prefix}{index}"
+            started = time.perf_counter()
+            made = await client.post("/v1/workspaces", json={"slug": slug, "tier": "steps", "driver": "fake"})
+            if made.status_code != 202:
+                raise RuntimeError(f"{slug}: POST answered {made.status_code} {made.text[:300]}")
+            ident = made.json()["id"]
+            path, params = (
+                (f"/v1/operations/{ident}/events", {})
+                if way == "operation"
+                else ("/v1/events", {"slug": slug})
+            )
+            first: float | None = None
+            async with client.stream("GET", path, params=params) as stream:
+                async for event in _ndjson_events(stream):
+                    first = first if first is not None else time.perf_counter() - started
+                    if event.operation == ident and event.final:
+                        break
+                else:
+                    raise RuntimeError(f"{slug}: {path} ended before the operation's final event")
+            if first is None:
+                raise RuntimeError(f"{slug}: no event on {path}")
+            out[way].append((first, time.perf_counter() - started))
+    return out
+
+
 async def embedded_provisions(
     home: Path, project: Path, count: int, prefix: str
 ) -> tuple[float, list[Provisioned]]:
@@ -1558,6 +1591,21 @@ def _print_serve_edges(
     print()
 
 
+def _print_operation_streams(followed: dict[str, list[tuple[float, float]]]) -> None:
+    count = len(followed["operation"])
+    print(f"{count} provisions each way (tier steps), one at a time, followed from the POST's 202 by the")
+    print("operation's own stream (GET /v1/operations/{id}/events, which ends after the final event)")
+    print("beside the slug's (GET /v1/events?slug=, read until that operation's final event), taking turns;")
+    print("seconds from the POST:")
+    print(f"{'':34}{'operation':>12}{'slug':>14}{'ratio':>9}")
+    for label, index in (("first event", 0), ("final event", 1)):
+        for name, fraction in (("p50", 0.5), ("p99", 0.99)):
+            new = percentile([sample[index] for sample in followed["operation"]], fraction)
+            old = percentile([sample[index] for sample in followed["slug"]], fraction)
+            print(f"{label + ' ' + name:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x")
+    print()
+
+
 def _print_serve_provisions(
     served: tuple[float, list[Provisioned]], alone: tuple[float, list[Provisioned]]
 ) -> None:
@@ -1620,6 +1668,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
         )
         flood = asyncio.run(serve_under_flood(sock, port, "bench", min(requests, 500), SERVE_IDLE))
         tls = serve_tls_round_trips(root, project, env, token, requests)
+        followed = asyncio.run(operation_streams(sock, 20, "f"))
         served = asyncio.run(api_provisions(sock, provisions, "p"))
         alone = asyncio.run(embedded_provisions(alone_home, project, provisions, "p"))
         streams_rows = [
@@ -1654,6 +1703,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
     _print_serve_api(api, tcp, embedded)
     _print_serve_edges(tls, flood, tcp, api, SERVE_IDLE)
     _print_serve_provisions(served, alone)
+    _print_operation_streams(followed)
     _print_serve_streams(streams_rows, SERVE_STREAM_OPERATIONS)
 
 
