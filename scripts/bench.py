@@ -40,7 +40,9 @@
   ``start_provision`` + ``watch`` of the same 50 on an embedded ``Host`` (wall time, p50, p99,
   events received; every provision must succeed and every stream see its final event); and 100
   provisions through the API with 0, 200 and 1,000 ``/v1/events`` streams open and read (issue 20:
-  the writers' time, until every stream saw the last event, the daemon's RSS open and after).
+  the writers' time, until every stream saw the last event, the daemon's RSS open and after); 20
+  provisions followed by the operation's own stream beside 20 followed by the slug's (time from
+  the POST to the first and to the final event, p50, p99).
 - replicas (``--only replicas``, last in the full run; needs ``HEARTH_TEST_PG_URL``, which
   scripts/bench sets with scripts/lib/postgres.sh; skipped without it, a failure under CI=true):
   1,000 provisions through ``Host`` (the fake driver in process) by three host processes on one
