@@ -30,6 +30,7 @@ import pytest
 import uvicorn
 
 from hearth import Operation, SQLiteStore
+from hearth._server import _app as app_module
 from hearth._server._app import create_app, openapi_document
 from hearth._store._base import NewEvent
 from tests import helpers
@@ -958,3 +959,19 @@ async def test_a_console_lists_then_streams_after_hearth_seq_and_sees_the_runnin
         after = await client.get("/v1/workspaces", params={"include_torn_down": True})
         assert all(r["operation"] is None for r in after.json())
         assert int(after.headers["hearth-seq"]) >= seen[-1]["seq"]
+
+
+async def test_a_quiet_ndjson_stream_sends_an_empty_line_to_show_it_is_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``HEARTBEAT`` seconds with no event an NDJSON stream sends an empty line (SSE, a
+    comment), so that a client tells a quiet stream from a dead peer; readers skip it."""
+    monkeypatch.setattr(app_module, "HEARTBEAT", 0.05)
+    async with (
+        served(tmp_path) as client,
+        asyncio.timeout(BOUND),
+        client.stream("GET", "/v1/events") as response,
+    ):
+        lines = response.aiter_lines()
+        assert await anext(lines) == ""
+        assert await anext(lines) == ""

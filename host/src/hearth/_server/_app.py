@@ -59,7 +59,7 @@ from ._schemas import (
     status_of,
 )
 
-#: Seconds of quiet after which a Server-Sent Events stream sends a comment.
+#: Seconds of quiet after which a stream shows it is alive (SSE: a comment; NDJSON: an empty line).
 HEARTBEAT = 10.0
 #: Once the daemon really stops, a stream still sends what comes within this many seconds of
 #: quiet (the final events of the work the drain just ended), at most ``LAST_CALL_MAX`` in all.
@@ -325,10 +325,12 @@ async def _until_stopped(
 
 
 def _ndjson(state: AppState, batches: AsyncIterator[list[Event]]) -> StreamingResponse:
+    """One Event per line; an empty line after ``HEARTBEAT`` seconds of quiet, so that a client
+    tells a quiet stream from a dead peer (readers skip empty lines)."""
+
     async def lines() -> AsyncIterator[str]:
         async for batch in _until_stopped(state, batches):
-            if batch is not None:
-                yield "".join(f"{state.lines(event)}\n" for event in batch)
+            yield "\n" if batch is None else "".join(f"{state.lines(event)}\n" for event in batch)
 
     return StreamingResponse(
         lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"}
