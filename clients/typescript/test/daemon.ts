@@ -24,6 +24,18 @@ cancel_grace = 5
 drain_grace = 10
 `;
 
+/** The daemons this process started and that still run: stopped when it exits, however it ends. */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGTERM");
+});
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    for (const child of running) child.kill("SIGTERM");
+    process.exit(128 + (signal === "SIGINT" ? 2 : signal === "SIGTERM" ? 15 : 1));
+  });
+}
+
 export class Daemon {
   readonly folder: string;
   readonly home: string;
@@ -52,9 +64,10 @@ export class Daemon {
     this.stderr = "";
     const child = spawn(bin, ["serve", "--home", this.home, "--project", this.project], {
       env,
-      stdio: ["ignore", "ignore", "pipe"],
-      detached: true, // its own process group, so that only it is ever signalled
+      stdio: ["ignore", "ignore", "pipe"], // in the test's process group: a runner that is stopped stops it
     });
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     child.stderr!.setEncoding("utf8");
     child.stderr!.on("data", (text: string) => {
       this.stderr += text;
@@ -69,19 +82,13 @@ export class Daemon {
     throw new Error(`hearth serve did not answer within ${BOUND} s: ${this.stderr}`);
   }
 
-  /** SIGTERM to the daemon's pid, and wait for it to exit (SIGKILL to its group past the bound). */
+  /** SIGTERM to the daemon's pid, and wait for it to exit (SIGKILL to it past the bound). */
   async stop(signal: NodeJS.Signals = "SIGTERM"): Promise<number | null> {
     const child = this.process;
     if (child === undefined || child.exitCode !== null || child.signalCode !== null) return child?.exitCode ?? null;
     const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
     child.kill(signal);
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid!, "SIGKILL");
-      } catch {
-        // gone already
-      }
-    }, BOUND * 1000);
+    const timer = setTimeout(() => child.kill("SIGKILL"), BOUND * 1000);
     const code = await exited;
     clearTimeout(timer);
     return code;
