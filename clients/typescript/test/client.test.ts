@@ -18,6 +18,8 @@ import {
   type Event,
 } from "../src/index.js";
 import { BOUND, Daemon, Proxy } from "./daemon.js";
+import { createConsole } from "../examples/console.js";
+import http from "node:http";
 
 const T = { timeout: 90_000 };
 
@@ -245,6 +247,43 @@ describe("hearth-client on a real daemon", () => {
       (await client.operations({ slug: "zeta" })).map((o) => o.id),
       [op.id],
     );
+  });
+
+  test("the console example lists, provisions and streams a workspace's events as SSE", T, async () => {
+    const server = createConsole(client);
+    const socket = `${daemon.folder}/console.sock`;
+    await new Promise<void>((resolve) => server.listen(socket, resolve));
+    const ask = (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const request = http.request({ socketPath: socket, method, path, headers }, (response) => {
+          let text = "";
+          response.setEncoding("utf8");
+          response.on("data", (chunk: string) => {
+            text += chunk;
+            if (path.startsWith("/events") && /event: state\ndata: [^\n]*"succeeded"/.test(text)) response.destroy();
+          });
+          response.on("close", () => resolve({ status: response.statusCode ?? 0, text }));
+        });
+        request.on("error", reject);
+        request.end(body === undefined ? undefined : JSON.stringify(body));
+      });
+    try {
+      const started = await ask("POST", "/workspaces", { slug: "theta", tier: "solo", driver: "fake" }, { "Idempotency-Key": "console-1" });
+      assert.equal(started.status, 202, started.text);
+      const op = JSON.parse(started.text) as { id: number; key: string };
+      assert.equal(op.key, "console-1");
+      const stream = await ask("GET", "/events?slug=theta");
+      assert.match(stream.text, /^id: \d+\nevent: state\ndata: /);
+      assert.match(stream.text, /"succeeded"/);
+      const listed = JSON.parse((await ask("GET", "/workspaces")).text) as Array<{ slug: string; state: string }>;
+      assert.ok(listed.some((w) => w.slug === "theta" && w.state === "ready"), JSON.stringify(listed));
+      const missing = await ask("DELETE", "/operations/987654");
+      assert.equal(missing.status, 404);
+      assert.equal((JSON.parse(missing.text) as { error: { kind: string } }).error.kind, "not_found");
+    } finally {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   test("a wait past the reconnect bound is DaemonUnavailable", T, async () => {
