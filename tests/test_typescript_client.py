@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "clients" / "typescript"
 OPENAPI = ROOT / "docs" / "openapi.json"
-SCHEMA = CLIENT / "src" / "schema.d.ts"
+SCHEMA = CLIENT / "src" / "schema.ts"
 
 
 def _skip_or_fail(reason: str) -> None:
@@ -91,12 +91,12 @@ def test_the_committed_types_are_what_openapi_typescript_generates(tmp_path: Pat
     _node_tools()
     env = _env(venv_bin)
     _installed(env)
-    output = tmp_path / "schema.d.ts"
+    output = tmp_path / "schema.ts"
     tool = CLIENT / "node_modules" / ".bin" / "openapi-typescript"
     done = _run([str(tool), str(OPENAPI), "--output", str(output)], env, 120)
     assert done.returncode == 0, done.stdout
     assert output.read_text() == SCHEMA.read_text(), (
-        "clients/typescript/src/schema.d.ts is not what docs/openapi.json generates: run "
+        "clients/typescript/src/schema.ts is not what docs/openapi.json generates: run "
         "`npm run generate` in clients/typescript and commit it"
     )
 

@@ -13,11 +13,14 @@ import {
   HearthError,
   InvalidInput,
   NotFound,
+  Unauthorized,
   errorFromJson,
   Unavailable,
   type Event,
 } from "../src/index.js";
-import { BOUND, Daemon, Proxy } from "./daemon.js";
+import { BOUND, Daemon, Proxy, freePort } from "./daemon.js";
+import { writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { createConsole } from "../examples/console.js";
 import http from "node:http";
 
@@ -295,6 +298,49 @@ describe("hearth-client on a real daemon", () => {
     } finally {
       short.close();
       await daemon.start();
+    }
+  });
+});
+
+describe("hearth-client over TCP with a bearer token", () => {
+  const daemon = new Daemon();
+  const token = randomBytes(24).toString("hex");
+  let url: string;
+
+  before(async () => {
+    const file = `${daemon.folder}/token`;
+    writeFileSync(file, `${token}\n`, { mode: 0o600 });
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    daemon.args = ["--listen", `127.0.0.1:${port}`, "--token-file", file];
+    await daemon.start();
+  });
+
+  after(async () => {
+    await daemon.dispose();
+  });
+
+  test("the token opens the API; a wrong one is Unauthorized", T, async () => {
+    const client = new HearthClient({ url, token });
+    const wrong = new HearthClient({ url, token: "not-the-token-at-all" });
+    try {
+      assert.equal((await client.health()).status, "ok");
+      await assert.rejects(wrong.health(), (error: unknown) => {
+        assert.ok(error instanceof Unauthorized && error.status === 401, String(error));
+        return true;
+      });
+      await assert.rejects(async () => {
+        for await (const _ of wrong.watch()) break;
+      }, Unauthorized);
+      const op = await client.provision({ slug: "iota", tier: "solo", driver: "fake" });
+      const kinds: string[] = [];
+      for await (const event of op.events()) kinds.push(event.kind);
+      assert.equal(kinds.at(0), "state");
+      assert.ok(kinds.includes("progress"));
+      assert.equal((await op.result({ timeout: BOUND }))?.workspace_slug, "iota");
+    } finally {
+      client.close();
+      wrong.close();
     }
   });
 });

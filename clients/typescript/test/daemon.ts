@@ -43,6 +43,8 @@ export class Daemon {
   readonly socket: string;
   process: ChildProcess | undefined;
   stderr = "";
+  /** More arguments for `hearth serve` (e.g. `--listen`). */
+  args: string[] = [];
 
   constructor(settings = SETTINGS) {
     this.folder = mkdtempSync(join(tmpdir(), "hs-"));
@@ -62,7 +64,7 @@ export class Daemon {
     delete env.HEARTH_URL;
     if (process.env.HEARTH_BIN) env.PATH = `${dirname(process.env.HEARTH_BIN)}${delimiter}${env.PATH ?? ""}`; // its adapters
     this.stderr = "";
-    const child = spawn(bin, ["serve", "--home", this.home, "--project", this.project], {
+    const child = spawn(bin, ["serve", "--home", this.home, "--project", this.project, ...this.args], {
       env,
       stdio: ["ignore", "ignore", "pipe"], // in the test's process group: a runner that is stopped stops it
     });
@@ -176,4 +178,16 @@ export class Proxy {
     this.cut();
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/** A TCP port free on the loopback now. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
