@@ -60,6 +60,8 @@ const PAUSE = 100;
 const PAUSE_MAX = 2000;
 /** How long the events of an operation already finished may stay quiet before they are over (ms). */
 const QUIET = 1000;
+/** How often an operation's events look whether it finished without a final event (ms). */
+const LOOK = 10_000;
 const API = "/v1";
 
 export interface SocketAddress {
@@ -528,30 +530,33 @@ export class HearthClient {
 
   /** @internal An operation's events after `after`, ending with its final one. */
   async *operationEvents(id: number, after: number): AsyncGenerator<Event, void, undefined> {
-    // The API streams by slug: follow the slug's stream and keep this operation's events. For an
-    // operation already finished, a stream quiet for a second means its events are over.
+    // The API streams by slug: follow the slug's stream and keep this operation's events. Once
+    // the operation is finished (when asked, or found so by a look every `LOOK` ms: a final
+    // event the daemon never sends must not hold the caller forever), a stream quiet for
+    // `QUIET` ms means its events are over: its final event was stored with its state.
     const op = await this.operation(id);
-    const finished = op.finished;
+    let finished = op.finished;
     const abort = new AbortController();
     const events = this.stream(after, op.slug, abort.signal);
+    let pending: Promise<IteratorResult<Event, void>> | undefined;
     try {
       for (;;) {
-        const next = events.next();
-        let quiet: NodeJS.Timeout | undefined;
-        const result = finished
-          ? await Promise.race([
-              next,
-              new Promise<"quiet">((resolve) => {
-                quiet = setTimeout(() => resolve("quiet"), QUIET);
-              }),
-            ])
-          : await next;
-        clearTimeout(quiet);
-        if (result === "quiet") {
-          abort.abort();
-          await next.catch(() => undefined);
-          return;
+        pending ??= events.next();
+        let timer: NodeJS.Timeout | undefined;
+        const tick = new Promise<"tick">((resolve) => {
+          timer = setTimeout(() => resolve("tick"), finished ? QUIET : LOOK);
+        });
+        const result = await Promise.race([pending, tick]);
+        clearTimeout(timer);
+        if (result === "tick") {
+          if (finished) return; // quiet: over (the pending read is ended by `finally`)
+          finished = await this.operation(id).then(
+            (op) => op.finished,
+            () => false, // a daemon that does not answer now: the stream rides it out
+          );
+          continue;
         }
+        pending = undefined;
         if (result.done) return;
         const event = result.value;
         if (event.operation !== id) continue;
@@ -560,6 +565,7 @@ export class HearthClient {
       }
     } finally {
       abort.abort();
+      if (pending !== undefined) await pending.catch(() => undefined);
       await events.return(undefined);
     }
   }

@@ -289,6 +289,23 @@ describe("hearth-client on a real daemon", () => {
     }
   });
 
+  test("an operation's events end when a killed daemon's operation is settled on restart", T, async () => {
+    const op = await client.provision({ slug: "lambda", tier: "glacial", driver: "fake" });
+    const seen: Event[] = [];
+    const following = (async () => {
+      for await (const event of op.events()) seen.push(event);
+    })();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await daemon.stop("SIGKILL"); // no drain: the restart settles what it left
+    await daemon.start();
+    const started = Date.now();
+    await following; // ends with a final event, or once the operation is found finished
+    assert.ok(Date.now() - started < 20_000);
+    const settled = await client.operation(op.id);
+    assert.ok(settled.finished, settled.state);
+    increasing(seen.map((event) => event.seq));
+  });
+
   test("a wait past the reconnect bound is DaemonUnavailable", T, async () => {
     const short = new HearthClient({ socket: daemon.socket, reconnect: 1 });
     try {
