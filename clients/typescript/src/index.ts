@@ -299,11 +299,12 @@ export class HearthClient {
     });
   }
 
-  /** Whether a transport error happened after the daemon was reached (a drop, not a refusal). */
+  /**
+   * Whether a transport error happened once connected (a drop), not before (a refusal, no
+   * socket, a certificate that is not trusted: asking again would not help).
+   */
   private static connected(error: NodeJS.ErrnoException): boolean {
-    return !["ECONNREFUSED", "ENOENT", "EACCES", "ENOTSOCK", "EHOSTUNREACH", "ENETUNREACH"].includes(
-      error.code ?? "",
-    );
+    return ["ECONNRESET", "EPIPE", "ECONNABORTED", "ERR_STREAM_PREMATURE_CLOSE"].includes(error.code ?? "");
   }
 
   /** One request: the JSON of a 2xx answer, else the daemon's error as its typed class. */
