@@ -45,6 +45,11 @@ export type OperationQuery = NonNullable<operations["listOperations"]["parameter
 
 /** The states an operation ends in. */
 export const FINISHED: ReadonlySet<OperationState> = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
+
+/** Whether `event` ends its operation (its final state). */
+export function isFinal(event: Event): boolean {
+  return event.kind === "state" && event.state != null && FINISHED.has(event.state);
+}
 /** Seconds a request may take by default (as `RemoteHost(timeout=30)`). */
 export const TIMEOUT = 30;
 /** Seconds a wait, a stream or a keyed start rides out a daemon that does not answer (as Python's 120). */
@@ -58,10 +63,6 @@ const WAIT_CHUNK = 30;
 /** The first pause of an outage (ms), doubled after each try up to `PAUSE_MAX`. */
 const PAUSE = 100;
 const PAUSE_MAX = 2000;
-/** How long the events of an operation already finished may stay quiet before they are over (ms). */
-const QUIET = 1000;
-/** How often an operation's events look whether it finished without a final event (ms). */
-const LOOK = 10_000;
 const API = "/v1";
 
 export interface SocketAddress {
@@ -462,12 +463,25 @@ export class HearthClient {
     return this.stream(after, options.slug, options.signal);
   }
 
-  private async *stream(after: number, slug: string | undefined, signal?: AbortSignal): AsyncGenerator<Event, void, undefined> {
+  /**
+   * The stream behind `watch` and `operation.events()`. With `operation`, that operation's own
+   * stream (`/v1/operations/{id}/events`), which the daemon ends after its final event: the
+   * final event ends this one too, and so does a stream that ends with nothing new for an
+   * operation the daemon says is finished (`after` was past its end).
+   */
+  private async *stream(
+    after: number,
+    slug: string | undefined,
+    signal?: AbortSignal,
+    operation?: number,
+  ): AsyncGenerator<Event, void, undefined> {
     let cursor = after;
     const outage = new Outage(this.reconnect, signal);
+    const path = operation === undefined ? "/events" : `/operations/${operation}/events`;
     while (!signal?.aborted) {
       let failure: HearthError | undefined;
-      const request = this.open("GET", "/events", { query: { after: cursor, slug } }, "application/x-ndjson");
+      let fresh = false;
+      const request = this.open("GET", path, { query: { after: cursor, slug } }, "application/x-ndjson");
       request.on("error", () => undefined); // reported through the response or the promise below
       const stop = (): void => void request.destroy();
       signal?.addEventListener("abort", stop, { once: true });
@@ -503,18 +517,22 @@ export class HearthClient {
               const event = JSON.parse(line) as Event;
               if (event.seq <= cursor) continue; // never repeat one
               cursor = event.seq;
+              fresh = true;
               yield event;
+              if (operation !== undefined && isFinal(event)) return;
             }
           }
-          // ended by the daemon (it is stopping): ask again from the cursor
+          // ended by the daemon: an operation's stream that was past its end, or a daemon that
+          // is stopping (ask again from the cursor)
+          if (operation !== undefined && !fresh && (await this.finished(operation))) return;
         }
       } catch (error) {
         if (signal?.aborted) return;
         if (error instanceof HearthError) throw error;
         const errno = error as NodeJS.ErrnoException;
-        if (!HearthClient.connected(errno) && !this.reached) throw this.unavailable(errno, "GET /v1/events");
+        if (!HearthClient.connected(errno) && !this.reached) throw this.unavailable(errno, `GET /v1${path}`);
         this.reached ||= HearthClient.connected(errno);
-        failure = this.unavailable(errno, "GET /v1/events");
+        failure = this.unavailable(errno, `GET /v1${path}`);
       } finally {
         signal?.removeEventListener("abort", stop);
         request.destroy();
@@ -529,45 +547,18 @@ export class HearthClient {
     }
   }
 
-  /** @internal An operation's events after `after`, ending with its final one. */
-  async *operationEvents(id: number, after: number): AsyncGenerator<Event, void, undefined> {
-    // The API streams by slug: follow the slug's stream and keep this operation's events. Once
-    // the operation is finished (when asked, or found so by a look every `LOOK` ms: a final
-    // event the daemon never sends must not hold the caller forever), a stream quiet for
-    // `QUIET` ms means its events are over: its final event was stored with its state.
-    const op = await this.operation(id);
-    let finished = op.finished;
-    const abort = new AbortController();
-    const events = this.stream(after, op.slug, abort.signal);
-    let pending: Promise<IteratorResult<Event, void>> | undefined;
+  /** @internal An operation's events after `after`, ending with its final one: its own stream. */
+  operationEvents(id: number, after: number): AsyncGenerator<Event, void, undefined> {
+    return this.stream(after, undefined, undefined, id);
+  }
+
+  /** Whether the daemon says the operation finished; false when it cannot say now. */
+  private async finished(id: number): Promise<boolean> {
     try {
-      for (;;) {
-        pending ??= events.next();
-        let timer: NodeJS.Timeout | undefined;
-        const tick = new Promise<"tick">((resolve) => {
-          timer = setTimeout(() => resolve("tick"), finished ? QUIET : LOOK);
-        });
-        const result = await Promise.race([pending, tick]);
-        clearTimeout(timer);
-        if (result === "tick") {
-          if (finished) return; // quiet: over (the pending read is ended by `finally`)
-          finished = await this.operation(id).then(
-            (op) => op.finished,
-            () => false, // a daemon that does not answer now: the stream rides it out
-          );
-          continue;
-        }
-        pending = undefined;
-        if (result.done) return;
-        const event = result.value;
-        if (event.operation !== id) continue;
-        yield event;
-        if (event.kind === "state" && event.state && FINISHED.has(event.state)) return;
-      }
-    } finally {
-      abort.abort();
-      if (pending !== undefined) await pending.catch(() => undefined);
-      await events.return(undefined);
+      return FINISHED.has((await this.operation(id)).state);
+    } catch (error) {
+      if (error instanceof HearthError && error.kind === "not_found") throw error;
+      return false;
     }
   }
 
@@ -575,6 +566,19 @@ export class HearthClient {
   /** The records by slug (`after`: the last slug of the previous page). */
   workspaces(query: WorkspaceQuery = {}): Promise<Deployment[]> {
     return this.request<Deployment[]>("GET", "/workspaces", { query });
+  }
+
+  /**
+   * The records and the `seq` of the store's last event when they were read (`Hearth-Seq`):
+   * show them, then `watch({ after: seq })`, and no change is missed (one already shown may
+   * come again: apply it twice).
+   */
+  async snapshot(query: WorkspaceQuery = {}): Promise<{ workspaces: Deployment[]; seq: number }> {
+    const answer = await this.exchange("GET", "/workspaces", { query });
+    if (answer.status < 200 || answer.status >= 300) throw this.errorOf(answer);
+    const seq = Number(answer.headers["hearth-seq"]);
+    if (!Number.isSafeInteger(seq)) throw new HearthError("error", "the hearth daemon sent no Hearth-Seq header");
+    return { workspaces: answer.body as Deployment[], seq };
   }
 
   /** One record. */
@@ -682,6 +686,10 @@ export class Operation {
   }
   get key(): string | null | undefined {
     return this.snapshot.key;
+  }
+  /** The `seq` of its final event once written (on a snapshot read by id, as its log). */
+  get finalSeq(): number | null | undefined {
+    return this.snapshot.final_seq;
   }
   /** Whether the snapshot is finished (succeeded, failed, cancelled, interrupted). */
   get finished(): boolean {

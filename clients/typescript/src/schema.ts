@@ -92,7 +92,8 @@ export interface paths {
         };
         /**
          * Operations
-         * @description Operations by id; ``after``: the last id of the previous page.
+         * @description Operations by id, without their logs (``log`` is empty: read one by id, or the slug's
+         *     ``/logs``); ``after``: the last id of the previous page (exclusive).
          */
         get: operations["listOperations"];
         put?: never;
@@ -110,15 +111,42 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Operation */
+        /**
+         * Operation
+         * @description The operation, with its log.
+         */
         get: operations["getOperation"];
         put?: never;
         post?: never;
         /**
          * Operation Cancel
-         * @description Ask for the operation to be cancelled (its rollback follows; watch it or wait).
+         * @description Ask for the operation to be cancelled (its rollback follows; watch it or wait). A
+         *     finished operation has nothing left to cancel: 409 ``invalid_transition``.
          */
         delete: operations["cancelOperation"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/operations/{ident}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Operation Events
+         * @description One operation's events after ``after`` (or ``Last-Event-ID``; exclusive), from its
+         *     first by default, until its final event: a console follows one start without filtering
+         *     the slug's stream or guessing when a finished one is over. Resume a dropped stream after
+         *     the last ``seq`` read.
+         */
+        get: operations["watchOperationEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -133,7 +161,7 @@ export interface paths {
         };
         /**
          * Operation Wait
-         * @description The operation once finished (200), or after ``timeout`` seconds (202).
+         * @description The operation once finished (200), or after ``timeout`` seconds (202); with its log.
          */
         get: operations["waitOperation"];
         put?: never;
@@ -236,7 +264,9 @@ export interface paths {
         put?: never;
         /**
          * Provision
-         * @description Provision: 202 with the operation (``Location`` names it).
+         * @description Provision: the operation (``Location`` names it), 202 while it runs, 200 when the
+         *     answer is finished (nothing to do: the operation that made the workspace, recorded
+         *     nothing new; a finished operation's key).
          */
         post: operations["provisionWorkspace"];
         delete?: never;
@@ -439,6 +469,8 @@ export interface components {
             driver: string;
             /** Generation */
             generation: number;
+            /** Operation */
+            operation?: number | null;
             /** Reason */
             reason?: string | null;
             ref: components["schemas"]["DeploymentRef"] | null;
@@ -542,9 +574,12 @@ export interface components {
          * @description One entry of the store-wide event log; ``seq`` orders every event of every process.
          *
          *     ``kind``: ``state`` (the operation moved to ``state``; a finished state carries ``error``
-         *     and the workspace's ``record_state``), ``progress`` (the adapter's progress), ``log`` (a
-         *     line of the backend's output on a failure), ``cancel`` (someone asked to cancel; ``message``
-         *     says why).
+         *     and the workspace's ``record_state`` after its outcome, and nothing of the operation follows
+         *     it), ``progress`` (the adapter's progress), ``log`` (a line of the backend's output on a
+         *     failure), ``cancel`` (someone asked to cancel; ``message`` says why), ``workspace`` (the
+         *     slug's record changed, whoever changed it: ``record`` is the record as it now is, None when
+         *     the slug has none left; ``operation`` the one whose outcome or settle changed it, None for a
+         *     change no running operation made: a reconcile's finding, ``adopt``, ``forget``).
          */
         Event: {
             /**
@@ -563,17 +598,20 @@ export interface components {
             }) | null;
             /** Fraction */
             fraction?: number | null;
+            /** Generation */
+            generation?: number | null;
             /**
              * Kind
              * @enum {string}
              */
-            kind: "state" | "progress" | "log" | "cancel";
+            kind: "state" | "progress" | "log" | "cancel" | "workspace";
             /** Level */
             level?: string | null;
             /** Message */
             message?: string | null;
             /** Operation */
-            operation: number;
+            operation: number | null;
+            record?: components["schemas"]["Deployment"] | null;
             /** Record State */
             record_state?: ("provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down") | null;
             /** Seq */
@@ -582,11 +620,8 @@ export interface components {
             slug: string;
             /** State */
             state?: ("queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted") | null;
-            /**
-             * Verb
-             * @enum {string}
-             */
-            verb: "provision" | "upgrade" | "teardown" | "adopt" | "forget";
+            /** Verb */
+            verb: ("provision" | "upgrade" | "teardown" | "adopt" | "forget") | null;
         };
         /** Health */
         Health: {
@@ -682,6 +717,8 @@ export interface components {
             } & {
                 [key: string]: unknown;
             }) | null;
+            /** Final Seq */
+            final_seq?: number | null;
             /** Finished At */
             finished_at?: string | null;
             /** Generation */
@@ -971,7 +1008,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1047,7 +1084,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1121,7 +1158,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1179,7 +1216,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1251,7 +1288,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1329,7 +1366,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1418,7 +1455,91 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    watchOperationEvents: {
+        parameters: {
+            query?: {
+                after?: number;
+            };
+            header?: {
+                accept?: string | null;
+                "Last-Event-ID"?: number | null;
+            };
+            path: {
+                ident: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the operation's events, one per line (NDJSON), ending after its final event (at once for a finished operation once its events are sent); Server-Sent Events (id: seq, event: kind, data: the Event) with Accept: text/event-stream */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": components["schemas"]["Event"];
+                    "text/event-stream": string;
+                };
+            };
+            /** @description invalid_input: the request, or the project's hearth.toml, is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1507,7 +1628,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1623,7 +1744,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1779,7 +1900,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1846,7 +1967,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1919,7 +2040,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2045,7 +2166,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2132,7 +2253,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2249,7 +2370,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2376,7 +2497,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2472,7 +2593,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2552,7 +2673,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2651,7 +2772,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -2797,7 +2918,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -94,7 +94,21 @@ describe("hearth-client on a real daemon", () => {
       ["queued", "running", "succeeded"],
     );
 
+    // a snapshot's seq is where a stream of what came after it starts; the final event is named
+    const snap = await client.snapshot();
+    assert.deepEqual(snap.workspaces.map((w) => w.slug), ["alpha"]);
+    assert.equal(snap.workspaces[0]!.operation, null);
+    assert.ok(snap.seq >= events.at(-1)!.seq, `${snap.seq}`);
+    assert.equal((await client.operation(op.id)).finalSeq, events.at(-1)!.seq);
+
     const teardown = await client.teardown("alpha");
+    const later: Event[] = [];
+    for await (const event of client.watch({ after: snap.seq })) {
+      later.push(event);
+      if (event.operation === teardown.id && event.kind === "state" && event.state === "succeeded") break;
+    }
+    assert.ok(later.length > 0 && later.every((event) => event.seq > snap.seq));
+    assert.ok(later.some((event) => event.operation === teardown.id));
     assert.equal(await teardown.result({ timeout: BOUND }), null);
     assert.equal((await client.workspace("alpha")).state, "tier_torn_down");
   });
