@@ -91,6 +91,9 @@ class Deployment(BaseModel):
     #: adapter's progress named it during a verb; stored at once, so that what a host killed
     #: mid-verb left half created can be found.
     backend_id: str | None = None
+    #: Who owns what, as Docker and Kubernetes say it: keys and values in Kubernetes label
+    #: syntax, at most 64 (``Host.label``; a provision's ``labels``). Never sent to adapters.
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 def synthesized_ref(record: Deployment) -> DeploymentRef:

@@ -265,11 +265,20 @@ class RemoteHost:
         reuse: bool = False,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Operation:
         """Provision ``slug`` on the daemon; the operation, at once. ``timeout`` is the
         deadline of the adapter's work, kept by the daemon (as ``Host``'s is); ``on_progress``
         is called with each of its progress events, as they come, until it ends."""
-        body = {"slug": slug, "tier": tier, "driver": driver, "reuse": bool(reuse), "timeout": timeout}
+        body: dict[str, Any] = {
+            "slug": slug,
+            "tier": tier,
+            "driver": driver,
+            "reuse": bool(reuse),
+            "timeout": timeout,
+        }
+        if labels:
+            body["labels"] = dict(labels)
         return await self._started("POST", "/workspaces", key, on_progress, body=body)
 
     async def start_upgrade(
@@ -306,6 +315,7 @@ class RemoteHost:
         timeout: float | None = None,
         reuse: bool = False,
         key: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> DeploymentRef:
         """Provision ``slug`` and wait for it (cancelling this call cancels what it started); the
         same (slug, tier, driver) again returns the stored ref and records nothing, as ``Host``."""
@@ -315,7 +325,9 @@ class RemoteHost:
                 return quick.ref
         ours = key or own_key()
         ref = await self._verb(
-            self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
+            self.start_provision(
+                slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout, labels=labels
+            ),
             ours,
             on_progress,
             ("provision", slug),
@@ -536,6 +548,7 @@ class RemoteHost:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> builtins.list[Deployment]:
         params = {
             "state": state,
@@ -543,6 +556,7 @@ class RemoteHost:
             "include_torn_down": "true" if include_torn_down else "false",
             "limit": limit,
             "after": after,
+            "label": label_params(labels),
         }
         return parse(list[Deployment], await self._call("GET", "/workspaces", params=params))
 
@@ -632,6 +646,12 @@ class RemoteHost:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         return Deployment.model_validate(await self._call("POST", f"/workspaces/{seg(slug)}/forget"))
 
+    async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment:
+        """Set the labels ``labels`` maps to a value and remove those it maps to None; the
+        record as it now is (``PATCH /v1/workspaces/{slug}``)."""
+        body = {"labels": dict(labels) if isinstance(labels, Mapping) else labels}
+        return Deployment.model_validate(await self._call("PATCH", f"/workspaces/{seg(slug)}", body=body))
+
     async def health(self) -> dict[str, Any]:
         """The daemon's ``/v1/health``: status, version, owner, running."""
         return dict(await self._call("GET", "/health"))
@@ -640,6 +660,13 @@ class RemoteHost:
         """The daemon's ``/v1/ready``: returns when its store can be used now; else the error
         it answered (``store_error`` saying what is wrong, ``closed`` while it stops)."""
         await self._call("GET", "/ready")
+
+
+def label_params(labels: Mapping[str, str] | None) -> builtins.list[str] | None:
+    """``?label=KEY=VALUE``, repeated, for ``labels``; None (no parameter) without any."""
+    if not labels:
+        return None
+    return [f"{key}={value}" for key, value in labels.items()]
 
 
 def _asked(future: asyncio.Future[Operation]) -> None:

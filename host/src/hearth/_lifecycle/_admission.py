@@ -39,6 +39,7 @@ from ._checks import (
     check_tier,
     deadline,
     echo,
+    label_count,
     remaining,
     rules_for,
 )
@@ -74,6 +75,8 @@ class Admission:
             checks.driver(request.driver)
             checks.profile(request.tier, request.driver)
         record, active = await self._recovery.heal(request.slug)
+        if request.labels and record is not None and record.state != "tier_torn_down":
+            label_count({**record.labels, **request.labels})  # a failed one's, merged
         if request.verb != "provision":
             if record is None and active is not None:  # a first provision still queued: busy, not absent
                 self.join(active, request, None)
