@@ -33,6 +33,7 @@ from ._remote_wire import (
     QUIET,
     decode,
     error_of,
+    label_params,
     longer,
     operation_events,
     outage,
@@ -530,14 +531,17 @@ class RemoteHost:
         return operation_events(self, ident, after)
 
     # --- events --------------------------------------------------------------------------------
-    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
-        """Every event after sequence number ``after`` (``slug`` narrows it), as they come; a
+    def watch(
+        self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]:
+        """Every event after sequence number ``after`` (``slug`` and ``labels`` narrow it, as on
+        ``Host``), as they come; a
         dropped connection is reopened from the last ``seq`` seen, so nothing is lost or
         repeated, through an outage (a restart) of up to ``reconnect`` seconds; past it
         ``DaemonUnavailable``. A daemon never reached is ``DaemonUnavailable`` at once."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput(f"after must be a whole number of at least 0, not {after!r}")
-        return stream(self, after, slug)
+        return stream(self, after, slug, labels=label_params(labels))
 
     # --- queries -------------------------------------------------------------------------------
     async def deployments(
@@ -660,13 +664,6 @@ class RemoteHost:
         """The daemon's ``/v1/ready``: returns when its store can be used now; else the error
         it answered (``store_error`` saying what is wrong, ``closed`` while it stops)."""
         await self._call("GET", "/ready")
-
-
-def label_params(labels: Mapping[str, str] | None) -> builtins.list[str] | None:
-    """``?label=KEY=VALUE``, repeated, for ``labels``; None (no parameter) without any."""
-    if not labels:
-        return None
-    return [f"{key}={value}" for key, value in labels.items()]
 
 
 def _asked(future: asyncio.Future[Operation]) -> None:

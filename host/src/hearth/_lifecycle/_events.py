@@ -399,7 +399,7 @@ async def labelled(
     event was written. Events do not store labels; every change of a record writes a
     ``workspace`` event with the record, so a slug's labels at an event are those of its last
     ``workspace`` event before it (read from the store once per slug, then followed in the
-    stream; a slug with none before it: its current record's). A ``workspace`` event passes
+    stream; before a slug's first one, the labels that one gave it). A ``workspace`` event passes
     when the workspace carried them before it or carries them after it, so a watcher sees a
     workspace leave its set. Lists left empty are not yielded."""
     known: dict[str, dict[str, str]] = {}
@@ -427,9 +427,18 @@ async def labelled(
             await closer()
 
 
+async def flattened(batches: AsyncGenerator[list[Event]]) -> AsyncGenerator[Event]:
+    """The events of ``batches``, one at a time."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
 async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str]:
     """The labels ``slug`` carried just before event ``seq``: its last ``workspace`` event's
-    record's; its current record's when no such event came before (or none, when it has none)."""
+    record's; before its first one (a first provision's ``queued``), the labels that one gave
+    it; its current record's when it has no ``workspace`` event (events older than them)."""
     store = core.store
     last: Event | None = None
     position = 0
@@ -437,6 +446,7 @@ async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str]:
         page = await store.events(after=position, slug=slug, kind="workspace", limit=BATCH)
         for event in page:
             if event.seq >= seq:
+                last = last or event
                 page = []
                 break
             last = event

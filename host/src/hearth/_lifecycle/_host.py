@@ -30,7 +30,7 @@ from .._store._base import Store
 from ._admission import Admission
 from ._checks import Checks, Request, check_labels, check_slug, deadline, echo, sequence
 from ._core import Core
-from ._events import EventLog, labelled
+from ._events import EventLog, flattened, labelled
 from ._operations import Operations
 from ._queries import Queries
 from ._reconcile import adopt, forget, relabel
@@ -329,12 +329,18 @@ class Host:
         ``logs(slug)`` carry them); ``after``: the last id of the previous page (exclusive)."""
         return await self._operations.find(slug=slug, state=state, limit=limit, after=after)
 
-    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
+    def watch(
+        self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]:
         """Every event of every process sharing the store, after sequence number ``after``,
-        as they come (``slug`` narrows it); resume from the last ``seq`` you saw. The input is
+        as they come (``slug`` narrows it; ``labels`` to the workspaces that carried each of
+        them then, ``_events.labelled``); resume from the last ``seq`` you saw. The input is
         checked here, before the first event; the iterator ends when the host closes."""
         if slug is not None:
             check_slug(slug)
+        wanted = {k: v for k, v in check_labels(labels).items() if v is not None}
+        if wanted:
+            return flattened(labelled(self._events.batches(sequence(after), slug=slug), wanted, self._core))
         return self._events.after(sequence(after), slug=slug)
 
     def watch_batches(
