@@ -544,6 +544,21 @@ async def test_labels_go_on_provision_change_by_label_and_filter_the_records(tmp
         assert (await host.deployment("beta")).labels == {"team": "c"}
 
 
+async def test_a_label_change_settles_what_a_dead_host_left_first(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("beta", tier="solo", driver="fake", labels={"team": "b"})
+        beta = await host.deployment("beta")
+        await left_by_a_dead_host(host, beta.model_copy(update={"state": "upgrading"}), "upgrade")
+        changed = await host.label("beta", {"team": "c"})
+        assert (changed.state, changed.labels) == ("ready", {"team": "c"})
+        [interrupted] = [op for op in await host.operations(slug="beta") if op.verb == "upgrade"]
+        assert interrupted.state == "interrupted"
+        # its final event came with the settle, before the label change's workspace event
+        events = await host.store.events(slug="beta", after=0)
+        final = next(e for e in events if e.operation == interrupted.id and e.final)
+        assert final.record_state == "ready" and events[-1].record == changed
+
+
 async def _events_after(host: Host, seq: int) -> AsyncIterator[Event]:
     for event in await host.store.events(after=seq):
         yield event

@@ -487,6 +487,7 @@ class Host:
         check_slug(slug)
         changes = check_labels(labels, removals=True)
         await self._core.opened()
+        await self._recovery.heal(slug)  # what a dead host left transient is settled first
         return await relabel(self._core, self._recovery.active_operation, slug, changes)
 
 

@@ -283,6 +283,11 @@ async def relabel(core: Core, active_of: ActiveOf, slug: str, changes: dict[str,
         if record is None:
             raise NotFound(f"no workspace {slug!r}")
         await _refuse_if_busy(active_of, slug)
+        if record.state in TRANSIENT:  # a dead host's, its adapter not yet able to say
+            raise Busy(
+                f"workspace {slug!r} is {record.state}, left so by a host that stopped: its labels "
+                "change once it is settled (hearth reconcile)"
+            )
         labels = dict(record.labels)
         for key, value in changes.items():
             if value is None:
