@@ -303,6 +303,8 @@ def test_labels_on_provision_by_label_and_filtering_ls(cli: Cli, venv_bin: Path)
     assert (status, error["kind"]) == (2, "invalid_input") and "label key 'Bad Key'" in line
     status, _, error = cli.error("label", "alpha", "no-equals")
     assert (status, error["kind"]) == (2, "invalid_input")
+    status, line, error = cli.error("ls", "--label", "Bad Key=x")  # the standard-library reader too
+    assert (status, error["kind"]) == (2, "invalid_input") and "label key 'Bad Key'" in line
     status, _, error = cli.error("label", "nobody", "team=a")
     assert error["kind"] == "not_found"
     status, line, error = cli.error(

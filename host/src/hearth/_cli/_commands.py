@@ -65,8 +65,10 @@ async def _ls_store(args: argparse.Namespace) -> list[Listed]:
 
 
 def _wanted(args: argparse.Namespace) -> dict[str, str] | None:
-    """``--label``'s labels, None without it."""
-    return dict(getattr(args, "labels", None) or []) or None
+    """``--label``'s labels, checked (the store's reader checks none), None without any."""
+    from .._labels import labels_given
+
+    return labels_given(dict(getattr(args, "labels", None) or [])) or None
 
 
 async def _ls_remote(args: argparse.Namespace) -> list[Listed]:

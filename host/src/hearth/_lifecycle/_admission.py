@@ -18,6 +18,7 @@ from __future__ import annotations
 from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile, codes
 
 from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile, Unsupported
+from .._labels import label_count
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
     Recorded,
@@ -39,7 +40,6 @@ from ._checks import (
     check_tier,
     deadline,
     echo,
-    label_count,
     remaining,
     rules_for,
 )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -24,12 +23,6 @@ from ._core import Core
 ECHO = 80
 #: The longest idempotency key accepted.
 KEY_MAX = 200
-#: The most labels a workspace carries.
-LABELS_MAX = 64
-#: A label's name (a key's part after its prefix) and a non-empty value: Kubernetes' syntax.
-LABEL_NAME = re.compile(r"[A-Za-z0-9]([-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?")
-#: A key's optional prefix: a DNS subdomain (at most 253 characters).
-LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -66,53 +59,6 @@ def check_slug(slug: str) -> None:
 def check_key(key: str | None) -> None:
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= KEY_MAX or not key.isprintable()):
         raise InvalidInput(f"{echo(key)} is not an idempotency key: use 1 to {KEY_MAX} printable characters")
-
-
-def check_label_key(key: object) -> str:
-    """A label key in Kubernetes' syntax: an optional DNS-subdomain prefix (at most 253
-    characters) and ``/``, then a name of 1 to 63 letters, digits, ``-``, ``_`` and ``.``
-    starting and ending with a letter or digit."""
-    if isinstance(key, str):
-        prefix, slash, name = key.rpartition("/")
-        if (
-            LABEL_NAME.fullmatch(name)
-            and len(name) <= 63
-            and (not slash or (len(prefix) <= 253 and LABEL_PREFIX.fullmatch(prefix)))
-        ):
-            return key
-    raise InvalidInput(
-        f"label key {echo(key)} is not valid: use an optional DNS subdomain prefix and '/', then "
-        "1 to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-    )
-
-
-def check_label_value(key: str, value: object) -> str:
-    """A label value in Kubernetes' syntax: empty, or a label name (at most 63 characters)."""
-    if isinstance(value, str) and (value == "" or (len(value) <= 63 and LABEL_NAME.fullmatch(value))):
-        return value
-    raise InvalidInput(
-        f"label {key!r} has an invalid value {echo(value)}: use at most 63 letters, digits, '-', "
-        "'_' and '.', starting and ending with a letter or digit (or nothing)"
-    )
-
-
-def check_labels(labels: Mapping[str, object] | None, *, removals: bool = False) -> dict[str, str | None]:
-    """Labels as a caller passed them, checked; with ``removals``, a value None removes its key."""
-    if labels is None:
-        return {}
-    if not isinstance(labels, Mapping):
-        raise InvalidInput(f"labels must map keys to values, not {echo(labels)}")
-    checked: dict[str, str | None] = {}
-    for given, value in labels.items():
-        key = check_label_key(given)
-        checked[key] = None if value is None and removals else check_label_value(key, value)
-    label_count(checked)
-    return checked
-
-
-def label_count(labels: Mapping[str, object]) -> None:
-    if len(labels) > LABELS_MAX:
-        raise InvalidInput(f"a workspace carries at most {LABELS_MAX} labels, not {len(labels)}")
 
 
 def check_tier(tier: object) -> None:

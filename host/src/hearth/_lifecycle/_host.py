@@ -23,12 +23,13 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 from .._adapters._discovery import DriverInfo, driver_infos
 from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._errors import InvalidInput
+from .._labels import check_labels, labels_given
 from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
 from .._settings import Settings, Tier, Timeouts, positive_seconds
 from .._states import same_ready, teardown_done
 from .._store._base import Store
 from ._admission import Admission
-from ._checks import Checks, Request, check_labels, check_slug, deadline, echo, sequence
+from ._checks import Checks, Request, check_slug, deadline, echo, sequence
 from ._core import Core
 from ._events import EventLog, flattened, labelled
 from ._operations import Operations
@@ -213,7 +214,7 @@ class Host:
         provisioned again has them merged into its own. A provision that writes no record (it
         has nothing to do, or joins the slug's running provision) changes no label: ``label``
         does. Labels are never sent to the adapter."""
-        checked = {k: v for k, v in check_labels(labels).items() if v is not None}
+        checked = labels_given(labels)
         request = Request(
             "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
         )
@@ -260,7 +261,7 @@ class Host:
         """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref.
         ``labels``: as ``start_provision``'s."""
         check_slug(slug)
-        checked = {k: v for k, v in check_labels(labels).items() if v is not None}
+        checked = labels_given(labels)
         quick = await self._core.store.get(slug)
         if (
             isinstance(tier, str)
@@ -338,7 +339,7 @@ class Host:
         checked here, before the first event; the iterator ends when the host closes."""
         if slug is not None:
             check_slug(slug)
-        wanted = {k: v for k, v in check_labels(labels).items() if v is not None}
+        wanted = labels_given(labels)
         if wanted:
             return flattened(labelled(self._events.batches(sequence(after), slug=slug), wanted, self._core))
         return self._events.after(sequence(after), slug=slug)
@@ -360,7 +361,7 @@ class Host:
             check_slug(slug)
         if operation is not None:
             sequence(operation)
-        wanted = {k: v for k, v in check_labels(labels).items() if v is not None}
+        wanted = labels_given(labels)
         batches = self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
         return labelled(batches, wanted, self._core) if wanted else batches
 

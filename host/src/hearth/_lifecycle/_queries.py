@@ -10,9 +10,10 @@ from typing import Any
 from hearth_adaptersdk import DeploymentRef, StatusReport, utc_now
 
 from .._errors import InvalidInput, NotFound, StoreError
+from .._labels import labels_given
 from .._models import Deployment, Operation, synthesized_ref
 from .._states import STATES, TRANSIENT
-from ._checks import Checks, check_driver_name, check_labels, check_slug, deadline, echo, page, remaining
+from ._checks import Checks, check_driver_name, check_slug, deadline, echo, page, remaining
 from ._core import Core
 from ._recovery import Recovery
 
@@ -102,7 +103,7 @@ class Queries:
             check_driver_name(driver)
         if after is not None and not isinstance(after, str):
             raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
-        wanted = {k: v for k, v in check_labels(labels).items() if v is not None}
+        wanted = labels_given(labels)
         return await self._core.store.deployments(
             state=state,
             driver=driver,

@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
 from .._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
+from .._labels import label_count
 from .._models import Deployment, Operation, ReconcileReport, existing_json, synthesized_ref
 from .._states import TRANSIENT, Settlement, needs_status, settled_note, settlement, uncertain_verb
 from .._store._base import NewOperation
-from ._checks import label_count
 from ._core import Core
 
 #: The slug's live operation, ending those of dead hosts on the way (``Recovery.active_operation``).
