@@ -278,6 +278,55 @@ def test_progress_is_shown_live_on_a_terminal(cli: Cli) -> None:
     assert b"creating workspace alpha" in shown and b"100%" in shown
 
 
+def test_labels_on_provision_by_label_and_filtering_ls(cli: Cli, venv_bin: Path) -> None:
+    """Issue 21: ``hearth provision --label``, ``hearth label SLUG k=v gone-`` and ``hearth ls
+    --label`` (the standard-library reader: it loads no pydantic)."""
+    made = cli.run(
+        "provision", "alpha", "--tier", "solo", "--driver", "fake", "--label", "team=a", "--label", "env=dev"
+    )
+    assert made.returncode == 0, made.stderr
+    cli.json("provision", "beta", "--tier", "solo", "--driver", "fake", "--label", "team=b")
+    cli.json("provision", "gamma", "--tier", "solo", "--driver", "fake")
+    assert [r["workspace_slug"] for r in cli.json("ls", "--label", "team=a")] == ["alpha"]
+    assert [r["workspace_slug"] for r in cli.json("ls", "--label", "team=a", "--label", "env=prod")] == []
+    assert len(cli.json("ls")) == 3
+
+    record = cli.json("label", "alpha", "env=prod", "owner=ann", "team-")
+    assert (record["slug"], record["labels"]) == ("alpha", {"env": "prod", "owner": "ann"})
+    shown = cli.run("label", "alpha", "tier=gold")
+    assert shown.returncode == 0 and shown.stdout.strip() == "alpha: env=prod, owner=ann, tier=gold"
+    assert [r["workspace_slug"] for r in cli.json("ls", "--label", "owner=ann")] == ["alpha"]
+    text = cli.run("ls", "--label", "team=b")
+    assert text.returncode == 0 and "beta" in text.stdout and "alpha" not in text.stdout
+
+    status, line, error = cli.error("label", "alpha", "Bad Key=x")
+    assert (status, error["kind"]) == (2, "invalid_input") and "label key 'Bad Key'" in line
+    status, _, error = cli.error("label", "alpha", "no-equals")
+    assert (status, error["kind"]) == (2, "invalid_input")
+    status, line, error = cli.error("ls", "--label", "Bad Key=x")  # the standard-library reader too
+    assert (status, error["kind"]) == (2, "invalid_input") and "label key 'Bad Key'" in line
+    status, _, error = cli.error("label", "nobody", "team=a")
+    assert error["kind"] == "not_found"
+    status, line, error = cli.error(
+        "provision", "delta", "--tier", "solo", "--driver", "fake", "--label", "team=no way"
+    )
+    assert error["kind"] == "invalid_input" and "label 'team'" in line
+
+    code = (
+        "import sys\nfrom hearth._cli import main\n"
+        f"code = main(['ls', '--label', 'owner=ann', '--json', '--home', {str(cli.home)!r}])\n"
+        "print(code, 'pydantic' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [str(venv_bin / "python"), "-c", code],
+        env=cli.env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    *document, last = done.stdout.splitlines()
+    assert [r["workspace_slug"] for r in json.loads("\n".join(document))] == ["alpha"]
+    assert last == "0 False"
+
+
 def test_ctrl_c_cancels_the_adapter_and_the_record_says_why(cli: Cli) -> None:
     host = subprocess.Popen(
         cli.argv("provision", "alpha", "--tier", "glacial", "--driver", "fake", "--json"),

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "hearth._dirs",
             "hearth._api",
             "hearth._address",
+            "hearth._labels",
         },
     ),
     ("store, adapters", {"hearth._store", "hearth._adapters"}),

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -500,6 +501,122 @@ async def test_an_operation_read_by_id_carries_its_log_and_a_list_leaves_it_out(
         assert read.log == logged.log and read.log[-1].message
         [listed] = await host.operations(slug="alpha")
         assert listed.log == ()
+
+
+# --- labels (issue 21) ----------------------------------------------------------------------------
+async def test_labels_go_on_provision_change_by_label_and_filter_the_records(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        labels = {"team": "a", "env": "dev"}
+        op = await host.start_provision("alpha", tier="solo", driver="fake", labels=labels)
+        assert (await op.wait(timeout=30)).state == "succeeded"
+        await host.provision("beta", tier="solo", driver="fake", labels={"team": "b"})
+        await host.provision("gamma", tier="solo", driver="fake")
+        assert (await host.deployment("alpha")).labels == {"env": "dev", "team": "a"}
+        assert (await host.deployment("gamma")).labels == {}
+        assert [d.slug for d in await host.deployments(labels={"team": "a"})] == ["alpha"]
+        assert [d.slug for d in await host.deployments(labels={"team": "a", "env": "prod"})] == []
+        # labels never reach the adapter
+        assert "team" not in json.dumps(calls(tmp_path / "home", "provision"))
+
+        seq = await host.store.last_seq()
+        changed = await host.label("alpha", {"env": "prod", "example.com/owner": "ann", "team": None})
+        assert changed.labels == {"env": "prod", "example.com/owner": "ann"}
+        assert await host.deployment("alpha") == changed
+        assert changed.state == "ready" and changed.generation == 1
+        [event] = [e async for e in _events_after(host, seq)]
+        assert (event.kind, event.slug, event.operation, event.verb) == ("workspace", "alpha", None, None)
+        assert event.record is not None and event.record.labels == changed.labels
+        # a change that changes nothing writes nothing; removing an absent label is no change
+        seq = await host.store.last_seq()
+        assert await host.label("alpha", {"env": "prod", "gone": None}) == changed
+        assert await host.store.last_seq() == seq
+        assert [d.slug for d in await host.deployments(labels={"example.com/owner": "ann"})] == ["alpha"]
+
+        # a provision of an existing workspace with nothing to do changes no label
+        again = await host.start_provision("beta", tier="solo", driver="fake", labels={"team": "z"})
+        assert again.finished and (await host.deployment("beta")).labels == {"team": "b"}
+        # an upgrade keeps them, a reuse starts the new generation with the provision's own
+        await host.upgrade("beta", tier="team")
+        assert (await host.deployment("beta")).labels == {"team": "b"}
+        await host.teardown("beta")
+        assert (await host.deployment("beta")).labels == {"team": "b"}
+        await host.provision("beta", tier="solo", driver="fake", reuse=True, labels={"team": "c"})
+        assert (await host.deployment("beta")).labels == {"team": "c"}
+
+
+async def test_a_label_change_settles_what_a_dead_host_left_first(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("beta", tier="solo", driver="fake", labels={"team": "b"})
+        beta = await host.deployment("beta")
+        await left_by_a_dead_host(host, beta.model_copy(update={"state": "upgrading"}), "upgrade")
+        changed = await host.label("beta", {"team": "c"})
+        assert (changed.state, changed.labels) == ("ready", {"team": "c"})
+        [interrupted] = [op for op in await host.operations(slug="beta") if op.verb == "upgrade"]
+        assert interrupted.state == "interrupted"
+        # its final event came with the settle, before the label change's workspace event
+        events = await host.store.events(slug="beta", after=0)
+        final = next(e for e in events if e.operation == interrupted.id and e.final)
+        assert final.record_state == "ready" and events[-1].record == changed
+
+
+async def _events_after(host: Host, seq: int) -> AsyncIterator[Event]:
+    for event in await host.store.events(after=seq):
+        yield event
+
+
+async def test_bad_labels_are_refused_naming_the_label(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        bad: list[tuple[dict[str, Any], str]] = [
+            ({"Bad Key": "x"}, "label key 'Bad Key'"),
+            ({"-team": "x"}, "label key '-team'"),
+            ({"a" * 64: "x"}, "label key"),
+            ({"Example.com/team": "x"}, "label key 'Example.com/team'"),
+            ({"/team": "x"}, "label key '/team'"),
+            ({"team": "not ok"}, "label 'team' has an invalid value 'not ok'"),
+            ({"team": "x" * 64}, "label 'team' has an invalid value"),
+            ({"team": "-x"}, "label 'team' has an invalid value"),
+            ({"team": 5}, "label 'team' has an invalid value 5"),
+        ]
+        for labels, message in bad:
+            with pytest.raises(InvalidInput, match=re.escape(message)) as caught:
+                await host.start_provision("alpha", tier="solo", driver="fake", labels=labels)
+            assert caught.value.kind == "invalid_input"
+        assert await host.operations() == []
+        ok = {"a" * 63: "", "x." * 100 + "io/" + "n" * 63: "v" * 63, "k_8.s-io": "A_b.C-1"}
+        await host.provision("alpha", tier="solo", driver="fake", labels=ok)
+        assert (await host.deployment("alpha")).labels == ok
+        with pytest.raises(InvalidInput, match=re.escape("label key 'Nope!'")):
+            await host.label("alpha", {"Nope!": "x"})
+        with pytest.raises(NotFound):
+            await host.label("nobody", {"team": "a"})
+        with pytest.raises(InvalidInput, match="at most 64 labels, not 65"):
+            await host.start_provision(
+                "beta", tier="solo", driver="fake", labels={f"k{i}": "v" for i in range(65)}
+            )
+        # at most 64 on a record: the 64th goes on, the 65th is refused and nothing changes
+        sixty = {f"k{i}": "v" for i in range(61)}
+        await host.label("alpha", sixty)
+        assert len((await host.deployment("alpha")).labels) == 64
+        with pytest.raises(InvalidInput, match="at most 64 labels, not 65"):
+            await host.label("alpha", {"one-more": "v"})
+        await host.label("alpha", {"one-more": "v", "k0": None})  # one out, one in
+        assert len((await host.deployment("alpha")).labels) == 64
+        with pytest.raises(InvalidInput, match="is not a workspace slug"):
+            await host.label("Not A Slug", {"team": "a"})
+
+
+async def test_labels_cannot_change_while_an_operation_runs_on_the_slug(tmp_path: Path) -> None:
+    async with make_host(tmp_path) as host:
+        await host.provision("alpha", tier="solo", driver="fake", labels={"team": "a"})
+        running = await host.start_upgrade("alpha", tier="slow")
+        await first_progress(running)
+        with pytest.raises(Busy, match=rf"operation #{running.id}"):
+            async with asyncio.timeout(10):  # at once, not after the lock wait
+                await host.label("alpha", {"team": "b"})
+        await running.cancel(reason="enough")
+        await running.wait(timeout=30)
+        assert (await host.deployment("alpha")).labels == {"team": "a"}
+        assert (await host.label("alpha", {"team": "b"})).labels == {"team": "b"}
 
 
 # --- 3: busy ------------------------------------------------------------------------------------

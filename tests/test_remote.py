@@ -149,6 +149,60 @@ async def test_start_then_events_and_result_and_a_key_names_one_operation(tmp_pa
         assert (await remote.operation(op.id)).state == "succeeded"
 
 
+async def test_labels_through_a_remote_host_as_on_the_host(tmp_path: Path) -> None:
+    """Issue 21: ``start_provision(labels=)``, ``provision(labels=)``, ``label`` and
+    ``deployments(labels=)`` answer through the daemon what they answer on the ``Host``."""
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        op = await remote.start_provision("alpha", tier="solo", driver="fake", labels={"team": "a"})
+        assert (await op.wait(timeout=BOUND)).state == "succeeded"
+        await remote.provision("beta", tier="solo", driver="fake", labels={"team": "b", "env": "dev"})
+        assert (await remote.deployment("beta")).labels == {"env": "dev", "team": "b"}
+        changed = await remote.label("alpha", {"env": "dev", "team": None})
+        assert changed.labels == {"env": "dev"} and changed == await host.deployment("alpha")
+        for who in (remote, host):
+            assert [d.slug for d in await who.deployments(labels={"env": "dev"})] == ["alpha", "beta"]
+            found = await who.deployments(labels={"env": "dev", "team": "b"})
+            assert [d.slug for d in found] == ["beta"]
+        with pytest.raises(InvalidInput, match="label key 'Bad Key'"):
+            await remote.label("alpha", {"Bad Key": "x"})
+        with pytest.raises(InvalidInput, match="label 'team' has an invalid value"):
+            await remote.start_provision("gamma", tier="solo", driver="fake", labels={"team": "no way"})
+        with pytest.raises(NotFound):
+            await remote.label("nobody", {"team": "a"})
+        running = await remote.start_upgrade("beta", tier="slow")
+        with pytest.raises(Busy) as busy:
+            await remote.label("beta", {"team": "c"})
+        assert busy.value.operation == running.id
+        await running.cancel(reason="enough")
+
+
+async def test_watch_with_labels_yields_the_events_of_the_labelled_workspaces_on_both_hosts(
+    tmp_path: Path,
+) -> None:
+    async with daemon(tmp_path) as (sock, host), RemoteHost(sock) as remote:
+        start = await host.store.last_seq()
+        await remote.provision("beta", tier="solo", driver="fake", labels={"team": "b"})
+        await remote.provision("alpha", tier="solo", driver="fake", labels={"team": "a"})
+        await remote.label("beta", {"team": "a"})  # joins the set: this change and what follows
+        await remote.teardown("beta")
+        for who in (host, remote):
+            seen: list[Event] = []
+            async with asyncio.timeout(BOUND):
+                async for event in who.watch(after=start, labels={"team": "a"}):
+                    seen.append(event)
+                    if event.slug == "beta" and event.final:
+                        break
+            assert {e.slug for e in seen} == {"alpha", "beta"}
+            beta = [e for e in seen if e.slug == "beta"]
+            assert beta[0].kind == "workspace" and beta[0].operation is None  # the label change
+            assert beta[-1].verb == "teardown"
+            assert any(e.slug == "alpha" and e.kind == "progress" for e in seen)
+        with pytest.raises(InvalidInput, match="label key"):  # the daemon's answer, at the first read
+            await anext(aiter(remote.watch(labels={"Bad Key": "x"})))
+        with pytest.raises(InvalidInput, match="label key"):
+            host.watch(labels={"Bad Key": "x"})
+
+
 async def test_typed_errors_come_back(tmp_path: Path) -> None:
     async with daemon(tmp_path) as (sock, _), RemoteHost(sock) as remote:
         with pytest.raises(NotFound):

@@ -513,6 +513,51 @@ async def test_events_resume_after_a_disconnect_with_nothing_lost_or_repeated(tm
         assert (await client.get("/v1/workspaces/eta")).json()["state"] == "ready"  # the work went on
 
 
+async def test_labels_on_provision_patch_and_the_label_filters(tmp_path: Path) -> None:
+    """Issue 21: ``labels`` on a provision, ``PATCH /v1/workspaces/{slug}``, and ``?label=k=v``
+    (repeatable, all must match) on the workspaces and the events."""
+    async with served(tmp_path) as client:
+        for slug, labels in (("alpha", {"team": "a", "env": "dev"}), ("beta", {"team": "b"})):
+            body = {"slug": slug, "tier": "solo", "driver": "fake", "labels": labels}
+            made = await client.post("/v1/workspaces", json=body, params={"wait": BOUND})
+            assert made.status_code == 200 and made.json()["state"] == "succeeded", made.text
+        listed = await client.get("/v1/workspaces", params={"label": "team=a"})
+        assert [(d["slug"], d["labels"]) for d in listed.json()] == [("alpha", {"env": "dev", "team": "a"})]
+        both = await client.get("/v1/workspaces", params=[("label", "team=a"), ("label", "env=prod")])
+        assert both.status_code == 200 and both.json() == []
+        patched = await client.patch("/v1/workspaces/alpha", json={"labels": {"env": "prod", "team": None}})
+        assert patched.status_code == 200 and patched.json()["labels"] == {"env": "prod"}
+        assert (await client.get("/v1/workspaces/alpha")).json()["labels"] == {"env": "prod"}
+        refusals: list[tuple[str, Json, int, str]] = [
+            ("/v1/workspaces/alpha", {"labels": {"Bad Key": "x"}}, 400, "invalid_input"),
+            ("/v1/workspaces/alpha", {"labels": {"team": 5}}, 400, "invalid_input"),
+            ("/v1/workspaces/alpha", {"labels": {"team": "x"}, "other": 1}, 400, "invalid_input"),
+            ("/v1/workspaces/nobody", {"labels": {"team": "x"}}, 404, "not_found"),
+        ]
+        for path, change, status, kind in refusals:
+            refused = await client.patch(path, json=change)
+            assert (refused.status_code, error_kind(refused)) == (status, kind), refused.text
+        bad = await client.get("/v1/workspaces", params={"label": "team"})
+        assert (bad.status_code, error_kind(bad)) == (400, "invalid_input")
+        named = await client.patch("/v1/workspaces/alpha", json={"labels": {"Bad Key": "x"}})
+        assert "Bad Key" in named.json()["error"]["message"]
+
+        # the events of the workspaces carrying the labels only
+        events = await ndjson(client, True, label="team=b")
+        assert events and {e["slug"] for e in events} == {"beta"}
+        last = events[-1]["seq"]
+        await client.patch("/v1/workspaces/beta", json={"labels": {"team": "c"}})  # leaves team=b
+        await client.patch("/v1/workspaces/alpha", json={"labels": {"team": "b"}})  # joins it
+        changes = await ndjson(client, False, count=2, after=last, label="team=b")
+        assert [(e["kind"], e["slug"], e["record"]["labels"].get("team")) for e in changes] == [
+            ("workspace", "beta", "c"),
+            ("workspace", "alpha", "b"),
+        ]
+        assert changes[0]["operation"] is None
+        bad = await client.get("/v1/events", params={"label": "=x"})
+        assert (bad.status_code, error_kind(bad)) == (400, "invalid_input")
+
+
 async def test_server_sent_events_resume_with_last_event_id(tmp_path: Path) -> None:
     async with served(tmp_path) as client:
         made = await client.post("/v1/workspaces", json={"slug": "theta", "tier": "brisk", "driver": "fake"})

@@ -632,3 +632,72 @@ def test_a_daemon_keeps_its_records_in_postgresql(pg_url: str, venv_bin: Path, t
             rows = conn.execute("SELECT slug, state FROM deployments WHERE archived = 0").fetchall()
         assert rows == [("rho", "ready")]
         assert served.stop() == 0
+
+
+async def test_labels_are_kept_filtered_and_carried_by_the_workspace_event(opener: Opener) -> None:
+    store = await opener()
+    team_a = {"team": "a", "example.com/owner": "ann"}
+    await store.save(_deployment("a1").model_copy(update={"labels": team_a}))
+    await store.save(_deployment("a2").model_copy(update={"labels": {"team": "b", "tier": ""}}))
+    await store.save(_deployment("a3").model_copy(update={"labels": {"team": "ab"}}))
+    await store.save(_deployment("a4"))
+    await store.close()
+    store = await opener()  # a reopen reads them back
+    assert (await store.get("a1")).labels == team_a  # type: ignore[union-attr]
+    assert (await store.get("a4")).labels == {}  # type: ignore[union-attr]
+    assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["a1"]
+    assert [d.slug for d in await store.deployments(labels={"team": "b", "tier": ""})] == ["a2"]
+    owned = await store.deployments(labels={"team": "a", "example.com/owner": "ann"})
+    assert [d.slug for d in owned] == ["a1"]
+    assert await store.deployments(labels={"team": "a", "example.com/owner": "bob"}) == []
+    assert await store.deployments(labels={"Team": "a"}) == []  # case counts
+    assert [d.slug for d in await store.deployments(labels={"team": "ab"}, limit=5)] == ["a3"]
+    [event] = [e for e in await store.events(slug="a2") if e.kind == "workspace"]
+    assert event.record is not None and event.record.labels == {"team": "b", "tier": ""}
+    await store.close()
+
+
+async def test_a_version_7_sqlite_store_keeps_its_records_with_no_labels(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:7]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 7")
+    now = utc_now().isoformat()
+    db.execute(
+        "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
+        "VALUES ('old', 1, 'solo', 'fake', 'ready', ?, ?)",
+        (now, now),
+    )
+    db.commit()
+    db.close()
+    store = await _sqlite(path)
+    old = await store.get("old")
+    assert old is not None and (old.state, old.labels) == ("ready", {})
+    assert [d.slug for d in await store.deployments(labels={"team": "a"})] == []
+    await store.save(old.model_copy(update={"labels": {"team": "a"}}))
+    assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
+    await store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+
+
+async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:
+    now = utc_now().isoformat()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO hearth_schema VALUES (7)")
+        for script in PG_MIGRATIONS[:7]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement.encode())
+        conn.execute(
+            "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
+            "VALUES ('old', 1, 'solo', 'fake', 'ready', %s, %s)",
+            (now, now),
+        )
+    store = await _postgres(pg_url)
+    old = await store.get("old")
+    assert old is not None and (old.state, old.labels) == ("ready", {})
+    await store.save(old.model_copy(update={"labels": {"team": "a"}}))
+    assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
+    await store.close()

@@ -5,7 +5,7 @@ embedding the host to a daemon by changing the line that makes it. mypy checks b
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, Progress, StatusReport
@@ -36,6 +36,7 @@ class HostAPI(Protocol):
         reuse: bool = False,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Operation: ...
     async def start_upgrade(
         self,
@@ -64,6 +65,7 @@ class HostAPI(Protocol):
         timeout: float | None = None,
         reuse: bool = False,
         key: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> DeploymentRef: ...
     async def upgrade(
         self,
@@ -92,7 +94,9 @@ class HostAPI(Protocol):
         limit: int | None = None,
         after: int | None = None,
     ) -> builtins.list[Operation]: ...
-    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]: ...
+    def watch(
+        self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]: ...
     async def status(self, slug: str, *, timeout: float | None = None) -> StatusReport: ...
     async def list(self) -> builtins.list[DeploymentRef]: ...
     async def deployments(
@@ -103,6 +107,7 @@ class HostAPI(Protocol):
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> builtins.list[Deployment]: ...
     async def deployment(self, slug: str) -> Deployment: ...
     async def logs(self, slug: str, *, limit: int | None = None) -> builtins.list[Operation]: ...
@@ -122,6 +127,7 @@ class HostAPI(Protocol):
         self, slug: str, *, driver: str, tier: str, timeout: float | None = None
     ) -> Deployment: ...
     async def forget(self, slug: str) -> Deployment: ...
+    async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment: ...
     #: Returns when the store can be used now; else ``StoreError`` says what is wrong.
     async def ready(self) -> None: ...
     async def close(self) -> None: ...

@@ -95,6 +95,9 @@ class Deployment(BaseModel):
     #: console shows "upgrading…" and follows that operation without a second request. Filled
     #: by ``deployment``/``deployments`` (not stored with the record).
     operation: int | None = None
+    #: Who owns what, as Docker and Kubernetes say it: keys and values in Kubernetes label
+    #: syntax, at most 64 (``Host.label``; a provision's ``labels``). Never sent to adapters.
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 def synthesized_ref(record: Deployment) -> DeploymentRef:

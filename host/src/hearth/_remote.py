@@ -33,6 +33,7 @@ from ._remote_wire import (
     QUIET,
     decode,
     error_of,
+    label_params,
     longer,
     operation_events,
     outage,
@@ -265,11 +266,20 @@ class RemoteHost:
         reuse: bool = False,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Operation:
         """Provision ``slug`` on the daemon; the operation, at once. ``timeout`` is the
         deadline of the adapter's work, kept by the daemon (as ``Host``'s is); ``on_progress``
         is called with each of its progress events, as they come, until it ends."""
-        body = {"slug": slug, "tier": tier, "driver": driver, "reuse": bool(reuse), "timeout": timeout}
+        body: dict[str, Any] = {
+            "slug": slug,
+            "tier": tier,
+            "driver": driver,
+            "reuse": bool(reuse),
+            "timeout": timeout,
+        }
+        if labels:
+            body["labels"] = dict(labels)
         return await self._started("POST", "/workspaces", key, on_progress, body=body)
 
     async def start_upgrade(
@@ -306,6 +316,7 @@ class RemoteHost:
         timeout: float | None = None,
         reuse: bool = False,
         key: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> DeploymentRef:
         """Provision ``slug`` and wait for it (cancelling this call cancels what it started); the
         same (slug, tier, driver) again returns the stored ref and records nothing, as ``Host``."""
@@ -315,7 +326,9 @@ class RemoteHost:
                 return quick.ref
         ours = key or own_key()
         ref = await self._verb(
-            self.start_provision(slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout),
+            self.start_provision(
+                slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout, labels=labels
+            ),
             ours,
             on_progress,
             ("provision", slug),
@@ -518,14 +531,17 @@ class RemoteHost:
         return operation_events(self, ident, after)
 
     # --- events --------------------------------------------------------------------------------
-    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
-        """Every event after sequence number ``after`` (``slug`` narrows it), as they come; a
+    def watch(
+        self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]:
+        """Every event after sequence number ``after`` (``slug`` and ``labels`` narrow it, as on
+        ``Host``), as they come; a
         dropped connection is reopened from the last ``seq`` seen, so nothing is lost or
         repeated, through an outage (a restart) of up to ``reconnect`` seconds; past it
         ``DaemonUnavailable``. A daemon never reached is ``DaemonUnavailable`` at once."""
         if isinstance(after, bool) or not isinstance(after, int) or after < 0:
             raise InvalidInput(f"after must be a whole number of at least 0, not {after!r}")
-        return stream(self, after, slug)
+        return stream(self, after, slug, labels=label_params(labels))
 
     # --- queries -------------------------------------------------------------------------------
     async def deployments(
@@ -536,6 +552,7 @@ class RemoteHost:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> builtins.list[Deployment]:
         params = {
             "state": state,
@@ -543,6 +560,7 @@ class RemoteHost:
             "include_torn_down": "true" if include_torn_down else "false",
             "limit": limit,
             "after": after,
+            "label": label_params(labels),
         }
         return parse(list[Deployment], await self._call("GET", "/workspaces", params=params))
 
@@ -631,6 +649,12 @@ class RemoteHost:
     async def forget(self, slug: str) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         return Deployment.model_validate(await self._call("POST", f"/workspaces/{seg(slug)}/forget"))
+
+    async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment:
+        """Set the labels ``labels`` maps to a value and remove those it maps to None; the
+        record as it now is (``PATCH /v1/workspaces/{slug}``)."""
+        body = {"labels": dict(labels) if isinstance(labels, Mapping) else labels}
+        return Deployment.model_validate(await self._call("PATCH", f"/workspaces/{seg(slug)}", body=body))
 
     async def health(self) -> dict[str, Any]:
         """The daemon's ``/v1/health``: status, version, owner, running."""

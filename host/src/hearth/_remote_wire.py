@@ -11,7 +11,7 @@ import json
 import logging
 import urllib.parse
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -97,8 +97,20 @@ def error_of(response: httpx.Response) -> HearthError:
     return HearthError(f"the hearth daemon answered {response.status_code}: {response.text[:200]!r}")
 
 
+def label_params(labels: Mapping[str, str] | None) -> list[str] | None:
+    """``?label=KEY=VALUE``, repeated, for ``labels``; None (no parameter) without any."""
+    if not labels:
+        return None
+    return [f"{key}={value}" for key, value in labels.items()]
+
+
 async def stream(
-    remote: RemoteHost, after: int, slug: str | None, operation: int | None = None
+    remote: RemoteHost,
+    after: int,
+    slug: str | None,
+    operation: int | None = None,
+    *,
+    labels: list[str] | None = None,
 ) -> AsyncGenerator[Event]:
     """Every event after ``after`` (of ``slug``), as they come; a dropped connection is reopened
     from the last ``seq`` seen, so nothing is lost or repeated, for up to ``remote.reconnect``
@@ -117,6 +129,8 @@ async def stream(
         params: dict[str, Any] = {"after": cursor}
         if slug is not None:
             params["slug"] = slug
+        if labels:
+            params["label"] = labels
         failure: httpx.TransportError | None = None
         fresh = False
         try:

@@ -16,6 +16,7 @@ from .._store._records import STORE_FILE, Listed, current
 from ._exits import EXIT_DRIFT, NotConfirmed
 from ._render import (
     adapters_lines,
+    labels_line,
     logs_lines,
     ls_lines,
     plan_lines,
@@ -48,7 +49,7 @@ def ls(args: argparse.Namespace) -> tuple[Any, str]:
         quiet_logs()
         listed = asyncio.run(_ls_store(args))
     else:
-        listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE)
+        listed = current(state_dir(getattr(args, "home", None)) / STORE_FILE, labels=_wanted(args))
     return [r.ref for r in listed], ls_lines(listed)
 
 
@@ -60,14 +61,21 @@ async def _ls_store(args: argparse.Namespace) -> list[Listed]:
         home=getattr(args, "home", None),
         store_url=getattr(args, "store", None),
     ) as host:
-        return _listed(await host.deployments(include_torn_down=True))
+        return _listed(await host.deployments(include_torn_down=True, labels=_wanted(args)))
+
+
+def _wanted(args: argparse.Namespace) -> dict[str, str] | None:
+    """``--label``'s labels, checked (the store's reader checks none), None without any."""
+    from .._labels import labels_given
+
+    return labels_given(dict(getattr(args, "labels", None) or [])) or None
 
 
 async def _ls_remote(args: argparse.Namespace) -> list[Listed]:
     remote = daemon(args)
     assert remote is not None
     async with remote:
-        return _listed(await remote.deployments(include_torn_down=True))
+        return _listed(await remote.deployments(include_torn_down=True, labels=_wanted(args)))
 
 
 def _listed(records: list[Any]) -> list[Listed]:
@@ -77,7 +85,9 @@ def _listed(records: list[Any]) -> list[Listed]:
     for record in records:
         document = (record.ref or synthesized_ref(record)).model_dump(mode="json")
         document["last_status"] = record.state
-        listed.append(Listed(record.slug, record.state, record.tier, record.driver, document))
+        listed.append(
+            Listed(record.slug, record.state, record.tier, record.driver, document, dict(record.labels))
+        )
     return listed
 
 
@@ -192,6 +202,7 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
             on_progress=progress,
             timeout=timeout,
             reuse=args.reuse,
+            labels=_wanted(args),
         )
         return ref.model_dump(mode="json"), ref_lines(ref), 0
     if verb == "status":
@@ -222,6 +233,9 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
             "its backend was left as it is",
             0,
         )
+    if verb == "label":
+        record = await host.label(args.slug, dict(args.changes))
+        return record.model_dump(mode="json"), labels_line(args.slug, record.labels), 0
     if verb == "logs":
         operations = await host.logs(args.slug)
         from .._models import Operation  # --json documents come from the models themselves

@@ -3,12 +3,13 @@
     hearth adapters [--json]
     hearth adapters trust [DRIVER ...] [--json]       (run a project's own adapters: read them first)
     hearth adapters lock [DRIVER ...] [--json]        (write .hearth/adapters.lock to commit)
-    hearth provision SLUG --tier TIER --driver DRIVER [--reuse] [--json]
+    hearth provision SLUG --tier TIER --driver DRIVER [--reuse] [--label KEY=VALUE ...] [--json]
     hearth status SLUG [--json]
     hearth upgrade SLUG --tier TIER [--yes] [--json]  (on a terminal, asks first when its plan is destructive)
     hearth plan SLUG --tier TIER [--driver DRIVER] [--json]
     hearth teardown SLUG [--json]
-    hearth ls [--json]
+    hearth ls [--label KEY=VALUE ...] [--json]
+    hearth label SLUG KEY=VALUE|KEY- ... [--json]     (set or remove labels)
     hearth logs SLUG [--json]
     hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
     hearth adopt SLUG --driver DRIVER --tier TIER [--json]

@@ -26,6 +26,21 @@ def _seconds(value: str) -> float:
     return number
 
 
+def _label(value: str) -> tuple[str, str]:
+    """A --label: ``KEY=VALUE`` (the host checks the label syntax)."""
+    key, equals, text = value.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a label: use KEY=VALUE")
+    return key, text
+
+
+def _label_change(value: str) -> tuple[str, str | None]:
+    """A ``hearth label`` argument: ``KEY=VALUE`` sets, ``KEY-`` removes (kubectl's way)."""
+    if "=" not in value and value.endswith("-") and len(value) > 1:
+        return value[:-1], None
+    return _label(value)
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad input ends as every failure of the CLI does: one ``hearth: KIND: reason`` line."""
 
@@ -129,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument(
         "--reuse", action="store_true", help="provision a torn-down slug again (its old record is archived)"
     )
+    provision.add_argument(
+        "--label",
+        dest="labels",
+        metavar="KEY=VALUE",
+        type=_label,
+        action="append",
+        default=[],
+        help="a label of the new workspace (repeat for more; Kubernetes label syntax)",
+    )
     for name, text in (
         ("status", "what the backend shows now"),
         ("teardown", "remove a workspace (irreversible)"),
@@ -147,7 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("slug")
     plan.add_argument("--tier", required=True)
     plan.add_argument("--driver", help="the driver of a new workspace (default: the workspace's own)")
-    commands.add_parser("ls", parents=[common], help="list workspaces")
+    ls = commands.add_parser("ls", parents=[common], help="list workspaces")
+    ls.add_argument(
+        "--label",
+        dest="labels",
+        metavar="KEY=VALUE",
+        type=_label,
+        action="append",
+        default=[],
+        help="only workspaces carrying this label (repeat: all of them)",
+    )
+    label = commands.add_parser(
+        "label", parents=[common], help="set (KEY=VALUE) or remove (KEY-) a workspace's labels"
+    )
+    label.add_argument("slug")
+    label.add_argument("changes", nargs="+", type=_label_change, metavar="KEY=VALUE|KEY-")
     adopt = commands.add_parser(
         "adopt", parents=[common], help="record a deployment the driver lists but hearth has no record of"
     )

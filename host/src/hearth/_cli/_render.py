@@ -67,6 +67,12 @@ def ls_lines(listed: list[Listed]) -> str:
     )
 
 
+def labels_line(slug: str, labels: dict[str, str]) -> str:
+    """A workspace's labels, as ``hearth label`` answers."""
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    return f"{safe(slug)}: {safe(shown) if shown else 'no labels'}"
+
+
 def logs_lines(slug: str, operations: list[Operation]) -> str:
     if not operations:
         return f"no operations recorded for {slug}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile, codes
 
 from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile, Unsupported
+from .._labels import label_count
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
     Recorded,
@@ -74,6 +75,8 @@ class Admission:
             checks.driver(request.driver)
             checks.profile(request.tier, request.driver)
         record, active = await self._recovery.heal(request.slug)
+        if request.labels and record is not None and record.state != "tier_torn_down":
+            label_count({**record.labels, **request.labels})  # a failed one's, merged
         if request.verb != "provision":
             if record is None and active is not None:  # a first provision still queued: busy, not absent
                 self.join(active, request, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
@@ -36,6 +36,8 @@ class Request:
     reuse: bool = False
     key: str | None = None
     deadline: float | None = None
+    #: A provision's labels, checked: the record it writes carries them (``Runner._provisioning``).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def echo(value: object, size: int = ECHO) -> str:

@@ -232,10 +232,16 @@ class _Waking:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Deployment]:
         await self._opening()
         return await self._store.deployments(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=limit,
+            after=after,
+            labels=labels,
         )
 
     async def next_generation(self, slug: str) -> int:

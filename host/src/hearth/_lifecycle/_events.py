@@ -392,6 +392,73 @@ class EventLog:
             raise
 
 
+async def labelled(
+    batches: AsyncIterator[list[Event]], labels: dict[str, str], core: Core
+) -> AsyncGenerator[list[Event]]:
+    """The events of ``batches`` whose workspace carried every label of ``labels`` when the
+    event was written. Events do not store labels; every change of a record writes a
+    ``workspace`` event with the record, so a slug's labels at an event are those of its last
+    ``workspace`` event before it (read from the store once per slug, then followed in the
+    stream; before a slug's first one, the labels that one gave it). A ``workspace`` event passes
+    when the workspace carried them before it or carries them after it, so a watcher sees a
+    workspace leave its set. Lists left empty are not yielded."""
+    known: dict[str, dict[str, str]] = {}
+
+    def carries(slug: str) -> bool:
+        have = known[slug]
+        return all(have.get(key) == value for key, value in labels.items())
+
+    try:
+        async for batch in batches:
+            kept = []
+            for event in batch:
+                if event.slug not in known:
+                    known[event.slug] = await _labels_before(core, event.slug, event.seq)
+                before = carries(event.slug)
+                if event.kind == "workspace":
+                    known[event.slug] = dict(event.record.labels) if event.record is not None else {}
+                if before or carries(event.slug):
+                    kept.append(event)
+            if kept:
+                yield kept
+    finally:
+        closer = getattr(batches, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def flattened(batches: AsyncGenerator[list[Event]]) -> AsyncGenerator[Event]:
+    """The events of ``batches``, one at a time."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
+async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str]:
+    """The labels ``slug`` carried just before event ``seq``: its last ``workspace`` event's
+    record's; before its first one (a first provision's ``queued``), the labels that one gave
+    it; its current record's when it has no ``workspace`` event (events older than them)."""
+    store = core.store
+    last: Event | None = None
+    position = 0
+    while True:
+        page = await store.events(after=position, slug=slug, kind="workspace", limit=BATCH)
+        for event in page:
+            if event.seq >= seq:
+                last = last or event
+                page = []
+                break
+            last = event
+        if len(page) < BATCH:
+            break
+        position = page[-1].seq
+    if last is not None:
+        return dict(last.record.labels) if last.record is not None else {}
+    record = await store.get(slug)
+    return dict(record.labels) if record is not None else {}
+
+
 def _through_final(events: list[Event], operation: int | None) -> tuple[list[Event], bool]:
     """``events`` up to the operation's final one (its stream ends there), and whether it came."""
     if operation is not None:

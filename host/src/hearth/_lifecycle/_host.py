@@ -24,6 +24,7 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport, utc_now
 from .._adapters._discovery import DriverInfo, driver_infos
 from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._errors import InvalidInput
+from .._labels import check_labels, labels_given
 from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
 from .._settings import Settings, Tier, Timeouts, positive_seconds
 from .._states import same_ready, teardown_done
@@ -31,10 +32,10 @@ from .._store._base import Store
 from ._admission import Admission
 from ._checks import Checks, Request, check_slug, deadline, echo, sequence
 from ._core import Core
-from ._events import EventLog
+from ._events import EventLog, flattened, labelled
 from ._operations import Operations
 from ._queries import Queries
-from ._reconcile import adopt, forget
+from ._reconcile import adopt, forget, relabel
 from ._recovery import Recovery
 from ._runner import ProgressListener, Runner
 
@@ -202,12 +203,22 @@ class Host:
         reuse: bool = False,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Operation:
         """Check and record a provision of ``slug``, and run it in the background; the
         operation, at once. Bad input and refused transitions raise here. With nothing to do
         (the same tier and driver on a ready workspace) nothing is recorded: the answer is the
-        operation that made the workspace what it is, finished."""
-        request = Request("provision", slug, tier, driver, bool(reuse), key, deadline(timeout))
+        operation that made the workspace what it is, finished.
+
+        ``labels`` (Kubernetes label syntax, at most 64) go on the record the provision writes:
+        a new workspace (or a reused slug's new generation) carries them, a failed one
+        provisioned again has them merged into its own. A provision that writes no record (it
+        has nothing to do, or joins the slug's running provision) changes no label: ``label``
+        does. Labels are never sent to the adapter."""
+        checked = labels_given(labels)
+        request = Request(
+            "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
+        )
         return (await self._admission.start(request, on_progress))[0]
 
     async def start_upgrade(
@@ -246,9 +257,12 @@ class Host:
         timeout: float | None = None,
         reuse: bool = False,
         key: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> DeploymentRef:
-        """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref."""
+        """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref.
+        ``labels``: as ``start_provision``'s."""
         check_slug(slug)
+        checked = labels_given(labels)
         quick = await self._core.store.get(slug)
         if (
             isinstance(tier, str)
@@ -258,7 +272,9 @@ class Host:
         ):
             assert quick is not None and quick.ref is not None
             return quick.ref
-        request = Request("provision", slug, tier, driver, bool(reuse), key, deadline(timeout))
+        request = Request(
+            "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
+        )
         ref = await self._wait(request, on_progress)
         assert ref is not None
         return ref
@@ -315,27 +331,40 @@ class Host:
         ``logs(slug)`` carry them); ``after``: the last id of the previous page (exclusive)."""
         return await self._operations.find(slug=slug, state=state, limit=limit, after=after)
 
-    def watch(self, after: int = 0, slug: str | None = None) -> AsyncIterator[Event]:
+    def watch(
+        self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]:
         """Every event of every process sharing the store, after sequence number ``after``,
-        as they come (``slug`` narrows it); resume from the last ``seq`` you saw. The input is
+        as they come (``slug`` narrows it; ``labels`` to the workspaces that carried each of
+        them then, ``_events.labelled``); resume from the last ``seq`` you saw. The input is
         checked here, before the first event; the iterator ends when the host closes."""
         if slug is not None:
             check_slug(slug)
+        wanted = labels_given(labels)
+        if wanted:
+            return flattened(labelled(self._events.batches(sequence(after), slug=slug), wanted, self._core))
         return self._events.after(sequence(after), slug=slug)
 
     def watch_batches(
-        self, after: int = 0, slug: str | None = None, operation: int | None = None
+        self,
+        after: int = 0,
+        slug: str | None = None,
+        operation: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> AsyncIterator[builtins.list[Event]]:
         """``watch`` in lists of the events that came together, for a reader that may not keep
         up (the daemon's streams): one that falls ``QUEUE`` (1,000) events behind ends there,
         holding nothing, instead of reading the store to catch up; resume it after the last
         ``seq`` it yielded (nothing is lost). With ``operation``, only its events, ending with
-        its final one (at once for one that finished before ``after``)."""
+        its final one (at once for one that finished before ``after``). With ``labels``, only
+        the events of workspaces that carried each of them then (``_events.labelled``)."""
         if slug is not None:
             check_slug(slug)
         if operation is not None:
             sequence(operation)
-        return self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
+        wanted = labels_given(labels)
+        batches = self._events.batches(sequence(after), slug=slug, operation=operation, end_behind=True)
+        return labelled(batches, wanted, self._core) if wanted else batches
 
     async def prune_events(self) -> int:
         """Delete the ``progress`` events of operations finished more than ``[events] keep_days``
@@ -369,11 +398,17 @@ class Host:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> builtins.list[Deployment]:
         """The host's records by slug (with bookkeeping such as the failure reason); ``after``
-        is the last slug of the previous page."""
+        is the last slug of the previous page; ``labels``: only records carrying each of them."""
         return await self._queries.deployments(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=limit,
+            after=after,
+            labels=labels,
         )
 
     async def deployment(self, slug: str) -> Deployment:
@@ -459,6 +494,17 @@ class Host:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         check_slug(slug)
         return await forget(self._core, self._recovery.active_operation, slug)
+
+    async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment:
+        """Set the labels ``labels`` maps to a value and remove those it maps to None; the
+        record as it now is. A change is a write of the record (one ``workspace`` event, no
+        operation) under the slug's lock; while an operation runs on the slug it is ``busy``
+        (that operation's outcome writes the record it read)."""
+        check_slug(slug)
+        changes = check_labels(labels, removals=True)
+        await self._core.opened()
+        await self._recovery.heal(slug)  # what a dead host left transient is settled first
+        return await relabel(self._core, self._recovery.active_operation, slug, changes)
 
 
 class Tiers(builtins.list[Tier]):

@@ -4,11 +4,13 @@ first settles what a dead host left there (``Recovery.heal``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from hearth_adaptersdk import DeploymentRef, StatusReport, utc_now
 
 from .._errors import InvalidInput, NotFound, StoreError
+from .._labels import labels_given
 from .._models import Deployment, Operation, synthesized_ref
 from .._states import STATES, TRANSIENT
 from ._checks import Checks, check_driver_name, check_slug, deadline, echo, page, remaining
@@ -93,6 +95,7 @@ class Queries:
         include_torn_down: bool,
         limit: int | None,
         after: str | None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[Deployment]:
         if state is not None and state not in STATES:
             raise InvalidInput(f"{echo(state)} is not a workspace state: {', '.join(sorted(STATES))}")
@@ -100,9 +103,15 @@ class Queries:
             check_driver_name(driver)
         if after is not None and not isinstance(after, str):
             raise InvalidInput(f"after must be the last slug of the previous page, not {echo(after)}")
+        wanted = labels_given(labels)
         store = self._core.store
         found = await store.deployments(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=page(limit), after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=page(limit),
+            after=after,
+            labels=wanted or None,
         )
         if not found:
             return found

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
 from .._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
+from .._labels import label_count
 from .._models import Deployment, Operation, ReconcileReport, existing_json, synthesized_ref
 from .._states import TRANSIENT, Settlement, needs_status, settled_note, settlement, uncertain_verb
 from .._store._base import NewOperation
@@ -267,6 +268,39 @@ async def forget(core: Core, active_of: ActiveOf, slug: str) -> Deployment:
             NewOperation(slug, record.generation, "forget", core.owner, done=("succeeded", record.ref))
         )
     return record
+
+
+async def relabel(core: Core, active_of: ActiveOf, slug: str, changes: dict[str, str | None]) -> Deployment:
+    """Set and remove labels of ``slug``'s record (None removes); the record as it now is. Under
+    the slug's lock, and ``busy`` while an operation runs on it: its outcome writes the record
+    it read, and would drop the change."""
+    store = core.store
+    if await store.get(slug) is None:
+        raise NotFound(f"no workspace {slug!r}")
+    await _refuse_if_busy(active_of, slug)
+    async with core.locks.hold(slug, core.timeouts.lock_wait):
+        record = await store.get(slug)
+        if record is None:
+            raise NotFound(f"no workspace {slug!r}")
+        await _refuse_if_busy(active_of, slug)
+        if record.state in TRANSIENT:  # a dead host's, its adapter not yet able to say
+            raise Busy(
+                f"workspace {slug!r} is {record.state}, left so by a host that stopped: its labels "
+                "change once it is settled (hearth reconcile)"
+            )
+        labels = dict(record.labels)
+        for key, value in changes.items():
+            if value is None:
+                labels.pop(key, None)
+            else:
+                labels[key] = value
+        label_count(labels)
+        if labels == record.labels:
+            return record
+        changed = record.model_copy(update={"labels": labels, "updated_at": utc_now()})
+        if not await store.save(changed, replaces=record):
+            raise Busy(f"workspace {slug!r} changed while its labels were written; try again")
+        return changed
 
 
 async def _refuse_if_busy(active_of: ActiveOf, slug: str) -> None:

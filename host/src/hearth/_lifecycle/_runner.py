@@ -274,6 +274,7 @@ class Runner:
                     "tier": request.tier,
                     "driver": request.driver,
                     "updated_at": now,
+                    "labels": {**record.labels, **request.labels},
                 }
             )
         return Deployment(
@@ -285,6 +286,7 @@ class Runner:
             ref=None,
             created_at=now,
             updated_at=now,
+            labels=request.labels,
         )
 
     async def _call_adapter(

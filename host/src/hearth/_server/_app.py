@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hearth_adaptersdk import PlanResult, State, StatusReport
 
 from .._adapters._discovery import DriverInfo
-from .._errors import HearthError, Unavailable
+from .._errors import HearthError, InvalidInput, Unavailable
 from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
@@ -48,6 +48,7 @@ from ._schemas import (
     CheckRequest,
     ErrorBody,
     Health,
+    LabelChange,
     NewTier,
     NewWorkspace,
     PlanRequest,
@@ -391,6 +392,28 @@ Wait = Annotated[
 ]
 #: ``limit`` and ``after`` (an id) are bounded by what the store holds (``NUMBER_MAX``).
 Limit = Annotated[int | None, Query(ge=0, le=NUMBER_MAX)]
+LabelQuery = Annotated[
+    list[str] | None,
+    Query(
+        alias="label",
+        description="KEY=VALUE: only workspaces carrying this label (repeat it: all of them must match)",
+    ),
+]
+
+
+def _labels(given: list[str] | None) -> dict[str, str] | None:
+    """``?label=KEY=VALUE`` (repeated) as a dict; a malformed one is ``invalid_input``."""
+    if not given:
+        return None
+    wanted = {}
+    for item in given:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise InvalidInput(f"label {item[:80]!r} is not KEY=VALUE")
+        wanted[key] = value
+    return wanted
+
+
 QueryDeadline = Annotated[
     float | None, Query(gt=0, le=WAIT_MAX * 24, description="deadline for the adapter's work (seconds)")
 ]
@@ -515,15 +538,30 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         include_torn_down: bool = True,
         limit: Limit = None,
         after: str | None = None,
+        labels: LabelQuery = None,
     ) -> list[Deployment]:
-        """The records by slug; ``after``: the last slug of the previous page."""
+        """The records by slug; ``after``: the last slug of the previous page; ``label``: only
+        those carrying each."""
         return await _state(request).host.deployments(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=limit,
+            after=after,
+            labels=_labels(labels),
         )
 
     @app.get(f"{API}/workspaces/{{slug}}", operation_id="getWorkspace", responses=errors(400, 404))
     async def workspace(slug: str, request: Request) -> Deployment:
         return await _state(request).host.deployment(slug)
+
+    @app.patch(
+        f"{API}/workspaces/{{slug}}", operation_id="labelWorkspace", responses=errors(400, 404, 409, 413)
+    )
+    async def label(slug: str, body: LabelChange, request: Request) -> Deployment:
+        """Set the labels mapped to a value and remove those mapped to null; the record as it
+        now is (one ``workspace`` event). ``busy`` (409) while an operation runs on the slug."""
+        return await _state(request).host.label(slug, body.labels)
 
     @app.get(
         f"{API}/workspaces/{{slug}}/status",
@@ -549,7 +587,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         state = _state(request)
         state.admit()
         op = await state.host.start_provision(
-            body.slug, tier=body.tier, driver=body.driver, key=key, reuse=body.reuse, timeout=body.timeout
+            body.slug,
+            tier=body.tier,
+            driver=body.driver,
+            key=key,
+            reuse=body.reuse,
+            timeout=body.timeout,
+            labels=body.labels,
         )
         return _started(await _waited(state, op, wait), response)
 
@@ -680,15 +724,21 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     )
     async def events(
         request: Request,
+        *,
         after: Annotated[int, Query(ge=0, le=NUMBER_MAX)] = 0,
         slug: str | None = None,
+        labels: LabelQuery = None,
         accept: Annotated[str | None, Header()] = None,
         last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=NUMBER_MAX)] = None,
     ) -> StreamingResponse:
         """Every event of every process on the home after ``after`` (or ``Last-Event-ID``). A
-        client that falls 1,000 events behind is ended: resume after the last ``seq`` it read."""
+        client that falls 1,000 events behind is ended: resume after the last ``seq`` it read.
+        ``label``: only events of workspaces that carried each label when the event was written
+        (a ``workspace`` event: before or after it, so a workspace leaving the set is seen)."""
         state = _state(request)
-        stream = state.host.watch_batches(after=after if last_event_id is None else last_event_id, slug=slug)
+        stream = state.host.watch_batches(
+            after=after if last_event_id is None else last_event_id, slug=slug, labels=_labels(labels)
+        )
         if accept is not None and "text/event-stream" in accept:
             return _sse(state, stream)
         return _ndjson(state, stream)

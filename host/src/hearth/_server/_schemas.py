@@ -78,6 +78,16 @@ class NewWorkspace(_Body):
     #: Provision a torn-down slug again (its old record is archived).
     reuse: bool = False
     timeout: Deadline = None
+    #: The new workspace's labels (Kubernetes label syntax, at most 64); merged into a failed
+    #: one's when it is provisioned again; a provision with nothing to do changes none.
+    labels: dict[str, str] | None = None
+
+
+class LabelChange(_Body):
+    """``PATCH /v1/workspaces/{slug}``: set the labels mapped to a value, remove those mapped
+    to null."""
+
+    labels: dict[str, str | None]
 
 
 class NewTier(_Body):

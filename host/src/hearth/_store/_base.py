@@ -86,6 +86,7 @@ class Store(Protocol):
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Deployment]: ...
     async def next_generation(self, slug: str) -> int: ...
     async def drivers(self) -> list[str]: ...
@@ -169,7 +170,8 @@ OPERATION_COLUMNS = (
     "tier, driver, reuse, owner, cancel_requested"
 )
 DEPLOYMENT_COLUMNS = (
-    "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id"
+    "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id, "
+    "labels"
 )
 EVENT_COLUMNS = (
     "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state, "
@@ -181,12 +183,12 @@ EVENT_COLUMNS = (
 # Written once with SQLite's ``?``; ``PostgresStore`` runs them through ``for_postgres``.
 SAVE = (
     f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
     "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
     "reason = excluded.reason, updated_at = excluded.updated_at, "
     "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
-    "backend_id = excluded.backend_id"
+    "backend_id = excluded.backend_id, labels = excluded.labels"
 )
 #: The record as the caller read it (``save(replaces=)``'s fence).
 AS_READ = "SELECT updated_at, state FROM deployments WHERE slug = ? AND generation = ? AND archived = 0"
@@ -279,8 +281,30 @@ def save_args(deployment: Deployment) -> tuple[Any, ...]:
         deployment.updated_at.isoformat(),
         int(deployment.unconfirmed),
         deployment.backend_id,
+        labels_json(deployment.labels),
         None if ref is not None else listing_ref(deployment),
     )
+
+
+def labels_json(labels: dict[str, str]) -> str:
+    """Labels as stored: JSON with sorted keys and no spaces, so that one label is the
+    substring ``"key":"value"`` of it (keys and values hold no quote), what ``labelled`` finds."""
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+#: How each store asks whether a text holds another: SQLite's ``instr``, PostgreSQL's ``strpos``
+#: (both case-sensitive, unlike SQLite's ``LIKE``).
+Contains = Literal["instr", "strpos"]
+
+
+def labelled(labels: dict[str, str] | None, contains: Contains) -> tuple[list[str], list[Any]]:
+    """The conditions (and their args) that a record's ``labels`` column carries every label
+    of ``labels``."""
+    where, args = list[str](), list[Any]()
+    for key, value in sorted((labels or {}).items()):
+        where.append(f"{contains}(labels, ?) > 0")
+        args.append(json.dumps({key: value}, separators=(",", ":"))[1:-1])
+    return where, args
 
 
 def still_as_read(row: Sequence[Any] | None, replaces: Deployment) -> bool:
@@ -455,10 +479,19 @@ def settles(before: Deployment | None) -> bool:
 
 
 def deployments_query(
-    *, state: str | None, driver: str | None, include_torn_down: bool, limit: int | None, after: str | None
+    *,
+    state: str | None,
+    driver: str | None,
+    include_torn_down: bool,
+    limit: int | None,
+    after: str | None,
+    labels: dict[str, str] | None = None,
+    contains: Contains = "instr",
 ) -> tuple[str, list[Any]]:
-    """Current records by slug, filtered; ``after`` is the last slug of the previous page."""
-    where, args = ["archived = 0"], list[Any]()
+    """Current records by slug, filtered (``labels``: carrying each of them); ``after`` is the
+    last slug of the previous page."""
+    where, args = labelled(labels, contains)
+    where.insert(0, "archived = 0")
     for column, value in (("state", state), ("driver", driver)):
         if value is not None:
             where.append(f"{column} = ?")
@@ -505,7 +538,8 @@ def events_query(
 
 
 def row_deployment(row: tuple[Any, ...]) -> Deployment:
-    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed, backend_id = row
+    slug, generation, tier, driver, state, ref, reason, created, updated, unconfirmed, backend_id = row[:11]
+    labels = row[11]
     return Deployment(
         slug=slug,
         generation=generation,
@@ -518,6 +552,7 @@ def row_deployment(row: tuple[Any, ...]) -> Deployment:
         reason=reason,
         unconfirmed=bool(unconfirmed),
         backend_id=backend_id,
+        labels=json.loads(labels) if labels else {},
     )
 
 

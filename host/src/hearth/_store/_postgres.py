@@ -202,6 +202,10 @@ PG_MIGRATIONS: Sequence[str] = (
         operation BIGINT NOT NULL
     )
     """,
+    # version 8: a workspace's labels (JSON with sorted keys and no spaces)
+    """
+    ALTER TABLE deployments ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
+    """,
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
 
@@ -407,9 +411,16 @@ class PostgresStore:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Deployment]:
         query, args = deployments_query(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=limit,
+            after=after,
+            labels=labels,
+            contains="strpos",
         )
         rows = await self._read(lambda conn: _all(conn, query, args))
         return [row_deployment(row) for row in rows]

@@ -163,8 +163,15 @@ MIGRATIONS: Sequence[str] = (
         operation INTEGER NOT NULL
     )
     """,
+    # version 8: a workspace's labels (JSON with sorted keys and no spaces; records written
+    # before carry none)
+    """
+    ALTER TABLE deployments ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+#: The version that added ``deployments.labels``.
+LABELS_VERSION = 8
 
 
 class Listed(NamedTuple):
@@ -176,10 +183,12 @@ class Listed(NamedTuple):
     driver: str
     #: The DeploymentRef as JSON, with ``last_status`` the recorded state.
     ref: dict[str, Any]
+    labels: dict[str, str] = {}  # noqa: RUF012 - a NamedTuple's default, never changed
 
 
-def current(path: Path) -> list[Listed]:
-    """Every current record of the store at ``path`` (none when there is no store yet)."""
+def current(path: Path, labels: dict[str, str] | None = None) -> list[Listed]:
+    """Every current record of the store at ``path`` (none when there is no store yet); with
+    ``labels``, those carrying each of them."""
     if not path.exists():
         return []
     refuse_emptied(path)
@@ -194,22 +203,26 @@ def current(path: Path) -> list[Listed]:
                 )
             if version == 0:
                 return []
+            carried = "labels" if version >= LABELS_VERSION else "'{}'"
             rows = db.execute(
-                "SELECT slug, tier, driver, state, COALESCE(ref, listing), created_at FROM deployments "
-                "WHERE archived = 0 ORDER BY slug"
+                "SELECT slug, tier, driver, state, COALESCE(ref, listing), created_at, "
+                f"{carried} FROM deployments WHERE archived = 0 ORDER BY slug"
             ).fetchall()
         finally:
             db.close()
     except sqlite3.Error as exc:
         raise StoreError(f"the store {path} cannot be used: {exc}") from None
     listed = []
-    for slug, tier, driver, state, ref, created in rows:
+    for slug, tier, driver, state, ref, created, stored in rows:
+        carries = json.loads(stored) if stored else {}
+        if labels and any(carries.get(key) != value for key, value in labels.items()):
+            continue
         # The stored ref is the model's own JSON (DeploymentRef.model_dump_json); a record with
         # none (its provision failed) has the ref the model made for it when it was written
         # (``listing``); only a record written before schema 3 needs the model to load here.
         document = json.loads(ref) if ref else _synthesized(slug, tier, driver, state, created)
         document["last_status"] = state
-        listed.append(Listed(slug, state, tier, driver, document))
+        listed.append(Listed(slug, state, tier, driver, document, carries))
     return listed
 
 

@@ -273,10 +273,17 @@ class SQLiteStore:
         include_torn_down: bool = True,
         limit: int | None = None,
         after: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Deployment]:
         """Current records by slug; ``after`` is the last slug of the previous page."""
         query, args = deployments_query(
-            state=state, driver=driver, include_torn_down=include_torn_down, limit=limit, after=after
+            state=state,
+            driver=driver,
+            include_torn_down=include_torn_down,
+            limit=limit,
+            after=after,
+            labels=labels,
+            contains="instr",
         )
         rows = await self._on_thread(lambda: self.db.execute(query, args).fetchall())
         return [row_deployment(row) for row in rows]
