@@ -26,6 +26,11 @@
         └── Cancelled                cancelled
 
 Wire errors become these in exactly one place, ``from_wire_error``.
+
+Every error's JSON (``to_json()``, the daemon's ``{"error": ...}``) carries ``retryable``: whether
+asking the same thing again later may succeed with nothing else changed (``RETRYABLE``, one
+line per kind; each class's ``retryable``). A ``conflict`` says which one in ``reason``
+(``CONFLICT_REASONS``): a console switches on ``kind`` and ``reason``, never on the message.
 """
 
 from __future__ import annotations
@@ -39,8 +44,54 @@ if TYPE_CHECKING:
     from hearth_adaptersdk import DeploymentRef
 
 
+#: Whether asking the same thing again later may succeed, with nothing else changed, by kind:
+#: true for what passes (another operation on the slug, a lock held, a daemon stopping or not
+#: answering, a backend or store out of reach, a bound that ran out), false for what a person
+#: has to change first (the request, the record, the settings, the adapter) or decide (D8: a
+#: failed verb is never retried for them). A kind not listed (an adapter's own) is false.
+RETRYABLE: dict[str, bool] = {
+    "invalid_input": False,
+    "not_found": False,
+    "busy": True,
+    "interrupted": False,
+    "adapter_not_found": False,
+    "adapter_refused": False,
+    "adapter_crashed": False,
+    "protocol_violation": False,
+    "timeout": True,
+    "slug_locked": True,
+    "closed": True,
+    "store_error": True,
+    "daemon_unavailable": True,
+    "unauthorized": False,
+    "unavailable": True,
+    "conflict": False,
+    "invalid_transition": False,
+    "unsupported": False,
+    "invalid_profile": False,
+    "backend_unavailable": True,
+    "backend_failure": False,
+    "cancelled": False,
+    "error": False,
+}
+
+#: Why a ``conflict`` is refused (its ``reason``): ``key_reused``, the idempotency key was used
+#: for a request with other arguments (``operation`` names the one it was used for);
+#: ``other_tier``, the workspace (or the deployment to adopt) has another tier; ``other_driver``,
+#: the workspace is on another driver; ``recorded``, adopt of a slug that has a live record;
+#: ``backend``, the adapter refused because its backend holds the workspace otherwise than asked
+#: (``existing`` says how) and hearth cannot say more. ``_states.py`` decides which.
+CONFLICT_REASONS: tuple[str, ...] = ("key_reused", "other_tier", "other_driver", "recorded", "backend")
+
+
+def retryable_kind(kind: str) -> bool:
+    """Whether an error of ``kind`` may succeed asked again later (``RETRYABLE``)."""
+    return RETRYABLE.get(kind, False)
+
+
 class HearthError(Exception):
-    """Base of every error hearth raises; ``kind`` is stable and machine-readable."""
+    """Base of every error hearth raises; ``kind`` is stable and machine-readable, and
+    ``retryable`` says whether asking again later may succeed (``RETRYABLE``)."""
 
     kind: ClassVar[str] = "error"
 
@@ -48,9 +99,14 @@ class HearthError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request asked again later may succeed (``RETRYABLE`` by kind)."""
+        return retryable_kind(self.kind)
+
     def to_json(self) -> dict[str, Any]:
         """The CLI's ``{"error": ...}`` payload body."""
-        return {"kind": self.kind, "message": self.message}
+        return {"kind": self.kind, "message": self.message, "retryable": self.retryable}
 
 
 class InvalidInput(HearthError):
@@ -192,20 +248,37 @@ class AdapterError(HearthError):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        return str(self.data.get("kind") or codes.kind_of(self.code))
+        """The protocol's kind the adapter's ``data`` names, else its code's (a kind outside
+        the protocol's is its code's, so the kinds an error can have stay a closed set)."""
+        named = self.data.get("kind")
+        if isinstance(named, str) and named in codes.ERROR_KINDS.values():
+            return named
+        return codes.kind_of(self.code)
 
     def to_json(self) -> dict[str, Any]:
-        extra = {key: value for key, value in self.data.items() if key != "kind"}
+        extra = {key: value for key, value in self.data.items() if key not in ("kind", "retryable")}
         return {**super().to_json(), "code": self.code, **extra}
 
 
 class Conflict(AdapterError):
+    """The request conflicts with what exists: ``reason`` (one of ``CONFLICT_REASONS``) says
+    how, ``existing`` what exists (when known)."""
+
     @property
     def existing(self) -> DeploymentRef | None:
         from hearth_adaptersdk import DeploymentRef  # the models load only when needed
 
         value = self.data.get("existing")
         return DeploymentRef.model_validate(value) if isinstance(value, dict) else None
+
+    @property
+    def reason(self) -> str:
+        """One of ``CONFLICT_REASONS``: ``backend`` for an adapter's conflict not named further."""
+        value = self.data.get("reason")
+        return value if isinstance(value, str) and value in CONFLICT_REASONS else "backend"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "reason": self.reason}
 
 
 class InvalidTransition(AdapterError):
@@ -317,6 +390,8 @@ def error_from_json(error: Mapping[str, Any]) -> HearthError:
 
 
 __all__ = [
+    "CONFLICT_REASONS",
+    "RETRYABLE",
     "AdapterCrashed",
     "AdapterError",
     "AdapterNotFound",
@@ -343,4 +418,5 @@ __all__ = [
     "Unsupported",
     "error_from_json",
     "from_wire_error",
+    "retryable_kind",
 ]
