@@ -194,14 +194,15 @@ def test_errors_in_records_are_typed(document: Json) -> None:
 
 # --- typed errors (issue 21) ---------------------------------------------------------------------
 def _tree_kinds() -> set[str]:
-    """Every kind an error of the tree can have: each class's own, each adapter error's by its
-    code, and the protocol's other kinds (an ``AdapterError`` of another code)."""
+    """Every kind an error of the tree (``_errors.py``) can have: each class's own, each adapter
+    error's by its code, and the protocol's other kinds (an ``AdapterError`` of another code).
+    (The daemon's ``ServeError`` says it cannot start, on the command line, never in a body.)"""
     kinds: set[str] = set()
     pending: list[type[HearthError]] = [HearthError]
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if isinstance(cls.__dict__.get("kind"), str):
+        if cls.__module__ == _errors.__name__ and isinstance(cls.__dict__.get("kind"), str):
             kinds.add(cls.__dict__["kind"])
     by_class = {cls: code for code, cls in _errors._BY_CODE.items()}
     for cls in AdapterError.__subclasses__():

@@ -17,7 +17,7 @@
     ├── Unauthorized                 unauthorized         the daemon refused the bearer token
     ├── Unavailable                  unavailable          the daemon drains: no new work (.retry_after)
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
-        ├── Conflict                 conflict             .existing: DeploymentRef | None
+        ├── Conflict                 conflict             .reason, .existing: DeploymentRef | None
         ├── InvalidTransition        invalid_transition   .state
         ├── Unsupported              unsupported          .reason
         ├── InvalidProfile           invalid_profile      .errors
@@ -94,6 +94,9 @@ class HearthError(Exception):
     ``retryable`` says whether asking again later may succeed (``RETRYABLE``)."""
 
     kind: ClassVar[str] = "error"
+    #: What the error's JSON said of ``retryable`` when it was read back (``error_from_json``:
+    #: a newer daemon's word is kept), else None: the kind's.
+    said_retryable: bool | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -102,7 +105,7 @@ class HearthError(Exception):
     @property
     def retryable(self) -> bool:
         """Whether the same request asked again later may succeed (``RETRYABLE`` by kind)."""
-        return retryable_kind(self.kind)
+        return self.said_retryable if self.said_retryable is not None else retryable_kind(self.kind)
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's ``{"error": ...}`` payload body."""
@@ -110,7 +113,18 @@ class HearthError(Exception):
 
 
 class InvalidInput(HearthError):
+    """A request, or the settings, not valid; ``errors``: each problem of a request's body or
+    query (``{"loc", "msg"}``), when the daemon's validation found them."""
+
     kind = "invalid_input"
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = [dict(item) for item in errors] if errors is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        answer = super().to_json()
+        return answer if self.errors is None else {**answer, "errors": self.errors}
 
 
 class NotFound(InvalidInput):
@@ -362,8 +376,17 @@ _BY_KIND: dict[str, type[HearthError]] = {
 
 
 def error_from_json(error: Mapping[str, Any]) -> HearthError:
-    """The typed error an operation's recorded ``error`` stands for (``Operation.result`` raises
-    it in a process other than the one that ran the work)."""
+    """The typed error an operation's recorded ``error`` (or the daemon's error body) stands for
+    (``Operation.result`` raises it in a process other than the one that ran the work), with
+    the ``retryable`` it says, if it says one."""
+    typed = _typed(error)
+    said = error.get("retryable")
+    if isinstance(said, bool):
+        typed.said_retryable = said
+    return typed
+
+
+def _typed(error: Mapping[str, Any]) -> HearthError:
     kind = str(error.get("kind") or "error")
     message = str(error.get("message") or kind)
     data = {key: value for key, value in error.items() if key not in ("message", "code")}
@@ -379,6 +402,10 @@ def error_from_json(error: Mapping[str, Any]) -> HearthError:
     if kind == "unavailable":
         after = error.get("retry_after")
         return Unavailable(message, after if isinstance(after, int) and not isinstance(after, bool) else None)
+    if kind in ("invalid_input", "not_found"):
+        problems = error.get("errors")
+        listed = [item for item in problems if isinstance(item, dict)] if isinstance(problems, list) else None
+        return (InvalidInput if kind == "invalid_input" else NotFound)(message, listed)
     if kind in _BY_KIND:
         return _BY_KIND[kind](message)
     code = error.get("code")
