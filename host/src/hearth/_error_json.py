@@ -28,17 +28,25 @@ def _optional_in_words(schema: dict[str, Any]) -> None:
 class _Error(BaseModel):
     model_config = ConfigDict(extra="allow", json_schema_extra=_optional_in_words)
 
-    #: What happened, for a person (a console switches on ``kind`` and its fields, never this).
-    message: str
-    #: Whether asking the same thing again later may succeed with nothing else changed.
-    retryable: bool
-    #: On an operation's error: the verb left the record (and the backend) as it was.
-    changed_nothing: bool | None = None
+    message: str = Field(
+        description="What happened, for a person (a console switches on `kind` and its fields, never this)."
+    )
+    retryable: bool = Field(
+        description="Whether asking the same thing again later may succeed with nothing else changed."
+    )
+    changed_nothing: bool | None = Field(
+        default=None,
+        description="On an operation's error: the verb left the record (and the backend) as it was.",
+    )
 
 
 class _AdapterError(_Error):
-    #: The protocol's error code the adapter answered (absent on one the host recorded itself).
-    code: int | None = None
+    code: int | None = Field(
+        default=None,
+        description=(
+            "The protocol's error code the adapter answered (absent on one the host recorded itself)."
+        ),
+    )
 
 
 class ValidationProblem(BaseModel):
@@ -54,8 +62,9 @@ class ErrorInvalidInput(_Error):
     route does not answer): the request, or the project's hearth.toml, is not valid."""
 
     kind: Literal["invalid_input"]
-    #: A request body or query pydantic refused: each problem, where and what.
-    errors: list[ValidationProblem] | None = None
+    errors: list[ValidationProblem] | None = Field(
+        default=None, description="A request body or query pydantic refused: each problem, where and what."
+    )
 
 
 class ErrorNotFound(_Error):
@@ -68,8 +77,7 @@ class ErrorBusy(_Error):
     """409: another operation runs on the slug and does something else; retryable."""
 
     kind: Literal["busy"]
-    #: The slug's running operation (its id), to watch or wait for.
-    operation: int | None
+    operation: int | None = Field(description="The slug's running operation (its id), to watch or wait for.")
 
 
 class ErrorInterrupted(_Error):
@@ -96,8 +104,7 @@ class ErrorAdapterCrashed(_Error):
 
     kind: Literal["adapter_crashed"]
     exit_code: int | None
-    #: The last lines it wrote to stderr (at most 20).
-    stderr_tail: list[str]
+    stderr_tail: list[str] = Field(description="The last lines it wrote to stderr (at most 20).")
 
 
 class ErrorProtocolViolation(_Error):
@@ -110,9 +117,12 @@ class ErrorTimeout(_Error):
     """504: no answer within the bound; retryable."""
 
     kind: Literal["timeout"]
-    #: What the adapter confirmed after the cancel: true (it undid its work), false (it could
-    #: not), null (it never answered).
-    rolled_back: bool | None
+    rolled_back: bool | None = Field(
+        description=(
+            "What the adapter confirmed after the cancel: true (it undid its work), false (it could not),"
+            " null (it never answered)."
+        ),
+    )
 
 
 class ErrorSlugLocked(_Error):
@@ -151,33 +161,40 @@ class ErrorUnavailable(_Error):
     """503 (with ``Retry-After``): the daemon drains; it starts no new work; retryable."""
 
     kind: Literal["unavailable"]
-    #: Seconds after which asking again makes sense (as ``Retry-After``).
-    retry_after: int | None
+    retry_after: int | None = Field(
+        description="Seconds after which asking again makes sense (as `Retry-After`)."
+    )
 
 
 class ErrorConflict(_AdapterError):
     """409: the request conflicts with what exists; ``reason`` says how."""
 
     kind: Literal["conflict"]
-    #: ``key_reused``: the idempotency key was used for a request with other arguments
-    #: (``operation``); ``other_tier``: the workspace, or the deployment to adopt, has another
-    #: tier; ``other_driver``: the workspace is on another driver; ``recorded``: adopt of a slug
-    #: with a live record; ``backend``: the adapter's backend holds it otherwise (``existing``).
-    reason: Literal["key_reused", "other_tier", "other_driver", "recorded", "backend"]
-    #: What exists in the way (the workspace's ref), when known.
-    existing: DeploymentRef | None = None
-    #: The operation the idempotency key was used for (``key_reused``).
-    operation: int | None = None
+    reason: Literal["key_reused", "other_tier", "other_driver", "recorded", "backend"] = Field(
+        description=(
+            "`key_reused`: the idempotency key was used for a request with other arguments (`operation`);"
+            " `other_tier`: the workspace, or the deployment to adopt, has another tier; `other_driver`: "
+            "the workspace is on another driver; `recorded`: adopt of a slug with a live record; "
+            "`backend`: the adapter's backend holds it otherwise (`existing`)."
+        ),
+    )
+    existing: DeploymentRef | None = Field(
+        default=None, description="What exists in the way (the workspace's ref), when known."
+    )
+    operation: int | None = Field(
+        default=None, description="The operation the idempotency key was used for (`key_reused`)."
+    )
 
 
 class ErrorInvalidTransition(_AdapterError):
     """409: the verb does not apply to the record's (or operation's) state."""
 
     kind: Literal["invalid_transition"]
-    #: The state that refuses it: the record's, or for a refused cancel the operation's.
-    state: str | None = None
-    #: A refused cancel: the operation (finished).
-    operation: int | None = None
+    state: str | None = Field(
+        default=None,
+        description="The state that refuses it: the record's, or for a refused cancel the operation's.",
+    )
+    operation: int | None = Field(default=None, description="A refused cancel: the operation (finished).")
 
 
 class ErrorUnsupported(_AdapterError):
@@ -185,16 +202,14 @@ class ErrorUnsupported(_AdapterError):
 
     kind: Literal["unsupported"]
     reason: str | None = None
-    #: The method the adapter does not announce.
-    method: str | None = None
+    method: str | None = Field(default=None, description="The method the adapter does not announce.")
 
 
 class ErrorInvalidProfile(_AdapterError):
     """422: the adapter refused the tier's profile."""
 
     kind: Literal["invalid_profile"]
-    #: Each problem, as the adapter words it.
-    errors: list[str] | None = None
+    errors: list[str] | None = Field(default=None, description="Each problem, as the adapter words it.")
 
 
 class ErrorBackendUnavailable(_AdapterError):
@@ -207,18 +222,19 @@ class ErrorBackendFailure(_AdapterError):
     """502: the backend failed the verb."""
 
     kind: Literal["backend_failure"]
-    #: The adapter undid its work (the record stays as it was).
-    rolled_back: bool | None = None
-    #: The backend's output.
-    logs: list[str] | None = None
+    rolled_back: bool | None = Field(
+        default=None, description="The adapter undid its work (the record stays as it was)."
+    )
+    logs: list[str] | None = Field(default=None, description="The backend's output.")
 
 
 class ErrorCancelled(_AdapterError):
     """502 (or an operation's error): the work was cancelled."""
 
     kind: Literal["cancelled"]
-    #: What the adapter confirmed: true, it undid its work; false, it could not.
-    rolled_back: bool | None = None
+    rolled_back: bool | None = Field(
+        default=None, description="What the adapter confirmed: true, it undid its work; false, it could not."
+    )
 
 
 class ErrorAdapterProtocol(_AdapterError):
