@@ -250,7 +250,12 @@ async def test_busy_is_retryable_over_http(tmp_path: Path) -> None:
         assert (error["kind"], error["retryable"], error["operation"]) == ("busy", True, started.json()["id"])
         missing = await client.get("/v1/workspaces/nope")
         assert error_of(missing)["retryable"] is False
-        await client.delete(f"/v1/operations/{started.json()['id']}")
+        ident = started.json()["id"]
+        assert (await client.delete(f"/v1/operations/{ident}")).status_code == 202
+        done = await client.get(f"/v1/operations/{ident}/wait", params={"timeout": 20})
+        # an error the host recorded by hand (not from an exception) says it too
+        recorded = done.json()["error"]
+        assert (recorded["kind"], recorded["retryable"]) == ("cancelled", False), recorded
 
 
 async def test_503_and_423_answers_carry_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
