@@ -35,10 +35,13 @@ from hearth._server._app import create_app
 from hearth._server._schemas import RETRY_AFTER, STATUS
 from hearth._states import (
     ConflictReason,
+    Recorded,
     adapter_conflict_reason,
     adopt_other_tier,
     adopt_recorded,
     key_reused,
+    preview_verb,
+    rules,
 )
 from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import DeploymentRef, codes, utc_now
@@ -127,6 +130,26 @@ def test_the_rules_name_each_conflicts_reason() -> None:
     # an adapter's conflict that names no reason (or one not of the set) says ``backend``
     plain = Conflict("in the way", codes.CONFLICT, {"kind": "conflict", "reason": "whatever"})
     assert plain.reason == "backend" and plain.to_json()["reason"] == "backend"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "tier", "driver", "reason"),
+    [
+        (Recorded("ready", "solo", "fake"), "team", "fake", "other_tier"),
+        (Recorded("failed", "solo", "fake"), "team", "fake", "other_tier"),
+        (Recorded("ready", "solo", "fake"), "solo", "other", "other_driver"),
+        (Recorded("failed", "solo", "fake"), "team", "other", "other_driver"),
+    ],
+)
+def test_the_rules_of_a_provision_name_the_conflicts_reason(
+    recorded: Recorded, tier: str, driver: str, reason: str
+) -> None:
+    with pytest.raises(Conflict) as refused:
+        rules("provision", recorded, "alpha", tier=tier, driver=driver)
+    assert refused.value.reason == reason and refused.value.to_json()["reason"] == reason
+    with pytest.raises(Conflict) as previewed:
+        preview_verb(Recorded("ready", "solo", "fake"), "alpha", "other")
+    assert previewed.value.reason == "other_driver"
 
 
 def test_an_error_read_back_from_its_json_keeps_reason_and_retryable() -> None:

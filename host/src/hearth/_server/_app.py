@@ -365,7 +365,9 @@ QueryDeadline = Annotated[
 DESCRIPTION = """\
 A start (provision, upgrade, teardown) answers 202 with the operation and `Location:
 /v1/operations/{id}`, or 200 once it finished (`?wait=SECONDS`). Every error is `{"error":
-{"kind", "message", ...}}` with a status by kind.
+{"kind", "message", "retryable", ...}}` with a status by kind: `ErrorDetail`, one schema per
+`kind` with its own fields (a `conflict`'s `reason`, a `busy`'s `operation`, ...). Switch on
+`kind` and `reason`, never on `message`. Every 503 and 423 answer has `Retry-After`.
 
 Through the daemon's Unix socket no credential is needed (the socket's file mode guards it). A TCP
 listener (`hearth serve --listen`) needs `Authorization: Bearer <token>` on every request, else 401.
