@@ -130,7 +130,7 @@ def test_bad_input_is_a_one_line_reason_and_a_json_error(
     returncode, line, error = cli.error(*args)
     assert returncode == code
     assert line.startswith(f"hearth: {kind}: ")
-    assert error["kind"] == kind and error["message"]
+    assert error["kind"] == kind and error["message"] and error["retryable"] is False
     assert cli.journal() == []
 
 
@@ -139,6 +139,7 @@ def test_a_conflict_exits_one_with_the_existing_ref(cli: Cli) -> None:
     returncode, line, error = cli.error("provision", "alpha", "--tier", "team", "--driver", "fake")
     assert returncode == 1 and line.startswith("hearth: conflict: ")
     assert error["existing"]["tier"] == "solo"
+    assert (error["reason"], error["retryable"]) == ("other_tier", False)
 
 
 def test_a_malformed_settings_file_names_the_file_and_key(cli: Cli) -> None:

@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "models, states, settings, dirs, api",
         {
             "hearth._models",
+            "hearth._error_json",
             "hearth._states",
             "hearth._settings",
             "hearth._dirs",

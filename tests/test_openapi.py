@@ -18,10 +18,14 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from hearth import _errors
+from hearth._errors import CONFLICT_REASONS, RETRYABLE, AdapterError, HearthError
 from hearth._lifecycle._checks import KEY_MAX
 from hearth._models import OperationState
 from hearth._server._app import create_app
+from hearth._server._schemas import STATUS
 from hearth._states import STATES
+from hearth_adaptersdk import codes
 from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +59,9 @@ ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
     ),
     ("post", "/v1/workspaces/{slug}/adopt"): (
         "adoptWorkspace",
-        {"200", "400", "404", "409", "413", "422", "502", "504"},
+        {"200", "400", "404", "409", "413", "422", "423", "502", "504"},
     ),
-    ("post", "/v1/workspaces/{slug}/forget"): ("forgetWorkspace", {"200", "400", "404", "409"}),
+    ("post", "/v1/workspaces/{slug}/forget"): ("forgetWorkspace", {"200", "400", "404", "409", "423"}),
     ("get", "/v1/operations"): ("listOperations", {"200", "400"}),
     ("get", "/v1/operations/{ident}"): ("getOperation", {"200", "400", "404"}),
     ("get", "/v1/operations/{ident}/wait"): ("waitOperation", {"200", "202", "400", "404"}),
@@ -180,9 +184,91 @@ def test_the_bearer_token_is_a_security_scheme_the_unix_socket_does_without(docu
 def test_errors_in_records_are_typed(document: Json) -> None:
     schemas = document["components"]["schemas"]
     for model in ("Operation", "CheckResult", "Event"):
-        error = not_null(document, schemas[model]["properties"]["error"])
-        assert error["required"] == ["kind", "message"] and error["additionalProperties"] is True, model
-    assert resolved(document, schemas["ErrorBody"]["properties"]["error"])["required"] == ["kind", "message"]
+        error = schemas[model]["properties"]["error"]
+        assert {"$ref": "#/components/schemas/ErrorDetail"} in error["anyOf"], model
+    assert schemas["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    for branch in _branches(document).values():
+        assert {"kind", "message", "retryable"} <= set(branch["required"]), branch["title"]
+        assert branch["additionalProperties"] is True, branch["title"]  # an adapter's data, newer fields
+
+
+# --- typed errors (issue 21) ---------------------------------------------------------------------
+def _tree_kinds() -> set[str]:
+    """Every kind an error of the tree (``_errors.py``) can have: each class's own, each adapter
+    error's by its code, and the protocol's other kinds (an ``AdapterError`` of another code).
+    (The daemon's ``ServeError`` says it cannot start, on the command line, never in a body.)"""
+    kinds: set[str] = set()
+    pending: list[type[HearthError]] = [HearthError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == _errors.__name__ and isinstance(cls.__dict__.get("kind"), str):
+            kinds.add(cls.__dict__["kind"])
+    by_class = {cls: code for code, cls in _errors._BY_CODE.items()}
+    for cls in AdapterError.__subclasses__():
+        kinds.add(codes.kind_of(by_class[cls]))
+    return kinds | set(codes.ERROR_KINDS.values())
+
+
+def _branches(document: Json) -> dict[str, Json]:
+    """Each kind of ``ErrorDetail``'s discriminator, and the schema it maps to."""
+    detail = document["components"]["schemas"]["ErrorDetail"]
+    mapping = detail["discriminator"]["mapping"]
+    return {kind: resolved(document, {"$ref": ref}) for kind, ref in mapping.items()}
+
+
+def test_the_error_body_is_a_union_discriminated_by_kind_covering_every_kind(document: Json) -> None:
+    detail = document["components"]["schemas"]["ErrorDetail"]
+    assert detail["discriminator"]["propertyName"] == "kind"
+    refs = {branch["$ref"] for branch in detail["oneOf"]}
+    assert set(detail["discriminator"]["mapping"].values()) == refs
+    branches = _branches(document)
+    assert set(branches) == _tree_kinds()
+    assert set(STATUS) <= set(branches) and set(RETRYABLE) <= set(branches)
+    for kind, branch in branches.items():  # each branch names the kinds it is mapped from
+        named = branch["properties"]["kind"]
+        assert kind == named.get("const") or kind in named.get("enum", []), (kind, named)
+
+
+def test_each_kind_has_its_own_fields_typed(document: Json) -> None:
+    kinds = _branches(document)
+
+    def field(kind: str, name: str) -> Json:
+        prop = kinds[kind]["properties"][name]
+        return not_null(document, prop) if "anyOf" in prop else resolved(document, prop)
+
+    assert field("busy", "operation")["type"] == "integer" and "operation" in kinds["busy"]["required"]
+    assert set(field("conflict", "reason")["enum"]) == set(CONFLICT_REASONS)
+    assert "reason" in kinds["conflict"]["required"]
+    assert field("conflict", "existing") == document["components"]["schemas"]["DeploymentRef"]
+    assert field("conflict", "operation")["type"] == "integer"
+    assert field("invalid_transition", "state")["type"] == "string"
+    assert field("invalid_transition", "operation")["type"] == "integer"
+    assert field("unsupported", "reason")["type"] == "string"
+    assert field("invalid_profile", "errors") == {"items": {"type": "string"}, "type": "array"}
+    assert field("backend_failure", "rolled_back")["type"] == "boolean"
+    assert field("backend_failure", "logs")["items"] == {"type": "string"}
+    assert field("cancelled", "rolled_back")["type"] == "boolean"
+    assert field("cancelled", "changed_nothing")["type"] == "boolean"
+    assert field("timeout", "rolled_back")["type"] == "boolean"
+    assert field("unavailable", "retry_after")["type"] == "integer"
+    assert field("adapter_crashed", "exit_code")["type"] == "integer"
+    assert field("adapter_crashed", "stderr_tail")["items"] == {"type": "string"}
+    problem = resolved(document, field("invalid_input", "errors")["items"])
+    assert set(problem["required"]) == {"loc", "msg"}
+    for kind in ("busy", "conflict", "invalid_transition"):  # no default keyword: optional is optional
+        assert all("default" not in prop for prop in kinds[kind]["properties"].values()), kind
+
+
+def test_503_and_423_answers_say_retry_after(document: Json) -> None:
+    seen = set()
+    for method, path, operation in operations(document):
+        for status in ("423", "503"):
+            if status in operation["responses"]:
+                seen.add(status)
+                headers = operation["responses"][status]["headers"]
+                assert headers["Retry-After"]["schema"]["type"] == "integer", (method, path, status)
+    assert seen == {"423", "503"}
 
 
 def test_verbs_and_state_filters_are_enums(document: Json) -> None:
@@ -304,3 +390,7 @@ def test_openapi_typescript_generates_a_client_from_the_committed_document(tmp_p
     for name in ("provisionWorkspace", "getOperation", "watchEvents"):
         assert f"    {name}: {{" in types, name
     assert "reuse?: boolean;" in types  # optional in the request body, as its default makes it
+    # the error body: a union by kind, each kind with its own fields
+    assert 'ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]' in types
+    assert '"key_reused" | "other_tier" | "other_driver" | "recorded" | "backend"' in types
+    assert "retryable: boolean;" in types

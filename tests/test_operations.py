@@ -901,7 +901,11 @@ async def test_an_unknown_operation_or_workspace_is_not_found(tmp_path: Path) ->
         with pytest.raises(NotFound, match="no operation #999") as caught:
             await host.operation(999)
         assert caught.value.kind == "not_found" and isinstance(caught.value, InvalidInput)
-        assert caught.value.to_json() == {"kind": "not_found", "message": "no operation #999"}
+        assert caught.value.to_json() == {
+            "kind": "not_found",
+            "message": "no operation #999",
+            "retryable": False,
+        }
         with pytest.raises(NotFound, match="no workspace 'nope'") as missing:
             await host.deployment("nope")
         assert missing.value.kind == "not_found"

@@ -365,8 +365,8 @@ async def test_a_request_not_whole_within_the_deadline_gets_408_and_is_closed(tm
 
 async def test_connections_past_the_cap_are_answered_503_at_once(tmp_path: Path) -> None:
     """``[serve] max_connections`` caps a listener's open connections: one past it is answered
-    503 ``daemon_unavailable`` and closed at once (it never holds a file), and once one of the
-    others closes a new client is served."""
+    503 ``daemon_unavailable`` (retryable, ``Retry-After: 1``) and closed at once (it never
+    holds a file), and once one of the others closes a new client is served."""
     async with bounded_server(tmp_path, 30.0, 5) as port:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
         try:
@@ -377,6 +377,7 @@ async def test_connections_past_the_cap_are_answered_503_at_once(tmp_path: Path)
             answer, _ = await _raw(port, b"GET /v1/health HTTP/1.1\r\nHost: hearth\r\n\r\n")
             error = _error_answer(answer, 503)
             assert error["kind"] == "daemon_unavailable" and "max_connections" in error["message"], error
+            assert error["retryable"] is True and b"\r\nretry-after: 1\r\n" in answer.lower(), answer[:300]
         finally:
             _, first = held.pop()
             first.close()

@@ -37,6 +37,14 @@ export class HearthError extends Error {
     this.data = Object.freeze({ ...data });
   }
 
+  /**
+   * Whether asking again later may succeed (`busy`, `timeout`, `unavailable`, ...): the daemon's
+   * `retryable`; for an error the daemon did not send (no answer), true.
+   */
+  get retryable(): boolean {
+    return typeof this.data.retryable === "boolean" ? this.data.retryable : this.status === undefined;
+  }
+
   /** The error as the API writes it. */
   toJSON(): ErrorJson {
     return { ...this.data, kind: this.kind, message: this.message };
@@ -81,6 +89,10 @@ export class Conflict extends HearthError {
   get existing(): Record<string, unknown> | undefined {
     const value = this.data.existing;
     return value !== null && typeof value === "object" ? (value as Record<string, unknown>) : undefined;
+  }
+  /** Why, from a fixed set: `key_reused`, `other_tier`, `other_driver`, `recorded`, `backend`. */
+  get reason(): string | undefined {
+    return typeof this.data.reason === "string" ? this.data.reason : undefined;
   }
 }
 

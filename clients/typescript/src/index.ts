@@ -46,6 +46,11 @@ export type OperationQuery = NonNullable<operations["listOperations"]["parameter
 /** The states an operation ends in. */
 export const FINISHED: ReadonlySet<OperationState> = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
 
+/** `{k: v}` as the API's repeated `label=k=v` filter. */
+function labelQuery(labels: Record<string, string> | undefined): string[] | undefined {
+  return labels === undefined ? undefined : Object.entries(labels).map(([key, value]) => `${key}=${value}`);
+}
+
 /** Whether `event` ends its operation (its final state). */
 export function isFinal(event: Event): boolean {
   return event.kind === "state" && event.state != null && FINISHED.has(event.state);
@@ -105,6 +110,8 @@ export interface ProvisionOptions extends StartOptions {
   driver: string;
   /** Provision a torn-down slug again (its old record is archived). */
   reuse?: boolean;
+  /** The workspace's labels (Kubernetes label syntax, at most 64); never sent to adapters. */
+  labels?: Record<string, string>;
 }
 
 export interface WatchOptions {
@@ -112,6 +119,8 @@ export interface WatchOptions {
   after?: number;
   /** Only this workspace's events. */
   slug?: string;
+  /** Only the events of workspaces carrying every one of these labels when the event came. */
+  labels?: Record<string, string>;
   /** Ends the stream (the iterator returns). */
   signal?: AbortSignal;
 }
@@ -123,7 +132,8 @@ interface Answer {
 }
 
 interface RequestOptions {
-  query?: Record<string, string | number | boolean | null | undefined>;
+  /** A list is sent as the parameter repeated (``label=a=1&label=b=2``). */
+  query?: Record<string, string | number | boolean | readonly string[] | null | undefined>;
   body?: unknown;
   headers?: Record<string, string>;
   /** Seconds this request may take (default: the client's `timeout`). */
@@ -267,7 +277,8 @@ export class HearthClient {
   private open(method: string, path: string, options: RequestOptions, accept: string): http.ClientRequest {
     const query = new URLSearchParams();
     for (const [name, value] of Object.entries(options.query ?? {})) {
-      if (value !== undefined && value !== null) query.set(name, String(value));
+      if (Array.isArray(value)) for (const each of value) query.append(name, String(each));
+      else if (value !== undefined && value !== null) query.set(name, String(value));
     }
     const target = API + path + (query.size ? `?${query}` : "");
     const headers: Record<string, string> = { Accept: accept, ...options.headers };
@@ -397,6 +408,7 @@ export class HearthClient {
     const body: Schemas["NewWorkspace"] = { slug: options.slug, tier: options.tier, driver: options.driver };
     if (options.reuse !== undefined) body.reuse = options.reuse;
     if (options.timeout !== undefined) body.timeout = options.timeout;
+    if (options.labels !== undefined) body.labels = options.labels;
     return this.start("POST", "/workspaces", body, options);
   }
 
@@ -460,7 +472,7 @@ export class HearthClient {
     if (!Number.isSafeInteger(after) || after < 0) {
       throw new InvalidInput(`after must be a whole number of at least 0, not ${String(after)}`);
     }
-    return this.stream(after, options.slug, options.signal);
+    return this.stream(after, options.slug, options.signal, undefined, labelQuery(options.labels));
   }
 
   /**
@@ -474,6 +486,7 @@ export class HearthClient {
     slug: string | undefined,
     signal?: AbortSignal,
     operation?: number,
+    label?: string[],
   ): AsyncGenerator<Event, void, undefined> {
     let cursor = after;
     const outage = new Outage(this.reconnect, signal);
@@ -481,7 +494,7 @@ export class HearthClient {
     while (!signal?.aborted) {
       let failure: HearthError | undefined;
       let fresh = false;
-      const request = this.open("GET", path, { query: { after: cursor, slug } }, "application/x-ndjson");
+      const request = this.open("GET", path, { query: { after: cursor, slug, label } }, "application/x-ndjson");
       request.on("error", () => undefined); // reported through the response or the promise below
       const stop = (): void => void request.destroy();
       signal?.addEventListener("abort", stop, { once: true });
@@ -633,6 +646,14 @@ export class HearthClient {
       body: request,
       timeout: this.longer(request.timeout ?? undefined),
     });
+  }
+
+  /**
+   * Change a workspace's labels: those mapped to a value are set, those mapped to null removed;
+   * the record as it now is (`Busy` while an operation runs on it).
+   */
+  label(slug: string, labels: Record<string, string | null>): Promise<Deployment> {
+    return this.request<Deployment>("PATCH", `/workspaces/${seg(slug)}`, { body: { labels } });
   }
 
   /** Drop a record and leave its backend alone; the record as it was. */

@@ -52,6 +52,8 @@ export interface paths {
          * Events
          * @description Every event of every process on the home after ``after`` (or ``Last-Event-ID``). A
          *     client that falls 1,000 events behind is ended: resume after the last ``seq`` it read.
+         *     ``label``: only events of workspaces that carried each label when the event was written
+         *     (a ``workspace`` event: before or after it, so a workspace leaving the set is seen).
          */
         get: operations["watchEvents"];
         put?: never;
@@ -258,7 +260,8 @@ export interface paths {
         };
         /**
          * Workspaces
-         * @description The records by slug; ``after``: the last slug of the previous page.
+         * @description The records by slug; ``after``: the last slug of the previous page; ``label``: only
+         *     those carrying each.
          */
         get: operations["listWorkspaces"];
         put?: never;
@@ -293,7 +296,12 @@ export interface paths {
         delete: operations["teardownWorkspace"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Label
+         * @description Set the labels mapped to a value and remove those mapped to null; the record as it
+         *     now is (one ``workspace`` event). ``busy`` (409) while an operation runs on the slug.
+         */
+        patch: operations["labelWorkspace"];
         trace?: never;
     };
     "/v1/workspaces/{slug}/adopt": {
@@ -435,14 +443,7 @@ export interface components {
             /** Accepted */
             accepted: boolean;
             /** Error */
-            error?: ({
-                /** Kind */
-                kind: string;
-                /** Message */
-                message: string;
-            } & {
-                [key: string]: unknown;
-            }) | null;
+            error?: components["schemas"]["ErrorDetail"] | null;
             /** Joins */
             joins?: number | null;
             /** Slug */
@@ -469,6 +470,10 @@ export interface components {
             driver: string;
             /** Generation */
             generation: number;
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            };
             /** Operation */
             operation?: number | null;
             /** Reason */
@@ -550,6 +555,206 @@ export interface components {
             version?: string | null;
         };
         /**
+         * ErrorAdapterCrashed
+         * @description 502: the adapter's process died.
+         */
+        ErrorAdapterCrashed: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /** Exit Code */
+            exit_code: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "adapter_crashed";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Stderr Tail
+             * @description The last lines it wrote to stderr (at most 20).
+             */
+            stderr_tail: string[];
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorAdapterNotFound
+         * @description 502: no ``hearth-adapter-<driver>`` anywhere.
+         */
+        ErrorAdapterNotFound: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "adapter_not_found";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorAdapterProtocol
+         * @description 502: the adapter answered another error of its protocol.
+         */
+        ErrorAdapterProtocol: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "internal" | "invalid_params" | "invalid_request" | "method_not_found" | "not_initialized" | "parse_error" | "unsupported_version";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorAdapterRefused
+         * @description 502: an adapter was found, but is unsafe or not the driver's.
+         */
+        ErrorAdapterRefused: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "adapter_refused";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorBackendFailure
+         * @description 502: the backend failed the verb.
+         */
+        ErrorBackendFailure: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "backend_failure";
+            /**
+             * Logs
+             * @description The backend's output.
+             */
+            logs?: string[] | null;
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Rolled Back
+             * @description The adapter undid its work (the record stays as it was).
+             */
+            rolled_back?: boolean | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorBackendUnavailable
+         * @description 503 (with ``Retry-After``): the adapter cannot reach its backend; retryable.
+         */
+        ErrorBackendUnavailable: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "backend_unavailable";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
          * ErrorBody
          * @description Every error: ``{"error": {"kind", "message", ...}}`` (the library's JSON error).
          */
@@ -557,15 +762,603 @@ export interface components {
             error: components["schemas"]["ErrorDetail"];
         };
         /**
-         * ErrorDetail
-         * @description An error as JSON (``HearthError.to_json()``): its ``kind``, its ``message`` and the
-         *     kind's own fields (``busy``'s ``operation``, ``conflict``'s ``existing``, ...).
+         * ErrorBusy
+         * @description 409: another operation runs on the slug and does something else; retryable.
          */
-        ErrorDetail: {
-            /** Kind */
-            kind: string;
-            /** Message */
+        ErrorBusy: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "busy";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
             message: string;
+            /**
+             * Operation
+             * @description The slug's running operation (its id), to watch or wait for.
+             */
+            operation: number | null;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorCancelled
+         * @description 502 (or an operation's error): the work was cancelled.
+         */
+        ErrorCancelled: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "cancelled";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Rolled Back
+             * @description What the adapter confirmed: true, it undid its work; false, it could not.
+             */
+            rolled_back?: boolean | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorClosed
+         * @description 503 (with ``Retry-After``): the daemon, or the host under it, is closing; retryable.
+         */
+        ErrorClosed: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "closed";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorConflict
+         * @description 409: the request conflicts with what exists; ``reason`` says how.
+         */
+        ErrorConflict: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /** @description What exists in the way (the workspace's ref), when known. */
+            existing?: components["schemas"]["DeploymentRef"] | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "conflict";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Operation
+             * @description The operation the idempotency key was used for (`key_reused`).
+             */
+            operation?: number | null;
+            /**
+             * Reason
+             * @description `key_reused`: the idempotency key was used for a request with other arguments (`operation`); `other_tier`: the workspace, or the deployment to adopt, has another tier; `other_driver`: the workspace is on another driver; `recorded`: adopt of a slug with a live record; `backend`: the adapter's backend holds it otherwise (`existing`).
+             * @enum {string}
+             */
+            reason: "key_reused" | "other_tier" | "other_driver" | "recorded" | "backend";
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorDaemonUnavailable
+         * @description 503 (with ``Retry-After``): the listener holds ``[serve] max_connections``; a client's
+         *     own when no daemon answers; retryable.
+         */
+        ErrorDaemonUnavailable: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "daemon_unavailable";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorDetail
+         * @description An error as JSON (``HearthError.to_json()``): its ``kind``, its ``message``, whether it
+         *     is ``retryable``, and the kind's own fields (``busy``'s ``operation``, ``conflict``'s
+         *     ``reason`` and ``existing``, ...): one schema per kind, discriminated by ``kind``.
+         */
+        ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]["ErrorNotFound"] | components["schemas"]["ErrorBusy"] | components["schemas"]["ErrorInterrupted"] | components["schemas"]["ErrorAdapterNotFound"] | components["schemas"]["ErrorAdapterRefused"] | components["schemas"]["ErrorAdapterCrashed"] | components["schemas"]["ErrorProtocolViolation"] | components["schemas"]["ErrorTimeout"] | components["schemas"]["ErrorSlugLocked"] | components["schemas"]["ErrorClosed"] | components["schemas"]["ErrorStoreError"] | components["schemas"]["ErrorDaemonUnavailable"] | components["schemas"]["ErrorUnauthorized"] | components["schemas"]["ErrorUnavailable"] | components["schemas"]["ErrorConflict"] | components["schemas"]["ErrorInvalidTransition"] | components["schemas"]["ErrorUnsupported"] | components["schemas"]["ErrorInvalidProfile"] | components["schemas"]["ErrorBackendUnavailable"] | components["schemas"]["ErrorBackendFailure"] | components["schemas"]["ErrorCancelled"] | components["schemas"]["ErrorAdapterProtocol"] | components["schemas"]["ErrorFault"];
+        /**
+         * ErrorFault
+         * @description 500: a fault of the daemon (a bug); the message says what.
+         */
+        ErrorFault: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "error";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorInterrupted
+         * @description 500 (or an operation's error): its host stopped before it finished.
+         */
+        ErrorInterrupted: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "interrupted";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /** Rolled Back */
+            rolled_back?: boolean | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorInvalidInput
+         * @description 400 (408 for a request not whole in time, 413 for a body too large, 405 for a method a
+         *     route does not answer): the request, or the project's hearth.toml, is not valid.
+         */
+        ErrorInvalidInput: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Errors
+             * @description A request body or query pydantic refused: each problem, where and what.
+             */
+            errors?: components["schemas"]["ValidationProblem"][] | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "invalid_input";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorInvalidProfile
+         * @description 422: the adapter refused the tier's profile.
+         */
+        ErrorInvalidProfile: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * Errors
+             * @description Each problem, as the adapter words it.
+             */
+            errors?: string[] | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "invalid_profile";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorInvalidTransition
+         * @description 409: the verb does not apply to the record's (or operation's) state.
+         */
+        ErrorInvalidTransition: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "invalid_transition";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Operation
+             * @description A refused cancel: the operation (finished).
+             */
+            operation?: number | null;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * State
+             * @description The state that refuses it: the record's, or for a refused cancel the operation's.
+             */
+            state?: string | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorNotFound
+         * @description 404: no such workspace or operation (or route).
+         */
+        ErrorNotFound: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "not_found";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorProtocolViolation
+         * @description 502: the adapter broke the wire contract.
+         */
+        ErrorProtocolViolation: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "protocol_violation";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorSlugLocked
+         * @description 423 (with ``Retry-After``): another process holds the slug's lock too long; retryable.
+         */
+        ErrorSlugLocked: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "slug_locked";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorStoreError
+         * @description 500 (503 from ``/v1/ready``): the store or the home cannot be used; retryable (an
+         *     outage passes; a corrupt file or a newer schema does not: the message names the path).
+         */
+        ErrorStoreError: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "store_error";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorTimeout
+         * @description 504: no answer within the bound; retryable.
+         */
+        ErrorTimeout: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "timeout";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Rolled Back
+             * @description What the adapter confirmed after the cancel: true (it undid its work), false (it could not), null (it never answered).
+             */
+            rolled_back: boolean | null;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorUnauthorized
+         * @description 401: a TCP listener needs its bearer token.
+         */
+        ErrorUnauthorized: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "unauthorized";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorUnavailable
+         * @description 503 (with ``Retry-After``): the daemon drains; it starts no new work; retryable.
+         */
+        ErrorUnavailable: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "unavailable";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retry After
+             * @description Seconds after which asking again makes sense (as `Retry-After`).
+             */
+            retry_after: number | null;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorUnsupported
+         * @description 422: the adapter cannot do it.
+         */
+        ErrorUnsupported: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * Code
+             * @description The protocol's error code the adapter answered (absent on one the host recorded itself).
+             */
+            code?: number | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "unsupported";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Method
+             * @description The method the adapter does not announce.
+             */
+            method?: string | null;
+            /** Reason */
+            reason?: string | null;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
         } & {
             [key: string]: unknown;
         };
@@ -588,14 +1381,7 @@ export interface components {
              */
             at: string;
             /** Error */
-            error?: ({
-                /** Kind */
-                kind: string;
-                /** Message */
-                message: string;
-            } & {
-                [key: string]: unknown;
-            }) | null;
+            error?: components["schemas"]["ErrorDetail"] | null;
             /** Fraction */
             fraction?: number | null;
             /** Generation */
@@ -642,6 +1428,17 @@ export interface components {
             version: string;
         };
         /**
+         * LabelChange
+         * @description ``PATCH /v1/workspaces/{slug}``: set the labels mapped to a value, remove those mapped
+         *     to null.
+         */
+        LabelChange: {
+            /** Labels */
+            labels: {
+                [key: string]: string | null;
+            };
+        };
+        /**
          * LogLine
          * @description One line of an operation's log: its progress, and the backend's output on a failure.
          */
@@ -675,6 +1472,10 @@ export interface components {
         NewWorkspace: {
             /** Driver */
             driver: string;
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            } | null;
             /**
              * Reuse
              * @description Default: false.
@@ -709,14 +1510,7 @@ export interface components {
             /** Ended At */
             readonly ended_at: string | null;
             /** Error */
-            error?: ({
-                /** Kind */
-                kind: string;
-                /** Message */
-                message: string;
-            } & {
-                [key: string]: unknown;
-            }) | null;
+            error?: components["schemas"]["ErrorDetail"] | null;
             /** Final Seq */
             final_seq?: number | null;
             /** Finished At */
@@ -921,6 +1715,17 @@ export interface components {
             name: string;
             resource_caps?: components["schemas"]["ResourceCaps"];
         };
+        /**
+         * ValidationProblem
+         * @description One problem pydantic found in a request: where (``loc``, the path into the request:
+         *     ``body``, ``query``, then field names and indexes) and what (``msg``).
+         */
+        ValidationProblem: {
+            /** Loc */
+            loc: (string | number)[];
+            /** Msg */
+            msg: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1008,9 +1813,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1084,9 +1891,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1100,6 +1909,8 @@ export interface operations {
             query?: {
                 after?: number;
                 slug?: string | null;
+                /** @description KEY=VALUE: only workspaces carrying this label (repeat it: all of them must match) */
+                label?: string[] | null;
             };
             header?: {
                 accept?: string | null;
@@ -1158,9 +1969,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1216,9 +2029,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1288,9 +2103,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1366,9 +2183,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1455,9 +2274,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1539,9 +2360,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1628,9 +2451,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1744,9 +2569,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1814,6 +2641,8 @@ export interface operations {
             /** @description store_error (what is wrong), invalid_input or closed; daemon_unavailable when the listener holds [serve] max_connections */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1900,9 +2729,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1967,9 +2798,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1986,6 +2819,8 @@ export interface operations {
                 include_torn_down?: boolean;
                 limit?: number | null;
                 after?: string | null;
+                /** @description KEY=VALUE: only workspaces carrying this label (repeat it: all of them must match) */
+                label?: string[] | null;
             };
             header?: never;
             path?: never;
@@ -2040,9 +2875,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2166,9 +3003,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2253,9 +3092,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2370,9 +3211,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2382,6 +3225,108 @@ export interface operations {
             /** @description timeout */
             504: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    labelWorkspace: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LabelChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deployment"];
+                };
+            };
+            /** @description invalid_input: the request, or the project's hearth.toml, is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description conflict, invalid_transition or busy */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the body is larger than [serve] max_body */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
+            503: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2479,6 +3424,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description slug_locked: another process holds the slug's lock longer than [timeouts] lock_wait (with Retry-After) */
+            423: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
             500: {
                 headers: {
@@ -2497,9 +3453,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2584,6 +3542,17 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description slug_locked: another process holds the slug's lock longer than [timeouts] lock_wait (with Retry-After) */
+            423: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
             500: {
                 headers: {
@@ -2593,9 +3562,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2673,9 +3644,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2772,9 +3745,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2918,9 +3893,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains (with Retry-After); daemon_unavailable when the listener holds [serve] max_connections */
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
             503: {
                 headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

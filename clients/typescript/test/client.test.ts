@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import {
   Busy,
   Cancelled,
+  Conflict,
   DaemonUnavailable,
   HearthClient,
   HearthError,
@@ -139,9 +140,22 @@ describe("hearth-client on a real daemon", () => {
       assert.equal(error.data.operation, slow.id);
       return true;
     });
+    await assert.rejects(client.upgrade("beta", { tier: "solo" }), (error: unknown) => {
+      assert.ok(error instanceof Busy && error.retryable === true, String(error));
+      return true;
+    });
     const cancelling = await slow.cancel("the test is done with it");
     assert.equal(cancelling.id, slow.id);
     await assert.rejects(slow.result({ timeout: BOUND }), Cancelled);
+    // a key reused for another request: a conflict with its reason, not retryable
+    const keyed = await client.provision({ slug: "gamma", tier: "solo", driver: "fake", key: "req-gamma" });
+    await keyed.result({ timeout: BOUND });
+    await assert.rejects(client.provision({ slug: "delta", tier: "solo", driver: "fake", key: "req-gamma" }), (error: unknown) => {
+      assert.ok(error instanceof Conflict, String(error));
+      assert.equal(error.reason, "key_reused");
+      assert.equal(error.retryable, false);
+      return true;
+    });
 
     // the kinds the daemon may answer while it drains, and unknown ones
     const draining = errorFromJson({ kind: "unavailable", message: "draining" }, { status: 503, retryAfter: 2 });
@@ -149,6 +163,23 @@ describe("hearth-client on a real daemon", () => {
     const other = errorFromJson({ kind: "something_new", message: "m", extra: 1 });
     assert.ok(other instanceof HearthError && other.kind === "something_new" && other.data.extra === 1);
     assert.deepEqual(other.toJSON(), { kind: "something_new", message: "m", extra: 1 });
+  });
+
+  test("labels: set on provision, changed, filtered on lists and on the event stream", T, async () => {
+    const op = await client.provision({ slug: "lab", tier: "solo", driver: "fake", labels: { team: "red", env: "dev" } });
+    await op.result({ timeout: BOUND });
+    assert.deepEqual((await client.workspace("lab")).labels, { env: "dev", team: "red" });
+    const before = (await client.snapshot()).seq;
+    const changed = await client.label("lab", { env: "prod", team: null });
+    assert.deepEqual(changed.labels, { env: "prod" });
+    assert.deepEqual((await client.workspaces({ label: ["env=prod"] })).map((w) => w.slug), ["lab"]);
+    assert.deepEqual(await client.workspaces({ label: ["env=prod", "team=red"] }), []);
+    for await (const event of client.watch({ after: before, labels: { env: "prod" } })) {
+      assert.equal(event.slug, "lab");
+      assert.equal(event.kind, "workspace");
+      break;
+    }
+    await assert.rejects(client.label("lab", { "Bad Key": "x" }), InvalidInput);
   });
 
   test("a client with no daemon there says so at once", T, async () => {

@@ -17,7 +17,7 @@
     ├── Unauthorized                 unauthorized         the daemon refused the bearer token
     ├── Unavailable                  unavailable          the daemon drains: no new work (.retry_after)
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
-        ├── Conflict                 conflict             .existing: DeploymentRef | None
+        ├── Conflict                 conflict             .reason, .existing: DeploymentRef | None
         ├── InvalidTransition        invalid_transition   .state
         ├── Unsupported              unsupported          .reason
         ├── InvalidProfile           invalid_profile      .errors
@@ -26,6 +26,11 @@
         └── Cancelled                cancelled
 
 Wire errors become these in exactly one place, ``from_wire_error``.
+
+Every error's JSON (``to_json()``, the daemon's ``{"error": ...}``) carries ``retryable``: whether
+asking the same thing again later may succeed with nothing else changed (``RETRYABLE``, one
+line per kind; each class's ``retryable``). A ``conflict`` says which one in ``reason``
+(``CONFLICT_REASONS``): a console switches on ``kind`` and ``reason``, never on the message.
 """
 
 from __future__ import annotations
@@ -39,22 +44,87 @@ if TYPE_CHECKING:
     from hearth_adaptersdk import DeploymentRef
 
 
+#: Whether asking the same thing again later may succeed, with nothing else changed, by kind:
+#: true for what passes (another operation on the slug, a lock held, a daemon stopping or not
+#: answering, a backend or store out of reach, a bound that ran out), false for what a person
+#: has to change first (the request, the record, the settings, the adapter) or decide (D8: a
+#: failed verb is never retried for them). A kind not listed (an adapter's own) is false.
+RETRYABLE: dict[str, bool] = {
+    "invalid_input": False,
+    "not_found": False,
+    "busy": True,
+    "interrupted": False,
+    "adapter_not_found": False,
+    "adapter_refused": False,
+    "adapter_crashed": False,
+    "protocol_violation": False,
+    "timeout": True,
+    "slug_locked": True,
+    "closed": True,
+    "store_error": True,
+    "daemon_unavailable": True,
+    "unauthorized": False,
+    "unavailable": True,
+    "conflict": False,
+    "invalid_transition": False,
+    "unsupported": False,
+    "invalid_profile": False,
+    "backend_unavailable": True,
+    "backend_failure": False,
+    "cancelled": False,
+    "error": False,
+}
+
+#: Why a ``conflict`` is refused (its ``reason``): ``key_reused``, the idempotency key was used
+#: for a request with other arguments (``operation`` names the one it was used for);
+#: ``other_tier``, the workspace (or the deployment to adopt) has another tier; ``other_driver``,
+#: the workspace is on another driver; ``recorded``, adopt of a slug that has a live record;
+#: ``backend``, the adapter refused because its backend holds the workspace otherwise than asked
+#: (``existing`` says how) and hearth cannot say more. ``_states.py`` decides which.
+CONFLICT_REASONS: tuple[str, ...] = ("key_reused", "other_tier", "other_driver", "recorded", "backend")
+
+
+def retryable_kind(kind: str) -> bool:
+    """Whether an error of ``kind`` may succeed asked again later (``RETRYABLE``)."""
+    return RETRYABLE.get(kind, False)
+
+
 class HearthError(Exception):
-    """Base of every error hearth raises; ``kind`` is stable and machine-readable."""
+    """Base of every error hearth raises; ``kind`` is stable and machine-readable, and
+    ``retryable`` says whether asking again later may succeed (``RETRYABLE``)."""
 
     kind: ClassVar[str] = "error"
+    #: What the error's JSON said of ``retryable`` when it was read back (``error_from_json``:
+    #: a newer daemon's word is kept), else None: the kind's.
+    said_retryable: bool | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request asked again later may succeed (``RETRYABLE`` by kind)."""
+        return self.said_retryable if self.said_retryable is not None else retryable_kind(self.kind)
+
     def to_json(self) -> dict[str, Any]:
         """The CLI's ``{"error": ...}`` payload body."""
-        return {"kind": self.kind, "message": self.message}
+        return {"kind": self.kind, "message": self.message, "retryable": self.retryable}
 
 
 class InvalidInput(HearthError):
+    """A request, or the settings, not valid; ``errors``: each problem of a request's body or
+    query (``{"loc", "msg"}``), when the daemon's validation found them."""
+
     kind = "invalid_input"
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = [dict(item) for item in errors] if errors is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        answer = super().to_json()
+        return answer if self.errors is None else {**answer, "errors": self.errors}
 
 
 class NotFound(InvalidInput):
@@ -192,20 +262,37 @@ class AdapterError(HearthError):
 
     @property
     def kind(self) -> str:  # type: ignore[override]
-        return str(self.data.get("kind") or codes.kind_of(self.code))
+        """The protocol's kind the adapter's ``data`` names, else its code's (a kind outside
+        the protocol's is its code's, so the kinds an error can have stay a closed set)."""
+        named = self.data.get("kind")
+        if isinstance(named, str) and named in codes.ERROR_KINDS.values():
+            return named
+        return codes.kind_of(self.code)
 
     def to_json(self) -> dict[str, Any]:
-        extra = {key: value for key, value in self.data.items() if key != "kind"}
+        extra = {key: value for key, value in self.data.items() if key not in ("kind", "retryable")}
         return {**super().to_json(), "code": self.code, **extra}
 
 
 class Conflict(AdapterError):
+    """The request conflicts with what exists: ``reason`` (one of ``CONFLICT_REASONS``) says
+    how, ``existing`` what exists (when known)."""
+
     @property
     def existing(self) -> DeploymentRef | None:
         from hearth_adaptersdk import DeploymentRef  # the models load only when needed
 
         value = self.data.get("existing")
         return DeploymentRef.model_validate(value) if isinstance(value, dict) else None
+
+    @property
+    def reason(self) -> str:
+        """One of ``CONFLICT_REASONS``: ``backend`` for an adapter's conflict not named further."""
+        value = self.data.get("reason")
+        return value if isinstance(value, str) and value in CONFLICT_REASONS else "backend"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "reason": self.reason}
 
 
 class InvalidTransition(AdapterError):
@@ -289,8 +376,17 @@ _BY_KIND: dict[str, type[HearthError]] = {
 
 
 def error_from_json(error: Mapping[str, Any]) -> HearthError:
-    """The typed error an operation's recorded ``error`` stands for (``Operation.result`` raises
-    it in a process other than the one that ran the work)."""
+    """The typed error an operation's recorded ``error`` (or the daemon's error body) stands for
+    (``Operation.result`` raises it in a process other than the one that ran the work), with
+    the ``retryable`` it says, if it says one."""
+    typed = _typed(error)
+    said = error.get("retryable")
+    if isinstance(said, bool):
+        typed.said_retryable = said
+    return typed
+
+
+def _typed(error: Mapping[str, Any]) -> HearthError:
     kind = str(error.get("kind") or "error")
     message = str(error.get("message") or kind)
     data = {key: value for key, value in error.items() if key not in ("message", "code")}
@@ -306,6 +402,10 @@ def error_from_json(error: Mapping[str, Any]) -> HearthError:
     if kind == "unavailable":
         after = error.get("retry_after")
         return Unavailable(message, after if isinstance(after, int) and not isinstance(after, bool) else None)
+    if kind in ("invalid_input", "not_found"):
+        problems = error.get("errors")
+        listed = [item for item in problems if isinstance(item, dict)] if isinstance(problems, list) else None
+        return (InvalidInput if kind == "invalid_input" else NotFound)(message, listed)
     if kind in _BY_KIND:
         return _BY_KIND[kind](message)
     code = error.get("code")
@@ -317,6 +417,8 @@ def error_from_json(error: Mapping[str, Any]) -> HearthError:
 
 
 __all__ = [
+    "CONFLICT_REASONS",
+    "RETRYABLE",
     "AdapterCrashed",
     "AdapterError",
     "AdapterNotFound",
@@ -343,4 +445,5 @@ __all__ = [
     "Unsupported",
     "error_from_json",
     "from_wire_error",
+    "retryable_kind",
 ]

@@ -25,7 +25,8 @@ from pydantic_core import CoreSchema
 
 from hearth_adaptersdk import DeploymentRef, Progress, State
 
-from ._errors import CallTimeout, error_from_json
+from ._error_json import ErrorDetail
+from ._errors import CallTimeout, error_from_json, retryable_kind
 
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 #: An operation in one of these states is over; its result or error no longer changes.
@@ -39,15 +40,6 @@ OperationVerb = Literal["provision", "upgrade", "teardown", "adopt", "forget"]
 VerbName = Annotated[str, Field(json_schema_extra={"enum": list(get_args(OperationVerb))})]
 
 
-class ErrorDetail(BaseModel):
-    """An error as JSON (``HearthError.to_json()``): its ``kind``, its ``message`` and the
-    kind's own fields (``busy``'s ``operation``, ``conflict``'s ``existing``, ...)."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: str
-    message: str
-
-
 class _AsErrorDetail:
     """JSON Schema of an error kept as a plain dict (what ``error_from_json`` reads): the
     ``ErrorDetail`` model's, so that clients generated from the OpenAPI document get a type."""
@@ -57,8 +49,17 @@ class _AsErrorDetail:
         return handler(ErrorDetail.__pydantic_core_schema__)
 
 
-#: An error's JSON: a ``dict`` in Python, an ``ErrorDetail`` in JSON Schema.
-ErrorJson = Annotated[dict[str, Any], _AsErrorDetail]
+def _with_retryable(error: dict[str, Any]) -> dict[str, Any]:
+    """An error as JSON carries ``retryable``: one a store kept from before it did gets its
+    kind's (``_errors.RETRYABLE``)."""
+    if "retryable" in error:
+        return error
+    return {**error, "retryable": retryable_kind(str(error.get("kind") or "error"))}
+
+
+#: An error's JSON: a ``dict`` in Python, an ``ErrorDetail`` in JSON Schema (and in JSON it
+#: always says whether it is ``retryable``).
+ErrorJson = Annotated[dict[str, Any], _AsErrorDetail, PlainSerializer(_with_retryable, when_used="json")]
 
 
 class OperationOwner(Protocol):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from hearth_adaptersdk import State, codes
+from hearth_adaptersdk import DeploymentRef, State, codes
 
 from ._errors import Conflict, InvalidTransition
 
@@ -228,15 +228,14 @@ def rules(
         if recorded.state in ("ready", "failed") and recorded.driver != driver:
             raise _moved(slug, recorded.driver)
         if recorded.state in ("ready", "failed") and recorded.tier != tier:
-            raise Conflict(
+            raise conflict(
+                "other_tier",
                 f"workspace {slug!r} exists with tier {recorded.tier!r}; "
                 + (
                     "use upgrade to change its tier"
                     if recorded.state == "ready"
                     else f"it is failed: provision it again with tier {recorded.tier!r}, or tear it down"
                 ),
-                codes.CONFLICT,
-                {"kind": "conflict"},
             )
         return Rules(transition(recorded.state, verb, slug))
     assert recorded is not None, "only provision applies to a workspace without a record"
@@ -529,12 +528,66 @@ def preview_verb(recorded: Recorded | None, slug: str, driver: str) -> Verb:
 
 
 def _moved(slug: str, driver: str) -> Conflict:
-    return Conflict(
+    return conflict(
+        "other_driver",
         f"workspace {slug!r} exists on driver {driver!r}; a workspace cannot move "
         "to another driver: tear it down, then provision it again, reusing the slug",
-        codes.CONFLICT,
-        {"kind": "conflict"},
     )
+
+
+# --- conflicts: each refusal's reason (``_errors.CONFLICT_REASONS``) -----------------------------
+#: Why a request conflicts with what exists (``Conflict.reason``, ``conflict.reason`` on the wire).
+ConflictReason = Literal["key_reused", "other_tier", "other_driver", "recorded", "backend"]
+
+
+def conflict(reason: ConflictReason, message: str, **data: Any) -> Conflict:
+    """A ``conflict`` refusal, with its ``reason`` and its own data (``existing``, ``operation``)."""
+    return Conflict(message, codes.CONFLICT, {"kind": "conflict", "reason": reason, **data})
+
+
+def key_reused(key: str, operation: int, verb: str, slug: str) -> Conflict:
+    """An idempotency key (``key``, as shown) already used for ``operation`` (a ``verb`` of
+    ``slug``) with other arguments: ``key_reused``, naming that operation."""
+    return conflict(
+        "key_reused",
+        f"the idempotency key {key} was used for operation #{operation} ({verb} of {slug!r}) "
+        "with other arguments",
+        operation=operation,
+    )
+
+
+def adopt_recorded(slug: str, state: str, driver: str) -> Conflict | None:
+    """Adopt of a slug recorded ``state`` on ``driver``: refused ``recorded`` unless the record
+    is torn down (its slug can take a deployment without one); None when it may go on."""
+    if state == "tier_torn_down":
+        return None
+    return conflict(
+        "recorded",
+        f"workspace {slug!r} already has a record ({state} on {driver!r}); "
+        "only a deployment without one can be adopted",
+    )
+
+
+def adopt_other_tier(slug: str, found: str | None, tier: str) -> Conflict | None:
+    """Adopt with ``tier`` of a deployment that runs ``found`` (None: it does not say):
+    refused ``other_tier`` when they differ."""
+    if not found or found == tier:
+        return None
+    return conflict(
+        "other_tier", f"the deployment {slug!r} runs tier {found!r}, not {tier!r}; adopt it with that tier"
+    )
+
+
+def adapter_conflict_reason(
+    existing: DeploymentRef | None, tier: str | None, driver: str | None
+) -> ConflictReason:
+    """The reason of an adapter's ``conflict`` that names none, from what its ``existing``
+    holds against what was asked: another driver, another tier, else ``backend``."""
+    if existing is not None and driver and existing.driver != driver:
+        return "other_driver"
+    if existing is not None and tier and existing.tier != tier:
+        return "other_tier"
+    return "backend"
 
 
 # --- settling a record from what the backend shows (``_lifecycle._reconcile``) ------------------

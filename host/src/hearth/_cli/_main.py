@@ -46,7 +46,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import HearthError
+from .._errors import HearthError, retryable_kind
 from ._commands import adapters, command, forget_confirmed, ls, serve
 from ._exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, SIGNALS, NotConfirmed, SignalStop
 from ._parser import build_parser
@@ -231,7 +231,9 @@ def _failed(error: dict[str, Any], kind: str, message: str, as_json: bool, code:
     one_line = safe(" ".join(message.split()))
     print_out(f"hearth: {kind}: {one_line}", stream=sys.stderr)
     if as_json:
-        print_out(json.dumps({"error": {**error, "kind": kind, "message": one_line}}))
+        said = error.get("retryable")
+        again = said if isinstance(said, bool) else retryable_kind(kind)
+        print_out(json.dumps({"error": {**error, "kind": kind, "message": one_line, "retryable": again}}))
     return (
         code if code is not None else (EXIT_USAGE if kind in ("invalid_input", "not_found") else EXIT_FAILURE)
     )

@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
         message = f"{message} (see '{self.prog} --help')"
         print(f"hearth: invalid_input: {message}", file=sys.stderr)
         if "--json" in sys.argv:
-            print(json.dumps({"error": {"kind": "invalid_input", "message": message}}))
+            print(json.dumps({"error": {"kind": "invalid_input", "message": message, "retryable": False}}))
         sys.exit(EXIT_USAGE)
 
 

@@ -22,11 +22,13 @@ from .._labels import label_count
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
     Recorded,
+    adapter_conflict_reason,
     answers_noop,
     binds_key,
     busy_message,
     joins,
     key_released,
+    key_reused,
     noop_answer,
     preview_verb,
     same_key,
@@ -180,12 +182,7 @@ class Admission:
         """A key already used: that operation, if it was for the same thing."""
         ours = (request.slug, request.verb, request.tier, request.driver)
         if not same_key((operation.slug, operation.verb, operation.tier, operation.driver), ours):
-            raise Conflict(
-                f"the idempotency key {echo(request.key)} was used for operation #{operation.id} "
-                f"({operation.verb} of {operation.slug!r}) with other arguments",
-                codes.CONFLICT,
-                {"kind": "conflict", "operation": operation.id},
-            )
+            raise key_reused(echo(request.key), operation.id, operation.verb, operation.slug)
         return operation.bound(self._owner)
 
     def join(self, active: Operation, request: Request, on_progress: ProgressListener | None) -> Operation:
@@ -261,7 +258,11 @@ class Admission:
                     {"kind": "unsupported", "reason": "plan is not announced", "method": "plan"},
                 )
             bound = core.timeouts.status if until is None else max(remaining(until), 0.001)
-            return await client.plan(slug, ref, profile, timeout=bound)
+            try:
+                return await client.plan(slug, ref, profile, timeout=bound)
+            except Conflict as exc:  # the adapter's: name its reason from what it holds
+                exc.data.setdefault("reason", adapter_conflict_reason(exc.existing, tier, chosen))
+                raise
 
     async def _validate_profile(self, driver: str, profile: ProvisioningProfile) -> None:
         core = self._core

@@ -17,6 +17,7 @@ from .._errors import (
     BackendUnavailable,
     CallTimeout,
     Cancelled,
+    Conflict,
     HearthError,
     Interrupted,
     ProtocolViolation,
@@ -27,6 +28,7 @@ from .._states import (
     CancelOutcome,
     Transition,
     Verb,
+    adapter_conflict_reason,
     after_cancel,
     after_timeout,
     cancel_note,
@@ -146,6 +148,11 @@ class Outcome:
         if isinstance(exc, BackendFailure):
             for line in exc.logs:
                 self.events.add(NewEvent(self.operation, self.working.slug, self.verb, "log", "error", line))
+        if isinstance(exc, Conflict):  # the adapter's: name its reason from what it holds
+            exc.data.setdefault(
+                "reason",
+                adapter_conflict_reason(exc.existing, self.working.tier, self.working.driver),
+            )
         error = exc.to_json()
         if isinstance(exc, AdapterError) and changed_nothing(self.verb, exc.code, exc.data):
             await self.unchanged(outcome, error)

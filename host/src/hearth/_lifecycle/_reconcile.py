@@ -21,10 +21,19 @@ from collections.abc import Awaitable, Callable
 
 from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
-from .._errors import Busy, Conflict, HearthError, NotFound, SlugLocked, Unsupported
+from .._errors import Busy, HearthError, NotFound, SlugLocked, Unsupported
 from .._labels import label_count
 from .._models import Deployment, Operation, ReconcileReport, existing_json, synthesized_ref
-from .._states import TRANSIENT, Settlement, needs_status, settled_note, settlement, uncertain_verb
+from .._states import (
+    TRANSIENT,
+    Settlement,
+    adopt_other_tier,
+    adopt_recorded,
+    needs_status,
+    settled_note,
+    settlement,
+    uncertain_verb,
+)
 from .._store._base import NewOperation
 from ._core import Core
 
@@ -210,13 +219,10 @@ async def adopt(
             found = next((ref for ref in refs if ref.workspace_slug == slug), None)
             if found is None:
                 raise NotFound(f"driver {driver!r} lists no deployment {slug!r}; there is nothing to adopt")
-            if found.tier and found.tier != tier:
-                raise Conflict(
-                    f"the deployment {slug!r} runs tier {found.tier!r}, not {tier!r}; "
-                    "adopt it with that tier",
-                    codes.CONFLICT,
-                    {"kind": "conflict", "existing": found.model_dump(mode="json")},
-                )
+            refused = adopt_other_tier(slug, found.tier, tier)
+            if refused is not None:
+                refused.data["existing"] = found.model_dump(mode="json")
+                raise refused
             report = await client.status(found, timeout=timeout or core.timeouts.status)
         if report.state in ("absent", "unknown", "tier_torn_down"):
             raise NotFound(f"driver {driver!r} reports {slug!r} {report.state}; there is nothing to adopt")
@@ -313,10 +319,8 @@ async def _refuse_if_busy(active_of: ActiveOf, slug: str) -> None:
 
 
 def _refuse_if_recorded(record: Deployment | None, slug: str) -> None:
-    if record is not None and record.state != "tier_torn_down":
-        raise Conflict(
-            f"workspace {slug!r} already has a record ({record.state} on {record.driver!r}); "
-            "only a deployment without one can be adopted",
-            codes.CONFLICT,
-            {"kind": "conflict", "existing": existing_json(record)},
-        )
+    refused = None if record is None else adopt_recorded(slug, record.state, record.driver)
+    if refused is not None:
+        assert record is not None
+        refused.data["existing"] = existing_json(record)
+        raise refused

@@ -42,7 +42,9 @@ from .._settings import Tier
 from ._schemas import (
     API,
     NUMBER_MAX,
+    RETRY_AFTER_HEADER,
     STATUS,
+    VALIDATION_PROBLEMS,
     WAIT_MAX,
     AdoptRequest,
     CheckRequest,
@@ -54,10 +56,11 @@ from ._schemas import (
     PlanRequest,
     Ready,
     ReconcileRequest,
+    error_json_response,
     error_response,
     errors,
+    hearth_error_response,
     started,
-    status_of,
 )
 
 #: Seconds of quiet after which a stream shows it is alive (SSE: a comment; NDJSON: an empty line).
@@ -423,7 +426,9 @@ QueryDeadline = Annotated[
 DESCRIPTION = """\
 A start (provision, upgrade, teardown) answers 202 with the operation and `Location:
 /v1/operations/{id}`, or 200 once it finished (`?wait=SECONDS`). Every error is `{"error":
-{"kind", "message", ...}}` with a status by kind.
+{"kind", "message", "retryable", ...}}` with a status by kind: `ErrorDetail`, one schema per
+`kind` with its own fields (a `conflict`'s `reason`, a `busy`'s `operation`, ...). Switch on
+`kind` and `reason`, never on `message`. Every 503 and 423 answer has `Retry-After`.
 
 Through the daemon's Unix socket no credential is needed (the socket's file mode guards it). A TCP
 listener (`hearth serve --listen`) needs `Authorization: Bearer <token>` on every request, else 401.
@@ -501,11 +506,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
 
     @app.exception_handler(HearthError)
     async def heartherror_response(request: Request, exc: Exception) -> JSONResponse:
-        error = cast(HearthError, exc)
-        response = JSONResponse({"error": error.to_json()}, status_code=status_of(error))
-        if isinstance(error, Unavailable) and error.retry_after is not None:
-            response.headers["Retry-After"] = str(error.retry_after)
-        return response
+        return hearth_error_response(cast(HearthError, exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -513,7 +514,14 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         where = "; ".join(
             f"{'.'.join(str(part) for part in p.get('loc', ()))}: {p.get('msg', '')}" for p in problems[:5]
         )
-        return error_response("invalid_input", f"invalid request: {where}", 400)
+        listed = [
+            {
+                "loc": [part if isinstance(part, int) else str(part) for part in p.get("loc", ())],
+                "msg": str(p.get("msg", "")),
+            }
+            for p in problems[:VALIDATION_PROBLEMS]
+        ]
+        return error_response("invalid_input", f"invalid request: {where}", 400, errors=listed)
 
     @app.exception_handler(StarletteHTTPException)
     async def httperror_response(request: Request, exc: Exception) -> JSONResponse:
@@ -633,7 +641,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
     @app.post(
         f"{API}/workspaces/{{slug}}/adopt",
         operation_id="adoptWorkspace",
-        responses=errors(400, 404, 409, 413, 422, 502, 504),
+        responses=errors(400, 404, 409, 413, 422, 423, 502, 504),
     )
     async def adopt(slug: str, body: AdoptRequest, request: Request) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of (recorded as an
@@ -643,7 +651,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         return await host.adopt(slug, driver=body.driver, tier=body.tier, timeout=body.timeout)
 
     @app.post(
-        f"{API}/workspaces/{{slug}}/forget", operation_id="forgetWorkspace", responses=errors(400, 404, 409)
+        f"{API}/workspaces/{{slug}}/forget",
+        operation_id="forgetWorkspace",
+        responses=errors(400, 404, 409, 423),
     )
     async def forget(slug: str, request: Request) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
@@ -837,6 +847,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
                 "model": ErrorBody,
                 "description": "store_error (what is wrong), invalid_input or closed; daemon_unavailable "
                 "when the listener holds [serve] max_connections",
+                "headers": RETRY_AFTER_HEADER,
             },
         },
     )
@@ -847,13 +858,16 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         (``invalid_input``), or while the daemon stops (``closed``)."""
         state = _state(request)
         if state.draining.is_set() or state.stopping.is_set():
-            return error_response("closed", "the daemon is stopping", 503)
+            left = state.drain_ends - asyncio.get_running_loop().time()
+            return error_json_response(
+                {"kind": "closed", "message": "the daemon is stopping"}, 503, max(1, math.ceil(left))
+            )
         host = state.host
         try:
             host.reload_settings()  # an invalid hearth.toml fails every call: not ready
             await host.ready()
         except HearthError as exc:
-            return JSONResponse({"error": exc.to_json()}, status_code=503)
+            return hearth_error_response(exc, 503)
         return Ready(status="ready", within=host.timeouts.store)
 
     return app

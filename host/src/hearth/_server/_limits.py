@@ -21,6 +21,9 @@ from typing import Any, ClassVar
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .._errors import retryable_kind
+from ._schemas import RETRY_AFTER
+
 log = logging.getLogger("hearth.serve")
 
 #: The open files kept apart from the listeners' connections (store, adapters' pipes, logs):
@@ -32,13 +35,15 @@ LOG_EVERY = 10.0
 MAX_FILES = 1 << 20
 
 
-def _answer(status: int, reason: str, kind: str, message: str) -> bytes:
+def _answer(status: int, reason: str, kind: str, message: str, retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 response with the API's error body, written before or instead of h11's
     (the client may not have sent a whole request head for h11 to answer)."""
-    body = json.dumps({"error": {"kind": kind, "message": message}}).encode()
+    error = {"kind": kind, "message": message, "retryable": retryable_kind(kind)}
+    body = json.dumps({"error": error}).encode()
+    after = f"retry-after: {retry_after}\r\n" if retry_after is not None else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\n{after}connection: close\r\n\r\n"
     )
     return head.encode() + body
 
@@ -100,7 +105,11 @@ class BoundedH11(H11Protocol):
             f"the daemon holds its limit of {self.max_connections} connections on this"
             " listener ([serve] max_connections); try again shortly"
         )
-        transport.write(_answer(503, "Service Unavailable", "daemon_unavailable", message))
+        transport.write(
+            _answer(
+                503, "Service Unavailable", "daemon_unavailable", message, RETRY_AFTER["daemon_unavailable"]
+            )
+        )
         transport.close()
 
     def data_received(self, data: bytes) -> None:

@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._errors import AdapterError, HearthError
-from .._models import ErrorDetail, Operation
+from .._error_json import ErrorDetail
+from .._errors import AdapterError, HearthError, Unavailable, retryable_kind
+from .._models import Operation
 
 API = "/v1"
 #: HTTP status of each error kind; an adapter's other failures are 502, the host's 500.
@@ -38,6 +39,32 @@ STATUS: dict[str, int] = {
     "unavailable": 503,
     "error": 500,
 }
+#: ``Retry-After`` (seconds) of the 503 and 423 answers whose error says no time of its own
+#: (``unavailable`` says the drain grace left): a backend out of reach is asked again in a
+#: while; a closing daemon (``closed``) and a slug's lock held elsewhere (``slug_locked``)
+#: pass sooner; a listener at its ``[serve] max_connections`` (``daemon_unavailable``, written by
+#: ``_limits``) frees a connection in a moment. The rest of 503s (``store_error`` from
+#: ``/v1/ready``) take ``RETRY_AFTER_ANY``.
+RETRY_AFTER: dict[str, int] = {
+    "backend_unavailable": 10,
+    "closed": 5,
+    "slug_locked": 5,
+    "daemon_unavailable": 1,
+    "unavailable": 5,
+}
+RETRY_AFTER_ANY = 5
+#: The statuses whose answers carry ``Retry-After``.
+RETRY_STATUSES: frozenset[int] = frozenset({423, 503})
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Seconds after which asking again makes sense: the drain grace left "
+        "(unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, "
+        "closed 5, daemon_unavailable 1, any other 5",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+#: The most problems of an invalid request listed in its ``invalid_input``'s ``errors``.
+VALIDATION_PROBLEMS = 20
 #: The longest ``?wait=`` or ``/wait?timeout=`` (seconds).
 WAIT_MAX = 3600.0
 #: The largest ``limit``, ``after`` or ``Last-Event-ID``: the store's largest integer (2^63 - 1).
@@ -170,11 +197,13 @@ _ERROR_TEXT: dict[int, str] = {
     409: "conflict, invalid_transition or busy",
     413: "invalid_input: the body is larger than [serve] max_body",
     422: "invalid_profile or unsupported",
+    423: "slug_locked: another process holds the slug's lock longer than [timeouts] lock_wait "
+    "(with Retry-After)",
     500: "store_error, interrupted, or error (a fault of the daemon; the message says what)",
     502: "the adapter failed: adapter_not_found, adapter_refused, adapter_crashed, "
     "protocol_violation, backend_failure or cancelled",
-    503: "backend_unavailable or closed; unavailable: a start while the daemon drains (with "
-    "Retry-After); daemon_unavailable when the listener holds [serve] max_connections",
+    503: "backend_unavailable or closed; unavailable: a start while the daemon drains; "
+    "daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After)",
     504: "timeout",
 }
 #: What any request can be answered, whatever its route: no token on a TCP listener, a request
@@ -196,6 +225,8 @@ def errors(*codes: int, streams: bool = False) -> dict[int | str, dict[str, Any]
         code: {**body, "description": _ERROR_TEXT[code]} for code in sorted({*codes, *ALWAYS})
     }
     listed[401]["headers"] = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+    for code in RETRY_STATUSES & set(listed):
+        listed[code]["headers"] = RETRY_AFTER_HEADER
     return listed
 
 
@@ -223,10 +254,27 @@ def started(operation_id: str, *codes: int) -> dict[str, Any]:
     }
 
 
+def error_json_response(error: dict[str, Any], status: int, retry_after: int | None = None) -> JSONResponse:
+    """The error body of ``error`` (a ``to_json()``), with ``retryable`` if it says none, and a
+    503 or 423 with ``Retry-After``: ``retry_after``, else the kind's (``RETRY_AFTER``)."""
+    kind = str(error.get("kind") or "error")
+    body = error if "retryable" in error else {**error, "retryable": retryable_kind(kind)}
+    response = JSONResponse({"error": body}, status_code=status)
+    if status in RETRY_STATUSES:
+        after = retry_after if retry_after is not None else RETRY_AFTER.get(kind, RETRY_AFTER_ANY)
+        response.headers["Retry-After"] = str(after)
+    return response
+
+
 def error_response(kind: str, message: str, status: int | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"kind": kind, "message": message, **extra}}, status_code=status or STATUS.get(kind, 500)
-    )
+    return error_json_response({"kind": kind, "message": message, **extra}, status or STATUS.get(kind, 500))
+
+
+def hearth_error_response(error: HearthError, status: int | None = None) -> JSONResponse:
+    """A ``HearthError``'s answer: its body, its status by kind (or ``status``), and
+    ``Retry-After`` on a 503 or 423 (an ``unavailable``'s own ``retry_after``)."""
+    after = error.retry_after if isinstance(error, Unavailable) else None
+    return error_json_response(error.to_json(), status or status_of(error), after)
 
 
 def status_of(error: HearthError) -> int:
