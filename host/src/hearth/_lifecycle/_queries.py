@@ -117,7 +117,8 @@ class Queries:
             return found
         running: dict[str, int] = {}
         for op in await store.operations(active=True):  # the first of a slug's runs, the rest queue
-            running.setdefault(op.slug, op.id)
+            if op.slug not in running and await self._recovery.owner_alive(op):  # a dead host's: none
+                running[op.slug] = op.id
         return [self._with_operation(record, running.get(record.slug)) for record in found]
 
     @staticmethod
