@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from hearth import Event, Host, InvalidInput
-from hearth._lifecycle._events import QUEUE
+from hearth._lifecycle._events import QUEUE, labelled
 from hearth._settings import load_settings
 from hearth._store._base import NewEvent
+from hearth_adaptersdk import utc_now
 from tests import helpers
+from tests.test_settings_states_store import _deployment
 
 #: Here a brisk operation takes 0.2 s: one that was started is soon done.
 make_host = functools.partial(helpers.make_host, tiers=helpers.FAKE_TIERS | {"brisk": {"delay": 0.2}})
@@ -420,3 +422,63 @@ async def test_progress_events_are_kept_keep_days_after_their_operation_finished
     settings.write_text("[events]\nkeep = 3\n")
     with pytest.raises(InvalidInput, match=r"events\.keep: unknown key; choose one of keep_days"):
         load_settings(tmp_path / "project")
+
+
+def _event(seq: int, kind: str, operation: int = 7, **fields: Any) -> Event:
+    return Event.model_validate(
+        {"seq": seq, "at": utc_now(), "operation": operation, "slug": "nu", "verb": "provision", "kind": kind}
+        | fields
+    )
+
+
+async def _filtered(host: Host, labels: dict[str, str], *batches: list[Event]) -> list[int]:
+    async def source() -> AsyncIterator[list[Event]]:
+        for batch in batches:
+            yield batch
+
+    return [e.seq for batch in [b async for b in labelled(source(), labels, host._core)] for e in batch]
+
+
+async def test_a_label_filter_holds_a_first_provision_s_events_until_its_record_names_its_labels(
+    tmp_path: Path,
+) -> None:
+    """A first provision's ``queued`` comes before any record of the slug: a label-filtered
+    stream that reads it live holds it until the first ``workspace`` event says the labels,
+    then yields it (or drops it, with the rest of an operation that never made a record); and
+    an operation it followed is followed to its final event, past its record's removal."""
+    async with helpers.make_host(tmp_path) as host:
+        red = _deployment("nu").model_copy(update={"labels": {"team": "red"}, "state": "provisioning"})
+        lives = [
+            [_event(1, "state", state="queued")],  # read live, before its record exists
+            [_event(2, "workspace", record=red.model_dump(mode="json")), _event(3, "state", state="running")],
+            [_event(4, "workspace", record=None), _event(5, "state", state="cancelled")],
+        ]
+        assert await _filtered(host, {"team": "red"}, *lives) == [1, 2, 3, 4, 5]
+        assert await _filtered(host, {"team": "blue"}, *lives) == []
+        never = [[_event(1, "state", state="queued")], [_event(2, "state", state="cancelled")]]
+        later = [
+            [_event(3, "state", operation=8, state="queued")],
+            [_event(4, "workspace", operation=8, record=red.model_dump(mode="json"))],
+        ]
+        assert await _filtered(host, {"team": "red"}, *never, *later) == [3, 4]
+
+
+async def test_a_label_filtered_watch_sees_a_first_provision_from_its_first_event(tmp_path: Path) -> None:
+    async with helpers.make_host(tmp_path) as host:
+        seen: list[Event] = []
+        started = asyncio.Event()
+
+        async def watching() -> None:
+            events = host.watch(labels={"run": "one"})
+            started.set()
+            async for event in events:
+                seen.append(event)
+                if event.final:
+                    return
+
+        task = asyncio.ensure_future(watching())
+        await asyncio.wait_for(started.wait(), 30)
+        op = await host.start_provision("omicron", tier="solo", driver="fake", labels={"run": "one"})
+        await asyncio.wait_for(task, 30)
+        assert [e.operation for e in seen] == [op.id] * len(seen)
+        assert (seen[0].kind, seen[0].state) == ("state", "queued") and seen[-1].state == "succeeded"

@@ -394,3 +394,16 @@ def test_openapi_typescript_generates_a_client_from_the_committed_document(tmp_p
     assert 'ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]' in types
     assert '"key_reused" | "other_tier" | "other_driver" | "recorded" | "backend"' in types
     assert "retryable: boolean;" in types
+
+
+def test_every_answer_but_health_and_ready_documents_hearth_seq(document: Json) -> None:
+    """``Hearth-Seq`` (the store's last event when the answer was read) is on every 2xx answer
+    the daemon sends but liveness and readiness, and the document says so, so that generated
+    clients know the header a console lists and then streams by."""
+    for route, path in document["paths"].items():
+        for method, operation in path.items():
+            for status, response in operation["responses"].items():
+                if not status.startswith("2"):
+                    continue
+                named = "Hearth-Seq" in response.get("headers", {})
+                assert named == (route not in ("/v1/health", "/v1/ready")), (method, route, status)

@@ -281,6 +281,9 @@ export function errorFromJson(json: unknown, context: ErrorContext = {}): Hearth
   for (const [key, value] of Object.entries(body)) {
     if (key !== "kind" && key !== "message") data[key] = value;
   }
+  // the body's `retry_after` (a draining daemon's) when no Retry-After header said it
+  const retryAfter = context.retryAfter ?? (typeof body.retry_after === "number" ? body.retry_after : undefined);
+  const told = { ...context, retryAfter };
   const known = Object.hasOwn(ERRORS, kind) ? ERRORS[kind] : undefined;
-  return known ? new known(message, data, context) : new HearthError(kind, message, data, context);
+  return known ? new known(message, data, told) : new HearthError(kind, message, data, told);
 }

@@ -40,11 +40,21 @@ export type ReconcileReport = Schemas["ReconcileReport"];
 export type Health = Schemas["Health"];
 export type Ready = Schemas["Ready"];
 export type OperationState = OperationSnapshot["state"];
-export type WorkspaceQuery = NonNullable<operations["listWorkspaces"]["parameters"]["query"]>;
+/** The list's filters; `labels` (`{env: "prod"}`) is `label` (`["env=prod"]`) as the other calls take it. */
+export type WorkspaceQuery = NonNullable<operations["listWorkspaces"]["parameters"]["query"]> & {
+  labels?: Record<string, string>;
+};
 export type OperationQuery = NonNullable<operations["listOperations"]["parameters"]["query"]>;
 
 /** The states an operation ends in. */
 export const FINISHED: ReadonlySet<OperationState> = new Set(["succeeded", "failed", "cancelled", "interrupted"]);
+
+/** A list's query as the API takes it: `labels` joins `label`. */
+function listQuery(query: WorkspaceQuery): Record<string, string | number | boolean | readonly string[] | null | undefined> {
+  const { labels, label, ...rest } = query;
+  const both = [...(label ?? []), ...(labelQuery(labels) ?? [])];
+  return { ...rest, label: both.length ? both : undefined };
+}
 
 /** `{k: v}` as the API's repeated `label=k=v` filter. */
 function labelQuery(labels: Record<string, string> | undefined): string[] | undefined {
@@ -578,7 +588,7 @@ export class HearthClient {
   // --- queries ---------------------------------------------------------------------------------
   /** The records by slug (`after`: the last slug of the previous page). */
   workspaces(query: WorkspaceQuery = {}): Promise<Deployment[]> {
-    return this.request<Deployment[]>("GET", "/workspaces", { query });
+    return this.request<Deployment[]>("GET", "/workspaces", { query: listQuery(query) });
   }
 
   /**
@@ -587,7 +597,7 @@ export class HearthClient {
    * come again: apply it twice).
    */
   async snapshot(query: WorkspaceQuery = {}): Promise<{ workspaces: Deployment[]; seq: number }> {
-    const answer = await this.exchange("GET", "/workspaces", { query });
+    const answer = await this.exchange("GET", "/workspaces", { query: listQuery(query) });
     if (answer.status < 200 || answer.status >= 300) throw this.errorOf(answer);
     const seq = Number(answer.headers["hearth-seq"]);
     if (!Number.isSafeInteger(seq)) throw new HearthError("error", "the hearth daemon sent no Hearth-Seq header");

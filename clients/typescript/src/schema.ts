@@ -1751,6 +1751,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1847,6 +1849,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1924,6 +1928,8 @@ export interface operations {
             /** @description one Event per line (NDJSON), kept open; Server-Sent Events (id: seq, event: kind, data: the Event) with Accept: text/event-stream */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2059,6 +2065,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2130,6 +2138,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2212,6 +2222,8 @@ export interface operations {
             /** @description The operation, its cancel asked for (its rollback follows) */
             202: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2306,6 +2318,8 @@ export interface operations {
             /** @description the operation's events, one per line (NDJSON), ending after its final event (at once for a finished operation once its events are sent); Server-Sent Events (id: seq, event: kind, data: the Event) with Accept: text/event-stream */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2389,6 +2403,8 @@ export interface operations {
             /** @description The operation, finished */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2398,6 +2414,8 @@ export interface operations {
             /** @description The operation, still running after the timeout */
             202: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2480,6 +2498,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2667,6 +2687,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2754,6 +2776,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2831,6 +2855,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -2910,6 +2936,8 @@ export interface operations {
             /** @description The operation, finished (within ?wait, or before this request) */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;
@@ -2921,6 +2949,8 @@ export interface operations {
             /** @description The operation, still running */
             202: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;
@@ -3039,6 +3069,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3127,6 +3159,8 @@ export interface operations {
             /** @description The operation, finished (within ?wait, or before this request) */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;
@@ -3138,6 +3172,8 @@ export interface operations {
             /** @description The operation, still running */
             202: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;
@@ -3251,6 +3287,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3353,6 +3391,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3489,6 +3529,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3591,6 +3633,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3674,6 +3718,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3791,6 +3837,8 @@ export interface operations {
             /** @description The operation, finished (within ?wait, or before this request) */
             200: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;
@@ -3802,6 +3850,8 @@ export interface operations {
             /** @description The operation, still running */
             202: {
                 headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
                     /** @description /v1/operations/{id} */
                     Location?: string;
                     [name: string]: unknown;

@@ -174,6 +174,8 @@ describe("hearth-client on a real daemon", () => {
     assert.deepEqual(changed.labels, { env: "prod" });
     assert.deepEqual((await client.workspaces({ label: ["env=prod"] })).map((w) => w.slug), ["lab"]);
     assert.deepEqual(await client.workspaces({ label: ["env=prod", "team=red"] }), []);
+    assert.deepEqual((await client.workspaces({ labels: { env: "prod" } })).map((w) => w.slug), ["lab"]);
+    assert.equal(errorFromJson({ kind: "unavailable", message: "draining", retry_after: 3 }).retryAfter, 3);
     for await (const event of client.watch({ after: before, labels: { env: "prod" } })) {
       assert.equal(event.slug, "lab");
       assert.equal(event.kind, "workspace");

@@ -392,6 +392,11 @@ class EventLog:
             raise
 
 
+#: The events of a slug whose labels are not known yet (a first provision's, before its record
+#: is written) held back for it at most; past it they are dropped, as of an unlabelled slug.
+UNDECIDED_MAX = 1000
+
+
 async def labelled(
     batches: AsyncIterator[list[Event]], labels: dict[str, str], core: Core
 ) -> AsyncGenerator[list[Event]]:
@@ -399,26 +404,50 @@ async def labelled(
     event was written. Events do not store labels; every change of a record writes a
     ``workspace`` event with the record, so a slug's labels at an event are those of its last
     ``workspace`` event before it (read from the store once per slug, then followed in the
-    stream; before a slug's first one, the labels that one gave it). A ``workspace`` event passes
-    when the workspace carried them before it or carries them after it, so a watcher sees a
-    workspace leave its set. Lists left empty are not yielded."""
-    known: dict[str, dict[str, str]] = {}
+    stream). A first provision's events before its record exists (its ``queued``) take the
+    labels its first ``workspace`` event gives: when that is not written yet they are held back
+    until it comes (and dropped if the operation ends without one: the workspace never
+    existed). A ``workspace`` event passes when the workspace carried them before it or carries
+    them after it, so a watcher sees a workspace leave its set; and an operation whose events
+    passed is followed to its final event (a cancelled first provision's end comes after its
+    record is gone). Lists left empty are not yielded."""
+    known: dict[str, dict[str, str] | None] = {}  # None: not known yet (held back in ``undecided``)
+    undecided: dict[str, list[Event]] = {}
+    following: set[int] = set()
 
     def carries(slug: str) -> bool:
-        have = known[slug]
+        have = known[slug] or {}
         return all(have.get(key) == value for key, value in labels.items())
+
+    def keep(event: Event, kept: list[Event]) -> None:
+        kept.append(event)
+        if event.operation is not None:
+            if event.final:
+                following.discard(event.operation)
+            else:
+                following.add(event.operation)
 
     try:
         async for batch in batches:
-            kept = []
+            kept: list[Event] = []
             for event in batch:
-                if event.slug not in known:
-                    known[event.slug] = await _labels_before(core, event.slug, event.seq)
-                before = carries(event.slug)
+                slug = event.slug
+                if slug not in known:
+                    known[slug] = await _labels_before(core, slug, event.seq)
+                if known[slug] is None and event.kind != "workspace":
+                    held = undecided.setdefault(slug, [])
+                    held.append(event)
+                    if event.final or len(held) > UNDECIDED_MAX:  # it never got a record
+                        del undecided[slug], known[slug]
+                    continue
+                before = known[slug] is not None and carries(slug)
                 if event.kind == "workspace":
-                    known[event.slug] = dict(event.record.labels) if event.record is not None else {}
-                if before or carries(event.slug):
-                    kept.append(event)
+                    known[slug] = dict(event.record.labels) if event.record is not None else {}
+                    for waiting in undecided.pop(slug, []):
+                        if carries(slug):
+                            keep(waiting, kept)
+                if before or carries(slug) or event.operation in following:
+                    keep(event, kept)
             if kept:
                 yield kept
     finally:
@@ -435,10 +464,11 @@ async def flattened(batches: AsyncGenerator[list[Event]]) -> AsyncGenerator[Even
                 yield event
 
 
-async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str]:
+async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str] | None:
     """The labels ``slug`` carried just before event ``seq``: its last ``workspace`` event's
     record's; before its first one (a first provision's ``queued``), the labels that one gave
-    it; its current record's when it has no ``workspace`` event (events older than them)."""
+    it; its current record's when it has no ``workspace`` event (events older than them); None
+    when there is neither yet (a first provision whose record is still to be written)."""
     store = core.store
     last: Event | None = None
     position = 0
@@ -456,7 +486,7 @@ async def _labels_before(core: Core, slug: str, seq: int) -> dict[str, str]:
     if last is not None:
         return dict(last.record.labels) if last.record is not None else {}
     record = await store.get(slug)
-    return dict(record.labels) if record is not None else {}
+    return dict(record.labels) if record is not None else None
 
 
 def _through_final(events: list[Event], operation: int | None) -> tuple[list[Event], bool]:

@@ -211,6 +211,12 @@ class _Position:
         await self.app(scope, receive, sending)
 
 
+#: ``Hearth-Seq`` as the document describes it on every 2xx answer but liveness and readiness.
+HEARTH_SEQ: dict[str, Any] = {
+    "description": "the seq of the store's last event when the answer was read: stream "
+    "/v1/events?after= it to miss nothing that came after",
+    "schema": {"type": "integer", "minimum": 0},
+}
 #: Paths answered without the store (liveness), or that judge it themselves (readiness).
 _STORELESS = frozenset({f"{API}/health", f"{API}/ready"})
 
@@ -463,10 +469,15 @@ def _document(app: FastAPI) -> dict[str, Any]:
     it finds invalid answers 400 ``invalid_input`` with the error body."""
     if app.openapi_schema is None:
         document = FastAPI.openapi(app)
-        for path in document["paths"].values():
+        for route, path in document["paths"].items():
             for operation in path.values():
                 if "HTTPValidationError" in json.dumps(operation["responses"].get("422", {})):
                     del operation["responses"]["422"]
+                if route in _STORELESS:
+                    continue
+                for status, response in operation["responses"].items():
+                    if status.startswith("2"):
+                        response.setdefault("headers", {})["Hearth-Seq"] = HEARTH_SEQ
         for name in ("HTTPValidationError", "ValidationError"):
             document["components"]["schemas"].pop(name, None)
         document.setdefault("components", {})["securitySchemes"] = {"bearerAuth": BEARER}
