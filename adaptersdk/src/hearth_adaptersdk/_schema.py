@@ -262,12 +262,8 @@ _METHOD_ERRORS: dict[str, tuple[int, ...]] = {
     "provision": _DOMAIN_ERRORS,
     "status": (codes.BACKEND_UNAVAILABLE, codes.BACKEND_FAILURE),
     "upgrade": _DOMAIN_ERRORS,
-    "teardown": (
-        codes.INVALID_TRANSITION,
-        codes.UNSUPPORTED,
-        codes.BACKEND_UNAVAILABLE,
-        codes.BACKEND_FAILURE,
-    ),
+    # never refused for the deployment's state (failed, half created, torn down, unknown)
+    "teardown": (codes.UNSUPPORTED, codes.BACKEND_UNAVAILABLE, codes.BACKEND_FAILURE),
     "shutdown": (),
     "list": (codes.UNSUPPORTED, codes.BACKEND_UNAVAILABLE, codes.BACKEND_FAILURE),
     "validate_profile": (codes.BACKEND_UNAVAILABLE,),
@@ -284,7 +280,7 @@ def _method_errors(name: str, optional: bool) -> list[dict[str, str]]:
     if name != "initialize":
         found.append(codes.NOT_INITIALIZED)
     found += _METHOD_ERRORS.get(name, _DOMAIN_ERRORS)
-    if name != "shutdown":
+    if name not in ("shutdown", "initialize"):  # the host cancels neither
         found.append(codes.CANCELLED)
     return [{"$ref": _ERRORS + codes.kind_of(code)} for code in dict.fromkeys(found)]
 

@@ -361,7 +361,8 @@ class SuccessResponse(_Model):
 
 class ErrorResponse(_Model):
     jsonrpc: Literal["2.0"]
-    id: RequestId | None
+    # a string: the id of a request refused -32600 for it, echoed; null: no id could be read
+    id: RequestId | Annotated[str, Strict()] | None
     error: ErrorObject
 
 
