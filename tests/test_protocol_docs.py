@@ -115,5 +115,5 @@ def test_each_methods_errors_agree(method: str) -> None:
 def test_teardown_and_initialize_lists_follow_the_rules() -> None:
     errors = _prose_errors()
     assert "invalid_transition" not in errors["teardown"]  # teardown is never refused for its state
-    assert "cancelled" not in errors["initialize"]  # the host never cancels initialize
+    assert "cancelled" not in errors["initialize"]  # the host never waits for -32800 to it
     assert "not_initialized" not in errors["initialize"]

@@ -280,7 +280,7 @@ def _method_errors(name: str, optional: bool) -> list[dict[str, str]]:
     if name != "initialize":
         found.append(codes.NOT_INITIALIZED)
     found += _METHOD_ERRORS.get(name, _DOMAIN_ERRORS)
-    if name not in ("shutdown", "initialize"):  # the host cancels neither
+    if name not in ("shutdown", "initialize"):  # the host never waits for -32800 to either
         found.append(codes.CANCELLED)
     return [{"$ref": _ERRORS + codes.kind_of(code)} for code in dict.fromkeys(found)]
 
