@@ -928,3 +928,6 @@ def test_the_default_socket_follows_the_hero_socket_folder(monkeypatch: pytest.M
     assert TfgridConfig().socket == "/run/hero_compute/rpc.sock"
     monkeypatch.setenv("HERO_SOCKET_DIR", "/run/hero")
     assert TfgridConfig().socket == "/run/hero/hero_compute_zos/rpc.sock"
+    monkeypatch.setenv("MY_HERO", "/srv/hero")
+    assert TfgridConfig(socket_dir_env="MY_HERO").socket == "/srv/hero/hero_compute_zos/rpc.sock"
+    assert TfgridConfig(socket="/tmp/x.sock").socket == "/tmp/x.sock"

@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hearth_adaptersdk import (
     BackendFailure,
@@ -84,10 +84,10 @@ DEFAULT_SOCKET = "/run/hero_compute/rpc.sock"
 DISCOVER_TIMEOUT = 5.0
 
 
-def default_socket() -> str:
+def default_socket(variable: str = "HERO_SOCKET_DIR") -> str:
     """The service's socket as hero lays them out: ``hero_compute_zos/rpc.sock`` under the Hero
-    socket folder (``$HERO_SOCKET_DIR``), else ``DEFAULT_SOCKET``."""
-    folder = os.environ.get("HERO_SOCKET_DIR")
+    socket folder (the environment variable ``variable``), else ``DEFAULT_SOCKET``."""
+    folder = os.environ.get(variable)
     return str(Path(folder) / "hero_compute_zos" / "rpc.sock") if folder else DEFAULT_SOCKET
 
 
@@ -95,8 +95,12 @@ class TfgridConfig(BaseModel):
     """``[adapters.tfgrid]`` in .hearth/hearth.toml."""
 
     model_config = ConfigDict(extra="forbid")
-    #: The ComputeService's Unix socket (used unless ``url`` is set).
-    socket: str = Field(default_factory=default_socket)
+    #: The ComputeService's Unix socket (used unless ``url`` is set); empty: ``hero_compute_zos/
+    #: rpc.sock`` under the folder in ``socket_dir_env``, else ``DEFAULT_SOCKET``.
+    socket: str = ""
+    #: The environment variable holding the Hero socket folder (the host passes a variable to
+    #: an adapter only when its config names it, so name it in .hearth/hearth.toml to use it).
+    socket_dir_env: str = "HERO_SOCKET_DIR"
     #: An HTTP(S) URL of the service, e.g. through hero_router http://HOST:9988/hero_compute_zos/rpc.
     url: str | None = None
     #: The environment variable holding a bearer token for ``url``, if the router wants one (the
@@ -117,6 +121,12 @@ class TfgridConfig(BaseModel):
     delete_timeout: float = Field(default=300.0, gt=0)
     #: Seconds for each phase of one call to the service: connecting, sending, awaiting the answer.
     request_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _socket(self) -> TfgridConfig:
+        if not self.socket:
+            self.socket = default_socket(self.socket_dir_env)
+        return self
 
 
 class TfgridFlags(BaseModel):
