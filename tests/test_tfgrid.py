@@ -853,6 +853,10 @@ async def test_the_check_compares_result_fields_and_needs_a_document() -> None:
     problems = compute.check_surface(document).problems
     assert "get_vm: its result has no field 'node_sid' (Vm)" in problems
     assert "list_vms: its result has no field 'node_sid' (Vm)" in problems
+    next(m for m in document["methods"] if m["name"] == "delete_vm")["paramStructure"] = "by-position"
+    assert "delete_vm: takes its params by position; this adapter sends them by name" in (
+        compute.check_surface(document).problems
+    )
     assert compute.check_surface({"openrpc": "1.2.6"}).problems == [
         "rpc.discover: the answer is not an OpenRPC document (no 'methods' list)"
     ]

@@ -165,6 +165,8 @@ def check_surface(document: Any, prefix: str = "") -> Surface:
         if method is None:
             found.problems.append(f"{wire}: no such method on the service")
             continue
+        if method.get("paramStructure") == "by-position":
+            found.problems.append(f"{wire}: takes its params by position; this adapter sends them by name")
         params = {
             p["name"]: p
             for p in method.get("params") or []
