@@ -19,7 +19,9 @@ from pydantic import TypeAdapter
 from hearth_adapter_tfgrid import Simulator, TfgridDriver
 from hearth_adapter_tfgrid import _compute as compute
 from hearth_adapter_tfgrid._compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint
+from hearth_adapter_tfgrid._driver import TfgridConfig
 from hearth_adapter_tfgrid._placement import Ledger
+from hearth_adapter_tfgrid._simulator import ServedSurface
 from hearth_adaptersdk import DeploymentRef, ProvisioningProfile, SubprocessConnection, utc_now
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import Peer, RemoteError, open_peer
@@ -803,3 +805,133 @@ async def test_the_secret_of_an_interrupted_teardown_is_removed_once_the_vm_is_c
         )
         assert (await peer.status(beta)).state == "absent"
         assert (tmp_path / "data" / "secrets" / "beta.secret").is_file()
+
+
+# --- the service's surface, checked at initialize ------------------------------------------------
+
+
+async def test_initialize_refuses_a_service_whose_surface_differs_naming_each_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulator = Simulator(deploy_delay=0.05)
+    simulator.surface = ServedSurface(
+        prefix="ComputeService.", renamed={"secret": "key"}, missing=frozenset({"vm_logs"})
+    )
+    await simulator.start(tmp_path / "rpc.sock")
+    try:
+        config = {"socket": str(tmp_path / "rpc.sock"), "method_prefix": "ComputeService."}
+        with pytest.raises(RemoteError) as caught:
+            async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config):
+                pass
+        assert caught.value.code == -32022 and caught.value.kind == "unsupported"
+        message = caught.value.message
+        assert "ComputeService.vm_logs: no such method on the service" in message
+        for method in ("deploy_vm", "get_vm", "list_vms", "delete_vm", "get_webgateway", "list_webgateways"):
+            assert f"ComputeService.{method}: takes no param 'secret'" in message, method
+            assert f"ComputeService.{method}: requires param 'key'" in message, method
+        assert "list_slices" not in message  # it matches
+        assert "ComputeService.get_vm" in caught.value.data["reason"]
+        assert "ComputeService.list_slices" in capsys.readouterr().err  # the service's methods, logged
+        assert simulator.calls == ["rpc.discover"]  # nothing else was asked
+        # without the prefix, every method is named as missing
+        with pytest.raises(RemoteError) as caught:
+            async with open_peer(
+                TfgridDriver(), data_dir=tmp_path / "data", config={**config, "method_prefix": ""}
+            ):
+                pass
+        for method in compute.SURFACE:
+            assert f"{method}: no such method on the service" in caught.value.message
+    finally:
+        await simulator.stop()
+
+
+async def test_the_check_compares_result_fields_and_needs_a_document() -> None:
+    simulator = Simulator()
+    document = simulator.openrpc()
+    assert compute.check_surface(document).problems == []
+    del document["components"]["schemas"]["Vm"]["properties"]["node_sid"]
+    problems = compute.check_surface(document).problems
+    assert "get_vm: its result has no field 'node_sid' (Vm)" in problems
+    assert "list_vms: its result has no field 'node_sid' (Vm)" in problems
+    next(m for m in document["methods"] if m["name"] == "delete_vm")["paramStructure"] = "by-position"
+    assert "delete_vm: takes its params by position; this adapter sends them by name" in (
+        compute.check_surface(document).problems
+    )
+    assert compute.check_surface({"openrpc": "1.2.6"}).problems == [
+        "rpc.discover: the answer is not an OpenRPC document (no 'methods' list)"
+    ]
+
+
+async def test_a_matching_service_with_a_prefix_and_sid_params_is_driven_end_to_end(tmp_path: Path) -> None:
+    simulator = Simulator(deploy_delay=0.05)
+    simulator.surface = ServedSurface(prefix="ComputeService.", renamed={"vm_id": "sid", "gateway_id": "sid"})
+    await simulator.start(tmp_path / "rpc.sock")
+    try:
+        config = {
+            "socket": str(tmp_path / "rpc.sock"),
+            "poll_interval": 0.02,
+            "method_prefix": "ComputeService.",
+        }
+        async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config) as peer:
+            ref = await peer.provision("pfx", _profile())
+            assert (await peer.status(ref)).state == "ready"
+            await peer.teardown(ref)
+            assert (await peer.status(ref)).state == "absent"
+        assert simulator.vms == {} and simulator.gateways == {}
+        assert "ComputeService.deploy_vm" in simulator.calls and "ComputeService.get_vm" in simulator.calls
+        assert not any(c in compute.SURFACE for c in simulator.calls)  # never an unprefixed name
+    finally:
+        await simulator.stop()
+
+
+async def test_a_service_unreachable_at_initialize_is_checked_before_the_first_call(tmp_path: Path) -> None:
+    socket = tmp_path / "rpc.sock"
+    config = {"socket": str(socket), "poll_interval": 0.02, "method_prefix": "ComputeService."}
+    async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config) as peer:
+        simulator = Simulator(deploy_delay=0.05)  # it comes up after initialize, without the prefix
+        await simulator.start(socket)
+        try:
+            with pytest.raises(RemoteError) as caught:
+                await peer.provision("late", _profile())
+            assert (
+                caught.value.code == -32022
+                and "ComputeService.deploy_vm: no such method" in caught.value.message
+            )
+            assert simulator.calls == ["rpc.discover"]
+        finally:
+            await simulator.stop()
+
+
+async def test_a_url_through_a_router_sends_the_configured_headers_and_no_token_unless_set(
+    tmp_path: Path,
+) -> None:
+    simulator = Simulator(deploy_delay=0.05)
+    await simulator.start(host="127.0.0.1")
+    try:
+        assert simulator.url is not None
+        config = {"url": simulator.url, "headers": {"X-Hero-Context": "ws-1"}, "poll_interval": 0.02}
+        async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config) as peer:
+            assert await peer.list() == []
+        assert simulator.headers["x-hero-context"] == "ws-1"
+        assert "authorization" not in simulator.headers
+    finally:
+        await simulator.stop()
+
+
+async def test_an_empty_secret_is_never_sent(tmp_path: Path) -> None:
+    async with Simulator() as simulator:
+        await simulator.start(tmp_path / "rpc.sock")
+        async with ComputeClient(Endpoint(socket=str(tmp_path / "rpc.sock"))) as client:
+            with pytest.raises(ComputeError, match="empty secret"):
+                await client.list_vms("")
+        assert simulator.calls == []
+
+
+def test_the_default_socket_follows_the_hero_socket_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HERO_SOCKET_DIR", raising=False)
+    assert TfgridConfig().socket == "/run/hero_compute/rpc.sock"
+    monkeypatch.setenv("HERO_SOCKET_DIR", "/run/hero")
+    assert TfgridConfig().socket == "/run/hero/hero_compute_zos/rpc.sock"
+    monkeypatch.setenv("MY_HERO", "/srv/hero")
+    assert TfgridConfig(socket_dir_env="MY_HERO").socket == "/srv/hero/hero_compute_zos/rpc.sock"
+    assert TfgridConfig(socket="/tmp/x.sock").socket == "/tmp/x.sock"

@@ -6,16 +6,23 @@ assumes lives in this file: the method names and params, the ``Vm`` / ``WebGatew
 over HTTP/1.1 with httpx, on a Unix socket, or on a TCP URL with a bearer token; HTTP 401/403
 is a refused token, 502/503/504 an unavailable service). Aligning with the real
 ``openrpc.json`` is a change to this one file.
+
+``SURFACE`` lists what this file uses of the service (each method, its params, its result's
+fields); ``check_surface`` compares it with the service's own OpenRPC document (``rpc.discover``)
+and names every difference, and decides the aliases the document asks for (an object's id param
+called ``sid``, as hero services name ids). A ``prefix`` (``"ComputeService."``) is put before
+every method name sent.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 M = TypeVar("M")
 
@@ -34,7 +41,7 @@ class _Wire(BaseModel):
 
 
 class Vm(_Wire):
-    id: str
+    id: str = Field(validation_alias=AliasChoices("id", "sid"))
     name: str
     state: VmState
     node_sid: str
@@ -44,7 +51,7 @@ class Vm(_Wire):
 
 
 class WebGateway(_Wire):
-    id: str
+    id: str = Field(validation_alias=AliasChoices("id", "sid"))
     name: str
     state: GatewayState
     vm_id: str
@@ -74,6 +81,126 @@ _LINES = TypeAdapter(list[str])
 _NONE = TypeAdapter(type(None))
 
 
+@dataclass(frozen=True)
+class Use:
+    """What this client uses of one service method: the params it sends and the model of its
+    result (or of each item of a list result; None: no fields read)."""
+
+    params: tuple[str, ...]
+    result: type[_Wire] | None = None
+
+
+#: Every method this client calls, with what it uses of each (``check_surface`` compares it).
+SURFACE: dict[str, Use] = {
+    "deploy_vm": Use(("name", "slice_count", "secret", "image", "ssh_keys", "node_sid"), Vm),
+    "get_vm": Use(("vm_id", "secret"), Vm),
+    "list_vms": Use(("secret",), Vm),
+    "delete_vm": Use(("vm_id", "secret")),
+    "vm_logs": Use(("vm_id", "secret")),
+    "list_slices": Use((), NodeSlices),
+    "list_gateway_nodes": Use((), GatewayNode),
+    "deploy_webgateway": Use(("name", "kind", "vm_id", "port", "node_sid", "secret"), WebGateway),
+    "get_webgateway": Use(("gateway_id", "secret"), WebGateway),
+    "list_webgateways": Use(("secret",), WebGateway),
+    "delete_webgateway": Use(("gateway_id", "secret")),
+}
+#: Params that name an object by its id, which a hero service may call ``sid``.
+ID_PARAMS = frozenset({"vm_id", "gateway_id"})
+
+
+def _fields(model: type[_Wire]) -> dict[str, tuple[str, ...]]:
+    """A model's required fields, each with the names the wire may give it."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, info in model.model_fields.items():
+        if not info.is_required():
+            continue
+        alias = info.validation_alias
+        names[name] = tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) else (name,)
+    return names
+
+
+def _resolve(document: Mapping[str, Any], schema: Any) -> Any:
+    """A schema with its local ``$ref`` (``#/components/schemas/Vm``) followed, and an array's
+    ``items`` taken (a list result is compared item by item)."""
+    for _ in range(8):
+        if not isinstance(schema, dict):
+            return None
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            target: Any = document
+            for part in ref[2:].split("/"):
+                target = target.get(part) if isinstance(target, dict) else None
+            schema = target
+        elif schema.get("type") == "array":
+            schema = schema.get("items")
+        else:
+            return schema
+    return None
+
+
+@dataclass
+class Surface:
+    """What the comparison found: each difference (empty: it matches), the aliases it decided
+    (a param name this client uses → the service's name) and the methods the service lists."""
+
+    problems: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    methods: list[str] = field(default_factory=list)
+
+
+def check_surface(document: Any, prefix: str = "") -> Surface:
+    """Compare the service's OpenRPC ``document`` with ``SURFACE``, the method names sent with
+    ``prefix``: a method it lacks, a param it does not take (an id param it calls ``sid`` is an
+    alias, not a difference), a param it requires that is not sent, a result field it lacks."""
+    found = Surface()
+    listed = document.get("methods") if isinstance(document, dict) else None
+    if not isinstance(listed, list):
+        found.problems.append("rpc.discover: the answer is not an OpenRPC document (no 'methods' list)")
+        return found
+    methods = {m["name"]: m for m in listed if isinstance(m, dict) and isinstance(m.get("name"), str)}
+    found.methods = sorted(methods)
+    for name, use in SURFACE.items():
+        wire = prefix + name
+        method = methods.get(wire)
+        if method is None:
+            found.problems.append(f"{wire}: no such method on the service")
+            continue
+        if method.get("paramStructure") == "by-position":
+            found.problems.append(f"{wire}: takes its params by position; this adapter sends them by name")
+        params = {
+            p["name"]: p
+            for p in method.get("params") or []
+            if isinstance(p, dict) and isinstance(p.get("name"), str)
+        }
+        sent = set()
+        for param in use.params:
+            if param in params:
+                sent.add(param)
+            elif param in ID_PARAMS and "sid" in params:
+                found.aliases[param] = "sid"
+                sent.add("sid")
+            else:
+                found.problems.append(
+                    f"{wire}: takes no param {param!r} (it takes {sorted(params) or 'none'})"
+                )
+        for extra in sorted(set(params) - sent):
+            if params[extra].get("required"):
+                found.problems.append(f"{wire}: requires param {extra!r}, which this adapter does not send")
+        if use.result is None:
+            continue
+        result = method.get("result")
+        schema = _resolve(document, result.get("schema") if isinstance(result, dict) else None)
+        properties = schema.get("properties") if isinstance(schema, dict) else None
+        model = use.result.__name__
+        if not isinstance(properties, dict):
+            found.problems.append(f"{wire}: its result has no object schema to compare with {model}")
+            continue
+        for field_name, names in _fields(use.result).items():
+            if not any(n in properties for n in names):
+                found.problems.append(f"{wire}: its result has no field {field_name!r} ({model})")
+    return found
+
+
 class ComputeError(Exception):
     """The service answered with an error."""
 
@@ -89,11 +216,13 @@ class ComputeUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the service listens: a Unix socket, or an HTTP URL (with an optional token)."""
+    """Where the service listens: a Unix socket, or an HTTP URL (with an optional token, and
+    extra headers a router such as hero_router reads for context)."""
 
     socket: str | None = None
     url: str | None = None
     token: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         return f"unix socket {self.socket}" if self.socket else f"{self.url}"
@@ -104,9 +233,20 @@ class ComputeClient:
     connection (httpx). ``timeout`` bounds each phase of a request: connecting, sending, waiting
     for the answer. Close it with ``aclose`` (or ``async with``)."""
 
-    def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        timeout: float = 30.0,
+        *,
+        prefix: str = "",
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._timeout = timeout
+        #: Put before every method name sent (``"ComputeService."``).
+        self.prefix = prefix
+        #: A param name this client uses → the name the service takes (see ``check_surface``).
+        self.aliases: dict[str, str] = dict(aliases or {})
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._url = ""
@@ -169,13 +309,24 @@ class ComputeClient:
     async def delete_webgateway(self, gateway_id: str, secret: str) -> None:
         await self._call(_NONE, "delete_webgateway", gateway_id=gateway_id, secret=secret)
 
+    # --- the service's own description ---------------------------------------------------------
+    async def discover(self) -> Any:
+        """The service's OpenRPC document, from ``rpc.discover`` (never prefixed: JSON-RPC's
+        reserved ``rpc.`` names belong to the server, not to a service behind it)."""
+        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": "rpc.discover", "params": []}
+        answer = await self._post(request)
+        if "error" in answer:
+            error = answer["error"] or {}
+            raise ComputeError(int(error.get("code", 0)), str(error.get("message", "error")))
+        return answer.get("result")
+
     # --- transport ------------------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
         """The HTTP client, made on first use (inside the running loop) and kept: its pool keeps
         the connection to the service alive between calls."""
         if self._client is None:
             endpoint = self.endpoint
-            headers = {"Accept": "application/json"}
+            headers = {**endpoint.headers, "Accept": "application/json"}
             if endpoint.socket:
                 # plain HTTP on a local socket: no TLS, so no CA bundle to load (verify=False)
                 transport = httpx.AsyncHTTPTransport(uds=endpoint.socket, verify=False)
@@ -206,7 +357,11 @@ class ComputeClient:
         await self.aclose()
 
     async def _call(self, shape: TypeAdapter[M], method: str, **params: Any) -> M:
-        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        if "secret" in params and not params["secret"]:
+            # an empty secret is no protection at all on the service: never sent
+            raise ComputeError(FORBIDDEN, f"{method}: refusing to send an empty secret")
+        sent = {self.aliases.get(name, name): value for name, value in params.items()}
+        request = {"jsonrpc": "2.0", "id": next(self._ids), "method": self.prefix + method, "params": sent}
         answer = await self._post(request)
         if "error" in answer:
             error = answer["error"] or {}

@@ -25,13 +25,14 @@ import contextlib
 import importlib.metadata
 import os
 import re
+import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hearth_adaptersdk import (
     BackendFailure,
@@ -77,16 +78,39 @@ SSH_KEY = re.compile(
 )
 
 
+#: The socket when ``$HERO_SOCKET_DIR`` is unset.
+DEFAULT_SOCKET = "/run/hero_compute/rpc.sock"
+#: Bound (seconds) of the surface check at ``initialize``: inside the host's 10 s handshake.
+DISCOVER_TIMEOUT = 5.0
+
+
+def default_socket(variable: str = "HERO_SOCKET_DIR") -> str:
+    """The service's socket as hero lays them out: ``hero_compute_zos/rpc.sock`` under the Hero
+    socket folder (the environment variable ``variable``), else ``DEFAULT_SOCKET``."""
+    folder = os.environ.get(variable)
+    return str(Path(folder) / "hero_compute_zos" / "rpc.sock") if folder else DEFAULT_SOCKET
+
+
 class TfgridConfig(BaseModel):
     """``[adapters.tfgrid]`` in .hearth/hearth.toml."""
 
     model_config = ConfigDict(extra="forbid")
-    #: The ComputeService's Unix socket (used unless ``url`` is set).
-    socket: str = "/run/hero_compute/rpc.sock"
-    #: An HTTP(S) URL of the service behind a router, e.g. https://router.example/rpc.
+    #: The ComputeService's Unix socket (used unless ``url`` is set); empty: ``hero_compute_zos/
+    #: rpc.sock`` under the folder in ``socket_dir_env``, else ``DEFAULT_SOCKET``.
+    socket: str = ""
+    #: The environment variable holding the Hero socket folder (the host passes a variable to
+    #: an adapter only when its config names it, so name it in .hearth/hearth.toml to use it).
+    socket_dir_env: str = "HERO_SOCKET_DIR"
+    #: An HTTP(S) URL of the service, e.g. through hero_router http://HOST:9988/hero_compute_zos/rpc.
     url: str | None = None
-    #: The environment variable holding the bearer token for ``url`` (the host passes it on).
+    #: The environment variable holding a bearer token for ``url``, if the router wants one (the
+    #: host passes it on); unset: no Authorization header.
     token_env: str | None = None
+    #: Extra HTTP headers sent with every call (a router's context headers).
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Put before every method name sent, e.g. "ComputeService."; the service's rpc.discover
+    #: document is checked against it at initialize.
+    method_prefix: str = ""
     #: The node for every workspace whose profile names none; like ``driver_flags.node`` it is
     #: kept to (a full node is an error, never a move to another). Unset: placement chooses.
     default_node: str | None = None
@@ -97,6 +121,12 @@ class TfgridConfig(BaseModel):
     delete_timeout: float = Field(default=300.0, gt=0)
     #: Seconds for each phase of one call to the service: connecting, sending, awaiting the answer.
     request_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _socket(self) -> TfgridConfig:
+        if not self.socket:
+            self.socket = default_socket(self.socket_dir_env)
+        return self
 
 
 class TfgridFlags(BaseModel):
@@ -173,6 +203,8 @@ class TfgridDriver(Driver):
         self.vault: Vault | None = None
         #: Slices held by this adapter's deploys in flight (see _placement.py).
         self.ledger = Ledger()
+        #: Whether the service's surface was checked (see ``_check_surface``).
+        self._checked = False
 
     async def setup(self, config: Any, data_dir: Path | None) -> None:
         await super().setup(config, data_dir)
@@ -185,10 +217,58 @@ class TfgridDriver(Driver):
                     f"the ComputeService token variable {config.token_env} is not set; export it "
                     "where the host runs (the host passes variables named by *_env config keys)"
                 )
-        endpoint = Endpoint(url=config.url, token=token) if config.url else Endpoint(socket=config.socket)
+        endpoint = (
+            Endpoint(url=config.url, token=token, headers=config.headers)
+            if config.url
+            else Endpoint(socket=config.socket, headers=config.headers)
+        )
         await self.service.aclose()
-        self.service = ComputeClient(endpoint, timeout=config.request_timeout)
+        self.service = ComputeClient(endpoint, timeout=config.request_timeout, prefix=config.method_prefix)
         self.vault = Vault(data_dir)
+        self._checked = False
+        try:
+            await self._check_surface(min(DISCOVER_TIMEOUT, config.request_timeout))
+        except BackendUnavailable:
+            pass  # unreachable now: checked before the first call
+        except BaseException:
+            await self.service.aclose()  # refused: initialize fails, and close() may never come
+            raise
+
+    async def _check_surface(self, bound: float) -> None:
+        """Read the service's OpenRPC document (``rpc.discover``, within ``bound`` seconds) and
+        compare it with what this adapter uses (``_compute.SURFACE``); refuse (-32022) naming every
+        difference, and log the methods the service lists. Sets the aliases the document asks for."""
+        try:
+            async with asyncio.timeout(bound):
+                document = await self.service.discover()
+        except (ComputeUnavailable, TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"{_message(exc) or 'no answer to rpc.discover'}; is the ComputeService running? "
+                "Set 'socket' or 'url' in [adapters.tfgrid] of .hearth/hearth.toml"
+            ) from None
+        except ComputeError as exc:
+            raise Unsupported(
+                f"the ComputeService at {self.service.endpoint.describe()} did not describe itself "
+                f"(rpc.discover: {exc.message}), so this adapter cannot check it speaks the same methods",
+                reason="rpc.discover failed",
+            ) from None
+        surface = compute.check_surface(document, self.service.prefix)
+        if surface.problems:
+            print(
+                f"hearth-adapter-tfgrid: the ComputeService lists {len(surface.methods)} methods: "
+                + ", ".join(surface.methods),
+                file=sys.stderr,
+            )
+            raise Unsupported(
+                f"the ComputeService at {self.service.endpoint.describe()} differs from what this "
+                f"adapter speaks ({len(surface.problems)} difference(s)): "
+                + "; ".join(surface.problems)
+                + "; set 'method_prefix' in [adapters.tfgrid] of .hearth/hearth.toml if its methods "
+                "are named under a prefix",
+                reason="the ComputeService's methods differ: " + "; ".join(surface.problems),
+            )
+        self.service.aliases = surface.aliases
+        self._checked = True
 
     async def close(self) -> None:
         await self.service.aclose()
@@ -225,7 +305,15 @@ class TfgridDriver(Driver):
         )
 
     async def _ask(self, call: Awaitable[T]) -> T:
-        """A service call; its failures become protocol errors here and only here."""
+        """A service call; its failures become protocol errors here and only here. The service's
+        surface is checked first when ``initialize`` could not reach it."""
+        if not self._checked:
+            try:
+                await self._check_surface(self.settings.request_timeout)
+            except BaseException:
+                if asyncio.iscoroutine(call):
+                    call.close()
+                raise
         try:
             return await call
         except ComputeUnavailable as exc:

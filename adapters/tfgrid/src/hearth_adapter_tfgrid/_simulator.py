@@ -7,7 +7,10 @@ TFGrid backend: slices of 4 GB and 1 vCPU with capacity per node, asynchronous d
 delete, ownership by a per-VM secret (other owners' VMs are invisible, a wrong secret is an
 error), an idempotent delete, name gateways whose FQDN appears once ready, and the stubbed
 methods failing with "… is not supported on TFGrid". Fault switches: a deploy that fails
-midway, a VM that never gets an IP, a service that is unavailable (HTTP 503). SIGTERM and
+midway, a VM that never gets an IP, a service that is unavailable (HTTP 503). Surface switches
+(``Simulator.surface``, a ``ServedSurface``): every method name under a prefix
+(``ComputeService.``), a param renamed (``vm_id`` → ``sid``), a method missing; ``rpc.discover``
+and ``GET /openrpc.json`` describe the surface served, params and result fields. SIGTERM and
 SIGINT stop it cleanly (exit status 0, socket removed).
 
     hearth-tfgrid-sim --socket PATH [--deploy-delay SECONDS] [--nodes tfnode-1:8,tfnode-2:4]
@@ -23,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import importlib.metadata
+import inspect
 import itertools
 import json
 import os
@@ -39,6 +43,7 @@ from jsonrpcserver import Error, InvalidParams, JsonRpcError, Result, Success, a
 from jsonrpcserver.methods import Methods
 from jsonrpcserver.response import Response as RpcResponse
 from jsonrpcserver.response import to_serializable_one
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -148,6 +153,23 @@ class Faults:
     unreachable: bool = False
 
 
+@dataclass
+class ServedSurface:
+    """How the simulator names what it serves (tests switch it to prove the adapter's check):
+    ``prefix`` before every method name, ``renamed`` params (``{"vm_id": "sid"}``), ``missing``
+    methods (by their unprefixed name)."""
+
+    prefix: str = ""
+    renamed: dict[str, str] = field(default_factory=dict)
+    missing: frozenset[str] = frozenset()
+
+
+#: The model of each method's result (a list of them for ``list_*``), for the OpenRPC document.
+RESULTS: dict[str, type[BaseModel]] = {
+    name: use.result for name, use in compute.SURFACE.items() if use.result is not None
+}
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, started and stopped by its owner: it sets ``up`` once it accepts
     connections, stops when ``exit`` is set, and leaves signal handling to the owner (the
@@ -192,6 +214,9 @@ class Simulator:
         self.socket: Path | None = None
         self.url: str | None = None
         self.calls: list[str] = []
+        self.surface = ServedSurface()
+        #: The headers of the last ``POST /rpc`` (lower-case names), for tests.
+        self.headers: dict[str, str] = {}
 
     # --- serving --------------------------------------------------------------------------------
     async def start(
@@ -276,6 +301,7 @@ class Simulator:
 
         async def rpc(request: Request) -> Response:
             body = await request.body()
+            self.headers = dict(request.headers)
             refused = self._refusal(request, control=_only_control(body))
             if refused is not None:
                 return refused
@@ -307,13 +333,35 @@ class Simulator:
         return None
 
     def openrpc(self) -> dict[str, Any]:
+        """The OpenRPC document of the surface served: each method with its params (required
+        when they have no default) and, where the service documents one, its result schema."""
+        described = []
+        for name, method in sorted(self.methods().items()):
+            if name == "rpc.discover":
+                continue
+            params = [
+                {"name": p.name, "required": p.default is inspect.Parameter.empty, "schema": {}}
+                for p in inspect.signature(method).parameters.values()
+                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            ]
+            entry: dict[str, Any] = {"name": name, "params": params}
+            model = RESULTS.get(name.removeprefix(self.surface.prefix))
+            if model is not None:
+                ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+                many = name.removeprefix(self.surface.prefix).startswith("list_")
+                schema = {"type": "array", "items": ref} if many else ref
+                entry["result"] = {"name": "result", "schema": schema}
+            described.append(entry)
         return {
             "openrpc": "1.2.6",
             "info": {
                 "title": "ComputeService (hearth simulator)",
                 "version": importlib.metadata.version("hearth-adapter-tfgrid"),
             },
-            "methods": [{"name": name} for name in sorted(self.methods())],
+            "methods": described,
+            "components": {
+                "schemas": {m.__name__: m.model_json_schema(mode="serialization") for m in RESULTS.values()}
+            },
         }
 
     async def handle(self, body: bytes) -> dict[str, Any] | list[dict[str, Any]] | None:
@@ -337,9 +385,18 @@ class Simulator:
     def methods(self) -> Methods:
         """This instance's jsonrpcserver methods, made on each request from its attributes (a
         method replaced on the instance, as tests do, is the one served)."""
-        return {
-            **{name: _served(getattr(self, name)) for name in SERVED},
+        surface = self.surface
+        served = {
+            **{name: _served(getattr(self, name), surface.renamed) for name in SERVED},
             **{name: _unsupported(name) for name in STUBBED},
+        }
+        return {
+            **{
+                (name if name in CONTROL else surface.prefix + name): method
+                for name, method in served.items()
+                if name not in surface.missing
+            },
+            "rpc.discover": _served(self.openrpc, {}),
         }
 
     def _later(self, delay: float, action: Any) -> None:
@@ -511,19 +568,24 @@ def _only_control(body: bytes) -> bool:
     return bool(calls) and all(isinstance(c, dict) and c.get("method") in CONTROL for c in calls)
 
 
-def _served(function: Callable[..., Any]) -> Callable[..., Any]:
+def _served(function: Callable[..., Any], renamed: dict[str, str]) -> Callable[..., Any]:
     """``function`` as a jsonrpcserver method. It keeps ``function``'s signature (``__wrapped__``),
-    which jsonrpcserver binds the params to first; its value is the ``Success``, its
-    ``JsonRpcError`` the error, and a ``TypeError`` it raises (a param of the wrong type) is
-    ``Invalid params``."""
+    with the params in ``renamed`` under their new names (``__signature__``), which jsonrpcserver
+    binds the params to first; its value is the ``Success``, its ``JsonRpcError`` the error, and
+    a ``TypeError`` it raises (a param of the wrong type) is ``Invalid params``."""
+    signature = inspect.signature(function)
+    back = {renamed[p]: p for p in signature.parameters if p in renamed}
 
     @functools.wraps(function)
     async def method(*args: Any, **kwargs: Any) -> Result:
         try:
-            return Success(function(*args, **kwargs))
+            return Success(function(*args, **{back.get(k, k): v for k, v in kwargs.items()}))
         except TypeError as exc:
             return InvalidParams(str(exc))
 
+    if back:
+        params = [p.replace(name=renamed.get(p.name, p.name)) for p in signature.parameters.values()]
+        method.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return method
 
 
