@@ -67,8 +67,12 @@ UNKNOWN_MEMBER = "x_conformance_unknown"
 
 # Starts the adapter given as its arguments, with this process's stdin and stdout (the kit's
 # pipes), says the adapter's pid, and waits: the kit kills it to make the adapter an orphan.
-_INTERMEDIATE = """import subprocess, sys
-child = subprocess.Popen(sys.argv[1:])
+# The adapter's stderr is a pipe only this process reads (and drains), so that its death closes
+# the adapter's stderr too, as a dying host leaves it.
+_INTERMEDIATE = """import subprocess, sys, threading
+child = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE)
+drain = lambda: [None for _ in iter(lambda: child.stderr.read(65536), b"")]
+threading.Thread(target=drain, daemon=True).start()
 print(child.pid, flush=True)
 child.wait()
 """
@@ -267,6 +271,11 @@ class _Kit:
         self.run_id = secrets.token_hex(3)
         self._progress: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
         self._progress_came = asyncio.Event()
+        #: The check under way, to say when a line that is not JSON-RPC came.
+        self.current = "start-up"
+        #: Lines the host would end the session for at once (protocol_violation), with the
+        #: check during which each came.
+        self.junk: list[str] = []
 
     def slug(self, name: str) -> str:
         return f"conf-{self.run_id}-{name}"
@@ -274,7 +283,25 @@ class _Kit:
     def bound(self, seconds: float) -> float:
         return min(seconds, self.options.timeout)
 
+    async def open_judged(self) -> Peer:
+        """A session whose every line is judged as the host judges it: what the host ends the
+        session for is noted (and kept from the checks, which would misread it)."""
+        peer = await self.open_peer()
+        engine = peer._engine
+        forward = engine._on_unmatched
+
+        def judge(item: Any) -> None:
+            problem = _not_json_rpc(item)
+            if problem is None:
+                forward(item)
+            else:
+                self.junk.append(f"{problem} (during '{self.current}')")
+
+        engine._on_unmatched = judge
+        return peer
+
     async def check(self, name: str, body: Callable[[], Awaitable[str | None]]) -> bool:
+        self.current = name
         try:
             detail = await body()
         except CheckFailed as exc:
@@ -386,7 +413,7 @@ class _Kit:
 
     # --- the checks -------------------------------------------------------------------------
     async def run(self) -> None:
-        self.peer = await self.open_peer()
+        self.peer = await self.open_judged()
         self.peer.on_progress = self._on_progress
         try:
             await self.check("hygiene: a request before initialize is -32002", self.not_initialized)
@@ -440,6 +467,7 @@ class _Kit:
         await self.check(
             "hygiene: a 16 MiB message is answered; a longer line ends the session", self.size_limit
         )
+        await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
         await self.check("executable: --version prints hearth-adapter-<driver> <version>", self.version_flag)
         await self.check("executable: without HEARTH_PROTOCOL=1 it exits 2", self.refuses_without_protocol)
         await self.check("executable: it exits when its parent process dies", self.exits_when_parent_dies)
@@ -1017,10 +1045,20 @@ class _Kit:
             raise CheckFailed(f"exited {closed.returncode} after stdin closed: the exit status must be 0")
         return "exit code 0"
 
+    async def only_json_rpc(self) -> str:
+        """Every line the adapter wrote in the sessions above, judged as the host judges it."""
+        if self.junk:
+            raise CheckFailed(
+                f"not JSON-RPC on stdout: {self.junk[0]}; the host ends the session at once "
+                "(protocol_violation) on such a line: write logs to stderr only",
+                *self.junk[1:5],
+            )
+        return ""
+
     async def size_limit(self) -> str:
         """In a session of its own: a request of exactly 16 MiB is answered, and a line over
         the limit ends the session (the adapter exits)."""
-        self.peer = await self.open_peer()
+        self.peer = await self.open_judged()
         try:
             _expect_ok(await self.initialize([codes.PROTOCOL_VERSION]), "initialize")
             limit = codes.MAX_MESSAGE_BYTES
@@ -1091,6 +1129,32 @@ class _Kit:
             )
         return err.decode("utf-8", "replace").strip().splitlines()[0][:120]
 
+    async def rolled_back_after_parent_death(self, slug: str) -> str:
+        """Through a fresh session: the provision under way when the parent died was rolled
+        back (an adapter that crashed instead, say on its closed stderr, left it behind)."""
+        self.peer = await self.open_judged()
+        try:
+            _expect_ok(await self.initialize([codes.PROTOCOL_VERSION]), "initialize (a fresh session)")
+            state, status = await self.state_of(self._absent_ref(slug, self.slow_profile["tier"]))
+            if state not in ("absent", "tier_torn_down"):
+                raise CheckFailed(
+                    f"a provision under way when the parent died (its stderr closed too, as a dying "
+                    f"host leaves it) was not rolled back: a fresh session's status shows {state}. "
+                    "Parent death rolls back as the end of input does, and a write to a closed "
+                    "stderr must not crash the adapter",
+                    status,
+                )
+            listed = await self.list_refs()
+            if listed is not None and any(json.loads(item)["workspace_slug"] == slug for item in listed):
+                raise CheckFailed(
+                    "a provision under way when the parent died is still listed by a fresh session: "
+                    "parent death rolls back as the end of input does",
+                    status,
+                )
+            return "its provision under way was rolled back"
+        finally:
+            await self.peer.close()
+
     async def exits_when_parent_dies(self) -> str:
         if self.path is None:
             return "skip: in memory (checked on an executable)"
@@ -1131,6 +1195,19 @@ class _Kit:
             with contextlib.suppress(TimeoutError):
                 if not await asyncio.wait_for(middle.stdout.readline(), self.bound(START_BOUND)):
                     raise CheckFailed("the adapter ended before its parent was killed (no handshake)")
+            slug = self.slug("orphan")
+            under_way = False
+            if self.options.slow_profile is not None:
+                # A slow provision under way (its first progress) when the parent dies.
+                work = {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "provision",
+                    "params": {"slug": slug, "profile": self.slow_profile},
+                }
+                middle.stdin.write(encode(work))
+                await middle.stdin.drain()
+                under_way = await _progress_of(middle.stdout, 2, self.bound(PROGRESS_BOUND))
             os.kill(middle.pid, signal.SIGKILL)
             killed = time.monotonic()
             if not await _wait_gone(pid, pidfd, EXIT_BOUND):
@@ -1138,7 +1215,12 @@ class _Kit:
                     f"still running {EXIT_BOUND:g} s after its parent was killed (its stdin still "
                     "open): an adapter must exit when its parent process dies"
                 )
-            return f"exited {time.monotonic() - killed:.2f} s after its parent died"
+            took = f"exited {time.monotonic() - killed:.2f} s after its parent died"
+            if not under_way:
+                return took + (
+                    "" if self.options.slow_profile is None else " (its provision was not under way)"
+                )
+            return f"{took}; {await self.rolled_back_after_parent_death(slug)}"
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -1148,6 +1230,47 @@ class _Kit:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(middle.wait(), EXIT_BOUND)
             middle._transport.close()  # type: ignore[attr-defined]
+
+
+def _not_json_rpc(item: Any) -> str | None:
+    """Why the host would end the session on ``item`` at once, or None. Answers the kit
+    provoked (an id-null error to its malformed line, a late answer to a request it stopped
+    waiting for) are left to the checks."""
+    if isinstance(item, Malformed):
+        return f"{_preview(item.raw)} ({item.reason})"
+    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        return f"{_short(item, 120)} (not a JSON-RPC 2.0 message)"
+    if "method" in item and "id" in item:
+        return f"{_short(item, 120)} (a request: adapters only answer)"
+    return None
+
+
+def _preview(raw: bytes, limit: int = 120) -> str:
+    """A line as it came, escaped and cut short."""
+    text = repr(raw[:limit])
+    return text + ("…" if len(raw) > limit else "")
+
+
+async def _progress_of(stdout: asyncio.StreamReader, ident: int, bound: float) -> bool:
+    """Whether a progress of request ``ident`` comes on ``stdout`` within ``bound`` seconds
+    (False too when the request is answered first, or the stream ends)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            line = await asyncio.wait_for(stdout.readline(), remaining)
+        except (TimeoutError, ValueError):
+            return False
+        if not line:
+            return False
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict) and item.get("id") == ident:
+                return False
+            params = item.get("params") if isinstance(item, dict) else None
+            if isinstance(params, dict) and params.get("request_id") == ident:
+                return True
+    return False
 
 
 def _padded_status(ident: int, ref: dict[str, Any], size: int) -> bytes:
