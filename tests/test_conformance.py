@@ -102,6 +102,9 @@ DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str]] = [
     (broken.TeardownTwiceFails, FAKE_OPTIONS, TEARDOWN),
     (broken.NoReuse, FAKE_OPTIONS, REUSE),
     (broken.PlanWrites, FAKE_OPTIONS, PLAN),
+    (broken.StatusRewritesItsRecord, FAKE_OPTIONS, READ_ONLY),
+    (broken.ValidateWrites, FAKE_OPTIONS, READ_ONLY),
+    (broken.PlanCaches, FAKE_OPTIONS, PLAN),
 ]
 
 
@@ -191,6 +194,22 @@ async def test_an_executable_that_breaks_one_rule_fails_exactly_its_check(
         assert fail.detail.startswith("not JSON-RPC on stdout: b'" + line), report.render()
     if mode == "crashes_logging_rollback":
         assert "was not rolled back" in fail.detail, report.render()
+
+
+@pytest.mark.parametrize(
+    ("driver", "check", "changed"),
+    [
+        (broken.StatusRewritesItsRecord, READ_ONLY, "rewritten"),
+        (broken.ValidateWrites, READ_ONLY, "last-profile.json (added)"),
+        (broken.PlanCaches, PLAN, "plan-cache.json (added)"),
+    ],
+)
+async def test_a_read_that_writes_only_to_data_dir_is_named_with_what_it_changed(
+    driver: Callable[[], FakeDriver], check: str, changed: str
+) -> None:
+    report = await run_conformance(driver(), FAKE_OPTIONS)
+    [fail] = [item for item in report.checks if item.name == check]
+    assert "must leave data_dir byte for byte" in fail.detail and changed in fail.detail, report.render()
 
 
 async def test_a_broken_adapter_fails_with_what_was_sent_and_what_came_back() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -615,6 +616,32 @@ class _Kit:
         return ""
 
     async def status_read_only(self) -> str:
+        tree = _tree(self.data_dir)
+        detail = await self._status_read_only()
+        self.unchanged_data_dir(tree, "status, list and validate_profile")
+        return detail
+
+    def unchanged_data_dir(self, before: dict[str, tuple[int, str]], calls: str) -> None:
+        """``data_dir`` is as ``before`` found it (paths, modes, contents), else the check fails
+        naming what changed: where no ref or report shows it, a read that writes is caught."""
+        after = _tree(self.data_dir)
+        changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+        if changed:
+            raise CheckFailed(
+                f"{calls} must leave data_dir byte for byte as they found it; changed: "
+                + ", ".join(f"{path} ({_how(path, before, after)})" for path in changed[:10])
+            )
+
+    async def reading(self, method: str, params: dict[str, Any]) -> Reply:
+        """Call ``method``, which must leave ``data_dir`` as it found it."""
+        tree = _tree(self.data_dir)
+        reply = await self.call(method, params)
+        self.unchanged_data_dir(tree, method)
+        return reply
+
+    async def _status_read_only(self) -> str:
+        if "validate_profile" in self.announced:
+            _expect_ok(await self.call("validate_profile", {"profile": self.profile}), "validate_profile")
         made_up = self._absent_ref(self.slug("unseen"))
         before = await self.list_refs()
         for _ in range(2):
@@ -645,7 +672,7 @@ class _Kit:
         slug = self.slug("planned")
         made_up = self._absent_ref(slug)
         before = await self.list_refs()
-        reply = await self.call("plan", {"slug": slug, "ref": None, "profile": self.profile})
+        reply = await self.reading("plan", {"slug": slug, "ref": None, "profile": self.profile})
         result: PlanResult = _model(PlanResult, _expect_ok(reply, "plan of a new workspace"), reply)
         odd = [action.action for action in result.actions if action.action not in ("create", "no_op")]
         if not result.actions or odd:
@@ -663,7 +690,7 @@ class _Kit:
         ref = self.ref.model_dump(mode="json")
         state_before, _ = await self.state_of(ref)
         before = await self.list_refs()
-        reply = await self.call(
+        reply = await self.reading(
             "plan", {"slug": self.ref.workspace_slug, "ref": ref, "profile": self.upgrade_profile}
         )
         if reply.error is not None and reply.error.get("code") == codes.UNSUPPORTED:
@@ -1230,6 +1257,33 @@ class _Kit:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(middle.wait(), EXIT_BOUND)
             middle._transport.close()  # type: ignore[attr-defined]
+
+
+def _how(path: str, before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:
+    if path not in before:
+        return "added"
+    if path not in after:
+        return "removed"
+    return "mode changed" if before[path][0] != after[path][0] else "rewritten"
+
+
+def _tree(root: str) -> dict[str, tuple[int, str]]:
+    """Every path under ``root`` with its mode and a digest of its contents (of a link: its
+    target); modification times are left out, they are not what a read may not change."""
+    found: dict[str, tuple[int, str]] = {}
+    for folder, folders, files in os.walk(root):
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                digest = os.readlink(path)
+            elif os.path.isfile(path):
+                with open(path, "rb") as file:
+                    digest = hashlib.file_digest(file, "sha256").hexdigest()
+            else:
+                digest = ""
+            found[os.path.relpath(path, root)] = (info.st_mode, digest)
+    return found
 
 
 def _not_json_rpc(item: Any) -> str | None:
