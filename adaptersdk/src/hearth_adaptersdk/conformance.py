@@ -468,10 +468,10 @@ class _Kit:
         await self.check(
             "hygiene: a 16 MiB message is answered; a longer line ends the session", self.size_limit
         )
-        await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
         await self.check("executable: --version prints hearth-adapter-<driver> <version>", self.version_flag)
         await self.check("executable: without HEARTH_PROTOCOL=1 it exits 2", self.refuses_without_protocol)
         await self.check("executable: it exits when its parent process dies", self.exits_when_parent_dies)
+        await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
 
     async def not_initialized(self) -> str:
         reply = await self.call("status", {})
@@ -1073,7 +1073,7 @@ class _Kit:
         return "exit code 0"
 
     async def only_json_rpc(self) -> str:
-        """Every line the adapter wrote in the sessions above, judged as the host judges it."""
+        """Every line the adapter wrote in the kit's sessions, judged as the host judges it."""
         if self.junk:
             raise CheckFailed(
                 f"not JSON-RPC on stdout: {self.junk[0]}; the host ends the session at once "
