@@ -1237,9 +1237,11 @@ class _Kit:
                 under_way = await _progress_of(middle.stdout, 2, self.bound(PROGRESS_BOUND))
             os.kill(middle.pid, signal.SIGKILL)
             killed = time.monotonic()
-            if not await _wait_gone(pid, pidfd, EXIT_BOUND):
+            # A provision under way is rolled back first, within the host's cancel grace.
+            bound = EXIT_BOUND + (self.bound(ROLLBACK_BOUND) if under_way else 0)
+            if not await _wait_gone(pid, pidfd, bound):
                 raise CheckFailed(
-                    f"still running {EXIT_BOUND:g} s after its parent was killed (its stdin still "
+                    f"still running {bound:g} s after its parent was killed (its stdin still "
                     "open): an adapter must exit when its parent process dies"
                 )
             took = f"exited {time.monotonic() - killed:.2f} s after its parent died"
