@@ -131,6 +131,38 @@ class StatusWrites(FakeDriver):
         return await super().status(ref, ctx)
 
 
+class StatusRewritesItsRecord(FakeDriver):
+    """Each status rewrites its record as it found it, but for a key no ref or report shows
+    (the Rust adapter's "last checked"): only ``data_dir`` tells."""
+
+    async def status(self, ref: DeploymentRef, ctx: RequestContext) -> StatusReport:
+        record = self.store.get(ref.workspace_slug)
+        if record is not None:
+            self.store.put(ref.workspace_slug, {**record, "checked": utc_now().isoformat()})
+        return await super().status(ref, ctx)
+
+
+class ValidateWrites(FakeDriver):
+    """``validate_profile`` leaves a note of each profile it saw in ``data_dir``."""
+
+    async def validate_profile(self, profile: ProvisioningProfile, ctx: RequestContext) -> list[str]:
+        assert self.data_dir is not None
+        (self.data_dir / "last-profile.json").write_text(profile.model_dump_json())
+        return await super().validate_profile(profile, ctx)
+
+
+class PlanCaches(FakeDriver):
+    """``plan`` keeps a cache file of its answers in ``data_dir`` (no ref or report shows it)."""
+
+    async def plan(
+        self, slug: str, ref: DeploymentRef | None, profile: ProvisioningProfile, ctx: RequestContext
+    ) -> PlanResult:
+        result = await super().plan(slug, ref, profile, ctx)
+        assert self.data_dir is not None
+        (self.data_dir / "plan-cache.json").write_text(result.model_dump_json())
+        return result
+
+
 class TeardownTwiceFails(FakeDriver):
     """A teardown of a workspace already torn down is an error, not a no-op."""
 

@@ -48,6 +48,7 @@ SIZE_LIMIT = "hygiene: a 16 MiB message is answered; a longer line ends the sess
 VERSION = "executable: --version prints hearth-adapter-<driver> <version>"
 NEEDS_PROTOCOL = "executable: without HEARTH_PROTOCOL=1 it exits 2"
 PARENT_DEATH = "executable: it exits when its parent process dies"
+ONLY_JSON_RPC = "hygiene: every line on stdout is JSON-RPC"
 EXECUTABLE_ONLY = {VERSION, NEEDS_PROTOCOL, PARENT_DEATH}
 
 
@@ -60,7 +61,7 @@ async def test_the_fake_passes_in_memory_with_every_check() -> None:
     assert report.passed, report.render()
     skipped = {check.name for check in report.checks if check.outcome == "skip"}
     assert skipped == EXECUTABLE_ONLY, report.render()
-    assert len(report.checks) == 29
+    assert len(report.checks) == 30
     [cancel] = [check for check in report.checks if check.name == CANCEL]
     assert "-32800" in cancel.detail
     [overlap] = [check for check in report.checks if check.name == CONCURRENCY]
@@ -72,6 +73,8 @@ async def test_the_fake_passes_as_a_subprocess(fake_exe: Path) -> None:
     report = await run_conformance(fake_exe, FAKE_OPTIONS)
     assert report.passed, report.render()
     assert all(check.outcome == "pass" for check in report.checks), report.render()
+    [orphaned] = [check for check in report.checks if check.name == PARENT_DEATH]
+    assert orphaned.detail.endswith("its provision under way was rolled back"), report.render()
 
 
 async def test_without_options_the_kit_skips_what_it_cannot_check() -> None:
@@ -99,6 +102,9 @@ DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str]] = [
     (broken.TeardownTwiceFails, FAKE_OPTIONS, TEARDOWN),
     (broken.NoReuse, FAKE_OPTIONS, REUSE),
     (broken.PlanWrites, FAKE_OPTIONS, PLAN),
+    (broken.StatusRewritesItsRecord, FAKE_OPTIONS, READ_ONLY),
+    (broken.ValidateWrites, FAKE_OPTIONS, READ_ONLY),
+    (broken.PlanCaches, FAKE_OPTIONS, PLAN),
 ]
 
 
@@ -167,7 +173,14 @@ async def test_an_adapter_with_another_size_limit_fails_exactly_that_check(
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("mode", "check"),
-    [("no_version", VERSION), ("runs_without_protocol", NEEDS_PROTOCOL), ("outlives_parent", PARENT_DEATH)],
+    [
+        ("no_version", VERSION),
+        ("runs_without_protocol", NEEDS_PROTOCOL),
+        ("outlives_parent", PARENT_DEATH),
+        ("crashes_logging_rollback", PARENT_DEATH),
+        ("junk_in_provision", ONLY_JSON_RPC),
+        ("junk_at_start", ONLY_JSON_RPC),
+    ],
 )
 async def test_an_executable_that_breaks_one_rule_fails_exactly_its_check(
     mode: str, check: str, make_adapter: Callable[..., Path]
@@ -175,6 +188,28 @@ async def test_an_executable_that_breaks_one_rule_fails_exactly_its_check(
     path = make_adapter("kit_breaker", name="hearth-adapter-fake", MODE=mode)
     report = await run_conformance(path, FAKE_OPTIONS)
     assert failed(report) == {check}, report.render()
+    [fail] = [item for item in report.checks if item.name == check]
+    if check == ONLY_JSON_RPC:  # the line, named, and the check during which it came
+        line = "starting the fake adapter" if mode == "junk_at_start" else "provisioning conf-"
+        assert fail.detail.startswith("not JSON-RPC on stdout: b'" + line), report.render()
+    if mode == "crashes_logging_rollback":
+        assert "was not rolled back" in fail.detail, report.render()
+
+
+@pytest.mark.parametrize(
+    ("driver", "check", "changed"),
+    [
+        (broken.StatusRewritesItsRecord, READ_ONLY, "rewritten"),
+        (broken.ValidateWrites, READ_ONLY, "last-profile.json (added)"),
+        (broken.PlanCaches, PLAN, "plan-cache.json (added)"),
+    ],
+)
+async def test_a_read_that_writes_only_to_data_dir_is_named_with_what_it_changed(
+    driver: Callable[[], FakeDriver], check: str, changed: str
+) -> None:
+    report = await run_conformance(driver(), FAKE_OPTIONS)
+    [fail] = [item for item in report.checks if item.name == check]
+    assert "must leave data_dir byte for byte" in fail.detail and changed in fail.detail, report.render()
 
 
 async def test_a_broken_adapter_fails_with_what_was_sent_and_what_came_back() -> None:

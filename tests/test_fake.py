@@ -50,6 +50,24 @@ async def test_every_call_is_journaled(tmp_path: Path) -> None:
     ]
 
 
+async def test_reads_leave_data_dir_alone_and_are_journaled_with_the_next_write(tmp_path: Path) -> None:
+    """status, list and plan must leave data_dir byte for byte (the kit checks it)."""
+    async with open_peer(FakeDriver(), data_dir=tmp_path) as peer:
+        ref = await peer.provision("alpha", profile())
+        journal = (tmp_path / "journal.jsonl").read_bytes()
+        await peer.status(ref)
+        await peer.list()
+        await peer.request(
+            "plan", {"slug": "beta", "ref": None, "profile": profile().model_dump(mode="json")}
+        )
+        assert (tmp_path / "journal.jsonl").read_bytes() == journal
+        await peer.teardown(ref)
+        methods = [entry["method"] for entry in read_journal(tmp_path)]
+        assert methods == ["provision", "status", "list", "plan", "teardown"]
+        await peer.status(ref)
+    assert [entry["method"] for entry in read_journal(tmp_path)][-1] == "status"  # written at close
+
+
 async def test_teardown_leaves_a_torn_down_record_and_list_hides_it() -> None:
     async with open_peer(FakeDriver()) as peer:
         ref = await peer.provision("alpha", profile())

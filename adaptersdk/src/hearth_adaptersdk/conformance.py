@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -67,8 +68,12 @@ UNKNOWN_MEMBER = "x_conformance_unknown"
 
 # Starts the adapter given as its arguments, with this process's stdin and stdout (the kit's
 # pipes), says the adapter's pid, and waits: the kit kills it to make the adapter an orphan.
-_INTERMEDIATE = """import subprocess, sys
-child = subprocess.Popen(sys.argv[1:])
+# The adapter's stderr is a pipe only this process reads (and drains), so that its death closes
+# the adapter's stderr too, as a dying host leaves it.
+_INTERMEDIATE = """import subprocess, sys, threading
+child = subprocess.Popen(sys.argv[1:], stderr=subprocess.PIPE)
+drain = lambda: [None for _ in iter(lambda: child.stderr.read(65536), b"")]
+threading.Thread(target=drain, daemon=True).start()
 print(child.pid, flush=True)
 child.wait()
 """
@@ -267,6 +272,11 @@ class _Kit:
         self.run_id = secrets.token_hex(3)
         self._progress: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
         self._progress_came = asyncio.Event()
+        #: The check under way, to say when a line that is not JSON-RPC came.
+        self.current = "start-up"
+        #: Lines the host would end the session for at once (protocol_violation), with the
+        #: check during which each came.
+        self.junk: list[str] = []
 
     def slug(self, name: str) -> str:
         return f"conf-{self.run_id}-{name}"
@@ -274,7 +284,25 @@ class _Kit:
     def bound(self, seconds: float) -> float:
         return min(seconds, self.options.timeout)
 
+    async def open_judged(self) -> Peer:
+        """A session whose every line is judged as the host judges it: what the host ends the
+        session for is noted (and kept from the checks, which would misread it)."""
+        peer = await self.open_peer()
+        engine = peer._engine
+        forward = engine._on_unmatched
+
+        def judge(item: Any) -> None:
+            problem = _not_json_rpc(item)
+            if problem is None:
+                forward(item)
+            else:
+                self.junk.append(f"{problem} (during '{self.current}')")
+
+        engine._on_unmatched = judge
+        return peer
+
     async def check(self, name: str, body: Callable[[], Awaitable[str | None]]) -> bool:
+        self.current = name
         try:
             detail = await body()
         except CheckFailed as exc:
@@ -386,7 +414,7 @@ class _Kit:
 
     # --- the checks -------------------------------------------------------------------------
     async def run(self) -> None:
-        self.peer = await self.open_peer()
+        self.peer = await self.open_judged()
         self.peer.on_progress = self._on_progress
         try:
             await self.check("hygiene: a request before initialize is -32002", self.not_initialized)
@@ -443,6 +471,7 @@ class _Kit:
         await self.check("executable: --version prints hearth-adapter-<driver> <version>", self.version_flag)
         await self.check("executable: without HEARTH_PROTOCOL=1 it exits 2", self.refuses_without_protocol)
         await self.check("executable: it exits when its parent process dies", self.exits_when_parent_dies)
+        await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
 
     async def not_initialized(self) -> str:
         reply = await self.call("status", {})
@@ -587,6 +616,32 @@ class _Kit:
         return ""
 
     async def status_read_only(self) -> str:
+        tree = _tree(self.data_dir)
+        detail = await self._status_read_only()
+        self.unchanged_data_dir(tree, "status, list and validate_profile")
+        return detail
+
+    def unchanged_data_dir(self, before: dict[str, tuple[int, str]], calls: str) -> None:
+        """``data_dir`` is as ``before`` found it (paths, modes, contents), else the check fails
+        naming what changed: where no ref or report shows it, a read that writes is caught."""
+        after = _tree(self.data_dir)
+        changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+        if changed:
+            raise CheckFailed(
+                f"{calls} must leave data_dir byte for byte as they found it; changed: "
+                + ", ".join(f"{path} ({_how(path, before, after)})" for path in changed[:10])
+            )
+
+    async def reading(self, method: str, params: dict[str, Any]) -> Reply:
+        """Call ``method``, which must leave ``data_dir`` as it found it."""
+        tree = _tree(self.data_dir)
+        reply = await self.call(method, params)
+        self.unchanged_data_dir(tree, method)
+        return reply
+
+    async def _status_read_only(self) -> str:
+        if "validate_profile" in self.announced:
+            _expect_ok(await self.call("validate_profile", {"profile": self.profile}), "validate_profile")
         made_up = self._absent_ref(self.slug("unseen"))
         before = await self.list_refs()
         for _ in range(2):
@@ -617,7 +672,7 @@ class _Kit:
         slug = self.slug("planned")
         made_up = self._absent_ref(slug)
         before = await self.list_refs()
-        reply = await self.call("plan", {"slug": slug, "ref": None, "profile": self.profile})
+        reply = await self.reading("plan", {"slug": slug, "ref": None, "profile": self.profile})
         result: PlanResult = _model(PlanResult, _expect_ok(reply, "plan of a new workspace"), reply)
         odd = [action.action for action in result.actions if action.action not in ("create", "no_op")]
         if not result.actions or odd:
@@ -635,7 +690,7 @@ class _Kit:
         ref = self.ref.model_dump(mode="json")
         state_before, _ = await self.state_of(ref)
         before = await self.list_refs()
-        reply = await self.call(
+        reply = await self.reading(
             "plan", {"slug": self.ref.workspace_slug, "ref": ref, "profile": self.upgrade_profile}
         )
         if reply.error is not None and reply.error.get("code") == codes.UNSUPPORTED:
@@ -1017,10 +1072,20 @@ class _Kit:
             raise CheckFailed(f"exited {closed.returncode} after stdin closed: the exit status must be 0")
         return "exit code 0"
 
+    async def only_json_rpc(self) -> str:
+        """Every line the adapter wrote in the kit's sessions, judged as the host judges it."""
+        if self.junk:
+            raise CheckFailed(
+                f"not JSON-RPC on stdout: {self.junk[0]}; the host ends the session at once "
+                "(protocol_violation) on such a line: write logs to stderr only",
+                *self.junk[1:5],
+            )
+        return ""
+
     async def size_limit(self) -> str:
         """In a session of its own: a request of exactly 16 MiB is answered, and a line over
         the limit ends the session (the adapter exits)."""
-        self.peer = await self.open_peer()
+        self.peer = await self.open_judged()
         try:
             _expect_ok(await self.initialize([codes.PROTOCOL_VERSION]), "initialize")
             limit = codes.MAX_MESSAGE_BYTES
@@ -1091,6 +1156,32 @@ class _Kit:
             )
         return err.decode("utf-8", "replace").strip().splitlines()[0][:120]
 
+    async def rolled_back_after_parent_death(self, slug: str) -> str:
+        """Through a fresh session: the provision under way when the parent died was rolled
+        back (an adapter that crashed instead, say on its closed stderr, left it behind)."""
+        self.peer = await self.open_judged()
+        try:
+            _expect_ok(await self.initialize([codes.PROTOCOL_VERSION]), "initialize (a fresh session)")
+            state, status = await self.state_of(self._absent_ref(slug, self.slow_profile["tier"]))
+            if state not in ("absent", "tier_torn_down"):
+                raise CheckFailed(
+                    f"a provision under way when the parent died (its stderr closed too, as a dying "
+                    f"host leaves it) was not rolled back: a fresh session's status shows {state}. "
+                    "Parent death rolls back as the end of input does, and a write to a closed "
+                    "stderr must not crash the adapter",
+                    status,
+                )
+            listed = await self.list_refs()
+            if listed is not None and any(json.loads(item)["workspace_slug"] == slug for item in listed):
+                raise CheckFailed(
+                    "a provision under way when the parent died is still listed by a fresh session: "
+                    "parent death rolls back as the end of input does",
+                    status,
+                )
+            return "its provision under way was rolled back"
+        finally:
+            await self.peer.close()
+
     async def exits_when_parent_dies(self) -> str:
         if self.path is None:
             return "skip: in memory (checked on an executable)"
@@ -1131,14 +1222,34 @@ class _Kit:
             with contextlib.suppress(TimeoutError):
                 if not await asyncio.wait_for(middle.stdout.readline(), self.bound(START_BOUND)):
                     raise CheckFailed("the adapter ended before its parent was killed (no handshake)")
+            slug = self.slug("orphan")
+            under_way = False
+            if self.options.slow_profile is not None:
+                # A slow provision under way (its first progress) when the parent dies.
+                work = {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "provision",
+                    "params": {"slug": slug, "profile": self.slow_profile},
+                }
+                middle.stdin.write(encode(work))
+                await middle.stdin.drain()
+                under_way = await _progress_of(middle.stdout, 2, self.bound(PROGRESS_BOUND))
             os.kill(middle.pid, signal.SIGKILL)
             killed = time.monotonic()
-            if not await _wait_gone(pid, pidfd, EXIT_BOUND):
+            # A provision under way is rolled back first, within the host's cancel grace.
+            bound = EXIT_BOUND + (self.bound(ROLLBACK_BOUND) if under_way else 0)
+            if not await _wait_gone(pid, pidfd, bound):
                 raise CheckFailed(
-                    f"still running {EXIT_BOUND:g} s after its parent was killed (its stdin still "
+                    f"still running {bound:g} s after its parent was killed (its stdin still "
                     "open): an adapter must exit when its parent process dies"
                 )
-            return f"exited {time.monotonic() - killed:.2f} s after its parent died"
+            took = f"exited {time.monotonic() - killed:.2f} s after its parent died"
+            if not under_way:
+                return took + (
+                    "" if self.options.slow_profile is None else " (its provision was not under way)"
+                )
+            return f"{took}; {await self.rolled_back_after_parent_death(slug)}"
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -1148,6 +1259,74 @@ class _Kit:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(middle.wait(), EXIT_BOUND)
             middle._transport.close()  # type: ignore[attr-defined]
+
+
+def _how(path: str, before: dict[str, tuple[int, str]], after: dict[str, tuple[int, str]]) -> str:
+    if path not in before:
+        return "added"
+    if path not in after:
+        return "removed"
+    return "mode changed" if before[path][0] != after[path][0] else "rewritten"
+
+
+def _tree(root: str) -> dict[str, tuple[int, str]]:
+    """Every path under ``root`` with its mode and a digest of its contents (of a link: its
+    target); modification times are left out, they are not what a read may not change."""
+    found: dict[str, tuple[int, str]] = {}
+    for folder, folders, files in os.walk(root):
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            if os.path.islink(path):
+                digest = os.readlink(path)
+            elif os.path.isfile(path):
+                with open(path, "rb") as file:
+                    digest = hashlib.file_digest(file, "sha256").hexdigest()
+            else:
+                digest = ""
+            found[os.path.relpath(path, root)] = (info.st_mode, digest)
+    return found
+
+
+def _not_json_rpc(item: Any) -> str | None:
+    """Why the host would end the session on ``item`` at once, or None. Answers the kit
+    provoked (an id-null error to its malformed line, a late answer to a request it stopped
+    waiting for) are left to the checks."""
+    if isinstance(item, Malformed):
+        return f"{_preview(item.raw)} ({item.reason})"
+    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        return f"{_short(item, 120)} (not a JSON-RPC 2.0 message)"
+    if "method" in item and "id" in item:
+        return f"{_short(item, 120)} (a request: adapters only answer)"
+    return None
+
+
+def _preview(raw: bytes, limit: int = 120) -> str:
+    """A line as it came, escaped and cut short."""
+    text = repr(raw[:limit])
+    return text + ("…" if len(raw) > limit else "")
+
+
+async def _progress_of(stdout: asyncio.StreamReader, ident: int, bound: float) -> bool:
+    """Whether a progress of request ``ident`` comes on ``stdout`` within ``bound`` seconds
+    (False too when the request is answered first, or the stream ends)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while (remaining := deadline - loop.time()) > 0:
+        try:
+            line = await asyncio.wait_for(stdout.readline(), remaining)
+        except (TimeoutError, ValueError):
+            return False
+        if not line:
+            return False
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict) and item.get("id") == ident:
+                return False
+            params = item.get("params") if isinstance(item, dict) else None
+            if isinstance(params, dict) and params.get("request_id") == ident:
+                return True
+    return False
 
 
 def _padded_status(ident: int, ref: dict[str, Any], size: int) -> bytes:

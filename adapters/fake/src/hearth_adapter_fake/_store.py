@@ -1,7 +1,9 @@
 """Where the fake keeps its deployments and its call journal: in ``data_dir``, else memory.
 
 One file per slug (written atomically), so several adapter processes sharing a data
-folder never lose each other's updates; the journal is appended one line per call.
+folder never lose each other's updates; the journal is appended one line per call. A call that
+must leave ``data_dir`` as it found it (status, list, validate_profile, plan) is journalled with
+the next call that writes, or when the adapter closes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+#: The verbs that leave ``data_dir`` byte for byte as they found it.
+READS = frozenset({"status", "list", "validate_profile", "plan"})
 
 
 class FakeStore:
@@ -20,6 +25,7 @@ class FakeStore:
         # Parsed files by slug, valid while the file's identity is unchanged (writes replace it).
         self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
         self._journal_fd: int | None = None
+        self._unwritten = b""  # journal lines of reads, written with the next write
         if data_dir is not None:
             (data_dir / "deployments").mkdir(mode=0o700, parents=True, exist_ok=True)
             self._journal_fd = os.open(
@@ -73,11 +79,17 @@ class FakeStore:
     def record_call(self, entry: dict[str, Any]) -> None:
         if self._journal_fd is None:
             self.journal.append(entry)
-        else:  # one O_APPEND write per line: processes sharing the folder never interleave
-            os.write(self._journal_fd, (json.dumps(entry) + "\n").encode())
+        elif entry["method"] in READS:
+            self._unwritten += (json.dumps(entry) + "\n").encode()
+        else:  # one O_APPEND write per call: processes sharing the folder never interleave
+            lines, self._unwritten = self._unwritten + (json.dumps(entry) + "\n").encode(), b""
+            os.write(self._journal_fd, lines)
 
     def close(self) -> None:
         if self._journal_fd is not None:
+            if self._unwritten:
+                os.write(self._journal_fd, self._unwritten)
+                self._unwritten = b""
             os.close(self._journal_fd)
             self._journal_fd = None
 
