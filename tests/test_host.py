@@ -247,6 +247,8 @@ async def test_one_adapter_process_serves_concurrent_callers_and_restarts_after_
         with pytest.raises(AdapterCrashed):
             await slow
         assert (await host.status("w0")).state == "ready"  # a new adapter process
+        # the fake journals a read with its next write (reads leave data_dir as they found it)
+        await host.provision("w4", tier="solo", driver="fake")
         restarted = {e["pid"] for e in read_journal(tmp_path / "home" / "data" / "fake")}
         assert len(restarted) == 2
         assert [d.state for d in await host.deployments() if d.slug == "doomed"] == ["failed"]
