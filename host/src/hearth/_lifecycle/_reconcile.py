@@ -16,8 +16,9 @@ alone (Terraform's import and ``removed``, Crossplane's observe and orphan).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from hearth_adaptersdk import DeploymentRef, StatusReport, codes, utc_now
 
@@ -261,14 +262,7 @@ async def adopt(
 async def forget(core: Core, active_of: ActiveOf, slug: str) -> Deployment:
     """Archive the record of ``slug``; the backend is left exactly as it is."""
     store = core.store
-    if await store.get(slug) is None:
-        raise NotFound(f"no workspace {slug!r}")
-    await _refuse_if_busy(active_of, slug)
-    async with core.locks.hold(slug, core.timeouts.lock_wait):
-        record = await store.get(slug)
-        if record is None:
-            raise NotFound(f"no workspace {slug!r}")
-        await _refuse_if_busy(active_of, slug)
+    async with _held_record(core, active_of, slug) as record:
         await store.archive(slug)
         await store.create_operation(
             NewOperation(slug, record.generation, "forget", core.owner, done=("succeeded", record.ref))
@@ -281,14 +275,7 @@ async def relabel(core: Core, active_of: ActiveOf, slug: str, changes: dict[str,
     the slug's lock, and ``busy`` while an operation runs on it: its outcome writes the record
     it read, and would drop the change."""
     store = core.store
-    if await store.get(slug) is None:
-        raise NotFound(f"no workspace {slug!r}")
-    await _refuse_if_busy(active_of, slug)
-    async with core.locks.hold(slug, core.timeouts.lock_wait):
-        record = await store.get(slug)
-        if record is None:
-            raise NotFound(f"no workspace {slug!r}")
-        await _refuse_if_busy(active_of, slug)
+    async with _held_record(core, active_of, slug) as record:
         if record.state in TRANSIENT:  # a dead host's, its adapter not yet able to say
             raise Busy(
                 f"workspace {slug!r} is {record.state}, left so by a host that stopped: its labels "
@@ -307,6 +294,23 @@ async def relabel(core: Core, active_of: ActiveOf, slug: str, changes: dict[str,
         if not await store.save(changed, replaces=record):
             raise Busy(f"workspace {slug!r} changed while its labels were written; try again")
         return changed
+
+
+@contextlib.asynccontextmanager
+async def _held_record(core: Core, active_of: ActiveOf, slug: str) -> AsyncIterator[Deployment]:
+    """``slug``'s record under its lock, for a change no operation runs: ``not_found`` without
+    one, ``busy`` at once while an operation runs on it (asked before the lock, so no caller
+    waits for it, and again once held)."""
+    store = core.store
+    if await store.get(slug) is None:
+        raise NotFound(f"no workspace {slug!r}")
+    await _refuse_if_busy(active_of, slug)
+    async with core.locks.hold(slug, core.timeouts.lock_wait):
+        record = await store.get(slug)
+        if record is None:
+            raise NotFound(f"no workspace {slug!r}")
+        await _refuse_if_busy(active_of, slug)
+        yield record
 
 
 async def _refuse_if_busy(active_of: ActiveOf, slug: str) -> None:
