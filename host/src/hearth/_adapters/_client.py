@@ -101,6 +101,9 @@ class AdapterClient:
         self.cancel_grace = cancel_grace
         self.name = connection.name
         self.info: InitializeResult | None = None
+        #: Called once if the session breaks unasked (exit, protocol violation, stuck): the
+        #: supervisor counts it (``_observe``); a close you asked for never calls it.
+        self.on_failure: Callable[[HearthError], None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._engine = RequestEngine(
@@ -529,6 +532,8 @@ class AdapterClient:
         if not self._engine.fail(error):
             return
         log.error("%s", error.message)
+        if not closing and self.on_failure is not None:
+            self.on_failure(error)
         if not closing:
             connection = self.connection
             self._reaper = asyncio.ensure_future(

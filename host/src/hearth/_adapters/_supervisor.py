@@ -20,7 +20,8 @@ from typing import Any
 
 from hearth_adaptersdk import Connection
 
-from .._errors import CallTimeout, StoreError
+from .._errors import CallTimeout, HearthError, StoreError
+from .._observe import Observer
 from .._settings import Settings
 from ._client import CANCEL_GRACE, AdapterClient
 from ._discovery import discover
@@ -37,6 +38,8 @@ class _Slot:
     #: The config ``client`` was started with: a client whose config differs from the
     #: settings' is closed as soon as no call holds it.
     config: dict[str, Any] = field(default_factory=dict)
+    #: Whether ``client`` crashed: the next start is a restart.
+    crashed: bool = False
 
 
 class Supervisor:
@@ -51,8 +54,10 @@ class Supervisor:
         idle_timeout: float | None,
         in_process: Mapping[str, ConnectionFactory] | None = None,
         cancel_grace: float = CANCEL_GRACE,
+        observer: Observer | None = None,
     ) -> None:
         self._settings = settings
+        self._observer = observer or Observer()
         self._state_dir = state_dir
         self._project_dir = project_dir
         self._home = home
@@ -125,6 +130,7 @@ class Supervisor:
                         slot.client = None
                     slot.config = self._settings.adapter_config(driver)
                     slot.client = await self._start(driver, slot.config, timeout)
+                    self._started(driver, slot)
                 client = slot.client
             yield client
         finally:
@@ -171,6 +177,23 @@ class Supervisor:
                 f"adapter hearth-adapter-{driver} did not start and complete the "
                 f"handshake within {bound:.2g} s"
             ) from None
+
+    def _started(self, driver: str, slot: _Slot) -> None:
+        """Tell the observer of a start (a restart, after a crash) and watch for the crash."""
+        observer = self._observer
+        observer.adapter_started(driver)
+        if slot.crashed:
+            slot.crashed = False
+            observer.adapter_restarted(driver)
+        client = slot.client
+
+        def crashed(_: HearthError) -> None:
+            if slot.client is client:
+                slot.crashed = True
+            observer.adapter_crashed(driver)
+
+        assert client is not None
+        client.on_failure = crashed
 
     def _close_idle(self, driver: str) -> None:
         slot = self._slots.get(driver)

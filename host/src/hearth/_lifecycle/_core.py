@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from hearth_adaptersdk import DeploymentRef
 
@@ -23,11 +24,14 @@ from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._dirs import STORE_ENV, find_project_dir, resolve_home, state_dir
 from .._errors import HearthError, StoreError
 from .._models import Deployment, Event, Operation, OperationState
+from .._observe import Observers
 from .._settings import Settings, SettingsSource, Tier, Timeouts
 from .._store._base import Found, LeasedStore, NewEvent, NewOperation, Store
 from .._store._locks import Locks, OwnerMark, SlugLocks, new_owner
 from .._store._open import store_from_url
 from .._store._records import STORE_FILE
+
+R = TypeVar("R")
 
 
 class Core:
@@ -66,6 +70,9 @@ class Core:
         self._mark = OwnerMark(self.state_dir / "owners", self.owner)
         self._on_written: list[Callable[[], None]] = []
         self._on_opened: list[Callable[[], None]] = []
+        self._on_ended: list[Callable[[int, OperationState, bool], None]] = []
+        #: Whoever measures this host (the daemon's metrics); nobody by default.
+        self.observers = Observers()
         self.supervisor = Supervisor(
             self.settings,
             self.state_dir,
@@ -75,6 +82,7 @@ class Core:
             idle_timeout=idle_timeout,
             in_process=in_process,
             cancel_grace=self.timeouts.cancel_grace,
+            observer=self.observers,
         )
 
     @property
@@ -96,6 +104,15 @@ class Core:
     def on_opened(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the store is open (and, when shared, this host's lease taken)."""
         self._on_opened.append(callback)
+
+    def on_ended(self, callback: Callable[[int, OperationState, bool], None]) -> None:
+        """Call ``callback(operation, state, recorded)`` after each ``end`` through ``store``
+        (``recorded``: False when fenced, another host having ended it)."""
+        self._on_ended.append(callback)
+
+    def ended(self, operation: int, state: OperationState, recorded: bool) -> None:
+        for callback in self._on_ended:
+            callback(operation, state, recorded)
 
     def written(self) -> None:
         """A write committed: wake whoever waits for a change."""
@@ -129,7 +146,7 @@ class Core:
         if self._store_arg is None:
             self._prepare_home()
         self.raw = self._store_arg or self._store_named()
-        self._waking = _Waking(self.raw, self.written, self._opening)
+        self._waking = _Waking(self.raw, self.written, self._opening, self.ended, self.observers)
         self.shared = hasattr(self.raw, "renew_lease")
         if self.shared:  # slugs are locked in the database, for every host on it
             self.locks = self.leased().slug_locks(self.owner)
@@ -204,15 +221,41 @@ class Core:
 
 
 class _Waking:
-    """A ``Store`` that opens on first use and calls ``written`` after each write: the one place
-    the store is opened and watchers are woken, so no entry point has to remember either."""
+    """A ``Store`` that opens on first use, calls ``written`` after each write and times each
+    call for the observers: the one place the store is opened, watchers are woken and store
+    latency measured, so no entry point has to remember any of it."""
 
     def __init__(
-        self, store: Store, written: Callable[[], None], opening: Callable[[], Awaitable[None]]
+        self,
+        store: Store,
+        written: Callable[[], None],
+        opening: Callable[[], Awaitable[None]],
+        ended: Callable[[int, OperationState, bool], None],
+        observers: Observers,
     ) -> None:
         self._store = store
         self._written = written
         self._opening = opening
+        self._ended = ended
+        self._observers = observers
+
+    async def _timed(self, write: bool, call: Callable[[], Awaitable[R]]) -> R:
+        began = time.perf_counter()
+        try:
+            return await call()
+        finally:
+            self._observers.store_call(write, time.perf_counter() - began)
+
+    async def _read(self, call: Callable[[], Awaitable[R]]) -> R:
+        await self._opening()
+        return await self._timed(False, call)
+
+    async def _write(self, call: Callable[[], Awaitable[R]]) -> R:
+        await self._opening()
+        try:
+            return await self._timed(True, call)
+        finally:
+            self._written()
 
     async def open(self) -> None:
         await self._store.open()
@@ -221,8 +264,7 @@ class _Waking:
         await self._store.close()
 
     async def get(self, slug: str) -> Deployment | None:
-        await self._opening()
-        return await self._store.get(slug)
+        return await self._read(lambda: self._store.get(slug))
 
     async def deployments(
         self,
@@ -234,57 +276,44 @@ class _Waking:
         after: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> list[Deployment]:
-        await self._opening()
-        return await self._store.deployments(
-            state=state,
-            driver=driver,
-            include_torn_down=include_torn_down,
-            limit=limit,
-            after=after,
-            labels=labels,
+        return await self._read(
+            lambda: self._store.deployments(
+                state=state,
+                driver=driver,
+                include_torn_down=include_torn_down,
+                limit=limit,
+                after=after,
+                labels=labels,
+            )
         )
 
+    async def deployment_counts(self) -> list[tuple[str, str, int]]:
+        return await self._read(self._store.deployment_counts)
+
     async def next_generation(self, slug: str) -> int:
-        await self._opening()
-        return await self._store.next_generation(slug)
+        return await self._read(lambda: self._store.next_generation(slug))
 
     async def drivers(self) -> list[str]:
-        await self._opening()
-        return await self._store.drivers()
+        return await self._read(self._store.drivers)
 
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
-        await self._opening()
-        return await self._store.snapshot(slug)
+        return await self._read(lambda: self._store.snapshot(slug))
 
     async def save(
         self, deployment: Deployment, *, replaces: Deployment | None = None, note: str | None = None
     ) -> bool:
-        await self._opening()
-        try:
-            return await self._store.save(deployment, replaces=replaces, note=note)
-        finally:
-            self._written()
+        return await self._write(lambda: self._store.save(deployment, replaces=replaces, note=note))
 
     async def archive(self, slug: str) -> None:
-        await self._opening()
-        try:
-            await self._store.archive(slug)
-        finally:
-            self._written()
+        await self._write(lambda: self._store.archive(slug))
 
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
-        await self._opening()
-        try:
-            return await self._store.create_operation(new)
-        finally:
-            self._written()
+        return await self._write(lambda: self._store.create_operation(new))
 
     async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
-        await self._opening()
-        try:
-            return await self._store.begin(operation, deployment, archive_first=archive_first)
-        finally:
-            self._written()
+        return await self._write(
+            lambda: self._store.begin(operation, deployment, archive_first=archive_first)
+        )
 
     async def end(
         self,
@@ -296,35 +325,25 @@ class _Waking:
         archive: bool = False,
         result: DeploymentRef | None = None,
     ) -> bool:
-        await self._opening()
-        try:
-            return await self._store.end(
+        recorded = await self._write(
+            lambda: self._store.end(
                 operation, state, error, deployment=deployment, archive=archive, result=result
             )
-        finally:
-            self._written()
+        )
+        self._ended(operation, state, recorded)
+        return recorded
 
     async def request_cancel(self, operation: int, reason: str) -> Operation | None:
-        await self._opening()
-        try:
-            return await self._store.request_cancel(operation, reason)
-        finally:
-            self._written()
+        return await self._write(lambda: self._store.request_cancel(operation, reason))
 
     async def keyed(self, key: str) -> Operation | None:
-        await self._opening()
-        return await self._store.keyed(key)
+        return await self._read(lambda: self._store.keyed(key))
 
     async def bind_key(self, key: str, operation: int, *, retakes: int | None = None) -> Operation | None:
-        await self._opening()
-        try:
-            return await self._store.bind_key(key, operation, retakes=retakes)
-        finally:
-            self._written()
+        return await self._write(lambda: self._store.bind_key(key, operation, retakes=retakes))
 
     async def operation(self, operation: int, *, with_log: bool = False) -> Operation | None:
-        await self._opening()
-        return await self._store.operation(operation, with_log=with_log)
+        return await self._read(lambda: self._store.operation(operation, with_log=with_log))
 
     async def operations(
         self,
@@ -336,25 +355,21 @@ class _Waking:
         after: int | None = None,
         with_log: bool = False,
     ) -> list[Operation]:
-        await self._opening()
-        return await self._store.operations(
-            slug=slug, state=state, active=active, limit=limit, after=after, with_log=with_log
+        return await self._read(
+            lambda: self._store.operations(
+                slug=slug, state=state, active=active, limit=limit, after=after, with_log=with_log
+            )
         )
 
     async def last_operation(self, slug: str, generation: int) -> Operation | None:
-        await self._opening()
-        return await self._store.last_operation(slug, generation)
+        return await self._read(lambda: self._store.last_operation(slug, generation))
 
     async def add_events(self, events: Sequence[NewEvent]) -> None:
-        await self._opening()
-        try:
-            await self._store.add_events(events)
-        finally:
-            self._written()
+        await self._write(lambda: self._store.add_events(events))
 
     async def prune_progress(self, before: datetime) -> int:
-        await self._opening()
-        return await self._store.prune_progress(before)  # nothing a watcher waits for goes
+        await self._opening()  # nothing a watcher waits for goes: no wake-up
+        return await self._timed(True, lambda: self._store.prune_progress(before))
 
     async def events(
         self,
@@ -365,9 +380,9 @@ class _Waking:
         kind: str | None = None,
         limit: int = 500,
     ) -> list[Event]:
-        await self._opening()
-        return await self._store.events(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
+        return await self._read(
+            lambda: self._store.events(after=after, slug=slug, operation=operation, kind=kind, limit=limit)
+        )
 
     async def last_seq(self) -> int:
-        await self._opening()
-        return await self._store.last_seq()
+        return await self._read(self._store.last_seq)

@@ -13,6 +13,7 @@ hosts, heal, leases), ``EventLog`` (events and streams), ``Operations`` (the han
 from __future__ import annotations
 
 import builtins
+import time
 import warnings
 from collections.abc import AsyncIterator, Generator, Mapping
 from datetime import timedelta
@@ -26,6 +27,7 @@ from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._errors import InvalidInput
 from .._labels import check_labels, labels_given
 from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
+from .._observe import Observer
 from .._settings import Settings, Tier, Timeouts, positive_seconds
 from .._states import same_ready, teardown_done
 from .._store._base import Store
@@ -134,6 +136,16 @@ class Host:
     @property
     def supervisor(self) -> Supervisor:
         return self._core.supervisor
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` what this host does from now on: the operations it runs, its
+        adapter processes, reconcile rounds, store calls (the daemon's ``/metrics``)."""
+        self._core.observers.add(observer)
+
+    async def workspace_counts(self) -> builtins.list[tuple[str, str, int]]:
+        """(state, driver, how many) of the current records: one grouped read of the store,
+        no adapter asked (the daemon's ``hearth_workspaces`` gauge)."""
+        return await self._core.store.deployment_counts()
 
     def reload_settings(self) -> Settings:
         """Read hearth.toml now, as the next call would (the daemon does it on SIGHUP); an
@@ -477,7 +489,16 @@ class Host:
         if slug is not None:
             check_slug(slug)
             await self._checks.existing(slug)
-        return await self._recovery.reconciler(dry_run=dry_run, timeout=timeout).run(slug)
+        observers = self._core.observers
+        try:
+            report = await self._recovery.reconciler(dry_run=dry_run, timeout=timeout).run(slug)
+        except Exception:
+            if not dry_run:
+                observers.reconciled(None)
+            raise
+        if not dry_run:
+            observers.reconciled(report)
+        return report
 
     async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
         """Turn a deployment the adapter lists but hearth has no record of into a record."""
@@ -486,14 +507,26 @@ class Host:
         deadline(timeout)
         await self._core.opened()
         self._checks.profile(tier, driver)
-        return await adopt(
+        began = time.monotonic()
+        adopted = await adopt(
             self._core, self._recovery.active_operation, slug, driver=driver, tier=tier, timeout=timeout
         )
+        self._recorded("adopt", driver, began)
+        return adopted
 
     async def forget(self, slug: str) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
         check_slug(slug)
-        return await forget(self._core, self._recovery.active_operation, slug)
+        began = time.monotonic()
+        forgotten = await forget(self._core, self._recovery.active_operation, slug)
+        self._recorded("forget", forgotten.driver, began)
+        return forgotten
+
+    def _recorded(self, verb: str, driver: str, began: float) -> None:
+        """An adopt or a forget, recorded as a finished operation: the observers count it too."""
+        observers = self._core.observers
+        observers.operation_started(verb, driver)
+        observers.operation_finished(verb, driver, "succeeded", time.monotonic() - began)
 
     async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment:
         """Set the labels ``labels`` maps to a value and remove those it maps to None; the

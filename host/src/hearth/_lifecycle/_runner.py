@@ -12,6 +12,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from hearth_adaptersdk import DeploymentRef, Progress, utc_now
 
 from .._adapters._client import AdapterClient, Interruption, ProgressCallback
 from .._errors import CallTimeout, HearthError, Interrupted, StoreError
-from .._models import Deployment, Operation, synthesized_ref
+from .._models import Deployment, Operation, OperationState, synthesized_ref
 from .._states import Transition, Verb, start_not_recorded
 from .._store._base import NewEvent
 from ._checks import Checks, Request, remaining, rules_for
@@ -49,6 +50,11 @@ class Work:
     begun: bool = False
     #: Ends the operation of a task cancelled before its first step (``Runner._work_done``).
     ending: asyncio.Future[None] | None = None
+    #: The driver it runs on, and when it was launched (``time.monotonic``), for the observers.
+    driver: str = ""
+    launched: float = 0.0
+    #: Whether the observers were told how it ended.
+    reported: bool = False
 
 
 class Runner:
@@ -62,6 +68,7 @@ class Runner:
         self._background: set[asyncio.Future[Any]] = set()
         #: One line per cancellation this host settled: what became of the work.
         self.interruptions: list[str] = []
+        core.on_ended(self._ended)
 
     # --- the registry ---------------------------------------------------------------------------
     def busy(self) -> bool:
@@ -84,10 +91,11 @@ class Runner:
 
     def launch(self, operation: Operation, request: Request, on_progress: ProgressListener | None) -> None:
         """Run ``operation`` (just recorded, queued) in a task of this host."""
-        work = Work(operation)
+        work = Work(operation, driver=request.driver or "", launched=time.monotonic())
         if on_progress is not None:
             work.listeners.append(on_progress)
         self._work[operation.id] = work
+        self._core.observers.operation_started(operation.verb, work.driver)
         work.task = asyncio.get_running_loop().create_task(
             self._execute(work, request), name=f"hearth-{request.verb}-{request.slug}-#{operation.id}"
         )
@@ -140,16 +148,35 @@ class Runner:
         ran none of its own handlers, still ends its operation (registered until it is ended:
         an own operation with no work is one a failed write left, ``_states.dead_owner_end``)."""
         if not task.cancelled():
-            self._work.pop(work.operation.id, None)
+            self._forget(work)
             task.exception()
             return
         if not work.begun and self._core.is_open:
             ending = asyncio.ensure_future(self._end_unstarted(work, *(work.cancel or _CALLER)))
             work.ending = ending
             self._keep(ending)
-            ending.add_done_callback(lambda _: self._work.pop(work.operation.id, None))
+            ending.add_done_callback(lambda _: self._forget(work))
         else:
-            self._work.pop(work.operation.id, None)
+            self._forget(work)
+
+    def _forget(self, work: Work) -> None:
+        """The work is over: out of the registry, and the observers told (``unrecorded`` when
+        no end of it was written: heal or reconcile ends it)."""
+        self._work.pop(work.operation.id, None)
+        self._report(work, "unrecorded")
+
+    def _ended(self, ident: int, state: OperationState, recorded: bool) -> None:
+        """An end was written through the store: the observers hear how one of ours ended
+        (fenced, ``recorded`` False: another host ended it, as ``interrupted``)."""
+        work = self._work.get(ident)
+        if work is not None:
+            self._report(work, state if recorded else "interrupted")
+
+    def _report(self, work: Work, outcome: str) -> None:
+        if not work.reported:
+            work.reported = True
+            seconds = time.monotonic() - work.launched
+            self._core.observers.operation_finished(work.operation.verb, work.driver, outcome, seconds)
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
@@ -180,7 +207,7 @@ class Runner:
                 await self._end(work, "failed", {"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
-            self._work.pop(work.operation.id, None)
+            self._forget(work)
 
     async def _end_unstarted(self, work: Work, outcome: str, reason: str) -> None:
         await self._end(work, outcome, {"kind": outcome, "message": f"{reason}; it had not started"})

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,6 +39,7 @@ from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
 from .._settings import Tier
+from ._metrics import Metrics
 from ._schemas import (
     API,
     NUMBER_MAX,
@@ -103,6 +104,10 @@ class AppState:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     #: When (loop time) the drain grace is spent, for ``Retry-After``.
     drain_ends: float = 0.0
+    #: The event streams served now (``hearth_event_streams``).
+    streams: int = 0
+    #: ``/metrics``: set by ``create_app``.
+    metrics: Metrics | None = None
 
     def drain(self, grace: float) -> None:
         """The daemon drains: from now on starts answer 503 ``unavailable``."""
@@ -217,8 +222,12 @@ HEARTH_SEQ: dict[str, Any] = {
     "/v1/events?after= it to miss nothing that came after",
     "schema": {"type": "integer", "minimum": 0},
 }
-#: Paths answered without the store (liveness), or that judge it themselves (readiness).
-_STORELESS = frozenset({f"{API}/health", f"{API}/ready"})
+#: The scrape's path: outside the API v1, as Prometheus expects it.
+METRICS = "/metrics"
+#: Paths answered without the store (liveness), or that judge it themselves (readiness, and
+#: the scrape, which leaves out what the store cannot say): no ``Hearth-Seq``, answered while
+#: hearth.toml is invalid.
+_STORELESS = frozenset({f"{API}/health", f"{API}/ready", METRICS})
 
 
 class _TooLarge(HTTPException):
@@ -295,6 +304,7 @@ async def _until_stopped(
     nothing else."""
     pending: asyncio.Future[list[Event] | None] | None = None
     stopping: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
+    state.streams += 1
     try:
         while not state.stopping.is_set():
             pending = pending or asyncio.ensure_future(anext(batches, None))
@@ -323,6 +333,7 @@ async def _until_stopped(
                 return
             yield batch
     finally:
+        state.streams -= 1
         stopping.cancel()
         if pending is not None:
             pending.cancel()
@@ -496,7 +507,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         """Every call but ``/health`` and ``/ready`` fails ``invalid_input`` while hearth.toml is
         invalid, as the CLI does run locally: never an answer from settings that are no longer
         the file's."""
-        if request.url.path not in (f"{API}/health", f"{API}/ready"):
+        if request.url.path not in _STORELESS:
             _state(request).host.reload_settings()
 
     app = FastAPI(
@@ -508,7 +519,9 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         generate_unique_id_function=_operation_id,
     )
     app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
-    app.state.hearth = AppState(host)
+    app.state.hearth = state = AppState(host)
+    state.metrics = Metrics(host, lambda: state.streams)
+    host.observe(state.metrics)
     app.add_middleware(_Position, host=host)
     app.add_middleware(_Unexpected)
     app.add_middleware(_BodyLimit, limit=lambda: host.settings.serve.max_body)
@@ -880,6 +893,32 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         except HearthError as exc:
             return hearth_error_response(exc, 503)
         return Ready(status="ready", within=host.timeouts.store)
+
+    @app.get(
+        METRICS,
+        operation_id="getMetrics",
+        response_class=PlainTextResponse,
+        responses={
+            **errors(),
+            200: {
+                "description": "Prometheus' text format (OpenMetrics when Accept asks for "
+                "application/openmetrics-text), written by prometheus-client",
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/openmetrics-text": {"schema": {"type": "string"}},
+                },
+            },
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        """This daemon's metrics, for Prometheus to scrape: its operations, adapters,
+        reconcile rounds, streams and store calls since it started, and the workspaces by
+        state and driver (one grouped read of the store; no adapter is asked). The README's
+        Metrics section lists each; a TCP listener needs the bearer token, as every path."""
+        metrics = _state(request).metrics
+        assert metrics is not None
+        body, content_type = await metrics.scrape(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     return app
 

@@ -88,6 +88,7 @@ class Store(Protocol):
         after: str | None = None,
         labels: dict[str, str] | None = None,
     ) -> list[Deployment]: ...
+    async def deployment_counts(self) -> list[tuple[str, str, int]]: ...
     async def next_generation(self, slug: str) -> int: ...
     async def drivers(self) -> list[str]: ...
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]: ...
@@ -254,6 +255,12 @@ LOG_OF = (
 PRUNE_PROGRESS = (
     "DELETE FROM events WHERE kind = 'progress' AND operation IN "
     "(SELECT id FROM operations WHERE finished_at IS NOT NULL AND finished_at < ?)"
+)
+#: How many current records each (state, driver) has: one grouped read, whatever the count,
+#: for the daemon's ``hearth_workspaces`` gauge (every replica on one database sees the same).
+DEPLOYMENT_COUNTS = (
+    "SELECT state, driver, COUNT(*) FROM deployments WHERE archived = 0 "
+    "GROUP BY state, driver ORDER BY state, driver"
 )
 #: The ``seq`` of an operation's final event, once written.
 FINAL_OF = (

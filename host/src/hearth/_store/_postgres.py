@@ -38,6 +38,7 @@ from ._base import (
     BEGIN_OPERATION,
     BIND_KEY,
     DEPLOYMENT_COLUMNS,
+    DEPLOYMENT_COUNTS,
     END_OPERATION,
     FINAL_OF,
     KEYED,
@@ -433,6 +434,11 @@ class PostgresStore:
                 return await _get(conn, slug), [row_operation(row) for row in rows]
 
         return await self._read(work)
+
+    async def deployment_counts(self) -> list[tuple[str, str, int]]:
+        """(state, driver, how many) of the current records, in one grouped read."""
+        rows = await self._read(lambda conn: _all(conn, DEPLOYMENT_COUNTS, ()))
+        return [(str(state), str(driver), int(count)) for state, driver, count in rows]
 
     async def drivers(self) -> list[str]:
         rows = await self._read(

@@ -30,6 +30,7 @@ from ._base import (
     BEGIN_OPERATION,
     BIND_KEY,
     DEPLOYMENT_COLUMNS,
+    DEPLOYMENT_COUNTS,
     END_OPERATION,
     FINAL_OF,
     KEYED,
@@ -287,6 +288,11 @@ class SQLiteStore:
         )
         rows = await self._on_thread(lambda: self.db.execute(query, args).fetchall())
         return [row_deployment(row) for row in rows]
+
+    async def deployment_counts(self) -> list[tuple[str, str, int]]:
+        """(state, driver, how many) of the current records, in one grouped read."""
+        rows = await self._on_thread(lambda: self.db.execute(DEPLOYMENT_COUNTS).fetchall())
+        return [(str(state), str(driver), int(count)) for state, driver, count in rows]
 
     async def snapshot(self, slug: str) -> tuple[Deployment | None, list[Operation]]:
         """The slug's current record and its queued or running operations, in one call: what
