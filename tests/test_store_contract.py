@@ -248,6 +248,23 @@ async def test_deployments_page_and_filter(opener: Opener) -> None:
     await store.close()
 
 
+async def test_deployment_counts_group_the_current_records_by_state_and_driver(opener: Opener) -> None:
+    store = await opener()
+    assert await store.deployment_counts() == []
+    for slug, state in (("a1", "ready"), ("a2", "failed"), ("a3", "ready"), ("a4", "tier_torn_down")):
+        await store.save(_deployment(slug, state))
+    await store.save(_deployment("b1", "ready").model_copy(update={"driver": "docker"}))
+    await store.archive("a4")  # an archived generation is no current record
+    await store.save(_deployment("a4", "provisioning", generation=2))
+    assert await store.deployment_counts() == [
+        ("failed", "fake", 1),
+        ("provisioning", "fake", 1),
+        ("ready", "docker", 1),
+        ("ready", "fake", 2),
+    ]
+    await store.close()
+
+
 async def test_a_stale_holder_cannot_write_over_what_another_host_settled(opener: Opener) -> None:
     """The fence: once another host ended an operation (its owner's lease ran out), the
     owner's late ``begin`` or ``end`` writes nothing, the record stays as the settling left it."""
