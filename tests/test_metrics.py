@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from hearth import Host
@@ -28,6 +30,8 @@ from tests.test_serve import BOUND, daemon, over, served, short_dir, socket_port
 #: ``broken``: a provision that fails and keeps its partial work, so a ``failed`` record stays.
 TIERS = {**helpers.FAKE_TIERS, "broken": {"fail_at": "provision", "keep_partial": True}}
 make_host = functools.partial(helpers.make_host, idle_timeout=None, tiers=TIERS)
+#: OpenMetrics' parser (prometheus-client leaves it untyped).
+openmetrics_families = cast(Callable[[str], Iterable[Metric]], openmetrics.text_string_to_metric_families)
 #: A sample: its name and its labels, sorted.
 Key = tuple[str, tuple[tuple[str, str], ...]]
 

@@ -74,6 +74,7 @@ ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("post", "/v1/reconcile"): ("reconcileWorkspaces", {"200", "400", "404", "413"}),
     ("get", "/v1/health"): ("getHealth", {"200"}),
     ("get", "/v1/ready"): ("getReadiness", {"200"}),
+    ("get", "/metrics"): ("getMetrics", {"200"}),
 }
 STARTS = ("provisionWorkspace", "upgradeWorkspace", "teardownWorkspace")
 
@@ -396,14 +397,18 @@ def test_openapi_typescript_generates_a_client_from_the_committed_document(tmp_p
     assert "retryable: boolean;" in types
 
 
-def test_every_answer_but_health_and_ready_documents_hearth_seq(document: Json) -> None:
+def test_every_answer_but_health_ready_and_metrics_documents_hearth_seq(document: Json) -> None:
     """``Hearth-Seq`` (the store's last event when the answer was read) is on every 2xx answer
-    the daemon sends but liveness and readiness, and the document says so, so that generated
-    clients know the header a console lists and then streams by."""
+    the daemon sends but liveness, readiness and the scrape, and the document says so, so that
+    generated clients know the header a console lists and then streams by."""
     for route, path in document["paths"].items():
         for method, operation in path.items():
             for status, response in operation["responses"].items():
                 if not status.startswith("2"):
                     continue
                 named = "Hearth-Seq" in response.get("headers", {})
-                assert named == (route not in ("/v1/health", "/v1/ready")), (method, route, status)
+                assert named == (route not in ("/v1/health", "/v1/ready", "/metrics")), (
+                    method,
+                    route,
+                    status,
+                )

@@ -4,6 +4,29 @@
  */
 
 export interface paths {
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Metrics
+         * @description This daemon's metrics, for Prometheus to scrape: its operations, adapters,
+         *     reconcile rounds, streams and store calls since it started, and the workspaces by
+         *     state and driver (one grouped read of the store; no adapter is asked). The README's
+         *     Metrics section lists each; a TCP listener needs the bearer token, as every path.
+         */
+        get: operations["getMetrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/check": {
         parameters: {
             query?: never;
@@ -1735,6 +1758,67 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    getMetrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Prometheus' text format (OpenMetrics when Accept asks for application/openmetrics-text), written by prometheus-client */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/openmetrics-text": string;
+                    "text/plain": string;
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
+            503: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     checkVerb: {
         parameters: {
             query?: never;

@@ -899,7 +899,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         operation_id="getMetrics",
         response_class=PlainTextResponse,
         responses={
-            **errors(),
+            **errors(streams=True),  # its errors are JSON, its answer text
             200: {
                 "description": "Prometheus' text format (OpenMetrics when Accept asks for "
                 "application/openmetrics-text), written by prometheus-client",
