@@ -42,7 +42,9 @@
   provisions through the API with 0, 200 and 1,000 ``/v1/events`` streams open and read (issue 20:
   the writers' time, until every stream saw the last event, the daemon's RSS open and after); 20
   provisions followed by the operation's own stream beside 20 followed by the slug's (time from
-  the POST to the first and to the final event, p50, p99).
+  the POST to the first and to the final event, p50, p99); and ``GET /metrics`` with 1,000
+  workspaces in the daemon's store beside ``GET /v1/health`` on the same keep-alive connection
+  (issue 24: a scrape reads the workspaces in one grouped query; target: p50 < 5 ms).
 - replicas (``--only replicas``, last in the full run; needs ``HEARTH_TEST_PG_URL``, which
   scripts/bench sets with scripts/lib/postgres.sh; skipped without it, a failure under CI=true):
   1,000 provisions through ``Host`` (the fake driver in process) by three host processes on one
@@ -883,6 +885,9 @@ SERVE_TOKEN = "a-bench-token-long-enough"
 SUN_PATH_MAX = 107
 #: The idle, unauthenticated TCP connections held while a client with the token is timed.
 SERVE_IDLE = 1000
+#: The workspaces in the daemon's store when a scrape is timed, and the target of its p50.
+SCRAPE_WORKSPACES = 1000
+SCRAPE_TARGET = 0.005
 
 
 class ServedDaemon:
@@ -1109,6 +1114,70 @@ async def serve_round_trips(
                         if record.slug != slug or record.state != "ready":
                             raise RuntimeError(f"{path}: {record.slug} {record.state}, not {slug} ready")
     return api, tcp, embedded
+
+
+async def serve_scrape(
+    sock: Path, *, home: Path, project: Path, workspaces: int, count: int, warmup: int
+) -> tuple[list[float], list[float], int, int]:
+    """``GET /metrics`` once the daemon's store holds ``workspaces`` current records (those it
+    lacks are written here, through a Host embedded on the same home: states and drivers
+    spread), beside ``GET /v1/health`` on the same keep-alive connection, blocks of 50 taking
+    turns. The last scrape is parsed (prometheus-client's parser): its ``hearth_workspaces``
+    must add up to the store's count. (scrape seconds, health seconds, the scrape's bytes, its
+    samples.)"""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hearth_adaptersdk import utc_now
+
+    states = ("ready", "ready", "ready", "failed", "tier_torn_down", "provisioning")
+    drivers = ("fake", "docker", "tfgrid")
+    async with Host(project_dir=project, home=home) as host:
+        have = len(await host.deployments())
+        stamp = utc_now()
+        for index in range(max(0, workspaces - have)):
+            await host.store.save(
+                Deployment(
+                    slug=f"scrape-{index}",
+                    generation=1,
+                    tier="solo",
+                    driver=drivers[index % len(drivers)],
+                    state=states[index % len(states)],
+                    ref=None,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            )
+        total = len(await host.deployments())
+    scrape: list[float] = []
+    health: list[float] = []
+    body = ""
+    async with _uds_client(sock, 1) as client, asyncio.timeout(SERVE_BOUND):
+
+        async def get(path: str) -> str:
+            response = await client.get(path)
+            if response.status_code != 200:
+                raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
+            return response.text
+
+        for _ in range(warmup):
+            await get("/metrics")
+            await get("/v1/health")
+        block = 50
+        for first in range(0, count, block):
+            for path, samples in (("/metrics", scrape), ("/v1/health", health)):
+                for _ in range(min(block, count - first)):
+                    started = time.perf_counter()
+                    text = await get(path)
+                    samples.append(time.perf_counter() - started)
+                    if path == "/metrics":
+                        body = text
+    families = list(text_string_to_metric_families(body))
+    counted = sum(
+        sample.value for family in families if family.name == "hearth_workspaces" for sample in family.samples
+    )
+    if counted != total:
+        raise RuntimeError(f"/metrics counts {counted:g} workspaces, the store holds {total}")
+    return scrape, health, len(body.encode()), sum(len(family.samples) for family in families)
 
 
 async def _timed_gets(client: httpx.AsyncClient, path: str, count: int, warmup: int) -> list[float]:
@@ -1559,6 +1628,27 @@ def _print_serve_api(api: list[float], tcp: list[float], embedded: list[float]) 
     print()
 
 
+def _print_serve_scrape(scrape: list[float], health: list[float], size: int, samples: int) -> None:
+    print(
+        f"GET /metrics with {SCRAPE_WORKSPACES:,} workspaces in the daemon's store ({samples} samples, "
+        f"{size:,} bytes; the"
+    )
+    print("workspaces counted in one grouped query), beside GET /v1/health, the liveness probe that")
+    print(
+        f"reads no store, on the same keep-alive connection over the Unix socket ({len(scrape)} of each "
+        f"after 20 warm-up,"
+    )
+    print(f"blocks of 50 taking turns; target: a scrape under {SCRAPE_TARGET * 1000:g} ms at p50):")
+    print(f"{'':34}{'/metrics':>12}{'/v1/health':>14}{'ratio':>9}")
+    for label, fraction in (("p50", 0.5), ("p99", 0.99)):
+        new, old = percentile(scrape, fraction), percentile(health, fraction)
+        verdict = ""
+        if fraction == 0.5:
+            verdict = "  ok" if new < SCRAPE_TARGET else f"  over the {SCRAPE_TARGET * 1000:g} ms target"
+        print(f"{'round trip ' + label:34}{ms(new)}{ms(old):>14}{new / old:8.2f}x{verdict}")
+    print()
+
+
 def _print_serve_edges(
     tls: tuple[list[float], list[float]] | str,
     flood: tuple[list[float], list[float]],
@@ -1687,6 +1777,11 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
             )
             for streams in SERVE_STREAMS
         ]
+        scrapes = asyncio.run(
+            serve_scrape(
+                sock, home=home, project=project, workspaces=SCRAPE_WORKSPACES, count=requests, warmup=20
+            )
+        )
         stopping, daemon = daemon, None
         code, down = stopping.stop()
         if code != 0:
@@ -1707,6 +1802,7 @@ def serve_section(runs: int, requests: int, provisions: int) -> None:
     _print_serve_provisions(served, alone)
     _print_operation_streams(followed)
     _print_serve_streams(streams_rows, SERVE_STREAM_OPERATIONS)
+    _print_serve_scrape(*scrapes)
 
 
 # --- replicas: several hosts on one PostgreSQL registry (issue 13) ------------------------------
