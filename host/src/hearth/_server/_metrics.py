@@ -77,8 +77,10 @@ class _Live(Collector):
             return
         workspaces = GaugeMetricFamily(*_WORKSPACES, labels=["state", "driver"])
         have = {(state, driver): count for state, driver, count in counts}
-        for driver in sorted({driver for _, driver, _ in counts}):
-            for state in STATES:
+        # a state this hearth does not know (a newer one wrote it) is counted, not dropped
+        states = STATES + tuple(sorted({state for state, _ in have} - set(STATES)))
+        for driver in sorted({driver for _, driver in have}):
+            for state in states:
                 workspaces.add_metric([state, driver], have.get((state, driver), 0))
         yield workspaces
 
