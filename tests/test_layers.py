@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "hearth._api",
             "hearth._address",
             "hearth._labels",
+            "hearth._actors",
         },
     ),
     ("store, adapters", {"hearth._store", "hearth._adapters"}),

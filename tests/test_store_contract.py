@@ -678,7 +678,7 @@ async def test_a_version_7_sqlite_store_keeps_its_records_with_no_labels(tmp_pat
     await store.save(old.model_copy(update={"labels": {"team": "a"}}))
     assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
 
 
 async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:
