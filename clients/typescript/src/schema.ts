@@ -95,7 +95,8 @@ export interface paths {
         /**
          * Operations
          * @description Operations by id, without their logs (``log`` is empty: read one by id, or the slug's
-         *     ``/logs``); ``after``: the last id of the previous page (exclusive).
+         *     ``/logs``); ``after``: the last id of the previous page (exclusive); ``actor``: only
+         *     those that actor asked for (``unix:1000(ann)``, ``token:console``, exactly).
          */
         get: operations["listOperations"];
         put?: never;
@@ -336,7 +337,8 @@ export interface paths {
         put?: never;
         /**
          * Forget
-         * @description Drop the record of ``slug`` and leave its backend alone; the record as it was.
+         * @description Drop the record of ``slug`` and leave its backend alone; the record as it was (the
+         *     forget recorded as an operation).
          */
         post: operations["forgetWorkspace"];
         delete?: never;
@@ -941,7 +943,7 @@ export interface components {
          *     is ``retryable``, and the kind's own fields (``busy``'s ``operation``, ``conflict``'s
          *     ``reason`` and ``existing``, ...): one schema per kind, discriminated by ``kind``.
          */
-        ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]["ErrorNotFound"] | components["schemas"]["ErrorBusy"] | components["schemas"]["ErrorInterrupted"] | components["schemas"]["ErrorAdapterNotFound"] | components["schemas"]["ErrorAdapterRefused"] | components["schemas"]["ErrorAdapterCrashed"] | components["schemas"]["ErrorProtocolViolation"] | components["schemas"]["ErrorTimeout"] | components["schemas"]["ErrorSlugLocked"] | components["schemas"]["ErrorClosed"] | components["schemas"]["ErrorStoreError"] | components["schemas"]["ErrorDaemonUnavailable"] | components["schemas"]["ErrorUnauthorized"] | components["schemas"]["ErrorUnavailable"] | components["schemas"]["ErrorConflict"] | components["schemas"]["ErrorInvalidTransition"] | components["schemas"]["ErrorUnsupported"] | components["schemas"]["ErrorInvalidProfile"] | components["schemas"]["ErrorBackendUnavailable"] | components["schemas"]["ErrorBackendFailure"] | components["schemas"]["ErrorCancelled"] | components["schemas"]["ErrorAdapterProtocol"] | components["schemas"]["ErrorFault"];
+        ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]["ErrorNotFound"] | components["schemas"]["ErrorBusy"] | components["schemas"]["ErrorInterrupted"] | components["schemas"]["ErrorAdapterNotFound"] | components["schemas"]["ErrorAdapterRefused"] | components["schemas"]["ErrorAdapterCrashed"] | components["schemas"]["ErrorProtocolViolation"] | components["schemas"]["ErrorTimeout"] | components["schemas"]["ErrorSlugLocked"] | components["schemas"]["ErrorClosed"] | components["schemas"]["ErrorStoreError"] | components["schemas"]["ErrorDaemonUnavailable"] | components["schemas"]["ErrorUnauthorized"] | components["schemas"]["ErrorForbidden"] | components["schemas"]["ErrorUnavailable"] | components["schemas"]["ErrorConflict"] | components["schemas"]["ErrorInvalidTransition"] | components["schemas"]["ErrorUnsupported"] | components["schemas"]["ErrorInvalidProfile"] | components["schemas"]["ErrorBackendUnavailable"] | components["schemas"]["ErrorBackendFailure"] | components["schemas"]["ErrorCancelled"] | components["schemas"]["ErrorAdapterProtocol"] | components["schemas"]["ErrorFault"];
         /**
          * ErrorFault
          * @description 500: a fault of the daemon (a bug); the message says what.
@@ -967,6 +969,40 @@ export interface components {
              * @description Whether asking the same thing again later may succeed with nothing else changed.
              */
             retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorForbidden
+         * @description 403: the token (or the Unix socket, narrowed by ``--socket-scopes``) lacks the scope the
+         *     route needs; ``scope`` names it.
+         */
+        ErrorForbidden: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "forbidden";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Scope
+             * @description The scope the request needs and its credential lacks.
+             */
+            scope?: ("read" | "operate" | "admin") | null;
         } & {
             [key: string]: unknown;
         };
@@ -1375,6 +1411,8 @@ export interface components {
          *     change no running operation made: a reconcile's finding, ``adopt``, ``forget``).
          */
         Event: {
+            /** Actor */
+            actor?: string | null;
             /**
              * At
              * Format: date-time
@@ -1395,6 +1433,8 @@ export interface components {
             level?: string | null;
             /** Message */
             message?: string | null;
+            /** On Behalf Of */
+            on_behalf_of?: string | null;
             /** Operation */
             operation: number | null;
             record?: components["schemas"]["Deployment"] | null;
@@ -1498,6 +1538,8 @@ export interface components {
          *     fresh snapshot. Cancelling a task that awaits an operation does not cancel the work.
          */
         Operation: {
+            /** Actor */
+            actor?: string | null;
             /** Cancel Requested */
             cancel_requested?: string | null;
             /**
@@ -1526,6 +1568,8 @@ export interface components {
              * @default []
              */
             log: components["schemas"]["LogLine"][];
+            /** On Behalf Of */
+            on_behalf_of?: string | null;
             /**
              * Outcome
              * @description The state as ``hearth logs`` has always named it (``running`` while not finished).
@@ -1779,6 +1823,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -1877,6 +1930,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -1957,6 +2019,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2017,6 +2088,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2055,6 +2135,8 @@ export interface operations {
                 state?: ("queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted") | null;
                 limit?: number | null;
                 after?: number | null;
+                /** @description only the operations this actor asked for */
+                actor?: string | null;
             };
             header?: never;
             path?: never;
@@ -2087,6 +2169,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2160,6 +2251,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2244,6 +2344,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2347,6 +2456,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -2442,6 +2560,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -2520,6 +2647,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2640,6 +2776,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2709,6 +2854,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2804,6 +2958,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2883,6 +3046,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2923,6 +3095,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path?: never;
             cookie?: never;
@@ -2973,6 +3147,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3097,6 +3280,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3148,6 +3340,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
                 slug: string;
@@ -3196,6 +3390,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3315,6 +3518,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3376,7 +3588,10 @@ export interface operations {
     adoptWorkspace: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
             path: {
                 slug: string;
             };
@@ -3413,6 +3628,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3518,7 +3742,10 @@ export interface operations {
     forgetWorkspace: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
             path: {
                 slug: string;
             };
@@ -3551,6 +3778,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3661,6 +3897,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3746,6 +3991,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3822,6 +4076,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
                 slug: string;
@@ -3874,6 +4130,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
