@@ -135,6 +135,8 @@ class AppState:
             yield ending
             return
         self.streams.setdefault(name, set()).add(ending)
+        if principal is not None and self.credentials.tokens.get(name) != principal.credential:
+            ending.set()  # revoked between the request and its stream's start
         try:
             yield ending
         finally:

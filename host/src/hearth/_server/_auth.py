@@ -133,6 +133,8 @@ class Principal:
     actor: str
     scopes: frozenset[str]
     token: str | None = None
+    #: The token itself (to tell whether it is still the daemon's when a stream begins).
+    credential: Token | None = None
 
 
 class Credentials:
@@ -209,7 +211,7 @@ class Authenticate:
         token = self.credentials.match(secret.strip())
         if token is None:
             return "this token is not one of the daemon's"
-        return Principal(token_actor(token.name), token.scopes, token.name)
+        return Principal(token_actor(token.name), token.scopes, token.name, token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
