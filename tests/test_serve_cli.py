@@ -449,7 +449,8 @@ async def test_the_daemon_heals_on_its_own_reloads_on_sighup_and_logs_json(
     entries = [json.loads(line) for line in served.lines if line != "<eof>"]
     assert entries and all({"at", "level", "logger", "message"} <= set(entry) for entry in entries)
     access = [entry for entry in entries if entry["logger"] == "hearth.access"]
-    assert access and all({"method", "path", "status", "duration_ms", "actor"} <= set(entry) for entry in access)
+    fields = {"method", "path", "status", "duration_ms", "actor", "operation"}
+    assert access and all(fields <= set(entry) for entry in access)
     assert not any(entry["logger"] == "uvicorn.access" for entry in entries)  # one line per request, ours
 
 
