@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from hearth._server._auth import READS, SCOPE_OF, SCOPES, Credentials, Token, sc
 from hearth._server._daemon import ServeError, parse_socket_scopes, read_tokens
 from tests.helpers import make_host
 from tests.test_serve import BOUND, DAEMON_SETTINGS, daemon, over, short_dir, socket_port
+from tests.test_serve_cli import cli_env, hearth
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -341,9 +343,19 @@ async def test_socket_scopes_narrow_the_unix_socket_and_bad_files_stop_the_daemo
             assert made.status_code == 200, made.text
             _forbidden(await client.post("/v1/workspaces/alpha/forget"), "admin")
             _forbidden(await client.post("/v1/reconcile", json={}), "admin")
+        env = cli_env(venv_bin, HEARTH_URL=f"unix://{home / 'hearth.sock'}")
+        said = hearth(venv_bin, site, "reconcile", "--json", env=env)  # through the socket
+        assert said.returncode == 1 and said.stderr.startswith("hearth: forbidden: "), said.stderr
+        assert "'admin'" in said.stderr and "--socket-scopes" in said.stderr
+        assert json.loads(said.stdout)["error"] == {
+            "kind": "forbidden",
+            "message": said.stderr.strip().removeprefix("hearth: forbidden: "),
+            "retryable": False,
+            "scope": "admin",
+        }
         assert served.stop() == 0
     loose = _tokens_file(tmp_path, mode=0o644)
-    for extra, said in (
+    for extra, why in (
         (("--listen", "127.0.0.1:0", "--tokens", str(loose)), "make it 0600"),
         (
             ("--listen", "127.0.0.1:0", "--tokens", str(loose), "--token-file", str(loose)),
@@ -354,4 +366,4 @@ async def test_socket_scopes_narrow_the_unix_socket_and_bad_files_stop_the_daemo
     ):
         with daemon(site, venv_bin, *extra) as refused:
             assert refused.process.wait(timeout=BOUND) in (1, 2)
-            refused.wait_for(said)
+            refused.wait_for(why)
