@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "hearth._address",
             "hearth._labels",
             "hearth._observe",
+            "hearth._actors",
         },
     ),
     ("store, adapters", {"hearth._store", "hearth._adapters"}),

@@ -35,7 +35,7 @@ OPENAPI_TYPESCRIPT = "openapi-typescript@7"
 Json = dict[str, Any]
 
 #: What any route answers (no token on TCP, a slow request, a fault, a full or stopping daemon).
-ALWAYS = {"401", "408", "500", "503"}
+ALWAYS = {"401", "403", "408", "500", "503"}
 #: Each route's operationId, and the statuses it answers besides ``ALWAYS``.
 ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("get", "/v1/workspaces"): ("listWorkspaces", {"200", "400"}),

@@ -127,6 +127,30 @@ async def test_an_operation_is_found_by_key_then_by_the_slug_it_runs_on(opener: 
     await store.close()
 
 
+async def test_an_operation_keeps_its_actor_and_on_behalf_of_and_is_found_by_actor(opener: Opener) -> None:
+    store = await opener()
+    mine, _ = await store.create_operation(
+        NewOperation("alpha", 1, "provision", "me:1:a", actor="token:console", on_behalf_of="ann@example.com")
+    )
+    theirs, _ = await store.create_operation(
+        NewOperation("beta", 1, "provision", "me:1:a", actor="unix:1000(bob)")
+    )
+    unnamed, _ = await store.create_operation(NewOperation("gamma", 1, "provision", "me:1:a"))
+    await store.add_events([NewEvent(mine.id, "alpha", "provision", "progress", "info", "working")])
+    await store.close()
+    store = await opener()  # read back after a reopen
+    again = await store.operation(mine.id)
+    assert again is not None and (again.actor, again.on_behalf_of) == ("token:console", "ann@example.com")
+    assert [op.id for op in await store.operations(actor="token:console")] == [mine.id]
+    assert [op.id for op in await store.operations(actor="unix:1000(bob)")] == [theirs.id]
+    assert await store.operations(actor="token:nobody") == []
+    assert [op.actor for op in await store.operations()] == ["token:console", "unix:1000(bob)", None]
+    assert unnamed.actor is None
+    [progress] = await store.events(operation=mine.id, kind="progress")  # its events carry them too
+    assert (progress.actor, progress.on_behalf_of) == ("token:console", "ann@example.com")
+    await store.close()
+
+
 async def test_a_finished_operation_gives_its_key_only_to_the_operation_that_retakes_it(
     opener: Opener,
 ) -> None:
@@ -695,7 +719,29 @@ async def test_a_version_7_sqlite_store_keeps_its_records_with_no_labels(tmp_pat
     await store.save(old.model_copy(update={"labels": {"team": "a"}}))
     assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+
+
+async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_path: Path) -> None:
+    path = tmp_path / "hearth.db"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:8]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 8")
+    db.execute(
+        "INSERT INTO operations (slug, generation, verb, state, created_at) VALUES ('old', 1, 'provision', "
+        "'succeeded', ?)",
+        (utc_now().isoformat(),),
+    )
+    db.commit()
+    db.close()
+    store = await _sqlite(path)
+    [old] = await store.operations()
+    assert (old.slug, old.actor, old.on_behalf_of) == ("old", None, None)
+    made, _ = await store.create_operation(NewOperation("new", 1, "provision", "me:1:a", actor="hearth:test"))
+    assert [op.id for op in await store.operations(actor="hearth:test")] == [made.id]
+    await store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
 
 
 async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:

@@ -288,7 +288,7 @@ async def test_503_and_423_answers_carry_retry_after(tmp_path: Path, monkeypatch
         async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
             await host.provision("alpha", tier="solo", driver="fake")
 
-            async def locked(slug: str) -> Any:
+            async def locked(slug: str, **_: Any) -> Any:
                 raise SlugLocked(f"another process holds {slug!r}")
 
             async def unreachable(slug: str, **_: Any) -> Any:

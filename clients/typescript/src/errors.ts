@@ -206,6 +206,21 @@ export class Unauthorized extends HearthError {
   }
 }
 
+/**
+ * The token (or the Unix socket, narrowed by `--socket-scopes`) lacks the scope the route needs
+ * (403); `scope` names it: `read`, `operate` or `admin`.
+ */
+export class Forbidden extends HearthError {
+  constructor(message: string, data: Fields = {}, context: ErrorContext = {}) {
+    super("forbidden", message, data, context);
+  }
+
+  /** The scope the request needed. */
+  get scope(): string | undefined {
+    return typeof this.data.scope === "string" ? this.data.scope : undefined;
+  }
+}
+
 /** The store cannot be used (500, or 503 from `/v1/ready`). */
 export class StoreError extends HearthError {
   constructor(message: string, data: Fields = {}, context: ErrorContext = {}) {
@@ -265,6 +280,7 @@ export const ERRORS: Readonly<Record<string, ErrorClass>> = Object.freeze({
   adapter_crashed: AdapterCrashed,
   protocol_violation: ProtocolViolation,
   unauthorized: Unauthorized,
+  forbidden: Forbidden,
   store_error: StoreError,
   interrupted: Interrupted,
   closed: Closed,

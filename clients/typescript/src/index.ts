@@ -112,6 +112,16 @@ export interface StartOptions {
   key?: string | null;
   /** Seconds the adapter's work may take (the daemon's `[timeouts]` default when left out). */
   timeout?: number;
+  /**
+   * Whom this is done for (a console's end user; 1 to 200 printable characters), sent in
+   * `Hearth-On-Behalf-Of`: recorded on the operation as `on_behalf_of`, never trusted.
+   */
+  onBehalfOf?: string;
+}
+
+/** The `Hearth-On-Behalf-Of` header of a call, when it says whom it acts for. */
+function behalf(onBehalfOf: string | undefined): Record<string, string> {
+  return onBehalfOf === undefined ? {} : { "Hearth-On-Behalf-Of": onBehalfOf };
 }
 
 export interface ProvisionOptions extends StartOptions {
@@ -397,7 +407,8 @@ export class HearthClient {
   private async start(method: string, path: string, body: unknown, options: StartOptions, query = {}): Promise<Operation> {
     positive(options.timeout, "timeout");
     const key = options.key === undefined ? `ts-${randomUUID()}` : options.key;
-    const headers: Record<string, string> = key === null ? {} : { "Idempotency-Key": key };
+    const headers: Record<string, string> = behalf(options.onBehalfOf);
+    if (key !== null) headers["Idempotency-Key"] = key;
     const outage = new Outage(this.reconnect);
     for (;;) {
       try {
@@ -651,9 +662,10 @@ export class HearthClient {
   }
 
   /** Record a deployment the driver lists but hearth has no record of. */
-  adopt(slug: string, request: Schemas["AdoptRequest"]): Promise<Deployment> {
+  adopt(slug: string, request: Schemas["AdoptRequest"], options: { onBehalfOf?: string } = {}): Promise<Deployment> {
     return this.request<Deployment>("POST", `/workspaces/${seg(slug)}/adopt`, {
       body: request,
+      headers: behalf(options.onBehalfOf),
       timeout: this.longer(request.timeout ?? undefined),
     });
   }
@@ -667,8 +679,8 @@ export class HearthClient {
   }
 
   /** Drop a record and leave its backend alone; the record as it was. */
-  forget(slug: string): Promise<Deployment> {
-    return this.request<Deployment>("POST", `/workspaces/${seg(slug)}/forget`);
+  forget(slug: string, options: { onBehalfOf?: string } = {}): Promise<Deployment> {
+    return this.request<Deployment>("POST", `/workspaces/${seg(slug)}/forget`, { headers: behalf(options.onBehalfOf) });
   }
 
   /** Liveness: `{status, version, owner, running, ...}`. */

@@ -118,7 +118,8 @@ export interface paths {
         /**
          * Operations
          * @description Operations by id, without their logs (``log`` is empty: read one by id, or the slug's
-         *     ``/logs``); ``after``: the last id of the previous page (exclusive).
+         *     ``/logs``); ``after``: the last id of the previous page (exclusive); ``actor``: only
+         *     those that actor asked for (``unix:1000(ann)``, ``token:console``, exactly).
          */
         get: operations["listOperations"];
         put?: never;
@@ -359,7 +360,8 @@ export interface paths {
         put?: never;
         /**
          * Forget
-         * @description Drop the record of ``slug`` and leave its backend alone; the record as it was.
+         * @description Drop the record of ``slug`` and leave its backend alone; the record as it was (the
+         *     forget recorded as an operation).
          */
         post: operations["forgetWorkspace"];
         delete?: never;
@@ -964,7 +966,7 @@ export interface components {
          *     is ``retryable``, and the kind's own fields (``busy``'s ``operation``, ``conflict``'s
          *     ``reason`` and ``existing``, ...): one schema per kind, discriminated by ``kind``.
          */
-        ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]["ErrorNotFound"] | components["schemas"]["ErrorBusy"] | components["schemas"]["ErrorInterrupted"] | components["schemas"]["ErrorAdapterNotFound"] | components["schemas"]["ErrorAdapterRefused"] | components["schemas"]["ErrorAdapterCrashed"] | components["schemas"]["ErrorProtocolViolation"] | components["schemas"]["ErrorTimeout"] | components["schemas"]["ErrorSlugLocked"] | components["schemas"]["ErrorClosed"] | components["schemas"]["ErrorStoreError"] | components["schemas"]["ErrorDaemonUnavailable"] | components["schemas"]["ErrorUnauthorized"] | components["schemas"]["ErrorUnavailable"] | components["schemas"]["ErrorConflict"] | components["schemas"]["ErrorInvalidTransition"] | components["schemas"]["ErrorUnsupported"] | components["schemas"]["ErrorInvalidProfile"] | components["schemas"]["ErrorBackendUnavailable"] | components["schemas"]["ErrorBackendFailure"] | components["schemas"]["ErrorCancelled"] | components["schemas"]["ErrorAdapterProtocol"] | components["schemas"]["ErrorFault"];
+        ErrorDetail: components["schemas"]["ErrorInvalidInput"] | components["schemas"]["ErrorNotFound"] | components["schemas"]["ErrorBusy"] | components["schemas"]["ErrorInterrupted"] | components["schemas"]["ErrorAdapterNotFound"] | components["schemas"]["ErrorAdapterRefused"] | components["schemas"]["ErrorAdapterCrashed"] | components["schemas"]["ErrorProtocolViolation"] | components["schemas"]["ErrorTimeout"] | components["schemas"]["ErrorSlugLocked"] | components["schemas"]["ErrorClosed"] | components["schemas"]["ErrorStoreError"] | components["schemas"]["ErrorDaemonUnavailable"] | components["schemas"]["ErrorUnauthorized"] | components["schemas"]["ErrorForbidden"] | components["schemas"]["ErrorUnavailable"] | components["schemas"]["ErrorConflict"] | components["schemas"]["ErrorInvalidTransition"] | components["schemas"]["ErrorUnsupported"] | components["schemas"]["ErrorInvalidProfile"] | components["schemas"]["ErrorBackendUnavailable"] | components["schemas"]["ErrorBackendFailure"] | components["schemas"]["ErrorCancelled"] | components["schemas"]["ErrorAdapterProtocol"] | components["schemas"]["ErrorFault"];
         /**
          * ErrorFault
          * @description 500: a fault of the daemon (a bug); the message says what.
@@ -990,6 +992,40 @@ export interface components {
              * @description Whether asking the same thing again later may succeed with nothing else changed.
              */
             retryable: boolean;
+        } & {
+            [key: string]: unknown;
+        };
+        /**
+         * ErrorForbidden
+         * @description 403: the token (or the Unix socket, narrowed by ``--socket-scopes``) lacks the scope the
+         *     route needs; ``scope`` names it.
+         */
+        ErrorForbidden: {
+            /**
+             * Changed Nothing
+             * @description On an operation's error: the verb left the record (and the backend) as it was.
+             */
+            changed_nothing?: boolean | null;
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "forbidden";
+            /**
+             * Message
+             * @description What happened, for a person (a console switches on `kind` and its fields, never this).
+             */
+            message: string;
+            /**
+             * Retryable
+             * @description Whether asking the same thing again later may succeed with nothing else changed.
+             */
+            retryable: boolean;
+            /**
+             * Scope
+             * @description The scope the request needs and its credential lacks.
+             */
+            scope?: ("read" | "operate" | "admin") | null;
         } & {
             [key: string]: unknown;
         };
@@ -1398,6 +1434,8 @@ export interface components {
          *     change no running operation made: a reconcile's finding, ``adopt``, ``forget``).
          */
         Event: {
+            /** Actor */
+            actor?: string | null;
             /**
              * At
              * Format: date-time
@@ -1418,6 +1456,8 @@ export interface components {
             level?: string | null;
             /** Message */
             message?: string | null;
+            /** On Behalf Of */
+            on_behalf_of?: string | null;
             /** Operation */
             operation: number | null;
             record?: components["schemas"]["Deployment"] | null;
@@ -1521,6 +1561,8 @@ export interface components {
          *     fresh snapshot. Cancelling a task that awaits an operation does not cancel the work.
          */
         Operation: {
+            /** Actor */
+            actor?: string | null;
             /** Cancel Requested */
             cancel_requested?: string | null;
             /**
@@ -1549,6 +1591,8 @@ export interface components {
              * @default []
              */
             log: components["schemas"]["LogLine"][];
+            /** On Behalf Of */
+            on_behalf_of?: string | null;
             /**
              * Outcome
              * @description The state as ``hearth logs`` has always named it (``running`` while not finished).
@@ -1788,6 +1832,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -1857,6 +1910,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -1961,6 +2023,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2041,6 +2112,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2101,6 +2181,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2139,6 +2228,8 @@ export interface operations {
                 state?: ("queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted") | null;
                 limit?: number | null;
                 after?: number | null;
+                /** @description only the operations this actor asked for */
+                actor?: string | null;
             };
             header?: never;
             path?: never;
@@ -2171,6 +2262,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2244,6 +2344,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2328,6 +2437,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2431,6 +2549,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -2526,6 +2653,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -2604,6 +2740,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2724,6 +2869,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2793,6 +2947,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -2888,6 +3051,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -2967,6 +3139,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
                 headers: {
@@ -3007,6 +3188,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path?: never;
             cookie?: never;
@@ -3057,6 +3240,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3181,6 +3373,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3232,6 +3433,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
                 slug: string;
@@ -3280,6 +3483,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3399,6 +3611,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3460,7 +3681,10 @@ export interface operations {
     adoptWorkspace: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
             path: {
                 slug: string;
             };
@@ -3497,6 +3721,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3602,7 +3835,10 @@ export interface operations {
     forgetWorkspace: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
             path: {
                 slug: string;
             };
@@ -3635,6 +3871,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {
@@ -3745,6 +3990,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3830,6 +4084,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description not_found */
             404: {
                 headers: {
@@ -3906,6 +4169,8 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
                 slug: string;
@@ -3958,6 +4223,15 @@ export interface operations {
                 headers: {
                     /** @description Bearer */
                     "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
                     [name: string]: unknown;
                 };
                 content: {

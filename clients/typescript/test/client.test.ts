@@ -15,6 +15,7 @@ import {
   InvalidInput,
   NotFound,
   Unauthorized,
+  Forbidden,
   errorFromJson,
   Unavailable,
   type Event,
@@ -405,6 +406,53 @@ describe("hearth-client over TCP with a bearer token", () => {
     } finally {
       client.close();
       wrong.close();
+    }
+  });
+});
+
+describe("hearth-client with scoped tokens", () => {
+  const daemon = new Daemon();
+  const reader = randomBytes(24).toString("hex");
+  const operator = randomBytes(24).toString("hex");
+  let url: string;
+
+  before(async () => {
+    const file = `${daemon.folder}/tokens.toml`;
+    const tokens =
+      `[tokens.dashboard]\nsecret = "${reader}"\nscopes = ["read"]\n` +
+      `[tokens.console]\nsecret = "${operator}"\nscopes = ["read", "operate"]\n`;
+    writeFileSync(file, tokens, { mode: 0o600 });
+    const port = await freePort();
+    url = `http://127.0.0.1:${port}`;
+    daemon.args = ["--listen", `127.0.0.1:${port}`, "--tokens", file];
+    await daemon.start();
+  });
+
+  after(async () => {
+    await daemon.dispose();
+  });
+
+  test("a read token reads and is Forbidden a start; the operation names its actor", T, async () => {
+    const dashboard = new HearthClient({ url, token: reader });
+    const console_ = new HearthClient({ url, token: operator });
+    try {
+      assert.deepEqual(await dashboard.workspaces(), []);
+      await assert.rejects(dashboard.provision({ slug: "kappa", tier: "solo", driver: "fake" }), (error: unknown) => {
+        assert.ok(error instanceof Forbidden && error.status === 403, String(error));
+        assert.equal(error.scope, "operate");
+        return true;
+      });
+      const op = await console_.provision({ slug: "kappa", tier: "solo", driver: "fake", onBehalfOf: "ann@example.com" });
+      await op.result({ timeout: BOUND });
+      const [listed] = await dashboard.operations({ actor: "token:console" });
+      assert.equal(listed?.id, op.id);
+      assert.equal(listed?.snapshot.actor, "token:console");
+      assert.equal(listed?.snapshot.on_behalf_of, "ann@example.com");
+      assert.deepEqual(await dashboard.operations({ actor: "token:dashboard" }), []);
+      await assert.rejects(console_.forget("kappa"), Forbidden);
+    } finally {
+      dashboard.close();
+      console_.close();
     }
   });
 });

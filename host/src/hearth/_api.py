@@ -37,6 +37,7 @@ class HostAPI(Protocol):
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation: ...
     async def start_upgrade(
         self,
@@ -46,6 +47,7 @@ class HostAPI(Protocol):
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation: ...
     async def start_teardown(
         self,
@@ -54,6 +56,7 @@ class HostAPI(Protocol):
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation: ...
     async def provision(
         self,
@@ -66,6 +69,7 @@ class HostAPI(Protocol):
         reuse: bool = False,
         key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef: ...
     async def upgrade(
         self,
@@ -75,6 +79,7 @@ class HostAPI(Protocol):
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef: ...
     async def teardown(
         self,
@@ -83,6 +88,7 @@ class HostAPI(Protocol):
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> None: ...
     def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int: ...
     async def operation(self, ident: int) -> Operation: ...
@@ -93,6 +99,7 @@ class HostAPI(Protocol):
         state: str | None = None,
         limit: int | None = None,
         after: int | None = None,
+        actor: str | None = None,
     ) -> builtins.list[Operation]: ...
     def watch(
         self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
@@ -124,9 +131,15 @@ class HostAPI(Protocol):
         self, slug: str | None = None, *, dry_run: bool = False, timeout: float | None = None
     ) -> ReconcileReport: ...
     async def adopt(
-        self, slug: str, *, driver: str, tier: str, timeout: float | None = None
+        self,
+        slug: str,
+        *,
+        driver: str,
+        tier: str,
+        timeout: float | None = None,
+        on_behalf_of: str | None = None,
     ) -> Deployment: ...
-    async def forget(self, slug: str) -> Deployment: ...
+    async def forget(self, slug: str, *, on_behalf_of: str | None = None) -> Deployment: ...
     async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment: ...
     #: Returns when the store can be used now; else ``StoreError`` says what is wrong.
     async def ready(self) -> None: ...

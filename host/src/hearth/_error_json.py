@@ -157,6 +157,16 @@ class ErrorUnauthorized(_Error):
     kind: Literal["unauthorized"]
 
 
+class ErrorForbidden(_Error):
+    """403: the token (or the Unix socket, narrowed by ``--socket-scopes``) lacks the scope the
+    route needs; ``scope`` names it."""
+
+    kind: Literal["forbidden"]
+    scope: Literal["read", "operate", "admin"] | None = Field(
+        default=None, description="The scope the request needs and its credential lacks."
+    )
+
+
 class ErrorUnavailable(_Error):
     """503 (with ``Retry-After``): the daemon drains; it starts no new work; retryable."""
 
@@ -273,6 +283,7 @@ ErrorOfKind = Annotated[
     | ErrorStoreError
     | ErrorDaemonUnavailable
     | ErrorUnauthorized
+    | ErrorForbidden
     | ErrorUnavailable
     | ErrorConflict
     | ErrorInvalidTransition

@@ -15,6 +15,7 @@
     ├── StoreError                   store_error          the store or the home cannot be used
     ├── DaemonUnavailable            daemon_unavailable   no hearth daemon answers at the address
     ├── Unauthorized                 unauthorized         the daemon refused the bearer token
+    ├── Forbidden                    forbidden            the token lacks the route's scope (.scope)
     ├── Unavailable                  unavailable          the daemon drains: no new work (.retry_after)
     └── AdapterError                 (the protocol's kind) the adapter answered with an error
         ├── Conflict                 conflict             .reason, .existing: DeploymentRef | None
@@ -64,6 +65,7 @@ RETRYABLE: dict[str, bool] = {
     "store_error": True,
     "daemon_unavailable": True,
     "unauthorized": False,
+    "forbidden": False,
     "unavailable": True,
     "conflict": False,
     "invalid_transition": False,
@@ -233,6 +235,21 @@ class Unauthorized(HearthError):
     kind = "unauthorized"
 
 
+class Forbidden(HearthError):
+    """The daemon knows who asks but that principal may not do this: its token (or the Unix
+    socket, narrowed by ``--socket-scopes``) lacks ``scope`` (``read``, ``operate`` or
+    ``admin``), the one the route needs (403)."""
+
+    kind = "forbidden"
+
+    def __init__(self, message: str, scope: str | None = None) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "scope": self.scope}
+
+
 class Unavailable(HearthError):
     """The daemon is stopping: it still answers reads and cancels while the work in flight
     drains, but starts no new work (503). ``retry_after`` is the seconds after which asking
@@ -399,6 +416,9 @@ def _typed(error: Mapping[str, Any]) -> HearthError:
         return CallTimeout(message, rolled_back=error.get("rolled_back"))
     if kind == "busy":
         return Busy(message, error.get("operation"))
+    if kind == "forbidden":
+        scope = error.get("scope")
+        return Forbidden(message, scope if isinstance(scope, str) else None)
     if kind == "unavailable":
         after = error.get("retry_after")
         return Unavailable(message, after if isinstance(after, int) and not isinstance(after, bool) else None)
@@ -431,6 +451,7 @@ __all__ = [
     "ClientClosed",
     "Conflict",
     "DaemonUnavailable",
+    "Forbidden",
     "HearthError",
     "Interrupted",
     "InvalidInput",

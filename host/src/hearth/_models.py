@@ -161,6 +161,10 @@ class Event(BaseModel):
     generation: int | None = None
     #: A ``workspace`` event's record as it now is (None when the slug has none left).
     record: Deployment | None = None
+    #: Its operation's actor and on-behalf-of (``Operation.actor``): None on an event of no
+    #: operation, and on one of an operation recorded before hearth stored them.
+    actor: str | None = None
+    on_behalf_of: str | None = None
 
     @property
     def final(self) -> bool:
@@ -210,6 +214,14 @@ class Operation(BaseModel):
     owner: str | None = None
     #: Why someone asked to cancel it, if anyone did.
     cancel_requested: str | None = None
+    #: Who asked for it, as the host authenticated them: ``unix:<uid>(<user>)`` through the
+    #: daemon's socket, ``token:<name>`` on its TCP listener, ``process:<uid>(<user>)`` for an
+    #: embedded host (or what the embedding program named), ``hearth:<what>`` for the host's
+    #: own work; None on operations recorded before hearth stored it.
+    actor: str | None = None
+    #: Whom the caller said it acts for (a console's end user): recorded and shown, never
+    #: trusted for anything.
+    on_behalf_of: str | None = None
     #: Its log lines: filled when it is read by id (``Host.operation``, ``wait``) and by
     #: ``Host.logs``; a list (``Host.operations``) and a start's answer leave it empty.
     log: tuple[LogLine, ...] = ()

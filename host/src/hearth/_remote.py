@@ -24,6 +24,7 @@ import httpx
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport
 
+from ._actors import ON_BEHALF_OF_HEADER, check_on_behalf_of
 from ._address import CLIENT_TIMEOUT, RECONNECT, address_from_env
 from ._api import ProgressListener
 from ._dirs import SOCKET_FILE, TOKEN_ENV, state_dir
@@ -223,8 +224,11 @@ class RemoteHost:
         *,
         body: Any = None,
         params: Mapping[str, Any] | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
-        headers = {"Idempotency-Key": key} if key is not None else None
+        headers = _behalf(on_behalf_of)
+        if key is not None:
+            headers["Idempotency-Key"] = key
         down_since, pause = None, 0.1
         while True:  # a keyed start is asked again through an outage: the key makes it one operation
             try:
@@ -267,10 +271,12 @@ class RemoteHost:
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         """Provision ``slug`` on the daemon; the operation, at once. ``timeout`` is the
         deadline of the adapter's work, kept by the daemon (as ``Host``'s is); ``on_progress``
-        is called with each of its progress events, as they come, until it ends."""
+        is called with each of its progress events, as they come, until it ends;
+        ``on_behalf_of`` goes in ``Hearth-On-Behalf-Of`` (every verb takes it)."""
         body: dict[str, Any] = {
             "slug": slug,
             "tier": tier,
@@ -280,7 +286,9 @@ class RemoteHost:
         }
         if labels:
             body["labels"] = dict(labels)
-        return await self._started("POST", "/workspaces", key, on_progress, body=body)
+        return await self._started(
+            "POST", "/workspaces", key, on_progress, body=body, on_behalf_of=on_behalf_of
+        )
 
     async def start_upgrade(
         self,
@@ -290,9 +298,11 @@ class RemoteHost:
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         body = {"tier": tier, "timeout": timeout}
-        return await self._started("POST", f"/workspaces/{seg(slug)}/upgrade", key, on_progress, body=body)
+        path = f"/workspaces/{seg(slug)}/upgrade"
+        return await self._started("POST", path, key, on_progress, body=body, on_behalf_of=on_behalf_of)
 
     async def start_teardown(
         self,
@@ -301,9 +311,11 @@ class RemoteHost:
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         path = f"/workspaces/{seg(slug)}"
-        return await self._started("DELETE", path, key, on_progress, params={"timeout": timeout})
+        params = {"timeout": timeout}
+        return await self._started("DELETE", path, key, on_progress, params=params, on_behalf_of=on_behalf_of)
 
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
@@ -317,6 +329,7 @@ class RemoteHost:
         reuse: bool = False,
         key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef:
         """Provision ``slug`` and wait for it (cancelling this call cancels what it started); the
         same (slug, tier, driver) again returns the stored ref and records nothing, as ``Host``."""
@@ -327,7 +340,14 @@ class RemoteHost:
         ours = key or own_key()
         ref = await self._verb(
             self.start_provision(
-                slug, tier=tier, driver=driver, key=ours, reuse=reuse, timeout=timeout, labels=labels
+                slug,
+                tier=tier,
+                driver=driver,
+                key=ours,
+                reuse=reuse,
+                timeout=timeout,
+                labels=labels,
+                on_behalf_of=on_behalf_of,
             ),
             ours,
             on_progress,
@@ -344,10 +364,11 @@ class RemoteHost:
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef:
         ours = key or own_key()
         ref = await self._verb(
-            self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout),
+            self.start_upgrade(slug, tier=tier, key=ours, timeout=timeout, on_behalf_of=on_behalf_of),
             ours,
             on_progress,
             ("upgrade", slug),
@@ -362,13 +383,17 @@ class RemoteHost:
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> None:
         """Irreversibly remove the workspace; a second teardown does nothing."""
         if key is None and teardown_done(await self._record(slug)):
             return
         ours = key or own_key()
         await self._verb(
-            self.start_teardown(slug, key=ours, timeout=timeout), ours, on_progress, ("teardown", slug)
+            self.start_teardown(slug, key=ours, timeout=timeout, on_behalf_of=on_behalf_of),
+            ours,
+            on_progress,
+            ("teardown", slug),
         )
 
     def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int:
@@ -485,10 +510,10 @@ class RemoteHost:
         state: str | None = None,
         limit: int | None = None,
         after: int | None = None,
+        actor: str | None = None,
     ) -> builtins.list[Operation]:
-        found = await self._call(
-            "GET", "/operations", params={"slug": slug, "state": state, "limit": limit, "after": after}
-        )
+        params = {"slug": slug, "state": state, "limit": limit, "after": after, "actor": actor}
+        found = await self._call("GET", "/operations", params=params)
         return [self._operation(item) for item in found]
 
     async def _operation_wait(self, ident: int, timeout: float | None) -> Operation:
@@ -638,17 +663,30 @@ class RemoteHost:
         data = await self._call("POST", "/plan", body=body, timeout=longer(timeout, self.timeout))
         return PlanResult.model_validate(data)
 
-    async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
+    async def adopt(
+        self,
+        slug: str,
+        *,
+        driver: str,
+        tier: str,
+        timeout: float | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of."""
         body = {"driver": driver, "tier": tier, "timeout": timeout}
         data = await self._call(
-            "POST", f"/workspaces/{seg(slug)}/adopt", body=body, timeout=longer(timeout, self.timeout)
+            "POST",
+            f"/workspaces/{seg(slug)}/adopt",
+            body=body,
+            headers=_behalf(on_behalf_of),
+            timeout=longer(timeout, self.timeout),
         )
         return Deployment.model_validate(data)
 
-    async def forget(self, slug: str) -> Deployment:
+    async def forget(self, slug: str, *, on_behalf_of: str | None = None) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
-        return Deployment.model_validate(await self._call("POST", f"/workspaces/{seg(slug)}/forget"))
+        path = f"/workspaces/{seg(slug)}/forget"
+        return Deployment.model_validate(await self._call("POST", path, headers=_behalf(on_behalf_of)))
 
     async def label(self, slug: str, labels: Mapping[str, str | None]) -> Deployment:
         """Set the labels ``labels`` maps to a value and remove those it maps to None; the
@@ -664,6 +702,12 @@ class RemoteHost:
         """The daemon's ``/v1/ready``: returns when its store can be used now; else the error
         it answered (``store_error`` saying what is wrong, ``closed`` while it stops)."""
         await self._call("GET", "/ready")
+
+
+def _behalf(on_behalf_of: str | None) -> dict[str, str]:
+    """The headers that say whom a call acts for (checked here, as ``Host`` checks it)."""
+    whom = check_on_behalf_of(on_behalf_of)
+    return {} if whom is None else {ON_BEHALF_OF_HEADER: whom}
 
 
 def _asked(future: asyncio.Future[Operation]) -> None:

@@ -203,6 +203,7 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
             timeout=timeout,
             reuse=args.reuse,
             labels=_wanted(args),
+            on_behalf_of=args.on_behalf_of,
         )
         return ref.model_dump(mode="json"), ref_lines(ref), 0
     if verb == "status":
@@ -212,21 +213,25 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
     if verb == "upgrade":
         if not args.yes:
             await _confirm_upgrade(host, args.slug, args.tier, timeout)
-        ref = await host.upgrade(args.slug, tier=args.tier, on_progress=progress, timeout=timeout)
+        ref = await host.upgrade(
+            args.slug, tier=args.tier, on_progress=progress, timeout=timeout, on_behalf_of=args.on_behalf_of
+        )
         return ref.model_dump(mode="json"), ref_lines(ref), 0
     if verb == "plan":
         planned = await host.plan(args.slug, tier=args.tier, driver=args.driver, timeout=timeout)
         return planned.model_dump(mode="json"), plan_lines(args.slug, args.tier, planned), 0
     if verb == "teardown":
-        await host.teardown(args.slug, on_progress=progress, timeout=timeout)
+        await host.teardown(args.slug, on_progress=progress, timeout=timeout, on_behalf_of=args.on_behalf_of)
         report = await host.status(args.slug)
         return report.model_dump(mode="json"), f"{args.slug}: {report.state}", 0
     if verb == "adopt":
-        record = await host.adopt(args.slug, driver=args.driver, tier=args.tier, timeout=timeout)
+        record = await host.adopt(
+            args.slug, driver=args.driver, tier=args.tier, timeout=timeout, on_behalf_of=args.on_behalf_of
+        )
         assert record.ref is not None
         return record.model_dump(mode="json"), "adopted " + ref_lines(record.ref), 0
     if verb == "forget":
-        record = await host.forget(args.slug)
+        record = await host.forget(args.slug, on_behalf_of=args.on_behalf_of)
         return (
             record.model_dump(mode="json"),
             f"{args.slug}: forgotten (it was {record.state} on {record.driver}); "
@@ -329,6 +334,8 @@ def serve(args: argparse.Namespace) -> int:
         socket_path=args.socket,
         listen=args.listen,
         token_file=args.token_file,
+        tokens_file=args.tokens,
+        socket_scopes=args.socket_scopes,
         store_url=getattr(args, "store", None),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

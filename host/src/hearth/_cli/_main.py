@@ -215,6 +215,8 @@ def _hint(exc: HearthError) -> str:
         return " (hearth provision --reuse)"
     if exc.kind == "busy":
         return "; 'hearth logs' shows it"
+    if exc.kind == "forbidden":
+        return " (the daemon's operator grants scopes: a token of --tokens, or --socket-scopes)"
     if exc.kind == "adapter_refused" and "run only once you trust them" in message:
         found = re.search(r"hearth-adapter-([a-z0-9][a-z0-9-]*) at ", message)
         driver = found.group(1) if found else "DRIVER"

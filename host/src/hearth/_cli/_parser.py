@@ -111,6 +111,46 @@ def _common() -> _Parser:
     return common
 
 
+def _on_behalf_of(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument(
+        "--on-behalf-of",
+        metavar="WHO",
+        help="whom this is done for (recorded on the operation beside who ran it; never trusted)",
+    )
+
+
+def _serve(commands: Any, common: _Parser) -> None:
+    """``hearth serve`` and its options."""
+    serve = commands.add_parser(
+        "serve", parents=[common], help="run the daemon: the HTTP API v1 on the home's Unix socket"
+    )
+    serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
+    serve.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help="make the socket 0660 and owned by GROUP, whose members may then use the daemon",
+    )
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file or --tokens)"
+    )
+    serve.add_argument(
+        "--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600; every scope)"
+    )
+    serve.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="named tokens for --listen, each with its scopes (TOML, mode 0600; re-read on SIGHUP)",
+    )
+    serve.add_argument(
+        "--socket-scopes",
+        metavar="SCOPES",
+        help="what the Unix socket may do: some of read,operate,admin (default: all of them)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve --listen over TLS: the certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
+    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line on stderr")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every verb and its options."""
     common = _common()
@@ -162,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = commands.add_parser("upgrade", parents=[common], help="move a workspace to a tier")
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
+    for name in ("provision", "upgrade", "teardown"):
+        _on_behalf_of(commands.choices[name])
     upgrade.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation of a destructive upgrade (scripts)"
     )
@@ -192,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.add_argument("slug")
     adopt.add_argument("--driver", required=True)
     adopt.add_argument("--tier", required=True)
+    _on_behalf_of(adopt)
     forget = commands.add_parser(
         "forget", parents=[common], help="drop a workspace's record and leave its backend alone"
     )
     forget.add_argument("slug")
+    _on_behalf_of(forget)
     forget.add_argument("--yes", action="store_true", help="do not ask for confirmation (scripts)")
     reconcile = commands.add_parser(
         "reconcile",
@@ -206,20 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument(
         "--dry-run", action="store_true", help="report what it would do, change nothing (exit 3 on drift)"
     )
-    serve = commands.add_parser(
-        "serve", parents=[common], help="run the daemon: the HTTP API v1 on the home's Unix socket"
-    )
-    serve.add_argument("--socket", metavar="PATH", help="Unix socket (default: $HEARTH_HOME/hearth.sock)")
-    serve.add_argument(
-        "--socket-group",
-        metavar="GROUP",
-        help="make the socket 0660 and owned by GROUP, whose members may then use the daemon",
-    )
-    serve.add_argument("--listen", metavar="HOST:PORT", help="also listen on TCP (needs --token-file)")
-    serve.add_argument("--token-file", metavar="FILE", help="the bearer token for --listen (mode 0600)")
-    serve.add_argument("--tls-cert", metavar="FILE", help="serve --listen over TLS: the certificate (PEM)")
-    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM, mode 0600)")
-    serve.add_argument("--log-json", action="store_true", help="log one JSON object per line on stderr")
+    _serve(commands, common)
     return parser
 
 

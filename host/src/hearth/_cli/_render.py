@@ -78,9 +78,11 @@ def logs_lines(slug: str, operations: list[Operation]) -> str:
         return f"no operations recorded for {slug}"
     lines = []
     for op in operations:
+        who = "" if op.actor is None else f" by {safe(op.actor)}"
+        whom = "" if op.on_behalf_of is None else f" on behalf of {safe(op.on_behalf_of)}"
         lines.append(
             f"#{op.id} {op.verb} (generation {op.generation}) {op.outcome} "
-            f"{op.started_at or op.created_at:%Y-%m-%d %H:%M:%S}"
+            f"{op.started_at or op.created_at:%Y-%m-%d %H:%M:%S}{who}{whom}"
         )
         lines += [f"    {line.at:%H:%M:%S} {line.level:7} {safe(line.message)}" for line in op.log]
         if op.error:

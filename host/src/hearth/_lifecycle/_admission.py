@@ -125,6 +125,7 @@ class Admission:
                 request.reuse,
                 done=done,  # type: ignore[arg-type]
                 retakes=retakes,
+                **self._core.acting(),
             )
             operation, how = await store.create_operation(new)
             if how == "key":

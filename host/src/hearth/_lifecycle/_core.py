@@ -16,10 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, cast
 
 from hearth_adaptersdk import DeploymentRef
 
+from .._actors import acting_now
 from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._dirs import STORE_ENV, find_project_dir, resolve_home, state_dir
 from .._errors import HearthError, StoreError
@@ -32,6 +33,13 @@ from .._store._open import store_from_url
 from .._store._records import STORE_FILE
 
 R = TypeVar("R")
+
+
+class Acting(TypedDict):
+    """Who an operation recorded now says asked, and whom for."""
+
+    actor: str
+    on_behalf_of: str | None
 
 
 class Core:
@@ -49,7 +57,11 @@ class Core:
         store: Store | None,
         store_url: str | None,
         in_process: Mapping[str, ConnectionFactory] | None,
+        actor: str,
     ) -> None:
+        #: Who asks when the caller's context names no one (``_actors``): the process's user,
+        #: or what the embedding program named.
+        self.actor = actor
         self.project_dir = find_project_dir(project_dir)
         self.home = resolve_home(home)
         self.state_dir = state_dir(self.home)
@@ -95,6 +107,15 @@ class Core:
         if settings is not self.settings:
             self.settings = settings
             self.supervisor.update_settings(settings)
+
+    def acting(self) -> Acting:
+        """The ``actor`` and ``on_behalf_of`` an operation recorded now carries: the caller's
+        context's (``_actors.acting``: the daemon's request), else this host's actor."""
+        now = acting_now()
+        return Acting(
+            actor=now.actor if now is not None and now.actor else self.actor,
+            on_behalf_of=now.on_behalf_of if now is not None else None,
+        )
 
     # --- hooks ----------------------------------------------------------------------------------
     def on_written(self, callback: Callable[[], None]) -> None:
@@ -354,10 +375,13 @@ class _Waking:
         limit: int | None = None,
         after: int | None = None,
         with_log: bool = False,
+        actor: str | None = None,
     ) -> list[Operation]:
+        # ``actor`` passed only when asked for: a store written before it existed still lists
+        by_actor: dict[str, Any] = {} if actor is None else {"actor": actor}
         return await self._read(
             lambda: self._store.operations(
-                slug=slug, state=state, active=active, limit=limit, after=after, with_log=with_log
+                slug=slug, state=state, active=active, limit=limit, after=after, with_log=with_log, **by_actor
             )
         )
 

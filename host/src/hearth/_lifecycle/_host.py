@@ -22,6 +22,7 @@ from typing import Any, Self
 
 from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport, utc_now
 
+from .._actors import acting, check_actor, check_on_behalf_of, process_actor
 from .._adapters._discovery import DriverInfo, driver_infos
 from .._adapters._supervisor import ConnectionFactory, Supervisor
 from .._errors import InvalidInput
@@ -59,8 +60,11 @@ class Host:
         cancel_grace: float | None = None,
         drain_grace: float | None = None,
         store_url: str | None = None,
+        actor: str | None = None,
     ) -> None:
-        """``in_process`` maps driver names to connection factories (e.g. an in-memory driver)
+        """``actor`` names who asks for the operations this host records when no daemon
+        request says (``Operation.actor``; default ``process:<uid>(<user>)``, this process's
+        user). ``in_process`` maps driver names to connection factories (e.g. an in-memory driver)
         that take precedence over discovery; ``store`` replaces the SQLite registry, as does
         ``store_url`` (``postgresql://...``; else ``$HEARTH_STORE``, else ``store`` in
         hearth.toml, else the home's SQLite file);
@@ -88,6 +92,7 @@ class Host:
             store=store,
             store_url=store_url,
             in_process=in_process,
+            actor=process_actor() if actor is None else check_actor(actor),
         )
         self.project_dir = core.project_dir
         self.home = core.home
@@ -216,6 +221,7 @@ class Host:
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         """Check and record a provision of ``slug``, and run it in the background; the
         operation, at once. Bad input and refused transitions raise here. With nothing to do
@@ -226,12 +232,17 @@ class Host:
         a new workspace (or a reused slug's new generation) carries them, a failed one
         provisioned again has them merged into its own. A provision that writes no record (it
         has nothing to do, or joins the slug's running provision) changes no label: ``label``
-        does. Labels are never sent to the adapter."""
+        does. Labels are never sent to the adapter.
+
+        ``on_behalf_of``: whom the caller acts for (1 to 200 printable characters), recorded on
+        the operation (``Operation.on_behalf_of``) and never trusted for anything; every verb
+        takes it."""
         checked = labels_given(labels)
         request = Request(
             "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
         )
-        return (await self._admission.start(request, on_progress))[0]
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            return (await self._admission.start(request, on_progress))[0]
 
     async def start_upgrade(
         self,
@@ -241,10 +252,12 @@ class Host:
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         """Check and record an upgrade of ``slug`` to ``tier``, and run it in the background."""
         request = Request("upgrade", slug, tier, key=key, deadline=deadline(timeout))
-        return (await self._admission.start(request, on_progress))[0]
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            return (await self._admission.start(request, on_progress))[0]
 
     async def start_teardown(
         self,
@@ -253,10 +266,12 @@ class Host:
         key: str | None = None,
         timeout: float | None = None,
         on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
     ) -> Operation:
         """Check and record a teardown of ``slug``, and run it in the background."""
         request = Request("teardown", slug, key=key, deadline=deadline(timeout))
-        return (await self._admission.start(request, on_progress))[0]
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            return (await self._admission.start(request, on_progress))[0]
 
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
@@ -270,9 +285,11 @@ class Host:
         reuse: bool = False,
         key: str | None = None,
         labels: Mapping[str, str] | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef:
         """Provision ``slug``; the same (slug, tier, driver) again returns the stored ref.
-        ``labels``: as ``start_provision``'s."""
+        ``labels``, ``on_behalf_of``: as ``start_provision``'s."""
+        whom = check_on_behalf_of(on_behalf_of)
         check_slug(slug)
         checked = labels_given(labels)
         quick = await self._core.store.get(slug)
@@ -287,7 +304,8 @@ class Host:
         request = Request(
             "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
         )
-        ref = await self._wait(request, on_progress)
+        with acting(on_behalf_of=whom):
+            ref = await self._wait(request, on_progress)
         assert ref is not None
         return ref
 
@@ -299,11 +317,13 @@ class Host:
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> DeploymentRef:
         """Move a ready workspace to another tier (or re-apply its own)."""
-        ref = await self._wait(
-            Request("upgrade", slug, tier, key=key, deadline=deadline(timeout)), on_progress
-        )
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            ref = await self._wait(
+                Request("upgrade", slug, tier, key=key, deadline=deadline(timeout)), on_progress
+            )
         assert ref is not None
         return ref
 
@@ -314,13 +334,16 @@ class Host:
         on_progress: ProgressListener | None = None,
         timeout: float | None = None,
         key: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> None:
         """Irreversibly remove the workspace; a second teardown does nothing."""
+        whom = check_on_behalf_of(on_behalf_of)
         check_slug(slug)
         quick = await self._core.store.get(slug)
         if key is None and teardown_done(quick):
             return
-        await self._wait(Request("teardown", slug, key=key, deadline=deadline(timeout)), on_progress)
+        with acting(on_behalf_of=whom):
+            await self._wait(Request("teardown", slug, key=key, deadline=deadline(timeout)), on_progress)
 
     async def _wait(self, request: Request, on_progress: ProgressListener | None) -> DeploymentRef | None:
         operation, created = await self._admission.start(request, on_progress)
@@ -338,10 +361,12 @@ class Host:
         state: str | None = None,
         limit: int | None = None,
         after: int | None = None,
+        actor: str | None = None,
     ) -> builtins.list[Operation]:
         """Operations by id, from every process, without their logs (``operation(id)`` and
-        ``logs(slug)`` carry them); ``after``: the last id of the previous page (exclusive)."""
-        return await self._operations.find(slug=slug, state=state, limit=limit, after=after)
+        ``logs(slug)`` carry them); ``after``: the last id of the previous page (exclusive);
+        ``actor``: only the operations that actor asked for (``Operation.actor``, exactly)."""
+        return await self._operations.find(slug=slug, state=state, limit=limit, after=after, actor=actor)
 
     def watch(
         self, after: int = 0, slug: str | None = None, labels: Mapping[str, str] | None = None
@@ -500,25 +525,37 @@ class Host:
             observers.reconciled(report)
         return report
 
-    async def adopt(self, slug: str, *, driver: str, tier: str, timeout: float | None = None) -> Deployment:
+    async def adopt(
+        self,
+        slug: str,
+        *,
+        driver: str,
+        tier: str,
+        timeout: float | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Deployment:
         """Turn a deployment the adapter lists but hearth has no record of into a record."""
+        whom = check_on_behalf_of(on_behalf_of)
         check_slug(slug)
         self._checks.driver(driver)
         deadline(timeout)
         await self._core.opened()
         self._checks.profile(tier, driver)
         began = time.monotonic()
-        adopted = await adopt(
-            self._core, self._recovery.active_operation, slug, driver=driver, tier=tier, timeout=timeout
-        )
+        with acting(on_behalf_of=whom):
+            adopted = await adopt(
+                self._core, self._recovery.active_operation, slug, driver=driver, tier=tier, timeout=timeout
+            )
         self._recorded("adopt", driver, began)
         return adopted
 
-    async def forget(self, slug: str) -> Deployment:
+    async def forget(self, slug: str, *, on_behalf_of: str | None = None) -> Deployment:
         """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+        whom = check_on_behalf_of(on_behalf_of)
         check_slug(slug)
         began = time.monotonic()
-        forgotten = await forget(self._core, self._recovery.active_operation, slug)
+        with acting(on_behalf_of=whom):
+            forgotten = await forget(self._core, self._recovery.active_operation, slug)
         self._recorded("forget", forgotten.driver, began)
         return forgotten
 

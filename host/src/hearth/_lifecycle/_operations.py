@@ -9,6 +9,7 @@ from typing import Any
 
 from hearth_adaptersdk import DeploymentRef
 
+from .._actors import check_actor
 from .._errors import InvalidInput, NotFound
 from .._models import FINISHED, Event, Operation
 from .._states import cancel_refused
@@ -42,15 +43,24 @@ class Operations:
         return found.bound(self)
 
     async def find(
-        self, *, slug: str | None, state: str | None, limit: int | None, after: int | None
+        self,
+        *,
+        slug: str | None,
+        state: str | None,
+        limit: int | None,
+        after: int | None,
+        actor: str | None = None,
     ) -> list[Operation]:
-        """Operations by id, from every process; ``after``: the last id of the previous page."""
+        """Operations by id, from every process; ``after``: the last id of the previous page;
+        ``actor``: only those it asked for (exactly that actor)."""
         if slug is not None:
             check_slug(slug)
         if state is not None and state not in {"queued", "running", *FINISHED}:
             raise InvalidInput(f"{echo(state)} is not an operation state")
+        if actor is not None:
+            check_actor(actor)
         found = await self._core.store.operations(
-            slug=slug, state=state, limit=page(limit), after=cursor(after)
+            slug=slug, state=state, limit=page(limit), after=cursor(after), actor=actor
         )
         return [op.bound(self) for op in found]
 

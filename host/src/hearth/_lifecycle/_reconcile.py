@@ -254,6 +254,7 @@ async def adopt(
                 tier=tier,
                 driver=driver,
                 done=("succeeded", adopted.ref),
+                **core.acting(),
             )
         )
     return adopted
@@ -265,7 +266,9 @@ async def forget(core: Core, active_of: ActiveOf, slug: str) -> Deployment:
     async with _held_record(core, active_of, slug) as record:
         await store.archive(slug)
         await store.create_operation(
-            NewOperation(slug, record.generation, "forget", core.owner, done=("succeeded", record.ref))
+            NewOperation(
+                slug, record.generation, "forget", core.owner, done=("succeeded", record.ref), **core.acting()
+            )
         )
     return record
 

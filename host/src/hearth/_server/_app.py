@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, cast
 
@@ -33,12 +32,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hearth_adaptersdk import PlanResult, State, StatusReport
 
+from .._actors import ON_BEHALF_OF_HEADER, ON_BEHALF_OF_MAX
 from .._adapters._discovery import DriverInfo
 from .._errors import HearthError, InvalidInput, Unavailable
 from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
 from .._settings import Tier
+from ._auth import (
+    DEFAULT_TOKEN,
+    PRINCIPAL,
+    SCOPES,
+    Authenticate,
+    Credentials,
+    Principal,
+    Token,
+)
 from ._metrics import Metrics
 from ._schemas import (
     API,
@@ -105,9 +114,42 @@ class AppState:
     #: When (loop time) the drain grace is spent, for ``Retry-After``.
     drain_ends: float = 0.0
     #: The event streams served now (``hearth_event_streams``).
-    streams: int = 0
+    stream_count: int = 0
     #: ``/metrics``: set by ``create_app``.
     metrics: Metrics | None = None
+    #: Who may ask what (the daemon's tokens, the socket's scopes; ``_auth``).
+    credentials: Credentials = field(default_factory=Credentials)
+    #: The open event streams of each token (by name): set to end them (``revoke``).
+    streams: dict[str, set[asyncio.Event]] = field(default_factory=dict)
+
+    def revoke(self, names: set[str]) -> int:
+        """End the open streams of the tokens ``names`` (removed or changed on SIGHUP); how many."""
+        ended = 0
+        for name in names:
+            for ending in self.streams.get(name, ()):
+                ending.set()
+                ended += 1
+        return ended
+
+    @contextlib.contextmanager
+    def stream_of(self, principal: Principal | None) -> Iterator[asyncio.Event]:
+        """An event set when the stream of ``principal`` is to end (its token was revoked)."""
+        ending = asyncio.Event()
+        name = principal.token if principal is not None else None
+        if name is None:
+            yield ending
+            return
+        self.streams.setdefault(name, set()).add(ending)
+        if principal is not None and self.credentials.tokens.get(name) != principal.credential:
+            ending.set()  # revoked between the request and its stream's start
+        try:
+            yield ending
+        finally:
+            held = self.streams.get(name)
+            if held is not None:
+                held.discard(ending)
+                if not held:
+                    del self.streams[name]
 
     def drain(self, grace: float) -> None:
         """The daemon drains: from now on starts answer 503 ``unavailable``."""
@@ -125,32 +167,6 @@ class AppState:
                 "the daemon is stopping: it finishes the work in flight and starts none; ask again later",
                 retry_after=max(1, math.ceil(left)),
             )
-
-
-class _Token:
-    """Bearer-token check for TCP listeners (compared in constant time); a Unix socket's
-    connections (``scope["server"]`` has no port) need none."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        server = scope.get("server")
-        if scope["type"] == "http" and server is not None and server[1] is not None:
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            scheme, _, credential = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), self.expected):
-                why = (
-                    "this token is not the daemon's"
-                    if scheme.lower() == b"bearer"
-                    else "a bearer token is needed (Authorization: Bearer ...; HEARTH_TOKEN for the CLI)"
-                )
-                response = error_response("unauthorized", why)
-                response.headers["WWW-Authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class _Unexpected:
@@ -296,21 +312,29 @@ def _state(request: Request) -> AppState:
     return cast(AppState, request.app.state.hearth)
 
 
+def _principal(request: Request) -> Principal | None:
+    found = request.scope.get(PRINCIPAL)
+    return found if isinstance(found, Principal) else None
+
+
 async def _until_stopped(
-    state: AppState, batches: AsyncIterator[list[Event]]
+    state: AppState, batches: AsyncIterator[list[Event]], ending: asyncio.Event | None = None
 ) -> AsyncIterator[list[Event] | None]:
     """The batches of events, with None after ``HEARTBEAT`` seconds of quiet; ends when the
-    daemon stops. A client that leaves cancels this generator: its pending read is cancelled,
-    nothing else."""
+    daemon stops, and at once when ``ending`` is set (the token that opened it was revoked). A
+    client that leaves cancels this generator: its pending read is cancelled, nothing else."""
     pending: asyncio.Future[list[Event] | None] | None = None
     stopping: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
-    state.streams += 1
+    state.stream_count += 1
+    revoked: asyncio.Future[Any] = asyncio.ensure_future((ending or asyncio.Event()).wait())
     try:
         while not state.stopping.is_set():
             pending = pending or asyncio.ensure_future(anext(batches, None))
             done, _ = await asyncio.wait(
-                {pending, stopping}, timeout=HEARTBEAT, return_when="FIRST_COMPLETED"
+                {pending, stopping, revoked}, timeout=HEARTBEAT, return_when="FIRST_COMPLETED"
             )
+            if revoked in done:
+                return  # no more for a token the daemon no longer accepts, not even what came
             if pending not in done:
                 if stopping in done:
                     break
@@ -333,8 +357,9 @@ async def _until_stopped(
                 return
             yield batch
     finally:
-        state.streams -= 1
+        state.stream_count -= 1
         stopping.cancel()
+        revoked.cancel()
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
@@ -345,28 +370,34 @@ async def _until_stopped(
                 await closer()
 
 
-def _ndjson(state: AppState, batches: AsyncIterator[list[Event]]) -> StreamingResponse:
+def _ndjson(state: AppState, batches: AsyncIterator[list[Event]], request: Request) -> StreamingResponse:
     """One Event per line; an empty line after ``HEARTBEAT`` seconds of quiet, so that a client
     tells a quiet stream from a dead peer (readers skip empty lines)."""
+    principal = _principal(request)
 
     async def lines() -> AsyncIterator[str]:
-        async for batch in _until_stopped(state, batches):
-            yield "\n" if batch is None else "".join(f"{state.lines(event)}\n" for event in batch)
+        with state.stream_of(principal) as ending:
+            async for batch in _until_stopped(state, batches, ending):
+                yield "\n" if batch is None else "".join(f"{state.lines(event)}\n" for event in batch)
 
     return StreamingResponse(
         lines(), media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"}
     )
 
 
-def _sse(state: AppState, batches: AsyncIterator[list[Event]]) -> StreamingResponse:
+def _sse(state: AppState, batches: AsyncIterator[list[Event]], request: Request) -> StreamingResponse:
+    principal = _principal(request)
+
     async def lines() -> AsyncIterator[str]:
-        async for batch in _until_stopped(state, batches):
-            if batch is None:
-                yield ": keep-alive\n\n"
-            else:
-                yield "".join(
-                    f"id: {event.seq}\nevent: {event.kind}\ndata: {state.lines(event)}\n\n" for event in batch
-                )
+        with state.stream_of(principal) as ending:
+            async for batch in _until_stopped(state, batches, ending):
+                if batch is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    yield "".join(
+                        f"id: {event.seq}\nevent: {event.kind}\ndata: {state.lines(event)}\n\n"
+                        for event in batch
+                    )
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
@@ -404,6 +435,16 @@ KeyHeader = Annotated[
         max_length=KEY_MAX,
         description=f"maps to the operation's key (1 to {KEY_MAX} printable characters): the same key "
         "with the same arguments answers the same operation",
+    ),
+]
+OnBehalfOf = Annotated[
+    str | None,
+    Header(
+        alias=ON_BEHALF_OF_HEADER,
+        min_length=1,
+        max_length=ON_BEHALF_OF_MAX,
+        description=f"whom the caller acts for (a console's end user; 1 to {ON_BEHALF_OF_MAX} printable "
+        "characters): recorded on the operation as `on_behalf_of`, never used to decide anything",
     ),
 ]
 Wait = Annotated[
@@ -447,15 +488,21 @@ A start (provision, upgrade, teardown) answers 202 with the operation and `Locat
 `kind` with its own fields (a `conflict`'s `reason`, a `busy`'s `operation`, ...). Switch on
 `kind` and `reason`, never on `message`. Every 503 and 423 answer has `Retry-After`.
 
-Through the daemon's Unix socket no credential is needed (the socket's file mode guards it). A TCP
-listener (`hearth serve --listen`) needs `Authorization: Bearer <token>` on every request, else 401.
+Through the daemon's Unix socket no credential is needed (the socket's file mode guards it; the
+daemon knows the peer's uid). A TCP listener (`hearth serve --listen`) needs `Authorization: Bearer
+<token>` on every request, else 401. Each token has scopes (`read`: every GET and the event
+streams; `operate`: provision, upgrade, teardown, labels, cancel; `admin`: adopt, forget,
+reconcile); a request whose token lacks the route's scope gets 403 `forbidden` naming it. Every
+operation records its `actor` (who asked, as the daemon authenticated them) and the
+`on_behalf_of` a caller passes in `Hearth-On-Behalf-Of`.
 """
 #: The bearer token a TCP listener asks for (``_Token``); the Unix socket needs none.
 BEARER = {
     "type": "http",
     "scheme": "bearer",
-    "description": "The daemon's token (HEARTH_TOKEN), needed on a TCP listener (hearth serve "
-    "--listen); a request through the Unix socket needs none.",
+    "description": "A token of the daemon (HEARTH_TOKEN), needed on a TCP listener (hearth serve "
+    "--listen), with the scope the route needs (read, operate or admin); a request through the "
+    "Unix socket needs none.",
 }
 
 
@@ -498,9 +545,13 @@ def _document(app: FastAPI) -> dict[str, Any]:
 
 
 # --- the app -------------------------------------------------------------------------------------
-def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR0915 - the routes
-    """The API v1 on ``host`` (open it first, close it after the app stops). With ``token``,
-    every request that does not come through a Unix socket needs ``Authorization: Bearer``."""
+def create_app(  # noqa: PLR0915 - the routes
+    host: Host, *, token: str | None = None, credentials: Credentials | None = None
+) -> FastAPI:
+    """The API v1 on ``host`` (open it first, close it after the app stops). With ``token`` (a
+    token named ``default`` with every scope) or ``credentials`` (named tokens with scopes, the
+    Unix socket's scopes; ``_auth``), every request that does not come through a Unix socket
+    needs ``Authorization: Bearer`` and the scope its route needs."""
     from .. import __version__
 
     async def settings_valid(request: Request) -> None:
@@ -519,14 +570,16 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         generate_unique_id_function=_operation_id,
     )
     app.openapi = functools.partial(_document, app)  # type: ignore[method-assign]
-    app.state.hearth = state = AppState(host)
-    state.metrics = Metrics(host, lambda: state.streams)
+    if credentials is None:
+        tokens = {} if token is None else {DEFAULT_TOKEN: Token.of(DEFAULT_TOKEN, token, SCOPES)}
+        credentials = Credentials(tokens)
+    app.state.hearth = state = AppState(host, credentials=credentials)
+    state.metrics = Metrics(host, lambda: state.stream_count)
     host.observe(state.metrics)
     app.add_middleware(_Position, host=host)
     app.add_middleware(_Unexpected)
     app.add_middleware(_BodyLimit, limit=lambda: host.settings.serve.max_body)
-    if token is not None:
-        app.add_middleware(_Token, token=token)
+    app.add_middleware(Authenticate, credentials=credentials, routes=lambda: app.router.routes)
 
     @app.exception_handler(HearthError)
     async def heartherror_response(request: Request, exc: Exception) -> JSONResponse:
@@ -611,7 +664,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
 
     @app.post(f"{API}/workspaces", **started("provisionWorkspace", 400, 409, 413, 422, 502, 504))
     async def provision(
-        body: NewWorkspace, request: Request, response: Response, key: KeyHeader = None, wait: Wait = None
+        body: NewWorkspace,
+        request: Request,
+        *,
+        response: Response,
+        key: KeyHeader = None,
+        wait: Wait = None,
+        on_behalf_of: OnBehalfOf = None,
     ) -> Operation:
         """Provision: the operation (``Location`` names it), 202 while it runs, 200 when the
         answer is finished (nothing to do: the operation that made the workspace, recorded
@@ -626,6 +685,7 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
             reuse=body.reuse,
             timeout=body.timeout,
             labels=body.labels,
+            on_behalf_of=on_behalf_of,
         )
         return _started(await _waited(state, op, wait), response)
 
@@ -640,10 +700,13 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         response: Response,
         key: KeyHeader = None,
         wait: Wait = None,
+        on_behalf_of: OnBehalfOf = None,
     ) -> Operation:
         state = _state(request)
         state.admit()
-        op = await state.host.start_upgrade(slug, tier=body.tier, key=key, timeout=body.timeout)
+        op = await state.host.start_upgrade(
+            slug, tier=body.tier, key=key, timeout=body.timeout, on_behalf_of=on_behalf_of
+        )
         return _started(await _waited(state, op, wait), response)
 
     @app.delete(f"{API}/workspaces/{{slug}}", **started("teardownWorkspace", 400, 404, 409, 502, 504))
@@ -655,11 +718,12 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         key: KeyHeader = None,
         wait: Wait = None,
         timeout: QueryDeadline = None,
+        on_behalf_of: OnBehalfOf = None,
     ) -> Operation:
         """Teardown (irreversible)."""
         state = _state(request)
         state.admit()
-        op = await state.host.start_teardown(slug, key=key, timeout=timeout)
+        op = await state.host.start_teardown(slug, key=key, timeout=timeout, on_behalf_of=on_behalf_of)
         return _started(await _waited(state, op, wait), response)
 
     @app.post(
@@ -667,35 +731,47 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         operation_id="adoptWorkspace",
         responses=errors(400, 404, 409, 413, 422, 423, 502, 504),
     )
-    async def adopt(slug: str, body: AdoptRequest, request: Request) -> Deployment:
+    async def adopt(
+        slug: str, body: AdoptRequest, request: Request, on_behalf_of: OnBehalfOf = None
+    ) -> Deployment:
         """Record a deployment the driver lists but hearth has no record of (recorded as an
         operation); the new record."""
         _state(request).admit()
         host = _state(request).host
-        return await host.adopt(slug, driver=body.driver, tier=body.tier, timeout=body.timeout)
+        return await host.adopt(
+            slug, driver=body.driver, tier=body.tier, timeout=body.timeout, on_behalf_of=on_behalf_of
+        )
 
     @app.post(
         f"{API}/workspaces/{{slug}}/forget",
         operation_id="forgetWorkspace",
         responses=errors(400, 404, 409, 423),
     )
-    async def forget(slug: str, request: Request) -> Deployment:
-        """Drop the record of ``slug`` and leave its backend alone; the record as it was."""
+    async def forget(slug: str, request: Request, on_behalf_of: OnBehalfOf = None) -> Deployment:
+        """Drop the record of ``slug`` and leave its backend alone; the record as it was (the
+        forget recorded as an operation)."""
         _state(request).admit()
-        return await _state(request).host.forget(slug)
+        return await _state(request).host.forget(slug, on_behalf_of=on_behalf_of)
 
     # --- operations ------------------------------------------------------------------------------
     @app.get(f"{API}/operations", operation_id="listOperations", responses=errors(400))
     async def operations(
         request: Request,
+        *,
         slug: str | None = None,
         state: OperationState | None = None,
         limit: Limit = None,
         after: Annotated[int | None, Query(ge=0, le=NUMBER_MAX)] = None,
+        actor: Annotated[
+            str | None,
+            Query(min_length=1, max_length=200, description="only the operations this actor asked for"),
+        ] = None,
     ) -> list[Operation]:
         """Operations by id, without their logs (``log`` is empty: read one by id, or the slug's
-        ``/logs``); ``after``: the last id of the previous page (exclusive)."""
-        return await _state(request).host.operations(slug=slug, state=state, limit=limit, after=after)
+        ``/logs``); ``after``: the last id of the previous page (exclusive); ``actor``: only
+        those that actor asked for (``unix:1000(ann)``, ``token:console``, exactly)."""
+        host = _state(request).host
+        return await host.operations(slug=slug, state=state, limit=limit, after=after, actor=actor)
 
     @app.get(f"{API}/operations/{{ident}}", operation_id="getOperation", responses=errors(400, 404))
     async def operation(ident: int, request: Request) -> Operation:
@@ -774,8 +850,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
             after=after if last_event_id is None else last_event_id, slug=slug, labels=_labels(labels)
         )
         if accept is not None and "text/event-stream" in accept:
-            return _sse(state, stream)
-        return _ndjson(state, stream)
+            return _sse(state, stream, request)
+        return _ndjson(state, stream, request)
 
     @app.get(
         f"{API}/operations/{{ident}}/events",
@@ -812,8 +888,8 @@ def create_app(host: Host, *, token: str | None = None) -> FastAPI:  # noqa: PLR
         position = after if last_event_id is None else last_event_id
         stream = state.host.watch_batches(after=position, operation=ident)
         if accept is not None and "text/event-stream" in accept:
-            return _sse(state, stream)
-        return _ndjson(state, stream)
+            return _sse(state, stream, request)
+        return _ndjson(state, stream, request)
 
     # --- the rest --------------------------------------------------------------------------------
     @app.get(f"{API}/tiers", operation_id="listTiers", responses=errors(400))

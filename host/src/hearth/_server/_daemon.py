@@ -28,18 +28,21 @@ import socket
 import ssl
 import stat
 import sys
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
 import uvicorn
 
+from .._actors import RECONCILE_ACTOR, acting
 from .._dirs import SERVE_LOCK_FILE, SOCKET_FILE, find_project_dir, state_dir
 from .._errors import HearthError, InvalidInput
 from .._lifecycle._host import Host
 from .._states import resolution_note
 from ._app import AppState, create_app
+from ._auth import DEFAULT_TOKEN, SCOPES, SECRET_MIN, Credentials, Token, access_json, parse_scopes
 from ._limits import QuietAccept, bounded_protocol, connection_caps, raise_open_files
 
 log = logging.getLogger("hearth.serve")
@@ -123,23 +126,102 @@ def _unix_socket(path: Path, group: str | None = None) -> socket.socket:
     return sock
 
 
-def read_token(path: str | Path) -> str:
-    """The bearer token in ``path``: a regular file of ours, mode 0600 (no group or other bits)."""
-    file = Path(path)
+def _private_file(file: Path, what: str) -> str:
+    """The text of ``file``: a regular file of ours, mode 0600 (no group or other bits)."""
     try:
         info = file.stat()
     except OSError as exc:
-        raise ServeError(f"the token file {file} cannot be read: {exc.strerror or exc}") from None
+        raise ServeError(f"the {what} {file} cannot be read: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ServeError(f"the token file {file} is not a regular file")
+        raise ServeError(f"the {what} {file} is not a regular file")
     if info.st_mode & 0o077:
-        raise ServeError(f"the token file {file} is mode {stat.S_IMODE(info.st_mode):o}; make it 0600")
+        raise ServeError(f"the {what} {file} is mode {stat.S_IMODE(info.st_mode):o}; make it 0600")
     if info.st_uid != os.getuid():
-        raise ServeError(f"the token file {file} is not yours")
-    token = file.read_text().strip()
+        raise ServeError(f"the {what} {file} is not yours (the daemon's user must own it)")
+    try:
+        return file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServeError(f"the {what} {file} cannot be read: {exc}") from None
+
+
+def read_token(path: str | Path) -> str:
+    """The bearer token in ``path``: a regular file of ours, mode 0600 (no group or other bits)."""
+    file = Path(path)
+    token = _private_file(file, "token file").strip()
     if len(token) < 16 or any(c.isspace() for c in token):
         raise ServeError(f"the token in {file} must be one word of at least 16 characters")
     return token
+
+
+#: A token's name: what operations it starts record as their actor (``token:<name>``).
+TOKEN_NAME_MAX = 64
+
+
+def read_tokens(path: str | Path) -> dict[str, Token]:
+    """The named tokens of the TOML file ``path`` (a regular file of ours, mode 0600): one table
+    per token, ``[tokens.<name>]``, with ``secret`` (one word of at least 16 characters, no two
+    tokens alike) and ``scopes`` (some of ``read``, ``operate``, ``admin``). ``ServeError``
+    saying what is wrong, never what a secret is."""
+    file = Path(path)
+    text = _private_file(file, "tokens file")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ServeError(f"the tokens file {file} is not valid TOML: {exc}") from None
+    unknown = set(document) - {"tokens"}
+    if unknown:
+        raise ServeError(
+            f"the tokens file {file}: unknown key {sorted(unknown)[0]!r:.40} (only [tokens.NAME])"
+        )
+    tables = document.get("tokens")
+    if not isinstance(tables, dict) or not tables:
+        raise ServeError(f"the tokens file {file} names no token: add [tokens.NAME] with secret and scopes")
+    tokens: dict[str, Token] = {}
+    secrets: set[str] = set()
+    for name, table in tables.items():
+        where = f"the tokens file {file}: [tokens.{name[:TOKEN_NAME_MAX]}]"
+        if not (
+            0 < len(name) <= TOKEN_NAME_MAX
+            and name.isascii()
+            and name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        ):
+            raise ServeError(
+                f"{where}: a token's name is 1 to {TOKEN_NAME_MAX} letters, digits, '-', '_' or '.'"
+            )
+        if not isinstance(table, dict):
+            raise ServeError(f"{where} must be a table with secret and scopes")
+        extra = set(table) - {"secret", "scopes"}
+        if extra:
+            raise ServeError(f"{where}: unknown key {sorted(extra)[0]!r:.40} (secret and scopes only)")
+        secret = table.get("secret")
+        if not isinstance(secret, str) or len(secret) < SECRET_MIN or any(c.isspace() for c in secret):
+            raise ServeError(f"{where}: secret must be one word of at least {SECRET_MIN} characters")
+        if secret in secrets:
+            raise ServeError(f"{where}: its secret is another token's; each token needs its own")
+        secrets.add(secret)
+        scopes = table.get("scopes")
+        if not isinstance(scopes, list) or not scopes:
+            raise ServeError(f"{where}: scopes must be a list of some of {', '.join(SCOPES)}")
+        try:
+            given = parse_scopes(scopes, where)
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
+        tokens[name] = Token.of(name, secret, given)
+    return tokens
+
+
+def parse_socket_scopes(given: str | Iterable[str] | None) -> frozenset[str]:
+    """``--socket-scopes read,operate`` as a set of scopes (every scope when None)."""
+    if given is None:
+        return frozenset(SCOPES)
+    items = [item.strip() for item in given.split(",")] if isinstance(given, str) else list(given)
+    try:
+        scopes = parse_scopes([item for item in items if item], "--socket-scopes")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not scopes:
+        raise InvalidInput(f"--socket-scopes: name at least one of {', '.join(SCOPES)}")
+    return scopes
 
 
 def _tcp_socket(listen: str) -> socket.socket:
@@ -170,6 +252,7 @@ class _JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(access_json(record))  # an access line's fields (method, path, status, ...)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -322,7 +405,8 @@ async def _reconcile_periodically(host: Host, stopping: asyncio.Event, reload: a
             continue  # off (0), or no settings to go by: look again later
         started = True
         try:
-            report = await host.reconcile()
+            with acting(RECONCILE_ACTOR):  # what it records is the daemon's own doing
+                report = await host.reconcile()
         except HearthError as exc:
             log.warning("reconcile failed: %s: %s", exc.kind, exc.message)
             continue
@@ -387,14 +471,43 @@ async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float)
     return bool(done)
 
 
-def _on_sighup(host: Host, reload: asyncio.Event) -> None:
+def _on_sighup(
+    host: Host, reload: asyncio.Event, state: AppState | None = None, tokens: Path | None = None
+) -> None:
     try:
         host.reload_settings()
     except HearthError as exc:
         log.error("SIGHUP: the settings are invalid and every call fails until fixed: %s", exc.message)
     else:
         log.info("SIGHUP: settings re-read from %s", host.settings.source or "the built-in defaults")
+    if state is not None and tokens is not None:
+        _reload_tokens(state, tokens)
     reload.set()
+
+
+def _reload_tokens(state: AppState, path: Path) -> None:
+    """Re-read the tokens file: a token that went (or changed) stops working at once and the
+    streams it opened end. An invalid file leaves no token (every TCP request is refused until
+    it is fixed), never the old ones."""
+    try:
+        tokens = read_tokens(path)
+    except ServeError as exc:
+        gone = state.credentials.replace({})
+        ended = state.revoke(gone)
+        log.error(
+            "SIGHUP: %s; every TCP request is refused until it is fixed (%d stream(s) ended)",
+            exc.message,
+            ended,
+        )
+        return
+    gone = state.credentials.replace(tokens)
+    ended = state.revoke(gone)
+    log.info(
+        "SIGHUP: tokens re-read from %s: %s%s",
+        path,
+        ", ".join(sorted(tokens)),
+        f"; revoked or changed: {', '.join(sorted(gone))} ({ended} stream(s) ended)" if gone else "",
+    )
 
 
 async def _drain_then_stop(host: Host, state: AppState, servers: list[uvicorn.Server]) -> None:
@@ -426,7 +539,8 @@ async def _serve_until_stopped(
     unix: socket.socket,
     tcp: socket.socket | None,
     tls: tuple[str, str] | None,
-    token: str | None,
+    credentials: Credentials,
+    tokens_file: Path | None,
     where: str,
     open_files: int,
 ) -> None:
@@ -434,13 +548,13 @@ async def _serve_until_stopped(
     loop.set_exception_handler(QuietAccept())
     async with Host(project_dir=project, home=home, idle_timeout=None, store_url=store_url) as host:
         _signals.host, _signals.loop = host, loop
-        app = create_app(host, token=token)
+        app = create_app(host, credentials=credentials)
         state = cast(AppState, app.state.hearth)
         options: dict[str, Any] = {
             "log_config": None,
             "timeout_graceful_shutdown": GRACEFUL,
             "lifespan": "off",
-            "access_log": True,
+            "access_log": False,  # the app logs its own line per request (hearth.access)
         }
         limits = host.settings.serve
         cap = connection_caps(limits.max_connections, 1 if tcp is None else 2, open_files)
@@ -461,7 +575,7 @@ async def _serve_until_stopped(
             servers.append(sibling)
             serving.append(sibling.serve(sockets=[tcp]))
         reload = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload)
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, host, reload, state, tokens_file)
         healing = loop.create_task(
             _reconcile_periodically(host, state.draining, reload), name="hearth-reconcile"
         )
@@ -500,6 +614,34 @@ def _readable_file(path: str | Path, what: str) -> str:
     return str(file)
 
 
+def _credentials(
+    listen: str | None,
+    token_file: str | Path | None,
+    tokens_file: str | Path | None,
+    socket_scopes: str | Iterable[str] | None,
+) -> Credentials:
+    """Who may ask what: the tokens of ``--token-file`` (one, ``default``, every scope) or of
+    ``--tokens``, and the Unix socket's scopes."""
+    if token_file is not None and tokens_file is not None:
+        raise InvalidInput("--token-file and --tokens do not go together: name the token in the tokens file")
+    if listen is not None and token_file is None and tokens_file is None:
+        raise ServeError(
+            "--listen needs --token-file (a file of mode 0600 holding the bearer token) or --tokens "
+            "(a TOML file of mode 0600 naming tokens and their scopes)"
+        )
+    if token_file is not None and listen is None:
+        raise InvalidInput("--token-file is only for --listen")
+    if tokens_file is not None and listen is None:
+        raise InvalidInput("--tokens is only for --listen")
+    scopes = parse_socket_scopes(socket_scopes)
+    tokens: dict[str, Token] = {}
+    if token_file is not None:
+        tokens = {DEFAULT_TOKEN: Token.of(DEFAULT_TOKEN, read_token(token_file), SCOPES)}
+    if tokens_file is not None:
+        tokens = read_tokens(tokens_file)
+    return Credentials(tokens, scopes, required=listen is not None)
+
+
 def serve(
     *,
     socket_path: str | Path | None = None,
@@ -511,12 +653,13 @@ def serve(
     tls_key: str | Path | None = None,
     socket_group: str | None = None,
     store_url: str | None = None,
+    tokens_file: str | Path | None = None,
+    socket_scopes: str | Iterable[str] | None = None,
 ) -> None:
-    """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start."""
-    if listen is not None and token_file is None:
-        raise ServeError("--listen needs --token-file (a file of mode 0600 holding the bearer token)")
-    if token_file is not None and listen is None:
-        raise InvalidInput("--token-file is only for --listen")
+    """Run the daemon until SIGTERM or SIGINT; ``ServeError`` when it cannot start.
+    ``tokens_file``: named tokens with scopes (``read_tokens``), re-read on SIGHUP;
+    ``socket_scopes``: what the Unix socket may do (every scope by default)."""
+    credentials = _credentials(listen, token_file, tokens_file, socket_scopes)
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together")
     if tls_cert is not None and listen is None:
@@ -530,7 +673,6 @@ def serve(
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls[0], tls[1])
         except (ssl.SSLError, OSError) as exc:
             raise ServeError(f"--tls-cert {tls[0]} and --tls-key {tls[1]} cannot be used: {exc}") from None
-    token = read_token(token_file) if token_file is not None else None
     folder = state_dir(home)
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -565,7 +707,8 @@ def serve(
                     unix=unix,
                     tcp=tcp,
                     tls=tls,
-                    token=token,
+                    credentials=credentials,
+                    tokens_file=None if tokens_file is None else Path(tokens_file),
                     where=where,
                     open_files=open_files,
                 )
@@ -576,4 +719,12 @@ def serve(
             signal.signal(signum, handler)
 
 
-__all__ = ["ServeError", "configure_logging", "default_socket", "read_token", "serve"]
+__all__ = [
+    "ServeError",
+    "configure_logging",
+    "default_socket",
+    "parse_socket_scopes",
+    "read_token",
+    "read_tokens",
+    "serve",
+]

@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 import resource
+import socket
+import struct
 import time
 from typing import Any, ClassVar
 
@@ -22,6 +24,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .._errors import retryable_kind
+from ._auth import PEER_UID
 from ._schemas import RETRY_AFTER
 
 log = logging.getLogger("hearth.serve")
@@ -87,6 +90,9 @@ class BoundedH11(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         full = len(self.connections) >= self.max_connections
         super().connection_made(transport)
+        uid = peer_uid(transport)
+        if uid is not None:  # every request of this connection is its peer's (``_auth``)
+            self.app_state = {**self.app_state, PEER_UID: uid}
         if not full:
             self._arm()
             return
@@ -145,6 +151,20 @@ class BoundedH11(H11Protocol):
             )
             self.transport.write(_answer(408, "Request Timeout", "invalid_input", message))
         self.transport.close()
+
+
+def peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    """The uid of a Unix-socket connection's peer, from the kernel (``SO_PEERCRED``: what the
+    peer was when it connected, not what it says); None on any other transport."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or getattr(sock, "family", None) != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _, uid, _ = struct.unpack("3i", raw)
+    return int(uid)
 
 
 def bounded_protocol(listener: str, request_timeout: float, max_connections: int) -> type[BoundedH11]:
@@ -212,4 +232,11 @@ class QuietAccept:
         log.error("%s: %s%s", message, exc, more)
 
 
-__all__ = ["BoundedH11", "QuietAccept", "bounded_protocol", "connection_caps", "raise_open_files"]
+__all__ = [
+    "BoundedH11",
+    "QuietAccept",
+    "bounded_protocol",
+    "connection_caps",
+    "peer_uid",
+    "raise_open_files",
+]

@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "backend_failure": 502,
     "cancelled": 502,
     "unauthorized": 401,
+    "forbidden": 403,
     "store_error": 500,
     "interrupted": 500,
     "closed": 503,
@@ -192,6 +193,8 @@ _ERROR_TEXT: dict[int, str] = {
     400: "invalid_input: the request, or the project's hearth.toml, is not valid",
     401: "unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; "
     "a Unix socket never answers 401",
+    403: "forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope "
+    "this route needs (read, operate or admin; `scope` names it)",
     404: "not_found",
     408: "invalid_input: the request was not whole within [serve] request_timeout",
     409: "conflict, invalid_transition or busy",
@@ -206,9 +209,10 @@ _ERROR_TEXT: dict[int, str] = {
     "daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After)",
     504: "timeout",
 }
-#: What any request can be answered, whatever its route: no token on a TCP listener, a request
-#: not whole in time, a fault of the daemon or its store, a full listener or a stopping daemon.
-ALWAYS: tuple[int, ...] = (401, 408, 500, 503)
+#: What any request can be answered, whatever its route: no token on a TCP listener, a token
+#: without the route's scope, a request not whole in time, a fault of the daemon or its store,
+#: a full listener or a stopping daemon.
+ALWAYS: tuple[int, ...] = (401, 403, 408, 500, 503)
 
 
 def errors(*codes: int, streams: bool = False) -> dict[int | str, dict[str, Any]]:

@@ -37,6 +37,9 @@ class NewOperation:
     tier: str | None = None
     driver: str | None = None
     reuse: bool = False
+    #: Who asked for it, and whom for (``Operation.actor``, ``Operation.on_behalf_of``).
+    actor: str | None = None
+    on_behalf_of: str | None = None
     #: Record it already finished (a verb with nothing to do): its state and ref.
     done: tuple[OperationState, DeploymentRef | None] | None = None
     #: The finished operation whose ``key`` this one takes over (``_states.key_released``: its
@@ -122,6 +125,7 @@ class Store(Protocol):
         limit: int | None = None,
         after: int | None = None,
         with_log: bool = False,
+        actor: str | None = None,
     ) -> list[Operation]: ...
     async def last_operation(self, slug: str, generation: int) -> Operation | None: ...
     # events
@@ -168,7 +172,7 @@ def private_file(path: Path) -> None:
 
 OPERATION_COLUMNS = (
     "id, slug, generation, verb, state, created_at, started_at, finished_at, error, result, key, "
-    "tier, driver, reuse, owner, cancel_requested"
+    "tier, driver, reuse, owner, cancel_requested, actor, on_behalf_of"
 )
 DEPLOYMENT_COLUMNS = (
     "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id, "
@@ -177,6 +181,12 @@ DEPLOYMENT_COLUMNS = (
 EVENT_COLUMNS = (
     "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state, "
     "generation, record"
+)
+#: What an event is read with: its columns, and its operation's actor and on-behalf-of (kept
+#: once, on the operation; an event of no operation has none).
+EVENT_SELECT = (
+    ", ".join(f"e.{column.strip()}" for column in EVENT_COLUMNS.split(","))
+    + ", o.actor, o.on_behalf_of FROM events e LEFT JOIN operations o ON o.id = e.operation"
 )
 
 
@@ -195,7 +205,8 @@ SAVE = (
 AS_READ = "SELECT updated_at, state FROM deployments WHERE slug = ? AND generation = ? AND archived = 0"
 NEW_OPERATION = (
     "INSERT INTO operations (slug, generation, verb, state, created_at, started_at, finished_at, "
-    "result, key, tier, driver, reuse, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "result, key, tier, driver, reuse, owner, actor, on_behalf_of) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: The operation an idempotency key answers: the one it started, or the one it joined (bound in
 #: ``operation_keys``); args (key, key).
@@ -336,6 +347,8 @@ def new_operation_args(new: NewOperation) -> tuple[Any, ...]:
         new.driver,
         int(new.reuse),
         new.owner,
+        new.actor,
+        new.on_behalf_of,
     )
 
 
@@ -513,13 +526,19 @@ def deployments_query(
 
 
 def operations_query(
-    *, slug: str | None, state: str | None, active: bool, limit: int | None, after: int | None
+    *,
+    slug: str | None,
+    state: str | None,
+    active: bool,
+    limit: int | None,
+    after: int | None,
+    actor: str | None = None,
 ) -> tuple[str, list[Any]]:
     """Operations by id, filtered; ``after`` is the last id of the previous page."""
     where, args = ["1 = 1"], list[Any]()
     if active:
         where.append("state IN ('queued', 'running')")
-    for column, value in (("slug", slug), ("state", state)):
+    for column, value in (("slug", slug), ("state", state), ("actor", actor)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
@@ -533,13 +552,13 @@ def operations_query(
 def events_query(
     *, after: int, slug: str | None, operation: int | None, kind: str | None, limit: int
 ) -> tuple[str, list[Any]]:
-    where, args = ["seq > ?"], list[Any]([after])
+    where, args = ["e.seq > ?"], list[Any]([after])
     for column, value in (("kind", kind), ("slug", slug), ("operation", operation)):
         if value is not None:
-            where.append(f"{column} = ?")
+            where.append(f"e.{column} = ?")
             args.append(value)
     return (
-        f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {int(limit)}",
+        f"SELECT {EVENT_SELECT} WHERE {' AND '.join(where)} ORDER BY e.seq LIMIT {int(limit)}",
         args,
     )
 
@@ -581,6 +600,8 @@ def row_operation(row: tuple[Any, ...]) -> Operation:
         reuse,
         owner,
         cancel,
+        actor,
+        on_behalf_of,
     ) = row
     return Operation(
         id=ident,
@@ -599,6 +620,8 @@ def row_operation(row: tuple[Any, ...]) -> Operation:
         reuse=bool(reuse),
         owner=owner,
         cancel_requested=cancel,
+        actor=actor,
+        on_behalf_of=on_behalf_of,
     )
 
 
@@ -611,7 +634,8 @@ def row_log_line(row: tuple[Any, ...]) -> LogLine:
 
 def row_event(row: tuple[Any, ...]) -> Event:
     seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state = row[:12]
-    generation, record = row[12:]
+    generation, record = row[12:14]
+    actor, on_behalf_of = row[14:16] if len(row) >= 16 else (None, None)
     return Event(
         seq=seq,
         at=datetime.fromisoformat(at),
@@ -627,6 +651,8 @@ def row_event(row: tuple[Any, ...]) -> Event:
         record_state=record_state,
         generation=generation,
         record=Deployment.model_validate_json(record) if record else None,
+        actor=actor,
+        on_behalf_of=on_behalf_of,
     )
 
 

@@ -207,6 +207,11 @@ PG_MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE deployments ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
     """,
+    # version 9: who asked for each operation (its actor) and whom for (on behalf of)
+    """
+    ALTER TABLE operations ADD COLUMN actor TEXT, ADD COLUMN on_behalf_of TEXT;
+    CREATE INDEX operations_by_actor ON operations (actor, id)
+    """,
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
 
@@ -627,8 +632,11 @@ class PostgresStore:
         limit: int | None = None,
         after: int | None = None,
         with_log: bool = False,
+        actor: str | None = None,
     ) -> list[Operation]:
-        query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
+        query, args = operations_query(
+            slug=slug, state=state, active=active, limit=limit, after=after, actor=actor
+        )
 
         async def work(conn: Connection) -> list[Operation]:
             found = [row_operation(row) for row in await _all(conn, query, args)]

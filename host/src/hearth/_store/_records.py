@@ -168,6 +168,13 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE deployments ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'
     """,
+    # version 9: who asked for each operation (its actor: ``_actors``) and whom for (on behalf
+    # of); operations recorded before carry neither
+    """
+    ALTER TABLE operations ADD COLUMN actor TEXT;
+    ALTER TABLE operations ADD COLUMN on_behalf_of TEXT;
+    CREATE INDEX operations_by_actor ON operations (actor, id)
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that added ``deployments.labels``.

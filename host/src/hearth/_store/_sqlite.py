@@ -566,11 +566,14 @@ class SQLiteStore:
         limit: int | None = None,
         after: int | None = None,
         with_log: bool = False,
+        actor: str | None = None,
     ) -> list[Operation]:
         """Operations by id; ``active``: queued or running only; ``after`` is the last id of the
         previous page; ``with_log`` fills each one's log from its progress and log events."""
 
-        query, args = operations_query(slug=slug, state=state, active=active, limit=limit, after=after)
+        query, args = operations_query(
+            slug=slug, state=state, active=active, limit=limit, after=after, actor=actor
+        )
 
         def work() -> list[Operation]:
             found = [row_operation(row) for row in self.db.execute(query, args).fetchall()]
