@@ -51,7 +51,8 @@ ANONYMOUS = "anonymous"
 access_log = logging.getLogger("hearth.access")
 
 #: The one table of the scope each route needs, by (method, path as the app declares it). A GET
-#: (or HEAD) not listed needs ``read`` (``scope_needed``), so a new read falls under ``read``; any other method not listed needs ``admin``.
+#: (or HEAD) not listed needs ``read`` (``scope_needed``), so a new read falls under ``read``;
+#: any other method not listed needs ``admin``.
 #: ``tests/test_tokens.py`` checks that every route of the app is here or is a GET.
 SCOPE_OF: dict[tuple[str, str], ScopeName] = {
     # reads: every GET, the event streams and the probes among them
