@@ -96,19 +96,19 @@ async def test_the_socket_peer_and_two_tokens_are_the_actors_in_logs_the_api_and
             RemoteHost(url=url, token="beta-secret-0123456789") as beta,
         ):
             await local.provision("delta", tier="solo", driver="fake")
-            await alpha.upgrade("delta", tier="team", on_behalf_of="ann@example.com")
+            await alpha.upgrade("delta", tier="team", on_behalf_of="zoë@example.com")
             await beta.teardown("delta", on_behalf_of="bob")
             [made, upgraded, gone] = await beta.logs("delta")
             assert [(op.actor, op.on_behalf_of) for op in (made, upgraded, gone)] == [
                 (unix, None),
-                ("token:alpha", "ann@example.com"),
+                ("token:alpha", "zoë@example.com"),
                 ("token:beta", "bob"),
             ]
             assert [op.id for op in await local.operations(actor="token:alpha")] == [upgraded.id]
             assert [op.id for op in await local.operations(actor=unix)] == [made.id]
             assert await local.operations(actor="token:nobody") == []
             final = [event async for event in upgraded.events() if event.kind == "state"][-1]
-            assert (final.actor, final.on_behalf_of) == ("token:alpha", "ann@example.com")
+            assert (final.actor, final.on_behalf_of) == ("token:alpha", "zoë@example.com")
         async with httpx.AsyncClient(base_url=url, timeout=BOUND) as client:
             listed = await client.get(
                 "/v1/operations",
@@ -125,25 +125,34 @@ async def test_the_socket_peer_and_two_tokens_are_the_actors_in_logs_the_api_and
                 headers={"Authorization": "Bearer alpha-secret-0123456789", "Hearth-On-Behalf-Of": "x" * 201},
             )
             assert too_long.status_code == 400 and too_long.json()["error"]["kind"] == "invalid_input"
+            not_utf8 = await client.post(
+                "/v1/workspaces",
+                json={"slug": "epsilon", "tier": "solo", "driver": "fake"},
+                headers={
+                    b"Authorization": b"Bearer alpha-secret-0123456789",
+                    b"Hearth-On-Behalf-Of": b"zo\xeb",
+                },
+            )
+            assert not_utf8.status_code == 400 and "must be UTF-8" in not_utf8.text, not_utf8.text
         env = cli_env(venv_bin, HEARTH_URL=f"unix://{home / 'hearth.sock'}")
         text = hearth(venv_bin, site, "logs", "delta", env=env)
         assert text.returncode == 0, text.stderr
-        assert f"by {unix}" in text.stdout and "by token:alpha on behalf of ann@example.com" in text.stdout
+        assert f"by {unix}" in text.stdout and "by token:alpha on behalf of zoë@example.com" in text.stdout
         assert "by token:beta on behalf of bob" in text.stdout
         as_json = hearth(venv_bin, site, "logs", "delta", "--json", env=env)
         assert [(op["actor"], op["on_behalf_of"]) for op in json.loads(as_json.stdout)] == [
             (unix, None),
-            ("token:alpha", "ann@example.com"),
+            ("token:alpha", "zoë@example.com"),
             ("token:beta", "bob"),
         ]
         made_by_cli = hearth(
             venv_bin, site, "provision", "zeta", "--tier", "solo", "--driver", "fake",
-            "--on-behalf-of", "carol", env=env,
+            "--on-behalf-of", "zoë", env=env,
         )  # fmt: skip
         assert made_by_cli.returncode == 0, made_by_cli.stderr
         async with RemoteHost(socket=home / "hearth.sock") as local:
             [op] = await local.logs("zeta")
-            assert (op.actor, op.on_behalf_of) == (unix, "carol")
+            assert (op.actor, op.on_behalf_of) == (unix, "zoë")  # UTF-8 through the CLI and the header
         served.wait_for('"path": "/v1/workspaces/zeta/logs"')
         assert served.stop() == 0
     access = [json.loads(line) for line in served.lines if '"hearth.access"' in line]
@@ -156,3 +165,23 @@ async def test_the_socket_peer_and_two_tokens_are_the_actors_in_logs_the_api_and
     for secret in ("alpha-secret-0123456789", "beta-secret-0123456789"):
         assert secret not in logged  # never a secret
     assert "?actor=" not in logged and "include_torn_down" not in logged  # never a query
+
+
+@pytest.mark.subprocess
+async def test_a_request_cannot_write_a_line_or_an_escape_into_the_access_log(
+    site: tuple[Path, Path], venv_bin: Path
+) -> None:
+    """The path arrives decoded: it is logged percent-encoded, as uvicorn's own line had it."""
+    home, _ = site
+    forged = "/v1/x%0a2026-12-07 03:34:40,000 INFO hearth.access: forged%1b[31mRED"
+    with daemon(site, venv_bin) as served:
+        served.wait_for("serving")
+        transport = httpx.AsyncHTTPTransport(uds=str(home / "hearth.sock"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as client:
+            assert (await client.get(forged)).status_code == 404
+        served.wait_for(
+            "/v1/x%0A2026-12-07%2003%3A34%3A40%2C000%20INFO%20hearth.access%3A%20forged%1B%5B31mRED"
+        )
+        assert served.stop() == 0
+    assert not any(line.startswith("2026-12-07 03:34:40,000") for line in served.lines)
+    assert not any("\x1b" in line for line in served.lines)

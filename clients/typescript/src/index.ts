@@ -119,9 +119,15 @@ export interface StartOptions {
   onBehalfOf?: string;
 }
 
-/** The `Hearth-On-Behalf-Of` header of a call, when it says whom it acts for. */
+/**
+ * The `Hearth-On-Behalf-Of` header of a call, when it says whom it acts for. The header is
+ * UTF-8; node:http writes a header's characters as Latin-1 bytes, so the UTF-8 bytes go as the
+ * characters of that string (`zoë` as its three bytes, ASCII unchanged).
+ */
 function behalf(onBehalfOf: string | undefined): Record<string, string> {
-  return onBehalfOf === undefined ? {} : { "Hearth-On-Behalf-Of": onBehalfOf };
+  return onBehalfOf === undefined
+    ? {}
+    : { "Hearth-On-Behalf-Of": Buffer.from(onBehalfOf, "utf8").toString("latin1") };
 }
 
 export interface ProvisionOptions extends StartOptions {

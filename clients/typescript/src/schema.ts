@@ -3188,7 +3188,7 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
-                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
                 "Hearth-On-Behalf-Of"?: string | null;
             };
             path?: never;
@@ -3433,7 +3433,7 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
-                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
                 "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
@@ -3682,7 +3682,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
                 "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
@@ -3836,7 +3836,7 @@ export interface operations {
         parameters: {
             query?: never;
             header?: {
-                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
                 "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {
@@ -4169,7 +4169,7 @@ export interface operations {
             header?: {
                 /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
                 "Idempotency-Key"?: string | null;
-                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
                 "Hearth-On-Behalf-Of"?: string | null;
             };
             path: {

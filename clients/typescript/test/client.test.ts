@@ -442,12 +442,12 @@ describe("hearth-client with scoped tokens", () => {
         assert.equal(error.scope, "operate");
         return true;
       });
-      const op = await console_.provision({ slug: "kappa", tier: "solo", driver: "fake", onBehalfOf: "ann@example.com" });
+      const op = await console_.provision({ slug: "kappa", tier: "solo", driver: "fake", onBehalfOf: "zoë@example.com" });
       await op.result({ timeout: BOUND });
       const [listed] = await dashboard.operations({ actor: "token:console" });
       assert.equal(listed?.id, op.id);
       assert.equal(listed?.snapshot.actor, "token:console");
-      assert.equal(listed?.snapshot.on_behalf_of, "ann@example.com");
+      assert.equal(listed?.snapshot.on_behalf_of, "zoë@example.com"); // UTF-8 across the header
       assert.deepEqual(await dashboard.operations({ actor: "token:dashboard" }), []);
       await assert.rejects(console_.forget("kappa"), Forbidden);
     } finally {

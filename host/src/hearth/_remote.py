@@ -185,7 +185,7 @@ class RemoteHost:
         *,
         params: Mapping[str, Any] | None = None,
         body: Any = None,
-        headers: Mapping[str, str] | None = None,
+        headers: httpx.Headers | None = None,
         timeout: float | httpx.Timeout | None = None,
     ) -> Any:
         """The JSON of a 2xx answer; the daemon's error as its typed ``HearthError``. A
@@ -704,10 +704,11 @@ class RemoteHost:
         await self._call("GET", "/ready")
 
 
-def _behalf(on_behalf_of: str | None) -> dict[str, str]:
-    """The headers that say whom a call acts for (checked here, as ``Host`` checks it)."""
+def _behalf(on_behalf_of: str | None) -> httpx.Headers:
+    """The headers that say whom a call acts for (checked here, as ``Host`` checks it). The
+    header is UTF-8 (httpx would send a ``str`` only if it were ASCII)."""
     whom = check_on_behalf_of(on_behalf_of)
-    return {} if whom is None else {ON_BEHALF_OF_HEADER: whom}
+    return httpx.Headers({} if whom is None else {ON_BEHALF_OF_HEADER.encode(): whom.encode("utf-8")})
 
 
 def _asked(future: asyncio.Future[Operation]) -> None:

@@ -34,7 +34,7 @@ from hearth_adaptersdk import PlanResult, State, StatusReport
 
 from .._actors import ON_BEHALF_OF_HEADER, ON_BEHALF_OF_MAX
 from .._adapters._discovery import DriverInfo
-from .._errors import HearthError, InvalidInput, Unavailable
+from .._errors import HearthError, InvalidInput, Unauthorized, Unavailable
 from .._lifecycle._checks import KEY_MAX
 from .._lifecycle._host import Host
 from .._models import CheckResult, Deployment, Event, Operation, OperationState, ReconcileReport
@@ -403,20 +403,29 @@ def _sse(state: AppState, batches: AsyncIterator[list[Event]], request: Request)
     return StreamingResponse(lines(), media_type="text/event-stream", headers=headers)
 
 
-async def _waited(state: AppState, op: Operation, wait: float | None) -> Operation:
-    """``op`` once finished, or when ``wait`` seconds passed (or the daemon stops)."""
+async def _waited(state: AppState, op: Operation, wait: float | None, request: Request) -> Operation:
+    """``op`` once finished, or when ``wait`` seconds passed (or the daemon stops). A wait is
+    held like a stream: the token that asked for it revoked meanwhile (SIGHUP), it ends at once
+    with 401 ``unauthorized`` rather than answer what that token may no longer read."""
     if not wait or op.finished:
         return op
-    waiting = asyncio.ensure_future(op.wait(timeout=wait))
-    stopping = asyncio.ensure_future(state.stopping.wait())
-    try:
-        await asyncio.wait({waiting, stopping}, return_when="FIRST_COMPLETED")
-    finally:
-        stopping.cancel()
-        if not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
+    with state.stream_of(_principal(request)) as ending:
+        waiting = asyncio.ensure_future(op.wait(timeout=wait))
+        stopping = asyncio.ensure_future(state.stopping.wait())
+        revoked = asyncio.ensure_future(ending.wait())
+        try:
+            await asyncio.wait({waiting, stopping, revoked}, return_when="FIRST_COMPLETED")
+        finally:
+            stopping.cancel()
+            revoked.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+        if ending.is_set():
+            raise Unauthorized(
+                "the token this wait was asked with was revoked (the daemon re-read its tokens)"
+            )
     return waiting.result() if waiting.done() and not waiting.cancelled() else op
 
 
@@ -437,16 +446,30 @@ KeyHeader = Annotated[
         "with the same arguments answers the same operation",
     ),
 ]
-OnBehalfOf = Annotated[
-    str | None,
-    Header(
-        alias=ON_BEHALF_OF_HEADER,
-        min_length=1,
-        max_length=ON_BEHALF_OF_MAX,
-        description=f"whom the caller acts for (a console's end user; 1 to {ON_BEHALF_OF_MAX} printable "
-        "characters): recorded on the operation as `on_behalf_of`, never used to decide anything",
-    ),
-]
+
+
+def _on_behalf_of(
+    value: Annotated[
+        str | None,
+        Header(
+            alias=ON_BEHALF_OF_HEADER,
+            description=f"whom the caller acts for (a console's end user; 1 to {ON_BEHALF_OF_MAX} printable "
+            "characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide "
+            "anything",
+        ),
+    ] = None,
+) -> str | None:
+    """The header's value: HTTP carries its bytes, which Starlette hands over as Latin-1; the
+    header is UTF-8 (``zoë@example.com``), so they are decoded again (checked by the host)."""
+    if value is None:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidInput(f"{ON_BEHALF_OF_HEADER} must be UTF-8") from None
+
+
+OnBehalfOf = Annotated[str | None, Depends(_on_behalf_of)]
 Wait = Annotated[
     float | None,
     Query(gt=0, le=WAIT_MAX, description="answer once finished (200) or after this many seconds (202)"),
@@ -687,7 +710,7 @@ def create_app(  # noqa: PLR0915 - the routes
             labels=body.labels,
             on_behalf_of=on_behalf_of,
         )
-        return _started(await _waited(state, op, wait), response)
+        return _started(await _waited(state, op, wait, request), response)
 
     @app.post(
         f"{API}/workspaces/{{slug}}/upgrade", **started("upgradeWorkspace", 400, 404, 409, 413, 422, 502, 504)
@@ -707,7 +730,7 @@ def create_app(  # noqa: PLR0915 - the routes
         op = await state.host.start_upgrade(
             slug, tier=body.tier, key=key, timeout=body.timeout, on_behalf_of=on_behalf_of
         )
-        return _started(await _waited(state, op, wait), response)
+        return _started(await _waited(state, op, wait, request), response)
 
     @app.delete(f"{API}/workspaces/{{slug}}", **started("teardownWorkspace", 400, 404, 409, 502, 504))
     async def teardown(
@@ -724,7 +747,7 @@ def create_app(  # noqa: PLR0915 - the routes
         state = _state(request)
         state.admit()
         op = await state.host.start_teardown(slug, key=key, timeout=timeout, on_behalf_of=on_behalf_of)
-        return _started(await _waited(state, op, wait), response)
+        return _started(await _waited(state, op, wait, request), response)
 
     @app.post(
         f"{API}/workspaces/{{slug}}/adopt",
@@ -795,7 +818,7 @@ def create_app(  # noqa: PLR0915 - the routes
     ) -> Operation:
         """The operation once finished (200), or after ``timeout`` seconds (202); with its log."""
         state = _state(request)
-        op = await _waited(state, await state.host.operation(ident), timeout)
+        op = await _waited(state, await state.host.operation(ident), timeout, request)
         response.status_code = 200 if op.finished else 202
         return op
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
+from urllib.parse import quote
 
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -261,7 +262,9 @@ def _log_access(scope: Scope, status: int, took: float, actor: str | None, locat
         operation = int(location[len(prefix) :])
     entry: dict[str, Any] = {
         "method": scope.get("method"),
-        "path": scope.get("path"),
+        # percent-encoded as uvicorn's own access line has it: a request cannot write a line
+        # break or a terminal escape into the log (the path arrives decoded)
+        "path": quote(str(scope.get("path", ""))),
         "status": status,
         "duration_ms": round(took * 1000, 1),
         "actor": actor,

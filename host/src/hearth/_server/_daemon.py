@@ -29,7 +29,7 @@ import ssl
 import stat
 import sys
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -144,12 +144,18 @@ def _private_file(file: Path, what: str) -> str:
         raise ServeError(f"the {what} {file} cannot be read: {exc}") from None
 
 
+def _one_word(secret: str) -> bool:
+    """Printable ASCII without a space: what every client can send in ``Authorization`` (the
+    CLI's ``HEARTH_TOKEN`` goes through httpx, which sends only ASCII)."""
+    return secret.isascii() and secret.isprintable() and " " not in secret
+
+
 def read_token(path: str | Path) -> str:
     """The bearer token in ``path``: a regular file of ours, mode 0600 (no group or other bits)."""
     file = Path(path)
     token = _private_file(file, "token file").strip()
-    if len(token) < 16 or any(c.isspace() for c in token):
-        raise ServeError(f"the token in {file} must be one word of at least 16 characters")
+    if len(token) < 16 or not _one_word(token):
+        raise ServeError(f"the token in {file} must be one word of at least 16 printable ASCII characters")
     return token
 
 
@@ -194,8 +200,10 @@ def read_tokens(path: str | Path) -> dict[str, Token]:
         if extra:
             raise ServeError(f"{where}: unknown key {sorted(extra)[0]!r:.40} (secret and scopes only)")
         secret = table.get("secret")
-        if not isinstance(secret, str) or len(secret) < SECRET_MIN or any(c.isspace() for c in secret):
-            raise ServeError(f"{where}: secret must be one word of at least {SECRET_MIN} characters")
+        if not isinstance(secret, str) or len(secret) < SECRET_MIN or not _one_word(secret):
+            raise ServeError(
+                f"{where}: secret must be one word of at least {SECRET_MIN} printable ASCII characters"
+            )
         if secret in secrets:
             raise ServeError(f"{where}: its secret is another token's; each token needs its own")
         secrets.add(secret)
@@ -471,8 +479,17 @@ async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float)
     return bool(done)
 
 
+#: Where the daemon's tokens come from, and how that file is read (re-read on SIGHUP).
+TokenSource = tuple[Path, Callable[[Path], dict[str, Token]]]
+
+
+def _default_token(path: Path) -> dict[str, Token]:
+    """``--token-file``: one token, ``default``, with every scope."""
+    return {DEFAULT_TOKEN: Token.of(DEFAULT_TOKEN, read_token(path), SCOPES)}
+
+
 def _on_sighup(
-    host: Host, reload: asyncio.Event, state: AppState | None = None, tokens: Path | None = None
+    host: Host, reload: asyncio.Event, state: AppState | None = None, tokens: TokenSource | None = None
 ) -> None:
     try:
         host.reload_settings()
@@ -485,12 +502,14 @@ def _on_sighup(
     reload.set()
 
 
-def _reload_tokens(state: AppState, path: Path) -> None:
-    """Re-read the tokens file: a token that went (or changed) stops working at once and the
-    streams it opened end. An invalid file leaves no token (every TCP request is refused until
-    it is fixed), never the old ones."""
+def _reload_tokens(state: AppState, source: TokenSource) -> None:
+    """Re-read the tokens file (``--tokens``, or ``--token-file``'s one token): a token that
+    went (or changed) stops working at once and the streams and waits it opened end. An
+    invalid file leaves no token (every TCP request is refused until it is fixed), never the
+    old ones."""
+    path, read = source
     try:
-        tokens = read_tokens(path)
+        tokens = read(path)
     except ServeError as exc:
         gone = state.credentials.replace({})
         ended = state.revoke(gone)
@@ -540,7 +559,7 @@ async def _serve_until_stopped(
     tcp: socket.socket | None,
     tls: tuple[str, str] | None,
     credentials: Credentials,
-    tokens_file: Path | None,
+    tokens_file: TokenSource | None,
     where: str,
     open_files: int,
 ) -> None:
@@ -636,7 +655,7 @@ def _credentials(
     scopes = parse_socket_scopes(socket_scopes)
     tokens: dict[str, Token] = {}
     if token_file is not None:
-        tokens = {DEFAULT_TOKEN: Token.of(DEFAULT_TOKEN, read_token(token_file), SCOPES)}
+        tokens = _default_token(Path(token_file))
     if tokens_file is not None:
         tokens = read_tokens(tokens_file)
     return Credentials(tokens, scopes, required=listen is not None)
@@ -708,7 +727,13 @@ def serve(
                     tcp=tcp,
                     tls=tls,
                     credentials=credentials,
-                    tokens_file=None if tokens_file is None else Path(tokens_file),
+                    tokens_file=(
+                        (Path(tokens_file), read_tokens)
+                        if tokens_file is not None
+                        else (Path(token_file), _default_token)
+                        if token_file is not None
+                        else None
+                    ),
                     where=where,
                     open_files=open_files,
                 )
