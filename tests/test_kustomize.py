@@ -1,0 +1,335 @@
+"""The kustomize driver: rendering and the status mapping as pure functions, then the adapter
+against a real API server (scripts/lib/kubernetes.sh; the ``kubeconfig`` fixture)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hearth_adapter_kustomize import _assess as look
+from hearth_adapter_kustomize import _render as rnd
+from hearth_adapter_kustomize._spec import KustomizeFlags, resolve
+from hearth_adaptersdk import ProvisioningProfile
+
+IMAGE = "hearth-test/httpd:1"
+
+
+def _profile(tier: str = "solo", caps: dict[str, Any] | None = None, **flags: Any) -> ProvisioningProfile:
+    return ProvisioningProfile(
+        tier=tier,
+        driver="kustomize",
+        resource_caps={"cpu": 0.5, "memory_mb": 64} if caps is None else caps,
+        driver_flags={"image": IMAGE, "port": 8080, **flags} if "kustomize" not in flags else flags,
+    )
+
+
+def _render(profile: ProvisioningProfile, slug: str = "alpha") -> list[dict[str, Any]]:
+    flags, caps = resolve(profile)
+    return rnd.finish(
+        rnd.cap_objects(caps) + rnd.image_objects(flags, caps),
+        namespace=f"hearth-{slug}",
+        slug=slug,
+        tier=profile.tier,
+    )
+
+
+# --- rendering ---------------------------------------------------------------------------------
+def test_an_image_renders_quota_limits_a_recreate_deployment_and_a_service_all_labelled() -> None:
+    objects = _render(_profile(env={"B": "2", "A": "1"}, command="serve --here"))
+    assert [rnd.describe(o) for o in objects] == [
+        "ResourceQuota hearth-caps",
+        "LimitRange hearth-caps",
+        "Deployment workspace",
+        "Service workspace",
+    ]
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == "hearth-alpha"
+        assert obj["metadata"]["labels"] == {
+            "app.kubernetes.io/managed-by": "hearth",
+            "hearth.dev/workspace": "alpha",
+            "hearth.dev/tier": "solo",
+        }
+    quota, limits, deployment, service = objects
+    assert quota["spec"]["hard"] == {
+        "requests.cpu": "500m",
+        "limits.cpu": "500m",
+        "requests.memory": "64Mi",
+        "limits.memory": "64Mi",
+    }
+    assert limits["spec"]["limits"][0]["default"] == {"cpu": "500m", "memory": "64Mi"}
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # the workspace's labels are on the pods but never in the selector, which cannot change later
+    assert spec["selector"] == {"matchLabels": {"app.kubernetes.io/name": "workspace"}}
+    assert spec["template"]["metadata"]["labels"]["hearth.dev/workspace"] == "alpha"
+    assert "hearth.dev/tier" not in spec["template"]["metadata"]["labels"]
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sh", "-c", "serve --here"]
+    assert container["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "64Mi"}
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+    assert rnd.endpoint(objects, "hearth-alpha", "cluster.local") == (
+        "http://workspace.hearth-alpha.svc.cluster.local:8080"
+    )
+
+
+def test_storage_becomes_requests_storage_and_no_caps_render_no_quota() -> None:
+    objects = _render(_profile(caps={"storage_mb": 1024}))
+    assert objects[0]["spec"]["hard"] == {"requests.storage": "1024Mi"}
+    assert objects[1]["spec"]["limits"] == [{"type": "PersistentVolumeClaim", "max": {"storage": "1024Mi"}}]
+    assert [o["kind"] for o in _render(_profile(caps={}))] == ["Deployment", "Service"]
+
+
+def test_ports_without_a_protocol_get_tcp_in_every_pod_template_and_service() -> None:
+    cronjob = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {
+            "jobTemplate": {
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": "x", "ports": [{"containerPort": 1}]}]}}
+                }
+            }
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 80}]},
+    }
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "initContainers": [{"name": "i", "ports": [{"containerPort": 2}]}],
+                    "containers": [{"name": "c", "ports": [{"containerPort": 3}]}],
+                }
+            }
+        },
+    }
+    done = rnd.finish([cronjob, service, deployment], namespace="hearth-a", slug="a", tier="t")
+    template = done[0]["spec"]["jobTemplate"]["spec"]["template"]
+    assert template["spec"]["containers"][0]["ports"] == [{"containerPort": 1, "protocol": "TCP"}]
+    assert template["metadata"]["labels"] == rnd.labels("a")
+    assert [p["protocol"] for p in done[1]["spec"]["ports"]] == ["UDP", "TCP"]
+    pod = done[2]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["ports"][0]["protocol"] == "TCP"
+    assert pod["containers"][0]["ports"][0]["protocol"] == "TCP"
+    assert "protocol" not in deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]  # a copy
+
+
+def test_what_a_workspace_namespace_cannot_hold_is_refused_with_every_reason() -> None:
+    objects = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "god"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube-system"}},
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ok"}},
+    ]
+    with pytest.raises(ValueError, match="ClusterRole") as caught:
+        rnd.finish(objects, namespace="hearth-a", slug="a", tier="t")
+    problems = caught.value.args[0]
+    assert len(problems) == 3
+    assert "cluster-wide" in problems[0] and "kube-system" in problems[1] and "Widget" in problems[2]
+
+
+def test_flags_and_caps_problems_are_listed_together() -> None:
+    profile = ProvisioningProfile(
+        tier="x",
+        driver="docker",
+        resource_caps={"cpu": 1, "gpu": 1},
+        driver_flags={"image": "i", "kustomize": "overlay", "colour": "red"},
+    )
+    with pytest.raises(ValueError, match="colour") as caught:
+        resolve(profile)
+    problems = caught.value.args[0]
+    assert any(p.startswith("driver_flags.colour") for p in problems), problems
+    assert any(p.startswith("driver: ") for p in problems)
+    assert any(p.startswith("resource_caps.gpu") for p in problems)
+    both = ProvisioningProfile(tier="x", driver="kustomize", driver_flags={"image": "i", "kustomize": "o"})
+    with pytest.raises(ValueError, match="either 'kustomize'"):
+        resolve(both)
+    assert KustomizeFlags(kustomize="k8s/overlay").image is None
+
+
+def test_the_render_record_round_trips() -> None:
+    objects = _render(_profile())
+    record = rnd.render_record(objects, "solo", "alpha", "hearth-alpha")
+    assert record["metadata"]["name"] == "hearth-render" and rnd.read_record(record) == objects
+    assert rnd.read_record(None) == []
+
+
+def test_an_ingress_host_is_the_endpoint() -> None:
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "web"},
+        "spec": {"rules": [{"host": "alpha.example.org"}], "tls": [{"hosts": ["alpha.example.org"]}]},
+    }
+    assert rnd.endpoint([*_render(_profile()), ingress], "hearth-alpha", "cluster.local") == (
+        "https://alpha.example.org"
+    )
+
+
+@pytest.mark.subprocess
+async def test_an_overlay_is_rendered_with_kubectl_kustomize(tmp_path: Path) -> None:
+    if not await _has_kubectl():
+        pytest.skip("kubectl is not installed (the kustomize mode needs it)")
+    base = tmp_path / "k8s" / "base"
+    base.mkdir(parents=True)
+    (base / "kustomization.yaml").write_text("resources: [deploy.yaml]\n")
+    (base / "deploy.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n"
+        "  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n"
+        "    spec: {containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]}\n"
+    )
+    overlay = tmp_path / "k8s" / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text("resources: [../base]\nnamePrefix: dev-\n")
+    objects = await rnd.kustomize_build("kubectl", overlay, 60)
+    done = rnd.finish(objects, namespace="hearth-a", slug="a", tier="t")
+    assert [rnd.describe(o) for o in done] == ["Deployment dev-web"]
+    assert done[0]["spec"]["template"]["spec"]["containers"][0]["ports"] == [
+        {"containerPort": 80, "protocol": "TCP"}
+    ]
+    (overlay / "kustomization.yaml").write_text("resources: [../missing]\n")
+    with pytest.raises(ValueError, match="kubectl kustomize"):
+        await rnd.kustomize_build("kubectl", overlay, 60)
+
+
+async def _has_kubectl() -> bool:
+    import shutil
+
+    return shutil.which("kubectl") is not None
+
+
+# --- the status mapping ------------------------------------------------------------------------
+def _deployment(
+    *,
+    generation: int = 1,
+    observed: int = 1,
+    updated: int = 1,
+    available: int = 1,
+    total: int = 1,
+    **extra: Any,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "observedGeneration": observed,
+        "updatedReplicas": updated,
+        "availableReplicas": available,
+        "readyReplicas": available,
+        "replicas": total,
+    }
+    status |= extra
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "workspace", "generation": generation},
+        "spec": {"replicas": 1},
+        "status": status,
+    }
+
+
+def _pod(
+    waiting: str | None = None, unschedulable: str | None = None, node: str | None = "n1", ready: bool = False
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"conditions": []}
+    if waiting:
+        status["containerStatuses"] = [
+            {"name": "workspace", "state": {"waiting": {"reason": waiting, "message": "pull access denied"}}}
+        ]
+    if unschedulable:
+        status["conditions"].append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        )
+    if ready:
+        status["conditions"].append({"type": "Ready", "status": "True"})
+    return {"metadata": {"name": "workspace-1"}, "spec": {"nodeName": node}, "status": status}
+
+
+def test_a_deployment_is_ready_only_when_every_replica_is_updated_available_and_no_old_one_remains() -> None:
+    assert look.assess([_deployment()], [_pod(ready=True)]).health == "ready"
+    assert look.assess([_deployment(generation=2, observed=1)], []).health == "progressing"
+    assert look.assess([_deployment(available=0)], [_pod()]).health == "progressing"
+    old = look.assess([_deployment(total=2)], [])
+    assert old.health == "progressing" and "1 old replica" in old.message
+    assert look.assess([], []).health == "ready"  # an overlay without workloads is ready once applied
+
+
+def test_back_off_unschedulable_and_a_passed_deadline_fail_with_the_reason() -> None:
+    back_off = look.assess([_deployment(available=0)], [_pod(waiting="ImagePullBackOff")])
+    assert back_off.health == "failed" and "ImagePullBackOff: pull access denied" in back_off.message
+    why = "0/1 nodes are available: 1 Insufficient cpu."
+    unschedulable = look.assess([_deployment(available=0)], [_pod(unschedulable=why, node=None)])
+    assert unschedulable.health == "failed" and why in unschedulable.message
+    deadline = _deployment(
+        available=0,
+        conditions=[
+            {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": "too slow",
+            }
+        ],
+    )
+    failed = look.assess([deadline], [])
+    assert failed.health == "failed" and "ProgressDeadlineExceeded: too slow" in failed.message
+    # a pod being deleted says nothing about the workspace
+    leaving = _pod(waiting="CrashLoopBackOff")
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert look.pod_problem(leaving) is None
+
+
+def test_status_maps_namespace_and_workloads_to_observed_states() -> None:
+    namespace: dict[str, Any] = {"metadata": {"name": "hearth-a"}, "status": {"phase": "Active"}}
+    ready = look.assess([_deployment()], [])
+    progressing = look.assess([_deployment(available=0)], [_pod()])
+    failed = look.assess([_deployment(available=0)], [_pod(waiting="CrashLoopBackOff")])
+    assert look.observed_state(None, None, upgrade=False)[0] == "absent"
+    assert look.observed_state(namespace, ready, upgrade=False) == ("ready", None)
+    assert look.observed_state(namespace, progressing, upgrade=False)[0] == "provisioning"
+    assert look.observed_state(namespace, progressing, upgrade=True)[0] == "upgrading"
+    state, message = look.observed_state(namespace, failed, upgrade=False)
+    assert state == "failed" and message is not None and "CrashLoopBackOff" in message
+    stuck = {
+        "metadata": {"name": "hearth-a"},
+        "status": {
+            "phase": "Terminating",
+            "conditions": [
+                {
+                    "type": "NamespaceFinalizersRemaining",
+                    "status": "True",
+                    "message": "a.org/keep in 1",
+                },
+                {"type": "NamespaceDeletionDiscoveryFailure", "status": "False", "message": "fine"},
+            ],
+        },
+    }
+    assert look.observed_state(stuck, ready, upgrade=False) == (
+        "tearing_down",
+        "NamespaceFinalizersRemaining: a.org/keep in 1",
+    )
+    revised = _deployment()
+    revised["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "2"}
+    assert look.upgrading([revised]) and not look.upgrading([_deployment()])
+
+
+def test_plan_helpers_ignore_what_the_server_changes_and_name_what_differs() -> None:
+    live = _deployment()
+    live["metadata"] |= {"resourceVersion": "7", "uid": "u", "managedFields": [{}]}
+    dry = _deployment(generation=1)
+    dry["metadata"]["resourceVersion"] = "8"
+    assert look.changed_paths(look.comparable(live), look.comparable(dry)) == []
+    dry["spec"]["replicas"] = 2
+    assert look.changed_paths(look.comparable(live), look.comparable(dry)) == [".spec.replicas"]
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"}}
+    record = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hearth-render"}}
+    assert look.prunable([claim, record, live], {("apps/v1", "Deployment", "workspace")}) == [claim]
+    assert look.destroys_data(claim)
