@@ -7,13 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.types import PatchType
 
+from hearth_adapter_kustomize import KustomizeConfig, KustomizeDriver
 from hearth_adapter_kustomize import _assess as look
 from hearth_adapter_kustomize import _render as rnd
+from hearth_adapter_kustomize._kube import Kube
 from hearth_adapter_kustomize._spec import KustomizeFlags, resolve
-from hearth_adaptersdk import ProvisioningProfile
+from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile
+from hearth_adaptersdk.conformance import KitOptions, run_conformance
+from hearth_adaptersdk.testing import Peer, RemoteError, open_peer
 
 IMAGE = "hearth-test/httpd:1"
+#: The fake kubelet's fault injection (scripts/lib/fake_kubelet.py).
+FAULT = "kubelet.hearth.dev/fault"
+READY_AFTER = "kubelet.hearth.dev/ready-after"
 
 
 def _profile(tier: str = "solo", caps: dict[str, Any] | None = None, **flags: Any) -> ProvisioningProfile:
@@ -281,6 +289,18 @@ def test_back_off_unschedulable_and_a_passed_deadline_fail_with_the_reason() -> 
     )
     failed = look.assess([deadline], [])
     assert failed.health == "failed" and "ProgressDeadlineExceeded: too slow" in failed.message
+    quota = _deployment(
+        available=0,
+        conditions=[
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": "exceeded quota",
+            }
+        ],
+    )
+    assert look.assess([quota], []).message == "Deployment workspace: FailedCreate: exceeded quota"
     # a pod being deleted says nothing about the workspace
     leaving = _pod(waiting="CrashLoopBackOff")
     leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
@@ -333,3 +353,276 @@ def test_plan_helpers_ignore_what_the_server_changes_and_name_what_differs() -> 
     record = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hearth-render"}}
     assert look.prunable([claim, record, live], {("apps/v1", "Deployment", "workspace")}) == [claim]
     assert look.destroys_data(claim)
+
+
+# --- against a real API server (scripts/lib/kubernetes.sh) --------------------------------------
+def _config(kubeconfig: str, **more: Any) -> dict[str, Any]:
+    return {"kubeconfig": kubeconfig, "delete_timeout": 60.0, **more}
+
+
+#: A verb waits for readiness and a rollback for a namespace's deletion (seconds, not the 10 s
+#: of the peer's typed helpers).
+BOUND = 120.0
+
+
+async def _provision(peer: Peer, slug: str, profile: ProvisioningProfile) -> DeploymentRef:
+    reply = await peer.request("provision", {"slug": slug, "profile": _json(profile)}, timeout=BOUND)
+    return DeploymentRef.model_validate(reply.result)
+
+
+async def _upgrade(peer: Peer, ref: DeploymentRef, profile: ProvisioningProfile) -> DeploymentRef:
+    reply = await peer.request("upgrade", {"ref": _json(ref), "profile": _json(profile)}, timeout=BOUND)
+    return DeploymentRef.model_validate(reply.result)
+
+
+async def _teardown(peer: Peer, ref: DeploymentRef) -> None:
+    reply = await peer.request("teardown", {"ref": _json(ref)}, timeout=BOUND)
+    assert reply.result is None
+
+
+async def _plan(peer: Peer, slug: str, ref: DeploymentRef | None, profile: ProvisioningProfile) -> PlanResult:
+    params = {"slug": slug, "ref": _json(ref) if ref else None, "profile": _json(profile)}
+    return PlanResult.model_validate((await peer.request("plan", params, timeout=BOUND)).result)
+
+
+def _json(model: Any) -> Any:
+    return model.model_dump(mode="json")
+
+
+def _kube(kubeconfig: str) -> Kube:
+    return Kube(KustomizeConfig(kubeconfig=kubeconfig))
+
+
+async def _namespace(kubeconfig: str, slug: str) -> dict[str, Any] | None:
+    kube = _kube(kubeconfig)
+    try:
+        return await kube.get("v1", "Namespace", f"hearth-{slug}")
+    finally:
+        await kube.close()
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(600)
+async def test_the_conformance_kit_passes_on_a_real_api_server(kubeconfig: str, venv_bin: Path) -> None:
+    options = KitOptions(
+        config=_config(kubeconfig),
+        profile=_profile("conformance", caps={"cpu": 0.1, "memory_mb": 32}).model_dump(mode="json"),
+        refused_profile=_profile("huge", caps={"cpu": 1, "gpu": 1}).model_dump(mode="json"),
+        failing_profile=_profile("broken", annotations={FAULT: "ImagePullBackOff"}).model_dump(mode="json"),
+        slow_profile=_profile("slow", annotations={READY_AFTER: "120"}).model_dump(mode="json"),
+        timeout=120,
+    )
+    report = await run_conformance(venv_bin / "hearth-adapter-kustomize", options)
+    assert report.passed, report.render()
+    assert all(check.outcome == "pass" for check in report.checks), report.render()
+
+
+@pytest.mark.timeout(180)
+async def test_provision_applies_caps_the_api_server_enforces_and_teardown_leaves_nothing(
+    kubeconfig: str,
+) -> None:
+    seen: list[dict[str, Any]] = []
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        peer.on_progress = lambda event: seen.append(event["params"])
+        ref = await _provision(peer, "web", _profile())
+        assert ref.endpoint == "http://workspace.hearth-web.svc.cluster.local:8080"
+        namespace = await _namespace(kubeconfig, "web")
+        assert namespace is not None
+        assert namespace["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "hearth"
+        assert [e.get("backend_id") for e in seen if e.get("backend_id")] == [namespace["metadata"]["uid"]]
+        assert any("ready" in e["message"] for e in seen)
+        kube = _kube(kubeconfig)
+        try:
+            quota = await kube.get("v1", "ResourceQuota", "hearth-caps", "hearth-web")
+            assert quota is not None and quota["status"]["hard"]["limits.cpu"] == "500m"
+        finally:
+            await kube.close()
+        status = await peer.status(ref)
+        assert status.state == "ready" and status.details["namespace"] == "hearth-web"
+        assert await _provision(peer, "web", _profile()) == ref  # the same again changes nothing
+        assert [r.workspace_slug for r in await peer.list() if r.workspace_slug == "web"] == ["web"]
+        await _teardown(peer, ref)
+        assert await _namespace(kubeconfig, "web") is None
+        await _teardown(peer, ref)  # idempotent
+        assert (await peer.status(ref)).state == "absent"
+
+
+@pytest.mark.timeout(180)
+async def test_an_unschedulable_pod_fails_the_provision_with_the_schedulers_reason_and_rolls_back(
+    kubeconfig: str,
+) -> None:
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await _provision(peer, "huge", _profile("huge", caps={"cpu": 8, "memory_mb": 64}))
+        assert caught.value.code == -32031
+        assert "Insufficient cpu" in caught.value.message, caught.value.message
+        assert caught.value.data["rolled_back"] is True
+        assert await _namespace(kubeconfig, "huge") is None
+
+
+@pytest.mark.timeout(180)
+async def test_image_pull_back_off_fails_with_the_reason_and_rolls_back(kubeconfig: str) -> None:
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await _provision(peer, "pull", _profile(annotations={FAULT: "ImagePullBackOff"}))
+        assert caught.value.code == -32031
+        assert "ImagePullBackOff" in caught.value.message
+        assert caught.value.data["rolled_back"] is True
+        assert await _namespace(kubeconfig, "pull") is None
+
+
+@pytest.mark.subprocess  # kubectl kustomize
+@pytest.mark.timeout(240)
+async def test_upgrade_prunes_plans_by_dry_run_and_a_failed_upgrade_serves_the_previous_render(
+    kubeconfig: str, tmp_path: Path
+) -> None:
+    base = tmp_path / "k8s" / "base"
+    base.mkdir(parents=True)
+    (base / "kustomization.yaml").write_text("resources: [app.yaml]\n")
+    (base / "app.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n"
+        "  strategy: {type: Recreate}\n"  # the quota holds one pod: no room for a surge
+        "  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n"
+        "    spec: {containers: [{name: app, image: 'hearth-test/app:1', ports: [{containerPort: 80}]}]}\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: app}\n"
+        "spec: {selector: {app: app}, ports: [{port: 80}]}\n"
+    )
+    for tier, extra in (("solo", "notes.yaml"), ("team", None), ("bad", None)):
+        folder = tmp_path / "k8s" / tier
+        folder.mkdir()
+        resources = ["../base"] + ([extra] if extra else [])
+        patch = ""
+        if tier == "bad":
+            patch = (
+                "patches:\n- target: {kind: Deployment, name: app}\n  patch: |-\n"
+                "    - op: add\n      path: /spec/template/metadata/annotations\n"
+                f"      value: {{{FAULT}: CrashLoopBackOff}}\n"
+            )
+        (folder / "kustomization.yaml").write_text(f"resources: {resources}\n{patch}")
+    (tmp_path / "k8s" / "solo" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata: {a: b}\n"
+    )
+
+    def overlay(tier: str) -> ProvisioningProfile:
+        return _profile(tier, kustomize=f"k8s/{tier}")
+
+    config = _config(kubeconfig, project_dir=str(tmp_path))
+    async with open_peer(KustomizeDriver(), config=config) as peer:
+        ref = await _provision(peer, "up", overlay("solo"))
+        assert ref.endpoint == "http://app.hearth-up.svc.cluster.local:80"
+        plan = await _plan(peer, "up", ref, overlay("team"))
+        by_resource = {a.resource: a for a in plan.actions}
+        assert by_resource["ConfigMap notes"].action == "delete", plan
+        # only the tier label changes on the Deployment: no rollout
+        deployment_plan = by_resource["Deployment app"]
+        assert deployment_plan.action == "update", plan
+        assert deployment_plan.reason == "changed in place: metadata.labels.hearth.dev/tier", plan
+        assert by_resource["Namespace hearth-up"].action == "update", plan
+        assert (await peer.status(ref)).state == "ready"  # the plan changed nothing
+        upgraded = await _upgrade(peer, ref, overlay("team"))
+        assert upgraded.tier == "team"
+        kube = _kube(kubeconfig)
+        try:
+            assert await kube.get("v1", "ConfigMap", "notes", "hearth-up") is None  # pruned
+            with pytest.raises(RemoteError) as caught:
+                await _upgrade(peer, upgraded, overlay("bad"))
+            assert caught.value.code == -32031 and caught.value.data["rolled_back"] is True
+            assert "CrashLoopBackOff" in caught.value.message
+            status = await peer.status(upgraded)
+            assert status.state == "ready" and status.details["tier"] == "team"
+            deployment = await kube.get("apps/v1", "Deployment", "app", "hearth-up")
+            assert deployment is not None
+            assert FAULT not in (deployment["spec"]["template"]["metadata"].get("annotations") or {})
+        finally:
+            await kube.close()
+        await _teardown(peer, upgraded)
+        assert await _namespace(kubeconfig, "up") is None
+
+
+@pytest.mark.timeout(180)
+async def test_drift_by_another_field_manager_is_refused_naming_it(kubeconfig: str) -> None:
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        ref = await _provision(peer, "drift", _profile())
+        kube = _kube(kubeconfig)
+        try:  # a person raises the quota by hand
+            raised = {
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": {"name": "hearth-caps", "namespace": "hearth-drift"},
+                "spec": {"hard": {"limits.cpu": "2"}},
+            }
+            await kube.client().patch(
+                type(await _quota_type()),
+                "hearth-caps",
+                raised,
+                namespace="hearth-drift",
+                patch_type=PatchType.APPLY,
+                field_manager="kubectl-edit",
+                force=True,
+            )
+        finally:
+            await kube.close()
+        plan = await _plan(peer, "drift", ref, _profile("team", caps={"cpu": 1, "memory_mb": 64}))
+        assert any("kubectl-edit" in a.reason for a in plan.actions), plan
+        with pytest.raises(RemoteError) as caught:
+            await _upgrade(peer, ref, _profile("team", caps={"cpu": 1, "memory_mb": 64}))
+        assert caught.value.code == -32031
+        assert '"kubectl-edit"' in caught.value.message, caught.value.message
+        assert caught.value.data["rolled_back"] is True
+        status = await peer.status(ref)
+        assert status.state == "ready" and status.details["tier"] == "solo"
+        await _teardown(peer, ref)
+
+
+async def _quota_type() -> Any:
+    from lightkube.resources.core_v1 import ResourceQuota
+
+    return ResourceQuota()
+
+
+async def test_an_unreachable_api_server_is_backend_unavailable_never_absent(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    secret = "token-that-must-never-show"
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: gone\n"
+        f"clusters: [{{name: gone, cluster: {{server: 'https://127.0.0.1:{port}', "
+        "insecure-skip-tls-verify: true}}]\n"
+        f"users: [{{name: gone, user: {{token: {secret}}}}}]\n"
+        "contexts: [{name: gone, context: {cluster: gone, user: gone}}]\n"
+    )
+    ref = {"ref": _made_up_ref("gone")}
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("status", ref),
+        ("list", {}),
+        ("provision", {"slug": "gone", "profile": _json(_profile())}),
+        ("plan", {"slug": "gone", "ref": None, "profile": _json(_profile())}),
+        ("teardown", ref),
+    ]
+    async with open_peer(KustomizeDriver(), config={"kubeconfig": str(path)}) as peer:
+        for method, params in calls:
+            reply = await peer.request(method, params, timeout=BOUND)
+            assert reply.error is not None, (method, reply.response)
+            assert reply.error["code"] == -32030, (method, reply.error)
+            assert f"127.0.0.1:{port}" in reply.error["message"]
+            assert secret not in str(reply.error)
+    async with open_peer(KustomizeDriver(), config={"kubeconfig": str(tmp_path / "none")}) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.list()
+        assert caught.value.code == -32030 and "[adapters.kustomize]" in caught.value.message
+
+
+def _made_up_ref(slug: str) -> dict[str, Any]:
+    return {
+        "workspace_slug": slug,
+        "tier": "solo",
+        "driver": "kustomize",
+        "endpoint": None,
+        "secrets_vault_path": None,
+        "created": "2026-01-01T00:00:00Z",
+        "last_status": "ready",
+    }

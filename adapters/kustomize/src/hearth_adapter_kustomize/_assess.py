@@ -45,7 +45,9 @@ def _conditions(obj: Obj) -> dict[str, Obj]:
 def workload_health(obj: Obj) -> tuple[Health, str, int, int]:
     """A Deployment is ready when the controller saw its generation, every replica is updated
     and available and no old one remains; failed when ``Progressing`` is False (its deadline
-    passed). A StatefulSet is ready when every replica is ready on the update revision."""
+    passed) or ``ReplicaFailure`` is True (a quota refused its pods), once the controller saw the
+    current generation (a condition of the previous one says nothing). A StatefulSet is ready
+    when every replica is ready on the update revision."""
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     desired = int(spec.get("replicas", 1))
@@ -53,9 +55,19 @@ def workload_health(obj: Obj) -> tuple[Health, str, int, int]:
     observed = int(status.get("observedGeneration") or 0)
     ready = int(status.get("readyReplicas") or 0)
     where = describe(obj)
+    replica_failure = _conditions(obj).get("ReplicaFailure")
+    if observed >= generation and replica_failure is not None and replica_failure.get("status") == "True":
+        # the controller cannot even create the pods: a quota, a LimitRange, admission
+        reason = replica_failure.get("reason") or "ReplicaFailure"
+        return (
+            "failed",
+            f"{where}: {reason}: {replica_failure.get('message') or ''}".rstrip(": "),
+            ready,
+            desired,
+        )
     if obj["kind"] == "Deployment":
         progressing = _conditions(obj).get("Progressing")
-        if progressing is not None and progressing.get("status") == "False":
+        if observed >= generation and progressing is not None and progressing.get("status") == "False":
             reason = progressing.get("reason") or "not progressing"
             return (
                 "failed",
@@ -128,11 +140,45 @@ def pod_words(pods: list[Obj]) -> str:
     return ", ".join(parts)
 
 
-def assess(workloads: list[Obj], pods: list[Obj]) -> Assessment:
-    """The workspace as a whole: failed if any workload or pod is, ready if every workload is."""
-    for pod in pods:
-        if (problem := pod_problem(pod)) is not None:
-            return Assessment("failed", problem, 0, len(pods))
+def _revision(obj: Obj) -> str | None:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    found: str | None = annotations.get("deployment.kubernetes.io/revision")
+    return found
+
+
+def current_pods(workloads: list[Obj], replicasets: list[Obj], pods: list[Obj]) -> list[Obj]:
+    """The pods of each Deployment's current revision (and every pod no Deployment owns): a
+    crashing pod of a revision being replaced says nothing about the one replacing it."""
+    revisions = {w["metadata"]["name"]: _revision(w) for w in workloads if w.get("kind") == "Deployment"}
+    old: set[str] = set()
+    for replicaset in replicasets:
+        meta = replicaset.get("metadata") or {}
+        owners = [o.get("name") for o in meta.get("ownerReferences") or [] if o.get("kind") == "Deployment"]
+        template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+        if (
+            template_hash
+            and owners
+            and owners[0] in revisions
+            and _revision(replicaset) != revisions[owners[0]]
+        ):
+            old.add(template_hash)
+    return [
+        p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get("pod-template-hash") not in old
+    ]
+
+
+def assess(workloads: list[Obj], pods: list[Obj], replicasets: list[Obj] | None = None) -> Assessment:
+    """The workspace as a whole: failed if any workload or current pod is, ready if every
+    workload is. Pods are judged only once the controllers saw every workload's generation."""
+    settled = all(
+        int((w.get("status") or {}).get("observedGeneration") or 0)
+        >= int((w.get("metadata") or {}).get("generation") or 0)
+        for w in workloads
+    )
+    if settled:
+        for pod in current_pods(workloads, replicasets or [], pods):
+            if (problem := pod_problem(pod)) is not None:
+                return Assessment("failed", problem, 0, len(pods))
     verdicts = [workload_health(w) for w in workloads if w.get("kind") in WORKLOADS]
     ready = sum(v[2] for v in verdicts)
     desired = sum(v[3] for v in verdicts)

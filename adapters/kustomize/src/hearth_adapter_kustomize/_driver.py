@@ -10,8 +10,9 @@ created and waits until it is gone. ``backend_id`` is the namespace's UID.
 upgrade: apply, wait, prune what the new render dropped (claims only with
 ``allow_destructive_upgrade``); on failure or cancel the objects it changed are applied again
 as the previous render (kept in the namespace as the ConfigMap ``hearth-render``) and waited for.
-teardown: foreground deletion of the namespace, waited for; a namespace that sticks is reported
-with its conditions (finalizers are never stripped).
+teardown: deletion of the namespace, waited for until it is gone (see ``Kube.delete`` for why the
+propagation is background); a namespace that sticks is reported with its conditions (finalizers
+are never stripped).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ._spec import KustomizeFlags, resolve
 
 log = logging.getLogger("hearth_adapter_kustomize")
 #: What a workspace's namespace is watched for while a verb waits.
-WATCHED = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("v1", "Pod"))
+WATCHED = (("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("apps/v1", "ReplicaSet"), ("v1", "Pod"))
 #: Kinds looked for when pruning and planning deletes, beside those the renders name.
 PRUNED = (
     ("apps/v1", "Deployment"),
@@ -88,9 +89,10 @@ class Seen:
     workloads: list[Obj]
     pods: list[Obj]
     exposed: list[Obj]
+    replicasets: list[Obj]
 
     def assessment(self) -> look.Assessment:
-        return look.assess(self.workloads, self.pods)
+        return look.assess(self.workloads, self.pods, self.replicasets)
 
 
 class KustomizeDriver(Driver):
@@ -167,9 +169,10 @@ class KustomizeDriver(Driver):
             self.kube.list("v1", "Pod", namespace=name),
             self.kube.list("v1", "Service", namespace=name),
             self.kube.list("networking.k8s.io/v1", "Ingress", namespace=name),
+            self.kube.list("apps/v1", "ReplicaSet", namespace=name),
         )
-        deployments, statefulsets, pods, services, ingresses = (found for found, _ in lists)
-        return Seen(namespace, deployments + statefulsets, pods, services + ingresses)
+        deployments, statefulsets, pods, services, ingresses, replicasets = (found for found, _ in lists)
+        return Seen(namespace, deployments + statefulsets, pods, services + ingresses, replicasets)
 
     def _ref(self, seen: Seen) -> DeploymentRef:
         meta = seen.namespace["metadata"]
@@ -247,10 +250,11 @@ class KustomizeDriver(Driver):
         total = len(rendered.objects)
         for index, obj in enumerate(rendered.objects):
             ctx.progress(f"applying {rnd.describe(obj)}", 0.1 + 0.2 * index / max(1, total))
+            changed.append(obj)  # before the call: a cancel may cut it short after it took effect
             try:
-                changed.append(obj)
                 await self.kube.apply(obj)
             except Refused as refused:
+                changed.pop()  # refused: nothing of it changed, nothing to restore
                 raise _Refusal(obj, refused) from None
 
     async def _undo_namespace(self, name: str, ctx: RequestContext) -> bool:
@@ -266,7 +270,7 @@ class KustomizeDriver(Driver):
         return True
 
     async def _remove_namespace(self, name: str, ctx: RequestContext, timeout: float) -> None:
-        ctx.progress(f"deleting namespace {name} (foreground) and waiting until it is gone", None)
+        ctx.progress(f"deleting namespace {name} and waiting until it is gone", None)
         if await self.kube.delete("v1", "Namespace", name):
             await self._wait_gone(name, ctx, timeout)
 
@@ -304,7 +308,7 @@ class KustomizeDriver(Driver):
         async with _Observer(self.kube, name) as observer:
             said = ""
             while True:
-                verdict = look.assess(observer.workloads(), observer.pods())
+                verdict = look.assess(observer.workloads(), observer.pods(), observer.replicasets())
                 elapsed = loop.time() - started
                 if verdict.message != said:
                     said = verdict.message
@@ -636,6 +640,9 @@ class _Observer:
 
     def pods(self) -> builtins.list[Obj]:
         return list(self.objects["Pod"].values())
+
+    def replicasets(self) -> builtins.list[Obj]:
+        return list(self.objects["ReplicaSet"].values())
 
     async def changed(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -121,10 +121,15 @@ class Kube:
         return _as_dict(applied)
 
     async def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
-        """Delete with foreground propagation; False when it was not there."""
+        """Delete, its dependents in the background; False when it was not there.
+
+        Not foreground: that adds a finalizer the garbage collector must patch away, and a 1.20
+        API server built with Go >= 1.18 (Debian's) panics on that patch, so the object would
+        never go. The namespace controller deletes a namespace's content either way, and
+        teardown waits until the namespace itself is gone, which is what foreground promised."""
         resource: Any = resource_registry.load(api_version, kind)
         try:
-            await self.client().delete(resource, name, namespace=namespace, cascade=CascadeType.FOREGROUND)
+            await self.client().delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except Exception as exc:
             error = self._translate(exc)
             if isinstance(error, Refused) and error.code == 404:
