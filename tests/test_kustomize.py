@@ -3,6 +3,7 @@ against a real API server (scripts/lib/kubernetes.sh; the ``kubeconfig`` fixture
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -626,3 +627,109 @@ def _made_up_ref(slug: str) -> dict[str, Any]:
         "created": "2026-01-01T00:00:00Z",
         "last_status": "ready",
     }
+
+
+def _overlays(project: Path) -> None:
+    """k8s/base (a Deployment and a Service), k8s/solo (plus a ConfigMap), k8s/team (without)."""
+    base = project / "k8s" / "base"
+    base.mkdir(parents=True)
+    (base / "kustomization.yaml").write_text("resources: [app.yaml]\n")
+    (base / "app.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n"
+        "  strategy: {type: Recreate}\n"
+        "  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n"
+        "    spec: {containers: [{name: app, image: 'hearth-test/app:1', ports: [{containerPort: 80}]}]}\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: app}\n"
+        "spec: {selector: {app: app}, ports: [{port: 80}]}\n"
+    )
+    (project / "k8s" / "solo").mkdir()
+    (project / "k8s" / "solo" / "kustomization.yaml").write_text("resources: [../base, notes.yaml]\n")
+    (project / "k8s" / "solo" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata: {a: b}\n"
+    )
+    (project / "k8s" / "team").mkdir()
+    (project / "k8s" / "team" / "kustomization.yaml").write_text("resources: [../base]\n")
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_the_cli_runs_the_lifecycle_on_kubernetes_and_adopts_an_orphan(
+    kubeconfig: str, venv_bin: Path, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import subprocess
+
+    import yaml
+
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    _overlays(project)
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+        '[tiers.solo.driver_flags.kustomize]\nkustomize = "k8s/solo"\n'
+        "[tiers.team]\nresource_caps = { cpu = 1, memory_mb = 96 }\n"
+        '[tiers.team.driver_flags.kustomize]\nkustomize = "k8s/team"\n'
+        '[adapters.kustomize]\npass_env = ["KUBECONFIG"]\n'
+    )
+    home = tmp_path / "home"
+    # the kubeconfig comes through KUBECONFIG, which the host passes because pass_env names it
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}", "KUBECONFIG": kubeconfig}
+    secrets = [
+        str(user["user"][field])
+        for user in yaml.safe_load(Path(kubeconfig).read_text())["users"]
+        for field in ("token", "client-key-data", "client-certificate-data")
+        if field in user["user"]
+    ]
+    assert secrets, "the test cluster's kubeconfig names no credential to look for"
+    outputs: list[str] = []
+
+    def hearth(*args: str, ok: bool = True) -> Any:
+        done = subprocess.run(
+            [str(venv_bin / "hearth"), *args, "--json", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=project,  # overlays are relative to the project folder, the adapter's working folder
+            timeout=180,
+            check=False,
+        )
+        outputs.append(done.stdout + done.stderr)
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    ref = hearth("provision", "cli", "--tier", "solo", "--driver", "kustomize")
+    assert ref["endpoint"] == "http://app.hearth-cli.svc.cluster.local:80"
+    assert hearth("status", "cli")["state"] == "ready"
+    planned = hearth("plan", "cli", "--tier", "team")
+    actions = {a["resource"]: a["action"] for a in planned["actions"]}
+    assert actions["ConfigMap notes"] == "delete", planned
+    assert actions["ResourceQuota hearth-caps"] == "update", planned
+    assert hearth("upgrade", "cli", "--tier", "team")["tier"] == "team"
+    assert asyncio.run(_exists(kubeconfig, "v1", "ConfigMap", "notes", "hearth-cli")) is False  # pruned
+    assert hearth("teardown", "cli")["state"] == "tier_torn_down"
+    assert asyncio.run(_namespace(kubeconfig, "cli")) is None
+    # the slug is free again
+    again = hearth("provision", "cli", "--tier", "solo", "--driver", "kustomize", "--reuse")
+    assert again["endpoint"] == ref["endpoint"]
+    # forgotten, it is an orphan reconcile reports and adopt takes back
+    hearth("forget", "cli", "--yes")
+    report = hearth("reconcile", ok=False)
+    assert [o["workspace_slug"] for o in report["orphans"]] == ["cli"], report
+    adopted = hearth("adopt", "cli", "--driver", "kustomize", "--tier", "solo")
+    assert adopted["state"] == "ready"
+    assert hearth("teardown", "cli")["state"] == "tier_torn_down"
+    for secret in secrets:
+        assert all(secret not in text for text in outputs)
+        for path in home.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+
+
+async def _exists(kubeconfig: str, api_version: str, kind: str, name: str, namespace: str) -> bool:
+    kube = _kube(kubeconfig)
+    try:
+        return await kube.get(api_version, kind, name, namespace) is not None
+    finally:
+        await kube.close()
