@@ -10,9 +10,8 @@ created and waits until it is gone. ``backend_id`` is the namespace's UID.
 upgrade: apply, wait, prune what the new render dropped (claims only with
 ``allow_destructive_upgrade``); on failure or cancel the objects it changed are applied again
 as the previous render (kept in the namespace as the ConfigMap ``hearth-render``) and waited for.
-teardown: deletion of the namespace, waited for until it is gone (see ``Kube.delete`` for why the
-propagation is background); a namespace that sticks is reported with its conditions (finalizers
-are never stripped).
+teardown: foreground deletion of the namespace, waited for until it is gone; a namespace that
+sticks is reported with its conditions (finalizers are never stripped).
 """
 
 from __future__ import annotations
@@ -270,8 +269,8 @@ class KustomizeDriver(Driver):
         return True
 
     async def _remove_namespace(self, name: str, ctx: RequestContext, timeout: float) -> None:
-        ctx.progress(f"deleting namespace {name} and waiting until it is gone", None)
-        if await self.kube.delete("v1", "Namespace", name):
+        ctx.progress(f"deleting namespace {name} (foreground) and waiting until it is gone", None)
+        if await self.kube.delete("v1", "Namespace", name, foreground=True):
             await self._wait_gone(name, ctx, timeout)
 
     async def _wait_gone(self, name: str, ctx: RequestContext, timeout: float) -> None:

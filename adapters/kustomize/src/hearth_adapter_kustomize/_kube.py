@@ -120,16 +120,21 @@ class Kube:
             raise self._translate(exc) from None
         return _as_dict(applied)
 
-    async def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
-        """Delete, its dependents in the background; False when it was not there.
-
-        Not foreground: that adds a finalizer the garbage collector must patch away, and a 1.20
-        API server built with Go >= 1.18 (Debian's) panics on that patch, so the object would
-        never go. The namespace controller deletes a namespace's content either way, and
-        teardown waits until the namespace itself is gone, which is what foreground promised."""
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None = None,
+        *,
+        foreground: bool = False,
+    ) -> bool:
+        """Delete; False when it was not there. ``foreground``: the object goes only once its
+        dependents are gone (a namespace's teardown); else they go in the background."""
         resource: Any = resource_registry.load(api_version, kind)
+        cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
         try:
-            await self.client().delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+            await self.client().delete(resource, name, namespace=namespace, cascade=cascade)
         except Exception as exc:
             error = self._translate(exc)
             if isinstance(error, Refused) and error.code == 404:
