@@ -733,3 +733,97 @@ async def _exists(kubeconfig: str, api_version: str, kind: str, name: str, names
         return await kube.get(api_version, kind, name, namespace) is not None
     finally:
         await kube.close()
+
+
+async def _until_namespace(kubeconfig: str, name: str, *, present: bool, bound: float = 90.0) -> None:
+    """Until namespace ``name`` exists (or is gone), as a watch of it reports."""
+    kube = _kube(kubeconfig)
+    fields = {"metadata.name": name}
+
+    async def watch() -> None:
+        found, version = await kube.list("v1", "Namespace", fields=fields)
+        if bool(found) == present:
+            return
+        async for operation, _ in kube.watch("v1", "Namespace", fields=fields, resource_version=version):
+            if (operation == "DELETED") != present:
+                return
+
+    try:
+        await asyncio.wait_for(watch(), bound)
+    finally:
+        await kube.close()
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+def test_ctrl_c_mid_provision_rolls_back_and_a_host_killed_mid_provision_heals(
+    kubeconfig: str, venv_bin: Path, tmp_path: Path
+) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+        f'[tiers.solo.driver_flags.kustomize]\nimage = "{IMAGE}"\nport = 8080\n'
+        "[tiers.slow]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+        f'[tiers.slow.driver_flags.kustomize]\nimage = "{IMAGE}"\nport = 8080\n'
+        f'annotations = {{ "{READY_AFTER}" = "600" }}\n'
+        f'[adapters.kustomize]\nkubeconfig = "{kubeconfig}"\n'
+    )
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+
+    def argv(*args: str) -> list[str]:
+        return [
+            str(venv_bin / "hearth"),
+            *args,
+            "--json",
+            "--home",
+            str(tmp_path / "home"),
+            "--project",
+            str(project),
+        ]
+
+    def hearth(*args: str) -> Any:
+        done = subprocess.run(argv(*args), capture_output=True, text=True, env=env, timeout=180, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
+    def started(slug: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            argv("provision", slug, "--tier", "slow", "--driver", "kustomize"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        asyncio.run(_until_namespace(kubeconfig, f"hearth-{slug}", present=True))
+        return process
+
+    # Ctrl-C: the provision is cancelled, the namespace deleted and waited for, nothing recorded
+    process = started("ctrlc")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "was cancelled and rolled back" in err, err
+    assert asyncio.run(_namespace(kubeconfig, "ctrlc")) is None
+    assert hearth("ls") == []
+
+    # kill -9 of the host: the adapter sees its parent die and rolls back; reconcile settles the
+    # record from status, and once torn down the slug provisions again
+    process = started("killed")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    asyncio.run(_until_namespace(kubeconfig, "hearth-killed", present=False))
+    hearth("reconcile")
+    [record] = hearth("ls")
+    assert record["last_status"] == "failed", record  # what a dead host left, settled from status
+    assert hearth("teardown", "killed")["state"] == "tier_torn_down"
+    ref = hearth("provision", "killed", "--tier", "solo", "--driver", "kustomize", "--reuse")
+    assert ref["last_status"] == "ready"
+    assert hearth("status", "killed")["state"] == "ready"
+    assert hearth("teardown", "killed")["state"] == "tier_torn_down"
