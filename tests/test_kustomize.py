@@ -394,6 +394,18 @@ def _kube(kubeconfig: str) -> Kube:
     return Kube(KustomizeConfig(kubeconfig=kubeconfig))
 
 
+async def _fresh(kubeconfig: str, *slugs: str) -> None:
+    """No namespace of ``slugs`` left from an earlier run that failed half way."""
+    kube = _kube(kubeconfig)
+    try:
+        for slug in slugs:
+            await kube.delete("v1", "Namespace", f"hearth-{slug}")
+    finally:
+        await kube.close()
+    for slug in slugs:
+        await _until_namespace(kubeconfig, f"hearth-{slug}", present=False)
+
+
 async def _namespace(kubeconfig: str, slug: str) -> dict[str, Any] | None:
     kube = _kube(kubeconfig)
     try:
@@ -422,6 +434,7 @@ async def test_the_conformance_kit_passes_on_a_real_api_server(kubeconfig: str, 
 async def test_provision_applies_caps_the_api_server_enforces_and_teardown_leaves_nothing(
     kubeconfig: str,
 ) -> None:
+    await _fresh(kubeconfig, "web")
     seen: list[dict[str, Any]] = []
     async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
         peer.on_progress = lambda event: seen.append(event["params"])
@@ -477,37 +490,26 @@ async def test_image_pull_back_off_fails_with_the_reason_and_rolls_back(kubeconf
 async def test_upgrade_prunes_plans_by_dry_run_and_a_failed_upgrade_serves_the_previous_render(
     kubeconfig: str, tmp_path: Path
 ) -> None:
-    base = tmp_path / "k8s" / "base"
-    base.mkdir(parents=True)
-    (base / "kustomization.yaml").write_text("resources: [app.yaml]\n")
-    (base / "app.yaml").write_text(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n"
-        "  strategy: {type: Recreate}\n"  # the quota holds one pod: no room for a surge
-        "  selector: {matchLabels: {app: app}}\n  template:\n    metadata: {labels: {app: app}}\n"
-        "    spec: {containers: [{name: app, image: 'hearth-test/app:1', ports: [{containerPort: 80}]}]}\n"
-        "---\napiVersion: v1\nkind: Service\nmetadata: {name: app}\n"
-        "spec: {selector: {app: app}, ports: [{port: 80}]}\n"
-    )
-    for tier, extra in (("solo", "notes.yaml"), ("team", None), ("bad", None)):
-        folder = tmp_path / "k8s" / tier
-        folder.mkdir()
-        resources = ["../base"] + ([extra] if extra else [])
-        patch = ""
-        if tier == "bad":
-            patch = (
-                "patches:\n- target: {kind: Deployment, name: app}\n  patch: |-\n"
-                "    - op: add\n      path: /spec/template/metadata/annotations\n"
-                f"      value: {{{FAULT}: CrashLoopBackOff}}\n"
-            )
-        (folder / "kustomization.yaml").write_text(f"resources: {resources}\n{patch}")
-    (tmp_path / "k8s" / "solo" / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata: {a: b}\n"
-    )
+    _overlays(tmp_path)
+    for tier, patch in (
+        # the pod crash-loops (the fake kubelet's fault)
+        (
+            "bad",
+            f"patches:\n- target: {{kind: Deployment, name: app}}\n  patch: |-\n"
+            "    - op: add\n      path: /spec/template/metadata/annotations\n"
+            f"      value: {{{FAULT}: CrashLoopBackOff}}\n",
+        ),
+        # commonLabels go into the selector too, which cannot change in place
+        ("moved", "commonLabels: {variant: moved}\n"),
+    ):
+        (tmp_path / "k8s" / tier).mkdir()
+        (tmp_path / "k8s" / tier / "kustomization.yaml").write_text(f"resources: [../base]\n{patch}")
 
     def overlay(tier: str) -> ProvisioningProfile:
         return _profile(tier, kustomize=f"k8s/{tier}")
 
     config = _config(kubeconfig, project_dir=str(tmp_path))
+    await _fresh(kubeconfig, "up")
     async with open_peer(KustomizeDriver(), config=config) as peer:
         ref = await _provision(peer, "up", overlay("solo"))
         assert ref.endpoint == "http://app.hearth-up.svc.cluster.local:80"
@@ -534,6 +536,16 @@ async def test_upgrade_prunes_plans_by_dry_run_and_a_failed_upgrade_serves_the_p
             deployment = await kube.get("apps/v1", "Deployment", "app", "hearth-up")
             assert deployment is not None
             assert FAULT not in (deployment["spec"]["template"]["metadata"].get("annotations") or {})
+            # a selector cannot change in place: plan says replace, and the upgrade replaces it
+            plan = await _plan(peer, "up", upgraded, overlay("moved"))
+            replaced = {a.resource: a for a in plan.actions}["Deployment app"]
+            assert replaced.action == "replace" and not replaced.destructive, plan
+            assert "immutable" in replaced.reason
+            moved = await _upgrade(peer, upgraded, overlay("moved"))
+            deployment = await kube.get("apps/v1", "Deployment", "app", "hearth-up")
+            assert deployment is not None
+            assert deployment["spec"]["selector"]["matchLabels"] == {"app": "app", "variant": "moved"}
+            assert (await peer.status(moved)).state == "ready"
         finally:
             await kube.close()
         await _teardown(peer, upgraded)
@@ -542,6 +554,7 @@ async def test_upgrade_prunes_plans_by_dry_run_and_a_failed_upgrade_serves_the_p
 
 @pytest.mark.timeout(180)
 async def test_drift_by_another_field_manager_is_refused_naming_it(kubeconfig: str) -> None:
+    await _fresh(kubeconfig, "drift")
     async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
         ref = await _provision(peer, "drift", _profile())
         kube = _kube(kubeconfig)
@@ -699,6 +712,7 @@ def test_the_cli_runs_the_lifecycle_on_kubernetes_and_adopts_an_orphan(
             assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if done.stdout.strip() else None
 
+    asyncio.run(_fresh(kubeconfig, "cli"))
     ref = hearth("provision", "cli", "--tier", "solo", "--driver", "kustomize")
     assert ref["endpoint"] == "http://app.hearth-cli.svc.cluster.local:80"
     assert hearth("status", "cli")["state"] == "ready"
@@ -804,6 +818,7 @@ def test_ctrl_c_mid_provision_rolls_back_and_a_host_killed_mid_provision_heals(
         asyncio.run(_until_namespace(kubeconfig, f"hearth-{slug}", present=True))
         return process
 
+    asyncio.run(_fresh(kubeconfig, "ctrlc", "killed"))
     # Ctrl-C: the provision is cancelled, the namespace deleted and waited for, nothing recorded
     process = started("ctrlc")
     process.send_signal(signal.SIGINT)

@@ -7,9 +7,11 @@ its name. Ready is read from the objects' conditions as the watch reports them, 
 (scheduled, pulling, back-off, ready n/m); back-off, an unschedulable pod or a Deployment past
 its progress deadline fail at once, and a failed or cancelled provision deletes the namespace it
 created and waits until it is gone. ``backend_id`` is the namespace's UID.
-upgrade: apply, wait, prune what the new render dropped (claims only with
-``allow_destructive_upgrade``); on failure or cancel the objects it changed are applied again
-as the previous render (kept in the namespace as the ConfigMap ``hearth-render``) and waited for.
+upgrade: apply (an object whose change is immutable is deleted and applied anew, one that
+holds data only with ``allow_destructive_upgrade``), wait, prune what the new render dropped
+(claims only with ``allow_destructive_upgrade``); on failure or cancel the objects it changed
+are applied again as the previous render (kept in the namespace as the ConfigMap
+``hearth-render``) and waited for.
 teardown: foreground deletion of the namespace, waited for until it is gone; a namespace that
 sticks is reported with its conditions (finalizers are never stripped).
 """
@@ -244,17 +246,55 @@ class KustomizeDriver(Driver):
             raise BackendFailure(f"namespace {name} vanished right after it was ready", rolled_back=False)
         return self._ref(await self._seen(namespace))
 
-    async def _apply_all(self, rendered: Rendered, ctx: RequestContext, changed: builtins.list[Obj]) -> None:
-        """Apply every object in order; each one applied is appended to ``changed`` at once."""
+    async def _apply_all(
+        self,
+        rendered: Rendered,
+        ctx: RequestContext,
+        changed: builtins.list[Obj],
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Apply every object in order; each one applied is appended to ``changed`` at once.
+        ``replace`` (an upgrade): an object whose change the server calls immutable is deleted
+        and applied anew, as ``plan`` says (one that holds data only with
+        ``allow_destructive_upgrade``)."""
         total = len(rendered.objects)
         for index, obj in enumerate(rendered.objects):
             ctx.progress(f"applying {rnd.describe(obj)}", 0.1 + 0.2 * index / max(1, total))
             changed.append(obj)  # before the call: a cancel may cut it short after it took effect
             try:
-                await self.kube.apply(obj)
+                await self._apply(obj, ctx, replace=replace, destroy=rendered.flags.allow_destructive_upgrade)
             except Refused as refused:
                 changed.pop()  # refused: nothing of it changed, nothing to restore
                 raise _Refusal(obj, refused) from None
+
+    async def _apply(self, obj: Obj, ctx: RequestContext, *, replace: bool, destroy: bool) -> None:
+        try:
+            await self.kube.apply(obj)
+        except Refused as refused:
+            if not (replace and _immutable(refused)):
+                raise
+            if look.destroys_data(obj) and not destroy:
+                raise Refused(
+                    refused.code,
+                    refused.reason,
+                    f"{refused.message}; replacing it would lose its data: set allow_destructive_upgrade "
+                    "in the tier's driver_flags to accept that",
+                ) from None
+            meta = obj["metadata"]
+            ctx.progress(f"replacing {rnd.describe(obj)}: {refused.message}", None)
+            # foreground: gone only once its pods are, so the new one fits the same quota
+            await self.kube.delete(
+                obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), foreground=True
+            )
+            await self._wait_gone(
+                meta["name"],
+                ctx,
+                self.settings.delete_timeout,
+                kind=(obj["apiVersion"], obj["kind"]),
+                namespace=meta.get("namespace"),
+            )
+            await self.kube.apply(obj)
 
     async def _undo_namespace(self, name: str, ctx: RequestContext) -> bool:
         """Delete the namespace this call created and wait until it is gone (through
@@ -273,12 +313,22 @@ class KustomizeDriver(Driver):
         if await self.kube.delete("v1", "Namespace", name, foreground=True):
             await self._wait_gone(name, ctx, timeout)
 
-    async def _wait_gone(self, name: str, ctx: RequestContext, timeout: float) -> None:
-        """Until the namespace is gone, watched; BackendFailure naming its conditions if it sticks."""
+    async def _wait_gone(
+        self,
+        name: str,
+        ctx: RequestContext,
+        timeout: float,
+        *,
+        kind: tuple[str, str] = ("v1", "Namespace"),
+        namespace: str | None = None,
+    ) -> None:
+        """Until the object (a namespace by default) is gone, watched; BackendFailure naming a
+        namespace's conditions if it sticks."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         fields = {"metadata.name": name}
-        found, version = await self.kube.list("v1", "Namespace", fields=fields)
+        api_version, kind_name = kind
+        found, version = await self.kube.list(api_version, kind_name, namespace=namespace, fields=fields)
         last: Obj | None = found[0] if found else None
         if last is None:
             return
@@ -286,7 +336,7 @@ class KustomizeDriver(Driver):
         async def follow() -> None:
             nonlocal last
             async for operation, obj in self.kube.watch(
-                "v1", "Namespace", fields=fields, resource_version=version
+                api_version, kind_name, namespace=namespace, fields=fields, resource_version=version
             ):
                 if operation == "DELETED":
                     return
@@ -295,9 +345,9 @@ class KustomizeDriver(Driver):
         try:
             await asyncio.wait_for(follow(), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            why = look.stuck_reason(last) or "the namespace controller has not finished deleting its content"
+            why = look.stuck_reason(last) or "its finalizers have not finished"
             raise BackendFailure(
-                f"namespace {name} is still terminating after {timeout:g} s: {why}", rolled_back=False
+                f"{kind_name} {name} is still terminating after {timeout:g} s: {why}", rolled_back=False
             ) from None
 
     async def _wait_ready(self, name: str, ctx: RequestContext, timeout: float) -> look.Assessment:
@@ -399,7 +449,7 @@ class KustomizeDriver(Driver):
             ctx.progress(f"applying the {profile.tier!r} tier to namespace {name}", 0.05)
             changed.append(rendered.namespace_object)
             await self.kube.apply(rendered.namespace_object)
-            await self._apply_all(rendered, ctx, changed)
+            await self._apply_all(rendered, ctx, changed, replace=True)
             await self._wait_ready(name, ctx, rendered.ready_timeout)
             await self._prune(slug, rendered, previous, ctx)
             await self.kube.apply(rnd.render_record(rendered.objects, profile.tier, slug, name))
@@ -450,7 +500,7 @@ class KustomizeDriver(Driver):
             if obj["kind"] == "Namespace":
                 continue
             if (old := before.get(rnd.key(obj))) is not None:
-                await self.kube.apply(old)
+                await self._apply(old, ctx, replace=True, destroy=True)
             else:
                 meta = obj["metadata"]
                 await self.kube.delete(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
@@ -556,7 +606,7 @@ class KustomizeDriver(Driver):
         try:
             dry = await self.kube.apply(obj, dry_run=True)
         except Refused as refused:
-            if refused.code == 422 and "immutable" in refused.message:
+            if _immutable(refused):
                 data = look.destroys_data(obj)
                 return _action(
                     "replace",
@@ -693,6 +743,11 @@ def _as_failure(exc: BaseException, what: str, *, rolled_back: bool) -> BaseExce
 
 def _action(action: PlanActionKind, resource: str, reason: str, *, destructive: bool = False) -> PlanAction:
     return PlanAction(action=action, resource=resource, reason=reason, destructive=destructive)
+
+
+def _immutable(refused: Refused) -> bool:
+    """The server refused a change to a field that cannot change in place."""
+    return refused.code == 422 and "immutable" in refused.message
 
 
 def _involved(event: Obj) -> str:
