@@ -842,3 +842,45 @@ def test_ctrl_c_mid_provision_rolls_back_and_a_host_killed_mid_provision_heals(
     assert ref["last_status"] == "ready"
     assert hearth("status", "killed")["state"] == "ready"
     assert hearth("teardown", "killed")["state"] == "tier_torn_down"
+
+
+@pytest.mark.subprocess  # kubectl kustomize
+@pytest.mark.timeout(180)
+async def test_a_teardown_that_sticks_says_why_and_never_strips_finalizers(
+    kubeconfig: str, tmp_path: Path
+) -> None:
+    overlay = tmp_path / "k8s" / "kept"
+    overlay.mkdir(parents=True)
+    (overlay / "kustomization.yaml").write_text("resources: [kept.yaml]\n")
+    (overlay / "kept.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kept, finalizers: [hearth.dev/test-keep]}\n"
+    )
+    await _fresh(kubeconfig, "stuck")
+    config = _config(kubeconfig, project_dir=str(tmp_path), delete_timeout=8.0)
+    async with open_peer(KustomizeDriver(), config=config) as peer:
+        ref = await _provision(peer, "stuck", _profile("kept", kustomize="k8s/kept"))
+        assert (await peer.status(ref)).state == "ready"  # no workload: ready once applied
+        with pytest.raises(RemoteError) as caught:
+            await _teardown(peer, ref)
+        assert caught.value.code == -32031
+        assert "still terminating" in caught.value.message
+        assert "hearth.dev/test-keep" in caught.value.message, caught.value.message
+        status = await peer.status(ref)
+        assert status.state == "tearing_down" and "hearth.dev/test-keep" in (status.message or "")
+        kube = _kube(kubeconfig)
+        try:  # the finalizer is still there: the driver never strips it; its owner does
+            kept = await kube.get("v1", "ConfigMap", "kept", "hearth-stuck")
+            assert kept is not None and kept["metadata"]["finalizers"] == ["hearth.dev/test-keep"]
+            from lightkube.resources.core_v1 import ConfigMap
+
+            await kube.client().patch(
+                ConfigMap,
+                "kept",
+                {"metadata": {"finalizers": None}},
+                namespace="hearth-stuck",
+                patch_type=PatchType.MERGE,
+            )
+        finally:
+            await kube.close()
+        await _teardown(peer, ref)
+        assert (await peer.status(ref)).state == "absent"
