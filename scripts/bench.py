@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -411,7 +412,7 @@ def _kustomize_profile(tier: str, cpu: float) -> ProvisioningProfile:
 
 async def kustomize_adapter_lifecycles(kubeconfig: str, rounds: int) -> tuple[dict[str, list[float]], str]:
     """Provision to ready, idempotent re-provision, plan of an upgrade, teardown, through the
-    adapter process; and the render it applied (its ``hearth-render`` ConfigMap), for kubectl."""
+    adapter process; and the render it applied (its ``hearth-render`` Secret), for kubectl."""
     times: dict[str, list[float]] = {"provision": [], "again": [], "plan": [], "teardown": []}
     render = ""
     solo, team = _kustomize_profile("solo", 0.5), _kustomize_profile("team", 1)
@@ -432,7 +433,7 @@ async def kustomize_adapter_lifecycles(kubeconfig: str, rounds: int) -> tuple[di
                 render = _kubectl(
                     kubeconfig,
                     "get",
-                    "configmap",
+                    "secret",
                     "hearth-render",
                     "-n",
                     f"hearth-{slug}",
@@ -450,7 +451,7 @@ def kubectl_lifecycle(kubeconfig: str, render: str, index: int) -> tuple[float, 
     ``rollout status`` (to ready), ``apply --server-side --dry-run=server`` (plan) and ``delete
     namespace --wait`` (teardown); seconds each."""
     namespace = f"bench-kubectl{index}"
-    objects = json.loads(render)
+    objects = json.loads(base64.b64decode(render))  # the Secret's data
     for obj in objects:
         obj["metadata"]["namespace"] = namespace
     document = json.dumps(

@@ -351,7 +351,7 @@ def test_plan_helpers_ignore_what_the_server_changes_and_name_what_differs() -> 
     dry["spec"]["replicas"] = 2
     assert look.changed_paths(look.comparable(live), look.comparable(dry)) == [".spec.replicas"]
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"}}
-    record = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hearth-render"}}
+    record = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hearth-render"}}
     assert look.prunable([claim, record, live], {("apps/v1", "Deployment", "workspace")}) == [claim]
     assert look.destroys_data(claim)
 

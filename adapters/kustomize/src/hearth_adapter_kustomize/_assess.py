@@ -275,5 +275,5 @@ def prunable(live: list[Obj], wanted: set[tuple[str, str, str]]) -> list[Obj]:
         obj
         for obj in live
         if (obj["apiVersion"], obj["kind"], obj["metadata"]["name"]) not in wanted
-        and not (obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == RENDER)
+        and not (obj["kind"] == "Secret" and obj["metadata"]["name"] == RENDER)
     ]

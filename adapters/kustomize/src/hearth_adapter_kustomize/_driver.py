@@ -10,7 +10,7 @@ created and waits until it is gone. ``backend_id`` is the namespace's UID.
 upgrade: apply (an object whose change is immutable is deleted and applied anew, one that
 holds data only with ``allow_destructive_upgrade``), wait, prune what the new render dropped
 (claims only with ``allow_destructive_upgrade``); on failure or cancel the objects it changed
-are applied again as the previous render (kept in the namespace as the ConfigMap
+are applied again as the previous render (kept in the namespace as the Secret
 ``hearth-render``) and waited for.
 teardown: foreground deletion of the namespace, waited for until it is gone; a namespace that
 sticks is reported with its conditions (finalizers are never stripped).
@@ -443,7 +443,7 @@ class KustomizeDriver(Driver):
         name = rendered.namespace
         namespace, _ = await self._ready_for_upgrade(slug)
         previous_tier = (namespace["metadata"].get("labels") or {}).get(rnd.TIER, "")
-        previous = rnd.read_record(await self.kube.get("v1", "ConfigMap", rnd.RENDER, name))
+        previous = rnd.read_record(await self.kube.get("v1", "Secret", rnd.RENDER, name))
         changed: builtins.list[Obj] = []
         try:
             ctx.progress(f"applying the {profile.tier!r} tier to namespace {name}", 0.05)
@@ -573,7 +573,7 @@ class KustomizeDriver(Driver):
                 return PlanResult(actions=actions)
         else:
             await self._ready_for_upgrade(slug)
-        previous = rnd.read_record(await self.kube.get("v1", "ConfigMap", rnd.RENDER, name))
+        previous = rnd.read_record(await self.kube.get("v1", "Secret", rnd.RENDER, name))
         for obj in [rendered.namespace_object, *rendered.objects]:
             actions.append(await self._plan_one(obj))
         live = await self._live(name, slug, self._kinds(rendered.objects, previous))

@@ -11,6 +11,7 @@ refuses a port without its key field.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 from pathlib import Path
@@ -28,7 +29,8 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "hearth"
 WORKSPACE = "hearth.dev/workspace"
 TIER = "hearth.dev/tier"
-#: The ConfigMap that keeps the render last applied, so a failed upgrade can go back to it.
+#: The Secret that keeps the render last applied, so a failed upgrade can go back to it (a Secret,
+#: not a ConfigMap: the render may hold the overlay's own Secrets).
 RENDER = "hearth-render"
 #: The name of the Deployment and Service rendered from an image, and of the quota and limits.
 WORKLOAD = "workspace"
@@ -224,20 +226,27 @@ def fix_protocols(obj: Obj) -> Obj:
 
 
 def render_record(objects: list[Obj], tier: str, slug: str, namespace: str) -> Obj:
-    """The ConfigMap that keeps ``objects`` (what was applied), for an upgrade's rollback."""
+    """The Secret that keeps ``objects`` (what was applied), for an upgrade's rollback."""
+    text = json.dumps(objects, sort_keys=True)
     return {
         "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {"name": RENDER, "namespace": namespace, "labels": labels(slug, tier)},
-        "data": {"render.json": json.dumps(objects, sort_keys=True), "tier": tier},
+        "data": {
+            "render.json": base64.b64encode(text.encode()).decode(),
+            "tier": base64.b64encode(tier.encode()).decode(),
+        },
     }
 
 
-def read_record(configmap: Obj | None) -> list[Obj]:
-    if configmap is None:
+def read_record(secret: Obj | None) -> list[Obj]:
+    if secret is None:
         return []
-    text = (configmap.get("data") or {}).get("render.json") or "[]"
-    loaded: list[Obj] = json.loads(text)
+    encoded = (secret.get("data") or {}).get("render.json")
+    if not encoded:
+        return []
+    loaded: list[Obj] = json.loads(base64.b64decode(encoded))
     return loaded
 
 
