@@ -628,6 +628,13 @@ async def test_an_unreachable_api_server_is_backend_unavailable_never_absent(tmp
         with pytest.raises(RemoteError) as caught:
             await peer.list()
         assert caught.value.code == -32030 and "[adapters.kustomize]" in caught.value.message
+    broken = tmp_path / "broken"
+    broken.write_text(f"users: [{{name: x, user: {{token: {secret}\n  - ]: [\n")
+    async with open_peer(KustomizeDriver(), config={"kubeconfig": str(broken)}) as peer:
+        with pytest.raises(RemoteError) as caught:
+            await peer.list()
+        assert caught.value.code == -32030 and "not valid YAML" in caught.value.message
+        assert secret not in str(caught.value) and secret not in str(caught.value.data)
 
 
 def _made_up_ref(slug: str) -> dict[str, Any]:

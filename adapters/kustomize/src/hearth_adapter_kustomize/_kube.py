@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
+import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import resource_registry
 from lightkube.core.exceptions import ApiError, ConfigError
-from lightkube.types import CascadeType, PatchType
+from lightkube.types import CascadeType, OnErrorAction, OnErrorResult, PatchType
 
 from hearth_adaptersdk import BackendUnavailable
 
@@ -61,6 +62,12 @@ class Kube:
                     timeout=httpx2.Timeout(self.config.request_timeout),
                     trust_env=False,
                 )
+            except yaml.YAMLError:
+                # never its text: a line of a kubeconfig may hold a token
+                raise BackendUnavailable(
+                    f"cannot use the kubeconfig {path}: it is not valid YAML. Set 'kubeconfig' in "
+                    "[adapters.kustomize] of .hearth/hearth.toml, or pass KUBECONFIG with pass_env"
+                ) from None
             except (ConfigError, OSError, KeyError, ValueError, TypeError) as exc:
                 raise BackendUnavailable(
                     f"cannot use the kubeconfig {path}: {_short(exc)}. Set 'kubeconfig' (and 'context') in "
@@ -184,6 +191,7 @@ class Kube:
             fields=fields,
             resource_version=resource_version,
             server_timeout=240,
+            on_error=_relist_when_gone,
         )
         try:
             async for operation, item in events:
@@ -199,6 +207,14 @@ class Kube:
             with contextlib.suppress(Exception):
                 await self._client.close()
             self._client = None
+
+
+def _relist_when_gone(error: Exception, count: int) -> OnErrorResult:
+    """A watch whose version the server no longer has (410 Gone, after etcd compacted it) starts
+    again from the current state, which it sends as ADDED events; any other error is raised."""
+    if isinstance(error, ApiError) and error.status.code == 410 and count <= 3:
+        return OnErrorResult(OnErrorAction.RETRY)
+    return OnErrorResult(OnErrorAction.RAISE)
 
 
 def _as_dict(obj: Any) -> Obj:
