@@ -891,3 +891,22 @@ async def test_a_teardown_that_sticks_says_why_and_never_strips_finalizers(
             await kube.close()
         await _teardown(peer, ref)
         assert (await peer.status(ref)).state == "absent"
+
+
+@pytest.mark.timeout(180)
+async def test_status_says_provisioning_while_it_waits_and_a_cancel_rolls_back(kubeconfig: str) -> None:
+    await _fresh(kubeconfig, "wait")
+    slow = _profile(annotations={READY_AFTER: "600"}).model_dump(mode="json")
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        waiting = asyncio.Event()
+        peer.on_progress = lambda event: waiting.set() if "pod(s)" in event["params"]["message"] else None
+        sent, answer = await peer.start_request("provision", {"slug": "wait", "profile": slow})
+        await asyncio.wait_for(waiting.wait(), 60)  # the pod runs, not ready: progress says so
+        status = await peer.status(DeploymentRef.model_validate(_made_up_ref("wait")))
+        assert status.state == "provisioning", status
+        assert status.message is not None and "0/1 ready" in status.message
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, answer, BOUND)
+        assert reply.error is not None and reply.error["code"] == -32800
+        assert reply.error["data"]["rolled_back"] is True
+        assert await _namespace(kubeconfig, "wait") is None
