@@ -910,3 +910,27 @@ async def test_status_says_provisioning_while_it_waits_and_a_cancel_rolls_back(k
         assert reply.error is not None and reply.error["code"] == -32800
         assert reply.error["data"]["rolled_back"] is True
         assert await _namespace(kubeconfig, "wait") is None
+
+
+@pytest.mark.timeout(120)
+async def test_a_namespace_hearth_does_not_manage_is_left_alone(kubeconfig: str) -> None:
+    await _fresh(kubeconfig, "foreign")
+    kube = _kube(kubeconfig)
+    try:
+        await kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hearth-foreign"}})
+        async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+            for method, params in (
+                ("provision", {"slug": "foreign", "profile": _json(_profile())}),
+                ("plan", {"slug": "foreign", "ref": None, "profile": _json(_profile())}),
+            ):
+                reply = await peer.request(method, params, timeout=BOUND)
+                assert reply.error is not None and reply.error["code"] == -32031, (method, reply.response)
+                assert "is not this workspace's" in reply.error["message"]
+            ref = DeploymentRef.model_validate(_made_up_ref("foreign"))
+            assert (await peer.status(ref)).state == "absent"
+            assert "foreign" not in [r.workspace_slug for r in await peer.list()]
+            await _teardown(peer, ref)
+        assert await kube.get("v1", "Namespace", "hearth-foreign") is not None  # untouched
+        await kube.delete("v1", "Namespace", "hearth-foreign")
+    finally:
+        await kube.close()

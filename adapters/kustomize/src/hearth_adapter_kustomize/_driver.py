@@ -206,11 +206,7 @@ class KustomizeDriver(Driver):
             existing = None
         if existing is not None:
             if not self._ours(existing, slug):
-                raise BackendFailure(
-                    f"namespace {name} exists and is not this workspace's (no {rnd.MANAGED_BY}=hearth, "
-                    f"{rnd.WORKSPACE}={slug} labels); hearth leaves it alone",
-                    rolled_back=True,
-                )
+                raise _not_ours(name, slug)
             seen = await self._seen(existing)
             current = self._ref(seen)
             if current.tier != profile.tier:
@@ -562,6 +558,8 @@ class KustomizeDriver(Driver):
                         ]
                     )
             else:
+                if namespace is not None and not _terminating(namespace):
+                    raise _not_ours(name, slug)
                 waits = " (after the terminating one is gone)" if namespace is not None else ""
                 actions.append(
                     _action("create", f"namespace {name}", f"the workspace's own namespace{waits}")
@@ -743,6 +741,14 @@ def _as_failure(exc: BaseException, what: str, *, rolled_back: bool) -> BaseExce
 
 def _action(action: PlanActionKind, resource: str, reason: str, *, destructive: bool = False) -> PlanAction:
     return PlanAction(action=action, resource=resource, reason=reason, destructive=destructive)
+
+
+def _not_ours(name: str, slug: str) -> BackendFailure:
+    return BackendFailure(
+        f"namespace {name} exists and is not this workspace's (no {rnd.MANAGED_BY}=hearth, "
+        f"{rnd.WORKSPACE}={slug} labels); hearth leaves it alone",
+        rolled_back=True,
+    )
 
 
 def _immutable(refused: Refused) -> bool:
