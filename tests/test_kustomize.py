@@ -934,3 +934,48 @@ async def test_a_namespace_hearth_does_not_manage_is_left_alone(kubeconfig: str)
         await kube.delete("v1", "Namespace", "hearth-foreign")
     finally:
         await kube.close()
+
+
+@pytest.mark.subprocess  # kubectl kustomize
+@pytest.mark.timeout(180)
+async def test_claims_are_capped_by_the_quota_and_pruned_only_when_the_tier_allows_it(
+    kubeconfig: str, tmp_path: Path
+) -> None:
+    claim = (
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\n"
+        "spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: %s}}}\n"
+    )
+    for name, size in (("small", "64Mi"), ("big", "2Gi"), ("none", None)):
+        folder = tmp_path / "k8s" / name
+        folder.mkdir(parents=True)
+        resources = "[data.yaml]" if size else "[]"
+        (folder / "kustomization.yaml").write_text(f"resources: {resources}\n")
+        if size:
+            (folder / "data.yaml").write_text(claim % size)
+
+    def tier(name: str, **flags: Any) -> ProvisioningProfile:
+        return _profile(name, caps={"storage_mb": 1024}, kustomize=f"k8s/{name}", **flags)
+
+    await _fresh(kubeconfig, "claims", "toobig")
+    config = _config(kubeconfig, project_dir=str(tmp_path))
+    async with open_peer(KustomizeDriver(), config=config) as peer:
+        # 2 GiB asked, 1 GiB allowed: the API server (the LimitRange) refuses it, nothing is left
+        with pytest.raises(RemoteError) as caught:
+            await _provision(peer, "toobig", tier("big"))
+        assert caught.value.code == -32031, caught.value
+        assert "maximum storage usage per PersistentVolumeClaim is 1Gi" in caught.value.message
+        assert caught.value.data["rolled_back"] is True
+        ref = await _provision(peer, "claims", tier("small"))
+        plan = await _plan(peer, "claims", ref, tier("none"))
+        kept = {a.resource: a for a in plan.actions}["PersistentVolumeClaim data"]
+        assert (kept.action, kept.destructive) == ("no_op", False), plan
+        ref = await _upgrade(peer, ref, tier("none"))
+        assert await _exists(kubeconfig, "v1", "PersistentVolumeClaim", "data", "hearth-claims")
+        allowed = tier("none", allow_destructive_upgrade=True)
+        plan = await _plan(peer, "claims", ref, allowed)
+        pruned = {a.resource: a for a in plan.actions}["PersistentVolumeClaim data"]
+        assert (pruned.action, pruned.destructive) == ("delete", True), plan
+        await _upgrade(peer, ref, allowed)
+        await _teardown(peer, ref)
+    assert await _namespace(kubeconfig, "claims") is None
+    assert await _namespace(kubeconfig, "toobig") is None
