@@ -130,7 +130,11 @@ _kube_build_body() {  # $1: the cache folder
     mkdir "$work"
     _hearth_kube_work="$work" _hearth_kube_cache_dir="$cache"
     # the Go cache outlives the work folder, even a failed build's: the next build is warm (~1 min)
-    trap 'set +x; _kube_keep_go_cache "$_hearth_kube_work" "$_hearth_kube_cache_dir"; rm -rf "$_hearth_kube_work"' EXIT
+    # the source tree (2.3 GB with its _output) goes once the binaries are in place; a failed
+    # build's stays for a look, until the next build
+    _hearth_kube_built=""
+    trap 'set +x; _kube_keep_go_cache "$_hearth_kube_work" "$_hearth_kube_cache_dir"
+          if [ -n "$_hearth_kube_built" ]; then rm -rf "$_hearth_kube_work"; fi' EXIT
     # the sources, with a private apt configuration (the system's is left alone)
     local apt="$work/apt"
     mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$cache/sources"
@@ -197,8 +201,7 @@ _kube_build_body() {  # $1: the cache folder
     "$work/bin/etcd" --version
     rm -rf "$cache/bin"
     mv -T "$work/bin" "$cache/bin"  # one rename: a reader sees all the binaries or none
-    du -sh "$src" "$src/_output/local/go/cache" || true
-    # the source tree (2.3 GB with its _output) goes with the work folder; the Go cache stays
+    _hearth_kube_built=1
 }
 
 _kube_keep_go_cache() {  # $1: the work folder; $2: the cache folder
@@ -290,7 +293,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'
 kubernetes_up() {
     if [ -n "${HEARTH_TEST_KUBECONFIG:-}" ]; then
         export KUBECONFIG="$HEARTH_TEST_KUBECONFIG"
-        return 0  # the caller named one
+        return 0  # the caller named one, or this shell started one already
     fi
     local t0=$EPOCHREALTIME python bin tool
     bin="$(_kube_cache)/bin"
