@@ -119,45 +119,71 @@ def waiting_reason(p: Pod) -> str | None:
     return waiting.reason if waiting else None
 
 
-async def test_a_deployment_applied_server_side_becomes_available(kubeconfig: str) -> None:
-    async with cluster(kubeconfig) as client, namespace(client) as ns:
-        manifest = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": ns, "labels": {"app": "web"}},
-            "spec": {
-                "replicas": 1,
-                "strategy": {"type": "Recreate"},
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "web",
-                                "image": "hearth-test/httpd:1",
-                                # 1.20's server-side apply needs the protocol of every port
-                                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-                                "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}},
-                            }
-                        ]
-                    },
+def web(namespace: str, *, cpu: str = "250m") -> dict[str, Any]:
+    """A Deployment as the kustomize driver writes one: 1 replica, Recreate, a named TCP port."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": namespace, "labels": {"app": "web"}},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": "hearth-test/httpd:1",
+                            # 1.20's server-side apply needs the protocol of every port
+                            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}},
+                        }
+                    ]
                 },
             },
-        }
-        applied = await client.patch(
-            Deployment, "web", manifest, namespace=ns, patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER
+        },
+    }
+
+
+async def apply(client: AsyncClient, manifest: dict[str, Any]) -> Deployment:
+    return await client.patch(
+        Deployment,
+        manifest["metadata"]["name"],
+        manifest,
+        namespace=manifest["metadata"]["namespace"],
+        patch_type=PatchType.APPLY,
+        field_manager=FIELD_MANAGER,
+    )
+
+
+def rolled_out(generation: int | None) -> Callable[[Deployment], bool]:
+    """Available, with one ready replica of the given generation's template and no other."""
+
+    def done(d: Deployment) -> bool:
+        entry = condition(d, "Available")
+        status = d.status
+        return bool(
+            entry
+            and entry.status == "True"
+            and status
+            and status.observedGeneration == generation
+            and status.replicas == status.updatedReplicas == status.readyReplicas == 1
         )
+
+    return done
+
+
+async def test_a_deployment_applied_server_side_becomes_available(kubeconfig: str) -> None:
+    async with cluster(kubeconfig) as client, namespace(client) as ns:
+        applied = await apply(client, web(ns))
         assert applied.metadata is not None
         managers = {entry.manager for entry in applied.metadata.managedFields or []}
         assert FIELD_MANAGER in managers
 
-        def available(d: Deployment) -> bool:
-            entry = condition(d, "Available")
-            return bool(entry and entry.status == "True" and d.status and d.status.readyReplicas == 1)
-
         started = time.monotonic()
-        ready = await until(client, Deployment, "web", available, namespace=ns)
+        ready = await until(client, Deployment, "web", rolled_out(applied.metadata.generation), namespace=ns)
         assert ready.status is not None and ready.status.availableReplicas == 1
         pods = [p async for p in client.list(Pod, namespace=ns, labels={"app": "web"})]
         assert len(pods) == 1
@@ -166,10 +192,27 @@ async def test_a_deployment_applied_server_side_becomes_available(kubeconfig: st
         assert time.monotonic() - started < 30
 
         # an identical re-apply changes nothing the controllers act on
-        again = await client.patch(
-            Deployment, "web", manifest, namespace=ns, patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER
-        )
+        again = await apply(client, web(ns))
         assert again.metadata is not None and again.metadata.generation == applied.metadata.generation
+
+
+async def test_a_recreate_rollout_replaces_the_pod(kubeconfig: str) -> None:
+    async with cluster(kubeconfig) as client, namespace(client) as ns:
+        first = await apply(client, web(ns, cpu="250m"))
+        assert first.metadata is not None
+        await until(client, Deployment, "web", rolled_out(first.metadata.generation), namespace=ns)
+        before = {p.metadata.name async for p in client.list(Pod, namespace=ns) if p.metadata}
+
+        changed = await apply(client, web(ns, cpu="500m"))  # a tier change
+        assert changed.metadata is not None and changed.metadata.generation != first.metadata.generation
+        await until(client, Deployment, "web", rolled_out(changed.metadata.generation), namespace=ns)
+        pods = [p async for p in client.list(Pod, namespace=ns)]
+        assert len(pods) == 1  # the old pod went first (Recreate), deleted by the fake kubelet
+        assert pods[0].metadata is not None and pods[0].metadata.name not in before
+        assert pods[0].spec is not None and pods[0].status is not None
+        resources = pods[0].spec.containers[0].resources
+        assert resources is not None and resources.requests == {"cpu": "500m", "memory": "64Mi"}
+        assert pods[0].status.phase == "Running"
 
 
 async def test_a_pod_asking_more_cpu_than_the_node_has_stays_pending(kubeconfig: str) -> None:
@@ -222,28 +265,9 @@ async def test_a_pod_turns_ready_only_after_the_seconds_its_annotation_asks(kube
 
 async def test_a_namespace_deleted_in_the_foreground_disappears(kubeconfig: str) -> None:
     async with cluster(kubeconfig) as client, namespace(client) as ns:
-        await client.patch(
-            Deployment,
-            "web",
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "web", "namespace": ns},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {"containers": [{"name": "web", "image": "hearth-test/httpd:1"}]},
-                    },
-                },
-            },
-            namespace=ns,
-            patch_type=PatchType.APPLY,
-        )
-        await until(
-            client, Deployment, "web", lambda d: bool(d.status and d.status.readyReplicas == 1), namespace=ns
-        )
+        applied = await apply(client, web(ns))
+        assert applied.metadata is not None
+        await until(client, Deployment, "web", rolled_out(applied.metadata.generation), namespace=ns)
         await client.delete(Namespace, ns, cascade=CascadeType.FOREGROUND)
         # a namespace being deleted refuses new objects
         with pytest.raises(ApiError) as refused:

@@ -16,7 +16,7 @@
 # once, on a cache miss, from Debian's `kubernetes` source package (its orig tarball holds the
 # whole upstream tree with vendor/; fetched with a private apt configuration, the system's is left
 # alone) and Debian's etcd-server (unpacked, never installed): about 7 minutes on 2 cores, as
-# root (it installs golang-go and rsync when missing), 20 s with the warm Go cache kept beside
+# root (it installs golang-go and rsync when missing), about a minute with the Go cache kept beside
 # them. They go to ${XDG_CACHE_HOME:-$HOME/.cache}/hearth/kubernetes/<debian version>/bin,
 # outside the clone; one build at a time (flock), moved into place with one rename. The cluster
 # is then ready in about 5 seconds.
@@ -123,12 +123,18 @@ _kube_build_body() {  # $1: the cache folder
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go rsync; }
     fi
     go version
-    # the work folder is in the cache so that the result moves into place with one rename
-    local work
-    work="$(mktemp -d "$cache/build.XXXXXX")"
+    # the work folder is in the cache, so that the result moves into place with one rename, and
+    # always the same one (the lock makes it ours): the Go cache's keys include the source folder
+    local work="$cache/build"
+    rm -rf "$work"
+    mkdir "$work"
     _hearth_kube_work="$work" _hearth_kube_cache_dir="$cache"
-    # the Go cache outlives the work folder, even a failed build's: the next build is warm (17 s)
-    trap '_kube_keep_go_cache "$_hearth_kube_work" "$_hearth_kube_cache_dir"; rm -rf "$_hearth_kube_work"' EXIT
+    # the Go cache outlives the work folder, even a failed build's: the next build is warm (~1 min)
+    # the source tree (2.3 GB with its _output) goes once the binaries are in place; a failed
+    # build's stays for a look, until the next build
+    _hearth_kube_built=""
+    trap 'set +x; _kube_keep_go_cache "$_hearth_kube_work" "$_hearth_kube_cache_dir"
+          if [ -n "$_hearth_kube_built" ]; then rm -rf "$_hearth_kube_work"; fi' EXIT
     # the sources, with a private apt configuration (the system's is left alone)
     local apt="$work/apt"
     mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$cache/sources"
@@ -195,8 +201,7 @@ _kube_build_body() {  # $1: the cache folder
     "$work/bin/etcd" --version
     rm -rf "$cache/bin"
     mv -T "$work/bin" "$cache/bin"  # one rename: a reader sees all the binaries or none
-    du -sh "$src" "$src/_output/local/go/cache" || true
-    # the source tree (2.3 GB with its _output) goes with the work folder; the Go cache stays
+    _hearth_kube_built=1
 }
 
 _kube_keep_go_cache() {  # $1: the work folder; $2: the cache folder
@@ -288,7 +293,7 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))'
 kubernetes_up() {
     if [ -n "${HEARTH_TEST_KUBECONFIG:-}" ]; then
         export KUBECONFIG="$HEARTH_TEST_KUBECONFIG"
-        return 0  # the caller named one
+        return 0  # the caller named one, or this shell started one already
     fi
     local t0=$EPOCHREALTIME python bin tool
     bin="$(_kube_cache)/bin"
