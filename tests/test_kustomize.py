@@ -4,6 +4,7 @@ against a real API server (scripts/lib/kubernetes.sh; the ``kubeconfig`` fixture
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,13 @@ def test_back_off_unschedulable_and_a_passed_deadline_fail_with_the_reason() -> 
             }
         ],
     )
-    assert look.assess([quota], []).message == "Deployment workspace: FailedCreate: exceeded quota"
+    assert look.assess([quota], []).message == "Deployment workspace: FailedCreate: exceeded quota"  # no time
+    refused = quota["status"]["conditions"][0]
+    refused["lastTransitionTime"] = "2026-01-01T00:00:00Z"
+    moment = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)  # 5 s: the controller retries
+    retrying = look.assess([quota], [], now=moment)
+    assert retrying.health == "progressing" and "(the controller retries)" in retrying.message
+    assert look.assess([quota], [], now=moment + timedelta(seconds=15)).health == "failed"
     # a pod being deleted says nothing about the workspace
     leaving = _pod(waiting="CrashLoopBackOff")
     leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"

@@ -6,6 +6,7 @@ the objects, so that the watch during a verb and ``status`` judge alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from hearth_adaptersdk import ObservedState
@@ -27,6 +28,8 @@ BACK_OFF = frozenset(
     }
 )
 WORKLOADS = ("Deployment", "StatefulSet")
+#: Seconds a Deployment's ``ReplicaFailure`` (its pods refused at creation) must last to fail it.
+REPLICA_FAILURE_GRACE = 15.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,15 @@ def _conditions(obj: Obj) -> dict[str, Obj]:
     return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def workload_health(obj: Obj) -> tuple[Health, str, int, int]:
+def _since(stamp: Any, now: datetime | None) -> float | None:
+    """Seconds from ``stamp`` (RFC 3339, or a datetime) to ``now`` (default: the clock)."""
+    if not stamp:
+        return None
+    when = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return ((now or datetime.now(UTC)) - when).total_seconds()
+
+
+def workload_health(obj: Obj, now: datetime | None = None) -> tuple[Health, str, int, int]:
     """A Deployment is ready when the controller saw its generation, every replica is updated
     and available and no old one remains; failed when ``Progressing`` is False (its deadline
     passed) or ``ReplicaFailure`` is True (a quota refused its pods), once the controller saw the
@@ -57,14 +68,15 @@ def workload_health(obj: Obj) -> tuple[Health, str, int, int]:
     where = describe(obj)
     replica_failure = _conditions(obj).get("ReplicaFailure")
     if observed >= generation and replica_failure is not None and replica_failure.get("status") == "True":
-        # the controller cannot even create the pods: a quota, a LimitRange, admission
+        # the controller cannot even create the pods: a quota, a LimitRange, admission. A quota
+        # the controller has not yet seen freed (a pod just deleted) refuses for a moment, and the
+        # controller retries: only a refusal that lasts is a failure.
         reason = replica_failure.get("reason") or "ReplicaFailure"
-        return (
-            "failed",
-            f"{where}: {reason}: {replica_failure.get('message') or ''}".rstrip(": "),
-            ready,
-            desired,
-        )
+        said = f"{where}: {reason}: {replica_failure.get('message') or ''}".rstrip(": ")
+        since = _since(replica_failure.get("lastTransitionTime"), now)
+        if since is None or since >= REPLICA_FAILURE_GRACE:
+            return "failed", said, ready, desired
+        return "progressing", f"{said} (the controller retries)", ready, desired
     if obj["kind"] == "Deployment":
         progressing = _conditions(obj).get("Progressing")
         if observed >= generation and progressing is not None and progressing.get("status") == "False":
@@ -167,7 +179,9 @@ def current_pods(workloads: list[Obj], replicasets: list[Obj], pods: list[Obj]) 
     ]
 
 
-def assess(workloads: list[Obj], pods: list[Obj], replicasets: list[Obj] | None = None) -> Assessment:
+def assess(
+    workloads: list[Obj], pods: list[Obj], replicasets: list[Obj] | None = None, now: datetime | None = None
+) -> Assessment:
     """The workspace as a whole: failed if any workload or current pod is, ready if every
     workload is. Pods are judged only once the controllers saw every workload's generation."""
     settled = all(
@@ -179,7 +193,7 @@ def assess(workloads: list[Obj], pods: list[Obj], replicasets: list[Obj] | None 
         for pod in current_pods(workloads, replicasets or [], pods):
             if (problem := pod_problem(pod)) is not None:
                 return Assessment("failed", problem, 0, len(pods))
-    verdicts = [workload_health(w) for w in workloads if w.get("kind") in WORKLOADS]
+    verdicts = [workload_health(w, now) for w in workloads if w.get("kind") in WORKLOADS]
     ready = sum(v[2] for v in verdicts)
     desired = sum(v[3] for v in verdicts)
     for health, message, _, _ in verdicts:

@@ -366,7 +366,9 @@ class KustomizeDriver(Driver):
                     raise _NotReady(
                         f"not ready within {timeout:g} s: {verdict.message}", await self._warnings(name)
                     )
-                await observer.changed(timeout - elapsed)
+                # a refusal the controller retries is judged again as its grace runs out
+                recheck = 1.0 if "(the controller retries)" in verdict.message else timeout - elapsed
+                await observer.changed(min(timeout - elapsed, recheck))
 
     async def _warnings(self, name: str) -> builtins.list[str]:
         """The namespace's last warning events: the cluster's own words about a failure."""
