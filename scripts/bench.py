@@ -11,6 +11,10 @@
 - with a Docker engine: provision to ready and teardown through the docker adapter, beside the
   docker CLI doing the same (network create, volume create, run, wait for the port), and an
   idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision);
+- with a Kubernetes API server (``--only kustomize``): provision to ready, plan of an upgrade and
+  teardown through the kustomize adapter, beside kubectl doing the same with the same objects
+  (``apply --server-side`` + ``rollout status``, ``apply --server-side --dry-run=server``,
+  ``delete namespace --wait``), and an idempotent re-provision;
 - the line codec (pydantic-core JSON) beside the stdlib ``json`` codec it replaced, kept below as
   the baseline: encode + decode of a status request and its response, of a progress notification
   and of a list result of 200 workspaces, and ``LineDecoder.feed`` of 64 lines in one chunk
@@ -61,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -380,6 +385,129 @@ def docker_section(rounds: int) -> None:
     print(
         f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}   <= 5 % of a provision"
     )
+    print()
+
+
+# --- the kustomize driver -------------------------------------------------------------------
+KUBECTL = shutil.which("kubectl") or "kubectl"
+
+
+def _kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(
+        [KUBECTL, "--kubeconfig", kubeconfig, *args],
+        input=stdin,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+
+
+def _kustomize_profile(tier: str, cpu: float) -> ProvisioningProfile:
+    return ProvisioningProfile(
+        tier=tier,
+        driver="kustomize",
+        resource_caps={"cpu": cpu, "memory_mb": 64},
+        driver_flags={"image": "hearth-test/httpd:1", "port": 8080},
+    )
+
+
+async def kustomize_adapter_lifecycles(kubeconfig: str, rounds: int) -> tuple[dict[str, list[float]], str]:
+    """Provision to ready, idempotent re-provision, plan of an upgrade, teardown, through the
+    adapter process; and the render it applied (its ``hearth-render`` Secret), for kubectl."""
+    times: dict[str, list[float]] = {"provision": [], "again": [], "plan": [], "teardown": []}
+    render = ""
+    solo, team = _kustomize_profile("solo", 0.5), _kustomize_profile("team", 1)
+    config = {"kubeconfig": kubeconfig}
+    async with await AdapterClient.launch(discover("kustomize").path, config=config) as client:
+        for index in range(rounds):
+            slug = f"bench-k{index}"
+            started = time.perf_counter()
+            ref = await client.provision(slug, solo, timeout=300)
+            times["provision"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.provision(slug, solo, timeout=300)
+            times["again"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.plan(slug, ref, team, timeout=300)
+            times["plan"].append(time.perf_counter() - started)
+            if not render:
+                render = _kubectl(
+                    kubeconfig,
+                    "get",
+                    "secret",
+                    "hearth-render",
+                    "-n",
+                    f"hearth-{slug}",
+                    "-o",
+                    "jsonpath={.data.render\\.json}",
+                )
+            started = time.perf_counter()
+            await client.teardown(ref, timeout=300)
+            times["teardown"].append(time.perf_counter() - started)
+    return times, render
+
+
+def kubectl_lifecycle(kubeconfig: str, render: str, index: int) -> tuple[float, float, float]:
+    """kubectl doing what the adapter does with the same objects: ``apply --server-side`` and
+    ``rollout status`` (to ready), ``apply --server-side --dry-run=server`` (plan) and ``delete
+    namespace --wait`` (teardown); seconds each."""
+    namespace = f"bench-kubectl{index}"
+    objects = json.loads(base64.b64decode(render))  # the Secret's data
+    for obj in objects:
+        obj["metadata"]["namespace"] = namespace
+    document = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}, *objects],
+        }
+    )
+    started = time.perf_counter()
+    _kubectl(kubeconfig, "apply", "--server-side", "--field-manager", "bench", "-f", "-", stdin=document)
+    _kubectl(kubeconfig, "rollout", "status", "-n", namespace, "deployment/workspace", "--timeout=300s")
+    ready = time.perf_counter() - started
+    started = time.perf_counter()
+    _kubectl(
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "bench",
+        "--dry-run=server",
+        "-f",
+        "-",
+        stdin=document,
+    )
+    plan = time.perf_counter() - started
+    started = time.perf_counter()
+    _kubectl(kubeconfig, "delete", "namespace", namespace, "--wait", "--cascade=foreground")
+    return ready, plan, time.perf_counter() - started
+
+
+def kustomize_section(rounds: int) -> None:
+    kubeconfig = os.environ.get("HEARTH_TEST_KUBECONFIG")
+    if not kubeconfig:
+        print(f"kustomize: skipped ({os.environ.get('HEARTH_TEST_KUBE_SKIP', 'no cluster')})")
+        return
+    adapter, render = asyncio.run(kustomize_adapter_lifecycles(kubeconfig, rounds))
+    cli = [kubectl_lifecycle(kubeconfig, render, i) for i in range(rounds)]
+    rows = [
+        ("provision to ready", statistics.median(adapter["provision"]), statistics.median(c[0] for c in cli)),
+        ("plan (dry-run apply)", statistics.median(adapter["plan"]), statistics.median(c[1] for c in cli)),
+        (
+            "teardown (namespace gone)",
+            statistics.median(adapter["teardown"]),
+            statistics.median(c[2] for c in cli),
+        ),
+    ]
+    print(f"kustomize driver on a real API server ({rounds} rounds, medians), beside kubectl:")
+    print(f"{'':34}{'adapter':>12}{'kubectl':>14}{'ratio':>9}  target")
+    for name, ours, theirs in rows:
+        print(f"{name:34}{ms(ours)}{ms(theirs):>14}{ours / theirs:8.2f}x  <= 1x")
+    again = statistics.median(adapter["again"])
+    provision = statistics.median(adapter["provision"])
+    print(f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}")
     print()
 
 
@@ -2384,7 +2512,7 @@ def main() -> None:
     parser.add_argument("--replica-rounds", type=int, default=3, help="rounds of each replicas run")
     parser.add_argument(
         "--only",
-        choices=["codec", "cli", "protocol", "operations", "serve", "replicas"],
+        choices=["codec", "cli", "protocol", "operations", "serve", "replicas", "kustomize"],
         help="run one section only (no docker section)",
     )
     args = parser.parse_args()
@@ -2398,6 +2526,7 @@ def main() -> None:
             "replicas": lambda: replicas_section(
                 args.replica_workspaces, args.replica_events, args.replica_rounds
             ),
+            "kustomize": lambda: kustomize_section(args.docker_rounds),
         }
         sections[args.only]()
         return
@@ -2435,6 +2564,7 @@ def main() -> None:
     codec_section(args.codec_calls)
     cli_section(args.cli_runs)
     docker_section(args.docker_rounds)
+    kustomize_section(args.docker_rounds)
     total, rows = import_breakdown(10)
     print(
         f"import time of the fake adapter: {total / 1000:.1f} ms under python -X importtime "

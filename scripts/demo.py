@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-DRIVERS = ("fake", "docker", "tfgrid")
+DRIVERS = ("fake", "docker", "tfgrid", "kustomize")
 DEMO_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBnYNXg+KtbLdjvZbHcsS47WEm6JfEDyh1QKwP3ZUW7O demo@hearth"
 
 
@@ -33,6 +33,16 @@ def project_settings(driver: str) -> str:
             f'[tiers.team.driver_flags.tfgrid]\nssh_keys = ["{DEMO_KEY}"]\n'
             "allow_destructive_upgrade = true\n"
             f'[adapters.tfgrid]\nsocket = "{socket}"\npoll_interval = 0.2\n'
+        )
+    if driver == "kustomize":
+        kubeconfig = os.environ["HEARTH_DEMO_KUBECONFIG"]
+        flags = 'image = "hearth-test/httpd:1"\nport = 8080\n'
+        return (
+            "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+            f"[tiers.solo.driver_flags.kustomize]\n{flags}"
+            "[tiers.team]\nresource_caps = { cpu = 1, memory_mb = 128 }\n"
+            f"[tiers.team.driver_flags.kustomize]\n{flags}"
+            f'[adapters.kustomize]\nkubeconfig = "{kubeconfig}"\n'
         )
     if driver != "docker":
         return ""

@@ -41,7 +41,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 #   * ``subprocess``: the test starts processes (adapters, the hearth CLI, hearth serve, replicas).
 #     It is marked by hand, by its module's ``pytestmark``, or here when it uses a fixture of
 #     PROCESS_FIXTURES (directly or through another fixture). Every such test is also ``slow``.
-#   * a test using a fixture of SERVICE_FIXTURES (Docker, PostgreSQL) is ``slow``;
+#   * a test using a fixture of SERVICE_FIXTURES (Docker, PostgreSQL, Kubernetes) is ``slow``;
 #   * a test that waits real seconds is marked ``slow`` by hand, with the reason.
 # ``stays_in_its_tier`` checks the first two at run time: a test that starts a process without the
 # ``subprocess`` mark, or asks for a service with ``request.getfixturevalue`` without the ``slow``
@@ -50,7 +50,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 #: Fixtures that start processes, or hand a test what it needs to start them.
 PROCESS_FIXTURES = frozenset({"venv_bin", "fake_exe", "make_adapter", "private_pg"})
 #: Fixtures that need a service scripts/test starts (they skip without it, outside CI).
-SERVICE_FIXTURES = frozenset({"docker_url", "engine", "pg_cluster", "pg_url", "private_pg"})
+SERVICE_FIXTURES = frozenset({"docker_url", "engine", "pg_cluster", "pg_url", "private_pg", "kubeconfig"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -305,6 +305,20 @@ def docker_url() -> str:
 def pg_cluster() -> str:
     """The PostgreSQL cluster scripts/test started."""
     return _started_by_scripts("PG", "PostgreSQL cluster", "PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> str:
+    """The kubeconfig of the Kubernetes cluster scripts/test started (scripts/lib/kubernetes.sh:
+    a real API server, controller-manager and scheduler, and a fake kubelet with one node).
+    Under CI its absence fails the test, elsewhere it skips it with the reason the script gave."""
+    path = os.environ.get("HEARTH_TEST_KUBECONFIG")
+    if path:
+        return path
+    reason = os.environ.get("HEARTH_TEST_KUBE_SKIP", "no cluster: run under scripts/test")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the Kubernetes tests: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture

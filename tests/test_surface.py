@@ -20,6 +20,7 @@ PACKAGES = {
     "hearth_adapter_fake": ROOT / "adapters" / "fake" / "src" / "hearth_adapter_fake",
     "hearth_adapter_docker": ROOT / "adapters" / "docker" / "src" / "hearth_adapter_docker",
     "hearth_adapter_tfgrid": ROOT / "adapters" / "tfgrid" / "src" / "hearth_adapter_tfgrid",
+    "hearth_adapter_kustomize": ROOT / "adapters" / "kustomize" / "src" / "hearth_adapter_kustomize",
 }
 PUBLIC_MODULES = [*PACKAGES, "hearth_adaptersdk.transport"]
 

@@ -1,0 +1,229 @@
+"""The Kubernetes API, through lightkube's async client: the one place its exceptions are
+translated. Objects go in and come out as plain dicts.
+
+An unreachable API server (or a kubeconfig that cannot be read) is ``BackendUnavailable``
+(-32030); an answer of the server is ``Refused`` with its code, reason and message, which the
+driver words. Nothing of the kubeconfig but the server's address ever reaches a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import yaml
+from lightkube import AsyncClient, KubeConfig
+from lightkube.codecs import resource_registry
+from lightkube.core.exceptions import ApiError, ConfigError
+from lightkube.types import CascadeType, OnErrorAction, OnErrorResult, PatchType
+
+from hearth_adaptersdk import BackendUnavailable
+
+from ._config import KustomizeConfig
+
+Obj = dict[str, Any]
+
+
+class Refused(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, code: int, reason: str, message: str, causes: list[Obj] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.causes = causes or []
+
+
+class Kube:
+    """A lazily made client of the cluster the config names."""
+
+    def __init__(self, config: KustomizeConfig) -> None:
+        self.config = config
+        self._client: AsyncClient | None = None
+        self._server: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self._server or f"the cluster of {self.config.kubeconfig_path()}"
+
+    def client(self) -> AsyncClient:
+        if self._client is None:
+            path = self.config.kubeconfig_path()
+            try:
+                single = KubeConfig.from_file(path).get(self.config.context)
+                assert single is not None
+                self._server = single.cluster.server
+                self._client = AsyncClient(
+                    single,
+                    field_manager=self.config.field_manager,
+                    timeout=httpx2.Timeout(self.config.request_timeout),
+                    trust_env=False,
+                )
+            except yaml.YAMLError:
+                # never its text: a line of a kubeconfig may hold a token
+                raise BackendUnavailable(
+                    f"cannot use the kubeconfig {path}: it is not valid YAML. Set 'kubeconfig' in "
+                    "[adapters.kustomize] of .hearth/hearth.toml, or pass KUBECONFIG with pass_env"
+                ) from None
+            except (ConfigError, OSError, KeyError, ValueError, TypeError) as exc:
+                raise BackendUnavailable(
+                    f"cannot use the kubeconfig {path}: {_short(exc)}. Set 'kubeconfig' (and 'context') in "
+                    "[adapters.kustomize] of .hearth/hearth.toml, or pass KUBECONFIG with pass_env"
+                ) from None
+        return self._client
+
+    def unreachable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"cannot reach the Kubernetes API server at {self.where}: {_short(exc)}. Is it running? "
+            "Check 'kubeconfig' and 'context' in [adapters.kustomize] of .hearth/hearth.toml"
+        )
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, ApiError):
+            status = exc.status
+            details = getattr(status, "details", None)
+            causes = [
+                {"field": getattr(c, "field", None), "message": getattr(c, "message", None)}
+                for c in (getattr(details, "causes", None) or [])
+            ]
+            return Refused(
+                int(status.code or 0), str(status.reason or ""), str(status.message or exc), causes
+            )
+        if isinstance(exc, httpx2.HTTPError):
+            return self.unreachable(exc)
+        return exc
+
+    async def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
+        """The object, or None when the server says it does not exist."""
+        resource: Any = resource_registry.load(api_version, kind)
+        try:
+            found = await self.client().get(resource, name, namespace=namespace)
+        except Exception as exc:
+            error = self._translate(exc)
+            if isinstance(error, Refused) and error.code == 404:
+                return None
+            raise error from None
+        return _as_dict(found)
+
+    async def apply(self, obj: Obj, *, force: bool = False, dry_run: bool = False) -> Obj:
+        """Server-side apply of ``obj`` as the configured field manager."""
+        resource: Any = resource_registry.load(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        try:
+            applied = await self.client().patch(
+                resource,
+                meta["name"],
+                obj,
+                namespace=meta.get("namespace"),
+                patch_type=PatchType.APPLY,
+                field_manager=self.config.field_manager,
+                force=force,
+                dry_run=dry_run,
+            )
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return _as_dict(applied)
+
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None = None,
+        *,
+        foreground: bool = False,
+    ) -> bool:
+        """Delete; False when it was not there. ``foreground``: the object goes only once its
+        dependents are gone (a namespace's teardown); else they go in the background."""
+        resource: Any = resource_registry.load(api_version, kind)
+        cascade = CascadeType.FOREGROUND if foreground else CascadeType.BACKGROUND
+        try:
+            await self.client().delete(resource, name, namespace=namespace, cascade=cascade)
+        except Exception as exc:
+            error = self._translate(exc)
+            if isinstance(error, Refused) and error.code == 404:
+                return False
+            raise error from None
+        return True
+
+    async def list(
+        self,
+        api_version: str,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> tuple[list[Obj], str | None]:
+        """The objects and the list's resourceVersion (to watch from)."""
+        resource: Any = resource_registry.load(api_version, kind)
+        found: list[Obj] = []
+        try:
+            listing = self.client().list(resource, namespace=namespace, labels=labels, fields=fields)
+            async for item in listing:
+                found.append(_as_dict(item))
+            version: str | None = None
+            with contextlib.suppress(Exception):
+                version = listing.resourceVersion
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return found, version
+
+    async def watch(
+        self,
+        api_version: str,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: dict[str, Any] | None = None,
+        fields: dict[str, Any] | None = None,
+        resource_version: str | None = None,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """Events (``ADDED``, ``MODIFIED``, ``DELETED``) from ``resource_version`` on."""
+        resource: Any = resource_registry.load(api_version, kind)
+        events = self.client().watch(
+            resource,
+            namespace=namespace,
+            labels=labels,
+            fields=fields,
+            resource_version=resource_version,
+            server_timeout=240,
+            on_error=_relist_when_gone,
+        )
+        try:
+            async for operation, item in events:
+                yield operation, _as_dict(item)
+        except Exception as exc:
+            raise self._translate(exc) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+            self._client = None
+
+
+def _relist_when_gone(error: Exception, count: int) -> OnErrorResult:
+    """A watch whose version the server no longer has (410 Gone, after etcd compacted it) starts
+    again from the current state, which it sends as ADDED events; any other error is raised."""
+    if isinstance(error, ApiError) and error.status.code == 410 and count <= 3:
+        return OnErrorResult(OnErrorAction.RETRY)
+    return OnErrorResult(OnErrorAction.RAISE)
+
+
+def _as_dict(obj: Any) -> Obj:
+    if isinstance(obj, dict):
+        return obj
+    converted: Obj = obj.to_dict()
+    return converted
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
