@@ -442,3 +442,19 @@ def test_ls_reads_a_read_only_home(cli: Cli) -> None:
     assert done.returncode != 0
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("hearth: store_error: ") and "hearth.db-wal" in line and "-shm" in line, line
+
+
+def test_an_adapter_works_in_the_project_folder_wherever_hearth_runs(
+    cli: Cli, make_adapter: Callable[..., Path]
+) -> None:
+    """A tier's relative paths (a kustomize overlay) mean the project's: the host starts its
+    adapters there, though ``hearth`` runs elsewhere (here: the test's folder, with --project)."""
+    folder = cli.project / ".hearth" / "adapters"
+    folder.mkdir()
+    make_adapter("echo").rename(folder / "hearth-adapter-echo")
+    trust_project_adapters(cli.project, cli.home)
+    settings = cli.project / ".hearth" / "hearth.toml"
+    settings.write_text(settings.read_text() + "\n[tiers.here.driver_flags.echo]\nreport_cwd = true\n")
+    assert Path.cwd() != cli.project
+    made = cli.json("provision", "alpha", "--tier", "here", "--driver", "echo")
+    assert made["endpoint"] == str(cli.project)

@@ -27,6 +27,8 @@ class Echo(Driver):
         endpoint = flags.get("payload", "")
         if flags.get("report_env"):
             endpoint = json.dumps(sorted(os.environ))
+        if flags.get("report_cwd"):
+            endpoint = os.getcwd()
         if flags.get("spawn_grandchild"):
             child = subprocess.Popen(  # noqa: ASYNC220 - a test adapter, brevity wins
                 [sys.executable, "-c", "import time; time.sleep(600)", "hearth-grandchild"]

@@ -26,7 +26,7 @@ class KustomizeConfig(BaseModel):
     #: The server-side apply field manager every object is applied with.
     field_manager: str = Field(default="hearth", min_length=1, max_length=128)
     #: The folder a tier's ``kustomize`` overlay path is relative to; default the adapter's
-    #: working directory (the host's).
+    #: working directory (the host starts adapters in the project folder).
     project_dir: str | None = None
     #: The kubectl that renders overlays (``kubectl kustomize``).
     kubectl: str = "kubectl"

@@ -127,17 +127,20 @@ class AdapterClient:
         driver: str | None = None,
         env: Sequence[str] = (),
         cancel_grace: float = CANCEL_GRACE,
+        cwd: str | Path | None = None,
     ) -> Self:
         """Start the adapter at ``path`` and complete the handshake within ``timeout`` seconds.
 
         ``driver`` (default: from the file name) must match the driver the adapter names;
-        ``env`` lists extra environment variables the adapter may see.
+        ``env`` lists extra environment variables the adapter may see; ``cwd`` is its working
+        folder (the host gives the project folder, so that a tier's relative paths mean the
+        project's wherever ``hearth`` runs).
         """
         path = Path(path)
         expected = driver or path.name.removeprefix(codes.ADAPTER_PREFIX)
         try:
             connection = await SubprocessConnection.spawn(
-                [str(path)], name=path.name, env=child_environment(env)
+                [str(path)], name=path.name, env=child_environment(env), cwd=None if cwd is None else str(cwd)
             )
         except FileNotFoundError:
             raise AdapterNotFound(f"no adapter executable at {path}") from None

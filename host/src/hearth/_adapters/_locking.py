@@ -83,6 +83,7 @@ async def lock_adapters(
             data_dir=data_dir,
             driver=driver,
             env=named_variables(config),
+            cwd=project_dir,
         )
         try:
             assert client.info is not None

@@ -171,6 +171,7 @@ class Supervisor:
                     driver=driver,
                     env=named_variables(config),
                     cancel_grace=self._cancel_grace,
+                    cwd=self._project_dir,
                 )
         except TimeoutError:
             raise CallTimeout(
