@@ -61,7 +61,10 @@ def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
         "list",
         "validate_profile",
         "plan",
+        "stop",
+        "start",
     }
+    check("DeploymentRef", {**ref, "last_status": "stopped"})  # 1.3
 
 
 def test_the_scaffold_refuses_bad_names_and_busy_folders(tmp_path: Path) -> None:
