@@ -4,18 +4,25 @@ by the SDK with a ref, and unknown (-32601) to a driver that does not."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from hearth import BackendFailure, InvalidTransition, Progress, Unsupported
+from hearth import BackendFailure, InvalidTransition, Progress, RemoteHost, Unsupported
+from hearth._server._app import create_app
+from hearth._server._auth import SCOPE_OF
 from hearth._states import Recorded, Resolution, Transition, needs_status, resolve, rules
 from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import DeploymentRef, Driver, MemoryConnection, RequestContext
 from hearth_adaptersdk.testing import Peer
 from tests.helpers import make_host
+from tests.test_cli import Cli
+from tests.test_remote import daemon
+from tests.test_serve import api, error_kind
 
 
 class NoStop(FakeDriver):
@@ -205,3 +212,81 @@ async def test_reconcile_settles_a_workspace_stopped_or_started_outside_hearth(t
         report = await host.reconcile()
         assert report.resolved == [("alpha", "stopped", "ready")]
         assert (await host.deployment("alpha")).state == "ready"
+
+
+# --- the API, RemoteHost and the CLI --------------------------------------------------------------
+
+
+async def test_the_api_stops_and_starts_with_keys_and_wait(tmp_path: Path) -> None:
+    async with api(tmp_path) as client:
+        made = await client.post(
+            "/v1/workspaces", json={"slug": "alpha", "tier": "solo", "driver": "fake"}, params={"wait": 20}
+        )
+        assert made.status_code == 200, made.text
+        stopped = await client.post(
+            "/v1/workspaces/alpha/stop", headers={"Idempotency-Key": "stop-1"}, params={"wait": 20}
+        )
+        assert stopped.status_code == 200 and stopped.json()["state"] == "succeeded", stopped.text
+        assert stopped.json()["result"]["last_status"] == "stopped"
+        replay = await client.post("/v1/workspaces/alpha/stop", headers={"Idempotency-Key": "stop-1"})
+        assert replay.json()["id"] == stopped.json()["id"]
+        assert (await client.get("/v1/workspaces/alpha")).json()["state"] == "stopped"
+        refused = await client.post("/v1/workspaces/alpha/upgrade", json={"tier": "team"})
+        assert refused.status_code == 409 and error_kind(refused) == "invalid_transition"
+        started = await client.post("/v1/workspaces/alpha/start", json={"timeout": 60})
+        assert started.status_code in (200, 202), started.text
+        assert started.headers["location"] == f"/v1/operations/{started.json()['id']}"
+        done = await client.get(f"/v1/operations/{started.json()['id']}/wait", params={"timeout": 20})
+        assert done.json()["state"] == "succeeded"
+        assert (await client.get("/v1/workspaces/alpha")).json()["state"] == "ready"
+        checked = await client.post("/v1/check", json={"slug": "alpha", "verb": "stop"})
+        assert checked.json()["accepted"] is True
+        missing = await client.post("/v1/workspaces/nobody/stop")
+        assert missing.status_code == 404 and error_kind(missing) == "not_found"
+
+
+async def test_the_api_answers_unsupported_naming_the_driver(tmp_path: Path) -> None:
+    async with make_host(tmp_path, tiers={}, driver=NoStop, idle_timeout=None) as host:
+        transport = httpx.ASGITransport(app=create_app(host))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=30) as client:
+            await host.provision("alpha", tier="solo", driver="fake")
+            refused = await client.post("/v1/workspaces/alpha/stop")
+            assert refused.status_code == 422 and error_kind(refused) == "unsupported"
+            assert "driver 'fake'" in refused.json()["error"]["message"]
+
+
+def test_stop_and_start_routes_need_the_operate_scope() -> None:
+    assert SCOPE_OF[("POST", "/v1/workspaces/{slug}/stop")] == "operate"
+    assert SCOPE_OF[("POST", "/v1/workspaces/{slug}/start")] == "operate"
+
+
+async def test_remote_host_stops_and_starts_through_the_daemon(tmp_path: Path) -> None:
+    async with daemon(tmp_path, tiers={}) as (sock, host), RemoteHost(socket=sock) as remote:
+        await remote.provision("alpha", tier="solo", driver="fake")
+        events: list[Progress] = []
+        assert (await remote.stop("alpha", on_progress=events.append)).last_status == "stopped"
+        assert events and (await host.deployment("alpha")).state == "stopped"
+        assert (await remote.stop("alpha")).last_status == "stopped"
+        op = await remote.start_start("alpha")
+        assert op.verb == "start"
+        assert (await remote.start("alpha")).last_status == "ready"  # joins it, or finds it ready
+        assert (await host.deployment("alpha")).state == "ready"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, venv_bin: Path) -> Cli:
+    return Cli(tmp_path, venv_bin)
+
+
+@pytest.mark.subprocess
+def test_the_cli_stops_and_starts(cli: Cli) -> None:
+    assert cli.run("provision", "alpha", "--tier", "solo", "--driver", "fake").returncode == 0
+    stopped = cli.run("stop", "alpha", "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["last_status"] == "stopped"
+    status = cli.run("status", "alpha")
+    assert status.returncode == 0 and status.stdout.startswith("alpha: stopped")
+    refused = cli.run("upgrade", "alpha", "--tier", "team", "--yes")
+    assert refused.returncode == 1 and "start it first" in refused.stderr
+    started = cli.run("start", "alpha")
+    assert started.returncode == 0 and started.stdout.startswith("alpha: ready"), started.stderr
