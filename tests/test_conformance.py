@@ -50,6 +50,11 @@ NEEDS_PROTOCOL = "executable: without HEARTH_PROTOCOL=1 it exits 2"
 PARENT_DEATH = "executable: it exits when its parent process dies"
 ONLY_JSON_RPC = "hygiene: every line on stdout is JSON-RPC"
 DATA_DIR = "hygiene: reads leave data_dir as they found it"
+STOP_START = "stop and start (1.3) are announced together, or neither"
+STOPS = "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing"
+STARTS = (
+    "start (1.3) makes the same deployment ready again (its backend id kept); a second start changes nothing"
+)
 EXECUTABLE_ONLY = {VERSION, NEEDS_PROTOCOL, PARENT_DEATH}
 
 
@@ -62,7 +67,7 @@ async def test_the_fake_passes_in_memory_with_every_check() -> None:
     assert report.passed, report.render()
     skipped = {check.name for check in report.checks if check.outcome == "skip"}
     assert skipped == EXECUTABLE_ONLY, report.render()
-    assert len(report.checks) == 31
+    assert len(report.checks) == 34
     [cancel] = [check for check in report.checks if check.name == CANCEL]
     assert "-32800" in cancel.detail
     [overlap] = [check for check in report.checks if check.name == CONCURRENCY]
@@ -107,6 +112,9 @@ DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str | frozenset[str]]]
     (broken.StatusRewritesItsRecord, FAKE_OPTIONS, DATA_DIR),
     (broken.ValidateWrites, FAKE_OPTIONS, DATA_DIR),
     (broken.PlanCaches, FAKE_OPTIONS, DATA_DIR),
+    (broken.StartRecreates, FAKE_OPTIONS, STARTS),
+    (broken.StopOnly, FAKE_OPTIONS, STOP_START),
+    (broken.StopTwiceFails, FAKE_OPTIONS, STOPS),
 ]
 
 

@@ -280,6 +280,9 @@ class _Kit:
         #: Lines the host would end the session for at once (protocol_violation), with the
         #: check during which each came.
         self.junk: list[str] = []
+        #: What checks 33 and 34 share: the deployment stopped and started, and the replies.
+        self.stopper: dict[str, Any] = {}
+        self.list_announced = False
 
     def slug(self, name: str) -> str:
         return f"conf-{self.run_id}-{name}"
@@ -476,6 +479,7 @@ class _Kit:
         await self.check("executable: it exits when its parent process dies", self.exits_when_parent_dies)
         await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
         await self.check("hygiene: reads leave data_dir as they found it", self.reads_leave_data_dir)
+        await self.stop_and_start()
 
     async def not_initialized(self) -> str:
         reply = await self.call("status", {})
@@ -1135,6 +1139,136 @@ class _Kit:
             return ""
         finally:
             await self.peer.close()
+
+    # --- stop and start (1.3): checks 32 to 34, in a session of their own ------------------------
+    async def stop_and_start(self) -> None:
+        """Checks 32 to 34, after the others so that 1 to 31 keep their numbers: in a new
+        session, a deployment of ``profile`` stopped twice and started twice."""
+        names = (
+            "stop and start (1.3) are announced together, or neither",
+            "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing",
+            "start (1.3) makes the same deployment ready again (its backend id kept); a second start "
+            "changes nothing",
+        )
+        self.peer = await self.open_judged()
+        try:
+            reply = await self.initialize([codes.PROTOCOL_VERSION])
+            if not reply.ok:
+                for name in names:
+                    self.skip(name, "the handshake of a new session failed")
+                return
+            methods = set(InitializeResult.model_validate(reply.result).capabilities.methods)
+            announced = {"stop", "start"} & methods
+            if not await self.check(names[0], lambda: self._stop_start_announced(announced)) or not announced:
+                for name in names[1:]:
+                    self.skip(name, "stop and start are not announced" if not announced else "needs check 32")
+                return
+            self.list_announced = "list" in methods
+            if not await self.check(names[1], self.stops):
+                self.skip(names[2], "needs a deployment check 33 stopped")
+            else:
+                await self.check(names[2], self.starts)
+        finally:
+            ref = self.stopper.get("ref")
+            if ref is not None:
+                await self.teardown_quietly(ref)
+            await self.peer.close()
+
+    async def _stop_start_announced(self, announced: set[str]) -> str:
+        if len(announced) == 1:
+            raise CheckFailed(f"only {next(iter(announced))} is announced: stop and start come together")
+        return "" if announced else "skip: neither is announced (the driver cannot stop)"
+
+    def _backend_ids(self, *replies: Reply) -> set[str]:
+        return {
+            str(event["backend_id"])
+            for reply in replies
+            for event in (item.get("params", item) for item in reply.progress)
+            if isinstance(event, dict) and event.get("backend_id")
+        }
+
+    async def _settled_state(self, ref: dict[str, Any], passing: str) -> tuple[str, Reply]:
+        """``status`` until it leaves ``passing`` (the backend settling), within the kit's bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        while True:
+            state, reply = await self.state_of(ref)
+            if state != passing or loop.time() > deadline:
+                return state, reply
+            await asyncio.sleep(0.2)
+
+    async def stops(self) -> str:
+        slug = self.slug("s")
+        made = await self.call("provision", {"slug": slug, "profile": self.profile})
+        ref: DeploymentRef = _model(DeploymentRef, _expect_ok(made, "provision"), made)
+        kept = ref.model_dump(mode="json")
+        self.stopper.update(ref=kept, made=made)
+        _, seen = await self.state_of(kept)
+        self.stopper["details"] = StatusReport.model_validate(seen.result).details
+        stopped = await self.call("stop", {"ref": kept})
+        answer: DeploymentRef = _model(DeploymentRef, _expect_ok(stopped, "stop"), stopped)
+        if answer.last_status != "stopped":
+            raise CheckFailed(f"stop answered last_status {answer.last_status!r}, not 'stopped'", stopped)
+        if (answer.workspace_slug, answer.tier) != (slug, ref.tier):
+            raise CheckFailed("stop changed the ref's workspace_slug or tier", made, stopped)
+        # ``created`` as the adapter keeps it (check 1 judges provision's answer): start keeps it
+        self.stopper.update(ref=answer.model_dump(mode="json"), created=answer.created)
+        state, status = await self._settled_state(self.stopper["ref"], "stopping")
+        if state != "stopped":
+            raise CheckFailed(f"after stop, status says {state!r}, not 'stopped'", stopped, status)
+        again = await self.call("stop", {"ref": self.stopper["ref"]})
+        second: DeploymentRef = _model(DeploymentRef, _expect_ok(again, "the second stop"), again)
+        if second.last_status != "stopped":
+            raise CheckFailed("a second stop did not answer the stopped ref", again)
+        state, status = await self.state_of(self.stopper["ref"])
+        if state != "stopped":
+            raise CheckFailed(f"after a second stop, status says {state!r}", again, status)
+        if self.list_announced:
+            listed = await self.call("list", {})
+            slugs = [
+                item.get("workspace_slug") for item in _expect_ok(listed, "list") if isinstance(item, dict)
+            ]
+            if slug not in slugs:
+                raise CheckFailed("list does not show the stopped deployment", listed)
+        self.stopper["stops"] = [stopped, again]
+        return ""
+
+    async def starts(self) -> str:
+        ref = self.stopper["ref"]
+        started = await self.call("start", {"ref": ref})
+        answer: DeploymentRef = _model(DeploymentRef, _expect_ok(started, "start"), started)
+        if answer.last_status != "ready":
+            raise CheckFailed(f"start answered last_status {answer.last_status!r}, not 'ready'", started)
+        self.stopper["ref"] = answer.model_dump(mode="json")
+        if answer.created != self.stopper["created"]:
+            raise CheckFailed(
+                "start answered another created: it made a new deployment rather than start the one "
+                "stop kept",
+                started,
+            )
+        state, status = await self._settled_state(self.stopper["ref"], "starting")
+        if state != "ready":
+            raise CheckFailed(f"after start, status says {state!r}, not 'ready'", started, status)
+        before = self.stopper["details"].get("backend_id")
+        after = StatusReport.model_validate(status.result).details.get("backend_id")
+        made = self._backend_ids(self.stopper["made"])
+        later = self._backend_ids(*self.stopper["stops"], started)
+        if (before and after and before != after) or (made and later - made):
+            raise CheckFailed(
+                "start recreated the deployment: its backend id changed "
+                f"({before or sorted(made)} before the stop, {after or sorted(later - made)} after the "
+                "start); stop and start must keep the same backend objects",
+                started,
+                status,
+            )
+        again = await self.call("start", {"ref": self.stopper["ref"]})
+        second: DeploymentRef = _model(DeploymentRef, _expect_ok(again, "the second start"), again)
+        if second.last_status != "ready":
+            raise CheckFailed("a second start did not answer the ready ref", again)
+        state, status = await self.state_of(self.stopper["ref"])
+        if state != "ready":
+            raise CheckFailed(f"after a second start, status says {state!r}", again, status)
+        return ""
 
     async def version_flag(self) -> str:
         if self.path is None:
