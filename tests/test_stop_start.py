@@ -19,7 +19,7 @@ from hearth_adapter_fake import FakeDriver
 from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import DeploymentRef, Driver, MemoryConnection, RequestContext
 from hearth_adaptersdk.testing import Peer
-from tests.helpers import make_host
+from tests.helpers import left_by_a_dead_host, make_host
 from tests.test_cli import Cli
 from tests.test_remote import daemon
 from tests.test_serve import api, error_kind
@@ -290,3 +290,28 @@ def test_the_cli_stops_and_starts(cli: Cli) -> None:
     assert refused.returncode == 1 and "start it first" in refused.stderr
     started = cli.run("start", "alpha")
     assert started.returncode == 0 and started.stdout.startswith("alpha: ready"), started.stderr
+
+
+async def test_a_stop_a_dead_host_left_is_settled_from_the_backend(tmp_path: Path) -> None:
+    async with make_host(tmp_path, tiers={}) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        await host.provision("beta", tier="solo", driver="fake")
+        await host.stop("beta")
+        for slug, state in (("alpha", "ready"), ("beta", "stopped")):
+            record = await host.deployment(slug)
+            verb = "stop" if state == "ready" else "start"
+            working = record.model_copy(update={"state": "stopping" if verb == "stop" else "starting"})
+            await left_by_a_dead_host(host, working, verb)
+        # the stop never reached the backend: ready, with a note; the start did not either: stopped
+        alpha, beta = await host.deployment("alpha"), await host.deployment("beta")
+        assert alpha.state == "ready" and "stop interrupted" in (alpha.reason or "")
+        assert beta.state == "stopped" and "start interrupted" in (beta.reason or "")
+        assert [op.outcome for op in await host.logs("alpha")][-1] == "interrupted"
+
+
+async def test_plan_of_a_stopped_workspace_is_refused_as_its_upgrade(tmp_path: Path) -> None:
+    async with make_host(tmp_path, tiers={}) as host:
+        await host.provision("alpha", tier="solo", driver="fake")
+        await host.stop("alpha")
+        with pytest.raises(InvalidTransition, match="start it first"):
+            await host.plan("alpha", tier="team")
