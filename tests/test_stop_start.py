@@ -146,8 +146,17 @@ async def test_stop_and_start_keep_the_workspace_and_are_idempotent(tmp_path: Pa
     assert journal(tmp_path, "stop") == 2 and journal(tmp_path, "start") == 1
 
 
-async def test_a_driver_that_does_not_announce_them_is_unsupported_naming_it(tmp_path: Path) -> None:
-    async with make_host(tmp_path, tiers={}, driver=NoStop) as host:
+class StopOnly(FakeDriver):
+    """Announces stop without start: the host calls neither."""
+
+    start = Driver.start
+
+
+@pytest.mark.parametrize("driver", [NoStop, StopOnly])
+async def test_a_driver_that_does_not_announce_them_is_unsupported_naming_it(
+    tmp_path: Path, driver: type[FakeDriver]
+) -> None:
+    async with make_host(tmp_path, tiers={}, driver=driver) as host:
         await host.provision("alpha", tier="solo", driver="fake")
         for verb in (host.stop, host.start, host.start_stop):
             with pytest.raises(Unsupported, match=r"driver 'fake' cannot (stop|start)"):

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from ._models import Deployment
 
 Verb = Literal["provision", "upgrade", "teardown", "stop", "start"]
-#: The verbs a driver serves only when it announces them (protocol 1.3).
+#: The verbs a driver serves only when it announces them (protocol 1.3): the host calls them only
+#: when both are announced.
 OPTIONAL_VERBS: frozenset[str] = frozenset({"stop", "start"})
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down", "stopping", "starting"})
 #: Every state a record can be in.

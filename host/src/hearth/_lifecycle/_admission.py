@@ -21,6 +21,7 @@ from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile,
 from .._labels import label_count
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
+    OPTIONAL_VERBS,
     Recorded,
     adapter_conflict_reason,
     answers_noop,
@@ -269,10 +270,11 @@ class Admission:
                 raise
 
     async def _supports(self, driver: str, verb: str) -> None:
-        """``unsupported`` naming the driver when its adapter does not announce ``verb``."""
+        """``unsupported`` naming the driver unless its adapter announces both ``stop`` and
+        ``start`` (one alone is a broken adapter: a workspace stopped for good, or never)."""
         core = self._core
         async with core.supervisor.use(driver, timeout=core.timeouts.handshake) as client:
-            if not client.supports(verb):
+            if not all(client.supports(method) for method in OPTIONAL_VERBS):
                 raise unsupported_verb(verb, driver)
 
     async def _validate_profile(self, driver: str, profile: ProvisioningProfile) -> None:

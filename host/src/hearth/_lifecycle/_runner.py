@@ -350,7 +350,7 @@ class Runner:
                     f"the deadline passed before {verb} of {working.slug!r} could be "
                     "sent (starting the adapter took the time); nothing was changed"
                 )
-            if verb in OPTIONAL_VERBS and not client.supports(verb):
+            if verb in OPTIONAL_VERBS and not all(client.supports(method) for method in OPTIONAL_VERBS):
                 raise unsupported_verb(verb, working.driver)  # before begin: nothing changed
             operation = work.operation.id
             began, cancelled_at_begin = await _begin(core, operation, working, archive)
