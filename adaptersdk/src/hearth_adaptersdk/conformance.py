@@ -1198,7 +1198,7 @@ class _Kit:
             await asyncio.sleep(0.2)
 
     async def stops(self) -> str:
-        slug = self.slug("s")
+        slug = self.slug("stopped")  # its own: a slow provision the kit could not stop may hold "s"
         made = await self.call("provision", {"slug": slug, "profile": self.profile})
         ref: DeploymentRef = _model(DeploymentRef, _expect_ok(made, "provision"), made)
         kept = ref.model_dump(mode="json")
