@@ -208,6 +208,19 @@ class StartRecreates(FakeDriver):
         return await super().start(ref, ctx)
 
 
+class StopNotUndone(FakeDriver):
+    """Marks the workspace stopped before its stop's work, so a cancelled stop leaves it stopped
+    while the SDK answers -32800 as if nothing had changed."""
+
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        record = self.store.get(ref.workspace_slug)
+        if record is not None and record["ref"]["last_status"] == "ready":
+            self.store.put(ref.workspace_slug, {**record, "ref": {**record["ref"], "last_status": "stopped"}})
+            await self._work(ctx, record["profile"]["driver_flags"], "stop")
+            return DeploymentRef.model_validate({**record["ref"], "last_status": "stopped"})
+        return await super().stop(ref, ctx)
+
+
 class StopOnly(FakeDriver):
     """Announces stop without start: a stopped workspace could never run again."""
 

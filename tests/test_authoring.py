@@ -118,6 +118,7 @@ async def test_the_node_adapter_passes_the_kit() -> None:
         failing_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"fail": True}},
         refused_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"colour": 1}},
         slow_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"delay": 30}},
+        slow_stop_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"stop_delay": 30}},
     )
     report = await run_conformance(NODE_ADAPTER, options)
     assert report.passed, report.render()

@@ -21,6 +21,7 @@ FAKE_OPTIONS = KitOptions(
     failing_profile={"tier": "t", "driver": "fake", "driver_flags": {"fail_at": "provision"}},
     refused_profile={"tier": "t", "driver": "fake", "driver_flags": {"reject": True}},
     slow_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 30}},
+    slow_stop_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 30, "delay_at": "stop"}},
 )
 #: For an adapter that ignores cancel, so that what it goes on with ends soon.
 SHORT_SLOW = KitOptions(
@@ -52,6 +53,7 @@ ONLY_JSON_RPC = "hygiene: every line on stdout is JSON-RPC"
 DATA_DIR = "hygiene: reads leave data_dir as they found it"
 STOP_START = "stop and start (1.3) are announced together, or neither"
 STOPS = "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing"
+STOP_CANCELLED = "a cancelled stop (1.3) is answered after its rollback: the deployment is ready again"
 STARTS = (
     "start (1.3) makes the same deployment ready again (its backend id kept); a second start changes nothing"
 )
@@ -67,7 +69,7 @@ async def test_the_fake_passes_in_memory_with_every_check() -> None:
     assert report.passed, report.render()
     skipped = {check.name for check in report.checks if check.outcome == "skip"}
     assert skipped == EXECUTABLE_ONLY, report.render()
-    assert len(report.checks) == 34
+    assert len(report.checks) == 35
     [cancel] = [check for check in report.checks if check.name == CANCEL]
     assert "-32800" in cancel.detail
     [overlap] = [check for check in report.checks if check.name == CONCURRENCY]
@@ -93,6 +95,7 @@ async def test_without_options_the_kit_skips_what_it_cannot_check() -> None:
         SHUTDOWN_WAITS,
         "6. a failed provision rolls back and answers -32031",
         "a refused profile is -32023",
+        STOP_CANCELLED,
         *EXECUTABLE_ONLY,
     }, report.render()
 
@@ -115,6 +118,7 @@ DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str | frozenset[str]]]
     (broken.StartRecreates, FAKE_OPTIONS, STARTS),
     (broken.StopOnly, FAKE_OPTIONS, STOP_START),
     (broken.StopTwiceFails, FAKE_OPTIONS, STOPS),
+    (broken.StopNotUndone, FAKE_OPTIONS, STOP_CANCELLED),
 ]
 
 

@@ -97,6 +97,9 @@ class KitOptions:
     #: seconds unless cancelled; without it the checks of progress and concurrency are skipped,
     #: and cancel is checked on ``profile``.
     slow_profile: dict[str, Any] | None = None
+    #: A profile whose ``stop`` (protocol 1.3) keeps working, with progress, until cancelled (its
+    #: provision may be quick); without it the check of a cancelled stop is skipped.
+    slow_stop_profile: dict[str, Any] | None = None
     #: Bound on each request, in seconds.
     timeout: float = 60.0
     #: Extra environment variables the adapter may see (as the host's config would name).
@@ -1142,15 +1145,19 @@ class _Kit:
 
     # --- stop and start (1.3): checks 32 to 34, in a session of their own ------------------------
     async def stop_and_start(self) -> None:
-        """Checks 32 to 34, after the others so that 1 to 31 keep their numbers: in a new
-        session, a deployment of ``profile`` stopped twice and started twice."""
+        """Checks 32 to 35, after the others so that 1 to 31 keep their numbers: in a new
+        session, a deployment of ``profile`` stopped twice and started twice, and a stop of
+        ``slow_stop_profile`` cancelled."""
         names = (
             "stop and start (1.3) are announced together, or neither",
             "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing",
             "start (1.3) makes the same deployment ready again (its backend id kept); a second start "
             "changes nothing",
+            "a cancelled stop (1.3) is answered after its rollback: the deployment is ready again",
         )
         self.peer = await self.open_judged()
+        self.peer.on_progress = self._on_progress
+        self._progress.clear()  # request ids start again in this session
         try:
             reply = await self.initialize([codes.PROTOCOL_VERSION])
             if not reply.ok:
@@ -1168,10 +1175,12 @@ class _Kit:
                 self.skip(names[2], "needs a deployment check 33 stopped")
             else:
                 await self.check(names[2], self.starts)
+            await self.check(names[3], self.stop_cancelled)
         finally:
-            ref = self.stopper.get("ref")
-            if ref is not None:
-                await self.teardown_quietly(ref)
+            for key in ("ref", "cancelled"):
+                ref = self.stopper.get(key)
+                if ref is not None:
+                    await self.teardown_quietly(ref)
             await self.peer.close()
 
     async def _stop_start_announced(self, announced: set[str]) -> str:
@@ -1269,6 +1278,53 @@ class _Kit:
         if state != "ready":
             raise CheckFailed(f"after a second start, status says {state!r}", again, status)
         return ""
+
+    async def stop_cancelled(self) -> str:
+        """A stop of ``slow_stop_profile``, cancelled once under way: -32800 within the bounds of
+        check 16, ``rolled_back`` not false, and ``status`` ``ready`` right after the answer."""
+        if self.options.slow_stop_profile is None:
+            return "skip: needs slow_stop_profile (a profile whose stop works until cancelled)"
+        assert self.peer is not None
+        made = await self.call(
+            "provision", {"slug": self.slug("stopcancel"), "profile": self.options.slow_stop_profile}
+        )
+        ref = _expect_ok(made, "the provision of slow_stop_profile")
+        self.stopper["cancelled"] = ref
+        sent, future = await self.peer.start_request("stop", {"ref": ref})
+        ident: int = sent["id"]
+        await self.first_progress(ident, future, self.bound(PROGRESS_BOUND))
+        if future.done():
+            reply = await self.peer.finish(sent, future, 0)
+            raise CheckFailed("the stop of slow_stop_profile finished before it could be cancelled", reply)
+        await self.peer.notify("cancel", {"id": ident})
+        cancelled = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), self.bound(ROLLBACK_BOUND))
+        if not future.done():
+            future.add_done_callback(_consume)
+            raise CheckFailed(f"no answer within {ROLLBACK_BOUND:g} s of the cancel of a stop")
+        after = time.monotonic() - cancelled
+        reply = await self.peer.finish(sent, future, 0)
+        if reply.ok:
+            if after > CANCEL_BOUND:
+                raise CheckFailed(
+                    f"the cancel was ignored: the stop answered its result {after:.2f} s after it "
+                    f"(a request stops within {CANCEL_BOUND:g} s)",
+                    reply,
+                )
+            return "the stop finished as the cancel came (a race it may win)"
+        data = _expect_error(reply, codes.CANCELLED, "a cancelled stop")
+        if data.get("rolled_back") is False:
+            raise CheckFailed("data.rolled_back is false: the stop was not undone before the answer", reply)
+        state, status = await self.state_of(ref)
+        if state != "ready":
+            raise CheckFailed(
+                f"right after the -32800 answer of a cancelled stop the backend shows {state}, not "
+                "'ready': undo the stop (start it again) before answering",
+                reply,
+                status,
+            )
+        return "rolled back: ready again"
 
     async def version_flag(self) -> str:
         if self.path is None:

@@ -8,6 +8,7 @@ real protocol (VERB: provision, status, upgrade, teardown, stop or start):
                          (status: -32030, the backend cannot be reached)
     keep_partial: true   with fail_at, the failure leaves its partial work (rolled_back: false)
     delay: SECONDS       provision, upgrade, teardown, stop and start take this long (with progress)
+    delay_at: VERB       with delay, only VERB takes it (a stop slow enough to cancel, a quick provision)
     crash_at: VERB       the process exits (code 17) in the middle of the verb
     hang_at: VERB        the verb never answers, not even to cancel (the process lives on)
     freeze_at: VERB      the whole process stops responding (a blocking call that never returns)
@@ -62,6 +63,7 @@ FLAGS = (
     "fail_at",
     "keep_partial",
     "delay",
+    "delay_at",
     "crash_at",
     "hang_at",
     "freeze_at",
@@ -323,7 +325,7 @@ class FakeDriver(Driver):
             f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
             for key in sorted(set(flags) - set(FLAGS))
         ]
-        for key in ("fail_at", "crash_at", "hang_at", "freeze_at"):
+        for key in ("fail_at", "crash_at", "hang_at", "freeze_at", "delay_at"):
             if key in flags and flags[key] not in VERBS:
                 problems.append(f"driver_flags.{key}: must be one of {', '.join(VERBS)}")
         delay = flags.get("delay", 0)
@@ -353,7 +355,7 @@ class FakeDriver(Driver):
 
     async def _work(self, ctx: RequestContext, flags: dict[str, Any], verb: str) -> None:
         """The backend's time: the delay in steps with progress; then the failure, if asked."""
-        delay = float(flags.get("delay", 0))
+        delay = float(flags.get("delay", 0)) if flags.get("delay_at", verb) == verb else 0.0
         for step in range(1, _STEPS + 1):
             if delay:
                 await asyncio.sleep(delay / _STEPS)
