@@ -141,9 +141,9 @@ def unsupported_verb(verb: str, driver: str) -> Unsupported:
 def changed_nothing(verb: Verb, code: int | None, data: Mapping[str, Any]) -> bool:
     """Whether an adapter's error answer says that the backend is as it was before the verb.
 
-    Refusals (-32602, -32020..-32023) change nothing by definition; a provision or upgrade
-    that failed and says ``rolled_back: true`` undid its partial work. A teardown cannot be
-    undone, so its failures always count as changes.
+    Refusals (-32602, -32020..-32023) change nothing by definition; a provision, upgrade, stop
+    or start that failed and says ``rolled_back: true`` undid its partial work. A teardown cannot
+    be undone, so its failures always count as changes.
     """
     if code in REFUSAL_CODES:
         return True
