@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hearth import BackendFailure, InvalidTransition, Progress, RemoteHost, Unsupported
+from hearth import BackendFailure, CallTimeout, InvalidTransition, Progress, RemoteHost, Unsupported
 from hearth._server._app import create_app
 from hearth._server._auth import SCOPE_OF
 from hearth._states import Recorded, Resolution, Transition, needs_status, resolve, rules
@@ -324,3 +324,15 @@ async def test_plan_of_a_stopped_workspace_is_refused_as_its_upgrade(tmp_path: P
         await host.stop("alpha")
         with pytest.raises(InvalidTransition, match="start it first"):
             await host.plan("alpha", tier="team")
+
+
+async def test_a_stop_past_its_timeout_is_rolled_back_and_names_whom_it_was_for(tmp_path: Path) -> None:
+    async with make_host(tmp_path, tiers={"slow": {"delay": 30, "delay_at": "stop"}}) as host:
+        await host.provision("alpha", tier="slow", driver="fake")  # quick: only stop is slow
+        with pytest.raises(CallTimeout):
+            await host.stop("alpha", timeout=0.5, on_behalf_of="ana")
+        record = await host.deployment("alpha")
+        assert record.state == "ready" and not record.unconfirmed  # a confirmed rollback
+        stop = (await host.logs("alpha"))[-1]
+        assert (stop.verb, stop.on_behalf_of) == ("stop", "ana")
+        assert stop.error is not None and stop.error.get("changed_nothing") is True
