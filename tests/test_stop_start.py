@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from hearth_adapter_fake._store import read_journal
 from hearth_adaptersdk import DeploymentRef, Driver, MemoryConnection, RequestContext
 from hearth_adaptersdk.testing import Peer
 from tests.helpers import left_by_a_dead_host, make_host
-from tests.test_cli import Cli
+from tests.test_cli import Cli, _wait_for
 from tests.test_remote import daemon
 from tests.test_serve import api, error_kind
 
@@ -336,3 +338,31 @@ async def test_a_stop_past_its_timeout_is_rolled_back_and_names_whom_it_was_for(
         stop = (await host.logs("alpha"))[-1]
         assert (stop.verb, stop.on_behalf_of) == ("stop", "ana")
         assert stop.error is not None and stop.error.get("changed_nothing") is True
+
+
+@pytest.mark.subprocess
+def test_ctrl_c_cancels_a_stop_and_the_workspace_is_ready_as_before(cli: Cli) -> None:
+    settings = cli.project / ".hearth" / "hearth.toml"
+    settings.write_text(
+        settings.read_text() + '[tiers.halting.driver_flags.fake]\ndelay = 60\ndelay_at = "stop"\n'
+    )
+    assert cli.run("provision", "alpha", "--tier", "halting", "--driver", "fake").returncode == 0
+    stopping = subprocess.Popen(
+        cli.argv("stop", "alpha", "--json"),
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    _wait_for(lambda: any(e["method"] == "stop" for e in cli.journal()))
+    stopping.send_signal(signal.SIGINT)
+    out, err = stopping.communicate(timeout=30)
+    assert stopping.returncode == 130
+    assert json.loads(out)["error"]["kind"] == "cancelled"
+    assert err.strip().splitlines() == [
+        "hearth: cancelled: interrupted by SIGINT; stop of 'alpha' was cancelled and rolled back; "
+        "the workspace is ready as before"
+    ]
+    assert cli.json("status", "alpha")["state"] == "ready"
+    assert [op["verb"] for op in cli.json("logs", "alpha")] == ["provision", "stop"]
