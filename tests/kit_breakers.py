@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -192,6 +193,48 @@ class PlanWrites(FakeDriver):
         if ref is None:
             await self.provision(slug, profile, ctx)
         return await super().plan(slug, ref, profile, ctx)
+
+
+class StartRecreates(FakeDriver):
+    """Its start makes a new workspace in place of the one stop kept (a new backend id), as a
+    stop that removes the container and a start that creates another (coder/coder#26981)."""
+
+    async def start(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        record = self.store.get(ref.workspace_slug)
+        if record is not None and record["ref"]["last_status"] == "stopped":
+            fresh = f"fake-{ref.workspace_slug}-{secrets.token_hex(4)}"
+            ctx.progress("creating a new workspace", 0.0, backend_id=fresh)
+            self.store.put(ref.workspace_slug, {**record, "backend_id": fresh})
+        return await super().start(ref, ctx)
+
+
+class StopNotUndone(FakeDriver):
+    """Marks the workspace stopped before its stop's work, so a cancelled stop leaves it stopped
+    while the SDK answers -32800 as if nothing had changed."""
+
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        record = self.store.get(ref.workspace_slug)
+        if record is not None and record["ref"]["last_status"] == "ready":
+            self.store.put(ref.workspace_slug, {**record, "ref": {**record["ref"], "last_status": "stopped"}})
+            await self._work(ctx, record["profile"]["driver_flags"], "stop")
+            return DeploymentRef.model_validate({**record["ref"], "last_status": "stopped"})
+        return await super().stop(ref, ctx)
+
+
+class StopOnly(FakeDriver):
+    """Announces stop without start: a stopped workspace could never run again."""
+
+    start = Driver.start
+
+
+class StopTwiceFails(FakeDriver):
+    """A stop of a stopped workspace is an error, not a no-op."""
+
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        record = self.store.get(ref.workspace_slug)
+        if record is not None and record["ref"]["last_status"] == "stopped":
+            raise InvalidTransition("already stopped", state="stopped")
+        return await super().stop(ref, ctx)
 
 
 # --- protocol level: sessions and decoders put in place of the SDK's -------------------------

@@ -61,7 +61,10 @@ def test_the_schema_accepts_protocol_messages_and_refuses_broken_ones() -> None:
         "list",
         "validate_profile",
         "plan",
+        "stop",
+        "start",
     }
+    check("DeploymentRef", {**ref, "last_status": "stopped"})  # 1.3
 
 
 def test_the_scaffold_refuses_bad_names_and_busy_folders(tmp_path: Path) -> None:
@@ -115,6 +118,7 @@ async def test_the_node_adapter_passes_the_kit() -> None:
         failing_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"fail": True}},
         refused_profile={"tier": "x", "driver": "nodeecho", "driver_flags": {"colour": 1}},
         slow_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"delay": 30}},
+        slow_stop_profile={"tier": "s", "driver": "nodeecho", "driver_flags": {"stop_delay": 30}},
     )
     report = await run_conformance(NODE_ADAPTER, options)
     assert report.passed, report.render()

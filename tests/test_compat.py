@@ -1,4 +1,4 @@
-"""A 1.1 adapter meets today's kit and host (issue 22).
+"""A 1.1 adapter meets today's kit and host (issue 22; the kit of 1.3 skips its stop and start checks).
 
 ``compat/hearth-1.1.tar.gz`` holds the SDK and the fake adapter exactly as revision 1.1 shipped
 them (``git archive f6074a2 adaptersdk/src/hearth_adaptersdk adapters/fake/src/hearth_adapter_fake``),
@@ -14,7 +14,7 @@ import pytest
 from hearth_adaptersdk.conformance import run_conformance
 from tests.conftest import install_script, trust_project_adapters
 from tests.test_cli import Cli
-from tests.test_conformance import DATA_DIR, FAKE_OPTIONS
+from tests.test_conformance import DATA_DIR, FAKE_OPTIONS, STARTS, STOP_CANCELLED, STOP_START, STOPS
 
 ARCHIVE = Path(__file__).parent / "compat" / "hearth-1.1.tar.gz"
 
@@ -51,8 +51,16 @@ async def test_a_1_1_adapter_passes_every_check_1_1_defined(
 ) -> None:
     report = await run_conformance(adapter_1_1(tmp_path / "bin"), FAKE_OPTIONS)
     outcomes = {check.name: check.outcome for check in report.checks}
-    assert len(outcomes) == 31, report.render()
-    assert {name for name, outcome in outcomes.items() if outcome != "pass"} == {DATA_DIR}, report.render()
+    assert len(outcomes) == 35, report.render()
+    assert {name for name, outcome in outcomes.items() if outcome != "pass"} == {
+        DATA_DIR,
+        STOP_START,
+        STOPS,
+        STARTS,
+        STOP_CANCELLED,
+    }, report.render()
+    # the checks of 1.3 are skipped: a 1.1 adapter announces neither stop nor start
+    assert {outcomes[name] for name in (STOP_START, STOPS, STARTS, STOP_CANCELLED)} == {"skip"}
     # the one check revision 1.2 added finds what the 1.1 fake did: it journaled each read at once
     [data_dir] = [check for check in report.checks if check.name == DATA_DIR]
     assert "journal.jsonl (rewritten)" in data_dir.detail, report.render()

@@ -14,13 +14,14 @@ from hearth_adapter_fake import FakeDriver
 from hearth_adaptersdk import _memory
 from hearth_adaptersdk._codec import LineDecoder
 from hearth_adaptersdk._session import ServerSession
-from hearth_adaptersdk.conformance import KitOptions, Report, run_conformance
+from hearth_adaptersdk.conformance import Check, KitOptions, Report, run_conformance
 from tests import kit_breakers as broken
 
 FAKE_OPTIONS = KitOptions(
     failing_profile={"tier": "t", "driver": "fake", "driver_flags": {"fail_at": "provision"}},
     refused_profile={"tier": "t", "driver": "fake", "driver_flags": {"reject": True}},
     slow_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 30}},
+    slow_stop_profile={"tier": "t", "driver": "fake", "driver_flags": {"delay": 30, "delay_at": "stop"}},
 )
 #: For an adapter that ignores cancel, so that what it goes on with ends soon.
 SHORT_SLOW = KitOptions(
@@ -50,7 +51,23 @@ NEEDS_PROTOCOL = "executable: without HEARTH_PROTOCOL=1 it exits 2"
 PARENT_DEATH = "executable: it exits when its parent process dies"
 ONLY_JSON_RPC = "hygiene: every line on stdout is JSON-RPC"
 DATA_DIR = "hygiene: reads leave data_dir as they found it"
+STOP_START = "stop and start (1.3) are announced together, or neither"
+STOPS = "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing"
+STOP_CANCELLED = "a cancelled stop (1.3) is answered after its rollback: the deployment is ready again"
+STARTS = (
+    "start (1.3) makes the same deployment ready again (its backend id kept); a second start changes nothing"
+)
 EXECUTABLE_ONLY = {VERSION, NEEDS_PROTOCOL, PARENT_DEATH}
+
+
+#: The checks of protocol 1.3, skipped for a driver that does not announce stop and start.
+STOP_START_CHECKS = frozenset({STOP_START, STOPS, STARTS, STOP_CANCELLED})
+
+
+def not_announced(check: Check) -> bool:
+    """A check of stop and start skipped because the driver announces neither (tfgrid; a driver
+    that does not serve them yet)."""
+    return check.outcome == "skip" and check.name in STOP_START_CHECKS and "announced" in check.detail
 
 
 def failed(report: Report) -> set[str]:
@@ -62,7 +79,7 @@ async def test_the_fake_passes_in_memory_with_every_check() -> None:
     assert report.passed, report.render()
     skipped = {check.name for check in report.checks if check.outcome == "skip"}
     assert skipped == EXECUTABLE_ONLY, report.render()
-    assert len(report.checks) == 31
+    assert len(report.checks) == 35
     [cancel] = [check for check in report.checks if check.name == CANCEL]
     assert "-32800" in cancel.detail
     [overlap] = [check for check in report.checks if check.name == CONCURRENCY]
@@ -88,6 +105,7 @@ async def test_without_options_the_kit_skips_what_it_cannot_check() -> None:
         SHUTDOWN_WAITS,
         "6. a failed provision rolls back and answers -32031",
         "a refused profile is -32023",
+        STOP_CANCELLED,
         *EXECUTABLE_ONLY,
     }, report.render()
 
@@ -107,6 +125,10 @@ DRIVERS: list[tuple[Callable[[], FakeDriver], KitOptions, str | frozenset[str]]]
     (broken.StatusRewritesItsRecord, FAKE_OPTIONS, DATA_DIR),
     (broken.ValidateWrites, FAKE_OPTIONS, DATA_DIR),
     (broken.PlanCaches, FAKE_OPTIONS, DATA_DIR),
+    (broken.StartRecreates, FAKE_OPTIONS, STARTS),
+    (broken.StopOnly, FAKE_OPTIONS, STOP_START),
+    (broken.StopTwiceFails, FAKE_OPTIONS, STOPS),
+    (broken.StopNotUndone, FAKE_OPTIONS, STOP_CANCELLED),
 ]
 
 

@@ -15,6 +15,7 @@ from hearth_adapter_docker import DockerDriver
 from hearth_adaptersdk import ProvisioningProfile
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import RemoteError, open_peer
+from tests.test_conformance import not_announced
 
 IMAGE = os.environ.get("HEARTH_TEST_IMAGE", "hearth-test/httpd:1")
 
@@ -55,7 +56,8 @@ async def test_the_conformance_kit_passes_on_the_real_engine(docker_url: str, ve
     )
     report = await run_conformance(venv_bin / "hearth-adapter-docker", options)
     assert report.passed, report.render()
-    assert all(check.outcome == "pass" for check in report.checks), report.render()
+    # every check passes, but those of stop and start while the driver does not announce them
+    assert all(check.outcome == "pass" or not_announced(check) for check in report.checks), report.render()
 
 
 async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(

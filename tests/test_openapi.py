@@ -76,7 +76,7 @@ ROUTES: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("get", "/v1/ready"): ("getReadiness", {"200"}),
     ("get", "/metrics"): ("getMetrics", {"200"}),
 }
-STARTS = ("provisionWorkspace", "upgradeWorkspace", "teardownWorkspace")
+STARTS = ("provisionWorkspace", "upgradeWorkspace", "teardownWorkspace", "stopWorkspace", "startWorkspace")
 
 
 @pytest.fixture(scope="module")
@@ -274,11 +274,12 @@ def test_503_and_423_answers_say_retry_after(document: Json) -> None:
 
 def test_verbs_and_state_filters_are_enums(document: Json) -> None:
     schemas = document["components"]["schemas"]
-    verbs = {"provision", "upgrade", "teardown", "adopt", "forget"}
+    verbs = {"provision", "upgrade", "teardown", "adopt", "forget", "stop", "start"}
     assert set(schemas["Operation"]["properties"]["verb"]["enum"]) == verbs
     # an event no operation caused (a ``workspace`` event of reconcile's) has no verb
     assert set(not_null(document, schemas["Event"]["properties"]["verb"])["enum"]) == verbs
-    assert set(schemas["CheckResult"]["properties"]["verb"]["enum"]) == {"provision", "upgrade", "teardown"}
+    checked = {"provision", "upgrade", "teardown", "stop", "start"}
+    assert set(schemas["CheckResult"]["properties"]["verb"]["enum"]) == checked
     routes = by_id(document)
     for name, states in (
         ("listWorkspaces", set(STATES)),

@@ -98,6 +98,8 @@ METHODS = (
     "list",
     "validate_profile",
     "plan",
+    "stop",
+    "start",
 )
 
 

@@ -115,6 +115,8 @@ async def test_the_handshake_announces_methods_and_the_config_schema() -> None:
         "list",
         "validate_profile",
         "plan",
+        "stop",
+        "start",
     ]
     assert info.config_schema is not None and info.config_schema["type"] == "object"
     await peer.close()

@@ -101,7 +101,8 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
         ),
         (
             "[timeouts]\nstatus = 5\nstatuz = 5\n",
-            "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, status, list",
+            "timeouts.statuz: unknown key; choose one of provision, upgrade, teardown, stop, start, "
+            "status, list",
         ),
         (
             "[serve]\nreconcile_every = 5\n",

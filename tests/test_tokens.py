@@ -51,6 +51,8 @@ scopes = ["read", "operate", "admin"]
 VERBS: dict[tuple[str, str], str] = {
     ("POST", "/v1/workspaces"): "operate",
     ("POST", "/v1/workspaces/{slug}/upgrade"): "operate",
+    ("POST", "/v1/workspaces/{slug}/stop"): "operate",
+    ("POST", "/v1/workspaces/{slug}/start"): "operate",
     ("DELETE", "/v1/workspaces/{slug}"): "operate",
     ("PATCH", "/v1/workspaces/{slug}"): "operate",
     ("DELETE", "/v1/operations/{ident}"): "operate",

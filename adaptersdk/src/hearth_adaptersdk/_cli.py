@@ -2,7 +2,8 @@
 
 hearth-adaptersdk conformance PATH [--options FILE] [--config JSON] [--profile JSON]
                                    [--refused-profile JSON] [--failing-profile JSON]
-                                   [--slow-profile JSON] [--timeout S] [--env NAME] [--json]
+                                   [--slow-profile JSON] [--slow-stop-profile JSON]
+                                   [--timeout S] [--env NAME] [--json]
 hearth-adaptersdk schema [--openrpc] [--output FILE]
 hearth-adaptersdk new NAME [DIR]
 """
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refused-profile",
         "failing-profile",
         "slow-profile",
+        "slow-stop-profile",
     ):
         kit.add_argument(f"--{name}", type=_json_object, metavar="JSON")
     kit.add_argument("--timeout", type=float, help="bound on each request in seconds (default 60)")
@@ -109,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "refused_profile",
             "failing_profile",
             "slow_profile",
+            "slow_stop_profile",
             "timeout",
             "env",
         ):

@@ -11,13 +11,14 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
-from .codes import OPTIONAL_METHODS, VERBS
+from .codes import LATER_OPTIONAL_METHODS, OPTIONAL_METHODS, VERBS
 from .wire import DeploymentRef, Level, PlanResult, ProvisioningProfile, StatusReport
 
 T = TypeVar("T")
 log = logging.getLogger("hearth_adaptersdk")
-#: The optional methods a driver announces by overriding them (``plan`` came with protocol 1.1).
-_OPTIONAL = tuple(dict.fromkeys((*OPTIONAL_METHODS, "plan")))
+#: The optional methods a driver announces by overriding them (``plan`` came with protocol 1.1,
+#: ``stop`` and ``start`` with 1.3).
+_OPTIONAL = tuple(dict.fromkeys((*OPTIONAL_METHODS, *LATER_OPTIONAL_METHODS)))
 
 
 class RequestContext:
@@ -176,8 +177,8 @@ class Driver:
 
     The SDK validates params with the wire models before a verb runs, so each verb gets
     typed arguments. Raise the errors of ``hearth_adaptersdk._errors`` to answer with a
-    protocol error. ``list``, ``validate_profile`` and ``plan`` are announced only when a
-    subclass overrides them.
+    protocol error. ``list``, ``validate_profile``, ``plan``, ``stop`` and ``start`` are
+    announced only when a subclass overrides them.
 
     Rolling back: on ``cancel`` (and on ``shutdown`` or stdin EOF) the verb's task is cancelled
     once (``asyncio.CancelledError``). The verb undoes its partial work through
@@ -239,6 +240,22 @@ class Driver:
         Refuse what the verb would refuse, with the same error (``InvalidProfile``,
         ``Conflict``, ``InvalidTransition``, ``Unsupported``); mark ``destructive`` every
         action that destroys data, such as a disk."""
+        raise NotImplementedError
+
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        """Stop the deployment, keeping its disk and its backend id, and return its ref with
+        ``last_status`` ``stopped`` (optional, 1.3; announce ``start`` with it).
+
+        Idempotent: stopping a stopped deployment changes nothing and returns its ref. Refuse a
+        deployment that is not ready or stopped with ``InvalidTransition``; on a cancel, start it
+        again through ``ctx.cleanup`` (a confirmed rollback leaves it ready)."""
+        raise NotImplementedError
+
+    async def start(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        """Start a stopped deployment again: the same backend objects (never new ones), ready by
+        the same rule as a provision; return its ref with ``last_status`` ``ready`` (optional,
+        1.3). Idempotent: starting a ready deployment changes nothing. On a cancel, stop it again
+        through ``ctx.cleanup``."""
         raise NotImplementedError
 
     async def close(self) -> None:

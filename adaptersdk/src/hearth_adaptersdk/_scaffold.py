@@ -205,6 +205,24 @@ class {cls}(Driver):
     async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         return [DeploymentRef.model_validate(r) for r in self._all()
                 if r["last_status"] != "tier_torn_down"]
+
+    # stop and start (protocol 1.3): delete both if your backend cannot stop a workspace and
+    # keep its disk; the host then answers a stop with unsupported, naming your driver
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        return self._run_state(ref, "stop", "ready", "stopped")
+
+    async def start(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        return self._run_state(ref, "start", "stopped", "ready")
+
+    def _run_state(self, ref: DeploymentRef, verb: str, origin: str, target: str) -> DeploymentRef:
+        record = self._load(ref.workspace_slug)
+        state = record["last_status"] if record else "absent"
+        if record is None or state not in (origin, target):
+            raise InvalidTransition(f"cannot {{verb}} a workspace that is {{state}}", state=state)
+        if state == origin:  # the other end already reached changes nothing
+            record["last_status"] = target  # TODO: stop or start the SAME backend objects here
+            self._save(ref.workspace_slug, record)
+        return DeploymentRef.model_validate(record)
 '''
 
 TESTS = '''"""Tests of the {name} driver, in memory: no subprocess, the same codec as stdio."""

@@ -217,6 +217,8 @@ _SUMMARIES: dict[str, str] = {
     "list": "Every deployment of this driver the adapter sees in its backend.",
     "validate_profile": "Whether the driver could honour a profile, changing nothing.",
     "plan": "What provision (ref null) or upgrade (ref given) would do, changing nothing.",
+    "stop": "Stop a ready deployment, keeping its disk and backend id (idempotent).",
+    "start": "Start a stopped deployment again, the same backend objects (idempotent).",
     "progress": "Progress of a request still in flight.",
     "cancel": "Stop the named request, undo its partial work, and still answer it.",
 }
@@ -256,6 +258,7 @@ _DOMAIN_ERRORS = (
     codes.BACKEND_UNAVAILABLE,
     codes.BACKEND_FAILURE,
 )
+_STATE_ERRORS = tuple(code for code in _DOMAIN_ERRORS if code != codes.INVALID_PROFILE)
 #: The protocol's own errors each method may be answered with, beyond the JSON-RPC ones.
 _METHOD_ERRORS: dict[str, tuple[int, ...]] = {
     "initialize": (codes.UNSUPPORTED_VERSION,),
@@ -268,6 +271,9 @@ _METHOD_ERRORS: dict[str, tuple[int, ...]] = {
     "list": (codes.UNSUPPORTED, codes.BACKEND_UNAVAILABLE, codes.BACKEND_FAILURE),
     "validate_profile": (codes.BACKEND_UNAVAILABLE,),
     "plan": _DOMAIN_ERRORS,
+    # no profile: never invalid_profile
+    "stop": _STATE_ERRORS,
+    "start": _STATE_ERRORS,
 }
 
 
@@ -309,7 +315,7 @@ def protocol_openrpc() -> dict[str, Any]:
         found: dict[str, Any] = schemas[ref.removeprefix(_SCHEMAS)]
         return found
 
-    optional = set(codes.OPTIONAL_METHODS) | {"plan"}
+    optional = set(codes.OPTIONAL_METHODS) | set(codes.LATER_OPTIONAL_METHODS)
     methods: list[dict[str, Any]] = []
     for name, (params, result) in METHODS.items():
         method: dict[str, Any] = {

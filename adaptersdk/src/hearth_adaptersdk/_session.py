@@ -397,6 +397,12 @@ class ServerSession:
         async def plan(p: PlanParams, ctx: RequestContext) -> Any:
             return await driver.plan(p.slug, p.ref, p.profile, ctx)
 
+        async def stop(p: RefParams, ctx: RequestContext) -> Any:
+            return await driver.stop(p.ref, ctx)
+
+        async def start(p: RefParams, ctx: RequestContext) -> Any:
+            return await driver.start(p.ref, ctx)
+
         async def shutdown(p: EmptyParams, ctx: RequestContext) -> Any:
             self._shutting_down = True
             await self._answer_in_flight(but=ctx.request_id)
@@ -410,6 +416,8 @@ class ServerSession:
             "list": list_,
             "validate_profile": validate_profile,
             "plan": plan,
+            "stop": stop,
+            "start": start,
         }
         announced = {*driver.announced_methods(), "shutdown"}
         for name, handler in handlers.items():

@@ -47,6 +47,9 @@ ERROR_KINDS: Final[dict[int, str]] = {
 
 VERBS: Final = ("provision", "status", "upgrade", "teardown")
 OPTIONAL_METHODS: Final = ("list", "validate_profile")
+#: The optional methods later revisions added, announced the same way: ``plan`` (1.1),
+#: ``stop`` and ``start`` (1.3). Kept apart so that ``OPTIONAL_METHODS`` stays 1.0's list.
+LATER_OPTIONAL_METHODS: Final = ("plan", "stop", "start")
 
 SLUG_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 DRIVER_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,39}$"

@@ -97,6 +97,9 @@ class KitOptions:
     #: seconds unless cancelled; without it the checks of progress and concurrency are skipped,
     #: and cancel is checked on ``profile``.
     slow_profile: dict[str, Any] | None = None
+    #: A profile whose ``stop`` (protocol 1.3) keeps working, with progress, until cancelled (its
+    #: provision may be quick); without it the check of a cancelled stop is skipped.
+    slow_stop_profile: dict[str, Any] | None = None
     #: Bound on each request, in seconds.
     timeout: float = 60.0
     #: Extra environment variables the adapter may see (as the host's config would name).
@@ -280,6 +283,9 @@ class _Kit:
         #: Lines the host would end the session for at once (protocol_violation), with the
         #: check during which each came.
         self.junk: list[str] = []
+        #: What checks 33 and 34 share: the deployment stopped and started, and the replies.
+        self.stopper: dict[str, Any] = {}
+        self.list_announced = False
 
     def slug(self, name: str) -> str:
         return f"conf-{self.run_id}-{name}"
@@ -476,6 +482,7 @@ class _Kit:
         await self.check("executable: it exits when its parent process dies", self.exits_when_parent_dies)
         await self.check("hygiene: every line on stdout is JSON-RPC", self.only_json_rpc)
         await self.check("hygiene: reads leave data_dir as they found it", self.reads_leave_data_dir)
+        await self.stop_and_start()
 
     async def not_initialized(self) -> str:
         reply = await self.call("status", {})
@@ -1135,6 +1142,189 @@ class _Kit:
             return ""
         finally:
             await self.peer.close()
+
+    # --- stop and start (1.3): checks 32 to 34, in a session of their own ------------------------
+    async def stop_and_start(self) -> None:
+        """Checks 32 to 35, after the others so that 1 to 31 keep their numbers: in a new
+        session, a deployment of ``profile`` stopped twice and started twice, and a stop of
+        ``slow_stop_profile`` cancelled."""
+        names = (
+            "stop and start (1.3) are announced together, or neither",
+            "stop (1.3) leaves the deployment stopped, kept and listed; a second stop changes nothing",
+            "start (1.3) makes the same deployment ready again (its backend id kept); a second start "
+            "changes nothing",
+            "a cancelled stop (1.3) is answered after its rollback: the deployment is ready again",
+        )
+        self.peer = await self.open_judged()
+        self.peer.on_progress = self._on_progress
+        self._progress.clear()  # request ids start again in this session
+        try:
+            reply = await self.initialize([codes.PROTOCOL_VERSION])
+            if not reply.ok:
+                for name in names:
+                    self.skip(name, "the handshake of a new session failed")
+                return
+            methods = set(InitializeResult.model_validate(reply.result).capabilities.methods)
+            announced = {"stop", "start"} & methods
+            if not await self.check(names[0], lambda: self._stop_start_announced(announced)) or not announced:
+                for name in names[1:]:
+                    self.skip(name, "stop and start are not announced" if not announced else "needs check 32")
+                return
+            self.list_announced = "list" in methods
+            if not await self.check(names[1], self.stops):
+                self.skip(names[2], "needs a deployment check 33 stopped")
+            else:
+                await self.check(names[2], self.starts)
+            await self.check(names[3], self.stop_cancelled)
+        finally:
+            for key in ("ref", "cancelled"):
+                ref = self.stopper.get(key)
+                if ref is not None:
+                    await self.teardown_quietly(ref)
+            await self.peer.close()
+
+    async def _stop_start_announced(self, announced: set[str]) -> str:
+        if len(announced) == 1:
+            raise CheckFailed(f"only {next(iter(announced))} is announced: stop and start come together")
+        return "" if announced else "skip: neither is announced (the driver cannot stop)"
+
+    def _backend_ids(self, *replies: Reply) -> set[str]:
+        return {
+            str(event["backend_id"])
+            for reply in replies
+            for event in (item.get("params", item) for item in reply.progress)
+            if isinstance(event, dict) and event.get("backend_id")
+        }
+
+    async def _settled_state(self, ref: dict[str, Any], passing: str) -> tuple[str, Reply]:
+        """``status`` until it leaves ``passing`` (the backend settling), within the kit's bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        while True:
+            state, reply = await self.state_of(ref)
+            if state != passing or loop.time() > deadline:
+                return state, reply
+            await asyncio.sleep(0.2)
+
+    async def stops(self) -> str:
+        slug = self.slug("stopped")  # its own: a slow provision the kit could not stop may hold "s"
+        made = await self.call("provision", {"slug": slug, "profile": self.profile})
+        ref: DeploymentRef = _model(DeploymentRef, _expect_ok(made, "provision"), made)
+        kept = ref.model_dump(mode="json")
+        self.stopper.update(ref=kept, made=made)
+        _, seen = await self.state_of(kept)
+        self.stopper["details"] = StatusReport.model_validate(seen.result).details
+        stopped = await self.call("stop", {"ref": kept})
+        answer: DeploymentRef = _model(DeploymentRef, _expect_ok(stopped, "stop"), stopped)
+        if answer.last_status != "stopped":
+            raise CheckFailed(f"stop answered last_status {answer.last_status!r}, not 'stopped'", stopped)
+        if (answer.workspace_slug, answer.tier) != (slug, ref.tier):
+            raise CheckFailed("stop changed the ref's workspace_slug or tier", made, stopped)
+        # ``created`` as the adapter keeps it (check 1 judges provision's answer): start keeps it
+        self.stopper.update(ref=answer.model_dump(mode="json"), created=answer.created)
+        state, status = await self._settled_state(self.stopper["ref"], "stopping")
+        if state != "stopped":
+            raise CheckFailed(f"after stop, status says {state!r}, not 'stopped'", stopped, status)
+        again = await self.call("stop", {"ref": self.stopper["ref"]})
+        second: DeploymentRef = _model(DeploymentRef, _expect_ok(again, "the second stop"), again)
+        if second.last_status != "stopped":
+            raise CheckFailed("a second stop did not answer the stopped ref", again)
+        state, status = await self.state_of(self.stopper["ref"])
+        if state != "stopped":
+            raise CheckFailed(f"after a second stop, status says {state!r}", again, status)
+        if self.list_announced:
+            listed = await self.call("list", {})
+            slugs = [
+                item.get("workspace_slug") for item in _expect_ok(listed, "list") if isinstance(item, dict)
+            ]
+            if slug not in slugs:
+                raise CheckFailed("list does not show the stopped deployment", listed)
+        self.stopper["stops"] = [stopped, again]
+        return ""
+
+    async def starts(self) -> str:
+        ref = self.stopper["ref"]
+        started = await self.call("start", {"ref": ref})
+        answer: DeploymentRef = _model(DeploymentRef, _expect_ok(started, "start"), started)
+        if answer.last_status != "ready":
+            raise CheckFailed(f"start answered last_status {answer.last_status!r}, not 'ready'", started)
+        self.stopper["ref"] = answer.model_dump(mode="json")
+        if answer.created != self.stopper["created"]:
+            raise CheckFailed(
+                "start answered another created: it made a new deployment rather than start the one "
+                "stop kept",
+                started,
+            )
+        state, status = await self._settled_state(self.stopper["ref"], "starting")
+        if state != "ready":
+            raise CheckFailed(f"after start, status says {state!r}, not 'ready'", started, status)
+        before = self.stopper["details"].get("backend_id")
+        after = StatusReport.model_validate(status.result).details.get("backend_id")
+        made = self._backend_ids(self.stopper["made"])
+        later = self._backend_ids(*self.stopper["stops"], started)
+        if (before and after and before != after) or (made and later - made):
+            raise CheckFailed(
+                "start recreated the deployment: its backend id changed "
+                f"({before or sorted(made)} before the stop, {after or sorted(later - made)} after the "
+                "start); stop and start must keep the same backend objects",
+                started,
+                status,
+            )
+        again = await self.call("start", {"ref": self.stopper["ref"]})
+        second: DeploymentRef = _model(DeploymentRef, _expect_ok(again, "the second start"), again)
+        if second.last_status != "ready":
+            raise CheckFailed("a second start did not answer the ready ref", again)
+        state, status = await self.state_of(self.stopper["ref"])
+        if state != "ready":
+            raise CheckFailed(f"after a second start, status says {state!r}", again, status)
+        return ""
+
+    async def stop_cancelled(self) -> str:
+        """A stop of ``slow_stop_profile``, cancelled once under way: -32800 within the bounds of
+        check 16, ``rolled_back`` not false, and ``status`` ``ready`` right after the answer."""
+        if self.options.slow_stop_profile is None:
+            return "skip: needs slow_stop_profile (a profile whose stop works until cancelled)"
+        assert self.peer is not None
+        made = await self.call(
+            "provision", {"slug": self.slug("stopcancel"), "profile": self.options.slow_stop_profile}
+        )
+        ref = _expect_ok(made, "the provision of slow_stop_profile")
+        self.stopper["cancelled"] = ref
+        sent, future = await self.peer.start_request("stop", {"ref": ref})
+        ident: int = sent["id"]
+        await self.first_progress(ident, future, self.bound(PROGRESS_BOUND))
+        if future.done():
+            reply = await self.peer.finish(sent, future, 0)
+            raise CheckFailed("the stop of slow_stop_profile finished before it could be cancelled", reply)
+        await self.peer.notify("cancel", {"id": ident})
+        cancelled = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), self.bound(ROLLBACK_BOUND))
+        if not future.done():
+            future.add_done_callback(_consume)
+            raise CheckFailed(f"no answer within {ROLLBACK_BOUND:g} s of the cancel of a stop")
+        after = time.monotonic() - cancelled
+        reply = await self.peer.finish(sent, future, 0)
+        if reply.ok:
+            if after > CANCEL_BOUND:
+                raise CheckFailed(
+                    f"the cancel was ignored: the stop answered its result {after:.2f} s after it "
+                    f"(a request stops within {CANCEL_BOUND:g} s)",
+                    reply,
+                )
+            return "the stop finished as the cancel came (a race it may win)"
+        data = _expect_error(reply, codes.CANCELLED, "a cancelled stop")
+        if data.get("rolled_back") is False:
+            raise CheckFailed("data.rolled_back is false: the stop was not undone before the answer", reply)
+        state, status = await self.state_of(ref)
+        if state != "ready":
+            raise CheckFailed(
+                f"right after the -32800 answer of a cancelled stop the backend shows {state}, not "
+                "'ready': undo the stop (start it again) before answering",
+                reply,
+                status,
+            )
+        return "rolled back: ready again"
 
     async def version_flag(self) -> str:
         if self.path is None:

@@ -37,12 +37,33 @@ from .codes import DRIVER_PATTERN, SLUG_PATTERN
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 DriverName = Annotated[str, StringConstraints(pattern=DRIVER_PATTERN)]
-State = Literal["provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down"]
+#: ``stopping``, ``stopped`` and ``starting`` came with protocol 1.3 (``stop`` and ``start``).
+State = Literal[
+    "provisioning",
+    "ready",
+    "upgrading",
+    "failed",
+    "tearing_down",
+    "tier_torn_down",
+    "stopping",
+    "stopped",
+    "starting",
+]
 #: What ``status`` observes: a State, ``absent`` (the backend confirms there is nothing) or
 #: ``unknown`` (protocol 1.1: the backend cannot be reached, or what it shows is ambiguous).
 #: ``unknown`` is never read as ``absent``: it changes no record.
 ObservedState = Literal[
-    "provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down", "absent", "unknown"
+    "provisioning",
+    "ready",
+    "upgrading",
+    "failed",
+    "tearing_down",
+    "tier_torn_down",
+    "stopping",
+    "stopped",
+    "starting",
+    "absent",
+    "unknown",
 ]
 Level = Literal["info", "warning", "error"]
 
@@ -237,7 +258,7 @@ class ProvisionParams(_Model):
 
 
 class RefParams(_Model):
-    """Params of ``status`` and ``teardown``."""
+    """Params of ``status``, ``teardown``, ``stop`` and ``start`` (1.3)."""
 
     ref: DeploymentRef
 
@@ -378,6 +399,8 @@ METHODS: dict[str, tuple[type[BaseModel], Any]] = {
     "list": (EmptyParams, [DeploymentRef]),
     "validate_profile": (ProfileParams, ValidationResult),
     "plan": (PlanParams, PlanResult),
+    "stop": (RefParams, DeploymentRef),
+    "start": (RefParams, DeploymentRef),
 }
 
 

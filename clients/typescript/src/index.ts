@@ -405,12 +405,12 @@ export class HearthClient {
   }
 
   /**
-   * A start (provision, upgrade, teardown). A keyed start is asked again while the daemon cannot
+   * A start (provision, upgrade, teardown, stop, start). A keyed start is asked again while the daemon cannot
    * be reached (once one was), for up to `reconnect` seconds: its key makes it one operation.
    * A daemon that is draining (503 `unavailable`, `Retry-After`) started nothing: it is asked
    * again after the pause it names.
    */
-  private async start(method: string, path: string, body: unknown, options: StartOptions, query = {}): Promise<Operation> {
+  private async begin(method: string, path: string, body: unknown, options: StartOptions, query = {}): Promise<Operation> {
     positive(options.timeout, "timeout");
     const key = options.key === undefined ? `ts-${randomUUID()}` : options.key;
     const headers: Record<string, string> = behalf(options.onBehalfOf);
@@ -436,19 +436,33 @@ export class HearthClient {
     if (options.reuse !== undefined) body.reuse = options.reuse;
     if (options.timeout !== undefined) body.timeout = options.timeout;
     if (options.labels !== undefined) body.labels = options.labels;
-    return this.start("POST", "/workspaces", body, options);
+    return this.begin("POST", "/workspaces", body, options);
   }
 
   /** Start moving a ready workspace to another tier. */
   upgrade(slug: string, options: StartOptions & { tier: string }): Promise<Operation> {
     const body: Schemas["NewTier"] = { tier: options.tier };
     if (options.timeout !== undefined) body.timeout = options.timeout;
-    return this.start("POST", `/workspaces/${seg(slug)}/upgrade`, body, options);
+    return this.begin("POST", `/workspaces/${seg(slug)}/upgrade`, body, options);
+  }
+
+  /** Start stopping a ready workspace, keeping its disk (`unsupported` when its driver cannot). */
+  stop(slug: string, options: StartOptions = {}): Promise<Operation> {
+    const body: Schemas["RunChange"] = {};
+    if (options.timeout !== undefined) body.timeout = options.timeout;
+    return this.begin("POST", `/workspaces/${seg(slug)}/stop`, body, options);
+  }
+
+  /** Start a stopped workspace again (the same backend objects). */
+  start(slug: string, options: StartOptions = {}): Promise<Operation> {
+    const body: Schemas["RunChange"] = {};
+    if (options.timeout !== undefined) body.timeout = options.timeout;
+    return this.begin("POST", `/workspaces/${seg(slug)}/start`, body, options);
   }
 
   /** Start tearing a workspace down. */
   teardown(slug: string, options: StartOptions = {}): Promise<Operation> {
-    return this.start("DELETE", `/workspaces/${seg(slug)}`, undefined, options, { timeout: options.timeout });
+    return this.begin("DELETE", `/workspaces/${seg(slug)}`, undefined, options, { timeout: options.timeout });
   }
 
   /** One operation, by id (with its log). */

@@ -390,6 +390,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/workspaces/{slug}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start
+         * @description Start a stopped workspace again (the same backend objects); a ready one answers the
+         *     operation that made it ready.
+         */
+        post: operations["startWorkspace"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/workspaces/{slug}/status": {
         parameters: {
             query?: never;
@@ -404,6 +425,27 @@ export interface paths {
         get: operations["getWorkspaceStatus"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/workspaces/{slug}/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop
+         * @description Stop a ready workspace, keeping its disk (``unsupported``, 422, naming the driver
+         *     when its adapter cannot); a stopped one answers the operation that stopped it.
+         */
+        post: operations["stopWorkspace"];
         delete?: never;
         options?: never;
         head?: never;
@@ -458,7 +500,7 @@ export interface components {
              * Verb
              * @enum {string}
              */
-            verb: "provision" | "upgrade" | "teardown";
+            verb: "provision" | "upgrade" | "teardown" | "stop" | "start";
         };
         /**
          * CheckResult
@@ -477,7 +519,7 @@ export interface components {
              * Verb
              * @enum {string}
              */
-            verb: "provision" | "upgrade" | "teardown";
+            verb: "provision" | "upgrade" | "teardown" | "stop" | "start";
         };
         /**
          * Deployment
@@ -510,7 +552,7 @@ export interface components {
              * State
              * @enum {string}
              */
-            state: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down";
+            state: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "stopping" | "stopped" | "starting";
             /** Tier */
             tier: string;
             /**
@@ -539,7 +581,7 @@ export interface components {
              * Last Status
              * @enum {string}
              */
-            last_status: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down";
+            last_status: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "stopping" | "stopped" | "starting";
             /** Secrets Vault Path */
             secrets_vault_path?: string | null;
             /** Tier */
@@ -1462,7 +1504,7 @@ export interface components {
             operation: number | null;
             record?: components["schemas"]["Deployment"] | null;
             /** Record State */
-            record_state?: ("provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down") | null;
+            record_state?: ("provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "stopping" | "stopped" | "starting") | null;
             /** Seq */
             seq: number;
             /** Slug */
@@ -1470,7 +1512,7 @@ export interface components {
             /** State */
             state?: ("queued" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted") | null;
             /** Verb */
-            verb: ("provision" | "upgrade" | "teardown" | "adopt" | "forget") | null;
+            verb: ("provision" | "upgrade" | "teardown" | "adopt" | "forget" | "stop" | "start") | null;
         };
         /** Health */
         Health: {
@@ -1621,7 +1663,7 @@ export interface components {
              * Verb
              * @enum {string}
              */
-            verb: "provision" | "upgrade" | "teardown" | "adopt" | "forget";
+            verb: "provision" | "upgrade" | "teardown" | "adopt" | "forget" | "stop" | "start";
         };
         /**
          * PlanAction
@@ -1742,6 +1784,14 @@ export interface components {
             [key: string]: unknown;
         };
         /**
+         * RunChange
+         * @description ``POST /v1/workspaces/{slug}/stop`` and ``/start`` (the body may be left out).
+         */
+        RunChange: {
+            /** Timeout */
+            timeout?: number | null;
+        };
+        /**
          * StatusReport
          * @description What the adapter observes now: ``absent`` means the backend confirms there is no trace of
          *     the deployment; ``unknown`` (1.1) that the adapter cannot tell (unreachable or ambiguous).
@@ -1761,7 +1811,7 @@ export interface components {
              * State
              * @enum {string}
              */
-            state: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "absent" | "unknown";
+            state: "provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "stopping" | "stopped" | "starting" | "absent" | "unknown";
         };
         /**
          * Tier
@@ -3094,7 +3144,7 @@ export interface operations {
     listWorkspaces: {
         parameters: {
             query?: {
-                state?: ("provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down") | null;
+                state?: ("provisioning" | "ready" | "upgrading" | "failed" | "tearing_down" | "tier_torn_down" | "stopping" | "stopped" | "starting") | null;
                 driver?: string | null;
                 include_torn_down?: boolean;
                 limit?: number | null;
@@ -4039,6 +4089,169 @@ export interface operations {
             };
         };
     };
+    startWorkspace: {
+        parameters: {
+            query?: {
+                /** @description answer once finished (200) or after this many seconds (202) */
+                wait?: number | null;
+            };
+            header?: {
+                /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
+                "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
+            path: {
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RunChange"] | null;
+            };
+        };
+        responses: {
+            /** @description The operation, finished (within ?wait, or before this request) */
+            200: {
+                headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
+                    /** @description /v1/operations/{id} */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Operation"];
+                };
+            };
+            /** @description The operation, still running */
+            202: {
+                headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
+                    /** @description /v1/operations/{id} */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Operation"];
+                };
+            };
+            /** @description invalid_input: the request, or the project's hearth.toml, is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description conflict, invalid_transition or busy */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the body is larger than [serve] max_body */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_profile or unsupported */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the adapter failed: adapter_not_found, adapter_refused, adapter_crashed, protocol_violation, backend_failure or cancelled */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
+            503: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     getWorkspaceStatus: {
         parameters: {
             query?: {
@@ -4104,6 +4317,169 @@ export interface operations {
             };
             /** @description invalid_input: the request was not whole within [serve] request_timeout */
             408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_profile or unsupported */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the adapter failed: adapter_not_found, adapter_refused, adapter_crashed, protocol_violation, backend_failure or cancelled */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
+            503: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description timeout */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stopWorkspace: {
+        parameters: {
+            query?: {
+                /** @description answer once finished (200) or after this many seconds (202) */
+                wait?: number | null;
+            };
+            header?: {
+                /** @description maps to the operation's key (1 to 200 printable characters): the same key with the same arguments answers the same operation */
+                "Idempotency-Key"?: string | null;
+                /** @description whom the caller acts for (a console's end user; 1 to 200 printable characters, sent as UTF-8): recorded on the operation as `on_behalf_of`, never used to decide anything */
+                "Hearth-On-Behalf-Of"?: string | null;
+            };
+            path: {
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RunChange"] | null;
+            };
+        };
+        responses: {
+            /** @description The operation, finished (within ?wait, or before this request) */
+            200: {
+                headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
+                    /** @description /v1/operations/{id} */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Operation"];
+                };
+            };
+            /** @description The operation, still running */
+            202: {
+                headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
+                    /** @description /v1/operations/{id} */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Operation"];
+                };
+            };
+            /** @description invalid_input: the request, or the project's hearth.toml, is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description conflict, invalid_transition or busy */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the body is larger than [serve] max_body */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -337,6 +337,19 @@ describe("hearth-client on a real daemon", () => {
     }
   });
 
+  test("stop and start: the workspace stopped, then ready again; a second stop does nothing", T, async () => {
+    await (await client.provision({ slug: "theta", tier: "solo", driver: "fake" })).result({ timeout: BOUND });
+    const stop = await client.stop("theta", { key: "req-theta-stop" });
+    assert.equal(stop.verb, "stop");
+    assert.equal((await stop.result({ timeout: BOUND }))?.last_status, "stopped");
+    assert.equal((await client.workspace("theta")).state, "stopped");
+    const again = await client.stop("theta");
+    assert.equal(again.id, stop.id); // nothing to do: the operation that stopped it answers
+    const start = await client.start("theta");
+    assert.equal((await start.result({ timeout: BOUND }))?.last_status, "ready");
+    assert.equal((await client.workspace("theta")).state, "ready");
+  });
+
   test("an operation's events end when a killed daemon's operation is settled on restart", T, async () => {
     const op = await client.provision({ slug: "lambda", tier: "glacial", driver: "fake" });
     const seen: Event[] = [];

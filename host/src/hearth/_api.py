@@ -58,6 +58,24 @@ class HostAPI(Protocol):
         on_progress: ProgressListener | None = None,
         on_behalf_of: str | None = None,
     ) -> Operation: ...
+    async def start_stop(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation: ...
+    async def start_start(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation: ...
     async def provision(
         self,
         slug: str,
@@ -90,6 +108,24 @@ class HostAPI(Protocol):
         key: str | None = None,
         on_behalf_of: str | None = None,
     ) -> None: ...
+    async def stop(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef: ...
+    async def start(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef: ...
     def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int: ...
     async def operation(self, ident: int) -> Operation: ...
     async def operations(

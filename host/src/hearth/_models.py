@@ -34,7 +34,7 @@ FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "inter
 EventKind = Literal["state", "progress", "log", "cancel", "workspace"]
 #: Every verb an operation records: the three starts, and ``adopt`` and ``forget`` (recorded
 #: as finished operations).
-OperationVerb = Literal["provision", "upgrade", "teardown", "adopt", "forget"]
+OperationVerb = Literal["provision", "upgrade", "teardown", "adopt", "forget", "stop", "start"]
 #: ``verb`` of an operation or an event: a ``str`` in Python (a store a newer hearth wrote may
 #: hold a verb this one does not know), the enum of ``OperationVerb`` in JSON Schema.
 VerbName = Annotated[str, Field(json_schema_extra={"enum": list(get_args(OperationVerb))})]
@@ -328,8 +328,10 @@ class CheckResult(BaseModel):
     """Whether a verb would be accepted now (``Host.check``); nothing was started."""
 
     slug: str
-    #: ``provision``, ``upgrade`` or ``teardown``.
-    verb: Annotated[str, Field(json_schema_extra={"enum": ["provision", "upgrade", "teardown"]})]
+    #: ``provision``, ``upgrade``, ``teardown``, ``stop`` or ``start``.
+    verb: Annotated[
+        str, Field(json_schema_extra={"enum": ["provision", "upgrade", "teardown", "stop", "start"]})
+    ]
     accepted: bool
     #: The error the verb would fail with at once, when it would not be accepted.
     error: ErrorJson | None = None

@@ -317,6 +317,32 @@ class RemoteHost:
         params = {"timeout": timeout}
         return await self._started("DELETE", path, key, on_progress, params=params, on_behalf_of=on_behalf_of)
 
+    async def start_stop(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation:
+        path = f"/workspaces/{seg(slug)}/stop"
+        body = {"timeout": timeout}
+        return await self._started("POST", path, key, on_progress, body=body, on_behalf_of=on_behalf_of)
+
+    async def start_start(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation:
+        path = f"/workspaces/{seg(slug)}/start"
+        body = {"timeout": timeout}
+        return await self._started("POST", path, key, on_progress, body=body, on_behalf_of=on_behalf_of)
+
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
         self,
@@ -395,6 +421,46 @@ class RemoteHost:
             on_progress,
             ("teardown", slug),
         )
+
+    async def stop(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef:
+        """Stop a ready workspace, keeping its disk; a stopped one is returned as it is."""
+        ours = key or own_key()
+        ref = await self._verb(
+            self.start_stop(slug, key=ours, timeout=timeout, on_behalf_of=on_behalf_of),
+            ours,
+            on_progress,
+            ("stop", slug),
+        )
+        assert ref is not None
+        return ref
+
+    async def start(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef:
+        """Start a stopped workspace again; a ready one is returned as it is."""
+        ours = key or own_key()
+        ref = await self._verb(
+            self.start_start(slug, key=ours, timeout=timeout, on_behalf_of=on_behalf_of),
+            ours,
+            on_progress,
+            ("start", slug),
+        )
+        assert ref is not None
+        return ref
 
     def cancel_running(self, reason: str, *, outcome: str = "cancelled", again: bool = False) -> int:
         """Ask the daemon to cancel every operation this client's verbs started (and any it is

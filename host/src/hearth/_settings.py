@@ -105,6 +105,9 @@ class Timeouts:
     provision: Seconds = 1800.0
     upgrade: Seconds = 1800.0
     teardown: Seconds = 900.0
+    #: ``stop`` and ``start`` (protocol 1.3, for drivers that announce them).
+    stop: Seconds = 600.0
+    start: Seconds = 1800.0
     #: One ``status`` or ``list`` call (reconcile makes one of each per driver or workspace).
     status: Seconds = 30.0
     list: Seconds = 60.0

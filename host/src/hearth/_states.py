@@ -5,7 +5,14 @@
     ready  ── upgrade ────▶ upgrading ─────▶ ready | failed
     ready  ── teardown ───▶ tearing_down ──▶ tier_torn_down | failed
     failed ── teardown ───▶ tearing_down ──▶ tier_torn_down | failed
+    ready  ── stop ───────▶ stopping ──────▶ stopped | failed       (protocol 1.3)
+    stopped ─ start ──────▶ starting ──────▶ ready | failed
+    stopped ─ teardown ───▶ tearing_down ──▶ tier_torn_down | failed
     tier_torn_down is terminal.
+
+A stop of a stopped workspace, and a start of a ready one, do nothing (as a teardown of a torn
+down one). An upgrade of a stopped workspace is refused: start it first (an upgrade needs the
+backend running to move it, and a stopped workspace upgraded would be ready or stopped by guess).
 
 The host never retries a failed verb (decision D8); a person re-runs it. A verb whose
 answer says that nothing changed (a refusal, a confirmed rollback) leaves the record as it
@@ -20,21 +27,45 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hearth_adaptersdk import DeploymentRef, State, codes
 
-from ._errors import Conflict, InvalidTransition
+from ._errors import Conflict, InvalidTransition, Unsupported
 
 if TYPE_CHECKING:
     from ._models import Deployment
 
-Verb = Literal["provision", "upgrade", "teardown"]
-TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down"})
+Verb = Literal["provision", "upgrade", "teardown", "stop", "start"]
+#: The verbs a driver serves only when it announces them (protocol 1.3): the host calls them only
+#: when both are announced.
+OPTIONAL_VERBS: frozenset[str] = frozenset({"stop", "start"})
+TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down", "stopping", "starting"})
 #: Every state a record can be in.
 STATES: frozenset[str] = frozenset(
-    {"provisioning", "ready", "upgrading", "failed", "tearing_down", "tier_torn_down"}
+    {
+        "provisioning",
+        "ready",
+        "upgrading",
+        "failed",
+        "tearing_down",
+        "tier_torn_down",
+        "stopping",
+        "stopped",
+        "starting",
+    }
 )
 #: The verb whose operation leaves a record in each transient state.
-VERB_OF: dict[str, Verb] = {"provisioning": "provision", "upgrading": "upgrade", "tearing_down": "teardown"}
+VERB_OF: dict[str, Verb] = {
+    "provisioning": "provision",
+    "upgrading": "upgrade",
+    "tearing_down": "teardown",
+    "stopping": "stop",
+    "starting": "start",
+}
 #: States in which a record claims that the backend holds a workspace.
-CLAIMS_BACKEND: frozenset[str] = frozenset({"ready", "upgrading", "provisioning", "tearing_down"})
+CLAIMS_BACKEND: frozenset[str] = frozenset(
+    {"ready", "upgrading", "provisioning", "tearing_down", "stopping", "stopped", "starting"}
+)
+#: The settled states a backend can move between without hearth (someone ran ``docker stop``):
+#: a record in one whose backend shows the other has drifted, and reconcile settles it.
+RUN_STATES: frozenset[str] = frozenset({"ready", "stopped"})
 #: Error codes whose answer says the adapter changed nothing (a refusal before any work).
 REFUSAL_CODES: frozenset[int] = frozenset(
     {
@@ -60,6 +91,9 @@ TRANSITIONS: dict[tuple[State | None, Verb], Transition] = {
     ("ready", "upgrade"): Transition("upgrading", "ready", "failed"),
     ("ready", "teardown"): Transition("tearing_down", "tier_torn_down", "failed"),
     ("failed", "teardown"): Transition("tearing_down", "tier_torn_down", "failed"),
+    ("ready", "stop"): Transition("stopping", "stopped", "failed"),
+    ("stopped", "start"): Transition("starting", "ready", "failed"),
+    ("stopped", "teardown"): Transition("tearing_down", "tier_torn_down", "failed"),
 }
 
 
@@ -76,6 +110,13 @@ def transition(state: State | None, verb: Verb, slug: str) -> Transition:
     found = TRANSITIONS.get((state, verb))
     if found is not None:
         return found
+    if state == "stopped" and verb == "upgrade":
+        raise InvalidTransition(
+            f"cannot upgrade workspace {slug!r}: it is stopped; start it first "
+            f"(hearth start {slug}), then upgrade it",
+            codes.INVALID_TRANSITION,
+            {"kind": "invalid_transition", "state": state},
+        )
     current = state or "absent"
     allowed = sorted(v for (s, v) in TRANSITIONS if s == state)
     hint = f"; from {current} you may {' or '.join(allowed)}" if allowed else ""
@@ -86,12 +127,23 @@ def transition(state: State | None, verb: Verb, slug: str) -> Transition:
     )
 
 
+def unsupported_verb(verb: str, driver: str) -> Unsupported:
+    """The refusal of a stop or start on a driver whose adapter does not announce it (it cannot
+    stop without losing the disk, or predates protocol 1.3): ``unsupported``, naming the driver."""
+    return Unsupported(
+        f"driver {driver!r} cannot {verb} a workspace: its adapter does not announce {verb} "
+        "(protocol 1.3); tear the workspace down instead, or keep it running",
+        codes.UNSUPPORTED,
+        {"kind": "unsupported", "reason": f"{verb} is not announced", "method": verb, "driver": driver},
+    )
+
+
 def changed_nothing(verb: Verb, code: int | None, data: Mapping[str, Any]) -> bool:
     """Whether an adapter's error answer says that the backend is as it was before the verb.
 
-    Refusals (-32602, -32020..-32023) change nothing by definition; a provision or upgrade
-    that failed and says ``rolled_back: true`` undid its partial work. A teardown cannot be
-    undone, so its failures always count as changes.
+    Refusals (-32602, -32020..-32023) change nothing by definition; a provision, upgrade, stop
+    or start that failed and says ``rolled_back: true`` undid its partial work. A teardown cannot
+    be undone, so its failures always count as changes.
     """
     if code in REFUSAL_CODES:
         return True
@@ -130,6 +182,11 @@ def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resol
     if verb is None:
         if recorded in CLAIMS_BACKEND and observed == "absent":
             return Resolution("failed", "ghost: the backend has no trace of this workspace")
+        if recorded in RUN_STATES and observed in RUN_STATES and observed != recorded:
+            now: State = "ready" if observed == "ready" else "stopped"
+            how = "started" if now == "ready" else "stopped"
+            why = f"drift: recorded {recorded}, but the backend is {now} ({how} outside hearth)"
+            return Resolution(now, why)
         return None
     if observed == "absent":
         if verb == "teardown":
@@ -144,7 +201,17 @@ def resolve(recorded: State, observed: str, *, verb: str | None = None) -> Resol
             "reconcile looks again (if it stays so, tear the workspace down)",
             unconfirmed=True,
         )
+    if observed == "stopped":
+        if verb == "stop":
+            return Resolution("stopped", None)
+        if verb == "start":
+            return Resolution("stopped", "start interrupted; the backend is still stopped: start it again")
+        if verb == "teardown":
+            return Resolution("stopped", "teardown interrupted; the backend still holds it, stopped")
+        return Resolution("failed", f"{verb} interrupted; the backend shows stopped")
     if observed == "ready":
+        if verb == "stop":
+            return Resolution("ready", "stop interrupted; the backend still serves: stop it again")
         if verb == "teardown":
             return Resolution("ready", "teardown interrupted; the backend still serves")
         if verb == "upgrade":
@@ -166,10 +233,11 @@ Ask = tuple[str, str | None, str | None, bool]
 def joins(running: Ask, asked: Ask) -> bool:
     """Whether a start joins the operation running on its slug rather than being refused
     ``busy``: the same verb with the same arguments (the tier, driver and reuse of a
-    provision; the tier of an upgrade); any teardown joins a running teardown."""
+    provision; the tier of an upgrade); any teardown, stop or start joins a running one of its
+    own verb."""
     if running[0] != asked[0]:
         return False
-    if asked[0] == "teardown":
+    if asked[0] in ("teardown", "stop", "start"):
         return True
     if asked[0] == "upgrade":
         return running[1] == asked[1]
@@ -183,6 +251,12 @@ class Recorded:
     state: State
     tier: str
     driver: str
+
+
+#: (verb, state) with nothing to do: a second teardown, stop or start (each is idempotent).
+NOTHING_TO_DO: frozenset[tuple[str, str]] = frozenset(
+    {("teardown", "tier_torn_down"), ("stop", "stopped"), ("start", "ready")}
+)
 
 
 @dataclass(frozen=True)
@@ -239,7 +313,7 @@ def rules(
             )
         return Rules(transition(recorded.state, verb, slug))
     assert recorded is not None, "only provision applies to a workspace without a record"
-    if verb == "teardown" and recorded.state == "tier_torn_down":
+    if (verb, recorded.state) in NOTHING_TO_DO:
         return Rules(None)
     return Rules(transition(recorded.state, verb, slug))
 
@@ -377,7 +451,7 @@ Keyed = tuple[str, str, str | None, str | None]
 def same_key(used: Keyed, asked: Keyed) -> bool:
     """Whether a start whose idempotency key was used before asks for the same thing: the same
     (slug, verb), and for a provision or upgrade the same (tier, driver)."""
-    return used[:2] == asked[:2] and (asked[1] == "teardown" or used[2:] == asked[2:])
+    return used[:2] == asked[:2] and (asked[1] in ("teardown", "stop", "start") or used[2:] == asked[2:])
 
 
 def binds_key(key: str | None, operation_key: str | None) -> bool:
@@ -470,8 +544,9 @@ def settled_note(owner: str, was: str, now: str, reason: str | None) -> str:
 
 #: The verbs whose success leaves a record in each state a start can find with nothing to do.
 MADE_BY: dict[str, frozenset[str]] = {
-    "ready": frozenset({"provision", "upgrade", "adopt"}),
+    "ready": frozenset({"provision", "upgrade", "adopt", "start"}),
     "tier_torn_down": frozenset({"teardown"}),
+    "stopped": frozenset({"stop"}),
 }
 
 
@@ -591,9 +666,12 @@ def adapter_conflict_reason(
 
 
 # --- settling a record from what the backend shows (``_lifecycle._reconcile``) ------------------
-def needs_status(state: str, unconfirmed: bool, *, listed: bool) -> bool:
+def needs_status(state: str, unconfirmed: bool, *, listed: bool, listed_state: str | None = None) -> bool:
     """Whether reconcile asks the adapter about a record: not when its ``list`` shows it and
-    nothing about the record is uncertain."""
+    nothing about the record is uncertain. A listed ``last_status`` (``listed_state``) of ready
+    for a stopped record, or the reverse, is drift: asked about, then settled."""
+    if state in RUN_STATES and listed_state in RUN_STATES and listed_state != state:
+        return True
     return not (listed and state not in TRANSIENT and not unconfirmed)
 
 

@@ -1,12 +1,14 @@
 """The fake driver: deterministic results, persistent state, and faults on demand.
 
-Faults come from the profile's ``driver_flags`` (for ``status`` and ``teardown``, from the
-profile stored at provision time), so a test drives them through the real protocol:
+Faults come from the profile's ``driver_flags`` (for ``status``, ``teardown``, ``stop`` and
+``start``, from the profile stored at provision or upgrade time), so a test drives them through the
+real protocol (VERB: provision, status, upgrade, teardown, stop or start):
 
     fail_at: VERB        the verb fails after partial work: rolled back, -32031 with logs
                          (status: -32030, the backend cannot be reached)
     keep_partial: true   with fail_at, the failure leaves its partial work (rolled_back: false)
-    delay: SECONDS       provision, upgrade and teardown take this long (with progress)
+    delay: SECONDS       provision, upgrade, teardown, stop and start take this long (with progress)
+    delay_at: VERB       with delay, only VERB takes it (a stop slow enough to cancel, a quick provision)
     crash_at: VERB       the process exits (code 17) in the middle of the verb
     hang_at: VERB        the verb never answers, not even to cancel (the process lives on)
     freeze_at: VERB      the whole process stops responding (a blocking call that never returns)
@@ -18,7 +20,9 @@ profile stored at provision time), so a test drives them through the real protoc
 
 Each workspace has a backend id (``fake-<slug>-<hex>``), sent in provision's first progress
 event as ``backend_id``, as a real backend's container id or VM name would be. ``plan`` says
-what provision or upgrade would do and changes nothing.
+what provision or upgrade would do and changes nothing. ``stop`` and ``start`` (protocol 1.3) keep
+the workspace and its backend id: a stopped workspace's ``status`` is ``stopped``; a cancel of
+either leaves it as it was (the state is written only once the work is done).
 """
 
 from __future__ import annotations
@@ -54,11 +58,12 @@ from hearth_adaptersdk.wire import PlanActionKind
 
 from ._store import FakeStore
 
-VERBS = ("provision", "status", "upgrade", "teardown")
+VERBS = ("provision", "status", "upgrade", "teardown", "stop", "start")
 FLAGS = (
     "fail_at",
     "keep_partial",
     "delay",
+    "delay_at",
     "crash_at",
     "hang_at",
     "freeze_at",
@@ -67,6 +72,8 @@ FLAGS = (
     "replace_on_upgrade",
 )
 CAPS = ("cpu", "memory_mb", "storage_mb")
+#: The backend states in which a slug holds a workspace that provision finds again.
+_LIVE = ("ready", "upgrading", "stopped")
 CRASH_EXIT_CODE = 17
 _STEPS = 4
 
@@ -98,10 +105,10 @@ class FakeDriver(Driver):
         self._refuse_invalid(profile)
         flags = profile.driver_flags
         record = self.store.get(slug)
-        if record is not None and record["ref"]["last_status"] in ("ready", "upgrading"):
+        if record is not None and record["ref"]["last_status"] in _LIVE:
             existing = DeploymentRef.model_validate(record["ref"])
             if (existing.tier, existing.driver) == (profile.tier, profile.driver):
-                ctx.progress("already provisioned", 1.0)
+                ctx.progress("already provisioned", 1.0)  # a stopped one stays stopped
                 return existing
             raise Conflict(
                 f"workspace {slug!r} exists with tier {existing.tier!r}; use upgrade",
@@ -222,6 +229,39 @@ class FakeDriver(Driver):
         torn_down = {**record["ref"], "last_status": "tier_torn_down", "endpoint": None}
         self.store.put(slug, {**record, "ref": torn_down})
 
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        return await self._set_running(ref, ctx, "stop")
+
+    async def start(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        return await self._set_running(ref, ctx, "start")
+
+    async def _set_running(self, ref: DeploymentRef, ctx: RequestContext, verb: str) -> DeploymentRef:
+        """Stop (``ready`` to ``stopped``) or start (the reverse) the same workspace, its backend
+        id kept; the other end already reached changes nothing."""
+        slug = ref.workspace_slug
+        self._journal(verb, slug, ref.tier)
+        record = self.store.get(slug)
+        state = record["ref"]["last_status"] if record else "absent"
+        origin, target = ("ready", "stopped") if verb == "stop" else ("stopped", "ready")
+        if record is not None and state == target:
+            ctx.progress(f"{slug} is {target} already", 1.0)
+            return DeploymentRef.model_validate(record["ref"])
+        if record is None or state != origin:
+            raise InvalidTransition(f"cannot {verb} workspace {slug!r}: it is {state}", state=state)
+        flags = record["profile"]["driver_flags"]
+        await self._faults(verb, flags)
+        ctx.progress(f"{verb}ping {slug}" if verb == "stop" else f"starting {slug}", 0.0)
+        try:
+            await self._work(ctx, flags, verb)
+        except BackendFailure as exc:
+            if exc.data().get("rolled_back") is False:  # keep_partial: the backend is left broken
+                self.store.put(slug, {**record, "ref": {**record["ref"], "last_status": "failed"}})
+            raise
+        done = DeploymentRef.model_validate({**record["ref"], "last_status": target})
+        self.store.put(slug, {**record, "ref": done.model_dump(mode="json")})
+        ctx.progress(f"workspace {target}", 1.0)
+        return done
+
     async def list(self, ctx: RequestContext) -> list[DeploymentRef]:
         self._journal("list", None, None)
         return [
@@ -243,7 +283,7 @@ class FakeDriver(Driver):
         resource = f"workspace {slug}"
         state = record["ref"]["last_status"] if record else "absent"
         if ref is None:
-            if record is not None and state in ("ready", "upgrading"):
+            if record is not None and state in _LIVE:
                 existing = DeploymentRef.model_validate(record["ref"])
                 if (existing.tier, existing.driver) != (profile.tier, profile.driver):
                     raise Conflict(
@@ -285,7 +325,7 @@ class FakeDriver(Driver):
             f"driver_flags.{key}: unknown flag (known: {', '.join(FLAGS)})"
             for key in sorted(set(flags) - set(FLAGS))
         ]
-        for key in ("fail_at", "crash_at", "hang_at", "freeze_at"):
+        for key in ("fail_at", "crash_at", "hang_at", "freeze_at", "delay_at"):
             if key in flags and flags[key] not in VERBS:
                 problems.append(f"driver_flags.{key}: must be one of {', '.join(VERBS)}")
         delay = flags.get("delay", 0)
@@ -315,7 +355,7 @@ class FakeDriver(Driver):
 
     async def _work(self, ctx: RequestContext, flags: dict[str, Any], verb: str) -> None:
         """The backend's time: the delay in steps with progress; then the failure, if asked."""
-        delay = float(flags.get("delay", 0))
+        delay = float(flags.get("delay", 0)) if flags.get("delay_at", verb) == verb else 0.0
         for step in range(1, _STEPS + 1):
             if delay:
                 await asyncio.sleep(delay / _STEPS)

@@ -264,6 +264,42 @@ class AdapterClient:
             interruption=interruption,
         )
 
+    async def stop(
+        self,
+        ref: DeploymentRef,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        interruption: Interruption | None = None,
+    ) -> DeploymentRef:
+        """Stop ``ref``, keeping its disk (protocol 1.3; ``Unsupported`` when not announced)."""
+        return await self._run_state_verb("stop", ref, on_progress, timeout, interruption)
+
+    async def start(
+        self,
+        ref: DeploymentRef,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        interruption: Interruption | None = None,
+    ) -> DeploymentRef:
+        """Start the stopped ``ref`` again (protocol 1.3; ``Unsupported`` when not announced)."""
+        return await self._run_state_verb("start", ref, on_progress, timeout, interruption)
+
+    async def _run_state_verb(
+        self,
+        method: str,
+        ref: DeploymentRef,
+        on_progress: ProgressCallback | None,
+        timeout: float | None,
+        interruption: Interruption | None,
+    ) -> DeploymentRef:
+        self._require(method)
+        result = await self._call(
+            method, {"ref": _dump(ref)}, timeout=timeout, on_progress=on_progress, interruption=interruption
+        )
+        return self._validated(DeploymentRef, result, method)
+
     async def list(self, *, timeout: float | None = None) -> list[DeploymentRef]:
         self._require("list")
         result = await self._call("list", {}, timeout=timeout)

@@ -224,6 +224,10 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
         await host.teardown(args.slug, on_progress=progress, timeout=timeout, on_behalf_of=args.on_behalf_of)
         report = await host.status(args.slug)
         return report.model_dump(mode="json"), f"{args.slug}: {report.state}", 0
+    if verb in ("stop", "start"):
+        run = host.stop if verb == "stop" else host.start
+        ref = await run(args.slug, on_progress=progress, timeout=timeout, on_behalf_of=args.on_behalf_of)
+        return ref.model_dump(mode="json"), ref_lines(ref), 0
     if verb == "adopt":
         record = await host.adopt(
             args.slug, driver=args.driver, tier=args.tier, timeout=timeout, on_behalf_of=args.on_behalf_of

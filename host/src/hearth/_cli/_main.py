@@ -8,6 +8,8 @@
     hearth upgrade SLUG --tier TIER [--yes] [--json]  (on a terminal, asks first when its plan is destructive)
     hearth plan SLUG --tier TIER [--driver DRIVER] [--json]
     hearth teardown SLUG [--json]
+    hearth stop SLUG [--json]                         (keeps its disk; drivers that announce stop)
+    hearth start SLUG [--json]
     hearth ls [--label KEY=VALUE ...] [--json]
     hearth label SLUG KEY=VALUE|KEY- ... [--json]     (set or remove labels)
     hearth logs SLUG [--json]

@@ -196,13 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("status", "what the backend shows now"),
         ("teardown", "remove a workspace (irreversible)"),
+        ("stop", "stop a ready workspace, keeping its disk (drivers that can)"),
+        ("start", "start a stopped workspace again"),
         ("logs", "operations and their logs"),
     ):
         commands.add_parser(name, parents=[common], help=text).add_argument("slug")
     upgrade = commands.add_parser("upgrade", parents=[common], help="move a workspace to a tier")
     upgrade.add_argument("slug")
     upgrade.add_argument("--tier", required=True)
-    for name in ("provision", "upgrade", "teardown"):
+    for name in ("provision", "upgrade", "teardown", "stop", "start"):
         _on_behalf_of(commands.choices[name])
     upgrade.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation of a destructive upgrade (scripts)"

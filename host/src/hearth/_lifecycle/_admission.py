@@ -21,6 +21,7 @@ from .._errors import Busy, Conflict, HearthError, InvalidInput, InvalidProfile,
 from .._labels import label_count
 from .._models import CheckResult, Deployment, Operation, OperationOwner, existing_json, synthesized_ref
 from .._states import (
+    OPTIONAL_VERBS,
     Recorded,
     adapter_conflict_reason,
     answers_noop,
@@ -32,6 +33,7 @@ from .._states import (
     noop_answer,
     preview_verb,
     same_key,
+    unsupported_verb,
 )
 from .._store._base import NewOperation
 from ._checks import (
@@ -67,7 +69,7 @@ class Admission:
         operation; raises what the verb would fail with at once."""
         check_slug(request.slug)
         check_key(request.key)
-        if request.verb != "teardown":
+        if request.verb in ("provision", "upgrade"):
             check_tier(request.tier)
         core, checks = self._core, self._checks
         await core.opened()
@@ -86,6 +88,8 @@ class Admission:
             if request.verb == "upgrade":
                 assert request.tier is not None
                 checks.profile(request.tier, record.driver)
+            if request.verb in ("stop", "start"):  # refused before anything is recorded
+                await self._supports(record.driver, request.verb)
             request = Request(
                 request.verb, request.slug, request.tier, record.driver, False, request.key, request.deadline
             )
@@ -113,7 +117,7 @@ class Admission:
                 made = await self._made(record, request)
                 if made is not None:  # recorded nothing: the operation that made it so answers
                     return await self._bound(made, request, retakes), False
-                done = ("succeeded", record.ref if request.verb == "provision" else None)
+                done = ("succeeded", record.ref if request.verb != "teardown" else None)
             new = NewOperation(
                 request.slug,
                 record.generation if record is not None else await store.next_generation(request.slug),
@@ -210,7 +214,7 @@ class Admission:
                 self.join(active, request, None)
                 return CheckResult(slug=slug, verb=verb, accepted=True, joins=active.id)
             rules_for(request, record)
-            if verb != "teardown":
+            if verb in ("provision", "upgrade"):
                 assert request.tier is not None and request.driver is not None
                 await self._validate_profile(
                     request.driver, self._checks.profile(request.tier, request.driver)
@@ -264,6 +268,14 @@ class Admission:
             except Conflict as exc:  # the adapter's: name its reason from what it holds
                 exc.data.setdefault("reason", adapter_conflict_reason(exc.existing, tier, chosen))
                 raise
+
+    async def _supports(self, driver: str, verb: str) -> None:
+        """``unsupported`` naming the driver unless its adapter announces both ``stop`` and
+        ``start`` (one alone is a broken adapter: a workspace stopped for good, or never)."""
+        core = self._core
+        async with core.supervisor.use(driver, timeout=core.timeouts.handshake) as client:
+            if not all(client.supports(method) for method in OPTIONAL_VERBS):
+                raise unsupported_verb(verb, driver)
 
     async def _validate_profile(self, driver: str, profile: ProvisioningProfile) -> None:
         core = self._core

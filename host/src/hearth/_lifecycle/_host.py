@@ -1,6 +1,7 @@
 """``Host``: the workspace lifecycle on top of any adapter, with work as operations.
 
-A verb is an operation: ``start_provision`` (and ``start_upgrade``, ``start_teardown``) check the
+A verb is an operation: ``start_provision`` (and ``start_upgrade``, ``start_teardown``,
+``start_stop``, ``start_start``) check the
 input and the lifecycle rules at once, record the operation (queued, visible to every process
 sharing the store) and run it in a task the host owns; ``provision`` (and the others) start it
 and wait for its result. The work is done by collaborators that share one ``Core`` and never see
@@ -273,6 +274,37 @@ class Host:
         with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
             return (await self._admission.start(request, on_progress))[0]
 
+    async def start_stop(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation:
+        """Check and record a stop of ``slug`` (ready to stopped, its disk kept), and run it in
+        the background. ``unsupported`` naming the driver when its adapter does not announce
+        ``stop`` (protocol 1.3); a stopped workspace has nothing to do."""
+        request = Request("stop", slug, key=key, deadline=deadline(timeout))
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            return (await self._admission.start(request, on_progress))[0]
+
+    async def start_start(
+        self,
+        slug: str,
+        *,
+        key: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressListener | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Operation:
+        """Check and record a start of the stopped ``slug`` (the same backend objects, ready
+        again), and run it in the background; a ready workspace has nothing to do."""
+        request = Request("start", slug, key=key, deadline=deadline(timeout))
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            return (await self._admission.start(request, on_progress))[0]
+
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
         self,
@@ -344,6 +376,38 @@ class Host:
             return
         with acting(on_behalf_of=whom):
             await self._wait(Request("teardown", slug, key=key, deadline=deadline(timeout)), on_progress)
+
+    async def stop(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef:
+        """Stop a ready workspace, keeping its disk and its backend id; a stopped one is
+        returned as it is. ``unsupported`` naming the driver when it cannot stop."""
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            ref = await self._wait(Request("stop", slug, key=key, deadline=deadline(timeout)), on_progress)
+        assert ref is not None
+        return ref
+
+    async def start(
+        self,
+        slug: str,
+        *,
+        on_progress: ProgressListener | None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> DeploymentRef:
+        """Start a stopped workspace again (the same backend objects); a ready one is returned
+        as it is."""
+        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
+            ref = await self._wait(Request("start", slug, key=key, deadline=deadline(timeout)), on_progress)
+        assert ref is not None
+        return ref
 
     async def _wait(self, request: Request, on_progress: ProgressListener | None) -> DeploymentRef | None:
         operation, created = await self._admission.start(request, on_progress)
@@ -480,8 +544,8 @@ class Host:
     ) -> CheckResult:
         """Whether ``verb`` would be accepted now (the input, the lifecycle rules, an operation
         it would join or be refused by, and the adapter's ``validate_profile``); starts nothing."""
-        if verb not in ("provision", "upgrade", "teardown"):
-            raise InvalidInput(f"{echo(verb)} is not a verb: provision, upgrade or teardown")
+        if verb not in ("provision", "upgrade", "teardown", "stop", "start"):
+            raise InvalidInput(f"{echo(verb)} is not a verb: provision, upgrade, teardown, stop or start")
         if verb == "provision" and (tier is None or driver is None):
             raise InvalidInput("checking a provision needs a tier and a driver")
         if verb == "upgrade" and tier is None:

@@ -5,7 +5,9 @@ behind (``_states.dead_owner_end``). It asks each driver once for its ``list``; 
 list shows, settled, is left alone; a record left transient by a host that died, or marked
 *not confirmed*, or missing from the list, is asked about with ``status`` and settled by
 ``_states.settlement``; a record that claims a backend the adapter confirms absent is a ghost
-(marked failed); a listed deployment with no record is an orphan (reported). A slug another
+(marked failed); a ready record whose backend is stopped, or a stopped one whose backend runs,
+has drifted (someone stopped or started it outside hearth): it is settled to what the backend
+shows and reported as resolved; a listed deployment with no record is an orphan (reported). A slug another
 process works on is skipped (busy), an unreachable driver changes nothing, and a dry run writes
 nothing. The next access to a slug that a dead host left transient runs the same settlement for
 that slug (``settle``).
@@ -124,7 +126,8 @@ class Reconciler:
         if current is None or current.state == "tier_torn_down":
             return
         seen = None if listed is None else listed.get(slug)
-        if not needs_status(current.state, current.unconfirmed, listed=seen is not None):
+        shown = None if seen is None else seen.last_status
+        if not needs_status(current.state, current.unconfirmed, listed=seen is not None, listed_state=shown):
             return
         observed = observed or await self._status(current)
         if observed.state == "unknown":  # never read as absent: the backend could not say
@@ -160,7 +163,7 @@ class Reconciler:
             if not await store.save(settled, replaces=current, note=note):
                 self.report.busy.append(slug)  # another host changed it meanwhile: its record stands
                 return
-        if verb is None:
+        if verb is None and settled.state == "failed":
             self.report.ghosts.append(current.slug)
         else:
             self.report.resolved.append((current.slug, current.state, settled.state))
@@ -185,6 +188,9 @@ def _settled(current: Deployment, found: Settlement, observed: StatusReport) -> 
         settled = settled.model_copy(
             update={"tier": tier, "ref": ref.model_copy(update={"tier": tier, "last_status": "ready"})}
         )
+    if settled.state == "stopped":  # drift, or a stop that finished while its host died
+        base = settled.ref or synthesized_ref(settled)
+        settled = settled.model_copy(update={"ref": base.model_copy(update={"last_status": "stopped"})})
     if settled.state == "ready":
         base = settled.ref or synthesized_ref(settled)
         settled = settled.model_copy(

@@ -22,7 +22,7 @@ from hearth_adaptersdk import DeploymentRef, Progress, utc_now
 from .._adapters._client import AdapterClient, Interruption, ProgressCallback
 from .._errors import CallTimeout, HearthError, Interrupted, StoreError
 from .._models import Deployment, Operation, OperationState, synthesized_ref
-from .._states import Transition, Verb, start_not_recorded
+from .._states import OPTIONAL_VERBS, Transition, Verb, start_not_recorded, unsupported_verb
 from .._store._base import NewEvent
 from ._checks import Checks, Request, remaining, rules_for
 from ._core import Core
@@ -231,7 +231,7 @@ class Runner:
             record = await checks.existing(slug, record)
         rule = rules_for(request, record)
         if rule.noop:
-            ref = record.ref if record is not None and verb == "provision" else None
+            ref = record.ref if record is not None and verb != "teardown" else None
             work.begun = True
             await self._core.store.end(work.operation.id, "succeeded", result=ref)
             return ref
@@ -277,6 +277,18 @@ class Runner:
                 work, record, working, step, verb=verb, deadline=deadline, call=upgrade, new_tier=request.tier
             )
         ref = record.ref or synthesized_ref(record)
+        if verb in ("stop", "start"):
+            method = verb
+
+            def stop_or_start(
+                client: AdapterClient, left: float, callback: ProgressCallback, interruption: Interruption
+            ) -> Awaitable[DeploymentRef]:
+                run = client.stop if method == "stop" else client.start
+                return run(ref, on_progress=callback, timeout=left, interruption=interruption)
+
+            return await self._call_adapter(
+                work, record, working, step, verb=verb, deadline=deadline, call=stop_or_start
+            )
 
         def teardown(
             client: AdapterClient, left: float, callback: ProgressCallback, interruption: Interruption
@@ -338,6 +350,8 @@ class Runner:
                     f"the deadline passed before {verb} of {working.slug!r} could be "
                     "sent (starting the adapter took the time); nothing was changed"
                 )
+            if verb in OPTIONAL_VERBS and not all(client.supports(method) for method in OPTIONAL_VERBS):
+                raise unsupported_verb(verb, working.driver)  # before begin: nothing changed
             operation = work.operation.id
             began, cancelled_at_begin = await _begin(core, operation, working, archive)
             work.begun = True  # begun, or ended by another host: nothing is left for the runner to end

@@ -66,6 +66,7 @@ from ._schemas import (
     PlanRequest,
     Ready,
     ReconcileRequest,
+    RunChange,
     error_json_response,
     error_response,
     errors,
@@ -505,7 +506,7 @@ QueryDeadline = Annotated[
 
 # --- the document --------------------------------------------------------------------------------
 DESCRIPTION = """\
-A start (provision, upgrade, teardown) answers 202 with the operation and `Location:
+A start (provision, upgrade, teardown, stop, start) answers 202 with the operation and `Location:
 /v1/operations/{id}`, or 200 once it finished (`?wait=SECONDS`). Every error is `{"error":
 {"kind", "message", "retryable", ...}}` with a status by kind: `ErrorDetail`, one schema per
 `kind` with its own fields (a `conflict`'s `reason`, a `busy`'s `operation`, ...). Switch on
@@ -514,7 +515,7 @@ A start (provision, upgrade, teardown) answers 202 with the operation and `Locat
 Through the daemon's Unix socket no credential is needed (the socket's file mode guards it; the
 daemon knows the peer's uid). A TCP listener (`hearth serve --listen`) needs `Authorization: Bearer
 <token>` on every request, else 401. Each token has scopes (`read`: every GET and the event
-streams; `operate`: provision, upgrade, teardown, labels, cancel; `admin`: adopt, forget,
+streams; `operate`: provision, upgrade, teardown, stop, start, labels, cancel; `admin`: adopt, forget,
 reconcile); a request whose token lacks the route's scope gets 403 `forbidden` naming it. Every
 operation records its `actor` (who asked, as the daemon authenticated them) and the
 `on_behalf_of` a caller passes in `Hearth-On-Behalf-Of`.
@@ -730,6 +731,48 @@ def create_app(  # noqa: PLR0915 - the routes
         op = await state.host.start_upgrade(
             slug, tier=body.tier, key=key, timeout=body.timeout, on_behalf_of=on_behalf_of
         )
+        return _started(await _waited(state, op, wait, request), response)
+
+    @app.post(
+        f"{API}/workspaces/{{slug}}/stop", **started("stopWorkspace", 400, 404, 409, 413, 422, 502, 504)
+    )
+    async def stop(
+        slug: str,
+        request: Request,
+        body: RunChange | None = None,
+        *,
+        response: Response,
+        key: KeyHeader = None,
+        wait: Wait = None,
+        on_behalf_of: OnBehalfOf = None,
+    ) -> Operation:
+        """Stop a ready workspace, keeping its disk (``unsupported``, 422, naming the driver
+        when its adapter cannot); a stopped one answers the operation that stopped it."""
+        state = _state(request)
+        state.admit()
+        timeout = None if body is None else body.timeout
+        op = await state.host.start_stop(slug, key=key, timeout=timeout, on_behalf_of=on_behalf_of)
+        return _started(await _waited(state, op, wait, request), response)
+
+    @app.post(
+        f"{API}/workspaces/{{slug}}/start", **started("startWorkspace", 400, 404, 409, 413, 422, 502, 504)
+    )
+    async def start(
+        slug: str,
+        request: Request,
+        body: RunChange | None = None,
+        *,
+        response: Response,
+        key: KeyHeader = None,
+        wait: Wait = None,
+        on_behalf_of: OnBehalfOf = None,
+    ) -> Operation:
+        """Start a stopped workspace again (the same backend objects); a ready one answers the
+        operation that made it ready."""
+        state = _state(request)
+        state.admit()
+        timeout = None if body is None else body.timeout
+        op = await state.host.start_start(slug, key=key, timeout=timeout, on_behalf_of=on_behalf_of)
         return _started(await _waited(state, op, wait, request), response)
 
     @app.delete(f"{API}/workspaces/{{slug}}", **started("teardownWorkspace", 400, 404, 409, 502, 504))

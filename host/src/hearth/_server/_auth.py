@@ -77,6 +77,8 @@ SCOPE_OF: dict[tuple[str, str], ScopeName] = {
     # work on a workspace
     ("POST", f"{API}/workspaces"): "operate",
     ("POST", f"{API}/workspaces/{{slug}}/upgrade"): "operate",
+    ("POST", f"{API}/workspaces/{{slug}}/stop"): "operate",
+    ("POST", f"{API}/workspaces/{{slug}}/start"): "operate",
     ("DELETE", f"{API}/workspaces/{{slug}}"): "operate",
     ("PATCH", f"{API}/workspaces/{{slug}}"): "operate",
     ("DELETE", f"{API}/operations/{{ident}}"): "operate",

@@ -125,6 +125,12 @@ class NewTier(_Body):
     timeout: Deadline = None
 
 
+class RunChange(_Body):
+    """``POST /v1/workspaces/{slug}/stop`` and ``/start`` (the body may be left out)."""
+
+    timeout: Deadline = None
+
+
 class PlanRequest(_Body):
     """``POST /v1/plan``: what provision or upgrade of ``slug`` to ``tier`` would do; changes
     nothing (``driver`` is needed for a new workspace)."""
@@ -147,7 +153,7 @@ class CheckRequest(_Body):
     """``POST /v1/check``: whether the verb would be accepted now; starts nothing."""
 
     slug: str
-    verb: Literal["provision", "upgrade", "teardown"]
+    verb: Literal["provision", "upgrade", "teardown", "stop", "start"]
     tier: str | None = None
     driver: str | None = None
 
