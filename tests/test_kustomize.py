@@ -19,6 +19,7 @@ from hearth_adapter_kustomize._spec import KustomizeFlags, resolve
 from hearth_adaptersdk import DeploymentRef, PlanResult, ProvisioningProfile
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
 from hearth_adaptersdk.testing import Peer, RemoteError, open_peer
+from tests.test_conformance import not_announced
 
 IMAGE = "hearth-test/httpd:1"
 #: The fake kubelet's fault injection (scripts/lib/fake_kubelet.py).
@@ -434,7 +435,8 @@ async def test_the_conformance_kit_passes_on_a_real_api_server(kubeconfig: str, 
     )
     report = await run_conformance(venv_bin / "hearth-adapter-kustomize", options)
     assert report.passed, report.render()
-    assert all(check.outcome == "pass" for check in report.checks), report.render()
+    # every check passes, but those of stop and start while the driver does not announce them
+    assert all(check.outcome == "pass" or not_announced(check) for check in report.checks), report.render()
 
 
 @pytest.mark.timeout(180)
