@@ -19,7 +19,7 @@ import pytest
 from hearth import Host, InvalidInput, RemoteHost
 from hearth._actors import RECONCILE_ACTOR, acting, process_actor
 from tests.helpers import make_host
-from tests.test_serve import BOUND, DAEMON_SETTINGS, daemon, short_dir, socket_port
+from tests.test_serve import BOUND, a_site, daemon, socket_port
 from tests.test_serve_cli import cli_env, hearth
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,11 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    project = tmp_path / "project"
-    (project / ".hearth").mkdir(parents=True)
-    (project / ".hearth" / "hearth.toml").write_text(DAEMON_SETTINGS)
-    with short_dir() as home:
-        yield home, project
+    with a_site(tmp_path) as found:
+        yield found
 
 
 def _me() -> str:

@@ -25,7 +25,7 @@ from hearth import Host
 from hearth._server._app import create_app
 from tests import helpers
 from tests.helpers import left_by_a_dead_host
-from tests.test_serve import BOUND, daemon, over, served, short_dir, socket_port
+from tests.test_serve import BOUND, a_site, daemon, over, served, socket_port
 
 #: ``broken``: a provision that fails and keeps its partial work, so a ``failed`` record stays.
 TIERS = {**helpers.FAKE_TIERS, "broken": {"fail_at": "provision", "keep_partial": True}}
@@ -263,11 +263,8 @@ TOKEN = "metrics-token-of-enough-length"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    project = tmp_path / "project"
-    (project / ".hearth").mkdir(parents=True)
-    (project / ".hearth" / "hearth.toml").write_text(SETTINGS)
-    with short_dir() as home:
-        yield home, project
+    with a_site(tmp_path, SETTINGS) as found:
+        yield found
 
 
 @pytest.mark.subprocess

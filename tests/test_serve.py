@@ -684,13 +684,20 @@ class Daemon:
             self.process.stderr.close()
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+@contextlib.contextmanager
+def a_site(tmp_path: Path, settings: str = DAEMON_SETTINGS) -> Iterator[tuple[Path, Path]]:
+    """A home (a short folder: a Unix socket's path is bounded) and a project with ``settings``."""
     project = tmp_path / "project"
     (project / ".hearth").mkdir(parents=True)
-    (project / ".hearth" / "hearth.toml").write_text(DAEMON_SETTINGS)
+    (project / ".hearth" / "hearth.toml").write_text(settings)
     with short_dir() as home:
         yield home, project
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    with a_site(tmp_path) as found:
+        yield found
 
 
 @contextlib.asynccontextmanager

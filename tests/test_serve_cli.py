@@ -29,7 +29,7 @@ import pytest
 from hearth import Host, InvalidInput, RemoteHost, Unauthorized
 from hearth._cli._parser import build_parser
 from tests.helpers import left_by_a_dead_host
-from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, daemon, over, short_dir, socket_port
+from tests.test_serve import BOUND, DAEMON_SETTINGS, Daemon, a_site, daemon, over, short_dir, socket_port
 
 SETTINGS = DAEMON_SETTINGS
 #: A daemon that reconciles every 0.3 s (only where the test is about it: a reconcile holds
@@ -39,11 +39,8 @@ HEALING = DAEMON_SETTINGS + "[serve]\nreconcile_interval = 0.3\n"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    project = tmp_path / "project"
-    (project / ".hearth").mkdir(parents=True)
-    (project / ".hearth" / "hearth.toml").write_text(SETTINGS)
-    with short_dir() as home:
-        yield home, project
+    with a_site(tmp_path, SETTINGS) as found:
+        yield found
 
 
 def cli_env(venv_bin: Path, **extra: str) -> dict[str, str]:

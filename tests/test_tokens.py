@@ -26,7 +26,7 @@ from hearth._server._app import create_app
 from hearth._server._auth import READS, SCOPE_OF, SCOPES, Credentials, Token, scope_needed
 from hearth._server._daemon import ServeError, parse_socket_scopes, read_tokens
 from tests.helpers import make_host
-from tests.test_serve import BOUND, DAEMON_SETTINGS, daemon, over, short_dir, socket_port
+from tests.test_serve import BOUND, a_site, daemon, over, socket_port
 from tests.test_serve_cli import cli_env, hearth
 
 pytestmark = pytest.mark.timeout(120)
@@ -66,11 +66,8 @@ VERBS: dict[tuple[str, str], str] = {
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    project = tmp_path / "project"
-    (project / ".hearth").mkdir(parents=True)
-    (project / ".hearth" / "hearth.toml").write_text(DAEMON_SETTINGS)
-    with short_dir() as home:
-        yield home, project
+    with a_site(tmp_path) as found:
+        yield found
 
 
 def _tokens_file(folder: Path, text: str = TOKENS, mode: int = 0o600) -> Path:

@@ -52,19 +52,7 @@ State = Literal[
 #: What ``status`` observes: a State, ``absent`` (the backend confirms there is nothing) or
 #: ``unknown`` (protocol 1.1: the backend cannot be reached, or what it shows is ambiguous).
 #: ``unknown`` is never read as ``absent``: it changes no record.
-ObservedState = Literal[
-    "provisioning",
-    "ready",
-    "upgrading",
-    "failed",
-    "tearing_down",
-    "tier_torn_down",
-    "stopping",
-    "stopped",
-    "starting",
-    "absent",
-    "unknown",
-]
+ObservedState = Literal[State, "absent", "unknown"]
 Level = Literal["info", "warning", "error"]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from hearth_adaptersdk import DeploymentRef, State, codes
 
@@ -38,19 +38,7 @@ Verb = Literal["provision", "upgrade", "teardown", "stop", "start"]
 OPTIONAL_VERBS: frozenset[str] = frozenset({"stop", "start"})
 TRANSIENT: frozenset[str] = frozenset({"provisioning", "upgrading", "tearing_down", "stopping", "starting"})
 #: Every state a record can be in.
-STATES: frozenset[str] = frozenset(
-    {
-        "provisioning",
-        "ready",
-        "upgrading",
-        "failed",
-        "tearing_down",
-        "tier_torn_down",
-        "stopping",
-        "stopped",
-        "starting",
-    }
-)
+STATES: frozenset[str] = frozenset(get_args(State))
 #: The verb whose operation leaves a record in each transient state.
 VERB_OF: dict[str, Verb] = {
     "provisioning": "provision",
