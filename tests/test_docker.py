@@ -12,21 +12,34 @@ import docker
 import pytest
 
 from hearth_adapter_docker import DockerDriver
-from hearth_adaptersdk import ProvisioningProfile
+from hearth_adaptersdk import DeploymentRef, ProvisioningProfile
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
-from hearth_adaptersdk.testing import RemoteError, open_peer
-from tests.test_conformance import not_announced
+from hearth_adaptersdk.testing import Peer, RemoteError, open_peer
 
 IMAGE = os.environ.get("HEARTH_TEST_IMAGE", "hearth-test/httpd:1")
+#: The test image's httpd with SIGTERM ignored (inherited through exec), whatever its PID.
+SIGTERM_IGNORED = ["sh", "-c", "trap '' TERM; exec httpd -f -p 8080 -h /www"]
 
 
 def _profile(tier: str = "solo", **flags: Any) -> ProvisioningProfile:
+    """The test image's httpd; it runs as PID 1 without a SIGTERM handler, so a stop waits out
+    its ``stop_timeout`` (2 s here, not Docker's 10) before SIGKILL."""
     return ProvisioningProfile(
         tier=tier,
         driver="docker",
         resource_caps={"cpu": 1, "memory_mb": 64},
-        driver_flags={"image": IMAGE, "port": 8080, "data_path": "/www", **flags},
+        driver_flags={"image": IMAGE, "port": 8080, "data_path": "/www", "stop_timeout": 2, **flags},
     )
+
+
+async def _stop(peer: Peer, ref: DeploymentRef) -> DeploymentRef:
+    reply = await peer.request("stop", {"ref": ref.model_dump(mode="json")}, timeout=60)
+    return DeploymentRef.model_validate(reply.result)
+
+
+async def _start(peer: Peer, ref: DeploymentRef) -> DeploymentRef:
+    reply = await peer.request("start", {"ref": ref.model_dump(mode="json")}, timeout=60)
+    return DeploymentRef.model_validate(reply.result)
 
 
 def _get(url: str) -> str:
@@ -52,12 +65,15 @@ async def test_the_conformance_kit_passes_on_the_real_engine(docker_url: str, ve
         refused_profile=_profile(tier="huge").model_dump(mode="json") | {"resource_caps": {"cpu": 512}},
         failing_profile=_profile("broken", command=["sh", "-c", "echo boom; exit 3"]).model_dump(mode="json"),
         slow_profile=_profile("slow", command=["sh", "-c", "sleep 60"]).model_dump(mode="json"),
+        # a stop slow enough to cancel: the httpd ignores SIGTERM, and SIGKILL waits 60 s
+        slow_stop_profile=_profile("slowstop", command=SIGTERM_IGNORED, stop_timeout=60).model_dump(
+            mode="json"
+        ),
         timeout=120,
     )
     report = await run_conformance(venv_bin / "hearth-adapter-docker", options)
     assert report.passed, report.render()
-    # every check passes, but those of stop and start while the driver does not announce them
-    assert all(check.outcome == "pass" or not_announced(check) for check in report.checks), report.render()
+    assert all(check.outcome == "pass" for check in report.checks), report.render()
 
 
 async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(
@@ -99,6 +115,77 @@ async def test_upgrade_keeps_the_volume_data_and_a_failed_upgrade_keeps_the_old_
         assert (await peer.status(upgraded)).details["container"] == "hearth-keep"
         await peer.teardown(upgraded)
         assert _labelled(engine, "keep") == []
+
+
+async def test_stop_and_start_keep_the_same_container_and_its_volume(
+    docker_url: str, engine: docker.DockerClient
+) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("nap", _profile())
+        before = engine.containers.get("hearth-nap")
+        before.exec_run(["sh", "-c", "echo kept > /www/data.txt && echo layer > /tmp/layer.txt"])
+        stopped = await _stop(peer, ref)
+        assert stopped.last_status == "stopped" and stopped.created == ref.created
+        report = await peer.status(stopped)
+        assert report.state == "stopped", report
+        assert report.details["backend_id"] == before.id
+        container = engine.containers.get("hearth-nap")
+        assert container.status == "exited"
+        finished = container.attrs["State"]["FinishedAt"]
+        assert await _stop(peer, stopped) == stopped  # idempotent: nothing changed
+        assert engine.containers.get("hearth-nap").attrs["State"]["FinishedAt"] == finished
+        assert [(r.workspace_slug, r.last_status) for r in await peer.list()] == [("nap", "stopped")]
+        with pytest.raises(RemoteError) as refused:
+            await peer.upgrade(stopped, _profile("team"))
+        assert refused.value.kind == "invalid_transition" and refused.value.data["state"] == "stopped"
+        started = await _start(peer, stopped)
+        assert started.last_status == "ready" and started.created == ref.created
+        assert started.endpoint is not None
+        assert _get(started.endpoint + "/data.txt") == "kept\n"  # the volume
+        after = engine.containers.get("hearth-nap")
+        assert after.id == before.id
+        assert after.exec_run(["cat", "/tmp/layer.txt"]).output == b"layer\n"  # the writable layer
+        began = after.attrs["State"]["StartedAt"]
+        assert await _start(peer, started) == started  # idempotent: not restarted
+        assert engine.containers.get("hearth-nap").attrs["State"]["StartedAt"] == began
+        assert (await peer.status(started)).state == "ready"
+        assert [
+            c.id for c in engine.containers.list(all=True, filters={"label": ["hearth.workspace_slug=nap"]})
+        ] == [before.id]
+        await peer.teardown(await _stop(peer, started))  # a stopped workspace is torn down
+        assert _labelled(engine, "nap") == []
+        assert (await peer.status(started)).state == "absent"
+
+
+async def test_a_stop_past_its_timeout_kills_and_a_crashed_container_is_failed_not_stopped(
+    docker_url: str, engine: docker.DockerClient
+) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("stubborn", _profile(command=SIGTERM_IGNORED, stop_timeout=1))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await _stop(peer, ref)
+        assert 1 <= loop.time() - began < 8
+        assert engine.containers.get("hearth-stubborn").attrs["State"]["ExitCode"] == 137  # SIGKILL
+        started = await _start(peer, ref)
+        engine.containers.get("hearth-stubborn").kill()  # not a stop: a crash
+        crashed = await peer.status(started)
+        assert crashed.state == "failed", crashed
+        with pytest.raises(RemoteError) as refused:
+            await _start(peer, started)
+        assert refused.value.kind == "invalid_transition" and refused.value.data["state"] == "failed"
+        await peer.teardown(started)
+        assert _labelled(engine, "stubborn") == []
+
+
+async def test_stop_and_start_of_a_workspace_without_a_container_are_refused(docker_url: str) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("gone", _profile())
+        await peer.teardown(ref)
+        for verb in (_stop, _start):
+            with pytest.raises(RemoteError) as refused:
+                await verb(peer, ref)
+            assert refused.value.code == -32021 and refused.value.data["state"] == "absent"
 
 
 async def test_a_failed_provision_leaves_nothing_labelled_and_reports_the_logs(
@@ -187,7 +274,7 @@ def test_the_cli_runs_the_lifecycle_on_docker(
 
     project = tmp_path / "project"
     (project / ".hearth").mkdir(parents=True)
-    flags = f'image = "{IMAGE}"\nport = 8080\ndata_path = "/www"\n'
+    flags = f'image = "{IMAGE}"\nport = 8080\ndata_path = "/www"\nstop_timeout = 2\n'
     (project / ".hearth" / "hearth.toml").write_text(
         "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
         f"[tiers.solo.driver_flags.docker]\n{flags}"
@@ -221,5 +308,14 @@ def test_the_cli_runs_the_lifecycle_on_docker(
     assert _get(ref["endpoint"]) == "hello from hearth\n"
     assert hearth("upgrade", "cli", "--tier", "team")["tier"] == "team"
     assert hearth("status", "cli")["state"] == "ready"
+    engine.containers.get("hearth-cli").exec_run(["sh", "-c", "echo kept > /www/data.txt"])
+    kept = engine.containers.get("hearth-cli").id
+    assert hearth("stop", "cli")["last_status"] == "stopped"
+    assert hearth("status", "cli")["state"] == "stopped"
+    started = hearth("start", "cli")
+    assert started["last_status"] == "ready"
+    assert hearth("status", "cli")["state"] == "ready"
+    assert engine.containers.get("hearth-cli").id == kept
+    assert _get(started["endpoint"] + "/data.txt") == "kept\n"
     assert hearth("teardown", "cli")["state"] == "tier_torn_down"
     assert _labelled(engine, "cli") == []
