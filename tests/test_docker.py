@@ -74,6 +74,8 @@ async def test_the_conformance_kit_passes_on_the_real_engine(docker_url: str, ve
     report = await run_conformance(venv_bin / "hearth-adapter-docker", options)
     assert report.passed, report.render()
     assert all(check.outcome == "pass" for check in report.checks), report.render()
+    cancelled = next(check for check in report.checks if check.name.startswith("a cancelled stop"))
+    assert cancelled.detail == "rolled back: ready again", report.render()  # not a race it won
 
 
 async def test_http_reaches_the_endpoint_and_teardown_leaves_nothing(

@@ -493,6 +493,7 @@ class DockerDriver(Driver):
         started = loop.time()
         killed = False
         await self._do(lambda c: _signal(container, signal))
+        pause = 0.02  # most containers exit within moments of their signal: look soon, then less
         while True:
             await self._do(lambda c: container.reload())
             status = container.attrs["State"].get("Status")
@@ -508,7 +509,8 @@ class DockerDriver(Driver):
                     0.1 + 0.85 * min(1.0, elapsed / max(timeout, 1)),
                     backend_id=container.id,
                 )
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(pause)
+            pause = min(POLL, pause * 2)
 
     async def _undo_stop(self, slug: str, container: Container, signalled: bool) -> None:
         """The rollback of a stop: what the signal left running is killed (it may be half way
