@@ -8,9 +8,11 @@
 - provision + status + teardown of N workspaces through ``Host`` (32 in flight), beside the same
   calls made directly on an in-process ``FakeDriver`` (target: host overhead <= 1 ms per verb at
   the median, and total time growing linearly from 100 to 1,000 workspaces);
-- with a Docker engine: provision to ready and teardown through the docker adapter, beside the
-  docker CLI doing the same (network create, volume create, run, wait for the port), and an
-  idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision);
+- with a Docker engine (``--only docker`` runs just this section): provision to ready and teardown
+  through the docker adapter, beside the docker CLI doing the same (network create, volume create,
+  run, wait for the port); stop and start to ready through the adapter, beside ``docker stop`` and
+  ``docker start`` (until the port answers) of the same container; and an idempotent re-provision
+  (targets: no slower than the CLI; re-provision <= 5 % of a provision);
 - with a Kubernetes API server (``--only kustomize``): provision to ready, plan of an upgrade and
   teardown through the kustomize adapter, beside kubectl doing the same with the same objects
   (``apply --server-side`` + ``rollout status``, ``apply --server-side --dry-run=server``,
