@@ -159,6 +159,52 @@ async def test_stop_and_start_keep_the_same_container_and_its_volume(
         assert (await peer.status(started)).state == "absent"
 
 
+#: The test image's httpd, unless a file in its volume says to fail (``broken``) or to take a minute
+#: (``slow``) first: a start that fails or can be cancelled, after a quick provision.
+MOODY = [
+    "sh",
+    "-c",
+    "if [ -f /www/broken ]; then echo broken on purpose; exit 3; fi; "
+    "if [ -f /www/slow ]; then sleep 60; fi; exec httpd -f -p 8080 -h /www",
+]
+
+
+async def test_a_failed_or_cancelled_start_leaves_the_same_container_stopped(
+    docker_url: str, engine: docker.DockerClient
+) -> None:
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("moody", _profile(command=MOODY))
+        kept = engine.containers.get("hearth-moody").id
+        engine.containers.get("hearth-moody").exec_run(["sh", "-c", ": > /www/broken"])
+        stopped = await _stop(peer, ref)
+        with pytest.raises(RemoteError) as caught:
+            await _start(peer, stopped)
+        assert caught.value.code == -32031 and caught.value.data["rolled_back"] is True
+        assert "broken on purpose" in caught.value.data["logs"]
+        assert (await peer.status(stopped)).state == "stopped"  # as it was, not failed
+        volume = {"hearth-moody-data": {"bind": "/www", "mode": "rw"}}
+        engine.containers.run(
+            IMAGE, ["sh", "-c", "rm /www/broken && : > /www/slow"], volumes=volume, remove=True
+        )
+        waiting = asyncio.Event()
+        peer.on_progress = lambda event: (
+            waiting.set() if "waiting for" in event["params"]["message"] else None
+        )
+        sent, future = await peer.start_request("start", {"ref": stopped.model_dump(mode="json")})
+        await waiting.wait()
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, future, 30)
+        assert reply.error is not None and reply.error["code"] == -32800
+        assert reply.error["data"]["rolled_back"] is True
+        assert (await peer.status(stopped)).state == "stopped"
+        assert engine.containers.get("hearth-moody").status == "exited"
+        engine.containers.run(IMAGE, ["rm", "/www/slow"], volumes=volume, remove=True)
+        started = await _start(peer, stopped)
+        assert started.last_status == "ready" and engine.containers.get("hearth-moody").id == kept
+        await peer.teardown(started)
+        assert _labelled(engine, "moody") == []
+
+
 async def test_a_stop_past_its_timeout_kills_and_a_crashed_container_is_failed_not_stopped(
     docker_url: str, engine: docker.DockerClient
 ) -> None:
