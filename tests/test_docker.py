@@ -136,7 +136,7 @@ async def test_stop_and_start_keep_the_same_container_and_its_volume(
         finished = container.attrs["State"]["FinishedAt"]
         assert await _stop(peer, stopped) == stopped  # idempotent: nothing changed
         assert engine.containers.get("hearth-nap").attrs["State"]["FinishedAt"] == finished
-        assert [(r.workspace_slug, r.last_status) for r in await peer.list()] == [("nap", "stopped")]
+        assert [r.last_status for r in await peer.list() if r.workspace_slug == "nap"] == ["stopped"]
         with pytest.raises(RemoteError) as refused:
             await peer.upgrade(stopped, _profile("team"))
         assert refused.value.kind == "invalid_transition" and refused.value.data["state"] == "stopped"
@@ -205,25 +205,43 @@ async def test_a_failed_or_cancelled_start_leaves_the_same_container_stopped(
         assert _labelled(engine, "moody") == []
 
 
-async def test_a_stop_past_its_timeout_kills_and_a_crashed_container_is_failed_not_stopped(
+async def test_a_stop_past_its_timeout_kills_and_docker_stop_or_start_by_hand_is_seen(
     docker_url: str, engine: docker.DockerClient
 ) -> None:
     async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
         ref = await peer.provision("stubborn", _profile(command=SIGTERM_IGNORED, stop_timeout=1))
         loop = asyncio.get_running_loop()
         began = loop.time()
-        await _stop(peer, ref)
+        stopped = await _stop(peer, ref)
         assert 1 <= loop.time() - began < 8
         assert engine.containers.get("hearth-stubborn").attrs["State"]["ExitCode"] == 137  # SIGKILL
-        started = await _start(peer, ref)
-        engine.containers.get("hearth-stubborn").kill()  # not a stop: a crash
-        crashed = await peer.status(started)
-        assert crashed.state == "failed", crashed
-        with pytest.raises(RemoteError) as refused:
-            await _start(peer, started)
-        assert refused.value.kind == "invalid_transition" and refused.value.data["state"] == "failed"
-        await peer.teardown(started)
+        engine.containers.get("hearth-stubborn").start()  # by hand: the mark is stale now
+        assert (await peer.status(stopped)).state == "ready"
+        engine.containers.get("hearth-stubborn").stop(timeout=1)  # by hand, without a mark
+        outside = await peer.status(stopped)
+        assert outside.state == "stopped" and "outside hearth" in (outside.message or ""), outside
+        assert (await _start(peer, stopped)).last_status == "ready"
+        await peer.teardown(ref)
         assert _labelled(engine, "stubborn") == []
+
+
+async def test_a_container_that_exits_by_itself_is_failed_not_stopped(
+    docker_url: str, engine: docker.DockerClient
+) -> None:
+    crashes = "httpd -p 8080 -h /www; while [ ! -f /www/crash ]; do sleep 0.1; done; exit 3"
+    async with open_peer(DockerDriver(), config={"url": docker_url}) as peer:
+        ref = await peer.provision("crashy", _profile(command=["sh", "-c", crashes]))
+        container = engine.containers.get("hearth-crashy")
+        container.exec_run(["sh", "-c", ": > /www/crash"])
+        assert container.wait(timeout=10)["StatusCode"] == 3
+        crashed = await peer.status(ref)
+        assert crashed.state == "failed" and "code 3" in (crashed.message or ""), crashed
+        for verb in (_stop, _start):
+            with pytest.raises(RemoteError) as refused:
+                await verb(peer, ref)
+            assert refused.value.kind == "invalid_transition" and refused.value.data["state"] == "failed"
+        await peer.teardown(ref)
+        assert _labelled(engine, "crashy") == []
 
 
 async def test_stop_and_start_of_a_workspace_without_a_container_are_refused(docker_url: str) -> None:

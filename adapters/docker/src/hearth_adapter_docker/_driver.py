@@ -12,7 +12,8 @@ Each new container's id is sent as ``backend_id`` in a progress event as soon as
 stop (1.3): the same container gets its stop signal (SIGTERM unless the image says otherwise),
 then SIGKILL after ``driver_flags.stop_timeout`` seconds (default the container's StopTimeout, else
 10), as ``docker stop``; the container, its writable layer, network and volume are kept, and an
-empty volume ``hearth-<slug>-stopped`` marks it stopped (an exited container alone looks failed).
+empty volume ``hearth-<slug>-stopped`` marks it stopped (an exited container alone looks failed;
+one that exited by SIGTERM or SIGKILL, as ``docker stop`` by hand leaves it, is stopped too).
 start (1.3): the same container starts again and is ready by provision's rule. A cancelled stop
 kills and starts the container again; a cancelled or failed start stops it again.
 """
@@ -23,6 +24,7 @@ import asyncio
 import builtins
 import contextlib
 import importlib.metadata
+import re
 import secrets
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -271,7 +273,7 @@ class DockerDriver(Driver):
 
     async def list(self, ctx: RequestContext) -> builtins.list[DeploymentRef]:
         containers, stopped = await self._do(lambda c: (eng.containers_of(c), eng.stopped_ids(c)))
-        return [_ref(c, c.id in stopped) for c in containers if "-next-" not in (c.name or "")]
+        return [_ref(c, _marked(c, stopped)) for c in containers if "-next-" not in (c.name or "")]
 
     # --- upgrade ------------------------------------------------------------------------------
     async def upgrade(
@@ -402,7 +404,7 @@ class DockerDriver(Driver):
         )
         signalled = False
         try:
-            await self._mark(ctx, slug, container)
+            await ctx.cleanup(self._mark(slug, container))
             signalled = True
             await self._halt(container, timeout, ctx)
         except BaseException as exc:
@@ -424,8 +426,7 @@ class DockerDriver(Driver):
             await ctx.cleanup(self._do(lambda c: container.start()))
             await self._wait_ready(container, _label_port(container), _ready_timeout(container), ctx)
         except BaseException as exc:
-            undo = self._halt(container, min(_stop_timeout(container), 5), None)
-            await self._roll_back(ctx, exc, undo, f"start of {slug!r}")
+            await self._roll_back(ctx, exc, self._undo_start(slug, container), f"start of {slug!r}")
             raise _as_failure(exc, f"start of {slug!r} failed; the container is stopped again", []) from None
         # the mark goes once ready (the commit point), so a failure above leaves it stopped
         name = eng.marker(slug)
@@ -468,7 +469,7 @@ class DockerDriver(Driver):
             raise InvalidTransition(f"cannot {verb} workspace {slug!r}: it is {state}", state=state)
         return container
 
-    async def _mark(self, ctx: RequestContext, slug: str, container: Container) -> None:
+    async def _mark(self, slug: str, container: Container) -> None:
         """Mark ``container`` stopped (see ``eng.marker``), before its signal: a stop that dies
         half way then reads as ``stopping``/``stopped``, never ``failed``."""
         labels = {
@@ -476,6 +477,7 @@ class DockerDriver(Driver):
             f"{eng.LABEL}.driver": "docker",
             f"{eng.LABEL}.managed": "true",
             eng.STOPPED_LABEL: str(container.id),
+            eng.STOPPED_AT_LABEL: utc_now().isoformat(),
         }
         name = eng.marker(slug)
 
@@ -483,7 +485,7 @@ class DockerDriver(Driver):
             eng.remove_quietly(lambda: c.volumes.get(name).remove())  # a stale one, of another id
             c.volumes.create(name, labels=labels)
 
-        await ctx.cleanup(self._do(mark))
+        await self._do(mark)
 
     async def _halt(self, container: Container, timeout: float, ctx: RequestContext | None) -> None:
         """``docker stop``, with progress and cancellable between polls: the container's stop
@@ -536,6 +538,12 @@ class DockerDriver(Driver):
                 raise BackendFailure(f"the container of {slug!r} did not start again", rolled_back=False)
             await asyncio.sleep(POLL)
         await self._do(lambda c: eng.remove_quietly(lambda: c.volumes.get(name).remove()))
+
+    async def _undo_start(self, slug: str, container: Container) -> None:
+        """The rollback of a start: stop it again (SIGKILL after at most 5 s) and mark it anew,
+        since a mark older than the container's last start no longer counts."""
+        await self._halt(container, min(_stop_timeout(container), 5), None)
+        await self._mark(slug, container)
 
     async def _halt_now(self, container: Container) -> None:
         await self._do(lambda c: _signal(container, "SIGKILL"))
@@ -788,7 +796,24 @@ def _created(container: Container) -> datetime:
 def _look(client: docker.DockerClient, slug: str) -> tuple[Container | None, bool]:
     """The workspace's container, and whether ``stop`` stopped it (the mark names its id)."""
     container = eng.primary(eng.containers_of(client, slug), slug)
-    return container, container is not None and container.id in eng.stopped_ids(client, slug)
+    return container, container is not None and _marked(container, eng.stopped_ids(client, slug))
+
+
+def _marked(container: Container, marks: dict[str, str]) -> bool:
+    """Is ``container`` stopped by ``stop`` (or being stopped)? Its mark counts unless it was
+    started since the mark was made (``docker start`` by hand, or a ``start`` under way)."""
+    if container.id not in marks:
+        return False
+    started, marked = _instant(container.attrs["State"].get("StartedAt")), _instant(marks[container.id])
+    return started is None or marked is None or started <= marked
+
+
+def _instant(text: str | None) -> datetime | None:
+    """An engine or label timestamp (the engine's has nanoseconds, which Python does not take)."""
+    found = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?", text or "")
+    if found is None:
+        return None
+    return datetime.fromisoformat(found.group(1) + (found.group(2) or "")[:7] + "+00:00")
 
 
 def _observed(container: Container, stopped: bool = False) -> tuple[ObservedState, str | None]:
@@ -809,6 +834,9 @@ def _observed(container: Container, stopped: bool = False) -> tuple[ObservedStat
         return "failed", f"the container is {health}"
     if status in ("created", "restarting"):
         return "provisioning", f"the container is {status}"
+    if status == "exited" and state.get("ExitCode") in (137, 143) and not state.get("OOMKilled"):
+        # SIGKILL or SIGTERM from outside, not a crash nor the kernel's OOM killer: `docker stop`
+        return "stopped", f"stopped outside hearth (exit code {state.get('ExitCode')}, as `docker stop`)"
     if status in ("exited", "dead"):
         return "failed", f"the container exited with code {state.get('ExitCode')}"
     return "failed", f"the container is {status}"

@@ -25,6 +25,7 @@ SLUG_LABEL = f"{LABEL}.workspace_slug"
 
 
 STOPPED_LABEL = f"{LABEL}.stopped"
+STOPPED_AT_LABEL = f"{LABEL}.stopped_at"
 
 
 def names(slug: str) -> tuple[str, str, str]:
@@ -39,12 +40,15 @@ def marker(slug: str) -> str:
     return f"hearth-{slug}-stopped"
 
 
-def stopped_ids(client: docker.DockerClient, slug: str | None = None) -> set[str]:
-    """The ids of the containers (of one slug, or all) that ``stop`` stopped."""
+def stopped_ids(client: docker.DockerClient, slug: str | None = None) -> dict[str, str]:
+    """The containers (of one slug, or all) that ``stop`` marked: id -> when (ISO 8601, UTC)."""
     labels = [f"{LABEL}.managed=true", STOPPED_LABEL]
     if slug is not None:
         labels.append(f"{SLUG_LABEL}={slug}")
-    return {str(v.attrs["Labels"][STOPPED_LABEL]) for v in client.volumes.list(filters={"label": labels})}
+    return {
+        str(v.attrs["Labels"][STOPPED_LABEL]): str(v.attrs["Labels"].get(STOPPED_AT_LABEL) or "")
+        for v in client.volumes.list(filters={"label": labels})
+    }
 
 
 class Engine:
