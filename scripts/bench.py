@@ -8,9 +8,11 @@
 - provision + status + teardown of N workspaces through ``Host`` (32 in flight), beside the same
   calls made directly on an in-process ``FakeDriver`` (target: host overhead <= 1 ms per verb at
   the median, and total time growing linearly from 100 to 1,000 workspaces);
-- with a Docker engine: provision to ready and teardown through the docker adapter, beside the
-  docker CLI doing the same (network create, volume create, run, wait for the port), and an
-  idempotent re-provision (targets: no slower than the CLI; re-provision <= 5 % of a provision);
+- with a Docker engine (``--only docker`` runs just this section): provision to ready and teardown
+  through the docker adapter, beside the docker CLI doing the same (network create, volume create,
+  run, wait for the port); stop and start to ready through the adapter, beside ``docker stop`` and
+  ``docker start`` (until the port answers) of the same container; and an idempotent re-provision
+  (targets: no slower than the CLI; re-provision <= 5 % of a provision);
 - with a Kubernetes API server (``--only kustomize``): provision to ready, plan of an upgrade and
   teardown through the kustomize adapter, beside kubectl doing the same with the same objects
   (``apply --server-side`` + ``rollout status``, ``apply --server-side --dry-run=server``,
@@ -341,13 +343,41 @@ async def docker_cli_lifecycle(url: str, image: str, slug: str) -> tuple[float, 
     return ready, time.perf_counter() - started
 
 
+#: The test image's httpd behind a shell that ends it on SIGTERM: as PID 1 the httpd would ignore
+#: SIGTERM, and every stop (the adapter's or ``docker stop``) would only measure the stop timeout.
+STOPPABLE = ["sh", "-c", "trap 'kill $!; exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
+
+
+async def docker_cli_stop_start(url: str, name: str) -> tuple[float, float]:
+    """``docker stop`` then ``docker start`` of the container ``name`` (the adapter's own), the
+    start timed until its published port answers, as the adapter's readiness rule; seconds."""
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [DOCKER_CLI, "-H", url, *args], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    started = time.perf_counter()
+    cli("stop", name)
+    stopped = time.perf_counter() - started
+    started = time.perf_counter()
+    cli("start", name)
+    port = int(cli("port", name, "8080/tcp").splitlines()[0].rsplit(":", 1)[1])
+    while not await _port_answers(port):  # noqa: ASYNC110 - polling is what the CLI user does
+        await asyncio.sleep(0.2)
+    return stopped, time.perf_counter() - started
+
+
 async def docker_adapter_lifecycles(url: str, image: str, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"provision": [], "again": [], "teardown": []}
+    """Provision, re-provision, stop, start (and ``docker stop``/``docker start`` of the same
+    container, the baseline) and teardown, through the adapter process."""
+    keys = ("provision", "again", "stop", "start", "cli_stop", "cli_start", "teardown")
+    times: dict[str, list[float]] = {key: [] for key in keys}
     profile = ProvisioningProfile(
         tier="solo",
         driver="docker",
         resource_caps={"cpu": 1, "memory_mb": 64},
-        driver_flags={"image": image, "port": 8080, "data_path": "/www"},
+        driver_flags={"image": image, "port": 8080, "data_path": "/www", "command": STOPPABLE},
     )
     async with await AdapterClient.launch(discover("docker").path, config={"url": url}) as client:
         for index in range(rounds):
@@ -358,6 +388,15 @@ async def docker_adapter_lifecycles(url: str, image: str, rounds: int) -> dict[s
             started = time.perf_counter()
             await client.provision(slug, profile)
             times["again"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            stopped = await client.stop(ref)
+            times["stop"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            ref = await client.start(stopped)
+            times["start"].append(time.perf_counter() - started)
+            cli_stop, cli_start = await docker_cli_stop_start(url, f"hearth-{slug}")
+            times["cli_stop"].append(cli_stop)
+            times["cli_start"].append(cli_start)
             started = time.perf_counter()
             await client.teardown(ref)
             times["teardown"].append(time.perf_counter() - started)
@@ -381,6 +420,10 @@ def docker_section(rounds: int) -> None:
         f"{'teardown':34}{ms(statistics.median(adapter['teardown']))}{ms(cli_down):>14}"
         f"{statistics.median(adapter['teardown']) / cli_down:8.2f}x  <= 1x"
     )
+    for verb in ("stop", "start"):
+        mine, theirs = statistics.median(adapter[verb]), statistics.median(adapter[f"cli_{verb}"])
+        what = f"{verb} (same container)" + (" to ready" if verb == "start" else "")
+        print(f"{what:34}{ms(mine)}{ms(theirs):>14}{mine / theirs:8.2f}x  <= 1x")
     again = statistics.median(adapter["again"])
     print(
         f"{'idempotent re-provision':34}{ms(again)}{'':>14}{again / provision:8.1%}   <= 5 % of a provision"
@@ -2512,8 +2555,8 @@ def main() -> None:
     parser.add_argument("--replica-rounds", type=int, default=3, help="rounds of each replicas run")
     parser.add_argument(
         "--only",
-        choices=["codec", "cli", "protocol", "operations", "serve", "replicas", "kustomize"],
-        help="run one section only (no docker section)",
+        choices=["codec", "cli", "protocol", "operations", "serve", "replicas", "kustomize", "docker"],
+        help="run one section only (no docker section, unless it is the one)",
     )
     args = parser.parse_args()
     if args.only is not None:
@@ -2527,6 +2570,7 @@ def main() -> None:
                 args.replica_workspaces, args.replica_events, args.replica_rounds
             ),
             "kustomize": lambda: kustomize_section(args.docker_rounds),
+            "docker": lambda: docker_section(args.docker_rounds),
         }
         sections[args.only]()
         return

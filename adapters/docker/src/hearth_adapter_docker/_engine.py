@@ -24,9 +24,31 @@ LABEL = "hearth"
 SLUG_LABEL = f"{LABEL}.workspace_slug"
 
 
+STOPPED_LABEL = f"{LABEL}.stopped"
+STOPPED_AT_LABEL = f"{LABEL}.stopped_at"
+
+
 def names(slug: str) -> tuple[str, str, str]:
     """The container, network and volume of ``slug``."""
     return f"hearth-{slug}", f"hearth-{slug}", f"hearth-{slug}-data"
+
+
+def marker(slug: str) -> str:
+    """The empty volume whose presence says ``slug``'s container was stopped by ``stop``: an
+    exited container alone cannot tell a stop from a crash, and a container's labels cannot be
+    changed, so the mark lives on the engine beside it (labelled with the container's id)."""
+    return f"hearth-{slug}-stopped"
+
+
+def stopped_ids(client: docker.DockerClient, slug: str | None = None) -> dict[str, str]:
+    """The containers (of one slug, or all) that ``stop`` marked: id -> when (ISO 8601, UTC)."""
+    labels = [f"{LABEL}.managed=true", STOPPED_LABEL]
+    if slug is not None:
+        labels.append(f"{SLUG_LABEL}={slug}")
+    return {
+        str(v.attrs["Labels"][STOPPED_LABEL]): str(v.attrs["Labels"].get(STOPPED_AT_LABEL) or "")
+        for v in client.volumes.list(filters={"label": labels})
+    }
 
 
 class Engine:

@@ -26,6 +26,9 @@ class DockerFlags(BaseModel):
     data_path: str = Field(default="/data", pattern=r"^/")
     #: How long a new container may take to become ready.
     ready_timeout: float = Field(default=60.0, gt=0, le=3600)
+    #: Seconds ``stop`` waits after the container's stop signal before SIGKILL, as ``docker stop
+    #: -t`` (kept as a label, read at stop time); default: the container's StopTimeout, else 10.
+    stop_timeout: int | None = Field(default=None, ge=0, le=600)
 
 
 class Limits(BaseModel):
