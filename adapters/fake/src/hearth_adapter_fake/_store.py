@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 #: The verbs that leave ``data_dir`` byte for byte as they found it.
 READS = frozenset({"status", "list", "validate_profile", "plan"})
+#: The reads kept for the next write: the newest, so that an adapter answering status for days
+#: between two writes holds a bounded journal in memory (and each read costs the same).
+READS_KEPT = 10_000
 
 
 class FakeStore:
@@ -25,7 +29,8 @@ class FakeStore:
         # Parsed files by slug, valid while the file's identity is unchanged (writes replace it).
         self._cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
         self._journal_fd: int | None = None
-        self._unwritten = b""  # journal lines of reads, written with the next write
+        #: journal lines of reads, written with the next write
+        self._unwritten: deque[bytes] = deque(maxlen=READS_KEPT)
         if data_dir is not None:
             (data_dir / "deployments").mkdir(mode=0o700, parents=True, exist_ok=True)
             self._journal_fd = os.open(
@@ -80,16 +85,16 @@ class FakeStore:
         if self._journal_fd is None:
             self.journal.append(entry)
         elif entry["method"] in READS:
-            self._unwritten += (json.dumps(entry) + "\n").encode()
+            self._unwritten.append((json.dumps(entry) + "\n").encode())
         else:  # one O_APPEND write per call: processes sharing the folder never interleave
-            lines, self._unwritten = self._unwritten + (json.dumps(entry) + "\n").encode(), b""
-            os.write(self._journal_fd, lines)
+            os.write(self._journal_fd, b"".join((*self._unwritten, (json.dumps(entry) + "\n").encode())))
+            self._unwritten.clear()
 
     def close(self) -> None:
         if self._journal_fd is not None:
             if self._unwritten:
-                os.write(self._journal_fd, self._unwritten)
-                self._unwritten = b""
+                os.write(self._journal_fd, b"".join(self._unwritten))
+                self._unwritten.clear()
             os.close(self._journal_fd)
             self._journal_fd = None
 
