@@ -719,7 +719,7 @@ async def test_a_version_7_sqlite_store_keeps_its_records_with_no_labels(tmp_pat
     await store.save(old.model_copy(update={"labels": {"team": "a"}}))
     assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_path: Path) -> None:
@@ -741,7 +741,7 @@ async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_p
     made, _ = await store.create_operation(NewOperation("new", 1, "provision", "me:1:a", actor="hearth:test"))
     assert [op.id for op in await store.operations(actor="hearth:test")] == [made.id]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:
