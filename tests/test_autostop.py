@@ -19,6 +19,7 @@ from hearth import Host, NotFound, RemoteHost
 from hearth._models import Deployment
 from hearth._server._app import create_app
 from hearth._server._auth import SCOPE_OF
+from hearth._server._daemon import _autostop_periodically
 from hearth._settings import ServeSettings, Tier, load_settings
 from hearth._states import AUTOSTOP_ACTOR, autostop_at, reported_activity, still_idle
 from hearth._store._records import MIGRATIONS, SCHEMA_VERSION
@@ -437,3 +438,32 @@ async def test_a_version_9_sqlite_store_gives_its_records_their_last_write_as_ac
     assert (await store.get("old")).last_activity == later  # type: ignore[union-attr]
     await store.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+
+
+async def test_the_daemons_sweep_stops_an_idle_workspace_within_its_bound_plus_the_interval(
+    tmp_path: Path,
+) -> None:
+    interval = 0.1
+    settings = tmp_path / "project" / ".hearth" / "hearth.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(f"[serve]\nautostop_interval = {interval}\nreconcile_jitter = 0.1\n")
+    async with _host(tmp_path) as host:
+        await host.provision("alpha", tier="idle", driver="fake")
+        record = await host.deployment("alpha")
+        assert record.last_activity is not None
+        draining = asyncio.Event()
+        sweeping = asyncio.create_task(_autostop_periodically(host, draining))
+        try:
+            events = host.watch(after=await host.last_seq(), slug="alpha")
+            async with asyncio.timeout(BOUND):
+                async for event in events:
+                    if event.record_state == "stopped":
+                        break
+        finally:
+            draining.set()
+            await asyncio.wait_for(sweeping, BOUND)
+        [op] = [o for o in await host.operations(slug="alpha") if o.verb == "stop"]
+        assert op.actor == AUTOSTOP_ACTOR and op.started_at is not None
+        waited = (op.created_at - record.last_activity).total_seconds()
+        # its bound plus one (jittered) interval, and a little for a loaded machine
+        assert IDLE <= waited <= IDLE + interval * 1.1 + 1.0
