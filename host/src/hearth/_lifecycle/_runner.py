@@ -294,10 +294,9 @@ class Runner:
                 archive=rule.archive,
             )
         assert record is not None
-        now = utc_now()
-        # every verb on the slug is activity; an autostop is not (its fence keeps what it read)
-        active = record.last_activity if request.idle_since is not None else now
-        working = record.model_copy(update={"state": step.during, "updated_at": now, "last_activity": active})
+        # its activity as it was: a verb's success is activity (``Outcome.activity``), and an
+        # autostop's fence is on what it read
+        working = record.model_copy(update={"state": step.during, "updated_at": utc_now()})
         if verb == "upgrade":
             assert request.tier is not None and record.ref is not None
             profile, current = checks.profile(request.tier, record.driver), record.ref
@@ -357,7 +356,6 @@ class Runner:
                     "tier": request.tier,
                     "driver": request.driver,
                     "updated_at": now,
-                    "last_activity": now,
                     "labels": {**record.labels, **request.labels},
                 }
             )
@@ -416,6 +414,7 @@ class Runner:
             outcome = Outcome(
                 core, self._events, previous, working, step, verb, operation, client, self.interruptions
             )
+            outcome.activity = idle_since is None
             if cancelled_at_begin:  # nothing reached the adapter: the record is put back as it was
                 why, reason = work.cancel or _CALLER
                 kind = "cancelled" if why == "cancelled" else "interrupted"
