@@ -1844,7 +1844,7 @@ export interface components {
          * @description A named size: resource caps for every driver, and flags per driver.
          *
          *     JSON-ready for queries: ``TypeAdapter(Tier).dump_python(tier, mode="json")`` gives
-         *     ``{"name", "resource_caps", "driver_flags"}`` and ``validate_python`` reads it back (unknown
+         *     ``{"name", "resource_caps", "driver_flags", "autostop"}`` and ``validate_python`` reads it back (unknown
          *     keys refused). A plain dataclass, so building one validates nothing, as before.
          */
         Tier: {
