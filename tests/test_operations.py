@@ -819,6 +819,7 @@ async def test_tiers_and_drivers_are_listed_json_ready(
             "name": "slow",
             "resource_caps": slow["resource_caps"],
             "driver_flags": {"fake": {"delay": 60}},
+            "autostop": None,
         }
         assert slow["resource_caps"]["cpu"] == 1
         json.dumps(dumped)

@@ -322,8 +322,14 @@ def test_tiers_are_json_ready_and_read_back() -> None:
         "name": "gpu",
         "resource_caps": {"cpu": 8.0, "memory_mb": None, "storage_mb": None, "gpus": 1},
         "driver_flags": {"docker": {"image": "x:1", "ports": [80]}},
+        "autostop": None,
     }
     assert tiers.validate_python(document) == tier
+    assert tiers.validate_python({**document, "autostop": 3600}) == Tier(
+        "gpu", tier.resource_caps, tier.driver_flags, 3600
+    )
+    older = {key: value for key, value in document.items() if key != "autostop"}  # a daemon before autostop
+    assert tiers.validate_python(older) == tier
     assert tier.profile("docker").driver_flags == {"image": "x:1", "ports": [80]}
     with pytest.raises(ValidationError):
         tiers.validate_python({**document, "colour": "red"})

@@ -97,7 +97,7 @@ def test_a_malformed_settings_file_is_an_error_naming_the_file_and_key(
         ),
         (
             "[tiers.team]\nresource_caps = { cpu = 2 }\ncolor = 1\n",
-            "tiers.team.color: unknown key; a tier has resource_caps and driver_flags",
+            "tiers.team.color: unknown key; a tier has resource_caps, driver_flags and autostop",
         ),
         (
             "[timeouts]\nstatus = 5\nstatuz = 5\n",

@@ -719,7 +719,7 @@ async def test_a_version_7_sqlite_store_keeps_its_records_with_no_labels(tmp_pat
     await store.save(old.model_copy(update={"labels": {"team": "a"}}))
     assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_path: Path) -> None:
@@ -741,7 +741,7 @@ async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_p
     made, _ = await store.create_operation(NewOperation("new", 1, "provision", "me:1:a", actor="hearth:test"))
     assert [op.id for op in await store.operations(actor="hearth:test")] == [made.id]
     await store.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:
@@ -764,3 +764,52 @@ async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_
     await store.save(old.model_copy(update={"labels": {"team": "a"}}))
     assert [d.slug for d in await store.deployments(labels={"team": "a"})] == ["old"]
     await store.close()
+
+
+async def test_activity_moves_forward_only_and_fences_an_autostops_begin(opener: Opener) -> None:
+    store = await opener()
+    await store.save(_deployment())
+    read = await store.get("alpha")
+    assert read is not None and read.last_activity == read.updated_at  # a verb's record counts from its write
+    later = utc_now() + timedelta(seconds=1)
+    touched = await store.touch("alpha", later)
+    assert touched is not None and touched.last_activity == later
+    assert (await store.touch("alpha", later - timedelta(seconds=5))).last_activity == later  # type: ignore[union-attr]
+    assert await store.touch("nobody", later) is None
+    await store.save(read.model_copy(update={"labels": {"a": "b"}}))  # written from a read before the touch
+    assert (await store.get("alpha")).last_activity == later  # type: ignore[union-attr]
+    stop, _ = await store.create_operation(
+        NewOperation("alpha", 1, "stop", "me:1:a", actor="hearth:autostop")
+    )
+    stopping = read.model_copy(update={"state": "stopping"})
+    assert read.last_activity is not None
+    assert not await store.begin(stop.id, stopping, idle_since=read.last_activity)  # a touch it did not see
+    assert (await store.operation(stop.id)).state == "queued"  # type: ignore[union-attr]
+    assert (await store.get("alpha")).state == "ready"  # type: ignore[union-attr]
+    assert await store.begin(stop.id, stopping, idle_since=later)  # what it read: it begins
+    assert (await store.get("alpha")).state == "stopping"  # type: ignore[union-attr]
+    await store.close()
+
+
+async def test_a_version_9_postgresql_store_counts_activity_from_the_last_write(pg_url: str) -> None:
+    written = (utc_now() - timedelta(hours=2)).isoformat()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO hearth_schema VALUES (9)")
+        for script in PG_MIGRATIONS[:9]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement.encode())
+        conn.execute(
+            "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
+            "VALUES ('old', 1, 'solo', 'fake', 'ready', %s, %s)",
+            (written, written),
+        )
+    store = await _postgres(pg_url)
+    old = await store.get("old")
+    assert old is not None and old.last_activity is not None
+    assert old.last_activity.isoformat() == written
+    await store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute("SELECT version FROM hearth_schema").fetchone()
+        assert row is not None and row[0] == SCHEMA_VERSION == 10

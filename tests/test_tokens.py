@@ -53,6 +53,7 @@ VERBS: dict[tuple[str, str], str] = {
     ("POST", "/v1/workspaces/{slug}/upgrade"): "operate",
     ("POST", "/v1/workspaces/{slug}/stop"): "operate",
     ("POST", "/v1/workspaces/{slug}/start"): "operate",
+    ("POST", "/v1/workspaces/{slug}/activity"): "operate",
     ("DELETE", "/v1/workspaces/{slug}"): "operate",
     ("PATCH", "/v1/workspaces/{slug}"): "operate",
     ("DELETE", "/v1/operations/{ident}"): "operate",

@@ -698,6 +698,14 @@ export class HearthClient {
     return this.request<Deployment>("PATCH", `/workspaces/${seg(slug)}`, { body: { labels } });
   }
 
+  /**
+   * Record activity on a workspace now (call it while its user works): its autostop counts
+   * from it. The record as it now is, with `last_activity` and `autostop_at`.
+   */
+  touch(slug: string): Promise<Deployment> {
+    return this.request<Deployment>("POST", `/workspaces/${seg(slug)}/activity`);
+  }
+
   /** Drop a record and leave its backend alone; the record as it was. */
   forget(slug: string, options: { onBehalfOf?: string } = {}): Promise<Deployment> {
     return this.request<Deployment>("POST", `/workspaces/${seg(slug)}/forget`, { headers: behalf(options.onBehalfOf) });

@@ -328,6 +328,28 @@ export interface paths {
         patch: operations["labelWorkspace"];
         trace?: never;
     };
+    "/v1/workspaces/{slug}/activity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Touch
+         * @description Record activity on the workspace now (a console calls it while its user works; README
+         *     "Autostop"): one store write, no adapter, no event; the record as it now is, with its
+         *     ``last_activity`` and ``autostop_at``.
+         */
+        post: operations["touchWorkspace"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/workspaces/{slug}/adopt": {
         parameters: {
             query?: never;
@@ -526,6 +548,8 @@ export interface components {
          * @description The host's record of one workspace (one generation of a slug).
          */
         Deployment: {
+            /** Autostop At */
+            autostop_at?: string | null;
             /** Backend Id */
             backend_id?: string | null;
             /**
@@ -541,6 +565,8 @@ export interface components {
             labels?: {
                 [key: string]: string;
             };
+            /** Last Activity */
+            last_activity?: string | null;
             /** Operation */
             operation?: number | null;
             /** Reason */
@@ -1818,10 +1844,12 @@ export interface components {
          * @description A named size: resource caps for every driver, and flags per driver.
          *
          *     JSON-ready for queries: ``TypeAdapter(Tier).dump_python(tier, mode="json")`` gives
-         *     ``{"name", "resource_caps", "driver_flags"}`` and ``validate_python`` reads it back (unknown
+         *     ``{"name", "resource_caps", "driver_flags", "autostop"}`` and ``validate_python`` reads it back (unknown
          *     keys refused). A plain dataclass, so building one validates nothing, as before.
          */
         Tier: {
+            /** Autostop */
+            autostop?: number | null;
             /** Driver Flags */
             driver_flags?: {
                 [key: string]: {
@@ -3699,6 +3727,97 @@ export interface operations {
             };
             /** @description invalid_input: the body is larger than [serve] max_body */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description store_error, interrupted, or error (a fault of the daemon; the message says what) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description backend_unavailable or closed; unavailable: a start while the daemon drains; daemon_unavailable when the listener holds [serve] max_connections (each with Retry-After) */
+            503: {
+                headers: {
+                    /** @description Seconds after which asking again makes sense: the drain grace left (unavailable, closed while draining), else backend_unavailable 10, slug_locked 5, closed 5, daemon_unavailable 1, any other 5 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    touchWorkspace: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                slug: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    /** @description the seq of the store's last event when the answer was read: stream /v1/events?after= it to miss nothing that came after */
+                    "Hearth-Seq"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Deployment"];
+                };
+            };
+            /** @description invalid_input: the request, or the project's hearth.toml, is not valid */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description unauthorized: a TCP listener (hearth serve --listen) needs its bearer token; a Unix socket never answers 401 */
+            401: {
+                headers: {
+                    /** @description Bearer */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description forbidden: the token (or the Unix socket, narrowed by --socket-scopes) lacks the scope this route needs (read, operate or admin; `scope` names it) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description not_found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid_input: the request was not whole within [serve] request_timeout */
+            408: {
                 headers: {
                     [name: string]: unknown;
                 };

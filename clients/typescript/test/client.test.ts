@@ -350,6 +350,15 @@ describe("hearth-client on a real daemon", () => {
     assert.equal((await client.workspace("theta")).state, "ready");
   });
 
+  test("touch: activity recorded now, the record answered", T, async () => {
+    await (await client.provision({ slug: "iota", tier: "solo", driver: "fake" })).result({ timeout: BOUND });
+    const before = await client.workspace("iota");
+    const touched = await client.touch("iota");
+    assert.equal(touched.slug, "iota");
+    assert.ok(touched.last_activity && before.last_activity && touched.last_activity > before.last_activity);
+    assert.equal(touched.autostop_at ?? null, null); // solo has no autostop
+  });
+
   test("an operation's events end when a killed daemon's operation is settled on restart", T, async () => {
     const op = await client.provision({ slug: "lambda", tier: "glacial", driver: "fake" });
     const seen: Event[] = [];

@@ -99,6 +99,14 @@ class Deployment(BaseModel):
     #: Who owns what, as Docker and Kubernetes say it: keys and values in Kubernetes label
     #: syntax, at most 64 (``Host.label``; a provision's ``labels``). Never sent to adapters.
     labels: dict[str, str] = Field(default_factory=dict)
+    #: The last activity the host knows of (README "Autostop"): a ``touch``, a verb on the
+    #: slug, a backend's ``details.last_activity`` read by ``status``. None on records not
+    #: yet written by a hearth that keeps it (they count from ``updated_at``).
+    last_activity: datetime | None = None
+    #: When the autostop sweep will stop it: ``last_activity`` plus the tier's ``autostop``;
+    #: None when the tier has none or it is not ready. Filled by ``deployment``/``deployments``
+    #: (computed, not stored), so a UI can show "stops in 12 min".
+    autostop_at: datetime | None = None
 
 
 def synthesized_ref(record: Deployment) -> DeploymentRef:

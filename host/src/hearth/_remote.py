@@ -760,6 +760,11 @@ class RemoteHost:
         body = {"labels": dict(labels) if isinstance(labels, Mapping) else labels}
         return Deployment.model_validate(await self._call("PATCH", f"/workspaces/{seg(slug)}", body=body))
 
+    async def touch(self, slug: str) -> Deployment:
+        """Record activity on ``slug`` now (``POST /v1/workspaces/{slug}/activity``); the record
+        as it now is, with ``last_activity`` and ``autostop_at``."""
+        return Deployment.model_validate(await self._call("POST", f"/workspaces/{seg(slug)}/activity"))
+
     async def health(self) -> dict[str, Any]:
         """The daemon's ``/v1/health``: status, version, owner, running."""
         return dict(await self._call("GET", "/health"))

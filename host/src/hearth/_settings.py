@@ -4,6 +4,7 @@ A project's ``.hearth/hearth.toml``::
 
     [tiers.solo]
     resource_caps = { cpu = 1, memory_mb = 512 }
+    autostop = 3600                       # seconds without activity before the daemon stops it
     [tiers.solo.driver_flags.docker]      # the profile's driver_flags when the driver is docker
     image = "example/workspace:1"
     [adapters.tfgrid]                     # sent as ``config`` in the tfgrid adapter's initialize
@@ -12,6 +13,7 @@ A project's ``.hearth/hearth.toml``::
     status = 30
     [serve]                               # the daemon (``hearth serve``, see ``ServeSettings``)
     reconcile_interval = 300
+    autostop_interval = 60                # seconds between autostop sweeps
     max_body = 1048576                    # bytes: the largest request body the daemon reads
     request_timeout = 30                  # seconds a client has to send a whole request
     max_connections = 4096                # open connections per listener (socket, TCP)
@@ -54,6 +56,8 @@ TIER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 MAX_PROBLEMS = 3
 
 TierName = Annotated[str, StringConstraints(pattern=TIER_PATTERN)]
+#: The longest ``autostop`` a tier may set: 30 days.
+AUTOSTOP_MAX = 30 * 86400.0
 #: A bound in seconds: a number (not a bool, not a string), above zero.
 Seconds = Annotated[float, Field(gt=0, strict=True)]
 
@@ -63,7 +67,7 @@ class Tier:
     """A named size: resource caps for every driver, and flags per driver.
 
     JSON-ready for queries: ``TypeAdapter(Tier).dump_python(tier, mode="json")`` gives
-    ``{"name", "resource_caps", "driver_flags"}`` and ``validate_python`` reads it back (unknown
+    ``{"name", "resource_caps", "driver_flags", "autostop"}`` and ``validate_python`` reads it back (unknown
     keys refused). A plain dataclass, so building one validates nothing, as before.
     """
 
@@ -72,6 +76,9 @@ class Tier:
     name: str
     resource_caps: ResourceCaps = field(default_factory=ResourceCaps)
     driver_flags: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Seconds without activity after which a ready workspace on this tier is stopped (the
+    #: daemon's autostop sweep, ``Host.autostop_sweep``); None (the default): never.
+    autostop: float | None = None
 
     def profile(self, driver: str) -> ProvisioningProfile:
         return ProvisioningProfile(
@@ -142,6 +149,9 @@ class ServeSettings:
     reconcile_interval: Annotated[float, Field(ge=0, strict=True)] = 300.0
     #: The fraction of the interval by which each wait varies at random (0 to 0.5).
     reconcile_jitter: Annotated[float, Field(ge=0, le=0.5, strict=True)] = 0.1
+    #: Seconds between the daemon's autostop sweeps (``Host.autostop_sweep``; jittered as
+    #: reconcile is); 0 turns them off. A tier's ``autostop`` is kept within it plus this.
+    autostop_interval: Annotated[float, Field(ge=0, le=86400, strict=True)] = 60.0
     #: The largest request body the daemon reads (bytes; 1 MiB): a larger one answers 413
     #: ``invalid_input`` before it is read (``Content-Length``) or as soon as it passes the limit.
     max_body: Annotated[int, Field(ge=1, strict=True)] = 1024 * 1024
@@ -176,6 +186,9 @@ class TierTable(BaseModel):
     resource_caps: ResourceCaps | None = None
     #: One free-form table per driver; the driver judges its flags.
     driver_flags: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Seconds without activity before a ready workspace is stopped (1 to 30 days' worth);
+    #: None keeps the base tier's (the built-in tiers have none).
+    autostop: Annotated[float, Field(gt=0, le=AUTOSTOP_MAX, strict=True)] | None = None
 
 
 class SettingsFile(BaseModel):
@@ -260,13 +273,14 @@ def load_settings(project_dir: str | Path | None) -> Settings:
 def _tier(name: str, table: TierTable, base: Tier | None) -> Tier:
     """A project tier; one with a built-in tier's name overrides ``base`` key by key."""
     if base is None:
-        return Tier(name, table.resource_caps or ResourceCaps(), table.driver_flags)
+        return Tier(name, table.resource_caps or ResourceCaps(), table.driver_flags, table.autostop)
     caps = base.resource_caps
     if table.resource_caps is not None:
         caps = ResourceCaps.model_validate(
             {**caps.model_dump(exclude_none=True), **table.resource_caps.model_dump(exclude_unset=True)}
         )
-    return Tier(name, caps, {**base.driver_flags, **table.driver_flags})
+    autostop = table.autostop if table.autostop is not None else base.autostop
+    return Tier(name, caps, {**base.driver_flags, **table.driver_flags}, autostop)
 
 
 def _problems(exc: ValidationError) -> str:
@@ -296,7 +310,7 @@ def _problem(error: ErrorDetails) -> str:
         case ["tiers", name]:
             return f"tiers.{name} must be a table"
         case ["tiers", name, key] if unknown:
-            return f"tiers.{name}.{key}: unknown key; a tier has resource_caps and driver_flags"
+            return f"tiers.{name}.{key}: unknown key; a tier has resource_caps, driver_flags and autostop"
         case ["tiers", name, "resource_caps"] if kind == "model_type":
             return f"tiers.{name}.resource_caps must be a table, e.g. {{ cpu = 1, memory_mb = 512 }}"
         case ["tiers", name, "resource_caps", *cap]:

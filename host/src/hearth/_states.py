@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from hearth_adaptersdk import DeploymentRef, State, codes
@@ -724,3 +725,64 @@ def settlement(
     if (found.state, found.reason, found.unconfirmed) == (recorded, reason, unconfirmed):
         return None
     return found
+
+
+# --- autostop (README "Autostop") ----------------------------------------------------------------
+#: Who the autostop sweep's operations are asked by (``Operation.actor``).
+AUTOSTOP_ACTOR = "hearth:autostop"
+
+
+def activity_of(record: Deployment) -> datetime:
+    """When ``record`` last saw activity: its ``last_activity``, else (a record no hearth with
+    autostop wrote yet) its last write."""
+    return record.last_activity or record.updated_at
+
+
+def autostop_at(record: Deployment, autostop: float | None) -> datetime | None:
+    """When the sweep will stop ``record``: only a ready workspace on a tier with ``autostop``
+    is ever stopped by it (a failed, stopped or transient one is left as it is)."""
+    if autostop is None or record.state != "ready":
+        return None
+    return activity_of(record) + timedelta(seconds=autostop)
+
+
+def autostop_due(record: Deployment, autostop: float | None, now: datetime) -> bool:
+    """Whether the sweep stops ``record`` now (an operation running on it aside: never then)."""
+    at = autostop_at(record, autostop)
+    return at is not None and at <= now
+
+
+def autostop_reason(record: Deployment, autostop: float) -> str:
+    """What the autostop's operation logs: why it stopped the workspace."""
+    since = activity_of(record).astimezone(UTC).isoformat(timespec="seconds")
+    return f"no activity since {since}, autostop {autostop:g} s"
+
+
+def still_idle(record: Deployment | None, seen: datetime) -> bool:
+    """Whether an autostop read as idle since ``seen`` may still go on, its slug held: the
+    record is ready and no activity came since (a touch withdraws it)."""
+    return record is not None and record.state == "ready" and activity_of(record) == seen
+
+
+def withdrawn_message(slug: str, seen: datetime) -> str:
+    """An autostop that found activity it had not seen (or a changed record): nothing done."""
+    return (
+        f"autostop of {slug!r} withdrawn: activity after {seen.isoformat(timespec='seconds')} "
+        "(or a change of the workspace) came before it began; nothing was done"
+    )
+
+
+def reported_activity(details: Mapping[str, Any] | None, now: datetime) -> datetime | None:
+    """The backend activity an adapter's ``status`` reports (``details.last_activity``, an ISO
+    8601 time with its offset), never later than ``now``; None when absent or unreadable (a
+    guess is never counted)."""
+    value = (details or {}).get("last_activity")
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        return None
+    return min(at, now)

@@ -26,6 +26,7 @@ from ._render import (
     ref_lines,
     safe,
     status_lines,
+    touch_line,
 )
 from ._route import configured_store, daemon, named_daemon
 
@@ -208,7 +209,7 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
         return ref.model_dump(mode="json"), ref_lines(ref), 0
     if verb == "status":
         report = await host.status(args.slug, timeout=timeout)
-        lines = status_lines(args.slug, report.state, report.endpoint, report.message)
+        lines = status_lines(args.slug, report.state, report.endpoint, report.message, report.details)
         return report.model_dump(mode="json"), lines, 0
     if verb == "upgrade":
         if not args.yes:
@@ -245,6 +246,9 @@ async def command(host: Host | RemoteHost, args: argparse.Namespace) -> tuple[An
     if verb == "label":
         record = await host.label(args.slug, dict(args.changes))
         return record.model_dump(mode="json"), labels_line(args.slug, record.labels), 0
+    if verb == "touch":
+        record = await host.touch(args.slug)
+        return record.model_dump(mode="json"), touch_line(record), 0
     if verb == "logs":
         operations = await host.logs(args.slug)
         from .._models import Operation  # --json documents come from the models themselves

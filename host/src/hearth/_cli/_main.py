@@ -12,6 +12,7 @@
     hearth start SLUG [--json]
     hearth ls [--label KEY=VALUE ...] [--json]
     hearth label SLUG KEY=VALUE|KEY- ... [--json]     (set or remove labels)
+    hearth touch SLUG [--json]                        (record activity now: autostop counts from it)
     hearth logs SLUG [--json]
     hearth reconcile [SLUG] [--dry-run] [--json]      (exit 3: a dry run found drift)
     hearth adopt SLUG --driver DRIVER --tier TIER [--json]

@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     label.add_argument("slug")
     label.add_argument("changes", nargs="+", type=_label_change, metavar="KEY=VALUE|KEY-")
+    touch = commands.add_parser(
+        "touch", parents=[common], help="record activity on a workspace now (its autostop counts from it)"
+    )
+    touch.add_argument("slug")
     adopt = commands.add_parser(
         "adopt", parents=[common], help="record a deployment the driver lists but hearth has no record of"
     )

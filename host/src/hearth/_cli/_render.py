@@ -17,7 +17,7 @@ from ._exits import EXIT_FAILURE
 if TYPE_CHECKING:
     from hearth_adaptersdk import DeploymentRef, PlanResult, Progress
 
-    from .._models import Operation, ReconcileReport
+    from .._models import Deployment, Operation, ReconcileReport
     from .._store._records import Listed
 
 #: C0 and C1 control characters and DEL: what could move the cursor, recolour or retitle the
@@ -46,14 +46,27 @@ def ref_lines(ref: DeploymentRef) -> str:
     )
 
 
-def status_lines(slug: str, state: object, endpoint: object, message: object) -> str:
-    """A status report's lines, from its fields: a ``StatusReport`` or the daemon's JSON of one."""
+def status_lines(slug: str, state: object, endpoint: object, message: object, details: object = None) -> str:
+    """A status report's lines, from its fields: a ``StatusReport`` or the daemon's JSON of one
+    (``details``: its ``autostop_at`` is shown)."""
     lines = [f"{slug}: {state}"]
     if endpoint:
         lines.append(f"  endpoint: {safe(endpoint)}")
     if message:
         lines.append(f"  {safe(message)}")
+    autostop = details.get("autostop_at") if isinstance(details, dict) else None
+    if autostop:
+        lines.append(f"  autostop at {safe(autostop)} unless there is activity before")
     return "\n".join(lines)
+
+
+def touch_line(record: Deployment) -> str:
+    """What ``hearth touch`` answers: the activity recorded, and when autostop would act."""
+    seen = record.last_activity.isoformat(timespec="seconds") if record.last_activity else "-"
+    line = f"{safe(record.slug)}: activity recorded at {seen}"
+    if record.autostop_at is not None:
+        line += f"; autostop at {record.autostop_at.isoformat(timespec='seconds')}"
+    return line
 
 
 def ls_lines(listed: list[Listed]) -> str:

@@ -327,5 +327,11 @@ def _answer(status: int, body: bytes, slug: str) -> tuple[Any, str, int]:
         raise HearthError(f"the hearth daemon answered {status}: {text!r}")
     if not isinstance(document, dict):
         raise HearthError(f"the hearth daemon answered {status} with no JSON: {text!r}")
-    lines = status_lines(slug, document.get("state"), document.get("endpoint"), document.get("message"))
+    lines = status_lines(
+        slug,
+        document.get("state"),
+        document.get("endpoint"),
+        document.get("message"),
+        document.get("details"),
+    )
     return document, lines, 0

@@ -90,8 +90,17 @@ class Admission:
                 checks.profile(request.tier, record.driver)
             if request.verb in ("stop", "start"):  # refused before anything is recorded
                 await self._supports(record.driver, request.verb)
+            # the record's driver; an autostop's fence and reason kept
             request = Request(
-                request.verb, request.slug, request.tier, record.driver, False, request.key, request.deadline
+                request.verb,
+                request.slug,
+                request.tier,
+                record.driver,
+                False,
+                request.key,
+                request.deadline,
+                idle_since=request.idle_since,
+                why=request.why,
             )
         return request, record, active
 

@@ -7,6 +7,7 @@ import asyncio
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -38,6 +39,10 @@ class Request:
     deadline: float | None = None
     #: A provision's labels, checked: the record it writes carries them (``Runner._provisioning``).
     labels: dict[str, str] = field(default_factory=dict)
+    #: An autostop's stop: the activity the sweep read (``begin`` is fenced on it: a touch since
+    #: withdraws the stop) and why it stops (its first log line).
+    idle_since: datetime | None = None
+    why: str | None = None
 
 
 def echo(value: object, size: int = ECHO) -> str:

@@ -331,10 +331,22 @@ class _Waking:
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]:
         return await self._write(lambda: self._store.create_operation(new))
 
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+    async def begin(
+        self,
+        operation: int,
+        deployment: Deployment,
+        *,
+        archive_first: bool = False,
+        idle_since: datetime | None = None,
+    ) -> bool:
+        # ``idle_since`` passed only when given (an autostop): a store written before it still begins
+        fence: dict[str, Any] = {} if idle_since is None else {"idle_since": idle_since}
         return await self._write(
-            lambda: self._store.begin(operation, deployment, archive_first=archive_first)
+            lambda: self._store.begin(operation, deployment, archive_first=archive_first, **fence)
         )
+
+    async def touch(self, slug: str, at: datetime) -> Deployment | None:
+        return await self._write(lambda: self._store.touch(slug, at))
 
     async def end(
         self,

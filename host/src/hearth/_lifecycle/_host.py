@@ -14,6 +14,7 @@ hosts, heal, leases), ``EventLog`` (events and streams), ``Operations`` (the han
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 import warnings
 from collections.abc import AsyncIterator, Generator, Mapping
@@ -26,12 +27,20 @@ from hearth_adaptersdk import DeploymentRef, PlanResult, StatusReport, utc_now
 from .._actors import acting, check_actor, check_on_behalf_of, process_actor
 from .._adapters._discovery import DriverInfo, driver_infos
 from .._adapters._supervisor import ConnectionFactory, Supervisor
-from .._errors import InvalidInput
+from .._errors import HearthError, InvalidInput, NotFound
 from .._labels import check_labels, labels_given
 from .._models import CheckResult, Deployment, Event, Operation, ReconcileReport
 from .._observe import Observer
 from .._settings import Settings, Tier, Timeouts, positive_seconds
-from .._states import same_ready, teardown_done
+from .._states import (
+    AUTOSTOP_ACTOR,
+    OPTIONAL_VERBS,
+    activity_of,
+    autostop_due,
+    autostop_reason,
+    same_ready,
+    teardown_done,
+)
 from .._store._base import Store
 from ._admission import Admission
 from ._checks import Checks, Request, check_slug, deadline, echo, sequence
@@ -42,6 +51,8 @@ from ._queries import Queries
 from ._reconcile import adopt, forget, relabel
 from ._recovery import Recovery
 from ._runner import ProgressListener, Runner
+
+log = logging.getLogger("hearth")
 
 
 class Host:
@@ -116,6 +127,8 @@ class Host:
         self._operations = Operations(core, runner, self._recovery, self._events)
         self._admission = Admission(core, self._checks, self._recovery, runner, self._operations)
         self._queries = Queries(core, self._checks, self._recovery)
+        #: Drivers found unable to stop (``autostop_sweep`` skips them, logged once).
+        self._cannot_stop: set[str] = set()
         #: One line per cancellation this host settled: what became of the work.
         self.interruptions: builtins.list[str] = runner.interruptions
 
@@ -412,6 +425,79 @@ class Host:
     async def _wait(self, request: Request, on_progress: ProgressListener | None) -> DeploymentRef | None:
         operation, created = await self._admission.start(request, on_progress)
         return await self._operations.result_for_caller(request, operation, created, on_progress)
+
+    # --- activity and autostop (README "Autostop") ----------------------------------------------
+    async def touch(self, slug: str) -> Deployment:
+        """Record activity on ``slug`` now (a console calls it while its user works): one
+        store write, no event, no adapter; the record as it now is, with ``autostop_at``.
+        ``not_found`` when there is none. A touch that races an autostop either withdraws it
+        (the stop's ``begin`` is fenced on the activity it read) or is recorded after it."""
+        check_slug(slug)
+        await self._core.opened()
+        record = await self._core.store.touch(slug, utc_now())
+        if record is None:
+            raise NotFound(f"no workspace {slug!r}")
+        return self._queries.with_autostop(record)
+
+    async def autostop_sweep(self) -> builtins.list[Operation]:
+        """Stop every ready workspace whose tier's ``autostop`` has passed since its last
+        activity, each as an operation of its own (actor ``hearth:autostop``, its first log line
+        saying why); the operations started, running in the background. Skipped: a workspace
+        with an operation queued or running, and one whose driver cannot stop (logged once per
+        driver). ``hearth serve`` calls it every ``[serve] autostop_interval``; an embedded host
+        calls it on its own clock."""
+        core = self._core
+        await core.opened()
+        core.refresh_settings()
+        bounds = {name: tier.autostop for name, tier in self.settings.tiers.items() if tier.autostop}
+        if not bounds:
+            return []
+        now = utc_now()
+        started: builtins.list[Operation] = []
+        for record in await core.store.deployments(state="ready", include_torn_down=False):
+            autostop = bounds.get(record.tier)
+            if autostop is None or not autostop_due(record, autostop, now):
+                continue
+            if await self._recovery.active_operation(record.slug) is not None:
+                continue  # never under a running operation: it is activity itself
+            if not await self._stoppable(record.driver):
+                continue
+            request = Request(
+                "stop",
+                record.slug,
+                idle_since=activity_of(record),
+                why=autostop_reason(record, autostop),
+            )
+            try:
+                with acting(actor=AUTOSTOP_ACTOR):
+                    operation, created = await self._admission.start(request, None)
+            except HearthError as exc:  # busy, a store error: the next sweep looks again
+                log.info("autostop of %r not started: %s", record.slug, exc)
+                continue
+            if created:
+                started.append(operation)
+        return started
+
+    async def _stoppable(self, driver: str) -> bool:
+        """Whether ``driver``'s adapter announces stop and start; one that does not is logged
+        once and left alone by the sweeps of this host (no failed operation per sweep)."""
+        if driver in self._cannot_stop:
+            return False
+        core = self._core
+        try:
+            async with core.supervisor.use(driver, timeout=core.timeouts.handshake) as client:
+                able = all(client.supports(method) for method in OPTIONAL_VERBS)
+        except HearthError as exc:
+            log.warning("autostop: the %r adapter could not be asked whether it stops: %s", driver, exc)
+            return False
+        if not able:
+            self._cannot_stop.add(driver)
+            log.warning(
+                "autostop: the %r driver cannot stop (it does not announce stop and start); "
+                "its workspaces on tiers with autostop are left running",
+                driver,
+            )
+        return able
 
     # --- operations and events ------------------------------------------------------------------
     async def operation(self, ident: int) -> Operation:

@@ -58,6 +58,9 @@ class Outcome:
     operation: int
     client: AdapterClient
     notes: list[str] = field(default_factory=list)
+    #: Whether its success is activity on the slug (README "Autostop"): every verb's is, but an
+    #: autostop's own stop; a refusal or a rollback leaves the record, activity too, as it was.
+    activity: bool = True
 
     async def _end(
         self,
@@ -110,6 +113,7 @@ class Outcome:
                 )
                 await self.failed(error, unconfirmed=True)
                 raise error
+        now = utc_now()
         await self._end(
             "succeeded",
             None,
@@ -118,7 +122,8 @@ class Outcome:
                     "state": self.transition.on_success,
                     "ref": ref,
                     "tier": new_tier or record.tier,
-                    "updated_at": utc_now(),
+                    "updated_at": now,
+                    "last_activity": now if self.activity else record.last_activity,
                     "reason": None,
                     "unconfirmed": False,
                 }

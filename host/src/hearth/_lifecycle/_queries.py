@@ -12,7 +12,7 @@ from hearth_adaptersdk import DeploymentRef, StatusReport, utc_now
 from .._errors import InvalidInput, NotFound, StoreError
 from .._labels import labels_given
 from .._models import Deployment, Operation, synthesized_ref
-from .._states import STATES, TRANSIENT
+from .._states import STATES, TRANSIENT, autostop_at, reported_activity
 from ._checks import Checks, check_driver_name, check_slug, deadline, echo, page, remaining
 from ._core import Core
 from ._recovery import Recovery
@@ -66,7 +66,14 @@ class Queries:
             )
         if record.unconfirmed and record.state not in TRANSIENT:
             record = await self._recovery.confirm(record, report)
+        reported = reported_activity(report.details, utc_now())
+        if reported is not None:  # the backend's own activity counts as a touch (README "Autostop")
+            record = await core.store.touch(record.slug, reported) or record
         details = {**report.details, "recorded_state": record.state}
+        tier = core.settings.tiers.get(record.tier)
+        stops = autostop_at(record, None if tier is None else tier.autostop)
+        if stops is not None:  # when the autostop sweep would stop it (README "Autostop")
+            details["autostop_at"] = stops.isoformat()
         if record.backend_id is not None:
             details.setdefault("backend_id", record.backend_id)
         active = await self._recovery.active_operation(record.slug) if record.state in TRANSIENT else None
@@ -121,9 +128,16 @@ class Queries:
                 running[op.slug] = op.id
         return [self._with_operation(record, running.get(record.slug)) for record in found]
 
-    @staticmethod
-    def _with_operation(record: Deployment, operation: int | None) -> Deployment:
-        return record if operation is None else record.model_copy(update={"operation": operation})
+    def _with_operation(self, record: Deployment, operation: int | None) -> Deployment:
+        """The record with what is not stored: its running operation, its ``autostop_at``."""
+        return self.with_autostop(
+            record if operation is None else record.model_copy(update={"operation": operation})
+        )
+
+    def with_autostop(self, record: Deployment) -> Deployment:
+        tier = self._core.settings.tiers.get(record.tier)
+        at = autostop_at(record, None if tier is None else tier.autostop)
+        return record if at is None else record.model_copy(update={"autostop_at": at})
 
     async def deployment(self, slug: str) -> Deployment:
         check_slug(slug)

@@ -246,6 +246,7 @@ async def adopt(
             ),
             created_at=found.created or now,
             updated_at=now,
+            last_activity=now,  # adopting is a verb on the slug: its autostop counts from it
             reason=None if state == "ready" else f"adopted while the backend shows {report.state}",
         )
         if record is not None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hearth_adaptersdk import DeploymentRef, Progress, utc_now
@@ -22,7 +23,15 @@ from hearth_adaptersdk import DeploymentRef, Progress, utc_now
 from .._adapters._client import AdapterClient, Interruption, ProgressCallback
 from .._errors import CallTimeout, HearthError, Interrupted, StoreError
 from .._models import Deployment, Operation, OperationState, synthesized_ref
-from .._states import OPTIONAL_VERBS, Transition, Verb, start_not_recorded, unsupported_verb
+from .._states import (
+    OPTIONAL_VERBS,
+    Transition,
+    Verb,
+    start_not_recorded,
+    still_idle,
+    unsupported_verb,
+    withdrawn_message,
+)
 from .._store._base import NewEvent
 from ._checks import Checks, Request, remaining, rules_for
 from ._core import Core
@@ -209,6 +218,28 @@ class Runner:
         finally:
             self._forget(work)
 
+    async def _fenced(self, operation: int) -> bool:
+        """Whether a ``begin`` that wrote nothing was refused by its autostop fence (the
+        operation is still queued), not because another host settled it."""
+        found = await self._core.store.operation(operation)
+        return found is not None and found.state == "queued"
+
+    async def _withdrawn(
+        self, work: Work, request: Request | None, record: Deployment | None, seen: datetime | None = None
+    ) -> DeploymentRef | None:
+        """An autostop that found activity it had not read (or a changed record): it ends
+        ``cancelled``, nothing done, saying why (``_states.withdrawn_message``)."""
+        seen = seen if request is None else request.idle_since
+        assert seen is not None
+        slug = work.operation.slug
+        work.begun = True
+        message = withdrawn_message(slug, seen)
+        await self._core.store.end(
+            work.operation.id, "cancelled", {"kind": "cancelled", "message": message, "changed_nothing": True}
+        )
+        log.info("%s", message)
+        return record.ref if record is not None else None
+
     async def _end_unstarted(self, work: Work, outcome: str, reason: str) -> None:
         await self._end(work, outcome, {"kind": outcome, "message": f"{reason}; it had not started"})
 
@@ -229,6 +260,8 @@ class Runner:
         deadline = checks.verb_deadline(request.deadline, verb)
         if verb != "provision":
             record = await checks.existing(slug, record)
+        if request.idle_since is not None and not still_idle(record, request.idle_since):
+            return await self._withdrawn(work, request, record)
         rule = rules_for(request, record)
         if rule.noop:
             ref = record.ref if record is not None and verb != "teardown" else None
@@ -261,6 +294,8 @@ class Runner:
                 archive=rule.archive,
             )
         assert record is not None
+        # its activity as it was: a verb's success is activity (``Outcome.activity``), and an
+        # autostop's fence is on what it read
         working = record.model_copy(update={"state": step.during, "updated_at": utc_now()})
         if verb == "upgrade":
             assert request.tier is not None and record.ref is not None
@@ -287,7 +322,15 @@ class Runner:
                 return run(ref, on_progress=callback, timeout=left, interruption=interruption)
 
             return await self._call_adapter(
-                work, record, working, step, verb=verb, deadline=deadline, call=stop_or_start
+                work,
+                record,
+                working,
+                step,
+                verb=verb,
+                deadline=deadline,
+                call=stop_or_start,
+                idle_since=request.idle_since,
+                why=request.why,
             )
 
         def teardown(
@@ -325,6 +368,7 @@ class Runner:
             ref=None,
             created_at=now,
             updated_at=now,
+            last_activity=now,
             labels=request.labels,
         )
 
@@ -340,8 +384,11 @@ class Runner:
         call: AdapterCall,
         new_tier: str | None = None,
         archive: bool = False,
+        idle_since: datetime | None = None,
+        why: str | None = None,
     ) -> DeploymentRef | None:
-        """Start the adapter, record ``step.during``, call it, and record what its answer says."""
+        """Start the adapter, record ``step.during``, call it, and record what its answer says.
+        ``idle_since``, ``why``: an autostop's fence and reason (``Request``)."""
         core = self._core
         async with core.supervisor.use(working.driver, timeout=remaining(deadline)) as client:
             left = remaining(deadline)
@@ -353,8 +400,12 @@ class Runner:
             if verb in OPTIONAL_VERBS and not all(client.supports(method) for method in OPTIONAL_VERBS):
                 raise unsupported_verb(verb, working.driver)  # before begin: nothing changed
             operation = work.operation.id
-            began, cancelled_at_begin = await _begin(core, operation, working, archive)
+            began, cancelled_at_begin = await _begin(core, operation, working, archive, idle_since)
+            if not began and idle_since is not None and await self._fenced(operation):
+                return await self._withdrawn(work, None, previous, idle_since)
             work.begun = True  # begun, or ended by another host: nothing is left for the runner to end
+            if why is not None and not cancelled_at_begin:
+                self._events.add(NewEvent(operation, working.slug, verb, "log", "info", why))
             if not began:
                 raise Interrupted(
                     f"operation #{operation} ({verb} of {working.slug!r}) was settled by another "
@@ -363,6 +414,7 @@ class Runner:
             outcome = Outcome(
                 core, self._events, previous, working, step, verb, operation, client, self.interruptions
             )
+            outcome.activity = idle_since is None
             if cancelled_at_begin:  # nothing reached the adapter: the record is put back as it was
                 why, reason = work.cancel or _CALLER
                 kind = "cancelled" if why == "cancelled" else "interrupted"
@@ -433,10 +485,14 @@ class Runner:
 _CALLER = ("cancelled", "cancelled by the caller")
 
 
-async def _begin(core: Core, operation: int, working: Deployment, archive: bool) -> tuple[bool, bool]:
+async def _begin(
+    core: Core, operation: int, working: Deployment, archive: bool, idle_since: datetime | None = None
+) -> tuple[bool, bool]:
     """``begin``'s answer, and whether its caller was cancelled while it was written (the
     cancellation is raised here when nothing was written: the runner ends the operation)."""
-    writing = asyncio.ensure_future(core.store.begin(operation, working, archive_first=archive))
+    writing = asyncio.ensure_future(
+        core.store.begin(operation, working, archive_first=archive, idle_since=idle_since)
+    )
     try:
         return await asyncio.shield(writing), False
     except asyncio.CancelledError:

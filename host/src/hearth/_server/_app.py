@@ -515,8 +515,8 @@ A start (provision, upgrade, teardown, stop, start) answers 202 with the operati
 Through the daemon's Unix socket no credential is needed (the socket's file mode guards it; the
 daemon knows the peer's uid). A TCP listener (`hearth serve --listen`) needs `Authorization: Bearer
 <token>` on every request, else 401. Each token has scopes (`read`: every GET and the event
-streams; `operate`: provision, upgrade, teardown, stop, start, labels, cancel; `admin`: adopt, forget,
-reconcile); a request whose token lacks the route's scope gets 403 `forbidden` naming it. Every
+streams; `operate`: provision, upgrade, teardown, stop, start, activity, labels, cancel; `admin`:
+adopt, forget, reconcile); a request whose token lacks the route's scope gets 403 `forbidden` naming it. Every
 operation records its `actor` (who asked, as the daemon authenticated them) and the
 `on_behalf_of` a caller passes in `Hearth-On-Behalf-Of`.
 """
@@ -671,6 +671,15 @@ def create_app(  # noqa: PLR0915 - the routes
         """Set the labels mapped to a value and remove those mapped to null; the record as it
         now is (one ``workspace`` event). ``busy`` (409) while an operation runs on the slug."""
         return await _state(request).host.label(slug, body.labels)
+
+    @app.post(
+        f"{API}/workspaces/{{slug}}/activity", operation_id="touchWorkspace", responses=errors(400, 404)
+    )
+    async def touch(slug: str, request: Request) -> Deployment:
+        """Record activity on the workspace now (a console calls it while its user works; README
+        "Autostop"): one store write, no adapter, no event; the record as it now is, with its
+        ``last_activity`` and ``autostop_at``."""
+        return await _state(request).host.touch(slug)
 
     @app.get(
         f"{API}/workspaces/{{slug}}/status",

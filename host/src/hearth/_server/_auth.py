@@ -79,6 +79,7 @@ SCOPE_OF: dict[tuple[str, str], ScopeName] = {
     ("POST", f"{API}/workspaces/{{slug}}/upgrade"): "operate",
     ("POST", f"{API}/workspaces/{{slug}}/stop"): "operate",
     ("POST", f"{API}/workspaces/{{slug}}/start"): "operate",
+    ("POST", f"{API}/workspaces/{{slug}}/activity"): "operate",
     ("DELETE", f"{API}/workspaces/{{slug}}"): "operate",
     ("PATCH", f"{API}/workspaces/{{slug}}"): "operate",
     ("DELETE", f"{API}/operations/{{ident}}"): "operate",

@@ -468,6 +468,30 @@ async def _prune_periodically(host: Host, stopping: asyncio.Event) -> None:
             await asyncio.wait_for(stopping.wait(), PRUNE_EVERY)
 
 
+async def _autostop_periodically(host: Host, stopping: asyncio.Event) -> None:
+    """Autostop (README "Autostop"): every ``[serve] autostop_interval`` seconds (jittered by
+    ``reconcile_jitter``; 0 turns it off and the settings are looked at again each minute),
+    ``Host.autostop_sweep`` stops the ready workspaces idle past their tier's ``autostop``,
+    each as an operation of its own (actor ``hearth:autostop``). Ends when the daemon drains."""
+    while not stopping.is_set():
+        interval = host.settings.serve.autostop_interval
+        if interval:
+            try:
+                for op in await host.autostop_sweep():
+                    log.info(
+                        "autostop: operation #%s stops %r (idle past its tier's autostop)", op.id, op.slug
+                    )
+            except HearthError as exc:
+                log.warning("autostop sweep failed: %s: %s", exc.kind, exc.message)
+            except Exception:
+                log.exception("autostop sweep failed unexpectedly")
+            interval = host.settings.serve.autostop_interval  # the sweep re-read the settings
+        jitter = host.settings.serve.reconcile_jitter
+        delay = (interval or 60.0) * (1 + random.uniform(-jitter, jitter))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+
+
 async def _woken(stopping: asyncio.Event, reload: asyncio.Event, timeout: float) -> bool:
     """Whether the daemon is stopping or was told to reload within ``timeout`` seconds."""
     waiting = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(reload.wait())}
@@ -599,6 +623,7 @@ async def _serve_until_stopped(
             _reconcile_periodically(host, state.draining, reload), name="hearth-reconcile"
         )
         pruning = loop.create_task(_prune_periodically(host, state.draining), name="hearth-prune")
+        autostopping = loop.create_task(_autostop_periodically(host, state.draining), name="hearth-autostop")
         drainer = loop.create_task(_drain_then_stop(host, state, servers), name="hearth-drain")
         failed: list[BaseException] = []
         try:
@@ -615,7 +640,7 @@ async def _serve_until_stopped(
             state.stopping.set()
             for each in servers:
                 each.should_exit = True
-            for task in (healing, pruning, drainer):
+            for task in (healing, pruning, autostopping, drainer):
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task

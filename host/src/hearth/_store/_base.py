@@ -8,7 +8,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -101,7 +101,15 @@ class Store(Protocol):
     async def archive(self, slug: str) -> None: ...
     # operations
     async def create_operation(self, new: NewOperation) -> tuple[Operation, Found]: ...
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool: ...
+    async def begin(
+        self,
+        operation: int,
+        deployment: Deployment,
+        *,
+        archive_first: bool = False,
+        idle_since: datetime | None = None,
+    ) -> bool: ...
+    async def touch(self, slug: str, at: datetime) -> Deployment | None: ...
     async def end(
         self,
         operation: int,
@@ -176,7 +184,7 @@ OPERATION_COLUMNS = (
 )
 DEPLOYMENT_COLUMNS = (
     "slug, generation, tier, driver, state, ref, reason, created_at, updated_at, unconfirmed, backend_id, "
-    "labels"
+    "labels, last_activity"
 )
 EVENT_COLUMNS = (
     "seq, at, operation, slug, verb, kind, state, level, message, fraction, error, record_state, "
@@ -194,13 +202,25 @@ EVENT_SELECT = (
 # Written once with SQLite's ``?``; ``PostgresStore`` runs them through ``for_postgres``.
 SAVE = (
     f"INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, listing) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (slug, generation) DO UPDATE SET tier = excluded.tier, "
     "driver = excluded.driver, state = excluded.state, ref = excluded.ref, "
     "reason = excluded.reason, updated_at = excluded.updated_at, "
     "unconfirmed = excluded.unconfirmed, listing = excluded.listing, "
-    "backend_id = excluded.backend_id, labels = excluded.labels"
+    "backend_id = excluded.backend_id, labels = excluded.labels, "
+    # activity only moves forward: a write of a record read before a touch keeps the touch
+    "last_activity = CASE WHEN deployments.last_activity IS NULL "
+    "OR excluded.last_activity > deployments.last_activity "
+    "THEN excluded.last_activity ELSE deployments.last_activity END"
 )
+#: A touch: the current record's activity moved forward to ``at``, never back (args: at, slug,
+#: at). One statement, so it is ordered against ``begin``'s fence by the database.
+TOUCH = (
+    "UPDATE deployments SET last_activity = ? WHERE slug = ? AND archived = 0 "
+    "AND (last_activity IS NULL OR last_activity < ?)"
+)
+#: ``begin``'s autostop fence: the current record's activity, read in the begin's transaction.
+ACTIVITY = "SELECT last_activity FROM deployments WHERE slug = ? AND archived = 0"
 #: The record as the caller read it (``save(replaces=)``'s fence).
 AS_READ = "SELECT updated_at, state FROM deployments WHERE slug = ? AND generation = ? AND archived = 0"
 NEW_OPERATION = (
@@ -300,8 +320,15 @@ def save_args(deployment: Deployment) -> tuple[Any, ...]:
         int(deployment.unconfirmed),
         deployment.backend_id,
         labels_json(deployment.labels),
+        activity_text(deployment.last_activity or deployment.updated_at),
         None if ref is not None else listing_ref(deployment),
     )
+
+
+def activity_text(at: datetime) -> str:
+    """A time as ``last_activity`` stores it: UTC ISO with microseconds always, so that the
+    text compares as the times do (``SAVE``'s and ``TOUCH``'s forward-only rule)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def labels_json(labels: dict[str, str]) -> str:
@@ -579,6 +606,7 @@ def row_deployment(row: tuple[Any, ...]) -> Deployment:
         unconfirmed=bool(unconfirmed),
         backend_id=backend_id,
         labels=json.loads(labels) if labels else {},
+        last_activity=datetime.fromisoformat(row[12]) if len(row) > 12 and row[12] else None,
     )
 
 

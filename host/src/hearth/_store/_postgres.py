@@ -34,6 +34,7 @@ from .._errors import SlugLocked, StoreError
 from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
 from ._base import (
     ACTIVE_OF_SLUG,
+    ACTIVITY,
     AS_READ,
     BEGIN_OPERATION,
     BIND_KEY,
@@ -54,10 +55,12 @@ from ._base import (
     RELEASE_KEY,
     SAVE,
     STATE_EVENT,
+    TOUCH,
     UNBIND_KEY,
     Found,
     NewEvent,
     NewOperation,
+    activity_text,
     deployments_query,
     end_args,
     events_query,
@@ -211,6 +214,11 @@ PG_MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE operations ADD COLUMN actor TEXT, ADD COLUMN on_behalf_of TEXT;
     CREATE INDEX operations_by_actor ON operations (actor, id)
+    """,
+    # version 10: a workspace's last activity (the autostop sweep's clock)
+    """
+    ALTER TABLE deployments ADD COLUMN last_activity TEXT;
+    UPDATE deployments SET last_activity = updated_at
     """,
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "a migration was added to one store only"
@@ -406,6 +414,13 @@ class PostgresStore:
                 await conn.execute("UPDATE hearth_schema SET version = %s", (number + 1,))
 
     # --- deployments -------------------------------------------------------------------------
+    async def touch(self, slug: str, at: datetime) -> Deployment | None:
+        async def work(conn: Connection) -> Deployment | None:
+            await conn.execute(for_postgres(TOUCH).encode(), (activity_text(at), slug, activity_text(at)))
+            return await _get(conn, slug)
+
+        return await self._write(work)
+
     async def get(self, slug: str) -> Deployment | None:
         return await self._read(lambda conn: _get(conn, slug))
 
@@ -505,8 +520,19 @@ class PostgresStore:
 
         return await self._write(work)
 
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+    async def begin(
+        self,
+        operation: int,
+        deployment: Deployment,
+        *,
+        archive_first: bool = False,
+        idle_since: datetime | None = None,
+    ) -> bool:
         async def work(conn: Connection) -> bool:
+            if idle_since is not None:  # the row lock orders this against a touch's update
+                seen = await _one(conn, ACTIVITY + " FOR UPDATE", (deployment.slug,))
+                if seen is None or seen[0] is None or datetime.fromisoformat(seen[0]) != idle_since:
+                    return False
             row = await _one(
                 conn,
                 BEGIN_OPERATION + " RETURNING verb",

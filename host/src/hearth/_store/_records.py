@@ -175,6 +175,12 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE operations ADD COLUMN on_behalf_of TEXT;
     CREATE INDEX operations_by_actor ON operations (actor, id)
     """,
+    # version 10: a workspace's last activity (a touch, a verb; the autostop sweep's clock),
+    # which records written before start from their last write
+    """
+    ALTER TABLE deployments ADD COLUMN last_activity TEXT;
+    UPDATE deployments SET last_activity = updated_at
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 #: The version that added ``deployments.labels``.

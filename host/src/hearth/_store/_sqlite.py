@@ -26,6 +26,7 @@ from .._errors import StoreError
 from .._models import Deployment, Event, EventKind, LogLine, Operation, OperationState
 from ._base import (
     ACTIVE_OF_SLUG,
+    ACTIVITY,
     AS_READ,
     BEGIN_OPERATION,
     BIND_KEY,
@@ -47,10 +48,12 @@ from ._base import (
     SAVE,
     SIDE_FILES,
     STATE_EVENT,
+    TOUCH,
     UNBIND_KEY,
     Found,
     NewEvent,
     NewOperation,
+    activity_text,
     deployments_query,
     end_args,
     events_query,
@@ -266,6 +269,17 @@ class SQLiteStore:
         ).fetchone()
         return row_deployment(row) if row else None
 
+    async def touch(self, slug: str, at: datetime) -> Deployment | None:
+        """Move the current record's ``last_activity`` forward to ``at`` (never back); the
+        record as it now is, None when there is none. No event: a console calls it often."""
+
+        def work() -> Deployment | None:
+            with self._write() as db:
+                db.execute(TOUCH, (activity_text(at), slug, activity_text(at)))
+                return self._get(slug)
+
+        return await self._on_thread(work)
+
     async def deployments(
         self,
         *,
@@ -402,13 +416,25 @@ class SQLiteStore:
             assert made is not None
             return made, "created"
 
-    async def begin(self, operation: int, deployment: Deployment, *, archive_first: bool = False) -> bool:
+    async def begin(
+        self,
+        operation: int,
+        deployment: Deployment,
+        *,
+        archive_first: bool = False,
+        idle_since: datetime | None = None,
+    ) -> bool:
         """Record the operation running and the deployment in its transient state: one write.
         False, and nothing written, when the operation is no longer queued (another host
-        settled it: the fence that keeps a stale holder from writing)."""
+        settled it: the fence that keeps a stale holder from writing), or, with ``idle_since``
+        (an autostop), when the record's activity is no longer that (a touch it did not see)."""
 
         def work() -> bool:
             with self._write() as db:
+                if idle_since is not None:
+                    row = db.execute(ACTIVITY, (deployment.slug,)).fetchone()
+                    if row is None or row[0] is None or datetime.fromisoformat(row[0]) != idle_since:
+                        return False
                 started = db.execute(
                     BEGIN_OPERATION, (utc_now().isoformat(), deployment.generation, operation)
                 ).rowcount
