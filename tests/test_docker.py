@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import pytest
 
+from hearth import Host
+from hearth._server._app import create_app
 from hearth_adapter_docker import DockerDriver
 from hearth_adaptersdk import DeploymentRef, ProvisioningProfile
 from hearth_adaptersdk.conformance import KitOptions, run_conformance
@@ -332,12 +335,8 @@ async def test_an_unreachable_engine_is_backend_unavailable_with_a_hint(tmp_path
 
 
 @pytest.mark.subprocess
-def test_the_cli_runs_the_lifecycle_on_docker(
-    docker_url: str, venv_bin: Path, tmp_path: Path, engine: docker.DockerClient
-) -> None:
-    import json
-    import subprocess
-
+def _docker_project(tmp_path: Path, docker_url: str) -> Path:
+    """A project whose tiers solo and team run the test image on the docker driver."""
     project = tmp_path / "project"
     (project / ".hearth").mkdir(parents=True)
     flags = f'image = "{IMAGE}"\nport = 8080\ndata_path = "/www"\nstop_timeout = 2\n'
@@ -348,6 +347,16 @@ def test_the_cli_runs_the_lifecycle_on_docker(
         f"[tiers.team.driver_flags.docker]\n{flags}"
         f'[adapters.docker]\nurl = "{docker_url}"\n'
     )
+    return project
+
+
+def test_the_cli_runs_the_lifecycle_on_docker(
+    docker_url: str, venv_bin: Path, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    import json
+    import subprocess
+
+    project = _docker_project(tmp_path, docker_url)
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
 
     def hearth(*args: str) -> Any:
@@ -385,3 +394,30 @@ def test_the_cli_runs_the_lifecycle_on_docker(
     assert _get(started["endpoint"] + "/data.txt") == "kept\n"
     assert hearth("teardown", "cli")["state"] == "tier_torn_down"
     assert _labelled(engine, "cli") == []
+
+
+@pytest.mark.subprocess
+async def test_the_api_stops_and_starts_the_same_container(
+    docker_url: str, tmp_path: Path, engine: docker.DockerClient
+) -> None:
+    """Issue 25 through the API v1 (what a console does): stop, then start, the same container."""
+    project = _docker_project(tmp_path, docker_url)
+    async with Host(project_dir=project, home=tmp_path / "home") as host:
+        transport = httpx.ASGITransport(app=create_app(host))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=180) as api:
+            made = await api.post(
+                "/v1/workspaces",
+                json={"slug": "api", "tier": "solo", "driver": "docker"},
+                params={"wait": 120},
+            )
+            assert made.status_code == 200 and made.json()["state"] == "succeeded", made.text
+            kept = engine.containers.get("hearth-api").id
+            for verb, state in (("stop", "stopped"), ("start", "ready")):
+                done = await api.post(f"/v1/workspaces/api/{verb}", params={"wait": 120})
+                assert done.status_code == 200 and done.json()["state"] == "succeeded", done.text
+                status = await api.get("/v1/workspaces/api/status")
+                assert status.json()["state"] == state, status.text
+                assert engine.containers.get("hearth-api").id == kept
+            gone = await api.delete("/v1/workspaces/api", params={"wait": 120})
+            assert gone.status_code == 200 and gone.json()["state"] == "succeeded", gone.text
+    assert _labelled(engine, "api") == []
