@@ -352,6 +352,39 @@ def test_status_maps_namespace_and_workloads_to_observed_states() -> None:
     assert look.upgrading([revised]) and not look.upgrading([_deployment()])
 
 
+def test_a_stopped_workspace_is_stopped_never_ready_failed_or_provisioning() -> None:
+    namespace: dict[str, Any] = {"metadata": {"name": "hearth-a"}, "status": {"phase": "Active"}}
+
+    def stopped(saved: str | None, replicas: int, total: int = 0) -> dict[str, Any]:
+        workload = _deployment(updated=total, available=total, total=total)
+        workload["spec"]["replicas"] = replicas
+        if saved is not None:
+            workload["metadata"]["annotations"] = {rnd.SAVED_REPLICAS: saved}
+        return workload
+
+    terminating = _pod()
+    terminating["metadata"] |= {
+        "deletionTimestamp": "2026-01-01T00:00:00Z",
+        "ownerReferences": [{"kind": "ReplicaSet", "name": "workspace-1"}],
+    }
+    # every workload at 0 with its saved count and no pod left: stopped, whatever assess says
+    at_zero = [stopped("2", 0)]
+    assert look.assess(at_zero, []).health == "ready"  # 0/0: why the stop rule comes first
+    state, message = look.observed_state(
+        namespace, look.assess(at_zero, []), upgrade=False, stop=look.stop_phase(at_zero, [])
+    )
+    assert state == "stopped" and message is not None and "Deployment workspace: 2" in message
+    # its pods still going, or one workload not yet scaled: stopping
+    half = [stopped("1", 0), {**stopped(None, 1, total=1), "kind": "StatefulSet"}]
+    for workloads, pods in ((at_zero, [terminating]), (half, [])):
+        phase = look.stop_phase(workloads, pods)
+        assert phase is not None and phase[0] == "stopping", phase
+    # no saved count: not stopped, by the other rules (a person's scale to 0 is not a stop)
+    assert look.stop_phase([stopped(None, 0)], []) is None
+    assert look.stop_phase([_deployment()], []) is None
+    assert look.saved_replicas(stopped("x", 0)) is None
+
+
 def test_plan_helpers_ignore_what_the_server_changes_and_name_what_differs() -> None:
     live = _deployment()
     live["metadata"] |= {"resourceVersion": "7", "uid": "u", "managedFields": [{}]}
