@@ -1167,3 +1167,22 @@ async def _replicas_owners(kubeconfig: str, slug: str) -> list[str]:
         for entry in found["metadata"]["managedFields"]
         if "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
     )
+
+
+@pytest.mark.subprocess  # kubectl kustomize
+@pytest.mark.timeout(120)
+async def test_a_workspace_without_workloads_is_refused_a_stop(kubeconfig: str, tmp_path: Path) -> None:
+    folder = tmp_path / "k8s" / "bare"
+    folder.mkdir(parents=True)
+    (folder / "kustomization.yaml").write_text("resources: [notes.yaml]\n")
+    (folder / "notes.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n")
+    await _fresh(kubeconfig, "bare")
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig, project_dir=str(tmp_path))) as peer:
+        ref = await _provision(peer, "bare", _profile("bare", caps={}, kustomize="k8s/bare"))
+        with pytest.raises(RemoteError) as caught:
+            _ = (await peer.request("stop", {"ref": _json(ref)}, timeout=BOUND)).result
+        assert caught.value.code == -32031
+        assert "runs no Deployment or StatefulSet" in caught.value.message, caught.value.message
+        assert caught.value.data["rolled_back"] is True
+        assert (await peer.status(ref)).state == "ready"
+        await _teardown(peer, ref)

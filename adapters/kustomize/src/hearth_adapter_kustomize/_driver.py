@@ -654,6 +654,11 @@ class KustomizeDriver(Driver):
         if _terminating(namespace):
             raise InvalidTransition(f"workspace {slug!r} is being torn down", state="tearing_down")
         seen = await self._seen(namespace)
+        if not seen.workloads:  # nothing would show it stopped: refused rather than pretended
+            raise BackendFailure(
+                f"cannot {verb} {slug!r}: namespace {name} runs no Deployment or StatefulSet to scale",
+                rolled_back=True,
+            )
         record = {
             (o["kind"], o["metadata"]["name"]): o
             for o in rnd.read_record(await self.kube.get("v1", "Secret", rnd.RENDER, name))
