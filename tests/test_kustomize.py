@@ -1186,3 +1186,27 @@ async def test_a_workspace_without_workloads_is_refused_a_stop(kubeconfig: str, 
         assert caught.value.data["rolled_back"] is True
         assert (await peer.status(ref)).state == "ready"
         await _teardown(peer, ref)
+
+
+@pytest.mark.timeout(180)
+async def test_a_cancelled_start_scales_to_zero_again_and_answers_after_it(kubeconfig: str) -> None:
+    await _fresh(kubeconfig, "restart")
+    # each pod turns ready 4 s after it starts: the start is still waiting when it is cancelled
+    slow = _profile(caps={}, annotations={READY_AFTER: "4"})
+    async with open_peer(KustomizeDriver(), config=_config(kubeconfig)) as peer:
+        ref = await _provision(peer, "restart", slow)
+        _ = (await peer.request("stop", {"ref": _json(ref)}, timeout=BOUND)).result
+        waiting = asyncio.Event()
+        peer.on_progress = lambda event: waiting.set() if "pod(s)" in event["params"]["message"] else None
+        sent, answer = await peer.start_request("start", {"ref": _json(ref)})
+        await asyncio.wait_for(waiting.wait(), 60)  # the pod runs, not ready yet
+        assert await _replicas(kubeconfig, "restart", "Deployment", rnd.WORKLOAD) == (1, None)
+        await peer.notify("cancel", {"id": sent["id"]})
+        reply = await peer.finish(sent, answer, BOUND)
+        assert reply.error is not None and reply.error["code"] == -32800, reply
+        assert reply.error["data"]["rolled_back"] is True
+        # answered only once it is stopped again, with the count saved as before
+        assert await _replicas(kubeconfig, "restart", "Deployment", rnd.WORKLOAD) == (0, "1")
+        assert await _pods(kubeconfig, "restart") == []
+        assert (await peer.status(ref)).state == "stopped"
+        await _teardown(peer, ref)
