@@ -379,6 +379,9 @@ def test_a_stopped_workspace_is_stopped_never_ready_failed_or_provisioning() -> 
     for workloads, pods in ((at_zero, [terminating]), (half, [])):
         phase = look.stop_phase(workloads, pods)
         assert phase is not None and phase[0] == "stopping", phase
+    # scaled back to its saved count, which a start keeps until ready: starting
+    phase = look.stop_phase([stopped("2", 2, total=2)], [])
+    assert phase is not None and phase[0] == "starting", phase
     # no saved count: not stopped, by the other rules (a person's scale to 0 is not a stop)
     assert look.stop_phase([stopped(None, 0)], []) is None
     assert look.stop_phase([_deployment()], []) is None
@@ -1200,7 +1203,8 @@ async def test_a_cancelled_start_scales_to_zero_again_and_answers_after_it(kubec
         peer.on_progress = lambda event: waiting.set() if "pod(s)" in event["params"]["message"] else None
         sent, answer = await peer.start_request("start", {"ref": _json(ref)})
         await asyncio.wait_for(waiting.wait(), 60)  # the pod runs, not ready yet
-        assert await _replicas(kubeconfig, "restart", "Deployment", rnd.WORKLOAD) == (1, None)
+        assert await _replicas(kubeconfig, "restart", "Deployment", rnd.WORKLOAD) == (1, "1")
+        assert (await peer.status(ref)).state == "starting"
         await peer.notify("cancel", {"id": sent["id"]})
         reply = await peer.finish(sent, answer, BOUND)
         assert reply.error is not None and reply.error["code"] == -32800, reply

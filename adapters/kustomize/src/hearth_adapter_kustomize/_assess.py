@@ -236,13 +236,19 @@ def _owned_pods(pods: list[Obj]) -> list[Obj]:
     ]
 
 
-def stop_phase(workloads: list[Obj], pods: list[Obj]) -> tuple[Literal["stopped", "stopping"], str] | None:
+StopPhase = tuple[Literal["stopped", "stopping", "starting"], str]
+
+
+def stop_phase(workloads: list[Obj], pods: list[Obj]) -> StopPhase | None:
     """``stopped`` when every workload is at 0 replicas with its saved count and no pod of
-    theirs is left; ``stopping`` while any carries a saved count but that is not yet so (a stop
-    under way, or one cut short); None when none does (running, by the other rules)."""
+    theirs is left; ``starting`` while a start keeps the count on a workload scaled back to it
+    (it drops it once ready); ``stopping`` while any carries a saved count but neither is so (a
+    stop under way, or one cut short); None when none does (running, by the other rules)."""
     saved = [w for w in workloads if saved_replicas(w) is not None]
     if not saved:
         return None
+    if any(int((w.get("spec") or {}).get("replicas", 1)) == saved_replicas(w) != 0 for w in saved):
+        return "starting", assess(workloads, pods).message
     counts = ", ".join(f"{describe(w)}: {saved_replicas(w)}" for w in saved)
     scaled = all(
         saved_replicas(w) is not None and int((w.get("spec") or {}).get("replicas", 1)) == 0
@@ -271,10 +277,11 @@ def observed_state(
     assessment: Assessment | None,
     *,
     upgrade: bool,
-    stop: tuple[Literal["stopped", "stopping"], str] | None = None,
+    stop: StopPhase | None = None,
 ) -> tuple[ObservedState, str | None]:
     """What ``status`` answers: no namespace is ``absent``, a terminating one ``tearing_down``, one
-    whose workloads a stop scaled to 0 ``stopped`` (or ``stopping`` until their pods are gone)."""
+    whose workloads a stop scaled to 0 ``stopped`` (or ``stopping`` until their pods are gone,
+    ``starting`` while a start waits for them)."""
     if namespace is None:
         return "absent", "no namespace for this workspace"
     if (namespace.get("status") or {}).get("phase") == "Terminating":

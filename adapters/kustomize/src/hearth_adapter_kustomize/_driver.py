@@ -14,8 +14,8 @@ are applied again as the previous render (kept in the namespace as the Secret
 ``hearth-render``) and waited for.
 stop: each Deployment and StatefulSet applied again as last rendered but at 0 replicas, its
 count saved on it (annotation ``hearth.dev/stopped-replicas``) by the same apply, then watched
-until their pods are gone; claims and the namespace stay. start: the saved counts applied back
-(the annotation dropped), ready by provision's rule. Either, failed or cancelled, applies the
+until their pods are gone; claims and the namespace stay. start: the saved counts applied back,
+ready by provision's rule, then the annotation dropped. Either, failed or cancelled, applies the
 counts it changed back and waits for that.
 teardown: foreground deletion of the namespace, waited for until it is gone; a namespace that
 sticks is reported with its conditions (finalizers are never stripped).
@@ -33,7 +33,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -102,7 +102,7 @@ class Seen:
     def assessment(self) -> look.Assessment:
         return look.assess(self.workloads, self.pods, self.replicasets)
 
-    def stop(self) -> tuple[Literal["stopped", "stopping"], str] | None:
+    def stop(self) -> look.StopPhase | None:
         return look.stop_phase(self.workloads, self.pods)
 
 
@@ -743,11 +743,16 @@ class KustomizeDriver(Driver):
             for key, count in saved.items():
                 ctx.progress(f"scaling {key[0]} {key[1]} to its saved {count} replica(s)", 0.1)
                 changed.append(key)
-                try:
-                    await self._scale(bodies[key], count, None)
+                try:  # the count stays on it until ready: status says starting meanwhile
+                    await self._scale(bodies[key], count, count)
                 except _Refusal:
                     changed.pop()
                     raise
+            await self._wait_ready(name, ctx, self.settings.ready_timeout)
+            for key, count in saved.items():
+                await self._scale(bodies[key], count, None)
+            # a Deployment's annotations are copied to its ReplicaSets: a change of them is a new
+            # generation, ready again only once the controller saw it
             await self._wait_ready(name, ctx, self.settings.ready_timeout)
         except BaseException as exc:
             undo = self._stop_again(name, [(bodies[k], saved[k]) for k in changed], ctx)
