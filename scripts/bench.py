@@ -13,10 +13,11 @@
   run, wait for the port); stop and start to ready through the adapter, beside ``docker stop`` and
   ``docker start`` (until the port answers) of the same container; and an idempotent re-provision
   (targets: no slower than the CLI; re-provision <= 5 % of a provision);
-- with a Kubernetes API server (``--only kustomize``): provision to ready, plan of an upgrade and
-  teardown through the kustomize adapter, beside kubectl doing the same with the same objects
-  (``apply --server-side`` + ``rollout status``, ``apply --server-side --dry-run=server``,
-  ``delete namespace --wait``), and an idempotent re-provision;
+- with a Kubernetes API server (``--only kustomize``): provision to ready, plan of an upgrade,
+  stop, start and teardown through the kustomize adapter, beside kubectl doing the same with the
+  same objects (``apply --server-side`` + ``rollout status``, ``apply --server-side
+  --dry-run=server``, ``scale --replicas=0`` + ``wait --for=delete``, ``scale --replicas=1`` +
+  ``rollout status``, ``delete namespace --wait``), and an idempotent re-provision;
 - the line codec (pydantic-core JSON) beside the stdlib ``json`` codec it replaced, kept below as
   the baseline: encode + decode of a status request and its response, of a progress notification
   and of a list result of 200 workspaces, and ``LineDecoder.feed`` of 64 lines in one chunk
@@ -456,9 +457,17 @@ def _kustomize_profile(tier: str, cpu: float) -> ProvisioningProfile:
 
 
 async def kustomize_adapter_lifecycles(kubeconfig: str, rounds: int) -> tuple[dict[str, list[float]], str]:
-    """Provision to ready, idempotent re-provision, plan of an upgrade, teardown, through the
-    adapter process; and the render it applied (its ``hearth-render`` Secret), for kubectl."""
-    times: dict[str, list[float]] = {"provision": [], "again": [], "plan": [], "teardown": []}
+    """Provision to ready, idempotent re-provision, plan of an upgrade, stop (pods gone) and start
+    (ready again), teardown, through the adapter process; and the render it applied (its
+    ``hearth-render`` Secret), for kubectl."""
+    times: dict[str, list[float]] = {
+        "provision": [],
+        "again": [],
+        "plan": [],
+        "stop": [],
+        "start": [],
+        "teardown": [],
+    }
     render = ""
     solo, team = _kustomize_profile("solo", 0.5), _kustomize_profile("team", 1)
     config = {"kubeconfig": kubeconfig}
@@ -486,15 +495,22 @@ async def kustomize_adapter_lifecycles(kubeconfig: str, rounds: int) -> tuple[di
                     "jsonpath={.data.render\\.json}",
                 )
             started = time.perf_counter()
+            ref = await client.stop(ref, timeout=300)
+            times["stop"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            ref = await client.start(ref, timeout=300)
+            times["start"].append(time.perf_counter() - started)
+            started = time.perf_counter()
             await client.teardown(ref, timeout=300)
             times["teardown"].append(time.perf_counter() - started)
     return times, render
 
 
-def kubectl_lifecycle(kubeconfig: str, render: str, index: int) -> tuple[float, float, float]:
+def kubectl_lifecycle(kubeconfig: str, render: str, index: int) -> tuple[float, float, float, float, float]:
     """kubectl doing what the adapter does with the same objects: ``apply --server-side`` and
-    ``rollout status`` (to ready), ``apply --server-side --dry-run=server`` (plan) and ``delete
-    namespace --wait`` (teardown); seconds each."""
+    ``rollout status`` (to ready), ``apply --server-side --dry-run=server`` (plan), ``scale
+    --replicas=0`` and ``wait --for=delete`` of the pods (stop), ``scale --replicas=1`` and
+    ``rollout status`` (start), and ``delete namespace --wait`` (teardown); seconds each."""
     namespace = f"bench-kubectl{index}"
     objects = json.loads(base64.b64decode(render))  # the Secret's data
     for obj in objects:
@@ -524,8 +540,24 @@ def kubectl_lifecycle(kubeconfig: str, render: str, index: int) -> tuple[float, 
     )
     plan = time.perf_counter() - started
     started = time.perf_counter()
+    _kubectl(kubeconfig, "scale", "-n", namespace, "deployment/workspace", "--replicas=0")
+    waited = subprocess.run(
+        [KUBECTL, "--kubeconfig", kubeconfig, "wait", "-n", namespace, "--for=delete", "pod", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # the pods may be gone before it looks: kubectl then finds nothing to wait for
+    assert waited.returncode == 0 or "no matching resources" in waited.stderr, waited.stderr
+    stop = time.perf_counter() - started
+    started = time.perf_counter()
+    _kubectl(kubeconfig, "scale", "-n", namespace, "deployment/workspace", "--replicas=1")
+    _kubectl(kubeconfig, "rollout", "status", "-n", namespace, "deployment/workspace", "--timeout=300s")
+    start = time.perf_counter() - started
+    started = time.perf_counter()
     _kubectl(kubeconfig, "delete", "namespace", namespace, "--wait", "--cascade=foreground")
-    return ready, plan, time.perf_counter() - started
+    return ready, plan, stop, start, time.perf_counter() - started
 
 
 def kustomize_section(rounds: int) -> None:
@@ -539,9 +571,19 @@ def kustomize_section(rounds: int) -> None:
         ("provision to ready", statistics.median(adapter["provision"]), statistics.median(c[0] for c in cli)),
         ("plan (dry-run apply)", statistics.median(adapter["plan"]), statistics.median(c[1] for c in cli)),
         (
+            "stop (scaled to 0, pods gone)",
+            statistics.median(adapter["stop"]),
+            statistics.median(c[2] for c in cli),
+        ),
+        (
+            "start (scaled back, ready)",
+            statistics.median(adapter["start"]),
+            statistics.median(c[3] for c in cli),
+        ),
+        (
             "teardown (namespace gone)",
             statistics.median(adapter["teardown"]),
-            statistics.median(c[2] for c in cli),
+            statistics.median(c[4] for c in cli),
         ),
     ]
     print(f"kustomize driver on a real API server ({rounds} rounds, medians), beside kubectl:")

@@ -263,6 +263,27 @@ async def test_a_pod_turns_ready_only_after_the_seconds_its_annotation_asks(kube
         assert (ready_at - ready.status.startTime).total_seconds() >= 2
 
 
+async def test_a_pod_deletion_finishes_only_after_the_seconds_its_annotation_asks(kubeconfig: str) -> None:
+    async with cluster(kubeconfig) as client, namespace(client) as ns:
+        await client.create(pod("lingering", ns, annotations={"kubelet.hearth.dev/delete-after": "2"}))
+        await until(
+            client, Pod, "lingering", lambda p: bool(p.status and p.status.phase == "Running"), namespace=ns
+        )
+        asked = time.monotonic()
+        await client.delete(Pod, "lingering", namespace=ns)
+        await asyncio.sleep(1)
+        still = await client.get(Pod, "lingering", namespace=ns)
+        assert still.metadata is not None and still.metadata.deletionTimestamp is not None
+        version = still.metadata.resourceVersion
+        async with asyncio.timeout(30):
+            async for event, _ in client.watch(
+                Pod, namespace=ns, fields={"metadata.name": "lingering"}, resource_version=version
+            ):
+                if event == "DELETED":
+                    break
+        assert time.monotonic() - asked >= 2
+
+
 async def test_a_namespace_deleted_in_the_foreground_disappears(kubeconfig: str) -> None:
     async with cluster(kubeconfig) as client, namespace(client) as ns:
         applied = await apply(client, web(ns))

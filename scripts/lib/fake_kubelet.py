@@ -21,6 +21,9 @@ Faults on request, by pod annotation (they are read again at every change of the
     with exit code 1); the pod is Running but not ready.
 ``kubelet.hearth.dev/ready-after: "<seconds>"``
     the containers run at once, but the pod turns Ready only <seconds> after it started.
+``kubelet.hearth.dev/delete-after: "<seconds>"``
+    a deletion of the pod finishes only <seconds> after its ``deletionTimestamp`` was set (a
+    container slow to exit), so a scale-down or a namespace deletion can be watched under way.
 
 Not covered: images, probes, exit codes, volumes, the Service dataplane, exec, logs, port-forward.
 
@@ -51,6 +54,7 @@ from lightkube.types import PatchType
 
 FAULT = "kubelet.hearth.dev/fault"
 READY_AFTER = "kubelet.hearth.dev/ready-after"
+DELETE_AFTER = "kubelet.hearth.dev/delete-after"
 FAULTS = ("ImagePullBackOff", "CrashLoopBackOff")
 FIELD_MANAGER = "hearth-fake-kubelet"
 LEASE_SECONDS = 40
@@ -107,6 +111,8 @@ class FakeKubelet:
         self.pod_ips: dict[str, str] = {}
         self.next_ip = 2
         self.timers: dict[str, asyncio.Task[None]] = {}
+        #: When each pod's deletion was first seen (monotonic): deletionTimestamp has whole seconds.
+        self.deleting: dict[str, float] = {}
 
     # -- the node ---------------------------------------------------------------------------
 
@@ -237,6 +243,7 @@ class FakeKubelet:
         uid = pod.metadata.uid if pod.metadata else None
         if uid:
             self.pod_ips.pop(uid, None)
+            self.deleting.pop(uid, None)
             timer = self.timers.pop(uid, None)
             if timer is not None:
                 timer.cancel()
@@ -248,6 +255,9 @@ class FakeKubelet:
         name, namespace = meta.name, meta.namespace or "default"
         try:
             if meta.deletionTimestamp is not None:
+                if (remaining := self.deletion_due(pod)) > 0:
+                    self.ready_later(pod, remaining)  # the same timer syncs it again then
+                    return
                 log.info("deleting pod %s/%s", namespace, name)
                 self.forget(pod)
                 await self.client.delete(Pod, name, namespace=namespace, grace_period=0)
@@ -261,6 +271,23 @@ class FakeKubelet:
             if error.status.code in (404, 409):  # gone meanwhile, or a stale version: the watch brings news
                 return
             log.warning("pod %s/%s: %s", namespace, name, error)
+
+    def deletion_due(self, pod: Pod) -> float:
+        """Seconds until a deletion asked by ``delete-after`` may finish (0: now), counted from
+        when this kubelet first saw it (``deletionTimestamp`` is whole seconds, and grace-shifted)."""
+        meta = pod.metadata
+        assert meta is not None
+        delay = (meta.annotations or {}).get(DELETE_AFTER)
+        if not delay:
+            return 0.0
+        try:
+            seconds = float(delay)
+        except ValueError:
+            log.warning("bad %s %r on %s/%s: ignored", DELETE_AFTER, delay, meta.namespace, meta.name)
+            return 0.0
+        now = asyncio.get_running_loop().time()
+        seen = self.deleting.setdefault(meta.uid or "", now)
+        return max(0.0, seen + seconds - now)
 
     def desired_status(self, pod: Pod) -> Json:
         meta, spec = pod.metadata, pod.spec

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from hearth_adaptersdk import ObservedState
 
-from ._render import RENDER, describe
+from ._render import RENDER, SAVED_REPLICAS, describe
 
 Obj = dict[str, Any]
 Health = Literal["ready", "progressing", "failed"]
@@ -214,14 +214,80 @@ def upgrading(workloads: list[Obj]) -> bool:
     return False
 
 
+def saved_replicas(workload: Obj) -> int | None:
+    """The replica count a stop saved on ``workload``; None when it is not stopped."""
+    annotations = (workload.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(SAVED_REPLICAS)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def _owned_pods(pods: list[Obj]) -> list[Obj]:
+    """Pods a workload's controller made: the ones a scale to 0 removes."""
+    return [
+        p
+        for p in pods
+        if any(
+            o.get("kind") in ("ReplicaSet", "StatefulSet")
+            for o in (p.get("metadata") or {}).get("ownerReferences") or []
+        )
+    ]
+
+
+StopPhase = tuple[Literal["stopped", "stopping", "starting"], str]
+
+
+def stop_phase(workloads: list[Obj], pods: list[Obj]) -> StopPhase | None:
+    """``stopped`` when every workload is at 0 replicas with its saved count and no pod of
+    theirs is left; ``starting`` while a start keeps the count on a workload scaled back to it
+    (it drops it once ready); ``stopping`` while any carries a saved count but neither is so (a
+    stop under way, or one cut short); None when none does (running, by the other rules)."""
+    saved = [w for w in workloads if saved_replicas(w) is not None]
+    if not saved:
+        return None
+    if any(int((w.get("spec") or {}).get("replicas", 1)) == saved_replicas(w) != 0 for w in saved):
+        return "starting", assess(workloads, pods).message
+    counts = ", ".join(f"{describe(w)}: {saved_replicas(w)}" for w in saved)
+    scaled = all(
+        saved_replicas(w) is not None and int((w.get("spec") or {}).get("replicas", 1)) == 0
+        for w in workloads
+    )
+    left = _owned_pods(pods)
+    settled = all(
+        int((w.get("status") or {}).get("replicas") or 0) == 0
+        and int((w.get("status") or {}).get("observedGeneration") or 0)
+        >= int((w.get("metadata") or {}).get("generation") or 0)
+        for w in workloads
+    )
+    if scaled and settled and not left:
+        return "stopped", f"scaled to 0; start restores {counts}"
+    terminating = sum(1 for p in left if (p.get("metadata") or {}).get("deletionTimestamp"))
+    if not scaled:
+        return "stopping", f"{len(saved)} of {len(workloads)} workload(s) scaled to 0 ({pod_words(pods)})"
+    return (
+        "stopping",
+        f"0/{sum(saved_replicas(w) or 0 for w in saved)}: {len(left)} pod(s) left, {terminating} terminating",
+    )
+
+
 def observed_state(
-    namespace: Obj | None, assessment: Assessment | None, *, upgrade: bool
+    namespace: Obj | None,
+    assessment: Assessment | None,
+    *,
+    upgrade: bool,
+    stop: StopPhase | None = None,
 ) -> tuple[ObservedState, str | None]:
-    """What ``status`` answers: no namespace is ``absent``, a terminating one ``tearing_down``."""
+    """What ``status`` answers: no namespace is ``absent``, a terminating one ``tearing_down``, one
+    whose workloads a stop scaled to 0 ``stopped`` (or ``stopping`` until their pods are gone,
+    ``starting`` while a start waits for them)."""
     if namespace is None:
         return "absent", "no namespace for this workspace"
     if (namespace.get("status") or {}).get("phase") == "Terminating":
         return "tearing_down", stuck_reason(namespace) or "the namespace is being deleted"
+    if stop is not None:
+        return stop
     if assessment is None:
         return "provisioning", "nothing applied yet"
     if assessment.health == "ready":

@@ -12,6 +12,11 @@ holds data only with ``allow_destructive_upgrade``), wait, prune what the new re
 (claims only with ``allow_destructive_upgrade``); on failure or cancel the objects it changed
 are applied again as the previous render (kept in the namespace as the Secret
 ``hearth-render``) and waited for.
+stop: each Deployment and StatefulSet applied again as last rendered but at 0 replicas, its
+count saved on it (annotation ``hearth.dev/stopped-replicas``) by the same apply, then watched
+until their pods are gone; claims and the namespace stay. start: the saved counts applied back,
+ready by provision's rule, then the annotation dropped. Either, failed or cancelled, applies the
+counts it changed back and waits for that.
 teardown: foreground deletion of the namespace, waited for until it is gone; a namespace that
 sticks is reported with its conditions (finalizers are never stripped).
 """
@@ -21,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import copy
 import importlib.metadata
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -94,6 +101,9 @@ class Seen:
 
     def assessment(self) -> look.Assessment:
         return look.assess(self.workloads, self.pods, self.replicasets)
+
+    def stop(self) -> look.StopPhase | None:
+        return look.stop_phase(self.workloads, self.pods)
 
 
 class KustomizeDriver(Driver):
@@ -179,7 +189,7 @@ class KustomizeDriver(Driver):
         meta = seen.namespace["metadata"]
         labels = meta.get("labels") or {}
         state, _ = look.observed_state(
-            seen.namespace, seen.assessment(), upgrade=look.upgrading(seen.workloads)
+            seen.namespace, seen.assessment(), upgrade=look.upgrading(seen.workloads), stop=seen.stop()
         )
         return DeploymentRef(
             workspace_slug=labels[rnd.WORKSPACE],
@@ -397,7 +407,9 @@ class KustomizeDriver(Driver):
             return StatusReport(state=state, observed_at=utc_now(), message=said, details=details)
         seen = await self._seen(namespace)
         verdict = seen.assessment()
-        state, said = look.observed_state(namespace, verdict, upgrade=look.upgrading(seen.workloads))
+        state, said = look.observed_state(
+            namespace, verdict, upgrade=look.upgrading(seen.workloads), stop=seen.stop()
+        )
         details["ready"] = f"{verdict.ready}/{verdict.desired}"
         return StatusReport(
             state=state,
@@ -426,7 +438,9 @@ class KustomizeDriver(Driver):
         if _terminating(namespace):
             raise InvalidTransition(f"workspace {slug!r} is being torn down", state="tearing_down")
         seen = await self._seen(namespace)
-        state, _ = look.observed_state(namespace, seen.assessment(), upgrade=look.upgrading(seen.workloads))
+        state, _ = look.observed_state(
+            namespace, seen.assessment(), upgrade=look.upgrading(seen.workloads), stop=seen.stop()
+        )
         if state != "ready":
             raise InvalidTransition(
                 f"workspace {slug!r} is {state}; only a ready workspace can be upgraded", state=state
@@ -627,6 +641,179 @@ class KustomizeDriver(Driver):
             f" and {len(paths) - 5} more" if len(paths) > 5 else ""
         )
         return _action("update", what, f"changed in place: {shown}")
+
+    # --- stop, start ----------------------------------------------------------------------------
+    async def _scaling(self, slug: str, verb: str) -> tuple[str, Seen, dict[tuple[str, str], Obj]]:
+        """The namespace, what runs in it, and each live workload's body as last applied (from
+        ``hearth-render``): stop and start apply that body with only ``replicas`` (and the saved
+        count) changed, so hearth's apply keeps owning exactly the fields it owned."""
+        name = self._namespace(slug)
+        namespace = await self.kube.get("v1", "Namespace", name)
+        if namespace is None or not self._ours(namespace, slug):
+            raise InvalidTransition(f"workspace {slug!r} has no namespace to {verb}", state="absent")
+        if _terminating(namespace):
+            raise InvalidTransition(f"workspace {slug!r} is being torn down", state="tearing_down")
+        seen = await self._seen(namespace)
+        if not seen.workloads:  # nothing would show it stopped: refused rather than pretended
+            raise BackendFailure(
+                f"cannot {verb} {slug!r}: namespace {name} runs no Deployment or StatefulSet to scale",
+                rolled_back=True,
+            )
+        record = {
+            (o["kind"], o["metadata"]["name"]): o
+            for o in rnd.read_record(await self.kube.get("v1", "Secret", rnd.RENDER, name))
+            if o["kind"] in look.WORKLOADS
+        }
+        bodies: dict[tuple[str, str], Obj] = {}
+        for live in seen.workloads:
+            key = (live["kind"], live["metadata"]["name"])
+            if key not in record:
+                raise BackendFailure(
+                    f"cannot {verb} {slug!r}: {rnd.describe(live)} is not in the render hearth last "
+                    f"applied (Secret {rnd.RENDER}); upgrade or provision it again first",
+                    rolled_back=True,
+                )
+            bodies[key] = record[key]
+        return name, seen, bodies
+
+    async def _scale(self, body: Obj, replicas: int, saved: int | None) -> None:
+        """Apply ``body`` at ``replicas``, with the saved count (a stop) or without it (a start).
+        Without force: another manager owning ``replicas`` (an autoscaler) is a refusal naming it."""
+        scaled = copy.deepcopy(body)
+        scaled.setdefault("spec", {})["replicas"] = replicas
+        annotations = scaled["metadata"].setdefault("annotations", {})
+        if saved is None:
+            annotations.pop(rnd.SAVED_REPLICAS, None)
+        else:
+            annotations[rnd.SAVED_REPLICAS] = str(saved)
+        try:
+            await self.kube.apply(scaled)
+        except Refused as refused:
+            raise _Refusal(scaled, refused) from None
+
+    async def stop(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        """Each Deployment and StatefulSet scaled to 0, its replica count saved on it by the same
+        apply; waits, watching, until their pods are gone. Claims and the namespace stay. A
+        failed or cancelled stop scales back what it scaled down and waits until ready."""
+        slug = ref.workspace_slug
+        name, seen, bodies = await self._scaling(slug, "stop")
+        # a workload stopped already keeps the count its first stop saved (idempotence)
+        counts: dict[tuple[str, str], int] = {}
+        for workload in seen.workloads:
+            kept = look.saved_replicas(workload)
+            live = int((workload.get("spec") or {}).get("replicas", 1))
+            counts[(workload["kind"], workload["metadata"]["name"])] = live if kept is None else kept
+        if (phase := seen.stop()) is not None and phase[0] == "stopped":
+            ctx.progress(f"namespace {name} is stopped already", 1.0)
+            return self._ref(seen)
+        changed: builtins.list[tuple[str, str]] = []
+        try:
+            for key, count in counts.items():
+                ctx.progress(f"scaling {key[0]} {key[1]} to 0 ({count} replica(s) saved)", 0.1)
+                changed.append(key)  # before the call: a cancel may cut it short after it took effect
+                try:
+                    await self._scale(bodies[key], 0, count)
+                except _Refusal:
+                    changed.pop()  # refused: nothing of it changed, nothing to scale back
+                    raise
+            await self._wait_stopped(name, ctx, self.settings.delete_timeout)
+        except BaseException as exc:
+            undo = self._scale_back(name, [(bodies[k], counts[k]) for k in changed], ctx)
+            rolled_back = await self._confirmed(undo, ctx, slug, "stop")
+            what = f"stop of {slug!r} failed" + ("; it runs again as before" if rolled_back else "")
+            raise _as_failure(exc, what, rolled_back=rolled_back) from None
+        ctx.progress("workspace stopped", 1.0)
+        return await self._ready_ref(name)
+
+    async def start(self, ref: DeploymentRef, ctx: RequestContext) -> DeploymentRef:
+        """Each stopped workload scaled back to the count its stop saved, then ready by the same
+        rule as a provision, watched. A failed or cancelled start scales them to 0 again."""
+        slug = ref.workspace_slug
+        name, seen, bodies = await self._scaling(slug, "start")
+        saved = {
+            (w["kind"], w["metadata"]["name"]): count
+            for w in seen.workloads
+            if (count := look.saved_replicas(w)) is not None
+        }
+        if not saved and seen.assessment().health == "ready":
+            ctx.progress(f"namespace {name} runs already", 1.0)
+            return self._ref(seen)
+        changed: builtins.list[tuple[str, str]] = []
+        try:
+            for key, count in saved.items():
+                ctx.progress(f"scaling {key[0]} {key[1]} to its saved {count} replica(s)", 0.1)
+                changed.append(key)
+                try:  # the count stays on it until ready: status says starting meanwhile
+                    await self._scale(bodies[key], count, count)
+                except _Refusal:
+                    changed.pop()
+                    raise
+            await self._wait_ready(name, ctx, self.settings.ready_timeout)
+            for key, count in saved.items():
+                await self._scale(bodies[key], count, None)
+            # a Deployment's annotations are copied to its ReplicaSets: a change of them is a new
+            # generation, ready again only once the controller saw it
+            await self._wait_ready(name, ctx, self.settings.ready_timeout)
+        except BaseException as exc:
+            undo = self._stop_again(name, [(bodies[k], saved[k]) for k in changed], ctx)
+            rolled_back = await self._confirmed(undo, ctx, slug, "start")
+            what = f"start of {slug!r} failed" + ("; it is stopped again" if rolled_back else "")
+            raise _as_failure(exc, what, rolled_back=rolled_back) from None
+        ctx.progress("workspace ready", 1.0)
+        return await self._ready_ref(name)
+
+    async def _confirmed(
+        self, undo: Coroutine[Any, Any, None], ctx: RequestContext, slug: str, verb: str
+    ) -> bool:
+        """Run a rollback through ``ctx.cleanup`` (a cancel waits for it); True once confirmed."""
+        try:
+            await ctx.cleanup(undo)
+        except asyncio.CancelledError:
+            raise
+        except Exception as failure:
+            log.warning("the rollback of the %s of %s failed: %s", verb, slug, failure)
+            return False
+        return True
+
+    async def _scale_back(
+        self, name: str, scaled: builtins.list[tuple[Obj, int]], ctx: RequestContext
+    ) -> None:
+        if not scaled:
+            return
+        ctx.progress("scaling back up what the stop scaled down", None)
+        for body, count in scaled:
+            await self._scale(body, count, None)
+        await self._wait_ready(name, ctx, self.settings.ready_timeout)
+
+    async def _stop_again(
+        self, name: str, scaled: builtins.list[tuple[Obj, int]], ctx: RequestContext
+    ) -> None:
+        if not scaled:
+            return
+        ctx.progress("scaling to 0 again what the start scaled up", None)
+        for body, count in scaled:
+            await self._scale(body, 0, count)
+        await self._wait_stopped(name, ctx, self.settings.delete_timeout)
+
+    async def _wait_stopped(self, name: str, ctx: RequestContext, timeout: float) -> None:
+        """Watch the namespace's workloads and pods until every workload is at 0 with its pods
+        gone (the kubelet finished their deletions)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with _Observer(self.kube, name) as observer:
+            said = ""
+            while True:
+                phase = look.stop_phase(observer.workloads(), observer.pods())
+                elapsed = loop.time() - started
+                if phase is not None and phase[0] == "stopped":
+                    return
+                message = phase[1] if phase is not None else "waiting for the controllers"
+                if message != said:
+                    said = message
+                    ctx.progress(said, 0.3 + 0.65 * min(1.0, elapsed / timeout))
+                if elapsed >= timeout:
+                    raise _NotReady(f"not stopped within {timeout:g} s: {said}", await self._warnings(name))
+                await observer.changed(timeout - elapsed)
 
     # --- teardown -----------------------------------------------------------------------------
     async def teardown(self, ref: DeploymentRef, ctx: RequestContext) -> None:

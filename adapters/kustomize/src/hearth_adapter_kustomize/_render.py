@@ -32,6 +32,9 @@ TIER = "hearth.dev/tier"
 #: The Secret that keeps the render last applied, so a failed upgrade can go back to it (a Secret,
 #: not a ConfigMap: the render may hold the overlay's own Secrets).
 RENDER = "hearth-render"
+#: On a stopped workload: the replica count ``start`` restores, written by the same apply that
+#: scales it to 0 (so a stop cut short never leaves a workload at 0 without its count).
+SAVED_REPLICAS = "hearth.dev/stopped-replicas"
 #: The name of the Deployment and Service rendered from an image, and of the quota and limits.
 WORKLOAD = "workspace"
 CAPS = "hearth-caps"
