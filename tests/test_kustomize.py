@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.types import PatchType
 
+from hearth import Host
+from hearth._server._app import create_app
 from hearth_adapter_kustomize import KustomizeConfig, KustomizeDriver
 from hearth_adapter_kustomize import _assess as look
 from hearth_adapter_kustomize import _render as rnd
@@ -1214,3 +1217,37 @@ async def test_a_cancelled_start_scales_to_zero_again_and_answers_after_it(kubec
         assert await _pods(kubeconfig, "restart") == []
         assert (await peer.status(ref)).state == "stopped"
         await _teardown(peer, ref)
+
+
+@pytest.mark.subprocess
+@pytest.mark.timeout(300)
+async def test_the_api_stops_and_starts_a_workspace_on_kubernetes(kubeconfig: str, tmp_path: Path) -> None:
+    """Issue 25 through the API v1 (what a console does): stop scales to 0, start brings it back,
+    the same namespace throughout."""
+    project = tmp_path / "project"
+    (project / ".hearth").mkdir(parents=True)
+    (project / ".hearth" / "hearth.toml").write_text(
+        "[tiers.solo]\nresource_caps = { cpu = 0.5, memory_mb = 64 }\n"
+        f'[tiers.solo.driver_flags.kustomize]\nimage = "{IMAGE}"\nport = 8080\n'
+        f'[adapters.kustomize]\nkubeconfig = "{kubeconfig}"\ndelete_timeout = 60\n'
+    )
+    async with Host(project_dir=project, home=tmp_path / "home") as host:
+        transport = httpx.ASGITransport(app=create_app(host))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hearth", timeout=BOUND) as api:
+            made = await api.post(
+                "/v1/workspaces",
+                json={"slug": "api", "tier": "solo", "driver": "kustomize"},
+                params={"wait": 100},
+            )
+            assert made.status_code == 200 and made.json()["state"] == "succeeded", made.text
+            namespace = (await api.get("/v1/workspaces/api")).json()["backend_id"]
+            assert namespace, made.text
+            for verb, state in (("stop", "stopped"), ("start", "ready")):
+                done = await api.post(f"/v1/workspaces/api/{verb}", params={"wait": 100})
+                assert done.status_code == 200 and done.json()["state"] == "succeeded", done.text
+                status = await api.get("/v1/workspaces/api/status")
+                assert status.json()["state"] == state, status.text
+                record = (await api.get("/v1/workspaces/api")).json()
+                assert (record["state"], record["backend_id"]) == (state, namespace)
+            gone = await api.delete("/v1/workspaces/api", params={"wait": 100})
+            assert gone.status_code == 200 and gone.json()["state"] == "succeeded", gone.text
