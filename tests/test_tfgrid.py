@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
+from hearth import Host, Unsupported
 from hearth_adapter_tfgrid import Simulator, TfgridDriver
 from hearth_adapter_tfgrid import _compute as compute
 from hearth_adapter_tfgrid._compute import ComputeClient, ComputeError, ComputeUnavailable, Endpoint
@@ -938,3 +939,30 @@ def test_the_default_socket_follows_the_hero_socket_folder(monkeypatch: pytest.M
     monkeypatch.setenv("MY_HERO", "/srv/hero")
     assert TfgridConfig(socket_dir_env="MY_HERO").socket == "/srv/hero/hero_compute_zos/rpc.sock"
     assert TfgridConfig(socket="/tmp/x.sock").socket == "/tmp/x.sock"
+
+
+@pytest.mark.subprocess
+async def test_the_host_answers_unsupported_to_stop_and_start_on_tfgrid(tmp_path: Path) -> None:
+    """Issue 25: TFGrid's stop_vm and start_vm are stubs and deleting the VM would lose its disk,
+    so the adapter does not announce stop and start; the host says so, naming the driver, and
+    leaves the workspace as it was."""
+    simulator = Simulator(deploy_delay=0.1)
+    await simulator.start(tmp_path / "rpc.sock")
+    try:
+        project = tmp_path / "project"
+        (project / ".hearth").mkdir(parents=True)
+        (project / ".hearth" / "hearth.toml").write_text(
+            "[tiers.solo]\nresource_caps = { cpu = 1, memory_mb = 4096 }\n"
+            f'[tiers.solo.driver_flags.tfgrid]\nssh_keys = ["{KEY}"]\n'
+            f'[adapters.tfgrid]\nsocket = "{tmp_path / "rpc.sock"}"\npoll_interval = 0.02\n'
+        )
+        async with Host(project_dir=project, home=tmp_path / "home") as host:
+            await host.provision("alpha", tier="solo", driver="tfgrid")
+            for verb in (host.stop, host.start):
+                with pytest.raises(Unsupported, match="tfgrid"):
+                    await verb("alpha")
+            assert (await host.deployment("alpha")).state == "ready"
+            assert [op.verb for op in await host.logs("alpha")] == ["provision"]  # nothing recorded
+            await host.teardown("alpha")
+    finally:
+        await simulator.stop()
