@@ -341,12 +341,16 @@ class KustomizeDriver(Driver):
 
         async def follow() -> None:
             nonlocal last
-            async for operation, obj in self.kube.watch(
-                api_version, kind_name, namespace=namespace, fields=fields, resource_version=version
-            ):
-                if operation == "DELETED":
-                    return
-                last = obj
+            # closed here, not when collected: its HTTP stream is shut before the answer is sent
+            async with contextlib.aclosing(
+                self.kube.watch(
+                    api_version, kind_name, namespace=namespace, fields=fields, resource_version=version
+                )
+            ) as events:
+                async for operation, obj in events:
+                    if operation == "DELETED":
+                        return
+                    last = obj
 
         try:
             await asyncio.wait_for(follow(), max(0.0, deadline - loop.time()))
@@ -856,15 +860,16 @@ class _Observer:
 
     async def _follow(self, api_version: str, kind: str, version: str | None) -> None:
         try:
-            async for operation, obj in self.kube.watch(
-                api_version, kind, namespace=self.namespace, resource_version=version
-            ):
-                obj.setdefault("kind", kind)
-                if operation == "DELETED":
-                    self.objects[kind].pop(obj["metadata"]["name"], None)
-                else:
-                    self.objects[kind][obj["metadata"]["name"]] = obj
-                self._changed.set()
+            async with contextlib.aclosing(
+                self.kube.watch(api_version, kind, namespace=self.namespace, resource_version=version)
+            ) as events:
+                async for operation, obj in events:
+                    obj.setdefault("kind", kind)
+                    if operation == "DELETED":
+                        self.objects[kind].pop(obj["metadata"]["name"], None)
+                    else:
+                        self.objects[kind][obj["metadata"]["name"]] = obj
+                    self._changed.set()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

@@ -9,7 +9,7 @@ driver words. Nothing of the kubeconfig but the server's address ever reaches a 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
@@ -181,8 +181,9 @@ class Kube:
         labels: dict[str, Any] | None = None,
         fields: dict[str, Any] | None = None,
         resource_version: str | None = None,
-    ) -> AsyncIterator[tuple[str, Obj]]:
-        """Events (``ADDED``, ``MODIFIED``, ``DELETED``) from ``resource_version`` on."""
+    ) -> AsyncGenerator[tuple[str, Obj], None]:
+        """Events (``ADDED``, ``MODIFIED``, ``DELETED``) from ``resource_version`` on; close it
+        (``contextlib.aclosing``) when leaving early, so that its HTTP stream is shut at once."""
         resource: Any = resource_registry.load(api_version, kind)
         events = self.client().watch(
             resource,
