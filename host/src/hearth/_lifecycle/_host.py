@@ -255,8 +255,7 @@ class Host:
         request = Request(
             "provision", slug, tier, driver, bool(reuse), key, deadline(timeout), labels=checked
         )
-        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
-            return (await self._admission.start(request, on_progress))[0]
+        return await self._launch(request, on_progress, on_behalf_of)
 
     async def start_upgrade(
         self,
@@ -270,6 +269,12 @@ class Host:
     ) -> Operation:
         """Check and record an upgrade of ``slug`` to ``tier``, and run it in the background."""
         request = Request("upgrade", slug, tier, key=key, deadline=deadline(timeout))
+        return await self._launch(request, on_progress, on_behalf_of)
+
+    async def _launch(
+        self, request: Request, on_progress: ProgressListener | None, on_behalf_of: str | None
+    ) -> Operation:
+        """Check and record ``request`` for whom the caller names, and run it in the background."""
         with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
             return (await self._admission.start(request, on_progress))[0]
 
@@ -284,8 +289,7 @@ class Host:
     ) -> Operation:
         """Check and record a teardown of ``slug``, and run it in the background."""
         request = Request("teardown", slug, key=key, deadline=deadline(timeout))
-        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
-            return (await self._admission.start(request, on_progress))[0]
+        return await self._launch(request, on_progress, on_behalf_of)
 
     async def start_stop(
         self,
@@ -300,8 +304,7 @@ class Host:
         the background. ``unsupported`` naming the driver when its adapter does not announce
         ``stop`` (protocol 1.3); a stopped workspace has nothing to do."""
         request = Request("stop", slug, key=key, deadline=deadline(timeout))
-        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
-            return (await self._admission.start(request, on_progress))[0]
+        return await self._launch(request, on_progress, on_behalf_of)
 
     async def start_start(
         self,
@@ -315,8 +318,7 @@ class Host:
         """Check and record a start of the stopped ``slug`` (the same backend objects, ready
         again), and run it in the background; a ready workspace has nothing to do."""
         request = Request("start", slug, key=key, deadline=deadline(timeout))
-        with acting(on_behalf_of=check_on_behalf_of(on_behalf_of)):
-            return (await self._admission.start(request, on_progress))[0]
+        return await self._launch(request, on_progress, on_behalf_of)
 
     # --- the verbs: start, then the result ------------------------------------------------------
     async def provision(
