@@ -4,6 +4,8 @@ against a real API server (scripts/lib/kubernetes.sh; the ``kubeconfig`` fixture
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -403,6 +405,49 @@ def test_plan_helpers_ignore_what_the_server_changes_and_name_what_differs() -> 
     record = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hearth-render"}}
     assert look.prunable([claim, record, live], {("apps/v1", "Deployment", "workspace")}) == [claim]
     assert look.destroys_data(claim)
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_cancelled_in_its_tls_handshake_closes_its_socket(tmp_path: Path) -> None:
+    """A watch the driver stops while it connects (an observer leaving early) must not leave its
+    socket to the garbage collector, as httpcore2 alone does (CI saw the ResourceWarning)."""
+    in_handshake = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the ClientHello: the client now waits for the server's answer
+        in_handshake.set()
+        while await reader.read(4096):
+            pass
+        closed.set()  # end of stream: the client closed its socket
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:{port}', "
+        "insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    kube = Kube(KustomizeConfig(kubeconfig=str(kubeconfig)))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            request = asyncio.create_task(kube.get("v1", "Namespace", "x"))
+            await in_handshake.wait()
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            del request
+            gc.collect()  # what was left to the collector is closed (and warned about) now
+            await closed.wait()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        await kube.close()
+        server.close()
+        await server.wait_closed()
 
 
 # --- against a real API server (scripts/lib/kubernetes.sh) --------------------------------------

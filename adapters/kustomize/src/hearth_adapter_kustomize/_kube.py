@@ -9,13 +9,16 @@ driver words. Nothing of the kubeconfig but the server's address ever reaches a 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+import ssl
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
+import httpcore2
 import httpx2
 import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.codecs import resource_registry
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.core.exceptions import ApiError, ConfigError
 from lightkube.types import CascadeType, OnErrorAction, OnErrorResult, PatchType
 
@@ -56,11 +59,15 @@ class Kube:
                 single = KubeConfig.from_file(path).get(self.config.context)
                 assert single is not None
                 self._server = single.cluster.server
+                if single.user is None:
+                    raise ConfigError(f"its context {single.context_name!r} names no user")
+                verify = verify_cluster(single.cluster, single.user, single.abs_file, trust_env=False)
                 self._client = AsyncClient(
                     single,
                     field_manager=self.config.field_manager,
                     timeout=httpx2.Timeout(self.config.request_timeout),
                     trust_env=False,
+                    transport=_Transport(verify),
                 )
             except yaml.YAMLError:
                 # never its text: a line of a kubeconfig may hold a token
@@ -208,6 +215,79 @@ class Kube:
             with contextlib.suppress(Exception):
                 await self._client.close()
             self._client = None
+
+
+class _Transport(httpx2.AsyncHTTPTransport):
+    """httpx2's transport, except that a TLS handshake cancelled half way closes its socket.
+
+    httpcore2 closes a stream whose ``start_tls`` fails only on an ``Exception``; a cancelled
+    one (a watch the driver stops while it connects) left the socket to the garbage collector.
+    httpx2 takes no network backend, so its pool is made again with one that closes it."""
+
+    def __init__(self, verify: ssl.SSLContext) -> None:
+        super().__init__(verify=verify, trust_env=False)
+        limits = httpx2.Limits(max_connections=100, max_keepalive_connections=20)  # httpx2's own
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=verify,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_ClosingBackend(),
+        )
+
+
+class _ClosingBackend(httpcore2.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        return _ClosingStream(
+            await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        )
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.AsyncNetworkStream:
+        return _ClosingStream(await self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _ClosingStream(httpcore2.AsyncNetworkStream):
+    def __init__(self, stream: httpcore2.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # anyio closes the transport before its first await, so a cancelled task's close
+            # still happens; whatever else goes wrong here, the first error is the one raised
+            with contextlib.suppress(BaseException):
+                await self._stream.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
 def _relist_when_gone(error: Exception, count: int) -> OnErrorResult:
