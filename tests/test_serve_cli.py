@@ -8,6 +8,7 @@ signalled, by the pid it recorded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import grp
 import json
@@ -35,6 +36,7 @@ SETTINGS = DAEMON_SETTINGS
 #: A daemon that reconciles every 0.3 s (only where the test is about it: a reconcile holds
 #: the slugs it settles, which other tests' comparisons would see as "busy").
 HEALING = DAEMON_SETTINGS + "[serve]\nreconcile_interval = 0.3\n"
+Completed = subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
@@ -800,21 +802,31 @@ def test_timeout_bounds_every_call_through_a_frozen_daemon(site: tuple[Path, Pat
         served.wait_for("serving")
         sock = site[0] / "hearth.sock"
         served.send(signal.SIGSTOP)
+
+        def timed(
+            command: list[str], env: dict[str, str] | None
+        ) -> tuple[subprocess.CompletedProcess[str], float]:
+            began = time.monotonic()
+            stuck = hearth(venv_bin, site, *command, env=env)
+            return stuck, time.monotonic() - began
+
         try:
-            for env in (None, cli_env(venv_bin, HEARTH_URL=f"unix://{sock}")):
+            calls = [
+                (command, env)
+                for env in (None, cli_env(venv_bin, HEARTH_URL=f"unix://{sock}"))
                 for command in (
                     ["status", "pi", "--timeout", "2"],
                     ["provision", "pi", "--tier", "solo", "--driver", "fake", "--timeout", "2"],
-                ):
-                    began = time.monotonic()
-                    stuck = hearth(venv_bin, site, *command, env=env)
-                    took = time.monotonic() - began
-                    assert stuck.returncode == 1, stuck.stderr
-                    assert stuck.stderr.startswith("hearth: timeout: the hearth daemon at unix://"), (
-                        stuck.stderr
-                    )
-                    assert " /v1/" in stuck.stderr, stuck.stderr
-                    assert took < 2 + 5 + 3, (command, took)
+                )
+            ]
+            # each waits out its bound: side by side, not one after the other
+            with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+                ended = list(pool.map(lambda call: timed(*call), calls))
+            for (command, _), (stuck, took) in zip(calls, ended, strict=True):
+                assert stuck.returncode == 1, stuck.stderr
+                assert stuck.stderr.startswith("hearth: timeout: the hearth daemon at unix://"), stuck.stderr
+                assert " /v1/" in stuck.stderr, stuck.stderr
+                assert took < 2 + 5 + 3, (command, took)
         finally:
             served.send(signal.SIGCONT)
         assert served.stop() == 0
