@@ -220,8 +220,13 @@ def _still_named(fd: int, path: Path) -> bool:
 
 
 def _unlink_and_close(fd: int, path: Path) -> None:
-    """Unlink while still locked, so no one can lock this inode and believe it is current."""
+    """Unlink while still locked, so no one can lock this inode and believe it is current.
+
+    Emptied first: ext4 writes out on close a file that was truncated to 0 and written (the
+    holder's pid), ~0.2 ms on the event loop per verb, which an empty file does not cost."""
     try:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):  # a file left behind is harmless: it is only reused
             os.unlink(path)
     finally:
