@@ -103,6 +103,28 @@ async def test_a_workspace_is_a_vm_behind_a_name_gateway_with_a_private_secret(t
         await peer.teardown(ref)  # idempotent
 
 
+async def test_without_a_data_dir_the_secrets_folder_goes_with_the_session(tmp_path: Path) -> None:
+    """No data_dir: the secrets live in a temp folder of the session's own, which no later
+    session could find, so closing removes it (it was left in the temp folder, a secret per
+    workspace); a data_dir is kept."""
+    simulator = Simulator(deploy_delay=0.1)
+    socket = tmp_path / "rpc.sock"
+    await simulator.start(socket)
+    try:
+        config = {"socket": str(socket), "poll_interval": 0.02}
+        async with open_peer(TfgridDriver(), config=config) as peer:
+            ref = await peer.provision("alpha", _profile())
+            assert ref.secrets_vault_path is not None
+            folder = Path(ref.secrets_vault_path).parent.parent
+            assert folder.name.startswith("hearth-tfgrid-") and Path(ref.secrets_vault_path).exists()
+        assert not folder.exists()
+        async with open_peer(TfgridDriver(), data_dir=tmp_path / "data", config=config) as peer:
+            kept = await peer.provision("beta", _profile())
+        assert kept.secrets_vault_path is not None and Path(kept.secrets_vault_path).exists()
+    finally:
+        await simulator.stop()
+
+
 async def test_a_replica_without_the_secret_says_it_cannot_know_and_changes_nothing(tmp_path: Path) -> None:
     """Two adapters (two replicas) whose data folders are not shared: the one without the
     workspace's secret never reports it absent, never tears it down "successfully", and never

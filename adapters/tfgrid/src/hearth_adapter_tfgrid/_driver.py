@@ -272,6 +272,8 @@ class TfgridDriver(Driver):
 
     async def close(self) -> None:
         await self.service.aclose()
+        if self.vault is not None:
+            self.vault.discard()
 
     @property
     def _vault(self) -> Vault:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -41,11 +42,19 @@ class UnsafeSecretPath(ValueError):
 
 class Vault:
     def __init__(self, folder: Path | None) -> None:
-        if folder is None:  # a bare client gave no data_dir: keep secrets in a private temp folder
+        #: A bare client gave no data_dir: secrets live in a private temp folder for the session.
+        self.temporary = folder is None
+        if folder is None:
             folder = Path(tempfile.mkdtemp(prefix="hearth-tfgrid-"))
         self.folder = folder
         for sub in ("secrets", "workspaces", "gone", "deleting"):
             (folder / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def discard(self) -> None:
+        """Remove a temp folder (never a data_dir): no later session could find its secrets,
+        which would otherwise stay in the temp folder after the adapter has gone."""
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def secret_path(self, slug: str) -> Path:
         return self.folder / "secrets" / f"{slug}.secret"
