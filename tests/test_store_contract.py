@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -442,6 +442,16 @@ async def _sqlite(path: Path) -> SQLiteStore:
     return store
 
 
+def _pg_schema_at(conn: psycopg.Connection[Any], version: int) -> None:
+    """The tables as the PostgreSQL store had them at schema ``version``: its first migrations."""
+    conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO hearth_schema VALUES (%s)", (version,))
+    for script in PG_MIGRATIONS[:version]:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement.encode())
+
+
 async def _postgres(url: str) -> PostgresStore:
     store = PostgresStore(url)
     await store.open()
@@ -451,12 +461,7 @@ async def _postgres(url: str) -> PostgresStore:
 async def test_a_version_2_postgresql_store_is_migrated_with_its_operations_and_logs(pg_url: str) -> None:
     now = utc_now().isoformat()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO hearth_schema VALUES (2)")
-        for script in PG_MIGRATIONS[:2]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement.encode())
+        _pg_schema_at(conn, 2)
         conn.execute(
             "INSERT INTO operations (slug, generation, verb, started_at, ended_at, outcome) "
             "VALUES ('old', 1, 'provision', %s, %s, 'succeeded')",
@@ -747,12 +752,7 @@ async def test_a_version_8_sqlite_store_keeps_its_operations_with_no_actor(tmp_p
 async def test_a_version_7_postgresql_store_keeps_its_records_with_no_labels(pg_url: str) -> None:
     now = utc_now().isoformat()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO hearth_schema VALUES (7)")
-        for script in PG_MIGRATIONS[:7]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement.encode())
+        _pg_schema_at(conn, 7)
         conn.execute(
             "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
             "VALUES ('old', 1, 'solo', 'fake', 'ready', %s, %s)",
@@ -794,12 +794,7 @@ async def test_activity_moves_forward_only_and_fences_an_autostops_begin(opener:
 async def test_a_version_9_postgresql_store_counts_activity_from_the_last_write(pg_url: str) -> None:
     written = (utc_now() - timedelta(hours=2)).isoformat()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE hearth_schema (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO hearth_schema VALUES (9)")
-        for script in PG_MIGRATIONS[:9]:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement.encode())
+        _pg_schema_at(conn, 9)
         conn.execute(
             "INSERT INTO deployments (slug, generation, tier, driver, state, created_at, updated_at) "
             "VALUES ('old', 1, 'solo', 'fake', 'ready', %s, %s)",
