@@ -275,6 +275,14 @@ def test_a_deployment_is_ready_only_when_every_replica_is_updated_available_and_
     assert look.assess([_deployment()], [_pod(ready=True)]).health == "ready"
     assert look.assess([_deployment(generation=2, observed=1)], []).health == "progressing"
     assert look.assess([_deployment(available=0)], [_pod()]).health == "progressing"
+    # a status that lags its pods (a ReplicaSet's counts from before a scale to 0 and back, as CI
+    # saw once after a cancelled stop): ready only once the pods are seen ready too
+    lagging = look.assess([_deployment()], [_pod(node=None)])
+    assert lagging.health == "progressing" and "0/1 pod(s) seen ready" in lagging.message, lagging
+    assert look.assess([_deployment()], []).health == "progressing"
+    terminating = _pod(ready=True)
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-07T07:52:56Z"
+    assert look.assess([_deployment()], [terminating]).health == "progressing"
     old = look.assess([_deployment(total=2)], [])
     assert old.health == "progressing" and "1 old replica" in old.message
     assert look.assess([], []).health == "ready"  # an overlay without workloads is ready once applied
@@ -325,7 +333,7 @@ def test_back_off_unschedulable_and_a_passed_deadline_fail_with_the_reason() -> 
 
 def test_status_maps_namespace_and_workloads_to_observed_states() -> None:
     namespace: dict[str, Any] = {"metadata": {"name": "hearth-a"}, "status": {"phase": "Active"}}
-    ready = look.assess([_deployment()], [])
+    ready = look.assess([_deployment()], [_pod(ready=True)])
     progressing = look.assess([_deployment(available=0)], [_pod()])
     failed = look.assess([_deployment(available=0)], [_pod(waiting="CrashLoopBackOff")])
     assert look.observed_state(None, None, upgrade=False)[0] == "absent"

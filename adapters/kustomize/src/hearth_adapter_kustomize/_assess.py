@@ -202,7 +202,19 @@ def assess(
     waiting = [message for health, message, _, _ in verdicts if health == "progressing"]
     if waiting:
         return Assessment("progressing", f"{'; '.join(waiting)} ({pod_words(pods)})", ready, desired)
+    # A workload's status can lag its pods for a moment (a ReplicaSet's counts from before a scale
+    # to 0 and back): ready only once that many current pods are seen ready too.
+    live = [p for p in current_pods(workloads, replicasets or [], pods) if _live_and_ready(p)]
+    if len(live) < desired:
+        message = f"{len(live)}/{desired} pod(s) seen ready ({pod_words(pods)})"
+        return Assessment("progressing", message, len(live), desired)
     return Assessment("ready", f"ready {ready}/{desired}", ready, desired)
+
+
+def _live_and_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return bool(_conditions(pod).get("Ready", {}).get("status") == "True")
 
 
 def upgrading(workloads: list[Obj]) -> bool:
